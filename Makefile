@@ -1,0 +1,28 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Both create .venv on first use
+# and reuse it afterwards; constraints.txt pins the tested set (torch 2.13.0 is the CPU build
+# available offline on our machines).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/keel demo --output runs/penguins-model
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/seed_case.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,208 @@
+"""The ``keel`` command: a thin layer that turns arguments into Python API calls.
+
+A KeelError prints as one line on stderr and exits with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from keel.errors import KeelError, KeelWarning
+
+app = typer.Typer(
+    name="keel", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="From a table to a trained, evaluated, safely saved neural network.",
+)
+out = Console()
+err = Console(stderr=True)
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No notes and no progress bar.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _friendly(command: Callable[..., None]) -> Callable[..., None]:
+    """Print KeelErrors as one line and exit 2 (unexpected errors exit 1); tracebacks only with --debug."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        debug = kwargs.get("debug", False)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", KeelWarning)
+                command(*args, **kwargs)
+            for warning in caught:
+                if issubclass(warning.category, KeelWarning):
+                    err.print(f"[yellow]note:[/yellow] {warning.message}", highlight=False)
+        except KeelError as error:
+            if debug:
+                raise
+            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; nothing was written.")
+            raise typer.Exit(130) from None
+        except Exception as error:  # noqa: BLE001 - the last line of defence for a readable CLI
+            if debug:
+                raise
+            err.print(f"[red]internal error:[/red] {type(error).__name__}: {error} "
+                      "(rerun with --debug for the traceback, and please report it)", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return run
+
+
+@app.command()
+@_friendly
+def train(
+    data: Annotated[Path, typer.Argument(help="Training data: CSV, Parquet or JSON Lines.")],
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Column to predict.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable).")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")] = Path("model"),
+    test: Annotated[Optional[Path], typer.Option("--test", help="Evaluate on this file instead of a held-out split.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (same as --set training.seed=N).")] = None,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train a model on DATA to predict --target, evaluate it and save it to --output."""
+    from keel.config import load_config
+    from keel.model import fit
+
+    overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
+    model = fit(str(data), target=target, config=load_config(config, overrides),
+                test=str(test) if test else None, quiet=quiet or as_json)
+    model.save(output)
+    if as_json:
+        out.print_json(json.dumps({"model": str(output), "metrics": model.metrics, "notes": model.notes}))
+        return
+    _print_metrics(model.metrics, "test")
+    if not quiet:
+        out.print(f"saved the model to [bold]{output}[/bold]")
+
+
+@app.command()
+@_friendly
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    data: Annotated[Path, typer.Argument(help="Labelled data (with the target column).")],
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    """Evaluate MODEL on labelled DATA."""
+    from keel.model import load
+
+    metrics = load(model).evaluate(str(data))
+    if as_json:
+        out.print_json(json.dumps(metrics))
+    else:
+        _print_metrics(metrics, f"evaluation on {data}")
+
+
+@app.command()
+@_friendly
+def predict(
+    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    data: Annotated[Path, typer.Argument(help="Rows to predict.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write: .csv, .parquet or .jsonl.")],
+    proba: Annotated[bool, typer.Option("--proba", help="Add a proba_<class> column per class.")] = False,
+    with_input: Annotated[bool, typer.Option("--with-input", help="Put the input columns before the predictions.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Predict DATA with MODEL and write the predictions, in the input's row order, to --output."""
+    import pandas as pd
+
+    from keel.data.io import read_table, write_table
+    from keel.model import load
+
+    frame = read_table(str(data))
+    predictions = load(model).predict_frame(frame, proba=proba)
+    if with_input:
+        predictions = pd.concat([frame.drop(columns=[c for c in predictions if c in frame]), predictions], axis=1)
+    write_table(predictions, output)
+    err.print(f"wrote {len(predictions)} predictions to {output}")
+
+
+@app.command()
+@_friendly
+def info(
+    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    """Describe MODEL: task, target, classes, features, network and metrics."""
+    from keel.model import load
+
+    summary = load(model).summary()
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    table = Table(title=f"keel model {model}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    for key in ("task", "target", "classes", "created", "parameters", "epochs_trained", "best_epoch"):
+        table.add_row(key, str(summary[key]))
+    spec = summary["network"]
+    table.add_row("network", f"hidden {spec['hidden']}, {spec['activation']}, dropout {spec['dropout']}, "
+                             f"norm {spec['norm']}, {'one-hot' if spec['onehot'] else 'embeddings'}")
+    table.add_row("features", ", ".join(f"{f['name']} ({f['type']})" for f in summary["features"]))
+    for name, reason in summary["dropped"].items():
+        table.add_row("dropped", f"{name}: {reason}")
+    out.print(table)
+    _print_metrics(summary["metrics"], "test (at training time)")
+
+
+@app.command()
+@_friendly
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")] = Path("runs/penguins-model"),
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train on the shipped Palmer penguins table, evaluate, save, predict a few rows."""
+    from keel.data.io import read_table
+    from keel.model import fit, load
+
+    with resources.as_file(resources.files("keel") / "resources" / "penguins.csv") as data:
+        out.rule("keel demo: predict a penguin's species from its measurements (Palmer penguins, CC0)")
+        model = fit(str(data), target="species", quiet=quiet)
+        _print_metrics(model.metrics, "held-out test rows")
+        model.save(output)
+        out.print(f"saved the model to [bold]{output}[/bold]")
+        rows = read_table(str(data)).sample(5, random_state=0)
+        predictions = load(output).predict_frame(rows.drop(columns="species"), proba=True)
+        predictions = predictions.rename(columns={"species": "predicted"})
+        predictions.insert(0, "true species", rows["species"].to_numpy())
+        out.print(predictions.round(3).to_string(index=False))
+    out.rule("next")
+    out.print(f"  keel info {output}\n"
+              f"  keel evaluate {output} examples/penguins.csv\n"
+              f"  keel predict {output} examples/penguins.csv --output predictions.csv --proba\n"
+              "  keel train YOUR_DATA.csv --target YOUR_COLUMN --output my-model", highlight=False)
+
+
+def _print_metrics(metrics: dict[str, Any] | None, title: str) -> None:
+    from keel.evaluate.summary import metrics_tables
+
+    if metrics:
+        out.print(metrics_tables(metrics, title))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="keel")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

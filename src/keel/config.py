@@ -1,0 +1,252 @@
+"""The whole configuration of a keel run, validated once, at the edge.
+
+One source of truth: the YAML keys, the CLI's ``--set section.key=value`` keys, the dotted keys of
+``keel.fit(config={...})`` and the scikit-learn estimator parameters are the fields below.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from keel.errors import ConfigError
+
+FeatureType = Literal["auto", "number", "category", "binary"]
+Task = Literal["auto", "binary", "multiclass", "regression"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputFeature(_Section):
+    """One input column and how to treat it."""
+
+    name: str = Field(description="Column name in the data.")
+    type: FeatureType = Field("auto", description="number, category, binary, or auto to infer it.")
+
+
+class PreprocessingConfig(_Section):
+    """How raw columns become numbers; fitted on the training split only."""
+
+    missing: Literal["median", "mean", "constant"] = Field(
+        "median", description="How missing numbers are filled."
+    )
+    fill_value: float = Field(0.0, description="The value used when missing is 'constant'.")
+    missing_indicator: bool = Field(
+        False, description="Add a 0/1 column per number column that had missing values in training."
+    )
+    normalize: Literal["zscore", "minmax", "none"] = Field(
+        "zscore", description="How number columns are scaled."
+    )
+    categorical_encoding: Literal["embedding", "onehot"] = Field(
+        "embedding", description="Learned embeddings or fixed one-hot vectors for category columns."
+    )
+    rare_category_min_count: int = Field(
+        5, ge=1, description="Categories seen fewer times than this in training share one 'rare' bucket."
+    )
+
+
+class ModelConfig(_Section):
+    """The network: an MLP over numbers and category embeddings."""
+
+    hidden: list[Annotated[int, Field(ge=1)]] = Field([128, 64], description="Hidden layer sizes, first to last.")
+    activation: Literal["relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu"] = Field(
+        "relu", description="Activation after each hidden layer."
+    )
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout rate after each hidden layer.")
+    norm: Literal["none", "batch", "layer"] = Field("none", description="Normalization in hidden layers.")
+    init: Literal["default", "xavier_uniform", "xavier_normal", "kaiming", "kaiming_normal", "normal", "zeros"] = (
+        Field("xavier_uniform", description="Initialization of the linear layers' weights.")
+    )
+    embedding_dim: int | None = Field(
+        None, ge=1, description="Size of each category embedding; empty to size it by cardinality."
+    )
+
+
+class TrainingConfig(_Section):
+    """The training loop."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    lr: float = Field(0.001, gt=0.0, description="Learning rate.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    nesterov: bool = Field(False, description="Nesterov momentum for SGD.")
+    weight_decay: float | None = Field(
+        None, ge=0.0, description="Optimizer weight decay (decoupled for adamw); empty: 0.01 for adamw, else 0."
+    )
+    schedule: Literal["constant", "cosine", "plateau"] = Field(
+        "constant", description="Learning-rate schedule."
+    )
+    epochs: int = Field(100, ge=1, description="Maximum number of passes over the training data.")
+    batch_size: int = Field(64, ge=1, description="Rows per training step.")
+    validation_split: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction of the training rows held out for early stopping."
+    )
+    test_split: float = Field(
+        0.2, ge=0.0, lt=1.0, description="Fraction of rows held out for the final evaluation (ignored with --test)."
+    )
+    early_stopping: int = Field(
+        10, ge=0, description="Stop after this many epochs without improvement; 0 turns it off."
+    )
+    monitor: Literal["auto", "loss", "accuracy", "roc_auc", "rmse"] = Field(
+        "auto", description="Validation metric for early stopping and plateau (auto: the loss)."
+    )
+    loss: Literal["auto", "cross_entropy", "bce", "mse", "mae", "huber"] = Field(
+        "auto", description="Loss; auto picks cross_entropy, bce or mse from the task."
+    )
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="Weight classes inversely to their frequency."
+    )
+    l1: float = Field(0.0, ge=0.0, description="L1 penalty on the weights of linear layers.")
+    l2: float = Field(0.0, ge=0.0, description="L2 penalty on the weights of linear layers.")
+    grad_clip: float = Field(0.0, ge=0.0, description="Clip the gradient norm to this value; 0 turns it off.")
+    seed: int = Field(42, description="Seed for splits, initialization and shuffling.")
+
+
+class Config(_Section):
+    """A whole keel run. Every field has a default, so an empty config is valid."""
+
+    target: str | None = Field(None, description="The column to predict.")
+    task: Task = Field("auto", description="binary, multiclass or regression; auto infers it from the target.")
+    input_features: list[InputFeature] | None = Field(
+        None, description="The columns to use and their types; empty to use and infer all."
+    )
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+
+ConfigSource = Config | Mapping[str, Any] | str | Path | None
+
+
+def load_config(source: ConfigSource = None, overrides: list[str] | Mapping[str, Any] | None = None) -> Config:
+    """Build a validated Config from a YAML file, a nested or dotted dict, or nothing.
+
+    Args:
+        source: A Config, a path to a YAML file, a nested dict, a dict of dotted keys
+            (``{"training.lr": 0.01}``), or None for the defaults.
+        overrides: ``["training.lr=0.01", ...]`` strings (values parsed as YAML) or a dotted dict,
+            applied on top of ``source``.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: The file is missing or not YAML, a key is unknown or a value is invalid.
+    """
+    if isinstance(source, Config):
+        tree = source.model_dump()
+    elif isinstance(source, (str, Path)):
+        tree = _read_yaml(Path(source))
+    elif source is None:
+        tree = {}
+    elif isinstance(source, Mapping):
+        tree = _nest(source)
+    else:
+        raise ConfigError(f"config must be a YAML path, a dict or a Config; got {type(source).__name__}.")
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = [_parse_assignment(text) for text in overrides or []]
+    for key, value in items:
+        _set_dotted(tree, key, value)
+    return validate_config(tree)
+
+
+def validate_config(tree: Mapping[str, Any]) -> Config:
+    """Validate a nested dict, turning pydantic's errors into one readable ConfigError."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; check the path passed to --config.")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}".replace("\n", " ")) from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections; got a {type(tree).__name__}.")
+    return _nest(tree)
+
+
+def _parse_assignment(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, like training.lr=0.01; got {text!r}.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _nest(source: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn dotted keys into nested dicts, leaving nested input as it is."""
+    tree: dict[str, Any] = {}
+    for key, value in source.items():
+        if isinstance(value, Mapping):
+            value = _nest(value)
+        _set_dotted(tree, str(key), value)
+    return tree
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key!r}: {part!r} is a value, not a section.")
+        node = child
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        node[leaf].update(value)
+    else:
+        node[leaf] = value
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            parts.append(_unknown_key(item["loc"]))
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            parts.append(f"{path}: {message}; got {item['input']!r}")
+    first = error.errors()[0]
+    settable = [str(part) for part in first["loc"]]
+    if any(part.isdigit() for part in settable):  # --set replaces whole lists, not items
+        settable = settable[: next(i for i, part in enumerate(settable) if part.isdigit())]
+    first_path = ".".join(settable)
+    fix = (
+        "Remove it or correct its spelling."
+        if first["type"] == "extra_forbidden"
+        else f"Fix it in the config file or pass --set {first_path}=VALUE."
+    )
+    return "invalid config: " + "; ".join(parts) + ". " + fix
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    section: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            section = annotation
+        elif str(part).isdigit():
+            section = InputFeature
+    valid = sorted(section.model_fields)
+    key = ".".join(str(part) for part in loc)
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {key!r}{hint}; valid keys here: {', '.join(valid)}"

@@ -1,0 +1,185 @@
+"""The fitted preprocessing of a whole table: feature transforms plus the target's encoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from keel.config import PreprocessingConfig
+from keel.data.schema import Schema
+from keel.data.transforms import TRANSFORMS, BinaryTransform, CategoryTransform, NumberTransform
+from keel.data.values import category_strings, to_numeric
+from keel.errors import DataError
+
+FeatureTransform = NumberTransform | BinaryTransform | CategoryTransform
+
+
+@dataclass
+class Features:
+    """A table turned into arrays for the network."""
+
+    numeric: np.ndarray  # (n_rows, numeric_width) float32
+    categorical: np.ndarray  # (n_rows, n_categorical) int64
+    unseen: dict[str, int]  # column -> values mapped to the unknown bucket
+
+    def __len__(self) -> int:
+        return len(self.numeric)
+
+
+class Preprocessor:
+    """All feature transforms, fitted on the training rows only.
+
+    Args:
+        schema: Which columns are features, and their types.
+        settings: The ``preprocessing`` section of the config.
+    """
+
+    def __init__(self, schema: Schema, settings: PreprocessingConfig | None = None) -> None:
+        settings = settings or PreprocessingConfig()
+        self.transforms: list[FeatureTransform] = [
+            TRANSFORMS[feature.type](feature.name, settings) for feature in schema.features
+        ]
+
+    @property
+    def numeric(self) -> list[NumberTransform | BinaryTransform]:
+        return [t for t in self.transforms if not isinstance(t, CategoryTransform)]
+
+    @property
+    def categorical(self) -> list[CategoryTransform]:
+        return [t for t in self.transforms if isinstance(t, CategoryTransform)]
+
+    @property
+    def numeric_width(self) -> int:
+        return sum(transform.width for transform in self.numeric)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        return [transform.cardinality for transform in self.categorical]
+
+    def fit(self, frame: pd.DataFrame) -> "Preprocessor":
+        source = frame.attrs.get("source")
+        for transform in self.transforms:
+            transform.fit(frame[transform.name], source)
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> Features:
+        """Turn a table into arrays; extra columns are ignored, missing ones are an error."""
+        source = frame.attrs.get("source")
+        missing = [t.name for t in self.transforms if t.name not in frame.columns]
+        if missing:
+            raise DataError(
+                f"the data lacks the input column(s) {missing} that the model was trained on; "
+                "add them (empty values are allowed and filled as missing).",
+                file=source, column=missing[0],
+            )
+        unseen: dict[str, int] = {}
+        numeric_parts = []
+        for transform in self.numeric:
+            values, count = transform.transform(frame[transform.name], source)
+            numeric_parts.append(values)
+            if count:
+                unseen[transform.name] = count
+        categorical_parts = []
+        for transform in self.categorical:
+            codes, count = transform.transform(frame[transform.name], source)
+            categorical_parts.append(codes)
+            if count:
+                unseen[transform.name] = count
+        n_rows = len(frame)
+        numeric = np.concatenate(numeric_parts, axis=1) if numeric_parts else np.zeros((n_rows, 0), np.float32)
+        categorical = np.stack(categorical_parts, axis=1) if categorical_parts else np.zeros((n_rows, 0), np.int64)
+        return Features(numeric, categorical, unseen)
+
+    def state(self) -> list[dict[str, Any]]:
+        return [transform.state() for transform in self.transforms]
+
+    @classmethod
+    def from_state(cls, state: list[dict[str, Any]]) -> "Preprocessor":
+        preprocessor = cls.__new__(cls)
+        preprocessor.transforms = [TRANSFORMS[item["kind"]].from_state(item) for item in state]
+        return preprocessor
+
+
+class TargetEncoder:
+    """Class labels to indices for classification; standardized values for regression.
+
+    Labels keep their original Python type (int, float, bool or str), so predictions come back in
+    the same type as the training target.
+    """
+
+    def __init__(self, name: str, task: str) -> None:
+        self.name = name
+        self.task = task
+        self.labels: list[Any] = []
+        self.mean = 0.0
+        self.std = 1.0
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)
+
+    def fit(self, target: pd.Series) -> "TargetEncoder":
+        present = target.dropna()
+        if self.task == "regression":
+            values = to_numeric(present, column=self.name, source=target.attrs.get("source"))
+            self.mean, self.std = float(values.mean()), float(values.std())
+            if not np.isfinite(self.std) or self.std == 0.0:
+                self.std = 1.0
+            return self
+        by_string: dict[str, Any] = {}
+        for string, value in zip(category_strings(present), present.tolist()):
+            by_string.setdefault(string, _plain(value))
+        self.labels = [by_string[key] for key in sorted(by_string, key=_natural_key(by_string))]
+        return self
+
+    def encode(self, target: pd.Series, source: str | None = None) -> np.ndarray:
+        """Indices (int64) for classification, standardized float32 values for regression."""
+        if self.task == "regression":
+            values = to_numeric(target, column=self.name, source=source)
+            return ((values - self.mean) / self.std).astype(np.float32)
+        lookup = {string: index for index, string in enumerate(category_strings(pd.Series(self.labels, dtype=object)))}
+        strings = category_strings(target)
+        codes = pd.Series(strings, dtype=object).map(lookup).fillna(-1).to_numpy(dtype=np.int64, copy=True)
+        unknown = np.flatnonzero(codes < 0)
+        if len(unknown):
+            position = int(unknown[0])
+            raise DataError(
+                f"target column {self.name!r} row {target.index[position] + 1} has the class "
+                f"{target.iloc[position]!r}, which the model never saw; it knows {self.labels}. "
+                "Evaluate on data with the trained classes only.",
+                file=source, column=self.name, row=int(target.index[position]) + 1,
+            )
+        return codes
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Class labels (in their original type) or de-standardized values."""
+        if self.task == "regression":
+            return codes.astype(np.float64) * self.std + self.mean
+        return np.asarray(self.labels)[codes]
+
+    def state(self) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task, "labels": self.labels, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "TargetEncoder":
+        encoder = cls(state["name"], state["task"])
+        encoder.labels, encoder.mean, encoder.std = list(state["labels"]), state["mean"], state["std"]
+        return encoder
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly Python scalar from a numpy one."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _natural_key(by_string: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """Sort numbers numerically and strings alphabetically, numbers first."""
+    def key(string: str) -> tuple[int, float, str]:
+        value = by_string[string]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (0, float(value), "")
+        return (1, 0.0, string)
+    return key

@@ -1,0 +1,193 @@
+"""Infer what each column is (number, category, binary, or dropped) and what task the target poses."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from keel.config import Config
+from keel.data.values import category_strings, is_numeric, numeric_share, to_numeric
+from keel.errors import ConfigError, DataError
+
+ColumnType = Literal["number", "category", "binary"]
+ResolvedTask = Literal["binary", "multiclass", "regression"]
+
+# A string column is numeric with typos (an error) rather than a category when at least this
+# share of its values parse as numbers.
+_NUMERIC_WITH_TYPOS = 0.9
+# Integer targets with at most this many distinct values are classes, not quantities.
+_MAX_INTEGER_CLASSES = 20
+_ID_NAME = re.compile(r"(^|[_\s.-])(id|uuid|guid|key)$|^id[_\s.-]", re.IGNORECASE)
+
+
+@dataclass
+class Feature:
+    """One input column and the type keel treats it as."""
+
+    name: str
+    type: ColumnType
+
+
+@dataclass
+class Schema:
+    """The fitted description of a table: features, target and task, and what was dropped and why."""
+
+    target: str
+    task: ResolvedTask
+    features: list[Feature]
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [feature.name for feature in self.features]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "Schema":
+        return cls(
+            target=state["target"], task=state["task"],
+            features=[Feature(**item) for item in state["features"]], dropped=dict(state.get("dropped", {})),
+        )
+
+
+def require_column(frame: pd.DataFrame, name: str, role: str) -> None:
+    """Raise a DataError naming the available columns and the closest match when ``name`` is absent."""
+    if name in frame.columns:
+        return
+    columns = [str(column) for column in frame.columns]
+    close = difflib.get_close_matches(name, columns, n=1, cutoff=0.6)
+    if not close:
+        close = [column for column in columns if column.lower() == name.lower()]
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    shown = ", ".join(columns[:30]) + (" ..." if len(columns) > 30 else "")
+    raise DataError(
+        f"{role} column {name!r} is not in the data; its columns are: {shown}.{hint}",
+        file=frame.attrs.get("source"), column=name,
+    )
+
+
+def infer_schema(frame: pd.DataFrame, config: Config) -> Schema:
+    """Decide each feature's type and the task, honouring whatever the config declares.
+
+    Args:
+        frame: The training table, target included.
+        config: The run's config; ``target`` must be set.
+
+    Returns:
+        The schema; columns that cannot help (constant, all missing, id-like, free text, dates) are
+        listed in ``dropped`` with the reason.
+
+    Raises:
+        ConfigError: No target is set.
+        DataError: The target or a declared feature is missing, or the target cannot be learned.
+    """
+    if not config.target:
+        raise ConfigError("no target column; pass --target COLUMN (or target=... in Python, target: in YAML).")
+    source = frame.attrs.get("source")
+    require_column(frame, config.target, "target")
+    task = infer_task(frame[config.target], config.target, config.task, source)
+    features: list[Feature] = []
+    dropped: dict[str, str] = {}
+    declared = {item.name: item.type for item in config.input_features or []}
+    names = list(declared) if config.input_features else [c for c in frame.columns if c != config.target]
+    for name in names:
+        if name == config.target:
+            raise ConfigError(f"input_features lists the target {name!r}; remove it from input_features.")
+        require_column(frame, name, "input feature")
+        kind = declared.get(name, "auto")
+        if kind == "auto":
+            inferred, reason = infer_column_type(frame[name], name, source)
+            if inferred is None:
+                dropped[name] = reason
+                continue
+            kind = inferred
+        elif kind == "number":
+            to_numeric(frame[name], column=name, source=source)  # fail now, naming the bad row
+        features.append(Feature(name, kind))
+    if not features:
+        raise DataError(
+            f"no usable input columns: {dropped or 'the table has only the target'}. "
+            "Add feature columns or declare their types in input_features.",
+            file=source,
+        )
+    return Schema(target=config.target, task=task, features=features, dropped=dropped)
+
+
+def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple[ColumnType | None, str]:
+    """The type of one feature column, or None and the reason it is dropped."""
+    present = series.dropna()
+    if len(present) == 0:
+        return None, "all values are missing"
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        return None, "dates are not supported yet; derive numbers (year, month, weekday) from it"
+    n_unique = present.nunique()
+    if n_unique == 1:
+        return None, f"constant (every value is {present.iloc[0]!r})"
+    if pd.api.types.is_bool_dtype(series.dtype) or n_unique == 2:
+        return "binary", ""
+    if is_numeric(series):
+        if _looks_like_row_id(present, name):
+            return None, "id-like (a unique integer per row)"
+        return "number", ""
+    share = numeric_share(series)
+    if share == 1.0:
+        return "number", ""
+    if share >= _NUMERIC_WITH_TYPOS:
+        to_numeric(series, column=name, source=source)  # raises, naming the first bad value
+    if n_unique > 50 and n_unique >= 0.9 * len(present):
+        texts = present.astype(str)
+        if texts.str.len().mean() > 30 and texts.str.contains(" ").mean() > 0.5:
+            return None, "free text (text features are not supported yet)"
+        return None, "id-like (nearly every value is unique)"
+    return "category", ""
+
+
+def _looks_like_row_id(present: pd.Series, name: str) -> bool:
+    if not pd.api.types.is_integer_dtype(present.dtype) or present.nunique() != len(present) or len(present) < 20:
+        return False
+    values = np.sort(present.to_numpy())
+    consecutive = bool(np.all(np.diff(values) == 1))
+    return consecutive or bool(_ID_NAME.search(name))
+
+
+def infer_task(target: pd.Series, name: str, declared: str, source: str | None) -> ResolvedTask:
+    """Binary, multiclass or regression, from the declared task or the target's values.
+
+    Raises:
+        DataError: The target is all missing, has a single class, or does not fit the declared task.
+    """
+    present = target.dropna()
+    if len(present) == 0:
+        raise DataError(
+            f"target column {name!r} has no values (all {len(target)} are missing); choose another target.",
+            file=source, column=name,
+        )
+    if declared == "regression" or (declared == "auto" and _is_quantity(present)):
+        to_numeric(target, column=name, source=source)
+        return "regression"
+    n_classes = len(set(category_strings(present)))
+    if n_classes < 2:
+        raise DataError(
+            f"target column {name!r} has only one class ({present.iloc[0]!r}); a classifier needs at least "
+            "two. Check the target column, or filter fewer rows.",
+            file=source, column=name,
+        )
+    if declared == "binary" and n_classes != 2:
+        raise ConfigError(f"task is binary but target {name!r} has {n_classes} classes; set task: multiclass or auto.")
+    return "binary" if n_classes == 2 else "multiclass"
+
+
+def _is_quantity(present: pd.Series) -> bool:
+    if not is_numeric(present):
+        return False
+    values = present.to_numpy(dtype=np.float64)
+    if not np.all(values == np.round(values)):
+        return True
+    return present.nunique() > _MAX_INTEGER_CLASSES

@@ -1,0 +1,66 @@
+"""Deterministic train / validation / test splits, stratified for classification."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+
+@dataclass
+class Split:
+    """Row positions of each part; together they partition ``range(n_rows)``."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+
+
+def split_rows(
+    n_rows: int,
+    *,
+    validation: float,
+    test: float,
+    seed: int,
+    classes: np.ndarray | None = None,
+) -> Split:
+    """Split row positions into train, validation and test parts.
+
+    The test part is taken first, then ``validation`` is a fraction of what remains (as Keras'
+    ``validation_split`` is a fraction of the training data). A part that would get no row, or
+    leave training without one, is empty instead.
+
+    Args:
+        n_rows: Number of rows.
+        validation: Fraction of the non-test rows held out for validation.
+        test: Fraction of all rows held out for testing.
+        seed: Seed; the same inputs give the same split.
+        classes: Class index per row, to stratify on; None for regression.
+
+    Returns:
+        The split.
+    """
+    rows = np.arange(n_rows)
+    rest, test_rows = _take(rows, test, seed, classes)
+    rest_classes = classes[rest] if classes is not None else None
+    train_rows, validation_rows = _take(rest, validation, seed + 1, rest_classes)
+    return Split(np.sort(train_rows), np.sort(validation_rows), np.sort(test_rows))
+
+
+def _take(rows: np.ndarray, fraction: float, seed: int, classes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    n_held = int(round(len(rows) * fraction))
+    if fraction <= 0 or n_held == 0 or n_held >= len(rows):
+        return rows, rows[:0]
+    stratify = classes if _can_stratify(classes, n_held, len(rows)) else None
+    kept, held = train_test_split(rows, test_size=n_held, random_state=seed, stratify=stratify)
+    return kept, held
+
+
+def _can_stratify(classes: np.ndarray | None, n_held: int, n_rows: int) -> bool:
+    if classes is None:
+        return False
+    counts = np.bincount(classes)
+    counts = counts[counts > 0]
+    # scikit-learn needs two rows per class and room for every class on both sides.
+    return bool(counts.min() >= 2 and n_held >= len(counts) and n_rows - n_held >= len(counts))

@@ -1,0 +1,167 @@
+"""One transform per feature type: fit on the training split, transform any split, state as JSON.
+
+Each transform is a lookup or an affine map, so the exported ONNX graph can hold it unchanged:
+numbers are ``(where(isnan(x), fill, x) - center) / scale`` (plus an optional 0/1 missing flag),
+binary columns map their two values to 0 and 1, categories map to integer indices where 0 is the
+shared bucket for unseen and rare values and 1 is "missing".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from keel.config import PreprocessingConfig
+from keel.data.values import category_strings, to_numeric
+
+UNKNOWN_INDEX = 0
+MISSING_INDEX = 1
+
+
+class NumberTransform:
+    """Fill missing numbers, then scale (z-score, min-max or none)."""
+
+    kind: ClassVar[str] = "number"
+
+    def __init__(self, name: str, settings: PreprocessingConfig) -> None:
+        self.name = name
+        self.missing = settings.missing
+        self.constant = settings.fill_value
+        self.normalize = settings.normalize
+        self.indicator = settings.missing_indicator
+        self.fill = 0.0
+        self.center = 0.0
+        self.scale = 1.0
+
+    @property
+    def width(self) -> int:
+        """Number of float columns this transform emits."""
+        return 2 if self.indicator else 1
+
+    def fit(self, series: pd.Series, source: str | None = None) -> "NumberTransform":
+        values = to_numeric(series, column=self.name, source=source)
+        present = values[~np.isnan(values)]
+        if self.missing == "constant" or len(present) == 0:
+            self.fill = float(self.constant)
+        else:
+            self.fill = float(np.median(present) if self.missing == "median" else np.mean(present))
+        filled = np.where(np.isnan(values), self.fill, values)
+        if self.normalize == "zscore":
+            self.center, self.scale = float(filled.mean()), float(filled.std())
+        elif self.normalize == "minmax":
+            self.center, self.scale = float(filled.min()), float(filled.max() - filled.min())
+        else:
+            self.center, self.scale = 0.0, 1.0
+        if not np.isfinite(self.scale) or self.scale == 0.0:
+            self.scale = 1.0  # a constant column: leave it centred rather than divide by zero
+        return self
+
+    def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
+        """Returns ``(values (n, width) float32, 0)``; numbers have no unseen values to count."""
+        values = to_numeric(series, column=self.name, source=source)
+        missing = np.isnan(values)
+        scaled = (np.where(missing, self.fill, values) - self.center) / self.scale
+        columns = [scaled, missing.astype(np.float64)] if self.indicator else [scaled]
+        return np.stack(columns, axis=1).astype(np.float32), 0
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "fill": self.fill, "center": self.center,
+                "scale": self.scale, "indicator": self.indicator, "normalize": self.normalize,
+                "missing": self.missing}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "NumberTransform":
+        transform = cls(state["name"], PreprocessingConfig(
+            missing=state["missing"], normalize=state["normalize"], missing_indicator=state["indicator"]))
+        transform.fill, transform.center, transform.scale = state["fill"], state["center"], state["scale"]
+        return transform
+
+
+class BinaryTransform:
+    """Map a two-valued column to 0/1; missing and unseen values get the training share of 1s."""
+
+    kind: ClassVar[str] = "binary"
+    width: ClassVar[int] = 1
+
+    def __init__(self, name: str, settings: PreprocessingConfig | None = None) -> None:
+        self.name = name
+        self.values: list[str] = []
+        self.fill = 0.5
+
+    def fit(self, series: pd.Series, source: str | None = None) -> "BinaryTransform":
+        strings = category_strings(series)
+        present = strings[strings != None]  # noqa: E711 (elementwise comparison)
+        self.values = sorted(set(present.tolist()))[:2]
+        if len(self.values) == 2:
+            self.fill = float(np.mean(present == self.values[1]))
+        return self
+
+    def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
+        """Returns ``(values (n, 1) float32, count of values seen in neither training class)``."""
+        strings = category_strings(series)
+        out = np.full(len(strings), self.fill, dtype=np.float32)
+        for code, value in enumerate(self.values):
+            out[strings == value] = code
+        known = np.isin(strings, self.values) | (strings == None)  # noqa: E711
+        return out[:, None], int((~known).sum())
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "values": self.values, "fill": self.fill}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "BinaryTransform":
+        transform = cls(state["name"])
+        transform.values, transform.fill = list(state["values"]), state["fill"]
+        return transform
+
+
+class CategoryTransform:
+    """Map categories to indices: 0 for unseen or rare, 1 for missing, 2.. by training frequency."""
+
+    kind: ClassVar[str] = "category"
+
+    def __init__(self, name: str, settings: PreprocessingConfig) -> None:
+        self.name = name
+        self.min_count = settings.rare_category_min_count
+        self.vocabulary: list[str] = []
+        self.n_rare = 0
+
+    @property
+    def cardinality(self) -> int:
+        """Number of distinct indices, the unknown and missing buckets included."""
+        return len(self.vocabulary) + 2
+
+    def fit(self, series: pd.Series, source: str | None = None) -> "CategoryTransform":
+        counts = Counter(value for value in category_strings(series).tolist() if value is not None)
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        self.vocabulary = [value for value, count in ordered if count >= self.min_count]
+        self.n_rare = len(ordered) - len(self.vocabulary)
+        return self
+
+    def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
+        """Returns ``(indices (n,) int64, count of values not in the vocabulary)``."""
+        strings = category_strings(series)
+        lookup = {value: index + 2 for index, value in enumerate(self.vocabulary)}
+        codes = pd.Series(strings, dtype=object).map(lookup).to_numpy(dtype=np.float64, na_value=np.nan)
+        missing = strings == None  # noqa: E711
+        unknown = np.isnan(codes) & ~missing
+        codes = np.where(missing, MISSING_INDEX, np.where(unknown, UNKNOWN_INDEX, codes))
+        return codes.astype(np.int64), int(unknown.sum())
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "vocabulary": self.vocabulary,
+                "min_count": self.min_count, "n_rare": self.n_rare}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "CategoryTransform":
+        transform = cls(state["name"], PreprocessingConfig(rare_category_min_count=state["min_count"]))
+        transform.vocabulary, transform.n_rare = list(state["vocabulary"]), state["n_rare"]
+        return transform
+
+
+TRANSFORMS: dict[str, type[NumberTransform] | type[BinaryTransform] | type[CategoryTransform]] = {
+    "number": NumberTransform, "binary": BinaryTransform, "category": CategoryTransform,
+}

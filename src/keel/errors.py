@@ -1,0 +1,67 @@
+"""The errors keel raises, in one small hierarchy.
+
+    KeelError                    anything keel reports to a user
+    ├── ConfigError              a bad setting (also a ValueError)
+    ├── DataError                a bad file, column, row or value (also a ValueError)
+    ├── ArtifactError            a model directory that cannot be saved or loaded
+    ├── ExportError              a model that cannot be exported
+    └── NotFittedError           a model used before it was trained (also ValueError, AttributeError)
+
+    KeelWarning                  something keel worked around and the user should know about
+
+Every message says what happened (with the value received), what was expected and how to fix it.
+The CLI prints a KeelError as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class KeelError(Exception):
+    """Base class of every error keel raises on purpose."""
+
+
+class ConfigError(KeelError, ValueError):
+    """A configuration value is missing, unknown or invalid."""
+
+
+class DataError(KeelError, ValueError):
+    """The data is unreadable or does not fit what keel expects.
+
+    Args:
+        message: What was wrong, why, and how to fix it.
+        file: The file the data came from, when there is one.
+        column: The column at fault, when there is one.
+        row: The 1-based data row at fault (the header is not counted), when there is one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        column: str | None = None,
+        row: int | None = None,
+    ) -> None:
+        self.file = str(file) if file is not None else None
+        self.column = column
+        self.row = row
+        prefix = f"{self.file}: " if self.file and self.file not in message else ""
+        super().__init__(prefix + message)
+
+
+class ArtifactError(KeelError):
+    """A model directory is missing, not a keel model, of another format version or corrupt."""
+
+
+class ExportError(KeelError):
+    """A model cannot be exported."""
+
+
+class NotFittedError(KeelError, ValueError, AttributeError):
+    """A model or estimator was used before it was fitted."""
+
+
+class KeelWarning(UserWarning):
+    """Something keel handled on its own that the user should know about."""

@@ -1,0 +1,1 @@
+"""Metrics and their presentation; works on arrays and imports no other stage."""

@@ -1,0 +1,298 @@
+"""Model: the trained pipeline (schema, preprocessing, network, target encoding) and its verbs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+
+from keel import __version__
+from keel.artifact import load_artifact, save_artifact
+from keel.config import Config, ConfigSource, load_config, validate_config
+from keel.data.io import TableSource, read_table
+from keel.data.preprocess import Features, Preprocessor, TargetEncoder
+from keel.data.schema import Schema, infer_schema, require_column
+from keel.data.split import split_rows
+from keel.errors import ArtifactError, ConfigError, KeelWarning
+from keel.evaluate.metrics import classification_metrics, regression_metrics
+from keel.nn.losses import build_loss, resolve_loss_name
+from keel.nn.network import NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
+from keel.train.callbacks import ProgressBar
+from keel.train.trainer import Batch, History, Trainer
+
+
+class Model:
+    """A trained keel model. Create one with :func:`keel.fit` or :func:`keel.load`.
+
+    Attributes:
+        config: The validated configuration the model was trained with.
+        schema: The features, their types, the target and the task.
+        metrics: Metrics on the held-out test rows (None when there were none).
+        history: Per-epoch training records.
+        notes: What keel decided or worked around while training (dropped columns and rows, ...).
+    """
+
+    def __init__(self, config: Config, schema: Schema, preprocessor: Preprocessor, target: TargetEncoder,
+                 network: TabularNetwork, history: dict[str, Any] | None = None,
+                 metrics: dict[str, Any] | None = None, notes: list[str] | None = None,
+                 created: str | None = None) -> None:
+        self.config = config
+        self.schema = schema
+        self.preprocessor = preprocessor
+        self.target_encoder = target
+        self.network = network
+        self.history = history or {}
+        self.metrics = metrics
+        self.notes = notes or []
+        self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    # ---- what the model is -------------------------------------------------------------
+    @property
+    def task(self) -> str:
+        return self.schema.task
+
+    @property
+    def target(self) -> str:
+        return self.schema.target
+
+    @property
+    def classes(self) -> list[Any]:
+        """Class labels in probability-column order (empty for regression)."""
+        return list(self.target_encoder.labels)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.schema.feature_names
+
+    def __repr__(self) -> str:
+        return f"Model(task={self.task!r}, target={self.target!r}, features={len(self.feature_names)})"
+
+    # ---- using it ----------------------------------------------------------------------
+    def predict(self, data: TableSource) -> np.ndarray:
+        """Predicted class labels (classification) or values (regression), one per row, in row order."""
+        outputs = self._outputs(read_table(data))
+        if self.task == "regression":
+            return self.target_encoder.decode(outputs[:, 0].numpy())
+        return self.target_encoder.decode(to_probabilities(outputs, self.task).argmax(1).numpy())
+
+    def predict_proba(self, data: TableSource) -> np.ndarray:
+        """Class probabilities, shape (n_rows, n_classes), columns in the order of :attr:`classes`."""
+        if self.task == "regression":
+            raise ConfigError("predict_proba needs a classification model; this one does regression. Use predict.")
+        return to_probabilities(self._outputs(read_table(data)), self.task).numpy()
+
+    def predict_frame(self, data: TableSource, proba: bool = False) -> pd.DataFrame:
+        """Predictions as a DataFrame: a column named after the target, plus ``proba_<class>`` columns."""
+        outputs = self._outputs(read_table(data))
+        if self.task == "regression":
+            return pd.DataFrame({self.target: self.target_encoder.decode(outputs[:, 0].numpy())})
+        probabilities = to_probabilities(outputs, self.task).numpy()
+        frame = pd.DataFrame({self.target: self.target_encoder.decode(probabilities.argmax(1))})
+        if proba:
+            for index, label in enumerate(self.classes):
+                frame[f"proba_{label}"] = probabilities[:, index]
+        return frame
+
+    def evaluate(self, data: TableSource) -> dict[str, Any]:
+        """Metrics on labelled data: classification or regression metrics as in :mod:`keel.evaluate.metrics`.
+
+        Rows with a missing target are left out and counted in ``n_missing_target``.
+        """
+        frame = read_table(data)
+        require_column(frame, self.target, "target")
+        labelled = frame[frame[self.target].notna()]
+        metrics = self._score(labelled)
+        metrics["n_missing_target"] = int(len(frame) - len(labelled))
+        return metrics
+
+    def save(self, path: str | os.PathLike) -> os.PathLike:
+        """Write the model directory (``keel.json`` + ``weights.safetensors``) atomically."""
+        metadata = {
+            "versions": {"keel": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "created": self.created,
+            "config": self.config.model_dump(mode="json"),
+            "schema": self.schema.to_dict(),
+            "preprocessing": self.preprocessor.state(),
+            "target": self.target_encoder.state(),
+            "network": self.network.spec.to_dict(),
+            "metrics": self.metrics,
+            "history": self.history,
+            "notes": self.notes,
+        }
+        return save_artifact(path, metadata, self.network.state_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Model":
+        """Read a model directory, verifying its format version and checksums; never unpickles."""
+        metadata, tensors = load_artifact(path)
+        try:
+            network = TabularNetwork(NetworkSpec(**metadata["network"]))
+            network.load_state_dict(tensors, strict=True)
+            network.eval()
+            return cls(
+                config=validate_config(metadata["config"]), schema=Schema.from_dict(metadata["schema"]),
+                preprocessor=Preprocessor.from_state(metadata["preprocessing"]),
+                target=TargetEncoder.from_state(metadata["target"]), network=network,
+                history=metadata.get("history"), metrics=metadata.get("metrics"),
+                notes=metadata.get("notes"), created=metadata.get("created"),
+            )
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            if isinstance(error, ConfigError):
+                raise ArtifactError(f"{path}/keel.json holds an invalid config: {error}") from None
+            raise ArtifactError(f"{path}/keel.json does not describe its weights ({error}); the model is corrupt.") from None
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-friendly description: task, target, classes, features, network size, metrics."""
+        return {
+            "task": self.task, "target": self.target, "classes": self.classes,
+            "features": [{"name": f.name, "type": f.type} for f in self.schema.features],
+            "dropped": self.schema.dropped, "created": self.created,
+            "parameters": sum(p.numel() for p in self.network.parameters()),
+            "network": self.network.spec.to_dict(), "metrics": self.metrics,
+            "epochs_trained": len(self.history.get("epochs", [])), "best_epoch": self.history.get("best_epoch"),
+        }
+
+    # ---- internals ---------------------------------------------------------------------
+    def _features(self, frame: pd.DataFrame) -> Features:
+        features = self.preprocessor.transform(frame)
+        for column, count in features.unseen.items():
+            warnings.warn(
+                f"column {column!r}: {count} value(s) not seen in training (or rare there) "
+                "were mapped to the unknown-category bucket.", KeelWarning, stacklevel=3)
+        return features
+
+    def _outputs(self, frame: pd.DataFrame) -> torch.Tensor:
+        features = self._features(frame)
+        return predict_outputs(self.network, torch.from_numpy(features.numeric), torch.from_numpy(features.categorical))
+
+    def _score(self, frame: pd.DataFrame) -> dict[str, Any]:
+        y = self.target_encoder.encode(frame[self.target], frame.attrs.get("source"))
+        outputs = self._outputs(frame)
+        if self.task == "regression":
+            return regression_metrics(self.target_encoder.decode(y), self.target_encoder.decode(outputs[:, 0].numpy()))
+        return classification_metrics(y, to_probabilities(outputs, self.task).numpy(), self.classes)
+
+
+def fit(data: TableSource, target: str | None = None, config: ConfigSource = None, *,
+        test: TableSource | None = None, quiet: bool = False) -> Model:
+    """Train a model on a table: infer the schema, split, preprocess, train, evaluate on held-out rows.
+
+    Args:
+        data: A CSV / Parquet / JSON Lines path or a DataFrame.
+        target: The column to predict (or ``target`` in the config).
+        config: A YAML path, a nested dict, a dict of dotted keys (``{"training.lr": 0.01}``) or a Config.
+        test: Rows to evaluate on instead of holding out ``training.test_split`` of ``data``.
+        quiet: No notes and no progress bar.
+
+    Returns:
+        The trained model; ``model.metrics`` holds the test metrics.
+
+    Raises:
+        ConfigError: A setting is invalid.
+        DataError: The data cannot be read or learned from.
+
+    Example:
+        >>> model = keel.fit("examples/penguins.csv", target="species", quiet=True)
+        >>> model.predict("examples/penguins.csv")[:2]
+    """
+    settings = load_config(config)
+    if target is not None:
+        if settings.target not in (None, target):
+            raise ConfigError(f"target is {target!r} but the config says {settings.target!r}; pass one of them.")
+        settings = settings.model_copy(update={"target": target})
+    console = Console(stderr=True, quiet=quiet)
+    frame = read_table(data)
+    schema = infer_schema(frame, settings)
+    notes = [f"dropped column {name!r}: {reason}" for name, reason in schema.dropped.items()]
+    frame = _labelled(frame, schema.target, notes, "training data")
+    test_frame = _labelled(read_table(test), schema.target, notes, "test data") if test is not None else None
+    if test_frame is not None:
+        require_column(test_frame, schema.target, "target")
+    for note in notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    with torch.random.fork_rng():
+        torch.manual_seed(settings.training.seed)
+        return _train(frame, test_frame, settings, schema, notes, console)
+
+
+def _labelled(frame: pd.DataFrame, target: str, notes: list[str], what: str) -> pd.DataFrame:
+    require_column(frame, target, "target")
+    keep = frame[target].notna()
+    if not keep.all():
+        notes.append(f"dropped {int((~keep).sum())} row(s) of the {what} with a missing {target!r}")
+        frame = frame[keep]
+    return frame
+
+
+def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, schema: Schema,
+           notes: list[str], console: Console) -> Model:
+    training = settings.training
+    target = TargetEncoder(schema.target, schema.task).fit(frame[schema.target])
+    classes = None if schema.task == "regression" else target.encode(frame[schema.target])
+    split = split_rows(len(frame), validation=training.validation_split,
+                       test=0.0 if test_frame is not None else training.test_split,
+                       seed=training.seed, classes=classes)
+    train_frame = frame.iloc[split.train]
+    if schema.task == "regression":
+        target.fit(train_frame[schema.target])  # scale the target on training rows only
+    preprocessor = Preprocessor(schema, settings.preprocessing).fit(train_frame)
+    spec = NetworkSpec(
+        numeric_width=preprocessor.numeric_width, cardinalities=preprocessor.cardinalities,
+        n_outputs=target.n_classes if schema.task == "multiclass" else 1,
+        hidden=list(settings.model.hidden), activation=settings.model.activation, dropout=settings.model.dropout,
+        norm=settings.model.norm, init=settings.model.init,
+        onehot=settings.preprocessing.categorical_encoding == "onehot",
+        embedding_dims=[settings.model.embedding_dim] * len(preprocessor.cardinalities)
+        if settings.model.embedding_dim else [],
+    )
+    network = TabularNetwork(spec)
+    train_rows = _batch(preprocessor, target, train_frame)
+    validation_rows = _batch(preprocessor, target, frame.iloc[split.validation]) if len(split.validation) else None
+    if validation_rows is None and training.early_stopping:
+        notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
+    loss = build_loss(resolve_loss_name(training.loss, schema.task), _class_weights(training.class_weights, train_rows, target))
+    console.print(
+        f"training a {schema.task} model on {len(split.train)} rows ({len(split.validation)} validation, "
+        f"{len(split.test) if test_frame is None else len(test_frame)} test): "
+        f"{len(schema.features)} features, {sum(p.numel() for p in network.parameters())} parameters"
+    )
+    trainer = Trainer(network, training, schema.task, loss, target_scale=target.std)
+    if console.quiet:
+        history = trainer.fit(train_rows, validation_rows)
+    else:
+        with ProgressBar(training.epochs, trainer.monitor, console) as bar:
+            trainer.callback = bar
+            history = trainer.fit(train_rows, validation_rows)
+    network.eval()
+    model = Model(settings, schema, preprocessor, target, network, history=history.to_dict(), notes=notes)
+    evaluation = test_frame if test_frame is not None else frame.iloc[split.test]
+    if len(evaluation):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", KeelWarning)  # unseen test categories are expected here
+            model.metrics = model._score(evaluation)
+    return model
+
+
+def _batch(preprocessor: Preprocessor, target: TargetEncoder, frame: pd.DataFrame) -> Batch:
+    features = preprocessor.transform(frame)
+    return Batch(torch.from_numpy(features.numeric), torch.from_numpy(features.categorical),
+                 torch.from_numpy(target.encode(frame[target.name], frame.attrs.get("source"))))
+
+
+def _class_weights(mode: str, rows: Batch, target: TargetEncoder) -> torch.Tensor | None:
+    if mode == "none" or target.task == "regression":
+        return None
+    counts = torch.bincount(rows.target, minlength=target.n_classes).float().clamp(min=1)
+    return counts.sum() / (len(counts) * counts)  # scikit-learn's "balanced"
+
+
+def load(path: str | os.PathLike) -> Model:
+    """Load a model directory saved by :meth:`Model.save` or ``keel train``."""
+    return Model.load(path)

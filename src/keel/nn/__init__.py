@@ -1,0 +1,1 @@
+"""Network building blocks: encoders, the MLP, the whole network and its losses."""

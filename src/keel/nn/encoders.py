@@ -1,0 +1,42 @@
+"""Category encoders: learned embeddings or fixed one-hot vectors, one per category column."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def embedding_size(cardinality: int, requested: int | None = None) -> int:
+    """An embedding width that grows slowly with the number of categories (fast.ai's rule), capped at 50."""
+    if requested is not None:
+        return requested
+    return int(min(50, max(2, round(1.6 * cardinality**0.56))))
+
+
+class CategoryEncoder(nn.Module):
+    """Encode each category column into a vector and concatenate them.
+
+    Args:
+        cardinalities: Number of indices per column (unknown and missing buckets included).
+        dims: Width of each column's vector.
+        onehot: Fixed identity vectors (width = cardinality) instead of learned embeddings.
+    """
+
+    def __init__(self, cardinalities: list[int], dims: list[int], onehot: bool = False) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList()
+        for cardinality, dim in zip(cardinalities, dims):
+            table = nn.Embedding(cardinality, cardinality if onehot else dim)
+            if onehot:
+                # Gather on a frozen identity is one-hot encoding, and exports as a plain Gather.
+                table.weight.data.copy_(torch.eye(cardinality))
+                table.weight.requires_grad_(False)
+            self.tables.append(table)
+
+    @property
+    def width(self) -> int:
+        return sum(table.embedding_dim for table in self.tables)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        # codes: (batch, n_columns) int64 -> (batch, width)
+        return torch.cat([table(codes[:, index]) for index, table in enumerate(self.tables)], dim=1)

@@ -1,0 +1,74 @@
+"""A configurable multilayer perceptron: sizes, activation, normalization, dropout, initialization."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01), "silu": nn.SiLU,
+}
+
+NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "none": lambda width: nn.Identity(), "batch": nn.BatchNorm1d, "layer": nn.LayerNorm,
+}
+
+
+def _kaiming(weight: torch.Tensor, activation: str, normal: bool) -> None:
+    nonlinearity = "leaky_relu" if activation == "leaky_relu" else "relu"
+    init = nn.init.kaiming_normal_ if normal else nn.init.kaiming_uniform_
+    init(weight, a=0.01 if activation == "leaky_relu" else 0.0, nonlinearity=nonlinearity)
+
+
+INITIALIZERS: dict[str, Callable[[torch.Tensor, str], None]] = {
+    "default": lambda weight, activation: None,  # PyTorch's own initialization
+    "xavier_uniform": lambda weight, activation: nn.init.xavier_uniform_(weight),
+    "xavier_normal": lambda weight, activation: nn.init.xavier_normal_(weight),
+    "kaiming": lambda weight, activation: _kaiming(weight, activation, normal=False),
+    "kaiming_normal": lambda weight, activation: _kaiming(weight, activation, normal=True),
+    "normal": lambda weight, activation: nn.init.normal_(weight, std=0.02),
+    "zeros": lambda weight, activation: nn.init.zeros_(weight),
+}
+
+
+def build_mlp(
+    in_features: int,
+    hidden: list[int],
+    out_features: int,
+    *,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    norm: str = "none",
+    init: str = "default",
+) -> nn.Sequential:
+    """Linear → norm → activation → dropout for each hidden size, then a linear output layer.
+
+    Args:
+        in_features: Width of the input.
+        hidden: Hidden layer sizes; empty gives a linear model.
+        out_features: Width of the output (logits or values).
+        activation: One of ``ACTIVATIONS``.
+        dropout: Dropout rate after each hidden layer.
+        norm: One of ``NORMS``.
+        init: One of ``INITIALIZERS``; biases start at zero unless ``default``.
+
+    Returns:
+        The network as an ``nn.Sequential``.
+    """
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in hidden:
+        layers += [nn.Linear(width, size), NORMS[norm](size), ACTIVATIONS[activation]()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    layers.append(nn.Linear(width, out_features))
+    mlp = nn.Sequential(*layers)
+    for module in mlp:
+        if isinstance(module, nn.Linear) and init != "default":
+            INITIALIZERS[init](module.weight, activation)
+            nn.init.zeros_(module.bias)
+    return mlp
