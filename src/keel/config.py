@@ -61,7 +61,7 @@ class ModelConfig(_Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout rate after each hidden layer.")
     norm: Literal["none", "batch", "layer"] = Field("none", description="Normalization in hidden layers.")
     init: Literal["default", "xavier_uniform", "xavier_normal", "kaiming", "kaiming_normal", "normal", "zeros"] = (
-        Field("xavier_uniform", description="Initialization of the linear layers' weights.")
+        Field("default", description="Initialization of the linear layers' weights (default: PyTorch's).")
     )
     embedding_dim: int | None = Field(
         None, ge=1, description="Size of each category embedding; empty to size it by cardinality."
