@@ -115,9 +115,10 @@ class Config(_Section):
     input_features: list[InputFeature] | None = Field(
         None, description="The columns to use and their types; empty to use and infer all."
     )
-    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    preprocessing: PreprocessingConfig = Field(
+        default_factory=PreprocessingConfig, description="Missing values, scaling, category encoding.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop.")
 
 
 ConfigSource = Config | Mapping[str, Any] | str | Path | None

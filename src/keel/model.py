@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import os
 import platform
@@ -52,6 +53,7 @@ class Model:
         self.metrics = metrics
         self.notes = notes or []
         self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self._predictor: TabularNetwork | None = None
 
     # ---- what the model is -------------------------------------------------------------
     @property
@@ -170,7 +172,12 @@ class Model:
 
     def _outputs(self, frame: pd.DataFrame) -> torch.Tensor:
         features = self._features(frame)
-        return predict_outputs(self.network, torch.from_numpy(features.numeric), torch.from_numpy(features.categorical))
+        # Predictions run in float64: float32 matmul kernels round differently for different
+        # batch sizes, and a row's prediction should not depend on which rows came with it.
+        if self._predictor is None:
+            self._predictor = copy.deepcopy(self.network).double().eval()
+        numeric = torch.from_numpy(features.numeric).double()
+        return predict_outputs(self._predictor, numeric, torch.from_numpy(features.categorical))
 
     def _score(self, frame: pd.DataFrame) -> dict[str, Any]:
         y = self.target_encoder.encode(frame[self.target], frame.attrs.get("source"))

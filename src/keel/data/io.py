@@ -53,8 +53,8 @@ def read_table(source: TableSource, *, delimiter: str | None = None, encoding: s
             "Pass a path to a CSV, Parquet or JSON Lines file, or a DataFrame."
         )
     path = Path(source)
-    kind = _format_of(path)
     _check_readable(path)
+    kind = _format_of(path)
     if kind == "csv":
         frame = _read_csv(path, delimiter, encoding)
     elif kind == "parquet":

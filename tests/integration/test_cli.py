@@ -1,0 +1,141 @@
+"""The keel command, run for real: as a subprocess for end-to-end flows, in-process for error messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from keel.cli import app
+from tests.conftest import PENGUINS
+
+KEEL = Path(sys.executable).parent / "keel"
+FAST_SET = ["--set", "training.epochs=30", "--set", "model.hidden=[16]", "--set", "training.lr=0.01"]
+
+
+def keel(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(KEEL), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def invoke(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def penguin_model(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("cli") / "model"
+    result = keel("train", str(PENGUINS), "--target", "species", "--output", str(output), "--seed", "3", "--quiet", *FAST_SET)
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in result.stdout
+    return output
+
+
+def test_train_writes_a_model_that_info_describes(penguin_model) -> None:
+    assert sorted(p.name for p in penguin_model.iterdir()) == ["keel.json", "weights.safetensors"]
+    document = json.loads((penguin_model / "keel.json").read_text())
+    assert document["config"]["training"]["seed"] == 3 and document["config"]["model"]["hidden"] == [16]
+    result = keel("info", str(penguin_model))
+    assert result.returncode == 0
+    for text in ("multiclass", "species", "Adelie", "island (category)", "bill_length_mm (number)"):
+        assert text in result.stdout
+    summary = json.loads(keel("info", str(penguin_model), "--json").stdout)
+    assert summary["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
+
+
+def test_predict_keeps_row_order_and_names_columns(penguin_model, tmp_path) -> None:
+    rows = pd.read_csv(PENGUINS).sample(frac=1, random_state=1).drop(columns="species")
+    data = tmp_path / "rows.csv"
+    rows.to_csv(data, index=False)
+    output = tmp_path / "out.csv"
+    result = keel("predict", str(penguin_model), str(data), "--output", str(output), "--proba")
+    assert result.returncode == 0, result.stderr
+    predictions = pd.read_csv(output)
+    assert list(predictions.columns) == ["species", "proba_Adelie", "proba_Chinstrap", "proba_Gentoo"]
+    assert len(predictions) == len(rows)
+    import keel as api
+
+    expected = api.load(penguin_model).predict(data)
+    assert predictions["species"].tolist() == expected.tolist()
+    parquet = tmp_path / "out.parquet"
+    assert keel("predict", str(penguin_model), str(data), "-o", str(parquet), "--with-input").returncode == 0
+    both = pd.read_parquet(parquet)
+    assert list(both.columns) == list(rows.columns) + ["species"]
+    assert both["bill_length_mm"].tolist()[:5] == pytest.approx(rows["bill_length_mm"].tolist()[:5], nan_ok=True)
+
+
+def test_evaluate_prints_tables_or_json(penguin_model) -> None:
+    tables = invoke("evaluate", str(penguin_model), str(PENGUINS))
+    assert tables.exit_code == 0 and "per class" in tables.stdout and "confusion matrix" in tables.stdout
+    metrics = json.loads(invoke("evaluate", str(penguin_model), str(PENGUINS), "--json").stdout)
+    assert metrics["n_rows"] == 344 and 0.9 < metrics["accuracy"] <= 1.0 and len(metrics["per_class"]) == 3
+
+
+def test_train_with_a_config_file_and_a_test_file(tmp_path) -> None:
+    frame = pd.read_csv(PENGUINS)
+    train, test = tmp_path / "train.csv", tmp_path / "test.parquet"
+    frame.iloc[::2].to_csv(train, index=False)
+    frame.iloc[1::2].to_parquet(test)
+    config = tmp_path / "keel.yaml"
+    config.write_text("target: species\nmodel: {hidden: [8], activation: tanh}\ntraining: {epochs: 5}\n")
+    result = invoke("train", str(train), "--config", str(config), "--test", str(test), "-o", str(tmp_path / "m"), "--json")
+    assert result.exit_code == 0, result.stdout
+    assert json.loads(result.stdout)["metrics"]["n_rows"] == 172
+
+
+def test_an_error_is_one_line_without_traceback_and_exit_2(tmp_path) -> None:
+    result = keel("train", str(tmp_path / "missing.csv"), "--target", "y")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    debug = keel("train", str(tmp_path / "missing.csv"), "--target", "y", "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "DataError" in debug.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", str(PENGUINS), "--target", "specie"], "target column 'specie' is not in the data.*Did you mean 'species'"),
+    (["train", str(PENGUINS), "--target", "species", "--set", "training.optimizer=rmsprop"],
+     "training.optimizer: Input should be 'adam', 'adamw' or 'sgd'; got 'rmsprop'"),
+    (["train", str(PENGUINS), "--target", "species", "--set", "model.widths=[3]"], "unknown key 'model.widths'"),
+    (["train", str(PENGUINS)], "no target column; pass --target"),
+    (["evaluate", str(PENGUINS.parent), str(PENGUINS)], r"is not a keel model \(no keel.json inside\)"),
+])
+def test_user_errors_read_well(args, message) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and pytest.approx(0) == result.stderr.strip().count("\n")
+    import re
+
+    assert re.search(message, result.stderr.replace("\n", " ")), result.stderr
+
+
+def test_predict_errors(penguin_model, tmp_path) -> None:
+    rows = pd.read_csv(PENGUINS).drop(columns=["island"])
+    data = tmp_path / "rows.csv"
+    rows.to_csv(data, index=False)
+    missing = invoke("predict", str(penguin_model), str(data), "-o", str(tmp_path / "p.csv"))
+    assert missing.exit_code == 2 and "lacks the input column(s) ['island']" in missing.stderr
+    bad_ext = invoke("predict", str(penguin_model), str(PENGUINS), "-o", str(tmp_path / "p.xlsx"))
+    assert bad_ext.exit_code == 2 and "unsupported extension '.xlsx'" in bad_ext.stderr
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "p.xlsx").exists()
+
+
+def test_unseen_categories_are_reported_as_a_note(penguin_model, tmp_path) -> None:
+    rows = pd.read_csv(PENGUINS).head(3).assign(island="Atlantis")
+    data = tmp_path / "rows.csv"
+    rows.to_csv(data, index=False)
+    result = invoke("predict", str(penguin_model), str(data), "-o", str(tmp_path / "p.csv"))
+    assert result.exit_code == 0
+    assert "note: column 'island': 3 value(s) not seen in training" in result.stderr.replace("\n", " ")
+
+
+def test_demo_runs_end_to_end(tmp_path) -> None:
+    result = keel("demo", "--output", str(tmp_path / "demo-model"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    for text in ("accuracy", "saved the model", "proba_Adelie", "keel predict"):
+        assert text in result.stdout
+    assert (tmp_path / "demo-model" / "keel.json").is_file()

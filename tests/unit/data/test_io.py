@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from keel.data.io import read_table, write_table
+from keel.errors import DataError
+
+FRAME = pd.DataFrame({"a": [1.5, 2.0, None], "b": ["x", "y", "z"], "c": [1, 2, 3]})
+
+
+def _same(left: pd.DataFrame, right: pd.DataFrame) -> None:
+    assert list(left.columns) == list(right.columns)
+    assert left["a"].tolist()[:2] == right["a"].tolist()[:2] and pd.isna(left["a"].iloc[2]) and pd.isna(right["a"].iloc[2])
+    assert left["b"].tolist() == right["b"].tolist() and left["c"].tolist() == right["c"].tolist()
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.parquet", "t.jsonl", "t.csv.gz"])
+def test_every_format_reads_back_the_same_table(tmp_path, name) -> None:
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        FRAME.to_csv(path, index=False, compression="gzip")
+    else:
+        write_table(FRAME, path)
+    frame = read_table(path)
+    _same(frame, FRAME)
+    assert frame.attrs["source"] == str(path)
+
+
+def test_dataframe_gets_a_fresh_index_and_string_names() -> None:
+    frame = read_table(pd.DataFrame({0: [1, 2], "b": [3, 4]}, index=[10, 20]))
+    assert list(frame.columns) == ["0", "b"] and list(frame.index) == [0, 1]
+
+
+def test_delimiter_is_sniffed_and_encoding_falls_back(tmp_path) -> None:
+    semicolon = tmp_path / "semi.csv"
+    semicolon.write_text("a;b;c\n1,5;x;1\n2;y;2\n")
+    assert list(read_table(semicolon).columns) == ["a", "b", "c"]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("name,city\nJosé,Málaga\nAnn,Köln\n".encode("latin-1"))
+    assert read_table(latin)["city"].tolist() == ["Málaga", "Köln"]
+    tabs = tmp_path / "t.tsv"
+    tabs.write_text("a\tb\n1\t2\n")
+    assert read_table(tabs)["b"].tolist() == [2]
+    explicit = tmp_path / "pipe.txt"
+    explicit.write_text("a|b\n1|2\n")
+    assert read_table(explicit, delimiter="|")["b"].tolist() == [2]
+
+
+def test_utf8_bom_is_not_part_of_the_first_name(tmp_path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffa,b\n1,2\n".encode("utf-8"))
+    assert list(read_table(path).columns) == ["a", "b"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    (b"", r"is empty \(0 bytes\)"),
+    (b"a,b,c\n", "has a header but no data rows"),
+    (b"\n\n\n", "only blank lines"),
+    (b"a,b,a\n1,2,3\n", r"duplicate column names \['a'\]"),
+    (b"a,b\n1,2\n3,4,5\n", "cannot parse .* delimiter ','.*as many fields as the header"),
+])
+def test_bad_csv_files_name_the_file_and_the_problem(tmp_path, content, message) -> None:
+    path = tmp_path / "data.csv"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as error:
+        read_table(path)
+    assert str(path) in str(error.value) and error.value.file == str(path)
+
+
+def test_directory_unreadable_and_unsupported_format(tmp_path) -> None:
+    with pytest.raises(DataError, match="is a directory"):
+        read_table(tmp_path)
+    sheet = tmp_path / "data.xlsx"
+    sheet.write_bytes(b"PK")
+    with pytest.raises(DataError, match=r"unsupported format '.xlsx'.*\.csv.*\.parquet"):
+        read_table(sheet)
+    if os.geteuid() != 0:  # root reads anything, so the permission check cannot trigger
+        locked = tmp_path / "locked.csv"
+        locked.write_text("a\n1\n")
+        locked.chmod(0)
+        with pytest.raises(DataError, match="not readable"):
+            read_table(locked)
+
+
+def test_corrupt_parquet_and_bad_arguments(tmp_path) -> None:
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="cannot read .*broken.parquet"):
+        read_table(broken)
+    with pytest.raises(DataError, match="expected a file path or a pandas DataFrame; got list"):
+        read_table([1, 2])  # type: ignore[arg-type]
+
+
+def test_dataframe_problems() -> None:
+    with pytest.raises(DataError, match="no rows"):
+        read_table(pd.DataFrame({"a": []}))
+    duplicated = pd.DataFrame([[1, 2]], columns=["a", "a"])
+    with pytest.raises(DataError, match=r"duplicate column names \['a'\]"):
+        read_table(duplicated)
+
+
+def test_write_table_is_atomic_and_checks_the_extension(tmp_path) -> None:
+    with pytest.raises(DataError, match=r"unsupported extension '.xlsx'"):
+        write_table(FRAME, tmp_path / "out.xlsx")
+    path = write_table(FRAME, tmp_path / "sub" / "out.csv")
+    _same(read_table(path), FRAME)
+    assert [p.name for p in path.parent.iterdir()] == ["out.csv"]  # no temporary file left

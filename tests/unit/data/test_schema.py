@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from keel.config import load_config
+from keel.data.io import read_table
+from keel.data.schema import infer_column_type, infer_schema, infer_task
+from keel.errors import ConfigError, DataError
+
+
+def _schema(frame: pd.DataFrame, **config):  # type: ignore[no-untyped-def]
+    return infer_schema(read_table(frame), load_config(config))
+
+
+def test_column_types_are_inferred_and_useless_columns_dropped_with_a_reason() -> None:
+    n = 60
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({
+        "number": rng.normal(size=n),
+        "numeric_text": [str(v) for v in rng.normal(size=n)],
+        "flag": rng.choice([True, False], n),
+        "two_strings": rng.choice(["yes", "no"], n),
+        "city": rng.choice(["paris", "rome", "oslo"], n),
+        "row_id": np.arange(n),
+        "customer_uuid": [f"c-{i:05d}" for i in range(n)],
+        "comment": [f"this is a long free text comment number {i} about things" for i in range(n)],
+        "constant": 7,
+        "empty": [None] * n,
+        "y": rng.integers(0, 2, n),
+    })
+    schema = _schema(frame, target="y")
+    assert {f.name: f.type for f in schema.features} == {
+        "number": "number", "numeric_text": "number", "flag": "binary", "two_strings": "binary", "city": "category"}
+    assert schema.dropped["row_id"].startswith("id-like")
+    assert schema.dropped["customer_uuid"].startswith("id-like")
+    assert schema.dropped["comment"].startswith("free text")
+    assert schema.dropped["constant"].startswith("constant")
+    assert schema.dropped["empty"] == "all values are missing"
+    assert schema.task == "binary"
+
+
+def test_declared_features_are_used_as_declared() -> None:
+    frame = pd.DataFrame({"zip": [1000, 2000, 3000, 1000] * 5, "other": range(20), "y": [0, 1] * 10})
+    schema = _schema(frame, target="y", input_features=[{"name": "zip", "type": "category"}])
+    assert [(f.name, f.type) for f in schema.features] == [("zip", "category")]
+
+
+@pytest.mark.parametrize("values, task", [
+    (["a", "b", "a", "b"], "binary"),
+    (["a", "b", "c", "a"], "multiclass"),
+    ([0, 1, 2, 3, 2, 1], "multiclass"),
+    ([0.5, 1.25, 2.0, 3.5], "regression"),
+    (list(range(100)), "regression"),
+    ([True, False, True, True], "binary"),
+])
+def test_task_is_inferred_from_the_target(values, task) -> None:
+    assert infer_task(pd.Series(values), "y", "auto", None) == task
+
+
+def test_task_override_and_its_checks() -> None:
+    assert infer_task(pd.Series([0, 1, 2, 3]), "y", "regression", None) == "regression"
+    with pytest.raises(ConfigError, match="task is binary but target 'y' has 3 classes"):
+        infer_task(pd.Series(["a", "b", "c"]), "y", "binary", None)
+
+
+def test_missing_target_lists_columns_and_suggests_the_closest() -> None:
+    frame = pd.DataFrame({"species": ["a", "b"], "island": ["x", "y"]})
+    with pytest.raises(DataError, match=r"target column 'specis' is not in the data; its columns are: species, island\. Did you mean 'species'\?"):
+        _schema(frame, target="specis")
+    with pytest.raises(DataError, match="Did you mean 'species'"):
+        _schema(frame, target="SPECIES")
+
+
+def test_target_with_one_class_or_no_values() -> None:
+    with pytest.raises(DataError, match=r"target column 'y' has only one class \('a'\); a classifier needs at least two"):
+        _schema(pd.DataFrame({"x": [1, 2, 3], "y": ["a", "a", None]}), target="y")
+    with pytest.raises(DataError, match=r"target column 'y' has no values \(all 3 are missing\)"):
+        _schema(pd.DataFrame({"x": [1, 2, 3], "y": [None, None, None]}), target="y")
+
+
+def test_no_target_and_no_features() -> None:
+    with pytest.raises(ConfigError, match="no target column; pass --target"):
+        _schema(pd.DataFrame({"x": [1, 2]}))
+    with pytest.raises(DataError, match="no usable input columns"):
+        _schema(pd.DataFrame({"x": [1, 1, 1], "y": [0, 1, 0]}), target="y")
+
+
+def test_a_typo_in_a_number_column_names_column_row_and_value(tmp_path) -> None:
+    path = tmp_path / "data.csv"
+    values = [str(i * 1.5) for i in range(30)]
+    values[17] = "12,3kg"
+    pd.DataFrame({"weight": values, "y": [0, 1] * 15}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"column 'weight' holds numbers, but row 18 has the value '12,3kg'") as error:
+        _schema(read_table(path), target="y")
+    assert (error.value.column, error.value.row, error.value.file) == ("weight", 18, str(path))
+
+
+def test_infinite_values_are_an_error_nan_is_missing(tmp_path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("x,y\n1,0\nnan,1\n3,0\ninf,1\n5,0\n-inf,1\n")
+    frame = read_table(path)
+    assert np.isnan(frame["x"].iloc[1])
+    with pytest.raises(DataError, match=r"column 'x' row 4 has the value inf; keel needs finite numbers \(2 infinite"):
+        _schema(frame, target="y", input_features=[{"name": "x", "type": "number"}])
+
+
+def test_mostly_text_column_with_numbers_is_a_category() -> None:
+    series = pd.Series(["a", "b", "1", "c", "2"] * 4)
+    assert infer_column_type(series, "mixed", None) == ("category", "")

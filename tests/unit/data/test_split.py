@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keel.data.split import split_rows
+
+
+@given(st.integers(1, 400), st.floats(0, 0.9), st.floats(0, 0.9), st.integers(0, 10_000), st.booleans())
+@settings(max_examples=80, deadline=None)
+def test_splits_partition_the_rows_deterministically(n_rows, validation, test, seed, stratified) -> None:
+    classes = np.random.default_rng(seed).integers(0, 3, n_rows) if stratified else None
+    split = split_rows(n_rows, validation=validation, test=test, seed=seed, classes=classes)
+    together = np.concatenate([split.train, split.validation, split.test])
+    assert sorted(together.tolist()) == list(range(n_rows))
+    assert len(split.train) >= 1
+    again = split_rows(n_rows, validation=validation, test=test, seed=seed, classes=classes)
+    assert all(np.array_equal(a, b) for a, b in zip(
+        (split.train, split.validation, split.test), (again.train, again.validation, again.test)))
+
+
+def test_sizes_follow_keras_semantics_and_stratify() -> None:
+    classes = np.array([0] * 900 + [1] * 100)
+    split = split_rows(1000, validation=0.1, test=0.2, seed=0, classes=classes)
+    assert (len(split.test), len(split.validation), len(split.train)) == (200, 80, 720)
+    assert classes[split.test].mean() == 0.1 and classes[split.validation].mean() == 0.1
+
+
+def test_different_seeds_give_different_splits() -> None:
+    first = split_rows(100, validation=0.1, test=0.2, seed=1)
+    second = split_rows(100, validation=0.1, test=0.2, seed=2)
+    assert not np.array_equal(first.test, second.test)

@@ -1,0 +1,82 @@
+"""Every feature transform honours one contract: fit, transform, state through JSON, same output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keel.config import PreprocessingConfig
+from keel.data.transforms import MISSING_INDEX, UNKNOWN_INDEX, TRANSFORMS, CategoryTransform, NumberTransform
+from keel.errors import DataError
+
+
+def check_transform_contract(kind: str, train: pd.Series, other: pd.Series, **settings) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """fit → transform → state → JSON → from_state → identical transform; returns the output on ``other``."""
+    transform = TRANSFORMS[kind]("col", PreprocessingConfig(**settings)).fit(train)
+    values, unseen = transform.transform(other)
+    assert len(values) == len(other)
+    restored = TRANSFORMS[kind].from_state(json.loads(json.dumps(transform.state())))
+    again, unseen_again = restored.transform(other)
+    np.testing.assert_array_equal(values, again)
+    assert unseen == unseen_again
+    return values
+
+
+@given(st.lists(st.one_of(st.floats(-1e6, 1e6), st.none()), min_size=1, max_size=40),
+       st.sampled_from(["zscore", "minmax", "none"]), st.sampled_from(["median", "mean", "constant"]),
+       st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_number_transform_contract(values, normalize, missing, indicator) -> None:
+    series = pd.Series(values, dtype="float64")
+    out = check_transform_contract("number", series, series, normalize=normalize, missing=missing,
+                                   missing_indicator=indicator)
+    assert out.dtype == np.float32 and out.shape == (len(values), 2 if indicator else 1)
+    assert np.isfinite(out).all()
+    if indicator:
+        np.testing.assert_array_equal(out[:, 1], series.isna().to_numpy().astype(np.float32))
+
+
+def test_number_transform_fills_and_scales() -> None:
+    train = pd.Series([1.0, 2.0, None, 10.0])
+    transform = NumberTransform("x", PreprocessingConfig(missing="median", normalize="none")).fit(train)
+    assert transform.fill == 2.0
+    np.testing.assert_allclose(transform.transform(pd.Series([None, 5.0]))[0][:, 0], [2.0, 5.0])
+    minmax = NumberTransform("x", PreprocessingConfig(normalize="minmax")).fit(pd.Series([0.0, 4.0]))
+    np.testing.assert_allclose(minmax.transform(pd.Series([2.0, 8.0]))[0][:, 0], [0.5, 2.0])
+    zscore = NumberTransform("x", PreprocessingConfig()).fit(pd.Series([1.0, 3.0]))
+    np.testing.assert_allclose(zscore.transform(pd.Series([1.0, 3.0]))[0][:, 0], [-1.0, 1.0])
+
+
+def test_number_transform_reports_bad_values_at_transform_time() -> None:
+    transform = NumberTransform("x", PreprocessingConfig()).fit(pd.Series([1.0, 2.0]))
+    with pytest.raises(DataError, match=r"column 'x' holds numbers, but row 2 has the value 'abc'"):
+        transform.transform(pd.Series(["1", "abc"]))
+
+
+def test_category_transform_buckets_rare_unseen_and_missing() -> None:
+    train = pd.Series(["a"] * 6 + ["b"] * 5 + ["rare"] * 2 + [None])
+    out = check_transform_contract("category", train, pd.Series(["a", "b", "rare", "new", None]),
+                                   rare_category_min_count=3)
+    assert out.tolist() == [2, 3, UNKNOWN_INDEX, UNKNOWN_INDEX, MISSING_INDEX]
+    transform = CategoryTransform("col", PreprocessingConfig(rare_category_min_count=3)).fit(train)
+    assert transform.cardinality == 4 and transform.n_rare == 1
+    assert transform.transform(pd.Series(["new", "other", "a"]))[1] == 2
+
+
+def test_category_numbers_match_between_files_and_frames() -> None:
+    transform = CategoryTransform("col", PreprocessingConfig(rare_category_min_count=1)).fit(pd.Series([1, 2, 1]))
+    codes, unseen = transform.transform(pd.Series([1.0, 2.0, None]))
+    assert codes.tolist() == [2, 3, MISSING_INDEX] and unseen == 0
+
+
+def test_binary_transform_maps_two_values_and_fills_the_rest() -> None:
+    train = pd.Series(["no", "yes", "yes", "yes"])
+    out = check_transform_contract("binary", train, pd.Series(["no", "yes", None, "maybe"]))
+    np.testing.assert_allclose(out[:, 0], [0.0, 1.0, 0.75, 0.75])
+    transform = TRANSFORMS["binary"]("col").fit(train)
+    assert transform.transform(pd.Series(["maybe", None]))[1] == 1

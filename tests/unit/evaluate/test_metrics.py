@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from keel.evaluate.metrics import classification_metrics, regression_metrics
+from keel.evaluate.summary import metrics_tables
+
+
+def test_classification_metrics_match_scikit_learn() -> None:
+    y = np.array([0, 0, 1, 1, 2, 2])
+    proba = np.array([[.8, .1, .1], [.2, .7, .1], [.1, .8, .1], [.3, .6, .1], [.1, .1, .8], [.6, .2, .2]])
+    out = classification_metrics(y, proba, ["a", "b", "c"])
+    predicted = proba.argmax(1)
+    assert out["accuracy"] == pytest.approx(skm.accuracy_score(y, predicted))
+    assert out["f1_macro"] == pytest.approx(skm.f1_score(y, predicted, average="macro"))
+    assert out["f1_weighted"] == pytest.approx(skm.f1_score(y, predicted, average="weighted"))
+    assert out["log_loss"] == pytest.approx(skm.log_loss(y, proba))
+    assert out["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr"))
+    assert out["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert out["per_class"][1] == {"class": "b", "precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2}
+
+
+def test_auc_is_none_when_undefined() -> None:
+    assert classification_metrics(np.array([1, 1]), np.array([[.2, .8], [.4, .6]]), [0, 1])["roc_auc"] is None
+    three = classification_metrics(np.array([0, 1]), np.array([[.5, .3, .2], [.2, .7, .1]]), [0, 1, 2])
+    assert three["roc_auc"] is None and three["accuracy"] == 1.0
+
+
+def test_regression_metrics() -> None:
+    out = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 5.0]))
+    assert out["rmse"] == pytest.approx((4 / 3) ** 0.5) and out["mae"] == pytest.approx(2 / 3)
+    assert out["r2"] == pytest.approx(skm.r2_score([1, 2, 3], [1, 2, 5]))
+
+
+def test_tables_render_every_headline_metric() -> None:
+    from rich.console import Console
+
+    console = Console(record=True, width=120)
+    console.print(metrics_tables(classification_metrics(np.array([0, 1]), np.array([[.9, .1], [.2, .8]]), ["no", "yes"])))
+    text = console.export_text()
+    for word in ("accuracy", "f1_macro", "roc_auc", "log_loss", "per class", "confusion matrix", "yes"):
+        assert word in text

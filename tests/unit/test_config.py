@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keel.config import Config, load_config
+from keel.errors import ConfigError
+
+
+def test_defaults_are_valid_and_every_field_is_described() -> None:
+    config = load_config()
+    assert config.training.epochs == 100 and config.model.hidden == [128, 64]
+    for section in (Config, type(config.model), type(config.training), type(config.preprocessing)):
+        for name, field in section.model_fields.items():
+            assert field.description, f"{section.__name__}.{name} has no description"
+
+
+def test_yaml_nested_and_dotted_sources_agree(tmp_path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("model: {hidden: [32, 16], activation: gelu}\ntraining:\n  lr: 0.01\n")
+    nested = {"model": {"hidden": [32, 16], "activation": "gelu"}, "training": {"lr": 0.01}}
+    dotted = {"model.hidden": [32, 16], "model.activation": "gelu", "training.lr": 0.01}
+    assert load_config(path) == load_config(nested) == load_config(dotted)
+
+
+def test_set_overrides_parse_values_as_yaml(tmp_path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("training: {lr: 0.5, epochs: 3}\n")
+    config = load_config(path, ["training.lr=0.01", "model.hidden=[8, 4]", "training.nesterov=true"])
+    assert config.training.lr == 0.01 and config.training.epochs == 3
+    assert config.model.hidden == [8, 4] and config.training.nesterov is True
+
+
+def test_unknown_key_names_the_path_and_suggests_the_closest() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'training.lrr' \(did you mean 'lr'\?\).*valid keys here: .*batch_size"):
+        load_config({"training.lrr": 0.1})
+
+
+def test_bad_choice_lists_the_allowed_values() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["model.activation=swish"])
+    message = str(error.value)
+    assert "model.activation" in message and "'swish'" in message
+    for allowed in ("relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu"):
+        assert allowed in message
+    assert "--set model.activation=" in message
+
+
+def test_bad_number_names_key_value_and_fix() -> None:
+    with pytest.raises(ConfigError, match=r"training.batch_size: .*greater than or equal to 1; got 0.*--set training.batch_size=VALUE"):
+        load_config({"training.batch_size": 0})
+    with pytest.raises(ConfigError, match=r"model.hidden.1: .*got -3.*--set model.hidden=VALUE"):
+        load_config({"model.hidden": [8, -3]})
+
+
+def test_missing_and_invalid_yaml_files(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(listing)
+
+
+def test_set_without_equals_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["training.lr"])
+
+
+settings_strategy = st.fixed_dictionaries({
+    "model.hidden": st.lists(st.integers(1, 512), max_size=4),
+    "model.activation": st.sampled_from(["relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu"]),
+    "model.dropout": st.floats(0, 0.9),
+    "training.lr": st.floats(1e-6, 1.0),
+    "training.batch_size": st.integers(1, 4096),
+    "training.optimizer": st.sampled_from(["adam", "adamw", "sgd"]),
+    "preprocessing.normalize": st.sampled_from(["zscore", "minmax", "none"]),
+})
+
+
+@given(settings_strategy)
+@settings(max_examples=50, deadline=None)
+def test_dump_then_load_is_identity(values: dict) -> None:
+    config = load_config(values)
+    assert load_config(config.model_dump()) == config
+    assert load_config(config.model_dump(mode="json")) == config

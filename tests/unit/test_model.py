@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import keel
+from keel.errors import ArtifactError, ConfigError, DataError, KeelWarning
+from tests.conftest import FAST, PENGUINS, make_classification_frame
+
+
+def test_classifier_learns_predicts_in_order_and_reports_metrics(classification_frame) -> None:
+    model = keel.fit(classification_frame, target="label", config={**FAST, "training.epochs": 30}, quiet=True)
+    assert model.task == "multiclass" and model.classes == ["alpha", "beta", "gamma"]
+    assert model.metrics["n_rows"] == 30 and model.metrics["accuracy"] > 0.8
+    predictions = model.predict(classification_frame)
+    assert predictions.shape == (150,) and (predictions == classification_frame["label"]).mean() > 0.8
+    proba = model.predict_proba(classification_frame)
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(model.classes)[proba.argmax(1)], predictions)
+    reversed_rows = classification_frame.iloc[::-1]
+    np.testing.assert_array_equal(model.predict(reversed_rows), predictions[::-1])
+
+
+def test_binary_labels_keep_their_type() -> None:
+    frame = make_classification_frame()
+    frame["label"] = (frame["label"] == "alpha").astype(int)
+    model = keel.fit(frame, target="label", config=FAST, quiet=True)
+    assert model.task == "binary" and model.classes == [0, 1]
+    assert model.predict(frame).dtype.kind == "i" and model.predict_proba(frame).shape == (150, 2)
+
+
+def test_regression_in_target_units(regression_frame) -> None:
+    model = keel.fit(regression_frame, target="price", config={**FAST, "training.epochs": 60}, quiet=True)
+    assert model.task == "regression" and model.metrics["r2"] > 0.8
+    assert abs(model.predict(regression_frame).mean() - regression_frame["price"].mean()) < 1.0
+    with pytest.raises(ConfigError, match="predict_proba needs a classification model"):
+        model.predict_proba(regression_frame)
+
+
+def test_save_load_gives_identical_predictions(trained_classifier, classification_frame) -> None:
+    model, directory = trained_classifier
+    loaded = keel.load(directory)
+    np.testing.assert_array_equal(loaded.predict_proba(classification_frame), model.predict_proba(classification_frame))
+    assert loaded.config == model.config and loaded.metrics == model.metrics and loaded.schema == model.schema
+    assert loaded.summary()["parameters"] == model.summary()["parameters"]
+
+
+def test_predict_time_columns_missing_extra_and_unseen(trained_classifier, classification_frame) -> None:
+    model, _ = trained_classifier
+    with pytest.raises(DataError, match=r"lacks the input column\(s\) \['color'\]"):
+        model.predict(classification_frame.drop(columns="color"))
+    extra = classification_frame.assign(unrelated=1.0).drop(columns="label")
+    np.testing.assert_array_equal(model.predict(extra), model.predict(classification_frame))
+    unseen = classification_frame.head(4).assign(color=["purple", "purple", "red", "teal"])
+    with pytest.warns(KeelWarning, match=r"column 'color': 3 value\(s\) not seen in training"):
+        assert len(model.predict(unseen)) == 4
+
+
+def test_predict_reports_bad_numbers_by_row(trained_classifier, classification_frame) -> None:
+    model, _ = trained_classifier
+    bad = classification_frame.head(5).astype({"size": object})
+    bad.loc[3, "size"] = "big"
+    with pytest.raises(DataError, match=r"column 'size' holds numbers, but row 4 has the value 'big'"):
+        model.predict(bad)
+
+
+def test_evaluate_drops_unlabelled_rows_and_rejects_unknown_classes(trained_classifier, classification_frame) -> None:
+    model, _ = trained_classifier
+    frame = classification_frame.copy()
+    frame.loc[:4, "label"] = None
+    metrics = model.evaluate(frame)
+    assert metrics["n_rows"] == 145 and metrics["n_missing_target"] == 5
+    frame.loc[7, "label"] = "delta"
+    with pytest.raises(DataError, match=r"target column 'label' row 8 has the class 'delta', which the model never saw"):
+        model.evaluate(frame)
+    with pytest.raises(DataError, match="target column 'label' is not in the data"):
+        model.evaluate(frame.drop(columns="label"))
+
+
+def test_rows_with_missing_target_are_dropped_and_counted() -> None:
+    frame = make_classification_frame()
+    frame.loc[[3, 9, 27], "label"] = None
+    model = keel.fit(frame, target="label", config=FAST, quiet=True)
+    assert "dropped 3 row(s) of the training data with a missing 'label'" in model.notes
+
+
+def test_explicit_test_data_and_config_sources(tmp_path, regression_frame) -> None:
+    train_path, test_path = tmp_path / "train.parquet", tmp_path / "test.csv"
+    regression_frame.iloc[:120].to_parquet(train_path)
+    regression_frame.iloc[120:].to_csv(test_path, index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text("target: price\nmodel: {hidden: [8]}\ntraining: {epochs: 3, validation_split: 0.2}\n")
+    model = keel.fit(train_path, config=config, test=test_path, quiet=True)
+    assert model.metrics["n_rows"] == 30 and model.network.spec.hidden == [8]
+    with pytest.raises(ConfigError, match="target is 'x0' but the config says 'price'"):
+        keel.fit(train_path, target="x0", config=config, quiet=True)
+
+
+def test_fit_does_not_disturb_the_global_random_state(classification_frame) -> None:
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    keel.fit(classification_frame, target="label", config=FAST, quiet=True)
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_same_seed_same_model_different_seed_different_split(classification_frame) -> None:
+    first = keel.fit(classification_frame, target="label", config=FAST, quiet=True)
+    second = keel.fit(classification_frame, target="label", config=FAST, quiet=True)
+    np.testing.assert_array_equal(first.predict_proba(classification_frame), second.predict_proba(classification_frame))
+    other = keel.fit(classification_frame, target="label", config={**FAST, "training.seed": 7}, quiet=True)
+    assert not np.array_equal(other.predict_proba(classification_frame), first.predict_proba(classification_frame))
+
+
+@pytest.mark.parametrize("settings", [
+    {"preprocessing.categorical_encoding": "onehot", "preprocessing.missing_indicator": True},
+    {"preprocessing.normalize": "minmax", "preprocessing.missing": "constant", "model.norm": "batch"},
+    {"model.norm": "layer", "model.activation": "gelu", "training.class_weights": "balanced",
+     "training.schedule": "cosine", "training.monitor": "roc_auc"},
+    {"model.embedding_dim": 3, "training.optimizer": "sgd", "training.lr": 0.05, "training.schedule": "plateau"},
+])
+def test_options_train_save_and_load(tmp_path, classification_frame, settings) -> None:
+    model = keel.fit(classification_frame, target="label", config={**FAST, **settings}, quiet=True)
+    loaded = keel.load(model.save(tmp_path / "model"))
+    np.testing.assert_allclose(loaded.predict_proba(classification_frame), model.predict_proba(classification_frame))
+
+
+def test_load_rejects_inconsistent_descriptions(tmp_path, trained_classifier) -> None:
+    import json
+    import shutil
+
+    _, directory = trained_classifier
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    document = json.loads((copy / "keel.json").read_text())
+    document["network"]["hidden"] = [999]
+    (copy / "keel.json").write_text(json.dumps(document))
+    with pytest.raises(ArtifactError, match="does not describe its weights"):
+        keel.load(copy)
+
+
+def test_penguins_end_to_end() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KeelWarning)
+        model = keel.fit(PENGUINS, target="species", config={"training.epochs": 40}, quiet=True)
+    assert model.metrics["accuracy"] > 0.9
+    assert {f.name for f in model.schema.features} >= {"island", "bill_length_mm", "sex"}
+    assert model.schema.dropped == {}
+    sample = pd.read_csv(PENGUINS).head(3).drop(columns="species")
+    assert set(model.predict(sample)) <= {"Adelie", "Chinstrap", "Gentoo"}
+

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from keel.config import TrainingConfig
+from keel.errors import ConfigError
+from keel.nn.losses import build_loss
+from keel.nn.network import NetworkSpec, TabularNetwork
+from keel.train.trainer import Batch, Trainer, _batch_bounds, build_optimizer, resolve_monitor
+
+
+def _data(n: int = 256, seed: int = 0) -> Batch:
+    generator = torch.Generator().manual_seed(seed)
+    numeric = torch.randn(n, 4, generator=generator)
+    target = (numeric[:, 0] + numeric[:, 1] > 0).long() + (numeric[:, 2] > 1).long()
+    return Batch(numeric, torch.zeros(n, 0, dtype=torch.long), target)
+
+
+def _trainer(**settings) -> Trainer:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    network = TabularNetwork(NetworkSpec(numeric_width=4, cardinalities=[], n_outputs=3, hidden=[16]))
+    config = TrainingConfig(**{"epochs": 5, "batch_size": 32, "lr": 0.01, **settings})
+    return Trainer(network, config, "multiclass", build_loss("cross_entropy"))
+
+
+@pytest.mark.parametrize("settings", [
+    {"optimizer": "adam"}, {"optimizer": "adamw"}, {"optimizer": "sgd", "lr": 0.1, "nesterov": True},
+    {"schedule": "cosine"}, {"schedule": "plateau"}, {"l1": 1e-4, "l2": 1e-3, "grad_clip": 1.0},
+])
+def test_training_lowers_the_loss(settings) -> None:
+    trainer = _trainer(**settings)
+    data = _data()
+    before = trainer.validate(data)["val_loss"]
+    history = trainer.fit(data)
+    assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]
+    assert trainer.validate(data)["val_loss"] < before
+
+
+def test_cosine_schedule_decays_the_learning_rate() -> None:
+    history = _trainer(schedule="cosine").fit(_data())
+    rates = [record["lr"] for record in history.epochs]
+    assert rates[0] == 0.01 and all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_early_stopping_stops_and_restores_the_best_weights() -> None:
+    # Validation labels are noise: the validation loss stops improving quickly.
+    trainer = _trainer(epochs=200, early_stopping=3, lr=0.05)
+    validation = _data(64, seed=1)
+    validation.target = validation.target[torch.randperm(64)]
+    history = trainer.fit(_data(), validation)
+    assert history.stopped_early and len(history.epochs) < 200
+    assert len(history.epochs) == history.best_epoch + 3
+    best = history.epochs[history.best_epoch - 1]["val_loss"]
+    assert trainer.validate(validation)["val_loss"] == pytest.approx(best, rel=1e-5)
+
+
+def test_monitor_accuracy_is_reported_and_validated() -> None:
+    history = _trainer(monitor="accuracy").fit(_data(), _data(64, seed=1))
+    assert 0 <= history.epochs[-1]["val_accuracy"] <= 1 and history.monitor == "accuracy"
+    with pytest.raises(ConfigError, match="training.monitor 'rmse' does not fit a multiclass target"):
+        resolve_monitor("rmse", "multiclass")
+
+
+def test_same_seed_same_weights() -> None:
+    first, second = _trainer(), _trainer()
+    first.fit(_data())
+    second.fit(_data())
+    for a, b in zip(first.network.parameters(), second.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_l1_penalty_shrinks_weights() -> None:
+    plain, sparse = _trainer(epochs=20), _trainer(epochs=20, l1=0.01)
+    plain.fit(_data())
+    sparse.fit(_data())
+    assert sparse.network.mlp[0].weight.abs().sum() < plain.network.mlp[0].weight.abs().sum()
+
+
+def test_batches_never_leave_a_single_row() -> None:
+    assert _batch_bounds(65, 32) == [(0, 32), (32, 65)]
+    assert _batch_bounds(64, 32) == [(0, 32), (32, 64)]
+    assert _batch_bounds(1, 32) == [(0, 1)]
+
+
+def test_optimizer_settings_reach_the_optimizer() -> None:
+    network = TabularNetwork(NetworkSpec(numeric_width=2, cardinalities=[3], n_outputs=1, hidden=[4], onehot=True))
+    sgd = build_optimizer(network, TrainingConfig(optimizer="sgd", momentum=0.5, nesterov=True))
+    assert sgd.param_groups[0]["momentum"] == 0.5 and sgd.param_groups[0]["nesterov"]
+    adamw = build_optimizer(network, TrainingConfig(optimizer="adamw"))
+    assert adamw.param_groups[0]["weight_decay"] == 0.01
+    frozen = network.categories.tables[0].weight
+    assert all(p is not frozen for p in adamw.param_groups[0]["params"])
