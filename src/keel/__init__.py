@@ -4,23 +4,37 @@
     >>> model = keel.fit("examples/penguins.csv", target="species")
     >>> model.save("runs/penguins")
     >>> keel.load("runs/penguins").predict("examples/penguins.csv")
+
+The public names load on first use, so ``import keel`` (and ``keel --help``) stays fast: torch,
+pandas and scikit-learn are imported only when a model is fitted or loaded.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from keel.errors import (
+    ArtifactError, ConfigError, DataError, ExportError, KeelError, KeelWarning, NotFittedError,
+)
 
 __version__ = "0.1.0"
 
-from keel.config import Config, load_config  # noqa: E402
-from keel.errors import (  # noqa: E402
-    ArtifactError, ConfigError, DataError, ExportError, KeelError, KeelWarning, NotFittedError,
-)
-from keel.model import Model, fit, load  # noqa: E402
+_LAZY = {
+    "fit": "keel.model", "load": "keel.model", "Model": "keel.model",
+    "Config": "keel.config", "load_config": "keel.config",
+    "KeelClassifier": "keel.sklearn", "KeelRegressor": "keel.sklearn",
+}
+
+if TYPE_CHECKING:
+    from keel.config import Config, load_config
+    from keel.model import Model, fit, load
+    from keel.sklearn import KeelClassifier, KeelRegressor
 
 
-def __getattr__(name: str):  # type: ignore[no-untyped-def]
-    # The scikit-learn estimators load on first use, keeping `import keel` light.
-    if name in ("KeelClassifier", "KeelRegressor"):
-        from keel import sklearn
-
-        return getattr(sklearn, name)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'keel' has no attribute {name!r}")
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
-
 
 class KeelError(Exception):
     """Base class of every error keel raises on purpose."""
@@ -61,9 +59,11 @@ class ExportError(KeelError):
     """A model cannot be exported."""
 
 
-class NotFittedError(KeelError, _SklearnNotFittedError):
-    """A model or estimator was used before it was fitted (also scikit-learn's NotFittedError,
-    hence a ValueError and an AttributeError)."""
+class NotFittedError(KeelError, ValueError, AttributeError):
+    """A model or estimator was used before it was fitted.
+
+    The scikit-learn estimators raise a subclass that is also scikit-learn's own NotFittedError.
+    """
 
 
 class KeelWarning(UserWarning):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, column_or_1d, validate_data
 
@@ -202,7 +203,11 @@ def model_from(estimator: _KeelEstimator) -> Model:
     return estimator.model_
 
 
+class EstimatorNotFittedError(NotFittedError, SklearnNotFittedError):
+    """keel's NotFittedError that scikit-learn also recognises as its own."""
+
+
 def _check_fitted(estimator: _KeelEstimator) -> None:
     if not hasattr(estimator, "model_"):
-        raise NotFittedError(
+        raise EstimatorNotFittedError(
             f"this {type(estimator).__name__} is not fitted yet; call fit(X, y) before predicting.")

@@ -1,0 +1,70 @@
+"""The README cannot rot: its code runs, its config example is the shipped file, every key is documented."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from keel.cli import app
+from keel.config import Config
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+KEEL = Path(sys.executable).parent / "keel"
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_python_examples_run(workdir, index) -> None:
+    exec(compile(blocks("python")[index], f"README python block {index}", "exec"), {})
+
+
+def test_console_examples_run_in_order(workdir) -> None:
+    commands = [line[2:] for block in blocks("console") for line in block.splitlines() if line.startswith("$ ")]
+    assert len(commands) >= 8
+    for command in commands:
+        words = shlex.split(command)
+        assert words[0] == "keel"
+        result = subprocess.run([str(KEEL), *words[1:]], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+
+
+def test_yaml_example_is_the_shipped_config() -> None:
+    assert blocks("yaml")[0] == (ROOT / "examples" / "penguins.yaml").read_text()
+
+
+def test_every_config_key_is_documented() -> None:
+    sections = ("preprocessing", "model", "training")
+    for name in set(Config.model_fields) - set(sections):
+        assert f"| `{name}` |" in README, name
+    for section in sections:
+        for name in Config.model_fields[section].annotation.model_fields:  # type: ignore[union-attr]
+            assert f"| `{section}.{name}` |" in README, f"{section}.{name}"
+
+
+def test_every_command_and_option_is_documented() -> None:
+    group = typer.main.get_command(app)
+    assert set(group.commands) == {"train", "evaluate", "predict", "info", "demo"}
+    for name, command in group.commands.items():
+        assert f"### `keel {name}" in README, name
+        for parameter in command.params:
+            for flag in getattr(parameter, "opts", []):
+                if flag.startswith("--") and flag != "--help":
+                    assert f"`{flag}" in README, f"keel {name} {flag}"
