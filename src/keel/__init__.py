@@ -15,7 +15,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from keel.errors import (
-    ArtifactError, ConfigError, DataError, ExportError, KeelError, KeelWarning, NotFittedError,
+    ArtifactError,
+    ConfigError,
+    DataError,
+    ExportError,
+    KeelError,
+    KeelWarning,
+    NotFittedError,
 )
 
 __version__ = "0.1.0"

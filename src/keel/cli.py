@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -29,6 +28,14 @@ err = Console(stderr=True)
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No notes and no progress bar.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+Delimiter = Annotated[Optional[str], typer.Option("--delimiter", help="CSV delimiter (default: sniffed).")]
+Encoding = Annotated[Optional[str], typer.Option("--encoding", help="CSV encoding (default: UTF-8, else Latin-1).")]
+
+
+def _read(path: Path, delimiter: str | None, encoding: str | None) -> Any:
+    from keel.data.io import read_table
+
+    return read_table(str(path), delimiter=delimiter, encoding=encoding)
 
 
 def _friendly(command: Callable[..., None]) -> Callable[..., None]:
@@ -72,6 +79,8 @@ def train(
     output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")] = Path("model"),
     test: Annotated[Optional[Path], typer.Option("--test", help="Evaluate on this file instead of a held-out split.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (same as --set training.seed=N).")] = None,
+    delimiter: Delimiter = None,
+    encoding: Encoding = None,
     as_json: AsJson = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -81,8 +90,8 @@ def train(
     from keel.model import fit
 
     overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
-    model = fit(str(data), target=target, config=load_config(config, overrides),
-                test=str(test) if test else None, quiet=quiet or as_json)
+    model = fit(_read(data, delimiter, encoding), target=target, config=load_config(config, overrides),
+                test=_read(test, delimiter, encoding) if test else None, quiet=quiet or as_json)
     model.save(output)
     if as_json:
         out.print_json(json.dumps({"model": str(output), "metrics": model.metrics, "notes": model.notes}))
@@ -97,13 +106,15 @@ def train(
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Model directory.")],
     data: Annotated[Path, typer.Argument(help="Labelled data (with the target column).")],
+    delimiter: Delimiter = None,
+    encoding: Encoding = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
     """Evaluate MODEL on labelled DATA."""
     from keel.model import load
 
-    metrics = load(model).evaluate(str(data))
+    metrics = load(model).evaluate(_read(data, delimiter, encoding))
     if as_json:
         out.print_json(json.dumps(metrics))
     else:
@@ -118,15 +129,17 @@ def predict(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write: .csv, .parquet or .jsonl.")],
     proba: Annotated[bool, typer.Option("--proba", help="Add a proba_<class> column per class.")] = False,
     with_input: Annotated[bool, typer.Option("--with-input", help="Put the input columns before the predictions.")] = False,
+    delimiter: Delimiter = None,
+    encoding: Encoding = None,
     debug: Debug = False,
 ) -> None:
     """Predict DATA with MODEL and write the predictions, in the input's row order, to --output."""
     import pandas as pd
 
-    from keel.data.io import read_table, write_table
+    from keel.data.io import write_table
     from keel.model import load
 
-    frame = read_table(str(data))
+    frame = _read(data, delimiter, encoding)
     predictions = load(model).predict_frame(frame, proba=proba)
     if with_input:
         predictions = pd.concat([frame.drop(columns=[c for c in predictions if c in frame]), predictions], axis=1)
@@ -189,7 +202,7 @@ def demo(
     out.print(f"  keel info {output}\n"
               f"  keel evaluate {output} examples/penguins.csv\n"
               f"  keel predict {output} examples/penguins.csv --output predictions.csv --proba\n"
-              "  keel train YOUR_DATA.csv --target YOUR_COLUMN --output my-model", highlight=False)
+              "  keel train YOUR_DATA.csv --target YOUR_COLUMN --output my-model", highlight=False, soft_wrap=True)
 
 
 def _print_metrics(metrics: dict[str, Any] | None, title: str) -> None:
@@ -205,4 +218,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -26,7 +26,7 @@ from keel.evaluate.metrics import classification_metrics, regression_metrics
 from keel.nn.losses import build_loss, resolve_loss_name
 from keel.nn.network import NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
 from keel.train.callbacks import ProgressBar
-from keel.train.trainer import Batch, History, Trainer
+from keel.train.trainer import Batch, Trainer
 
 
 class Model:

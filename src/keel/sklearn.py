@@ -28,7 +28,7 @@ from keel.model import Model, fit
 SECTIONS = {
     name: section
     for section in ("preprocessing", "model", "training")
-    for name in Config.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+    for name in Config.model_fields[section].annotation.model_fields  # type: ignore[union-attr, unused-ignore]
     if name != "test_split"  # an estimator trains on all it is given; scoring is the caller's job
 }
 
@@ -103,7 +103,7 @@ class _KeelEstimator(BaseEstimator):
         self.seed = seed
         self.quiet = quiet
 
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+    def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True  # missing values are imputed
         return tags

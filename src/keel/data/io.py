@@ -12,7 +12,7 @@ import io
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Union
+from typing import Any, Callable, Union
 
 import pandas as pd
 import pyarrow as pa
@@ -115,7 +115,7 @@ def _check_columns(names: list[str], path: Path | None) -> None:
         )
 
 
-def _read_with(path: Path, reader) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+def _read_with(path: Path, reader: Callable[[Path], pa.Table]) -> pd.DataFrame:
     try:
         table: pa.Table = reader(path)
     except (pa.ArrowException, OSError, ValueError) as error:
@@ -191,7 +191,7 @@ def _sample_text(path: Path, encoding: str | None) -> tuple[str, str]:
     raise DataError(f"{path} is not text in encoding {encoding}; pass the file's encoding.", file=path)
 
 
-def _gzip_open(path: Path, mode: str):  # type: ignore[no-untyped-def]
+def _gzip_open(path: Path, mode: str) -> Any:
     import gzip
 
     return gzip.open(path, mode)

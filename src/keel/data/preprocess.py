@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -83,11 +83,11 @@ class Preprocessor:
             if count:
                 unseen[transform.name] = count
         categorical_parts = []
-        for transform in self.categorical:
-            codes, count = transform.transform(frame[transform.name], source)
+        for category in self.categorical:
+            codes, count = category.transform(frame[category.name], source)
             categorical_parts.append(codes)
             if count:
-                unseen[transform.name] = count
+                unseen[category.name] = count
         n_rows = len(frame)
         numeric = np.concatenate(numeric_parts, axis=1) if numeric_parts else np.zeros((n_rows, 0), np.float32)
         categorical = np.stack(categorical_parts, axis=1) if categorical_parts else np.zeros((n_rows, 0), np.int64)
@@ -175,7 +175,7 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _natural_key(by_string: dict[str, Any]):  # type: ignore[no-untyped-def]
+def _natural_key(by_string: dict[str, Any]) -> Callable[[str], tuple[int, float, str]]:
     """Sort numbers numerically and strings alphabetically, numbers first."""
     def key(string: str) -> tuple[int, float, str]:
         value = by_string[string]

@@ -25,6 +25,7 @@ class CategoryEncoder(nn.Module):
     def __init__(self, cardinalities: list[int], dims: list[int], onehot: bool = False) -> None:
         super().__init__()
         self.tables = nn.ModuleList()
+        self.width = 0
         for cardinality, dim in zip(cardinalities, dims):
             table = nn.Embedding(cardinality, cardinality if onehot else dim)
             if onehot:
@@ -32,10 +33,7 @@ class CategoryEncoder(nn.Module):
                 table.weight.data.copy_(torch.eye(cardinality))
                 table.weight.requires_grad_(False)
             self.tables.append(table)
-
-    @property
-    def width(self) -> int:
-        return sum(table.embedding_dim for table in self.tables)
+            self.width += table.embedding_dim
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         # codes: (batch, n_columns) int64 -> (batch, width)

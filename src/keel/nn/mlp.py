@@ -17,13 +17,13 @@ NORMS: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
-def _kaiming(weight: torch.Tensor, activation: str, normal: bool) -> None:
-    nonlinearity = "leaky_relu" if activation == "leaky_relu" else "relu"
+def _kaiming(weight: torch.Tensor, activation: str, normal: bool) -> torch.Tensor:
+    leaky = activation == "leaky_relu"
     init = nn.init.kaiming_normal_ if normal else nn.init.kaiming_uniform_
-    init(weight, a=0.01 if activation == "leaky_relu" else 0.0, nonlinearity=nonlinearity)
+    return init(weight, a=0.01 if leaky else 0.0, nonlinearity="leaky_relu" if leaky else "relu")
 
 
-INITIALIZERS: dict[str, Callable[[torch.Tensor, str], None]] = {
+INITIALIZERS: dict[str, Callable[[torch.Tensor, str], torch.Tensor | None]] = {
     "default": lambda weight, activation: None,  # PyTorch's own initialization
     "xavier_uniform": lambda weight, activation: nn.init.xavier_uniform_(weight),
     "xavier_normal": lambda weight, activation: nn.init.xavier_normal_(weight),

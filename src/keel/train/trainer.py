@@ -207,9 +207,9 @@ def build_schedules(optimizer: torch.optim.Optimizer, settings: TrainingConfig, 
         total = max(1, settings.epochs * steps_per_epoch)
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), None
     if settings.schedule == "plateau":
-        mode = "max" if MONITORS[monitor] else "min"
         patience = max(2, settings.early_stopping // 3)
-        return None, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=patience)
+        return None, torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max" if MONITORS[monitor] else "min", factor=0.5, patience=patience)
     return None, None
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keel.config import PreprocessingConfig
-from keel.data.transforms import MISSING_INDEX, UNKNOWN_INDEX, TRANSFORMS, CategoryTransform, NumberTransform
+from keel.data.transforms import MISSING_INDEX, TRANSFORMS, UNKNOWN_INDEX, CategoryTransform, NumberTransform
 from keel.errors import DataError
 
 
