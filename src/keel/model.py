@@ -23,7 +23,7 @@ from keel.data.schema import Schema, infer_schema, require_column
 from keel.data.split import split_rows
 from keel.errors import ArtifactError, ConfigError, KeelWarning
 from keel.evaluate.metrics import classification_metrics, regression_metrics
-from keel.nn.losses import build_loss, resolve_loss_name
+from keel.nn.losses import resolve_loss_name
 from keel.nn.network import NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
 from keel.train.callbacks import ProgressBar
 from keel.train.trainer import Batch, Trainer
@@ -264,13 +264,14 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
     validation_rows = _batch(preprocessor, target, frame.iloc[split.validation]) if len(split.validation) else None
     if validation_rows is None and training.early_stopping:
         notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
-    loss = build_loss(resolve_loss_name(training.loss, schema.task), _class_weights(training.class_weights, train_rows, target))
+    loss = resolve_loss_name(training.loss, schema.task)
+    class_weights = _class_weights(training.class_weights, train_rows, target)
     console.print(
         f"training a {schema.task} model on {len(split.train)} rows ({len(split.validation)} validation, "
         f"{len(split.test) if test_frame is None else len(test_frame)} test): "
         f"{len(schema.features)} features, {sum(p.numel() for p in network.parameters())} parameters"
     )
-    trainer = Trainer(network, training, schema.task, loss, target_scale=target.std)
+    trainer = Trainer(network, training, schema.task, loss, class_weights, target_scale=target.std)
     if console.quiet:
         history = trainer.fit(train_rows, validation_rows)
     else:

@@ -11,7 +11,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -19,8 +19,14 @@ from torch import nn
 
 from keel.config import TrainingConfig
 from keel.errors import ConfigError
+from keel.nn.losses import build_loss
 from keel.nn.network import TabularNetwork, predict_outputs, to_probabilities
 from keel.train.callbacks import EpochCallback
+from keel.train.fused import FusedStep, fused_step_supported
+
+# Below this many bytes of training data, each epoch shuffles the tensors once and batches are
+# views (fewer ops per step); above it, batches are gathered by index (no second copy in memory).
+_PRESHUFFLE_BYTES = 64 << 20
 
 # Metrics a run can monitor, and whether larger is better.
 MONITORS = {"loss": False, "accuracy": True, "roc_auc": True, "rmse": False}
@@ -70,20 +76,25 @@ class Trainer:
         network: The network to train.
         settings: The ``training`` section of the config.
         task: binary, multiclass or regression.
-        loss: The loss module (see ``keel.nn.losses.build_loss``).
+        loss: The loss name (see ``keel.nn.losses``), resolved for the task.
+        class_weights: Per-class loss weights, or None.
         target_scale: Standard deviation of a regression target, to report RMSE in its units.
         callback: Called after every epoch with the epoch's record.
+        fused: Use the fused step (``keel.train.fused``); None picks it whenever the network allows.
     """
 
-    def __init__(self, network: TabularNetwork, settings: TrainingConfig, task: str, loss: nn.Module,
-                 target_scale: float = 1.0, callback: EpochCallback | None = None) -> None:
+    def __init__(self, network: TabularNetwork, settings: TrainingConfig, task: str, loss: str,
+                 class_weights: torch.Tensor | None = None, target_scale: float = 1.0,
+                 callback: EpochCallback | None = None, fused: bool | None = None) -> None:
         self.network = network
         self.settings = settings
         self.task = task
-        self.loss = loss
+        self.loss = build_loss(loss, class_weights)
         self.target_scale = target_scale
         self.callback = callback
         self.monitor = resolve_monitor(settings.monitor, task)
+        use_fused = fused_step_supported(network) if fused is None else fused
+        self.fused = FusedStep(network, settings, loss, class_weights) if use_fused else None
 
     def fit(self, train: Batch, validation: Batch | None = None) -> History:
         """Train for up to ``epochs`` epochs; with validation rows, keep the best epoch's weights."""
@@ -93,7 +104,8 @@ class Trainer:
         generator = torch.Generator().manual_seed(settings.seed)
         optimizer = build_optimizer(self.network, settings)
         steps_per_epoch = len(_batch_bounds(len(train), settings.batch_size))
-        step_schedule, epoch_schedule = build_schedules(optimizer, settings, steps_per_epoch, self.monitor)
+        step_schedule = _cosine(optimizer, settings.epochs * steps_per_epoch) if settings.schedule == "cosine" else None
+        epoch_schedule = build_plateau(optimizer, settings, self.monitor) if settings.schedule == "plateau" else None
         patience = settings.early_stopping if validation is not None and len(validation) else 0
         best_score, best_state, waited = math.inf, None, 0
         with thread_budget(self.network, settings.batch_size):
@@ -127,30 +139,36 @@ class Trainer:
         return history
 
     def _train_epoch(self, train: Batch, optimizer: torch.optim.Optimizer,
-                     step_schedule: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator) -> float:
-        settings = self.settings
+                     step_schedule: Callable[[], None] | None, generator: torch.Generator) -> float:
         self.network.train()
         order = torch.randperm(len(train), generator=generator)
         total = torch.zeros(())
-        weights = self.network.linear_weights() if settings.l1 or settings.l2 else []
-        for start, stop in _batch_bounds(len(train), settings.batch_size):
-            rows = order[start:stop]
-            outputs = self.network(train.numeric[rows], train.categorical[rows])
-            loss = self.loss(outputs, train.target[rows])
-            objective = loss
-            if settings.l1:
-                objective = objective + settings.l1 * sum(w.abs().sum() for w in weights)
-            if settings.l2:
-                objective = objective + settings.l2 * sum(w.pow(2).sum() for w in weights)
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            if settings.grad_clip:
-                nn.utils.clip_grad_norm_(self.network.parameters(), settings.grad_clip)
-            optimizer.step()
+        group = optimizer.param_groups[0]
+        for rows in _batches(train, order, self.settings.batch_size):
+            if self.fused is not None:
+                loss = self.fused(rows.numeric, rows.categorical, rows.target, group["lr"])
+            else:
+                loss = self._autograd_step(rows, optimizer)
             if step_schedule is not None:
-                step_schedule.step()
-            total += loss.detach() * (stop - start)
+                step_schedule()
+            total.add_(loss.detach(), alpha=len(rows))
         return float(total) / len(train)  # one host sync per epoch
+
+    def _autograd_step(self, rows: Batch, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        settings = self.settings
+        loss = self.loss(self.network(rows.numeric, rows.categorical), rows.target)
+        objective = loss
+        weights = self.network.linear_weights()
+        if settings.l1:
+            objective = objective + settings.l1 * sum(w.abs().sum() for w in weights)
+        if settings.l2:
+            objective = objective + settings.l2 * sum(w.pow(2).sum() for w in weights)
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if settings.grad_clip:
+            nn.utils.clip_grad_norm_(self.network.parameters(), settings.grad_clip)
+        optimizer.step()
+        return loss
 
     def validate(self, rows: Batch) -> dict[str, float]:
         """Validation loss and the monitored metric, in one pass under inference mode."""
@@ -180,6 +198,19 @@ def _roc_auc(probabilities: np.ndarray, target: np.ndarray) -> float:
     return float(roc_auc_score(target, scores, multi_class="ovr", labels=present))
 
 
+def _batches(rows: Batch, order: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+    """The rows in ``order``, a batch at a time (see ``_PRESHUFFLE_BYTES``)."""
+    bounds = _batch_bounds(len(rows), batch_size)
+    if rows.numeric.element_size() * rows.numeric.numel() < _PRESHUFFLE_BYTES:
+        shuffled = Batch(rows.numeric[order], rows.categorical[order], rows.target[order])
+        for start, stop in bounds:
+            yield Batch(shuffled.numeric[start:stop], shuffled.categorical[start:stop], shuffled.target[start:stop])
+    else:
+        for start, stop in bounds:
+            index = order[start:stop]
+            yield Batch(rows.numeric[index], rows.categorical[index], rows.target[index])
+
+
 def _batch_bounds(n_rows: int, batch_size: int) -> list[tuple[int, int]]:
     """Batch (start, stop) pairs; a last batch of a single row joins the one before it."""
     bounds = [(start, min(start + batch_size, n_rows)) for start in range(0, n_rows, batch_size)]
@@ -200,17 +231,29 @@ def build_optimizer(network: nn.Module, settings: TrainingConfig) -> torch.optim
     return torch.optim.Adam(parameters, lr=settings.lr, weight_decay=decay or 0.0)
 
 
-def build_schedules(optimizer: torch.optim.Optimizer, settings: TrainingConfig, steps_per_epoch: int,
-                    monitor: str) -> tuple[Any, Any]:
-    """``(per-step schedule, per-epoch schedule)``; either may be None."""
-    if settings.schedule == "cosine":
-        total = max(1, settings.epochs * steps_per_epoch)
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), None
-    if settings.schedule == "plateau":
-        patience = max(2, settings.early_stopping // 3)
-        return None, torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max" if MONITORS[monitor] else "min", factor=0.5, patience=patience)
-    return None, None
+def _cosine(optimizer: torch.optim.Optimizer, total_steps: int) -> Callable[[], None]:
+    """A per-step cosine decay from the initial rate to 0 over all steps, written into the optimizer.
+
+    Written here rather than with ``CosineAnnealingLR`` because the fused step never calls
+    ``optimizer.step()``, which that scheduler insists on; the learning rate is the same.
+    """
+    group = optimizer.param_groups[0]
+    base, step = group["lr"], 0
+
+    def advance() -> None:
+        nonlocal step
+        step += 1
+        group["lr"] = base * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+
+    return advance
+
+
+def build_plateau(optimizer: torch.optim.Optimizer, settings: TrainingConfig,
+                  monitor: str) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Halve the learning rate when the monitored metric stalls for a third of the early-stopping patience."""
+    patience = max(2, settings.early_stopping // 3)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max" if MONITORS[monitor] else "min", factor=0.5, patience=patience)
 
 
 @contextlib.contextmanager

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from keel.config import TrainingConfig
 from keel.errors import ConfigError
-from keel.nn.losses import build_loss
 from keel.nn.network import NetworkSpec, TabularNetwork
 from keel.train.trainer import Batch, Trainer, _batch_bounds, build_optimizer, resolve_monitor
 
@@ -17,19 +18,20 @@ def _data(n: int = 256, seed: int = 0) -> Batch:
     return Batch(numeric, torch.zeros(n, 0, dtype=torch.long), target)
 
 
-def _trainer(**settings) -> Trainer:  # type: ignore[no-untyped-def]
+def _trainer(fused: bool = True, **settings) -> Trainer:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     network = TabularNetwork(NetworkSpec(numeric_width=4, cardinalities=[], n_outputs=3, hidden=[16]))
     config = TrainingConfig(**{"epochs": 5, "batch_size": 32, "lr": 0.01, **settings})
-    return Trainer(network, config, "multiclass", build_loss("cross_entropy"))
+    return Trainer(network, config, "multiclass", "cross_entropy", fused=fused)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("settings", [
     {"optimizer": "adam"}, {"optimizer": "adamw"}, {"optimizer": "sgd", "lr": 0.1, "nesterov": True},
     {"schedule": "cosine"}, {"schedule": "plateau"}, {"l1": 1e-4, "l2": 1e-3, "grad_clip": 1.0},
 ])
-def test_training_lowers_the_loss(settings) -> None:
-    trainer = _trainer(**settings)
+def test_training_lowers_the_loss(settings, fused) -> None:
+    trainer = _trainer(fused, **settings)
     data = _data()
     before = trainer.validate(data)["val_loss"]
     history = trainer.fit(data)
@@ -38,9 +40,20 @@ def test_training_lowers_the_loss(settings) -> None:
 
 
 def test_cosine_schedule_decays_the_learning_rate() -> None:
-    history = _trainer(schedule="cosine").fit(_data())
+    trainer = _trainer(schedule="cosine")
+    history = trainer.fit(_data())
     rates = [record["lr"] for record in history.epochs]
     assert rates[0] == 0.01 and all(a > b for a, b in zip(rates, rates[1:]))
+    steps = 5 * 8
+    assert rates[1] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 8 / steps)))
+
+
+def test_fused_and_autograd_paths_train_alike() -> None:
+    fused, plain = _trainer(True, epochs=10), _trainer(False, epochs=10)
+    assert fused.fused is not None and plain.fused is None
+    fused_history, plain_history = fused.fit(_data()), plain.fit(_data())
+    for a, b in zip(fused_history.epochs, plain_history.epochs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
 
 
 def test_early_stopping_stops_and_restores_the_best_weights() -> None:
@@ -63,7 +76,7 @@ def test_monitor_accuracy_is_reported_and_validated() -> None:
 
 
 def test_same_seed_same_weights() -> None:
-    first, second = _trainer(), _trainer()
+    first, second = _trainer(), _trainer()  # dropout is 0 here; with dropout too, see test_model
     first.fit(_data())
     second.fit(_data())
     for a, b in zip(first.network.parameters(), second.network.parameters()):

@@ -1,0 +1,199 @@
+"""A fused training step for plain MLPs: forward, backward and optimizer in a few ATen calls.
+
+On small tables a training step is bound by per-operation overhead, not arithmetic: eager
+PyTorch with autograd and ``optimizer.step()`` costs ~350-450 µs a step on a 64-32 MLP here,
+most of it bookkeeping. This step writes the backward pass by hand (the network is a stack of
+affine maps and element-wise activations, so each layer's gradient is two matmuls and one
+activation-backward kernel) and calls PyTorch's fused optimizer kernels directly, which brings
+the same step to ~75 µs. It computes the same gradients as autograd (the tests check this to
+float rounding) and serves every network keel builds except those with batch or layer norm,
+which train on the autograd path.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from keel.config import TrainingConfig
+from keel.nn.network import TabularNetwork
+
+_aten = torch.ops.aten
+
+# Activation forward, and its backward from (grad, pre-activation z, activation output a).
+_ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
+                              Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    "relu": (torch.relu, lambda g, z, a: _aten.threshold_backward(g, a, 0)),
+    "leaky_relu": (lambda z: nn.functional.leaky_relu(z, 0.01),
+                   lambda g, z, a: _aten.leaky_relu_backward(g, z, 0.01, False)),
+    "tanh": (torch.tanh, lambda g, z, a: _aten.tanh_backward(g, a)),
+    "sigmoid": (torch.sigmoid, lambda g, z, a: _aten.sigmoid_backward(g, a)),
+    "gelu": (nn.functional.gelu, lambda g, z, a: _aten.gelu_backward(g, z)),
+    "silu": (nn.functional.silu, lambda g, z, a: _aten.silu_backward(g, z)),
+}
+
+
+def fused_step_supported(network: TabularNetwork) -> bool:
+    """True when the network is one the fused step can train (no batch or layer norm)."""
+    return (network.spec.norm == "none" and network.spec.activation in _ACTIVATIONS
+            and hasattr(torch, "_fused_adam_") and hasattr(torch, "_fused_sgd_"))
+
+
+class FusedStep:
+    """Trains ``network`` in place one batch at a time, without autograd.
+
+    Args:
+        network: A TabularNetwork with ``norm == "none"``.
+        settings: The training section (optimizer, penalties, clipping).
+        loss: ``cross_entropy``, ``bce``, ``mse``, ``mae`` or ``huber``.
+        class_weights: Per-class weights for cross_entropy / bce, or None.
+    """
+
+    def __init__(self, network: TabularNetwork, settings: TrainingConfig, loss: str,
+                 class_weights: torch.Tensor | None = None) -> None:
+        spec = network.spec
+        linears = [module for module in network.mlp if isinstance(module, nn.Linear)]
+        self.weights = [linear.weight for linear in linears]
+        self.biases = [linear.bias for linear in linears]
+        self.activation, self.activation_backward = _ACTIVATIONS[spec.activation]
+        self.keep = 1.0 - spec.dropout
+        self.tables = [t.weight for t in network.categories.tables if t.weight.requires_grad]
+        self.numeric_width = spec.numeric_width
+        self.all_tables = [t.weight for t in network.categories.tables]
+        self.loss_name = loss
+        self.class_weights = class_weights
+        self.settings = settings
+        self.parameters = [p for pair in zip(self.weights, self.biases) for p in pair] + self.tables
+        self.grads = [torch.zeros_like(p) for p in self.parameters]
+        self.weight_grads = self.grads[0:2 * len(linears):2]
+        self.bias_grads = self.grads[1:2 * len(linears):2]
+        self.table_grads = self.grads[2 * len(linears):]
+        self._optimizer_state()
+        self.eye = torch.eye(max(spec.n_outputs, 2))
+
+    def _optimizer_state(self) -> None:
+        settings = self.settings
+        self.step_count = torch.zeros(())
+        if settings.optimizer == "sgd":
+            self.momentum = [torch.zeros_like(p) for p in self.parameters] if settings.momentum else []
+        else:
+            self.exp_avg = [torch.zeros_like(p) for p in self.parameters]
+            self.exp_avg_sq = [torch.zeros_like(p) for p in self.parameters]
+        self.first = True
+
+    def __call__(self, numeric: torch.Tensor, categorical: torch.Tensor, target: torch.Tensor, lr: float) -> torch.Tensor:
+        """One step on a batch; returns the batch's mean loss (a 0-d tensor, no host sync)."""
+        loss = self.gradients(numeric, categorical, target)
+        with torch.no_grad():
+            self._optimize(lr)
+        return loss
+
+    @torch.no_grad()
+    def gradients(self, numeric: torch.Tensor, categorical: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Fill ``self.grads`` (in ``self.parameters`` order) for a batch; returns its mean loss."""
+        inputs = self._inputs(numeric, categorical)
+        saved = []
+        hidden = inputs
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
+            pre = torch.addmm(bias, hidden, weight.t())  # (batch, width)
+            out = self.activation(pre)
+            mask = None
+            if self.keep < 1.0:
+                mask = torch.empty_like(out).bernoulli_(self.keep).div_(self.keep)
+                out_dropped = out * mask
+            else:
+                out_dropped = out
+            saved.append((hidden, pre, out, mask))
+            hidden = out_dropped
+        outputs = torch.addmm(self.biases[-1], hidden, self.weights[-1].t())  # (batch, n_outputs)
+        loss, grad = self._loss(outputs, target)
+        self._backward(grad, hidden, saved, categorical, inputs)
+        self._penalize_and_clip()
+        return loss
+
+    def _inputs(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        if not self.all_tables:
+            return numeric
+        parts = [numeric] + [table[categorical[:, index]] for index, table in enumerate(self.all_tables)]
+        return torch.cat(parts, dim=1)
+
+    def _loss(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's mean loss and its gradient with respect to the outputs."""
+        n = outputs.shape[0]
+        name = self.loss_name
+        if name == "cross_entropy":
+            log_p = torch.log_softmax(outputs, dim=1)
+            onehot = self.eye[target]
+            if self.class_weights is None:
+                loss = -(log_p * onehot).sum() / n
+                return loss, log_p.exp_().sub_(onehot).div_(n)
+            row = self.class_weights[target]
+            total = row.sum()
+            loss = -((log_p * onehot).sum(1) * row).sum() / total
+            return loss, log_p.exp_().sub_(onehot).mul_((row / total)[:, None])
+        if name == "bce":
+            logits, y = outputs[:, 0], target.to(outputs.dtype)
+            positive = 1.0 if self.class_weights is None else float(self.class_weights[1] / self.class_weights[0])
+            # -[w*y*log s(z) + (1-y)*log(1-s(z))] with log s(z) = -softplus(-z), log(1-s(z)) = -softplus(z)
+            loss = (positive * y * nn.functional.softplus(-logits) + (1 - y) * nn.functional.softplus(logits)).mean()
+            sig = torch.sigmoid(logits)
+            grad = ((1 - y) * sig - positive * y * (1 - sig)).div_(n)
+            return loss, grad[:, None]
+        error = outputs[:, 0] - target
+        if name == "mse":
+            return error.pow(2).mean(), (2.0 / n * error)[:, None]
+        if name == "mae":
+            return error.abs().mean(), (torch.sign(error) / n)[:, None]
+        absolute = error.abs()  # huber, delta 1
+        loss = torch.where(absolute < 1, 0.5 * error.pow(2), absolute - 0.5).mean()
+        return loss, (error.clamp(-1, 1) / n)[:, None]
+
+    def _backward(self, grad: torch.Tensor, last_hidden: torch.Tensor, saved: list, categorical: torch.Tensor,
+                  inputs: torch.Tensor) -> None:
+        torch.mm(grad.t(), last_hidden, out=self.weight_grads[-1])
+        torch.sum(grad, 0, out=self.bias_grads[-1])
+        for index in range(len(saved) - 1, -1, -1):
+            layer_input, pre, out, mask = saved[index]
+            grad = torch.mm(grad, self.weights[index + 1])  # (batch, width)
+            if mask is not None:
+                grad = grad.mul_(mask)
+            grad = self.activation_backward(grad, pre, out)
+            torch.mm(grad.t(), layer_input, out=self.weight_grads[index])
+            torch.sum(grad, 0, out=self.bias_grads[index])
+        if self.tables:
+            input_grad = torch.mm(grad, self.weights[0])  # (batch, numeric_width + embedding widths)
+            offset = self.numeric_width
+            for index, (table, table_grad) in enumerate(zip(self.tables, self.table_grads)):
+                width = table.shape[1]
+                table_grad.zero_().index_add_(0, categorical[:, index], input_grad[:, offset:offset + width])
+                offset += width
+
+    def _penalize_and_clip(self) -> None:
+        settings = self.settings
+        if settings.l1:
+            torch._foreach_add_(self.weight_grads, torch._foreach_sign(self.weights), alpha=settings.l1)
+        if settings.l2:
+            torch._foreach_add_(self.weight_grads, self.weights, alpha=2 * settings.l2)
+        if settings.grad_clip:
+            norms = torch._foreach_norm(self.grads)
+            total = torch.linalg.vector_norm(torch.stack(norms))
+            torch._foreach_mul_(self.grads, (settings.grad_clip / (total + 1e-6)).clamp(max=1.0))
+
+    def _optimize(self, lr: float) -> None:
+        settings = self.settings
+        if settings.optimizer == "sgd":
+            torch._fused_sgd_(self.parameters, self.grads, self.momentum, weight_decay=settings.weight_decay or 0.0,
+                              momentum=settings.momentum, lr=lr, dampening=0.0,
+                              nesterov=settings.nesterov and settings.momentum > 0, maximize=False,
+                              is_first_step=self.first)
+            self.first = False
+            return
+        self.step_count.add_(1)
+        decoupled = settings.optimizer == "adamw"
+        decay = settings.weight_decay if settings.weight_decay is not None else (0.01 if decoupled else 0.0)
+        kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+        kernel(self.parameters, self.grads, self.exp_avg, self.exp_avg_sq, [],
+               [self.step_count] * len(self.parameters), amsgrad=False, lr=lr, beta1=0.9, beta2=0.999,
+               weight_decay=decay, eps=1e-8, maximize=False)

@@ -1,0 +1,117 @@
+"""The fused step computes what autograd computes, for every network and loss it accepts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from keel.config import TrainingConfig
+from keel.nn.losses import build_loss
+from keel.nn.mlp import ACTIVATIONS
+from keel.nn.network import NetworkSpec, TabularNetwork
+from keel.train.fused import FusedStep, fused_step_supported
+
+LOSSES = {"cross_entropy": ("multiclass", 3), "bce": ("binary", 1), "mse": ("regression", 1),
+          "mae": ("regression", 1), "huber": ("regression", 1)}
+
+
+def _case(loss: str, activation: str = "relu", onehot: bool = False, cardinalities=(4, 7)):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    task, n_outputs = LOSSES[loss]
+    spec = NetworkSpec(numeric_width=5, cardinalities=list(cardinalities), n_outputs=n_outputs, hidden=[16, 8],
+                       activation=activation, onehot=onehot, init="xavier_uniform")
+    network = TabularNetwork(spec)
+    for module in network.mlp:  # non-zero biases, so bias gradients are tested too
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.bias, std=0.3)
+    numeric = torch.randn(24, 5) * 2
+    categorical = torch.stack([torch.randint(0, c, (24,)) for c in cardinalities], 1) if cardinalities else torch.zeros(24, 0, dtype=torch.long)
+    if task == "regression":
+        target = torch.randn(24) * 2
+    else:
+        target = torch.randint(0, 3 if task == "multiclass" else 2, (24,))
+    return network, numeric, categorical, target
+
+
+def _autograd_grads(network, loss, numeric, categorical, target, settings, weights=None):  # type: ignore[no-untyped-def]
+    objective = build_loss(loss, weights)(network(numeric, categorical), target)
+    linear = network.linear_weights()
+    if settings.l1:
+        objective = objective + settings.l1 * sum(w.abs().sum() for w in linear)
+    if settings.l2:
+        objective = objective + settings.l2 * sum(w.pow(2).sum() for w in linear)
+    objective.backward()
+    if settings.grad_clip:
+        nn.utils.clip_grad_norm_(network.parameters(), settings.grad_clip)
+    return objective
+
+
+def _compare(network, fused_network, step, loss_value, expected_loss):  # type: ignore[no-untyped-def]
+    torch.testing.assert_close(loss_value, expected_loss.detach(), rtol=1e-5, atol=1e-6)
+    reference = {id(p_fused): p for p, p_fused in zip(network.parameters(), fused_network.parameters())}
+    assert len(step.parameters) == sum(p.requires_grad for p in network.parameters())
+    for parameter, grad in zip(step.parameters, step.grads):
+        torch.testing.assert_close(grad, reference[id(parameter)].grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_gradients_match_autograd(loss, activation) -> None:
+    network, numeric, categorical, target = _case(loss, activation)
+    fused_network = copy.deepcopy(network)
+    settings = TrainingConfig()
+    step = FusedStep(fused_network, settings, loss)
+    loss_value = step.gradients(numeric, categorical, target)
+    expected = _autograd_grads(network, loss, numeric, categorical, target, settings)
+    _compare(network, fused_network, step, loss_value, expected)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "bce"])
+def test_class_weights_penalties_clipping_and_onehot_match_autograd(loss) -> None:
+    network, numeric, categorical, target = _case(loss, onehot=True)
+    fused_network = copy.deepcopy(network)
+    settings = TrainingConfig(l1=0.01, l2=0.02, grad_clip=0.5)
+    weights = torch.tensor([0.5, 2.0, 1.5]) if loss == "cross_entropy" else torch.tensor([0.7, 2.1])
+    step = FusedStep(fused_network, settings, loss, weights)
+    loss_value = step.gradients(numeric, categorical, target)
+    expected = _autograd_grads(network, loss, numeric, categorical, target, settings, weights)
+    penalties = sum(settings.l1 * w.abs().sum() + settings.l2 * w.pow(2).sum() for w in network.linear_weights())
+    _compare(network, fused_network, step, loss_value, expected - penalties)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_optimizer_updates_match_torch_optimizers(optimizer) -> None:
+    from keel.train.trainer import build_optimizer
+
+    network, numeric, categorical, target = _case("cross_entropy", cardinalities=())
+    fused_network = copy.deepcopy(network)
+    settings = TrainingConfig(optimizer=optimizer, lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.05)
+    step = FusedStep(fused_network, settings, "cross_entropy")
+    reference = build_optimizer(network, settings)
+    loss = build_loss("cross_entropy")
+    for _ in range(3):
+        step(numeric, categorical, target, lr=0.01)
+        reference.zero_grad()
+        loss(network(numeric, categorical), target).backward()
+        reference.step()
+    for a, b in zip(network.parameters(), fused_network.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_masks_scale_and_differ_per_step() -> None:
+    network, numeric, categorical, target = _case("mse", cardinalities=())
+    network.spec.dropout = 0.5
+    step = FusedStep(TabularNetwork(network.spec), TrainingConfig(), "mse")
+    first = step.gradients(numeric, categorical, target)
+    second = step.gradients(numeric, categorical, target)
+    assert not torch.equal(first, second)  # a new mask each step
+
+
+def test_networks_with_norms_use_autograd() -> None:
+    spec = NetworkSpec(numeric_width=2, cardinalities=[], n_outputs=1, hidden=[4], norm="batch")
+    assert not fused_step_supported(TabularNetwork(spec))
+    spec.norm = "none"
+    assert fused_step_supported(TabularNetwork(spec))
