@@ -12,7 +12,7 @@ which train on the autograd path.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 from torch import nn
@@ -59,9 +59,10 @@ class FusedStep:
         self.biases = [linear.bias for linear in linears]
         self.activation, self.activation_backward = _ACTIVATIONS[spec.activation]
         self.keep = 1.0 - spec.dropout
-        self.tables = [t.weight for t in network.categories.tables if t.weight.requires_grad]
+        embeddings = [cast(nn.Embedding, table) for table in network.categories.tables]
+        self.all_tables: list[torch.Tensor] = [table.weight for table in embeddings]
+        self.tables = [weight for weight in self.all_tables if weight.requires_grad]  # one-hot tables are frozen
         self.numeric_width = spec.numeric_width
-        self.all_tables = [t.weight for t in network.categories.tables]
         self.loss_name = loss
         self.class_weights = class_weights
         self.settings = settings
@@ -166,7 +167,7 @@ class FusedStep:
             input_grad = torch.mm(grad, self.weights[0])  # (batch, numeric_width + embedding widths)
             offset = self.numeric_width
             for index, (table, table_grad) in enumerate(zip(self.tables, self.table_grads)):
-                width = table.shape[1]
+                width = int(table.shape[1])
                 table_grad.zero_().index_add_(0, categorical[:, index], input_grad[:, offset:offset + width])
                 offset += width
 
