@@ -172,16 +172,24 @@ class Model:
 
     def _outputs(self, frame: pd.DataFrame) -> torch.Tensor:
         features = self._features(frame)
+        return self._predict(torch.from_numpy(features.numeric), torch.from_numpy(features.categorical))
+
+    def _predict(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         # Predictions run in float64: float32 matmul kernels round differently for different
         # batch sizes, and a row's prediction should not depend on which rows came with it.
         if self._predictor is None:
             self._predictor = copy.deepcopy(self.network).double().eval()
-        numeric = torch.from_numpy(features.numeric).double()
-        return predict_outputs(self._predictor, numeric, torch.from_numpy(features.categorical))
+        return predict_outputs(self._predictor, numeric.double(), categorical)
 
     def _score(self, frame: pd.DataFrame) -> dict[str, Any]:
         y = self.target_encoder.encode(frame[self.target], frame.attrs.get("source"))
-        outputs = self._outputs(frame)
+        features = self._features(frame)
+        return self._metrics(Batch(torch.from_numpy(features.numeric), torch.from_numpy(features.categorical),
+                                   torch.from_numpy(y)))
+
+    def _metrics(self, rows: Batch) -> dict[str, Any]:
+        outputs = self._predict(rows.numeric, rows.categorical)
+        y = rows.target.numpy()
         if self.task == "regression":
             return regression_metrics(self.target_encoder.decode(y), self.target_encoder.decode(outputs[:, 0].numpy()))
         return classification_metrics(y, to_probabilities(outputs, self.task).numpy(), self.classes)
@@ -246,10 +254,9 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
     split = split_rows(len(frame), validation=training.validation_split,
                        test=0.0 if test_frame is not None else training.test_split,
                        seed=training.seed, classes=classes)
-    train_frame = frame.iloc[split.train]
     if schema.task == "regression":
-        target.fit(train_frame[schema.target])  # scale the target on training rows only
-    preprocessor = Preprocessor(schema, settings.preprocessing).fit(train_frame)
+        target.fit(frame[schema.target].iloc[split.train])  # scale the target on training rows only
+    preprocessor = Preprocessor(schema, settings.preprocessing).fit(frame, rows=split.train)
     spec = NetworkSpec(
         numeric_width=preprocessor.numeric_width, cardinalities=preprocessor.cardinalities,
         n_outputs=target.n_classes if schema.task == "multiclass" else 1,
@@ -260,8 +267,9 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
         if settings.model.embedding_dim else [],
     )
     network = TabularNetwork(spec)
-    train_rows = _batch(preprocessor, target, train_frame)
-    validation_rows = _batch(preprocessor, target, frame.iloc[split.validation]) if len(split.validation) else None
+    rows = _batch(preprocessor, target, frame, classes)  # every row transformed once, then split by index
+    train_rows = rows.take(split.train)
+    validation_rows = rows.take(split.validation) if len(split.validation) else None
     if validation_rows is None and training.early_stopping:
         notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
     loss = resolve_loss_name(training.loss, schema.task)
@@ -280,18 +288,20 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
             history = trainer.fit(train_rows, validation_rows)
     network.eval()
     model = Model(settings, schema, preprocessor, target, network, history=history.to_dict(), notes=notes)
-    evaluation = test_frame if test_frame is not None else frame.iloc[split.test]
-    if len(evaluation):
+    if test_frame is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", KeelWarning)  # unseen test categories are expected here
-            model.metrics = model._score(evaluation)
+            model.metrics = model._score(test_frame)
+    elif len(split.test):
+        model.metrics = model._metrics(rows.take(split.test))
     return model
 
 
-def _batch(preprocessor: Preprocessor, target: TargetEncoder, frame: pd.DataFrame) -> Batch:
+def _batch(preprocessor: Preprocessor, target: TargetEncoder, frame: pd.DataFrame, codes: np.ndarray | None) -> Batch:
+    """All rows as tensors; ``codes`` are the class indices when already computed."""
     features = preprocessor.transform(frame)
-    return Batch(torch.from_numpy(features.numeric), torch.from_numpy(features.categorical),
-                 torch.from_numpy(target.encode(frame[target.name], frame.attrs.get("source"))))
+    y = codes if codes is not None else target.encode(frame[target.name], frame.attrs.get("source"))
+    return Batch(torch.from_numpy(features.numeric), torch.from_numpy(features.categorical), torch.from_numpy(y))
 
 
 def _class_weights(mode: str, rows: Batch, target: TargetEncoder) -> torch.Tensor | None:

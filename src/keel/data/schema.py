@@ -127,7 +127,7 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
         return None, "all values are missing"
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         return None, "dates are not supported yet; derive numbers (year, month, weekday) from it"
-    n_unique = present.nunique()
+    n_unique = _count_distinct(present, limit=2) if is_numeric(series) else present.nunique()
     if n_unique == 1:
         return None, f"constant (every value is {present.iloc[0]!r})"
     if pd.api.types.is_bool_dtype(series.dtype) or n_unique == 2:
@@ -141,12 +141,27 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
         return "number", ""
     if share >= _NUMERIC_WITH_TYPOS:
         to_numeric(series, column=name, source=source)  # raises, naming the first bad value
+    n_unique = present.nunique()
     if n_unique > 50 and n_unique >= 0.9 * len(present):
         texts = present.astype(str)
         if texts.str.len().mean() > 30 and texts.str.contains(" ").mean() > 0.5:
             return None, "free text (text features are not supported yet)"
         return None, "id-like (nearly every value is unique)"
     return "category", ""
+
+
+def _count_distinct(present: pd.Series, limit: int) -> int:
+    """The number of distinct values, or ``limit + 1`` when there are more than ``limit``.
+
+    Numeric columns only need to know "constant, binary or more": hashing a million floats to count
+    them exactly would cost more than the rest of the schema inference.
+    """
+    values = present.to_numpy()
+    seen = 0
+    while len(values) and seen <= limit:
+        values = values[values != values[0]]
+        seen += 1
+    return seen
 
 
 def _looks_like_row_id(present: pd.Series, name: str) -> bool:
@@ -172,7 +187,7 @@ def infer_task(target: pd.Series, name: str, declared: str, source: str | None) 
     if declared == "regression" or (declared == "auto" and _is_quantity(present)):
         to_numeric(target, column=name, source=source)
         return "regression"
-    n_classes = len(set(category_strings(present)))
+    n_classes = present.nunique() if is_numeric(present) else len(set(category_strings(present)))
     if n_classes < 2:
         raise DataError(
             f"target column {name!r} has only one class ({present.iloc[0]!r}); a classifier needs at least "

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 
 @dataclass
@@ -52,9 +51,26 @@ def _take(rows: np.ndarray, fraction: float, seed: int, classes: np.ndarray | No
     n_held = int(round(len(rows) * fraction))
     if fraction <= 0 or n_held == 0 or n_held >= len(rows):
         return rows, rows[:0]
-    stratify = classes if _can_stratify(classes, n_held, len(rows)) else None
-    kept, held = train_test_split(rows, test_size=n_held, random_state=seed, stratify=stratify)
-    return kept, held
+    rng = np.random.default_rng(seed)
+    if classes is not None and _can_stratify(classes, n_held, len(rows)):
+        held_positions = _stratified(classes, n_held, rng)
+    else:
+        held_positions = rng.permutation(len(rows))[:n_held]
+    mask = np.zeros(len(rows), dtype=bool)
+    mask[held_positions] = True
+    return rows[~mask], rows[mask]
+
+
+def _stratified(classes: np.ndarray, n_held: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions to hold out, each class in proportion to its count (largest remainders round up)."""
+    values, inverse, counts = np.unique(classes, return_inverse=True, return_counts=True)
+    ideal = counts * n_held / counts.sum()
+    take = np.floor(ideal).astype(np.int64)
+    shortfall = n_held - int(take.sum())
+    # Ties between equal remainders are broken at random, so no class is favoured by its index.
+    order = np.lexsort((rng.random(len(values)), -(ideal - take)))
+    take[order[:shortfall]] += 1
+    return np.concatenate([rng.permutation(np.flatnonzero(inverse == k))[:take[k]] for k in range(len(values))])
 
 
 def _can_stratify(classes: np.ndarray | None, n_held: int, n_rows: int) -> bool:
@@ -62,5 +78,5 @@ def _can_stratify(classes: np.ndarray | None, n_held: int, n_rows: int) -> bool:
         return False
     counts = np.bincount(classes)
     counts = counts[counts > 0]
-    # scikit-learn needs two rows per class and room for every class on both sides.
+    # Two rows per class and room for every class on both sides, or proportions mean little.
     return bool(counts.min() >= 2 and n_held >= len(counts) and n_rows - n_held >= len(counts))

@@ -43,18 +43,26 @@ class NumberTransform:
 
     def fit(self, series: pd.Series, source: str | None = None) -> "NumberTransform":
         values = to_numeric(series, column=self.name, source=source)
-        present = values[~np.isnan(values)]
+        missing = np.isnan(values)
+        n_missing = int(missing.sum())
+        present = values[~missing] if n_missing else values
         if self.missing == "constant" or len(present) == 0:
             self.fill = float(self.constant)
         else:
-            self.fill = float(np.median(present) if self.missing == "median" else np.mean(present))
-        filled = np.where(np.isnan(values), self.fill, values)
+            self.fill = float(np.median(present) if self.missing == "median" else present.mean(dtype=np.float64))
+        # Statistics of the filled column, without materialising it.
         if self.normalize == "zscore":
-            self.center, self.scale = float(filled.mean()), float(filled.std())
+            total = present.sum(dtype=np.float64) + n_missing * self.fill
+            self.center = total / len(values)
+            squares = np.square(present - self.center, dtype=np.float64).sum() + n_missing * (self.fill - self.center) ** 2
+            self.scale = float(np.sqrt(squares / len(values)))
         elif self.normalize == "minmax":
-            self.center, self.scale = float(filled.min()), float(filled.max() - filled.min())
+            low = min(float(present.min()), self.fill) if len(present) else self.fill
+            high = max(float(present.max()), self.fill) if len(present) else self.fill
+            self.center, self.scale = low, high - low
         else:
             self.center, self.scale = 0.0, 1.0
+        self.center = float(self.center)
         if not np.isfinite(self.scale) or self.scale == 0.0:
             self.scale = 1.0  # a constant column: leave it centred rather than divide by zero
         return self
@@ -62,10 +70,14 @@ class NumberTransform:
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
         """Returns ``(values (n, width) float32, 0)``; numbers have no unseen values to count."""
         values = to_numeric(series, column=self.name, source=source)
+        out = np.empty((self.width, len(values)), dtype=np.float32)  # column-major: contiguous writes
+        np.subtract(values, self.center, out=out[0], casting="unsafe")
+        out[0] /= np.float32(self.scale)
         missing = np.isnan(values)
-        scaled = (np.where(missing, self.fill, values) - self.center) / self.scale
-        columns = [scaled, missing.astype(np.float64)] if self.indicator else [scaled]
-        return np.stack(columns, axis=1).astype(np.float32), 0
+        out[0][missing] = (self.fill - self.center) / self.scale
+        if self.indicator:
+            out[1] = missing
+        return out.T, 0
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "fill": self.fill, "center": self.center,

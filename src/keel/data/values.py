@@ -25,12 +25,15 @@ def numeric_share(series: pd.Series) -> float:
 
 
 def to_numeric(series: pd.Series, *, column: str, source: str | None = None) -> np.ndarray:
-    """Convert a column to float64 with NaN for missing values.
+    """Convert a column to floats with NaN for missing values: float32 columns stay float32 (and
+    are not copied), everything else becomes float64.
 
     Raises:
         DataError: A value is not a number, or is infinite; the message names column, row and value.
     """
-    if is_numeric(series):
+    if series.dtype in (np.float32, np.float64):
+        values = series.to_numpy()
+    elif is_numeric(series):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     elif pd.api.types.is_bool_dtype(series.dtype):
         values = series.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)

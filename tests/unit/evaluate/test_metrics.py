@@ -42,3 +42,34 @@ def test_tables_render_every_headline_metric() -> None:
     text = console.export_text()
     for word in ("accuracy", "f1_macro", "roc_auc", "log_loss", "per class", "confusion matrix", "yes"):
         assert word in text
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_every_value_matches_scikit_learn_on_random_data(seed, n_classes) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, 200)
+    y[:n_classes] = np.arange(n_classes)  # every class present
+    logits = rng.normal(size=(200, n_classes)) + np.eye(n_classes)[y] * rng.uniform(0, 2)
+    logits = np.round(logits, 1)  # ties in the scores, as real models produce
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    out = classification_metrics(y, proba, list(range(n_classes)))
+    predicted = proba.argmax(1)
+    assert out["accuracy"] == pytest.approx(skm.accuracy_score(y, predicted))
+    for average in ("macro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(y, predicted, average=average, zero_division=0)
+        assert (out[f"precision_{average}"], out[f"recall_{average}"], out[f"f1_{average}"]) == pytest.approx((p, r, f))
+    assert out["log_loss"] == pytest.approx(skm.log_loss(y, proba))
+    expected_auc = skm.roc_auc_score(y, proba[:, 1]) if n_classes == 2 else skm.roc_auc_score(y, proba, multi_class="ovr")
+    assert out["roc_auc"] == pytest.approx(expected_auc)
+    assert out["confusion_matrix"] == skm.confusion_matrix(y, predicted).tolist()
+
+
+def test_regression_matches_scikit_learn_on_random_data() -> None:
+    rng = np.random.default_rng(0)
+    y, predicted = rng.normal(size=100), rng.normal(size=100)
+    out = regression_metrics(y, predicted)
+    assert out["rmse"] == pytest.approx(skm.root_mean_squared_error(y, predicted))
+    assert out["mae"] == pytest.approx(skm.mean_absolute_error(y, predicted))
+    assert out["r2"] == pytest.approx(skm.r2_score(y, predicted))
+    assert regression_metrics(np.array([1.0]), np.array([2.0]))["r2"] is None

@@ -104,3 +104,16 @@ def test_optimizer_settings_reach_the_optimizer() -> None:
     assert adamw.param_groups[0]["weight_decay"] == 0.01
     frozen = network.categories.tables[0].weight
     assert all(p is not frozen for p in adamw.param_groups[0]["params"])
+
+
+def test_plateau_halves_the_rate_after_patience_like_torch() -> None:
+    from keel.train.trainer import LearningRate
+
+    rate = LearningRate(TrainingConfig(schedule="plateau", early_stopping=6, lr=0.1), 100, "loss")
+    reference_optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(reference_optimizer, factor=0.5, patience=2)
+    for metric in [1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.8, 0.85, 0.85, 0.85, 0.85]:
+        rate.after_epoch(metric)
+        reference.step(metric)
+        assert rate.value == pytest.approx(reference_optimizer.param_groups[0]["lr"])
+    assert rate.value == 0.025
