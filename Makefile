@@ -25,8 +25,16 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
-bench: $(VENV)/.installed
+# Peers (TensorFlow/Keras, skorch, LightGBM) go into their own environment, never keel's.
+BENCH := .venv-bench
+$(BENCH)/.installed: pyproject.toml constraints.txt bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH)
+	$(BENCH)/bin/python -m pip install --disable-pip-version-check -q -c constraints.txt -e . -r bench/requirements.txt
+	touch $@
+
+bench: $(VENV)/.installed $(BENCH)/.installed
 	$(BIN)/python bench/seed_case.py
+	$(BENCH)/bin/python bench/peers.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(BENCH) runs bench/.cache

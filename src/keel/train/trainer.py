@@ -104,7 +104,12 @@ class Trainer:
         self.fused = FusedStep(network, settings, loss, class_weights) if use_fused else None
 
     def fit(self, train: Batch, validation: Batch | None = None) -> History:
-        """Train for up to ``epochs`` epochs; with validation rows, keep the best epoch's weights."""
+        """Train for up to ``epochs`` epochs.
+
+        With validation rows and early stopping on, training stops after ``early_stopping`` epochs
+        without improvement and the best epoch's weights are restored (Keras' ``EarlyStopping`` with
+        ``restore_best_weights``); with early stopping off, the last epoch's weights are kept.
+        """
         settings = self.settings
         history = History(monitor=self.monitor)
         started = time.perf_counter()
@@ -126,7 +131,8 @@ class Trainer:
                     score = -score if MONITORS[self.monitor] else score
                     if score < best_score:
                         best_score, waited, history.best_epoch = score, 0, epoch
-                        best_state = {name: value.clone() for name, value in self.network.state_dict().items()}
+                        if patience:  # with early stopping off, the last epoch's weights are kept
+                            best_state = {name: value.clone() for name, value in self.network.state_dict().items()}
                     else:
                         waited += 1
                     rate.after_epoch(record["val_" + self.monitor])

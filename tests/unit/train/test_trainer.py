@@ -117,3 +117,11 @@ def test_plateau_halves_the_rate_after_patience_like_torch() -> None:
         reference.step(metric)
         assert rate.value == pytest.approx(reference_optimizer.param_groups[0]["lr"])
     assert rate.value == 0.025
+
+
+def test_without_early_stopping_the_last_weights_are_kept() -> None:
+    trainer = _trainer(epochs=6, early_stopping=0)
+    validation = _data(64, seed=1)
+    history = trainer.fit(_data(), validation)
+    assert len(history.epochs) == 6 and not history.stopped_early
+    assert trainer.validate(validation)["val_loss"] == pytest.approx(history.epochs[-1]["val_loss"], rel=1e-5)
