@@ -44,8 +44,8 @@ WORKLOADS = {
 TOOLS = {
     "W1": ["keel", "sklearn", "torch_tuned", "torch_dataloader", "skorch", "keras", "lightgbm"],
     "W2": ["keel", "sklearn", "torch_tuned", "torch_dataloader", "skorch", "keras", "lightgbm"],
-    "W3": ["keel", "torch_tuned", "keras", "sklearn", "torch_dataloader", "skorch", "lightgbm"],
-    "W4": ["keel", "sklearn", "torch_tuned", "torch_dataloader", "keras", "skorch"],
+    "W3": ["keel", "keel_bf16", "torch_tuned", "keras", "sklearn", "torch_dataloader", "skorch", "lightgbm"],
+    "W4": ["keel", "keel_bf16", "sklearn", "torch_tuned", "torch_dataloader", "keras", "skorch"],
 }
 LR = 0.001
 
@@ -81,7 +81,12 @@ def workload_data(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 
 # ---------------------------------------------------------------- tools (run in a child)
-def run_keel(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
+def run_keel_bf16(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-untyped-def]
+    """keel with training.precision=bfloat16 (AMX matmuls, float32 weights and optimizer)."""
+    return run_keel(spec, X, y, X_test, y_test, seed, precision="bfloat16")
+
+
+def run_keel(spec, X, y, X_test, y_test, seed=0, precision="float32"):  # type: ignore[no-untyped-def]
     import pandas as pd
 
     import keel
@@ -91,7 +96,7 @@ def run_keel(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
     config = {"model.hidden": spec["hidden"], "model.dropout": 0.0, "training.optimizer": "adam",
               "training.lr": LR, "training.epochs": spec["epochs"], "training.batch_size": spec["batch"],
               "training.validation_split": spec["validation"], "training.test_split": 0.0,
-              "training.early_stopping": 0}
+              "training.early_stopping": 0, "training.precision": precision, "training.seed": seed}
     started = time.perf_counter()
     model = keel.fit(frame, target="label", config=config, quiet=True)
     seconds = time.perf_counter() - started
@@ -109,21 +114,21 @@ def _torch_mlp(n_in: int, hidden: list[int], n_out: int):  # type: ignore[no-unt
     return nn.Sequential(*layers, nn.Linear(width, n_out))
 
 
-def _split_validation(X, y, fraction):  # type: ignore[no-untyped-def]
+def _split_validation(X, y, fraction, seed=0):  # type: ignore[no-untyped-def]
     n_validation = int(round(len(X) * fraction))
-    order = np.random.default_rng(0).permutation(len(X))
+    order = np.random.default_rng(seed).permutation(len(X))
     return X[order[n_validation:]], y[order[n_validation:]], X[order[:n_validation]], y[order[:n_validation]]
 
 
-def run_torch_tuned(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
+def run_torch_tuned(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-untyped-def]
     """A hand-tuned loop: tensors in memory, index slicing, fused Adam, no per-step host sync."""
     import torch
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     n_classes = int(y.max()) + 1
     n_out = 1 if n_classes == 2 else n_classes
     started = time.perf_counter()
-    X_train, y_train, X_val, y_val = _split_validation(X, y, spec["validation"])
+    X_train, y_train, X_val, y_val = _split_validation(X, y, spec["validation"], seed)
     Xt, yt = torch.from_numpy(X_train), torch.from_numpy(y_train)
     Xv, yv = torch.from_numpy(X_val), torch.from_numpy(y_val)
     net = _torch_mlp(X.shape[1], spec["hidden"], n_out)
@@ -149,16 +154,16 @@ def run_torch_tuned(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
     return seconds, float((predicted.numpy() == y_test).mean())
 
 
-def run_torch_dataloader(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
+def run_torch_dataloader(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-untyped-def]
     """The loop tutorials write: TensorDataset + DataLoader(shuffle=True)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     n_classes = int(y.max()) + 1
     n_out = 1 if n_classes == 2 else n_classes
     started = time.perf_counter()
-    X_train, y_train, X_val, y_val = _split_validation(X, y, spec["validation"])
+    X_train, y_train, X_val, y_val = _split_validation(X, y, spec["validation"], seed)
     loader = DataLoader(TensorDataset(torch.from_numpy(X_train), torch.from_numpy(y_train)),
                         batch_size=spec["batch"], shuffle=True)
     net = _torch_mlp(X.shape[1], spec["hidden"], n_out)
@@ -183,7 +188,7 @@ def run_torch_dataloader(spec, X, y, X_test, y_test):  # type: ignore[no-untyped
     return seconds, float((predicted.numpy() == y_test).mean())
 
 
-def run_sklearn(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
+def run_sklearn(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-untyped-def]
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -193,7 +198,7 @@ def run_sklearn(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
     model = MLPClassifier(hidden_layer_sizes=tuple(spec["hidden"]), solver="adam", learning_rate_init=LR,
                           batch_size=spec["batch"], max_iter=spec["epochs"], early_stopping=validation,
                           validation_fraction=spec["validation"] if validation else 0.1,
-                          n_iter_no_change=spec["epochs"] + 1, random_state=0)
+                          n_iter_no_change=spec["epochs"] + 1, random_state=seed)
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -202,12 +207,12 @@ def run_sklearn(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
     return seconds, float(model.score(X_test, y_test))
 
 
-def run_skorch(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
+def run_skorch(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-untyped-def]
     import torch
     from skorch import NeuralNetClassifier
     from skorch.dataset import ValidSplit
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     n_classes = int(y.max()) + 1
     model = NeuralNetClassifier(
         _torch_mlp(X.shape[1], spec["hidden"], n_classes), criterion=torch.nn.CrossEntropyLoss,
@@ -220,12 +225,12 @@ def run_skorch(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
     return seconds, float((model.predict(X_test) == y_test).mean())
 
 
-def run_keras(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
+def run_keras(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-untyped-def]
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     n_classes = int(y.max()) + 1
     binary = n_classes == 2
     layers = [keras.Input((X.shape[1],))] + [keras.layers.Dense(size, activation="relu") for size in spec["hidden"]]
@@ -241,23 +246,23 @@ def run_keras(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
     return seconds, float((predicted == y_test).mean())
 
 
-def run_lightgbm(spec, X, y, X_test, y_test):  # type: ignore[no-untyped-def]
+def run_lightgbm(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-untyped-def]
     import lightgbm
 
-    model = lightgbm.LGBMClassifier(verbose=-1, random_state=0)
+    model = lightgbm.LGBMClassifier(verbose=-1, random_state=seed)
     started = time.perf_counter()
     model.fit(X, y)
     seconds = time.perf_counter() - started
     return seconds, float((model.predict(X_test) == y_test).mean())
 
 
-def child(tool: str, workload: str) -> dict:
+def child(tool: str, workload: str, seed: int) -> dict:
     spec = WORKLOADS[workload]
     X, y, X_test, y_test = workload_data(workload)
     runner = globals()[f"run_{tool}"]
     warm = dict(spec, epochs=1)
     runner(warm, X[:512], y[:512], X_test[:64], y_test[:64])  # imports, first-call costs
-    seconds, accuracy = runner(spec, X, y, X_test, y_test)
+    seconds, accuracy = runner(spec, X, y, X_test, y_test, seed)
     return {"seconds": seconds, "accuracy": accuracy, "rss_mb": _peak_rss_mb()}
 
 
@@ -445,7 +450,8 @@ def summarise(runs: list[dict]) -> dict:
         return {"error": runs[0]["error"]}
     seconds = [run["seconds"] for run in good]
     return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds),
-            "accuracy": statistics.median(run["accuracy"] for run in good),
+            "accuracy": statistics.mean(run["accuracy"] for run in good),
+            "accuracy_min": min(run["accuracy"] for run in good), "accuracy_max": max(run["accuracy"] for run in good),
             "rss_mb": max(run["rss_mb"] for run in good), "n": len(good)}
 
 
@@ -453,11 +459,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="keel against its peers")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workloads", default="W1,W2,W3,W4,W5")
-    parser.add_argument("--child", nargs=2, metavar=("TOOL", "WORKLOAD"))
+    parser.add_argument("--child", nargs=3, metavar=("TOOL", "WORKLOAD", "SEED"))
     parser.add_argument("--probe")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child)))
+        tool, workload, seed = args.child
+        print(json.dumps(child(tool, workload, int(seed))))
         return
     if args.probe:
         print(json.dumps(probe(args.probe)))
@@ -467,9 +474,10 @@ def main() -> None:
     for workload in [w for w in selected if w in WORKLOADS]:
         workload_data(workload)  # build the cache before timing anything
         runs: dict[str, list[dict]] = {tool: [] for tool in TOOLS[workload]}
-        for repeat in range(args.repeats):
-            for tool in TOOLS[workload]:  # interleaved: A B C ... A B C ...
-                runs[tool].append(spawn("--child", tool, workload))
+        # Small workloads get more repeats: their accuracy differs more between seeds than between tools.
+        for repeat in range(args.repeats if WORKLOADS[workload]["kind"] == "big" else max(args.repeats, 7)):
+            for tool in TOOLS[workload]:  # interleaved: A B C ... A B C ..., repeat r uses seed r everywhere
+                runs[tool].append(spawn("--child", tool, workload, str(repeat)))
                 print(f"{workload} #{repeat} {tool}: {runs[tool][-1]}", flush=True)
         results["workloads"][workload] = {tool: summarise(tool_runs) for tool, tool_runs in runs.items()}
     if "W3" in selected:
@@ -498,19 +506,22 @@ def render(results: dict, repeats: int) -> str:
 
     lines = ["# keel benchmark results", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-             f"torch {torch.__version__}. Produced by `make bench` (bench/peers.py), medians of {repeats} interleaved "
-             "runs, each in a fresh process after a warm-up fit; times are fit/training seconds unless noted.", ""]
+             f"torch {torch.__version__}. Produced by `make bench` (bench/peers.py): interleaved runs ({repeats} for "
+             "W3/W4, 7 for W1/W2), each in a fresh process after a warm-up fit, run r using seed r in every tool; "
+             "times are fit seconds (median), accuracy the mean over seeds.", ""]
     for workload, tools in results["workloads"].items():
         keel_time = tools.get("keel", {}).get("median")
         lines += [f"## {workload}: {_describe(workload)}", "",
-                  "| tool | median s | min–max s | keel / tool | test accuracy | peak RSS MB |", "|---|---|---|---|---|---|"]
+                  "| tool | median s | min–max s | keel / tool | test accuracy: mean (min–max) | peak RSS MB | runs |",
+                  "|---|---|---|---|---|---|---|"]
         for tool, row in tools.items():
             if "error" in row:
                 lines.append(f"| {tool} | error: {row['error'][:80]} | | | | |")
                 continue
             ratio = f"{keel_time / row['median']:.2f}" if keel_time else ""
             lines.append(f"| {tool} | {row['median']:.3f} | {row['min']:.3f}–{row['max']:.3f} | {ratio} | "
-                         f"{row['accuracy']:.4f} | {row['rss_mb']:.0f} |")
+                         f"{row['accuracy']:.4f} ({row['accuracy_min']:.3f}–{row['accuracy_max']:.3f}) | "
+                         f"{row['rss_mb']:.0f} | {row['n']} |")
         lines.append("")
     probes = results["probes"]
     if "roofline" in probes and "error" not in probes["roofline"]:

@@ -69,6 +69,7 @@ class _KeelEstimator(BaseEstimator):
         l1: float = 0.0,
         l2: float = 0.0,
         grad_clip: float = 0.0,
+        precision: str = "float32",
         seed: int = 42,
         quiet: bool = True,
     ) -> None:
@@ -100,6 +101,7 @@ class _KeelEstimator(BaseEstimator):
         self.l1 = l1
         self.l2 = l2
         self.grad_clip = grad_clip
+        self.precision = precision
         self.seed = seed
         self.quiet = quiet
 

@@ -158,7 +158,8 @@ def _read_csv(path: Path, delimiter: str | None, encoding: str | None) -> pd.Dat
     try:
         table = pc.read_csv(
             path,
-            read_options=pc.ReadOptions(encoding=encoding),
+            # pyarrow decodes "utf8" natively; any other spelling goes through a slow Python codec.
+            read_options=pc.ReadOptions(encoding="utf8" if codecs.lookup(encoding).name == "utf-8" else encoding),
             parse_options=pc.ParseOptions(delimiter=delimiter),
             convert_options=pc.ConvertOptions(strings_can_be_null=True),
         )

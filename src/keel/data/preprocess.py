@@ -85,8 +85,12 @@ class Preprocessor:
         numeric = np.empty((self.numeric_width, n_rows), dtype=np.float32)
         offset = 0
         for transform in self.numeric:
-            values, count = transform.transform(frame[transform.name], source)
-            numeric[offset:offset + transform.width] = values.T
+            block = numeric[offset:offset + transform.width]
+            if isinstance(transform, NumberTransform):
+                _, count = transform.transform(frame[transform.name], source, out=block)
+            else:
+                values, count = transform.transform(frame[transform.name], source)
+                block[:] = values.T
             offset += transform.width
             if count:
                 unseen[transform.name] = count

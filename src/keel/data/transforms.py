@@ -21,6 +21,18 @@ UNKNOWN_INDEX = 0
 MISSING_INDEX = 1
 
 
+# Above this many values the fill median is taken from a fixed random sample of this size: exact
+# medians of a million-row column cost ~9 ms each, and a 200,000-value sample is within a fraction
+# of a percent of the distribution's spread of the true median.
+_MEDIAN_SAMPLE = 200_000
+
+
+def _sample(values: np.ndarray) -> np.ndarray:
+    if len(values) <= _MEDIAN_SAMPLE:
+        return values
+    return values[np.random.default_rng(0).integers(0, len(values), _MEDIAN_SAMPLE)]
+
+
 class NumberTransform:
     """Fill missing numbers, then scale (z-score, min-max or none)."""
 
@@ -48,8 +60,10 @@ class NumberTransform:
         present = values[~missing] if n_missing else values
         if self.missing == "constant" or len(present) == 0:
             self.fill = float(self.constant)
+        elif self.missing == "median":
+            self.fill = float(np.median(_sample(present)))
         else:
-            self.fill = float(np.median(present) if self.missing == "median" else present.mean(dtype=np.float64))
+            self.fill = float(present.mean(dtype=np.float64))
         # Statistics of the filled column, without materialising it.
         if self.normalize == "zscore":
             total = present.sum(dtype=np.float64) + n_missing * self.fill
@@ -63,14 +77,20 @@ class NumberTransform:
         else:
             self.center, self.scale = 0.0, 1.0
         self.center = float(self.center)
-        if not np.isfinite(self.scale) or self.scale == 0.0:
-            self.scale = 1.0  # a constant column: leave it centred rather than divide by zero
+        if not np.isfinite(self.scale) or self.scale < 1e-30:
+            self.scale = 1.0  # a constant column (or one float32 cannot scale): centre it, do not divide
         return self
 
-    def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
-        """Returns ``(values (n, width) float32, 0)``; numbers have no unseen values to count."""
+    def transform(self, series: pd.Series, source: str | None = None,
+                  out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """Returns ``(values (n, width) float32, 0)``; numbers have no unseen values to count.
+
+        ``out``, a (width, n) float32 array, receives the values in place (column-major, so
+        each write is contiguous); the returned array is then its transpose.
+        """
         values = to_numeric(series, column=self.name, source=source)
-        out = np.empty((self.width, len(values)), dtype=np.float32)  # column-major: contiguous writes
+        if out is None:
+            out = np.empty((self.width, len(values)), dtype=np.float32)
         np.subtract(values, self.center, out=out[0], casting="unsafe")
         out[0] /= np.float32(self.scale)
         missing = np.isnan(values)

@@ -66,6 +66,7 @@ class FusedStep:
         self.loss_name = loss
         self.class_weights = class_weights
         self.settings = settings
+        self.dtype = torch.bfloat16 if settings.precision == "bfloat16" else torch.float32
         self.parameters = [p for pair in zip(self.weights, self.biases) for p in pair] + self.tables
         self.grads = [torch.zeros_like(p) for p in self.parameters]
         self.weight_grads = self.grads[0:2 * len(linears):2]
@@ -94,10 +95,15 @@ class FusedStep:
     @torch.no_grad()
     def gradients(self, numeric: torch.Tensor, categorical: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Fill ``self.grads`` (in ``self.parameters`` order) for a batch; returns its mean loss."""
-        inputs = self._inputs(numeric, categorical)
+        low = self.dtype != torch.float32
+        # bfloat16: matmuls and activations in bf16 (AMX units), master weights, gradients and
+        # optimizer state in float32.
+        weights = [w.to(self.dtype) for w in self.weights] if low else self.weights
+        biases = [b.to(self.dtype) for b in self.biases] if low else self.biases
+        inputs = self._inputs(numeric, categorical).to(self.dtype)
         saved = []
         hidden = inputs
-        for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
+        for weight, bias in zip(weights[:-1], biases[:-1]):
             pre = torch.addmm(bias, hidden, weight.t())  # (batch, width)
             out = self.activation(pre)
             mask = None
@@ -108,9 +114,9 @@ class FusedStep:
                 out_dropped = out
             saved.append((hidden, pre, out, mask))
             hidden = out_dropped
-        outputs = torch.addmm(self.biases[-1], hidden, self.weights[-1].t())  # (batch, n_outputs)
+        outputs = torch.addmm(biases[-1], hidden, weights[-1].t()).float()  # (batch, n_outputs)
         loss, grad = self._loss(outputs, target)
-        self._backward(grad, hidden, saved, categorical, inputs)
+        self._backward(grad.to(self.dtype), hidden, saved, categorical, weights)
         self._penalize_and_clip()
         return loss
 
@@ -152,24 +158,32 @@ class FusedStep:
         return loss, (error.clamp(-1, 1) / n)[:, None]
 
     def _backward(self, grad: torch.Tensor, last_hidden: torch.Tensor, saved: list, categorical: torch.Tensor,
-                  inputs: torch.Tensor) -> None:
-        torch.mm(grad.t(), last_hidden, out=self.weight_grads[-1])
-        torch.sum(grad, 0, out=self.bias_grads[-1])
+                  weights: list[torch.Tensor]) -> None:
+        self._weight_grad(self.weight_grads[-1], self.bias_grads[-1], grad, last_hidden)
         for index in range(len(saved) - 1, -1, -1):
             layer_input, pre, out, mask = saved[index]
-            grad = torch.mm(grad, self.weights[index + 1])  # (batch, width)
+            grad = torch.mm(grad, weights[index + 1])  # (batch, width)
             if mask is not None:
                 grad = grad.mul_(mask)
             grad = self.activation_backward(grad, pre, out)
-            torch.mm(grad.t(), layer_input, out=self.weight_grads[index])
-            torch.sum(grad, 0, out=self.bias_grads[index])
+            self._weight_grad(self.weight_grads[index], self.bias_grads[index], grad, layer_input)
         if self.tables:
-            input_grad = torch.mm(grad, self.weights[0])  # (batch, numeric_width + embedding widths)
+            input_grad = torch.mm(grad, weights[0]).float()  # (batch, numeric_width + embedding widths)
             offset = self.numeric_width
             for index, (table, table_grad) in enumerate(zip(self.tables, self.table_grads)):
                 width = int(table.shape[1])
                 table_grad.zero_().index_add_(0, categorical[:, index], input_grad[:, offset:offset + width])
                 offset += width
+
+    def _weight_grad(self, weight_grad: torch.Tensor, bias_grad: torch.Tensor, grad: torch.Tensor,
+                     layer_input: torch.Tensor) -> None:
+        """Write a linear layer's float32 weight and bias gradients from its output gradient and input."""
+        if grad.dtype == torch.float32:
+            torch.mm(grad.t(), layer_input, out=weight_grad)  # no temporary
+            torch.sum(grad, 0, out=bias_grad)
+        else:
+            weight_grad.copy_(torch.mm(grad.t(), layer_input))
+            bias_grad.copy_(grad.sum(0, dtype=torch.float32))
 
     def _penalize_and_clip(self) -> None:
         settings = self.settings

@@ -170,7 +170,9 @@ class Trainer:
 
     def _autograd_step(self, rows: Batch, optimizer: torch.optim.Optimizer) -> torch.Tensor:
         settings = self.settings
-        loss = self.loss(self.network(rows.numeric, rows.categorical), rows.target)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.precision == "bfloat16"):
+            outputs = self.network(rows.numeric, rows.categorical)
+        loss = self.loss(outputs.float(), rows.target)
         objective = loss
         weights = self.network.linear_weights()
         if settings.l1:
@@ -280,7 +282,7 @@ def thread_budget(network: nn.Module, batch_size: int) -> Iterator[None]:
     """
     widest = max((m.weight.shape[0] * m.weight.shape[1] for m in network.modules() if isinstance(m, nn.Linear)),
                  default=0)
-    small = widest * batch_size < 4_000_000
+    small = widest * batch_size < 1_000_000
     previous = torch.get_num_threads()
     if small:
         torch.set_num_threads(1)

@@ -80,3 +80,11 @@ def test_binary_transform_maps_two_values_and_fills_the_rest() -> None:
     np.testing.assert_allclose(out[:, 0], [0.0, 1.0, 0.75, 0.75])
     transform = TRANSFORMS["binary"]("col").fit(train)
     assert transform.transform(pd.Series(["maybe", None]))[1] == 1
+
+
+def test_median_of_a_large_column_is_sampled_and_close() -> None:
+    values = pd.Series(np.random.default_rng(1).exponential(size=1_000_000))
+    transform = NumberTransform("x", PreprocessingConfig()).fit(values)
+    assert abs(transform.fill - np.median(values)) < 0.01 * values.std()
+    small = NumberTransform("x", PreprocessingConfig()).fit(values[:1001])
+    assert small.fill == np.median(values[:1001])  # exact below the sample size

@@ -115,3 +115,21 @@ def test_networks_with_norms_use_autograd() -> None:
     assert not fused_step_supported(TabularNetwork(spec))
     spec.norm = "none"
     assert fused_step_supported(TabularNetwork(spec))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bfloat16_training_tracks_float32(fused) -> None:
+    from keel.train.trainer import Batch, Trainer
+
+    torch.manual_seed(0)
+    numeric = torch.randn(512, 5)
+    rows = Batch(numeric, torch.zeros(512, 0, dtype=torch.long), (numeric[:, 0] + numeric[:, 1] > 0).long())
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        network = TabularNetwork(NetworkSpec(numeric_width=5, cardinalities=[], n_outputs=1, hidden=[32, 32]))
+        trainer = Trainer(network, TrainingConfig(epochs=8, lr=0.01, precision=precision), "binary", "bce", fused=fused)
+        history = trainer.fit(rows)
+        assert all(p.dtype == torch.float32 for p in network.parameters())
+        losses[precision] = history.epochs[-1]["loss"]
+    assert losses["float32"] < 0.2 and losses["bfloat16"] == pytest.approx(losses["float32"], abs=0.03)
