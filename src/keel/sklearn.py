@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_consistent_length, column_or_1d, vali
 
 from keel.config import Config
 from keel.errors import NotFittedError
-from keel.model import Model, fit
+from keel.model import fit
 
 # Which config section each estimator parameter belongs to.
 SECTIONS = {
@@ -197,12 +197,6 @@ def _free_name(name: str, taken: Any) -> str:
     while name in set(taken):
         name = f"_{name}"
     return name
-
-
-def model_from(estimator: _KeelEstimator) -> Model:
-    """The fitted :class:`keel.Model` inside an estimator."""
-    _check_fitted(estimator)
-    return estimator.model_
 
 
 class EstimatorNotFittedError(NotFittedError, SklearnNotFittedError):
