@@ -35,6 +35,21 @@ _ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
 }
 
 
+# Activations whose forward and backward can write into reused buffers: each step then allocates
+# almost nothing, which matters because glibc hands megabyte-sized tensors back to the kernel and
+# re-faults them on the next step (on W3's 1024 x 256 activations that was ~25% of a step).
+_FORWARD_INTO: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "relu": lambda z, out: torch.clamp_min(z, 0, out=out),
+    "tanh": lambda z, out: torch.tanh(z, out=out),
+    "sigmoid": lambda z, out: torch.sigmoid(z, out=out),
+}
+_BACKWARD_INTO: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "relu": lambda g, a, out: _aten.threshold_backward.grad_input(g, a, 0, grad_input=out),
+    "tanh": lambda g, a, out: _aten.tanh_backward.grad_input(g, a, grad_input=out),
+    "sigmoid": lambda g, a, out: _aten.sigmoid_backward.grad_input(g, a, grad_input=out),
+}
+
+
 def fused_step_supported(network: TabularNetwork) -> bool:
     """True when the network is one the fused step can train (no batch or layer norm)."""
     return (network.spec.norm == "none" and network.spec.activation in _ACTIVATIONS
@@ -58,6 +73,10 @@ class FusedStep:
         self.weights = [linear.weight for linear in linears]
         self.biases = [linear.bias for linear in linears]
         self.activation, self.activation_backward = _ACTIVATIONS[spec.activation]
+        self.forward_into = _FORWARD_INTO.get(spec.activation)
+        self.backward_into = _BACKWARD_INTO.get(spec.activation)
+        self.widths = list(spec.hidden)
+        self._buffers: dict[int, list[dict[str, torch.Tensor]]] = {}
         self.keep = 1.0 - spec.dropout
         embeddings = [cast(nn.Embedding, table) for table in network.categories.tables]
         self.all_tables: list[torch.Tensor] = [table.weight for table in embeddings]
@@ -103,9 +122,10 @@ class FusedStep:
         inputs = self._inputs(numeric, categorical).to(self.dtype)
         saved = []
         hidden = inputs
-        for weight, bias in zip(weights[:-1], biases[:-1]):
-            pre = torch.addmm(bias, hidden, weight.t())  # (batch, width)
-            out = self.activation(pre)
+        buffers = self._layer_buffers(len(inputs))
+        for weight, bias, buffer in zip(weights[:-1], biases[:-1], buffers):
+            pre = torch.addmm(bias, hidden, weight.t(), out=buffer["pre"])  # (batch, width)
+            out = self.forward_into(pre, buffer["out"]) if self.forward_into else self.activation(pre)
             mask = None
             if self.keep < 1.0:
                 mask = torch.empty_like(out).bernoulli_(self.keep).div_(self.keep)
@@ -116,9 +136,18 @@ class FusedStep:
             hidden = out_dropped
         outputs = torch.addmm(biases[-1], hidden, weights[-1].t()).float()  # (batch, n_outputs)
         loss, grad = self._loss(outputs, target)
-        self._backward(grad.to(self.dtype), hidden, saved, categorical, weights)
+        self._backward(grad.to(self.dtype), hidden, saved, categorical, weights, buffers)
         self._penalize_and_clip()
         return loss
+
+    def _layer_buffers(self, n_rows: int) -> list[dict[str, torch.Tensor]]:
+        """Per hidden layer (batch, width) buffers for this batch size, made once and reused."""
+        if n_rows not in self._buffers:
+            self._buffers[n_rows] = [
+                {name: torch.empty(n_rows, width, dtype=self.dtype) for name in ("pre", "out", "grad", "act_grad")}
+                for width in self.widths
+            ]
+        return self._buffers[n_rows]
 
     def _inputs(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         if not self.all_tables:
@@ -158,14 +187,17 @@ class FusedStep:
         return loss, (error.clamp(-1, 1) / n)[:, None]
 
     def _backward(self, grad: torch.Tensor, last_hidden: torch.Tensor, saved: list, categorical: torch.Tensor,
-                  weights: list[torch.Tensor]) -> None:
+                  weights: list[torch.Tensor], buffers: list[dict[str, torch.Tensor]]) -> None:
         self._weight_grad(self.weight_grads[-1], self.bias_grads[-1], grad, last_hidden)
         for index in range(len(saved) - 1, -1, -1):
             layer_input, pre, out, mask = saved[index]
-            grad = torch.mm(grad, weights[index + 1])  # (batch, width)
+            grad = torch.mm(grad, weights[index + 1], out=buffers[index]["grad"])  # (batch, width)
             if mask is not None:
                 grad = grad.mul_(mask)
-            grad = self.activation_backward(grad, pre, out)
+            if self.backward_into:
+                grad = self.backward_into(grad, out, buffers[index]["act_grad"])
+            else:
+                grad = self.activation_backward(grad, pre, out)
             self._weight_grad(self.weight_grads[index], self.bias_grads[index], grad, layer_input)
         if self.tables:
             input_grad = torch.mm(grad, weights[0]).float()  # (batch, numeric_width + embedding widths)
