@@ -114,6 +114,21 @@ def _torch_mlp(n_in: int, hidden: list[int], n_out: int):  # type: ignore[no-unt
     return nn.Sequential(*layers, nn.Linear(width, n_out))
 
 
+def _torch_outputs(y):  # type: ignore[no-untyped-def]
+    """One logit for binary targets, one per class otherwise."""
+    n_classes = int(y.max()) + 1
+    return 1 if n_classes == 2 else n_classes
+
+
+def _torch_accuracy(net, X_test, y_test, n_out):  # type: ignore[no-untyped-def]
+    import torch
+
+    with torch.inference_mode():
+        logits = net(torch.from_numpy(X_test))
+    predicted = (logits[:, 0] > 0).long() if n_out == 1 else logits.argmax(1)
+    return float((predicted.numpy() == y_test).mean())
+
+
 def _split_validation(X, y, fraction, seed=0):  # type: ignore[no-untyped-def]
     n_validation = int(round(len(X) * fraction))
     order = np.random.default_rng(seed).permutation(len(X))
@@ -125,8 +140,7 @@ def run_torch_tuned(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-unty
     import torch
 
     torch.manual_seed(seed)
-    n_classes = int(y.max()) + 1
-    n_out = 1 if n_classes == 2 else n_classes
+    n_out = _torch_outputs(y)
     started = time.perf_counter()
     X_train, y_train, X_val, y_val = _split_validation(X, y, spec["validation"], seed)
     Xt, yt = torch.from_numpy(X_train), torch.from_numpy(y_train)
@@ -147,11 +161,7 @@ def run_torch_tuned(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-unty
         if len(Xv):
             with torch.inference_mode():
                 loss_fn(out(net(Xv)), target(yv))
-    seconds = time.perf_counter() - started
-    with torch.inference_mode():
-        logits = net(torch.from_numpy(X_test))
-    predicted = (logits[:, 0] > 0).long() if n_out == 1 else logits.argmax(1)
-    return seconds, float((predicted.numpy() == y_test).mean())
+    return time.perf_counter() - started, _torch_accuracy(net, X_test, y_test, n_out)
 
 
 def run_torch_dataloader(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-untyped-def]
@@ -160,8 +170,7 @@ def run_torch_dataloader(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(seed)
-    n_classes = int(y.max()) + 1
-    n_out = 1 if n_classes == 2 else n_classes
+    n_out = _torch_outputs(y)
     started = time.perf_counter()
     X_train, y_train, X_val, y_val = _split_validation(X, y, spec["validation"], seed)
     loader = DataLoader(TensorDataset(torch.from_numpy(X_train), torch.from_numpy(y_train)),
@@ -181,11 +190,7 @@ def run_torch_dataloader(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no
             net.eval()
             with torch.no_grad():
                 net(torch.from_numpy(X_val))
-    seconds = time.perf_counter() - started
-    with torch.no_grad():
-        logits = net(torch.from_numpy(X_test))
-    predicted = (logits[:, 0] > 0).long() if n_out == 1 else logits.argmax(1)
-    return seconds, float((predicted.numpy() == y_test).mean())
+    return time.perf_counter() - started, _torch_accuracy(net, X_test, y_test, n_out)
 
 
 def run_sklearn(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-untyped-def]
