@@ -93,12 +93,8 @@ def run_keel(spec, X, y, X_test, y_test, seed=0, precision="float32"):  # type: 
 
     frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
     frame["label"] = y
-    config = {"model.hidden": spec["hidden"], "model.dropout": 0.0, "training.optimizer": "adam",
-              "training.lr": LR, "training.epochs": spec["epochs"], "training.batch_size": spec["batch"],
-              "training.validation_split": spec["validation"], "training.test_split": 0.0,
-              "training.early_stopping": 0, "training.precision": precision, "training.seed": seed}
     started = time.perf_counter()
-    model = keel.fit(frame, target="label", config=config, quiet=True)
+    model = keel.fit(frame, target="label", config=_keel_config(spec, seed, precision), quiet=True)
     seconds = time.perf_counter() - started
     test = pd.DataFrame(X_test, columns=frame.columns[:-1])
     return seconds, float((model.predict(test) == y_test).mean())
@@ -304,7 +300,7 @@ def probe(name: str) -> dict:
         import keel
 
         started = time.perf_counter()
-        keel.fit(str(files_for_w5()[1]), target="label", quiet=True, config=_w3_config())
+        keel.fit(str(files_for_w5()[1]), target="label", quiet=True, config=_keel_config(WORKLOADS["W3"]))
         return {"seconds": time.perf_counter() - started, "rss_mb": _peak_rss_mb()}
     if name == "train_tuned_parquet":
         import pyarrow.parquet as pq
@@ -323,11 +319,12 @@ def probe(name: str) -> dict:
     raise SystemExit(f"unknown probe {name}")
 
 
-def _w3_config() -> dict:
-    spec = WORKLOADS["W3"]
+def _keel_config(spec: dict, seed: int = 0, precision: str = "float32") -> dict:
+    """The workload's settings as keel config keys (the test split is the caller's, so none here)."""
     return {"model.hidden": spec["hidden"], "model.dropout": 0.0, "training.optimizer": "adam", "training.lr": LR,
             "training.epochs": spec["epochs"], "training.batch_size": spec["batch"],
-            "training.validation_split": 0.0, "training.test_split": 0.0, "training.early_stopping": 0}
+            "training.validation_split": spec["validation"], "training.test_split": 0.0,
+            "training.early_stopping": 0, "training.precision": precision, "training.seed": seed}
 
 
 def _read_keel(path: Path) -> dict:
@@ -398,7 +395,7 @@ def _predict_probe() -> dict:
     columns = [f"f{i}" for i in range(50)]
     frame = pd.DataFrame(X, columns=columns)
     train = frame.iloc[:20_000].assign(label=y[:20_000])
-    model = keel.fit(train, target="label", quiet=True, config=dict(_w3_config(), **{"training.epochs": 1}))
+    model = keel.fit(train, target="label", quiet=True, config=_keel_config(dict(WORKLOADS["W3"], epochs=1)))
     sk = MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=1, batch_size=1024, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -109,6 +109,13 @@ class TrainingConfig(_Section):
         "optimizer state and is several times faster on CPUs with AMX.")
     seed: int = Field(42, description="Seed for splits, initialization and shuffling.")
 
+    @property
+    def decay(self) -> float:
+        """The weight decay in force: ``weight_decay``, or its default for the optimizer when empty."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.01 if self.optimizer == "adamw" else 0.0
+
 
 class Config(_Section):
     """A whole keel run. Every field has a default, so an empty config is valid."""

@@ -249,8 +249,10 @@ def _labelled(frame: pd.DataFrame, target: str, notes: list[str], what: str) -> 
 def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, schema: Schema,
            notes: list[str], console: Console) -> Model:
     training = settings.training
-    target = TargetEncoder(schema.target, schema.task).fit(frame[schema.target])
-    classes = None if schema.task == "regression" else target.encode(frame[schema.target])
+    target = TargetEncoder(schema.target, schema.task)
+    classes = None
+    if schema.task != "regression":  # class labels come from every row; they stratify the split
+        classes = target.fit(frame[schema.target]).encode(frame[schema.target])
     split = split_rows(len(frame), validation=training.validation_split,
                        test=0.0 if test_frame is not None else training.test_split,
                        seed=training.seed, classes=classes)

@@ -231,7 +231,7 @@ class FusedStep:
     def _optimize(self, lr: float) -> None:
         settings = self.settings
         if settings.optimizer == "sgd":
-            torch._fused_sgd_(self.parameters, self.grads, self.momentum, weight_decay=settings.weight_decay or 0.0,
+            torch._fused_sgd_(self.parameters, self.grads, self.momentum, weight_decay=settings.decay,
                               momentum=settings.momentum, lr=lr, dampening=0.0,
                               nesterov=settings.nesterov and settings.momentum > 0, maximize=False,
                               is_first_step=self.first)
@@ -239,8 +239,7 @@ class FusedStep:
             return
         self.step_count.add_(1)
         decoupled = settings.optimizer == "adamw"
-        decay = settings.weight_decay if settings.weight_decay is not None else (0.01 if decoupled else 0.0)
         kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
         kernel(self.parameters, self.grads, self.exp_avg, self.exp_avg_sq, [],
                [self.step_count] * len(self.parameters), amsgrad=False, lr=lr, beta1=0.9, beta2=0.999,
-               weight_decay=decay, eps=1e-8, maximize=False)
+               weight_decay=settings.decay, eps=1e-8, maximize=False)

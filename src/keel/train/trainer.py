@@ -227,13 +227,11 @@ def _batch_bounds(n_rows: int, batch_size: int) -> list[tuple[int, int]]:
 def build_optimizer(network: nn.Module, settings: TrainingConfig) -> torch.optim.Optimizer:
     """The configured optimizer over the trainable parameters."""
     parameters = [p for p in network.parameters() if p.requires_grad]
-    decay = settings.weight_decay
     if settings.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
-                               nesterov=settings.nesterov and settings.momentum > 0, weight_decay=decay or 0.0)
-    if settings.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=0.01 if decay is None else decay)
-    return torch.optim.Adam(parameters, lr=settings.lr, weight_decay=decay or 0.0)
+                               nesterov=settings.nesterov and settings.momentum > 0, weight_decay=settings.decay)
+    optimizer = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(parameters, lr=settings.lr, weight_decay=settings.decay)
 
 
 class LearningRate:
