@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_section  # noqa: E402  (bench/ is a folder of scripts, not a package)
+
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 WORKLOADS = {
@@ -321,7 +324,7 @@ def probe(name: str) -> dict:
 
 def _keel_config(spec: dict, seed: int = 0, precision: str = "float32") -> dict:
     """The workload's settings as keel config keys (the test split is the caller's, so none here)."""
-    return {"model.hidden": spec["hidden"], "model.dropout": 0.0, "training.optimizer": "adam", "training.lr": LR,
+    return {"preset": "fast", "model.hidden": spec["hidden"], "model.dropout": 0.0, "training.optimizer": "adam", "training.lr": LR,
             "training.epochs": spec["epochs"], "training.batch_size": spec["batch"],
             "training.validation_split": spec["validation"], "training.test_split": 0.0,
             "training.early_stopping": 0, "training.precision": precision, "training.seed": seed}
@@ -337,7 +340,7 @@ def _read_keel(path: Path) -> dict:
 
     started = time.perf_counter()
     frame = read_table(path)
-    config = load_config({"target": "label"})
+    config = load_config({"target": "label", "preset": "fast"})
     preprocessor = Preprocessor(infer_schema(frame, config), config.preprocessing).fit(frame)
     features = preprocessor.transform(frame)
     X = torch.from_numpy(features.numeric)
@@ -426,7 +429,7 @@ def whole_process_keel_train(repeats: int) -> list[float]:
     frame["label"] = y
     frame.to_csv(path, index=False)
     keel_bin = Path(sys.executable).parent / "keel"
-    args = ["train", str(path), "--target", "label", "--quiet", "--set", "model.hidden=[64,32]",
+    args = ["train", str(path), "--target", "label", "--quiet", "--preset", "fast", "--set", "model.hidden=[64,32]",
             "--set", "model.dropout=0", "--set", "training.optimizer=adam", "--set", "training.epochs=50",
             "--set", "training.batch_size=32", "--set", "training.early_stopping=0", "--set", "training.test_split=0"]
     times = []
@@ -500,7 +503,7 @@ def main() -> None:
     (CACHE / "results.json").write_text(json.dumps(results, indent=2))
     report = render(results, args.repeats)
     print(report)
-    (HERE / "RESULTS.md").write_text(report)
+    write_section("peers", report)
 
 
 def render(results: dict, repeats: int) -> str:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PENGUINS = ROOT / "examples" / "penguins.csv"
 
 # Small enough to train in well under a second, big enough to learn the tiny tables below.
-FAST = {"model.hidden": [16], "model.dropout": 0.0, "training.epochs": 5, "training.batch_size": 16,
+FAST = {"preset": "fast", "model.hidden": [16], "model.dropout": 0.0, "training.epochs": 5, "training.batch_size": 16,
         "training.lr": 0.01}
 
 

@@ -76,6 +76,7 @@ def train(
     target: Annotated[Optional[str], typer.Option("--target", "-t", help="Column to predict.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="fast, balanced (the default) or best: defaults for every key the config leaves unset.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")] = Path("model"),
     test: Annotated[Optional[Path], typer.Option("--test", help="Evaluate on this file instead of a held-out split.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (same as --set training.seed=N).")] = None,
@@ -90,6 +91,7 @@ def train(
     from keel.model import fit
 
     overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
+    overrides += [f"preset={preset}"] if preset is not None else []
     model = fit(_read(data, delimiter, encoding), target=target, config=load_config(config, overrides),
                 test=_read(test, delimiter, encoding) if test else None, quiet=quiet or as_json)
     model.save(output)

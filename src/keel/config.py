@@ -17,6 +17,7 @@ from keel.errors import ConfigError
 
 FeatureType = Literal["auto", "number", "category", "binary"]
 Task = Literal["auto", "binary", "multiclass", "regression"]
+Preset = Literal["fast", "balanced", "best"]
 
 
 class _Section(BaseModel):
@@ -40,11 +41,16 @@ class PreprocessingConfig(_Section):
     missing_indicator: bool = Field(
         False, description="Add a 0/1 column per number column that had missing values in training."
     )
-    normalize: Literal["zscore", "minmax", "none"] = Field(
-        "zscore", description="How number columns are scaled."
+    normalize: Literal["zscore", "minmax", "robust", "quantile", "none"] = Field(
+        "zscore", description="How number columns are scaled: robust is (x - median) / IQR softly clipped "
+        "to about +-3, quantile maps each column's distribution onto a normal one.",
     )
-    categorical_encoding: Literal["embedding", "onehot"] = Field(
-        "embedding", description="Learned embeddings or fixed one-hot vectors for category columns."
+    categorical_encoding: Literal["auto", "embedding", "onehot"] = Field(
+        "embedding", description="Learned embeddings or fixed one-hot vectors for category columns; auto "
+        "one-hot encodes columns with at most onehot_max_categories values and embeds the rest.",
+    )
+    onehot_max_categories: int = Field(
+        8, ge=1, description="The most values a category column may have to be one-hot encoded under auto."
     )
     rare_category_min_count: int = Field(
         5, ge=1, description="Categories seen fewer times than this in training share one 'rare' bucket."
@@ -66,6 +72,22 @@ class ModelConfig(_Section):
     embedding_dim: int | None = Field(
         None, ge=1, description="Size of each category embedding; empty to size it by cardinality."
     )
+    architecture: Literal["mlp", "resnet"] = Field(
+        "mlp", description="mlp: plain layers; resnet: each hidden layer is a residual block "
+        "(norm, linear, activation, dropout, linear, added to its input).",
+    )
+    numeric_embedding: Literal["none", "periodic", "piecewise_linear"] = Field(
+        "none", description="Learned embedding of each number column before the network: periodic "
+        "(sin/cos of learned frequencies) or piecewise_linear (training-quantile bins).",
+    )
+    numeric_embedding_dim: int = Field(16, ge=1, description="Width of each number column's embedding.")
+    numeric_embedding_size: int = Field(
+        16, ge=1, description="Frequencies (periodic) or bins (piecewise_linear) per number column."
+    )
+    ensemble: int = Field(
+        1, ge=1, description="Ensemble members sharing one network through rank-1 adapters (TabM-style), "
+        "trained together, predictions averaged; 1 is a single network.",
+    )
 
 
 class TrainingConfig(_Section):
@@ -78,8 +100,12 @@ class TrainingConfig(_Section):
     weight_decay: float | None = Field(
         None, ge=0.0, description="Optimizer weight decay (decoupled for adamw); empty: 0.01 for adamw, else 0."
     )
-    schedule: Literal["constant", "cosine", "plateau"] = Field(
-        "constant", description="Learning-rate schedule."
+    schedule: Literal["constant", "cosine", "multicycle", "plateau"] = Field(
+        "constant", description="Learning-rate schedule: cosine decays to 0 over all epochs, multicycle "
+        "runs four cosine cycles of growing length (RealMLP's coslog4), plateau halves it when stuck."
+    )
+    warmup: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of the training steps over which the learning rate rises from 0."
     )
     epochs: int = Field(100, ge=1, description="Maximum number of passes over the training data.")
     batch_size: int = Field(64, ge=1, description="Rows per training step.")
@@ -93,13 +119,22 @@ class TrainingConfig(_Section):
         10, ge=0, description="Stop after this many epochs without improvement; 0 turns it off."
     )
     monitor: Literal["auto", "loss", "accuracy", "roc_auc", "rmse"] = Field(
-        "auto", description="Validation metric for early stopping and plateau (auto: the loss)."
+        "auto", description="Validation metric for early stopping, best-epoch choice and plateau "
+        "(auto: roc_auc for binary targets, else the loss)."
     )
     loss: Literal["auto", "cross_entropy", "bce", "mse", "mae", "huber"] = Field(
         "auto", description="Loss; auto picks cross_entropy, bce or mse from the task."
     )
-    class_weights: Literal["none", "balanced"] = Field(
-        "none", description="Weight classes inversely to their frequency."
+    class_weights: Literal["none", "balanced", "auto"] = Field(
+        "none", description="Weight classes inversely to their frequency; auto does so when the rarest class "
+        "is under 10% of the rows. Predicted probabilities are corrected back to the true class shares."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Classification targets move this far towards the uniform distribution."
+    )
+    bagging: int = Field(
+        1, ge=1, description="Train this many networks, each validating on a different fold of the training "
+        "rows, and average them; 1 trains one network on one validation split."
     )
     l1: float = Field(0.0, ge=0.0, description="L1 penalty on the weights of linear layers.")
     l2: float = Field(0.0, ge=0.0, description="L2 penalty on the weights of linear layers.")
@@ -120,6 +155,10 @@ class TrainingConfig(_Section):
 class Config(_Section):
     """A whole keel run. Every field has a default, so an empty config is valid."""
 
+    preset: Preset = Field(
+        "balanced", description="Defaults for everything the config leaves unset: fast, balanced or best "
+        "(see Presets); what you write always wins.",
+    )
     target: str | None = Field(None, description="The column to predict.")
     task: Task = Field("auto", description="binary, multiclass or regression; auto infers it from the target.")
     input_features: list[InputFeature] | None = Field(
@@ -132,6 +171,23 @@ class Config(_Section):
 
 
 ConfigSource = Config | Mapping[str, Any] | str | Path | None
+
+# What each preset sets; anything a user writes wins over it, and ``fast`` is the fields' own defaults.
+_BALANCED: dict[str, Any] = {
+    "preprocessing": {"normalize": "quantile", "categorical_encoding": "auto"},
+    "model": {"hidden": [256, 256], "dropout": 0.1, "numeric_embedding": "periodic", "ensemble": 8},
+    "training": {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.0001, "batch_size": 256, "epochs": 200,
+                 "early_stopping": 16, "class_weights": "auto"},
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {},
+    "balanced": _BALANCED,
+    "best": {
+        "preprocessing": _BALANCED["preprocessing"],
+        "model": {**_BALANCED["model"], "hidden": [512, 512, 512], "ensemble": 32},
+        "training": {**_BALANCED["training"], "epochs": 300, "bagging": 5},
+    },
+}
 
 
 def load_config(source: ConfigSource = None, overrides: list[str] | Mapping[str, Any] | None = None) -> Config:
@@ -150,7 +206,7 @@ def load_config(source: ConfigSource = None, overrides: list[str] | Mapping[str,
         ConfigError: The file is missing or not YAML, a key is unknown or a value is invalid.
     """
     if isinstance(source, Config):
-        tree = source.model_dump()
+        tree = source.model_dump(exclude_unset=True)
     elif isinstance(source, (str, Path)):
         tree = _read_yaml(Path(source))
     elif source is None:
@@ -165,7 +221,23 @@ def load_config(source: ConfigSource = None, overrides: list[str] | Mapping[str,
         items = [_parse_assignment(text) for text in overrides or []]
     for key, value in items:
         _set_dotted(tree, key, value)
-    return validate_config(tree)
+    return validate_config(with_preset(tree))
+
+
+def with_preset(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """``tree`` (what the user wrote) laid over its preset's settings; the user's values win."""
+    name = tree.get("preset", "balanced")
+    if name not in PRESETS:
+        raise ConfigError(f"preset: unknown preset {name!r}; use one of {', '.join(PRESETS)}.")
+    merged: dict[str, Any] = {"preset": name}
+    for section, values in PRESETS[name].items():
+        merged[section] = dict(values)
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def validate_config(tree: Mapping[str, Any]) -> Config:

@@ -16,15 +16,16 @@ from rich.console import Console
 
 from keel import __version__
 from keel.artifact import load_artifact, save_artifact
-from keel.config import Config, ConfigSource, load_config, validate_config
+from keel.config import Config, ConfigSource, TrainingConfig, load_config, validate_config
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Features, Preprocessor, TargetEncoder
 from keel.data.schema import Schema, infer_schema, require_column
-from keel.data.split import split_rows
+from keel.data.split import fold_rows, split_rows
 from keel.errors import ArtifactError, ConfigError, KeelWarning
 from keel.evaluate.metrics import classification_metrics, regression_metrics
 from keel.nn.losses import resolve_loss_name
-from keel.nn.network import NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
+from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
+from keel.nn.numeric import PiecewiseLinearEmbedding
 from keel.train.callbacks import ProgressBar
 from keel.train.trainer import Batch, Trainer
 
@@ -41,7 +42,7 @@ class Model:
     """
 
     def __init__(self, config: Config, schema: Schema, preprocessor: Preprocessor, target: TargetEncoder,
-                 network: TabularNetwork, history: dict[str, Any] | None = None,
+                 network: TabularNetwork | NetworkBag, history: dict[str, Any] | None = None,
                  metrics: dict[str, Any] | None = None, notes: list[str] | None = None,
                  created: str | None = None) -> None:
         self.config = config
@@ -53,7 +54,7 @@ class Model:
         self.metrics = metrics
         self.notes = notes or []
         self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        self._predictor: TabularNetwork | None = None
+        self._predictor: TabularNetwork | NetworkBag | None = None
 
     # ---- what the model is -------------------------------------------------------------
     @property
@@ -124,6 +125,7 @@ class Model:
             "preprocessing": self.preprocessor.state(),
             "target": self.target_encoder.state(),
             "network": self.network.spec.to_dict(),
+            "bagging": len(self.network.networks) if isinstance(self.network, NetworkBag) else 1,
             "metrics": self.metrics,
             "history": self.history,
             "notes": self.notes,
@@ -135,7 +137,10 @@ class Model:
         """Read a model directory, verifying its format version and checksums; never unpickles."""
         metadata, tensors = load_artifact(path)
         try:
-            network = TabularNetwork(NetworkSpec(**metadata["network"]))
+            spec = NetworkSpec(**metadata["network"])
+            bagging = int(metadata.get("bagging", 1))
+            network: TabularNetwork | NetworkBag = (
+                TabularNetwork(spec) if bagging == 1 else NetworkBag([TabularNetwork(spec) for _ in range(bagging)]))
             network.load_state_dict(tensors, strict=True)
             network.eval()
             return cls(
@@ -256,40 +261,50 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
     split = split_rows(len(frame), validation=training.validation_split,
                        test=0.0 if test_frame is not None else training.test_split,
                        seed=training.seed, classes=classes)
+    bags = _bags(split.train, split.validation, training, classes)
+    fitted_rows = np.sort(np.concatenate(bags[0])) if len(bags) > 1 else split.train
     if schema.task == "regression":
-        target.fit(frame[schema.target].iloc[split.train])  # scale the target on training rows only
-    preprocessor = Preprocessor(schema, settings.preprocessing).fit(frame, rows=split.train)
-    spec = NetworkSpec(
-        numeric_width=preprocessor.numeric_width, cardinalities=preprocessor.cardinalities,
-        n_outputs=target.n_classes if schema.task == "multiclass" else 1,
-        hidden=list(settings.model.hidden), activation=settings.model.activation, dropout=settings.model.dropout,
-        norm=settings.model.norm, init=settings.model.init,
-        onehot=settings.preprocessing.categorical_encoding == "onehot",
-        embedding_dims=[settings.model.embedding_dim] * len(preprocessor.cardinalities)
-        if settings.model.embedding_dim else [],
-    )
-    network = TabularNetwork(spec)
+        target.fit(frame[schema.target].iloc[fitted_rows])  # scale the target on training rows only
+    preprocessor = Preprocessor(schema, settings.preprocessing).fit(frame, rows=fitted_rows)
+    spec = network_spec(settings, preprocessor, schema.task, target.n_classes)
     rows = _batch(preprocessor, target, frame, classes)  # every row transformed once, then split by index
-    train_rows = rows.take(split.train)
-    validation_rows = rows.take(split.validation) if len(split.validation) else None
-    if validation_rows is None and training.early_stopping:
-        notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
     loss = resolve_loss_name(training.loss, schema.task)
-    class_weights = _class_weights(training.class_weights, train_rows, target)
-    console.print(
-        f"training a {schema.task} model on {len(split.train)} rows ({len(split.validation)} validation, "
-        f"{len(split.test) if test_frame is None else len(test_frame)} test): "
-        f"{len(schema.features)} features, {sum(p.numel() for p in network.parameters())} parameters"
-    )
-    trainer = Trainer(network, training, schema.task, loss, class_weights, target_scale=target.std)
-    if console.quiet:
-        history = trainer.fit(train_rows, validation_rows)
-    else:
-        with ProgressBar(training.epochs, trainer.monitor, console) as bar:
-            trainer.callback = bar
+    class_weights = _class_weights(training.class_weights, rows.take(fitted_rows), target)
+    preset = describe_settings(settings, spec, class_weights is not None)
+    notes.append(preset)
+    console.print(f"[cyan]{preset}[/cyan]", highlight=False)
+    networks, histories = [], []
+    for index, (train_part, validation_part) in enumerate(bags):
+        network = TabularNetwork(spec)
+        train_rows = rows.take(train_part)
+        validation_rows = rows.take(validation_part) if len(validation_part) else None
+        if validation_rows is None and training.early_stopping and index == 0:
+            notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
+        if isinstance(network.numbers, PiecewiseLinearEmbedding):
+            network.numbers.fit_bins(train_rows.numeric)
+        console.print(
+            f"training a {schema.task} model{f' ({index + 1} of {len(bags)})' if len(bags) > 1 else ''} on "
+            f"{len(train_part)} rows ({len(validation_part)} validation, "
+            f"{len(split.test) if test_frame is None else len(test_frame)} test): "
+            f"{len(schema.features)} features, {sum(p.numel() for p in network.parameters())} parameters"
+        )
+        trainer = Trainer(network, training, schema.task, loss, class_weights, target_scale=target.std)
+        if console.quiet:
             history = trainer.fit(train_rows, validation_rows)
-    network.eval()
-    model = Model(settings, schema, preprocessor, target, network, history=history.to_dict(), notes=notes)
+        else:
+            with ProgressBar(training.epochs, trainer.monitor, console) as bar:
+                trainer.callback = bar
+                history = trainer.fit(train_rows, validation_rows)
+        if class_weights is not None and training.class_weights == "auto":
+            # Weighted training shifts each logit by log(weight); undo it so the probabilities
+            # (and accuracy) reflect the true class shares while the ranking keeps the benefit.
+            network.shift_outputs(_prior_correction(class_weights, schema.task))
+        network.eval()
+        networks.append(network)
+        histories.append(history.to_dict())
+    combined: TabularNetwork | NetworkBag = networks[0] if len(networks) == 1 else NetworkBag(networks)
+    history_record = histories[0] if len(histories) == 1 else {**histories[0], "bags": histories}
+    model = Model(settings, schema, preprocessor, target, combined, history=history_record, notes=notes)
     if test_frame is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", KeelWarning)  # unseen test categories are expected here
@@ -299,6 +314,62 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
     return model
 
 
+def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_classes: int) -> NetworkSpec:
+    """The network's shape from the config and the fitted preprocessing."""
+    model, encoding = settings.model, settings.preprocessing.categorical_encoding
+    limit = settings.preprocessing.onehot_max_categories
+    return NetworkSpec(
+        numeric_width=preprocessor.numeric_width, cardinalities=preprocessor.cardinalities,
+        n_outputs=n_classes if task == "multiclass" else 1,
+        hidden=list(model.hidden), activation=model.activation, dropout=model.dropout,
+        norm=model.norm, init=model.init,
+        # the two extra buckets (unknown, missing) do not count towards the one-hot limit
+        onehot=[encoding == "onehot" or (encoding == "auto" and cardinality - 2 <= limit)
+                for cardinality in preprocessor.cardinalities],
+        embedding_dims=[model.embedding_dim] * len(preprocessor.cardinalities) if model.embedding_dim else [],
+        architecture=model.architecture, numeric_embedding=model.numeric_embedding,
+        numeric_embedding_size=model.numeric_embedding_size, numeric_embedding_dim=model.numeric_embedding_dim,
+        ensemble=model.ensemble, task=task,
+    )
+
+
+def describe_settings(settings: Config, spec: NetworkSpec, weighted: bool) -> str:
+    """One line naming the preset and the settings that shape the run most."""
+    training, model = settings.training, settings.model
+    network = f"{model.architecture.upper()} {'-'.join(map(str, model.hidden)) or 'linear'}"
+    if model.ensemble > 1:
+        network += f" x{model.ensemble} ensemble"
+    if model.numeric_embedding != "none":
+        network += f", {model.numeric_embedding} number embeddings"
+    parts = [
+        f"{settings.preprocessing.normalize} scaling", network,
+        f"{training.optimizer} lr {training.lr:g} ({training.schedule})", f"batch {training.batch_size}",
+        f"up to {training.epochs} epochs" + (f", early stopping {training.early_stopping}" if training.early_stopping else ""),
+    ]
+    if training.bagging > 1:
+        parts.append(f"{training.bagging} bagged networks")
+    if weighted:
+        parts.append("balanced class weights")
+    return f"preset {settings.preset}: " + ", ".join(parts)
+
+
+def _bags(train: np.ndarray, validation: np.ndarray, training: TrainingConfig,
+          classes: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, validation) row positions for each network: one split, or ``bagging`` folds of both."""
+    if training.bagging == 1 or not len(validation):
+        return [(train, validation)]
+    pool = np.sort(np.concatenate([train, validation]))
+    folds = fold_rows(pool, training.bagging, seed=training.seed, classes=classes)
+    return [(np.sort(np.concatenate(folds[:i] + folds[i + 1:])), fold) for i, fold in enumerate(folds)]
+
+
+def _prior_correction(weights: torch.Tensor, task: str) -> torch.Tensor:
+    log_weights = weights.log()
+    if task == "binary":
+        return (log_weights[0] - log_weights[1]).reshape(1)
+    return -log_weights
+
+
 def _batch(preprocessor: Preprocessor, target: TargetEncoder, frame: pd.DataFrame, codes: np.ndarray | None) -> Batch:
     """All rows as tensors; ``codes`` are the class indices when already computed."""
     features = preprocessor.transform(frame)
@@ -306,10 +377,16 @@ def _batch(preprocessor: Preprocessor, target: TargetEncoder, frame: pd.DataFram
     return Batch(torch.from_numpy(features.numeric), torch.from_numpy(features.categorical), torch.from_numpy(y))
 
 
+# Under class_weights "auto", a rarest class below this share of the training rows gets weights.
+RARE_CLASS_SHARE = 0.1
+
+
 def _class_weights(mode: str, rows: Batch, target: TargetEncoder) -> torch.Tensor | None:
     if mode == "none" or target.task == "regression":
         return None
     counts = torch.bincount(rows.target, minlength=target.n_classes).float().clamp(min=1)
+    if mode == "auto" and counts.min() >= RARE_CLASS_SHARE * counts.sum():
+        return None
     return counts.sum() / (len(counts) * counts)  # scikit-learn's "balanced"
 
 

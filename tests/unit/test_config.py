@@ -4,12 +4,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keel.config import Config, load_config
+from keel.config import PRESETS, Config, load_config
 from keel.errors import ConfigError
 
 
 def test_defaults_are_valid_and_every_field_is_described() -> None:
-    config = load_config()
+    config = load_config({"preset": "fast"})
     assert config.training.epochs == 100 and config.model.hidden == [128, 64]
     for section in (Config, type(config.model), type(config.training), type(config.preprocessing)):
         for name, field in section.model_fields.items():
@@ -89,3 +89,30 @@ def test_dump_then_load_is_identity(values: dict) -> None:
     config = load_config(values)
     assert load_config(config.model_dump()) == config
     assert load_config(config.model_dump(mode="json")) == config
+
+
+def test_the_default_preset_is_balanced_and_what_the_user_writes_wins() -> None:
+    config = load_config({"training.batch_size": 32, "model.hidden": [64, 32]})
+    assert config.preset == "balanced"
+    assert config.training.batch_size == 32 and config.model.hidden == [64, 32]  # written: kept
+    assert config.model.ensemble == PRESETS["balanced"]["model"]["ensemble"] > 1  # unwritten: the preset's
+    assert config.preprocessing.normalize == "quantile"
+
+
+def test_fast_is_the_fields_own_defaults_and_best_adds_bagging_and_a_bigger_ensemble() -> None:
+    fast = load_config({"preset": "fast"})
+    assert fast.model_dump(exclude={"preset"}) == Config().model_dump(exclude={"preset"})
+    best = load_config(None, ["preset=best"])
+    assert best.training.bagging > 1 and best.model.ensemble > load_config().model.ensemble
+
+
+def test_a_preset_is_applied_once_so_a_loaded_config_keeps_its_values() -> None:
+    config = load_config({"preset": "balanced", "training.lr": 0.5})
+    assert load_config(config) == config
+    assert load_config(config.model_dump(mode="json")) == config
+    assert load_config(Config(preset="fast")).model.ensemble == 1  # a Config object's set fields count
+
+
+def test_an_unknown_preset_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="unknown preset 'quick'; use one of fast, balanced, best"):
+        load_config({"preset": "quick"})

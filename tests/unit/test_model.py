@@ -154,3 +154,48 @@ def test_penguins_end_to_end() -> None:
     sample = pd.read_csv(PENGUINS).head(3).drop(columns="species")
     assert set(model.predict(sample)) <= {"Adelie", "Chinstrap", "Gentoo"}
 
+
+
+def _imbalanced_frame(n_rows: int = 600, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, n_rows)
+    label = np.where(x + rng.normal(0, 0.5, n_rows) > 1.6, "yes", "no")  # about 6% positives
+    return pd.DataFrame({"x": x, "noise": rng.normal(0, 1, n_rows), "label": label})
+
+
+def test_auto_class_weights_kick_in_for_a_rare_class_and_probabilities_keep_the_true_shares() -> None:
+    frame = _imbalanced_frame()
+    config = {**FAST, "training.epochs": 40, "training.class_weights": "auto"}
+    model = keel.fit(frame, target="label", config=config, quiet=True)
+    assert any("balanced class weights" in note for note in model.notes)
+    share = (frame["label"] == "yes").mean()
+    corrected = model.predict_proba(frame)[:, 1].mean()
+    weighted = keel.fit(frame, target="label", config={**config, "training.class_weights": "balanced"}, quiet=True)
+    uncorrected = weighted.predict_proba(frame)[:, 1].mean()
+    assert abs(corrected - share) < 0.04 < abs(uncorrected - share)  # balanced alone inflates the rare class
+    common = keel.fit(make_classification_frame(), target="label", config={**FAST, "training.class_weights": "auto"},
+                      quiet=True)
+    assert not any("class weights" in note for note in common.notes)
+
+
+@pytest.mark.parametrize("options", [
+    {"model.ensemble": 4, "model.numeric_embedding": "periodic", "preprocessing.normalize": "quantile"},
+    {"model.numeric_embedding": "piecewise_linear", "model.architecture": "resnet", "preprocessing.normalize": "robust"},
+    {"training.bagging": 3, "model.ensemble": 2, "preprocessing.categorical_encoding": "auto"},
+])
+def test_new_options_train_and_survive_a_save_load_round_trip(tmp_path, options, classification_frame) -> None:
+    config = {**FAST, "training.epochs": 20, **options}
+    model = keel.fit(classification_frame, target="label", config=config, quiet=True)
+    assert model.metrics["accuracy"] > 0.8
+    model.save(tmp_path / "m")
+    loaded = keel.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.predict_proba(classification_frame), model.predict_proba(classification_frame))
+    if "training.bagging" in options:
+        assert len(loaded.network.networks) == 3 and len(model.history["bags"]) == 3
+        assert loaded.network.spec.onehot == [True]  # color has 3 values: one-hot under auto
+
+
+def test_the_balanced_preset_is_reported_and_learns(classification_frame) -> None:
+    model = keel.fit(classification_frame, target="label", config={"training.epochs": 30}, quiet=True)
+    assert model.notes[-1].startswith("preset balanced: quantile scaling, MLP 256-256 x8 ensemble")
+    assert model.metrics["accuracy"] > 0.8

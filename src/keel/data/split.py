@@ -80,3 +80,17 @@ def _can_stratify(classes: np.ndarray | None, n_held: int, n_rows: int) -> bool:
     counts = counts[counts > 0]
     # Two rows per class and room for every class on both sides, or proportions mean little.
     return bool(counts.min() >= 2 and n_held >= len(counts) and n_rows - n_held >= len(counts))
+
+
+def fold_rows(rows: np.ndarray, n_folds: int, *, seed: int, classes: np.ndarray | None = None) -> list[np.ndarray]:
+    """Partition ``rows`` into ``n_folds`` sorted, near-equal folds, each class spread evenly.
+
+    Rows are shuffled, ordered by class (stably) and dealt out in turn, so every fold gets each
+    class's rows to within one.
+    """
+    order = np.random.default_rng(seed).permutation(len(rows))
+    if classes is not None:
+        order = order[np.argsort(classes[rows][order], kind="stable")]
+    folds = np.empty(len(rows), dtype=np.int64)
+    folds[order] = np.arange(len(rows)) % n_folds
+    return [np.sort(rows[folds == fold]) for fold in range(n_folds)]

@@ -2,6 +2,8 @@
 
 Each transform is a lookup or an affine map, so the exported ONNX graph can hold it unchanged:
 numbers are ``(where(isnan(x), fill, x) - center) / scale`` (plus an optional 0/1 missing flag),
+followed for ``robust`` by the smooth clip ``z / sqrt(1 + (z / 3)^2)`` and for ``quantile`` by a
+piecewise-linear map through stored knots (both plain element-wise ONNX operators),
 binary columns map their two values to 0 and 1, categories map to integer indices where 0 is the
 shared bucket for unseen and rare values and 1 is "missing".
 """
@@ -9,6 +11,7 @@ shared bucket for unseen and rare values and 1 is "missing".
 from __future__ import annotations
 
 from collections import Counter
+from statistics import NormalDist
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,8 +36,41 @@ def _sample(values: np.ndarray) -> np.ndarray:
     return values[np.random.default_rng(0).integers(0, len(values), _MEDIAN_SAMPLE)]
 
 
+# The quantile transform keeps at most this many knots per column: a piecewise-linear map through
+# 128 training quantiles is within ~0.01 of the exact empirical normal scores in the body.
+_QUANTILE_KNOTS = 128
+# RealMLP's smooth clipping: identity near 0, saturating at +-3.
+_CLIP = 3.0
+
+
+def smooth_clip(values: np.ndarray) -> np.ndarray:
+    """``z / sqrt(1 + (z / 3)^2)``, in place on float32 ``values``: outliers end near +-3, not at 50."""
+    scale = np.square(values / _CLIP)
+    scale += 1
+    np.sqrt(scale, out=scale)
+    values /= scale
+    return values
+
+
+def normal_scores(present: np.ndarray) -> tuple[list[float], list[float]]:
+    """Knots (x, y) mapping a column's training distribution onto a standard normal one.
+
+    Tied quantiles (a column with few distinct values) become one knot at the mean normal score
+    of the levels they span, so every distinct value maps to one place.
+    """
+    levels = np.linspace(0.0, 1.0, _QUANTILE_KNOTS)
+    quantiles = np.quantile(_sample(present), levels)
+    dist = NormalDist()
+    scores = np.array([dist.inv_cdf(float(p)) for p in np.clip(levels, 1e-3, 1 - 1e-3)])
+    knots, inverse = np.unique(quantiles, return_inverse=True)
+    mean_scores = np.bincount(inverse, weights=scores) / np.bincount(inverse)
+    if len(knots) == 1:
+        return [float(knots[0])], [0.0]
+    return knots.tolist(), mean_scores.tolist()
+
+
 class NumberTransform:
-    """Fill missing numbers, then scale (z-score, min-max or none)."""
+    """Fill missing numbers, then scale (z-score, min-max, robust, quantile or none)."""
 
     kind: ClassVar[str] = "number"
 
@@ -47,6 +83,7 @@ class NumberTransform:
         self.fill = 0.0
         self.center = 0.0
         self.scale = 1.0
+        self.knots: tuple[list[float], list[float]] = ([], [])
 
     @property
     def width(self) -> int:
@@ -74,6 +111,14 @@ class NumberTransform:
             low = min(float(present.min()), self.fill) if len(present) else self.fill
             high = max(float(present.max()), self.fill) if len(present) else self.fill
             self.center, self.scale = low, high - low
+        elif self.normalize == "robust" and len(present):
+            q = np.quantile(_sample(present), [0.0, 0.25, 0.5, 0.75, 1.0])
+            # RealMLP's rule: the IQR, or the range when a quarter of the rows share one value.
+            spread = q[3] - q[1] if q[3] > q[1] else (q[4] - q[0]) / 2
+            self.center, self.scale = q[2], spread / 1.349  # 1.349 IQR is one sd of a normal
+        elif self.normalize == "quantile" and len(present):
+            self.center, self.scale = 0.0, 1.0
+            self.knots = normal_scores(present)
         else:
             self.center, self.scale = 0.0, 1.0
         self.center = float(self.center)
@@ -91,10 +136,15 @@ class NumberTransform:
         values = to_numeric(series, column=self.name, source=source)
         if out is None:
             out = np.empty((self.width, len(values)), dtype=np.float32)
-        np.subtract(values, self.center, out=out[0], casting="unsafe")
-        out[0] /= np.float32(self.scale)
         missing = np.isnan(values)
-        out[0][missing] = (self.fill - self.center) / self.scale
+        if self.knots[0]:
+            out[0] = np.interp(np.where(missing, self.fill, values), *self.knots)
+        else:
+            np.subtract(values, self.center, out=out[0], casting="unsafe")
+            out[0] /= np.float32(self.scale)
+            out[0][missing] = (self.fill - self.center) / self.scale
+            if self.normalize == "robust":
+                smooth_clip(out[0])
         if self.indicator:
             out[1] = missing
         return out.T, 0
@@ -102,13 +152,15 @@ class NumberTransform:
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "fill": self.fill, "center": self.center,
                 "scale": self.scale, "indicator": self.indicator, "normalize": self.normalize,
-                "missing": self.missing}
+                "missing": self.missing, "knots": list(self.knots)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "NumberTransform":
         transform = cls(state["name"], PreprocessingConfig(
             missing=state["missing"], normalize=state["normalize"], missing_indicator=state["indicator"]))
         transform.fill, transform.center, transform.scale = state["fill"], state["center"], state["scale"]
+        knots: list[list[float]] = state.get("knots") or [[], []]
+        transform.knots = (list(knots[0]), list(knots[1]))
         return transform
 
 

@@ -19,16 +19,18 @@ class CategoryEncoder(nn.Module):
     Args:
         cardinalities: Number of indices per column (unknown and missing buckets included).
         dims: Width of each column's vector.
-        onehot: Fixed identity vectors (width = cardinality) instead of learned embeddings.
+        onehot: Fixed identity vectors (width = cardinality) instead of learned embeddings, for all
+            columns (a bool) or per column (a list).
     """
 
-    def __init__(self, cardinalities: list[int], dims: list[int], onehot: bool = False) -> None:
+    def __init__(self, cardinalities: list[int], dims: list[int], onehot: bool | list[bool] = False) -> None:
         super().__init__()
         self.tables = nn.ModuleList()
         self.width = 0
-        for cardinality, dim in zip(cardinalities, dims):
-            table = nn.Embedding(cardinality, cardinality if onehot else dim)
-            if onehot:
+        flags = [onehot] * len(cardinalities) if isinstance(onehot, bool) else onehot
+        for cardinality, dim, fixed in zip(cardinalities, dims, flags):
+            table = nn.Embedding(cardinality, cardinality if fixed else dim)
+            if fixed:
                 # Gather on a frozen identity is one-hot encoding, and exports as a plain Gather.
                 table.weight.data.copy_(torch.eye(cardinality))
                 table.weight.requires_grad_(False)

@@ -34,6 +34,57 @@ INITIALIZERS: dict[str, Callable[[torch.Tensor, str], torch.Tensor | None]] = {
 }
 
 
+def build_body(
+    in_features: int,
+    hidden: list[int],
+    *,
+    architecture: str = "mlp",
+    activation: str = "relu",
+    dropout: float = 0.0,
+    norm: str = "none",
+) -> list[nn.Module]:
+    """The hidden layers: plain (linear, norm, activation, dropout) or residual blocks."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in hidden:
+        if architecture == "resnet":
+            layers.append(ResidualBlock(width, size, activation=activation, dropout=dropout, norm=norm))
+        else:
+            layers += [nn.Linear(width, size), NORMS[norm](size), ACTIVATIONS[activation]()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        width = size
+    if architecture == "resnet" and hidden:  # blocks end on the sum; the head sees it normalized
+        layers += [NORMS[norm](width), ACTIVATIONS[activation]()]
+    return layers
+
+
+class ResidualBlock(nn.Module):
+    """``skip(x) + linear(dropout(activation(linear(norm(x)))))``; skip is the identity at equal widths."""
+
+    def __init__(self, in_features: int, out_features: int, *, activation: str, dropout: float, norm: str) -> None:
+        super().__init__()
+        self.main = nn.Sequential(
+            NORMS[norm](in_features), nn.Linear(in_features, out_features), ACTIVATIONS[activation](),
+            nn.Dropout(dropout), nn.Linear(out_features, out_features),
+        )
+        self.skip = nn.Identity() if in_features == out_features else nn.Linear(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.main(x)
+
+
+def initialize(module: nn.Module, init: str, activation: str) -> None:
+    """Apply ``init`` to every linear layer's weight in ``module`` (biases to zero); ``default`` keeps PyTorch's."""
+    if init == "default":
+        return
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            INITIALIZERS[init](layer.weight, activation)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 def build_mlp(
     in_features: int,
     hidden: list[int],
@@ -58,17 +109,8 @@ def build_mlp(
     Returns:
         The network as an ``nn.Sequential``.
     """
-    layers: list[nn.Module] = []
-    width = in_features
-    for size in hidden:
-        layers += [nn.Linear(width, size), NORMS[norm](size), ACTIVATIONS[activation]()]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        width = size
-    layers.append(nn.Linear(width, out_features))
+    layers = build_body(in_features, hidden, activation=activation, dropout=dropout, norm=norm)
+    layers.append(nn.Linear(hidden[-1] if hidden else in_features, out_features))
     mlp = nn.Sequential(*layers)
-    for module in mlp:
-        if isinstance(module, nn.Linear) and init != "default":
-            INITIALIZERS[init](module.weight, activation)
-            nn.init.zeros_(module.bias)
+    initialize(mlp, init, activation)
     return mlp

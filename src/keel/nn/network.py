@@ -1,7 +1,15 @@
-"""The whole network: numbers and encoded categories, concatenated, through an MLP to the output."""
+"""The whole network: numbers (optionally embedded) and encoded categories, through an MLP or ResNet.
+
+With ``ensemble = k > 1`` the network holds k members in the way of TabM-mini (Gorishniy et al.,
+2025): the members share every weight except a per-member scaling of the input (a rank-1 adapter,
+started at random signs so the members differ) and their own output heads. They train together
+on the same batches, each on its own loss, for about k times the arithmetic of one network and
+one set of shared weights; their predicted probabilities (or values) are averaged.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -9,7 +17,8 @@ import torch
 from torch import nn
 
 from keel.nn.encoders import CategoryEncoder, embedding_size
-from keel.nn.mlp import build_mlp
+from keel.nn.mlp import build_body, build_mlp, initialize
+from keel.nn.numeric import build_numeric_embedding
 
 
 @dataclass
@@ -24,12 +33,25 @@ class NetworkSpec:
     dropout: float = 0.0
     norm: str = "none"
     init: str = "default"
-    onehot: bool = False
+    onehot: bool | list[bool] = False
     embedding_dims: list[int] = field(default_factory=list)
+    architecture: str = "mlp"
+    numeric_embedding: str = "none"
+    numeric_embedding_size: int = 16
+    numeric_embedding_dim: int = 16
+    ensemble: int = 1
+    task: str = "regression"  # how members' outputs combine: probabilities for classes, else means
 
     def __post_init__(self) -> None:
         if not self.embedding_dims:
             self.embedding_dims = [embedding_size(cardinality) for cardinality in self.cardinalities]
+        if isinstance(self.onehot, bool):
+            self.onehot = [self.onehot] * len(self.cardinalities)
+
+    @property
+    def plain(self) -> bool:
+        """A single MLP over raw numbers and category codes (what the fused training step handles)."""
+        return self.architecture == "mlp" and self.numeric_embedding == "none" and self.ensemble == 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,22 +64,100 @@ class TabularNetwork(nn.Module):
         super().__init__()
         self.spec = spec
         self.categories = CategoryEncoder(spec.cardinalities, spec.embedding_dims, onehot=spec.onehot)
-        self.mlp = build_mlp(
-            spec.numeric_width + self.categories.width, spec.hidden, spec.n_outputs,
-            activation=spec.activation, dropout=spec.dropout, norm=spec.norm, init=spec.init,
-        )
+        self.numbers = build_numeric_embedding(
+            spec.numeric_embedding, spec.numeric_width, spec.numeric_embedding_size, spec.numeric_embedding_dim)
+        width = (self.numbers.width if self.numbers is not None else spec.numeric_width) + self.categories.width
+        if spec.ensemble == 1 and spec.architecture == "mlp":
+            self.mlp = build_mlp(width, spec.hidden, spec.n_outputs, activation=spec.activation,
+                                 dropout=spec.dropout, norm=spec.norm, init=spec.init)
+            return
+        body = build_body(width, spec.hidden, architecture=spec.architecture, activation=spec.activation,
+                          dropout=spec.dropout, norm=spec.norm)
+        last = spec.hidden[-1] if spec.hidden else width
+        k = spec.ensemble
+        if k == 1:
+            body.append(nn.Linear(last, spec.n_outputs))
+        self.mlp = nn.Sequential(*body)
+        initialize(self.mlp, spec.init, spec.activation)
+        if k > 1:
+            signs = torch.randint(0, 2, (k, width)).float() * 2 - 1
+            self.adapter = nn.Parameter(signs)
+            bound = 1 / last**0.5
+            self.head_weight = nn.Parameter(torch.empty(k, last, spec.n_outputs).uniform_(-bound, bound))
+            self.head_bias = nn.Parameter(torch.empty(k, spec.n_outputs).uniform_(-bound, bound))
 
-    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+    def inputs(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """The first layer's input: numbers (embedded or not) next to the category vectors."""
+        if self.numbers is not None:
+            numeric = self.numbers(numeric)
         if self.spec.cardinalities:
             numeric = torch.cat([numeric, self.categories(categorical)], dim=1)
-        return self.mlp(numeric)  # (batch, n_outputs)
+        return numeric
+
+    def members(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """Every member's raw outputs, (batch, ensemble, n_outputs); what training puts the loss on."""
+        x = self.inputs(numeric, categorical)
+        k = self.spec.ensemble
+        if k == 1:
+            return self.mlp(x).unsqueeze(1)
+        hidden = self.mlp((x.unsqueeze(1) * self.adapter).flatten(0, 1))  # members as extra rows
+        hidden = hidden.unflatten(0, (len(x), k))
+        return torch.einsum("bkh,kho->bko", hidden, self.head_weight) + self.head_bias
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """Outputs (batch, n_outputs): logits for classes, standardized values for regression.
+
+        An ensemble's logits are those of its members' mean probabilities, so softmax / sigmoid
+        of them gives the averaged prediction.
+        """
+        if self.spec.ensemble == 1:
+            return self.mlp(self.inputs(numeric, categorical))
+        return combine_members(self.members(numeric, categorical), self.spec.task)
 
     def linear_weights(self) -> list[torch.Tensor]:
         """Weights that L1/L2 penalties apply to (not biases, norms or embeddings)."""
-        return [module.weight for module in self.mlp if isinstance(module, nn.Linear)]
+        weights = [module.weight for module in self.mlp.modules() if isinstance(module, nn.Linear)]
+        return weights + ([self.head_weight] if self.spec.ensemble > 1 else [])
+
+    @torch.no_grad()
+    def shift_outputs(self, shift: torch.Tensor) -> None:
+        """Add ``shift`` (n_outputs,) to every member's output bias (a prior correction of the logits)."""
+        if self.spec.ensemble > 1:
+            self.head_bias.add_(shift)
+        else:
+            last = [module for module in self.mlp if isinstance(module, nn.Linear)][-1]
+            last.bias.add_(shift)
 
 
-def predict_outputs(network: TabularNetwork, numeric: torch.Tensor, categorical: torch.Tensor,
+class NetworkBag(nn.Module):
+    """Networks of one shape trained on different validation folds; their probabilities are averaged."""
+
+    def __init__(self, networks: list[TabularNetwork]) -> None:
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+        self.spec = networks[0].spec
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        outputs = torch.stack([network(numeric, categorical) for network in self.networks], dim=1)
+        return combine_members(outputs, self.spec.task)
+
+
+def combine_members(outputs: torch.Tensor, task: str) -> torch.Tensor:
+    """(batch, k, n_outputs) member outputs -> (batch, n_outputs): the logits of the mean probability.
+
+    In log space throughout (logsumexp), so confident members neither overflow nor round to 0 or 1.
+    """
+    k = outputs.shape[1]
+    if task == "binary":
+        log_p = torch.logsumexp(nn.functional.logsigmoid(outputs), dim=1)
+        log_q = torch.logsumexp(nn.functional.logsigmoid(-outputs), dim=1)
+        return log_p - log_q
+    if task == "multiclass":
+        return torch.logsumexp(torch.log_softmax(outputs, dim=2), dim=1) - math.log(k)
+    return outputs.mean(dim=1)
+
+
+def predict_outputs(network: TabularNetwork | NetworkBag, numeric: torch.Tensor, categorical: torch.Tensor,
                     batch_size: int = 4096) -> torch.Tensor:
     """Raw outputs (logits or standardized values) for all rows, in eval mode, a batch at a time.
 

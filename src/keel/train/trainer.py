@@ -68,9 +68,13 @@ class History:
 
 
 def resolve_monitor(name: str, task: str) -> str:
-    """The validation metric to watch: ``loss`` for ``auto``; an error if it does not fit the task."""
+    """The validation metric to watch; an error if it does not fit the task.
+
+    ``auto`` is ROC-AUC for binary targets (it ranks, so it stays informative when one class
+    dominates and accuracy would barely move) and the loss otherwise.
+    """
     if name == "auto":
-        return "loss"
+        return "roc_auc" if task == "binary" else "loss"
     if name in _MONITOR_TASKS and task not in _MONITOR_TASKS[name]:
         raise ConfigError(f"training.monitor {name!r} does not fit a {task} target; use loss or auto.")
     return name
@@ -96,11 +100,12 @@ class Trainer:
         self.network = network
         self.settings = settings
         self.task = task
-        self.loss = build_loss(loss, class_weights)
+        self.loss = build_loss(loss, class_weights, settings.label_smoothing)
+        self.validation_loss = build_loss(loss, class_weights)  # unsmoothed: it measures, not regularizes
         self.target_scale = target_scale
         self.callback = callback
         self.monitor = resolve_monitor(settings.monitor, task)
-        use_fused = fused_step_supported(network) if fused is None else fused
+        use_fused = fused_step_supported(network, settings) if fused is None else fused
         self.fused = FusedStep(network, settings, loss, class_weights) if use_fused else None
 
     def fit(self, train: Batch, validation: Batch | None = None) -> History:
@@ -171,8 +176,10 @@ class Trainer:
     def _autograd_step(self, rows: Batch, optimizer: torch.optim.Optimizer) -> torch.Tensor:
         settings = self.settings
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.precision == "bfloat16"):
-            outputs = self.network(rows.numeric, rows.categorical)
-        loss = self.loss(outputs.float(), rows.target)
+            outputs = self.network.members(rows.numeric, rows.categorical)  # (batch, k, n_outputs)
+        k = outputs.shape[1]
+        target = rows.target if k == 1 else rows.target.repeat_interleave(k)
+        loss = self.loss(outputs.float().flatten(0, 1), target)  # the mean of the members' losses
         objective = loss
         weights = self.network.linear_weights()
         if settings.l1:
@@ -190,7 +197,7 @@ class Trainer:
         """Validation loss and the monitored metric, in one pass under inference mode."""
         outputs = predict_outputs(self.network, rows.numeric, rows.categorical)
         with torch.inference_mode():
-            record = {"val_loss": float(self.loss(outputs, rows.target))}
+            record = {"val_loss": float(self.validation_loss(outputs, rows.target))}
             if self.monitor == "accuracy":
                 predicted = outputs.argmax(1) if self.task == "multiclass" else (outputs[:, 0] > 0).long()
                 record["val_accuracy"] = float((predicted == rows.target).float().mean())
@@ -238,25 +245,40 @@ class LearningRate:
     """The learning rate under ``training.schedule``, independent of any optimizer object.
 
     constant: ``lr`` throughout. cosine: decays per step from ``lr`` to 0 over all steps (as
-    ``CosineAnnealingLR``). plateau: halves when the monitored metric has not improved (by 1e-4
-    relative) for more than a third of the early-stopping patience (at least 2 epochs), as
-    ``ReduceLROnPlateau`` does with those settings.
+    ``CosineAnnealingLR``). multicycle: RealMLP's coslog4, ``lr (1 - cos(2 pi log2(1 + 15 t))) / 2``
+    for t from 0 to 1: four cosine cycles, each twice as long as the one before. plateau: halves
+    when the monitored metric has not improved (by 1e-4 relative) for more than a third of the
+    early-stopping patience (at least 2 epochs), as ``ReduceLROnPlateau`` does with those settings.
+    ``warmup``: the rate rises linearly from 0 over that share of the steps, then follows the schedule.
     """
 
     def __init__(self, settings: TrainingConfig, total_steps: int, monitor: str) -> None:
         self.schedule = settings.schedule
-        self.base = self.value = settings.lr
+        self.base = settings.lr
         self.total_steps = max(1, total_steps)
+        self.warmup_steps = int(settings.warmup * self.total_steps)
         self.steps = 0
+        self.value = self._scheduled()
         self.larger_is_better = MONITORS[monitor]
         self.patience = max(2, settings.early_stopping // 3)
         self.best: float | None = None
         self.bad_epochs = 0
 
     def after_step(self) -> None:
+        self.steps = min(self.steps + 1, self.total_steps)
+        if self.schedule in ("cosine", "multicycle") or self.steps <= self.warmup_steps:
+            self.value = self._scheduled()
+
+    def _scheduled(self) -> float:
+        """The rate at the current step, for every schedule but plateau's epoch-wise halving."""
+        if self.steps < self.warmup_steps:
+            return self.base * (self.steps + 1) / (self.warmup_steps + 1)
+        t = self.steps / self.total_steps
         if self.schedule == "cosine":
-            self.steps = min(self.steps + 1, self.total_steps)
-            self.value = self.base * 0.5 * (1 + math.cos(math.pi * self.steps / self.total_steps))
+            return self.base * 0.5 * (1 + math.cos(math.pi * t))
+        if self.schedule == "multicycle":
+            return self.base * 0.5 * (1 - math.cos(2 * math.pi * math.log2(1 + 15 * t)))
+        return self.base
 
     def after_epoch(self, metric: float) -> None:
         if self.schedule != "plateau":

@@ -28,7 +28,8 @@ def check_transform_contract(kind: str, train: pd.Series, other: pd.Series, **se
 
 
 @given(st.lists(st.one_of(st.floats(-1e6, 1e6), st.none()), min_size=1, max_size=40),
-       st.sampled_from(["zscore", "minmax", "none"]), st.sampled_from(["median", "mean", "constant"]),
+       st.sampled_from(["zscore", "minmax", "robust", "quantile", "none"]),
+       st.sampled_from(["median", "mean", "constant"]),
        st.booleans())
 @settings(max_examples=60, deadline=None)
 def test_number_transform_contract(values, normalize, missing, indicator) -> None:
@@ -88,3 +89,27 @@ def test_median_of_a_large_column_is_sampled_and_close() -> None:
     assert abs(transform.fill - np.median(values)) < 0.01 * values.std()
     small = NumberTransform("x", PreprocessingConfig()).fit(values[:1001])
     assert small.fill == np.median(values[:1001])  # exact below the sample size
+
+
+def test_robust_scaling_centres_on_the_median_and_softly_clips_outliers() -> None:
+    train = pd.Series([1.0, 2.0, 3.0, 4.0, 5.0, 1000.0])
+    transform = NumberTransform("x", PreprocessingConfig(normalize="robust")).fit(train)
+    out = transform.transform(pd.Series([3.5, 4.0, 1000.0, -1e9]))[0][:, 0]
+    assert out[0] == pytest.approx(0.0, abs=1e-6)  # the median
+    iqr_unit = 1.349 / 2.5  # IQR of the training values is 2.5
+    assert out[1] == pytest.approx(0.5 * iqr_unit / np.sqrt(1 + (0.5 * iqr_unit / 3) ** 2), rel=1e-5)
+    assert 2.9 < out[2] <= 3.0 and -3.0 <= out[3] < -2.9  # outliers end near +-3, order kept
+
+
+def test_quantile_scaling_maps_the_training_distribution_onto_a_normal_one() -> None:
+    rng = np.random.default_rng(0)
+    train = pd.Series(rng.exponential(size=5000))
+    transform = NumberTransform("x", PreprocessingConfig(normalize="quantile")).fit(train)
+    out = transform.transform(train)[0][:, 0]
+    assert abs(out.mean()) < 0.05 and abs(out.std() - 1) < 0.1 and abs(np.median(out)) < 0.05
+    assert np.all(np.diff(out[np.argsort(train.to_numpy())]) >= 0)  # monotone
+    beyond = transform.transform(pd.Series([-5.0, 1e6]))[0][:, 0]
+    assert beyond[0] == out.min() and beyond[1] == out.max()  # clipped at the training range
+    few = NumberTransform("x", PreprocessingConfig(normalize="quantile")).fit(pd.Series([0.0] * 90 + [1.0] * 10))
+    low, high = few.transform(pd.Series([0.0, 1.0]))[0][:, 0]
+    assert low < 0 < high  # tied quantiles merge into one knot per distinct value

@@ -8,7 +8,7 @@ import torch
 from keel.config import TrainingConfig
 from keel.errors import ConfigError
 from keel.nn.network import NetworkSpec, TabularNetwork
-from keel.train.trainer import Batch, Trainer, _batch_bounds, build_optimizer, resolve_monitor
+from keel.train.trainer import Batch, LearningRate, Trainer, _batch_bounds, build_optimizer, resolve_monitor
 
 
 def _data(n: int = 256, seed: int = 0) -> Batch:
@@ -29,6 +29,7 @@ def _trainer(fused: bool = True, **settings) -> Trainer:  # type: ignore[no-unty
 @pytest.mark.parametrize("settings", [
     {"optimizer": "adam"}, {"optimizer": "adamw"}, {"optimizer": "sgd", "lr": 0.1, "nesterov": True},
     {"schedule": "cosine"}, {"schedule": "plateau"}, {"l1": 1e-4, "l2": 1e-3, "grad_clip": 1.0},
+    {"schedule": "multicycle", "warmup": 0.1}, {"label_smoothing": 0.1},
 ])
 def test_training_lowers_the_loss(settings, fused) -> None:
     trainer = _trainer(fused, **settings)
@@ -125,3 +126,41 @@ def test_without_early_stopping_the_last_weights_are_kept() -> None:
     history = trainer.fit(_data(), validation)
     assert len(history.epochs) == 6 and not history.stopped_early
     assert trainer.validate(validation)["val_loss"] == pytest.approx(history.epochs[-1]["val_loss"], rel=1e-5)
+
+
+def test_warmup_rises_linearly_then_hands_over_to_the_schedule() -> None:
+    config = TrainingConfig(lr=0.01, schedule="cosine", warmup=0.2)
+    rate = LearningRate(config, total_steps=10, monitor="loss")
+    values = [rate.value]
+    for _ in range(10):
+        rate.after_step()
+        values.append(rate.value)
+    assert values[:2] == pytest.approx([0.01 / 3, 0.02 / 3])
+    assert values[2] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 0.2)))
+    assert values[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_multicycle_runs_four_cycles_of_doubling_length() -> None:
+    rate = LearningRate(TrainingConfig(lr=1.0, schedule="multicycle"), total_steps=1500, monitor="loss")
+    values = [rate.value]
+    for _ in range(1500):
+        rate.after_step()
+        values.append(rate.value)
+    # Zeros where log2(1 + 15 t) is a whole number: t = 1/15, 3/15, 7/15 and 1; peaks halfway between.
+    for step in (0, 100, 300, 700, 1500):
+        assert values[step] == pytest.approx(0.0, abs=1e-9)
+    peak = round(1500 * (2**0.5 - 1) / 15)
+    assert values[peak] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_label_smoothing_is_in_the_training_loss_but_not_the_validation_loss() -> None:
+    trainer = _trainer(fused=False, label_smoothing=0.2)
+    assert trainer.fused is None  # the hand-written step has no smoothing
+    outputs, target = torch.tensor([[10.0, -10.0, -10.0]]), torch.tensor([0])
+    assert float(trainer.validation_loss(outputs, target)) < 1e-6
+    assert float(trainer.loss(outputs, target)) > 1.0
+
+
+def test_auto_monitor_is_roc_auc_for_binary_targets_and_the_loss_otherwise() -> None:
+    assert resolve_monitor("auto", "binary") == "roc_auc"
+    assert resolve_monitor("auto", "multiclass") == resolve_monitor("auto", "regression") == "loss"
