@@ -107,11 +107,11 @@ def split(frame: pd.DataFrame, target: str, task: str, seed: int) -> tuple[pd.Da
 # ------------------------------------------------------------------------------------------ tools
 # Each tool: (train, test, target, task, seed) -> (test predictions, training seconds), where the
 # predictions are class probabilities in sorted-label order (classification) or values.
-def keel_tool(preset: str) -> Callable[..., tuple[np.ndarray, float]]:
+def keel_tool(preset: str, settings: dict[str, Any] | None = None) -> Callable[..., tuple[np.ndarray, float]]:
     def run(train: pd.DataFrame, test: pd.DataFrame, target: str, task: str, seed: int) -> tuple[np.ndarray, float]:
         import keel
 
-        config = {"preset": preset, "task": task, "training.test_split": 0.0, "training.seed": seed}
+        config = {"preset": preset, "task": task, "training.test_split": 0.0, "training.seed": seed, **(settings or {})}
         started = time.perf_counter()
         model = keel.fit(train, target=target, config=config, quiet=True)
         seconds = time.perf_counter() - started
@@ -282,7 +282,13 @@ def main() -> None:
     parser.add_argument("--tools", default=",".join(TOOLS), help="tools to (re)run; cached results of the others are kept")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--report-only", action="store_true", help="write the table from the cache, train nothing")
+    parser.add_argument("--variant", action="append", default=[], metavar="PRESET+NAME:KEY=VALUE,...",
+                        help="an extra keel tool for experiments, e.g. balanced+bs64:training.batch_size=64")
     args = parser.parse_args()
+    for variant in args.variant:
+        name, _, assignments = variant.partition(":")
+        settings = dict(item.split("=", 1) for item in assignments.split(",") if item)
+        TOOLS[f"keel-{name}"] = keel_tool(name.split("+")[0], {k: json.loads(v) for k, v in settings.items()})
     datasets, tools = args.datasets.split(","), args.tools.split(",")
     cache: dict[str, Any] = json.loads(CACHE.read_text()) if CACHE.exists() else {}
     if not args.report_only:
@@ -297,6 +303,9 @@ def main() -> None:
                     CACHE.parent.mkdir(exist_ok=True)
                     CACHE.write_text(json.dumps(cache, indent=1))
     table, verdict = summarize(cache, list(DATASETS), list(TOOLS))
+    if args.variant:  # experiments are compared on the console only, never written into RESULTS.md
+        print(table)
+        return
     import torch
 
     import keel

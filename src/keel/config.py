@@ -7,6 +7,7 @@ One source of truth: the YAML keys, the CLI's ``--set section.key=value`` keys, 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
@@ -108,7 +109,9 @@ class TrainingConfig(_Section):
         0.0, ge=0.0, lt=1.0, description="Share of the training steps over which the learning rate rises from 0."
     )
     epochs: int = Field(100, ge=1, description="Maximum number of passes over the training data.")
-    batch_size: int = Field(64, ge=1, description="Rows per training step.")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        64, description="Rows per training step; auto: 256, or fewer on small tables (at least 8 steps an "
+        "epoch, never under 32).")
     validation_split: float = Field(
         0.1, ge=0.0, lt=1.0, description="Fraction of the training rows held out for early stopping."
     )
@@ -175,8 +178,8 @@ ConfigSource = Config | Mapping[str, Any] | str | Path | None
 # What each preset sets; anything a user writes wins over it, and ``fast`` is the fields' own defaults.
 _BALANCED: dict[str, Any] = {
     "preprocessing": {"normalize": "quantile", "categorical_encoding": "auto"},
-    "model": {"hidden": [256, 256], "dropout": 0.1, "numeric_embedding": "periodic", "ensemble": 8},
-    "training": {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.0001, "batch_size": 256, "epochs": 200,
+    "model": {"hidden": [256, 256], "dropout": 0.1, "numeric_embedding": "piecewise_linear", "ensemble": 8},
+    "training": {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.0001, "batch_size": "auto", "epochs": 200,
                  "early_stopping": 16, "class_weights": "auto"},
 }
 PRESETS: dict[str, dict[str, Any]] = {
@@ -184,7 +187,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "balanced": _BALANCED,
     "best": {
         "preprocessing": _BALANCED["preprocessing"],
-        "model": {**_BALANCED["model"], "hidden": [512, 512, 512], "ensemble": 32},
+        "model": _BALANCED["model"],
         "training": {**_BALANCED["training"], "epochs": 300, "bagging": 5},
     },
 }
@@ -297,17 +300,25 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
         node[leaf] = value
 
 
+def _field_path(loc: tuple[Any, ...]) -> list[str]:
+    """The config keys of an error location, without pydantic's union-member tags (``literal['auto']``)."""
+    return [str(part) for part in loc if re.fullmatch(r"[A-Za-z_]\w*|\d+", str(part))]
+
+
 def _describe(error: ValidationError) -> str:
-    parts = []
+    messages: dict[str, list[str]] = {}  # one entry per key: a union's members each report an error
+    inputs: dict[str, Any] = {}
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"])
+        path = ".".join(_field_path(item["loc"]))
         if item["type"] == "extra_forbidden":
-            parts.append(_unknown_key(item["loc"]))
+            messages.setdefault(path, []).append(_unknown_key(item["loc"]))
         else:
-            message = item["msg"].removeprefix("Value error, ")
-            parts.append(f"{path}: {message}; got {item['input']!r}")
+            messages.setdefault(path, []).append(item["msg"].removeprefix("Value error, "))
+            inputs[path] = item["input"]
+    parts = [f"{path}: {_either(texts)}; got {inputs[path]!r}" if path in inputs else texts[0]
+             for path, texts in messages.items()]
     first = error.errors()[0]
-    settable = [str(part) for part in first["loc"]]
+    settable = _field_path(first["loc"])
     if any(part.isdigit() for part in settable):  # --set replaces whole lists, not items
         settable = settable[: next(i for i, part in enumerate(settable) if part.isdigit())]
     first_path = ".".join(settable)
@@ -317,6 +328,14 @@ def _describe(error: ValidationError) -> str:
         else f"Fix it in the config file or pass --set {first_path}=VALUE."
     )
     return "invalid config: " + "; ".join(parts) + ". " + fix
+
+
+def _either(texts: list[str]) -> str:
+    """Join a union's messages: "Input should be A or B", not "Input should be A or Input should be B"."""
+    prefix = "Input should be "
+    if len(texts) > 1 and all(text.startswith(prefix) for text in texts):
+        return prefix + " or ".join(text.removeprefix(prefix) for text in texts)
+    return " or ".join(texts)
 
 
 def _unknown_key(loc: tuple[Any, ...]) -> str:

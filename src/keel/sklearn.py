@@ -1,12 +1,13 @@
 """scikit-learn estimators over keel: ``KeelClassifier`` and ``KeelRegressor``.
 
-Their parameters are the fields of the config's ``preprocessing``, ``model`` and ``training``
-sections under the same names (``hidden``, ``lr``, ``epochs``, ...), so a pipeline tuned with
-``GridSearchCV`` writes down a config that ``keel train`` understands. Both pass scikit-learn's
-``check_estimator`` suite.
+Their parameters are ``preset`` and the fields of the config's ``preprocessing``, ``model`` and
+``training`` sections under the same names (``hidden``, ``lr``, ``epochs``, ...), so a pipeline
+tuned with ``GridSearchCV`` writes down a config that ``keel train`` understands. A parameter left
+at None takes the preset's value, as an unwritten key does in a config file. Both pass
+scikit-learn's ``check_estimator`` suite.
 
     >>> from keel.sklearn import KeelClassifier
-    >>> KeelClassifier(hidden=(64, 32), epochs=30).fit(X, y).predict(X)
+    >>> KeelClassifier(preset="fast", hidden=(64, 32), epochs=30).fit(X, y).predict(X)
 """
 
 from __future__ import annotations
@@ -41,49 +42,66 @@ class _KeelEstimator(BaseEstimator):
     def __init__(
         self,
         *,
-        hidden: tuple[int, ...] = (128, 64),
-        activation: str = "relu",
-        dropout: float = 0.1,
-        norm: str = "none",
-        init: str = "default",
+        preset: str = "balanced",
+        hidden: tuple[int, ...] | None = None,
+        activation: str | None = None,
+        dropout: float | None = None,
+        norm: str | None = None,
+        init: str | None = None,
         embedding_dim: int | None = None,
-        missing: str = "median",
-        fill_value: float = 0.0,
-        missing_indicator: bool = False,
-        normalize: str = "zscore",
-        categorical_encoding: str = "embedding",
-        rare_category_min_count: int = 5,
-        optimizer: str = "adamw",
-        lr: float = 0.001,
-        momentum: float = 0.9,
-        nesterov: bool = False,
+        architecture: str | None = None,
+        numeric_embedding: str | None = None,
+        numeric_embedding_dim: int | None = None,
+        numeric_embedding_size: int | None = None,
+        ensemble: int | None = None,
+        missing: str | None = None,
+        fill_value: float | None = None,
+        missing_indicator: bool | None = None,
+        normalize: str | None = None,
+        categorical_encoding: str | None = None,
+        onehot_max_categories: int | None = None,
+        rare_category_min_count: int | None = None,
+        optimizer: str | None = None,
+        lr: float | None = None,
+        momentum: float | None = None,
+        nesterov: bool | None = None,
         weight_decay: float | None = None,
-        schedule: str = "constant",
-        epochs: int = 100,
-        batch_size: int = 64,
-        validation_split: float = 0.1,
-        early_stopping: int = 10,
-        monitor: str = "auto",
-        loss: str = "auto",
-        class_weights: str = "none",
-        l1: float = 0.0,
-        l2: float = 0.0,
-        grad_clip: float = 0.0,
-        precision: str = "float32",
-        seed: int = 42,
+        schedule: str | None = None,
+        warmup: float | None = None,
+        epochs: int | None = None,
+        batch_size: int | str | None = None,
+        validation_split: float | None = None,
+        early_stopping: int | None = None,
+        monitor: str | None = None,
+        loss: str | None = None,
+        class_weights: str | None = None,
+        label_smoothing: float | None = None,
+        bagging: int | None = None,
+        l1: float | None = None,
+        l2: float | None = None,
+        grad_clip: float | None = None,
+        precision: str | None = None,
+        seed: int | None = None,
         quiet: bool = True,
     ) -> None:
+        self.preset = preset
         self.hidden = hidden
         self.activation = activation
         self.dropout = dropout
         self.norm = norm
         self.init = init
         self.embedding_dim = embedding_dim
+        self.architecture = architecture
+        self.numeric_embedding = numeric_embedding
+        self.numeric_embedding_dim = numeric_embedding_dim
+        self.numeric_embedding_size = numeric_embedding_size
+        self.ensemble = ensemble
         self.missing = missing
         self.fill_value = fill_value
         self.missing_indicator = missing_indicator
         self.normalize = normalize
         self.categorical_encoding = categorical_encoding
+        self.onehot_max_categories = onehot_max_categories
         self.rare_category_min_count = rare_category_min_count
         self.optimizer = optimizer
         self.lr = lr
@@ -91,6 +109,7 @@ class _KeelEstimator(BaseEstimator):
         self.nesterov = nesterov
         self.weight_decay = weight_decay
         self.schedule = schedule
+        self.warmup = warmup
         self.epochs = epochs
         self.batch_size = batch_size
         self.validation_split = validation_split
@@ -98,6 +117,8 @@ class _KeelEstimator(BaseEstimator):
         self.monitor = monitor
         self.loss = loss
         self.class_weights = class_weights
+        self.label_smoothing = label_smoothing
+        self.bagging = bagging
         self.l1 = l1
         self.l2 = l2
         self.grad_clip = grad_clip
@@ -111,9 +132,15 @@ class _KeelEstimator(BaseEstimator):
         return tags
 
     def config(self) -> dict[str, Any]:
-        """The dotted config these parameters stand for (``{"model.hidden": [...], ...}``)."""
-        values = {f"{SECTIONS[name]}.{name}": getattr(self, name) for name in SECTIONS}
-        values["model.hidden"] = list(self.hidden)
+        """The dotted config these parameters stand for (``{"preset": ..., "model.hidden": [...], ...}``).
+
+        Parameters left at None are not written, so the preset decides them.
+        """
+        values: dict[str, Any] = {"preset": self.preset}
+        for name, section in SECTIONS.items():
+            value = getattr(self, name)
+            if value is not None:
+                values[f"{section}.{name}"] = list(value) if name == "hidden" else value
         return values
 
     def _fit(self, X: Any, y: Any, task: str) -> "_KeelEstimator":

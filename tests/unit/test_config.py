@@ -48,7 +48,7 @@ def test_bad_choice_lists_the_allowed_values() -> None:
 
 
 def test_bad_number_names_key_value_and_fix() -> None:
-    with pytest.raises(ConfigError, match=r"training.batch_size: .*greater than or equal to 1; got 0.*--set training.batch_size=VALUE"):
+    with pytest.raises(ConfigError, match=r"training.batch_size: Input should be greater than or equal to 1 or .auto.; got 0. Fix .*--set training.batch_size=VALUE"):
         load_config({"training.batch_size": 0})
     with pytest.raises(ConfigError, match=r"model.hidden.1: .*got -3.*--set model.hidden=VALUE"):
         load_config({"model.hidden": [8, -3]})
@@ -99,11 +99,11 @@ def test_the_default_preset_is_balanced_and_what_the_user_writes_wins() -> None:
     assert config.preprocessing.normalize == "quantile"
 
 
-def test_fast_is_the_fields_own_defaults_and_best_adds_bagging_and_a_bigger_ensemble() -> None:
+def test_fast_is_the_fields_own_defaults_and_best_adds_bagging_and_epochs() -> None:
     fast = load_config({"preset": "fast"})
     assert fast.model_dump(exclude={"preset"}) == Config().model_dump(exclude={"preset"})
     best = load_config(None, ["preset=best"])
-    assert best.training.bagging > 1 and best.model.ensemble > load_config().model.ensemble
+    assert best.training.bagging > 1 and best.training.epochs > load_config().training.epochs
 
 
 def test_a_preset_is_applied_once_so_a_loaded_config_keeps_its_values() -> None:

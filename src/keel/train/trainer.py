@@ -105,6 +105,7 @@ class Trainer:
         self.target_scale = target_scale
         self.callback = callback
         self.monitor = resolve_monitor(settings.monitor, task)
+        self.batch_size = 0  # resolved in fit, from the number of training rows
         use_fused = fused_step_supported(network, settings) if fused is None else fused
         self.fused = FusedStep(network, settings, loss, class_weights) if use_fused else None
 
@@ -122,18 +123,22 @@ class Trainer:
         # The fused step has its own optimizer state; torch.optim is built only for the autograd
         # path (its first construction imports torch._dynamo, ~0.9 s of a small run).
         optimizer = None if self.fused is not None else build_optimizer(self.network, settings)
-        rate = LearningRate(settings, settings.epochs * len(_batch_bounds(len(train), settings.batch_size)),
+        self.batch_size = resolve_batch_size(settings.batch_size, len(train))
+        rate = LearningRate(settings, settings.epochs * len(_batch_bounds(len(train), self.batch_size)),
                             self.monitor)
         patience = settings.early_stopping if validation is not None and len(validation) else 0
-        best_score, best_state, waited = math.inf, None, 0
-        with thread_budget(self.network, settings.batch_size):
+        # Scores compare as (monitored metric, loss): a metric that saturates (ROC-AUC of 1.0 on a
+        # small validation set) still prefers the epoch with the lower loss among equals.
+        best_score: tuple[float, float] = (math.inf, math.inf)
+        best_state, waited = None, 0
+        with thread_budget(self.network, self.batch_size * self.network.spec.ensemble):
             for epoch in range(1, settings.epochs + 1):
                 record = {"epoch": epoch, "lr": rate.value}
                 record["loss"] = self._train_epoch(train, optimizer, rate, generator)
                 if validation is not None and len(validation):
                     record.update(self.validate(validation))
-                    score = record["val_" + self.monitor]
-                    score = -score if MONITORS[self.monitor] else score
+                    metric = record["val_" + self.monitor]
+                    score = (-metric if MONITORS[self.monitor] else metric, record["val_loss"])
                     if score < best_score:
                         best_score, waited, history.best_epoch = score, 0, epoch
                         if patience:  # with early stopping off, the last epoch's weights are kept
@@ -161,7 +166,7 @@ class Trainer:
         self.network.train()
         order = torch.randperm(len(train), generator=generator)
         total = torch.zeros(())
-        for rows in _batches(train, order, self.settings.batch_size):
+        for rows in _batches(train, order, self.batch_size):
             if self.fused is not None:
                 loss = self.fused(rows.numeric, rows.categorical, rows.target, rate.value)
             else:
@@ -208,6 +213,14 @@ class Trainer:
                 auc = roc_auc(rows.target.numpy(), to_probabilities(outputs, self.task).numpy())
                 record["val_roc_auc"] = 0.5 if auc is None else auc  # undefined: neutral, so stopping still works
         return record
+
+
+def resolve_batch_size(setting: int | str, n_rows: int) -> int:
+    """``training.batch_size``, with ``auto`` as 256 rows, or a power of two giving at least 8 steps an
+    epoch on small tables, but never under 32 (tiny batches make steps noisy and slow)."""
+    if setting != "auto":
+        return int(setting)
+    return int(min(256, max(32, 2 ** math.floor(math.log2(max(n_rows, 1) / 8)))))
 
 
 def _batches(rows: Batch, order: torch.Tensor, batch_size: int) -> Iterator[Batch]:
