@@ -35,6 +35,7 @@ $(BENCH)/.installed: pyproject.toml constraints.txt bench/requirements.txt
 bench: $(VENV)/.installed $(BENCH)/.installed
 	$(BIN)/python bench/seed_case.py
 	$(BENCH)/bin/python bench/peers.py
+	$(BENCH)/bin/python bench/accuracy.py
 
 clean:
 	rm -rf $(VENV) $(BENCH) runs bench/.cache

@@ -139,3 +139,16 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     for text in ("accuracy", "saved the model", "proba_Adelie", "keel predict"):
         assert text in result.stdout
     assert (tmp_path / "demo-model" / "keel.json").is_file()
+
+
+def test_preset_option_sets_unset_keys_and_is_reported(tmp_path) -> None:
+    output = tmp_path / "fast"
+    result = keel("train", str(PENGUINS), "--target", "species", "--output", str(output), "--preset", "fast",
+                  "--set", "training.epochs=5", "--json")
+    assert result.returncode == 0, result.stderr
+    notes = json.loads(result.stdout)["notes"]
+    assert any(note.startswith("preset fast: zscore scaling, MLP 128-64, adamw lr 0.001") for note in notes)
+    config = json.loads((output / "keel.json").read_text())["config"]
+    assert config["preset"] == "fast" and config["model"]["ensemble"] == 1 and config["training"]["epochs"] == 5
+    bad = invoke("train", str(PENGUINS), "--target", "species", "--preset", "quick", "--output", str(tmp_path / "x"))
+    assert bad.exit_code == 2 and "unknown preset 'quick'; use one of fast, balanced, best" in bad.output

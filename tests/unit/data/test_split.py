@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keel.data.split import split_rows
+from keel.data.split import fold_rows, split_rows
 
 
 @given(st.integers(1, 400), st.floats(0, 0.9), st.floats(0, 0.9), st.integers(0, 10_000), st.booleans())
@@ -31,3 +31,16 @@ def test_different_seeds_give_different_splits() -> None:
     first = split_rows(100, validation=0.1, test=0.2, seed=1)
     second = split_rows(100, validation=0.1, test=0.2, seed=2)
     assert not np.array_equal(first.test, second.test)
+
+
+def test_folds_partition_the_rows_and_spread_each_class() -> None:
+    classes = np.array([0] * 50 + [1] * 10 + [2] * 5)
+    rows = np.arange(3, 65)  # positions into ``classes``, as the non-test rows are
+    folds = fold_rows(rows, 5, seed=0, classes=classes)
+    assert sorted(np.concatenate(folds).tolist()) == rows.tolist()
+    assert all(np.all(np.diff(fold) > 0) for fold in folds)
+    for label in (0, 1, 2):
+        counts = [int((classes[fold] == label).sum()) for fold in folds]
+        assert max(counts) - min(counts) <= 1
+    assert [f.tolist() for f in fold_rows(rows, 5, seed=0, classes=classes)] == [f.tolist() for f in folds]
+    assert [f.tolist() for f in fold_rows(rows, 5, seed=1)] != [f.tolist() for f in folds]
