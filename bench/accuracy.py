@@ -283,10 +283,13 @@ def targets(verdict: dict[str, Any]) -> list[str]:
                  + " (target >= 80%)")
     for tool, target in (("keel-balanced", "40%"), ("keel-best", "60%")):
         lines.append(f"- {tool} beats LightGBM: "
-                     + share(tool, lambda v, t=tool: "lightgbm" in v and v[t] > v["lightgbm"]) + f" (target >= {target})")
+                     + share(tool, lambda v, t=tool: "lightgbm" in v and v[t] > v["lightgbm"] + 1e-9)
+                     + f" (target >= {target})")
     for tool in ("keel-fast", "keel-balanced", "keel-best"):
+        ties = [name for name, v in verdict.items() if tool in v and "sklearn-mlp" in v and abs(v[tool] - v["sklearn-mlp"]) < 1e-9]
         lines.append(f"- {tool} beats the scikit-learn MLP: "
-                     + share(tool, lambda v, t=tool: "sklearn-mlp" in v and v[t] > v["sklearn-mlp"]) + " (target: all)")
+                     + share(tool, lambda v, t=tool: "sklearn-mlp" in v and v[t] > v["sklearn-mlp"] + 1e-9)
+                     + " (target: all)" + (f"; ties on {', '.join(ties)}" if ties else ""))
     for name, v in verdict.items():
         if "keel-balanced" in v:
             gap = 100 * relative(v, "keel-balanced", v["best_gbdt"])

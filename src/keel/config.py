@@ -180,7 +180,7 @@ _BALANCED: dict[str, Any] = {
     "preprocessing": {"normalize": "quantile", "categorical_encoding": "auto"},
     "model": {"hidden": [256, 256], "dropout": 0.1, "numeric_embedding": "piecewise_linear", "ensemble": 8},
     "training": {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.0001, "batch_size": "auto", "epochs": 200,
-                 "early_stopping": 16, "class_weights": "auto"},
+                 "early_stopping": 16},
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {},
