@@ -165,13 +165,15 @@ def predict_outputs(network: TabularNetwork | NetworkBag, numeric: torch.Tensor,
     was 1.5x (float64) and 1.4x (float32) faster here than 65536-row batches.
     """
     was_training = network.training
-    network.eval()
+    if was_training:  # switching modes walks every submodule: ~0.2 ms, a fifth of a one-row prediction
+        network.eval()
     with torch.inference_mode():
         parts = [
             network(numeric[start:start + batch_size], categorical[start:start + batch_size])
             for start in range(0, len(numeric), batch_size)
         ]
-    network.train(was_training)
+    if was_training:
+        network.train()
     return torch.cat(parts) if parts else torch.zeros((0, network.spec.n_outputs))
 
 
