@@ -56,6 +56,10 @@ class PreprocessingConfig(_Section):
     rare_category_min_count: int = Field(
         5, ge=1, description="Categories seen fewer times than this in training share one 'rare' bucket."
     )
+    rare_category_min_share: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Categories seen in fewer than this share of the training rows "
+        "are rare too (whichever threshold is higher)."
+    )
 
 
 class ModelConfig(_Section):
@@ -177,7 +181,7 @@ ConfigSource = Config | Mapping[str, Any] | str | Path | None
 
 # What each preset sets; anything a user writes wins over it, and ``fast`` is the fields' own defaults.
 _BALANCED: dict[str, Any] = {
-    "preprocessing": {"normalize": "quantile", "categorical_encoding": "auto"},
+    "preprocessing": {"normalize": "quantile", "categorical_encoding": "auto", "rare_category_min_share": 0.005},
     "model": {"hidden": [256, 256], "dropout": 0.1, "numeric_embedding": "piecewise_linear", "ensemble": 8},
     "training": {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.0001, "batch_size": "auto", "epochs": 200,
                  "early_stopping": 16},

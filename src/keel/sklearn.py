@@ -61,6 +61,7 @@ class _KeelEstimator(BaseEstimator):
         categorical_encoding: str | None = None,
         onehot_max_categories: int | None = None,
         rare_category_min_count: int | None = None,
+        rare_category_min_share: float | None = None,
         optimizer: str | None = None,
         lr: float | None = None,
         momentum: float | None = None,
@@ -103,6 +104,7 @@ class _KeelEstimator(BaseEstimator):
         self.categorical_encoding = categorical_encoding
         self.onehot_max_categories = onehot_max_categories
         self.rare_category_min_count = rare_category_min_count
+        self.rare_category_min_share = rare_category_min_share
         self.optimizer = optimizer
         self.lr = lr
         self.momentum = momentum

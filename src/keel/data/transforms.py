@@ -10,6 +10,7 @@ shared bucket for unseen and rare values and 1 is "missing".
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from statistics import NormalDist
 from typing import Any, ClassVar
@@ -210,6 +211,7 @@ class CategoryTransform:
     def __init__(self, name: str, settings: PreprocessingConfig) -> None:
         self.name = name
         self.min_count = settings.rare_category_min_count
+        self.min_share = settings.rare_category_min_share
         self.vocabulary: list[str] = []
         self.n_rare = 0
 
@@ -221,7 +223,10 @@ class CategoryTransform:
     def fit(self, series: pd.Series, source: str | None = None) -> "CategoryTransform":
         counts = Counter(value for value in category_strings(series).tolist() if value is not None)
         ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        self.vocabulary = [value for value, count in ordered if count >= self.min_count]
+        # A value needs enough rows to learn its embedding from: a fixed count, or a share of the
+        # rows on larger tables (a column of thousands of job titles keeps only the common ones).
+        threshold = max(self.min_count, math.ceil(self.min_share * len(series)))
+        self.vocabulary = [value for value, count in ordered if count >= threshold]
         self.n_rare = len(ordered) - len(self.vocabulary)
         return self
 
@@ -237,11 +242,12 @@ class CategoryTransform:
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "vocabulary": self.vocabulary,
-                "min_count": self.min_count, "n_rare": self.n_rare}
+                "min_count": self.min_count, "min_share": self.min_share, "n_rare": self.n_rare}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "CategoryTransform":
-        transform = cls(state["name"], PreprocessingConfig(rare_category_min_count=state["min_count"]))
+        transform = cls(state["name"], PreprocessingConfig(
+            rare_category_min_count=state["min_count"], rare_category_min_share=state.get("min_share", 0.0)))
         transform.vocabulary, transform.n_rare = list(state["vocabulary"]), state["n_rare"]
         return transform
 

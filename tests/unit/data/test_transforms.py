@@ -113,3 +113,15 @@ def test_quantile_scaling_maps_the_training_distribution_onto_a_normal_one() -> 
     few = NumberTransform("x", PreprocessingConfig(normalize="quantile")).fit(pd.Series([0.0] * 90 + [1.0] * 10))
     low, high = few.transform(pd.Series([0.0, 1.0]))[0][:, 0]
     assert low < 0 < high  # tied quantiles merge into one knot per distinct value
+
+
+def test_rare_share_raises_the_bar_on_larger_tables_only() -> None:
+    values = pd.Series(["common"] * 900 + ["usual"] * 60 + ["seldom"] * 8 + [f"title{i}" for i in range(32)])
+    by_count = CategoryTransform("job", PreprocessingConfig(rare_category_min_count=5)).fit(values)
+    assert by_count.vocabulary == ["common", "usual", "seldom"]
+    by_share = CategoryTransform("job", PreprocessingConfig(rare_category_min_share=0.01)).fit(values)
+    assert by_share.vocabulary == ["common", "usual"] and by_share.n_rare == 33  # 8 < 1% of 1000 rows
+    restored = CategoryTransform.from_state(json.loads(json.dumps(by_share.state())))
+    assert restored.transform(pd.Series(["seldom", "usual"]))[0].tolist() == [UNKNOWN_INDEX, 3]
+    small = CategoryTransform("job", PreprocessingConfig(rare_category_min_share=0.01)).fit(values[890:])
+    assert "seldom" in small.vocabulary  # 1% of 110 rows is under the count of 5
