@@ -127,16 +127,16 @@ class NumberTransform:
             self.scale = 1.0  # a constant column (or one float32 cannot scale): centre it, do not divide
         return self
 
-    def transform(self, series: pd.Series, source: str | None = None,
-                  out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        """Returns ``(values (n, width) float32, 0)``; numbers have no unseen values to count.
-
-        ``out``, a (width, n) float32 array, receives the values in place (column-major, so
-        each write is contiguous); the returned array is then its transpose.
-        """
+    def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
+        """Returns ``(values (n, width) float32, 0)``; numbers have no unseen values to count."""
         values = to_numeric(series, column=self.name, source=source)
-        if out is None:
-            out = np.empty((self.width, len(values)), dtype=np.float32)
+        out = np.empty((self.width, len(values)), dtype=np.float32)
+        self.apply(values, out)
+        return out.T, 0
+
+    def apply(self, values: np.ndarray, out: np.ndarray) -> None:
+        """Write the transformed ``values`` (from ``to_numeric``) into ``out``, a (width, n) float32
+        array: column-major, so each write is contiguous."""
         missing = np.isnan(values)
         if self.knots[0]:
             out[0] = np.interp(np.where(missing, self.fill, values), *self.knots)
@@ -148,7 +148,6 @@ class NumberTransform:
                 smooth_clip(out[0])
         if self.indicator:
             out[1] = missing
-        return out.T, 0
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "fill": self.fill, "center": self.center,
