@@ -199,3 +199,17 @@ def test_the_balanced_preset_is_reported_and_learns(classification_frame) -> Non
     model = keel.fit(classification_frame, target="label", config={"training.epochs": 30}, quiet=True)
     assert model.notes[-1].startswith("preset balanced: quantile scaling, MLP 256-256 x8 ensemble")
     assert model.metrics["accuracy"] > 0.8
+
+
+def test_preprocessing_in_a_given_row_order_equals_reordering_afterwards(classification_frame) -> None:
+    from keel.config import load_config
+    from keel.data.preprocess import Preprocessor
+    from keel.data.schema import infer_schema
+
+    config = load_config({"target": "label", "preset": "fast", "preprocessing.missing_indicator": True})
+    preprocessor = Preprocessor(infer_schema(classification_frame, config), config.preprocessing).fit(classification_frame)
+    order = np.random.default_rng(0).permutation(len(classification_frame))
+    plain, laid_out = preprocessor.transform(classification_frame), preprocessor.transform(classification_frame, order)
+    np.testing.assert_array_equal(laid_out.numeric, plain.numeric[order])
+    np.testing.assert_array_equal(laid_out.categorical, plain.categorical[order])
+    assert laid_out.numeric.flags.c_contiguous and laid_out.categorical.flags.c_contiguous

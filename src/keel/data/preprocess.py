@@ -70,8 +70,13 @@ class Preprocessor:
             transform.fit(column if rows is None or len(rows) == len(column) else column.iloc[rows], source)
         return self
 
-    def transform(self, frame: pd.DataFrame) -> Features:
-        """Turn a table into arrays; extra columns are ignored, missing ones are an error."""
+    def transform(self, frame: pd.DataFrame, order: np.ndarray | None = None) -> Features:
+        """Turn a table into arrays; extra columns are ignored, missing ones are an error.
+
+        ``order`` (a permutation of the row positions) lays the rows out in that order: training
+        puts its train, validation and test rows each in one consecutive run, so that each part is
+        a view of one array rather than a copy.
+        """
         source = frame.attrs.get("source")
         missing = [t.name for t in self.transforms if t.name not in frame.columns]
         if missing:
@@ -101,12 +106,13 @@ class Preprocessor:
             stop = min(start + _CHUNK_ROWS, n_rows)
             block = buffer[:, :stop - start]
             offset = 0
+            take = slice(start, stop) if order is None else order[start:stop]
             for transform, values in zip(self.numeric, columns):
                 target = block[offset:offset + transform.width]
                 if isinstance(transform, NumberTransform):
-                    transform.apply(values[start:stop], target)
+                    transform.apply(values[take], target)
                 else:
-                    target[:] = values[start:stop].T
+                    target[:] = values[take].T
                 offset += transform.width
             numeric[start:stop] = block.T
         categorical = np.empty((len(self.categorical), n_rows), dtype=np.int64)
@@ -114,6 +120,8 @@ class Preprocessor:
             categorical[index], count = category.transform(frame[category.name], source)
             if count:
                 unseen[category.name] = count
+        if order is not None:
+            categorical = categorical[:, order]
         return Features(numeric, np.ascontiguousarray(categorical.T), unseen)
 
     def state(self) -> list[dict[str, Any]]:

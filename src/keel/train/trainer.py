@@ -45,9 +45,12 @@ class Batch:
         return len(self.target)
 
     def take(self, rows: np.ndarray) -> "Batch":
-        """The given rows (sorted positions); all of them in order is the batch itself, not a copy."""
-        if len(rows) == len(self) and (len(rows) == 0 or rows[-1] == len(rows) - 1):
-            return self
+        """The given rows, in the given order; a run of consecutive positions is a view, not a copy."""
+        if len(rows) and bool(np.all(np.diff(rows) == 1)):
+            start, stop = int(rows[0]), int(rows[-1]) + 1
+            if start == 0 and stop == len(self):
+                return self
+            return Batch(self.numeric[start:stop], self.categorical[start:stop], self.target[start:stop])
         index = torch.from_numpy(rows)
         return Batch(self.numeric[index], self.categorical[index], self.target[index])
 

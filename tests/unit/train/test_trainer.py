@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -164,3 +165,13 @@ def test_label_smoothing_is_in_the_training_loss_but_not_the_validation_loss() -
 def test_auto_monitor_is_roc_auc_for_binary_targets_and_the_loss_otherwise() -> None:
     assert resolve_monitor("auto", "binary") == "roc_auc"
     assert resolve_monitor("auto", "multiclass") == resolve_monitor("auto", "regression") == "loss"
+
+
+def test_take_gives_views_for_consecutive_rows_and_copies_otherwise() -> None:
+    rows = _data(10)
+    middle = rows.take(np.arange(3, 7))
+    assert middle.numeric.data_ptr() == rows.numeric[3].data_ptr()  # a view, no copy
+    assert torch.equal(middle.target, rows.target[3:7])
+    picked = rows.take(np.array([5, 1, 2]))
+    assert torch.equal(picked.numeric, rows.numeric[[5, 1, 2]])  # in the given order
+    assert rows.take(np.arange(10)) is rows
