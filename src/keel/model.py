@@ -27,7 +27,7 @@ from keel.nn.losses import resolve_loss_name
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
 from keel.nn.numeric import PiecewiseLinearEmbedding
 from keel.train.callbacks import ProgressBar
-from keel.train.trainer import Batch, Trainer
+from keel.train.trainer import Batch, History, Trainer
 
 
 class Model:
@@ -279,18 +279,14 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
 
     loss = resolve_loss_name(training.loss, schema.task)
     class_weights = _class_weights(training.class_weights, part(fitted_rows), target)
-    preset = describe_settings(settings, spec, class_weights is not None)
+    preset = describe_settings(settings, class_weights is not None)
     notes.append(preset)
     console.print(f"[cyan]{preset}[/cyan]", highlight=False)
     networks, histories = [], []
     for index, (train_part, validation_part) in enumerate(bags):
-        network = TabularNetwork(spec)
-        train_rows = part(train_part)
-        validation_rows = part(validation_part) if len(validation_part) else None
-        if validation_rows is None and training.early_stopping and index == 0:
+        if not len(validation_part) and training.early_stopping and index == 0:
             notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
-        if isinstance(network.numbers, PiecewiseLinearEmbedding):
-            network.numbers.fit_bins(train_rows.numeric)
+        network = TabularNetwork(spec)
         console.print(
             f"training a {schema.task} model{f' ({index + 1} of {len(bags)})' if len(bags) > 1 else ''} on "
             f"{len(train_part)} rows ({len(validation_part)} validation, "
@@ -298,18 +294,9 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
             f"{len(schema.features)} features, {sum(p.numel() for p in network.parameters())} parameters"
         )
         trainer = Trainer(network, training, schema.task, loss, class_weights, target_scale=target.std)
-        if console.quiet:
-            history = trainer.fit(train_rows, validation_rows)
-        else:
-            with ProgressBar(training.epochs, trainer.monitor, console) as bar:
-                trainer.callback = bar
-                history = trainer.fit(train_rows, validation_rows)
-        if class_weights is not None and training.class_weights == "auto":
-            # Weighted training shifts each logit by log(weight); undo it so the probabilities
-            # (and accuracy) reflect the true class shares while the ranking keeps the benefit.
-            network.shift_outputs(_prior_correction(class_weights, schema.task))
-        network.eval()
-        networks.append(network)
+        history = _fit_network(trainer, part(train_part), part(validation_part) if len(validation_part) else None,
+                               console)
+        networks.append(trainer.network)
         histories.append(history.to_dict())
     combined: TabularNetwork | NetworkBag = networks[0] if len(networks) == 1 else NetworkBag(networks)
     history_record = histories[0] if len(histories) == 1 else {**histories[0], "bags": histories}
@@ -321,6 +308,25 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
     elif len(split.test):
         model.metrics = model._metrics(part(split.test))
     return model
+
+
+def _fit_network(trainer: Trainer, train_rows: Batch, validation_rows: Batch | None, console: Console) -> History:
+    """Train one network (bins, progress bar, prior correction) and leave it in eval mode."""
+    network, settings = trainer.network, trainer.settings
+    if isinstance(network.numbers, PiecewiseLinearEmbedding):
+        network.numbers.fit_bins(train_rows.numeric)
+    if console.quiet:
+        history = trainer.fit(train_rows, validation_rows)
+    else:
+        with ProgressBar(settings.epochs, trainer.monitor, console) as bar:
+            trainer.callback = bar
+            history = trainer.fit(train_rows, validation_rows)
+    if trainer.class_weights is not None and settings.class_weights == "auto":
+        # Weighted training shifts each logit by log(weight); undo it so the probabilities
+        # (and accuracy) reflect the true class shares while the ranking keeps the benefit.
+        network.shift_outputs(_prior_correction(trainer.class_weights, trainer.task))
+    network.eval()
+    return history
 
 
 def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_classes: int) -> NetworkSpec:
@@ -342,7 +348,7 @@ def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_clas
     )
 
 
-def describe_settings(settings: Config, spec: NetworkSpec, weighted: bool) -> str:
+def describe_settings(settings: Config, weighted: bool) -> str:
     """One line naming the preset and the settings that shape the run most."""
     training, model = settings.training, settings.model
     network = f"{model.architecture.upper()} {'-'.join(map(str, model.hidden)) or 'linear'}"

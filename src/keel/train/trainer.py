@@ -103,6 +103,7 @@ class Trainer:
         self.network = network
         self.settings = settings
         self.task = task
+        self.class_weights = class_weights
         self.loss = build_loss(loss, class_weights, settings.label_smoothing)
         self.validation_loss = build_loss(loss, class_weights)  # unsmoothed: it measures, not regularizes
         self.target_scale = target_scale
