@@ -88,19 +88,22 @@ def initialize(module: nn.Module, init: str, activation: str) -> None:
 def build_mlp(
     in_features: int,
     hidden: list[int],
-    out_features: int,
+    out_features: int | None,
     *,
+    architecture: str = "mlp",
     activation: str = "relu",
     dropout: float = 0.0,
     norm: str = "none",
     init: str = "default",
 ) -> nn.Sequential:
-    """Linear → norm → activation → dropout for each hidden size, then a linear output layer.
+    """The hidden layers (see ``build_body``), then a linear output layer.
 
     Args:
         in_features: Width of the input.
         hidden: Hidden layer sizes; empty gives a linear model.
-        out_features: Width of the output (logits or values).
+        out_features: Width of the output (logits or values); None leaves the output layer out
+            (an ensemble puts its members' own heads there).
+        architecture: ``mlp`` or ``resnet``.
         activation: One of ``ACTIVATIONS``.
         dropout: Dropout rate after each hidden layer.
         norm: One of ``NORMS``.
@@ -109,8 +112,10 @@ def build_mlp(
     Returns:
         The network as an ``nn.Sequential``.
     """
-    layers = build_body(in_features, hidden, activation=activation, dropout=dropout, norm=norm)
-    layers.append(nn.Linear(hidden[-1] if hidden else in_features, out_features))
+    layers = build_body(in_features, hidden, architecture=architecture, activation=activation,
+                        dropout=dropout, norm=norm)
+    if out_features is not None:
+        layers.append(nn.Linear(hidden[-1] if hidden else in_features, out_features))
     mlp = nn.Sequential(*layers)
     initialize(mlp, init, activation)
     return mlp

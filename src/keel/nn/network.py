@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from keel.nn.encoders import CategoryEncoder, embedding_size
-from keel.nn.mlp import build_body, build_mlp, initialize
+from keel.nn.mlp import build_mlp
 from keel.nn.numeric import build_numeric_embedding
 
 
@@ -67,19 +67,12 @@ class TabularNetwork(nn.Module):
         self.numbers = build_numeric_embedding(
             spec.numeric_embedding, spec.numeric_width, spec.numeric_embedding_size, spec.numeric_embedding_dim)
         width = (self.numbers.width if self.numbers is not None else spec.numeric_width) + self.categories.width
-        if spec.ensemble == 1 and spec.architecture == "mlp":
-            self.mlp = build_mlp(width, spec.hidden, spec.n_outputs, activation=spec.activation,
-                                 dropout=spec.dropout, norm=spec.norm, init=spec.init)
-            return
-        body = build_body(width, spec.hidden, architecture=spec.architecture, activation=spec.activation,
-                          dropout=spec.dropout, norm=spec.norm)
-        last = spec.hidden[-1] if spec.hidden else width
         k = spec.ensemble
-        if k == 1:
-            body.append(nn.Linear(last, spec.n_outputs))
-        self.mlp = nn.Sequential(*body)
-        initialize(self.mlp, spec.init, spec.activation)
+        self.mlp = build_mlp(width, spec.hidden, spec.n_outputs if k == 1 else None,
+                             architecture=spec.architecture, activation=spec.activation, dropout=spec.dropout,
+                             norm=spec.norm, init=spec.init)
         if k > 1:
+            last = spec.hidden[-1] if spec.hidden else width
             signs = torch.randint(0, 2, (k, width)).float() * 2 - 1
             self.adapter = nn.Parameter(signs)
             bound = 1 / last**0.5
