@@ -89,7 +89,12 @@ def run_keel_bf16(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-untype
     return run_keel(spec, X, y, X_test, y_test, seed, precision="bfloat16")
 
 
-def run_keel(spec, X, y, X_test, y_test, seed=0, precision="float32"):  # type: ignore[no-untyped-def]
+def run_keel_cuda(spec, X, y, X_test, y_test, seed=0):  # type: ignore[no-untyped-def]
+    """keel on the first GPU with its GPU defaults (rows moved once, bfloat16 autocast); W3 only, when there is one."""
+    return run_keel(spec, X, y, X_test, y_test, seed, precision="auto", device="cuda")
+
+
+def run_keel(spec, X, y, X_test, y_test, seed=0, precision="float32", device="cpu"):  # type: ignore[no-untyped-def]
     import pandas as pd
 
     import keel
@@ -97,7 +102,7 @@ def run_keel(spec, X, y, X_test, y_test, seed=0, precision="float32"):  # type: 
     frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
     frame["label"] = y
     started = time.perf_counter()
-    model = keel.fit(frame, target="label", config=_keel_config(spec, seed, precision), quiet=True)
+    model = keel.fit(frame, target="label", config=_keel_config(spec, seed, precision, device), quiet=True)
     seconds = time.perf_counter() - started
     test = pd.DataFrame(X_test, columns=frame.columns[:-1])
     return seconds, float((model.predict(test) == y_test).mean())
@@ -322,12 +327,13 @@ def probe(name: str) -> dict:
     raise SystemExit(f"unknown probe {name}")
 
 
-def _keel_config(spec: dict, seed: int = 0, precision: str = "float32") -> dict:
+def _keel_config(spec: dict, seed: int = 0, precision: str = "float32", device: str = "cpu") -> dict:
     """The workload's settings as keel config keys (the test split is the caller's, so none here)."""
     return {"preset": "fast", "model.hidden": spec["hidden"], "model.dropout": 0.0, "training.optimizer": "adam", "training.lr": LR,
             "training.epochs": spec["epochs"], "training.batch_size": spec["batch"],
             "training.validation_split": spec["validation"], "training.test_split": 0.0,
-            "training.early_stopping": 0, "training.precision": precision, "training.seed": seed}
+            "training.early_stopping": 0, "training.precision": precision, "training.device": device,
+            "training.seed": seed}
 
 
 def _read_keel(path: Path) -> dict:
@@ -442,6 +448,13 @@ def whole_process_keel_train(repeats: int) -> list[float]:
 
 
 # ---------------------------------------------------------------- the parent: schedule, summarise, write
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+
 def spawn(*args: str) -> dict:
     result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
@@ -476,6 +489,8 @@ def main() -> None:
         return
     selected = args.workloads.split(",")
     results: dict = {"workloads": {}, "probes": {}}
+    if _has_gpu():  # CPU rows stay on the CPU (the configs say so); this adds the GPU as one more tool
+        TOOLS["W3"].insert(1, "keel_cuda")
     for workload in [w for w in selected if w in WORKLOADS]:
         workload_data(workload)  # build the cache before timing anything
         runs: dict[str, list[dict]] = {tool: [] for tool in TOOLS[workload]}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from keel.errors import ConfigError
 
@@ -146,10 +146,21 @@ class TrainingConfig(_Section):
     l1: float = Field(0.0, ge=0.0, description="L1 penalty on the weights of linear layers.")
     l2: float = Field(0.0, ge=0.0, description="L2 penalty on the weights of linear layers.")
     grad_clip: float = Field(0.0, ge=0.0, description="Clip the gradient norm to this value; 0 turns it off.")
-    precision: Literal["float32", "bfloat16"] = Field(
-        "float32", description="Arithmetic of the training matmuls; bfloat16 keeps float32 weights and "
-        "optimizer state and is several times faster on CPUs with AMX.")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Arithmetic of the training matmuls; bfloat16 keeps float32 weights and "
+        "optimizer state and is several times faster on CPUs with AMX and on GPUs. auto: float32 on a "
+        "CPU, bfloat16 on a GPU.")
+    device: str = Field(
+        "auto", description="Where the network trains: cpu, cuda or cuda:N; auto takes the GPU when PyTorch sees "
+        "one. The training rows move there once; prediction and saved models stay on the CPU.")
     seed: int = Field(42, description="Seed for splits, initialization and shuffling.")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("Input should be auto, cpu, cuda or cuda:N (a GPU index such as cuda:1)")
+        return value
 
     @property
     def decay(self) -> float:

@@ -27,6 +27,7 @@ from keel.nn.losses import resolve_loss_name
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
 from keel.nn.numeric import PiecewiseLinearEmbedding
 from keel.train.callbacks import ProgressBar
+from keel.train.device import resolve_device, resolve_precision
 from keel.train.trainer import Batch, History, Trainer
 
 
@@ -227,6 +228,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         if settings.target not in (None, target):
             raise ConfigError(f"target is {target!r} but the config says {settings.target!r}; pass one of them.")
         settings = settings.model_copy(update={"target": target})
+    device = resolve_device(settings.training.device)  # before the read: a missing GPU fails fast
     console = Console(stderr=True, quiet=quiet)
     frame = read_table(data)
     schema = infer_schema(frame, settings)
@@ -239,7 +241,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         console.print(f"[yellow]note:[/yellow] {note}")
     with torch.random.fork_rng():
         torch.manual_seed(settings.training.seed)
-        return _train(frame, test_frame, settings, schema, notes, console)
+        return _train(frame, test_frame, settings, schema, notes, console, device)
 
 
 def _labelled(frame: pd.DataFrame, target: str, notes: list[str], what: str) -> pd.DataFrame:
@@ -252,8 +254,9 @@ def _labelled(frame: pd.DataFrame, target: str, notes: list[str], what: str) -> 
 
 
 def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, schema: Schema,
-           notes: list[str], console: Console) -> Model:
-    training = settings.training
+           notes: list[str], console: Console, device: torch.device) -> Model:
+    training = settings.training.model_copy(
+        update={"precision": resolve_precision(settings.training.precision, device)})
     target = TargetEncoder(schema.target, schema.task)
     classes = None
     if schema.task != "regression":  # class labels come from every row; they stratify the split
@@ -270,7 +273,7 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
     # Every row is transformed once, laid out as [train | validation | test], so that each part is a
     # view (on 1M x 50 rows a copy of the training part alone was a 180 MB first touch).
     layout = np.concatenate([split.train, split.validation, split.test])
-    rows = _batch(preprocessor, target, frame, classes, layout)
+    rows = _batch(preprocessor, target, frame, classes, layout).to(device)  # the one copy to a GPU
     where = np.empty(len(layout), dtype=np.int64)
     where[layout] = np.arange(len(layout))
 
@@ -279,14 +282,14 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
 
     loss = resolve_loss_name(training.loss, schema.task)
     class_weights = _class_weights(training.class_weights, part(fitted_rows), target)
-    preset = describe_settings(settings, class_weights is not None)
+    preset = describe_settings(settings, class_weights is not None, device, training.precision)
     notes.append(preset)
     console.print(f"[cyan]{preset}[/cyan]", highlight=False)
     networks, histories = [], []
     for index, (train_part, validation_part) in enumerate(bags):
         if not len(validation_part) and training.early_stopping and index == 0:
             notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
-        network = TabularNetwork(spec)
+        network = TabularNetwork(spec).to(device)
         console.print(
             f"training a {schema.task} model{f' ({index + 1} of {len(bags)})' if len(bags) > 1 else ''} on "
             f"{len(train_part)} rows ({len(validation_part)} validation, "
@@ -306,12 +309,12 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
             warnings.simplefilter("ignore", KeelWarning)  # unseen test categories are expected here
             model.metrics = model._score(test_frame)
     elif len(split.test):
-        model.metrics = model._metrics(part(split.test))
+        model.metrics = model._metrics(part(split.test).to("cpu"))
     return model
 
 
 def _fit_network(trainer: Trainer, train_rows: Batch, validation_rows: Batch | None, console: Console) -> History:
-    """Train one network (bins, progress bar, prior correction) and leave it in eval mode."""
+    """Train one network (bins, progress bar, prior correction) and leave it in eval mode on the CPU."""
     network, settings = trainer.network, trainer.settings
     if isinstance(network.numbers, PiecewiseLinearEmbedding):
         network.numbers.fit_bins(train_rows.numeric)
@@ -325,7 +328,7 @@ def _fit_network(trainer: Trainer, train_rows: Batch, validation_rows: Batch | N
         # Weighted training shifts each logit by log(weight); undo it so the probabilities
         # (and accuracy) reflect the true class shares while the ranking keeps the benefit.
         network.shift_outputs(_prior_correction(trainer.class_weights, trainer.task))
-    network.eval()
+    network.eval().to("cpu")
     return history
 
 
@@ -348,7 +351,8 @@ def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_clas
     )
 
 
-def describe_settings(settings: Config, weighted: bool) -> str:
+def describe_settings(settings: Config, weighted: bool, device: torch.device | None = None,
+                      precision: str = "float32") -> str:
     """One line naming the preset and the settings that shape the run most."""
     training, model = settings.training, settings.model
     network = f"{model.architecture.upper()} {'-'.join(map(str, model.hidden)) or 'linear'}"
@@ -365,6 +369,10 @@ def describe_settings(settings: Config, weighted: bool) -> str:
         parts.append(f"{training.bagging} bagged networks")
     if weighted:
         parts.append("balanced class weights")
+    if device is not None and device.type != "cpu":
+        parts.append(f"on {device}")
+    if precision != "float32":
+        parts.append(f"{precision} matmuls")
     return f"preset {settings.preset}: " + ", ".join(parts)
 
 

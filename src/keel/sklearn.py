@@ -82,6 +82,7 @@ class _KeelEstimator(BaseEstimator):
         l2: float | None = None,
         grad_clip: float | None = None,
         precision: str | None = None,
+        device: str | None = None,
         seed: int | None = None,
         quiet: bool = True,
     ) -> None:
@@ -125,6 +126,7 @@ class _KeelEstimator(BaseEstimator):
         self.l2 = l2
         self.grad_clip = grad_clip
         self.precision = precision
+        self.device = device
         self.seed = seed
         self.quiet = quiet
 

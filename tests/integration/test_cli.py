@@ -102,6 +102,8 @@ def test_an_error_is_one_line_without_traceback_and_exit_2(tmp_path) -> None:
      "training.optimizer: Input should be 'adam', 'adamw' or 'sgd'; got 'rmsprop'"),
     (["train", str(PENGUINS), "--target", "species", "--set", "model.widths=[3]"], "unknown key 'model.widths'"),
     (["train", str(PENGUINS)], "no target column; pass --target"),
+    (["train", str(PENGUINS), "--target", "species", "--set", "training.device=tpu"],
+     "training.device: Input should be auto, cpu, cuda or cuda:N"),
     (["evaluate", str(PENGUINS.parent), str(PENGUINS)], r"is not a keel model \(no keel.json inside\)"),
 ])
 def test_user_errors_read_well(args, message) -> None:

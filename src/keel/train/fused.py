@@ -51,10 +51,11 @@ _BACKWARD_INTO: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
 
 
 def fused_step_supported(network: TabularNetwork, settings: TrainingConfig | None = None) -> bool:
-    """True when the fused step can train the network: a plain MLP without batch or layer norm,
-    trained without label smoothing."""
+    """True when the fused step can train the network: a plain MLP on the CPU (where per-step
+    overhead is what it removes) without batch or layer norm, trained without label smoothing."""
     smoothing = settings is not None and settings.label_smoothing > 0
-    return (network.spec.plain and not smoothing and network.spec.norm == "none"
+    on_cpu = all(parameter.device.type == "cpu" for parameter in network.parameters())
+    return (on_cpu and network.spec.plain and not smoothing and network.spec.norm == "none"
             and network.spec.activation in _ACTIVATIONS
             and hasattr(torch, "_fused_adam_") and hasattr(torch, "_fused_sgd_"))
 

@@ -51,8 +51,14 @@ class Batch:
             if start == 0 and stop == len(self):
                 return self
             return Batch(self.numeric[start:stop], self.categorical[start:stop], self.target[start:stop])
-        index = torch.from_numpy(rows)
+        index = torch.from_numpy(rows).to(self.numeric.device)
         return Batch(self.numeric[index], self.categorical[index], self.target[index])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """The rows on ``device`` (the same object when they are there already)."""
+        if self.numeric.device == torch.device(device):
+            return self
+        return Batch(self.numeric.to(device), self.categorical.to(device), self.target.to(device))
 
 
 @dataclass
@@ -168,8 +174,9 @@ class Trainer:
     def _train_epoch(self, train: Batch, optimizer: torch.optim.Optimizer | None, rate: "LearningRate",
                      generator: torch.Generator) -> float:
         self.network.train()
-        order = torch.randperm(len(train), generator=generator)
-        total = torch.zeros(())
+        # The order comes from a CPU generator, so a seed shuffles alike on every device.
+        order = torch.randperm(len(train), generator=generator).to(train.numeric.device)
+        total = torch.zeros((), device=train.numeric.device)
         for rows in _batches(train, order, self.batch_size):
             if self.fused is not None:
                 loss = self.fused(rows.numeric, rows.categorical, rows.target, rate.value)
@@ -184,7 +191,7 @@ class Trainer:
 
     def _autograd_step(self, rows: Batch, optimizer: torch.optim.Optimizer) -> torch.Tensor:
         settings = self.settings
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.precision == "bfloat16"):
+        with torch.autocast(rows.numeric.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bfloat16"):
             outputs = self.network.members(rows.numeric, rows.categorical)  # (batch, k, n_outputs)
         k = outputs.shape[1]
         target = rows.target if k == 1 else rows.target.repeat_interleave(k)
@@ -214,7 +221,7 @@ class Trainer:
                 error = (outputs[:, 0] - rows.target) * self.target_scale
                 record["val_rmse"] = float(error.pow(2).mean().sqrt())
             elif self.monitor == "roc_auc":
-                auc = roc_auc(rows.target.numpy(), to_probabilities(outputs, self.task).numpy())
+                auc = roc_auc(rows.target.cpu().numpy(), to_probabilities(outputs, self.task).cpu().numpy())
                 record["val_roc_auc"] = 0.5 if auc is None else auc  # undefined: neutral, so stopping still works
         return record
 
