@@ -154,3 +154,13 @@ def test_preset_option_sets_unset_keys_and_is_reported(tmp_path) -> None:
     assert config["preset"] == "fast" and config["model"]["ensemble"] == 1 and config["training"]["epochs"] == 5
     bad = invoke("train", str(PENGUINS), "--target", "species", "--preset", "quick", "--output", str(tmp_path / "x"))
     assert bad.exit_code == 2 and "unknown preset 'quick'; use one of fast, balanced, best" in bad.output
+
+
+def test_commands_import_the_pipeline_with_the_collector_paused_then_frozen_and_back_on() -> None:
+    # A fresh interpreter: in this one keel.model is already imported.
+    script = ("import gc, sys; import keel.cli as cli; before = gc.get_freeze_count(); cli._import_pipeline(); "
+              "print(gc.isenabled(), 'torch' in sys.modules, gc.get_freeze_count() - before)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    enabled, loaded, frozen = result.stdout.split()
+    assert enabled == "True" and loaded == "True"
+    assert int(frozen) > 100_000  # torch and pandas' objects are out of the collector's reach
