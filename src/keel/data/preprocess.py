@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from keel.config import PreprocessingConfig
+from keel.data.parallel import map_columns, workers_for
 from keel.data.schema import Schema
 from keel.data.transforms import TRANSFORMS, BinaryTransform, CategoryTransform, NumberTransform
 from keel.data.values import category_strings, is_numeric, to_numeric
@@ -65,9 +66,10 @@ class Preprocessor:
     def fit(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> "Preprocessor":
         """Fit every transform on ``frame`` (only the ``rows`` positions, when given)."""
         source = frame.attrs.get("source")
-        for transform in self.transforms:
-            column = frame[transform.name]
-            transform.fit(column if rows is None or len(rows) == len(column) else column.iloc[rows], source)
+        subset = rows is not None and len(rows) != len(frame)
+        columns = [(transform, frame[transform.name]) for transform in self.transforms]
+        map_columns(lambda item: item[0].fit(item[1].iloc[rows] if subset else item[1], source), columns,
+                    (len(frame) if rows is None else len(rows)) * len(columns))
         return self
 
     def transform(self, frame: pd.DataFrame, order: np.ndarray | None = None) -> Features:
@@ -85,44 +87,50 @@ class Preprocessor:
                 "add them (empty values are allowed and filled as missing).",
                 file=source, column=missing[0],
             )
-        unseen: dict[str, int] = {}
         n_rows = len(frame)
-        columns: list[np.ndarray] = []  # per numeric transform: raw floats, or (n, width) ready values
-        for transform in self.numeric:
+        cells = n_rows * len(self.transforms)
+
+        def convert(item: tuple[FeatureTransform, pd.Series]) -> tuple[np.ndarray, int]:
+            """Numbers as raw floats (scaled chunk by chunk below); the others transformed whole."""
+            transform, series = item
             if isinstance(transform, NumberTransform):
-                columns.append(to_numeric(frame[transform.name], column=transform.name, source=source))
-                continue
-            values, count = transform.transform(frame[transform.name], source)
-            columns.append(values)
-            if count:
-                unseen[transform.name] = count
+                return to_numeric(series, column=transform.name, source=source), 0
+            return transform.transform(series, source)
+
+        converted = map_columns(convert, [(t, frame[t.name]) for t in self.transforms], cells)
+        unseen = {t.name: count for t, (_, count) in zip(self.transforms, converted) if count}
+        by_name = {t.name: values for t, (values, _) in zip(self.transforms, converted)}
+        columns = [by_name[transform.name] for transform in self.numeric]
         # Rows are written a chunk at a time into a small column-major buffer (each column write
         # contiguous) and transposed into the row-major array that batches are sliced from. A
         # whole-table column-major array transposed at the end costs a second table-sized
         # allocation, whose first touch alone took ~0.5 s on a 1M x 50 table here.
         numeric = np.empty((n_rows, self.numeric_width), dtype=np.float32)
-        buffer = np.empty((self.numeric_width, min(n_rows, _CHUNK_ROWS)), dtype=np.float32)
-        for start in range(0, n_rows, _CHUNK_ROWS):
-            stop = min(start + _CHUNK_ROWS, n_rows)
-            block = buffer[:, :stop - start]
-            offset = 0
-            take = slice(start, stop) if order is None else order[start:stop]
-            for transform, values in zip(self.numeric, columns):
-                target = block[offset:offset + transform.width]
-                if isinstance(transform, NumberTransform):
-                    transform.apply(values[take], target)
-                else:
-                    target[:] = values[take].T
-                offset += transform.width
-            numeric[start:stop] = block.T
-        categorical = np.empty((len(self.categorical), n_rows), dtype=np.int64)
-        for index, category in enumerate(self.categorical):
-            categorical[index], count = category.transform(frame[category.name], source)
-            if count:
-                unseen[category.name] = count
-        if order is not None:
-            categorical = categorical[:, order]
-        return Features(numeric, np.ascontiguousarray(categorical.T), unseen)
+        starts = range(0, n_rows, _CHUNK_ROWS)
+        workers = workers_for(cells, len(starts))
+
+        def write(share: range) -> None:  # each worker writes its own rows through its own buffer
+            buffer = np.empty((self.numeric_width, min(n_rows, _CHUNK_ROWS)), dtype=np.float32)
+            for start in share:
+                stop = min(start + _CHUNK_ROWS, n_rows)
+                block = buffer[:, :stop - start]
+                offset = 0
+                take = slice(start, stop) if order is None else order[start:stop]
+                for transform, values in zip(self.numeric, columns):
+                    target = block[offset:offset + transform.width]
+                    if isinstance(transform, NumberTransform):
+                        transform.apply(values[take], target)
+                    else:
+                        target[:] = values[take].T
+                    offset += transform.width
+                numeric[start:stop] = block.T
+
+        map_columns(write, [starts[i::workers] for i in range(workers)], cells)
+        codes = [by_name[category.name] for category in self.categorical]
+        categorical = np.empty((n_rows, len(codes)), dtype=np.int64)
+        for index, values in enumerate(codes):
+            categorical[:, index] = values if order is None else values[order]
+        return Features(numeric, categorical, unseen)
 
     def state(self) -> list[dict[str, Any]]:
         return [transform.state() for transform in self.transforms]

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from keel.config import Config
+from keel.data.parallel import map_columns
 from keel.data.values import category_strings, is_numeric, numeric_share, to_numeric
 from keel.errors import ConfigError, DataError
 
@@ -101,16 +102,22 @@ def infer_schema(frame: pd.DataFrame, config: Config) -> Schema:
         if name == config.target:
             raise ConfigError(f"input_features lists the target {name!r}; remove it from input_features.")
         require_column(frame, name, "input feature")
+
+    def decide(column: tuple[str, pd.Series]) -> tuple[ColumnType | None, str]:
+        name, series = column
         kind = declared.get(name, "auto")
         if kind == "auto":
-            inferred, reason = infer_column_type(frame[name], name, source)
-            if inferred is None:
-                dropped[name] = reason
-                continue
-            kind = inferred
-        elif kind == "number":
-            to_numeric(frame[name], column=name, source=source)  # fail now, naming the bad row
-        features.append(Feature(name, kind))
+            return infer_column_type(series, name, source)
+        if kind == "number":
+            to_numeric(series, column=name, source=source)  # fail now, naming the bad row
+        return kind, ""
+
+    columns = [(name, frame[name]) for name in names]
+    for (name, _), (kind, reason) in zip(columns, map_columns(decide, columns, len(frame) * len(names))):
+        if kind is None:
+            dropped[name] = reason
+        else:
+            features.append(Feature(name, kind))
     if not features:
         raise DataError(
             f"no usable input columns: {dropped or 'the table has only the target'}. "

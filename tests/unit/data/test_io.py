@@ -61,7 +61,10 @@ def test_utf8_bom_is_not_part_of_the_first_name(tmp_path) -> None:
     (b"a,b,c\n", "has a header but no data rows"),
     (b"\n\n\n", "only blank lines"),
     (b"a,b,a\n1,2,3\n", r"duplicate column names \['a'\]"),
-    (b"a,b\n1,2\n3,4,5\n", "cannot parse .* delimiter ','.*as many fields as the header"),
+    (b"a,b\n1,2\n3,4,5\n", "cannot parse .* delimiter ','.*line 3, saw 3.*as many fields as the header"),
+    (b"a,b\n1,2,3\n4,5,6\n", "data rows have more fields than the header's 2"),  # not an index column
+    (b"a,b,c\n1,2,3\n4,5\n6,7,8\n", r"line 3 has 2 field\(s\) where the header has 3 \('4,5'\)"),
+    (b"a,b,c\n" + b"1,2,3\n" * 20_000 + b"4,5", r"the last line has 2 field\(s\) .*may be truncated"),
 ])
 def test_bad_csv_files_name_the_file_and_the_problem(tmp_path, content, message) -> None:
     path = tmp_path / "data.csv"
@@ -110,3 +113,18 @@ def test_write_table_is_atomic_and_checks_the_extension(tmp_path) -> None:
     path = write_table(FRAME, tmp_path / "sub" / "out.csv")
     _same(read_table(path), FRAME)
     assert [p.name for p in path.parent.iterdir()] == ["out.csv"]  # no temporary file left
+
+
+def test_iso_dates_in_a_csv_are_datetimes_and_other_text_stays_text(tmp_path) -> None:
+    path = tmp_path / "dates.csv"
+    path.write_text("day,stamp,almost,code,y\n2024-01-31,2024-01-31T10:15:00Z,2024-13-45,2024-01-31x,1\n"
+                    "2024-02-29,2024-02-01 08:00Z,2024-01-01,B,0\n,,,C,1\n")
+    frame = read_table(path)
+    assert pd.api.types.is_datetime64_any_dtype(frame["day"]) and pd.api.types.is_datetime64_any_dtype(frame["stamp"])
+    assert frame["day"].iloc[1] == pd.Timestamp("2024-02-29") and pd.isna(frame["day"].iloc[2])
+    assert frame["almost"].tolist()[:2] == ["2024-13-45", "2024-01-01"]  # not a valid date: kept as text
+    assert frame["code"].tolist() == ["2024-01-31x", "B", "C"]
+    from keel.config import load_config
+    from keel.data.schema import infer_schema
+
+    assert infer_schema(frame, load_config({"target": "y"})).dropped["day"].startswith("dates are not supported yet")
