@@ -207,9 +207,10 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|
 
 
 def _iso_dates(column: pd.Series) -> pd.Series:
-    present = column.dropna()
-    if not len(present) or not isinstance(present.iloc[0], str) or not _ISO_DATE.fullmatch(present.iloc[0]):
+    first = column.first_valid_index()  # one value decides for most columns, without a copy
+    if first is None or not isinstance(column[first], str) or not _ISO_DATE.fullmatch(column[first]):
         return column
+    present = column.dropna()
     if not present.astype(str).str.fullmatch(_ISO_DATE.pattern).all():
         return column
     try:
