@@ -167,7 +167,7 @@ def predict_outputs(network: TabularNetwork | NetworkBag, numeric: torch.Tensor,
         ]
     if was_training:
         network.train()
-    return torch.cat(parts) if parts else torch.zeros((0, network.spec.n_outputs))
+    return torch.cat(parts) if parts else numeric.new_zeros((0, network.spec.n_outputs))
 
 
 def to_probabilities(outputs: torch.Tensor, task: str) -> torch.Tensor:

@@ -74,7 +74,7 @@ class PiecewiseLinearEmbedding(nn.Module):
     def fit_bins(self, numeric: torch.Tensor) -> None:
         """Set the bin edges from training rows ``(n_rows, n_columns)``: quantiles, ties merged."""
         n_bins = self.left.shape[1]
-        levels = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+        levels = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=numeric.device)
         sample = numeric[: 1 << 18].double()  # edges from at most 262,144 rows
         for column in range(numeric.shape[1]):
             edges = torch.unique(torch.quantile(sample[:, column], levels))
