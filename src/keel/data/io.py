@@ -163,9 +163,11 @@ def _read_csv(path: Path, delimiter: str | None, encoding: str | None) -> pd.Dat
     # pandas' parser stops at a row with too many fields but fills a short one with missing values.
     # Short rows are caught where they usually are: in the sample (whose last row may be cut off
     # unless the sample is the whole file) and on a last line cut short by an interrupted write.
-    whole = not path.name.lower().endswith(".gz") and path.stat().st_size <= _SAMPLE_BYTES
+    compressed = path.name.lower().endswith(".gz")
+    whole = not compressed and path.stat().st_size <= _SAMPLE_BYTES
     numbered = numbered[1:] if whole else numbered[1:-1]
-    numbered += _last_line(path, delimiter, encoding)
+    if not compressed and not whole:
+        numbered += _last_line(path, delimiter, encoding)
     for number, row in numbered:
         if row and len(row) < len(header):
             where = f"line {number}" if number else "the last line"
@@ -196,8 +198,11 @@ def _read_csv(path: Path, delimiter: str | None, encoding: str | None) -> pd.Dat
             file=path,
         ) from None
     for name in frame.columns:
-        if frame[name].dtype == object or pd.api.types.is_string_dtype(frame[name].dtype):
-            frame[name] = _iso_dates(frame[name])
+        column = frame[name]
+        if column.dtype == object or pd.api.types.is_string_dtype(column.dtype):
+            dates = _iso_dates(column)
+            if dates is not column:
+                frame[name] = dates
     return frame
 
 
@@ -220,12 +225,10 @@ def _iso_dates(column: pd.Series) -> pd.Series:
 
 
 def _last_line(path: Path, delimiter: str, encoding: str) -> list[tuple[int, list[str]]]:
-    """The file's last non-blank line as ``[(0, fields)]``, when it is plainly a row of its own:
-    not compressed, no quotes (a quoted field may span lines), and past the sampled start."""
-    if path.name.lower().endswith(".gz") or path.stat().st_size <= _SAMPLE_BYTES:
-        return []
+    """The last non-blank line of an uncompressed file longer than the sample, as ``[(0, fields)]``,
+    when it is plainly a row of its own (no quotes: a quoted field may span lines)."""
     with open(path, "rb") as handle:
-        handle.seek(-min(4096, path.stat().st_size), os.SEEK_END)
+        handle.seek(-4096, os.SEEK_END)
         tail = handle.read().decode(encoding, errors="replace").rstrip("\r\n").rsplit("\n", 1)[-1]
     if '"' in tail or not tail.strip():
         return []
