@@ -87,6 +87,9 @@ class Preprocessor:
                 "add them (empty values are allowed and filled as missing).",
                 file=source, column=missing[0],
             )
+        if frame.attrs:  # pandas deep-copies attrs into every column it hands out: ~4 µs a column
+            frame = frame.copy(deep=False)
+            frame.attrs = {}
         n_rows = len(frame)
         cells = n_rows * len(self.transforms)
 
