@@ -27,15 +27,16 @@ from keel.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "fit": "keel.model", "load": "keel.model", "Model": "keel.model",
+    "fit": "keel.train.pipeline", "load": "keel.model", "Model": "keel.model",
     "Config": "keel.config", "load_config": "keel.config",
     "KeelClassifier": "keel.sklearn", "KeelRegressor": "keel.sklearn",
 }
 
 if TYPE_CHECKING:
     from keel.config import Config, load_config
-    from keel.model import Model, fit, load
+    from keel.model import Model, load
     from keel.sklearn import KeelClassifier, KeelRegressor
+    from keel.train.pipeline import fit
 
 
 def __getattr__(name: str) -> Any:

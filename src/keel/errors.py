@@ -19,7 +19,14 @@ from pathlib import Path
 
 
 class KeelError(Exception):
-    """Base class of every error keel raises on purpose."""
+    """Base class of every error keel raises on purpose.
+
+    Attributes:
+        notes: What the run had noted before the error stopped it (dropped columns, rows, ...),
+            so they reach the user with the error.
+    """
+
+    notes: list[str] = []  # noqa: RUF012 - read-only default; a run assigns its own list
 
 
 class ConfigError(KeelError, ValueError):

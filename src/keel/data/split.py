@@ -1,4 +1,9 @@
-"""Deterministic train / validation / test splits, stratified for classification."""
+"""Deterministic train / validation / test splits: random (stratified for classes), grouped, or by time.
+
+A grouped split (``training.split_by``) keeps every row of a group in one part, so a customer seen in
+training does not inflate the test score; a time-ordered split (``training.order_by``) holds out the
+latest rows, as a model deployed today predicts tomorrow.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ def split_rows(
     test: float,
     seed: int,
     classes: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    order: np.ndarray | None = None,
 ) -> Split:
     """Split row positions into train, validation and test parts.
 
@@ -36,15 +43,53 @@ def split_rows(
         test: Fraction of all rows held out for testing.
         seed: Seed; the same inputs give the same split.
         classes: Class index per row, to stratify on; None for regression.
+        groups: Group code per row (``split_by``): each group lands whole in one part.
+        order: A sortable key per row (``order_by``): the latest rows are held out, test first.
 
     Returns:
         The split.
     """
     rows = np.arange(n_rows)
-    rest, test_rows = _take(rows, test, seed, classes)
-    rest_classes = classes[rest] if classes is not None else None
-    train_rows, validation_rows = _take(rest, validation, seed + 1, rest_classes)
+    if order is not None:
+        rest, test_rows = _take_latest(rows, test, order)
+        train_rows, validation_rows = _take_latest(rest, validation, order)
+    elif groups is not None:
+        rest, test_rows = _take_groups(rows, test, seed, groups)
+        train_rows, validation_rows = _take_groups(rest, validation, seed + 1, groups)
+    else:
+        rest, test_rows = _take(rows, test, seed, classes)
+        rest_classes = classes[rest] if classes is not None else None
+        train_rows, validation_rows = _take(rest, validation, seed + 1, rest_classes)
     return Split(np.sort(train_rows), np.sort(validation_rows), np.sort(test_rows))
+
+
+def _take_latest(rows: np.ndarray, fraction: float, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out the latest ``fraction`` of ``rows``; rows with equal keys stay on one side."""
+    n_held = int(round(len(rows) * fraction))
+    if fraction <= 0 or n_held == 0 or n_held >= len(rows):
+        return rows, rows[:0]
+    keys = order[rows]
+    cut = np.sort(keys, kind="stable")[len(rows) - n_held]
+    held = keys >= cut
+    if held.all():  # the boundary's key is the earliest: hold out only what is strictly later
+        held = keys > cut
+    return rows[~held], rows[held]
+
+
+def _take_groups(rows: np.ndarray, fraction: float, seed: int,
+                 groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out whole groups, drawn at random, until about ``fraction`` of the rows are held out."""
+    n_held = int(round(len(rows) * fraction))
+    names, inverse, counts = np.unique(groups[rows], return_inverse=True, return_counts=True)
+    if fraction <= 0 or n_held == 0 or len(names) < 2:
+        return rows, rows[:0]
+    drawn = np.random.default_rng(seed).permutation(len(names))
+    reached = np.cumsum(counts[drawn])
+    # Stop at the group count whose total is closest to the target, holding at least one group
+    # and leaving at least one for training.
+    n_groups = int(np.clip(np.argmin(np.abs(reached - n_held)) + 1, 1, len(names) - 1))
+    held = np.isin(inverse, drawn[:n_groups])
+    return rows[~held], rows[held]
 
 
 def _take(rows: np.ndarray, fraction: float, seed: int, classes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -82,15 +127,31 @@ def _can_stratify(classes: np.ndarray | None, n_held: int, n_rows: int) -> bool:
     return bool(counts.min() >= 2 and n_held >= len(counts) and n_rows - n_held >= len(counts))
 
 
-def fold_rows(rows: np.ndarray, n_folds: int, *, seed: int, classes: np.ndarray | None = None) -> list[np.ndarray]:
+def fold_rows(rows: np.ndarray, n_folds: int, *, seed: int, classes: np.ndarray | None = None,
+              groups: np.ndarray | None = None) -> list[np.ndarray]:
     """Partition ``rows`` into ``n_folds`` sorted, near-equal folds, each class spread evenly.
 
     Rows are shuffled, ordered by class (stably) and dealt out in turn, so every fold gets each
-    class's rows to within one.
+    class's rows to within one. With ``groups``, whole groups are dealt out instead: the largest
+    first, each to the fold with the fewest rows so far.
     """
+    if groups is not None:
+        return _group_folds(rows, n_folds, seed, groups)
     order = np.random.default_rng(seed).permutation(len(rows))
     if classes is not None:
         order = order[np.argsort(classes[rows][order], kind="stable")]
     folds = np.empty(len(rows), dtype=np.int64)
     folds[order] = np.arange(len(rows)) % n_folds
     return [np.sort(rows[folds == fold]) for fold in range(n_folds)]
+
+
+def _group_folds(rows: np.ndarray, n_folds: int, seed: int, groups: np.ndarray) -> list[np.ndarray]:
+    names, inverse, counts = np.unique(groups[rows], return_inverse=True, return_counts=True)
+    shuffled = np.random.default_rng(seed).permutation(len(names))
+    sizes = np.zeros(n_folds, dtype=np.int64)
+    fold_of = np.empty(len(names), dtype=np.int64)
+    for group in shuffled[np.argsort(-counts[shuffled], kind="stable")]:
+        fold_of[group] = int(np.argmin(sizes))
+        sizes[fold_of[group]] += counts[group]
+    assignment = fold_of[inverse]
+    return [np.sort(rows[assignment == fold]) for fold in range(n_folds)]

@@ -1,46 +1,61 @@
-"""What the training loop reports to: a rich progress bar, or nothing."""
+"""How a training run reports what it does: notes, one-line messages and per-epoch progress.
+
+The pipeline never prints by itself. It talks to a :class:`Reporter`, and each face renders it its
+own way: nothing for a quiet library call (:class:`Reporter` itself), plain lines on stderr for a
+library call (:class:`TextReporter`), a rich progress bar in the CLI (``keel.console``), and later
+a log in a server or a section of the HTML report. Notes are also kept on the model
+(``model.notes``) and on any error that stops the run (``error.notes``).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+import contextlib
+import sys
+from typing import Any, Iterator, Protocol, TextIO
 
 
 class EpochCallback(Protocol):
     def __call__(self, epoch: int, epochs: int, record: dict[str, Any]) -> None: ...
 
 
-class ProgressBar:
-    """A one-line progress bar: epoch, training loss, validation metric, elapsed time and ETA.
+class Reporter:
+    """Receives a run's notes, messages and epochs; this base class shows nothing (a quiet run)."""
 
-    Use as a context manager; the instance is the callback the trainer calls after each epoch.
-    """
+    def note(self, text: str) -> None:
+        """Something keel decided or worked around that the user should know (kept on the model)."""
 
-    def __init__(self, epochs: int, monitor: str, console: Console | None = None) -> None:
-        self.monitor = monitor
-        self.progress = Progress(
-            TextColumn("epoch {task.completed:>3}/{task.total}"),
-            BarColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console or Console(stderr=True), transient=False,
-        )
-        self.task = self.progress.add_task("train", total=epochs, status="")
+    def message(self, text: str) -> None:
+        """A line of progress: what is being trained on how many rows."""
 
-    def __enter__(self) -> "ProgressBar":
-        self.progress.start()
-        return self
+    @contextlib.contextmanager
+    def progress(self, epochs: int, monitor: str) -> Iterator[EpochCallback | None]:
+        """Around one network's training: yields the per-epoch callback, or None for none."""
+        yield None
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.progress.stop()
 
-    def __call__(self, epoch: int, epochs: int, record: dict[str, Any]) -> None:
-        status = f"loss {record['loss']:.4f}"
-        if record.get("val_" + self.monitor) is not None:
-            status += f"  val_{self.monitor} {record['val_' + self.monitor]:.4f}"
-        if record.get("stopped"):
-            status += "  (early stop)"
-            self.progress.update(self.task, total=epoch)
-        self.progress.update(self.task, completed=epoch, status=status)
+class TextReporter(Reporter):
+    """Plain lines on a stream (stderr by default): notes and messages, no progress bar."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+
+    def _write(self, text: str) -> None:
+        print(text, file=self.stream or sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        self._write(f"note: {text}")
+
+    def message(self, text: str) -> None:
+        self._write(text)
+
+
+class Notes(list[str]):
+    """The run's notes: each one reaches the reporter the moment it is added."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        super().__init__()
+        self.reporter = reporter
+
+    def append(self, text: str) -> None:
+        super().append(text)
+        self.reporter.note(text)

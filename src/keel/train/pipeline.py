@@ -1,0 +1,392 @@
+"""The training pipeline: read, split, infer the schema, fit preprocessing, train, evaluate.
+
+Everything the model learns from data comes from the training rows: column types, fill values,
+scales, vocabularies, number-embedding bins and a regression target's scale. Only the task and the
+class labels are read from every labelled row, since they define the question and stratify the
+split. The test rows are touched once, to score the finished model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from keel.config import Config, ConfigSource, TrainingConfig, load_config
+from keel.data.io import TableSource, read_table
+from keel.data.preprocess import Preprocessor, TargetEncoder
+from keel.data.schema import Schema, infer_schema, infer_task, require_column
+from keel.data.split import Split, fold_rows, split_rows
+from keel.data.values import to_numeric
+from keel.errors import ConfigError, DataError, KeelError, KeelWarning
+from keel.model import Model
+from keel.nn.losses import resolve_loss_name
+from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork
+from keel.nn.numeric import PiecewiseLinearEmbedding
+from keel.train.callbacks import Notes, Reporter, TextReporter
+from keel.train.device import resolve_device, resolve_precision
+from keel.train.trainer import Batch, History, Trainer
+
+
+def fit(data: TableSource, target: str | None = None, config: ConfigSource = None, *,
+        test: TableSource | None = None, quiet: bool = False, reporter: Reporter | None = None) -> Model:
+    """Train a model on a table: split, infer the schema, preprocess, train, evaluate on held-out rows.
+
+    Args:
+        data: A CSV / Parquet / JSON Lines path or a DataFrame.
+        target: The column to predict (or ``target`` in the config).
+        config: A YAML path, a nested dict, a dict of dotted keys (``{"training.lr": 0.01}``) or a Config.
+        test: Rows to evaluate on instead of holding out ``training.test_split`` of ``data``.
+        quiet: Report nothing (notes are still kept in ``model.notes``).
+        reporter: Where notes, messages and progress go; by default plain lines on stderr.
+
+    Returns:
+        The trained model; ``model.metrics`` holds the test metrics and ``model.notes`` what keel
+        decided (the first note says how many rows went to training, validation and test).
+
+    Raises:
+        ConfigError: A setting is invalid.
+        DataError: The data cannot be read or learned from. Any KeelError carries the notes made
+            before it in ``error.notes``.
+
+    Example:
+        >>> model = keel.fit("examples/penguins.csv", target="species", quiet=True)
+        >>> model.predict("examples/penguins.csv")[:2]
+    """
+    settings = load_config(config)
+    if target is not None:
+        if settings.target not in (None, target):
+            raise ConfigError(f"target is {target!r} but the config says {settings.target!r}; pass one of them.")
+        settings = settings.model_copy(update={"target": target})
+    if not settings.target:
+        raise ConfigError("no target column; pass --target COLUMN (or target=... in Python, target: in YAML).")
+    device = resolve_device(settings.training.device)  # before the read: a missing GPU fails fast
+    if reporter is None:
+        reporter = Reporter() if quiet else TextReporter()
+    notes = Notes(reporter)
+    try:
+        frame = read_table(data)
+        test_frame = read_table(test) if test is not None else None
+        with torch.random.fork_rng():  # the caller's global random state is left as it was
+            torch.manual_seed(settings.training.seed)
+            return _train(frame, test_frame, settings, notes, reporter, device)
+    except KeelError as error:
+        error.notes = list(notes)
+        raise
+
+
+@dataclass
+class _Rows:
+    """The labelled table and what the split needs from it."""
+
+    frame: pd.DataFrame
+    target: TargetEncoder
+    classes: np.ndarray | None  # class index per row (classification)
+    weights: np.ndarray | None  # row weights (``weight_column``)
+    n_unlabelled: int
+
+
+def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, notes: Notes,
+           reporter: Reporter, device: torch.device) -> Model:
+    training = settings.training.model_copy(
+        update={"precision": resolve_precision(settings.training.precision, device)})
+    special = _special_columns(frame, test_frame, training)
+    rows = _labelled(frame, settings)
+    frame = rows.frame
+    split = split_rows(len(frame), validation=training.validation_split,
+                       test=0.0 if test_frame is not None else training.test_split, seed=training.seed,
+                       classes=rows.classes, groups=_groups(frame, training), order=_order(frame, training))
+    bags = _bags(split, training, rows.classes, _groups(frame, training))
+    notes.append(_describe_rows(split, bags, training, rows.n_unlabelled, test_frame, rows.target.name))
+    schema = infer_schema(frame, settings.model_copy(update={"task": rows.target.task}),
+                          rows=np.sort(np.concatenate([split.train, split.validation])), exclude=special)
+    for name, reason in schema.dropped.items():
+        notes.append(f"dropped column {name!r}: {reason}")
+    for note in getattr(schema, "notes", []):
+        notes.append(note)
+    if test_frame is not None:
+        test_frame = _checked_test_frame(test_frame, schema, rows.target, training, notes)
+    target = rows.target
+    fitted_rows = np.sort(np.concatenate(bags[0])) if len(bags) > 1 else split.train
+    if schema.task == "regression":
+        target.fit(frame[schema.target].iloc[fitted_rows])  # scale the target on training rows only
+    preprocessor = Preprocessor(schema, settings.preprocessing).fit(frame, rows=fitted_rows)
+    spec = network_spec(settings, preprocessor, schema.task, target.n_classes)
+    # Every row is transformed once, laid out as [train | validation | test], so that each part is a
+    # view (on 1M x 50 rows a copy of the training part alone was a 180 MB first touch).
+    layout = np.concatenate([split.train, split.validation, split.test])
+    batch = _batch(preprocessor, target, frame, rows.classes, rows.weights, layout).to(device)  # the one copy to a GPU
+    where = np.empty(len(layout), dtype=np.int64)
+    where[layout] = np.arange(len(layout))
+
+    def part(positions: np.ndarray) -> Batch:  # rows at these frame positions, in their order
+        return batch.take(where[positions])
+
+    loss = resolve_loss_name(training.loss, schema.task)
+    class_weights = _class_weights(training.class_weights, part(fitted_rows), target)
+    notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(bags)))
+    networks, histories = [], []
+    n_test = len(split.test) if test_frame is None else len(test_frame)
+    for index, (train_part, validation_part) in enumerate(bags):
+        if not len(validation_part) and training.early_stopping and index == 0:
+            notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
+        network = TabularNetwork(spec).to(device)
+        reporter.message(
+            f"training a {schema.task} model{f' ({index + 1} of {len(bags)})' if len(bags) > 1 else ''} on "
+            f"{len(train_part)} rows ({len(validation_part)} validation, {n_test} test): "
+            f"{len(schema.features)} features, {sum(p.numel() for p in network.parameters())} parameters")
+        trainer = Trainer(network, training, schema.task, loss, class_weights, target_scale=target.std)
+        history = _fit_network(trainer, part(train_part), part(validation_part) if len(validation_part) else None,
+                               reporter)
+        networks.append(trainer.network)
+        histories.append(history.to_dict())
+    combined: TabularNetwork | NetworkBag = networks[0] if len(networks) == 1 else NetworkBag(networks)
+    history_record = histories[0] if len(histories) == 1 else {**histories[0], "bags": histories}
+    model = Model(settings, schema, preprocessor, target, combined, history=history_record, notes=list(notes))
+    if test_frame is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", KeelWarning)  # unseen test categories are expected here
+            model.metrics = model._score(test_frame)
+    elif len(split.test):
+        test_rows = part(split.test).to("cpu")
+        model.metrics = model._metrics(test_rows.numeric, test_rows.categorical, test_rows.target, test_rows.weight)
+    return model
+
+
+def _special_columns(frame: pd.DataFrame, test_frame: pd.DataFrame | None, training: TrainingConfig) -> set[str]:
+    """The split_by / order_by / weight_column columns: checked present, and not features by default."""
+    special = {}
+    for key in ("split_by", "order_by", "weight_column"):
+        name = getattr(training, key)
+        if name is not None:
+            require_column(frame, name, f"training.{key}")
+            special[key] = name
+    if test_frame is not None and training.weight_column is not None:
+        require_column(test_frame, training.weight_column, "training.weight_column")
+    if special.get("split_by") and special.get("order_by"):
+        raise ConfigError("training.split_by and training.order_by are both set; a split is either grouped or "
+                          "time-ordered. Unset one of them.")
+    if special.get("order_by") and training.bagging > 1:
+        raise ConfigError("training.bagging > 1 validates each network on a different fold, which a time-ordered "
+                          "split (training.order_by) cannot do without training on the future. Set bagging: 1.")
+    return set(special.values())
+
+
+def _labelled(frame: pd.DataFrame, settings: Config) -> _Rows:
+    """The rows with a target (and a usable weight), the task's labels and each row's class."""
+    name = str(settings.target)
+    require_column(frame, name, "target")
+    keep = frame[name].notna()
+    n_unlabelled = int((~keep).sum())
+    if n_unlabelled:
+        frame = frame[keep]  # the index keeps each row's number in the file, for messages
+    source = frame.attrs.get("source")
+    task = infer_task(frame[name], name, settings.task, source)
+    target = TargetEncoder(name, task)
+    classes = None
+    if task != "regression":  # class labels come from every labelled row; they stratify the split
+        classes = target.fit(frame[name]).encode(frame[name])
+    weight_column = settings.training.weight_column
+    weights = _weights(frame[weight_column], weight_column, source) if weight_column else None
+    return _Rows(frame, target, classes, weights, n_unlabelled)
+
+
+def _weights(series: pd.Series, column: str, source: str | None) -> np.ndarray:
+    """Row weights: finite, non-negative, not all zero; a missing weight is an error naming its row."""
+    values = to_numeric(series, column=column, source=source)
+    bad = np.flatnonzero(np.isnan(values) | (values < 0))
+    if len(bad):
+        row = int(series.index[bad[0]]) + 1
+        raise DataError(
+            f"weight column {column!r} row {row} has the value {_plain(series.iloc[bad[0]])!r}; row weights must be "
+            f"non-negative numbers ({len(bad)} such value(s) in all). Fix them, or give those rows weight 0.",
+            file=source, column=column, row=row)
+    if not values.sum() > 0:
+        raise DataError(f"weight column {column!r} is 0 on every row; give the rows positive weights.",
+                        file=source, column=column)
+    return values.astype(np.float32)
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds, so messages read -2.0, not np.float64(-2.0)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _groups(frame: pd.DataFrame, training: TrainingConfig) -> np.ndarray | None:
+    if training.split_by is None:
+        return None
+    return pd.factorize(frame[training.split_by], use_na_sentinel=False)[0]  # a missing id is one group
+
+
+def _order(frame: pd.DataFrame, training: TrainingConfig) -> np.ndarray | None:
+    """Sortable keys of the ``order_by`` column: numbers, or dates (parsed from text when needed)."""
+    if training.order_by is None:
+        return None
+    name, series = training.order_by, frame[training.order_by]
+    source = frame.attrs.get("source")
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
+        keys = to_numeric(series, column=name, source=source)
+    else:
+        try:
+            dates = pd.to_datetime(series, errors="raise", format="mixed")
+        except (ValueError, TypeError) as error:
+            raise DataError(
+                f"training.order_by column {name!r} holds neither numbers nor dates ({error}); order the rows by a "
+                "date or number column.", file=source, column=name) from None
+        keys = dates.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
+        keys[dates.isna().to_numpy()] = np.nan
+    missing = np.flatnonzero(np.isnan(keys))
+    if len(missing):
+        row = int(series.index[missing[0]]) + 1
+        raise DataError(
+            f"training.order_by column {name!r} is empty on row {row} ({len(missing)} such row(s)); every row needs "
+            "its time to be placed. Fill or drop those rows.", file=source, column=name, row=row)
+    return keys
+
+
+def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], training: TrainingConfig,
+                   n_unlabelled: int, test_frame: pd.DataFrame | None, training_target: str) -> str:
+    """The run's first note: how many rows went where, and how they were split."""
+    n_test = len(split.test) if test_frame is None else len(test_frame)
+    if training.order_by:
+        how = f"the latest rows by {training.order_by!r} held out"
+    elif training.split_by:
+        how = f"whole groups of {training.split_by!r} in each part"
+    else:
+        how = "a random split" + (", stratified by class" if training.bagging == 1 else "")
+    text = (f"rows: {len(split.train)} for training, {len(split.validation)} for validation, {n_test} for test "
+            f"({how}{'; test rows from the test data' if test_frame is not None else ''})")
+    if len(bags) > 1:
+        pool = len(split.train) + len(split.validation)
+        text += (f"; {len(bags)} bagged networks, each trained on about {len(bags[0][0])} of the {pool} training "
+                 "and validation rows and validated on the rest")
+    elif training.bagging > 1:
+        text += (f"; training.bagging is {training.bagging} but there are no validation rows to make folds of "
+                 "(validation_split is 0 or the table is tiny): one network is trained")
+    if n_unlabelled:
+        text += f"; dropped {n_unlabelled} row(s) of the training data with a missing {training_target!r}"
+    return text
+
+
+def _checked_test_frame(test_frame: pd.DataFrame, schema: Schema, target: TargetEncoder,
+                        training: TrainingConfig, notes: Notes) -> pd.DataFrame:
+    """The test rows, checked before any training: columns present, classes known, target present."""
+    source = test_frame.attrs.get("source")
+    require_column(test_frame, schema.target, "target")
+    missing = [name for name in schema.feature_names if name not in test_frame.columns]
+    if missing:
+        raise DataError(
+            f"the test data lacks the input column(s) {missing} that the model will be trained on; add them "
+            "(empty values are allowed) or drop them from the training data.", file=source, column=missing[0])
+    keep = test_frame[schema.target].notna()
+    if not keep.all():
+        notes.append(f"dropped {int((~keep).sum())} row(s) of the test data with a missing {schema.target!r}")
+        test_frame = test_frame[keep]
+    target.encode(test_frame[schema.target], source) if schema.task != "regression" else None  # unknown class: error
+    if training.weight_column:
+        _weights(test_frame[training.weight_column], training.weight_column, source)
+    return test_frame
+
+
+def _fit_network(trainer: Trainer, train_rows: Batch, validation_rows: Batch | None, reporter: Reporter) -> History:
+    """Train one network (bins, progress, prior correction) and leave it in eval mode on the CPU."""
+    network, settings = trainer.network, trainer.settings
+    if isinstance(network.numbers, PiecewiseLinearEmbedding):
+        network.numbers.fit_bins(train_rows.numeric)
+    with reporter.progress(settings.epochs, trainer.monitor) as callback:
+        trainer.callback = callback
+        history = trainer.fit(train_rows, validation_rows)
+    if trainer.class_weights is not None and settings.class_weights == "auto":
+        # Weighted training shifts each logit by log(weight); undo it so the probabilities
+        # (and accuracy) reflect the true class shares while the ranking keeps the benefit.
+        network.shift_outputs(_prior_correction(trainer.class_weights, trainer.task))
+    network.eval().to("cpu")
+    return history
+
+
+def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_classes: int) -> NetworkSpec:
+    """The network's shape from the config and the fitted preprocessing."""
+    model, encoding = settings.model, settings.preprocessing.categorical_encoding
+    limit = settings.preprocessing.onehot_max_categories
+    return NetworkSpec(
+        numeric_width=preprocessor.numeric_width, cardinalities=preprocessor.cardinalities,
+        n_outputs=n_classes if task == "multiclass" else 1,
+        hidden=list(model.hidden), activation=model.activation, dropout=model.dropout,
+        norm=model.norm, init=model.init,
+        # the two extra buckets (unknown, missing) do not count towards the one-hot limit
+        onehot=[encoding == "onehot" or (encoding == "auto" and cardinality - 2 <= limit)
+                for cardinality in preprocessor.cardinalities],
+        embedding_dims=[model.embedding_dim] * len(preprocessor.cardinalities) if model.embedding_dim else [],
+        architecture=model.architecture, numeric_embedding=model.numeric_embedding,
+        numeric_embedding_size=model.numeric_embedding_size, numeric_embedding_dim=model.numeric_embedding_dim,
+        ensemble=model.ensemble, task=task,
+    )
+
+
+def describe_settings(settings: Config, weighted: bool, device: torch.device | None = None,
+                      precision: str = "float32", n_networks: int = 1) -> str:
+    """One line naming the preset and the settings that shape the run most, as they were trained."""
+    training, model = settings.training, settings.model
+    network = f"{model.architecture.upper()} {'-'.join(map(str, model.hidden)) or 'linear'}"
+    if model.ensemble > 1:
+        network += f" x{model.ensemble} ensemble"
+    if model.numeric_embedding != "none":
+        network += f", {model.numeric_embedding} number embeddings"
+    parts = [
+        f"{settings.preprocessing.normalize} scaling", network,
+        f"{training.optimizer} lr {training.lr:g} ({training.schedule})", f"batch {training.batch_size}",
+        f"up to {training.epochs} epochs" + (f", early stopping {training.early_stopping}" if training.early_stopping else ""),
+    ]
+    if n_networks > 1:
+        parts.append(f"{n_networks} bagged networks")
+    if weighted:
+        parts.append("balanced class weights")
+    if training.weight_column:
+        parts.append(f"rows weighted by {training.weight_column!r}")
+    if device is not None and device.type != "cpu":
+        parts.append(f"on {device}")
+    if precision != "float32":
+        parts.append(f"{precision} matmuls")
+    return f"preset {settings.preset}: " + ", ".join(parts)
+
+
+def _bags(split: Split, training: TrainingConfig, classes: np.ndarray | None,
+          groups: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, validation) row positions for each network: one split, or ``bagging`` folds of both."""
+    if training.bagging == 1 or not len(split.validation):
+        return [(split.train, split.validation)]
+    pool = np.sort(np.concatenate([split.train, split.validation]))
+    folds = fold_rows(pool, training.bagging, seed=training.seed, classes=classes, groups=groups)
+    return [(np.sort(np.concatenate(folds[:i] + folds[i + 1:])), fold) for i, fold in enumerate(folds)]
+
+
+def _prior_correction(weights: torch.Tensor, task: str) -> torch.Tensor:
+    log_weights = weights.log()
+    if task == "binary":
+        return (log_weights[0] - log_weights[1]).reshape(1)
+    return -log_weights
+
+
+def _batch(preprocessor: Preprocessor, target: TargetEncoder, frame: pd.DataFrame, codes: np.ndarray | None,
+           weights: np.ndarray | None, order: np.ndarray) -> Batch:
+    """All rows as tensors, laid out in ``order``; ``codes`` are the class indices when known."""
+    features = preprocessor.transform(frame, order)
+    y = codes if codes is not None else target.encode(frame[target.name], frame.attrs.get("source"))
+    return Batch(torch.from_numpy(features.numeric), torch.from_numpy(features.categorical),
+                 torch.from_numpy(y[order]), None if weights is None else torch.from_numpy(weights[order]))
+
+
+# Under class_weights "auto", a rarest class below this share of the training rows gets weights.
+RARE_CLASS_SHARE = 0.1
+
+
+def _class_weights(mode: str, rows: Batch, target: TargetEncoder) -> torch.Tensor | None:
+    if mode == "none" or target.task == "regression":
+        return None
+    counts = torch.bincount(rows.target, minlength=target.n_classes).float().clamp(min=1)
+    if mode == "auto" and counts.min() >= RARE_CLASS_SHARE * counts.sum():
+        return None
+    return counts.sum() / (len(counts) * counts)  # scikit-learn's "balanced"

@@ -1,0 +1,210 @@
+"""The training pipeline: what it learns from which rows, what it reports and when, splits and weights."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import keel
+from keel.data.split import split_rows
+from keel.errors import DataError
+from keel.nn.network import NetworkBag
+from keel.train.callbacks import EpochCallback, Reporter
+from keel.train.trainer import Batch, Trainer
+from tests.conftest import FAST, make_classification_frame, make_regression_frame
+
+
+class Recorder(Reporter):
+    """Keeps every event in the order it arrived."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def note(self, text: str) -> None:
+        self.events.append(("note", text))
+
+    def message(self, text: str) -> None:
+        self.events.append(("message", text))
+
+    @contextlib.contextmanager
+    def progress(self, epochs: int, monitor: str) -> Iterator[EpochCallback | None]:
+        self.events.append(("progress", epochs))
+        yield lambda epoch, total, record: self.events.append(("epoch", epoch))
+
+
+# ---- item 2: bagging is reported as trained -----------------------------------------------
+def test_bagging_note_says_what_was_trained() -> None:
+    frame = make_classification_frame(120)
+    bagged = keel.fit(frame, target="label", config={**FAST, "training.bagging": 3}, quiet=True)
+    assert isinstance(bagged.network, NetworkBag) and len(bagged.network.networks) == 3
+    assert "3 bagged networks" in bagged.notes[-1]
+    single = keel.fit(frame, target="label", config={**FAST, "training.bagging": 3,
+                                                     "training.validation_split": 0}, quiet=True)
+    assert not isinstance(single.network, NetworkBag)
+    assert "bagged networks" not in single.notes[-1]
+    assert "training.bagging is 3 but there are no validation rows" in single.notes[0]
+    assert "one network is trained" in single.notes[0]
+
+
+# ---- item 10: the test rows shape nothing ----------------------------------------------------
+def test_test_rows_change_nothing_that_was_fitted() -> None:
+    frame = make_classification_frame(200)
+    config = {**FAST, "training.epochs": 1}
+    model = keel.fit(frame, target="label", config=config, quiet=True)
+    first = model.notes[0]
+    assert first.startswith("rows: ")
+    # Find the test rows: change every feature value there, drastically; nothing fitted may move.
+    rows = split_rows(len(frame), validation=0.1, test=0.2, seed=42,
+                      classes=pd.factorize(frame["label"], sort=True)[0])
+    altered = frame.copy()
+    altered.loc[rows.test, "size"] = 1e6
+    altered.loc[rows.test, "color"] = "only-in-test"
+    altered.loc[rows.test, "member"] = None
+    other = keel.fit(altered, target="label", config=config, quiet=True)
+    assert other.schema.to_dict() == model.schema.to_dict()
+    assert other.preprocessor.state() == model.preprocessor.state()
+    category = next(t for t in other.preprocessor.transforms if t.name == "color")
+    assert "only-in-test" not in category.vocabulary
+    for name, tensor in model.network.state_dict().items():
+        assert torch.equal(tensor, other.network.state_dict()[name]), name
+
+
+def test_column_types_come_from_training_rows_only() -> None:
+    # A column constant on the training rows and varied only on test rows is dropped as constant.
+    frame = make_classification_frame(200)
+    rows = split_rows(len(frame), validation=0.1, test=0.2, seed=42,
+                      classes=pd.factorize(frame["label"], sort=True)[0])
+    frame["flag"] = "same"
+    frame.loc[rows.test, "flag"] = [f"v{i}" for i in range(len(rows.test))]
+    model = keel.fit(frame, target="label", config={**FAST, "training.epochs": 1}, quiet=True)
+    assert "flag" in model.schema.dropped and model.schema.dropped["flag"].startswith("constant")
+
+
+# ---- items 17, 18, 22, 26: checks before training, notes as they arise -----------------------
+def test_notes_reach_the_reporter_as_they_arise_and_first_note_counts_rows() -> None:
+    frame = make_classification_frame(150)
+    frame["row_id"] = np.arange(len(frame))
+    recorder = Recorder()
+    model = keel.fit(frame, target="label", config=FAST, reporter=recorder)
+    kinds = [kind for kind, _ in recorder.events]
+    notes = [text for kind, text in recorder.events if kind == "note"]
+    assert notes == model.notes
+    assert notes[0] == "rows: 108 for training, 12 for validation, 30 for test (a random split, stratified by class)"
+    assert any("dropped column 'row_id'" in note for note in notes)
+    # Every note comes before training starts; the epochs follow the progress context.
+    assert kinds.index("message") > max(i for i, kind in enumerate(kinds) if kind == "note")
+    assert kinds.count("epoch") == len(model.history["epochs"])
+
+
+def test_quiet_library_call_prints_nothing(capsys) -> None:
+    keel.fit(make_classification_frame(80), target="label", config=FAST, quiet=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_default_library_call_prints_plain_notes_on_stderr(capsys) -> None:
+    keel.fit(make_classification_frame(80), target="label", config=FAST)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("note: rows: ")
+    assert "\x1b[" not in captured.err  # no rich markup or colour in a library call
+
+
+def test_error_carries_the_notes_made_before_it() -> None:
+    frame = make_classification_frame(100)
+    frame["empty"] = None
+    test = make_classification_frame(30, seed=1).drop(columns="weight")
+    recorder = Recorder()
+    with pytest.raises(DataError, match="lacks the input column") as caught:
+        keel.fit(frame, target="label", config=FAST, test=test, reporter=recorder)
+    assert any("dropped column 'empty'" in note for note in caught.value.notes)
+    assert caught.value.notes[0].startswith("rows: ")
+    assert "message" not in [kind for kind, _ in recorder.events]  # refused before any training
+
+
+def test_unknown_class_in_test_data_is_refused_before_training() -> None:
+    test = make_classification_frame(30, seed=1)
+    test.loc[3, "label"] = "delta"
+    recorder = Recorder()
+    with pytest.raises(DataError, match="'delta'"):
+        keel.fit(make_classification_frame(100), target="label", config=FAST, test=test, reporter=recorder)
+    assert "message" not in [kind for kind, _ in recorder.events]
+
+
+# ---- item 24: grouped and time-ordered splits ------------------------------------------------
+@pytest.mark.parametrize("n_groups", [3, 10, 40])
+def test_grouped_split_keeps_each_group_in_one_part(n_groups: int) -> None:
+    rng = np.random.default_rng(n_groups)
+    groups = rng.integers(0, n_groups, 300)
+    split = split_rows(300, validation=0.2, test=0.2, seed=0, groups=groups)
+    parts = [set(groups[split.train]), set(groups[split.validation]), set(groups[split.test])]
+    assert sorted(np.concatenate([split.train, split.validation, split.test]).tolist()) == list(range(300))
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not parts[a] & parts[b]
+    assert len(split.train) and len(split.test)
+
+
+def test_time_ordered_split_holds_out_the_latest_rows() -> None:
+    order = np.random.default_rng(0).permutation(100).astype(float)
+    split = split_rows(100, validation=0.25, test=0.2, seed=0, order=order)
+    assert len(split.test) == 20 and len(split.validation) == 20
+    assert order[split.train].max() < order[split.validation].min()
+    assert order[split.validation].max() < order[split.test].min()
+
+
+def test_split_by_and_order_by_in_a_run() -> None:
+    frame = make_classification_frame(200)
+    frame["customer"] = np.arange(200) // 4
+    frame["day"] = pd.date_range("2024-01-01", periods=200, freq="D").strftime("%Y-%m-%d")
+    grouped = keel.fit(frame, target="label", config={**FAST, "training.split_by": "customer"}, quiet=True)
+    assert "whole groups of 'customer'" in grouped.notes[0]
+    assert "customer" not in grouped.feature_names
+    timed = keel.fit(frame, target="label", config={**FAST, "training.order_by": "day"}, quiet=True)
+    assert "the latest rows by 'day'" in timed.notes[0]
+    assert "day" not in timed.feature_names and "day" not in timed.schema.dropped
+
+
+# ---- item 25: row weights ----------------------------------------------------------------------
+def test_weighted_loss_equals_the_loss_of_repeated_rows() -> None:
+    frame = make_classification_frame(60)
+    model = keel.fit(frame, target="label", config={**FAST, "training.epochs": 1}, quiet=True)
+    network = model.network
+    settings = model.config.training.model_copy(update={"weight_column": "w"})
+    trainer = Trainer(network, settings, "multiclass", "cross_entropy",
+                      class_weights=torch.tensor([1.0, 2.0, 0.5]))
+    features = model.preprocessor.transform(frame)
+    y = torch.from_numpy(model.target_encoder.encode(frame["label"]))
+    numeric, categorical = torch.from_numpy(features.numeric), torch.from_numpy(features.categorical)
+    counts = torch.from_numpy(np.random.default_rng(0).integers(0, 4, len(frame))).float()
+    weighted = trainer.validate(Batch(numeric, categorical, y, counts))["val_loss"]
+    repeat = torch.repeat_interleave(torch.arange(len(frame)), counts.long())
+    repeated = trainer.validate(Batch(numeric[repeat], categorical[repeat], y[repeat]))["val_loss"]
+    assert weighted == pytest.approx(repeated, rel=1e-5)
+
+
+def test_weight_column_weights_metrics_and_is_not_a_feature() -> None:
+    frame = make_regression_frame(200)
+    frame["w"] = np.random.default_rng(0).integers(0, 3, len(frame)).astype(float)
+    config = {**FAST, "training.weight_column": "w", "training.test_split": 0.3}
+    model = keel.fit(frame, target="price", config=config, quiet=True)
+    assert "w" not in model.feature_names
+    assert "rows weighted by 'w'" in model.notes[-1]
+    test = frame.iloc[split_rows(len(frame), validation=0.1, test=0.3, seed=42).test]
+    weighted = model.evaluate(test)
+    assert weighted["rmse"] == pytest.approx(model.metrics["rmse"], rel=1e-6)
+    unweighted = model.evaluate(test.drop(columns="w"))
+    assert unweighted["rmse"] != pytest.approx(weighted["rmse"], rel=1e-6)
+
+
+def test_negative_or_missing_weights_are_refused_with_the_row() -> None:
+    frame = make_regression_frame(60)
+    frame["w"] = 1.0
+    frame.loc[7, "w"] = -2.0
+    with pytest.raises(DataError, match="row 8 has the value -2.0"):
+        keel.fit(frame, target="price", config={**FAST, "training.weight_column": "w"}, quiet=True)
