@@ -60,6 +60,23 @@ def fused_step_supported(network: TabularNetwork, settings: TrainingConfig | Non
             and hasattr(torch, "_fused_adam_") and hasattr(torch, "_fused_sgd_"))
 
 
+def _table_slices(tables: list[torch.Tensor], numeric_width: int) -> list[tuple[int, int, int]]:
+    """(category column, first input column, width) of each trainable table, in trainable order.
+
+    Frozen one-hot tables can sit between trainable ones, so a trainable table's position in the
+    trainable list is neither its category column nor where its vector starts in the first layer's
+    input: both are counted over every table.
+    """
+    slices = []
+    start = numeric_width
+    for column, table in enumerate(tables):
+        width = int(table.shape[1])
+        if table.requires_grad:
+            slices.append((column, start, width))
+        start += width
+    return slices
+
+
 class FusedStep:
     """Trains ``network`` in place one batch at a time, without autograd.
 
@@ -85,7 +102,7 @@ class FusedStep:
         embeddings = [cast(nn.Embedding, table) for table in network.categories.tables]
         self.all_tables: list[torch.Tensor] = [table.weight for table in embeddings]
         self.tables = [weight for weight in self.all_tables if weight.requires_grad]  # one-hot tables are frozen
-        self.numeric_width = spec.numeric_width
+        self.table_slices = _table_slices(self.all_tables, spec.numeric_width)
         self.loss_name = loss
         self.class_weights = class_weights
         self.settings = settings
@@ -205,11 +222,8 @@ class FusedStep:
             self._weight_grad(self.weight_grads[index], self.bias_grads[index], grad, layer_input)
         if self.tables:
             input_grad = torch.mm(grad, weights[0]).float()  # (batch, numeric_width + embedding widths)
-            offset = self.numeric_width
-            for index, (table, table_grad) in enumerate(zip(self.tables, self.table_grads)):
-                width = int(table.shape[1])
-                table_grad.zero_().index_add_(0, categorical[:, index], input_grad[:, offset:offset + width])
-                offset += width
+            for table_grad, (column, start, width) in zip(self.table_grads, self.table_slices):
+                table_grad.zero_().index_add_(0, categorical[:, column], input_grad[:, start:start + width])
 
     def _weight_grad(self, weight_grad: torch.Tensor, bias_grad: torch.Tensor, grad: torch.Tensor,
                      layer_input: torch.Tensor) -> None:
