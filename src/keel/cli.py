@@ -48,33 +48,54 @@ def _import_pipeline() -> None:
     them over and over while they load and once more at exit. On the seed case that was ~0.3 s of a
     ~2.1 s `keel train` process. Objects made later are collected as usual.
     """
-    if "keel.model" in sys.modules:
+    if "keel.train.pipeline" in sys.modules:
         return
     gc.disable()
     try:
-        import keel.model  # noqa: F401
+        import keel.train.pipeline  # noqa: F401
     finally:
         gc.freeze()
         gc.enable()
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """KeelWarnings print as notes the moment they arise; other warnings as Python prints them."""
+    if issubclass(category, KeelWarning):
+        err.print(f"[yellow]note:[/yellow] {message}", highlight=False, soft_wrap=True)
+    else:
+        _python_show_warning(message, category, *args, **kwargs)
+
+
+_python_show_warning = warnings.showwarning
+
+
+# Commands that need neither torch nor pandas: they skip the pipeline import (over a second).
+_LIGHT_COMMANDS = {"config_"}
+
+
 def _friendly(command: Callable[..., None]) -> Callable[..., None]:
-    """Print KeelErrors as one line and exit 2 (unexpected errors exit 1); tracebacks only with --debug."""
+    """Print KeelErrors as one line and exit 2 (unexpected errors exit 1); tracebacks only with --debug.
+
+    Notes print as they arise; a quiet run that stops on an error shows the notes it had gathered
+    (``error.notes``) just before the error, since they often explain it.
+    """
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> None:
         debug = kwargs.get("debug", False)
         try:
-            _import_pipeline()
-            with warnings.catch_warnings(record=True) as caught:
+            if command.__name__ not in _LIGHT_COMMANDS:
+                _import_pipeline()
+            with warnings.catch_warnings():
                 warnings.simplefilter("always", KeelWarning)
+                warnings.showwarning = _show_warning
                 command(*args, **kwargs)
-            for warning in caught:
-                if issubclass(warning.category, KeelWarning):
-                    err.print(f"[yellow]note:[/yellow] {warning.message}", highlight=False)
         except KeelError as error:
             if debug:
                 raise
+            if kwargs.get("quiet") or kwargs.get("as_json"):
+                for note in error.notes:
+                    err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
             err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
@@ -108,13 +129,18 @@ def train(
     debug: Debug = False,
 ) -> None:
     """Train a model on DATA to predict --target, evaluate it and save it to --output."""
+    from keel.artifact import check_destination
     from keel.config import load_config
-    from keel.model import fit
+    from keel.console import RichReporter
+    from keel.train.pipeline import fit
 
     overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
     overrides += [f"preset={preset}"] if preset is not None else []
-    model = fit(_read(data, delimiter, encoding), target=target, config=load_config(config, overrides),
-                test=_read(test, delimiter, encoding) if test else None, quiet=quiet or as_json)
+    settings = load_config(config, overrides)
+    check_destination(output)  # before the data is read: an unusable --output must not cost a training
+    model = fit(_read(data, delimiter, encoding), target=target, config=settings,
+                test=_read(test, delimiter, encoding) if test else None,
+                reporter=RichReporter(err, quiet=quiet or as_json))
     model.save(output)
     if as_json:
         out.print_json(json.dumps({"model": str(output), "metrics": model.metrics, "notes": model.notes}))
@@ -177,26 +203,51 @@ def info(
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    """Describe MODEL: task, target, classes, features, network and metrics."""
+    """Describe MODEL: task, target, classes, features, the network trained and its metrics."""
+    from keel.describe import describe_network, network_lines
     from keel.model import load
 
-    summary = load(model).summary()
+    loaded = load(model)
+    summary = loaded.summary()
+    network = describe_network(loaded)
+    # Added to the raw shape, not in place of it: scripts reading the spec's keys keep working.
+    summary["network"] = {**summary["network"], **network}
     if as_json:
         out.print_json(json.dumps(summary))
         return
     table = Table(title=f"keel model {model}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    for key in ("task", "target", "classes", "created", "parameters", "epochs_trained", "best_epoch"):
+    for key in ("task", "target", "classes", "created", "epochs_trained", "best_epoch"):
         table.add_row(key, str(summary[key]))
-    spec = summary["network"]
-    table.add_row("network", f"hidden {spec['hidden']}, {spec['activation']}, dropout {spec['dropout']}, "
-                             f"norm {spec['norm']}, {'one-hot' if spec['onehot'] else 'embeddings'}")
+    for label, text in network_lines(network):
+        table.add_row(label, text)
     table.add_row("features", ", ".join(f"{f['name']} ({f['type']})" for f in summary["features"]))
     for name, reason in summary["dropped"].items():
         table.add_row("dropped", f"{name}: {reason}")
     out.print(table)
     _print_metrics(summary["metrics"], "test (at training time)")
+
+
+@app.command("config")
+@_friendly
+def config_(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file to resolve.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="fast, balanced (the default) or best.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Print the configuration `keel train` would run with: every key, the preset applied, as YAML."""
+    from keel.config import load_config, resolved_config_yaml
+
+    # The same resolution as `keel train`, so what this prints is what a training would use.
+    overrides = list(set_ or []) + ([f"preset={preset}"] if preset is not None else [])
+    settings = load_config(config, overrides)
+    if as_json:
+        out.print_json(json.dumps(settings.model_dump(mode="json")))
+    else:
+        sys.stdout.write(resolved_config_yaml(settings))  # exact text: no rich markup or wrapping
 
 
 @app.command()
@@ -207,12 +258,16 @@ def demo(
     debug: Debug = False,
 ) -> None:
     """Train on the shipped Palmer penguins table, evaluate, save, predict a few rows."""
+    from keel.artifact import check_destination
+    from keel.console import RichReporter
     from keel.data.io import read_table
-    from keel.model import fit, load
+    from keel.model import load
+    from keel.train.pipeline import fit
 
+    check_destination(output)
     with resources.as_file(resources.files("keel") / "resources" / "penguins.csv") as data:
         out.rule("keel demo: predict a penguin's species from its measurements (Palmer penguins, CC0)")
-        model = fit(str(data), target="species", quiet=quiet)
+        model = fit(str(data), target="species", reporter=RichReporter(err, quiet=quiet))
         _print_metrics(model.metrics, "held-out test rows")
         model.save(output)
         out.print(f"saved the model to [bold]{output}[/bold]")

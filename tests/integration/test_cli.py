@@ -164,3 +164,116 @@ def test_commands_import_the_pipeline_with_the_collector_paused_then_frozen_and_
     enabled, loaded, frozen = result.stdout.split()
     assert enabled == "True" and loaded == "True"
     assert int(frozen) > 100_000  # torch and pandas' objects are out of the collector's reach
+
+
+@pytest.fixture(scope="module")
+def mixed_model(tmp_path_factory) -> Path:
+    """One-hot and embedded categories, periodic number embedding, resnet, a 3-member ensemble, 2 bagged networks."""
+    import numpy as np
+
+    import keel as api
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=120), "color": rng.choice(["red", "green", "blue"], 120),
+                          "city": rng.choice(list("abcdef"), 120)})
+    frame["y"] = np.where(frame["x"] + (frame["color"] == "red") > 0.5, "yes", "no")
+    # color: 3 values -> one-hot under a limit of 3; city: 6 values -> embedded.
+    config = {"preset": "fast", "model.hidden": [8], "training.epochs": 2, "preprocessing.onehot_max_categories": 3,
+              "preprocessing.categorical_encoding": "auto", "model.embedding_dim": 3, "model.architecture": "resnet",
+              "model.numeric_embedding": "periodic", "model.numeric_embedding_size": 4,
+              "model.numeric_embedding_dim": 5, "model.ensemble": 3, "training.bagging": 2, "model.init": "kaiming"}
+    output = tmp_path_factory.mktemp("cli") / "mixed"
+    api.fit(frame, target="y", config=config, quiet=True).save(output)
+    return output
+
+
+def test_info_names_the_network_that_was_trained(mixed_model) -> None:
+    result = invoke("info", str(mixed_model))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.replace("│", " ").split())
+    for expected in ("network resnet, hidden 8, relu, dropout 0.1, norm none, init kaiming",
+                     "number embedding periodic, 4 frequencies, dim 5 per column",
+                     "categories color one-hot (5 wide), city embedded (dim 3)",
+                     "ensemble 3 members", "bagging 2 networks averaged"):
+        assert expected in text, text
+    network = json.loads(invoke("info", str(mixed_model), "--json").stdout)["network"]
+    assert network["categories"] == [
+        {"column": "color", "encoding": "onehot", "cardinality": 5, "width": 5},
+        {"column": "city", "encoding": "embedding", "cardinality": 8, "width": 3}]
+    assert (network["architecture"], network["ensemble"], network["bagging"]) == ("resnet", 3, 2)
+    assert (network["numeric_embedding"], network["numeric_embedding_size"], network["numeric_embedding_dim"]) == (
+        "periodic", 4, 5)
+    assert network["onehot"] == [True, False]  # the raw shape's keys stay for scripts that read them
+    import keel as api
+
+    weights = list(api.load(mixed_model).network.parameters())
+    assert network["parameters"] == sum(w.numel() for w in weights)
+    # the two networks' fixed one-hot tables (5 x 5 each) are stored but not trained
+    assert network["parameters"] - network["trainable_parameters"] == 2 * 5 * 5
+    assert f"{network['parameters']:,} ({network['trainable_parameters']:,} trained, 50 in fixed one-hot" in text
+
+
+def test_info_of_a_single_network_without_embeddings(tmp_path) -> None:
+    frame = pd.read_csv(PENGUINS)
+    import keel as api
+
+    api.fit(frame, target="species", quiet=True, config={"preset": "fast", "model.hidden": [4], "training.epochs": 1,
+                                                          "model.embedding_dim": 2}).save(tmp_path / "m")
+    text = " ".join(invoke("info", str(tmp_path / "m")).stdout.replace("│", " ").split())
+    for expected in ("network mlp, hidden 4,", "number embedding none", "categories island embedded (dim 2)",
+                     "ensemble 1 (a single network)", "bagging 1 network"):
+        assert expected in text, text
+    assert "one-hot" not in text and "trained," not in text
+    network = json.loads(invoke("info", str(tmp_path / "m"), "--json").stdout)["network"]
+    assert (network["ensemble"], network["bagging"], network["numeric_embedding_size"]) == (1, 1, None)
+    assert network["parameters"] == network["trainable_parameters"]
+
+
+@pytest.mark.parametrize("preset", ["fast", "balanced", "best"])
+def test_config_prints_every_key_as_yaml_that_loads_back(preset, tmp_path) -> None:
+    import yaml
+
+    from keel.config import Config, load_config
+
+    result = invoke("config", "--preset", preset)
+    assert result.exit_code == 0, result.output
+    expected = load_config({"preset": preset})
+    printed = yaml.safe_load(result.stdout)
+    assert printed == expected.model_dump(mode="json")  # every key, resolved
+    assert list(printed) == list(Config.model_fields)
+    assert list(printed["training"]) == list(type(expected.training).model_fields)  # field order
+    path = tmp_path / "resolved.yaml"
+    path.write_text(result.stdout)
+    assert load_config(path) == expected
+    assert load_config(path).model_dump() == expected.model_dump()
+
+
+def test_config_applies_the_config_file_and_set(tmp_path) -> None:
+    import yaml
+
+    path = tmp_path / "keel.yaml"
+    path.write_text("target: species\nmodel: {hidden: [8], activation: tanh}\n")
+    result = invoke("config", "--config", str(path), "--set", "training.lr=0.05", "--set", "model.hidden=[32, 16]",
+                    "--preset", "best")
+    assert result.exit_code == 0, result.output
+    assert "  hidden: [32, 16]\n" in result.stdout  # lists of values on one line, as people write them
+    printed = yaml.safe_load(result.stdout)
+    assert printed["target"] == "species" and printed["model"]["activation"] == "tanh"
+    assert printed["training"]["lr"] == 0.05 and printed["model"]["hidden"] == [32, 16]
+    assert printed["training"]["bagging"] == 5 and printed["preset"] == "best"  # the preset fills the rest
+    as_json = json.loads(invoke("config", "--config", str(path), "--set", "training.lr=0.05", "--set",
+                                "model.hidden=[32, 16]", "--preset", "best", "--json").stdout)
+    assert as_json == printed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "training.leraning_rate=0.1"], "unknown key 'training.leraning_rate'"),
+    (["--set", "training.lr=-1"], "training.lr: Input should be greater than 0; got -1"),
+    (["--preset", "quick"], "unknown preset 'quick'; use one of fast, balanced, best"),
+    (["--config", "missing.yaml"], "config file missing.yaml does not exist"),
+])
+def test_config_errors_are_one_line_and_exit_2(args, message) -> None:
+    result = invoke("config", *args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and result.stderr.strip().count("\n") == 0, result.stderr
+    assert message in result.stderr, result.stderr

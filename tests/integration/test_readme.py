@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -13,7 +14,7 @@ import pytest
 import typer
 
 from keel.cli import app
-from keel.config import Config
+from keel.config import PRESETS, Config, load_config
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -61,10 +62,33 @@ def test_every_config_key_is_documented() -> None:
 
 def test_every_command_and_option_is_documented() -> None:
     group = typer.main.get_command(app)
-    assert set(group.commands) == {"train", "evaluate", "predict", "info", "demo"}
+    assert set(group.commands) == {"train", "evaluate", "predict", "info", "config", "demo"}
     for name, command in group.commands.items():
         assert f"### `keel {name}" in README, name
         for parameter in command.params:
             for flag in getattr(parameter, "opts", []):
                 if flag.startswith("--") and flag != "--help":
                     assert f"`{flag}" in README, f"keel {name} {flag}"
+
+
+def _cell(value: object) -> str:
+    """A value as the README's tables write it: `yaml-ish` in backticks, or "empty" for None."""
+    if value is None:
+        return "empty"
+    return f"`{value}`" if isinstance(value, str) else f"`{json.dumps(value)}`"
+
+
+def test_config_tables_show_each_presets_values() -> None:
+    # Each section row is generated from the code: | `key` | fast | balanced | best | ...; a failure
+    # message is the row's expected start, to paste into the README.
+    resolved = {name: load_config({"preset": name}).model_dump(mode="json") for name in PRESETS}
+    assert list(PRESETS) == ["fast", "balanced", "best"]
+    assert README.count("| key | fast | balanced | best | values | what it does |") == 3
+    for section in ("preprocessing", "model", "training"):
+        for name in resolved["fast"][section]:
+            row = f"| `{section}.{name}` | " + " | ".join(_cell(resolved[p][section][name]) for p in PRESETS) + " | "
+            assert README.count(f"| `{section}.{name}` |") == 1 and row in README, row
+    for name, field in Config.model_fields.items():
+        if name not in ("preprocessing", "model", "training"):
+            row = f"| `{name}` | {_cell(field.default)} | "
+            assert row in README, row

@@ -1,0 +1,80 @@
+"""What network a model trained, in words a user can check against the config.
+
+``Model.summary()["network"]`` is the raw shape the weights are rebuilt from (per-column one-hot
+flags, cardinalities, ...); :func:`describe_network` names the same facts per column and adds what
+the shape alone does not say: how many networks were bagged and how many weights were learned.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from keel.nn.network import NetworkBag
+
+if TYPE_CHECKING:
+    from keel.model import Model
+
+
+def describe_network(model: Model) -> dict[str, Any]:
+    """The trained network of ``model`` as a JSON-friendly dict.
+
+    Args:
+        model: A fitted or loaded model.
+
+    Returns:
+        ``architecture``, ``hidden``, ``activation``, ``dropout``, ``norm``, ``init``;
+        ``numeric_embedding`` (its kind, or ``"none"``) with ``numeric_embedding_size`` and
+        ``numeric_embedding_dim`` (None without one); ``categories``: per category column its
+        ``column``, ``encoding`` (``onehot`` or ``embedding``), ``cardinality`` (the unknown and
+        missing buckets included) and ``width``; ``ensemble`` (members per network), ``bagging``
+        (networks averaged), ``parameters`` (every stored weight) and ``trainable_parameters``
+        (those training changed: one-hot tables are fixed identity matrices).
+
+    Example:
+        >>> describe_network(keel.load("runs/penguins"))["categories"]
+        [{'column': 'island', 'encoding': 'onehot', 'cardinality': 5, 'width': 5}]
+    """
+    spec = model.network.spec
+    onehot = spec.onehot if isinstance(spec.onehot, list) else [spec.onehot] * len(spec.cardinalities)
+    names = [transform.name for transform in model.preprocessor.categorical]
+    categories = [
+        {"column": name, "encoding": "onehot" if fixed else "embedding", "cardinality": cardinality,
+         "width": cardinality if fixed else dim}
+        for name, cardinality, dim, fixed in zip(names, spec.cardinalities, spec.embedding_dims, onehot)
+    ]
+    embedded = spec.numeric_embedding != "none"
+    parameters = list(model.network.parameters())
+    return {
+        "architecture": spec.architecture, "hidden": list(spec.hidden), "activation": spec.activation,
+        "dropout": spec.dropout, "norm": spec.norm, "init": spec.init,
+        "numeric_embedding": spec.numeric_embedding,
+        "numeric_embedding_size": spec.numeric_embedding_size if embedded else None,
+        "numeric_embedding_dim": spec.numeric_embedding_dim if embedded else None,
+        "categories": categories, "ensemble": spec.ensemble,
+        "bagging": len(model.network.networks) if isinstance(model.network, NetworkBag) else 1,
+        "parameters": sum(p.numel() for p in parameters),
+        "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),
+    }
+
+
+def network_lines(description: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(label, text)`` rows for a terminal table, from :func:`describe_network`'s dict."""
+    d = description
+    hidden = "-".join(map(str, d["hidden"])) or "none (a linear model)"
+    rows = [("network", f"{d['architecture']}, hidden {hidden}, {d['activation']}, dropout {d['dropout']}, "
+                        f"norm {d['norm']}, init {d['init']}")]
+    if d["numeric_embedding"] == "none":
+        rows.append(("number embedding", "none (scaled numbers go in as they are)"))
+    else:
+        unit = "bins" if d["numeric_embedding"] == "piecewise_linear" else "frequencies"
+        rows.append(("number embedding", f"{d['numeric_embedding']}, {d['numeric_embedding_size']} {unit}, "
+                                         f"dim {d['numeric_embedding_dim']} per column"))
+    encoded = [f"{c['column']} one-hot ({c['width']} wide)" if c["encoding"] == "onehot"
+               else f"{c['column']} embedded (dim {c['width']})" for c in d["categories"]]
+    rows.append(("categories", ", ".join(encoded) or "none"))
+    rows.append(("ensemble", f"{d['ensemble']} members" if d["ensemble"] > 1 else "1 (a single network)"))
+    rows.append(("bagging", f"{d['bagging']} networks averaged" if d["bagging"] > 1 else "1 network"))
+    fixed = d["parameters"] - d["trainable_parameters"]
+    rows.append(("parameters", f"{d['parameters']:,}" + (f" ({d['trainable_parameters']:,} trained, {fixed:,} in "
+                                                         "fixed one-hot tables)" if fixed else "")))
+    return rows
