@@ -4,7 +4,7 @@ Their parameters are ``preset`` and the fields of the config's ``preprocessing``
 ``training`` sections under the same names (``hidden``, ``lr``, ``epochs``, ...), so a pipeline
 tuned with ``GridSearchCV`` writes down a config that ``keel train`` understands. A parameter left
 at None takes the preset's value, as an unwritten key does in a config file. Both pass
-scikit-learn's ``check_estimator`` suite.
+scikit-learn's ``check_estimator`` suite, but for the checks :func:`expected_failed_checks` names.
 
     >>> from keel.sklearn import KeelClassifier
     >>> KeelClassifier(preset="fast", hidden=(64, 32), epochs=30).fit(X, y).predict(X)
@@ -12,6 +12,7 @@ scikit-learn's ``check_estimator`` suite.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -19,18 +20,29 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_consistent_length, column_or_1d, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_array,
+    check_consistent_length,
+    column_or_1d,
+    validate_data,
+)
 
 from keel.config import Config
-from keel.errors import NotFittedError
-from keel.model import fit
+from keel.errors import DataError, KeelWarning, NotFittedError
+from keel.train.pipeline import fit
+
+# Config keys that are not estimator parameters: an estimator trains on all it is given (scoring is
+# the caller's job), and keys that name a column of X have no column to name in an array; row weights
+# come as fit's sample_weight, as in scikit-learn.
+NOT_PARAMETERS = frozenset({"test_split", "split_by", "order_by", "weight_column"})
 
 # Which config section each estimator parameter belongs to.
 SECTIONS = {
     name: section
     for section in ("preprocessing", "model", "training")
     for name in Config.model_fields[section].annotation.model_fields  # type: ignore[union-attr, unused-ignore]
-    if name != "test_split"  # an estimator trains on all it is given; scoring is the caller's job
+    if name not in NOT_PARAMETERS
 }
 
 
@@ -147,16 +159,31 @@ class _KeelEstimator(BaseEstimator):
                 values[f"{section}.{name}"] = list(value) if name == "hidden" else value
         return values
 
-    def _fit(self, X: Any, y: Any, task: str) -> "_KeelEstimator":
+    def _fit(self, X: Any, y: Any, task: str, sample_weight: Any) -> "_KeelEstimator":
         frame, y = self._frame(X, y, reset=True)
-        target = _free_name("target", frame.columns)
-        frame[target] = y
         config = {**self.config(), "training.test_split": 0.0, "task": task}
         if not hasattr(self, "feature_names_in_"):  # a plain array holds numbers only
-            config["input_features"] = [{"name": name, "type": "number"} for name in frame.columns[:-1]]
+            config["input_features"] = [{"name": name, "type": "number"} for name in frame.columns]
+        if sample_weight is not None:
+            weights = _check_sample_weight(sample_weight, frame, dtype=np.float64, ensure_non_negative=True)
+            config["training.weight_column"] = weight_column = _free_name("sample_weight", frame.columns)
+            frame[weight_column] = weights
+        target = _free_name("target", frame.columns)
+        frame[target] = y
         self.model_ = fit(frame, target=target, config=config, quiet=self.quiet)
         self.history_ = self.model_.history
+        self._warn_unused_columns()
         return self
+
+    def _warn_unused_columns(self) -> None:
+        """One warning per fit naming the columns of X the model ignores, as scikit-learn warns."""
+        dropped = self.model_.schema.dropped
+        if dropped:
+            reasons = "; ".join(f"{name!r}: {reason}" for name, reason in dropped.items())
+            warnings.warn(
+                f"{type(self).__name__} does not use {len(dropped)} column(s) of X ({reasons}). They are "
+                "listed in model_.schema.dropped; drop them from X to silence this warning.",
+                KeelWarning, stacklevel=4)  # points at the caller of fit
 
     def _frame(self, X: Any, y: Any = None, *, reset: bool) -> tuple[pd.DataFrame, Any]:
         """Validate X (and y) the scikit-learn way and give keel a DataFrame."""
@@ -165,6 +192,8 @@ class _KeelEstimator(BaseEstimator):
             validate_data(self, X, skip_check_array=True, reset=reset)
             if y is not None:
                 y = column_or_1d(y, warn=True)
+                if numeric_y:  # as validate_data checks an array's y: numbers, no infinities
+                    y = check_array(y, ensure_2d=False, dtype="numeric", input_name="y", estimator=self)
                 check_consistent_length(X, y)
             frame = X.copy()
             frame.columns = [str(name) for name in frame.columns]
@@ -194,14 +223,31 @@ class KeelClassifier(ClassifierMixin, _KeelEstimator):
         history_: Per-epoch training records.
     """
 
-    def fit(self, X: Any, y: Any) -> "KeelClassifier":
-        """Train on X (array or DataFrame) and class labels y."""
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "KeelClassifier":
+        """Train on X (array or DataFrame) and class labels y.
+
+        Args:
+            X: The features, shape (n_samples, n_features); a DataFrame may hold categories and text.
+                Columns keel cannot use (constant, id-like, free text, all missing) are left out
+                with a ``KeelWarning`` and listed in ``model_.schema.dropped``.
+            y: The class of each row; none may be missing.
+            sample_weight: Non-negative weight of each row in the loss, the validation score and
+                early stopping; None weighs every row 1.
+
+        Returns:
+            The fitted estimator.
+
+        Raises:
+            ValueError: y is missing on some row (a ``DataError`` naming how many and the first),
+                or sample_weight is negative, all zero or of the wrong length.
+        """
         if y is None:
             validate_data(self, X, y)  # raises scikit-learn's "requires y" error
+        _check_target_present(y)
         check_classification_targets(y)
         classes = np.unique(column_or_1d(y, warn=True))
         task = "binary" if len(classes) == 2 else "multiclass" if len(classes) > 2 else "auto"
-        self._fit(X, y, task)
+        self._fit(X, y, task, sample_weight)
         self.classes_ = np.asarray(self.model_.classes)
         return self
 
@@ -219,15 +265,79 @@ class KeelRegressor(RegressorMixin, _KeelEstimator):
         history_: Per-epoch training records.
     """
 
-    def fit(self, X: Any, y: Any) -> "KeelRegressor":
-        """Train on X (array or DataFrame) and numeric targets y."""
-        return self._fit(X, y, "regression")
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "KeelRegressor":
+        """Train on X (array or DataFrame) and numeric targets y.
+
+        Args:
+            X: The features, shape (n_samples, n_features); a DataFrame may hold categories and text.
+                Columns keel cannot use (constant, id-like, free text, all missing) are left out
+                with a ``KeelWarning`` and listed in ``model_.schema.dropped``.
+            y: The target value of each row; none may be missing.
+            sample_weight: Non-negative weight of each row in the loss, the validation score and
+                early stopping; None weighs every row 1.
+
+        Returns:
+            The fitted estimator.
+
+        Raises:
+            ValueError: y is missing on some row (a ``DataError`` naming how many and the first),
+                or sample_weight is negative, all zero or of the wrong length.
+        """
+        if y is None:
+            validate_data(self, X, y)  # raises scikit-learn's "requires y" error
+        _check_target_present(y)
+        return self._fit(X, y, "regression", sample_weight)
+
+
+def _check_target_present(y: Any) -> None:
+    """Raise a DataError when y is missing (NaN or None) on some row: which row first, and how many.
+
+    keel's own ``fit`` drops such rows with a note; an estimator raises instead, as scikit-learn's
+    do, so that X, y and sample_weight keep meaning the same rows.
+    """
+    values = np.asarray(y)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        return  # not a target column at all; the shape checks that follow say so
+    missing = np.flatnonzero(pd.isna(values))
+    if len(missing):
+        first = int(missing[0])
+        name = getattr(y, "name", None)
+        raise DataError(
+            f"y is missing (NaN or None) on {len(missing)} of {len(values)} rows, the first at position {first}; "
+            "an estimator learns only from rows with a target. Drop those rows from X and y "
+            "(keep = pd.notna(y); fit(X[keep], y[keep])) or fill them in.",
+            column=None if name is None else str(name), row=first + 1)
 
 
 def _free_name(name: str, taken: Any) -> str:
     while name in set(taken):
         name = f"_{name}"
     return name
+
+
+def expected_failed_checks(estimator: BaseEstimator) -> dict[str, str]:
+    """The scikit-learn estimator checks that keel's estimators fail by design, each with the reason.
+
+    Args:
+        estimator: A ``KeelClassifier`` or ``KeelRegressor`` (the answer is the same for both).
+
+    Returns:
+        ``{check name: reason}``, as scikit-learn's ``expected_failed_checks`` arguments take it.
+
+    Example:
+        >>> from sklearn.utils.estimator_checks import check_estimator
+        >>> estimator = KeelRegressor(preset="fast")
+        >>> check_estimator(estimator, expected_failed_checks=expected_failed_checks(estimator))
+    """
+    return {
+        "check_sample_weight_equivalence_on_dense_data": (
+            "a network trained by minibatch gradient descent on a random validation split sees a row of weight "
+            "k once per epoch and its k copies k times, in other batches and splits: the two fits agree in "
+            "expectation, not to the 1e-7 the check asks (scikit-learn marks its SGD, forest and boosting "
+            "estimators the same way)"),
+    }
 
 
 class EstimatorNotFittedError(NotFittedError, SklearnNotFittedError):
