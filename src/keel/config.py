@@ -72,7 +72,9 @@ class ModelConfig(_Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout rate after each hidden layer.")
     norm: Literal["none", "batch", "layer"] = Field("none", description="Normalization in hidden layers.")
     init: Literal["default", "xavier_uniform", "xavier_normal", "kaiming", "kaiming_normal", "normal", "zeros"] = (
-        Field("default", description="Initialization of the linear layers' weights (default: PyTorch's).")
+        Field("xavier_uniform", description="Initialization of the linear layers' weights: xavier_uniform is "
+              "Glorot's uniform rule (Keras' default; scikit-learn's MLP uses it too), 'default' is PyTorch's own; "
+              "all but 'default' zero the biases.")
     )
     embedding_dim: int | None = Field(
         None, ge=1, description="Size of each category embedding; empty to size it by cardinality."
@@ -154,6 +156,17 @@ class TrainingConfig(_Section):
         "auto", description="Where the network trains: cpu, cuda or cuda:N; auto takes the GPU when PyTorch sees "
         "one. The training rows move there once; prediction and saved models stay on the CPU.")
     seed: int = Field(42, description="Seed for splits, initialization and shuffling.")
+    split_by: str | None = Field(
+        None, description="A column of group ids (a customer, a patient): all rows of a group go to the same "
+        "part (training, validation or test), so scores are not inflated by rows of a group seen in training. "
+        "The column is not a feature unless input_features lists it.")
+    order_by: str | None = Field(
+        None, description="A column that orders the rows in time (a date or a number): the latest rows are "
+        "held out for test, the latest of the rest for validation. The column is not a feature unless "
+        "input_features lists it.")
+    weight_column: str | None = Field(
+        None, description="A column of non-negative row weights: the loss, the validation score and the test "
+        "metrics weight each row by it (as scikit-learn's sample_weight). Never a feature.")
 
     @field_validator("device")
     @classmethod
@@ -191,9 +204,12 @@ class Config(_Section):
 ConfigSource = Config | Mapping[str, Any] | str | Path | None
 
 # What each preset sets; anything a user writes wins over it, and ``fast`` is the fields' own defaults.
+# balanced and best keep PyTorch's init: their figures in bench/RESULTS.md were measured with it, and
+# the Glorot default was chosen on plain MLPs (bench/seed_case.py), not on ensembles over embeddings.
 _BALANCED: dict[str, Any] = {
     "preprocessing": {"normalize": "quantile", "categorical_encoding": "auto", "rare_category_min_share": 0.005},
-    "model": {"hidden": [256, 256], "dropout": 0.1, "numeric_embedding": "piecewise_linear", "ensemble": 8},
+    "model": {"hidden": [256, 256], "dropout": 0.1, "numeric_embedding": "piecewise_linear", "ensemble": 8,
+              "init": "default"},
     "training": {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.0001, "batch_size": "auto", "epochs": 200,
                  "early_stopping": 16},
 }
@@ -367,3 +383,42 @@ def _unknown_key(loc: tuple[Any, ...]) -> str:
     close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown key {key!r}{hint}; valid keys here: {', '.join(valid)}"
+
+
+class _ResolvedDumper(yaml.SafeDumper):
+    """Block style for sections; one line for a list of plain values (``hidden: [256, 256]``) and for
+    each plain mapping in a list (``- {name: island, type: category}``), as the README writes them."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, values: list[Any]) -> yaml.Node:
+    node = dumper.represent_sequence("tag:yaml.org,2002:seq", values)
+    node.flow_style = all(isinstance(item, yaml.ScalarNode) for item in node.value)
+    for item in node.value:
+        if isinstance(item, yaml.MappingNode):
+            item.flow_style = all(isinstance(value, yaml.ScalarNode) for _, value in item.value)
+    return node
+
+
+_ResolvedDumper.add_representer(list, _represent_list)
+
+
+def resolved_config_yaml(config: Config) -> str:
+    """Every key of ``config`` as YAML, in the models' field order, with the preset already applied.
+
+    The text loads back to the same Config (``load_config(path)`` or ``keel train --config``): each
+    key is written out, so the preset named in it has nothing left to fill in.
+
+    Args:
+        config: A validated configuration, e.g. from :func:`load_config`.
+
+    Returns:
+        The YAML text, ending in a newline.
+
+    Example:
+        >>> print(resolved_config_yaml(load_config(overrides=["preset=fast"])))
+        preset: fast
+        target: null
+        ...
+    """
+    tree = config.model_dump(mode="json")
+    return yaml.dump(tree, Dumper=_ResolvedDumper, sort_keys=False, allow_unicode=True, width=1000)
