@@ -12,13 +12,16 @@ from typing import Any, Sequence
 import numpy as np
 
 
-def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: Sequence[Any]) -> dict[str, Any]:
+def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: Sequence[Any],
+                           sample_weight: np.ndarray | None = None) -> dict[str, Any]:
     """Accuracy, precision / recall / F1 (macro and weighted), ROC-AUC, log loss, confusion matrix, report.
 
     Args:
         y_true: True class indices (n,) into ``labels``.
         probabilities: Predicted probabilities (n, n_classes), rows summing to 1.
         labels: Class labels, in index order.
+        sample_weight: Row weights (n,), or None: every figure is then weighted as scikit-learn's
+            ``sample_weight`` weights it (the confusion matrix and supports hold weight sums).
 
     Returns:
         A JSON-friendly dict; ``roc_auc`` is None when the true classes make it undefined.
@@ -26,64 +29,95 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
     n_classes = len(labels)
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = probabilities.argmax(axis=1)
-    confusion = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    weights_or_none = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    confusion = np.bincount(y_true * n_classes + y_pred, weights=weights_or_none,
+                            minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    total = float(confusion.sum())
     support = confusion.sum(axis=1)
     predicted = confusion.sum(axis=0)
     hits = np.diag(confusion)
     precision = _divide(hits, predicted)
     recall = _divide(hits, support)
     f1 = _divide(2 * precision * recall, precision + recall)
-    weights = support / max(1, support.sum())
-    out: dict[str, Any] = {"n_rows": int(len(y_true)), "accuracy": float(hits.sum() / max(1, len(y_true)))}
+    weights = support / support.sum() if support.sum() else support * 0.0
+    # Averages run over the classes present in y_true or y_pred (rows, whatever their weight), as
+    # scikit-learn's labels=None does: a test subset lacking a class is not marked down for it.
+    # per_class below still lists every class of the model.
+    seen = np.bincount(np.r_[y_true, y_pred], minlength=n_classes) > 0
+    out: dict[str, Any] = {"n_rows": int(len(y_true)), "accuracy": float(hits.sum() / total) if total else 0.0}
     for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
-        out[f"{name}_macro"] = float(values.mean())
-        out[f"{name}_weighted"] = float((values * weights).sum())
-    out["roc_auc"] = roc_auc(y_true, probabilities)
+        out[f"{name}_macro"] = float(values[seen].mean()) if seen.any() else 0.0
+        out[f"{name}_weighted"] = float((values * weights).sum())  # an absent class has weight 0 anyway
+    out["roc_auc"] = roc_auc(y_true, probabilities, sample_weight=weights_or_none)
     clipped = np.clip(probabilities, 1e-15, 1.0)
     clipped = clipped / clipped.sum(axis=1, keepdims=True)
-    out["log_loss"] = float(-np.log(clipped[np.arange(len(y_true)), y_true]).mean())
-    out["confusion_matrix"] = confusion.tolist()
+    out["log_loss"] = float(np.average(-np.log(clipped[np.arange(len(y_true)), y_true]), weights=weights_or_none))
+    out["confusion_matrix"] = (confusion if weights_or_none is not None else confusion.astype(np.int64)).tolist()
     plain = _plain(labels)
     out["per_class"] = [
-        {"class": label, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        {"class": label, "precision": float(p), "recall": float(r), "f1": float(f),
+         "support": int(s) if weights_or_none is None else float(s)}
         for label, p, r, f, s in zip(plain, precision, recall, f1, support)
     ]
     out["labels"] = plain
     return out
 
 
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """RMSE, MAE and R² in the target's own units (R² is None for a single row)."""
-    error = np.asarray(y_pred, dtype=np.float64) - np.asarray(y_true, dtype=np.float64)
-    spread = float(((y_true - np.mean(y_true)) ** 2).sum())
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray,
+                       sample_weight: np.ndarray | None = None) -> dict[str, Any]:
+    """RMSE, MAE and R² in the target's own units (R² is None for a single row), weighted by
+    ``sample_weight`` as scikit-learn weights them when given."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    error = np.asarray(y_pred, dtype=np.float64) - y_true
+    w = np.ones(len(y_true)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    spread = float((w * (y_true - np.average(y_true, weights=w)) ** 2).sum())
+    squares = float((w * error ** 2).sum())
     if len(y_true) < 2:
         r2 = None
     elif spread == 0.0:
-        r2 = 1.0 if float((error ** 2).sum()) == 0.0 else 0.0  # scikit-learn's convention
+        r2 = 1.0 if squares == 0.0 else 0.0  # scikit-learn's convention
     else:
-        r2 = 1.0 - float((error ** 2).sum()) / spread
-    return {"n_rows": int(len(y_true)), "rmse": float(np.sqrt(np.mean(error ** 2))),
-            "mae": float(np.mean(np.abs(error))), "r2": r2}
+        r2 = 1.0 - squares / spread
+    return {"n_rows": int(len(y_true)), "rmse": float(np.sqrt(squares / w.sum())),
+            "mae": float(np.average(np.abs(error), weights=w)), "r2": r2}
 
 
-def binary_roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve: the probability that a positive outranks a negative (ties count half)."""
+def binary_roc_auc(positive: np.ndarray, score: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
+    """Area under the ROC curve: the probability that a positive outranks a negative (ties count half),
+    each pair counting with the product of its rows' weights when ``sample_weight`` is given."""
+    if sample_weight is not None:
+        return _weighted_roc_auc(positive, score, np.asarray(sample_weight, dtype=np.float64))
     ranks = _average_ranks(score)
     n_positive = int(positive.sum())
     n_negative = len(positive) - n_positive
     return float((ranks[positive].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
 
 
-def roc_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float | None:
+def _weighted_roc_auc(positive: np.ndarray, score: np.ndarray, weight: np.ndarray) -> float:
+    order = np.argsort(score, kind="mergesort")
+    sorted_score, w, pos = score[order], weight[order], positive[order]
+    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
+    negative_per_group = np.add.reduceat(np.where(pos, 0.0, w), starts)
+    positive_per_group = np.add.reduceat(np.where(pos, w, 0.0), starts)
+    below = np.cumsum(negative_per_group) - negative_per_group  # negative weight strictly lower
+    total_positive, total_negative = positive_per_group.sum(), negative_per_group.sum()
+    if total_positive == 0 or total_negative == 0:
+        return 0.5
+    wins = (positive_per_group * (below + 0.5 * negative_per_group)).sum()
+    return float(wins / (total_positive * total_negative))
+
+
+def roc_auc(y_true: np.ndarray, probabilities: np.ndarray, sample_weight: np.ndarray | None = None) -> float | None:
     """ROC-AUC: binary, or one-vs-rest macro for more classes; None where undefined."""
     present = np.unique(y_true)
     if len(present) < 2:
         return None
     if probabilities.shape[1] == 2:
-        return binary_roc_auc(y_true == 1, probabilities[:, 1])
+        return binary_roc_auc(y_true == 1, probabilities[:, 1], sample_weight)
     if len(present) < probabilities.shape[1]:
         return None  # one-vs-rest AUC is undefined for a class absent from the data
-    return float(np.mean([binary_roc_auc(y_true == k, probabilities[:, k]) for k in range(probabilities.shape[1])]))
+    return float(np.mean([binary_roc_auc(y_true == k, probabilities[:, k], sample_weight)
+                          for k in range(probabilities.shape[1])]))
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:

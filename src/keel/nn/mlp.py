@@ -7,6 +7,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from keel.registry import lookup
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
     "leaky_relu": lambda: nn.LeakyReLU(0.01), "silu": nn.SiLU,
@@ -34,28 +36,29 @@ INITIALIZERS: dict[str, Callable[[torch.Tensor, str], torch.Tensor | None]] = {
 }
 
 
-def build_body(
-    in_features: int,
-    hidden: list[int],
-    *,
-    architecture: str = "mlp",
-    activation: str = "relu",
-    dropout: float = 0.0,
-    norm: str = "none",
-) -> list[nn.Module]:
-    """The hidden layers: plain (linear, norm, activation, dropout) or residual blocks."""
+# One hidden-layer stack per ``model.architecture``: (in_features, hidden, activation, dropout, norm)
+# -> layers; the names are already checked against their registries by ``build_body``.
+BodyBuilder = Callable[[int, list[int], str, float, str], list[nn.Module]]
+
+
+def _plain_body(in_features: int, hidden: list[int], activation: str, dropout: float, norm: str) -> list[nn.Module]:
+    """Linear, norm, activation and dropout per hidden layer."""
     layers: list[nn.Module] = []
-    width = in_features
-    for size in hidden:
-        if architecture == "resnet":
-            layers.append(ResidualBlock(width, size, activation=activation, dropout=dropout, norm=norm))
-        else:
-            layers += [nn.Linear(width, size), NORMS[norm](size), ACTIVATIONS[activation]()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-        width = size
-    if architecture == "resnet" and hidden:  # blocks end on the sum; the head sees it normalized
-        layers += [NORMS[norm](width), ACTIVATIONS[activation]()]
+    for width, size in zip([in_features, *hidden], hidden):
+        layers += [nn.Linear(width, size), NORMS[norm](size), ACTIVATIONS[activation]()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return layers
+
+
+def _residual_body(in_features: int, hidden: list[int], activation: str, dropout: float, norm: str) -> list[nn.Module]:
+    """A residual block per hidden layer, then norm and activation."""
+    layers: list[nn.Module] = [
+        ResidualBlock(width, size, activation=activation, dropout=dropout, norm=norm)
+        for width, size in zip([in_features, *hidden], hidden)
+    ]
+    if hidden:  # blocks end on the sum; the head sees it normalized
+        layers += [NORMS[norm](hidden[-1]), ACTIVATIONS[activation]()]
     return layers
 
 
@@ -65,8 +68,9 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_features: int, out_features: int, *, activation: str, dropout: float, norm: str) -> None:
         super().__init__()
         self.main = nn.Sequential(
-            NORMS[norm](in_features), nn.Linear(in_features, out_features), ACTIVATIONS[activation](),
-            nn.Dropout(dropout), nn.Linear(out_features, out_features),
+            lookup(NORMS, "model.norm", norm)(in_features), nn.Linear(in_features, out_features),
+            lookup(ACTIVATIONS, "model.activation", activation)(), nn.Dropout(dropout),
+            nn.Linear(out_features, out_features),
         )
         self.skip = nn.Identity() if in_features == out_features else nn.Linear(in_features, out_features, bias=False)
 
@@ -74,13 +78,36 @@ class ResidualBlock(nn.Module):
         return self.skip(x) + self.main(x)
 
 
+ARCHITECTURES: dict[str, BodyBuilder] = {"mlp": _plain_body, "resnet": _residual_body}
+
+
+def build_body(
+    in_features: int,
+    hidden: list[int],
+    *,
+    architecture: str = "mlp",
+    activation: str = "relu",
+    dropout: float = 0.0,
+    norm: str = "none",
+) -> list[nn.Module]:
+    """The hidden layers: plain (linear, norm, activation, dropout) or residual blocks.
+
+    Raises:
+        ConfigError: ``architecture``, ``activation`` or ``norm`` is not a registered name.
+    """
+    lookup(ACTIVATIONS, "model.activation", activation)
+    lookup(NORMS, "model.norm", norm)
+    return lookup(ARCHITECTURES, "model.architecture", architecture)(in_features, hidden, activation, dropout, norm)
+
+
 def initialize(module: nn.Module, init: str, activation: str) -> None:
     """Apply ``init`` to every linear layer's weight in ``module`` (biases to zero); ``default`` keeps PyTorch's."""
-    if init == "default":
+    initializer = lookup(INITIALIZERS, "model.init", init)
+    if init == "default":  # PyTorch's own initialization, biases included
         return
     for layer in module.modules():
         if isinstance(layer, nn.Linear):
-            INITIALIZERS[init](layer.weight, activation)
+            initializer(layer.weight, activation)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
 
@@ -103,7 +130,7 @@ def build_mlp(
         hidden: Hidden layer sizes; empty gives a linear model.
         out_features: Width of the output (logits or values); None leaves the output layer out
             (an ensemble puts its members' own heads there).
-        architecture: ``mlp`` or ``resnet``.
+        architecture: One of ``ARCHITECTURES``.
         activation: One of ``ACTIVATIONS``.
         dropout: Dropout rate after each hidden layer.
         norm: One of ``NORMS``.

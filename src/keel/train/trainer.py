@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from keel.errors import ConfigError
 from keel.evaluate.metrics import roc_auc
 from keel.nn.losses import build_loss
 from keel.nn.network import TabularNetwork, predict_outputs, to_probabilities
+from keel.registry import lookup
 from keel.train.callbacks import EpochCallback
 from keel.train.fused import FusedStep, fused_step_supported
 
@@ -35,14 +36,20 @@ _MONITOR_TASKS = {"accuracy": ("binary", "multiclass"), "roc_auc": ("binary", "m
 
 @dataclass
 class Batch:
-    """Rows as tensors: numbers (n, width) float32, categories (n, k) int64, target (n,)."""
+    """Rows as tensors: numbers (n, width) float32, categories (n, k) int64, target (n,), and
+    optionally row weights (n,) float32."""
 
     numeric: torch.Tensor
     categorical: torch.Tensor
     target: torch.Tensor
+    weight: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.target)
+
+    def _select(self, index: slice | torch.Tensor) -> "Batch":
+        weight = None if self.weight is None else self.weight[index]
+        return Batch(self.numeric[index], self.categorical[index], self.target[index], weight)
 
     def take(self, rows: np.ndarray) -> "Batch":
         """The given rows, in the given order; a run of consecutive positions is a view, not a copy."""
@@ -50,15 +57,15 @@ class Batch:
             start, stop = int(rows[0]), int(rows[-1]) + 1
             if start == 0 and stop == len(self):
                 return self
-            return Batch(self.numeric[start:stop], self.categorical[start:stop], self.target[start:stop])
-        index = torch.from_numpy(rows).to(self.numeric.device)
-        return Batch(self.numeric[index], self.categorical[index], self.target[index])
+            return self._select(slice(start, stop))
+        return self._select(torch.from_numpy(rows).to(self.numeric.device))
 
     def to(self, device: torch.device | str) -> "Batch":
         """The rows on ``device`` (the same object when they are there already)."""
         if self.numeric.device == torch.device(device):
             return self
-        return Batch(self.numeric.to(device), self.categorical.to(device), self.target.to(device))
+        weight = None if self.weight is None else self.weight.to(device)
+        return Batch(self.numeric.to(device), self.categorical.to(device), self.target.to(device), weight)
 
 
 @dataclass
@@ -112,11 +119,17 @@ class Trainer:
         self.class_weights = class_weights
         self.loss = build_loss(loss, class_weights, settings.label_smoothing)
         self.validation_loss = build_loss(loss, class_weights)  # unsmoothed: it measures, not regularizes
+        # Row-weighted runs (training.weight_column) take per-row losses and weight them here.
+        self.row_loss = build_loss(loss, class_weights, settings.label_smoothing, reduction="none")
+        self.validation_row_loss = build_loss(loss, class_weights, reduction="none")
+        self.loss_name = loss
         self.target_scale = target_scale
         self.callback = callback
         self.monitor = resolve_monitor(settings.monitor, task)
         self.batch_size = 0  # resolved in fit, from the number of training rows
-        use_fused = fused_step_supported(network, settings) if fused is None else fused
+        # The fused step has no per-row weights: a row-weighted run trains on the autograd path.
+        use_fused = (fused_step_supported(network, settings) and settings.weight_column is None
+                     if fused is None else fused)
         self.fused = FusedStep(network, settings, loss, class_weights) if use_fused else None
 
     def fit(self, train: Batch, validation: Batch | None = None) -> History:
@@ -186,8 +199,8 @@ class Trainer:
                     group["lr"] = rate.value
                 loss = self._autograd_step(rows, optimizer)
             rate.after_step()
-            total.add_(loss.detach(), alpha=len(rows))
-        return float(total) / len(train)  # one host sync per epoch
+            total.add_(loss.detach(), alpha=len(rows) if rows.weight is None else float(rows.weight.sum()))
+        return float(total) / (len(train) if train.weight is None else float(train.weight.sum()))  # one host sync
 
     def _autograd_step(self, rows: Batch, optimizer: torch.optim.Optimizer) -> torch.Tensor:
         settings = self.settings
@@ -195,7 +208,11 @@ class Trainer:
             outputs = self.network.members(rows.numeric, rows.categorical)  # (batch, k, n_outputs)
         k = outputs.shape[1]
         target = rows.target if k == 1 else rows.target.repeat_interleave(k)
-        loss = self.loss(outputs.float().flatten(0, 1), target)  # the mean of the members' losses
+        if rows.weight is None:
+            loss = self.loss(outputs.float().flatten(0, 1), target)  # the mean of the members' losses
+        else:
+            weight = rows.weight if k == 1 else rows.weight.repeat_interleave(k)
+            loss = self.weighted_loss(self.row_loss, outputs.float().flatten(0, 1), target, weight)
         objective = loss
         weights = self.network.linear_weights()
         if settings.l1:
@@ -209,21 +226,46 @@ class Trainer:
         optimizer.step()
         return loss
 
+    def weighted_loss(self, row_loss: nn.Module, outputs: torch.Tensor, target: torch.Tensor,
+                      weight: torch.Tensor) -> torch.Tensor:
+        """The row-weighted mean loss: sum(w * loss) / sum(w), as scikit-learn's sample_weight.
+
+        With class weights, cross-entropy's per-row losses already carry their class's weight, and
+        its mean divides by the rows' class weights too; so does this one.
+        """
+        per_row = row_loss(outputs, target)
+        total = weight
+        if self.loss_name == "cross_entropy" and self.class_weights is not None:
+            total = weight * self.class_weights[target]
+        return (per_row * weight).sum() / total.sum().clamp(min=1e-12)
+
     def validate(self, rows: Batch) -> dict[str, float]:
         """Validation loss and the monitored metric, in one pass under inference mode."""
         outputs = predict_outputs(self.network, rows.numeric, rows.categorical)
         with torch.inference_mode():
-            record = {"val_loss": float(self.validation_loss(outputs, rows.target))}
+            if rows.weight is None:
+                record = {"val_loss": float(self.validation_loss(outputs, rows.target))}
+            else:
+                record = {"val_loss": float(self.weighted_loss(self.validation_row_loss, outputs, rows.target,
+                                                               rows.weight))}
             if self.monitor == "accuracy":
                 predicted = outputs.argmax(1) if self.task == "multiclass" else (outputs[:, 0] > 0).long()
-                record["val_accuracy"] = float((predicted == rows.target).float().mean())
+                record["val_accuracy"] = _mean((predicted == rows.target).float(), rows.weight)
             elif self.monitor == "rmse":
                 error = (outputs[:, 0] - rows.target) * self.target_scale
-                record["val_rmse"] = float(error.pow(2).mean().sqrt())
+                record["val_rmse"] = _mean(error.pow(2), rows.weight) ** 0.5
             elif self.monitor == "roc_auc":
-                auc = roc_auc(rows.target.cpu().numpy(), to_probabilities(outputs, self.task).cpu().numpy())
+                auc = roc_auc(rows.target.cpu().numpy(), to_probabilities(outputs, self.task).cpu().numpy(),
+                              sample_weight=None if rows.weight is None else rows.weight.cpu().numpy())
                 record["val_roc_auc"] = 0.5 if auc is None else auc  # undefined: neutral, so stopping still works
         return record
+
+
+def _mean(values: torch.Tensor, weight: torch.Tensor | None) -> float:
+    """The mean of ``values``, weighted by ``weight`` when there is one."""
+    if weight is None:
+        return float(values.mean())
+    return float((values * weight).sum() / weight.sum().clamp(min=1e-12))
 
 
 def resolve_batch_size(setting: int | str, n_rows: int) -> int:
@@ -238,13 +280,12 @@ def _batches(rows: Batch, order: torch.Tensor, batch_size: int) -> Iterator[Batc
     """The rows in ``order``, a batch at a time (see ``_PRESHUFFLE_BYTES``)."""
     bounds = _batch_bounds(len(rows), batch_size)
     if rows.numeric.element_size() * rows.numeric.numel() < _PRESHUFFLE_BYTES:
-        shuffled = Batch(rows.numeric[order], rows.categorical[order], rows.target[order])
+        shuffled = rows._select(order)
         for start, stop in bounds:
-            yield Batch(shuffled.numeric[start:stop], shuffled.categorical[start:stop], shuffled.target[start:stop])
+            yield shuffled._select(slice(start, stop))
     else:
         for start, stop in bounds:
-            index = order[start:stop]
-            yield Batch(rows.numeric[index], rows.categorical[index], rows.target[index])
+            yield rows._select(order[start:stop])
 
 
 def _batch_bounds(n_rows: int, batch_size: int) -> list[tuple[int, int]]:
@@ -255,14 +296,66 @@ def _batch_bounds(n_rows: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
+# An optimizer builder takes the trainable parameters and the training settings.
+OptimizerBuilder = Callable[[list[nn.Parameter], TrainingConfig], torch.optim.Optimizer]
+
+
+def _sgd(parameters: list[nn.Parameter], settings: TrainingConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
+                           nesterov=settings.nesterov and settings.momentum > 0, weight_decay=settings.decay)
+
+
+def _adam(parameters: list[nn.Parameter], settings: TrainingConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.decay)
+
+
+def _adamw(parameters: list[nn.Parameter], settings: TrainingConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.decay)
+
+
+# training.optimizer -> its builder (the fused step in train/fused.py has its own kernels per name).
+OPTIMIZERS: dict[str, OptimizerBuilder] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+
+
 def build_optimizer(network: nn.Module, settings: TrainingConfig) -> torch.optim.Optimizer:
-    """The configured optimizer over the trainable parameters."""
+    """The configured optimizer over the trainable parameters.
+
+    Raises:
+        ConfigError: ``settings.optimizer`` is not a key of ``OPTIMIZERS``.
+    """
     parameters = [p for p in network.parameters() if p.requires_grad]
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
-                               nesterov=settings.nesterov and settings.momentum > 0, weight_decay=settings.decay)
-    optimizer = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
-    return optimizer(parameters, lr=settings.lr, weight_decay=settings.decay)
+    return lookup(OPTIMIZERS, "training.optimizer", settings.optimizer)(parameters, settings)
+
+
+def _cosine(t: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _multicycle(t: float) -> float:
+    return 0.5 * (1 - math.cos(2 * math.pi * math.log2(1 + 15 * t)))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How one ``training.schedule`` moves the rate after any warmup.
+
+    Attributes:
+        factor: The share of ``lr`` at training progress t in [0, 1], recomputed after every step;
+            None keeps the rate where it is (``lr``, or wherever plateau halving left it).
+        halve_on_plateau: Halve the rate when the monitored metric stops improving.
+    """
+
+    factor: Callable[[float], float] | None = None
+    halve_on_plateau: bool = False
+
+
+# training.schedule -> how it moves the rate.
+SCHEDULES: dict[str, Schedule] = {
+    "constant": Schedule(),
+    "cosine": Schedule(factor=_cosine),
+    "multicycle": Schedule(factor=_multicycle),
+    "plateau": Schedule(halve_on_plateau=True),
+}
 
 
 class LearningRate:
@@ -274,38 +367,38 @@ class LearningRate:
     when the monitored metric has not improved (by 1e-4 relative) for more than a third of the
     early-stopping patience (at least 2 epochs), as ``ReduceLROnPlateau`` does with those settings.
     ``warmup``: the rate rises linearly from 0 over that share of the steps, then follows the schedule.
+
+    Raises:
+        ConfigError: ``settings.schedule`` is not a key of ``SCHEDULES``.
     """
 
     def __init__(self, settings: TrainingConfig, total_steps: int, monitor: str) -> None:
-        self.schedule = settings.schedule
+        self.schedule = lookup(SCHEDULES, "training.schedule", settings.schedule)
         self.base = settings.lr
         self.total_steps = max(1, total_steps)
         self.warmup_steps = int(settings.warmup * self.total_steps)
         self.steps = 0
         self.value = self._scheduled()
-        self.larger_is_better = MONITORS[monitor]
+        self.larger_is_better = lookup(MONITORS, "training.monitor", monitor)
         self.patience = max(2, settings.early_stopping // 3)
         self.best: float | None = None
         self.bad_epochs = 0
 
     def after_step(self) -> None:
         self.steps = min(self.steps + 1, self.total_steps)
-        if self.schedule in ("cosine", "multicycle") or self.steps <= self.warmup_steps:
+        if self.schedule.factor is not None or self.steps <= self.warmup_steps:
             self.value = self._scheduled()
 
     def _scheduled(self) -> float:
-        """The rate at the current step, for every schedule but plateau's epoch-wise halving."""
+        """The rate at the current step, before any plateau halving."""
         if self.steps < self.warmup_steps:
             return self.base * (self.steps + 1) / (self.warmup_steps + 1)
-        t = self.steps / self.total_steps
-        if self.schedule == "cosine":
-            return self.base * 0.5 * (1 + math.cos(math.pi * t))
-        if self.schedule == "multicycle":
-            return self.base * 0.5 * (1 - math.cos(2 * math.pi * math.log2(1 + 15 * t)))
-        return self.base
+        if self.schedule.factor is None:
+            return self.base
+        return self.base * self.schedule.factor(self.steps / self.total_steps)
 
     def after_epoch(self, metric: float) -> None:
-        if self.schedule != "plateau":
+        if not self.schedule.halve_on_plateau:
             return
         score = -metric if self.larger_is_better else metric
         if self.best is None or score < self.best - abs(self.best) * 1e-4:

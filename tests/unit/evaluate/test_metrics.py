@@ -73,3 +73,23 @@ def test_regression_matches_scikit_learn_on_random_data() -> None:
     assert out["mae"] == pytest.approx(skm.mean_absolute_error(y, predicted))
     assert out["r2"] == pytest.approx(skm.r2_score(y, predicted))
     assert regression_metrics(np.array([1.0]), np.array([2.0]))["r2"] is None
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_averages_skip_classes_absent_from_the_rows_as_scikit_learn_does(weighted) -> None:
+    # Four model classes; this subset has no row of class 3 and no prediction of it either.
+    rng = np.random.default_rng(0)
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 1])
+    proba = rng.dirichlet(np.ones(4), size=len(y)) * [1, 1, 1, 0]
+    proba /= proba.sum(1, keepdims=True)
+    weight = rng.uniform(0.5, 2.0, len(y)) if weighted else None
+    out = classification_metrics(y, proba, ["a", "b", "c", "d"], sample_weight=weight)
+    predicted = proba.argmax(1)
+    assert 3 not in set(y) | set(predicted)
+    for average in ("macro", "weighted"):
+        kwargs = {"average": average, "zero_division": 0, "sample_weight": weight}
+        assert out[f"precision_{average}"] == pytest.approx(skm.precision_score(y, predicted, **kwargs))
+        assert out[f"recall_{average}"] == pytest.approx(skm.recall_score(y, predicted, **kwargs))
+        assert out[f"f1_{average}"] == pytest.approx(skm.f1_score(y, predicted, **kwargs))
+    assert [row["class"] for row in out["per_class"]] == ["a", "b", "c", "d"]
+    assert out["per_class"][3]["support"] == 0 and out["per_class"][3]["f1"] == 0.0
