@@ -1,145 +1,651 @@
-"""Save and load a model directory: ``keel.json`` plus ``weights.safetensors``, never pickle.
+"""The model directory: one typed manifest (``keel.json``), the weights, and files attached later.
 
-A save writes into a temporary sibling directory and renames it into place, so a crash or a kill
-leaves either the old model or the new one, never half of one. A load checks the format version and
-the sha256 of every file before reading the weights, and reading them executes no code.
+    model/
+      keel.json            the manifest (:class:`Manifest`): format version, config, schema, ...,
+                           and the sha256 of every other file listed in it
+      weights.safetensors  the network's weights; never pickle
+      model.onnx, ...      files attached with :func:`attach_file`, each with its checksum and the
+                           checksum of the weights it was made from
+
+Saving is atomic: the new directory is written and fsynced beside the old one, then swapped in
+with one ``renameat2(RENAME_EXCHANGE)`` on Linux. Where that call is missing the old directory is
+moved aside and the new one moved in, two renames; a kill between them leaves no directory, and
+loading recovers it from the complete sibling. Either way a reader finds the old model or the new
+one, never neither and never half of one.
+
+Loading upgrades an older manifest step by step (:data:`MIGRATIONS`), validates it, and checks
+every listed file's checksum before the weights are read. Reading and verifying a manifest imports
+no torch: a serving-only install reads ``keel.json`` without it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from keel.errors import ArtifactError
+from keel.data.spelling import respell_vocabulary
+from keel.errors import ArtifactError, KeelWarning
 
-FORMAT = "keel-model"
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    import torch
+
+FORMAT: Final = "keel-model"
+FORMAT_VERSION: Final = 2
 METADATA_FILE = "keel.json"
 WEIGHTS_FILE = "weights.safetensors"
 
+# Temporary files (an attachment or a manifest being written) start with this; they are never a
+# model's files, so a re-save leaves them behind and nothing ever lists them.
+_TEMPORARY_PREFIX = ".keel-tmp-"
+_SHA256 = r"^[0-9a-f]{64}$"
 
-def save_artifact(path: str | os.PathLike, metadata: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
-    """Write a model directory atomically, replacing an earlier keel model at ``path``.
+# The points of a save at which the kill test (tests/unit/test_artifact.py) stops the process, in
+# order. Which of them a save passes depends on how it swaps the directories: "exchanged" with
+# renameat2, "moved-aside" and "moved-in" with two renames (a first save has only "moved-in").
+SAVE_STEPS = ("staging-created", "weights-written", "weights-synced", "files-carried", "manifest-written",
+              "staging-synced", "exchanged", "moved-aside", "moved-in", "parent-synced", "retired-unlisted",
+              "cleaned")
+
+
+class FileRecord(BaseModel):
+    """One file of a model directory, as the manifest lists it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: str = Field(pattern=_SHA256, description="Checksum of the file's bytes.")
+    made_from: str | None = Field(
+        None, pattern=_SHA256,
+        description="Checksum of the weights the file was made from; a re-save with other weights drops it.")
+
+
+class Manifest(BaseModel):
+    """What ``keel.json`` holds: everything but the weights that a model needs, and the files' checksums.
+
+    The stages own the inner shapes (``preprocessing`` is what ``Preprocessor.state()`` returns,
+    ``network`` a ``NetworkSpec``); the manifest owns the top level and its version. A change to
+    the top level bumps :data:`FORMAT_VERSION` and adds a step to :data:`MIGRATIONS`.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    format: Literal["keel-model"] = FORMAT
+    format_version: Literal[2] = FORMAT_VERSION
+    versions: dict[str, str] = Field(description="keel, torch and python versions that wrote the model.")
+    created: str = Field(description="When the model was trained (ISO 8601, UTC).")
+    config: dict[str, Any] = Field(description="The configuration as run, presets resolved.")
+    table_schema: dict[str, Any] = Field(alias="schema", description="Features, their types, target and task.")
+    preprocessing: list[dict[str, Any]] = Field(description="The fitted feature transforms, in column order.")
+    target: dict[str, Any] = Field(description="The fitted target encoding.")
+    network: dict[str, Any] = Field(description="The network's shape (a NetworkSpec).")
+    bagging: int = Field(1, ge=1, description="How many networks are averaged.")
+    metrics: dict[str, Any] | None = Field(None, description="Test metrics at training time.")
+    history: dict[str, Any] = Field(default_factory=dict, description="Per-epoch training records.")
+    notes: list[str] = Field(default_factory=list, description="What keel decided while training.")
+    files: dict[str, FileRecord] = Field(default_factory=dict, description="Every other file, by relative path.")
+
+    @model_validator(mode="after")
+    def _files_are_inside(self) -> "Manifest":
+        for name in self.files:
+            problem = _name_problem(name)
+            if problem and name != WEIGHTS_FILE:
+                raise ValueError(f"files lists {name!r}, which {problem}")
+        return self
+
+    @property
+    def attached(self) -> dict[str, FileRecord]:
+        """The files attached after training, by name."""
+        return {name: record for name, record in self.files.items() if name != WEIGHTS_FILE}
+
+
+# ---- migrations ------------------------------------------------------------------------------
+# Where each transform kind keeps the category strings it looks values up by.
+_SPELLED_VALUES = {"category": "vocabulary", "binary": "values"}
+
+
+def _respell_categories(document: dict[str, Any]) -> dict[str, Any]:
+    """1 -> 2: files carry records instead of bare checksums; float32 categories get their own spelling.
+
+    Format 1 spelled a float32 category through float64 (``"0.10000000149011612"``); format 2
+    spells it in float32's own precision (``"0.1"``), so stored vocabularies are re-spelled to keep
+    finding those values.
+    """
+    files = document.get("files")
+    if isinstance(files, dict):
+        document["files"] = {name: {"sha256": value} if isinstance(value, str) else value
+                             for name, value in files.items()}
+    preprocessing = document.get("preprocessing")
+    for item in preprocessing if isinstance(preprocessing, list) else []:
+        if not isinstance(item, dict):
+            continue  # left for validation to report
+        key = _SPELLED_VALUES.get(str(item.get("kind")))
+        values = item.get(key) if key else None
+        if key and isinstance(values, list) and all(isinstance(value, str) for value in values):
+            item[key] = respell_vocabulary(values)
+    # Format 1 loaders filled these in when missing; format 2 requires them to be written.
+    document.setdefault("bagging", 1)
+    document.setdefault("notes", [])
+    document.setdefault("history", {})
+    document.setdefault("metrics", None)
+    return document
+
+
+# Version n -> the function that turns a format-n manifest dict into a format n+1 one.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _respell_categories}
+
+
+def upgrade(document: dict[str, Any], source: Path | str = METADATA_FILE) -> dict[str, Any]:
+    """Bring a manifest dict of any earlier format version to :data:`FORMAT_VERSION`, step by step.
 
     Args:
-        path: The model directory to create or replace.
-        metadata: JSON-serializable description of the model; ``format``, ``format_version`` and
-            ``files`` (the checksums) are added.
-        tensors: The weights.
+        document: The parsed ``keel.json``; it is modified in place.
+        source: The file it came from, for messages.
 
     Returns:
-        The model directory.
+        The upgraded dict, ready for :class:`Manifest` validation.
 
     Raises:
-        ArtifactError: ``path`` is a file or a non-empty directory that is not a keel model, or
-            the directory cannot be written.
+        ArtifactError: The version is missing, unknown, or newer than this keel reads.
     """
-    target = Path(path)
-    if target.exists() and not _is_replaceable(target):
+    version = document.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ArtifactError(f"{source} has the format version {version!r}; expected a whole number from 1 to "
+                            f"{FORMAT_VERSION}. The file is damaged: retrain the model or restore it from a backup.")
+    if version > FORMAT_VERSION:
+        versions = document.get("versions")
+        writer = versions.get("keel", "?") if isinstance(versions, dict) else "?"
         raise ArtifactError(
-            f"{target} exists and is not a keel model; refusing to overwrite it. Choose another --output."
-        )
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    except OSError as error:
-        raise ArtifactError(f"cannot write a model to {target}: {error.strerror or error}.") from None
-    try:
-        weights = staging / WEIGHTS_FILE
-        save_file({name: tensor.detach().contiguous() for name, tensor in tensors.items()}, str(weights))
-        document = {"format": FORMAT, "format_version": FORMAT_VERSION, **metadata,
-                    "files": {WEIGHTS_FILE: _sha256(weights)}}
-        text = json.dumps(_finite(document), indent=2, default=_json_default, allow_nan=False)
-        _write_synced(staging / METADATA_FILE, text)
-        _replace(staging, target)
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, OSError):
-            raise ArtifactError(f"cannot write a model to {target}: {error.strerror or error}.") from None
-        raise
-    return target
+            f"{source} has model format version {version} (written by keel {writer}); this keel reads versions "
+            f"up to {FORMAT_VERSION}. Upgrade keel (pip install -U keel) or retrain the model with this one.")
+    while version < FORMAT_VERSION:
+        document = MIGRATIONS[version](document)
+        version += 1
+        document["format_version"] = version
+    return document
 
 
-def load_artifact(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read and verify a model directory.
+# ---- reading ---------------------------------------------------------------------------------
+def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> Manifest:
+    """Read a model directory's manifest, upgraded to this format version; imports no torch.
+
+    Args:
+        path: The model directory.
+        verify: Check the sha256 of every file the manifest lists.
 
     Returns:
-        ``(metadata, tensors)``.
+        The validated manifest.
 
     Raises:
-        ArtifactError: The directory is missing, not a keel model, of an unknown format version,
-            or a file fails its checksum.
+        ArtifactError: No model there, not a keel model, an unreadable or invalid manifest, a
+            newer format version, or a listed file that is missing or fails its checksum.
     """
     directory = Path(path)
     if not directory.exists():
         raise ArtifactError(f"no model at {directory}; pass the directory written by 'keel train --output'.")
     metadata_path = directory / METADATA_FILE
     if not directory.is_dir() or not metadata_path.is_file():
-        raise ArtifactError(
-            f"{directory} is not a keel model (no {METADATA_FILE} inside); "
-            "pass the directory written by 'keel train --output'."
-        )
-    metadata = _read_metadata(metadata_path)
-    for name, expected in metadata.get("files", {}).items():
-        file = directory / name
-        if not file.is_file():
-            raise ArtifactError(f"{directory} is incomplete: {name} is missing. Retrain or restore the model.")
-        if _sha256(file) != expected:
-            raise ArtifactError(
-                f"{file} fails its checksum: it changed or is corrupt since the model was saved. "
-                "Restore it from a backup or retrain the model."
-            )
+        raise ArtifactError(f"{directory} is not a keel model (no {METADATA_FILE} inside); "
+                            "pass the directory written by 'keel train --output'.")
+    document = upgrade(_read_document(metadata_path), metadata_path)
+    try:
+        manifest = Manifest.model_validate(document)
+    except ValidationError as error:
+        raise ArtifactError(f"{metadata_path} is not a valid keel manifest ({_describe(error)}); the model is "
+                            "corrupt. Retrain it or restore the directory from a backup.") from None
+    if WEIGHTS_FILE not in manifest.files:
+        raise ArtifactError(f"{metadata_path} lists no checksum for {WEIGHTS_FILE}; the model is corrupt. Retrain it.")
+    if verify:
+        for name, record in manifest.files.items():
+            _verify(directory, name, record.sha256)
+    return manifest
+
+
+def load_artifact(path: str | os.PathLike[str]) -> tuple[Manifest, dict[str, torch.Tensor]]:
+    """Read and verify a model directory: its manifest and its weights.
+
+    A directory that is missing because a save was killed between its two renames is first
+    recovered from its complete sibling (see the module docstring).
+
+    Returns:
+        ``(manifest, tensors)``.
+
+    Raises:
+        ArtifactError: As :func:`read_manifest`, or the weights file cannot be parsed.
+    """
+    directory = Path(path)
+    if not directory.exists():
+        _recover(directory)
+    manifest = read_manifest(directory)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(directory / WEIGHTS_FILE))
     except (SafetensorError, OSError) as error:
         raise ArtifactError(f"{directory / WEIGHTS_FILE} cannot be read: {error}.") from None
-    return metadata, tensors
+    return manifest, tensors
 
 
-def _read_metadata(path: Path) -> dict[str, Any]:
+def _read_document(path: Path) -> dict[str, Any]:
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ArtifactError(f"{path} is not valid JSON ({error}); the model is corrupt. Retrain it.") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+    except OSError as error:
+        raise ArtifactError(f"{path} cannot be read: {error.strerror or error}.") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a keel model description (format is not {FORMAT!r}).")
-    version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
+    return document
+
+
+def _verify(directory: Path, name: str, expected: str) -> None:
+    file = directory / name
+    if not file.is_file():
+        raise ArtifactError(f"{directory} is incomplete: {name} is missing. Retrain or restore the model.")
+    if _sha256(file) != expected:
+        raise ArtifactError(f"{file} fails its checksum: it changed or is corrupt since the model was saved. "
+                            "Restore it from a backup or retrain the model.")
+
+
+def _describe(error: ValidationError) -> str:
+    problems = [f"{'.'.join(str(part) for part in item['loc']) or 'the top level'}: {item['msg']}"
+                for item in error.errors()[:3]]
+    more = f" and {error.error_count() - 3} more" if error.error_count() > 3 else ""
+    return "; ".join(problems) + more
+
+
+# ---- saving ----------------------------------------------------------------------------------
+def save_artifact(path: str | os.PathLike[str], manifest: Manifest, tensors: Mapping[str, torch.Tensor]) -> Manifest:
+    """Write a model directory atomically, replacing an earlier keel model at ``path``.
+
+    Files attached to the earlier model are carried over when they were made from the same weights
+    (re-saving a loaded model keeps its ONNX export); those made from other weights are dropped
+    with a :class:`KeelWarning`. Files the manifest does not list (a user's own) are carried over
+    untouched.
+
+    Args:
+        path: The model directory to create or replace.
+        manifest: The model's description; its ``files`` are replaced by what is written.
+        tensors: The weights.
+
+    Returns:
+        The manifest as written, with the checksums of the files the directory now lists.
+
+    Raises:
+        ArtifactError: ``path`` is a file or a non-empty directory that is not a keel model, or
+            the directory cannot be written.
+    """
+    target = Path(path)
+    if target.is_symlink() and target.exists():
+        target = target.resolve()  # replace what the link points at, not the link
+    previous = _previous_files(target)
+    try:
+        _make_directories(target.parent)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    except OSError as error:
+        raise ArtifactError(f"cannot write a model to {target}: {error.strerror or error}.") from None
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the model from the group
+        _step("staging-created")
+        files = {WEIGHTS_FILE: FileRecord(sha256=_write_weights(staging / WEIGHTS_FILE, tensors))}
+        if previous is not None:
+            files.update(_carry_over(target, staging, previous, files[WEIGHTS_FILE].sha256))
+        _step("files-carried")
+        written = manifest.model_copy(update={"files": files})
+        _write_synced(staging / METADATA_FILE, _manifest_text(written))
+        _step("manifest-written")
+        _fsync_directories(staging)
+        _step("staging-synced")
+        _swap(staging, target)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)  # after a swap this holds the retired model
+        if isinstance(error, OSError):
+            raise ArtifactError(f"cannot write a model to {target}: {error.strerror or error}.") from None
+        raise
+    _clean_leftovers(target)
+    _step("cleaned")
+    return written
+
+
+def attach_file(model_dir: str | os.PathLike[str], name: str, source: bytes | str | os.PathLike[str], *,
+                weights: str | None = None) -> str:
+    """Add a file (an ONNX export, a report, a plot) to a saved model directory, with its checksum.
+
+    The file is written atomically (a temporary file beside it, fsynced, renamed), then recorded in
+    the manifest with its sha256 and the sha256 of the weights it was made from, and the manifest
+    is rewritten atomically. Loading checks the file's checksum from then on; a re-save with other
+    weights drops it as stale.
+
+    Args:
+        model_dir: A saved model directory.
+        name: Where the file goes, relative to the directory, with ``/`` between folders
+            (``"model.onnx"``, ``"plots/roc.png"``). An attached file of that name is replaced.
+        source: The file's bytes, or the path of a file to copy.
+        weights: The sha256 of the weights the file was made from, when the caller knows it: the
+            directory must still hold those weights.
+
+    Returns:
+        The sha256 of the attached file.
+
+    Raises:
+        ArtifactError: The directory is not a valid model, its weights fail their checksum or are
+            not ``weights``, the name is not a plain relative path, or the file cannot be read or
+            written.
+
+    Example:
+        >>> attach_file("runs/penguins", "notes/README.txt", b"trained on the 2024 export")
+        '5c1e...'
+    """
+    directory = Path(model_dir)
+    problem = _name_problem(name)
+    if problem:
+        raise ArtifactError(f"cannot attach {name!r} to {directory}: the name {problem}. Use a relative path "
+                            "inside the model directory, like 'model.onnx' or 'plots/roc.png'.")
+    manifest = read_manifest(directory, verify=False)  # a damaged earlier attachment may be what is replaced
+    saved = manifest.files[WEIGHTS_FILE].sha256
+    _verify(directory, WEIGHTS_FILE, saved)
+    if weights is not None and weights != saved:
+        raise ArtifactError(f"cannot attach {name!r} to {directory}: the directory holds other weights than the model "
+                            "the file was made from (it was saved over since). Save the model there again first.")
+    try:
+        digest = _write_file(directory, name, source)
+        files = {**manifest.files, name: FileRecord(sha256=digest, made_from=saved)}
+        _write_file(directory, METADATA_FILE, _manifest_text(manifest.model_copy(update={"files": files})).encode())
+    except OSError as error:
+        raise ArtifactError(f"cannot attach {name!r} to {directory}: {error.strerror or error}.") from None
+    return digest
+
+
+def check_destination(path: str | os.PathLike) -> Path:
+    """Check that a model can be saved at ``path`` before any work is spent on it.
+
+    Raises:
+        ArtifactError: ``path`` is a file, a non-empty directory that is not a keel model, or
+            somewhere this process cannot create or write a directory.
+    """
+    target = Path(path)
+    if target.exists() and not _is_replaceable(target):
         raise ArtifactError(
-            f"{path.parent} has model format version {version!r} (written by keel "
-            f"{metadata.get('versions', {}).get('keel', '?')}); this keel reads version {FORMAT_VERSION}. "
-            "Use the keel version that wrote it, or retrain the model."
+            f"{target} exists and is not a keel model; refusing to overwrite it. Choose another --output."
         )
-    if WEIGHTS_FILE not in metadata.get("files", {}):
-        raise ArtifactError(f"{path} lists no checksum for {WEIGHTS_FILE}; the model is corrupt. Retrain it.")
-    return metadata
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ArtifactError(f"cannot write a model to {target}: {parent} is a file, not a directory. "
+                            "Choose another --output.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ArtifactError(f"cannot write a model to {target}: {parent} is not writable (permission denied). "
+                            "Choose another --output or fix the permissions.")
+    return target
 
 
 def _is_replaceable(target: Path) -> bool:
-    if target.is_dir():
-        return (target / METADATA_FILE).is_file() or not any(target.iterdir())
-    return False
+    """An empty directory, or one whose keel.json is a keel manifest (of any format version)."""
+    if not target.is_dir():
+        return False
+    if not any(target.iterdir()):
+        return True
+    try:
+        _read_document(target / METADATA_FILE)
+    except ArtifactError:
+        return False
+    return True
 
 
-def _replace(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an existing model is moved aside first and removed last."""
-    if target.exists():
-        retired = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, retired)
-        os.replace(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
+def _previous_files(target: Path) -> dict[str, FileRecord] | None:
+    """The files listed by the model at ``target`` (None when there is none); refuses anything else.
+
+    Only the ``files`` section is read, and leniently: a model of a newer format version or with a
+    damaged manifest is still replaced, its listed files then count as stale.
+    """
+    if not target.exists() and not target.is_symlink():
+        return None
+    if not _is_replaceable(target):
+        raise ArtifactError(f"{target} exists and is not a keel model; refusing to overwrite it. "
+                            "Choose another --output.")
+    if not (target / METADATA_FILE).is_file():
+        return {}
+    files = _read_document(target / METADATA_FILE).get("files")
+    records: dict[str, FileRecord] = {}
+    for name, value in (files.items() if isinstance(files, dict) else []):
+        try:
+            records[name] = FileRecord.model_validate({"sha256": value} if isinstance(value, str) else value)
+        except ValidationError:
+            records[name] = FileRecord(sha256="0" * 64)  # unreadable: listed, so never a user's file; stale
+    return records
+
+
+def _carry_over(target: Path, staging: Path, previous: dict[str, FileRecord], weights: str) -> dict[str, FileRecord]:
+    """Bring the earlier model's files into ``staging``; returns the records of those still valid."""
+    kept: dict[str, FileRecord] = {}
+    stale: list[str] = []
+    for name, record in previous.items():
+        if name in (WEIGHTS_FILE, METADATA_FILE) or _name_problem(name):
+            continue
+        if record.made_from == weights and (target / name).is_file() and _sha256(target / name) == record.sha256:
+            _link_or_copy(target / name, staging / name)
+            kept[name] = record
+        elif (target / name).exists():
+            stale.append(name)
+    for source in sorted(target.rglob("*")):
+        name = source.relative_to(target).as_posix()
+        if name in previous or name in (WEIGHTS_FILE, METADATA_FILE) or _TEMPORARY_PREFIX in name:
+            continue
+        if source.is_dir() and not source.is_symlink():
+            (staging / name).mkdir(parents=True, exist_ok=True)
+        else:  # a user's own file: carried over as it is
+            _link_or_copy(source, staging / name)
+    if stale:
+        warnings.warn(f"{target}: {', '.join(sorted(stale))} were made from the previous weights and were not "
+                      "carried over to the new model; export or attach them again.", KeelWarning, stacklevel=3)
+    return kept
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_symlink():
+        os.symlink(os.readlink(source), destination)
+        return
+    try:
+        os.link(source, destination)  # same file system: the bytes are shared, and untouched
+    except OSError:
+        shutil.copy2(source, destination)
+        _fsync_file(destination)
+
+
+def _write_weights(path: Path, tensors: Mapping[str, torch.Tensor]) -> str:
+    from safetensors.torch import save_file
+
+    save_file({name: tensor.detach().contiguous() for name, tensor in tensors.items()}, str(path))
+    os.chmod(path, 0o666 & ~_umask())
+    _step("weights-written")
+    _fsync_file(path)
+    _step("weights-synced")
+    return _sha256(path)
+
+
+def _manifest_text(manifest: Manifest) -> str:
+    document = manifest.model_dump(by_alias=True)
+    return json.dumps(_plain(document), indent=2, allow_nan=False)
+
+
+def _write_file(directory: Path, name: str, source: bytes | str | os.PathLike[str]) -> str:
+    """Write ``directory/name`` atomically from bytes or a file's path; returns its sha256."""
+    destination = directory.joinpath(*name.split("/"))
+    _make_directories(destination.parent)
+    descriptor, temporary = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, dir=destination.parent)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            if isinstance(source, bytes):
+                handle.write(source)
+                digest.update(source)
+            else:
+                with open(source, "rb") as reader:
+                    for chunk in iter(lambda: reader.read(1 << 20), b""):
+                        handle.write(chunk)
+                        digest.update(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, destination)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(destination.parent)
+    return digest.hexdigest()
+
+
+# ---- swapping directories --------------------------------------------------------------------
+def _swap(staging: Path, target: Path) -> None:
+    """Put ``staging`` at ``target``; an earlier directory there ends up at ``staging``'s path or is removed."""
+    if not target.exists():
+        os.rename(staging, target)
+        _step("moved-in")
+        _fsync_directory(target.parent)
+        _step("parent-synced")
+        return
+    if _exchange(staging, target):
+        _step("exchanged")
+        retired = staging
     else:
-        os.replace(staging, target)
+        retired = target.with_name(f".{target.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
+        os.rename(target, retired)
+        _step("moved-aside")
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            os.rename(retired, target)
+            raise
+        _step("moved-in")
     _fsync_directory(target.parent)
+    _step("parent-synced")
+    # The manifest goes first: a half-removed directory is then never taken for a model.
+    (retired / METADATA_FILE).unlink(missing_ok=True)
+    _step("retired-unlisted")
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # from <linux/fs.h>
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Any | None:
+    """libc's renameat2, or None where there is none (not Linux, or older than glibc 2.28)."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError, TypeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step; False where the system cannot (then nothing happened)."""
+    function = _renameat2()
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # an old kernel, or a file system without it
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def _recover(target: Path) -> None:
+    """Put back a model whose save was killed between two renames: the newest complete sibling wins."""
+    complete = []
+    parent = target.parent if target.parent.is_dir() else None
+    for sibling in parent.iterdir() if parent else []:
+        if re.fullmatch(re.escape(f".{target.name}.") + r"(tmp|old)-\d+-.+", sibling.name) and sibling.is_dir():
+            try:
+                read_manifest(sibling)
+            except ArtifactError:
+                continue
+            complete.append(((sibling / METADATA_FILE).stat().st_mtime_ns, sibling))
+    if not complete:
+        return  # read_manifest says there is no model
+    source = max(complete)[1]
+    try:
+        os.rename(source, target)
+        _fsync_directory(target.parent)
+    except OSError as error:
+        raise ArtifactError(f"{target} is missing, and {source} holds the model an interrupted save left; it could "
+                            f"not be moved back ({error.strerror or error}). Rename it to {target}.") from None
+    warnings.warn(f"{target} was missing after an interrupted save; recovered it from {source.name}.",
+                  KeelWarning, stacklevel=3)
+
+
+def _clean_leftovers(target: Path) -> None:
+    """Remove siblings that killed saves left behind (their process is gone); they only cost space."""
+    for sibling in target.parent.iterdir():
+        match = re.fullmatch(re.escape(f".{target.name}.") + r"(?:tmp|old)-(\d+)-.+", sibling.name)
+        if match and not _alive(int(match.group(1))):
+            (sibling / METADATA_FILE).unlink(missing_ok=True)
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+# ---- small helpers ---------------------------------------------------------------------------
+def _step(name: str) -> None:
+    """Test-only: SIGKILL this process at the save step named by ``KEEL_TEST_KILL_AT``."""
+    if os.environ.get("KEEL_TEST_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an attached file's name, or None when it can."""
+    if not isinstance(name, str) or not name:
+        return "is empty"
+    if name.startswith("/") or "\\" in name or "\x00" in name or re.match(r"^[A-Za-z]:", name):
+        return "is not a relative path with '/' between folders"
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "has an empty, '.' or '..' part"
+    if name in (METADATA_FILE, WEIGHTS_FILE):
+        return "is one of the files keel writes itself"
+    if any(part.startswith(_TEMPORARY_PREFIX) for part in parts):
+        return f"starts with {_TEMPORARY_PREFIX!r}, which keel uses for temporary files"
+    return None
+
+
+def _make_directories(directory: Path) -> None:
+    """``mkdir -p`` that fsyncs the parent of every folder it creates."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        _fsync_directory(folder.parent)
 
 
 def _write_synced(path: Path, text: str) -> None:
@@ -149,15 +655,44 @@ def _write_synced(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_directory(path: Path) -> None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
+def _fsync_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _fsync_directories(root: Path) -> None:
+    """fsync every folder under ``root``, deepest first, and ``root`` itself."""
+    folders = [Path(folder) for folder, _, _ in os.walk(root)]
+    for folder in reversed(folders):
+        _fsync_directory(folder)
+
+
+def _fsync_directory(path: Path) -> None:
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # some systems (Windows) cannot open a directory; their renames are durable as they are
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (os.umask alone sets it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _sha256(path: Path) -> str:
@@ -168,20 +703,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _finite(value: Any) -> Any:
-    """NaN and infinities become null: strict JSON has no spelling for them."""
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
+def _plain(value: Any) -> Any:
+    """JSON-ready values: NumPy scalars and arrays as Python ones, NaN and infinities as null
+    (strict JSON has no spelling for them)."""
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
+        return [_plain(item) for item in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # NumPy (and torch) scalars, arrays
+        return _plain(value.tolist())
+    if isinstance(value, float) and (value != value or abs(value) == float("inf")):
+        return None
     return value
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")

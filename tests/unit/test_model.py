@@ -84,7 +84,7 @@ def test_rows_with_missing_target_are_dropped_and_counted() -> None:
     frame = make_classification_frame()
     frame.loc[[3, 9, 27], "label"] = None
     model = keel.fit(frame, target="label", config=FAST, quiet=True)
-    assert "dropped 3 row(s) of the training data with a missing 'label'" in model.notes
+    assert "; dropped 3 row(s) of the training data with a missing 'label'" in model.notes[0]
 
 
 def test_explicit_test_data_and_config_sources(tmp_path, regression_frame) -> None:

@@ -19,7 +19,7 @@ from keel.errors import ConfigError
 from keel.nn import losses, mlp, numeric
 from keel.nn.network import NetworkSpec, TabularNetwork
 from keel.registry import lookup
-from keel.train import fused, trainer
+from keel.train import fused, pipeline, trainer
 
 # option -> (its registry, the Literal values resolved elsewhere before the registry is asked).
 REGISTRIES: dict[str, tuple[Callable[[], Mapping[str, Any]], frozenset[str]]] = {
@@ -35,12 +35,8 @@ REGISTRIES: dict[str, tuple[Callable[[], Mapping[str, Any]], frozenset[str]]] = 
     "preprocessing.normalize": (lambda: transforms.SCALERS, frozenset()),
     "input_features[].type": (lambda: transforms.TRANSFORMS, frozenset({"auto"})),  # inferred by data/schema
     "preset": (lambda: PRESETS, frozenset()),
-}
-
-# Options still resolved by hand-kept comparisons; each should move to REGISTRIES.
-PENDING: dict[str, str] = {
-    "preprocessing.missing": "data/transforms.py NumberTransform.fit compares the name in an if-chain",
-    "preprocessing.categorical_encoding": "train/pipeline.py compares the name inline when building the spec",
+    "preprocessing.missing": (lambda: transforms.FILLS, frozenset()),
+    "preprocessing.categorical_encoding": (lambda: pipeline.CATEGORY_ENCODINGS, frozenset()),
 }
 
 # Literal fields that are not a choice among implementations, so have no registry.
@@ -74,7 +70,7 @@ LITERALS = _literal_fields(Config)
 
 
 def test_every_literal_option_is_accounted_for() -> None:
-    listed = set(REGISTRIES) | set(PENDING) | set(NOT_OPTIONS)
+    listed = set(REGISTRIES) | set(NOT_OPTIONS)
     assert set(LITERALS) - listed == set(), "a new Literal option: add its registry to REGISTRIES"
     assert listed - set(LITERALS) == set(), "a listed option is no longer a Literal field of the config"
 
@@ -84,12 +80,6 @@ def test_registry_keys_are_the_literal_values(option: str) -> None:
     registry, resolved_elsewhere = REGISTRIES[option]
     assert resolved_elsewhere <= LITERALS[option]
     assert set(registry()) == LITERALS[option] - resolved_elsewhere
-
-
-@pytest.mark.parametrize("option", sorted(PENDING))
-@pytest.mark.xfail(strict=True, reason="no registry yet (see PENDING); move the option to REGISTRIES")
-def test_pending_options_get_a_registry(option: str) -> None:
-    assert option in REGISTRIES, PENDING[option]
 
 
 def test_fused_step_covers_every_activation() -> None:

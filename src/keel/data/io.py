@@ -30,6 +30,13 @@ _FORMATS = {
 }
 _SAMPLE_BYTES = 1 << 16
 
+# The cell texts a CSV reader takes as missing values: pandas' default list as of pandas 2-3, written
+# out so that it does not move with the pandas version (and so the README can state it exactly).
+MISSING_VALUES = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+    "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+)
+
 
 def read_table(source: TableSource, *, delimiter: str | None = None, encoding: str | None = None) -> pd.DataFrame:
     """Read a table from a file or take a DataFrame, checking the things users get wrong.
@@ -184,7 +191,8 @@ def _read_csv(path: Path, delimiter: str | None, encoding: str | None) -> pd.Dat
             warnings.simplefilter("error", pd.errors.ParserWarning)
             frame = pd.read_csv(path, sep=delimiter, encoding="utf-8-sig" if encoding == "utf-8" else encoding,
                                 # the header was checked above; pandas would rename a duplicate "a" to "a.1"
-                                header=0, names=header, index_col=False, skip_blank_lines=True)
+                                header=0, names=header, index_col=False, skip_blank_lines=True,
+                                na_values=list(MISSING_VALUES), keep_default_na=False)
     except pd.errors.ParserWarning:
         raise DataError(
             f"cannot parse {path} as CSV with delimiter {delimiter!r}: the data rows have more fields than the "

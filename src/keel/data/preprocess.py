@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -27,10 +27,46 @@ class Features:
 
     numeric: np.ndarray  # (n_rows, numeric_width) float32
     categorical: np.ndarray  # (n_rows, n_categorical) int64
-    unseen: dict[str, int]  # column -> values mapped to the unknown bucket
+    unseen: dict[str, int]  # column -> values seen in no training row (or rare there)
+    # column -> its transform's kind, for each column in ``unseen``: what happened to those values
+    # depends on it (see describe_unseen).
+    unseen_kinds: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.numeric)
+
+
+# The warning for values a column never saw in training, by transform kind: what happened to them.
+_UNSEEN_MESSAGES = {
+    "category": "column {column!r}: {count} value(s) not seen in training (or rare there) were mapped to the "
+                "unknown-category bucket.",
+    "binary": "column {column!r}: {count} value(s) that are neither of its two training values were filled "
+              "like missing values, with the training share of the second value.",
+}
+
+
+def describe_unseen(transform_kind: str, column: str, count: int) -> str:
+    """The warning for ``count`` values of ``column`` that its training rows did not have.
+
+    Args:
+        transform_kind: The column's transform kind (``Features.unseen_kinds[column]``).
+        column: The column's name.
+        count: How many values were unseen (``Features.unseen[column]``).
+
+    Returns:
+        One sentence saying what happened to those values.
+
+    Raises:
+        ValueError: The kind has no unseen values (numbers) or is unknown.
+
+    Example:
+        >>> describe_unseen("binary", "smoker", 3)[:50]
+        "column 'smoker': 3 value(s) that are neither of it"
+    """
+    if transform_kind not in _UNSEEN_MESSAGES:
+        raise ValueError(
+            f"transform kind {transform_kind!r} has no unseen values; expected one of {sorted(_UNSEEN_MESSAGES)}.")
+    return _UNSEEN_MESSAGES[transform_kind].format(column=column, count=count)
 
 
 class Preprocessor:
@@ -102,6 +138,7 @@ class Preprocessor:
 
         converted = map_columns(convert, [(t, frame[t.name]) for t in self.transforms], cells)
         unseen = {t.name: count for t, (_, count) in zip(self.transforms, converted) if count}
+        unseen_kinds = {t.name: t.kind for t in self.transforms if t.name in unseen}
         by_name = {t.name: values for t, (values, _) in zip(self.transforms, converted)}
         columns = [by_name[transform.name] for transform in self.numeric]
         # Rows are written a chunk at a time into a small column-major buffer (each column write
@@ -133,7 +170,7 @@ class Preprocessor:
         categorical = np.empty((n_rows, len(codes)), dtype=np.int64)
         for index, values in enumerate(codes):
             categorical[:, index] = values if order is None else values[order]
-        return Features(numeric, categorical, unseen)
+        return Features(numeric, categorical, unseen, unseen_kinds)
 
     def state(self) -> list[dict[str, Any]]:
         return [transform.state() for transform in self.transforms]
@@ -149,7 +186,7 @@ class TargetEncoder:
     """Class labels to indices for classification; standardized values for regression.
 
     Labels keep their original Python type (int, float, bool or str), so predictions come back in
-    the same type as the training target.
+    the same type as the training target; whole-number floats become ints (see ``_integral_labels``).
     """
 
     def __init__(self, name: str, task: str) -> None:
@@ -172,11 +209,11 @@ class TargetEncoder:
                 self.std = 1.0
             return self
         if is_numeric(present):
-            self.labels = [_plain(value) for value in np.unique(present.to_numpy())]
+            self.labels = _integral_labels([_plain(value) for value in np.unique(present.to_numpy())])
             return self
         firsts = pd.Series(category_strings(present)).drop_duplicates()  # first row of each class
         by_string = {string: _plain(present.iloc[position]) for position, string in firsts.items()}
-        self.labels = [by_string[key] for key in sorted(by_string, key=_natural_key(by_string))]
+        self.labels = _integral_labels([by_string[key] for key in sorted(by_string, key=_natural_key(by_string))])
         return self
 
     def encode(self, target: pd.Series, source: str | None = None) -> np.ndarray:
@@ -222,6 +259,15 @@ class TargetEncoder:
         encoder = cls(state["name"], state["task"])
         encoder.labels, encoder.mean, encoder.std = list(state["labels"]), state["mean"], state["std"]
         return encoder
+
+
+def _integral_labels(labels: list[Any]) -> list[Any]:
+    """Whole-number float labels as ints: a missing cell turns an integer column into floats in
+    pandas, and the classes should read 0 and 1 (``proba_0``), as the data spells them, not 0.0."""
+    numbers = all(isinstance(label, (int, float)) and not isinstance(label, bool) for label in labels)
+    if numbers and all(float(label).is_integer() and abs(label) <= 2**53 for label in labels):
+        return [int(label) for label in labels]
+    return labels
 
 
 def _plain(value: Any) -> Any:

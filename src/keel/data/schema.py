@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Collection, Literal
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,8 @@ class Schema:
     task: ResolvedTask
     features: list[Feature]
     dropped: dict[str, str] = field(default_factory=dict)
+    # How an ambiguous column was read and how to declare it otherwise, one sentence each.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def feature_names(self) -> list[str]:
@@ -55,6 +57,7 @@ class Schema:
         return cls(
             target=state["target"], task=state["task"],
             features=[Feature(**item) for item in state["features"]], dropped=dict(state.get("dropped", {})),
+            notes=list(state.get("notes", [])),  # absent from schemas saved before notes existed
         )
 
 
@@ -74,12 +77,17 @@ def require_column(frame: pd.DataFrame, name: str, role: str) -> None:
     )
 
 
-def infer_schema(frame: pd.DataFrame, config: Config) -> Schema:
+def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None = None,
+                 exclude: Collection[str] = ()) -> Schema:
     """Decide each feature's type and the task, honouring whatever the config declares.
 
     Args:
         frame: The training table, target included.
         config: The run's config; ``target`` must be set.
+        rows: The row positions that column types are inferred from (the training rows; the test
+            rows must not shape the model); None for all rows.
+        exclude: Columns that are not features unless ``input_features`` lists them (the
+            ``split_by`` and ``order_by`` columns).
 
     Returns:
         The schema; columns that cannot help (constant, all missing, id-like, free text, dates) are
@@ -97,7 +105,8 @@ def infer_schema(frame: pd.DataFrame, config: Config) -> Schema:
     features: list[Feature] = []
     dropped: dict[str, str] = {}
     declared = {item.name: item.type for item in config.input_features or []}
-    names = list(declared) if config.input_features else [c for c in frame.columns if c != config.target]
+    names = list(declared) if config.input_features else [
+        c for c in frame.columns if c != config.target and c not in exclude]
     for name in names:
         if name == config.target:
             raise ConfigError(f"input_features lists the target {name!r}; remove it from input_features.")
@@ -112,19 +121,36 @@ def infer_schema(frame: pd.DataFrame, config: Config) -> Schema:
             to_numeric(series, column=name, source=source)  # fail now, naming the bad row
         return kind, ""
 
-    columns = [(name, frame[name]) for name in names]
-    for (name, _), (kind, reason) in zip(columns, map_columns(decide, columns, len(frame) * len(names))):
+    subset = rows is not None and len(rows) != len(frame)
+    columns = [(name, frame[name].iloc[rows] if subset else frame[name]) for name in names]
+    n_rows = len(frame) if rows is None else len(rows)
+    notes: list[str] = []
+    for (name, series), (kind, reason) in zip(columns, map_columns(decide, columns, n_rows * len(names))):
         if kind is None:
             dropped[name] = reason
         else:
             features.append(Feature(name, kind))
+            if kind == "number" and declared.get(name, "auto") == "auto" and _is_numeric_text(series):
+                notes.append(_numeric_text_note(name))
     if not features:
         raise DataError(
             f"no usable input columns: {dropped or 'the table has only the target'}. "
             "Add feature columns or declare their types in input_features.",
             file=source,
         )
-    return Schema(target=config.target, task=task, features=features, dropped=dropped)
+    return Schema(target=config.target, task=task, features=features, dropped=dropped, notes=notes)
+
+
+def _is_numeric_text(series: pd.Series) -> bool:
+    """True for a text column (not numbers held in an object column) that was read as numbers."""
+    return not is_numeric(series) and pd.api.types.infer_dtype(series, skipna=True) in (
+        "string", "mixed", "mixed-integer")
+
+
+def _numeric_text_note(name: str) -> str:
+    return (f"column {name!r} holds text that all parses as numbers; read as a number. Declare it a category with "
+            f"input_features: [{{name: {name}, type: category}}] if the numbers are codes (input_features lists "
+            "every feature to use; give the others type auto).")
 
 
 def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple[ColumnType | None, str]:
@@ -134,10 +160,14 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
         return None, "all values are missing"
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         return None, "dates are not supported yet; derive numbers (year, month, weekday) from it"
-    n_unique = _count_distinct(present, limit=2) if is_numeric(series) else present.nunique()
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        return _declared_category_type(present)
+    n_unique = _count_distinct(present, limit=1) if is_numeric(series) else present.nunique()
     if n_unique == 1:
         return None, f"constant (every value is {present.iloc[0]!r})"
-    if pd.api.types.is_bool_dtype(series.dtype) or n_unique == 2:
+    # Two-valued numbers stay numbers: a third value at prediction is then a number like any
+    # other, not an unseen category. Only the config makes a number column binary.
+    if pd.api.types.is_bool_dtype(series.dtype) or (n_unique == 2 and not is_numeric(series)):
         return "binary", ""
     if is_numeric(series):
         if _looks_like_row_id(present, name):
@@ -148,7 +178,23 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
         return "number", ""
     if share >= _NUMERIC_WITH_TYPOS:
         to_numeric(series, column=name, source=source)  # raises, naming the first bad value
-    n_unique = present.nunique()
+    return _text_type(present, present.nunique())
+
+
+def _declared_category_type(present: pd.Series) -> tuple[ColumnType | None, str]:
+    """A pandas ``category`` column (Parquet dictionary columns read as one) is a category even when
+    its values look like numbers ('2742'): the dtype says so. The drop rules of categories apply."""
+    strings = category_strings(present)
+    n_unique = len(set(strings.tolist()))
+    if n_unique == 1:
+        return None, f"constant (every value is {strings[0]!r})"
+    if n_unique == 2:
+        return "binary", ""
+    return _text_type(present, n_unique)
+
+
+def _text_type(present: pd.Series, n_unique: int) -> tuple[ColumnType | None, str]:
+    """Category, or dropped as free text or an id when nearly every value is unique."""
     if n_unique > 50 and n_unique >= 0.9 * len(present):
         texts = present.astype(str)
         if texts.str.len().mean() > 30 and texts.str.contains(" ").mean() > 0.5:
@@ -160,7 +206,7 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
 def _count_distinct(present: pd.Series, limit: int) -> int:
     """The number of distinct values, or ``limit + 1`` when there are more than ``limit``.
 
-    Numeric columns only need to know "constant, binary or more": hashing a million floats to count
+    Numeric columns only need to know "constant or not": hashing a million floats to count
     them exactly would cost more than the rest of the schema inference.
     """
     values = present.to_numpy()

@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 from collections import Counter
 from statistics import NormalDist
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from keel.config import PreprocessingConfig
 from keel.data.values import category_strings, to_numeric
+from keel.errors import DataError
 
 UNKNOWN_INDEX = 0
 MISSING_INDEX = 1
@@ -61,6 +62,9 @@ def normal_scores(present: np.ndarray) -> tuple[list[float], list[float]]:
     """
     levels = np.linspace(0.0, 1.0, _QUANTILE_KNOTS)
     quantiles = np.quantile(_sample(present), levels)
+    # Knots a subnormal apart would overflow np.interp's slope to inf; below float32's smallest
+    # normal number the network could not tell the values from 0 anyway.
+    quantiles[np.abs(quantiles) < np.finfo(np.float32).tiny] = 0.0
     dist = NormalDist()
     scores = np.array([dist.inv_cdf(float(p)) for p in np.clip(levels, 1e-3, 1 - 1e-3)])
     knots, inverse = np.unique(quantiles, return_inverse=True)
@@ -68,6 +72,56 @@ def normal_scores(present: np.ndarray) -> tuple[list[float], list[float]]:
     if len(knots) == 1:
         return [float(knots[0])], [0.0]
     return knots.tolist(), mean_scores.tolist()
+
+
+Knots = tuple[list[float], list[float]]
+# A scaler takes a column's present values, its count of missing ones and their fill, and gives
+# the statistics of the filled column (without materialising it): (center, scale, quantile knots).
+Scaler = Callable[[np.ndarray, int, float], tuple[float, float, Knots]]
+
+
+def _zscore(present: np.ndarray, n_missing: int, fill: float) -> tuple[float, float, Knots]:
+    n_values = len(present) + n_missing
+    center = (present.sum(dtype=np.float64) + n_missing * fill) / n_values
+    squares = np.square(present - center, dtype=np.float64).sum() + n_missing * (fill - center) ** 2
+    return float(center), float(np.sqrt(squares / n_values)), ([], [])
+
+
+def _minmax(present: np.ndarray, n_missing: int, fill: float) -> tuple[float, float, Knots]:
+    low = min(float(present.min()), fill) if len(present) else fill
+    high = max(float(present.max()), fill) if len(present) else fill
+    return low, high - low, ([], [])
+
+
+def _robust(present: np.ndarray, n_missing: int, fill: float) -> tuple[float, float, Knots]:
+    if not len(present):
+        return 0.0, 1.0, ([], [])
+    q = np.quantile(_sample(present), [0.0, 0.25, 0.5, 0.75, 1.0])
+    # RealMLP's rule: the IQR, or the range when a quarter of the rows share one value.
+    spread = q[3] - q[1] if q[3] > q[1] else (q[4] - q[0]) / 2
+    return float(q[2]), float(spread / 1.349), ([], [])  # 1.349 IQR is one sd of a normal
+
+
+def _quantile(present: np.ndarray, n_missing: int, fill: float) -> tuple[float, float, Knots]:
+    return 0.0, 1.0, normal_scores(present) if len(present) else ([], [])
+
+
+def _unscaled(present: np.ndarray, n_missing: int, fill: float) -> tuple[float, float, Knots]:
+    return 0.0, 1.0, ([], [])
+
+
+# preprocessing.normalize -> its scaler; the keys are the config's Literal values.
+SCALERS: dict[str, Scaler] = {
+    "zscore": _zscore, "minmax": _minmax, "robust": _robust, "quantile": _quantile, "none": _unscaled,
+}
+
+
+# preprocessing.missing: the fill value of a number column from its present values (and the constant).
+FILLS: dict[str, Callable[[np.ndarray, float], float]] = {
+    "median": lambda present, constant: float(np.median(_sample(present))),
+    "mean": lambda present, constant: float(present.mean(dtype=np.float64)),
+    "constant": lambda present, constant: float(constant),
+}
 
 
 class NumberTransform:
@@ -84,7 +138,7 @@ class NumberTransform:
         self.fill = 0.0
         self.center = 0.0
         self.scale = 1.0
-        self.knots: tuple[list[float], list[float]] = ([], [])
+        self.knots: Knots = ([], [])
 
     @property
     def width(self) -> int:
@@ -96,33 +150,9 @@ class NumberTransform:
         missing = np.isnan(values)
         n_missing = int(missing.sum())
         present = values[~missing] if n_missing else values
-        if self.missing == "constant" or len(present) == 0:
-            self.fill = float(self.constant)
-        elif self.missing == "median":
-            self.fill = float(np.median(_sample(present)))
-        else:
-            self.fill = float(present.mean(dtype=np.float64))
-        # Statistics of the filled column, without materialising it.
-        if self.normalize == "zscore":
-            total = present.sum(dtype=np.float64) + n_missing * self.fill
-            self.center = total / len(values)
-            squares = np.square(present - self.center, dtype=np.float64).sum() + n_missing * (self.fill - self.center) ** 2
-            self.scale = float(np.sqrt(squares / len(values)))
-        elif self.normalize == "minmax":
-            low = min(float(present.min()), self.fill) if len(present) else self.fill
-            high = max(float(present.max()), self.fill) if len(present) else self.fill
-            self.center, self.scale = low, high - low
-        elif self.normalize == "robust" and len(present):
-            q = np.quantile(_sample(present), [0.0, 0.25, 0.5, 0.75, 1.0])
-            # RealMLP's rule: the IQR, or the range when a quarter of the rows share one value.
-            spread = q[3] - q[1] if q[3] > q[1] else (q[4] - q[0]) / 2
-            self.center, self.scale = q[2], spread / 1.349  # 1.349 IQR is one sd of a normal
-        elif self.normalize == "quantile" and len(present):
-            self.center, self.scale = 0.0, 1.0
-            self.knots = normal_scores(present)
-        else:
-            self.center, self.scale = 0.0, 1.0
-        self.center = float(self.center)
+        # An all-missing column has no statistic to fill with: it takes the constant.
+        self.fill = float(self.constant) if len(present) == 0 else FILLS[self.missing](present, self.constant)
+        self.center, self.scale, self.knots = SCALERS[self.normalize](present, n_missing, self.fill)
         if not np.isfinite(self.scale) or self.scale < 1e-30:
             self.scale = 1.0  # a constant column (or one float32 cannot scale): centre it, do not divide
         return self
@@ -176,9 +206,17 @@ class BinaryTransform:
         self.fill = 0.5
 
     def fit(self, series: pd.Series, source: str | None = None) -> "BinaryTransform":
+        """Learn the two values (sorted by spelling: the second one codes as 1) and the share of 1s.
+
+        Raises:
+            DataError: The training rows hold more than two distinct values; the message lists them.
+        """
         strings = category_strings(series)
         present = strings[strings != None]  # noqa: E711 (elementwise comparison)
-        self.values = sorted(set(present.tolist()))[:2]
+        distinct = sorted(set(present.tolist()))
+        if len(distinct) > 2:
+            raise _too_many_values(self.name, distinct, source)
+        self.values = distinct
         if len(self.values) == 2:
             self.fill = float(np.mean(present == self.values[1]))
         return self
@@ -200,6 +238,23 @@ class BinaryTransform:
         transform = cls(state["name"])
         transform.values, transform.fill = list(state["values"]), state["fill"]
         return transform
+
+
+# How many of a binary column's extra values an error message lists.
+_SHOWN_VALUES = 5
+
+
+def _too_many_values(name: str, distinct: list[str], source: str | None) -> DataError:
+    extra = distinct[2:]
+    shown = ", ".join(repr(value) for value in extra[:_SHOWN_VALUES])
+    more = f" and {len(extra) - _SHOWN_VALUES} more" if len(extra) > _SHOWN_VALUES else ""
+    return DataError(
+        f"column {name!r} is binary, but its training rows hold {len(distinct)} distinct values: "
+        f"{distinct[0]!r} and {distinct[1]!r}, then {shown}{more} ({len(extra)} extra value(s)), which a binary "
+        f"column would fill as missing. Declare it a category (input_features: [{{name: {name}, type: category}}]), "
+        "or fix the extra values.",
+        file=source, column=name,
+    )
 
 
 class CategoryTransform:

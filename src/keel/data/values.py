@@ -1,10 +1,15 @@
-"""Turn raw column values into numbers or category strings, naming the row of any bad value."""
+"""Turn raw column values into numbers or category strings, naming the row of any bad value.
+
+The pandas side of the canonical spellings: the scalar rule itself lives in
+:mod:`keel.data.spelling`, which imports no pandas, NumPy or torch.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+from keel.data.spelling import canonical_category
 from keel.errors import DataError
 
 
@@ -68,26 +73,48 @@ def _strip(value: object) -> object:
 
 
 def category_strings(series: pd.Series) -> np.ndarray:
-    """Category values as strings (None for missing), with 3.0 written as "3" so files and frames agree."""
+    """Category values as their canonical strings (:func:`keel.data.spelling.canonical_category`),
+    None for missing: an object array that agrees with the scalar rule on every dtype, so a value
+    is spelled the same from a CSV, a float32 frame, a nullable ``Int64`` column or a request."""
+    dtype = series.dtype
+    if isinstance(dtype, pd.CategoricalDtype):  # spell each category once, then look up the codes
+        spelled = np.empty(len(dtype.categories) + 1, dtype=object)  # the last slot stays None
+        spelled[:-1] = category_strings(pd.Series(dtype.categories))
+        return spelled[series.cat.codes.to_numpy()]  # code -1 (missing) picks the None at the end
     missing = series.isna().to_numpy()
-    if pd.api.types.is_string_dtype(series.dtype) and not pd.api.types.is_object_dtype(series.dtype):
-        out = series.to_numpy(dtype=object, na_value=None)
-    elif is_numeric(series):
-        numbers = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        integral = np.isfinite(numbers) & (numbers == np.round(numbers))
-        out = numbers.astype(str).astype(object)
-        out[integral] = numbers[integral].astype(np.int64).astype(str)
-    else:  # object, bool, category dtypes: mixed values, converted one by one
-        out = np.array([_category_string(value) for value in series.to_numpy(dtype=object)], dtype=object)
+    if pd.api.types.is_bool_dtype(dtype):
+        flags = series.to_numpy(dtype=bool, na_value=False)
+        out = np.where(flags, "True", "False").astype(object)
+    elif pd.api.types.is_integer_dtype(dtype):
+        numpy_dtype = getattr(dtype, "numpy_dtype", dtype)  # nullable Int64 & co. hold numpy ints
+        out = series.to_numpy(dtype=numpy_dtype, na_value=0).astype(str).astype(object)
+    elif pd.api.types.is_float_dtype(dtype):
+        out = _float_strings(series.to_numpy(dtype=getattr(dtype, "numpy_dtype", dtype), na_value=np.nan))
+    elif pd.api.types.is_string_dtype(dtype) and (
+            not pd.api.types.is_object_dtype(dtype) or pd.api.types.infer_dtype(series, skipna=True) == "string"):
+        out = series.to_numpy(dtype=object, na_value=None, copy=True)  # strings are their own spelling
+    else:  # mixed objects, dates: one by one
+        out = np.array([canonical_category(value) for value in series.to_numpy(dtype=object)], dtype=object)
     out[missing] = None
     return out
 
 
-def _category_string(value: object) -> str | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
+def _float_strings(numbers: np.ndarray) -> np.ndarray:
+    """Float spellings as canonical_category writes them: integral values within +-2**53 as
+    integers, the rest in repr's layout; float32 and float16 values first become the float64 their
+    shortest digits denote (NumPy's str of them)."""
+    with np.errstate(invalid="ignore"):  # NaNs of any bit pattern
+        if numbers.dtype.itemsize < 8:
+            # Integers up to 2**11 (float16) or 2**24 (float32) are their own shortest digits; the
+            # rest take the slower trip through strings (~2 s a million values).
+            exact = (np.abs(numbers) <= 2.0 ** (np.finfo(numbers.dtype).nmant + 1)) & (numbers == np.round(numbers))
+            wide = numbers.astype(np.float64)
+            wide[~exact] = numbers[~exact].astype(str).astype(np.float64)
+            numbers = wide
+        integral = (np.abs(numbers) <= 2.0**53) & (numbers == np.round(numbers))
+    out = np.empty(len(numbers), dtype=object)
+    # Only the integral values go through int64: 1e20 would overflow it.
+    out[integral] = numbers[integral].astype(np.int64).astype(str)
+    # repr also writes "inf", "-inf" and "nan" (the caller blanks NaN out as missing).
+    out[~integral] = [repr(number) for number in numbers[~integral].tolist()]
+    return out

@@ -14,8 +14,30 @@ import math
 import torch
 from torch import nn
 
+from keel.registry import lookup
+
 # Initial spread of the periodic frequencies on quantile- or z-scaled inputs (RealMLP's default).
 _FREQUENCY_SCALE = 0.1
+
+
+# Bin edges come from at most this many rows: torch.quantile refuses inputs over 16M values, and
+# quantiles of a 262,144-row sample are within a fraction of a percentile of the exact ones.
+_BIN_SAMPLE = 1 << 18
+
+
+def _bin_sample(numeric: torch.Tensor) -> torch.Tensor:
+    """At most ``_BIN_SAMPLE`` rows of ``(n_rows, n_columns)`` drawn at random with a fixed seed.
+
+    A random draw, not the first rows: a file sorted by some column would otherwise bin only the
+    low end of it. The row indices come from a seeded CPU generator (the same rows on any device,
+    as data/transforms.py draws its sample); the rows are gathered on the tensor's own device.
+    """
+    n_rows = numeric.shape[0]
+    if n_rows <= _BIN_SAMPLE:
+        return numeric
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, n_rows, (_BIN_SAMPLE,), generator=generator)
+    return numeric[rows.to(numeric.device)]
 
 
 class _PerColumnLinear(nn.Module):
@@ -75,7 +97,7 @@ class PiecewiseLinearEmbedding(nn.Module):
         """Set the bin edges from training rows ``(n_rows, n_columns)``: quantiles, ties merged."""
         n_bins = self.left.shape[1]
         levels = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=numeric.device)
-        sample = numeric[: 1 << 18].double()  # edges from at most 262,144 rows
+        sample = _bin_sample(numeric).double()
         for column in range(numeric.shape[1]):
             edges = torch.unique(torch.quantile(sample[:, column], levels))
             used = max(1, len(edges) - 1)
@@ -97,10 +119,19 @@ class PiecewiseLinearEmbedding(nn.Module):
         return self.linear(torch.maximum(torch.minimum(position, self.high), self.low))
 
 
+# model.numeric_embedding -> its module class, built as (n_columns, size, dim); None: numbers go in as they are.
+NUMERIC_EMBEDDINGS: dict[str, type[PeriodicEmbedding] | type[PiecewiseLinearEmbedding] | None] = {
+    "none": None, "periodic": PeriodicEmbedding, "piecewise_linear": PiecewiseLinearEmbedding,
+}
+
+
 def build_numeric_embedding(kind: str, n_columns: int, size: int, dim: int) -> PeriodicEmbedding | PiecewiseLinearEmbedding | None:
-    """The embedding for ``model.numeric_embedding``, or None for ``none`` (or no number columns)."""
-    if kind == "none" or n_columns == 0:
+    """The embedding for ``model.numeric_embedding``, or None for ``none`` (or no number columns).
+
+    Raises:
+        ConfigError: ``kind`` is not a key of ``NUMERIC_EMBEDDINGS``.
+    """
+    embedding = lookup(NUMERIC_EMBEDDINGS, "model.numeric_embedding", kind)
+    if embedding is None or n_columns == 0:
         return None
-    if kind == "periodic":
-        return PeriodicEmbedding(n_columns, size, dim)
-    return PiecewiseLinearEmbedding(n_columns, size, dim)
+    return embedding(n_columns, size, dim)

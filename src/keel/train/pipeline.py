@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ from keel.model import Model
 from keel.nn.losses import resolve_loss_name
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork
 from keel.nn.numeric import PiecewiseLinearEmbedding
+from keel.registry import lookup
 from keel.train.callbacks import Notes, Reporter, TextReporter
 from keel.train.device import resolve_device, resolve_precision
 from keel.train.trainer import Batch, History, Trainer
@@ -105,7 +107,7 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
                           rows=np.sort(np.concatenate([split.train, split.validation])), exclude=special)
     for name, reason in schema.dropped.items():
         notes.append(f"dropped column {name!r}: {reason}")
-    for note in getattr(schema, "notes", []):
+    for note in schema.notes:
         notes.append(note)
     if test_frame is not None:
         test_frame = _checked_test_frame(test_frame, schema, rows.target, training, notes)
@@ -307,6 +309,16 @@ def _fit_network(trainer: Trainer, train_rows: Batch, validation_rows: Batch | N
     return history
 
 
+# preprocessing.categorical_encoding: whether a column of this cardinality (its unknown and missing
+# buckets included) is one-hot encoded, given onehot_max_categories; the two extra buckets do not
+# count towards that limit.
+CATEGORY_ENCODINGS: dict[str, Callable[[int, int], bool]] = {
+    "embedding": lambda cardinality, limit: False,
+    "onehot": lambda cardinality, limit: True,
+    "auto": lambda cardinality, limit: cardinality - 2 <= limit,
+}
+
+
 def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_classes: int) -> NetworkSpec:
     """The network's shape from the config and the fitted preprocessing."""
     model, encoding = settings.model, settings.preprocessing.categorical_encoding
@@ -316,8 +328,7 @@ def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_clas
         n_outputs=n_classes if task == "multiclass" else 1,
         hidden=list(model.hidden), activation=model.activation, dropout=model.dropout,
         norm=model.norm, init=model.init,
-        # the two extra buckets (unknown, missing) do not count towards the one-hot limit
-        onehot=[encoding == "onehot" or (encoding == "auto" and cardinality - 2 <= limit)
+        onehot=[lookup(CATEGORY_ENCODINGS, "preprocessing.categorical_encoding", encoding)(cardinality, limit)
                 for cardinality in preprocessor.cardinalities],
         embedding_dims=[model.embedding_dim] * len(preprocessor.cardinalities) if model.embedding_dim else [],
         architecture=model.architecture, numeric_embedding=model.numeric_embedding,

@@ -6,7 +6,7 @@ import pytest
 
 from keel.config import load_config
 from keel.data.io import read_table
-from keel.data.schema import infer_column_type, infer_schema, infer_task
+from keel.data.schema import Schema, infer_column_type, infer_schema, infer_task
 from keel.errors import ConfigError, DataError
 
 
@@ -109,3 +109,42 @@ def test_infinite_values_are_an_error_nan_is_missing(tmp_path) -> None:
 def test_mostly_text_column_with_numbers_is_a_category() -> None:
     series = pd.Series(["a", "b", "1", "c", "2"] * 4)
     assert infer_column_type(series, "mixed", None) == ("category", "")
+
+
+def test_a_two_valued_number_column_stays_a_number_unless_declared_binary() -> None:
+    frame = pd.DataFrame({"dose": [10.0, 20.0] * 15, "flag": [True, False] * 15, "answer": ["yes", "no"] * 15,
+                          "y": [0, 1, 1] * 10})
+    assert {f.name: f.type for f in _schema(frame, target="y").features} == {
+        "dose": "number", "flag": "binary", "answer": "binary"}
+    declared = _schema(frame, target="y", input_features=[{"name": "dose", "type": "binary"}])
+    assert [(f.name, f.type) for f in declared.features] == [("dose", "binary")]
+
+
+def test_a_category_dtype_is_a_category_even_when_its_values_look_like_numbers(tmp_path) -> None:
+    n = 60
+    frame = pd.DataFrame({"school": pd.Series([str(2742 + i % 4) for i in range(n)], dtype="category"),
+                          "pair": pd.Series(["1", "2"] * (n // 2), dtype="category"),
+                          "student_id": pd.Series([str(i) for i in range(n)], dtype="category"), "y": [0, 1] * (n // 2)})
+    schema = _schema(frame, target="y")
+    assert {f.name: f.type for f in schema.features} == {"school": "category", "pair": "binary"}
+    assert schema.dropped["student_id"].startswith("id-like")  # the drop rules of categories still apply
+    assert schema.notes == []
+    path = tmp_path / "data.parquet"  # a Parquet dictionary column reads back as a category dtype
+    frame[["school", "y"]].to_parquet(path)
+    assert [(f.name, f.type) for f in _schema(read_table(path), target="y").features] == [("school", "category")]
+
+
+def test_numeric_text_is_read_as_a_number_with_a_note_saying_how_to_declare_it(tmp_path) -> None:
+    n = 30
+    frame = pd.DataFrame({"code": [str(100 + i % 7) for i in range(n)], "count": [i % 7 for i in range(n)],
+                          "y": [0, 1] * 15})
+    schema = _schema(frame, target="y")
+    assert {f.name: f.type for f in schema.features} == {"code": "number", "count": "number"}
+    assert schema.notes == [
+        "column 'code' holds text that all parses as numbers; read as a number. Declare it a category with "
+        "input_features: [{name: code, type: category}] if the numbers are codes (input_features lists every "
+        "feature to use; give the others type auto)."]  # integer columns get no note
+    state = schema.to_dict()
+    assert Schema.from_dict(state) == schema
+    del state["notes"]  # a schema saved before notes existed still loads
+    assert Schema.from_dict(state).notes == []

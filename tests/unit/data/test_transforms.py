@@ -125,3 +125,22 @@ def test_rare_share_raises_the_bar_on_larger_tables_only() -> None:
     assert restored.transform(pd.Series(["seldom", "usual"]))[0].tolist() == [UNKNOWN_INDEX, 3]
     small = CategoryTransform("job", PreprocessingConfig(rare_category_min_share=0.01)).fit(values[890:])
     assert "seldom" in small.vocabulary  # 1% of 110 rows is under the count of 5
+
+
+def test_a_binary_column_with_a_third_value_is_an_error_naming_the_values() -> None:
+    train = pd.Series(["no", "yes", "maybe", None, "perhaps"] + [f"v{i}" for i in range(6)])
+    with pytest.raises(DataError, match=r"column 'smoker' is binary, but its training rows hold 10 distinct values: "
+                                        r"'maybe' and 'no', then 'perhaps', 'v0', 'v1', 'v2', 'v3' and 3 more "
+                                        r"\(8 extra value\(s\)\).*Declare it a category") as error:
+        TRANSFORMS["binary"]("smoker").fit(train, source="data.csv")
+    assert (error.value.column, error.value.file) == ("smoker", "data.csv")
+    two = TRANSFORMS["binary"]("smoker").fit(pd.Series(["no", "yes", None]))  # missing is not a value
+    assert two.values == ["no", "yes"]
+
+
+def test_scalers_are_keyed_by_the_normalize_options() -> None:
+    from typing import get_args
+
+    from keel.data.transforms import SCALERS
+
+    assert set(SCALERS) == set(get_args(PreprocessingConfig.model_fields["normalize"].annotation))

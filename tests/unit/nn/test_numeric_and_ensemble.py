@@ -41,6 +41,20 @@ def test_piecewise_linear_bins_come_from_training_quantiles_and_stay_open_at_the
     assert embedding(torch.tensor([[5.0, 7.0]])).shape == (1, 6)
 
 
+def test_piecewise_linear_bins_of_a_sorted_column_longer_than_the_sample_span_its_whole_range() -> None:
+    n_rows = 400_000  # more rows than the 262,144 the edges are taken from
+    train = torch.arange(float(n_rows)).unsqueeze(1)  # a file sorted by this column
+    embedding = PiecewiseLinearEmbedding(n_columns=1, n_bins=4, dim=2)
+    embedding.fit_bins(train)
+    edges = torch.cat([embedding.left[0], embedding.left[0, -1:] + embedding.span[0, -1:]])
+    assert edges[0] < 0.01 * n_rows and edges[-1] > 0.99 * n_rows  # not the first rows' 0..262,143
+    expected = torch.linspace(0, n_rows, 5)
+    torch.testing.assert_close(edges, expected, atol=0.01 * n_rows, rtol=0)
+    again = PiecewiseLinearEmbedding(n_columns=1, n_bins=4, dim=2)
+    again.fit_bins(train)
+    assert torch.equal(again.left, embedding.left) and torch.equal(again.span, embedding.span)  # seeded
+
+
 @pytest.mark.parametrize("task,n_outputs", [("binary", 1), ("multiclass", 3), ("regression", 1)])
 def test_members_combine_into_the_logits_of_their_mean_probability(task, n_outputs) -> None:
     outputs = torch.randn(6, 4, n_outputs) * 3

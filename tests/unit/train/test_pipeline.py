@@ -208,3 +208,12 @@ def test_negative_or_missing_weights_are_refused_with_the_row() -> None:
     frame.loc[7, "w"] = -2.0
     with pytest.raises(DataError, match="row 8 has the value -2.0"):
         keel.fit(frame, target="price", config={**FAST, "training.weight_column": "w"}, quiet=True)
+
+
+def test_a_rows_prediction_does_not_depend_on_its_batch() -> None:
+    frame = make_classification_frame(120)
+    model = keel.fit(frame, target="label", config=FAST, quiet=True)
+    together = model.predict_proba(frame)
+    for row in (0, 17, 119):
+        alone = model.predict_proba(frame.iloc[[row]])
+        np.testing.assert_allclose(alone[0], together[row], rtol=0, atol=1e-12)

@@ -1,0 +1,128 @@
+"""The one canonical spelling of a category value, whatever container or dtype it came in.
+
+A category is looked up by its string, so the string must not depend on how the value was read:
+``0.1`` from a CSV (float64), from a float32 frame column or from a JSON request must all be
+``"0.1"``, and ``3`` must be ``"3"`` whether it arrived as an int, a float or an ``Int64`` cell.
+
+The rule, for one value:
+
+- missing (``None``, NaN, ``pd.NA``, ``NaT``) -> ``None``
+- ``bool`` and NumPy / pandas booleans -> ``"True"`` / ``"False"``
+- integers of any width -> their decimal digits (``"3"``, ``"-12"``)
+- floats: integral values within +-2**53 -> the integer (``3.0`` -> ``"3"``); infinities ->
+  ``"inf"`` / ``"-inf"``; anything else -> the shortest decimal that round-trips in the value's
+  own precision (float32 ``0.1`` -> ``"0.1"``, not float64's ``"0.10000000149011612"``), laid
+  out as Python's ``repr`` lays out a float (``"0.0001"``, ``"1e+20"``).
+  A float32 or float16 value is first replaced by the float64 its shortest digits denote, then
+  spelled by the float64 rule: that float64 is what a CSV holding the value reads back, so a
+  float32 frame and its CSV export spell alike (NumPy writes float32 ``1e-4`` as ``"1e-04"``,
+  and float32 57936448 as ``"5.793645e+07"``: they spell ``"0.0001"`` and ``"57936450"``).
+- strings -> unchanged; anything else -> ``str(value)``
+
+This module imports neither NumPy, pandas nor torch: the server and ONNX clients apply the same
+rule to request values. A NumPy scalar is recognised by its ``dtype`` attribute; NumPy is then
+already loaded, and its ``str`` gives the shortest round-trip digits in the scalar's own precision.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+# Integral floats up to this magnitude are spelled as integers: every integer in this range is
+# exactly a float64, so "3" and 3.0 name one value. Beyond it the float's repr is used ("1e+20").
+_INTEGRAL_LIMIT = 2.0**53
+# Missing-value singletons of pandas, recognised by type name so pandas need not be imported.
+_MISSING_TYPES = frozenset({"NAType", "NaTType"})
+
+
+def canonical_category(value: object) -> str | None:
+    """The canonical string of one category value, or None when the value is missing.
+
+    Args:
+        value: A Python, NumPy or pandas scalar.
+
+    Returns:
+        The spelling described in the module docstring; None for a missing value.
+
+    Example:
+        >>> canonical_category(3.0), canonical_category(float("nan")), canonical_category(True)
+        ('3', None, 'True')
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):  # NumPy's str_ included
+        return str(value)
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, int):
+        return str(value)
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and getattr(value, "ndim", None) == 0:  # a NumPy scalar
+        kind = dtype.kind
+        if kind == "b":
+            return "True" if value else "False"
+        if kind in "iu":
+            return str(int(value))  # type: ignore[call-overload]
+        if kind == "f":
+            # The shortest digits in the value's own precision, as the float64 they denote.
+            return _float_spelling(float(str(value)) if dtype.itemsize < 8 else float(value))  # type: ignore[arg-type]
+    elif isinstance(value, float):
+        return _float_spelling(value)
+    if type(value).__name__ in _MISSING_TYPES:
+        return None
+    try:
+        if value != value:  # NaT of NumPy, Decimal("NaN") and other self-unequal missing markers
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def _float_spelling(number: float) -> str | None:
+    if math.isnan(number):
+        return None
+    if math.isinf(number):
+        return "inf" if number > 0 else "-inf"
+    if number.is_integer() and abs(number) <= _INTEGRAL_LIMIT:
+        return str(int(number))
+    return repr(number)
+
+
+def respell_vocabulary(values: list[str]) -> list[str]:
+    """Re-spell a vocabulary saved before the canonical spelling, for models whose float32 columns
+    were spelled through float64 (``"0.10000000149011612"`` for float32 ``0.1``).
+
+    A string is re-spelled when it is exactly what the old rule wrote for a float32 value: the
+    float64 repr of a number that float32 represents exactly, whose float32 spelling differs. Any
+    other string, a category that merely looks like a number (``"0.50"``) included, is unchanged.
+
+    Args:
+        values: The saved vocabulary, in index order.
+
+    Returns:
+        The vocabulary in the same order, with old float32 spellings replaced.
+
+    Example:
+        >>> respell_vocabulary(["0.10000000149011612", "0.1", "red", "0.50"])
+        ['0.1', '0.1', 'red', '0.50']
+    """
+    return [_respelled(value) for value in values]
+
+
+def _respelled(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if not math.isfinite(number) or repr(number) != value:  # not a string the old float64 rule wrote
+        return value
+    try:
+        single = struct.unpack("<f", struct.pack("<f", number))[0]
+    except OverflowError:  # beyond float32's range
+        return value
+    if single != number:
+        return value
+    import numpy as np  # only migrations need it, and they run where NumPy is installed
+
+    return canonical_category(np.float32(number)) or value
