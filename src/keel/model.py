@@ -25,7 +25,7 @@ from keel.config import Config
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Features, Preprocessor, TargetEncoder, describe_unseen
 from keel.data.schema import Schema, require_column
-from keel.data.values import to_numeric
+from keel.data.values import row_weights
 from keel.errors import ArtifactError, ConfigError, KeelWarning
 from keel.evaluate.metrics import classification_metrics, regression_metrics
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
@@ -286,7 +286,10 @@ class Model:
         column = self.config.training.weight_column
         weight = None
         if column is not None and column in frame.columns:
-            weight = torch.from_numpy(to_numeric(frame[column], column=column, source=source).astype(np.float32))
+            weight = torch.from_numpy(row_weights(frame[column], column, source))
+        elif column is not None:
+            warnings.warn(f"the model was trained with rows weighted by {column!r}, which this data lacks: the "
+                          "metrics are unweighted. Add the column to weight them.", KeelWarning, stacklevel=3)
         return self._metrics(torch.from_numpy(features.numeric), torch.from_numpy(features.categorical),
                              torch.from_numpy(y), weight)
 

@@ -204,6 +204,12 @@ class _KeelEstimator(BaseEstimator):
             X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
         return pd.DataFrame(np.asarray(X, dtype=np.float64), columns=[f"x{i}" for i in range(X.shape[1])]), y
 
+    def _check_y(self, X: Any, y: Any) -> None:
+        """scikit-learn's "requires y" error for a missing y, keel's DataError for a missing value in it."""
+        if y is None:
+            validate_data(self, X, y)
+        _check_target_present(y)
+
     def _predict_frame(self, X: Any) -> pd.DataFrame:
         _check_fitted(self)
         return self._frame(X, reset=False)[0]
@@ -241,9 +247,7 @@ class KeelClassifier(ClassifierMixin, _KeelEstimator):
             ValueError: y is missing on some row (a ``DataError`` naming how many and the first),
                 or sample_weight is negative, all zero or of the wrong length.
         """
-        if y is None:
-            validate_data(self, X, y)  # raises scikit-learn's "requires y" error
-        _check_target_present(y)
+        self._check_y(X, y)
         check_classification_targets(y)
         classes = np.unique(column_or_1d(y, warn=True))
         task = "binary" if len(classes) == 2 else "multiclass" if len(classes) > 2 else "auto"
@@ -283,9 +287,7 @@ class KeelRegressor(RegressorMixin, _KeelEstimator):
             ValueError: y is missing on some row (a ``DataError`` naming how many and the first),
                 or sample_weight is negative, all zero or of the wrong length.
         """
-        if y is None:
-            validate_data(self, X, y)  # raises scikit-learn's "requires y" error
-        _check_target_present(y)
+        self._check_y(X, y)
         return self._fit(X, y, "regression", sample_weight)
 
 

@@ -118,3 +118,25 @@ def _float_strings(numbers: np.ndarray) -> np.ndarray:
     # repr also writes "inf", "-inf" and "nan" (the caller blanks NaN out as missing).
     out[~integral] = [repr(number) for number in numbers[~integral].tolist()]
     return out
+
+
+def row_weights(series: pd.Series, column: str, source: str | None = None) -> np.ndarray:
+    """Row weights (``training.weight_column``) as float32: finite, non-negative, not all zero.
+
+    Raises:
+        DataError: A weight is missing, negative or not a number (naming the row), or all are 0.
+    """
+    values = to_numeric(series, column=column, source=source)
+    bad = np.flatnonzero(np.isnan(values) | (values < 0))
+    if len(bad):
+        row = int(series.index[bad[0]]) + 1
+        value = series.iloc[bad[0]]
+        value = value.item() if isinstance(value, np.generic) else value
+        raise DataError(
+            f"weight column {column!r} row {row} has the value {value!r}; row weights must be non-negative "
+            f"numbers ({len(bad)} such value(s) in all). Fix them, or give those rows weight 0.",
+            file=source, column=column, row=row)
+    if not values.sum() > 0:
+        raise DataError(f"weight column {column!r} is 0 on every row; give the rows positive weights.",
+                        file=source, column=column)
+    return values.astype(np.float32)

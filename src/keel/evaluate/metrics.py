@@ -102,7 +102,7 @@ def _weighted_roc_auc(positive: np.ndarray, score: np.ndarray, weight: np.ndarra
     below = np.cumsum(negative_per_group) - negative_per_group  # negative weight strictly lower
     total_positive, total_negative = positive_per_group.sum(), negative_per_group.sum()
     if total_positive == 0 or total_negative == 0:
-        return 0.5
+        return float("nan")  # undefined, as scikit-learn's: every positive or negative weighs 0
     wins = (positive_per_group * (below + 0.5 * negative_per_group)).sum()
     return float(wins / (total_positive * total_negative))
 
@@ -113,11 +113,13 @@ def roc_auc(y_true: np.ndarray, probabilities: np.ndarray, sample_weight: np.nda
     if len(present) < 2:
         return None
     if probabilities.shape[1] == 2:
-        return binary_roc_auc(y_true == 1, probabilities[:, 1], sample_weight)
-    if len(present) < probabilities.shape[1]:
+        areas = [binary_roc_auc(y_true == 1, probabilities[:, 1], sample_weight)]
+    elif len(present) < probabilities.shape[1]:
         return None  # one-vs-rest AUC is undefined for a class absent from the data
-    return float(np.mean([binary_roc_auc(y_true == k, probabilities[:, k], sample_weight)
-                          for k in range(probabilities.shape[1])]))
+    else:
+        areas = [binary_roc_auc(y_true == k, probabilities[:, k], sample_weight) for k in range(probabilities.shape[1])]
+    # A class whose positives (or negatives) all weigh 0 leaves the area undefined, as in scikit-learn.
+    return None if any(np.isnan(area) for area in areas) else float(np.mean(areas))
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:

@@ -1,9 +1,11 @@
 """The training pipeline: read, split, infer the schema, fit preprocessing, train, evaluate.
 
-Everything the model learns from data comes from the training rows: column types, fill values,
-scales, vocabularies, number-embedding bins and a regression target's scale. Only the task and the
-class labels are read from every labelled row, since they define the question and stratify the
-split. The test rows are touched once, to score the finished model.
+Everything the model learns from data comes from the non-test rows: column types from the training
+and validation rows; fill values, scales, vocabularies and a regression target's scale from the
+training rows (with bagging, from the training and validation pool that the folds share); number
+embedding bins from each network's training rows. Only the task and the class labels are read from
+every labelled row, since they define the question and stratify the split. The test rows are
+touched once, to score the finished model.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
 from keel.data.schema import Schema, infer_schema, infer_task, require_column
 from keel.data.split import Split, fold_rows, split_rows
-from keel.data.values import to_numeric
+from keel.data.values import row_weights, to_numeric
 from keel.errors import ConfigError, DataError, KeelError, KeelWarning
 from keel.model import Model
 from keel.nn.losses import resolve_loss_name
@@ -192,29 +194,8 @@ def _labelled(frame: pd.DataFrame, settings: Config) -> _Rows:
     if task != "regression":  # class labels come from every labelled row; they stratify the split
         classes = target.fit(frame[name]).encode(frame[name])
     weight_column = settings.training.weight_column
-    weights = _weights(frame[weight_column], weight_column, source) if weight_column else None
+    weights = row_weights(frame[weight_column], weight_column, source) if weight_column else None
     return _Rows(frame, target, classes, weights, n_unlabelled)
-
-
-def _weights(series: pd.Series, column: str, source: str | None) -> np.ndarray:
-    """Row weights: finite, non-negative, not all zero; a missing weight is an error naming its row."""
-    values = to_numeric(series, column=column, source=source)
-    bad = np.flatnonzero(np.isnan(values) | (values < 0))
-    if len(bad):
-        row = int(series.index[bad[0]]) + 1
-        raise DataError(
-            f"weight column {column!r} row {row} has the value {_plain(series.iloc[bad[0]])!r}; row weights must be "
-            f"non-negative numbers ({len(bad)} such value(s) in all). Fix them, or give those rows weight 0.",
-            file=source, column=column, row=row)
-    if not values.sum() > 0:
-        raise DataError(f"weight column {column!r} is 0 on every row; give the rows positive weights.",
-                        file=source, column=column)
-    return values.astype(np.float32)
-
-
-def _plain(value: object) -> object:
-    """A numpy scalar as the Python value it holds, so messages read -2.0, not np.float64(-2.0)."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _groups(frame: pd.DataFrame, training: TrainingConfig) -> np.ndarray | None:
@@ -233,11 +214,17 @@ def _order(frame: pd.DataFrame, training: TrainingConfig) -> np.ndarray | None:
         keys = to_numeric(series, column=name, source=source)
     else:
         try:
-            dates = pd.to_datetime(series, errors="raise", format="mixed")
+            # One format inferred for the whole column: per-cell parsing would read 05/01 and 13/01 of a
+            # day-first file in different orders and put the future in training.
+            try:
+                dates = pd.to_datetime(series, errors="raise")
+            except ValueError:  # one consistent day-first format (13/01/2020) is the other common case
+                dates = pd.to_datetime(series, errors="raise", dayfirst=True)
         except (ValueError, TypeError) as error:
             raise DataError(
-                f"training.order_by column {name!r} holds neither numbers nor dates ({error}); order the rows by a "
-                "date or number column.", file=source, column=name) from None
+                f"training.order_by column {name!r} holds neither numbers nor dates in one format ({error}); order "
+                "the rows by a number column or by dates written one way (ISO 8601, 2024-05-01, is safest; mixed "
+                "time zones: convert to UTC).", file=source, column=name) from None
         keys = dates.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
         keys[dates.isna().to_numpy()] = np.nan
     missing = np.flatnonzero(np.isnan(keys))
@@ -289,7 +276,7 @@ def _checked_test_frame(test_frame: pd.DataFrame, schema: Schema, target: Target
         test_frame = test_frame[keep]
     target.encode(test_frame[schema.target], source) if schema.task != "regression" else None  # unknown class: error
     if training.weight_column:
-        _weights(test_frame[training.weight_column], training.weight_column, source)
+        row_weights(test_frame[training.weight_column], training.weight_column, source)
     return test_frame
 
 

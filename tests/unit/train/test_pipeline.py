@@ -217,3 +217,35 @@ def test_a_rows_prediction_does_not_depend_on_its_batch() -> None:
     for row in (0, 17, 119):
         alone = model.predict_proba(frame.iloc[[row]])
         np.testing.assert_allclose(alone[0], together[row], rtol=0, atol=1e-12)
+
+
+def test_order_by_day_first_text_dates_keeps_the_future_out_of_training() -> None:
+    from keel.config import TrainingConfig
+    from keel.train.pipeline import _order
+
+    days = pd.date_range("2020-01-01", periods=40, freq="D")
+    frame = pd.DataFrame({"d": days.strftime("%d/%m/%Y")})  # 01/01 ... 09/02: day first, ambiguous early on
+    keys = _order(frame, TrainingConfig(order_by="d"))
+    assert keys is not None
+    assert (np.diff(keys) > 0).all()  # read in one format: calendar order
+
+
+def test_evaluate_checks_weights_and_says_when_they_are_missing() -> None:
+    frame = make_regression_frame(120)
+    frame["w"] = 1.0
+    model = keel.fit(frame, target="price", config={**FAST, "training.weight_column": "w"}, quiet=True)
+    bad = frame.copy()
+    bad.loc[5, "w"] = np.nan
+    with pytest.raises(DataError, match="weight column 'w' row 6"):
+        model.evaluate(bad)
+    with pytest.warns(keel.KeelWarning, match="metrics are unweighted"):
+        model.evaluate(frame.drop(columns="w"))
+
+
+def test_weighted_roc_auc_is_undefined_when_a_class_weighs_nothing() -> None:
+    from keel.evaluate.metrics import roc_auc
+
+    y = np.array([0, 0, 1, 1])
+    probabilities = np.array([[0.8, 0.2], [0.4, 0.6], [0.3, 0.7], [0.9, 0.1]])
+    assert roc_auc(y, probabilities, sample_weight=np.array([1.0, 1.0, 0.0, 0.0])) is None
+    assert roc_auc(y, probabilities, sample_weight=np.array([1.0, 1.0, 1.0, 1.0])) == roc_auc(y, probabilities)
