@@ -395,15 +395,19 @@ def check_destination(path: str | os.PathLike) -> Path:
 
 def _is_replaceable(target: Path) -> bool:
     """An empty directory, or one whose keel.json is a keel manifest (of any format version)."""
+    return _replaceable_document(target) is not None
+
+
+def _replaceable_document(target: Path) -> dict[str, Any] | None:
+    """The parsed keel.json of a directory a save may replace ({} for an empty one); None otherwise."""
     if not target.is_dir():
-        return False
+        return None
     if not any(target.iterdir()):
-        return True
+        return {}
     try:
-        _read_document(target / METADATA_FILE)
+        return _read_document(target / METADATA_FILE)
     except ArtifactError:
-        return False
-    return True
+        return None
 
 
 def _previous_files(target: Path) -> dict[str, FileRecord] | None:
@@ -414,12 +418,11 @@ def _previous_files(target: Path) -> dict[str, FileRecord] | None:
     """
     if not target.exists() and not target.is_symlink():
         return None
-    if not _is_replaceable(target):
+    document = _replaceable_document(target)
+    if document is None:
         raise ArtifactError(f"{target} exists and is not a keel model; refusing to overwrite it. "
                             "Choose another --output.")
-    if not (target / METADATA_FILE).is_file():
-        return {}
-    files = _read_document(target / METADATA_FILE).get("files")
+    files = document.get("files")
     records: dict[str, FileRecord] = {}
     for name, value in (files.items() if isinstance(files, dict) else []):
         try:
@@ -656,11 +659,7 @@ def _write_synced(path: Path, text: str) -> None:
 
 
 def _fsync_file(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    _fsync(path, directory=False)
 
 
 def _fsync_directories(root: Path) -> None:
@@ -671,10 +670,16 @@ def _fsync_directories(root: Path) -> None:
 
 
 def _fsync_directory(path: Path) -> None:
+    _fsync(path, directory=True)
+
+
+def _fsync(path: Path, *, directory: bool) -> None:
     try:
         descriptor = os.open(path, os.O_RDONLY)
     except OSError:
-        return  # some systems (Windows) cannot open a directory; their renames are durable as they are
+        if directory:
+            return  # some systems (Windows) cannot open a directory; their renames are durable as they are
+        raise
     try:
         os.fsync(descriptor)
     finally:

@@ -49,13 +49,22 @@ class TextReporter(Reporter):
         self._write(text)
 
 
-class Notes(list[str]):
-    """The run's notes: each one reaches the reporter the moment it is added."""
+class Notes:
+    """The run's notes: each one reaches the reporter the moment it is added.
+
+    Not a list subclass: ``extend`` or ``+=`` on one would add notes that the reporter never sees.
+    """
 
     def __init__(self, reporter: Reporter) -> None:
-        super().__init__()
         self.reporter = reporter
+        self._texts: list[str] = []
 
     def append(self, text: str) -> None:
-        super().append(text)
+        self._texts.append(text)
         self.reporter.note(text)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._texts)
+
+    def __len__(self) -> int:
+        return len(self._texts)

@@ -100,10 +100,11 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
     special = _special_columns(frame, test_frame, training)
     rows = _labelled(frame, settings)
     frame = rows.frame
+    groups = _groups(frame, training)
     split = split_rows(len(frame), validation=training.validation_split,
                        test=0.0 if test_frame is not None else training.test_split, seed=training.seed,
-                       classes=rows.classes, groups=_groups(frame, training), order=_order(frame, training))
-    bags = _bags(split, training, rows.classes, _groups(frame, training))
+                       classes=rows.classes, groups=groups, order=_order(frame, training))
+    bags = _bags(split, training, rows.classes, groups)
     notes.append(_describe_rows(split, bags, training, rows.n_unlabelled, test_frame, rows.target.name))
     schema = infer_schema(frame, settings.model_copy(update={"task": rows.target.task}),
                           rows=np.sort(np.concatenate([split.train, split.validation])), exclude=special)
@@ -274,7 +275,8 @@ def _checked_test_frame(test_frame: pd.DataFrame, schema: Schema, target: Target
     if not keep.all():
         notes.append(f"dropped {int((~keep).sum())} row(s) of the test data with a missing {schema.target!r}")
         test_frame = test_frame[keep]
-    target.encode(test_frame[schema.target], source) if schema.task != "regression" else None  # unknown class: error
+    if schema.task != "regression":
+        target.encode(test_frame[schema.target], source)  # a class the training data lacks is an error
     if training.weight_column:
         row_weights(test_frame[training.weight_column], training.weight_column, source)
     return test_frame

@@ -199,7 +199,10 @@ class Trainer:
                     group["lr"] = rate.value
                 loss = self._autograd_step(rows, optimizer)
             rate.after_step()
-            total.add_(loss.detach(), alpha=len(rows) if rows.weight is None else float(rows.weight.sum()))
+            if rows.weight is None:
+                total.add_(loss.detach(), alpha=len(rows))
+            else:  # a tensor product, not float(): no host sync per step
+                total.add_(loss.detach() * rows.weight.sum())
         return float(total) / (len(train) if train.weight is None else float(train.weight.sum()))  # one host sync
 
     def _autograd_step(self, rows: Batch, optimizer: torch.optim.Optimizer) -> torch.Tensor:
