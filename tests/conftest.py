@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+# `make test` runs two xdist workers on two cores. Each worker, and every `keel` subprocess it starts,
+# gets one OpenMP thread: two processes of two spinning threads each on two cores made a 9 s
+# `keel demo` take 150 s (measured), which timed out in CI. Set before torch is
+# imported (numpy and pandas above do not load it).
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
 PENGUINS = ROOT / "examples" / "penguins.csv"
