@@ -94,7 +94,7 @@ class TabularNetwork(nn.Module):
         if k == 1:
             return self.mlp(x).unsqueeze(1)
         hidden = self.mlp((x.unsqueeze(1) * self.adapter).flatten(0, 1))  # members as extra rows
-        hidden = hidden.unflatten(0, (len(x), k))
+        hidden = hidden.unflatten(0, (-1, k))  # -1, not len(x): an export traces the batch as a variable
         return torch.einsum("bkh,kho->bko", hidden, self.head_weight) + self.head_bias
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,217 @@
+"""A trained model as one torch module from column values to predictions: what ONNX and TFLite export.
+
+The module holds everything after the string lookups: number columns are filled, scaled
+(z-score, min-max, robust with smooth clipping, quantile knots) and flagged; binary columns
+arrive as 0 / 1 (NaN for missing or unseen values, filled with the training share); category
+columns arrive as indices (0 unknown or rare, 1 missing, 2.. the vocabulary in order). The network
+follows in every form keel trains (MLP, ResNet, the efficient ensemble, bagged networks), and
+the outputs are probabilities (columns in ``model.classes`` order) or values in target units.
+
+Members' probabilities are averaged directly, which equals the softmax of ``combine_members``'s
+logits: the graph stays free of log-space reductions that some runtimes lack.
+
+The string lookups themselves (category and binary values to indices) cannot be torch code; the
+ONNX export puts them in front of this module as ``ai.onnx.ml`` LabelEncoder nodes, and a TFLite
+caller does them with the vocabularies shipped beside the file (see ``lookup_tables``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from keel.data.transforms import MISSING_INDEX, UNKNOWN_INDEX, BinaryTransform, CategoryTransform, NumberTransform
+from keel.nn.network import NetworkBag, TabularNetwork
+
+if TYPE_CHECKING:
+    from keel.model import Model
+
+_CLIP = 3.0  # the smooth clip's saturation, as data/transforms.py applies it
+
+
+@dataclass(frozen=True)
+class InputGroup:
+    """One of the module's inputs: a block of columns of one kind, in schema order."""
+
+    name: str  # "numbers", "binaries" or "codes"
+    columns: list[str]
+    dtype: torch.dtype
+
+
+class InferenceModule(nn.Module):
+    """``(numbers, binaries, codes)`` -> probabilities (batch, n_classes) or values (batch,).
+
+    Only the groups the model has are arguments, in that order (see :attr:`groups`).
+
+    Args:
+        model: The trained model.
+        number_dtype: The dtype numbers arrive and are scaled in (float64 for ONNX, so large
+            values such as timestamps keep their precision; float32 where a runtime lacks float64).
+    """
+
+    def __init__(self, model: "Model", number_dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        transforms = model.preprocessor.transforms
+        numbers = [t for t in transforms if isinstance(t, NumberTransform)]
+        binaries = [t for t in transforms if isinstance(t, BinaryTransform)]
+        categories = [t for t in transforms if isinstance(t, CategoryTransform)]
+        self.groups = [group for group in (
+            InputGroup("numbers", [t.name for t in numbers], number_dtype),
+            InputGroup("binaries", [t.name for t in binaries], torch.float32),
+            InputGroup("codes", [t.name for t in categories], torch.int64),
+        ) if group.columns]
+        self.task = model.task
+        self.number_dtype = number_dtype
+        self._add_number_state(numbers, number_dtype)
+        self.register_buffer("binary_fill", torch.tensor([t.fill for t in binaries], dtype=torch.float32))
+        self.register_buffer("order", torch.tensor(_network_order(model.preprocessor.numeric, numbers, binaries)))
+        network = model.network
+        self.networks = nn.ModuleList(network.networks if isinstance(network, NetworkBag) else [network])
+        self.target_mean = float(model.target_encoder.mean)
+        self.target_std = float(model.target_encoder.std)
+
+    def _add_number_state(self, numbers: list[NumberTransform], dtype: torch.dtype) -> None:
+        def vector(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype)
+
+        self.register_buffer("fill", vector([t.fill for t in numbers]))
+        # Quantile columns go through their knots; the others through (x - center) / scale.
+        self.register_buffer("center", vector([0.0 if t.knots[0] else t.center for t in numbers]))
+        self.register_buffer("scale", vector([1.0 if t.knots[0] else t.scale for t in numbers]))
+        self.register_buffer("robust", torch.tensor([t.normalize == "robust" and not t.knots[0] for t in numbers]))
+        self.register_buffer("flagged", torch.tensor([i for i, t in enumerate(numbers) if t.indicator],
+                                                     dtype=torch.int64))
+        quantile = [i for i, t in enumerate(numbers) if t.knots[0]]
+        self.register_buffer("quantile", torch.tensor(quantile, dtype=torch.int64))
+        low, high, slope, base = _knot_tables([numbers[i].knots for i in quantile], dtype)
+        self.register_buffer("knot_low", low)
+        self.register_buffer("knot_high", high)
+        self.register_buffer("knot_slope", slope)
+        self.register_buffer("knot_base", base)
+        self.any_robust = bool(self.robust.any())
+
+    # The traced graph is unrolled per group present: arguments arrive in ``groups`` order.
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        given = {group.name: tensor for group, tensor in zip(self.groups, inputs)}
+        parts: list[torch.Tensor] = []
+        if "numbers" in given:
+            parts += self._numbers(given["numbers"])
+        if "binaries" in given:
+            binaries = given["binaries"]
+            parts.append(torch.where(torch.isnan(binaries), self.binary_fill, binaries))
+        batch = inputs[0].shape[0]
+        numeric = torch.cat(parts, dim=1)[:, self.order] if parts else torch.zeros(batch, 0)
+        codes = given.get("codes", torch.zeros(batch, 0, dtype=torch.int64))
+        return self._outputs(numeric, codes)
+
+    def _numbers(self, numbers: torch.Tensor) -> list[torch.Tensor]:
+        missing = torch.isnan(numbers)
+        filled = torch.where(missing, self.fill, numbers)
+        scaled = (filled - self.center) / self.scale
+        if self.any_robust:
+            clipped = scaled / torch.sqrt(1 + (scaled / _CLIP) ** 2)
+            scaled = torch.where(self.robust, clipped, scaled)
+        if len(self.quantile):
+            # np.interp through each column's knots as a sum of clamped segments; padding
+            # segments have zero slope, and values beyond the end knots stay at the end scores.
+            x = filled[:, self.quantile].unsqueeze(-1)
+            segments = (torch.minimum(torch.maximum(x, self.knot_low), self.knot_high) - self.knot_low) * self.knot_slope
+            mapped = self.knot_base + segments.sum(dim=-1)
+            columns = torch.arange(numbers.shape[1])
+            is_quantile = (columns.unsqueeze(1) == self.quantile).any(dim=1)
+            position = torch.cumsum(is_quantile.long(), 0) - 1
+            scaled = torch.where(is_quantile, mapped[:, position.clamp(min=0)], scaled)
+        parts = [scaled.float()]
+        if len(self.flagged):
+            parts.append(missing[:, self.flagged].float())
+        return parts
+
+    def _outputs(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        probabilities = [self._member_mean(network, numeric, codes) for network in self.networks]
+        mean = probabilities[0] if len(probabilities) == 1 else torch.stack(probabilities, dim=0).mean(dim=0)
+        if self.task == "regression":
+            return mean[:, 0].to(self.number_dtype) * self.target_std + self.target_mean
+        return mean
+
+    def _member_mean(self, network: TabularNetwork, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        outputs = network.members(numeric, codes)  # (batch, k, n_outputs)
+        if self.task == "binary":
+            positive = torch.sigmoid(outputs[:, :, 0])
+            outputs = torch.stack([1 - positive, positive], dim=2)
+        elif self.task == "multiclass":
+            outputs = torch.softmax(outputs, dim=2)
+        return outputs.mean(dim=1) if outputs.shape[1] > 1 else outputs[:, 0]
+
+
+def _network_order(numeric: list[NumberTransform | BinaryTransform], numbers: list[NumberTransform],
+                   binaries: list[BinaryTransform]) -> list[int]:
+    """Where each of the network's numeric columns sits in ``cat([scaled numbers, flags, binaries])``.
+
+    The network takes numbers and binaries interleaved in schema order, each number followed by
+    its missing flag when it has one (``Preprocessor.numeric``).
+    """
+    n_numbers = len(numbers)
+    flagged = [i for i, t in enumerate(numbers) if t.indicator]
+    flag_at = {index: n_numbers + position for position, index in enumerate(flagged)}
+    binary_start = n_numbers + len(flagged)
+    number_at = {t.name: i for i, t in enumerate(numbers)}
+    binary_at = {t.name: i for i, t in enumerate(binaries)}
+    order: list[int] = []
+    for transform in numeric:
+        if isinstance(transform, NumberTransform):
+            index = number_at[transform.name]
+            order.append(index)
+            if transform.indicator:
+                order.append(flag_at[index])
+        else:
+            order.append(binary_start + binary_at[transform.name])
+    return order
+
+
+def _knot_tables(knots: list[tuple[list[float], list[float]]], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Per column and segment: lower and upper knot, slope, and the column's score at its first knot."""
+    segments = max((len(x) - 1 for x, _ in knots), default=0) or 1
+    low = torch.zeros(len(knots), segments, dtype=dtype)
+    high = torch.zeros(len(knots), segments, dtype=dtype)
+    slope = torch.zeros(len(knots), segments, dtype=dtype)
+    base = torch.zeros(len(knots), dtype=dtype)
+    for column, (x, y) in enumerate(knots):
+        if not x:  # a quantile column with no present training values maps everything to 0
+            continue
+        base[column] = y[0]
+        low[column].fill_(x[-1])
+        high[column].fill_(x[-1])
+        for segment in range(len(x) - 1):
+            low[column, segment], high[column, segment] = x[segment], x[segment + 1]
+            slope[column, segment] = (y[segment + 1] - y[segment]) / (x[segment + 1] - x[segment])
+    return low, high, slope, base
+
+
+def lookup_tables(model: "Model") -> dict[str, Any]:
+    """The string-to-index maps the module expects applied before it, as JSON-ready data.
+
+    ``binaries``: column -> its two values (the first is 0, the second 1; anything else NaN).
+    ``codes``: column -> its vocabulary (value i is index i + 2); a missing value is index 1
+    and any other value index 0.
+    """
+    transforms = model.preprocessor.transforms
+    return {
+        "binaries": {t.name: list(t.values) for t in transforms if isinstance(t, BinaryTransform)},
+        "codes": {t.name: list(t.vocabulary) for t in transforms if isinstance(t, CategoryTransform)},
+        "missing_index": MISSING_INDEX, "unknown_index": UNKNOWN_INDEX,
+    }
+
+
+def example_inputs(module: InferenceModule, batch: int = 3) -> tuple[torch.Tensor, ...]:
+    """Inputs of the right shapes and dtypes for tracing ``module`` (valid indices, finite numbers)."""
+    tensors: list[torch.Tensor] = []
+    for group in module.groups:
+        if group.dtype == torch.int64:
+            tensors.append(torch.full((batch, len(group.columns)), MISSING_INDEX, dtype=torch.int64))
+        else:
+            tensors.append(torch.zeros(batch, len(group.columns), dtype=group.dtype))
+    return tuple(tensors)
+

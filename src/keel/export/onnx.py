@@ -1,0 +1,219 @@
+"""One self-contained ONNX file from a trained model: raw column values in, predictions out.
+
+The graph has one input per feature column, named after it, each of shape ``[batch]``:
+
+- number columns: ``tensor(double)``, NaN for a missing value (double, not float: a timestamp or
+  an amount in cents keeps its digits through the scaling);
+- binary and category columns: ``tensor(string)`` in keel's canonical spelling
+  (:func:`keel.data.spelling.canonical_category`: ``3`` and ``3.0`` are ``"3"``, ``True`` is
+  ``"True"``), the empty string for a missing value.
+
+String lookups are ``ai.onnx.ml`` LabelEncoder nodes; everything after them is
+:class:`keel.export.module.InferenceModule`, traced by ``torch.onnx.export``. Outputs are ``label``
+(``[batch]``, the class labels' own type: int64, double or string) and ``probabilities``
+(``[batch, n_classes]`` float32, columns in ``model.classes`` order) for classification, and
+``value`` (``[batch]`` double, in target units) for regression; when a feature column already has
+one of those names the output gets a trailing underscore (the metadata key ``keel.outputs`` says).
+
+Opset 17 of the default domain and 2 of ``ai.onnx.ml``, IR version 8: ONNX Runtime 1.13 (2022)
+and later, onnxruntime-node and onnxruntime-web run it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from keel.data.transforms import MISSING_INDEX, UNKNOWN_INDEX, BinaryTransform, CategoryTransform
+from keel.errors import ExportError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from keel.model import Model
+
+OPSET = 17
+ML_OPSET = 2
+IR_VERSION = 8
+# Bumped when the graph's inputs, outputs or metadata change in a way a client would notice.
+EXPORT_FORMAT = 1
+_PREFIX = "keel/"  # every name keel makes inside the graph, so none clashes with a column's
+
+
+def to_onnx(model: "Model") -> "onnx.ModelProto":
+    """The model, its preprocessing and its outputs as one ONNX model (see the module docstring).
+
+    Raises:
+        ExportError: The ONNX packages are missing, or the traced graph fails ONNX's checker.
+    """
+    onnx = _require("onnx")
+    from onnx import TensorProto, helper
+
+    from keel.export.module import InferenceModule, example_inputs
+
+    module = InferenceModule(model).eval()
+    core = _trace(module, example_inputs(module), model.task)
+    core = onnx.compose.add_prefix(core, _PREFIX + "net/")
+    columns = {t.name: t for t in model.preprocessor.transforms}
+    inputs, nodes = [], []
+    for group in module.groups:
+        parts = []
+        for column in group.columns:
+            transform = columns[column]
+            string = group.name != "numbers"
+            inputs.append(helper.make_tensor_value_info(
+                column, TensorProto.STRING if string else TensorProto.DOUBLE, ["batch"]))
+            source = column
+            if string:
+                source = _name("lookup", column)
+                nodes.append(_label_encoder(transform, column, source))
+            parts.append(_name("column", column))
+            nodes.append(helper.make_node("Unsqueeze", [source, _name("axis1")], [parts[-1]]))
+        nodes.append(helper.make_node("Concat", parts, [_PREFIX + "net/" + group.name], axis=1))
+    outputs, tail = _outputs(model, core, set(columns))
+    constants = [onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), _name("axis1"))]
+    if model.task != "regression":
+        constants.append(_classes_tensor(model.classes, _name("classes")))
+    graph = helper.make_graph(
+        nodes + list(core.graph.node) + tail, "keel", inputs, outputs,
+        initializer=constants + list(core.graph.initializer))
+    result = helper.make_model(
+        graph, producer_name="keel", producer_version=_version(), ir_version=IR_VERSION,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+        doc_string=f"keel model: {model.task} of {model.target!r} from {len(columns)} column(s)")
+    helper.set_model_props(result, metadata(model, [output.name for output in outputs]))
+    try:
+        onnx.checker.check_model(result, full_check=True)
+    except onnx.checker.ValidationError as error:  # a keel bug, not the user's: say so
+        raise ExportError(f"the exported graph failed ONNX's checker ({str(error).splitlines()[0]}); "
+                          "this is a bug in keel, please report it with the model's keel.json.") from None
+    return result
+
+
+def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
+    """The ``metadata_props`` of the exported file: what a client needs to use it without keel."""
+    from keel.artifact import FORMAT_VERSION
+
+    columns = {t.name: t for t in model.preprocessor.transforms}
+    return {
+        "keel.version": _version(), "keel.model_format": str(FORMAT_VERSION), "keel.export_format": str(EXPORT_FORMAT),
+        "keel.task": model.task, "keel.target": model.target,
+        "keel.classes": json.dumps(model.classes),
+        "keel.features": json.dumps([{"name": f.name, "type": f.type,
+                                      "input": "double" if f.type == "number" else "string"}
+                                     for f in model.schema.features]),
+        "keel.outputs": json.dumps(output_names),
+        "keel.vocabularies": json.dumps({name: t.vocabulary for name, t in columns.items()
+                                         if isinstance(t, CategoryTransform)}),
+        "keel.schema": json.dumps(model.schema.to_dict()),
+        "keel.metrics": json.dumps(model.metrics),
+        "keel.missing": "numbers: NaN; binary and category columns: the empty string",
+    }
+
+
+def _trace(module: Any, example: tuple[Any, ...], task: str) -> "onnx.ModelProto":
+    import onnx
+    import torch
+
+    names = [group.name for group in module.groups]
+    output = "value" if task == "regression" else "probabilities"
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The legacy TorchScript exporter: it writes opset 17 directly (the dynamo exporter starts at
+        # 18 and down-converts with a known ReduceLogSumExp bug) and needs no onnxscript. Its
+        # deprecation and tracer warnings are about Python control flow, which the parity check covers.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, buffer, dynamo=False, opset_version=OPSET, input_names=names,
+                          output_names=[output], dynamic_axes={name: {0: "batch"} for name in [*names, output]},
+                          do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _label_encoder(transform: Any, column: str, output: str) -> "onnx.NodeProto":
+    """String values to the module's input: binary 0 / 1 (NaN else), category index (1 for "")."""
+    from onnx import helper
+
+    if isinstance(transform, BinaryTransform):
+        return helper.make_node("LabelEncoder", [column], [output], domain="ai.onnx.ml",
+                                keys_strings=list(transform.values),
+                                values_floats=[float(i) for i in range(len(transform.values))],
+                                default_float=float("nan"))
+    if not isinstance(transform, CategoryTransform):
+        raise TypeError(f"column {column!r} is not a string-valued transform")
+    return helper.make_node("LabelEncoder", [column], [output], domain="ai.onnx.ml",
+                            keys_strings=["", *transform.vocabulary],
+                            values_int64s=[MISSING_INDEX, *range(2, 2 + len(transform.vocabulary))],
+                            default_int64=UNKNOWN_INDEX)
+
+
+def _outputs(model: "Model", core: "onnx.ModelProto", taken: set[str]) -> tuple[list[Any], list[Any]]:
+    """The graph outputs and the nodes that make them from the traced module's output."""
+    from onnx import TensorProto, helper
+
+    def free(name: str) -> str:
+        while name in taken:
+            name += "_"
+        return name
+
+    produced = core.graph.output[0].name
+    if model.task == "regression":
+        value = free("value")
+        return ([helper.make_tensor_value_info(value, TensorProto.DOUBLE, ["batch"])],
+                [helper.make_node("Identity", [produced], [value])])
+    label, probabilities = free("label"), free("probabilities")
+    index = _name("index")
+    nodes = [
+        helper.make_node("Identity", [produced], [probabilities]),
+        helper.make_node("ArgMax", [produced], [index], axis=1, keepdims=0),
+        helper.make_node("Gather", [_name("classes"), index], [label], axis=0),
+    ]
+    label_type = _classes_array(model.classes).dtype
+    element = {np.dtype(np.int64): TensorProto.INT64, np.dtype(np.float64): TensorProto.DOUBLE}.get(
+        label_type, TensorProto.STRING)
+    return ([helper.make_tensor_value_info(label, element, ["batch"]),
+             helper.make_tensor_value_info(probabilities, TensorProto.FLOAT, ["batch", len(model.classes)])], nodes)
+
+
+def _classes_array(classes: list[Any]) -> np.ndarray:
+    """The class labels as the ``label`` output's element type: int64, double, else their spelling."""
+    from keel.data.spelling import canonical_category
+
+    if all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        return np.array(classes, dtype=np.int64)
+    if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in classes):
+        return np.array(classes, dtype=np.float64)
+    return np.array([canonical_category(c) for c in classes], dtype=object)
+
+
+def _classes_tensor(classes: list[Any], name: str) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    array = _classes_array(classes)
+    if array.dtype == object:
+        return helper.make_tensor(name, TensorProto.STRING, [len(array)], [str(c).encode() for c in array])
+    return numpy_helper.from_array(array, name)
+
+
+def _name(*parts: str) -> str:
+    return _PREFIX + "/".join(parts)
+
+
+def _version() -> str:
+    from keel import __version__
+
+    return __version__
+
+
+def _require(package: str) -> Any:
+    """Import an export dependency, or say how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise ExportError(f"ONNX export needs the {package!r} package, which is not installed; "
+                          "install keel's export extra: pip install 'keel[export]'.") from None
