@@ -486,6 +486,20 @@ def _manifest_text(manifest: Manifest) -> str:
     return json.dumps(_plain(document), indent=2, allow_nan=False)
 
 
+def write_file_atomically(path: str | os.PathLike[str], data: bytes) -> str:
+    """Write ``data`` to ``path`` (a temporary file beside it, fsynced, renamed): a crash leaves the old
+    file or the new one, never half of one. Returns the sha256 of ``data``.
+
+    Raises:
+        ArtifactError: The file cannot be written; the message names it and says why.
+    """
+    destination = Path(path)
+    try:
+        return _write_file(destination.parent, destination.name, data)
+    except OSError as error:
+        raise ArtifactError(f"cannot write {destination}: {error.strerror or error}.") from None
+
+
 def _write_file(directory: Path, name: str, source: bytes | str | os.PathLike[str]) -> str:
     """Write ``directory/name`` atomically from bytes or a file's path; returns its sha256."""
     destination = directory.joinpath(*name.split("/"))

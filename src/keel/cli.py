@@ -229,6 +229,41 @@ def info(
     _print_metrics(summary["metrics"], "test (at training time)")
 
 
+@app.command("export")
+@_friendly
+def export_(
+    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    format_: Annotated[str, typer.Option("--format", "-f", help="onnx (the default) or tflite.")] = "onnx",
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8: int8 weights (ONNX only).")] = None,
+    static: Annotated[bool, typer.Option("--static", help="With --quantize: int8 activations too, calibrated on --data.")] = False,
+    prune: Annotated[Optional[str], typer.Option("--prune", help="Share of hidden neurons to remove, in (0, 1), or auto (largest within --max-drop on --data).")] = None,
+    prune_method: Annotated[str, typer.Option("--prune-method", help="structured (whole neurons) or unstructured (weights).")] = "structured",
+    max_drop: Annotated[float, typer.Option("--max-drop", help="--prune auto: the largest relative drop of the main metric.")] = 0.005,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Epochs of training on --data after pruning.")] = 0,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Rows to check parity, calibrate and measure on (labelled for metrics).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the file here instead of attaching it to MODEL.")] = None,
+    pruned_output: Annotated[Optional[Path], typer.Option("--pruned-output", help="Where a pruned model is saved (default: MODEL-pruned).")] = None,
+    delimiter: Delimiter = None,
+    encoding: Encoding = None,
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    """Export MODEL with its preprocessing inside: ONNX (or TFLite), optionally pruned and int8, parity-checked."""
+    from keel.export.exporter import export
+    from keel.export.summary import report_tables
+    from keel.model import load
+
+    rows = _read(data, delimiter, encoding) if data is not None else None
+    report = export(load(model), format_, quantize=quantize, static=static, prune=prune, prune_method=prune_method,
+                    max_drop=max_drop, finetune_epochs=finetune_epochs, data=rows, output=output,
+                    pruned_output=pruned_output)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+        return
+    for table in report_tables(report):
+        out.print(table)
+
+
 @app.command("config")
 @_friendly
 def config_(

@@ -12,7 +12,7 @@ import os
 import platform
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ from keel.data.values import row_weights
 from keel.errors import ArtifactError, ConfigError, KeelWarning
 from keel.evaluate.metrics import classification_metrics, regression_metrics
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
+
+if TYPE_CHECKING:
+    from keel.export.exporter import ExportReport
 
 
 class Model:
@@ -174,6 +177,26 @@ class Model:
         digest = attach_file(self.path, name, source, weights=self._weights_sha256)
         self._attached = {**self._attached, name: digest}
         return digest
+
+    def export(self, format: str = "onnx", *, quantize: str | None = None, static: bool = False,
+               prune: float | str | None = None, prune_method: str = "structured", max_drop: float = 0.005,
+               finetune_epochs: int = 0, data: TableSource | None = None, output: str | os.PathLike[str] | None = None,
+               pruned_output: str | os.PathLike[str] | None = None) -> "ExportReport":
+        """Export for ONNX Runtime (or LiteRT) with the preprocessing inside; see :func:`keel.export.exporter.export`.
+
+        The file is parity-checked against this model's own predictions and attached to the model
+        directory (``model.onnx``, checksummed in ``keel.json``) unless ``output`` names a file.
+
+        Example:
+            >>> report = model.export(data="examples/penguins.csv")
+            >>> report.parity["max_difference"] <= 1e-5
+            True
+        """
+        from keel.export.exporter import export
+
+        return export(self, format, quantize=quantize, static=static, prune=prune, prune_method=prune_method,
+                      max_drop=max_drop, finetune_epochs=finetune_epochs, data=data, output=output,
+                      pruned_output=pruned_output)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Model":

@@ -52,6 +52,19 @@ class InferenceModule(nn.Module):
             values such as timestamps keep their precision; float32 where a runtime lacks float64).
     """
 
+    binary_fill: torch.Tensor
+    order: torch.Tensor
+    fill: torch.Tensor
+    center: torch.Tensor
+    scale: torch.Tensor
+    robust: torch.Tensor
+    flagged: torch.Tensor
+    quantile: torch.Tensor
+    knot_low: torch.Tensor
+    knot_high: torch.Tensor
+    knot_slope: torch.Tensor
+    knot_base: torch.Tensor
+
     def __init__(self, model: "Model", number_dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         transforms = model.preprocessor.transforms
@@ -69,7 +82,8 @@ class InferenceModule(nn.Module):
         self.register_buffer("binary_fill", torch.tensor([t.fill for t in binaries], dtype=torch.float32))
         self.register_buffer("order", torch.tensor(_network_order(model.preprocessor.numeric, numbers, binaries)))
         network = model.network
-        self.networks = nn.ModuleList(network.networks if isinstance(network, NetworkBag) else [network])
+        self.networks: list[TabularNetwork] = nn.ModuleList(  # type: ignore[assignment]
+            network.networks if isinstance(network, NetworkBag) else [network])
         self.target_mean = float(model.target_encoder.mean)
         self.target_std = float(model.target_encoder.std)
 

@@ -127,7 +127,8 @@ def _trace(module: Any, example: tuple[Any, ...], task: str) -> "onnx.ModelProto
         # 18 and down-converts with a known ReduceLogSumExp bug) and needs no onnxscript. Its
         # deprecation and tracer warnings are about Python control flow, which the parity check covers.
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, buffer, dynamo=False, opset_version=OPSET, input_names=names,
+        torch.onnx.export(module, example, buffer,  # type: ignore[arg-type]  # a file-like object is accepted
+                          dynamo=False, opset_version=OPSET, input_names=names,
                           output_names=[output], dynamic_axes={name: {0: "batch"} for name in [*names, output]},
                           do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())
@@ -194,7 +195,7 @@ def _classes_tensor(classes: list[Any], name: str) -> Any:
 
     array = _classes_array(classes)
     if array.dtype == object:
-        return helper.make_tensor(name, TensorProto.STRING, [len(array)], [str(c).encode() for c in array])
+        return helper.make_tensor(name, TensorProto.STRING, [len(array)], [str(c).encode() for c in array])  # type: ignore[misc]
     return numpy_helper.from_array(array, name)
 
 

@@ -1,0 +1,130 @@
+"""Does the exported file predict what keel predicts? Rows to check on, and the comparison.
+
+Without user rows the check runs on rows synthesised from the stored preprocessing: numbers
+across and well beyond the training range, missing values, every known category, unseen and
+missing categories. The tolerance is the issue's: the largest absolute difference of
+probabilities (or, for regression values, the difference relative to the value, or to the
+target's standard deviation when the value is smaller than that) at most 1e-5, and identical
+labels except on rows whose top two probabilities keel itself puts within the tolerance.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from keel.data.transforms import BinaryTransform, NumberTransform
+from keel.data.values import category_strings, to_numeric
+from keel.errors import KeelWarning
+
+if TYPE_CHECKING:
+    from keel.model import Model
+
+TOLERANCE = 1e-5
+# Values no training row had: one spelling no real column is likely to hold.
+UNSEEN = "<keel: a value unseen in training>"
+
+
+@dataclass
+class Parity:
+    """How far an exported file's predictions are from keel's own on the same rows."""
+
+    max_difference: float
+    rows: int
+    source: str  # "data" (the user's rows) or "synthetic"
+    label_mismatches: int  # rows whose labels differ although keel's top two are clearly apart
+    near_ties: int  # rows whose labels may differ because keel's top two are within the tolerance
+    tolerance: float = TOLERANCE
+    measure: str = "absolute difference of probabilities"
+
+    @property
+    def ok(self) -> bool:
+        return self.max_difference <= self.tolerance and self.label_mismatches == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def synthetic_rows(model: "Model", n_rows: int = 256, seed: int = 0) -> pd.DataFrame:
+    """Rows that exercise every preprocessing path of ``model``, drawn from its stored state.
+
+    Numbers: mostly within the training distribution, a tenth far outside it (20 spreads away),
+    a tenth missing. Binary and category columns: known values, a value never seen, missing.
+    """
+    rng = np.random.default_rng(seed)
+    columns: dict[str, Any] = {}
+    for transform in model.preprocessor.transforms:
+        kind = rng.random(n_rows)
+        if isinstance(transform, NumberTransform):
+            center, spread = _location(transform)
+            values = rng.normal(center, spread, n_rows)
+            far = kind < 0.1
+            values[far] = center + rng.choice([-20.0, 20.0], int(far.sum())) * spread
+            values[(kind >= 0.1) & (kind < 0.2)] = np.nan
+            columns[transform.name] = values
+        else:
+            known = list(transform.values if isinstance(transform, BinaryTransform) else transform.vocabulary)
+            values = np.array([known[i] for i in rng.integers(0, len(known), n_rows)] if known else [UNSEEN] * n_rows,
+                              dtype=object)
+            values[kind < 0.1] = UNSEEN
+            values[(kind >= 0.1) & (kind < 0.2)] = None
+            columns[transform.name] = values
+    return pd.DataFrame(columns)
+
+
+def _location(transform: NumberTransform) -> tuple[float, float]:
+    """A center and spread of the column's training values, from whichever statistics it kept."""
+    if transform.knots[0]:
+        knots = transform.knots[0]
+        spread = (knots[-1] - knots[0]) / 4 or 1.0
+        return (knots[0] + knots[-1]) / 2, spread
+    if transform.normalize == "minmax":
+        return transform.center + transform.scale / 2, transform.scale / 2 or 1.0
+    if transform.normalize == "none":
+        return transform.fill, max(abs(transform.fill), 1.0)
+    return transform.center, transform.scale
+
+
+def onnx_feeds(model: "Model", frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The ONNX inputs for ``frame``, converted exactly as keel converts columns for its own prediction."""
+    feeds: dict[str, np.ndarray] = {}
+    for transform in model.preprocessor.transforms:
+        series = frame[transform.name]
+        if isinstance(transform, NumberTransform):
+            feeds[transform.name] = to_numeric(series, column=transform.name)
+        else:
+            strings = category_strings(series)
+            feeds[transform.name] = np.where(strings == None, "", strings).astype(object)  # noqa: E711
+    return feeds
+
+
+def compare(model: "Model", frame: pd.DataFrame, predict: Callable[[pd.DataFrame], np.ndarray],
+            source: str) -> Parity:
+    """Compare ``predict(frame)`` (probabilities, or values for regression) with keel's own on ``frame``.
+
+    Args:
+        model: The keel model the file was exported from.
+        frame: The rows (feature columns; others are ignored).
+        predict: The exported file's prediction for the rows: (n, n_classes) probabilities in
+            ``model.classes`` order, or (n,) values.
+        source: ``"data"`` or ``"synthetic"``, recorded with the figures.
+    """
+    exported = np.asarray(predict(frame), dtype=np.float64)
+    with warnings.catch_warnings():  # unseen values are the point of synthetic rows, not news to the user
+        warnings.simplefilter("ignore", KeelWarning)
+        own = np.asarray(model.predict(frame) if model.task == "regression" else model.predict_proba(frame),
+                         dtype=np.float64)
+    if model.task == "regression":
+        scale = np.maximum(np.abs(own), model.target_encoder.std)
+        difference = float(np.max(np.abs(exported - own) / scale)) if len(own) else 0.0
+        return Parity(difference, len(own), source, 0, 0, measure="difference relative to the value (or to the "
+                      "target's standard deviation when the value is smaller)")
+    difference = float(np.max(np.abs(exported - own))) if len(own) else 0.0
+    ordered = np.sort(own, axis=1)
+    tied = (ordered[:, -1] - ordered[:, -2] < TOLERANCE) if own.shape[1] > 1 else np.zeros(len(own), dtype=bool)
+    differ = exported.argmax(1) != own.argmax(1)
+    return Parity(difference, len(own), source, int((differ & ~tied).sum()), int((differ & tied).sum()))
