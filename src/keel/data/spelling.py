@@ -17,7 +17,9 @@ The rule, for one value:
   spelled by the float64 rule: that float64 is what a CSV holding the value reads back, so a
   float32 frame and its CSV export spell alike (NumPy writes float32 ``1e-4`` as ``"1e-04"``,
   and float32 57936448 as ``"5.793645e+07"``: they spell ``"0.0001"`` and ``"57936450"``).
-- strings -> unchanged; anything else -> ``str(value)``
+- strings -> unchanged, except the empty string -> ``None``: a blank cell is missing, as a CSV
+  reads it, and the ONNX export passes missing category values as ``""``
+- anything else -> ``str(value)``
 
 This module imports neither NumPy, pandas nor torch: the server and ONNX clients apply the same
 rule to request values. A NumPy scalar is recognised by its ``dtype`` attribute; NumPy is then
@@ -52,7 +54,7 @@ def canonical_category(value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):  # NumPy's str_ included
-        return str(value)
+        return str(value) or None
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, int):

@@ -93,6 +93,7 @@ def category_strings(series: pd.Series) -> np.ndarray:
     elif pd.api.types.is_string_dtype(dtype) and (
             not pd.api.types.is_object_dtype(dtype) or pd.api.types.infer_dtype(series, skipna=True) == "string"):
         out = series.to_numpy(dtype=object, na_value=None, copy=True)  # strings are their own spelling
+        missing = missing | (out == "")  # a blank cell, as canonical_category has it
     else:  # mixed objects, dates: one by one
         out = np.array([canonical_category(value) for value in series.to_numpy(dtype=object)], dtype=object)
     out[missing] = None

@@ -103,3 +103,12 @@ def test_old_float32_vocabulary_is_respelled_and_nothing_else() -> None:
     # Strings the old rule could not have written for a float32 value stay as they are.
     unchanged = ["0.1", "0.50", "red", "3", "1e+20", "nan", "inf", "0.1000000000000000055511151231257827"]
     assert respell_vocabulary(unchanged) == unchanged
+
+
+def test_the_empty_string_is_missing_as_in_a_csv() -> None:
+    # A CSV's blank cell reads as missing; a DataFrame's "" must mean the same, and the ONNX graph
+    # passes missing category values as "".
+    assert canonical_category("") is None and canonical_category(np.str_("")) is None
+    assert category_strings(pd.Series(["a", "", None], dtype=object)).tolist() == ["a", None, None]
+    assert category_strings(pd.Series(["a", "", None], dtype="string")).tolist() == ["a", None, None]
+    assert category_strings(pd.Series(["a", "", 3], dtype=object)).tolist() == ["a", None, "3"]
