@@ -60,8 +60,8 @@ def test_json_report_and_output_file(model_dir, tmp_path) -> None:
 
 @pytest.mark.parametrize("args, says", [
     (["--format", "coreml"], "unknown export format 'coreml'"),
-    (["--prune", "0"], "(0, 1)"),
-    (["--prune", "1.2"], "(0, 1)"),
+    (["--prune", "0"], "strictly between 0 and 1; got '0'"),
+    (["--prune", "1.2"], "strictly between 0 and 1; got '1.2'"),
     (["--format", "tflite", "--quantize", "int8"], "needs --format onnx"),
     (["--quantize", "int8", "--static"], "--data"),
 ])

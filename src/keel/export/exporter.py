@@ -10,9 +10,9 @@ directory (checksummed in ``keel.json``) or to ``output``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 FORMATS = ("onnx", "tflite")
 QUANTIZATIONS = ("int8",)
-PRUNE_METHODS = ("structured", "unstructured")
 
 
 @dataclass
@@ -106,7 +105,7 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
     if amount is not None and output is None:
         pruned_output = Path(pruned_output) if pruned_output is not None else _pruned_directory(model)
         check_destination(pruned_output)
-    pruning = None
+    pruning, unpruned = None, model
     if amount is not None:
         model, pruning = _prune(model, amount, prune_method, max_drop, finetune_epochs, rows)
     if format == "tflite":
@@ -123,7 +122,7 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
         raise ExportError(_parity_failure(parity))
     _set_metadata(proto, {"keel.parity": json.dumps(parity.to_dict())})
     original = proto.SerializeToString()
-    written, quantized_parity, compression = original, None, None
+    written, quantized_parity, compression, notes = original, None, None, []
     if quantize is not None:
         from keel.export.quantize import quantize_int8
 
@@ -133,11 +132,13 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
         quantized_parity = compare(model, check_rows, lambda frame: _run(quantized, model, onnx_feeds(model, frame)),
                                    parity.source).to_dict()
     if quantize is not None or pruning is not None:
-        compression = _measure(pruning, original, written, model, rows)
+        baseline = original if pruning is None else to_onnx(unpruned).SerializeToString()
+        compression = _measure(baseline, written, model, rows if rows is not None else check_rows)
+        notes += _compression_notes(compression, quantize)
     name = "model.int8.onnx" if quantize else "model.onnx"
     target = _write(model, name, written, output, pruned_output, pruning)
     report = ExportReport("onnx", [target], parity.to_dict(), time.perf_counter() - started, model, pruning,
-                          compression, quantized_parity)
+                          compression, quantized_parity, notes)
     _attach_report(model, name, report, output)
     return report
 
@@ -156,8 +157,9 @@ def _check_options(format: str, quantize: str | None, static: bool, prune: float
         raise ConfigError("--static calibrates int8 activations: it needs --quantize int8.")
     if static and data is None:
         raise ConfigError("--static quantization calibrates on rows: pass them with --data FILE.")
-    if method not in PRUNE_METHODS:
-        raise ConfigError(f"unknown pruning method {method!r}; choose one of: {', '.join(PRUNE_METHODS)}.")
+    from keel.export.prune import check_amount, pruner_for
+
+    pruner_for(method)  # an unknown method is a ConfigError listing the known ones
     if finetune_epochs < 0:
         raise ConfigError(f"--finetune-epochs must be 0 or more; got {finetune_epochs}.")
     if finetune_epochs and data is None:
@@ -171,13 +173,7 @@ def _check_options(format: str, quantize: str | None, static: bool, prune: float
             raise ConfigError("--prune auto searches for the largest pruning within --max-drop on labelled rows: "
                               "pass them with --data FILE.")
         return "auto"
-    try:
-        amount = float(prune)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--prune takes a share in (0, 1), like 0.5, or 'auto'; got {prune!r}.") from None
-    if not 0 < amount < 1:
-        raise ConfigError(f"--prune takes a share of neurons to remove in (0, 1), like 0.5; got {prune!r}.")
-    return amount
+    return check_amount(prune)
 
 
 def _rows(model: "Model", data: "TableSource | None") -> pd.DataFrame | None:
@@ -241,13 +237,31 @@ def _set_metadata(proto: Any, values: dict[str, str]) -> None:
     helper.set_model_props(proto, {**existing, **values})
 
 
-def _measure(pruning: dict[str, Any] | None, original: bytes, written: bytes, model: "Model",
-             rows: pd.DataFrame | None) -> dict[str, Any]:
-    """The uncompressed and compressed files side by side (see keel.export.measure)."""
-    from keel.export.measure import compare, measure
+def _measure(original: bytes, compressed: bytes, model: "Model", rows: pd.DataFrame) -> dict[str, Any]:
+    """The uncompressed and compressed files side by side (keel.export.measure): one-row latency on
+    the first row, throughput on 1,000 rows (the rows repeated when there are fewer), and the main
+    metric on ``rows`` when they hold the target."""
+    from keel.export.measure import compare, main_metric, measure
+    from keel.export.parity import onnx_feeds
 
-    raise NotImplementedError  # wired once keel.export.measure lands (the lead's next step)
-    del compare, measure, pruning, original, written, model, rows
+    feeds = onnx_feeds(model, rows)
+    one_row = {name: values[:1] for name, values in feeds.items()}
+    batch = {name: np.resize(values, 1000) for name, values in feeds.items()}
+    metric = main_metric(model, rows) if model.target in rows.columns and rows[model.target].notna().any() else None
+    return compare(measure(original, one_row, batch, metric_fn=metric),
+                   measure(compressed, one_row, batch, metric_fn=metric))
+
+
+def _compression_notes(compression: dict[str, Any], quantize: str | None) -> list[str]:
+    """What the figures say that a user could miss: no metric measured, an int8 file that is not smaller."""
+    notes = []
+    if "metric" not in compression:
+        notes.append("the metric was not measured: pass labelled rows (with the target column) as --data.")
+    sizes = {row["key"]: row for row in compression["rows"]}
+    if quantize and sizes["size_bytes"]["ratio"] >= 1:
+        notes.append("the int8 file is not smaller than the float one: this network's matrices are too small for "
+                     "int8 weights to outweigh the quantization bookkeeping; export without --quantize.")
+    return notes
 
 
 def _write(model: "Model", name: str, data: bytes, output: str | os.PathLike[str] | None, pruned_output: str | os.PathLike[str] | None,

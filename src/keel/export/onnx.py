@@ -50,7 +50,7 @@ def to_onnx(model: "Model") -> "onnx.ModelProto":
     Raises:
         ExportError: The ONNX packages are missing, or the traced graph fails ONNX's checker.
     """
-    onnx = _require("onnx")
+    onnx = require("onnx")
     from onnx import TensorProto, helper
 
     from keel.export.module import InferenceModule, example_inputs
@@ -138,16 +138,18 @@ def _label_encoder(transform: Any, column: str, output: str) -> "onnx.NodeProto"
     """String values to the module's input: binary 0 / 1 (NaN else), category index (1 for "")."""
     from onnx import helper
 
+    # "" is the missing value (canonical_category spells it None): a vocabulary of a model saved
+    # before that rule may hold it, and keel now sends it to the missing bucket too.
     if isinstance(transform, BinaryTransform):
+        codes = {value: float(code) for code, value in enumerate(transform.values) if value}
         return helper.make_node("LabelEncoder", [column], [output], domain="ai.onnx.ml",
-                                keys_strings=list(transform.values),
-                                values_floats=[float(i) for i in range(len(transform.values))],
+                                keys_strings=list(codes), values_floats=list(codes.values()),
                                 default_float=float("nan"))
     if not isinstance(transform, CategoryTransform):
         raise TypeError(f"column {column!r} is not a string-valued transform")
+    indices = {"": MISSING_INDEX, **{value: 2 + i for i, value in enumerate(transform.vocabulary) if value}}
     return helper.make_node("LabelEncoder", [column], [output], domain="ai.onnx.ml",
-                            keys_strings=["", *transform.vocabulary],
-                            values_int64s=[MISSING_INDEX, *range(2, 2 + len(transform.vocabulary))],
+                            keys_strings=list(indices), values_int64s=list(indices.values()),
                             default_int64=UNKNOWN_INDEX)
 
 
@@ -209,7 +211,7 @@ def _version() -> str:
     return __version__
 
 
-def _require(package: str) -> Any:
+def require(package: str) -> Any:
     """Import an export dependency, or say how to install it."""
     import importlib
 

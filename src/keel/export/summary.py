@@ -32,6 +32,7 @@ def report_tables(report: "ExportReport") -> list[Table | str]:
         lines.append(chosen + f"; the pruned model is {report.model.path}")
     if report.compression:
         lines.append(compression_table(report.compression))
+    lines += [f"note: {note}" for note in report.notes]
     return lines
 
 

@@ -36,13 +36,15 @@ INITIALIZERS: dict[str, Callable[[torch.Tensor, str], torch.Tensor | None]] = {
 }
 
 
-# One hidden-layer stack per ``model.architecture``: (in_features, hidden, activation, dropout, norm)
-# -> layers; the names are already checked against their registries by ``build_body``.
-BodyBuilder = Callable[[int, list[int], str, float, str], list[nn.Module]]
+# One hidden-layer stack per ``model.architecture``: (in_features, hidden, activation, dropout, norm,
+# inner) -> layers; the names are already checked against their registries by ``build_body``.
+# ``inner`` is each residual block's inner width (empty: the block's own width), narrowed by pruning.
+BodyBuilder = Callable[[int, list[int], str, float, str, list[int]], list[nn.Module]]
 
 
-def _plain_body(in_features: int, hidden: list[int], activation: str, dropout: float, norm: str) -> list[nn.Module]:
-    """Linear, norm, activation and dropout per hidden layer."""
+def _plain_body(in_features: int, hidden: list[int], activation: str, dropout: float, norm: str,
+                inner: list[int]) -> list[nn.Module]:
+    """Linear, norm, activation and dropout per hidden layer (a plain layer has no inner width)."""
     layers: list[nn.Module] = []
     for width, size in zip([in_features, *hidden], hidden):
         layers += [nn.Linear(width, size), NORMS[norm](size), ACTIVATIONS[activation]()]
@@ -51,11 +53,13 @@ def _plain_body(in_features: int, hidden: list[int], activation: str, dropout: f
     return layers
 
 
-def _residual_body(in_features: int, hidden: list[int], activation: str, dropout: float, norm: str) -> list[nn.Module]:
+def _residual_body(in_features: int, hidden: list[int], activation: str, dropout: float, norm: str,
+                   inner: list[int]) -> list[nn.Module]:
     """A residual block per hidden layer, then norm and activation."""
     layers: list[nn.Module] = [
-        ResidualBlock(width, size, activation=activation, dropout=dropout, norm=norm)
-        for width, size in zip([in_features, *hidden], hidden)
+        ResidualBlock(width, size, activation=activation, dropout=dropout, norm=norm,
+                      inner_features=inner[index] if inner else None)
+        for index, (width, size) in enumerate(zip([in_features, *hidden], hidden))
     ]
     if hidden:  # blocks end on the sum; the head sees it normalized
         layers += [NORMS[norm](hidden[-1]), ACTIVATIONS[activation]()]
@@ -63,14 +67,20 @@ def _residual_body(in_features: int, hidden: list[int], activation: str, dropout
 
 
 class ResidualBlock(nn.Module):
-    """``skip(x) + linear(dropout(activation(linear(norm(x)))))``; skip is the identity at equal widths."""
+    """``skip(x) + linear(dropout(activation(linear(norm(x)))))``; skip is the identity at equal widths.
 
-    def __init__(self, in_features: int, out_features: int, *, activation: str, dropout: float, norm: str) -> None:
+    ``inner_features`` is the width between the two linear layers (``out_features`` when None);
+    structured pruning narrows it, since the skip fixes the block's output width.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, activation: str, dropout: float, norm: str,
+                 inner_features: int | None = None) -> None:
         super().__init__()
+        inner = out_features if inner_features is None else inner_features
         self.main = nn.Sequential(
-            lookup(NORMS, "model.norm", norm)(in_features), nn.Linear(in_features, out_features),
+            lookup(NORMS, "model.norm", norm)(in_features), nn.Linear(in_features, inner),
             lookup(ACTIVATIONS, "model.activation", activation)(), nn.Dropout(dropout),
-            nn.Linear(out_features, out_features),
+            nn.Linear(inner, out_features),
         )
         self.skip = nn.Identity() if in_features == out_features else nn.Linear(in_features, out_features, bias=False)
 
@@ -89,6 +99,7 @@ def build_body(
     activation: str = "relu",
     dropout: float = 0.0,
     norm: str = "none",
+    inner: list[int] | None = None,
 ) -> list[nn.Module]:
     """The hidden layers: plain (linear, norm, activation, dropout) or residual blocks.
 
@@ -97,7 +108,8 @@ def build_body(
     """
     lookup(ACTIVATIONS, "model.activation", activation)
     lookup(NORMS, "model.norm", norm)
-    return lookup(ARCHITECTURES, "model.architecture", architecture)(in_features, hidden, activation, dropout, norm)
+    return lookup(ARCHITECTURES, "model.architecture", architecture)(in_features, hidden, activation, dropout, norm,
+                                                                    inner or [])
 
 
 def initialize(module: nn.Module, init: str, activation: str) -> None:
@@ -122,6 +134,7 @@ def build_mlp(
     dropout: float = 0.0,
     norm: str = "none",
     init: str = "default",
+    inner: list[int] | None = None,
 ) -> nn.Sequential:
     """The hidden layers (see ``build_body``), then a linear output layer.
 
@@ -135,12 +148,13 @@ def build_mlp(
         dropout: Dropout rate after each hidden layer.
         norm: One of ``NORMS``.
         init: One of ``INITIALIZERS``; biases start at zero unless ``default``.
+        inner: ResNet only: each block's inner width (None or empty: the block's own width).
 
     Returns:
         The network as an ``nn.Sequential``.
     """
     layers = build_body(in_features, hidden, architecture=architecture, activation=activation,
-                        dropout=dropout, norm=norm)
+                        dropout=dropout, norm=norm, inner=inner)
     if out_features is not None:
         layers.append(nn.Linear(hidden[-1] if hidden else in_features, out_features))
     mlp = nn.Sequential(*layers)

@@ -41,6 +41,7 @@ class NetworkSpec:
     numeric_embedding_dim: int = 16
     ensemble: int = 1
     task: str = "regression"  # how members' outputs combine: probabilities for classes, else means
+    inner: list[int] = field(default_factory=list)  # ResNet blocks' inner widths after pruning; empty: hidden
 
     def __post_init__(self) -> None:
         if not self.embedding_dims:
@@ -54,7 +55,10 @@ class NetworkSpec:
         return self.architecture == "mlp" and self.numeric_embedding == "none" and self.ensemble == 1
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        spec = asdict(self)
+        if not self.inner:  # only pruning sets it: unpruned models stay readable by keels without the field
+            del spec["inner"]
+        return spec
 
 
 class TabularNetwork(nn.Module):
@@ -70,7 +74,7 @@ class TabularNetwork(nn.Module):
         k = spec.ensemble
         self.mlp = build_mlp(width, spec.hidden, spec.n_outputs if k == 1 else None,
                              architecture=spec.architecture, activation=spec.activation, dropout=spec.dropout,
-                             norm=spec.norm, init=spec.init)
+                             norm=spec.norm, init=spec.init, inner=spec.inner)
         if k > 1:
             last = spec.hidden[-1] if spec.hidden else width
             signs = torch.randint(0, 2, (k, width)).float() * 2 - 1

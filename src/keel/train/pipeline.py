@@ -131,7 +131,7 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
         return batch.take(where[positions])
 
     loss = resolve_loss_name(training.loss, schema.task)
-    class_weights = _class_weights(training.class_weights, part(fitted_rows), target)
+    class_weights = class_weights_for(training.class_weights, part(fitted_rows), target)
     notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(bags)))
     networks, histories = [], []
     n_test = len(split.test) if test_frame is None else len(test_frame)
@@ -293,7 +293,7 @@ def _fit_network(trainer: Trainer, train_rows: Batch, validation_rows: Batch | N
     if trainer.class_weights is not None and settings.class_weights == "auto":
         # Weighted training shifts each logit by log(weight); undo it so the probabilities
         # (and accuracy) reflect the true class shares while the ranking keeps the benefit.
-        network.shift_outputs(_prior_correction(trainer.class_weights, trainer.task))
+        network.shift_outputs(prior_correction(trainer.class_weights, trainer.task))
     network.eval().to("cpu")
     return history
 
@@ -363,7 +363,7 @@ def _bags(split: Split, training: TrainingConfig, classes: np.ndarray | None,
     return [(np.sort(np.concatenate(folds[:i] + folds[i + 1:])), fold) for i, fold in enumerate(folds)]
 
 
-def _prior_correction(weights: torch.Tensor, task: str) -> torch.Tensor:
+def prior_correction(weights: torch.Tensor, task: str) -> torch.Tensor:
     log_weights = weights.log()
     if task == "binary":
         return (log_weights[0] - log_weights[1]).reshape(1)
@@ -383,7 +383,7 @@ def _batch(preprocessor: Preprocessor, target: TargetEncoder, frame: pd.DataFram
 RARE_CLASS_SHARE = 0.1
 
 
-def _class_weights(mode: str, rows: Batch, target: TargetEncoder) -> torch.Tensor | None:
+def class_weights_for(mode: str, rows: Batch, target: TargetEncoder) -> torch.Tensor | None:
     if mode == "none" or target.task == "regression":
         return None
     counts = torch.bincount(rows.target, minlength=target.n_classes).float().clamp(min=1)
