@@ -68,7 +68,7 @@ class Predictor:
         self._reported: set[str] = set()
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, threads: int = 1) -> "Predictor":
+    def load(cls, path: str | os.PathLike[str], *, threads: int = 1, file: str = ONNX_FILE) -> "Predictor":
         """Load a model directory with an attached ``model.onnx``, or a bare ``.onnx`` file.
 
         Args:
@@ -77,6 +77,8 @@ class Predictor:
             threads: ONNX Runtime's threads per call. 1 (the default) gives the lowest one-row
                 latency and suits a server with a process per core; more speed up large batches;
                 0 lets ONNX Runtime pick (one per physical core).
+            file: Which attached export of a directory to load: ``model.onnx``, or
+                ``model.int8.onnx`` for the int8 one (``keel export --quantize int8``).
 
         Returns:
             The predictor.
@@ -92,7 +94,7 @@ class Predictor:
                               "more for large batches, 0 to let ONNX Runtime choose.")
         location = Path(path)
         if location.is_dir():
-            content, known = _read_directory(location)
+            content, known = _read_directory(location, file)
         elif location.is_file() and location.suffix.lower() == ".onnx":
             content, known = _read_file(location), set()
         elif location.is_file():
@@ -167,23 +169,24 @@ class Predictor:
                 "Check their spelling if you meant one of those.", KeelWarning, stacklevel=4)
 
 
-def _read_directory(directory: Path) -> tuple[bytes, set[str]]:
+def _read_directory(directory: Path, name: str) -> tuple[bytes, set[str]]:
     """The verified ONNX bytes of a model directory, and its config's special column names."""
     from keel.artifact import WEIGHTS_FILE, read_manifest  # pydantic, no torch: only directories need it
 
     # Only the ONNX file is read, so only its checksum is checked: a serving copy may leave the
     # weights out.
     manifest = read_manifest(directory, verify=False)
-    record = manifest.files.get(ONNX_FILE)
+    record = manifest.files.get(name)
     if record is None:
-        raise ArtifactError(f"{directory} holds no ONNX export ({ONNX_FILE} is not listed in its keel.json); make "
-                            f"one with `keel export {directory}`, then load the directory again.")
+        raise ArtifactError(f"{directory} holds no ONNX export named {name!r} (keel.json lists "
+                            f"{sorted(n for n in manifest.attached if n.endswith('.onnx')) or 'none'}); make one with "
+                            f"`keel export {directory}`{' --quantize int8' if 'int8' in name else ''}, then load it again.")
     if record.made_from is not None and record.made_from != manifest.files[WEIGHTS_FILE].sha256:
-        raise ArtifactError(f"{directory / ONNX_FILE} was exported from other weights than the model's; export it "
+        raise ArtifactError(f"{directory / name} was exported from other weights than the model's; export it "
                             f"again with `keel export {directory}`.")
-    content = _read_file(directory / ONNX_FILE)
+    content = _read_file(directory / name)
     if hashlib.sha256(content).hexdigest() != record.sha256:
-        raise ArtifactError(f"{directory / ONNX_FILE} fails its checksum: it changed or is corrupt since it was "
+        raise ArtifactError(f"{directory / name} fails its checksum: it changed or is corrupt since it was "
                             f"exported. Export it again with `keel export {directory}`.")
     training = manifest.config.get("training", {})
     return content, {training[key] for key in _SPECIAL_COLUMNS if isinstance(training.get(key), str)}

@@ -311,6 +311,23 @@ def test_a_model_without_an_export_says_to_run_keel_export(models, tmp_path: Pat
         Predictor.load(tmp_path / "plain")
 
 
+def test_the_int8_export_of_a_directory_loads_by_name_with_its_checksum(models, tmp_path: Path) -> None:
+    model = keel.load(models["multiclass"][1])
+    model.save(tmp_path / "m")
+    model.export(quantize="int8")
+    with pytest.raises(ArtifactError, match=r"no ONNX export named 'model.onnx'.*'model.int8.onnx'.*"):
+        Predictor.load(tmp_path / "m")
+    predictor = Predictor.load(tmp_path / "m", file="model.int8.onnx")
+    frame = requests()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", KeelWarning)
+        own = model.predict_proba(frame)
+    assert np.abs(predictor.predict_proba(frame) - own).max() < 0.05  # int8: close, not equal
+    (tmp_path / "m" / "model.int8.onnx").write_bytes(b"changed")
+    with pytest.raises(ArtifactError, match="checksum"):
+        Predictor.load(tmp_path / "m", file="model.int8.onnx")
+
+
 def test_a_changed_onnx_file_fails_its_checksum(models, tmp_path: Path) -> None:
     model, _ = models["int"]
     copy = keel.load(models["int"][1])
