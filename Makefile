@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench tflite-env clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 demo: $(VENV)/.installed
 	$(BIN)/keel demo --output runs/penguins-model
 
-test: lint
+# tests/integration/test_tflite.py converts through the TFLite environment and fails without it.
+test: lint tflite-env
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(VENV)/.installed
@@ -29,13 +30,26 @@ lint: $(VENV)/.installed
 BENCH := .venv-bench
 $(BENCH)/.installed: pyproject.toml constraints.txt bench/requirements.txt
 	$(PYTHON) -m venv $(BENCH)
-	$(BENCH)/bin/python -m pip install --disable-pip-version-check -q -c constraints.txt -e . -r bench/requirements.txt
+	$(BENCH)/bin/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[export]' -r bench/requirements.txt
 	touch $@
 
 bench: $(VENV)/.installed $(BENCH)/.installed
 	$(BIN)/python bench/seed_case.py
 	$(BENCH)/bin/python bench/peers.py
 	$(BENCH)/bin/python bench/accuracy.py
+	$(BENCH)/bin/python bench/export.py
+
+# `keel export --format tflite` converts in its own environment: litert-torch's dependencies hold typing-extensions
+# and pydantic below keel's constraints and brings jax (2.4 GB, 86 s to build here), so it never
+# shares .venv. keel finds it here (or through KEEL_TFLITE_PYTHON) and runs the converter in it.
+TFLITE := .venv-tflite
+$(TFLITE)/.installed: pyproject.toml constraints-tflite.txt
+	$(PYTHON) -m venv $(TFLITE)
+	$(TFLITE)/bin/python -m pip install --disable-pip-version-check -q -c constraints-tflite.txt \
+		-e . litert-torch ai-edge-litert
+	touch $@
+
+tflite-env: $(TFLITE)/.installed
 
 clean:
-	rm -rf $(VENV) $(BENCH) runs bench/.cache
+	rm -rf $(VENV) $(BENCH) $(TFLITE) runs bench/.cache

@@ -290,8 +290,25 @@ def _attach_report(model: "Model", name: str, report: ExportReport, output: str 
 
 
 def _export_tflite(model: "Model", rows: pd.DataFrame | None, output: str | os.PathLike[str] | None,
-                   pruned_output: str | os.PathLike[str] | None, pruning: dict[str, Any] | None, started: float) -> ExportReport:
-    raise NotImplementedError
+                   pruned_output: str | os.PathLike[str] | None, pruning: dict[str, Any] | None,
+                   started: float) -> ExportReport:
+    """Convert in the TFLite environment (keel.export.tflite), then write the graph and its lookups:
+    ``model.tflite`` and ``model.tflite.json``, or ``output`` and ``output`` + ``.json``."""
+    from keel.export.tflite import to_tflite
+
+    converted = to_tflite(model, rows)
+    graph, lookups = converted.files["model.tflite"], converted.files["model.tflite.json"]
+    if output is not None:
+        targets = [_write(model, "model.tflite", graph, output, pruned_output, pruning),
+                   _write(model, "model.tflite.json", lookups, f"{os.fspath(output)}.json", None, None)]
+    else:
+        targets = [_write(model, "model.tflite", graph, None, pruned_output, pruning)]
+        targets.append(_write(model, "model.tflite.json", lookups, None, None, None))
+    report = ExportReport("tflite", targets, converted.parity, time.perf_counter() - started, model, pruning,
+                          notes=["the TFLite graph takes one row per call (a fixed batch of 1) and numbers minus "
+                                 "their offsets; model.tflite.json says how (see the README)."])
+    _attach_report(model, "model.tflite", report, output)
+    return report
 
 
 Format = Literal["onnx", "tflite"]

@@ -1,0 +1,213 @@
+"""TFLite export for real: conversion in the TFLite environment, parity, the README's lookup, the errors.
+
+The conversion needs the environment `make tflite-env` builds (`make test` builds it first). Without
+it these tests fail, saying what to run: a TFLite export nobody checked must not pass as tested.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import keel
+from keel.errors import ExportError, KeelWarning
+from keel.export.parity import TOLERANCE
+from keel.export.tflite import ENVIRONMENT_VARIABLE, tflite_python, to_tflite
+from tests.conftest import FAST, PENGUINS, make_classification_frame
+
+# README's TFLite section shows exactly these lines (in a ```py fence, which test_readme's python
+# runner skips: they need ai-edge-litert, which only the TFLite environment has); this file runs them.
+README_LOOKUP = '''\
+import json, math
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+spec = json.load(open("runs/penguins/model.tflite.json"))
+predict = Interpreter(model_path="runs/penguins/model.tflite").get_signature_runner()
+
+def encode(row):
+    """One row (column -> value, None when missing; text as keel spells it) as the graph's inputs."""
+    inputs = {}
+    for group in spec["inputs"]:
+        name, values = group["name"], [row.get(column) for column in group["columns"]]
+        if name == "numbers":  # minus the column's offset, in float64, before the float32 cast
+            encoded = [math.nan if v is None else v - offset for v, offset in zip(values, group["offsets"])]
+        elif name == "binaries":  # 0 / 1 for the column's two values, NaN for anything else
+            encoded = [spec["binaries"][c].index(v) if v in spec["binaries"][c] else math.nan
+                       for c, v in zip(group["columns"], values)]
+        else:  # codes: the vocabulary position + 2, 1 when missing, 0 when unseen
+            encoded = [spec["codes"][c].index(v) + 2 if v in spec["codes"][c] else (1 if v is None else 0)
+                       for c, v in zip(group["columns"], values)]
+        inputs[name] = np.array([encoded], dtype=group["dtype"])
+    return inputs
+
+row = {"island": "Biscoe", "bill_length_mm": 50.2, "bill_depth_mm": 18.7, "flipper_length_mm": None,
+       "body_mass_g": 3800.0, "sex": "female", "year": 2008}
+output = predict(**encode(row))[spec["output"]["name"]][0]  # probabilities in spec["classes"] order, or the value
+print(output)
+'''
+
+# Runs README_LOOKUP in the TFLite environment, then every row of ROWS.json through its encode().
+_RUN_ROWS = '''\
+import json, sys
+exec(compile(open(sys.argv[1]).read(), "README TFLite lookup", "exec"))
+rows = json.load(open(sys.argv[2]))
+outputs = [predict(**encode(row))[spec["output"]["name"]][0].tolist() for row in rows]
+json.dump(outputs, open(sys.argv[3], "w"))
+'''
+
+
+@pytest.fixture(scope="module")
+def python() -> Path:
+    try:
+        return tflite_python()
+    except ExportError as error:
+        pytest.fail(f"{error}. `make test` builds it first; by hand: make tflite-env")
+
+
+def _penguins() -> pd.DataFrame:
+    return pd.read_csv(PENGUINS)
+
+
+CASES = {
+    # name: (frame, target, config): each task, both fast and balanced (quantile scaling, piecewise
+    # linear number embeddings, an ensemble of 8) preprocessing and networks.
+    "binary-balanced": (_penguins, "sex", {**FAST, "preset": "balanced"}),
+    "multiclass-fast": (make_classification_frame, "label", FAST),
+    "regression-balanced": (_penguins, "body_mass_g", {**FAST, "preset": "balanced"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_export_predicts_what_keel_predicts(case: str, python: Path, tmp_path: Path) -> None:
+    make_frame, target, config = CASES[case]
+    frame = make_frame()
+    model = keel.fit(frame, target=target, config=config, quiet=True)
+    model.save(tmp_path / "model")
+    features = frame.drop(columns=[target])
+    rows = features if case == "multiclass-fast" else None  # the user's rows once, synthetic ones otherwise
+    export = to_tflite(model, rows)
+
+    assert model.path == tmp_path / "model"  # converting saved a copy elsewhere, not this model
+    assert set(export.files) == {"model.tflite", "model.tflite.json"}
+    assert export.files["model.tflite"][4:8] == b"TFL3"  # the flatbuffer's file identifier
+    assert export.parity["max_difference"] <= TOLERANCE and export.parity["label_mismatches"] == 0
+    assert export.parity["source"] == ("data" if rows is not None else "synthetic")
+    assert export.parity["rows"] == (len(frame) if rows is not None else 256)
+
+    spec = json.loads(export.files["model.tflite.json"])
+    assert spec["task"] == model.task and spec["classes"] == (None if model.task == "regression" else model.classes)
+    assert sorted(c for group in spec["inputs"] for c in group["columns"]) == sorted(model.feature_names)
+    dtypes = {group["name"]: group["dtype"] for group in spec["inputs"]}
+    assert dtypes.get("codes", "int32") == "int32" and dtypes.get("numbers", "float32") == "float32"
+    assert all(group["shape"][0] == 1 for group in spec["inputs"])  # one row per invoke (see the worker)
+
+    _check_with_readme_lookup(python, model, export.files, features, tmp_path)
+
+
+def _check_with_readme_lookup(python: Path, model: keel.Model, files: dict[str, bytes], features: pd.DataFrame,
+                              tmp_path: Path) -> None:
+    """The test's own parity check: README's lookup and the interpreter against keel, on real rows."""
+    rows = features.head(120).copy()
+    for column in rows.columns:  # a few values no training row had, and some missing ones
+        if rows[column].dtype == object:
+            rows.loc[rows.index[:3], column] = "never seen in training"
+        rows.loc[rows.index[3:6], column] = None
+    directory = tmp_path / "run" / "runs" / "penguins"
+    directory.mkdir(parents=True)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    (tmp_path / "lookup.py").write_text(README_LOOKUP)
+    (tmp_path / "run_rows.py").write_text(_RUN_ROWS)
+    records = [{column: (None if pd.isna(value) else value) for column, value in row.items()}
+               for row in rows.astype(object).to_dict("records")]
+    (tmp_path / "rows.json").write_text(json.dumps(records))
+    completed = subprocess.run([str(python), str(tmp_path / "run_rows.py"), str(tmp_path / "lookup.py"),
+                                str(tmp_path / "rows.json"), str(tmp_path / "outputs.json")],
+                               cwd=tmp_path / "run", capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    exported = np.array(json.loads((tmp_path / "outputs.json").read_text()), dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", KeelWarning)  # the unseen values are the point
+        if model.task == "regression":
+            own = model.predict(rows)
+            scale = np.maximum(np.abs(own), model.target_encoder.std)
+            assert np.max(np.abs(exported - own) / scale) <= TOLERANCE
+            return
+        own = model.predict_proba(rows)
+    assert exported.shape == own.shape
+    assert np.max(np.abs(exported - own)) <= TOLERANCE
+    ordered = np.sort(own, axis=1)
+    clear = ordered[:, -1] - ordered[:, -2] >= TOLERANCE
+    assert (exported.argmax(1) == own.argmax(1))[clear].all()
+
+
+def test_float32_numbers_are_as_precise_as_keels_features() -> None:
+    """The graph's number preprocessing in float32 (offsets, one quantile segment) against keel's own.
+
+    Raw float32 inputs put the scaled features up to 2e-4 off keel's; offsets alone, with
+    InferenceModule's sum of segments, 9e-6 on these rows (probabilities then moved by 1.1e-5);
+    offsets and one segment per value stay within float32's resolution of the inputs (~1e-6).
+    Runs in keel's environment: the worker's module needs torch only.
+    """
+    import torch
+
+    from keel.export.module import InferenceModule, lookup_tables
+    from keel.export.parity import synthetic_rows
+    from keel.export.tflite import input_layout, number_offsets, shift_numbers, tflite_inputs
+
+    model = keel.fit(_penguins(), target="species", quiet=True,
+                     config={**FAST, "preset": "balanced", "training.epochs": 1, "training.seed": 1})
+    rows = synthetic_rows(model, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", KeelWarning)
+        expected = model.preprocessor.transform(rows).numeric  # (n_rows, numeric_width) float32
+    inputs = tflite_inputs({"inputs": input_layout(model), **lookup_tables(model)}, rows)
+    module = InferenceModule(shift_numbers(model, number_offsets(model)), number_dtype=torch.float32)
+    with torch.no_grad():  # the module's own steps up to the network: numbers, binaries, network order
+        parts = module._numbers(torch.from_numpy(inputs["numbers"]))
+        binaries = torch.from_numpy(inputs["binaries"])
+        parts.append(torch.where(torch.isnan(binaries), module.binary_fill, binaries))
+        numeric = torch.cat(parts, dim=1)[:, module.order].numpy()
+    assert np.max(np.abs(numeric - expected)) <= 3e-6
+
+
+def test_readme_shows_the_tested_lookup() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"```py\n{README_LOOKUP}```" in readme, "README's TFLite lookup must be README_LOOKUP, verbatim"
+
+
+def test_missing_environment_says_how_to_make_it(trained_classifier, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = trained_classifier
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, str(tmp_path / "nowhere" / "python"))
+    with pytest.raises(ExportError, match=r"make tflite-env.*KEEL_TFLITE_PYTHON.*nowhere"):
+        to_tflite(model)
+
+
+def test_environment_without_litert_quotes_the_converters_error(trained_classifier,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = trained_classifier
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, sys.executable)  # keel's own environment: no litert-torch
+    with pytest.raises(ExportError, match=r"No module named 'litert_torch'.*make tflite-env"):
+        to_tflite(model)
+
+
+def test_model_export_tflite_attaches_the_graph_and_its_lookups(tmp_path: Path) -> None:
+    model = keel.fit(make_classification_frame(), target="label", config=FAST, quiet=True)
+    model.save(tmp_path / "m")
+    report = model.export("tflite")
+    assert report.format == "tflite" and report.parity["ok"]
+    assert report.files == [tmp_path / "m" / "model.tflite", tmp_path / "m" / "model.tflite.json"]
+    assert {"model.tflite", "model.tflite.json", "reports/model.tflite.json"} <= set(keel.load(tmp_path / "m").summary()["files"])
+    report = model.export("tflite", output=tmp_path / "out" / "labels.tflite")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["labels.tflite", "labels.tflite.json"]
+    assert json.loads((tmp_path / "out" / "labels.tflite.json").read_text())["classes"] == model.classes
