@@ -61,6 +61,23 @@ class Schema:
         )
 
 
+def labelled_rows(frame: pd.DataFrame, target: str, purpose: str) -> pd.DataFrame:
+    """The rows of ``frame`` whose ``target`` is present, for ``purpose`` (``"to measure on"``, ...).
+
+    Raises:
+        DataError: ``frame`` lacks the target column or has no row with a value in it.
+    """
+    source = frame.attrs.get("source")
+    if target not in frame.columns:
+        raise DataError(f"the data lacks the target column {target!r}; pass labelled rows {purpose}.",
+                        file=source, column=target)
+    labelled = frame[frame[target].notna()]
+    if not len(labelled):
+        raise DataError(f"the data has no row with a {target!r} value; pass labelled rows {purpose}.",
+                        file=source, column=target)
+    return labelled
+
+
 def require_column(frame: pd.DataFrame, name: str, role: str) -> None:
     """Raise a DataError naming the available columns and the closest match when ``name`` is absent."""
     if name in frame.columns:

@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 
-from keel.errors import DataError
-
 if TYPE_CHECKING:
     from keel.model import Model
 
@@ -161,16 +159,12 @@ def main_metric(model: "Model", frame: pd.DataFrame) -> MetricFn:
     Raises:
         DataError: ``frame`` lacks the target, has no labelled row, or holds a class the model does not know.
     """
+    from keel.data.schema import labelled_rows
     from keel.export.parity import onnx_feeds
 
     target = model.target
     source = frame.attrs.get("source")
-    if target not in frame.columns:
-        raise DataError(f"the data lacks the target column {target!r}; pass labelled rows to measure on.",
-                        file=source, column=target)
-    frame = frame[frame[target].notna()]
-    if not len(frame):
-        raise DataError(f"the data has no row with a {target!r} value to measure on.", file=source, column=target)
+    frame = labelled_rows(frame, target, "to measure on")
     feeds = onnx_feeds(model, frame)
     if model.task == "regression":
         truth = frame[target].to_numpy(dtype=np.float64)

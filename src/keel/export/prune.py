@@ -32,9 +32,10 @@ import torch
 from torch import nn
 
 from keel.data.io import TableSource, read_table
+from keel.data.schema import labelled_rows
 from keel.data.split import split_rows
 from keel.data.values import row_weights
-from keel.errors import ConfigError, DataError, KeelWarning
+from keel.errors import ConfigError, KeelWarning
 from keel.model import Model
 from keel.nn.losses import resolve_loss_name
 from keel.nn.mlp import ResidualBlock
@@ -413,13 +414,7 @@ def _rows(model: Model, frame: pd.DataFrame) -> Batch:
     """The labelled rows of ``frame`` as a training batch for ``model``'s network."""
     target = model.target
     source = frame.attrs.get("source")
-    if target not in frame.columns:
-        raise DataError(f"the fine-tuning data lacks the target column {target!r}; pass labelled rows.",
-                        file=source, column=target)
-    frame = frame[frame[target].notna()]
-    if not len(frame):
-        raise DataError(f"the fine-tuning data has no row with a {target!r} value; pass labelled rows.",
-                        file=source, column=target)
+    frame = labelled_rows(frame, target, "to fine-tune on")
     features = model.preprocessor.transform(frame)
     y = model.target_encoder.encode(frame[target], source)
     column = model.config.training.weight_column
