@@ -153,8 +153,9 @@ def _is_number(value: Any) -> bool:
 def main_metric(model: "Model", frame: pd.DataFrame) -> MetricFn:
     """A ``metric_fn`` for :func:`measure`: the metric keel reports first, computed from the ONNX outputs.
 
-    Accuracy for classification (the probabilities' argmax against the labels), RMSE in target
-    units for regression. Rows without a target are left out; row weights are not applied.
+    The metric pruning is judged by (:func:`keel.export.prune.selection_metric`): ROC-AUC for
+    binary targets, accuracy for multiclass, RMSE in target units for regression. Rows without a
+    target are left out; row weights are not applied.
 
     Raises:
         DataError: ``frame`` lacks the target, has no labelled row, or holds a class the model does not know.
@@ -175,6 +176,13 @@ def main_metric(model: "Model", frame: pd.DataFrame) -> MetricFn:
 
         return rmse
     classes = model.target_encoder.encode(frame[target], source)
+    if model.task == "binary" and 0 < classes.sum() < len(classes):
+        from keel.evaluate.metrics import binary_roc_auc
+
+        def roc_auc(run: Runner) -> tuple[str, float]:
+            return "roc_auc", binary_roc_auc(classes == 1, run(feeds)[1][:, 1].astype(np.float64))
+
+        return roc_auc
 
     def accuracy(run: Runner) -> tuple[str, float]:
         probabilities = run(feeds)[1]

@@ -35,13 +35,21 @@ from keel.data.io import TableSource, read_table
 from keel.data.schema import labelled_rows
 from keel.data.split import split_rows
 from keel.data.values import row_weights
-from keel.errors import ConfigError, KeelWarning
+from keel.errors import ConfigError, DataError, KeelWarning
 from keel.model import Model
 from keel.nn.losses import resolve_loss_name
 from keel.nn.mlp import ResidualBlock
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork
 from keel.train.device import resolve_precision
 from keel.train.trainer import Batch, Trainer
+
+
+def selection_metric(task: str) -> tuple[str, bool]:
+    """The metric pruning is judged by, and whether larger is better: ROC-AUC for binary targets
+    (what keel's own early stopping watches there: on a table with 3% positives accuracy hardly
+    moves while the positives' ranking falls apart), accuracy for multiclass, RMSE for regression."""
+    return {"binary": ("roc_auc", True), "multiclass": ("accuracy", True)}.get(task, ("rmse", False))
+
 
 # The amounts auto_prune tries first, then refines between the largest one within budget and the next.
 AUTO_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -145,7 +153,7 @@ def auto_prune(model: Model, data: TableSource, *, max_drop: float = 0.005, meth
                           "Pass e.g. --max-drop 0.005 to allow 0.5% below the unpruned model's metric.")
     pruner_for(method)
     frame = read_table(data)
-    name, larger_is_better = ("rmse", False) if model.task == "regression" else ("accuracy", True)
+    name, larger_is_better = selection_metric(model.task)
     baseline = _metric(model, frame, name)
 
     def trial(amount: float, candidate: Model) -> dict[str, Any]:
@@ -180,6 +188,9 @@ def _metric(model: Model, frame: pd.DataFrame, name: str) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", KeelWarning)  # unseen categories: the same for every candidate
         value = model.evaluate(frame)[name]
+    if value is None:  # ROC-AUC of rows holding one class only
+        raise DataError(f"the rows to prune on hold one class of {model.target!r} only, so {name} is undefined; "
+                        "pass rows with both classes.", file=frame.attrs.get("source"), column=model.target)
     return float(value)
 
 

@@ -237,3 +237,25 @@ def test_auto_pruning_of_a_regressor_watches_rmse() -> None:
     else:
         assert chosen is model
     assert all(trial["within_budget"] == (trial["value"] <= baseline * 1.05 + 1e-12) for trial in trials)
+
+
+def test_pruning_a_binary_model_is_judged_by_roc_auc_as_its_training_was() -> None:
+    # Accuracy barely moves on rare positives while their ranking falls apart; keel's own early
+    # stopping watches ROC-AUC on binary targets, and so do auto pruning and the compression table.
+    from keel.export.measure import main_metric
+    from keel.export.onnx import to_onnx
+    from keel.export.parity import onnx_feeds
+
+    frame = make_classification_frame()
+    frame["label"] = (frame["label"] == "alpha").astype(int)
+    model = keel.fit(frame, target="label", config={**FAST, "model.hidden": [16, 16], "training.epochs": 10},
+                     quiet=True)
+    _, _, trials = auto_prune(model, frame, max_drop=0.005)
+    assert {trial["metric"] for trial in trials} == {"roc_auc"}
+    assert trials[0]["value"] == pytest.approx(model.evaluate(frame)["roc_auc"])
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(to_onnx(model).SerializeToString())
+    name, value = main_metric(model, frame)(lambda feeds: session.run(None, feeds))
+    assert name == "roc_auc" and value == pytest.approx(model.evaluate(frame)["roc_auc"], abs=1e-6)
+    assert onnx_feeds(model, frame)  # the same conversion the metric used
