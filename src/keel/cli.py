@@ -238,7 +238,7 @@ def export_(
     static: Annotated[bool, typer.Option("--static", help="With --quantize: int8 activations too, calibrated on --data.")] = False,
     prune: Annotated[Optional[str], typer.Option("--prune", help="Share of hidden neurons to remove, in (0, 1), or auto (largest within --max-drop on --data).")] = None,
     prune_method: Annotated[str, typer.Option("--prune-method", help="structured (whole neurons) or unstructured (weights).")] = "structured",
-    max_drop: Annotated[float, typer.Option("--max-drop", help="--prune auto: the largest relative drop of the main metric.")] = 0.005,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="--prune auto: the largest relative drop of the main metric (default 0.005).")] = None,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Epochs of training on --data after pruning.")] = 0,
     data: Annotated[Optional[Path], typer.Option("--data", help="Rows to check parity, calibrate and measure on (labelled for metrics).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the file here instead of attaching it to MODEL.")] = None,

@@ -179,7 +179,7 @@ class Model:
         return digest
 
     def export(self, format: str = "onnx", *, quantize: str | None = None, static: bool = False,
-               prune: float | str | None = None, prune_method: str = "structured", max_drop: float = 0.005,
+               prune: float | str | None = None, prune_method: str = "structured", max_drop: float | None = None,
                finetune_epochs: int = 0, data: TableSource | None = None, output: str | os.PathLike[str] | None = None,
                pruned_output: str | os.PathLike[str] | None = None) -> "ExportReport":
         """Export for ONNX Runtime (or LiteRT) with the preprocessing inside; see :func:`keel.export.exporter.export`.

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
+from keel.model import load
 from tests.conftest import PENGUINS
 from tests.integration.test_cli import FAST_SET, keel
 
@@ -44,8 +45,10 @@ def test_export_attaches_model_onnx_and_prints_the_parity_figure(model_dir) -> N
     frame = pd.read_csv(PENGUINS)
     feeds = {i.name: (frame[i.name].to_numpy(dtype="float64") if i.type == "tensor(double)"
                       else frame[i.name].fillna("").astype(str).to_numpy(dtype=object)) for i in session.get_inputs()}
-    labels = session.run(["label"], feeds)[0]
-    assert (labels == frame["species"].to_numpy()).mean() > 0.9
+    labels, probabilities = session.run(["label", "probabilities"], feeds)
+    model = load(model_dir)
+    assert labels.tolist() == model.predict(frame).tolist()
+    assert abs(probabilities - model.predict_proba(frame)).max() <= 1e-5
     info = keel("info", str(model_dir), "--json")
     assert "model.onnx" in json.loads(info.stdout)["files"]
 

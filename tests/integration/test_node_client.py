@@ -116,3 +116,12 @@ def test_onnxruntime_node_predicts_what_keel_predicts(tmp_path: Path) -> None:
     assert node["labels"] == model.predict(frame).tolist()
     np.testing.assert_allclose(np.array(node["probabilities"]), model.predict_proba(frame), atol=1e-5)
     assert frame.isna().any().any()  # the rows did test missing values
+
+
+def test_the_readme_feeds_javascript_as_this_test_does() -> None:
+    # The README's snippet must spell values and build tensors exactly as the tested script does.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    spelled = CLIENT[CLIENT.index("function spelled"):CLIENT.index("async function main")].strip()
+    loop = CLIENT[CLIENT.index("  for (const input of session.inputMetadata)"):CLIENT.index("  const [labelName")].rstrip()
+    assert spelled in readme
+    assert loop in readme

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -13,7 +14,7 @@ from keel.data.parallel import map_columns, workers_for
 from keel.data.schema import Schema
 from keel.data.transforms import TRANSFORMS, BinaryTransform, CategoryTransform, NumberTransform
 from keel.data.values import category_strings, is_numeric, to_numeric
-from keel.errors import DataError
+from keel.errors import DataError, KeelWarning
 
 FeatureTransform = NumberTransform | BinaryTransform | CategoryTransform
 
@@ -179,6 +180,13 @@ class Preprocessor:
     def from_state(cls, state: list[dict[str, Any]]) -> "Preprocessor":
         preprocessor = cls.__new__(cls)
         preprocessor.transforms = [TRANSFORMS[item["kind"]].from_state(item) for item in state]
+        learned_blank = [t.name for t in preprocessor.transforms
+                         if "" in (t.vocabulary if isinstance(t, CategoryTransform) else getattr(t, "values", []))]
+        if learned_blank:
+            warnings.warn(
+                f"column(s) {learned_blank}: this model learned the empty string as a value of its own; keel now "
+                "reads an empty string as missing (as a CSV's empty cell), so such rows take the missing-value "
+                "treatment instead. Retrain the model to learn them that way.", KeelWarning, stacklevel=4)
         return preprocessor
 
 

@@ -62,7 +62,7 @@ class ExportReport:
 
 
 def export(model: "Model", format: str = "onnx", *, quantize: str | None = None, static: bool = False,
-           prune: float | str | None = None, prune_method: str = "structured", max_drop: float = 0.005,
+           prune: float | str | None = None, prune_method: str = "structured", max_drop: float | None = None,
            finetune_epochs: int = 0, data: "TableSource | None" = None, output: str | os.PathLike[str] | None = None,
            pruned_output: str | os.PathLike[str] | None = None) -> ExportReport:
     """Export ``model`` for ONNX Runtime or LiteRT, with the preprocessing inside (see ``keel export``).
@@ -71,13 +71,13 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
         model: A trained model; saved (or loaded) unless ``output`` is given, since the file is
             attached to its directory.
         format: ``onnx`` or ``tflite``.
-        quantize: ``int8`` for int8 weights (ONNX only).
+        quantize: ``int8`` for int8 weights (ONNX only); the float file is attached too.
         static: Quantize activations too, calibrated on ``data`` (needs ``data``).
         prune: A share of hidden neurons (or weights) to remove, in (0, 1), or ``"auto"``: the largest
             share whose main metric on ``data`` stays within ``max_drop`` (relative) of the original.
         prune_method: ``structured`` (whole neurons: smaller matrices) or ``unstructured`` (weights).
-        max_drop: The relative metric budget of ``prune="auto"``.
-        finetune_epochs: Epochs of training on ``data`` after pruning.
+        max_drop: The relative metric budget of ``prune="auto"`` (default 0.005).
+        finetune_epochs: Epochs of training on ``data`` after pruning (each candidate's, for auto).
         data: Rows to check parity on and measure with (a path or a DataFrame); without them
             parity runs on rows synthesised from the model's preprocessing.
         output: Write the file here instead of attaching it to the model directory.
@@ -89,14 +89,16 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
 
     Raises:
         ConfigError: An unknown format or quantization, a pruning amount outside (0, 1),
-            quantization of a TFLite file, or an option that needs ``data`` without it.
+            quantization of a TFLite file, an option that needs ``data`` or ``prune`` without it,
+            an ``output`` that is a directory or a model directory's own file.
         DataError: ``data`` cannot be read or lacks a column the model uses.
         ExportError: The exported file does not predict what keel predicts, or an export
-            dependency is missing.
+            dependency (or the TFLite environment) is missing.
         ArtifactError: The file cannot be attached (the model was never saved: pass ``output``).
     """
     started = time.perf_counter()
-    amount = _check_options(format, quantize, static, prune, prune_method, max_drop, finetune_epochs, data)
+    amount = _check_options(format, quantize, static, prune, prune_method, max_drop, finetune_epochs, data,
+                            output, pruned_output)
     rows = _rows(model, data)
     if output is None and model.path is None and (amount is None or pruned_output is None):
         raise ArtifactError("this model has no directory to attach the export to: save it first "
@@ -104,12 +106,24 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
                             + (" or pruned_output='runs/my-model-pruned'." if amount is not None else "."))
     if amount is not None and output is None:
         pruned_output = Path(pruned_output) if pruned_output is not None else _pruned_directory(model)
+        if model.path is not None and _same_place(pruned_output, model.path):
+            raise ConfigError(f"--pruned-output {pruned_output} is the model's own directory: the pruned model would "
+                              "replace the original. Pass another directory, or leave it out for MODEL-pruned.")
         check_destination(pruned_output)
-    pruning, unpruned = None, model
-    if amount is not None:
-        model, pruning = _prune(model, amount, prune_method, max_drop, finetune_epochs, rows)
     if format == "tflite":
-        return _export_tflite(model, rows, output, pruned_output, pruning, started)
+        from keel.export.tflite import tflite_python
+
+        tflite_python()  # a missing environment is said before any pruning is spent
+    pruning: dict[str, Any] | None = None
+    unpruned, notes = model, []
+    if amount is not None:
+        model, pruning = _prune(model, amount, prune_method, max_drop or DEFAULT_MAX_DROP, finetune_epochs, rows)
+        if pruning["amount"] == 0.0:  # auto: no share stayed within the budget
+            notes.append(f"no pruning kept the metric within --max-drop {pruning['max_drop']:g} (see the trials in "
+                         "reports/); the unpruned model was exported, to its own directory.")
+            pruning, pruned_output = None, None
+    if format == "tflite":
+        return _export_tflite(model, rows, output, pruned_output, pruning, started, notes)
     from keel.export.onnx import to_onnx
     from keel.export.parity import compare, onnx_feeds, synthetic_rows
 
@@ -121,30 +135,39 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
     if not parity.ok:
         raise ExportError(_parity_failure(parity))
     _set_metadata(proto, {"keel.parity": json.dumps(parity.to_dict())})
-    original = proto.SerializeToString()
-    written, quantized_parity, compression, notes = original, None, None, []
+    files = {"model.onnx": proto.SerializeToString()}
+    quantized_parity, compression = None, None
     if quantize is not None:
         from keel.export.quantize import quantize_int8
 
         calibration = onnx_feeds(model, rows) if static and rows is not None else None
-        written = quantize_int8(original, calibration=calibration)
-        quantized = _session(written)
+        files[INT8_FILE] = quantize_int8(files["model.onnx"], calibration=calibration)
+        quantized = _session(files[INT8_FILE])
         quantized_parity = compare(model, check_rows, lambda frame: _run(quantized, model, onnx_feeds(model, frame)),
                                    parity.source).to_dict()
+        del quantized_parity["ok"]  # int8 moves predictions by design: reported, not held to the tolerance
+    main = INT8_FILE if quantize else "model.onnx"
     if quantize is not None or pruning is not None:
-        baseline = original if pruning is None else to_onnx(unpruned).SerializeToString()
-        compression = _measure(baseline, written, model, rows if rows is not None else check_rows)
-        notes += _compression_notes(compression, quantize)
-    name = "model.int8.onnx" if quantize else "model.onnx"
-    target = _write(model, name, written, output, pruned_output, pruning)
-    report = ExportReport("onnx", [target], parity.to_dict(), time.perf_counter() - started, model, pruning,
+        baseline = files["model.onnx"] if pruning is None else to_onnx(unpruned).SerializeToString()
+        compression = _measure(baseline, files[main], model, rows if rows is not None else check_rows, notes)
+        notes = _compression_notes(compression, quantize, notes)
+    if output is not None:  # only the file asked for: the int8 one when quantized
+        files = {main: files[main]}
+    targets = [_write(model, name, content, output, pruned_output, pruning is not None and index == 0)
+               for index, (name, content) in enumerate(files.items())]
+    report = ExportReport("onnx", targets, parity.to_dict(), time.perf_counter() - started, model, pruning,
                           compression, quantized_parity, notes)
-    _attach_report(model, name, report, output)
+    _attach_report(model, main, report, output)
     return report
 
 
+DEFAULT_MAX_DROP = 0.005
+INT8_FILE = "model.int8.onnx"
+
+
 def _check_options(format: str, quantize: str | None, static: bool, prune: float | str | None, method: str,
-                   max_drop: float, finetune_epochs: int, data: Any) -> float | str | None:
+                   max_drop: float | None, finetune_epochs: int, data: Any, output: str | os.PathLike[str] | None,
+                   pruned_output: str | os.PathLike[str] | None) -> float | str | None:
     """Every option's problem as one ConfigError, before anything is computed or written."""
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}.")
@@ -160,20 +183,50 @@ def _check_options(format: str, quantize: str | None, static: bool, prune: float
     from keel.export.prune import check_amount, pruner_for
 
     pruner_for(method)  # an unknown method is a ConfigError listing the known ones
-    if finetune_epochs < 0:
-        raise ConfigError(f"--finetune-epochs must be 0 or more; got {finetune_epochs}.")
+    if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+        raise ConfigError(f"--finetune-epochs is a whole number of epochs, 0 or more; got {finetune_epochs!r}. "
+                          "Pass e.g. --finetune-epochs 5, or leave it out for none.")
+    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float))
+                                 or not 0 < max_drop < 1):
+        raise ConfigError(f"--max-drop is a relative metric drop in (0, 1), like 0.005 for 0.5%; got {max_drop!r}.")
+    _check_output(output)
+    if prune is None:
+        unused = [flag for flag, given in (("--finetune-epochs", finetune_epochs), ("--max-drop", max_drop is not None),
+                                           ("--pruned-output", pruned_output is not None)) if given]
+        if unused:
+            raise ConfigError(f"{' and '.join(unused)} only apply with --prune; add --prune AMOUNT (or auto), "
+                              "or leave them out.")
+        return None
     if finetune_epochs and data is None:
         raise ConfigError("--finetune-epochs trains on rows: pass them with --data FILE.")
-    if not 0 < max_drop < 1:
-        raise ConfigError(f"--max-drop is a relative metric drop in (0, 1), like 0.005; got {max_drop}.")
-    if prune is None:
-        return None
+    if pruned_output is not None and output is not None:
+        raise ConfigError("--pruned-output and --output exclude each other: with --output only the exported file is "
+                          "written; leave --output out to save the pruned model and attach the file to it.")
     if prune == "auto":
         if data is None:
             raise ConfigError("--prune auto searches for the largest pruning within --max-drop on labelled rows: "
                               "pass them with --data FILE.")
         return "auto"
+    if max_drop is not None:
+        raise ConfigError("--max-drop is the budget of --prune auto; with a fixed --prune amount, leave it out.")
     return check_amount(prune)
+
+
+def _check_output(output: str | os.PathLike[str] | None) -> None:
+    """``output`` must be a file path, and not one a model directory's keel.json owns."""
+    if output is None:
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise ConfigError(f"--output {path} is a directory; pass a file path like {path / 'model.onnx'}, or leave "
+                          "--output out to attach the file to the model directory.")
+    if (path.parent / "keel.json").is_file():
+        raise ConfigError(f"--output {path} is inside the model directory {path.parent}, whose files keel.json "
+                          "checks; leave --output out to attach the export there, or write it elsewhere.")
+
+
+def _same_place(first: Path, second: Path) -> bool:
+    return first.resolve() == second.resolve()
 
 
 def _rows(model: "Model", data: "TableSource | None") -> pd.DataFrame | None:
@@ -202,8 +255,10 @@ def _prune(model: "Model", amount: float | str, method: str, max_drop: float, fi
     finetune = rows if finetune_epochs else None
     if amount == "auto":
         assert rows is not None  # _check_options demands data for auto
-        pruned, chosen, trials = auto_prune(model, rows, max_drop=max_drop, method=method)
-        return pruned, {"amount": chosen, "method": method, "auto": True, "max_drop": max_drop, "trials": trials}
+        pruned, chosen, trials = auto_prune(model, rows, max_drop=max_drop, method=method, finetune=finetune,
+                                            finetune_epochs=finetune_epochs)
+        return pruned, {"amount": chosen, "method": method, "auto": True, "max_drop": max_drop,
+                        "finetune_epochs": finetune_epochs, "trials": trials}
     pruned = prune(model, float(amount), method=method, finetune=finetune, finetune_epochs=finetune_epochs)
     return pruned, {"amount": float(amount), "method": method, "auto": False, "finetune_epochs": finetune_epochs}
 
@@ -237,25 +292,32 @@ def _set_metadata(proto: Any, values: dict[str, str]) -> None:
     helper.set_model_props(proto, {**existing, **values})
 
 
-def _measure(original: bytes, compressed: bytes, model: "Model", rows: pd.DataFrame) -> dict[str, Any]:
+def _measure(original: bytes, compressed: bytes, model: "Model", rows: pd.DataFrame,
+             notes: list[str]) -> dict[str, Any]:
     """The uncompressed and compressed files side by side (keel.export.measure): one-row latency on
     the first row, throughput on 1,000 rows (the rows repeated when there are fewer), and the main
-    metric on ``rows`` when they hold the target."""
+    metric on ``rows`` when they hold the target (a metric the rows cannot give becomes a note)."""
+    from keel.errors import DataError
     from keel.export.measure import compare, main_metric, measure
     from keel.export.parity import onnx_feeds
 
     feeds = onnx_feeds(model, rows)
     one_row = {name: values[:1] for name, values in feeds.items()}
     batch = {name: np.resize(values, 1000) for name, values in feeds.items()}
-    metric = main_metric(model, rows) if model.target in rows.columns and rows[model.target].notna().any() else None
+    metric = None
+    if model.target in rows.columns and rows[model.target].notna().any():
+        try:
+            metric = main_metric(model, rows)
+        except DataError as error:  # e.g. a class the model never saw: the export itself is still good
+            notes.append(f"the metric was not measured: {error}")
     return compare(measure(original, one_row, batch, metric_fn=metric),
                    measure(compressed, one_row, batch, metric_fn=metric))
 
 
-def _compression_notes(compression: dict[str, Any], quantize: str | None) -> list[str]:
+def _compression_notes(compression: dict[str, Any], quantize: str | None, notes: list[str]) -> list[str]:
     """What the figures say that a user could miss: no metric measured, an int8 file that is not smaller."""
-    notes = []
-    if "metric" not in compression:
+    notes = list(notes)
+    if "metric" not in compression and not any(note.startswith("the metric was not measured") for note in notes):
         notes.append("the metric was not measured: pass labelled rows (with the target column) as --data.")
     sizes = {row["key"]: row for row in compression["rows"]}
     if quantize and sizes["size_bytes"]["ratio"] >= 1:
@@ -264,13 +326,14 @@ def _compression_notes(compression: dict[str, Any], quantize: str | None) -> lis
     return notes
 
 
-def _write(model: "Model", name: str, data: bytes, output: str | os.PathLike[str] | None, pruned_output: str | os.PathLike[str] | None,
-           pruning: dict[str, Any] | None) -> Path:
-    """Write the file to ``output``, or save a pruned model and attach it, or attach it to the model."""
+def _write(model: "Model", name: str, data: bytes, output: str | os.PathLike[str] | None,
+           pruned_output: str | os.PathLike[str] | None, save_pruned: bool) -> Path:
+    """Write the file to ``output``, or attach it to the model directory, saving the pruned model
+    to ``pruned_output`` first when ``save_pruned``."""
     if output is not None:
         write_file_atomically(output, data)
         return Path(output)
-    if pruning is not None:
+    if save_pruned:
         assert pruned_output is not None  # export() resolved it
         model.save(pruned_output)
     model.attach(name, data)
@@ -291,22 +354,27 @@ def _attach_report(model: "Model", name: str, report: ExportReport, output: str 
 
 def _export_tflite(model: "Model", rows: pd.DataFrame | None, output: str | os.PathLike[str] | None,
                    pruned_output: str | os.PathLike[str] | None, pruning: dict[str, Any] | None,
-                   started: float) -> ExportReport:
+                   started: float, notes: list[str]) -> ExportReport:
     """Convert in the TFLite environment (keel.export.tflite), then write the graph and its lookups:
-    ``model.tflite`` and ``model.tflite.json``, or ``output`` and ``output`` + ``.json``."""
+    ``model.tflite`` and ``model.tflite.json``, or ``output`` and ``output`` + ``.json``.
+
+    A pruned model's TFLite file is parity-checked but not measured side by side: the compression
+    figures come from ONNX Runtime, so export the pruned model to ONNX for them.
+    """
     from keel.export.tflite import to_tflite
 
     converted = to_tflite(model, rows)
     graph, lookups = converted.files["model.tflite"], converted.files["model.tflite.json"]
-    if output is not None:
-        targets = [_write(model, "model.tflite", graph, output, pruned_output, pruning),
-                   _write(model, "model.tflite.json", lookups, f"{os.fspath(output)}.json", None, None)]
-    else:
-        targets = [_write(model, "model.tflite", graph, None, pruned_output, pruning)]
-        targets.append(_write(model, "model.tflite.json", lookups, None, None, None))
+    lookups_path = None if output is None else f"{os.fspath(output)}.json"
+    targets = [_write(model, "model.tflite", graph, output, pruned_output, pruning is not None),
+               _write(model, "model.tflite.json", lookups, lookups_path, None, False)]
+    notes = [*notes, "the TFLite graph takes one row per call (a fixed batch of 1) and numbers minus their "
+             "offsets; model.tflite.json says how (see the README)."]
+    if pruning is not None:
+        notes.append("compression figures are measured in ONNX Runtime: export the pruned model "
+                     f"({model.path}) to ONNX with --quantize or --data to see them.")
     report = ExportReport("tflite", targets, converted.parity, time.perf_counter() - started, model, pruning,
-                          notes=["the TFLite graph takes one row per call (a fixed batch of 1) and numbers minus "
-                                 "their offsets; model.tflite.json says how (see the README)."])
+                          notes=notes)
     _attach_report(model, "model.tflite", report, output)
     return report
 

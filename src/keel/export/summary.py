@@ -29,7 +29,9 @@ def report_tables(report: "ExportReport") -> list[Table | str]:
         chosen = f"pruned {pruning['amount']:.0%} ({pruning['method']})"
         if pruning.get("auto"):
             chosen += f", the largest share within a {pruning['max_drop']:.2%} metric drop"
-        lines.append(chosen + f"; the pruned model is {report.model.path}")
+        where = (f"the pruned model is {report.model.path}" if report.model.path is not None
+                 else "the pruned model was not saved (--output writes only the file)")
+        lines.append(f"{chosen}; {where}")
     if report.compression:
         lines.append(compression_table(report.compression))
     lines += [f"note: {note}" for note in report.notes]

@@ -112,3 +112,13 @@ def test_the_empty_string_is_missing_as_in_a_csv() -> None:
     assert category_strings(pd.Series(["a", "", None], dtype=object)).tolist() == ["a", None, None]
     assert category_strings(pd.Series(["a", "", None], dtype="string")).tolist() == ["a", None, None]
     assert category_strings(pd.Series(["a", "", 3], dtype=object)).tolist() == ["a", None, "3"]
+
+
+def test_a_model_that_learned_the_empty_string_warns_on_load() -> None:
+    # Saved before "" meant missing: its vocabulary may hold "", which now never matches.
+    from keel.data.preprocess import Preprocessor
+    from keel.errors import KeelWarning
+
+    state = [{"kind": "category", "name": "c", "vocabulary": ["a", ""], "min_count": 1, "min_share": 0.0, "n_rare": 0}]
+    with pytest.warns(KeelWarning, match=r"\['c'\].*empty string"):
+        Preprocessor.from_state(state)

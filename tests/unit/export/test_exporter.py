@@ -1,0 +1,123 @@
+"""export(): the combinations of pruning, quantization, output and data, and what each writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+import keel
+from keel.errors import ConfigError
+from keel.runtime import Predictor
+from tests.conftest import FAST, make_classification_frame, make_regression_frame
+
+SMALL = {**FAST, "model.hidden": [16, 16], "training.epochs": 10}
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> keel.model.Model:
+    model = keel.fit(make_classification_frame(), target="label", config=SMALL, quiet=True)
+    model.save(tmp_path / "m")
+    return model
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+def widths(model: keel.model.Model) -> list[int]:
+    return list(model.network.spec.hidden)
+
+
+def test_prune_saves_a_smaller_model_beside_the_original_and_measures_both(saved, tmp_path) -> None:
+    before = names(tmp_path / "m")
+    report = saved.export(prune=0.5, data=make_classification_frame(seed=1))
+    assert names(tmp_path / "m") == before  # the original is untouched
+    pruned = keel.load(tmp_path / "m-pruned")
+    assert widths(pruned) == [8, 8] and widths(saved) == [16, 16]
+    assert report.files == [tmp_path / "m-pruned" / "model.onnx"] and report.model.path == tmp_path / "m-pruned"
+    rows = {row["key"]: row for row in report.compression["rows"]}
+    assert rows["parameters"]["ratio"] < 0.6 and rows["metric_value"]["measure"] == "accuracy"
+    stored = json.loads((tmp_path / "m-pruned" / "reports" / "model.onnx.json").read_text())
+    assert stored["pruning"]["amount"] == 0.5 and stored["compression"]["rows"] == report.compression["rows"]
+
+
+def test_prune_and_int8_attach_both_files_and_compare_the_unpruned_float_with_the_pruned_int8(saved, tmp_path) -> None:
+    report = saved.export(prune=0.5, quantize="int8", data=make_classification_frame(seed=1))
+    assert names(tmp_path / "m-pruned") >= ["keel.json", "model.int8.onnx", "model.onnx"]
+    assert report.files == [tmp_path / "m-pruned" / "model.onnx", tmp_path / "m-pruned" / "model.int8.onnx"]
+    compression = report.compression
+    unpruned_parameters = sum(p.numel() for p in saved.network.parameters())
+    assert compression["original"]["parameters"] >= unpruned_parameters  # the unpruned float file
+    assert compression["compressed"]["parameters"] < unpruned_parameters * 0.6
+    assert "ok" not in report.quantized_parity  # int8 is reported, not held to the tolerance
+    Predictor.load(tmp_path / "m-pruned")  # the float export is there for the predictor too
+    Predictor.load(tmp_path / "m-pruned", file="model.int8.onnx")
+
+
+def test_prune_with_output_writes_only_the_file(saved, tmp_path) -> None:
+    report = saved.export(prune=0.5, output=tmp_path / "out" / "small.onnx")
+    assert report.files == [tmp_path / "out" / "small.onnx"] and not (tmp_path / "m-pruned").exists()
+    assert report.model.path is None and widths(report.model) == [8, 8]
+
+
+def test_static_int8_calibrates_on_the_rows(saved, tmp_path) -> None:
+    saved.export(quantize="int8", static=True, data=make_classification_frame(seed=1))
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m" / "model.int8.onnx")).metadata_props}
+    assert props["keel.quantization"] == "int8-static"
+    assert "model.onnx" in names(tmp_path / "m")
+
+
+def test_fine_tuning_reaches_the_pruned_model_fixed_or_auto(saved, tmp_path) -> None:
+    rows = make_classification_frame(seed=1)
+    report = saved.export(prune=0.5, finetune_epochs=2, data=rows)
+    assert report.pruning["finetune_epochs"] == 2
+    assert "fine-tuned 2 epoch(s)" in keel.load(tmp_path / "m-pruned").notes[-1]
+    report = saved.export(prune="auto", max_drop=0.05, finetune_epochs=2, data=rows,
+                          pruned_output=tmp_path / "auto")
+    assert report.pruning["auto"] and report.pruning["amount"] > 0 and report.pruning["finetune_epochs"] == 2
+    assert "fine-tuned 2 epoch(s)" in keel.load(tmp_path / "auto").notes[-1]
+
+
+def test_auto_with_nothing_in_budget_exports_the_original_and_says_so(tmp_path) -> None:
+    # A regressor's RMSE rises with every neuron taken (measured: +8% at 0.1), so no share fits 1e-9.
+    model = keel.fit(make_regression_frame(), target="price", config={**FAST, "model.hidden": [16, 16],
+                                                                      "training.epochs": 30}, quiet=True)
+    model.save(tmp_path / "r")
+    report = model.export(prune="auto", max_drop=1e-9, data=make_regression_frame(seed=1))
+    assert report.pruning is None and not (tmp_path / "r-pruned").exists()
+    assert report.model is model and model.path == tmp_path / "r"
+    assert report.files == [tmp_path / "r" / "model.onnx"]
+    assert any("no pruning kept the metric" in note for note in report.notes)
+
+
+def test_an_unknown_class_or_no_target_in_the_rows_only_skips_the_metric(saved) -> None:
+    rows = make_classification_frame(seed=1)
+    rows.loc[0, "label"] = "omega"
+    report = saved.export(quantize="int8", data=rows)
+    assert "metric" not in report.compression and any("omega" in note for note in report.notes)
+    report = saved.export(quantize="int8", data=rows.drop(columns="label"))
+    assert any("pass labelled rows" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"output": "m/model.onnx"}, "inside the model directory"),
+    ({"output": "m"}, "is a directory"),
+    ({"prune": 0.5, "pruned_output": "m"}, "the model's own directory"),
+    ({"finetune_epochs": 2, "data": "rows"}, "only apply with --prune"),
+    ({"max_drop": 0.01}, "only apply with --prune"),
+    ({"pruned_output": "elsewhere"}, "only apply with --prune"),
+    ({"prune": 0.5, "max_drop": 0.01}, "budget of --prune auto"),
+    ({"prune": 0.5, "pruned_output": "p", "output": "f.onnx"}, "exclude each other"),
+    ({"prune": 0.5, "finetune_epochs": 1.5}, "whole number"),
+    ({"prune": "auto", "data": "rows", "max_drop": "0.01"}, "relative metric drop"),
+])
+def test_combinations_that_cannot_work_are_refused_before_any_work(saved, tmp_path, monkeypatch, options, match) -> None:
+    monkeypatch.chdir(tmp_path)
+    options = {key: (make_classification_frame() if value == "rows" else value) for key, value in options.items()}
+    before = names(tmp_path)
+    with pytest.raises(ConfigError, match=match):
+        saved.export(**options)
+    assert names(tmp_path) == before
