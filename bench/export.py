@@ -102,7 +102,6 @@ def run_one(name: str, preset: str, n_rows: int) -> dict[str, Any]:
         result["rows"] = n_rows
         result["predictor_rows_per_s"] = _throughput(lambda: predictor.predict(big), n_rows)
         result["model_rows_per_s"] = _throughput(lambda: model.predict(big), n_rows)
-        del big
         own = model.predict_proba(features) if task != "regression" else model.predict(features)
     result["metric"] = METRICS[task][0]
     result["metric_value"] = _main_metric(task, target, test, own, model.classes)
@@ -115,8 +114,8 @@ def run_one(name: str, preset: str, n_rows: int) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             if variant == "pruned":
                 compressed = export(model, prune="auto", data=select_rows, pruned_output=directory / "pruned")
-                amount = compressed.pruning["amount"]
-                if amount == 0.0:  # auto kept everything: show what half costs instead
+                amount = compressed.pruning["amount"] if compressed.pruning else 0.0
+                if amount == 0.0:  # no share stayed within the budget: show what half costs instead
                     compressed = export(model, prune=0.5, data=select_rows, pruned_output=directory / "pruned")
                     amount = 0.5
                 path = directory / "pruned" / "model.onnx"
