@@ -152,7 +152,7 @@ def auto_prune(model: Model, data: TableSource, *, max_drop: float = 0.005, meth
         raise ConfigError(f"max_drop must be a relative share of 0 or more; got {max_drop!r}. "
                           "Pass e.g. --max-drop 0.005 to allow 0.5% below the unpruned model's metric.")
     pruner_for(method)
-    frame = read_table(data)
+    frame = labelled_rows(read_table(data), model.target, "to judge the pruning by (--prune auto compares metrics)")
     name, larger_is_better = selection_metric(model.task)
     baseline = _metric(model, frame, name)
 
