@@ -19,7 +19,7 @@ import pytest
 import keel
 from keel.errors import ExportError, KeelWarning
 from keel.export.parity import TOLERANCE
-from keel.export.tflite import ENVIRONMENT_VARIABLE, tflite_python, to_tflite
+from keel.export.tflite import ENVIRONMENT_VARIABLE, tflite_inputs, tflite_python, to_tflite
 from tests.conftest import FAST, PENGUINS, make_classification_frame
 
 # README's TFLite section shows exactly these lines (in a ```py fence, which test_readme's python
@@ -30,37 +30,45 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 spec = json.load(open("runs/penguins/model.tflite.json"))
-predict = Interpreter(model_path="runs/penguins/model.tflite").get_signature_runner()
+runner = Interpreter(model_path="runs/penguins/model.tflite").get_signature_runner()
 
 def encode(row):
-    """One row (column -> value, None when missing; text as keel spells it) as the graph's inputs."""
+    """One row (column -> value, None or "" when missing; text as keel spells it) as the graph's inputs."""
     inputs = {}
     for group in spec["inputs"]:
         name, values = group["name"], [row.get(column) for column in group["columns"]]
         if name == "numbers":  # minus the column's offset, in float64, before the float32 cast
             encoded = [math.nan if v is None else v - offset for v, offset in zip(values, group["offsets"])]
-        elif name == "binaries":  # 0 / 1 for the column's two values, NaN for anything else
+        elif name == "binaries":  # 0 / 1 for the column's two values, NaN when missing or anything else
             encoded = [spec["binaries"][c].index(v) if v in spec["binaries"][c] else math.nan
                        for c, v in zip(group["columns"], values)]
-        else:  # codes: the vocabulary position + 2, 1 when missing, 0 when unseen
-            encoded = [spec["codes"][c].index(v) + 2 if v in spec["codes"][c] else (1 if v is None else 0)
+        else:  # codes: the vocabulary position + 2, 1 when missing (None or ""), 0 when unseen
+            encoded = [spec["codes"][c].index(v) + 2 if v in spec["codes"][c] else (1 if v in (None, "") else 0)
                        for c, v in zip(group["columns"], values)]
         inputs[name] = np.array([encoded], dtype=group["dtype"])
     return inputs
 
+def predict(row):
+    """Probabilities in spec["classes"] order, or the value in target units."""
+    output = runner(**encode(row))[spec["output"]["name"]][0]
+    if spec["task"] == "regression":  # the graph's value is standardized: to target units, in float64
+        return float(output) * spec["target_std"] + spec["target_mean"]
+    return output
+
 row = {"island": "Biscoe", "bill_length_mm": 50.2, "bill_depth_mm": 18.7, "flipper_length_mm": None,
        "body_mass_g": 3800.0, "sex": "female", "year": 2008}
-output = predict(**encode(row))[spec["output"]["name"]][0]  # probabilities in spec["classes"] order, or the value
-print(output)
+print(predict(row))
 '''
 
-# Runs README_LOOKUP in the TFLite environment, then every row of ROWS.json through its encode().
+# Runs README_LOOKUP in the TFLite environment, then every row of ROWS.json through its encode() and predict().
 _RUN_ROWS = '''\
 import json, sys
 exec(compile(open(sys.argv[1]).read(), "README TFLite lookup", "exec"))
 rows = json.load(open(sys.argv[2]))
-outputs = [predict(**encode(row))[spec["output"]["name"]][0].tolist() for row in rows]
-json.dump(outputs, open(sys.argv[3], "w"))
+encoded = [encode(row) for row in rows]
+inputs = {name: np.concatenate([one[name] for one in encoded]).tolist() for name in (encoded[0] if rows else {})}
+outputs = [np.asarray(predict(row), dtype=np.float64).tolist() for row in rows]
+json.dump({"inputs": inputs, "outputs": outputs}, open(sys.argv[3], "w"))
 '''
 
 
@@ -76,12 +84,22 @@ def _penguins() -> pd.DataFrame:
     return pd.read_csv(PENGUINS)
 
 
+def _large_offset_frame(n_rows: int = 200) -> pd.DataFrame:
+    """A target of about 1e9 plus a few units of spread (std 2.7): float32's spacing there is 64, so
+    a graph giving values in target units predicts 1e9 for every row, 2.85 standard deviations off."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 1, n_rows)
+    frame = pd.DataFrame({"x": x, "z": rng.normal(0, 1, n_rows), "c": rng.choice(["a", "b", "c"], n_rows)})
+    return frame.assign(y=1e9 + 3 * x + rng.normal(0, 0.1, n_rows))
+
+
 CASES = {
     # name: (frame, target, config): each task, both fast and balanced (quantile scaling, piecewise
     # linear number embeddings, an ensemble of 8) preprocessing and networks.
     "binary-balanced": (_penguins, "sex", {**FAST, "preset": "balanced"}),
     "multiclass-fast": (make_classification_frame, "label", FAST),
     "regression-balanced": (_penguins, "body_mass_g", {**FAST, "preset": "balanced"}),
+    "regression-large-offset": (_large_offset_frame, "y", FAST),
 }
 
 
@@ -105,6 +123,10 @@ def test_export_predicts_what_keel_predicts(case: str, python: Path, tmp_path: P
 
     spec = json.loads(export.files["model.tflite.json"])
     assert spec["task"] == model.task and spec["classes"] == (None if model.task == "regression" else model.classes)
+    regression = model.task == "regression"
+    assert spec["output"]["name"] == ("standardized_value" if regression else "probabilities")
+    assert (spec["target_mean"], spec["target_std"]) == (
+        (model.target_encoder.mean, model.target_encoder.std) if regression else (None, None))
     assert sorted(c for group in spec["inputs"] for c in group["columns"]) == sorted(model.feature_names)
     dtypes = {group["name"]: group["dtype"] for group in spec["inputs"]}
     assert dtypes.get("codes", "int32") == "int32" and dtypes.get("numbers", "float32") == "float32"
@@ -115,11 +137,16 @@ def test_export_predicts_what_keel_predicts(case: str, python: Path, tmp_path: P
 
 def _check_with_readme_lookup(python: Path, model: keel.Model, files: dict[str, bytes], features: pd.DataFrame,
                               tmp_path: Path) -> None:
-    """The test's own parity check: README's lookup and the interpreter against keel, on real rows."""
+    """The test's own parity check: README's lookup and the interpreter against keel, on real rows.
+
+    README's encode() must give the graph what keel's own lookup (tflite_inputs) gives it, row by
+    row: a missing value is None, or "" in a text column, as keel reads a blank cell.
+    """
     rows = features.head(120).copy()
     for column in rows.columns:  # a few values no training row had, and some missing ones
-        if rows[column].dtype == object:
+        if not pd.api.types.is_numeric_dtype(rows[column]):  # text: pandas 3 reads it as str, not object
             rows.loc[rows.index[:3], column] = "never seen in training"
+            rows.loc[rows.index[6:9], column] = ""
         rows.loc[rows.index[3:6], column] = None
     directory = tmp_path / "run" / "runs" / "penguins"
     directory.mkdir(parents=True)
@@ -134,13 +161,20 @@ def _check_with_readme_lookup(python: Path, model: keel.Model, files: dict[str, 
                                 str(tmp_path / "rows.json"), str(tmp_path / "outputs.json")],
                                cwd=tmp_path / "run", capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    exported = np.array(json.loads((tmp_path / "outputs.json").read_text()), dtype=np.float64)
+    result = json.loads((tmp_path / "outputs.json").read_text())
+    spec = json.loads(files["model.tflite.json"])
+    own_inputs = tflite_inputs(spec, rows)
+    dtypes = {group["name"]: group["dtype"] for group in spec["inputs"]}
+    assert set(result["inputs"]) == set(own_inputs)
+    for name, encoded in result["inputs"].items():
+        np.testing.assert_array_equal(np.array(encoded, dtype=dtypes[name]), own_inputs[name].astype(dtypes[name]),
+                                      err_msg=f"README's encode() and keel disagree on the {name} input")
+    exported = np.array(result["outputs"], dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", KeelWarning)  # the unseen values are the point
-        if model.task == "regression":
+        if model.task == "regression":  # in standard deviations of the target, as the export's parity
             own = model.predict(rows)
-            scale = np.maximum(np.abs(own), model.target_encoder.std)
-            assert np.max(np.abs(exported - own) / scale) <= TOLERANCE
+            assert np.max(np.abs(exported - own)) / model.target_encoder.std <= TOLERANCE
             return
         own = model.predict_proba(rows)
     assert exported.shape == own.shape

@@ -7,12 +7,14 @@ environment's Python::
     python -m keel.export._tflite_worker MODEL_DIR OUT_DIR INPUTS_DIR
 
 It converts :class:`~keel.export.module.InferenceModule` in float32 (TFLite has no float64), with
-numbers shifted by an offset per column (:func:`keel.export.tflite.number_offsets`), with
+numbers shifted by an offset per column (:func:`keel.export.tflite.number_offsets`) and, for
+regression, the standardized value as output (``* std + mean`` is the caller's, in float64), with
 ``litert_torch.convert``, and runs the file with the ``ai_edge_litert`` interpreter on the
 inputs (``INPUTS_DIR/<input name>.npy``, ``(n_rows, n_columns)`` each), then writes to ``OUT_DIR``:
 
 - ``model.tflite``: the converted graph;
-- ``predictions.npy``: float32 probabilities ``(n, n_classes)`` or values ``(n,)``;
+- ``predictions.npy``: the graph's output, float32: probabilities ``(n, n_classes)`` or
+  standardized values ``(n,)``;
 - ``interface.json``: the graph's inputs and output as the interpreter reports them (name, dtype,
   shape), the converter's seconds and the packages' versions;
 - ``error.txt`` instead, one line, when anything fails (the process then exits with status 1).
@@ -40,6 +42,8 @@ from keel.export.module import InferenceModule, example_inputs
 
 BATCH = 1
 SIGNATURE = "serving_default"
+# The regression output is not in target units, and its name says so.
+OUTPUTS = {"regression": "standardized_value"}
 
 
 def main(argv: list[str]) -> int:
@@ -83,8 +87,10 @@ def _convert(model: Any, path: Path) -> None:
     from keel.export.tflite import number_offsets, shift_numbers
 
     # Numbers arrive shifted by an offset per column, as precise in float32 as keel's own (see number_offsets).
-    module = InferenceModule(shift_numbers(model, number_offsets(model)), number_dtype=torch.float32).eval()
-    named = NamedModule(module, "value" if model.task == "regression" else "probabilities").eval()
+    # A regression value leaves the graph standardized: in target units float32 rounds 1e9 to the nearest 64.
+    module = InferenceModule(shift_numbers(model, number_offsets(model)), number_dtype=torch.float32,
+                             standardized=True).eval()
+    named = NamedModule(module, OUTPUTS.get(model.task, "probabilities")).eval()
     sample = {group.name: tensor for group, tensor in zip(module.groups, example_inputs(module, BATCH))}
     # enable_x64=False (the default) turns the int64 codes input into int32: TFLite kernels and
     # on-device delegates lack int64, and indices never need it.

@@ -50,6 +50,9 @@ class InferenceModule(nn.Module):
         model: The trained model.
         number_dtype: The dtype numbers arrive and are scaled in (float64 for ONNX, so large
             values such as timestamps keep their precision; float32 where a runtime lacks float64).
+        standardized: Regression only: return the network's own standardized value (float32),
+            leaving ``value * target_std + target_mean`` to the caller. For a runtime without
+            float64 (TFLite), where target units would round: float32 holds 1e9 to the nearest 64.
     """
 
     binary_fill: torch.Tensor
@@ -67,7 +70,7 @@ class InferenceModule(nn.Module):
     segment_ends: torch.Tensor
     segment_index: torch.Tensor
 
-    def __init__(self, model: "Model", number_dtype: torch.dtype = torch.float64) -> None:
+    def __init__(self, model: "Model", number_dtype: torch.dtype = torch.float64, standardized: bool = False) -> None:
         super().__init__()
         transforms = model.preprocessor.transforms
         numbers = [t for t in transforms if isinstance(t, NumberTransform)]
@@ -88,6 +91,7 @@ class InferenceModule(nn.Module):
             network.networks if isinstance(network, NetworkBag) else [network])
         self.target_mean = float(model.target_encoder.mean)
         self.target_std = float(model.target_encoder.std)
+        self.standardized = standardized
 
     def _add_number_state(self, numbers: list[NumberTransform], dtype: torch.dtype) -> None:
         def vector(values: list[float]) -> torch.Tensor:
@@ -154,6 +158,8 @@ class InferenceModule(nn.Module):
     def _outputs(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         probabilities = [self._member_mean(network, numeric, codes) for network in self.networks]
         mean = probabilities[0] if len(probabilities) == 1 else torch.stack(probabilities, dim=0).mean(dim=0)
+        if self.task == "regression" and self.standardized:
+            return mean[:, 0]
         if self.task == "regression":
             return mean[:, 0].to(self.number_dtype) * self.target_std + self.target_mean
         return mean

@@ -11,9 +11,13 @@ has, columns in the order ``model.tflite.json`` lists:
 - ``codes``: int32, ``vocabulary.index(value) + 2``, 1 for a missing value, 0 for anything else.
 
 Its output is ``probabilities`` (float32 ``(1, n_classes)``, columns in ``classes`` order) or
-``value`` (float32 ``(1,)``, in target units). ``model.tflite.json`` carries what a caller needs:
-the inputs' columns, dtypes and shapes, the vocabularies (keel's canonical spelling, see
-:func:`keel.data.spelling.canonical_category`), the classes and the parity figures.
+``standardized_value`` (float32 ``(1,)``): the network's standardized value, which the caller turns
+into target units in float64, ``value * target_std + target_mean`` (:func:`target_values`), as it
+subtracts the number offsets in float64. In target units float32 would round: its spacing at 1e9
+is 64. ``model.tflite.json`` carries what a caller needs: the inputs' columns, dtypes and shapes,
+the vocabularies (keel's canonical spelling, see :func:`keel.data.spelling.canonical_category`; a
+missing value is None, NaN or, in binary and category columns, the empty string), the classes,
+the target's mean and standard deviation, and the parity figures.
 
 litert-torch cannot share keel's environment (it pins typing-extensions and pydantic below keel's
 tested versions and pulls in jax), so the conversion runs in its own one, made by ``make
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
 ENVIRONMENT_VARIABLE = "KEEL_TFLITE_PYTHON"
 ENVIRONMENT_DIRECTORY = ".venv-tflite"
 # Bumped when model.tflite's inputs or outputs or model.tflite.json's keys change in a way a caller would notice.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: the regression output is standardized_value; target_mean and target_std
 TIMEOUT = 600.0  # seconds; a tiny tabular model converts in about ten, environment start included
 _NOT_SET_UP = ("TFLite export runs in its own environment, which is not set up: run `make tflite-env` in the keel "
                f"checkout, or set {ENVIRONMENT_VARIABLE} to a Python with litert-torch and keel installed")
@@ -133,6 +137,9 @@ def to_tflite(model: "Model", rows: pd.DataFrame | None = None, *, python: str |
         flatbuffer = (directory / "out" / "model.tflite").read_bytes()
         predictions = np.load(directory / "out" / "predictions.npy", allow_pickle=False)
         interface = json.loads((directory / "out" / "interface.json").read_text())
+    description = _description(model, layout, tables, interface)
+    if model.task == "regression":  # checked as a caller gets them: from model.tflite.json's mean and std
+        predictions = target_values(description, predictions)
     parity = compare(model, frame, lambda _: predictions, source)
     if not parity.ok:
         mismatch = f" and {parity.label_mismatches} row(s) got another label" if parity.label_mismatches else ""
@@ -141,7 +148,7 @@ def to_tflite(model: "Model", rows: pd.DataFrame | None = None, *, python: str |
             f"row(s) is {parity.max_difference:.3g} ({parity.measure}), above the tolerance {parity.tolerance:g}"
             f"{mismatch}. Nothing was written. This is a bug in keel or in litert-torch "
             f"{interface['versions']['litert-torch']}; please report it with the model's keel.json.")
-    description = _description(model, layout, tables, interface, parity.to_dict())
+    description["parity"] = parity.to_dict()
     files = {"model.tflite": flatbuffer, "model.tflite.json": json.dumps(description, indent=2).encode()}
     return TfliteExport(files, parity.to_dict(), seconds, float(interface["convert_seconds"]))
 
@@ -202,6 +209,23 @@ def tflite_inputs(description: dict[str, Any], frame: pd.DataFrame,
     return arrays
 
 
+def target_values(description: dict[str, Any], outputs: np.ndarray) -> np.ndarray:
+    """A regression graph's outputs in target units, as any caller computes them.
+
+    The graph gives the standardized value (float32); ``value * target_std + target_mean`` in
+    float64 keeps a target such as 1e9 plus a few units of noise in its units, where float32's
+    spacing is 64. keel's own prediction scales its network's float32 output back the same way.
+
+    Args:
+        description: ``model.tflite.json``'s content (``target_mean``, ``target_std``).
+        outputs: The graph's ``standardized_value`` outputs, ``(n_rows,)``.
+
+    Returns:
+        The values in target units, float64 ``(n_rows,)``.
+    """
+    return np.asarray(outputs, dtype=np.float64) * description["target_std"] + description["target_mean"]
+
+
 def number_offsets(model: "Model") -> dict[str, float]:
     """Per number column, what a caller subtracts from its values (in float64) before the float32 cast.
 
@@ -260,18 +284,24 @@ def _run_worker(python: Path, directory: Path, timeout: float) -> None:
     raise ExportError(f"the TFLite converter failed ({python}, exit status {completed.returncode}): {last}. {hint}.")
 
 
-def _description(model: "Model", layout: list[dict[str, Any]], tables: dict[str, Any], interface: dict[str, Any],
-                 parity: dict[str, Any]) -> dict[str, Any]:
-    """``model.tflite.json``: everything a caller needs besides the graph."""
+def _description(model: "Model", layout: list[dict[str, Any]], tables: dict[str, Any],
+                 interface: dict[str, Any]) -> dict[str, Any]:
+    """``model.tflite.json``: everything a caller needs besides the graph (``parity`` is filled in once known)."""
     from keel import __version__
 
+    regression = model.task == "regression"
     inputs = [{**group, **interface["inputs"][group["name"]]} for group in layout]
     return {
         "keel_version": __version__, "export_format": EXPORT_FORMAT, "signature": interface["signature"],
         "task": model.task, "target": model.target,
-        "classes": model.classes if model.task != "regression" else None,
+        "classes": None if regression else model.classes,
         "inputs": inputs, "output": interface["output"],
+        # The regression output is standardized: value * target_std + target_mean, in float64, is in target units.
+        "target_mean": float(model.target_encoder.mean) if regression else None,
+        "target_std": float(model.target_encoder.std) if regression else None,
         **tables,
-        "missing": "numbers and binaries: NaN; codes: missing_index (a value outside the vocabulary: unknown_index)",
-        "parity": parity, "versions": interface["versions"],
+        "missing": "a missing value (None, NaN, or \"\" in a binary or category column) is NaN in numbers and "
+                   "binaries and missing_index in codes; any other value a column never had is NaN in binaries "
+                   "and unknown_index in codes",
+        "parity": None, "versions": interface["versions"],
     }
