@@ -7,7 +7,10 @@ A KeelError prints as one line on stderr and exits with status 2; ``--debug`` sh
 # typing.get_type_hints, which cost ~80 ms of every command; real annotation objects cost ~2 ms.
 import functools
 import gc
+import importlib.util
 import json
+import os
+import subprocess
 import sys
 import warnings
 from importlib import resources
@@ -19,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from keel.errors import KeelError, KeelWarning
+from keel.serve.settings import DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, DEFAULT_PORT
 
 app = typer.Typer(
     name="keel", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -70,7 +74,7 @@ _python_show_warning = warnings.showwarning
 
 
 # Commands that need neither torch nor pandas: they skip the pipeline import (over a second).
-_LIGHT_COMMANDS = {"config_"}
+_LIGHT_COMMANDS = {"config_", "serve"}
 
 
 def _friendly(command: Callable[..., None]) -> Callable[..., None]:
@@ -316,6 +320,59 @@ def demo(
               f"  keel evaluate {output} examples/penguins.csv\n"
               f"  keel predict {output} examples/penguins.csv --output predictions.csv --proba\n"
               "  keel train YOUR_DATA.csv --target YOUR_COLUMN --output my-model", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_friendly
+def serve(
+    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    host: Annotated[str, typer.Option("--host", help="Address to bind: 127.0.0.1 (the default) serves this machine only; 0.0.0.0 every interface.")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = DEFAULT_PORT,
+    workers: Annotated[int, typer.Option("--workers", help="Server processes, each with its own copy of the model.")] = 1,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Most rows in one request.")] = DEFAULT_MAX_BATCH,
+    max_body: Annotated[int, typer.Option("--max-body", help="Largest request body in bytes; larger ones get 413.")] = DEFAULT_MAX_BODY,
+    debug: Debug = False,
+) -> None:
+    """Serve MODEL over HTTP: POST /predict, /health, /ready, /metadata, /docs. Exports it to ONNX first when needed."""
+    from keel.serve import ServeSettings
+
+    settings = ServeSettings(str(model), host, port, workers, max_batch, max_body)  # bad options: before any export
+    _export_for_serving(model)
+    # The server is a fresh process (python -m keel.serve) that never imports torch; exec keeps
+    # this process's id, so a supervisor's SIGTERM reaches the server itself.
+    command = [sys.executable, "-m", "keel.serve", settings.model, "--host", settings.host, "--port", str(settings.port),
+               "--workers", str(settings.workers), "--max-batch", str(settings.max_batch),
+               "--max-body", str(settings.max_body)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execv(sys.executable, command)
+    raise typer.Exit(subprocess.call(command))
+
+
+def _export_for_serving(model: Path) -> None:
+    """Export MODEL to ONNX (parity-checked) when it has no export made from its current weights.
+
+    Without PyTorch (a serving-only install) nothing is exported: the server then says to run
+    ``keel export`` where keel is fully installed.
+    """
+    from keel.artifact import WEIGHTS_FILE, read_manifest
+
+    manifest = read_manifest(model, verify=False)  # loading the model for an export verifies every checksum
+    record = manifest.files.get("model.onnx")
+    if record is not None and record.made_from in (None, manifest.files[WEIGHTS_FILE].sha256):
+        return
+    if importlib.util.find_spec("torch") is None:
+        return
+    _import_pipeline()
+    from keel.export.exporter import export
+    from keel.model import load
+
+    err.print(f"{model} has no ONNX export of its current weights; exporting it first")
+    report = export(load(model))
+    parity = report.parity
+    err.print(f"exported {model / 'model.onnx'}: largest difference from keel {parity['max_difference']:.1e} on "
+              f"{parity['rows']} {parity['source']} rows", highlight=False)
 
 
 def _print_metrics(metrics: dict[str, Any] | None, title: str) -> None:

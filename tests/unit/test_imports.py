@@ -56,6 +56,11 @@ IMPORT_RULES = [
                                 "keel.data.values", "keel.data.schema", "keel.data.preprocess", "keel.data.transforms"),
                True, "the predictor starts in a quarter second: the training pipeline stays out of its imports"),
     ImportRule("keel.serve", SERVING_HEAVY, True, "a serving-only install has no torch or pandas"),
+    ImportRule("keel.serve", ("keel.model", "keel.config", "keel.nn", "keel.train", "keel.export", "keel.data.io",
+                              "keel.data.values", "keel.data.schema", "keel.data.preprocess", "keel.data.transforms",
+                              "typer", "rich"),
+               True, "the server is the predictor behind HTTP: no training pipeline, and no CLI libraries (its entry "
+               "point is python -m keel.serve)"),
 ]
 CALL_RULES = [
     CallRule(

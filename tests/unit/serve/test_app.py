@@ -1,0 +1,216 @@
+"""keel.serve in process (httpx over ASGI): readiness, request forms, messages, the OpenAPI document.
+
+The model has feature names that are no Python identifiers, clash with pydantic's own names, or
+with the columnar form's key, to show that the request types are built from any name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+import keel
+from keel.errors import ConfigError
+from keel.export.onnx import to_onnx
+from keel.runtime import Predictor
+from keel.serve import ServeSettings, create_app
+from keel.serve.errors import describe
+from keel.serve.logs import AccessLog, JsonFormatter
+from keel.serve.payload import Payload
+from keel.serve.spec import read_spec
+from keel.serve.v2 import label_datatype
+from tests.conftest import FAST
+
+ODD = ["bill length (mm)", "model_config", "class", "flag"]
+ROW = {"bill length (mm)": 1.5, "model_config": "b", "class": 2, "flag": True}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(0)
+    n_rows = 80
+    frame = pd.DataFrame({
+        "bill length (mm)": rng.normal(0, 1, n_rows),
+        "model_config": rng.choice(["a", "b", "c"], n_rows),
+        "class": rng.integers(1, 4, n_rows),  # declared a category below
+        "flag": rng.choice([True, False], n_rows),
+    })
+    frame["target"] = (frame["bill length (mm)"] + (frame["model_config"] == "a") > 0.5).astype(int)
+    config = {**FAST, "training.epochs": 2, "input_features": [
+        {"name": "bill length (mm)"}, {"name": "model_config"}, {"name": "class", "type": "category"},
+        {"name": "flag"}]}
+    model = keel.fit(frame, target="target", config=config, quiet=True)
+    directory = tmp_path_factory.mktemp("serve-unit") / "odd-names"
+    model.save(directory)
+    model.attach("model.onnx", to_onnx(model).SerializeToString())
+    return directory
+
+
+def call(app: Any, method: str, path: str, *, lifespan: bool = True, **options: Any) -> httpx.Response:
+    """One request to the app in process; with ``lifespan`` the app's start-up (the warm-up) runs first."""
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            if not lifespan:
+                return await client.request(method, path, **options)
+            async with app.router.lifespan_context(app):
+                return await client.request(method, path, **options)
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def app(model_dir: Path) -> Any:
+    return create_app(ServeSettings(str(model_dir), max_batch=5))
+
+
+def test_ready_is_503_until_the_warm_up_prediction_passed(app) -> None:
+    before = call(app, "GET", "/ready", lifespan=False)
+    assert before.status_code == 503 and before.headers["retry-after"] == "1"
+    assert "warm-up" in before.json()["detail"]
+    assert call(app, "POST", "/predict", json=ROW, lifespan=False).status_code == 503
+    assert call(app, "GET", "/health", lifespan=False).status_code == 200  # alive all along
+    assert call(app, "GET", "/ready").json() == {"status": "ready"}
+
+
+def test_any_feature_name_works_in_every_form(app, model_dir: Path) -> None:
+    expected = Predictor.load(model_dir).predict_proba(ROW).tolist()
+    one = call(app, "POST", "/predict", json=ROW).json()
+    rows = call(app, "POST", "/predict", json=[ROW, ROW]).json()
+    columns = call(app, "POST", "/predict", json={"columns": {name: [value] for name, value in ROW.items()}}).json()
+    assert one["probabilities"] == expected and rows["probabilities"] == expected * 2
+    assert columns["probabilities"] == expected
+    assert one["predictions"][0] in (0, 1) and type(one["predictions"][0]) is int
+
+
+def test_category_values_are_spelled_as_keel_spells_them(app) -> None:
+    """2, 2.0 and "2" are one category; True is the binary value "True"; none of them is unseen."""
+    answers = [call(app, "POST", "/predict", json={**ROW, "class": value}).json() for value in (2, 2.0, "2")]
+    assert answers[0]["probabilities"] == answers[1]["probabilities"] == answers[2]["probabilities"]
+    assert all(answer["unseen"] == {} for answer in answers)
+    unseen = call(app, "POST", "/predict", json=[{**ROW, "class": 9}, {**ROW, "flag": "maybe", "class": "x"}]).json()
+    assert unseen["unseen"] == {"class": 2, "flag": 1}
+
+
+def test_messages_name_the_field_and_the_row(app) -> None:
+    answer = call(app, "POST", "/predict", json=[ROW, {**ROW, "bill length (mm)": "long", "flag": [1]}])
+    assert answer.status_code == 422
+    problems = answer.json()["errors"]
+    assert [(p["field"], p["row"], p["type"]) for p in problems] == [
+        ("bill length (mm)", 2, "number"), ("flag", 2, "category")]
+    assert problems[0]["message"] == ("row 2: feature 'bill length (mm)' takes a number, or null when missing; got the "
+                                      'string "long".')
+    assert answer.json()["detail"].startswith(problems[0]["message"])
+    over = call(app, "POST", "/predict", json=[ROW] * 6).json()
+    assert over["detail"] == ("the batch has 6 rows; this server takes at most 5 rows per request (its --max-batch). "
+                              "Split them into smaller requests.")
+
+
+def test_the_openapi_document_names_the_real_features(app) -> None:
+    document = call(app, "GET", "/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    assert list(schemas["Record"]["properties"]) == ODD and schemas["Record"]["required"] == ODD
+    assert sorted(schemas["Record"]["properties"]["model_config"]["examples"]) == ["a", "b", "c"]
+    assert schemas["Columns"]["properties"]["class"]["maxItems"] == 5
+    predict = document["paths"]["/predict"]["post"]
+    assert predict["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PredictRequest"}
+    assert set(predict["responses"]) == {"200", "400", "413", "415", "422", "503"}
+    name = document["paths"]["/v2/models/{name}/infer"]["post"]["parameters"][0]
+    assert name["schema"]["enum"] == ["odd-names"]
+
+
+def test_v2_datatypes_follow_the_classes() -> None:
+    assert [label_datatype(classes) for classes in ([0, 1], [True, False], [0.5, 1], ["a", "b"], [1, "a"])] == [
+        "INT64", "BOOL", "FP64", "BYTES", "BYTES"]
+
+
+def test_payload_tells_the_forms_apart(app, model_dir: Path) -> None:
+    predictor = Predictor.load(model_dir)
+    payload = Payload(read_spec(predictor, model_dir), max_batch=10)
+    record = payload.parse({**ROW, "id": 3})
+    assert (record.n_rows, record.ignored) == (1, ["id"])
+    assert record.columns["class"] == ["2"] and record.columns["flag"] == ["True"]
+    columns = payload.parse({"columns": {**{name: [value, None] for name, value in ROW.items()}, "id": [1, 2]}})
+    assert columns.n_rows == 2 and columns.columns["model_config"] == ["b", ""] and columns.ignored == ["id"]
+    assert columns.columns["bill length (mm)"] == [1.5, None]
+
+
+def test_describe_quotes_values_briefly() -> None:
+    assert describe("x" * 100).endswith('..."') and len(describe("x" * 100)) < 60
+    assert describe(float("nan")) == "NaN (not a JSON number)"
+    assert describe(10**400) == "an integer of about 401 digits, beyond what a float64 holds"
+    assert "about 5001 digits" in describe(10**5000)  # beyond what str() of an int allows
+    assert (describe(None), describe(True), describe({"a": 1}), describe([1, 2])) == (
+        "null", "true", "an object with 1 key(s)", "a list of 2 value(s)")
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"port": 70000}, "--port must be a whole number from 0 to 65535; got 70000"),
+    ({"workers": 0}, "--workers"),
+    ({"max_batch": 0}, "--max-batch"),
+    ({"max_body": True}, "--max-body"),
+    ({"host": ""}, "--host"),
+])
+def test_settings_are_checked_at_the_edge(options: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
+        ServeSettings("model", **options)
+
+
+def test_settings_travel_to_worker_processes_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = ServeSettings("runs/m", host="0.0.0.0", port=9000, workers=3, max_batch=7, max_body=4096)
+    monkeypatch.setenv("KEEL_SERVE_SETTINGS", settings.to_environment())
+    assert ServeSettings.from_environment() == settings
+    monkeypatch.setenv("KEEL_SERVE_SETTINGS", "{}")
+    with pytest.raises(ConfigError, match="holds no server settings"):
+        ServeSettings.from_environment()
+
+
+def test_log_lines_are_json_with_the_records_extras() -> None:
+    record = logging.LogRecord("keel.serve.access", logging.INFO, __file__, 1, "", None, None)
+    record.method, record.status = "GET", 200
+    line = json.loads(JsonFormatter().format(record))
+    assert line["method"] == "GET" and line["status"] == 200 and line["level"] == "info" and "message" not in line
+    assert line["time"].endswith("Z")
+
+
+def test_the_access_log_notes_status_and_latency(caplog: pytest.LogCaptureFixture) -> None:
+    async def teapot(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 418, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def go() -> None:
+        transport = httpx.ASGITransport(app=AccessLog(teapot))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await client.get("/brew")
+
+    with caplog.at_level(logging.INFO, logger="keel.serve.access"):
+        asyncio.run(go())
+    (record,) = caplog.records
+    assert (record.method, record.path, record.status) == ("GET", "/brew", 418)  # type: ignore[attr-defined]
+    assert record.latency_ms >= 0  # type: ignore[attr-defined]
+
+
+def test_a_bug_is_a_500_in_the_same_json_shape(model_dir: Path) -> None:
+    app = create_app(ServeSettings(str(model_dir)))
+
+    async def broken() -> None:
+        raise ZeroDivisionError("a bug")
+
+    app.add_api_route("/broken", broken)  # only on this test's own app
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/broken")
+
+    answer = asyncio.run(go())
+    assert answer.status_code == 500
+    assert answer.json()["detail"].startswith("internal error (ZeroDivisionError) while answering GET /broken")
