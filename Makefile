@@ -39,6 +39,7 @@ bench: $(VENV)/.installed $(BENCH)/.installed
 	$(BENCH)/bin/python bench/accuracy.py
 	$(BENCH)/bin/python bench/export.py
 	$(BIN)/python bench/compression.py
+	$(BIN)/python bench/serve.py
 
 # `keel export --format tflite` converts in its own environment: litert-torch's dependencies hold typing-extensions
 # and pydantic below keel's constraints and brings jax (2.4 GB, 86 s to build here), so it never
