@@ -220,16 +220,61 @@ def test_unseen_values_are_counted_and_other_keys_ignored(servers) -> None:
     assert post(servers["multiclass"], ROW).json()["unseen"] == {}
 
 
-def test_fifty_parallel_requests_are_all_answered_in_order(models, servers) -> None:
-    model, _ = models["multiclass"]
-    batches = [ROWS[index % 40:index % 40 + 1 + index % 5] for index in range(50)]
-    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(50) as pool:
-        answers = list(pool.map(lambda rows: client.post(servers["multiclass"].url + "/predict", json=rows), batches))
-    assert [answer.status_code for answer in answers] == [200] * 50
-    for rows, answer in zip(batches, answers):
-        probabilities = np.array(answer.json()["probabilities"])
-        assert probabilities.shape == (len(rows), 3)
-        assert np.abs(probabilities - keel_says(model, rows, proba=True)).max() <= 1e-5
+def v2_body(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rows as V2 input tensors, one per feature."""
+    numbers = ("size", "count")
+    return {"inputs": [{"name": name, "shape": [len(rows)], "datatype": "FP64" if name in numbers else "BYTES",
+                        "data": [row[name] for row in rows]} for name in FEATURES]}
+
+
+def test_parallel_requests_small_and_large_are_answered_in_order(models, servers) -> None:
+    """Bodies up to 32 KiB are predicted on the event loop, larger ones on worker threads (through the
+    prediction slots): 40 requests of 1 to 1,500 rows, as records, columns and V2 tensors, sent 16 at a
+    time, each answered bit for bit as the predictor answers its rows, in their order."""
+    _, directory = models["multiclass"]
+    predictor = Predictor.load(directory)
+    pool = [{name: (None if pd.isna(value) else value) for name, value in record.items()}
+            for record in table(1500, seed=5)[FEATURES].astype(object).to_dict("records")]
+    starts = np.random.default_rng(0).integers(0, 1500, 40)
+    requests = []
+    for index, start in enumerate(starts):
+        size = (1, 1000, 3, 1500)[index % 4]
+        rows = pool[min(start, 1500 - size):][:size]
+        form = ("records", "columns", "v2")[index % 3]
+        body = {"records": rows, "columns": {"columns": {name: [row[name] for row in rows] for name in FEATURES}},
+                "v2": v2_body(rows)}[form]
+        requests.append((rows, form, body))
+    sizes = [len(json.dumps(body, separators=(",", ":"))) for *_, body in requests]  # as httpx sends them
+    assert sum(size > 32 * 1024 for size in sizes) == 20  # half of them through the thread pool
+    url = servers["multiclass"].url
+
+    def send(request: tuple[Any, str, Any]) -> httpx.Response:
+        path = f"/v2/models/{directory.name}/infer" if request[1] == "v2" else "/predict"
+        return client.post(url + path, json=request[2])
+
+    with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=16)) as client, ThreadPoolExecutor(16) as threads:
+        answers = list(threads.map(send, requests))
+    for (rows, form, _), answer in zip(requests, answers):
+        assert answer.status_code == 200, answer.text
+        probabilities, labels = predictor.predict_proba(rows), predictor.predict(rows).tolist()
+        if form == "v2":
+            label, flat = answer.json()["outputs"]
+            assert (label["data"], flat["data"]) == (labels, probabilities.ravel().tolist()), (form, len(rows))
+        else:
+            got = answer.json()
+            assert (got["predictions"], got["probabilities"]) == (labels, probabilities.tolist()), (form, len(rows))
+
+
+def test_a_lone_surrogate_is_a_422_and_the_connection_lives_on(servers) -> None:
+    """A lone surrogate (the JSON escape \\ud800) is valid JSON but no UTF-8 text: it was a 500, after which
+    uvicorn closed the connection."""
+    url = servers["multiclass"].url
+    with httpx.Client(timeout=30) as client:
+        bad = client.post(url + "/predict", content=json.dumps([ROW, {**ROW, "color": "\ud800"}]).encode(),
+                          headers={"content-type": "application/json"})
+        assert bad.status_code == 422 and (bad.json()["errors"][0]["field"], bad.json()["errors"][0]["row"]) == (
+            "color", 2)
+        assert client.post(url + "/predict", json=ROW).status_code == 200  # the same keep-alive connection
 
 
 # ---- the other routes ----------------------------------------------------------------------
@@ -249,6 +294,13 @@ def test_health_ready_and_metadata(models, servers) -> None:
     assert metadata["versions"]["served_with"]["keel"] == keel.__version__
     assert metadata["limits"] == {"max_batch": 10_000, "max_body": 16 * 1024 * 1024}
     assert metadata["model"] == directory.name
+
+
+def test_head_probes_are_answered_like_get_without_a_body(servers) -> None:
+    """Load balancers probe with HEAD."""
+    for path in ("/health", "/ready", "/v2/health/ready"):
+        answer = httpx.head(servers["binary"].url + path)
+        assert (answer.status_code, answer.content, answer.headers["content-type"]) == (200, b"", "application/json")
 
 
 def test_the_openapi_document_is_built_from_the_models_features(servers) -> None:
@@ -331,6 +383,13 @@ BAD_REQUESTS = [  # (name, content, content type, status, field named, words in 
      "color", "NaN"),
     ("huge integer", b'{"size": 1' + b"0" * 400 + b', "count": 1, "member": "no", "color": "red", "grade": 1}',
      "application/json", 422, "size", "float64"),
+    ("integer of 5,000 digits", b'[{"size": 1' + b"0" * 4999 + b', "count": 1, "member": "no", "color": "red", '
+     b'"grade": 1}]', "application/json", 422, "size", "row 1: feature 'size' takes a number, or null when missing; "
+     "got an integer of 5000 digits. Numbers must fit a float64"),
+    ("number beyond float64", b'{"size": 1e400, "count": 1, "member": "no", "color": "red", "grade": 1}',
+     "application/json", 422, "size", "got a number above 1.8e308, beyond float64's range"),
+    ("lone surrogate", b'{"size": 1, "count": 1, "member": "no", "color": "\\udfff", "grade": 1}', "application/json",
+     422, "color", "not valid Unicode text"),
     ("empty batch", body([]), "application/json", 422, None, "the batch has 0 rows; send at least one row"),
     ("empty columns", body({"columns": {name: [] for name in FEATURES}}), "application/json", 422, "size",
      "column 'size' has 0 value(s)"),
@@ -496,6 +555,9 @@ def test_keel_serve_exports_a_model_without_onnx_then_serves_it_without_torch(mo
     (["-m", "keel.serve", "{exported}", "--max-body", "10"], "--max-body"),
     (["-m", "keel.serve", "{missing}"], "no model at"),
     (["-m", "keel.serve", "{exported}/model.onnx"], "pass the model directory"),
+    (["-m", "keel.serve", "{exported}", "--workers", "two"], "argument --workers: invalid int value: 'two'; run "),
+    (["-m", "keel.serve", "{exported}", "--bogus"], "unrecognized arguments: --bogus"),
+    (["-m", "keel.serve", "{exported}", "--host", "192.0.2.1"], "--host '192.0.2.1' is no address of this machine"),
 ])
 def test_a_model_or_option_the_server_cannot_use_is_one_line_and_exit_2(models, tmp_path, command: list[str],
                                                                         words: str) -> None:
@@ -510,6 +572,18 @@ def test_a_model_or_option_the_server_cannot_use_is_one_line_and_exit_2(models, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], result.stderr
     assert not (unexported / "model.onnx").exists()
+
+
+def test_a_port_in_use_is_one_line_and_exit_2_before_the_server_says_ready(models) -> None:
+    """uvicorn binds only after the start-up (which logs "ready"), then exits 3 with a bare errno."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "keel.serve", str(models["binary"][1]), "--port", str(port)],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: port {port} on 127.0.0.1 is in use by another process; pick another --port."
 
 
 def test_keel_serve_checks_its_options_before_exporting(models, tmp_path) -> None:
@@ -576,3 +650,5 @@ def test_schemathesis_finds_no_5xx_and_no_answer_off_the_schema(servers) -> None
     assert sum(statuses.values()) >= 1000, statuses
     assert not [key for key in statuses if key[2] >= 500]
     assert statuses.get(("POST /predict", "positive", 200), 0) >= 50, statuses  # most valid bodies are answered
+    # V2 bodies are answered only with every feature's tensor, which the document's example has
+    assert statuses.get(("POST /v2/models/{name}/infer", "positive", 200), 0) >= 1, statuses

@@ -254,10 +254,19 @@ class TargetEncoder:
         return strings.map(lookup).fillna(-1).to_numpy(dtype=np.int64, copy=True)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Class labels (in their original type) or de-standardized values."""
+        """Class labels (in their original type) or de-standardized values.
+
+        Labels of one type come back as that type's array (int64, bool, float64, str); labels of
+        mixed types (``[1, "yes"]``) as an object array of the labels themselves, since
+        ``np.asarray`` would turn them all into strings (``"1"``).
+        """
         if self.task == "regression":
             return codes.astype(np.float64) * self.std + self.mean
-        return np.asarray(self.labels)[codes]
+        if len({type(label) for label in self.labels}) <= 1:
+            return np.asarray(self.labels)[codes]
+        labels = np.empty(len(self.labels), dtype=object)
+        labels[:] = self.labels
+        return labels[codes]
 
     def state(self) -> dict[str, Any]:
         return {"name": self.name, "task": self.task, "labels": self.labels, "mean": self.mean, "std": self.std}

@@ -12,7 +12,9 @@ module converts the forms a caller has at hand, without pandas unless the caller
 
 Numbers follow ``to_numeric``: ints, floats and bools become float64, a numeric string such as
 ``" 3.5 "`` is parsed, None / NaN / ``pd.NA`` are missing, and anything else (``"abc"``, ``"nan"``,
-an infinity) is a :class:`~keel.errors.DataError` naming the column and the row.
+an infinity) is a :class:`~keel.errors.DataError` naming the column and the row. So is a string that
+is not valid Unicode text (a lone UTF-16 surrogate, which a JSON escape such as ``"\\ud800"`` can
+make): no UTF-8 text can hold it, and ONNX Runtime takes UTF-8.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ _PLAIN_NUMBERS = frozenset({float, int, bool, type(None)})
 _CONTAINERS = (Mapping, list, tuple, set, frozenset)
 # A list longer than this is not quoted whole in a message.
 _SHOWN = 60
+# Lone UTF-16 surrogates: a Python string may hold them (JSON's "\\ud800" makes one), UTF-8 cannot.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,7 @@ def _frame_feeds(frame: Any, columns: Sequence[InputColumn]) -> tuple[dict[str, 
         else:
             strings = category_strings(series)
             strings[strings == None] = ""  # noqa: E711 (elementwise)
+            check_text(strings, column.name)
             feeds[column.name] = strings
     return feeds, _extra(dict.fromkeys(names), columns)
 
@@ -200,6 +205,7 @@ def _convert_column(values: Any, column: InputColumn) -> np.ndarray:
         _check_finite(numbers, column.name)
         return numbers
     if all(type(value) is str for value in values):
+        check_text(values, column.name)
         return np.array(values, dtype=object)
     return np.array([to_string(value, column.name, row) for row, value in enumerate(values, 1)], dtype=object)
 
@@ -285,14 +291,36 @@ def to_string(value: Any, column: str, row: int) -> str:
         ``"3"``), or the empty string for a missing value.
 
     Raises:
-        DataError: The value is no single value (a dict, list, set or array).
+        DataError: The value is no single value (a dict, list, set or array), or a string that is not
+            valid Unicode text (it holds a lone UTF-16 surrogate).
     """
     if type(value) is str:
-        return value
-    if isinstance(value, _CONTAINERS) or getattr(value, "ndim", 0) != 0:
+        spelled = value
+    elif isinstance(value, _CONTAINERS) or getattr(value, "ndim", 0) != 0:
         raise _wrong_type(value, column, row, "a string, a number, a bool or None")
-    spelled = canonical_category(value)
-    return "" if spelled is None else spelled
+    else:
+        spelled = canonical_category(value) or ""
+    if not spelled.isascii() and _SURROGATE.search(spelled):  # isascii() is O(1): the common case costs nothing
+        raise _not_unicode(spelled, column, row)
+    return spelled
+
+
+def check_text(strings: Sequence[str] | np.ndarray, column: str) -> None:
+    """Raise for the first string that is not valid Unicode text (a lone UTF-16 surrogate).
+
+    Args:
+        strings: One column's strings (a list, or an object array of them).
+        column: The column's name, for the message.
+
+    Raises:
+        DataError: A string holds a lone surrogate; the message names the column and the 1-based row.
+    """
+    joined = "".join(strings)  # one pass in C; ASCII (the usual case) is then known at once
+    if joined.isascii() or not _SURROGATE.search(joined):
+        return
+    for row, value in enumerate(strings, 1):
+        if _SURROGATE.search(value):
+            raise _not_unicode(value, column, row)
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -335,6 +363,15 @@ def _not_a_number(value: Any, column: str, row: int) -> DataError:
     return DataError(
         f"column {column!r} holds numbers, but row {row} has the value {_quote(value)}. Pass a number or a numeric "
         "string, or None for a missing value.", column=column, row=row)
+
+
+def _not_unicode(value: str, column: str, row: int) -> DataError:
+    match = _SURROGATE.search(value)
+    where = f" ({match.group()!r} at position {match.start()})" if match else ""
+    return DataError(
+        f"column {column!r} row {row} holds {_quote(value)}, which is not valid Unicode text: it has a lone UTF-16 "
+        f"surrogate{where}, which no UTF-8 text can hold; send UTF-8 (in JSON, an escape such as \\ud83d must be "
+        "followed by its low half, such as \\ude00).", column=column, row=row)
 
 
 def _wrong_type(value: Any, column: str, row: int, expected: str) -> DataError:

@@ -56,7 +56,7 @@ class Predictor:
         self.task: str = metadata["keel.task"]
         self.target: str = metadata["keel.target"]
         self.classes: list[Any] = json.loads(metadata.get("keel.classes", "[]"))
-        self._labels = np.asarray(self.classes)  # indexing it decodes as TargetEncoder.decode does
+        self._labels = _label_array(self.classes)
         self._columns = [InputColumn(item.name, item.type == "tensor(double)") for item in session.get_inputs()]
         self.feature_names = [column.name for column in self._columns]
         outputs = json.loads(metadata["keel.outputs"])
@@ -118,7 +118,9 @@ class Predictor:
                 read are ignored (listed once in a :class:`~keel.errors.KeelWarning`).
 
         Returns:
-            Labels in the types the training target had (ints, bools, strings), or float64 values.
+            Labels in the types the training target had (ints, bools, strings; an object array of
+            the labels themselves when the classes mix types, such as ``[1, "yes"]``), or float64
+            values.
 
         Raises:
             DataError: A missing column, a value that is no number where one is needed, no single
@@ -167,6 +169,16 @@ class Predictor:
             warnings.warn(
                 f"ignoring column(s) {new}: the model does not read them (its inputs are {self.feature_names}). "
                 "Check their spelling if you meant one of those.", KeelWarning, stacklevel=4)
+
+
+def _label_array(classes: list[Any]) -> np.ndarray:
+    """The classes as an array that indexing decodes, as TargetEncoder.decode does: of their own
+    type when all are of one, else an object array (``np.asarray([1, "yes"])`` would make 1 "1")."""
+    if len({type(label) for label in classes}) <= 1:
+        return np.asarray(classes)
+    labels = np.empty(len(classes), dtype=object)
+    labels[:] = classes
+    return labels
 
 
 def _read_directory(directory: Path, name: str) -> tuple[bytes, set[str]]:

@@ -2,8 +2,9 @@
 
 The server's own entry point: argparse, no typer or rich, and nothing that needs PyTorch. A model
 without an ONNX export is refused in one line that says to run ``keel export`` (``keel serve``, the
-CLI command, exports it first where PyTorch is installed). A bad option or a model that cannot be
-loaded prints one line and exits 2, before any port is bound.
+CLI command, exports it first where PyTorch is installed). A bad option, a model that cannot be
+loaded, or an address that cannot be bound (the port in use, a host that is no address of this
+machine) prints one line and exits 2, before the server starts or says it is ready.
 
 SIGTERM (or Ctrl-C) stops the server gracefully: it stops accepting connections, lets the requests
 in flight finish (for up to :data:`GRACEFUL_SECONDS`), and the process exits 0.
@@ -12,15 +13,17 @@ in flight finish (for up to :data:`GRACEFUL_SECONDS`), and the process exits 0.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
-from keel.errors import ArtifactError, KeelError
+from keel.errors import ArtifactError, ConfigError, KeelError
 from keel.serve.settings import (
     DEFAULT_HOST,
     DEFAULT_MAX_BATCH,
@@ -39,10 +42,11 @@ def parse_arguments(argv: Sequence[str] | None = None) -> ServeSettings:
     """The settings from the command line.
 
     Raises:
-        ConfigError: An option out of range.
-        SystemExit: argparse's own exit for --help or an unknown option (status 2).
+        ConfigError: An option out of range, of the wrong type, unknown, or missing (one line, where
+            argparse would print its usage).
+        SystemExit: argparse's own exit after --help (status 0).
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m keel.serve", description="Serve a keel model over HTTP (ONNX Runtime; no PyTorch needed).")
     parser.add_argument("model", help="The model directory, with model.onnx attached by `keel export`.")
     parser.add_argument("--host", default=DEFAULT_HOST,
@@ -56,6 +60,42 @@ def parse_arguments(argv: Sequence[str] | None = None) -> ServeSettings:
     arguments = parser.parse_args(argv)
     return ServeSettings(model=arguments.model, host=arguments.host, port=arguments.port, workers=arguments.workers,
                          max_batch=arguments.max_batch, max_body=arguments.max_body)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose mistakes are one line (a ConfigError) rather than its usage and an exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}; run `{self.prog} --help` for the options.")
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind the server's address once, as uvicorn will, so that one that cannot be served is found
+    before the server starts (uvicorn binds only after the model is loaded and warm, and then exits
+    3 with the bare errno).
+
+    Raises:
+        ConfigError: The port is in use or needs privileges, or the host is no address of this machine.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except socket.gaierror as error:
+        raise ConfigError(f"--host {host!r} is no address this machine can bind ({error.strerror}); pass 127.0.0.1 "
+                          "for this machine only, 0.0.0.0 for every interface, or one of its own addresses.") from None
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            reason = "is in use by another process"
+        elif error.errno == errno.EACCES:
+            reason = "needs privileges this process lacks (ports below 1024 usually do)"
+        elif error.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"--host {host!r} is no address of this machine; pass 127.0.0.1 for this machine only, "
+                              "0.0.0.0 for every interface, or one of its own addresses.") from None
+        else:
+            reason = f"cannot be bound ({error.strerror or error})"
+        raise ConfigError(f"port {port} on {host} {reason}; pick another --port.") from None
 
 
 def check_export(directory: Path) -> None:
@@ -80,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = parse_arguments(argv)
         check_export(settings.model_path)
+        check_address(settings.host, settings.port)
         try:
             import uvicorn
         except ImportError:

@@ -1,9 +1,10 @@
 """The FastAPI application over one exported model: :func:`create_app`.
 
-Routes: ``POST /predict``, ``GET /health``, ``GET /ready``, ``GET /metadata``, and the KServe V2
-inference protocol under ``/v2`` (:mod:`keel.serve.v2`). The OpenAPI document (``/openapi.json``,
-``/docs``) is built from the model's own features. Every request the server cannot serve gets a
-4xx whose JSON body names the field and the problem (:mod:`keel.serve.errors`).
+Routes: ``POST /predict``, ``GET /health``, ``GET /ready`` (both also ``HEAD``, as load balancers
+probe), ``GET /metadata``, and the KServe V2 inference protocol under ``/v2`` (:mod:`keel.serve.v2`).
+The OpenAPI document (``/openapi.json``, ``/docs``) is built from the model's own features. Every
+request the server cannot serve gets a 4xx whose JSON body names the field and the problem
+(:mod:`keel.serve.errors`).
 
 Imports neither torch nor pandas, nor keel's training modules: the process stays small and starts
 fast, and a serving-only install (onnxruntime, numpy, pydantic, fastapi, uvicorn) runs it.
@@ -27,11 +28,11 @@ from starlette.responses import Response
 import keel
 from keel.errors import ArtifactError
 from keel.runtime import Predictor
-from keel.serve.answers import Answerer, response_schemas
+from keel.serve.answers import Answerer, prediction_slots, response_schemas
 from keel.serve.body import decode, error_response, json_response, read_body
 from keel.serve.errors import RequestError
 from keel.serve.logs import AccessLog
-from keel.serve.openapi import answers, document, request_body
+from keel.serve.openapi import add_head_routes, answers, document, request_body
 from keel.serve.payload import Payload
 from keel.serve.settings import ServeSettings
 from keel.serve.spec import ModelSpec, read_spec
@@ -41,7 +42,8 @@ from keel.serve.v2 import add_v2_routes, v2_schemas
 # Bodies up to this size are parsed and predicted on the event loop: the thread hop costs about as
 # much as a one-row prediction (one-row p50 over HTTP 0.96 ms inline against 1.06 ms through the
 # thread pool, balanced penguins model). Larger ones go to a worker thread, so /health and small
-# requests keep being answered while a 10,000-row batch is converted and predicted.
+# requests keep being answered while a 10,000-row batch is converted and predicted; at most one
+# prediction per core runs on those threads at a time (answers.prediction_slots).
 INLINE_BODY_BYTES: Final = 32 * 1024
 logger = logging.getLogger("keel.serve")
 
@@ -82,7 +84,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     predictor = predictor if predictor is not None else load_predictor(settings.model)
     spec = read_spec(predictor, settings.model_path)
     payload = Payload(spec, settings.max_batch)
-    answerer = Answerer(predictor, spec)
+    answerer = Answerer(predictor, spec, prediction_slots(settings.workers))
     state = ServerState()
 
     @asynccontextmanager
@@ -123,7 +125,8 @@ def _add_routes(app: FastAPI, settings: ServeSettings, spec: ModelSpec, payload:
         content = await read_body(request, settings.max_body)
         if len(content) <= INLINE_BODY_BYTES:
             return json_response(answerer.answer(payload.parse(decode(content))))
-        return await run_in_threadpool(lambda: json_response(answerer.answer(payload.parse(decode(content)))))
+        return await run_in_threadpool(
+            lambda: json_response(answerer.answer(payload.parse(decode(content)), in_thread=True)))
 
     @app.get("/health", summary="Alive", response_model=None, responses=answers("Status"))
     async def health() -> Response:
@@ -135,6 +138,8 @@ def _add_routes(app: FastAPI, settings: ServeSettings, spec: ModelSpec, payload:
         """200 once the model is loaded and a warm-up prediction passed; 503 before."""
         require_ready(state)
         return json_response({"status": "ready"})
+
+    add_head_routes(app, {"/health": health, "/ready": ready})
 
     @app.get("/metadata", summary="The model", response_model=None, responses=answers("ModelMetadata"))
     async def model_metadata() -> Response:

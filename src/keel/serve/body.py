@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from keel.serve.errors import RequestError
+from keel.serve.errors import HugeInteger, JsonConstant, RequestError
 
 JSON: Final = "application/json"
 
@@ -48,8 +49,10 @@ async def read_body(request: Request, max_body: int) -> bytes:
 def decode(content: bytes) -> Any:
     """A body decoded as JSON.
 
-    Python's reader accepts NaN and Infinity; the request types reject them where a value is read,
-    so the error names the field.
+    Python's reader accepts NaN and Infinity (read as :class:`JsonConstant`, so that messages can
+    tell them from a number too large for a float64); the request types reject them where a value
+    is read, so the error names the field. So are integers of more digits than Python converts
+    (read as :class:`HugeInteger`), on a second reading that only such a body pays for.
 
     Raises:
         RequestError: 400 for an empty body or one that is not JSON.
@@ -57,15 +60,32 @@ def decode(content: bytes) -> Any:
     if not content.strip():
         raise RequestError.one(400, "the request has no body; send the rows as JSON.", "json")
     try:
-        return json.loads(content)
+        try:
+            return json.loads(content, parse_constant=JsonConstant)
+        except ValueError as error:
+            if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
+                raise
+            # Python refuses to convert integers of over 4,300 digits (sys.get_int_max_str_digits).
+            return json.loads(content, parse_constant=JsonConstant, parse_int=_integer)
     except RecursionError:
         raise RequestError.one(400, "the body's JSON is nested too deeply to read; send rows as objects of feature "
                                "-> value.", "json") from None
-    except ValueError as error:  # JSONDecodeError, or bytes that are no UTF-8/16/32 text
-        where = (f" at line {error.lineno} column {error.colno}" if isinstance(error, json.JSONDecodeError) else "")
-        reason = error.msg if isinstance(error, json.JSONDecodeError) else "it is not UTF-8 text"
-        raise RequestError.one(400, f"the body is not valid JSON ({reason}{where}); send a JSON object or list.",
+    except json.JSONDecodeError as error:
+        raise RequestError.one(400, f"the body is not valid JSON ({error.msg} at line {error.lineno} column "
+                               f"{error.colno}); send a JSON object or list.", "json") from None
+    except UnicodeDecodeError:
+        raise RequestError.one(400, "the body is not valid JSON (it is not UTF-8 text); send a JSON object or list "
+                               "as UTF-8.", "json") from None
+    except ValueError as error:
+        raise RequestError.one(400, f"the body is not valid JSON ({error}); send a JSON object or list.",
                                "json") from None
+
+
+def _integer(text: str) -> int | float:
+    """A JSON integer as an int, or as a :class:`HugeInteger` when it has too many digits to convert."""
+    digits = len(text) - text.startswith("-")
+    limit = sys.get_int_max_str_digits()
+    return HugeInteger(text) if limit and digits > limit else int(text)
 
 
 def is_json(content_type: str) -> bool:

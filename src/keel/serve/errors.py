@@ -67,9 +67,34 @@ class RequestError(Exception):
     def body(self) -> bytes:
         """The JSON answer."""
         detail = self.errors[0]["message"]
-        if len(self.errors) > 1:
-            detail += f" ({len(self.errors) - 1} more problem(s) listed in 'errors'.)"
+        more = len(self.errors) - 1
+        if len(self.errors) > MAX_ERRORS:
+            detail += f" ({more} more problem(s); 'errors' lists the first {MAX_ERRORS}.)"
+        elif more:
+            detail += f" ({more} more problem(s) listed in 'errors'.)"
         return json.dumps({"detail": detail, "errors": self.errors[:MAX_ERRORS]}).encode()
+
+
+class JsonConstant(float):
+    """``NaN``, ``Infinity`` or ``-Infinity`` spelled as such in a body: Python's JSON reader takes
+    them (JSON has no such numbers). Told apart from a number too large for a float64 (``1e400``
+    reads as infinity too) so that the message says which it was."""
+
+
+class HugeInteger(float):
+    """An integer of more digits than Python converts (over 4,300), as an infinite float that
+    remembers its digits: every request type refuses it, and the message says how long it was.
+
+    Args:
+        text: The integer as the body spells it.
+    """
+
+    digits: int
+
+    def __new__(cls, text: str) -> "HugeInteger":
+        number = super().__new__(cls, -math.inf if text.startswith("-") else math.inf)
+        number.digits = len(text) - text.startswith("-")
+        return number
 
 
 def problem(message: str, kind: str, field: str | None = None, row: int | None = None) -> dict[str, Any]:
@@ -82,18 +107,34 @@ def from_data_error(error: DataError) -> RequestError:
     return RequestError.one(422, str(error), "data", error.column, error.row)
 
 
+def hint_for(value: Any) -> str:
+    """What to send instead of a value a feature refused: a sentence, or nothing."""
+    if isinstance(value, JsonConstant) or isinstance(value, float) and math.isnan(value):
+        return " Send null for a missing value."
+    if isinstance(value, HugeInteger) or isinstance(value, int) and abs(value) >= 2**1024:
+        return (" Numbers must fit a float64 (about 1.8e308 at most, 309 digits): check the value, or send null if "
+                "it is unknown.")
+    if isinstance(value, float) and math.isinf(value):  # describe() gave the range
+        return " Check the value, or send null if it is unknown."
+    return ""
+
+
 def describe(value: Any) -> str:
     """A request value as a message quotes it: its JSON kind and, for scalars, the value, cut short."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, HugeInteger):
+        return f"an integer of {value.digits} digits"
     if isinstance(value, float) and not math.isfinite(value):
-        spelled = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
-        return f"{spelled} (not a JSON number)"
+        if math.isnan(value) or isinstance(value, JsonConstant):
+            spelled = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+            return f"{spelled} (not a JSON number)"
+        return f"a number {'below -' if value < 0 else 'above '}1.8e308, beyond float64's range"
     if isinstance(value, int) and abs(value) >= 2**1024:
         digits = int(value.bit_length() * math.log10(2)) + 1  # str() refuses ints of over 4,300 digits
-        return f"an integer of about {digits} digits, beyond what a float64 holds"
+        return f"an integer of about {digits} digits"
     if isinstance(value, (int, float)):
         return f"the number {value}"
     if isinstance(value, str):

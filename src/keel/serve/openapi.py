@@ -8,6 +8,7 @@ each route names them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from fastapi import FastAPI
@@ -25,10 +26,13 @@ _REASONS: Final = {
 }
 
 
-def request_body(schema: str) -> dict[str, Any]:
-    """A route's ``openapi_extra``: its JSON body has the component ``schema``."""
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
+def request_body(schema: str, example: Any = None) -> dict[str, Any]:
+    """A route's ``openapi_extra``: its JSON body has the component ``schema`` (and ``example``,
+    which /docs shows and Schemathesis sends, where one is given)."""
+    media: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+    if example is not None:
+        media["example"] = example
+    return {"requestBody": {"required": True, "content": {"application/json": media}}}
 
 
 def answers(schema: str, *statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -38,6 +42,13 @@ def answers(schema: str, *statuses: int) -> dict[int | str, dict[str, Any]]:
         200: {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
     documented.update({status: {"description": _REASONS[status], "content": error} for status in statuses})
     return documented
+
+
+def add_head_routes(app: FastAPI, routes: dict[str, Callable[..., Any]]) -> None:
+    """HEAD for the probe routes, answered as their GET (load balancers probe with HEAD; uvicorn
+    sends the headers only). Left out of the document, which lists the GET."""
+    for path, endpoint in routes.items():
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False, response_model=None)
 
 
 def document(app: FastAPI, schemas: dict[str, Any], path_values: dict[str, list[str]]) -> None:

@@ -5,6 +5,7 @@ Three forms, told apart by their shape:
 - one record: ``{"island": "Biscoe", "bill_length_mm": 39.1, ...}``
 - a list of records: ``[{...}, {...}]``
 - columns: ``{"columns": {"island": ["Biscoe", "Dream"], "bill_length_mm": [39.1, null], ...}}``
+  (also for a model with a feature named "columns": a record's value is never an object)
 
 The pydantic types are built at start-up from the model's features, so validation and the
 OpenAPI document come from one source: a number feature takes a JSON number or null, a binary or
@@ -32,7 +33,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from keel.data.spelling import canonical_category
-from keel.serve.errors import RequestError, describe, problem
+from keel.serve.errors import RequestError, describe, hint_for, problem
 from keel.serve.spec import FeatureSpec, ModelSpec
 
 # A category's known values listed as examples in the OpenAPI document; a column of thousands of
@@ -105,7 +106,7 @@ class Payload:
             return self.batch({name: [row[name] for row in rows] for name in self._features}, len(rows),
                                _keys(rows))
         if isinstance(body, dict):
-            if COLUMNS_KEY in body and not any(name in body for name in self._features):
+            if self._is_columnar(body):
                 columns = self._validate(self._columns, body, "columns")[COLUMNS_KEY]
                 n_rows = _common_length(columns, list(self._features))
                 return self.batch({name: columns[name] for name in self._features}, n_rows, list(columns))
@@ -114,6 +115,16 @@ class Payload:
         raise RequestError.one(
             422, f"the body must be one record (an object of feature -> value), a list of records, or "
             f'{{"{COLUMNS_KEY}": {{feature: [values]}}}}; got {describe(body)}.', "body")
+
+    def _is_columnar(self, body: dict[str, Any]) -> bool:
+        """The columnar form: "columns" beside no feature, or holding an object where a feature is
+        named "columns" (a record's value is never an object). A malformed columnar body is
+        columnar too, so that its 422 speaks of the columnar form."""
+        if COLUMNS_KEY not in body:
+            return False
+        if COLUMNS_KEY in self._features and isinstance(body[COLUMNS_KEY], dict):
+            return True
+        return not any(name in body for name in self._features)
 
     def _validate(self, adapter: TypeAdapter[Any], body: Any, form: str) -> Any:
         try:
@@ -157,6 +168,13 @@ class Payload:
                  row: int | None) -> dict[str, Any]:
         kind, value = item["type"], item.get("input")
         where = f"row {row}: " if row is not None else ""
+        if kind == "string_unicode" and place != "value":  # a key: pydantic reads every key as text
+            holder = ("the body" if form == "columns" and field is None else
+                      {"record": "the record", "rows": f"row {row}", "columns": f"'{COLUMNS_KEY}'"}[form])
+            key = describe(value).removeprefix("the string ")
+            return problem(f"{holder} has the key {key}, which is not valid Unicode text (it holds a lone UTF-16 "
+                           "surrogate); send UTF-8 text (in JSON, an escape such as \\ud83d must be followed by "
+                           "its low half, such as \\ude00).", "text", None, row)
         if kind in _BATCH_ERRORS:
             rows = item.get("ctx", {}).get("actual_length")
             counted = f"column {field!r} has {rows} value(s)" if field is not None else f"the batch has {rows} rows"
@@ -173,7 +191,7 @@ class Payload:
             feature = self._features[field]
             expected = ("a number, or null when missing" if feature.is_number else
                         "one value (a string, number or boolean), or null when missing")
-            hint = " Send null for a missing value." if isinstance(value, float) else ""
+            hint = hint_for(value)
             return problem(f"{where}feature {field!r} takes {expected}; got {describe(value)}.{hint}",
                            "number" if feature.is_number else "category", field, row)
         if place == "column":

@@ -7,7 +7,10 @@
   ``probabilities`` (``FP32``, ``[n, n_classes]``) for classification, ``value`` (``FP64``) for
   regression; ``parameters.unseen`` counts the category values the model does not know.
 - ``GET /v2/models/{name}``: the model's inputs and outputs; ``GET /v2/models/{name}/ready``,
-  ``GET /v2/health/live``, ``GET /v2/health/ready``.
+  ``GET /v2/health/live``, ``GET /v2/health/ready`` (the last two also ``HEAD``).
+
+The OpenAPI document carries a one-row example request built from the model's features, which
+/docs shows and Schemathesis sends.
 
 ``name`` is the model directory's name; another name is a 404. Inputs that are no feature are a
 422 here (unlike ``/predict``, which ignores extra keys): V2 clients name tensors exactly.
@@ -36,11 +39,11 @@ from starlette.responses import Response
 
 from keel.serve.answers import Answerer
 from keel.serve.body import decode, json_response, read_body
-from keel.serve.errors import RequestError, describe, problem
-from keel.serve.openapi import answers, request_body
+from keel.serve.errors import RequestError, describe, hint_for, problem
+from keel.serve.openapi import add_head_routes, answers, request_body
 from keel.serve.payload import Payload
 from keel.serve.settings import ServeSettings
-from keel.serve.spec import ModelSpec
+from keel.serve.spec import FeatureSpec, ModelSpec
 from keel.serve.state import ServerState, require_ready
 
 NUMERIC: Final = ("FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
@@ -91,7 +94,8 @@ def add_v2_routes(app: FastAPI, settings: ServeSettings, spec: ModelSpec, payloa
     infer = Inference(spec, payload, answerer, settings.max_batch)
 
     @app.post("/v2/models/{name}/infer", summary="V2 inference", response_model=None, tags=["V2 protocol"],
-              openapi_extra=request_body("InferRequest"), responses=answers("InferResponse", 400, 404, 413, 415, 422, 503))
+              openapi_extra=request_body("InferRequest", example_request(spec)),
+              responses=answers("InferResponse", 400, 404, 413, 415, 422, 503))
     async def v2_infer(name: str, request: Request) -> Response:
         """The KServe V2 inference protocol: one input tensor per feature."""
         _check_name(name, spec)
@@ -99,7 +103,7 @@ def add_v2_routes(app: FastAPI, settings: ServeSettings, spec: ModelSpec, payloa
         content = await read_body(request, settings.max_body)
         if len(content) <= _INLINE_BODY_BYTES:
             return json_response(infer(decode(content)))
-        return await run_in_threadpool(lambda: json_response(infer(decode(content))))
+        return await run_in_threadpool(lambda: json_response(infer(decode(content), in_thread=True)))
 
     @app.get("/v2/models/{name}", summary="V2 model metadata", response_model=None, tags=["V2 protocol"],
              responses=answers("V2ModelMetadata", 404))
@@ -127,6 +131,8 @@ def add_v2_routes(app: FastAPI, settings: ServeSettings, spec: ModelSpec, payloa
         require_ready(state)
         return json_response({"ready": True})
 
+    add_head_routes(app, {"/v2/health/live": v2_live, "/v2/health/ready": v2_ready})
+
 
 class Inference:
     """V2 requests to batches, batches to V2 answers."""
@@ -136,15 +142,20 @@ class Inference:
         self.features = {feature.name: feature for feature in spec.features}
         self.label_type = label_datatype(spec.classes)
 
-    def __call__(self, body: Any) -> dict[str, Any]:
+    def __call__(self, body: Any, *, in_thread: bool = False) -> dict[str, Any]:
+        """The V2 answer to a decoded body (``in_thread``: see :meth:`Answerer.outputs`).
+
+        Raises:
+            RequestError: 422 for a body that is no V2 request of this model's inputs.
+        """
         try:
             request = InferRequest.model_validate(body)
         except ValidationError as error:
-            raise _validation_error(error, body) from None
+            raise _validation_error(error, body, self.features) from None
         columns, n_rows = self._columns(request)
         wanted = self._wanted(request)
         batch = self.payload.batch(columns, n_rows, list(columns))
-        result = self.answerer.outputs(batch)
+        result = self.answerer.outputs(batch, in_thread=in_thread)
         answer: dict[str, Any] = {"model_name": self.spec.name, "outputs": [
             tensor for tensor in self._tensors(result, n_rows) if tensor["name"] in wanted]}
         if request.id is not None:
@@ -232,6 +243,17 @@ def label_datatype(classes: list[Any]) -> str:
     return "FP64" if kinds and kinds <= {int, float} else "BYTES"
 
 
+def example_request(spec: ModelSpec) -> dict[str, Any]:
+    """A V2 request of one row, for the OpenAPI document: each category's first known value, 0 for
+    numbers (null, a missing value, where a category knows none)."""
+    inputs = []
+    for feature in spec.features:
+        value = 0.0 if feature.is_number else feature.values[0] if feature.values else None
+        inputs.append({"name": feature.name, "shape": [1], "datatype": "FP64" if feature.is_number else "BYTES",
+                       "data": [value]})
+    return {"inputs": inputs}
+
+
 def model_metadata(spec: ModelSpec) -> dict[str, Any]:
     """The ``GET /v2/models/{name}`` answer."""
     inputs = [{"name": feature.name, "datatype": "FP64" if feature.is_number else "BYTES", "shape": [-1]}
@@ -253,15 +275,20 @@ def v2_schemas(spec: ModelSpec) -> dict[str, Any]:
     schemas["InferInput"]["properties"]["name"]["enum"] = [feature.name for feature in spec.features]
     schemas["RequestedOutput"]["properties"]["name"]["enum"] = list(spec.outputs)
     tensor = {"type": "object", "required": ["name", "datatype", "shape", "data"], "properties": {
-        "name": {"type": "string"}, "datatype": {"enum": list(DATATYPES)},
-        "shape": {"type": "array", "items": {"type": "integer"}}, "data": {"type": "array"}}}
+        "name": {"enum": list(spec.outputs)}, "datatype": {"enum": list(DATATYPES)},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "maxItems": 2},
+        "data": {"type": "array", "description": "The values, flat, row after row."}}}
     metadata_tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
         "name": {"type": "string"}, "datatype": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer"}}}}
     schemas["InferResponse"] = {"title": "InferResponse", "type": "object", "required": ["model_name", "outputs"],
-                                "properties": {"model_name": {"type": "string"}, "id": {"type": "string"},
-                                               "outputs": {"type": "array", "items": tensor},
-                                               "parameters": {"type": "object"}}}
+                                "properties": {"model_name": {"enum": [spec.name]}, "id": {"type": "string"},
+                                               "outputs": {"type": "array", "items": tensor, "minItems": 1},
+                                               "parameters": {"type": "object", "properties": {"unseen": {
+                                                   "type": "object",
+                                                   "additionalProperties": {"type": "integer", "minimum": 1},
+                                                   "description": "By binary or category input, how many values "
+                                                                  "the model does not know."}}}}}
     schemas["V2ModelMetadata"] = {
         "title": "V2ModelMetadata", "type": "object", "required": ["name", "platform", "inputs", "outputs"],
         "properties": {"name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
@@ -279,7 +306,7 @@ def _check_name(name: str, spec: ModelSpec) -> None:
         raise RequestError.one(404, f"no model named {name!r}; this server serves {spec.name!r}.", "model", "name")
 
 
-def _validation_error(error: ValidationError, body: Any) -> RequestError:
+def _validation_error(error: ValidationError, body: Any, features: dict[str, FeatureSpec]) -> RequestError:
     """The request's validation errors, one per place (pydantic reports one per member of a union value)."""
     problems: dict[str, dict[str, Any]] = {}
     for item in error.errors(include_url=False):
@@ -291,10 +318,31 @@ def _validation_error(error: ValidationError, body: Any) -> RequestError:
             continue
         index = loc[3] if len(loc) == 4 and loc[2] == "data" else None
         field, row = _input_name(body, loc), (index + 1 if isinstance(index, int) else None)
-        message = ("is required" if item["type"] == "missing" else
-                   f"{item['msg'].rstrip('.')}; got {describe(item.get('input'))}")
-        problems[path] = problem(f"{path}: {message}.", item["type"], field, row)
+        value, kind = item.get("input"), item["type"]
+        if row is not None:  # one element of 'data': say what the input takes, not which union member failed
+            feature = features.get(field or "")
+            kind = "value" if feature is None else "number" if feature.is_number else "category"
+            message = f"{path} (row {row}): {_element_expected(feature, field)}; got {describe(value)}"
+            if isinstance(value, (list, dict)):
+                message += " ('data' is flat: one value per row, [v1, v2, ...])"
+            message += "." + hint_for(value)
+        elif not loc:
+            message = f"the body must be a JSON object {{\"inputs\": [...]}}; got {describe(value)}."
+        elif item["type"] == "missing":
+            message = f"{path}: is required."
+        else:
+            message = f"{path}: {item['msg'].rstrip('.')}; got {describe(value)}."
+        problems[path] = problem(message, kind, field, row)
     return RequestError(422, list(problems.values()))
+
+
+def _element_expected(feature: FeatureSpec | None, name: str | None) -> str:
+    if feature is None:
+        return f"input {name!r}: each value in 'data' is one number, string or boolean, or null when missing"
+    if feature.is_number:
+        return f"input {name!r} takes numbers in 'data' (a number per row, null when missing)"
+    return (f"input {name!r} takes strings in 'data' (a string per row, null when missing; numbers and booleans are "
+            "spelled as keel spells categories)")
 
 
 def _input_name(body: Any, loc: list[Any]) -> str | None:

@@ -148,6 +148,27 @@ def test_binary_labels_keep_their_python_types(models, kind: str, classes: list[
     assert set(labels) <= set(classes)
 
 
+def test_classes_of_mixed_types_keep_their_own_types(tmp_path: Path) -> None:
+    """[1, "yes"]: np.asarray would make every label a string ("1"); Model, Predictor and the
+    encoder give the labels themselves, as the server does."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"x": rng.normal(0, 1, 80), "y": rng.choice(["a", "b"], 80)})
+    frame["label"] = pd.Series(np.where(frame["x"] > 0, "yes", "1"), dtype=object).map(lambda v: 1 if v == "1" else v)
+    model = keel.fit(frame, target="label", config=TINY, quiet=True)
+    model.save(tmp_path / "mixed")
+    model.attach("model.onnx", to_onnx(model).SerializeToString())
+    predictor = Predictor.load(tmp_path / "mixed")
+    assert predictor.classes == model.classes == [1, "yes"]
+    rows = frame[["x", "y"]].iloc[:40]
+    labels = model.predict(rows)
+    assert set(labels.tolist()) == {1, "yes"}  # both classes predicted, each in its own type
+    assert [type(label) for label in labels] == [int if label == 1 else str for label in labels]
+    assert predictor.predict(plain(rows).to_dict("records")).tolist() == labels.tolist()
+    assert [type(label) for label in predictor.predict(rows)] == [type(label) for label in labels]
+    assert model.target_encoder.decode(np.array([1, 0])).tolist() == ["yes", 1]
+    assert predictor.predict(rows).dtype == labels.dtype == object
+
+
 def test_an_integer_category_reads_alike_as_int_float_and_string(models) -> None:
     model, directory = models["multiclass"]
     predictor = Predictor.load(directory)
@@ -262,6 +283,32 @@ def test_bad_input_is_a_data_error_naming_column_and_row(models, data: Any, colu
         assert f"row {row}" in str(caught.value)
 
 
+SURROGATE_FORMS = {  # the lone surrogate "\ud800" (json.loads makes one of the escape) in row 2 of color
+    "one row": ({**ROW, "color": "\ud800"}, 1),
+    "rows": ([ROW, {**ROW, "color": "a\ud800"}], 2),
+    "columns": ({**{k: [v, v] for k, v in ROW.items()}, "color": ["red", "\udfff"]}, 2),
+    "mixed column": ({**{k: [v, v] for k, v in ROW.items()}, "color": [3, "\ud83d"]}, 2),
+    "array": ({**{k: np.array([v, v]) for k, v in ROW.items()}, "color": np.array(["red", "\udc00"])}, 2),
+    "DataFrame": (pd.DataFrame({**{k: [v, v] for k, v in ROW.items()},
+                                "color": pd.Series(["red", "\ud800"], dtype=object)}), 2),
+}
+
+
+@pytest.mark.parametrize("form", list(SURROGATE_FORMS))
+def test_text_that_is_not_valid_unicode_is_a_data_error(models, form: str) -> None:
+    """ONNX Runtime encodes strings as UTF-8, which cannot hold a lone surrogate (a UnicodeEncodeError once)."""
+    data, row = SURROGATE_FORMS[form]
+    with pytest.raises(DataError) as caught:
+        Predictor.load(models["int"][1]).predict(data)
+    assert (caught.value.column, caught.value.row) == ("color", row)
+    assert "not valid Unicode text" in str(caught.value) and "send UTF-8" in str(caught.value)
+
+
+def test_text_beyond_ascii_is_fine(models) -> None:
+    predictor = Predictor.load(models["int"][1])
+    assert predictor.predict([{**ROW, "color": "\U0001F600"}, {**ROW, "member": "\u00e9t\u00e9"}]).shape == (2,)
+
+
 @pytest.mark.parametrize("data", [[], {k: [] for k in ROW}, pd.DataFrame(columns=list(ROW))])
 def test_an_empty_batch_is_a_data_error(models, data: Any) -> None:
     with pytest.raises(DataError, match="no rows"):
@@ -314,9 +361,9 @@ def test_a_model_without_an_export_says_to_run_keel_export(models, tmp_path: Pat
 def test_the_int8_export_of_a_directory_loads_by_name_with_its_checksum(models, tmp_path: Path) -> None:
     model = keel.load(models["multiclass"][1])
     model.save(tmp_path / "m")
-    model.export(quantize="int8")
-    with pytest.raises(ArtifactError, match=r"no ONNX export named 'model.onnx'.*'model.int8.onnx'.*"):
-        Predictor.load(tmp_path / "m")
+    model.export(quantize="int8")  # attaches the float model.onnx too
+    with pytest.raises(ArtifactError, match=r"no ONNX export named 'model.fp16.onnx'.*'model.int8.onnx'.*"):
+        Predictor.load(tmp_path / "m", file="model.fp16.onnx")
     predictor = Predictor.load(tmp_path / "m", file="model.int8.onnx")
     frame = requests()
     with warnings.catch_warnings():
