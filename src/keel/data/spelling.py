@@ -29,13 +29,36 @@ already loaded, and its ``str`` gives the shortest round-trip digits in the scal
 from __future__ import annotations
 
 import math
+import re
 import struct
+from typing import Iterable
 
 # Integral floats up to this magnitude are spelled as integers: every integer in this range is
 # exactly a float64, so "3" and 3.0 name one value. Beyond it the float's repr is used ("1e+20").
 _INTEGRAL_LIMIT = 2.0**53
 # Missing-value singletons of pandas, recognised by type name so pandas need not be imported.
 _MISSING_TYPES = frozenset({"NAType", "NaTType"})
+
+
+# Lone UTF-16 surrogates: a Python string may hold them (JSON's "\\ud800" makes one); UTF-8 text, and so
+# ONNX Runtime and pyarrow, cannot.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate_at(strings: Iterable[str]) -> int | None:
+    """The 0-based position of the first string holding a lone UTF-16 surrogate, or None.
+
+    One pass in C over the joined strings settles the usual case (ASCII, or no surrogate at all).
+
+    Example:
+        >>> lone_surrogate_at(["a", "b\ud800"]), lone_surrogate_at(["a", "b"])
+        (1, None)
+    """
+    strings = list(strings)
+    joined = "".join(strings)
+    if joined.isascii() or not LONE_SURROGATE.search(joined):
+        return None
+    return next(index for index, value in enumerate(strings) if LONE_SURROGATE.search(value))
 
 
 def canonical_category(value: object) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from keel.data.spelling import canonical_category
+from keel.data.spelling import canonical_category, lone_surrogate_at
 from keel.errors import DataError
 
 
@@ -94,10 +94,27 @@ def category_strings(series: pd.Series) -> np.ndarray:
             not pd.api.types.is_object_dtype(dtype) or pd.api.types.infer_dtype(series, skipna=True) == "string"):
         out = series.to_numpy(dtype=object, na_value=None, copy=True)  # strings are their own spelling
         missing = missing | (out == "")  # a blank cell, as canonical_category has it
+        if pd.api.types.is_object_dtype(dtype):  # pandas' own string dtypes refuse lone surrogates already
+            _check_text(out, missing, series)
     else:  # mixed objects, dates: one by one
         out = np.array([canonical_category(value) for value in series.to_numpy(dtype=object)], dtype=object)
+        _check_text(out, missing | (out == None), series)  # noqa: E711 (elementwise comparison)
     out[missing] = None
     return out
+
+
+def _check_text(spelled: np.ndarray, missing: np.ndarray, series: pd.Series) -> None:
+    """A lone UTF-16 surrogate (a DataFrame built from JSON's "\\ud800") is no text pyarrow or ONNX
+    Runtime can hold: a DataError naming the column and row, not their UnicodeEncodeError."""
+    present = np.flatnonzero(~missing)
+    position = lone_surrogate_at(spelled[present].tolist())
+    if position is None:
+        return
+    row, value = int(present[position]), spelled[present[position]]
+    raise DataError(
+        f"column {series.name!r} row {row + 1} holds {value!r}, which is not valid Unicode text: it has a lone "
+        "UTF-16 surrogate, which no UTF-8 text can hold. Fix the text and send UTF-8 (in JSON, an escape such as \\ud83d must be "
+        "followed by its low half, such as \\ude00).", column=str(series.name), row=row + 1)
 
 
 def _float_strings(numbers: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from keel.data.spelling import canonical_category
+from keel.data.spelling import LONE_SURROGATE, canonical_category, lone_surrogate_at
 from keel.errors import DataError
 
 # What pandas' to_numeric parses (after keel strips the text): checked on edge cases and 42,001
@@ -44,8 +44,7 @@ _PLAIN_NUMBERS = frozenset({float, int, bool, type(None)})
 _CONTAINERS = (Mapping, list, tuple, set, frozenset)
 # A list longer than this is not quoted whole in a message.
 _SHOWN = 60
-# Lone UTF-16 surrogates: a Python string may hold them (JSON's "\\ud800" makes one), UTF-8 cannot.
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = LONE_SURROGATE
 
 
 @dataclass(frozen=True)
@@ -315,12 +314,9 @@ def check_text(strings: Sequence[str] | np.ndarray, column: str) -> None:
     Raises:
         DataError: A string holds a lone surrogate; the message names the column and the 1-based row.
     """
-    joined = "".join(strings)  # one pass in C; ASCII (the usual case) is then known at once
-    if joined.isascii() or not _SURROGATE.search(joined):
-        return
-    for row, value in enumerate(strings, 1):
-        if _SURROGATE.search(value):
-            raise _not_unicode(value, column, row)
+    position = lone_surrogate_at(strings)
+    if position is not None:
+        raise _not_unicode(strings[position], column, position + 1)
 
 
 # ---- helpers -------------------------------------------------------------------------------

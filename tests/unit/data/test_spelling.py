@@ -122,3 +122,16 @@ def test_a_model_that_learned_the_empty_string_warns_on_load() -> None:
     state = [{"kind": "category", "name": "c", "vocabulary": ["a", ""], "min_count": 1, "min_share": 0.0, "n_rare": 0}]
     with pytest.warns(KeelWarning, match=r"\['c'\].*empty string"):
         Preprocessor.from_state(state)
+
+
+@pytest.mark.parametrize("values", [["ok", None, "b\ud800d"], ["ok", 3, "b\ud800d"]])
+def test_a_lone_surrogate_is_a_data_error_naming_column_and_row(values) -> None:
+    # JSON's "\ud800" without its low half makes one; pyarrow and ONNX Runtime cannot encode it
+    # (pandas' own string dtype refuses it already; object columns, text or mixed, hold it).
+    from keel.errors import DataError
+
+    series = pd.Series(values, dtype=object, name="city")
+    with pytest.raises(DataError, match=r"column 'city' row 3 .*not valid Unicode") as caught:
+        category_strings(series)
+    assert (caught.value.column, caught.value.row) == ("city", 3)
+    assert category_strings(pd.Series(["ok", "\U0001f600"], dtype=object)).tolist() == ["ok", "\U0001f600"]
