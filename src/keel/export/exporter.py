@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -378,5 +378,3 @@ def _export_tflite(model: "Model", rows: pd.DataFrame | None, output: str | os.P
     _attach_report(model, "model.tflite", report, output)
     return report
 
-
-Format = Literal["onnx", "tflite"]

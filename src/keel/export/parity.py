@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from keel.data.transforms import BinaryTransform, NumberTransform
-from keel.data.values import category_strings, to_numeric
 from keel.errors import KeelWarning
 
 if TYPE_CHECKING:
@@ -90,16 +89,12 @@ def _location(transform: NumberTransform) -> tuple[float, float]:
 
 
 def onnx_feeds(model: "Model", frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The ONNX inputs for ``frame``, converted exactly as keel converts columns for its own prediction."""
-    feeds: dict[str, np.ndarray] = {}
-    for transform in model.preprocessor.transforms:
-        series = frame[transform.name]
-        if isinstance(transform, NumberTransform):
-            feeds[transform.name] = to_numeric(series, column=transform.name)
-        else:
-            strings = category_strings(series)
-            feeds[transform.name] = np.where(strings == None, "", strings).astype(object)  # noqa: E711
-    return feeds
+    """The ONNX inputs for ``frame``: keel.runtime's conversion of a DataFrame, which is keel's own
+    (``to_numeric``, ``category_strings``, ``""`` for missing)."""
+    from keel.runtime.inputs import InputColumn, to_feeds
+
+    columns = [InputColumn(t.name, isinstance(t, NumberTransform)) for t in model.preprocessor.transforms]
+    return to_feeds(frame, columns)[0]
 
 
 def compare(model: "Model", frame: pd.DataFrame, predict: Callable[[pd.DataFrame], np.ndarray],

@@ -44,7 +44,6 @@ _PLAIN_NUMBERS = frozenset({float, int, bool, type(None)})
 _CONTAINERS = (Mapping, list, tuple, set, frozenset)
 # A list longer than this is not quoted whole in a message.
 _SHOWN = 60
-_SURROGATE = LONE_SURROGATE
 
 
 @dataclass(frozen=True)
@@ -299,7 +298,7 @@ def to_string(value: Any, column: str, row: int) -> str:
         raise _wrong_type(value, column, row, "a string, a number, a bool or None")
     else:
         spelled = canonical_category(value) or ""
-    if not spelled.isascii() and _SURROGATE.search(spelled):  # isascii() is O(1): the common case costs nothing
+    if not spelled.isascii() and LONE_SURROGATE.search(spelled):  # isascii() is O(1): the common case costs nothing
         raise _not_unicode(spelled, column, row)
     return spelled
 
@@ -362,7 +361,7 @@ def _not_a_number(value: Any, column: str, row: int) -> DataError:
 
 
 def _not_unicode(value: str, column: str, row: int) -> DataError:
-    match = _SURROGATE.search(value)
+    match = LONE_SURROGATE.search(value)
     where = f" ({match.group()!r} at position {match.start()})" if match else ""
     return DataError(
         f"column {column!r} row {row} holds {_quote(value)}, which is not valid Unicode text: it has a lone UTF-16 "
