@@ -167,6 +167,16 @@ class TrainingConfig(_Section):
     weight_column: str | None = Field(
         None, description="A column of non-negative row weights: the loss, the validation score and the test "
         "metrics weight each row by it (as scikit-learn's sample_weight). Never a feature.")
+    calibrate: bool = Field(
+        True, description="Classification: fit a temperature on the validation rows (every logit divided by it) "
+        "and keep it when it lowers their log loss; the fitted value is reported either way.")
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] | Literal["auto"] = Field(
+        0.5, description="Binary targets: the positive class is predicted when its probability is at least this; "
+        "auto chooses it on the validation rows to maximise threshold_metric (for rare positives). Other tasks "
+        "ignore it.")
+    threshold_metric: Literal["f1", "balanced_accuracy"] = Field(
+        "f1", description="What threshold: auto maximises on the validation rows: the positive class's F1, or "
+        "balanced accuracy.")
 
     @field_validator("device")
     @classmethod

@@ -95,6 +95,9 @@ class _KeelEstimator(BaseEstimator):
         grad_clip: float | None = None,
         precision: str | None = None,
         device: str | None = None,
+        calibrate: bool | None = None,
+        threshold: float | str | None = None,
+        threshold_metric: str | None = None,
         seed: int | None = None,
         quiet: bool = True,
     ) -> None:
@@ -138,6 +141,9 @@ class _KeelEstimator(BaseEstimator):
         self.l2 = l2
         self.grad_clip = grad_clip
         self.precision = precision
+        self.calibrate = calibrate
+        self.threshold = threshold
+        self.threshold_metric = threshold_metric
         self.device = device
         self.seed = seed
         self.quiet = quiet

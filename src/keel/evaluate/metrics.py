@@ -12,8 +12,33 @@ from typing import Any, Sequence
 import numpy as np
 
 
+def predicted_classes(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """The predicted class of each row: the decision rule that keel, its exports and its server share.
+
+    Args:
+        probabilities: (n, n_classes) class probabilities.
+        threshold: A binary model's decision threshold: class 1 where its probability is at least
+            this, else class 0. None: the most probable class (class 0 on an exact tie).
+
+    Returns:
+        Class indices (n,) int64.
+
+    Raises:
+        ValueError: A threshold is given for other than two classes, or lies outside (0, 1).
+    """
+    if threshold is None:
+        return probabilities.argmax(axis=1).astype(np.int64, copy=False)
+    if probabilities.shape[1] != 2 or not 0.0 < threshold < 1.0:
+        raise ValueError(f"a decision threshold needs two classes and a value in (0, 1); got {threshold!r} for "
+                         f"{probabilities.shape[1]} classes.")
+    # Compared in the probabilities' own precision: the ONNX graph compares float32 probabilities
+    # with a float32 threshold, and keel.runtime reads those same float32 probabilities.
+    positive = probabilities[:, 1] >= probabilities.dtype.type(threshold)
+    return positive.astype(np.int64)
+
+
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: Sequence[Any],
-                           sample_weight: np.ndarray | None = None) -> dict[str, Any]:
+                           sample_weight: np.ndarray | None = None, threshold: float | None = None) -> dict[str, Any]:
     """Accuracy, precision / recall / F1 (macro and weighted), ROC-AUC, log loss, confusion matrix, report.
 
     Args:
@@ -22,13 +47,16 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
         labels: Class labels, in index order.
         sample_weight: Row weights (n,), or None: every figure is then weighted as scikit-learn's
             ``sample_weight`` weights it (the confusion matrix and supports hold weight sums).
+        threshold: A binary model's decision threshold (see :func:`predicted_classes`); the figures
+            that count predicted classes (accuracy, precision, recall, F1, the confusion matrix)
+            use it, ROC-AUC and log loss do not depend on it. None: the most probable class.
 
     Returns:
         A JSON-friendly dict; ``roc_auc`` is None when the true classes make it undefined.
     """
     n_classes = len(labels)
     y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = probabilities.argmax(axis=1)
+    y_pred = predicted_classes(probabilities, threshold)
     weights_or_none = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     confusion = np.bincount(y_true * n_classes + y_pred, weights=weights_or_none,
                             minlength=n_classes * n_classes).reshape(n_classes, n_classes)

@@ -184,8 +184,12 @@ def main_metric(model: "Model", frame: pd.DataFrame) -> MetricFn:
 
         return roc_auc
 
+    from keel.evaluate.metrics import predicted_classes
+
+    threshold = model.threshold  # a binary model's labels follow its decision threshold, as the file's do
+
     def accuracy(run: Runner) -> tuple[str, float]:
         probabilities = run(feeds)[1]
-        return "accuracy", float(np.mean(probabilities.argmax(axis=1) == classes))
+        return "accuracy", float(np.mean(predicted_classes(probabilities, threshold) == classes))
 
     return accuracy

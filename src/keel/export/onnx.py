@@ -14,6 +14,9 @@ String lookups are ``ai.onnx.ml`` LabelEncoder nodes; everything after them is
 (``[batch, n_classes]`` float32, columns in ``model.classes`` order) for classification, and
 ``value`` (``[batch]`` double, in target units) for regression; when a feature column already has
 one of those names the output gets a trailing underscore (the metadata key ``keel.outputs`` says).
+``label`` is the most probable class, or for a binary model with a decision threshold
+(``model.threshold``, also in the metadata as ``keel.threshold``) the second class where its
+probability is at least the threshold (compared in float32), else the first.
 
 Opset 17 of the default domain and 2 of ``ai.onnx.ml``, IR version 8: ONNX Runtime 1.13 (2022)
 and later, onnxruntime-node and onnxruntime-web run it.
@@ -40,7 +43,10 @@ OPSET = 17
 ML_OPSET = 2
 IR_VERSION = 8
 # Bumped when the graph's inputs, outputs or metadata change in a way a client would notice.
-EXPORT_FORMAT = 1
+# 2: a binary model's labels may come from a decision threshold (keel.threshold), not the most
+# probable class. A file is written in the oldest format that describes it, so a model without
+# a threshold stays readable by keels that know only format 1.
+EXPORT_FORMAT = 2
 _PREFIX = "keel/"  # every name keel makes inside the graph, so none clashes with a column's
 
 
@@ -99,8 +105,10 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
     from keel.artifact import FORMAT_VERSION
 
     columns = {t.name: t for t in model.preprocessor.transforms}
+    threshold = model.threshold
     return {
-        "keel.version": _version(), "keel.model_format": str(FORMAT_VERSION), "keel.export_format": str(EXPORT_FORMAT),
+        "keel.version": _version(), "keel.model_format": str(FORMAT_VERSION),
+        "keel.export_format": str(1 if threshold is None else EXPORT_FORMAT),
         "keel.task": model.task, "keel.target": model.target,
         "keel.classes": json.dumps(model.classes),
         "keel.features": json.dumps([{"name": f.name, "type": f.type,
@@ -112,6 +120,8 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
         "keel.schema": json.dumps(model.schema.to_dict()),
         "keel.metrics": json.dumps(model.metrics),
         "keel.missing": "numbers: NaN; binary and category columns: the empty string",
+        # The decision rule of the label output: probabilities[:, 1] >= threshold (float32) -> classes[1].
+        **({} if threshold is None else {"keel.threshold": repr(threshold)}),
     }
 
 
@@ -169,16 +179,33 @@ def _outputs(model: "Model", core: "onnx.ModelProto", taken: set[str]) -> tuple[
                 [helper.make_node("Identity", [produced], [value])])
     label, probabilities = free("label"), free("probabilities")
     index = _name("index")
-    nodes = [
-        helper.make_node("Identity", [produced], [probabilities]),
-        helper.make_node("ArgMax", [produced], [index], axis=1, keepdims=0),
-        helper.make_node("Gather", [_name("classes"), index], [label], axis=0),
-    ]
+    nodes = [helper.make_node("Identity", [produced], [probabilities]),
+             *_decision(produced, index, model.threshold),
+             helper.make_node("Gather", [_name("classes"), index], [label], axis=0)]
     label_type = _classes_array(model.classes).dtype
     element = {np.dtype(np.int64): TensorProto.INT64, np.dtype(np.float64): TensorProto.DOUBLE}.get(
         label_type, TensorProto.STRING)
     return ([helper.make_tensor_value_info(label, element, ["batch"]),
              helper.make_tensor_value_info(probabilities, TensorProto.FLOAT, ["batch", len(model.classes)])], nodes)
+
+
+def _decision(probabilities: str, index: str, threshold: float | None) -> list[Any]:
+    """Nodes from the probabilities to each row's class index (int64): the most probable class, or
+    with a threshold, 1 where the second class's probability is at least it (as
+    :func:`keel.evaluate.metrics.predicted_classes` decides on float32 probabilities)."""
+    from onnx import TensorProto, helper
+
+    if threshold is None:
+        return [helper.make_node("ArgMax", [probabilities], [index], axis=1, keepdims=0)]
+    return [
+        helper.make_node("Constant", [], [_name("second")], value=helper.make_tensor(
+            _name("second"), TensorProto.INT64, [], [1])),
+        helper.make_node("Constant", [], [_name("threshold")], value=helper.make_tensor(
+            _name("threshold"), TensorProto.FLOAT, [], [float(np.float32(threshold))])),
+        helper.make_node("Gather", [probabilities, _name("second")], [_name("positive")], axis=1),  # (batch,)
+        helper.make_node("GreaterOrEqual", [_name("positive"), _name("threshold")], [_name("decision")]),
+        helper.make_node("Cast", [_name("decision")], [index], to=TensorProto.INT64),
+    ]
 
 
 def _classes_array(classes: list[Any]) -> np.ndarray:

@@ -5,7 +5,8 @@ across and well beyond the training range, missing values, every known category,
 missing categories. The tolerance is the issue's: the largest absolute difference of
 probabilities (or, for regression values, the difference in standard deviations of the target)
 at most 1e-5, and identical
-labels except on rows whose top two probabilities keel itself puts within the tolerance.
+labels except on rows whose top two probabilities keel itself puts within the tolerance (for a
+binary model with a decision threshold: whose positive probability is within it of the threshold).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 
 from keel.data.transforms import BinaryTransform, NumberTransform
 from keel.errors import KeelWarning
+from keel.evaluate.metrics import predicted_classes
 
 if TYPE_CHECKING:
     from keel.model import Model
@@ -120,7 +122,13 @@ def compare(model: "Model", frame: pd.DataFrame, predict: Callable[[pd.DataFrame
         return Parity(difference, len(own), source, 0, 0,
                       measure="difference in standard deviations of the target")
     difference = float(np.max(np.abs(exported - own))) if len(own) else 0.0
-    ordered = np.sort(own, axis=1)
-    tied = (ordered[:, -1] - ordered[:, -2] < TOLERANCE) if own.shape[1] > 1 else np.zeros(len(own), dtype=bool)
-    differ = exported.argmax(1) != own.argmax(1)
+    threshold = model.threshold
+    if threshold is not None:  # the label flips where the positive class's probability crosses the threshold
+        tied = np.abs(own[:, 1] - threshold) < TOLERANCE
+    elif own.shape[1] > 1:
+        ordered = np.sort(own, axis=1)
+        tied = ordered[:, -1] - ordered[:, -2] < TOLERANCE
+    else:
+        tied = np.zeros(len(own), dtype=bool)
+    differ = predicted_classes(exported, threshold) != predicted_classes(own, threshold)
     return Parity(difference, len(own), source, int((differ & ~tied).sum()), int((differ & tied).sum()))

@@ -100,7 +100,8 @@ def prune(model: Model, amount: float, *, method: str = "structured", finetune: 
         note += f"; fine-tuned {finetune_epochs} epoch(s) on {rows} rows"
     return Model(model.config, copy.deepcopy(model.schema), copy.deepcopy(model.preprocessor),
                  copy.deepcopy(model.target_encoder), network.eval(), history=copy.deepcopy(model.history),
-                 metrics=None, notes=[*model.notes, note])
+                 metrics=None, notes=[*model.notes, note], calibration=copy.deepcopy(model.calibration),
+                 run=copy.deepcopy(model.run), versions=dict(model.versions))
 
 
 def check_amount(amount: Any) -> float:

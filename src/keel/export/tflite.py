@@ -16,7 +16,9 @@ into target units in float64, ``value * target_std + target_mean`` (:func:`targe
 subtracts the number offsets in float64. In target units float32 would round: its spacing at 1e9
 is 64. ``model.tflite.json`` carries what a caller needs: the inputs' columns, dtypes and shapes,
 the vocabularies (keel's canonical spelling, see :func:`keel.data.spelling.canonical_category`; a
-missing value is None, NaN or, in binary and category columns, the empty string), the classes,
+missing value is None, NaN or, in binary and category columns, the empty string), the classes and
+a binary model's decision ``threshold`` (the label is ``classes[1]`` where ``probabilities[1]`` is at
+least it; None: the most probable class),
 the target's mean and standard deviation, and the parity figures.
 
 litert-torch cannot share keel's environment (it pins typing-extensions and pydantic below keel's
@@ -295,6 +297,9 @@ def _description(model: "Model", layout: list[dict[str, Any]], tables: dict[str,
         "keel_version": __version__, "export_format": EXPORT_FORMAT, "signature": interface["signature"],
         "task": model.task, "target": model.target,
         "classes": None if regression else model.classes,
+        # A binary model's decision threshold: classes[1] where probabilities[1] >= it, else classes[0];
+        # None: the most probable class.
+        "threshold": model.threshold,
         "inputs": inputs, "output": interface["output"],
         # The regression output is standardized: value * target_std + target_mean, in float64, is in target units.
         "target_mean": float(model.target_encoder.mean) if regression else None,

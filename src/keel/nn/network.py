@@ -122,8 +122,36 @@ class TabularNetwork(nn.Module):
         if self.spec.ensemble > 1:
             self.head_bias.add_(shift)
         else:
-            last = [module for module in self.mlp if isinstance(module, nn.Linear)][-1]
-            last.bias.add_(shift)
+            self._output_layer().bias.add_(shift)
+
+    @torch.no_grad()
+    def scale_outputs(self, factor: float) -> None:
+        """Multiply every member's outputs by ``factor`` (1 / temperature), folded into the output layer.
+
+        The output layer is affine, so scaling its weight and bias scales the logits exactly; an
+        ensemble's members are scaled before they are combined, as temperature scaling needs, and
+        every export of the weights inherits it with no change.
+
+        Args:
+            factor: A positive number; ``1 / T`` divides the logits by the temperature ``T``.
+
+        Raises:
+            ValueError: ``factor`` is not a positive finite number.
+        """
+        if not math.isfinite(factor) or factor <= 0:
+            raise ValueError(f"the output scale must be a positive finite number; got {factor!r}.")
+        if self.spec.ensemble > 1:
+            self.head_weight.mul_(factor)
+            self.head_bias.mul_(factor)
+        else:
+            last = self._output_layer()
+            last.weight.mul_(factor)
+            last.bias.mul_(factor)
+
+    def _output_layer(self) -> nn.Linear:
+        # The output layer is the last Linear directly in the Sequential: a ResNet's blocks hold
+        # their Linears one level down, and a norm and activation sit between them and the head.
+        return [module for module in self.mlp if isinstance(module, nn.Linear)][-1]
 
 
 class NetworkBag(nn.Module):
@@ -133,6 +161,22 @@ class NetworkBag(nn.Module):
         super().__init__()
         self.networks = nn.ModuleList(networks)
         self.spec = networks[0].spec
+
+    def members(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """Every network's members' raw outputs, (batch, n_networks * ensemble, n_outputs).
+
+        Each network has as many members, so combining them all (:func:`combine_members`) gives
+        the bag's prediction.
+        """
+        networks: list[TabularNetwork] = list(self.networks)  # type: ignore[arg-type]  # ModuleList types as Module
+        return torch.cat([network.members(numeric, categorical) for network in networks], dim=1)
+
+    @torch.no_grad()
+    def scale_outputs(self, factor: float) -> None:
+        """Multiply every network's members' outputs by ``factor`` (see :meth:`TabularNetwork.scale_outputs`)."""
+        networks: list[TabularNetwork] = list(self.networks)  # type: ignore[arg-type]  # ModuleList types as Module
+        for network in networks:
+            network.scale_outputs(factor)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         outputs = torch.stack([network(numeric, categorical) for network in self.networks], dim=1)

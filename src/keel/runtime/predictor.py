@@ -18,12 +18,13 @@ from typing import Any, Final
 import numpy as np
 
 from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning
+from keel.evaluate.metrics import predicted_classes
 from keel.runtime.inputs import InputColumn, to_feeds
 
 ONNX_FILE: Final = "model.onnx"
 # The newest graph layout this predictor reads: keel.export.onnx.EXPORT_FORMAT, written out here
 # because importing the exporter imports pandas (a test keeps the two equal).
-EXPORT_FORMAT: Final = 1
+EXPORT_FORMAT: Final = 2
 # Rows per ONNX Runtime call on a large batch: a 256-wide ensemble of 8 keeps its activations of
 # 256 rows (2 MB) in cache. On the balanced penguins model (one thread) 128-512 rows gave 64-70k
 # rows/s, 1,024 rows 58k, 4,096 rows 40k; one 1M-row call would hold gigabytes.
@@ -39,6 +40,8 @@ class Predictor:
         task: ``"binary"``, ``"multiclass"`` or ``"regression"``.
         target: The target column's name.
         classes: Class labels in probability-column order, in their training types (empty for regression).
+        threshold: A binary model's decision threshold: ``classes[1]`` is predicted where its
+            probability is at least this; None predicts the most probable class.
         feature_names: The input columns, in the graph's order.
         path: The directory or file it was loaded from.
 
@@ -57,10 +60,11 @@ class Predictor:
         self.target: str = metadata["keel.target"]
         self.classes: list[Any] = json.loads(metadata.get("keel.classes", "[]"))
         self._labels = _label_array(self.classes)
+        self.threshold = _threshold(metadata, path)
         self._columns = [InputColumn(item.name, item.type == "tensor(double)") for item in session.get_inputs()]
         self.feature_names = [column.name for column in self._columns]
         outputs = json.loads(metadata["keel.outputs"])
-        # The one output each method needs; labels are decoded from the probabilities' argmax.
+        # The one output each method needs; labels are decided from the probabilities (class_indices).
         self._output = [outputs[0] if self.task == "regression" else outputs[1]]
         schema = json.loads(metadata.get("keel.schema", "{}"))
         # Columns of the training table that are no input: passing them is no mistake, so no warning.
@@ -129,7 +133,25 @@ class Predictor:
         outputs = self._run(data)
         if self.task == "regression":
             return outputs.astype(np.float64, copy=False)
-        return self._labels[outputs.argmax(axis=1)]
+        return self._labels[self.class_indices(outputs)]
+
+    def class_indices(self, probabilities: np.ndarray) -> np.ndarray:
+        """The predicted class of each row of ``probabilities``, as indices into :attr:`classes`.
+
+        The decision rule of keel itself (:func:`keel.evaluate.metrics.predicted_classes`): the most
+        probable class, or for a binary model with a :attr:`threshold`, ``classes[1]`` where its
+        probability is at least the threshold, compared in float32 as the graph's ``label`` output
+        compares them; so :meth:`predict_proba`'s probabilities give :meth:`predict`'s labels.
+
+        Args:
+            probabilities: (n_rows, n_classes) probabilities, as :meth:`predict_proba` returns them
+                (float64) or the graph gives them (float32).
+
+        Returns:
+            int64 class indices, (n_rows,).
+        """
+        # The graph's probabilities are float32: predict_proba's float64 copies cast back exactly.
+        return predicted_classes(np.asarray(probabilities, dtype=np.float32), self.threshold)
 
     def predict_proba(self, data: Any) -> np.ndarray:
         """Class probabilities, shape (n_rows, n_classes), columns in the order of :attr:`classes`.
@@ -179,6 +201,22 @@ def _label_array(classes: list[Any]) -> np.ndarray:
     labels = np.empty(len(classes), dtype=object)
     labels[:] = classes
     return labels
+
+
+def _threshold(metadata: dict[str, str], path: Path) -> float | None:
+    """The decision threshold in the file's metadata (``keel.threshold``), checked; None without one."""
+    text = metadata.get("keel.threshold")
+    if text is None:
+        return None
+    try:
+        threshold = float(text)
+    except ValueError:
+        threshold = float("nan")
+    if metadata.get("keel.task") != "binary" or not 0.0 < threshold < 1.0:
+        raise ArtifactError(f"{path} has the decision threshold {text!r} for a {metadata.get('keel.task')} model; "
+                            "a threshold is a number strictly between 0 and 1, for binary models only. The file was "
+                            "changed after export: export the model again with `keel export MODEL`.")
+    return threshold
 
 
 def _read_directory(directory: Path, name: str) -> tuple[bytes, set[str]]:

@@ -95,12 +95,17 @@ class Answerer:
         if self.spec.is_regression:
             answer: dict[str, Any] = {"predictions": result.tolist()}
         else:
-            classes = self.spec.classes
-            answer = {"predictions": [classes[index] for index in result.argmax(axis=1).tolist()],
-                      "probabilities": result.tolist(), "classes": classes}
+            answer = {"predictions": self.labels(result), "probabilities": result.tolist(),
+                      "classes": self.spec.classes}
         answer["unseen"] = batch.unseen
         answer["ignored_columns"] = batch.ignored
         return answer
+
+    def labels(self, probabilities: np.ndarray) -> list[Any]:
+        """Each row's predicted class, in the classes' JSON types: the predictor's decision rule
+        (:meth:`keel.runtime.Predictor.class_indices`, a binary model's threshold included)."""
+        classes = self.spec.classes
+        return [classes[index] for index in self.predictor.class_indices(probabilities).tolist()]
 
     def warm_up(self) -> None:
         """One prediction of a row with every value missing: the first call allocates ONNX Runtime's

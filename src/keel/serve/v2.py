@@ -226,7 +226,7 @@ class Inference:
         if self.spec.is_regression:
             return [{"name": self.spec.outputs[0], "datatype": "FP64", "shape": [n_rows], "data": result.tolist()}]
         classes = self.spec.classes
-        labels = [classes[index] for index in result.argmax(axis=1).tolist()]
+        labels = self.answerer.labels(result)
         if self.label_type == "BYTES":
             labels = [str(label) for label in labels]
         return [{"name": self.spec.outputs[0], "datatype": self.label_type, "shape": [n_rows], "data": labels},
