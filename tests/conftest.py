@@ -24,6 +24,11 @@ FAST = {"preset": "fast", "model.hidden": [16], "model.dropout": 0.0, "training.
         "training.lr": 0.01}
 
 
+def settings_note(model) -> str:  # type: ignore[no-untyped-def]
+    """The run's note naming the preset and the settings trained with (calibration notes follow it)."""
+    return next(note for note in model.notes if note.startswith("preset "))
+
+
 def make_classification_frame(n_rows: int = 150, seed: int = 0) -> pd.DataFrame:
     """Three classes driven by a number and a category, with missing values sprinkled in."""
     rng = np.random.default_rng(seed)

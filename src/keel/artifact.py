@@ -31,7 +31,7 @@ import shutil
 import signal
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT: Final = "keel-model"
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 METADATA_FILE = "keel.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -83,7 +83,7 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     format: Literal["keel-model"] = FORMAT
-    format_version: Literal[2] = FORMAT_VERSION
+    format_version: Literal[3] = FORMAT_VERSION
     versions: dict[str, str] = Field(description="keel, torch and python versions that wrote the model.")
     created: str = Field(description="When the model was trained (ISO 8601, UTC).")
     config: dict[str, Any] = Field(description="The configuration as run, presets resolved.")
@@ -95,6 +95,11 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] | None = Field(None, description="Test metrics at training time.")
     history: dict[str, Any] = Field(default_factory=dict, description="Per-epoch training records.")
     notes: list[str] = Field(default_factory=list, description="What keel decided while training.")
+    run: dict[str, Any] | None = Field(
+        None, description="The training run: data shape, rows per part, column statistics, durations.")
+    calibration: dict[str, Any] | None = Field(
+        None, description="Temperature and decision threshold (classification); the threshold changes labels.")
+    importance: dict[str, Any] | None = Field(None, description="Permutation feature importance at training time.")
     files: dict[str, FileRecord] = Field(default_factory=dict, description="Every other file, by relative path.")
 
     @model_validator(mode="after")
@@ -143,8 +148,19 @@ def _respell_categories(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def _add_run_record(document: dict[str, Any]) -> dict[str, Any]:
+    """2 -> 3: the run record, calibration and importance (none for models trained before them).
+
+    A bump rather than optional fields alone: a decision threshold changes a model's labels, so a
+    keel that would ignore it must refuse the model instead.
+    """
+    for key in ("run", "calibration", "importance"):
+        document.setdefault(key, None)
+    return document
+
+
 # Version n -> the function that turns a format-n manifest dict into a format n+1 one.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _respell_categories}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _respell_categories, 2: _add_run_record}
 
 
 def upgrade(document: dict[str, Any], source: Path | str = METADATA_FILE) -> dict[str, Any]:
@@ -268,7 +284,8 @@ def _describe(error: ValidationError) -> str:
 
 
 # ---- saving ----------------------------------------------------------------------------------
-def save_artifact(path: str | os.PathLike[str], manifest: Manifest, tensors: Mapping[str, torch.Tensor]) -> Manifest:
+def save_artifact(path: str | os.PathLike[str], manifest: Manifest, tensors: Mapping[str, torch.Tensor],
+                  extra: Mapping[str, bytes] | None = None) -> Manifest:
     """Write a model directory atomically, replacing an earlier keel model at ``path``.
 
     Files attached to the earlier model are carried over when they were made from the same weights
@@ -280,6 +297,8 @@ def save_artifact(path: str | os.PathLike[str], manifest: Manifest, tensors: Map
         path: The model directory to create or replace.
         manifest: The model's description; its ``files`` are replaced by what is written.
         tensors: The weights.
+        extra: Other files written with the model, in the same atomic step (name -> bytes; the
+            test rows' predictions), recorded as made from these weights.
 
     Returns:
         The manifest as written, with the checksums of the files the directory now lists.
@@ -302,8 +321,10 @@ def save_artifact(path: str | os.PathLike[str], manifest: Manifest, tensors: Map
         _step("staging-created")
         files = {WEIGHTS_FILE: FileRecord(sha256=_write_weights(staging / WEIGHTS_FILE, tensors))}
         if previous is not None:
-            files.update(_carry_over(target, staging, previous, files[WEIGHTS_FILE].sha256))
+            files.update(_carry_over(target, staging, previous, files[WEIGHTS_FILE].sha256, replaced=extra or {}))
         _step("files-carried")
+        for name, data in (extra or {}).items():
+            files[name] = FileRecord(sha256=_write_file(staging, name, data), made_from=files[WEIGHTS_FILE].sha256)
         written = manifest.model_copy(update={"files": files})
         _write_synced(staging / METADATA_FILE, _manifest_text(written))
         _step("manifest-written")
@@ -432,12 +453,15 @@ def _previous_files(target: Path) -> dict[str, FileRecord] | None:
     return records
 
 
-def _carry_over(target: Path, staging: Path, previous: dict[str, FileRecord], weights: str) -> dict[str, FileRecord]:
-    """Bring the earlier model's files into ``staging``; returns the records of those still valid."""
+def _carry_over(target: Path, staging: Path, previous: dict[str, FileRecord], weights: str,
+                replaced: Iterable[str] = ()) -> dict[str, FileRecord]:
+    """Bring the earlier model's files into ``staging`` (but those ``replaced`` by new ones); returns
+    the records of those still valid."""
     kept: dict[str, FileRecord] = {}
     stale: list[str] = []
+    skip = {WEIGHTS_FILE, METADATA_FILE, *replaced}
     for name, record in previous.items():
-        if name in (WEIGHTS_FILE, METADATA_FILE) or _name_problem(name):
+        if name in skip or _name_problem(name):
             continue
         if record.made_from == weights and (target / name).is_file() and _sha256(target / name) == record.sha256:
             _link_or_copy(target / name, staging / name)
@@ -446,7 +470,7 @@ def _carry_over(target: Path, staging: Path, previous: dict[str, FileRecord], we
             stale.append(name)
     for source in sorted(target.rglob("*")):
         name = source.relative_to(target).as_posix()
-        if name in previous or name in (WEIGHTS_FILE, METADATA_FILE) or _TEMPORARY_PREFIX in name:
+        if name in previous or name in skip or _TEMPORARY_PREFIX in name:
             continue
         if source.is_dir() and not source.is_symlink():
             (staging / name).mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,10 @@ import dataclasses
 import datetime as _dt
 import os
 import platform
+import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -27,11 +28,13 @@ from keel.data.preprocess import Features, Preprocessor, TargetEncoder, describe
 from keel.data.schema import Schema, require_column
 from keel.data.values import row_weights
 from keel.errors import ArtifactError, ConfigError, KeelWarning
-from keel.evaluate.metrics import classification_metrics, regression_metrics
+from keel.evaluate.metrics import classification_metrics, predicted_classes, regression_metrics
+from keel.evaluate.predictions import PREDICTIONS_FILE, Predictions
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
 
 if TYPE_CHECKING:
     from keel.export.exporter import ExportReport
+    from keel.report.make import ReportResult
 
 
 class Model:
@@ -43,12 +46,18 @@ class Model:
         metrics: Metrics on the held-out test rows (None when there were none).
         history: Per-epoch training records.
         notes: What keel decided or worked around while training (dropped columns and rows, ...).
+        run: The training run: data shape, rows per part, column statistics, durations (None for
+            models trained before keel recorded it).
+        calibration: The fitted temperature and the decision threshold (classification).
+        importance: Permutation feature importance on validation rows at training time.
     """
 
     def __init__(self, config: Config, schema: Schema, preprocessor: Preprocessor, target: TargetEncoder,
                  network: TabularNetwork | NetworkBag, history: dict[str, Any] | None = None,
                  metrics: dict[str, Any] | None = None, notes: list[str] | None = None,
-                 created: str | None = None) -> None:
+                 created: str | None = None, run: dict[str, Any] | None = None,
+                 calibration: dict[str, Any] | None = None, importance: dict[str, Any] | None = None,
+                 predictions: Predictions | None = None, versions: dict[str, str] | None = None) -> None:
         self.config = config
         self.schema = schema
         self.preprocessor = preprocessor
@@ -58,6 +67,11 @@ class Model:
         self.metrics = metrics
         self.notes = notes or []
         self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.run = run
+        self.versions = versions or current_versions()
+        self.calibration = calibration
+        self.importance = importance
+        self._test_predictions = predictions
         self._predictor: TabularNetwork | NetworkBag | None = None
 
     # ---- what the model is -------------------------------------------------------------
@@ -78,16 +92,32 @@ class Model:
     def feature_names(self) -> list[str]:
         return self.schema.feature_names
 
+    @property
+    def threshold(self) -> float | None:
+        """A binary model's decision threshold: the positive class (``classes[1]``) is predicted where its
+        probability is at least this. None (every other model, and a binary one left at 0.5) predicts the
+        more probable class."""
+        calibration = getattr(self, "calibration", None)  # None on models saved before calibration existed
+        if self.task != "binary" or not calibration:
+            return None
+        threshold = calibration.get("threshold")
+        return None if threshold is None else float(threshold)
+
     def __repr__(self) -> str:
         return f"Model(task={self.task!r}, target={self.target!r}, features={len(self.feature_names)})"
 
     # ---- using it ----------------------------------------------------------------------
     def predict(self, data: TableSource) -> np.ndarray:
-        """Predicted class labels (classification) or values (regression), one per row, in row order."""
+        """Predicted class labels (classification) or values (regression), one per row, in row order.
+
+        A class is the most probable one, or for a binary model with a decision :attr:`threshold`,
+        ``classes[1]`` where its probability is at least the threshold.
+        """
         outputs = self._outputs(read_table(data))
         if self.task == "regression":
             return self.target_encoder.decode(outputs[:, 0].numpy())
-        return self.target_encoder.decode(to_probabilities(outputs, self.task).argmax(1).numpy())
+        probabilities = to_probabilities(outputs, self.task).numpy()
+        return self.target_encoder.decode(predicted_classes(probabilities, self.threshold))
 
     def predict_proba(self, data: TableSource) -> np.ndarray:
         """Class probabilities, shape (n_rows, n_classes), columns in the order of :attr:`classes`."""
@@ -101,7 +131,8 @@ class Model:
         if self.task == "regression":
             return pd.DataFrame({self.target: self.target_encoder.decode(outputs[:, 0].numpy())})
         probabilities = to_probabilities(outputs, self.task).numpy()
-        frame = pd.DataFrame({self.target: self.target_encoder.decode(probabilities.argmax(1))})
+        labels = self.target_encoder.decode(predicted_classes(probabilities, self.threshold))
+        frame = pd.DataFrame({self.target: labels})
         if proba:
             for index, label in enumerate(self.classes):
                 frame[f"proba_{label}"] = probabilities[:, index]
@@ -115,7 +146,7 @@ class Model:
         frame = read_table(data)
         require_column(frame, self.target, "target")
         labelled = frame[frame[self.target].notna()]
-        metrics = self._score(labelled)
+        metrics = self._metrics_of(self._scored(labelled))
         metrics["n_missing_target"] = int(len(frame) - len(labelled))
         return metrics
 
@@ -144,15 +175,32 @@ class Model:
                 cannot be written.
         """
         manifest = Manifest(
-            versions={"keel": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            versions=current_versions(),
             created=self.created, config=self.config.model_dump(mode="json"), table_schema=self.schema.to_dict(),
             preprocessing=self.preprocessor.state(), target=self.target_encoder.state(),
             network=self.network.spec.to_dict(),
             bagging=len(self.network.networks) if isinstance(self.network, NetworkBag) else 1,
-            metrics=self.metrics, history=self.history, notes=self.notes,
+            metrics=self.metrics, history=self.history, notes=self.notes, run=self.run,
+            calibration=self.calibration, importance=self.importance,
         )
-        self._remember(Path(path), save_artifact(path, manifest, self.network.state_dict()))
+        predictions = self.test_predictions
+        extra = {} if predictions is None else {PREDICTIONS_FILE: _safetensors_bytes(predictions.to_tensors())}
+        self._remember(Path(path), save_artifact(path, manifest, self.network.state_dict(), extra))
         return Path(path)
+
+    @property
+    def test_predictions(self) -> Predictions | None:
+        """The held-out test rows' predictions and true targets from training (None without test rows).
+
+        Kept in the model directory (``predictions.safetensors``: targets and predictions, not the
+        rows) so that :meth:`report` can draw the report again without the data.
+        """
+        if self._test_predictions is None and self.path is not None and PREDICTIONS_FILE in self._attached:
+            from safetensors.numpy import load_file
+
+            self._test_predictions = Predictions.from_tensors(
+                load_file(str(self.path / PREDICTIONS_FILE)), self.task, self.threshold)
+        return self._test_predictions
 
     def attach(self, name: str, source: bytes | str | os.PathLike[str]) -> str:
         """Add a file made from this model (an export, a report, a plot) to its directory.
@@ -198,6 +246,25 @@ class Model:
                       max_drop=max_drop, finetune_epochs=finetune_epochs, data=data, output=output,
                       pruned_output=pruned_output)
 
+    def report(self, data: TableSource | None = None, *,
+               output: str | os.PathLike[str] | None = None) -> "ReportResult":
+        """Draw the model's one-file HTML report (figures embedded) and attach it to its directory.
+
+        ``report.html`` and the figures as ``plots/*.png`` are attached (checksummed in ``keel.json``);
+        see :func:`keel.report.make.make_report`.
+
+        Args:
+            data: Labelled rows to draw it on; by default the test rows' predictions kept from training.
+            output: Write the page here instead of attaching it.
+
+        Example:
+            >>> model.report().html
+            PosixPath('runs/penguins/report.html')
+        """
+        from keel.report.make import make_report
+
+        return make_report(self, data, output=output)
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Model":
         """Read a model directory, verifying its format version and checksums; never unpickles.
@@ -216,6 +283,8 @@ class Model:
             preprocessor=Preprocessor.from_state(manifest.preprocessing),
             target=TargetEncoder.from_state(manifest.target), network=cls._network(manifest, tensors, path),
             history=manifest.history, metrics=manifest.metrics, notes=manifest.notes, created=manifest.created,
+            run=manifest.run, calibration=manifest.calibration, importance=manifest.importance,
+            versions=manifest.versions,
         )
         model._remember(Path(path), manifest)
         return model
@@ -302,7 +371,21 @@ class Model:
             self._predictor = copy.deepcopy(self.network).double().eval()
         return predict_outputs(self._predictor, numeric.double(), categorical)
 
-    def _score(self, frame: pd.DataFrame) -> dict[str, Any]:
+    def _predictions(self, numeric: torch.Tensor, categorical: torch.Tensor, target: torch.Tensor,
+                     weight: torch.Tensor | None, row: np.ndarray) -> Predictions:
+        """These rows' predictions next to their true targets (class indices, or values in target units)."""
+        outputs = self._predict(numeric, categorical)
+        y = target.numpy()
+        rows = np.asarray(row, dtype=np.int64)
+        weights = None if weight is None else weight.numpy().astype(np.float64)
+        if self.task == "regression":
+            return Predictions(self.task, self.target_encoder.decode(y).astype(np.float64), weight=weights, row=rows,
+                               values=self.target_encoder.decode(outputs[:, 0].numpy()).astype(np.float64))
+        return Predictions(self.task, y.astype(np.int64), weight=weights, row=rows, threshold=self.threshold,
+                           probabilities=to_probabilities(outputs, self.task).numpy())
+
+    def _scored(self, frame: pd.DataFrame) -> Predictions:
+        """The predictions for labelled rows of ``frame`` (weighted by the weight column when it has one)."""
         source = frame.attrs.get("source")
         y = self.target_encoder.encode(frame[self.target], source)
         features = self._features(frame)
@@ -313,20 +396,65 @@ class Model:
         elif column is not None:
             warnings.warn(f"the model was trained with rows weighted by {column!r}, which this data lacks: the "
                           "metrics are unweighted. Add the column to weight them.", KeelWarning, stacklevel=3)
-        return self._metrics(torch.from_numpy(features.numeric), torch.from_numpy(features.categorical),
-                             torch.from_numpy(y), weight)
+        return self._predictions(torch.from_numpy(features.numeric), torch.from_numpy(features.categorical),
+                                 torch.from_numpy(y), weight, frame.index.to_numpy() + 1)
 
-    def _metrics(self, numeric: torch.Tensor, categorical: torch.Tensor, target: torch.Tensor,
-                 weight: torch.Tensor | None = None) -> dict[str, Any]:
-        """Metrics of these rows (weighted when ``weight`` is given), as ``evaluate`` reports them."""
-        outputs = self._predict(numeric, categorical)
-        y = target.numpy()
-        weights = None if weight is None else weight.numpy().astype(np.float64)
+    def _importance(self, numeric: np.ndarray, categorical: np.ndarray, target: np.ndarray,
+                    weight: np.ndarray | None, source: str, *, seed: int = 0,
+                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Permutation importance of each feature on (at most 2,000 of) these transformed rows, in float32.
+
+        ``target`` holds class indices or standardized values, as the training rows do.
+        """
+        from keel.evaluate.importance import permutation_importance
+
+        network, task, encoder = self.network, self.task, self.target_encoder
+
+        def predict(numbers: np.ndarray, codes: np.ndarray) -> np.ndarray:
+            outputs = predict_outputs(network, torch.from_numpy(numbers), torch.from_numpy(codes))
+            if task == "regression":
+                return encoder.decode(outputs[:, 0].numpy())
+            return to_probabilities(outputs, task).numpy()
+
+        truth = encoder.decode(target) if task == "regression" else target
+        started = time.perf_counter()
+        result = permutation_importance(
+            predict, numeric, categorical, truth, weight, self.preprocessor.feature_columns(), task,
+            seed=seed, threshold=self.threshold, progress=progress)
+        return {**result, "source": source, "seconds": round(time.perf_counter() - started, 3)}
+
+    def _importance_on(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """Permutation importance on labelled rows of ``frame`` (named after its file)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", KeelWarning)
+            features = self._features(frame)
+        source = frame.attrs.get("source")
+        y = self.target_encoder.encode(frame[self.target], source)
+        column = self.config.training.weight_column
+        weight = row_weights(frame[column], column, source) if column and column in frame.columns else None
+        return self._importance(features.numeric, features.categorical, y, weight,
+                                Path(str(source)).name if source else "DataFrame", seed=self.config.training.seed)
+
+    def _metrics_of(self, predictions: Predictions) -> dict[str, Any]:
+        """Metrics of scored rows, as ``evaluate`` reports them."""
         if self.task == "regression":
-            return regression_metrics(self.target_encoder.decode(y), self.target_encoder.decode(outputs[:, 0].numpy()),
-                                      sample_weight=weights)
-        return classification_metrics(y, to_probabilities(outputs, self.task).numpy(), self.classes,
-                                      sample_weight=weights)
+            assert predictions.values is not None
+            return regression_metrics(predictions.target, predictions.values, sample_weight=predictions.weight)
+        assert predictions.probabilities is not None
+        return classification_metrics(predictions.target, predictions.probabilities.astype(np.float64), self.classes,
+                                      sample_weight=predictions.weight, threshold=predictions.threshold)
+
+
+
+def current_versions() -> dict[str, str]:
+    """The keel, torch and Python versions of this process (what a saved model records)."""
+    return {"keel": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _safetensors_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    from safetensors.numpy import save
+
+    return save(arrays)
 
 
 def load(path: str | os.PathLike) -> Model:

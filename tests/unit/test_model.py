@@ -8,7 +8,7 @@ import pytest
 
 import keel
 from keel.errors import ArtifactError, ConfigError, DataError, KeelWarning
-from tests.conftest import FAST, PENGUINS, make_classification_frame
+from tests.conftest import FAST, PENGUINS, make_classification_frame, settings_note
 
 
 def test_classifier_learns_predicts_in_order_and_reports_metrics(classification_frame) -> None:
@@ -197,7 +197,7 @@ def test_new_options_train_and_survive_a_save_load_round_trip(tmp_path, options,
 
 def test_the_balanced_preset_is_reported_and_learns(classification_frame) -> None:
     model = keel.fit(classification_frame, target="label", config={"training.epochs": 30}, quiet=True)
-    assert model.notes[-1].startswith("preset balanced: quantile scaling, MLP 256-256 x8 ensemble")
+    assert settings_note(model).startswith("preset balanced: quantile scaling, MLP 256-256 x8 ensemble")
     assert model.metrics["accuracy"] > 0.8
 
 

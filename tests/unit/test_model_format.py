@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import keel
-from keel.artifact import read_manifest
+from keel.artifact import FORMAT_VERSION, read_manifest
 from keel.data.preprocess import Preprocessor
 from keel.errors import ArtifactError, KeelWarning
 from tests.conftest import FAST, ROOT, make_classification_frame
@@ -41,13 +41,13 @@ def test_format_1_models_predict_what_they_predicted_when_saved(float32) -> None
     assert "0.1" in level.vocabulary and "0.7" in level.vocabulary  # re-spelled by the 1 -> 2 migration
 
 
-def test_a_resaved_format_1_model_is_written_as_format_2(tmp_path) -> None:
+def test_a_resaved_format_1_model_is_written_in_the_current_format(tmp_path) -> None:
     copy = tmp_path / "regressor"
     shutil.copytree(FORMAT_1 / "regressor", copy)
     model = keel.load(copy)
     model.save(copy)
     document = json.loads((copy / "keel.json").read_text())
-    assert document["format_version"] == 2 and "sha256" in document["files"]["weights.safetensors"]
+    assert document["format_version"] == FORMAT_VERSION and "sha256" in document["files"]["weights.safetensors"]
     rows = format_1_rows(float32=True)
     np.testing.assert_array_equal(keel.load(copy).predict(rows), model.predict(rows))
 
@@ -107,7 +107,7 @@ def test_attached_files_survive_a_resave_of_the_same_weights_only(tmp_path, clas
     assert model.path == path and model.summary()["path"] == str(path)
     digest = model.attach("model.onnx", b"onnx")
     loaded = keel.load(path)
-    assert loaded.summary()["files"] == ["model.onnx"] and read_manifest(path).files["model.onnx"].sha256 == digest
+    assert loaded.summary()["files"] == ["model.onnx", "predictions.safetensors"] and read_manifest(path).files["model.onnx"].sha256 == digest
     with warnings.catch_warnings():
         warnings.simplefilter("error", KeelWarning)
         loaded.save(path)  # the same weights: the export still fits them
@@ -115,6 +115,7 @@ def test_attached_files_survive_a_resave_of_the_same_weights_only(tmp_path, clas
     retrained = keel.fit(classification_frame, target="label", config={**FAST, "training.seed": 3}, quiet=True)
     with pytest.warns(KeelWarning, match="model.onnx were made from the previous weights"):
         retrained.save(path)
-    assert not (path / "model.onnx").exists() and retrained.summary()["files"] == []
+    # The new model's own test predictions replace the old ones without a word; the export is dropped.
+    assert not (path / "model.onnx").exists() and retrained.summary()["files"] == ["predictions.safetensors"]
     with pytest.raises(ArtifactError, match="holds other weights than the model the file was made from"):
         loaded.attach("model.onnx", b"onnx of the old weights")  # loaded's directory was saved over since

@@ -100,6 +100,21 @@ class Preprocessor:
     def cardinalities(self) -> list[int]:
         return [transform.cardinality for transform in self.categorical]
 
+    def feature_columns(self) -> dict[str, tuple[list[int], list[int]]]:
+        """Each feature's columns in the transformed arrays: (numeric column indices, categorical ones).
+
+        A number may span several numeric columns (its value and a missing flag, quantile knots);
+        permuting a feature means permuting all of them together.
+        """
+        columns: dict[str, tuple[list[int], list[int]]] = {}
+        offset = 0
+        for transform in self.numeric:
+            columns[transform.name] = (list(range(offset, offset + transform.width)), [])
+            offset += transform.width
+        for index, category in enumerate(self.categorical):
+            columns[category.name] = ([], [index])
+        return {transform.name: columns[transform.name] for transform in self.transforms}
+
     def fit(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> "Preprocessor":
         """Fit every transform on ``frame`` (only the ``rows`` positions, when given)."""
         source = frame.attrs.get("source")

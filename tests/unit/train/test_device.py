@@ -14,7 +14,7 @@ import keel
 from keel.errors import ConfigError
 from keel.train.device import resolve_device, resolve_precision
 from keel.train.trainer import Batch
-from tests.conftest import FAST, make_classification_frame
+from tests.conftest import FAST, make_classification_frame, settings_note
 
 HAS_GPU = torch.cuda.is_available()
 
@@ -70,9 +70,9 @@ def test_batch_to_its_own_device_is_the_same_object_and_take_gathers_rows() -> N
 def test_the_run_note_names_device_and_precision_only_when_not_the_cpu_default() -> None:
     frame = make_classification_frame()
     plain = keel.fit(frame, target="label", config={**FAST, "training.device": "cpu"}, quiet=True)
-    assert "matmuls" not in plain.notes[-1] and " on " not in plain.notes[-1].split(",")[-1]
+    assert "matmuls" not in settings_note(plain) and " on " not in settings_note(plain).split(",")[-1]
     bf16 = keel.fit(frame, target="label", config={**FAST, "training.precision": "bfloat16"}, quiet=True)
-    assert bf16.notes[-1].endswith("bfloat16 matmuls")
+    assert settings_note(bf16).endswith("bfloat16 matmuls")
     # the saved config keeps what the user asked for; auto resolves at each run
     assert plain.config.training.device == "cpu" and bf16.config.training.device == "auto"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,7 @@ from keel.errors import DataError
 from keel.nn.network import NetworkBag
 from keel.train.callbacks import EpochCallback, Reporter
 from keel.train.trainer import Batch, Trainer
-from tests.conftest import FAST, make_classification_frame, make_regression_frame
+from tests.conftest import FAST, make_classification_frame, make_regression_frame, settings_note
 
 
 class Recorder(Reporter):
@@ -32,9 +32,14 @@ class Recorder(Reporter):
         self.events.append(("message", text))
 
     @contextlib.contextmanager
-    def progress(self, epochs: int, monitor: str) -> Iterator[EpochCallback | None]:
-        self.events.append(("progress", epochs))
+    def progress(self, epochs: int, monitor: str, rows: int | None = None) -> Iterator[EpochCallback | None]:
+        self.events.append(("progress", (epochs, rows)))
         yield lambda epoch, total, record: self.events.append(("epoch", epoch))
+
+    @contextlib.contextmanager
+    def step(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+        self.events.append(("step", description))
+        yield lambda done: self.events.append(("advance", done))
 
 
 # ---- item 2: bagging is reported as trained -----------------------------------------------
@@ -42,11 +47,11 @@ def test_bagging_note_says_what_was_trained() -> None:
     frame = make_classification_frame(120)
     bagged = keel.fit(frame, target="label", config={**FAST, "training.bagging": 3}, quiet=True)
     assert isinstance(bagged.network, NetworkBag) and len(bagged.network.networks) == 3
-    assert "3 bagged networks" in bagged.notes[-1]
+    assert "3 bagged networks" in settings_note(bagged)
     single = keel.fit(frame, target="label", config={**FAST, "training.bagging": 3,
                                                      "training.validation_split": 0}, quiet=True)
     assert not isinstance(single.network, NetworkBag)
-    assert "bagged networks" not in single.notes[-1]
+    assert "bagged networks" not in settings_note(single)
     assert "training.bagging is 3 but there are no validation rows" in single.notes[0]
     assert "one network is trained" in single.notes[0]
 
@@ -96,9 +101,16 @@ def test_notes_reach_the_reporter_as_they_arise_and_first_note_counts_rows() -> 
     assert notes == model.notes
     assert notes[0] == "rows: 108 for training, 12 for validation, 30 for test (a random split, stratified by class)"
     assert any("dropped column 'row_id'" in note for note in notes)
-    # Every note comes before training starts; the epochs follow the progress context.
-    assert kinds.index("message") > max(i for i, kind in enumerate(kinds) if kind == "note")
+    # Every note but calibration's comes before training starts; the epochs follow the progress context.
+    before = [i for i, (kind, text) in enumerate(recorder.events) if kind == "note" and "temperature" not in text]
+    assert kinds.index("message") > max(before)
+    assert any(note.startswith("temperature ") for note in notes[len(before):])  # the validation rows, after training
     assert kinds.count("epoch") == len(model.history["epochs"])
+    assert ("progress", (FAST["training.epochs"], 108)) in recorder.events  # rows per epoch, for rows/s
+    # Long steps are announced: preprocessing before training, permutation importance after, one advance a feature.
+    steps = [text for kind, text in recorder.events if kind == "step"]
+    assert steps == ["preprocessing 150 rows x 4 features", "permutation importance"]
+    assert [done for kind, done in recorder.events if kind == "advance"] == [1, 2, 3, 4]
 
 
 def test_quiet_library_call_prints_nothing(capsys) -> None:
