@@ -5,6 +5,7 @@ A KeelError prints as one line on stderr and exits with status 2; ``--debug`` sh
 
 # No `from __future__ import annotations` here: typer evaluates string annotations with
 # typing.get_type_hints, which cost ~80 ms of every command; real annotation objects cost ~2 ms.
+import contextlib
 import functools
 import gc
 import importlib.util
@@ -15,11 +16,13 @@ import sys
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
 from keel.errors import KeelError, KeelWarning
 from keel.serve.settings import DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, DEFAULT_PORT
@@ -36,6 +39,8 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No notes and no prog
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 Delimiter = Annotated[Optional[str], typer.Option("--delimiter", help="CSV delimiter (default: sniffed).")]
 Encoding = Annotated[Optional[str], typer.Option("--encoding", help="CSV encoding (default: UTF-8, else Latin-1).")]
+# Where `keel train` puts a run without --output (keel.runs.RUNS_DIR; not imported here to keep start-up light).
+RUNS_DIR = Path("runs")
 
 
 def _read(path: Path, delimiter: str | None, encoding: str | None) -> Any:
@@ -65,7 +70,7 @@ def _import_pipeline() -> None:
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     """KeelWarnings print as notes the moment they arise; other warnings as Python prints them."""
     if issubclass(category, KeelWarning):
-        err.print(f"[yellow]note:[/yellow] {message}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]note:[/yellow] {_escape(str(message))}", highlight=False, soft_wrap=True)
     else:
         _python_show_warning(message, category, *args, **kwargs)
 
@@ -74,7 +79,7 @@ _python_show_warning = warnings.showwarning
 
 
 # Commands that need neither torch nor pandas: they skip the pipeline import (over a second).
-_LIGHT_COMMANDS = {"config_", "serve"}
+_LIGHT_COMMANDS = {"config_", "serve", "runs", "compare"}
 
 
 def _friendly(command: Callable[..., None]) -> Callable[..., None]:
@@ -99,8 +104,9 @@ def _friendly(command: Callable[..., None]) -> Callable[..., None]:
                 raise
             if kwargs.get("quiet") or kwargs.get("as_json"):
                 for note in error.notes:
-                    err.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
-            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+                    err.print(f"[yellow]note:[/yellow] {_escape(note)}", highlight=False, soft_wrap=True)
+            # Escaped: a message like "pip install 'keel[track]'" is text, not rich markup.
+            err.print(f"[red]error:[/red] {_escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written.")
@@ -108,14 +114,37 @@ def _friendly(command: Callable[..., None]) -> Callable[..., None]:
         except Exception as error:  # noqa: BLE001 - the last line of defence for a readable CLI
             if debug:
                 raise
-            err.print(f"[red]internal error:[/red] {type(error).__name__}: {error} "
+            err.print(f"[red]internal error:[/red] {type(error).__name__}: {_escape(str(error))} "
                       "(rerun with --debug for the traceback, and please report it)", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return run
 
 
-@app.command()
+class _OptionalValues(TyperCommand):
+    """A command whose options in ``optional_values`` may also be given bare: ``--mlflow`` alone is ``--mlflow=``.
+
+    click spells such an option ``is_flag=False, flag_value=...``, but typer's own parser (0.29)
+    ignores ``flag_value`` and asks for the value. So the arguments are rewritten before parsing: a
+    bare option (last, or followed by another option) gets an empty value. ``--mlflow URI`` and
+    ``--mlflow=URI`` work as usual; a bare ``--mlflow`` just before DATA would take DATA as its URI,
+    so it goes after DATA or before another option.
+    """
+
+    optional_values = ("--mlflow",)
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        rewritten = []
+        for index, arg in enumerate(args):
+            if arg == "--":
+                rewritten.extend(args[index:])
+                break
+            bare = index + 1 == len(args) or args[index + 1].startswith("-")
+            rewritten.append(f"{arg}=" if arg in self.optional_values and bare else arg)
+        return super().parse_args(ctx, rewritten)
+
+
+@app.command(cls=_OptionalValues)
 @_friendly
 def train(
     data: Annotated[Path, typer.Argument(help="Training data: CSV, Parquet or JSON Lines.")],
@@ -123,35 +152,205 @@ def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable).")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="fast, balanced (the default) or best: defaults for every key the config leaves unset.")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")] = Path("model"),
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory to write (default: a new runs/<data>-<time>/).")] = None,
     test: Annotated[Optional[Path], typer.Option("--test", help="Evaluate on this file instead of a held-out split.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (same as --set training.seed=N).")] = None,
+    log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Append a plain-text log of the run to this file.")] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report (report.html, plots/) and its permutation importance.")] = False,
+    mlflow: Annotated[Optional[str], typer.Option("--mlflow", help="Log the run to MLflow: --mlflow alone for MLflow's default store (MLFLOW_TRACKING_URI, else ./mlflow.db), --mlflow URI or --mlflow DIR (DIR/mlflow.db, artifacts in DIR/mlruns).")] = None,
     delimiter: Delimiter = None,
     encoding: Encoding = None,
     as_json: AsJson = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train a model on DATA to predict --target, evaluate it and save it to --output."""
+    """Train a model on DATA to predict --target, evaluate it and save it to --output (default: runs/<data>-<time>/)."""
     from keel.artifact import check_destination
     from keel.config import load_config
     from keel.console import RichReporter
+    from keel.train.callbacks import Reporters
     from keel.train.pipeline import fit
 
     overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
     overrides += [f"preset={preset}"] if preset is not None else []
     settings = load_config(config, overrides)
-    check_destination(output)  # before the data is read: an unusable --output must not cost a training
-    model = fit(_read(data, delimiter, encoding), target=target, config=settings,
-                test=_read(test, delimiter, encoding) if test else None,
-                reporter=RichReporter(err, quiet=quiet or as_json))
-    model.save(output)
+    if mlflow is not None:  # before any training: a missing extra must not cost one
+        from keel.track.mlflow import require_mlflow
+
+        require_mlflow("--mlflow")
+    if output is not None:
+        check_destination(output)  # before the data is read: an unusable --output must not cost a training
+    log = _open_log(log_file)
+    reporter = RichReporter(err, quiet=quiet or as_json)
+    runner = reporter if log is None else Reporters(reporter, log)
+    with _logged(log), _destination(output, data) as destination:
+        if log is not None:
+            log.line(f"keel train {data} -> {destination}")
+        with runner.step(f"reading {data}"):
+            frame = _read(data, delimiter, encoding)
+        test_frame = None
+        if test is not None:
+            with runner.step(f"reading {test}"):
+                test_frame = _read(test, delimiter, encoding)
+        model = fit(frame, target=target, config=settings, test=test_frame, reporter=runner, importance=not no_report)
+        model.save(destination)
+        if log is not None:
+            _log_results(log, model.metrics, destination)
+        if not as_json:
+            _print_metrics(model.metrics, "test")
+            if not quiet or output is None:  # a folder keel chose is always named: it is the only way to find it
+                out.print(f"saved the model to [bold]{destination}[/bold]", highlight=False, soft_wrap=True)
+        extras = _after_training(model, destination, runner, mlflow=mlflow, log=log, quiet=quiet or as_json,
+                                 report=not no_report, debug=debug)
     if as_json:
-        out.print_json(json.dumps({"model": str(output), "metrics": model.metrics, "notes": model.notes}))
+        out.print_json(json.dumps({"model": str(destination), "metrics": model.metrics, "notes": model.notes,
+                                   **extras}))
+
+
+@contextlib.contextmanager
+def _destination(output: Optional[Path], data: Path) -> Iterator[Path]:
+    """``--output``, or a fresh ``runs/<data>-<time>/`` reserved now (empty), which a run that fails
+    before writing to it removes again, with ``runs/`` itself when the run made it."""
+    if output is not None:
+        yield output
         return
-    _print_metrics(model.metrics, "test")
-    if not quiet:
-        out.print(f"saved the model to [bold]{output}[/bold]")
+    from keel.runs import run_directory
+
+    parent_existed = RUNS_DIR.is_dir()
+    folder = run_directory(data, RUNS_DIR)
+    try:
+        yield folder
+    except BaseException:
+        _remove_if_empty(folder)
+        if not parent_existed:
+            _remove_if_empty(RUNS_DIR)
+        raise
+
+
+@contextlib.contextmanager
+def _logged(log: Any) -> Iterator[None]:
+    """Around a run with --log-file: KeelWarnings and the error that ends the run go to the log too."""
+    if log is None:
+        yield
+        return
+    try:
+        with _logged_warnings(log):
+            yield
+    except BaseException as error:
+        log.line(f"error: {_error_text(error)}")
+        raise
+    finally:
+        log.close()
+
+
+def _after_training(model: Any, output: Path, reporter: Any, *, mlflow: Optional[str], log: Any,
+                    quiet: bool, report: bool = True, debug: bool = False) -> dict[str, Any]:
+    """What follows a saved training: the report, then tracking (it logs the report too).
+
+    Returns:
+        Extra keys for ``keel train --json`` (``"report"``: its path; ``"mlflow"``: where the run was logged).
+    """
+    extras: dict[str, Any] = {}
+    if report:
+        line = _draw_report(model, reporter, debug)
+        drawn = line.startswith("report: ")
+        if drawn:
+            extras["report"] = str(model.path / "report.html")
+        if log is not None:
+            log.line(line)
+        if not quiet or line.startswith("note: the report could not be drawn"):  # a failure shows even then
+            err.print(line, highlight=False, soft_wrap=True, markup=False)
+
+    # ---- tracking -------------------------------------------------------------------------------
+    if mlflow is not None:
+        from keel.track.mlflow import log_run
+
+        with reporter.step("logging the run to MLflow"):
+            tracked = log_run(output, uri=mlflow or None)
+        extras["mlflow"] = {"run_id": tracked.run_id, "experiment_id": tracked.experiment_id,
+                            "tracking_uri": tracked.tracking_uri, "artifact_uri": tracked.artifact_uri}
+        line = f"logged the run to MLflow: run {tracked.run_id} at {tracked.tracking_uri}"
+        if log is not None:
+            log.line(line)
+        if not quiet:
+            err.print(line + f" (open it with: mlflow ui --backend-store-uri {tracked.tracking_uri})",
+                      highlight=False, soft_wrap=True, markup=False)
+    return extras
+
+
+def _draw_report(model: Any, reporter: Any, debug: bool) -> str:
+    """Attach the report to the saved model; returns the line that says where it is (or why not).
+
+    The model is saved before: a report that fails (a bug in a figure) costs the page, not the training.
+    """
+    if model.test_predictions is None:
+        return (f"note: no report: there were no test rows to draw it from (training.test_split is 0); draw it on "
+                f"labelled rows with: keel report {model.path} --data FILE")
+    try:
+        with reporter.step("drawing the report"):
+            result = model.report()
+    except Exception as error:  # noqa: BLE001 - the trained model is already safe on disk
+        if debug:
+            raise
+        return (f"note: the report could not be drawn ({type(error).__name__}: {error}); the model is saved. "
+                f"Retry with: keel report {model.path} --debug")
+    return f"report: {result.html} ({result.seconds:.1f} s; open it in a browser)"
+
+
+def _open_log(path: Optional[Path]) -> Any:
+    """The --log-file reporter, or None; a file that cannot be opened is a one-line error before any work."""
+    if path is None:
+        return None
+    from keel.errors import ConfigError
+    from keel.train.callbacks import LogReporter
+
+    try:
+        return LogReporter(path)
+    except OSError as error:
+        raise ConfigError(f"cannot write the log file {path}: {error.strerror or error}. "
+                          "Choose another --log-file.") from None
+
+
+def _log_results(log: Any, metrics: Optional[dict[str, Any]], output: Path) -> None:
+    scalars = {key: value for key, value in (metrics or {}).items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    if scalars:
+        log.line("test metrics: " + "  ".join(
+            f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}" for key, value in scalars.items()))
+    log.line(f"saved the model to {output}")
+
+
+def _error_text(error: BaseException) -> str:
+    if isinstance(error, KeelError):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(error).__name__}: {error}"
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Drop a folder keel made for a run that failed before writing to it."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (the model was saved) or gone: either way nothing to undo
+
+
+@contextlib.contextmanager
+def _logged_warnings(log: Any) -> Iterator[None]:
+    """KeelWarnings also go to the --log-file while a run is logged."""
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, KeelWarning):
+            log.line(f"note: {message}")
+        shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 @app.command()
@@ -172,6 +371,25 @@ def evaluate(
         out.print_json(json.dumps(metrics))
     else:
         _print_metrics(metrics, f"evaluation on {data}")
+
+
+@app.command()
+@_friendly
+def report(
+    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Labelled rows to draw the report on (default: the test rows kept from training).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the HTML page here instead of attaching report.html and plots/ to MODEL.")] = None,
+    delimiter: Delimiter = None,
+    encoding: Encoding = None,
+    debug: Debug = False,
+) -> None:
+    """Draw MODEL's one-file HTML report again: on the kept test predictions, or on labelled --data."""
+    from keel.model import load
+
+    loaded = load(model)
+    result = loaded.report(_read(data, delimiter, encoding) if data is not None else None, output=output)
+    out.print(f"wrote the report to [bold]{result.html}[/bold] ({result.source}, {result.seconds:.1f} s)",
+              highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -231,6 +449,144 @@ def info(
         table.add_row("dropped", f"{name}: {reason}")
     out.print(table)
     _print_metrics(summary["metrics"], "test (at training time)")
+
+
+@app.command()
+@_friendly
+def runs(
+    directory: Annotated[Path, typer.Argument(help="The folder holding the model directories.")] = Path("runs"),
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    """List the runs under DIRECTORY (default runs/), oldest first: task, main metric, rows, time, preset, changes."""
+    from keel.runs import find_runs
+
+    found = find_runs(directory)
+    if as_json:
+        out.print_json(json.dumps([run.to_dict() for run in found]))
+        return
+    if not found:
+        out.print(f"no runs in {directory} yet; train one with: keel train DATA --target COLUMN "
+                  f"(it writes runs/<data>-<time>/)", highlight=False, soft_wrap=True, markup=False)
+        return
+    out.print(_runs_table(found, directory, out.width))
+    _print_problems(found)
+
+
+def _runs_table(found: list[Any], directory: Path, width: int) -> Table:
+    from keel.runs import summarize_changes
+
+    # Short lines stacked in four columns, widths set here: rich's own sharing squeezes the changes
+    # column to nothing at 80 columns, and it is the one that needs the room.
+    readable = [run for run in found if run.problem is None]
+    wide = width >= 120
+    fixed = {
+        "run\ntraining time": min(max(len(run.name) for run in found), 26 if wide else 15),
+        "target\ntask, preset": min(max([len(f"{run.task}, {run.preset}") for run in readable] + [12]), 20 if wide else 12),
+        "test metric\nrows train/val/test": 18 if wide else 15,
+    }
+    table = Table(title=f"runs in {_escape(str(directory))}, oldest first", title_justify="left",
+                  box=box.SIMPLE_HEAD, show_lines=True)
+    for name, size in fixed.items():
+        table.add_column(name, width=size, overflow="fold")
+    table.add_column("changes from the previous run", overflow="fold",
+                     width=max(20, width - sum(fixed.values()) - 3 * (len(fixed) + 1) - 1))  # padding, rules
+    for run in found:
+        if run.problem is not None:
+            table.add_row(_escape(run.name), "–", "–", "[red]cannot be read (see below)[/red]")
+            continue
+        main = run.main_metric
+        table.add_row(_escape(f"{run.name}\n{_duration(run.seconds)}"),
+                      _escape(f"{run.target or '–'}\n{run.task or '–'}, {run.preset or '–'}"),
+                      ("–" if main is None else f"{main[0]} {main[1]:.4f}") + "\n" + _rows_text(run.rows),
+                      _escape(summarize_changes(run.changes)))
+    return table
+
+
+def _print_problems(found: list[Any]) -> None:
+    for run in found:
+        if run.problem is not None:
+            err.print(f"[red]cannot read[/red] {_escape(str(run.path))}: {_escape(run.problem)}",
+                      highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_friendly
+def compare(
+    models: Annotated[list[Path], typer.Argument(help="Two or more model directories (runs).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML page to write.")] = Path("compare.html"),
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    """Compare runs: test metrics side by side, the config keys that differ, and learning curves (HTML page)."""
+    from keel.report.compare import write_compare_page
+    from keel.runs import compare_runs
+
+    comparison = compare_runs(models)
+    page = write_compare_page(comparison, output)
+    if as_json:
+        out.print_json(json.dumps({**comparison.to_dict(), "html": str(page)}))
+        return
+    for warning in comparison.warnings:
+        err.print(f"[yellow]note:[/yellow] {_escape(warning)}", highlight=False, soft_wrap=True)
+    for table in _comparison_tables(comparison):
+        out.print(table)
+    out.print(f"wrote the comparison with learning curves to [bold]{_escape(str(page))}[/bold]",
+              highlight=False, soft_wrap=True)
+
+
+def _comparison_tables(comparison: Any) -> list[Table]:
+    from keel.runs import format_value, run_labels
+
+    labels = run_labels(comparison.runs)
+    overview = Table(title="runs", title_justify="left")
+    metrics = Table(title="test metrics", title_justify="left")
+    config = Table(title="configuration differences", title_justify="left")
+    for table, first in ((overview, ""), (metrics, "metric"), (config, "key")):
+        table.add_column(first)
+        for label in labels:
+            table.add_column(_escape(label), justify="right" if table is metrics else "left")
+    for name, values in (("task", [run.task for run in comparison.runs]),
+                         ("target", [run.target for run in comparison.runs]),
+                         ("data", [run.data for run in comparison.runs]),
+                         ("created", [run.created for run in comparison.runs]),
+                         ("epochs (best)", [f"{run.epochs} ({run.history.get('best_epoch') or '–'})"
+                                            for run in comparison.runs]),
+                         ("training time", [_duration(run.seconds) for run in comparison.runs])):
+        overview.add_row(name, *[_escape(str(value)) if value is not None else "–" for value in values])
+    for name, numbers in comparison.metrics.items():
+        best = comparison.best(name)
+        cells = ["–" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+                 for value in numbers]
+        if best is not None:
+            cells[best] = f"[bold green]{cells[best]}[/bold green]"
+        metrics.add_row(name, *cells)
+    for key, settings in comparison.config.items():
+        config.add_row(_escape(key), *[_escape(format_value(value)) for value in settings])
+    if not comparison.config:
+        config.add_row("(none: the same configuration)", *["" for _ in labels])
+    return [overview, metrics, config]
+
+
+def _rows_text(rows: Optional[dict[str, int]]) -> str:
+    if not rows:
+        return "–"
+    return "/".join(f"{rows[part]:,}" if part in rows else "–" for part in ("train", "validation", "test"))
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 60:
+        return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 @app.command("export")
@@ -306,10 +662,12 @@ def demo(
     check_destination(output)
     with resources.as_file(resources.files("keel") / "resources" / "penguins.csv") as data:
         out.rule("keel demo: predict a penguin's species from its measurements (Palmer penguins, CC0)")
-        model = fit(str(data), target="species", reporter=RichReporter(err, quiet=quiet))
+        reporter = RichReporter(err, quiet=quiet)
+        model = fit(str(data), target="species", reporter=reporter)
         _print_metrics(model.metrics, "held-out test rows")
         model.save(output)
         out.print(f"saved the model to [bold]{output}[/bold]")
+        report_line = _draw_report(model, reporter, debug)
         rows = read_table(str(data)).sample(5, random_state=0)
         predictions = load(output).predict_frame(rows.drop(columns="species"), proba=True)
         predictions = predictions.rename(columns={"species": "predicted"})
@@ -317,9 +675,11 @@ def demo(
         out.print(predictions.round(3).to_string(index=False))
     out.rule("next")
     out.print(f"  keel info {output}\n"
+              f"  keel report {output} --data examples/penguins.csv\n"
               f"  keel evaluate {output} examples/penguins.csv\n"
               f"  keel predict {output} examples/penguins.csv --output predictions.csv --proba\n"
               "  keel train YOUR_DATA.csv --target YOUR_COLUMN --output my-model", highlight=False, soft_wrap=True)
+    out.print(report_line, highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()

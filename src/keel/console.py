@@ -1,48 +1,158 @@
-"""The terminal face of a run's reporter: rich notes, messages and a one-line progress bar (CLI only)."""
+"""The terminal face of a run's reporter: rich notes and messages, progress bars and spinners (CLI only).
+
+On a terminal, epochs show as a live bar (loss, validation metric, rows/s, elapsed, ETA) and long
+steps as a spinner or bar. Anywhere else (CI, a pipe, a file: ``console.is_terminal`` is False)
+nothing is redrawn: one plain line per epoch, and one line for a step that is still running after
+:data:`STEP_LINE_AFTER` seconds, so a log stays clean (reading a 10 kB file says nothing).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from keel.train.callbacks import EpochCallback, Reporter
+from keel.train.callbacks import Advance, EpochCallback, EpochClock, Reporter, epoch_line
+
+#: Off a terminal, a step gets its line only when it has run this long: quick ones leave no trace.
+STEP_LINE_AFTER = 1.0
+
+
+def _ignore(done: int) -> None:
+    """The advance of a step shown without a live display."""
 
 
 class RichReporter(Reporter):
-    """Notes in yellow and messages as they arise, and a progress bar per trained network, on stderr."""
+    """Notes in yellow and messages as they arise, a progress bar per trained network and a spinner
+    per long step, on stderr; plain lines instead of live displays when the console is not a terminal.
 
-    def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
+    Args:
+        console: Where to print (stderr by default).
+        quiet: Show nothing at all.
+        step_line_after: Off a terminal, seconds a step runs before its one line is printed
+            (0: at once).
+    """
+
+    def __init__(self, console: Console | None = None, quiet: bool = False,
+                 step_line_after: float = STEP_LINE_AFTER) -> None:
         self.console = console or Console(stderr=True)
         self.quiet = quiet
+        self.step_line_after = step_line_after
+        # rich allows one live display per console at a time: a step inside a step (or a progress
+        # bar inside a step) shows as a plain line instead.
+        self._live = False
 
     def note(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"[yellow]note:[/yellow] {text}", highlight=False, soft_wrap=True)
+            self.console.print(f"[yellow]note:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(text, highlight=False, soft_wrap=True)
+            self.console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+    def _plain(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True, markup=False)
 
     @contextlib.contextmanager
-    def progress(self, epochs: int, monitor: str) -> Iterator[EpochCallback | None]:
+    def progress(self, epochs: int, monitor: str, rows: int | None = None) -> Iterator[EpochCallback | None]:
         if self.quiet:
             yield None
             return
-        with ProgressBar(epochs, monitor, self.console) as bar:
-            yield bar
+        if not self.console.is_terminal or self._live:
+            yield EpochLines(monitor, rows, self._plain)
+            return
+        self._live = True
+        try:
+            with ProgressBar(epochs, monitor, self.console, rows=rows) as bar:
+                yield bar
+        finally:
+            self._live = False
+
+    @contextlib.contextmanager
+    def step(self, description: str, total: int | None = None) -> Iterator[Advance]:
+        if self.quiet:
+            yield _ignore
+            return
+        if not self.console.is_terminal or self._live:
+            with self._delayed_line(f"{description} ..."):
+                yield _ignore
+            return
+        self._live = True
+        try:
+            with _step_display(description, total, self.console) as advance:
+                yield advance
+        finally:
+            self._live = False
+
+
+    @contextlib.contextmanager
+    def _delayed_line(self, text: str) -> Iterator[None]:
+        """Print ``text`` once the block has run ``step_line_after`` seconds (at once for 0)."""
+        if self.step_line_after <= 0:
+            self._plain(text)
+            yield
+            return
+        timer = threading.Timer(self.step_line_after, self._plain, args=(text,))
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+
+@contextlib.contextmanager
+def _step_display(description: str, total: int | None, console: Console) -> Iterator[Advance]:
+    """A spinner (no total) or a bar (a total) with elapsed time; gone when the step ends."""
+    columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+    if total is not None:
+        columns += [BarColumn(), MofNCompleteColumn()]
+    columns.append(TimeElapsedColumn())
+    progress = Progress(*columns, console=console, transient=True)
+    task = progress.add_task(description, total=total)
+    with progress:
+        yield lambda done: progress.update(task, completed=done)
+
+
+class EpochLines:
+    """The per-epoch callback off a terminal: one plain line per epoch (:func:`epoch_line`)."""
+
+    def __init__(self, monitor: str, rows: int | None, write: Any) -> None:
+        self.monitor = monitor
+        self.clock = EpochClock(rows)
+        self.write = write
+
+    def __call__(self, epoch: int, epochs: int, record: dict[str, Any]) -> None:
+        self.write(epoch_line(epoch, epochs, record, self.monitor, self.clock.tick()))
 
 
 class ProgressBar:
-    """A one-line progress bar: epoch, training loss, validation metric, elapsed time and ETA.
+    """A one-line progress bar: epoch, training loss, validation metric, rows/s, elapsed time and ETA.
 
     Use as a context manager; the instance is the callback the trainer calls after each epoch.
+
+    Args:
+        epochs: The most epochs the network may train for.
+        monitor: The validation metric watched.
+        console: Where to draw (stderr by default).
+        rows: Training rows per epoch, for rows/s; None leaves it out.
     """
 
-    def __init__(self, epochs: int, monitor: str, console: Console | None = None) -> None:
+    def __init__(self, epochs: int, monitor: str, console: Console | None = None, rows: int | None = None) -> None:
         self.monitor = monitor
+        self.clock = EpochClock(rows)
         self.progress = Progress(
             TextColumn("epoch {task.completed:>3}/{task.total}"),
             BarColumn(),
@@ -60,9 +170,12 @@ class ProgressBar:
         self.progress.stop()
 
     def __call__(self, epoch: int, epochs: int, record: dict[str, Any]) -> None:
+        speed = self.clock.tick()
         status = f"loss {record['loss']:.4f}"
         if record.get("val_" + self.monitor) is not None:
             status += f"  val_{self.monitor} {record['val_' + self.monitor]:.4f}"
+        if speed is not None:
+            status += f"  {speed:,.0f} rows/s"
         if record.get("stopped"):
             status += "  (early stop)"
             self.progress.update(self.task, total=epoch)

@@ -36,8 +36,13 @@ def penguin_model(tmp_path_factory) -> Path:
 
 
 def test_train_writes_a_model_that_info_describes(penguin_model) -> None:
-    assert sorted(p.name for p in penguin_model.iterdir()) == ["keel.json", "weights.safetensors"]
+    assert sorted(p.name for p in penguin_model.iterdir()) == [
+        "keel.json", "plots", "predictions.safetensors", "report.html", "weights.safetensors"]
     document = json.loads((penguin_model / "keel.json").read_text())
+    # The report and every figure are attached: listed with their checksums, made from these weights.
+    plots = sorted(f"plots/{p.name}" for p in (penguin_model / "plots").iterdir())
+    assert "plots/confusion_matrix.png" in plots
+    assert set(document["files"]) == {"weights.safetensors", "predictions.safetensors", "report.html", *plots}
     assert document["config"]["training"]["seed"] == 3 and document["config"]["model"]["hidden"] == [16]
     result = keel("info", str(penguin_model))
     assert result.returncode == 0
@@ -141,6 +146,9 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     for text in ("accuracy", "saved the model", "proba_Adelie", "keel predict"):
         assert text in result.stdout
     assert (tmp_path / "demo-model" / "keel.json").is_file()
+    # make demo ends by saying where the report is, and it is there
+    assert result.stdout.strip().splitlines()[-1].startswith(f"report: {tmp_path / 'demo-model' / 'report.html'}")
+    assert (tmp_path / "demo-model" / "report.html").is_file()
 
 
 def test_preset_option_sets_unset_keys_and_is_reported(tmp_path) -> None:

@@ -62,7 +62,7 @@ def test_every_config_key_is_documented() -> None:
 
 def test_every_command_and_option_is_documented() -> None:
     group = typer.main.get_command(app)
-    assert set(group.commands) == {"train", "evaluate", "predict", "info", "config", "demo", "export", "serve"}
+    assert set(group.commands) == {"train", "evaluate", "predict", "info", "config", "demo", "export", "serve", "report", "runs", "compare"}
     for name, command in group.commands.items():
         assert f"### `keel {name}" in README, name
         for parameter in command.params:

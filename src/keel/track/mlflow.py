@@ -1,0 +1,319 @@
+"""Log a saved model directory to MLflow as one run, through MLflow's own client.
+
+What a run holds:
+
+- parameters: the resolved configuration as dotted keys (``training.lr``), values cut to MLflow's
+  limit of 6,000 characters;
+- metrics: per epoch (step = epoch) ``loss``, ``val_loss``, ``val_<monitor>``, ``lr`` and any other
+  number the trainer recorded; with bagging, networks after the first as ``network<i>/loss`` ...;
+  and the test metrics at training time as ``test_<name>`` (numbers only);
+- tags: ``keel.version``, ``keel.task``, ``keel.target``, ``keel.data``, ``keel.preset``, ``keel.model_dir``;
+- artifacts: ``report.html`` (when the directory has one) and the whole directory under ``model/``.
+
+The run is named after the model directory and its start and end times are the training's, so
+MLflow's duration is the training time however much later the run is logged.
+
+Where it goes (:func:`tracking_uri`): no URI means MLflow's own default (``MLFLOW_TRACKING_URI``
+when set, else ``sqlite:///mlflow.db`` in the current folder with artifacts under ``./mlruns``:
+what ``mlflow ui`` opens there). A URI with a scheme (``sqlite:///...``, ``http://...``,
+``databricks``) is used as it is. A plain path is a folder that holds everything:
+``DIR/mlflow.db`` and the artifacts under ``DIR/mlruns``; a path ending in ``.db`` is the SQLite
+file itself. MLflow 3's plain file store (``./mlruns`` as the tracking URI) is in maintenance mode
+and refuses to work unless ``MLFLOW_ALLOW_FILE_STORE=true``, which is why a folder maps to SQLite.
+
+``mlflow`` is imported only inside these functions: ``import keel.track.mlflow`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib.util
+import json
+import logging
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from keel.artifact import Manifest, read_manifest
+from keel.errors import ConfigError
+from keel.runs import data_name, flatten
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+INSTALL = "pip install 'keel[track]'"
+
+#: Limits of MLflow's tracking API (mlflow.utils.validation), kept here so the module imports no mlflow.
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+
+# Files of the model directory logged on their own, at the run's top level, besides model/.
+REPORT_FILE = "report.html"
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """Where a logged run went.
+
+    Attributes:
+        run_id: MLflow's run id.
+        experiment_id: The experiment it was logged to.
+        tracking_uri: The tracking URI used.
+        artifact_uri: Where its artifacts were stored.
+    """
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    artifact_uri: str
+
+
+def available() -> bool:
+    """Whether the ``mlflow`` package can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):  # a module entry set to None (blocked) raises ValueError
+        return False
+
+
+def require_mlflow(what: str = "MLflow tracking") -> None:
+    """Fail early, before any training, when MLflow is not installed.
+
+    Args:
+        what: What needs it, for the message (``--mlflow`` in the CLI).
+
+    Raises:
+        ConfigError: ``mlflow`` cannot be imported.
+    """
+    if not available():
+        raise ConfigError(f"{what} needs MLflow: {INSTALL}")
+
+
+def tracking_uri(uri: str | os.PathLike[str] | None = None) -> str:
+    """The tracking URI that :func:`log_run` uses for ``uri`` (see the module docstring).
+
+    Args:
+        uri: None or "" for MLflow's default; a URI with a scheme as it is; a folder path for
+            ``sqlite:///<folder>/mlflow.db``; a ``.db`` path for that SQLite file.
+
+    Returns:
+        A tracking URI MLflow's client accepts.
+    """
+    if uri is None or os.fspath(uri) == "":
+        import mlflow
+
+        return str(mlflow.get_tracking_uri())
+    text = os.fspath(uri)
+    if _SCHEME.match(text) and not re.match(r"^[A-Za-z]:[\\/]", text):  # C:\... is a Windows path
+        return text
+    database, _ = _local_store(text)
+    return f"sqlite:///{database.as_posix()}"  # absolute: sqlite:////home/... on POSIX, sqlite:///C:/... on Windows
+
+
+def log_run(model_dir: str | os.PathLike[str], uri: str | os.PathLike[str] | None = None, *,
+            experiment: str | None = None) -> TrackedRun:
+    """Log a saved model directory to MLflow as one finished run.
+
+    Args:
+        model_dir: A model directory written by ``keel train`` / ``Model.save`` (its report, when
+            there is one, is logged too).
+        uri: Where to log (see :func:`tracking_uri`); None for MLflow's default.
+        experiment: The experiment's name (created when missing); None for MLflow's default
+            (``MLFLOW_EXPERIMENT_NAME`` / ``MLFLOW_EXPERIMENT_ID`` when set, else ``Default``).
+
+    Returns:
+        Where the run went.
+
+    Raises:
+        ConfigError: MLflow is not installed, or the tracking store refuses the run (the message
+            has MLflow's reason).
+        ArtifactError: ``model_dir`` is not a readable keel model.
+
+    Example:
+        >>> tracked = log_run("runs/penguins-20260101-120000", "runs/mlflow")  # doctest: +SKIP
+        >>> tracked.artifact_uri  # doctest: +SKIP
+        'file:///.../runs/mlflow/mlruns/0/<run id>/artifacts'
+    """
+    require_mlflow("keel.track.mlflow.log_run")
+    directory = Path(model_dir)
+    manifest = read_manifest(directory)  # verified: a damaged model is not worth tracking
+    resolved = tracking_uri(uri)
+    with _quiet_mlflow():
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        try:
+            folder = None
+            if uri is not None and os.fspath(uri) != "" and resolved != os.fspath(uri):
+                database, folder = _local_store(os.fspath(uri))
+                _create_store(resolved, database, folder)
+            client = MlflowClient(resolved)
+            experiment_id = _experiment_id(client, experiment, folder)
+            return _log(client, resolved, experiment_id, directory, manifest)
+        except (MlflowException, OSError) as error:
+            raise ConfigError(
+                f"MLflow at {resolved} refused the run: {error}. The model itself is saved at {directory}; check the "
+                "tracking URI (--mlflow URI or MLFLOW_TRACKING_URI), then log it again with "
+                f"keel.track.mlflow.log_run({str(directory)!r}, uri=...).") from None
+
+
+def _log(client: MlflowClient, uri: str, experiment_id: str, directory: Path, manifest: Manifest) -> TrackedRun:
+    """Create the run, log everything, finish it; a failure marks the run FAILED before re-raising."""
+    record = manifest.run if isinstance(manifest.run, dict) else {}
+    ended = _milliseconds(manifest.created)
+    total = (record.get("seconds") or {}).get("total") if isinstance(record.get("seconds"), dict) else None
+    started = ended - int(1000 * total) if ended is not None and isinstance(total, (int, float)) else ended
+    run = client.create_run(experiment_id, start_time=started, tags=_tags(directory, manifest),
+                            run_name=directory.resolve().name)
+    run_id = run.info.run_id
+    try:
+        _log_values(client, run_id, manifest, ended)
+        report = directory / REPORT_FILE
+        if report.is_file():
+            client.log_artifact(run_id, str(report))
+        client.log_artifacts(run_id, str(directory), "model")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED", end_time=ended)
+    return TrackedRun(run_id, experiment_id, uri, str(run.info.artifact_uri))
+
+
+def _log_values(client: MlflowClient, run_id: str, manifest: Manifest, timestamp: int | None) -> None:
+    """Parameters, per-epoch metrics and test metrics, in batches within MLflow's limits."""
+    from mlflow.entities import Metric, Param
+
+    stamp = timestamp if timestamp is not None else int(time.time() * 1000)
+    params = [Param(key, _param_value(value)) for key, value in flatten(manifest.config).items()]
+    for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_BATCH])
+    metrics = [Metric(key, value, stamp, step) for key, value, step in epoch_metrics(manifest.history)]
+    metrics += [Metric(key, value, stamp, 0) for key, value in scalar_test_metrics(manifest.metrics).items()]
+    for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
+
+
+def epoch_metrics(history: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """``(name, value, epoch)`` for every number of every epoch record (not ``epoch`` or ``stopped``).
+
+    With bagging (``history["bags"]``), the first network's values keep their names and network
+    ``i`` (from 2) gets ``network<i>/`` in front of them.
+    """
+    bags = history.get("bags")
+    networks = bags if isinstance(bags, list) and len(bags) > 1 else [history]
+    out = []
+    for index, network in enumerate(networks, start=1):
+        prefix = "" if index == 1 else f"network{index}/"
+        for position, record in enumerate(network.get("epochs") or [], start=1):
+            step = record.get("epoch", position)
+            for key, value in record.items():
+                if key not in ("epoch", "stopped") and _is_number(value):
+                    out.append((prefix + key, float(value), int(step)))
+    return out
+
+
+def scalar_test_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
+    """The test metrics that are numbers, as ``test_<name>`` (tables and lists are left out)."""
+    return {f"test_{key}": float(value) for key, value in (metrics or {}).items() if _is_number(value)}
+
+
+def _tags(directory: Path, manifest: Manifest) -> dict[str, str]:
+    record = manifest.run if isinstance(manifest.run, dict) else {}
+    raw = record.get("data")
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    tags = {
+        "keel.version": manifest.versions.get("keel", "unknown"),
+        "keel.task": str(manifest.table_schema.get("task")),
+        "keel.target": str(manifest.table_schema.get("target")),
+        "keel.preset": str(manifest.config.get("preset")),
+        "keel.model_dir": str(directory.resolve()),
+    }
+    if data.get("source"):
+        tags["keel.data"] = data_name(str(data["source"]))
+    return {key: value[:MAX_TAG_VALUE] for key, value in tags.items()}
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _milliseconds(created: str) -> int | None:
+    try:
+        moment = _dt.datetime.fromisoformat(created)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def _local_store(path: str) -> tuple[Path, Path]:
+    """``(database, folder)`` of a plain-path URI: a ``.db`` file and its folder, or a folder and its mlflow.db."""
+    location = Path(path).expanduser().absolute()
+    if location.suffix.lower() in _SQLITE_SUFFIXES:
+        return location, location.parent
+    return location / "mlflow.db", location
+
+
+def _create_store(uri: str, database: Path, folder: Path) -> None:
+    """Create a folder's SQLite store with its artifact root in ``folder/mlruns``, once.
+
+    MLflow's client would create the database with the artifact root ``./mlruns`` of the current
+    folder, so a run logged to ``--mlflow DIR`` from elsewhere would leave its files outside DIR.
+    The store's own class takes the root; the Default experiment made with the tables keeps it.
+    """
+    if database.exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(uri, (folder / "mlruns").as_uri())
+
+
+def _experiment_id(client: MlflowClient, name: str | None, folder: Path | None) -> str:
+    """The experiment to log to: ``name`` (created when missing), else MLflow's environment, else Default."""
+    from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID, MLFLOW_EXPERIMENT_NAME
+
+    name = name or MLFLOW_EXPERIMENT_NAME.get()
+    if not name:
+        return str(MLFLOW_EXPERIMENT_ID.get() or "0")  # "0" is the Default experiment of every store
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return str(existing.experiment_id)
+    location = None
+    if folder is not None:  # as for the Default experiment: files stay inside the store's folder
+        location = (folder / "mlruns" / re.sub(r"[^A-Za-z0-9._-]+", "-", name)).as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """MLflow's and alembic's INFO lines ("Creating initial MLflow database tables...") off while logging."""
+    import mlflow  # noqa: F401 - its import sets its loggers' levels; quieten them after that
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+    try:
+        with warnings.catch_warnings():
+            # SQLAlchemy deprecations inside MLflow's store: MLflow's to fix, nothing a keel user can act on.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
