@@ -40,6 +40,7 @@ bench: $(VENV)/.installed $(BENCH)/.installed
 	$(BENCH)/bin/python bench/export.py
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/report.py --write
 
 # `keel export --format tflite` converts in its own environment: litert-torch's dependencies hold typing-extensions
 # and pydantic below keel's constraints and brings jax (2.4 GB, 86 s to build here), so it never
