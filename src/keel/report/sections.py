@@ -307,14 +307,36 @@ def calibration(inputs: ReportInputs, context: Context) -> str:
     if fitted is None:
         parts.append(paragraph("No temperature or decision threshold was fitted for this model.", css_class="note"))
     else:
-        names = {"temperature": "temperature", "kept": "temperature kept (lowered validation log loss)",
-                 "log_loss_before": "validation log loss before", "log_loss_after": "validation log loss after",
-                 "rows": "validation rows", "threshold": "decision threshold",
-                 "threshold_auto": "threshold chosen on validation rows", "threshold_metric": "threshold chosen for",
-                 "threshold_score": "its validation score"}
-        rows = [(names.get(key, key.replace("_", " ")), value) for key, value in fitted.items()]
-        parts += [heading("Temperature and threshold"), key_values(rows)]
+        parts += [heading("Temperature and threshold"),
+                  key_values([("temperature", _temperature_text(fitted)),
+                              ("decision rule", _decision_text(fitted, inputs.task, context.labels))])]
     return "\n".join(parts)
+
+
+def _temperature_text(fitted: dict[str, Any]) -> str:
+    """What became of the temperature, in one line."""
+    temperature, before, after = fitted.get("temperature"), fitted.get("log_loss_before"), fitted.get("log_loss_after")
+    if temperature is None:
+        return "not fitted (training.calibrate is off)"
+    if before is None:
+        return "not fitted: the validation rows were missing or held one class only"
+    losses = f"validation log loss {before:.4g} at T = 1, {after:.4g} at T = {temperature:.3g}, on {fitted.get('rows')} rows"
+    if fitted.get("kept"):
+        return f"{temperature:.3g}, kept: every logit is divided by it ({losses})"
+    return f"{temperature:.3g} fitted, not kept: the drop was within chance ({losses})"
+
+
+def _decision_text(fitted: dict[str, Any], task: str, labels: list[str]) -> str:
+    """How a class is chosen, in one line."""
+    threshold = fitted.get("threshold")
+    if task != "binary" or threshold is None:
+        return "the most probable class"
+    rule = f"{labels[1]} where its probability is at least {threshold:.4g}"
+    if fitted.get("threshold_auto"):
+        metric = str(fitted.get("threshold_metric")).replace("_", " ")
+        score = fitted.get("threshold_score")
+        return rule + f" (chosen on the validation rows for {metric}" + (f": {score:.4g})" if score is not None else ")")
+    return rule + " (training.threshold)"
 
 
 def probabilities(inputs: ReportInputs, context: Context) -> str:

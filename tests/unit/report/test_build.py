@@ -107,7 +107,9 @@ def test_user_strings_are_escaped() -> None:
 def test_binary_report_shows_the_threshold_the_calibration_and_the_export() -> None:
     report = _report("binary")
     assert "at least 0.3" in report.html  # the confusion matrix is the thresholded one
-    assert "temperature kept" in report.html and "1.31" in report.html
+    calibration = report.html.split('<section id="calibration">')[1]
+    assert "1.31, kept: every logit is divided by it (validation log loss 0.41 at T = 1, 0.38 at T = 1.31" in calibration
+    assert "where its probability is at least 0.3 (chosen on the validation rows for f1)" in calibration
     exports = report.html.split('<section id="exports">')[1]
     assert "model.onnx" in exports and "/somewhere" not in exports
     assert "46,560" in exports and "27,431" in exports
