@@ -310,7 +310,7 @@ def save_artifact(path: str | os.PathLike[str], manifest: Manifest, tensors: Map
     target = Path(path)
     if target.is_symlink() and target.exists():
         target = target.resolve()  # replace what the link points at, not the link
-    previous = _previous_files(target)
+    previous = _previous_files(target, json.loads(_manifest_text(manifest)).get("calibration"))
     try:
         _make_directories(target.parent)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
@@ -390,6 +390,57 @@ def attach_file(model_dir: str | os.PathLike[str], name: str, source: bytes | st
     return digest
 
 
+def detach_files(model_dir: str | os.PathLike[str], names: Iterable[str]) -> None:
+    """Remove attached files from a saved model directory (figures a new report no longer draws).
+
+    The manifest stops listing them first (rewritten atomically), then the files go: a crash in
+    between leaves a file nothing lists, never a listed file that is missing.
+
+    Raises:
+        ArtifactError: The directory is not a valid model, a name is the weights or not attached,
+            or the directory cannot be written.
+    """
+    directory = Path(model_dir)
+    manifest = read_manifest(directory, verify=False)
+    gone = set(names)
+    unknown = sorted(name for name in gone if name not in manifest.attached)
+    if unknown:
+        raise ArtifactError(f"cannot detach {', '.join(unknown)} from {directory}: not attached files of the model.")
+    files = {name: record for name, record in manifest.files.items() if name not in gone}
+    try:
+        _write_file(directory, METADATA_FILE, _manifest_text(manifest.model_copy(update={"files": files})).encode())
+        for name in gone:
+            directory.joinpath(*name.split("/")).unlink(missing_ok=True)
+    except OSError as error:
+        raise ArtifactError(f"cannot detach files from {directory}: {error.strerror or error}.") from None
+
+
+def check_output_file(path: str | os.PathLike[str], instead: str) -> Path:
+    """A file path a command may write to: not a directory, and not inside a model directory.
+
+    Inside one, the file would replace (or sit among) files whose checksums ``keel.json`` holds, and
+    the model would fail to load.
+
+    Args:
+        path: The ``--output`` given.
+        instead: What leaving ``--output`` out does, for the message (``"attach the export there"``).
+
+    Raises:
+        ConfigError: ``path`` is a directory or lies inside a model directory.
+    """
+    from keel.errors import ConfigError
+
+    file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"--output {file} is a directory; pass a file path inside it, or leave --output out to "
+                          f"{instead}.")
+    for folder in file.absolute().parents:
+        if (folder / METADATA_FILE).is_file():
+            raise ConfigError(f"--output {file} is inside the model directory {folder}, whose files {METADATA_FILE} "
+                              f"checks; leave --output out to {instead}, or write it elsewhere.")
+    return file
+
+
 def check_destination(path: str | os.PathLike) -> Path:
     """Check that a model can be saved at ``path`` before any work is spent on it.
 
@@ -431,11 +482,13 @@ def _replaceable_document(target: Path) -> dict[str, Any] | None:
         return None
 
 
-def _previous_files(target: Path) -> dict[str, FileRecord] | None:
+def _previous_files(target: Path, calibration: Any = None) -> dict[str, FileRecord] | None:
     """The files listed by the model at ``target`` (None when there is none); refuses anything else.
 
-    Only the ``files`` section is read, and leniently: a model of a newer format version or with a
-    damaged manifest is still replaced, its listed files then count as stale.
+    Only the ``files`` and ``calibration`` sections are read, and leniently: a model of a newer
+    format version or with a damaged manifest is still replaced, its listed files then count as
+    stale. So do they when the new model decides differently (``calibration``, as JSON, differs):
+    an ONNX export or a report carries the old decision threshold even for the same weights.
     """
     if not target.exists() and not target.is_symlink():
         return None
@@ -450,6 +503,8 @@ def _previous_files(target: Path) -> dict[str, FileRecord] | None:
             records[name] = FileRecord.model_validate({"sha256": value} if isinstance(value, str) else value)
         except ValidationError:
             records[name] = FileRecord(sha256="0" * 64)  # unreadable: listed, so never a user's file; stale
+    if document.get("calibration") != calibration:
+        records = {name: record.model_copy(update={"made_from": None}) for name, record in records.items()}
     return records
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as _dt
+import hashlib
 import os
 import platform
 import time
@@ -196,11 +197,27 @@ class Model:
         rows) so that :meth:`report` can draw the report again without the data.
         """
         if self._test_predictions is None and self.path is not None and PREDICTIONS_FILE in self._attached:
-            from safetensors.numpy import load_file
-
-            self._test_predictions = Predictions.from_tensors(
-                load_file(str(self.path / PREDICTIONS_FILE)), self.task, self.threshold)
+            self._test_predictions = self._read_predictions(self.path / PREDICTIONS_FILE)
         return self._test_predictions
+
+    def _read_predictions(self, file: Path) -> Predictions | None:
+        """The kept test predictions, if ``file`` still holds the ones this model was loaded with.
+
+        Read on first use, so the directory may have been saved over by another model since: its
+        predictions are not this model's, and a report (or a save) must not pass them off as such.
+        """
+        from safetensors.numpy import load
+
+        try:
+            data = file.read_bytes()
+        except OSError:
+            data = b""
+        if hashlib.sha256(data).hexdigest() != self._attached.get(PREDICTIONS_FILE):
+            warnings.warn(f"{file} is not the file this model was loaded with (the directory was saved over since, "
+                          "or the file is damaged): its test predictions are left out; draw a report with "
+                          "labelled data instead (keel report MODEL --data FILE).", KeelWarning, stacklevel=3)
+            return None
+        return Predictions.from_tensors(load(data), self.task, self.threshold)
 
     def attach(self, name: str, source: bytes | str | os.PathLike[str]) -> str:
         """Add a file made from this model (an export, a report, a plot) to its directory.
@@ -225,6 +242,15 @@ class Model:
         digest = attach_file(self.path, name, source, weights=self._weights_sha256)
         self._attached = {**self._attached, name: digest}
         return digest
+
+    def _detach(self, names: list[str]) -> None:
+        """Remove attached files (stale figures) from this model's directory."""
+        from keel.artifact import detach_files
+
+        if self.path is None:
+            return
+        detach_files(self.path, names)
+        self._attached = {name: digest for name, digest in self._attached.items() if name not in names}
 
     def export(self, format: str = "onnx", *, quantize: str | None = None, static: bool = False,
                prune: float | str | None = None, prune_method: str = "structured", max_drop: float | None = None,

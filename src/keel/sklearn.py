@@ -176,7 +176,8 @@ class _KeelEstimator(BaseEstimator):
             frame[weight_column] = weights
         target = _free_name("target", frame.columns)
         frame[target] = y
-        self.model_ = fit(frame, target=target, config=config, quiet=self.quiet)
+        # No permutation importance: it feeds the report, which an estimator in a grid search never draws.
+        self.model_ = fit(frame, target=target, config=config, quiet=self.quiet, importance=False)
         self.history_ = self.model_.history
         self._warn_unused_columns()
         return self

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html as html_module
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -46,7 +48,15 @@ def test_keel_report_on_data_shows_its_rows_and_leaves_the_model_alone(trained, 
     assert result.returncode == 0, result.stderr
     html = page.read_text(encoding="utf-8")
     assert "some.csv (59 labelled rows)" in html
-    assert "bill_length_mm" in html.split('id="worst-rows"')[1]  # feature values in the worst-rows table
+    worst = html.split('id="worst-rows"')[1]
+    assert "bill_length_mm" in worst  # feature values in the worst-rows table, each beside its own row number
+    cells = re.findall(r"<tr><td class=\"number\">(\d+)</td>(.*?)</tr>", worst)
+    assert len(cells) == 20
+    for row, rest in cells:
+        values = re.findall(r"<td[^>]*>([^<]*)</td>", rest)
+        source = frame.iloc[int(row) - 1]  # row numbers count the file's data rows from 1
+        assert html_module.unescape(values[0]) == source["species"]
+        assert f"{source['bill_length_mm']:g}" in values or pd.isna(source["bill_length_mm"])
     assert (trained / "keel.json").read_text() == manifest
 
 
@@ -99,3 +109,21 @@ def test_a_report_that_fails_costs_the_page_not_the_model(tmp_path, monkeypatch)
     # shown even with --quiet: the user expects a report there
     assert "the report could not be drawn (RuntimeError: a figure failed); the model is saved" in result.output
     assert (output / "keel.json").is_file() and not (output / "report.html").exists()
+
+
+def test_an_output_inside_a_model_directory_is_refused(trained, tmp_path) -> None:
+    result = keel("report", str(trained), "--output", str(trained / "report.html"))
+    assert result.returncode == 2 and "is inside the model directory" in result.stderr
+    assert read_manifest(trained).files  # every checksum still holds
+
+
+def test_figures_of_an_earlier_report_that_the_new_one_does_not_draw_are_removed(tmp_path) -> None:
+    output = tmp_path / "bare"
+    result = keel("train", str(PENGUINS), "--target", "species", "--output", str(output), "--no-report", "--quiet",
+                  *FAST)
+    assert result.returncode == 0, result.stderr
+    assert keel("report", str(output), "--data", str(PENGUINS)).returncode == 0
+    assert (output / "plots" / "importance.png").is_file()  # measured on the data
+    assert keel("report", str(output)).returncode == 0  # no importance kept from training: no such figure
+    assert not (output / "plots" / "importance.png").exists()
+    assert "plots/importance.png" not in read_manifest(output).files

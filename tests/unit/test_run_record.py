@@ -11,7 +11,7 @@ import pytest
 
 import keel
 from keel.artifact import FORMAT_VERSION, read_manifest
-from keel.errors import ConfigError
+from keel.errors import ConfigError, KeelWarning
 from keel.evaluate.metrics import classification_metrics
 from keel.evaluate.predictions import PREDICTIONS_FILE
 from tests.conftest import FAST, ROOT, make_classification_frame, make_regression_frame
@@ -25,7 +25,7 @@ def test_the_run_record_describes_the_data_and_the_split(tmp_path) -> None:
     frame.loc[[0, 1], "label"] = None
     model = keel.fit(frame, target="label", config=FAST, quiet=True)
     run = model.run
-    assert run["data"] == {"source": "DataFrame", "rows": 200, "columns": 6}
+    assert run["data"] == {"source": "DataFrame", "rows": 200, "columns": 6, "test_source": None}
     rows = run["rows"]
     assert rows["unlabelled"] == 2
     assert rows["train"] + rows["validation"] + rows["test"] == 198 and min(rows.values()) >= 0 and rows["test"] > 0
@@ -114,3 +114,70 @@ def test_format_2_models_load_without_a_run_record_and_keep_predicting(tmp_path)
     document = json.loads((copy / "keel.json").read_text())
     assert document["format_version"] == FORMAT_VERSION == 3 and "model.onnx" in document["files"]
     assert document["run"] is None
+
+
+def test_a_directory_saved_over_does_not_lend_its_predictions_to_the_model_loaded_before(tmp_path) -> None:
+    first = keel.fit(make_classification_frame(200), target="label", config=FAST, quiet=True)
+    first.save(tmp_path / "m")
+    loaded = keel.load(tmp_path / "m")
+    other = keel.fit(make_classification_frame(300, seed=5), target="label",
+                     config={**FAST, "training.test_split": 0.4}, quiet=True)
+    other.save(tmp_path / "m")  # saved over before `loaded` first asked for its predictions
+    with pytest.warns(KeelWarning, match="not the file this model was loaded with"):
+        assert loaded.test_predictions is None
+    with pytest.warns(KeelWarning, match="not the file this model was loaded with"):
+        loaded.save(tmp_path / "copy")
+    assert PREDICTIONS_FILE not in read_manifest(tmp_path / "copy").files
+
+
+def test_a_changed_decision_threshold_drops_the_exports_made_with_the_old_one(tmp_path) -> None:
+    frame = make_classification_frame(200)
+    frame["label"] = np.where(frame["label"] == "alpha", "yes", "no")
+    model = keel.fit(frame, target="label", config=FAST, quiet=True)
+    model.save(tmp_path / "m")
+    model.attach("model.onnx", b"an export made with the old threshold")
+    model.save(tmp_path / "m")  # same weights, same decision: the export is still right
+    assert (tmp_path / "m" / "model.onnx").exists()
+    model.calibration = {**(model.calibration or {}), "threshold": 0.3}
+    with pytest.warns(KeelWarning, match="model.onnx were made from the previous weights"):
+        model.save(tmp_path / "m")
+    assert not (tmp_path / "m" / "model.onnx").exists()
+    assert keel.load(tmp_path / "m").threshold == 0.3
+
+
+def test_bagging_and_a_test_file_are_recorded_as_they_were_run() -> None:
+    train, test = make_classification_frame(200), make_classification_frame(40, seed=1)
+    model = keel.fit(train, target="label", config={**FAST, "training.bagging": 3}, test=test, quiet=True)
+    run = model.run
+    assert run["data"]["test_source"] == "DataFrame" and run["rows"]["test"] == 40
+    bagging = run["bagging"]
+    pool = run["rows"]["train"] + run["rows"]["validation"]
+    assert bagging["networks"] == 3 and len(bagging["train_each"]) == 3
+    assert all(train + validation == pool for train, validation in zip(bagging["train_each"],
+                                                                        bagging["validation_each"]))
+    assert sum(bagging["validation_each"]) == pool  # every pooled row validates exactly one network
+    single = keel.fit(train, target="label", config=FAST, quiet=True)
+    assert "bagging" not in single.run and single.run["data"]["test_source"] is None
+
+
+def test_threshold_auto_reaches_predict_the_onnx_file_and_the_runtime(tmp_path) -> None:
+    from keel.runtime import Predictor
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    frame = pd.DataFrame({"x": rng.normal(0, 1, n), "z": rng.normal(0, 1, n)})
+    frame["rare"] = np.where(rng.random(n) < 1 / (1 + np.exp(-(2 * frame["x"] - 4))), "yes", "no")  # ~5% yes
+    model = keel.fit(frame, target="rare", config={**FAST, "training.threshold": "auto", "training.epochs": 10},
+                     quiet=True)
+    assert model.calibration["threshold_auto"] and model.threshold is not None and model.threshold < 0.5
+    model.save(tmp_path / "m")
+    model.export()
+    labels = model.predict(frame)
+    between = (model.predict_proba(frame)[:, 1] >= model.threshold) & (model.predict_proba(frame)[:, 1] < 0.5)
+    assert between.sum() > 0  # rows the threshold decides differently from the most probable class
+    assert (labels[between] == "yes").all()
+    predictor = Predictor.load(tmp_path / "m")
+    assert predictor.threshold == pytest.approx(model.threshold)
+    np.testing.assert_array_equal(predictor.predict(frame), labels)
+    report = keel.load(tmp_path / "m").report().html.read_text(encoding="utf-8")
+    assert f"at least {model.threshold:.4g} (chosen on the validation rows for f1" in report

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from keel.artifact import check_destination, write_file_atomically
+from keel.artifact import check_destination, check_output_file, write_file_atomically
 from keel.errors import ArtifactError, ConfigError, ExportError
 
 if TYPE_CHECKING:
@@ -216,13 +216,7 @@ def _check_output(output: str | os.PathLike[str] | None) -> None:
     """``output`` must be a file path, and not one a model directory's keel.json owns."""
     if output is None:
         return
-    path = Path(output)
-    if path.is_dir():
-        raise ConfigError(f"--output {path} is a directory; pass a file path like {path / 'model.onnx'}, or leave "
-                          "--output out to attach the file to the model directory.")
-    if (path.parent / "keel.json").is_file():
-        raise ConfigError(f"--output {path} is inside the model directory {path.parent}, whose files keel.json "
-                          "checks; leave --output out to attach the export there, or write it elsewhere.")
+    check_output_file(output, "attach the export to the model directory")
 
 
 def _same_place(first: Path, second: Path) -> bool:

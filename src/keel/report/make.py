@@ -54,6 +54,10 @@ def make_report(model: "Model", data: "TableSource | None" = None, *,
     started = time.perf_counter()
     if output is None:
         _require_directory(model)
+    else:
+        from keel.artifact import check_output_file
+
+        check_output_file(output, "attach report.html to the model directory")
     inputs = report_inputs(model, data)
     from keel.report.build import build_report  # matplotlib comes with it: only once there is a report to draw
 
@@ -65,6 +69,10 @@ def make_report(model: "Model", data: "TableSource | None" = None, *,
 
         write_file_atomically(output, report.html.encode("utf-8"))
     else:
+        drawn = {f"{PLOTS_DIRECTORY}/{name}" for name in report.plots}
+        stale = [name for name in model.summary()["files"] if name.startswith(f"{PLOTS_DIRECTORY}/") and name not in drawn]
+        if stale:  # figures of an earlier report that this one does not draw (importance on other data)
+            model._detach(stale)
         for name, png in sorted(report.plots.items()):
             model.attach(f"{PLOTS_DIRECTORY}/{name}", png)
             result.plots.append(Path(str(model.path)) / PLOTS_DIRECTORY / name)
@@ -96,8 +104,11 @@ def report_inputs(model: "Model", data: "TableSource | None" = None) -> Any:
                 "this model kept no test predictions to draw the report from (trained with test_split 0, or by a "
                 "keel older than the report); pass labelled data: keel report MODEL --data FILE.")
         predictions = kept
-        test_rows = (model.run or {}).get("rows", {}).get("test", len(predictions))
-        source = f"held-out test rows at training time ({test_rows:,} rows)"
+        test_source = ((model.run or {}).get("data") or {}).get("test_source")
+        if test_source:
+            source = f"the test data {Path(str(test_source)).name} at training time ({len(predictions):,} labelled rows)"
+        else:
+            source = f"held-out test rows at training time ({len(predictions):,} rows)"
     from keel.report.inputs import ReportInputs
 
     return ReportInputs(

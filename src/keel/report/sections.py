@@ -112,9 +112,17 @@ def overview(inputs: ReportInputs, context: Context) -> str:
     if data:
         facts.append(("data", f"{data.get('source', '?')}: {_rows(data.get('rows', 0))} rows × "
                               f"{data.get('columns', '?')} columns"))
+    if data.get("test_source"):
+        facts.append(("test data", str(data["test_source"])))
     splits = run.get("rows") or {}
     if splits:
         facts.append(("rows", ", ".join(f"{name} {_rows(count)}" for name, count in splits.items())))
+    bagging = run.get("bagging")
+    if bagging:
+        each = [train + validation for train, validation in zip(bagging["train_each"], bagging["validation_each"])]
+        facts.append(("bagging", f"{bagging['networks']} networks, each trained on about "
+                                 f"{_rows(round(float(np.mean(bagging['train_each']))))} of the {_rows(max(each))} "
+                                 "training and validation rows and validated on the rest (its own fold)"))
     facts.append(("scored rows", _scored_rows(inputs)))
     seconds = run.get("seconds") or {}
     training = seconds.get("training", inputs.history.get("seconds"))

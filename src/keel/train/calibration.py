@@ -1,8 +1,10 @@
 """After training, on the validation rows: a temperature for the probabilities, a threshold for binary labels.
 
 **Temperature scaling** (Guo et al., 2017) divides every logit by one number T fitted to minimise
-the validation rows' log loss. It changes no ranking (ROC-AUC stays) and no most-probable class,
-only how sure the probabilities are. T is folded into the output layer's weights
+the validation rows' log loss. For one network it changes no ranking (ROC-AUC stays) and no
+most-probable class, only how sure the probabilities are; an average of members (an ensemble, a
+bag) divides each member by T before averaging, which can move the averaged ranking and, rarely, a
+label. T is folded into the output layer's weights
 (:meth:`keel.nn.network.TabularNetwork.scale_outputs`), so ``predict``, the ONNX and TFLite exports,
 :mod:`keel.runtime` and the server all give the calibrated probabilities with no code of their own;
 an ensemble's members, and a bag's networks, are each divided by T before they are averaged.

@@ -195,7 +195,8 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
         data_frame, schema, special,
         rows={"train": len(split.train), "validation": len(split.validation), "test": n_test,
               "unlabelled": rows.n_unlabelled},
-        seconds={"training": sum(history["seconds"] for history in histories)})
+        seconds={"training": sum(history["seconds"] for history in histories)}, test_frame=test_frame,
+        bags=[(len(train_part), len(validation_part)) for train_part, validation_part in bags])
     return model
 
 

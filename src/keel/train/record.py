@@ -39,14 +39,33 @@ def describe_columns(frame: pd.DataFrame, schema: Schema, excluded: set[str]) ->
 
 
 def run_record(frame: pd.DataFrame, schema: Schema, excluded: set[str], rows: dict[str, int],
-               seconds: dict[str, float]) -> dict[str, Any]:
-    """The run record a model keeps (``Model.run``)."""
-    source = frame.attrs.get("source")
-    return {
-        "data": {"source": str(source) if source else "DataFrame", "rows": int(len(frame)),
-                 "columns": int(frame.shape[1])},
+               seconds: dict[str, float], *, test_frame: pd.DataFrame | None = None,
+               bags: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """The run record a model keeps (``Model.run``).
+
+    Args:
+        frame: The training data as read.
+        schema: What became of its columns.
+        excluded: The split_by / order_by / weight columns.
+        rows: Rows per part (``train``, ``validation``, ``test``, ``unlabelled``).
+        seconds: Durations.
+        test_frame: The test data when it came from its own file (``--test``).
+        bags: (training rows, validation rows) of each bagged network, when there are several.
+    """
+    record: dict[str, Any] = {
+        "data": {"source": _source(frame), "rows": int(len(frame)), "columns": int(frame.shape[1]),
+                 "test_source": None if test_frame is None else _source(test_frame)},
         "rows": {key: int(value) for key, value in rows.items()},
         "columns": describe_columns(frame, schema, excluded),
         "seconds": {key: round(float(value), 3) for key, value in seconds.items()},
     }
+    if bags is not None and len(bags) > 1:
+        record["bagging"] = {"networks": len(bags), "train_each": [int(train) for train, _ in bags],
+                             "validation_each": [int(validation) for _, validation in bags]}
+    return record
+
+
+def _source(frame: pd.DataFrame) -> str:
+    source = frame.attrs.get("source")
+    return str(source) if source else "DataFrame"
 
