@@ -174,10 +174,10 @@ def train(
     overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
     overrides += [f"preset={preset}"] if preset is not None else []
     settings = load_config(config, overrides)
-    if mlflow is not None:  # before any training: a missing extra must not cost one
-        from keel.track.mlflow import require_mlflow
+    if mlflow is not None:  # before any training: a missing extra or an unusable store must not cost one
+        from keel.track.mlflow import check_store
 
-        require_mlflow("--mlflow")
+        check_store(mlflow or None, what="--mlflow")
     if output is not None:
         check_destination(output)  # before the data is read: an unusable --output must not cost a training
     log = _open_log(log_file)

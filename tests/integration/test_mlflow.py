@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
+import os
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from typer.testing import CliRunner
@@ -103,3 +110,132 @@ def test_without_mlflow_the_flag_fails_before_training(tmp_path, monkeypatch) ->
     assert result.exit_code == 2
     assert result.output.strip() == "error: --mlflow needs MLflow: pip install 'keel[track]'"
     assert not Path("runs").exists() and not (tmp_path / "store").exists()  # nothing trained, nothing reserved
+
+
+
+# ---- the store is checked before training; logging gives up in seconds ---------------------------------------------
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound and released at once): connecting to it is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def http_server(status: int) -> Iterator[tuple[str, list[str]]]:
+    """A real HTTP server that answers every request with ``status``: yields its URI and the paths it was asked."""
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            asked.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            if 300 <= status < 400:
+                self.send_header("Location", f"http://127.0.0.1:{free_port()}/elsewhere")  # nowhere
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_unreachable_server_fails_before_training_in_seconds(tmp_path) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.perf_counter()
+    result = invoke("train", str(PENGUINS), "--target", "species", *TINY, "--output", str(tmp_path / "model"),
+                    "--mlflow", uri)
+    seconds = time.perf_counter() - started
+    assert result.exit_code == 2, result.output
+    assert seconds < 10  # was: a whole training, then ~4 minutes of MLflow's retries
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: --mlflow: no MLflow tracking server answers at {uri} (connection refused")
+    assert "mlflow server --host 127.0.0.1" in line and "nothing was trained" in line
+    assert "epoch" not in result.output and not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("layout", ["a file in the way", "a read-only folder"])
+def test_an_unwritable_store_folder_fails_before_training(tmp_path, layout) -> None:
+    if layout == "a file in the way":
+        (tmp_path / "taken").write_text("not a folder")
+        store, culprit = tmp_path / "taken" / "store", "is a file, not a folder"
+    else:
+        if sys.platform == "win32" or os.geteuid() == 0:
+            pytest.skip("root (and Windows) can write into a folder without write permission")
+        (tmp_path / "locked").mkdir(mode=0o500)
+        store, culprit = tmp_path / "locked" / "store", "is not writable"
+    started = time.perf_counter()
+    result = invoke("train", str(PENGUINS), "--target", "species", *TINY, "--output", str(tmp_path / "model"),
+                    "--mlflow", str(store))
+    assert result.exit_code == 2, result.output
+    assert time.perf_counter() - started < 10
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: --mlflow: cannot keep the tracking store") and culprit in line
+    assert str(store) in line
+    assert not (tmp_path / "model").exists() and not store.exists()
+
+
+def test_a_server_that_accepts_but_never_answers_times_out() -> None:
+    from keel.errors import ConfigError
+    from keel.track.mlflow import check_store
+
+    with socket.socket() as silent:  # the kernel completes connections; nothing ever reads or writes
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        started = time.perf_counter()
+        with pytest.raises(ConfigError, match=r"no answer within 0.5 s"):
+            check_store(f"http://127.0.0.1:{silent.getsockname()[1]}", what="--mlflow", timeout=0.5)
+        assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("status", [401, 302, 404])
+def test_any_http_answer_counts_as_a_server(status) -> None:
+    from keel.track.mlflow import check_store
+
+    with http_server(status) as (uri, asked):
+        assert check_store(uri + "/prefix/", what="--mlflow") == uri + "/prefix/"
+    assert asked == ["/prefix/health"]  # one request, no retries, the redirect not followed
+
+
+def test_local_stores_are_checked_not_created(tmp_path) -> None:
+    from keel.track.mlflow import check_store
+
+    assert check_store(tmp_path / "new" / "store") == f"sqlite:///{tmp_path / 'new' / 'store' / 'mlflow.db'}"
+    assert check_store(f"sqlite:///{tmp_path / 'other' / 'x.db'}") == f"sqlite:///{tmp_path / 'other' / 'x.db'}"
+    assert not (tmp_path / "new").exists() and not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize(("retries", "requests"), [(None, 3), ("0", 1)])
+def test_a_server_that_fails_mid_run_costs_seconds_and_the_model_is_kept(tmp_path, monkeypatch, retries,
+                                                                         requests) -> None:
+    """The server answers the check, then only 503s: MLflow's default would retry 7 times over ~4 minutes."""
+    if retries is None:
+        monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    else:  # the user's own setting wins over keel's bound
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", retries)
+    model = tmp_path / "model"
+    started = time.perf_counter()
+    with http_server(503) as (uri, asked):
+        result = invoke("train", str(PENGUINS), "--target", "species", *TINY, "--output", str(model),
+                        "--no-report", "--quiet", "--mlflow", uri)
+    assert result.exit_code == 2, result.output
+    assert time.perf_counter() - started < 30  # training included; the logging's retries take ~2-3 s
+    assert asked[0] == "/health" and asked[1:] == ["/api/2.0/mlflow/runs/create"] * requests
+    (line,) = [text for text in result.output.strip().splitlines() if text.startswith("error:")]
+    assert f"MLflow at {uri} did not take the run: the server answered HTTP 503 to every try" in line
+    assert f"The model itself is saved at {model}" in line
+    assert (model / "keel.json").is_file()
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") == retries  # keel's bound is gone after the call

@@ -21,6 +21,12 @@ what ``mlflow ui`` opens there). A URI with a scheme (``sqlite:///...``, ``http:
 file itself. MLflow 3's plain file store (``./mlruns`` as the tracking URI) is in maintenance mode
 and refuses to work unless ``MLFLOW_ALLOW_FILE_STORE=true``, which is why a folder maps to SQLite.
 
+Before training, :func:`check_store` makes sure the store can be used: a tracking server must
+answer an HTTP request within a few seconds, a local store's folder must be creatable and writable.
+Without that check, an unreachable server cost a whole training and then ~4 minutes of MLflow's own
+retries. Logging itself is bounded too (:data:`LOGGING_HTTP`): a server that dies mid-run fails
+the logging in seconds, with the model already saved.
+
 ``mlflow`` is imported only inside these functions: ``import keel.track.mlflow`` stays cheap.
 """
 
@@ -53,6 +59,19 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
+
+#: Seconds :func:`check_store` waits for a tracking server's answer (one try, no retries).
+PROBE_TIMEOUT = 5.0
+
+#: MLflow's HTTP settings while a run is logged, each only when the environment does not set it.
+#: MLflow's defaults (7 retries with exponential backoff, 120 s timeouts) are made for rate-limited
+#: servers and wait ~4 minutes for one that is gone; a keel run logs a handful of requests, after
+#: the model is saved, so a few seconds of retrying is enough and the user hears about it at once.
+LOGGING_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # retries after 0 s and ~2 s
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",  # seconds without an answer (connect, or between bytes read)
+}
 
 # Files of the model directory logged on their own, at the run's top level, besides model/.
 REPORT_FILE = "report.html"
@@ -97,6 +116,150 @@ def require_mlflow(what: str = "MLflow tracking") -> None:
     """
     if not available():
         raise ConfigError(f"{what} needs MLflow: {INSTALL}")
+
+
+def check_store(uri: str | os.PathLike[str] | None = None, *, what: str = "MLflow tracking",
+                timeout: float = PROBE_TIMEOUT) -> str:
+    """Fail early, before any training, when MLflow or the tracking store cannot be used.
+
+    An ``http(s)://`` server must answer one request within ``timeout`` seconds: any HTTP answer
+    counts (even 401 or 404: what it means is MLflow's to say when the run is logged), and so does
+    a TLS handshake that fails on the certificate (MLflow's own TLS settings may accept it). A
+    local store (a folder, a ``.db`` path, ``sqlite:///...``, ``file:...``) must be in a folder that
+    exists or can be created, and that keel can write to; nothing is created here. Other schemes
+    (``databricks``, ``postgresql://`` ...) are left to MLflow.
+
+    Args:
+        uri: As for :func:`log_run`: None or "" for MLflow's default store.
+        what: What needs it, for the message (``--mlflow`` in the CLI).
+        timeout: Seconds to wait for a tracking server.
+
+    Returns:
+        The tracking URI that :func:`log_run` will use.
+
+    Raises:
+        ConfigError: MLflow is not installed, the server does not answer, or the store's folder
+            cannot be created or written.
+
+    Example:
+        >>> check_store("http://127.0.0.1:9", what="--mlflow")  # doctest: +SKIP
+        Traceback (most recent call last):
+        keel.errors.ConfigError: --mlflow: no MLflow tracking server answers at http://127.0.0.1:9 ...
+    """
+    require_mlflow(what)
+    resolved = tracking_uri(uri)
+    if re.match(r"^https?://", resolved, re.IGNORECASE):
+        _probe_server(resolved, what, timeout)
+    elif (local := _local_target(uri, resolved)) is not None:
+        _check_local(*local, resolved, what)
+    return resolved
+
+
+def _probe_server(uri: str, what: str, timeout: float) -> None:
+    """One GET of ``<uri>/health`` (MLflow's health check): any HTTP answer means the server is there.
+
+    Plain urllib, not MLflow's client: its session retries and backs off, and its errors would
+    have to be told apart by their text. Credentials are neither needed nor sent: a 401 is an answer.
+    """
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None  # urllib then raises the 3xx as an HTTPError: an answer; following it is MLflow's job
+
+    example = "expected http://HOST:PORT, e.g. http://127.0.0.1:5000"
+    parts = urllib.parse.urlsplit(uri)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as error:  # a port that is not a number
+        raise ConfigError(f"{what}: {uri} is not a usable tracking URI ({error}); {example}.") from None
+    if not host:
+        raise ConfigError(f"{what}: {uri} names no host; {example}.")
+    netloc = f"[{host}]" if ":" in host else host  # credentials in the URI are MLflow's to send, not the probe's
+    netloc += f":{port}" if port is not None else ""
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    reason: BaseException
+    try:
+        with urllib.request.build_opener(NoRedirect).open(url, timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return
+    except urllib.error.URLError as error:
+        reason = error.reason if isinstance(error.reason, BaseException) else error
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        reason = error
+    if isinstance(reason, ssl.SSLError):
+        return  # something speaks TLS there; whether its certificate is accepted is MLflow's setting
+    port = port or (443 if parts.scheme.lower() == "https" else 80)
+    raise ConfigError(
+        f"{what}: no MLflow tracking server answers at {uri} ({_unreachable(reason, host, timeout)}). Start it "
+        f"(mlflow server --host {host} --port {port}, on that machine) or fix the URI; nothing was trained.")
+
+
+def _unreachable(reason: BaseException, host: str, timeout: float) -> str:
+    """Why a request got no HTTP answer, in a few words."""
+    import http.client
+    import socket
+
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused: nothing listens on that port"
+    if isinstance(reason, TimeoutError):  # socket.timeout is TimeoutError since Python 3.10
+        return f"no answer within {timeout:g} s"
+    if isinstance(reason, socket.gaierror):
+        return f"unknown host {host!r}"
+    if isinstance(reason, http.client.HTTPException):
+        return f"the connection closed without an HTTP answer ({type(reason).__name__})"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror[0].lower() + reason.strerror[1:]
+    return str(reason) or type(reason).__name__
+
+
+def _local_target(uri: str | os.PathLike[str] | None, resolved: str) -> tuple[Path | None, Path] | None:
+    """``(database or None, folder)`` of a local store; None for a server or a scheme left to MLflow."""
+    text = os.fspath(uri) if uri is not None else ""
+    if text and resolved != text:  # a plain path: keel's folder layout
+        return _local_store(text)
+    database = _sqlite_path(resolved)
+    if database is not None:
+        return database, database.parent
+    if resolved.lower().startswith("file:"):  # MLflow's file store
+        import urllib.parse
+        import urllib.request
+
+        return None, Path(urllib.request.url2pathname(urllib.parse.urlsplit(resolved).path)).absolute()
+    return None
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URI; None for an in-memory one or another scheme."""
+    if not uri.lower().startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return Path(path).absolute()
+
+
+def _check_local(database: Path | None, folder: Path, uri: str, what: str) -> None:
+    """``folder`` exists or can be made, and keel can write there (and to ``database``, when it exists)."""
+    fix = "pass a folder you can write to, e.g. --mlflow runs/mlflow"
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what}: cannot keep the tracking store {uri} in {folder}: {existing} is a file, not a "
+                          f"folder; {fix}.")
+    if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only file system (EROFS)
+        raise ConfigError(f"{what}: cannot keep the tracking store {uri} in {folder}: {existing} is not writable "
+                          f"(permissions or a read-only file system); {fix}.")
+    if database is not None and database.exists() and (
+            not database.is_file() or not os.access(database, os.R_OK | os.W_OK)):
+        kind = "not a file" if not database.is_file() else "not readable and writable"
+        raise ConfigError(f"{what}: cannot use the tracking database {database}: it is {kind}; {fix}.")
 
 
 def tracking_uri(uri: str | os.PathLike[str] | None = None) -> str:
@@ -148,7 +311,7 @@ def log_run(model_dir: str | os.PathLike[str], uri: str | os.PathLike[str] | Non
     directory = Path(model_dir)
     manifest = read_manifest(directory)  # verified: a damaged model is not worth tracking
     resolved = tracking_uri(uri)
-    with _quiet_mlflow():
+    with _quiet_mlflow(), _bounded_http():
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -162,9 +325,37 @@ def log_run(model_dir: str | os.PathLike[str], uri: str | os.PathLike[str] | Non
             return _log(client, resolved, experiment_id, directory, manifest)
         except (MlflowException, OSError) as error:
             raise ConfigError(
-                f"MLflow at {resolved} refused the run: {error}. The model itself is saved at {directory}; check the "
-                "tracking URI (--mlflow URI or MLFLOW_TRACKING_URI), then log it again with "
-                f"keel.track.mlflow.log_run({str(directory)!r}, uri=...).") from None
+                f"MLflow at {resolved} did not take the run: {_failure(error)}. The model itself is saved at "
+                f"{directory}; check the tracking URI (--mlflow URI or MLFLOW_TRACKING_URI) and the server, then "
+                f"log it again with keel.track.mlflow.log_run({str(directory)!r}, uri=...).") from None
+
+
+def _failure(error: Exception) -> str:
+    """MLflow's error in one line; a lost server in a few words rather than urllib3's repr chain."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if "Connection refused" in text:
+        return "connection refused (the server is not running, or no longer)"
+    if (match := re.search(r"too many (\d{3}) error responses", text)) is not None:
+        return f"the server answered HTTP {match.group(1)} to every try"
+    if "timeout" in text.lower() or "timed out" in text.lower():
+        return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s (MLFLOW_HTTP_REQUEST_TIMEOUT)"
+    return text
+
+
+@contextlib.contextmanager
+def _bounded_http() -> Iterator[None]:
+    """:data:`LOGGING_HTTP` in the environment while a run is logged, for the settings the user left unset.
+
+    MLflow reads these variables at each request, so setting them around the call is enough.
+    """
+    added = [name for name in LOGGING_HTTP if name not in os.environ]
+    for name in added:
+        os.environ[name] = LOGGING_HTTP[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def _log(client: MlflowClient, uri: str, experiment_id: str, directory: Path, manifest: Manifest) -> TrackedRun:
