@@ -16,6 +16,13 @@ one, never neither and never half of one.
 Loading upgrades an older manifest step by step (:data:`MIGRATIONS`), validates it, and checks
 every listed file's checksum before the weights are read. Reading and verifying a manifest imports
 no torch: a serving-only install reads ``keel.json`` without it.
+
+A model directory may come from someone else, and loading one is safe: nothing in it is executed
+(JSON and safetensors only, never pickle), nothing outside it is opened (:func:`read_model_file`
+refuses names that leave it, symbolic links and anything but regular files), and what it declares
+is checked before it is parsed or allocated (:func:`parse_json` caps size, nesting and the number
+of values; :func:`check_safetensors` holds a header to its bytes). Checksums catch damage, not
+attacks: whoever can write the files can rewrite ``keel.json`` too.
 """
 
 from __future__ import annotations
@@ -25,15 +32,18 @@ import errno
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import signal
+import stat
+import struct
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -205,14 +215,15 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> Manif
         The validated manifest.
 
     Raises:
-        ArtifactError: No model there, not a keel model, an unreadable or invalid manifest, a
-            newer format version, or a listed file that is missing or fails its checksum.
+        ArtifactError: No model there, not a keel model, an unreadable, oversized, too deeply
+            nested or invalid manifest, a newer format version, or a listed file that is missing,
+            a symbolic link, not a regular file, or fails its checksum.
     """
     directory = Path(path)
     if not directory.exists():
         raise ArtifactError(f"no model at {directory}; pass the directory written by 'keel train --output'.")
     metadata_path = directory / METADATA_FILE
-    if not directory.is_dir() or not metadata_path.is_file():
+    if not directory.is_dir() or not os.path.lexists(metadata_path):
         raise ArtifactError(f"{directory} is not a keel model (no {METADATA_FILE} inside); "
                             "pass the directory written by 'keel train --output'.")
     document = upgrade(_read_document(metadata_path), metadata_path)
@@ -233,7 +244,9 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[Manifest, dict[str, tor
     """Read and verify a model directory: its manifest and its weights.
 
     A directory that is missing because a save was killed between its two renames is first
-    recovered from its complete sibling (see the module docstring).
+    recovered from its complete sibling (see the module docstring). The weights are read once,
+    checked against their checksum and their header (:func:`check_safetensors`), and only then
+    handed to safetensors.
 
     Returns:
         ``(manifest, tensors)``.
@@ -242,38 +255,260 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[Manifest, dict[str, tor
         ArtifactError: As :func:`read_manifest`, or the weights file cannot be parsed.
     """
     directory = Path(path)
-    if not directory.exists():
+    if not directory.exists() and not directory.is_symlink():
         _recover(directory)
-    manifest = read_manifest(directory)
+    manifest = read_manifest(directory, verify=False)
+    for name, record in manifest.attached.items():
+        _verify(directory, name, record.sha256)
+    data = read_model_file(directory, WEIGHTS_FILE)
+    if hashlib.sha256(data).hexdigest() != manifest.files[WEIGHTS_FILE].sha256:
+        raise ArtifactError(f"{directory / WEIGHTS_FILE} fails its checksum: it changed or is corrupt since the "
+                            "model was saved. Restore it from a backup or retrain the model.")
+    return manifest, read_tensors(data, directory / WEIGHTS_FILE)
+
+
+def read_tensors(data: bytes, source: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file's bytes, its header checked first (:func:`check_safetensors`).
+
+    Raises:
+        ArtifactError: The header does not describe the bytes, or safetensors cannot parse them.
+    """
+    check_safetensors(data, source)
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     try:
-        tensors = load_file(str(directory / WEIGHTS_FILE))
-    except (SafetensorError, OSError) as error:
-        raise ArtifactError(f"{directory / WEIGHTS_FILE} cannot be read: {error}.") from None
-    return manifest, tensors
+        return load(data)
+    except (SafetensorError, ValueError, TypeError) as error:
+        raise ArtifactError(f"{source} cannot be read: {error}. The model is corrupt: restore the directory from "
+                            "a backup or retrain the model.") from None
 
 
 def _read_document(path: Path) -> dict[str, Any]:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ArtifactError(f"{path} is not valid JSON ({error}); the model is corrupt. Retrain it.") from None
-    except OSError as error:
-        raise ArtifactError(f"{path} cannot be read: {error.strerror or error}.") from None
+    data = read_model_file(path.parent, path.name, limit=MAX_MANIFEST_BYTES)
+    document = parse_json(data, path)
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a keel model description (format is not {FORMAT!r}).")
     return document
 
 
 def _verify(directory: Path, name: str, expected: str) -> None:
-    file = directory / name
-    if not file.is_file():
-        raise ArtifactError(f"{directory} is incomplete: {name} is missing. Retrain or restore the model.")
-    if _sha256(file) != expected:
-        raise ArtifactError(f"{file} fails its checksum: it changed or is corrupt since the model was saved. "
-                            "Restore it from a backup or retrain the model.")
+    digest = hashlib.sha256()
+    with _open_model_file(directory, name) as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise ArtifactError(f"{directory / name} fails its checksum: it changed or is corrupt since the model was "
+                            "saved. Restore it from a backup or retrain the model.")
+
+
+# ---- reading hostile files -------------------------------------------------------------------
+# Model directories come from other people. Nothing in one is executed (no pickle anywhere), and
+# what it declares is checked before it is parsed or allocated: the limits below are far above
+# what keel writes (a keel.json of kilobytes; 15 MB for a vocabulary of a million categories; 75 MB
+# and 2.5M values for 9,000 quantile-scaled columns) and below what would exhaust memory. A save that
+# would pass them is refused (save_artifact), so keel never writes a model it then will not read.
+MAX_MANIFEST_BYTES: Final = 256 * 2**20
+MAX_JSON_DEPTH: Final = 64
+# Parsed JSON takes up to about 100 bytes a value (a small dict, a short string): this bounds a
+# parse to about 1 GB whatever the file holds.
+MAX_JSON_VALUES: Final = 10_000_000
+MAX_HEADER_BYTES: Final = 16 * 2**20
+# Bytes per element of each safetensors dtype.
+_DTYPE_BYTES: Final = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                       "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+# Flags that keep an open inside the directory: a symbolic link as the last part fails (ELOOP), a
+# named pipe does not block. Absent on Windows, where the lstat checks before the open remain.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
+
+def read_model_file(directory: str | os.PathLike[str], name: str, *, limit: int | None = None) -> bytes:
+    """The bytes of the file ``name`` inside a model directory, read so that nothing outside it is.
+
+    ``name`` must be a plain relative path (no ``..``, no absolute path, no backslash or NUL); no
+    part of it may be a symbolic link, since keel never writes one and a link can lead anywhere
+    (or be repointed after a check); and the file must be a regular file (a named pipe would block
+    the open forever, a device would never end).
+
+    Args:
+        directory: The model directory.
+        name: The file's path inside it, ``/`` between folders.
+        limit: The most bytes the file may hold; larger ones are refused before they are read.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        ArtifactError: The name leads outside the directory, the file is missing, a link, not a
+            regular file, larger than ``limit``, or cannot be read.
+    """
+    folder = Path(directory)
+    with _open_model_file(folder, name) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if limit is not None and size > limit:
+            raise ArtifactError(f"{folder / name} holds {size:,} bytes; keel reads at most {limit:,} there, far more "
+                                "than any model it writes. The file is not a keel model's: retrain the model or "
+                                "restore the directory from a backup.")
+        return handle.read()
+
+
+def _open_model_file(directory: Path, name: str) -> BinaryIO:
+    """Open ``directory/name`` for reading, refusing names, links and files that could lead elsewhere."""
+    problem = _path_problem(name)
+    if problem:
+        raise ArtifactError(f"{directory}/{METADATA_FILE} lists {name!r}, which {problem}: a model's files lie "
+                            "inside its directory. The directory is not a keel model's; do not load it.")
+    file = directory.joinpath(*name.split("/"))
+    part = directory
+    for piece in name.split("/"):
+        part = part / piece
+        if part.is_symlink():
+            raise ArtifactError(f"{part} is a symbolic link (to {os.readlink(part)}); keel never writes links into a "
+                                "model directory and does not follow them. Replace the link with the file itself.")
+    try:
+        descriptor = os.open(file, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise ArtifactError(f"{directory} is incomplete: {name} is missing. Retrain or restore the model.") from None
+    except OSError as error:
+        why = ("is a symbolic link, which keel does not follow" if error.errno == errno.ELOOP
+               else f"cannot be read ({error.strerror or error})")
+        raise ArtifactError(f"{file} {why}. Restore the model directory from a backup or retrain it.") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise ArtifactError(f"{file} is not a regular file (a directory, pipe or device); a model's files are "
+                            "plain files. Restore the model directory from a backup or retrain it.")
+    return os.fdopen(descriptor, "rb")
+
+
+def parse_json(data: bytes, source: str | os.PathLike[str]) -> Any:
+    """Parse JSON from a model file, refusing nesting deeper than :data:`MAX_JSON_DEPTH`.
+
+    Python's parser recurses once per level: 100,000 nested lists end in a RecursionError there,
+    a few hundred in one later, in whatever walks the result; keel writes a few levels. A file of
+    more than :data:`MAX_JSON_VALUES` values is refused before parsing (the count is of commas and
+    opening brackets, so an over-count).
+
+    Args:
+        data: The JSON text, UTF-8.
+        source: Where it came from, for messages.
+
+    Returns:
+        The parsed value.
+
+    Raises:
+        ArtifactError: The text is not UTF-8 JSON, holds more than :data:`MAX_JSON_VALUES` values,
+            or nests deeper than :data:`MAX_JSON_DEPTH`.
+    """
+    values = json_values(data)
+    if values > MAX_JSON_VALUES:
+        raise ArtifactError(f"{source} holds about {values:,} JSON values; keel reads at most {MAX_JSON_VALUES:,} (a "
+                            "vocabulary of a million categories takes a million). The file is not keel's: retrain "
+                            "the model or restore the directory from a backup.")
+    too_deep = (f"{source} nests more than {MAX_JSON_DEPTH} levels deep; keel writes a few. The file is not keel's: "
+                "retrain the model or restore the directory from a backup.")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ArtifactError(too_deep) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{source} is not valid JSON ({error}); the model is corrupt. Retrain it.") from None
+    if _nested_deeper(value, MAX_JSON_DEPTH):
+        raise ArtifactError(too_deep)
+    return value
+
+
+def json_values(data: bytes) -> int:
+    """About how many values a JSON text holds: commas and opening brackets (an over-count, since
+    those inside strings count too), cheap enough to run before parsing."""
+    return data.count(b",") + data.count(b"[") + data.count(b"{")
+
+
+def _check_readable_size(text: str, target: Path) -> None:
+    """Refuse to write a keel.json that loading would refuse (:data:`MAX_MANIFEST_BYTES`, :data:`MAX_JSON_VALUES`)."""
+    data = text.encode("utf-8")
+    if len(data) > MAX_MANIFEST_BYTES or json_values(data) > MAX_JSON_VALUES:
+        raise ArtifactError(
+            f"cannot save the model to {target}: its keel.json would hold {len(data):,} bytes and about "
+            f"{json_values(data):,} values, more than keel reads back ({MAX_MANIFEST_BYTES:,} bytes, "
+            f"{MAX_JSON_VALUES:,} values). Fewer columns or categories, or preprocessing.normalize other than quantile "
+            "(256 knots a column), make it smaller.")
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether lists and dicts nest more than ``limit`` levels in ``value``; a level at a time, no recursion."""
+    level = [value] if isinstance(value, (list, dict)) else []
+    for _ in range(limit):
+        level = [item for container in level for item in (container.values() if isinstance(container, dict)
+                                                          else container) if isinstance(item, (list, dict))]
+        if not level:
+            return False
+    return True
+
+
+def check_safetensors(data: bytes, source: str | os.PathLike[str]) -> None:
+    """Check that a safetensors file's header describes its bytes, before any library parses them.
+
+    The header length must fit the file and :data:`MAX_HEADER_BYTES`; the header must be shallow
+    JSON; every tensor needs a known dtype, a shape of whole numbers, and a byte range inside the
+    data that holds exactly ``dtype size x shape product`` bytes; the ranges must tile the data
+    without overlap or gap (as the format requires).
+
+    Raises:
+        ArtifactError: The file is not a valid safetensors file; the message says what is wrong.
+    """
+    damaged = (f"{source} is not a valid safetensors file ({{}}); the model is corrupt. Restore the directory from a "
+               "backup or retrain the model.")
+    if len(data) < 8:
+        raise ArtifactError(damaged.format(f"it holds {len(data)} bytes, fewer than the 8 of its header length"))
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > min(MAX_HEADER_BYTES, len(data) - 8):
+        raise ArtifactError(damaged.format(
+            f"its header claims {length:,} bytes; the file holds {len(data) - 8:,} after the length, and keel reads "
+            f"headers of up to {MAX_HEADER_BYTES:,}"))
+    header = parse_json(data[8:8 + length], source)
+    if not isinstance(header, dict):
+        raise ArtifactError(damaged.format("its header is not a JSON object"))
+    body = len(data) - 8 - length
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(value, str) for value in entry.values()):
+                raise ArtifactError(damaged.format("its __metadata__ is not a map of strings"))
+            continue
+        problem = _tensor_problem(entry, body)
+        if problem:
+            raise ArtifactError(damaged.format(f"tensor {name!r} {problem}"))
+        spans.append((entry["data_offsets"][0], entry["data_offsets"][1], name))
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            how = "overlaps the one before it" if begin < position else "leaves a gap before it"
+            raise ArtifactError(damaged.format(f"tensor {name!r} starts at data byte {begin:,} and {how}"))
+        position = end
+    if position != body:
+        raise ArtifactError(damaged.format(f"its tensors cover {position:,} of its {body:,} data bytes"))
+
+
+def _tensor_problem(entry: Any, body: int) -> str | None:
+    """What is wrong with one tensor's header entry, or None."""
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        return "is not described by exactly a dtype, a shape and data_offsets"
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in _DTYPE_BYTES:
+        return f"has the unknown dtype {dtype!r}"
+    if not isinstance(shape, list) or not all(_whole(size) for size in shape):
+        return f"has the shape {shape!r}, not a list of whole numbers"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_whole(offset) for offset in offsets)
+            and offsets[0] <= offsets[1] <= body):
+        return f"has the byte range {offsets!r}, not inside the {body:,} data bytes"
+    needed = _DTYPE_BYTES[dtype] * math.prod(shape)
+    if offsets[1] - offsets[0] != needed:
+        return f"is {dtype} {shape}, which takes {needed:,} bytes, but its byte range holds {offsets[1] - offsets[0]:,}"
+    return None
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _describe(error: ValidationError) -> str:
@@ -326,7 +561,9 @@ def save_artifact(path: str | os.PathLike[str], manifest: Manifest, tensors: Map
         for name, data in (extra or {}).items():
             files[name] = FileRecord(sha256=_write_file(staging, name, data), made_from=files[WEIGHTS_FILE].sha256)
         written = manifest.model_copy(update={"files": files})
-        _write_synced(staging / METADATA_FILE, _manifest_text(written))
+        text = _manifest_text(written)
+        _check_readable_size(text, target)
+        _write_synced(staging / METADATA_FILE, text)
         _step("manifest-written")
         _fsync_directories(staging)
         _step("staging-synced")
@@ -719,17 +956,25 @@ def _step(name: str) -> None:
 
 def _name_problem(name: str) -> str | None:
     """Why ``name`` cannot be an attached file's name, or None when it can."""
-    if not isinstance(name, str) or not name:
-        return "is empty"
-    if name.startswith("/") or "\\" in name or "\x00" in name or re.match(r"^[A-Za-z]:", name):
-        return "is not a relative path with '/' between folders"
+    problem = _path_problem(name)
+    if problem:
+        return problem
     parts = name.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return "has an empty, '.' or '..' part"
     if name in (METADATA_FILE, WEIGHTS_FILE):
         return "is one of the files keel writes itself"
     if any(part.startswith(_TEMPORARY_PREFIX) for part in parts):
         return f"starts with {_TEMPORARY_PREFIX!r}, which keel uses for temporary files"
+    return None
+
+
+def _path_problem(name: str) -> str | None:
+    """Why ``name`` is not a plain path inside a directory (so could lead out of it), or None."""
+    if not isinstance(name, str) or not name:
+        return "is empty"
+    if name.startswith("/") or "\\" in name or "\x00" in name or re.match(r"^[A-Za-z]:", name):
+        return "is not a relative path with '/' between folders"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "has an empty, '.' or '..' part"
     return None
 
 

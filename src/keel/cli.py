@@ -109,7 +109,11 @@ def _friendly(command: Callable[..., None]) -> Callable[..., None]:
             err.print(f"[red]error:[/red] {_escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err.print("interrupted; nothing was written.")
+            # No model was saved; a training that had checkpointed can go on from its last one.
+            resumable = command.__name__ == "train"
+            err.print("interrupted; no model was saved." + (
+                " If the run had written a checkpoint, rerun the same command with --resume to continue it."
+                if resumable else ""), highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except Exception as error:  # noqa: BLE001 - the last line of defence for a readable CLI
             if debug:
@@ -131,7 +135,7 @@ class _OptionalValues(TyperCommand):
     so it goes after DATA or before another option.
     """
 
-    optional_values = ("--mlflow",)
+    optional_values = ("--mlflow", "--resume")
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         rewritten = []
@@ -158,6 +162,7 @@ def train(
     log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Append a plain-text log of the run to this file.")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report (report.html, plots/) and its permutation importance.")] = False,
     mlflow: Annotated[Optional[str], typer.Option("--mlflow", help="Log the run to MLflow: --mlflow alone for MLflow's default store (MLFLOW_TRACKING_URI, else ./mlflow.db), --mlflow URI or --mlflow DIR (DIR/mlflow.db, artifacts in DIR/mlruns).")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue an unfinished run from its last checkpoint, with the same DATA and config: --resume RUN_DIR, or --resume alone (after DATA) for --output or else the latest unfinished run on DATA under runs/.")] = None,
     delimiter: Delimiter = None,
     encoding: Encoding = None,
     as_json: AsJson = False,
@@ -169,6 +174,7 @@ def train(
     from keel.config import load_config
     from keel.console import RichReporter
     from keel.train.callbacks import Reporters
+    from keel.train.checkpoint import output_lock
     from keel.train.pipeline import fit
 
     overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
@@ -178,12 +184,16 @@ def train(
         from keel.track.mlflow import check_store
 
         check_store(mlflow or None, what="--mlflow")
+    keel_chose = output is None and not resume  # then the folder is always named: it is the only way to find it
+    if resume is not None:
+        output = _resumed_output(resume, output, data)
     if output is not None:
         check_destination(output)  # before the data is read: an unusable --output must not cost a training
     log = _open_log(log_file)
     reporter = RichReporter(err, quiet=quiet or as_json)
     runner = reporter if log is None else Reporters(reporter, log)
-    with _logged(log), _destination(output, data) as destination:
+    # The lock is held from before the data is read until the report and tracking are done.
+    with _logged(log), _destination(output, data) as destination, output_lock(destination):
         if log is not None:
             log.line(f"keel train {data} -> {destination}")
         with runner.step(f"reading {data}"):
@@ -192,19 +202,35 @@ def train(
         if test is not None:
             with runner.step(f"reading {test}"):
                 test_frame = _read(test, delimiter, encoding)
-        model = fit(frame, target=target, config=settings, test=test_frame, reporter=runner, importance=not no_report)
-        model.save(destination)
+        model = fit(frame, target=target, config=settings, test=test_frame, reporter=runner, importance=not no_report,
+                    output=destination, resume=resume is not None)
         if log is not None:
             _log_results(log, model.metrics, destination)
         if not as_json:
             _print_metrics(model.metrics, "test")
-            if not quiet or output is None:  # a folder keel chose is always named: it is the only way to find it
+            if not quiet or keel_chose:
                 out.print(f"saved the model to [bold]{destination}[/bold]", highlight=False, soft_wrap=True)
         extras = _after_training(model, destination, runner, mlflow=mlflow, log=log, quiet=quiet or as_json,
                                  report=not no_report, debug=debug)
     if as_json:
         out.print_json(json.dumps({"model": str(destination), "metrics": model.metrics, "notes": model.notes,
                                    **extras}))
+
+
+def _resumed_output(resume: str, output: Optional[Path], data: Path) -> Path:
+    """The run directory ``--resume`` continues: RUN_DIR, else --output, else the latest unfinished run on DATA."""
+    from keel.errors import ConfigError
+
+    if resume:
+        if output is not None and Path(resume) != output:
+            raise ConfigError(f"--resume {resume} and --output {output} name two directories; a resumed run writes the "
+                              "one it resumes. Pass only --resume RUN_DIR.")
+        return Path(resume)
+    if output is not None:
+        return output
+    from keel.train.checkpoint import find_unfinished_run
+
+    return find_unfinished_run(data, RUNS_DIR)
 
 
 @contextlib.contextmanager

@@ -148,6 +148,10 @@ class TrainingConfig(_Section):
     l1: float = Field(0.0, ge=0.0, description="L1 penalty on the weights of linear layers.")
     l2: float = Field(0.0, ge=0.0, description="L2 penalty on the weights of linear layers.")
     grad_clip: float = Field(0.0, ge=0.0, description="Clip the gradient norm to this value; 0 turns it off.")
+    nonfinite: Literal["stop", "skip_batch"] = Field(
+        "stop", description="What training does when a batch's loss or gradient is not a finite number (NaN or "
+        "infinity): stop with an error naming the epoch, the step and the likely cause, or skip_batch: leave the "
+        "weights as they were, count the batch in the history and go on (an epoch that skips every batch stops).")
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Arithmetic of the training matmuls; bfloat16 keeps float32 weights and "
         "optimizer state and is several times faster on CPUs with AMX and on GPUs. auto: float32 on a "
@@ -156,6 +160,16 @@ class TrainingConfig(_Section):
         "auto", description="Where the network trains: cpu, cuda or cuda:N; auto takes the GPU when PyTorch sees "
         "one. The training rows move there once; prediction and saved models stay on the CPU.")
     seed: int = Field(42, description="Seed for splits, initialization and shuffling.")
+    checkpoint: bool | Literal["auto"] = Field(
+        "auto", description="Write checkpoints while training when the run has an output directory (keel train, "
+        "keel.fit(output=...)), so that --resume continues it after a crash: true always, false never, auto when "
+        "the run is expected to take over a minute (the first epoch's time x epochs x bagged networks).")
+    checkpoint_every: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Write a checkpoint every this many epochs, besides checkpoint_minutes; empty: by time "
+        "alone.")
+    checkpoint_minutes: float = Field(
+        1.0, gt=0.0, description="Write a checkpoint when this many minutes have passed since the last one (checked "
+        "at the end of each epoch). A finished bagged network is always checkpointed.")
     split_by: str | None = Field(
         None, description="A column of group ids (a customer, a patient): all rows of a group go to the same "
         "part (training, validation or test), so scores are not inflated by rows of a group seen in training. "

@@ -5,6 +5,7 @@
     ├── DataError                a bad file, column, row or value (also a ValueError)
     ├── ArtifactError            a model directory that cannot be saved or loaded
     ├── ExportError              a model that cannot be exported
+    ├── NumericError             a NaN or infinity in training or in weights about to be saved
     └── NotFittedError           a model used before it was trained (also ValueError, AttributeError)
 
     KeelWarning                  something keel worked around and the user should know about
@@ -64,6 +65,25 @@ class ArtifactError(KeelError):
 
 class ExportError(KeelError):
     """A model cannot be exported."""
+
+
+class NumericError(KeelError):
+    """Training met a number that is not finite (NaN or infinity) in a loss, a gradient or the
+    weights, or a model about to be saved holds one.
+
+    Neither a bad setting nor bad data for sure: a learning rate too high, inputs left unscaled and
+    a column with extreme values all end here, so the message names the likely cause.
+
+    Args:
+        message: What went wrong, where, the likely cause and how to fix it.
+        epoch: The 1-based epoch training stopped in, when it was training.
+        step: The 1-based step (batch) of that epoch, when one is known.
+    """
+
+    def __init__(self, message: str, *, epoch: int | None = None, step: int | None = None) -> None:
+        self.epoch = epoch
+        self.step = step
+        super().__init__(message)
 
 
 class NotFittedError(KeelError, ValueError, AttributeError):

@@ -8,27 +8,37 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import os
 import platform
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Union
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
+from typing_extensions import NotRequired, TypedDict
 
 from keel import __version__
-from keel.artifact import WEIGHTS_FILE, Manifest, attach_file, load_artifact, save_artifact
+from keel.artifact import (
+    WEIGHTS_FILE,
+    Manifest,
+    attach_file,
+    check_safetensors,
+    load_artifact,
+    read_model_file,
+    save_artifact,
+)
 from keel.config import Config
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Features, Preprocessor, TargetEncoder, describe_unseen
 from keel.data.schema import Schema, require_column
 from keel.data.values import row_weights
-from keel.errors import ArtifactError, ConfigError, KeelWarning
+from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning
 from keel.evaluate.metrics import classification_metrics, predicted_classes, regression_metrics
 from keel.evaluate.predictions import PREDICTIONS_FILE, Predictions
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
@@ -184,6 +194,10 @@ class Model:
             metrics=self.metrics, history=self.history, notes=self.notes, run=self.run,
             calibration=self.calibration, importance=self.importance,
         )
+        from keel.train.guards import check_finite
+
+        # Parameters, not the state dict: number-embedding bin buffers hold +-inf by design.
+        check_finite(self.network.named_parameters(), where=f"saving the model to {path}")
         predictions = self.test_predictions
         extra = {} if predictions is None else {PREDICTIONS_FILE: _safetensors_bytes(predictions.to_tensors())}
         self._remember(Path(path), save_artifact(path, manifest, self.network.state_dict(), extra))
@@ -205,19 +219,37 @@ class Model:
 
         Read on first use, so the directory may have been saved over by another model since: its
         predictions are not this model's, and a report (or a save) must not pass them off as such.
+
+        Raises:
+            ArtifactError: The file is the one this model was loaded with (its checksum matches) but
+                no set of test predictions for this model, or it became a link or no regular file.
         """
+        from safetensors import SafetensorError
         from safetensors.numpy import load
 
         try:
-            data = file.read_bytes()
-        except OSError:
+            data = read_model_file(file.parent, file.name)
+        except ArtifactError:
+            if os.path.lexists(file):
+                raise  # there, but a link, a pipe or unreadable: refused, not mistaken for a re-save
             data = b""
         if hashlib.sha256(data).hexdigest() != self._attached.get(PREDICTIONS_FILE):
             warnings.warn(f"{file} is not the file this model was loaded with (the directory was saved over since, "
                           "or the file is damaged): its test predictions are left out; draw a report with "
                           "labelled data instead (keel report MODEL --data FILE).", KeelWarning, stacklevel=3)
             return None
-        return Predictions.from_tensors(load(data), self.task, self.threshold)
+        check_safetensors(data, file)
+        try:
+            arrays = load(data)
+        except SafetensorError as error:
+            raise ArtifactError(f"{file} cannot be read: {error}. Restore the model directory from a backup or "
+                                "retrain the model.") from None
+        problem = _predictions_problem(arrays, self.task, len(self.classes))
+        if problem:
+            raise ArtifactError(f"{file} does not hold this model's test predictions ({problem}); restore the model "
+                                "directory from a backup, or draw a report with labelled data (keel report MODEL "
+                                "--data FILE).")
+        return Predictions.from_tensors(arrays, self.task, self.threshold)
 
     def attach(self, name: str, source: bytes | str | os.PathLike[str]) -> str:
         """Add a file made from this model (an export, a report, a plot) to its directory.
@@ -297,17 +329,22 @@ class Model:
 
         A model saved by an older format version is upgraded on the way in. Config settings this
         keel no longer accepts are left at their defaults with a warning (predictions do not
-        depend on the config).
+        depend on the config). A directory received from someone else is safe to try: nothing in
+        it is executed, nothing outside it is opened (see :func:`keel.artifact.read_model_file`),
+        and what its ``keel.json`` declares is checked against its weights before any network
+        is built.
 
         Raises:
             ArtifactError: No model at ``path``, a newer format version, a file that fails its
-                checksum, or a ``keel.json`` that is invalid or does not describe its weights.
+                checksum or is a link, a ``keel.json`` that is invalid or does not describe its
+                weights, or a safetensors file whose header does not describe its bytes.
         """
         manifest, tensors = load_artifact(path)
+        preprocessor = _checked_sections(manifest, path)
         model = cls(
             config=cls._config_as_run(manifest.config, path), schema=Schema.from_dict(manifest.table_schema),
-            preprocessor=Preprocessor.from_state(manifest.preprocessing),
-            target=TargetEncoder.from_state(manifest.target), network=cls._network(manifest, tensors, path),
+            preprocessor=preprocessor, target=TargetEncoder.from_state(manifest.target),
+            network=cls._network(manifest, tensors, path, preprocessor),
             history=manifest.history, metrics=manifest.metrics, notes=manifest.notes, created=manifest.created,
             run=manifest.run, calibration=manifest.calibration, importance=manifest.importance,
             versions=manifest.versions,
@@ -321,26 +358,56 @@ class Model:
         self._weights_sha256 = manifest.files[WEIGHTS_FILE].sha256
 
     @staticmethod
-    def _network(manifest: Manifest, tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> TabularNetwork | NetworkBag:
-        """The network ``manifest`` describes, holding ``tensors``; a mismatch is a corrupt model."""
-        corrupt = f"{path}/keel.json does not describe its weights ({{}}); the model is corrupt. Restore the " \
-                  "directory from a backup or retrain the model."
+    def _network(manifest: Manifest, tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                 preprocessor: Preprocessor | None = None) -> TabularNetwork | NetworkBag:
+        """The network ``manifest`` describes, holding ``tensors``; a mismatch is a corrupt model.
+
+        What ``keel.json`` declares is compared with what the weights hold before anything is
+        allocated: a declared 10^9-row embedding is refused, never built to find out.
+        """
+        def corrupt(problem: str) -> ArtifactError:
+            return ArtifactError(f"{path}/keel.json does not describe its weights ({problem}); the model is corrupt. "
+                                 "Restore the directory from a backup or retrain the model.")
+
         unknown = sorted(set(manifest.network) - {field.name for field in dataclasses.fields(NetworkSpec)})
         if unknown:
-            raise ArtifactError(corrupt.format(f"unknown network setting(s) {', '.join(unknown)}"))
+            raise corrupt(f"unknown network setting(s) {', '.join(unknown)}")
         try:
-            spec = TypeAdapter(NetworkSpec).validate_python(manifest.network)
+            spec = _network_spec_adapter().validate_python(manifest.network)
         except ValidationError as error:
-            raise ArtifactError(corrupt.format(f"network: {error.errors()[0]['msg']}")) from None
-        with torch.random.fork_rng(devices=[]):  # building draws initial weights; keep the caller's state
-            network: TabularNetwork | NetworkBag = (
-                TabularNetwork(spec) if manifest.bagging == 1
-                else NetworkBag([TabularNetwork(spec) for _ in range(manifest.bagging)]))
+            raise corrupt(f"network: {error.errors()[0]['msg']}") from None
+        if preprocessor is not None and (spec.numeric_width, spec.cardinalities) != (
+                preprocessor.numeric_width, preprocessor.cardinalities):
+            raise corrupt(f"the network reads {spec.numeric_width} number column(s) and categories of "
+                          f"{_listed(spec.cardinalities)} values, the preprocessing makes {preprocessor.numeric_width} "
+                          f"and {_listed(preprocessor.cardinalities)}")
+        # Building takes time per layer and per bagged network: more of either than there are
+        # weight tensors cannot match, whatever their sizes.
+        if manifest.bagging > len(tensors) or len(spec.hidden) + len(spec.inner) > len(tensors):
+            raise corrupt(f"it declares {manifest.bagging:,} network(s) of {len(spec.hidden):,} hidden layer(s), more "
+                          f"than the {len(tensors)} weight tensors can hold")
+
+        def build() -> TabularNetwork | NetworkBag:
+            return (TabularNetwork(spec) if manifest.bagging == 1
+                    else NetworkBag([TabularNetwork(spec) for _ in range(manifest.bagging)]))
+
+        try:
+            with torch.device("meta"):  # shapes and dtypes only: nothing is allocated or initialised
+                skeleton = build()
+        except (KeelError, ValueError, TypeError, RuntimeError, IndexError, OverflowError) as error:
+            raise corrupt(f"network: {str(error)[:200]}") from None
         # Compared here rather than left to load_state_dict, whose RuntimeError could as well be a bug.
-        expected = {name: tuple(value.shape) for name, value in network.state_dict().items()}
+        expected = {name: value for name, value in skeleton.state_dict().items()}
+        shapes = {name: tuple(value.shape) for name, value in expected.items()}
         stored = {name: tuple(value.shape) for name, value in tensors.items()}
-        if expected != stored:
-            raise ArtifactError(corrupt.format(_shape_mismatch(expected, stored)))
+        if shapes != stored:
+            raise corrupt(_shape_mismatch(shapes, stored))
+        retyped = [f"{name} is {value.dtype} in the description but {tensors[name].dtype} in the weights"
+                   for name, value in expected.items() if value.dtype != tensors[name].dtype]
+        if retyped:
+            raise corrupt("; ".join(retyped[:3]) + (f" and {len(retyped) - 3} more" if len(retyped) > 3 else ""))
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights; keep the caller's state
+            network = build()
         network.load_state_dict(tensors, strict=True)
         return network.eval()
 
@@ -486,6 +553,139 @@ def _safetensors_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 def load(path: str | os.PathLike) -> Model:
     """Load a model directory saved by :meth:`Model.save` or ``keel train``."""
     return Model.load(path)
+
+
+def _checked_sections(manifest: Manifest, path: str | os.PathLike) -> Preprocessor:
+    """Check what loading reads from ``manifest`` besides the network; returns the preprocessing.
+
+    Each section is checked against the shape its stage writes before the stage reads it: a
+    KeyError or TypeError inside ``from_state`` stays what it is, a bug, never taken for a corrupt
+    model. The test predictions are read on first use, but a file that is no safetensors file is
+    refused now.
+
+    Raises:
+        ArtifactError: A section keel cannot read, a config of thousands of unknown settings, or
+            a predictions file whose header does not describe its bytes.
+    """
+    if PREDICTIONS_FILE in manifest.files:
+        check_safetensors(read_model_file(path, PREDICTIONS_FILE), Path(path) / PREDICTIONS_FILE)
+    try:
+        Config.model_validate(manifest.config)
+    except ValidationError as error:
+        # _config_as_run drops one unknown setting per validation: a few renamed settings are an
+        # older keel's, thousands an attack that would take hours to drop one at a time.
+        if error.error_count() > 100:
+            raise ArtifactError(f"{path}/keel.json holds a config with {error.error_count():,} settings this keel "
+                                "does not accept; keel writes none of them. The directory is not a keel model's: "
+                                "retrain the model or restore the directory from a backup.") from None
+    for section, adapter, value in (("schema", _SCHEMA_STATE, manifest.table_schema),
+                                    ("preprocessing", _PREPROCESSING_STATE, manifest.preprocessing),
+                                    ("target", _TARGET_STATE, manifest.target)):
+        try:
+            adapter.validate_python(value)
+        except ValidationError as error:
+            raise ArtifactError(f"{path}/keel.json holds a {section} section keel cannot read ({_problems(error)}); "
+                                "the model is corrupt. Restore the directory from a backup or retrain the "
+                                "model.") from None
+    try:
+        return Preprocessor.from_state(manifest.preprocessing)
+    except (ValidationError, ConfigError) as error:  # a transform setting this keel does not know
+        raise ArtifactError(f"{path}/keel.json holds preprocessing settings keel cannot read ({error}); the model "
+                            "is corrupt. Restore the directory from a backup or retrain the model.") from None
+
+
+# ---- what loading reads from keel.json's sections, checked before the stages read it ----------
+class _FeatureState(TypedDict):
+    name: str
+    type: Literal["number", "category", "binary"]
+
+
+class _SchemaState(TypedDict):
+    target: str
+    task: Literal["binary", "multiclass", "regression"]
+    features: list[_FeatureState]
+    dropped: NotRequired[dict[str, str]]
+    notes: NotRequired[list[str]]
+
+
+class _NumberState(TypedDict):
+    kind: Literal["number"]
+    name: str
+    missing: str
+    normalize: str
+    indicator: bool
+    fill: float | None
+    center: float | None
+    scale: float | None
+    knots: NotRequired[list[list[float]] | None]
+
+
+class _BinaryState(TypedDict):
+    kind: Literal["binary"]
+    name: str
+    values: list[str]
+    fill: float | None
+
+
+class _CategoryState(TypedDict):
+    kind: Literal["category"]
+    name: str
+    vocabulary: list[str]
+    min_count: int
+    min_share: NotRequired[float]
+    n_rare: int
+
+
+class _TargetState(TypedDict):
+    name: str
+    task: Literal["binary", "multiclass", "regression"]
+    labels: list[Any]
+    mean: float | None
+    std: float | None
+
+
+_SCHEMA_STATE = TypeAdapter(_SchemaState)
+_PREPROCESSING_STATE = TypeAdapter(list[Annotated[Union[_NumberState, _BinaryState, _CategoryState],
+                                                  Field(discriminator="kind")]])
+_TARGET_STATE = TypeAdapter(_TargetState)
+
+
+def _problems(error: ValidationError) -> str:
+    """A pydantic error's first problems, each with where it is."""
+    problems = [f"{'.'.join(str(part) for part in item['loc']) or 'the section'}: {item['msg']}"
+                for item in error.errors()[:3]]
+    return "; ".join(problems) + (f" and {error.error_count() - 3} more" if error.error_count() > 3 else "")
+
+
+@functools.cache
+def _network_spec_adapter() -> TypeAdapter[NetworkSpec]:
+    """Built once: building it evaluates NetworkSpec's annotations, which loading need not repeat."""
+    return TypeAdapter(NetworkSpec)
+
+
+def _listed(values: list[int]) -> str:
+    """A list of counts, the first few of a long one."""
+    return f"{values[:5]}" + (f" and {len(values) - 5:,} more" if len(values) > 5 else "")
+
+
+def _predictions_problem(arrays: dict[str, np.ndarray], task: str, n_classes: int) -> str | None:
+    """What keeps ``arrays`` from being a model's kept test predictions, or None."""
+    target = arrays.get("target")
+    if target is None or target.ndim != 1:
+        return "no one-dimensional target"
+    n_rows = len(target)
+    wanted = {"probabilities": (n_rows, n_classes)} if task != "regression" else {"values": (n_rows,)}
+    for name, shape in wanted.items():
+        if name not in arrays or arrays[name].shape != shape:
+            found = arrays[name].shape if name in arrays else "none"
+            return f"{name} should be {shape}, found {found}"
+    extra = sorted(set(arrays) - {"target", "row", "weight", *wanted})
+    if extra:
+        return f"unexpected arrays {extra}"
+    for name in ("row", "weight"):
+        if name in arrays and arrays[name].shape != (n_rows,):
+            return f"{name} should be ({n_rows},), found {arrays[name].shape}"
+    return None
 
 
 def _shape_mismatch(expected: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]]) -> str:

@@ -35,7 +35,10 @@ from keel.train.pipeline import fit
 # Config keys that are not estimator parameters: an estimator trains on all it is given (scoring is
 # the caller's job), and keys that name a column of X have no column to name in an array; row weights
 # come as fit's sample_weight, as in scikit-learn.
-NOT_PARAMETERS = frozenset({"test_split", "split_by", "order_by", "weight_column"})
+# Not estimator parameters: the split is the caller's (cross-validation), the weights come through
+# fit's sample_weight, and an estimator has no output directory to checkpoint into.
+NOT_PARAMETERS = frozenset({"test_split", "split_by", "order_by", "weight_column", "checkpoint", "checkpoint_every",
+                            "checkpoint_minutes"})
 
 # Which config section each estimator parameter belongs to.
 SECTIONS = {
@@ -93,6 +96,7 @@ class _KeelEstimator(BaseEstimator):
         l1: float | None = None,
         l2: float | None = None,
         grad_clip: float | None = None,
+        nonfinite: str | None = None,
         precision: str | None = None,
         device: str | None = None,
         calibrate: bool | None = None,
@@ -140,6 +144,7 @@ class _KeelEstimator(BaseEstimator):
         self.l1 = l1
         self.l2 = l2
         self.grad_clip = grad_clip
+        self.nonfinite = nonfinite
         self.precision = precision
         self.calibrate = calibrate
         self.threshold = threshold

@@ -318,3 +318,11 @@ def test_saving_through_a_symlink_replaces_the_directory_it_points_at(tmp_path) 
     save_artifact(link, manifest(notes=["new"]), TENSORS)
     assert link.is_symlink() and load_artifact(link)[0].notes == ["new"] == load_artifact(real)[0].notes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+def test_a_manifest_loading_would_refuse_is_not_saved(tmp_path, monkeypatch) -> None:
+    """keel never writes a keel.json it will not read back (the read limits, checked at save)."""
+    monkeypatch.setattr(artifact, "MAX_JSON_VALUES", 50)
+    with pytest.raises(ArtifactError, match="more than keel reads back"):
+        save_artifact(tmp_path / "model", manifest(notes=[f"note {i}" for i in range(100)]), TENSORS)
+    assert not (tmp_path / "model").exists()

@@ -19,7 +19,7 @@ from keel.errors import ConfigError
 from keel.nn import losses, mlp, numeric
 from keel.nn.network import NetworkSpec, TabularNetwork
 from keel.registry import lookup
-from keel.train import calibration, fused, pipeline, trainer
+from keel.train import calibration, fused, guards, pipeline, trainer
 
 # option -> (its registry, the Literal values resolved elsewhere before the registry is asked).
 REGISTRIES: dict[str, tuple[Callable[[], Mapping[str, Any]], frozenset[str]]] = {
@@ -38,6 +38,7 @@ REGISTRIES: dict[str, tuple[Callable[[], Mapping[str, Any]], frozenset[str]]] = 
     "preprocessing.missing": (lambda: transforms.FILLS, frozenset()),
     "preprocessing.categorical_encoding": (lambda: pipeline.CATEGORY_ENCODINGS, frozenset()),
     "training.threshold_metric": (lambda: calibration.THRESHOLD_METRICS, frozenset()),
+    "training.nonfinite": (lambda: guards.NONFINITE_POLICIES, frozenset()),
 }
 
 # Literal fields that are not a choice among implementations, so have no registry.

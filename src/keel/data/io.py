@@ -163,8 +163,15 @@ def _read_csv(path: Path, delimiter: str | None, encoding: str | None) -> pd.Dat
     if not text.strip():
         raise DataError(f"{path} holds only blank lines; it needs a header line and data rows.", file=path)
     delimiter = delimiter or _sniff_delimiter(text, path)
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    numbered = [(reader.line_num, row) for row in reader]  # (last line number of the row, fields)
+    # newline="": a bare carriage return ends a line here as it does in pandas' parser, rather than
+    # being a "new-line character seen in unquoted field" error of the csv module.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        numbered = [(reader.line_num, row) for row in reader]  # (last line number of the row, fields)
+    except csv.Error as error:
+        raise DataError(f"cannot parse {path} as CSV with delimiter {delimiter!r}: line {reader.line_num}: {error}. "
+                        "Check the file's quoting (a quote opened and never closed?), or pass the right delimiter.",
+                        file=path) from None
     header = numbered[0][1] if numbered else []
     _check_columns(header, path)
     # pandas' parser stops at a row with too many fields but fills a short one with missing values.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -12,12 +13,20 @@ import pandas as pd
 from keel.config import PreprocessingConfig
 from keel.data.parallel import map_columns, workers_for
 from keel.data.schema import Schema
-from keel.data.transforms import TRANSFORMS, BinaryTransform, CategoryTransform, NumberTransform
-from keel.data.values import category_strings, is_numeric, to_numeric
+from keel.data.transforms import TRANSFORMS, BinaryTransform, CategoryTransform, NumberTransform, mean_and_std
+from keel.data.values import (
+    category_strings,
+    is_numeric,
+    map_gathering,
+    missing_values,
+    to_numeric,
+    to_numeric_range,
+)
 from keel.errors import DataError, KeelWarning
 
 FeatureTransform = NumberTransform | BinaryTransform | CategoryTransform
 
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
 # Rows per chunk when writing the numeric array: 16,384 rows x 50 columns is a 3 MB buffer.
 _CHUNK_ROWS = 16_384
 
@@ -120,8 +129,8 @@ class Preprocessor:
         source = frame.attrs.get("source")
         subset = rows is not None and len(rows) != len(frame)
         columns = [(transform, frame[transform.name]) for transform in self.transforms]
-        map_columns(lambda item: item[0].fit(item[1].iloc[rows] if subset else item[1], source), columns,
-                    (len(frame) if rows is None else len(rows)) * len(columns))
+        map_gathering(lambda item: item[0].fit(item[1].iloc[rows] if subset else item[1], source), columns,
+                      (len(frame) if rows is None else len(rows)) * len(columns))
         return self
 
     def transform(self, frame: pd.DataFrame, order: np.ndarray | None = None) -> Features:
@@ -145,17 +154,20 @@ class Preprocessor:
         n_rows = len(frame)
         cells = n_rows * len(self.transforms)
 
-        def convert(item: tuple[FeatureTransform, pd.Series]) -> tuple[np.ndarray, int]:
-            """Numbers as raw floats (scaled chunk by chunk below); the others transformed whole."""
+        def convert(item: tuple[FeatureTransform, pd.Series]) -> tuple[np.ndarray, int, float]:
+            """Numbers as raw floats (scaled chunk by chunk below) and their extent; the others
+            transformed whole."""
             transform, series = item
             if isinstance(transform, NumberTransform):
-                return to_numeric(series, column=transform.name, source=source), 0
-            return transform.transform(series, source)
+                values, low, high = to_numeric_range(series, column=transform.name, source=source)
+                return values, 0, transform.extent(low, high)
+            return *transform.transform(series, source), math.inf
 
-        converted = map_columns(convert, [(t, frame[t.name]) for t in self.transforms], cells)
-        unseen = {t.name: count for t, (_, count) in zip(self.transforms, converted) if count}
+        # Every column is converted before any error is raised: one DataError then lists each bad column.
+        converted = map_gathering(convert, [(t, frame[t.name]) for t in self.transforms], cells)
+        unseen = {t.name: count for t, (_, count, _) in zip(self.transforms, converted) if count}
         unseen_kinds = {t.name: t.kind for t in self.transforms if t.name in unseen}
-        by_name = {t.name: values for t, (values, _) in zip(self.transforms, converted)}
+        by_name = {t.name: (values, extent) for t, (values, _, extent) in zip(self.transforms, converted)}
         columns = [by_name[transform.name] for transform in self.numeric]
         # Rows are written a chunk at a time into a small column-major buffer (each column write
         # contiguous) and transposed into the row-major array that batches are sliced from. A
@@ -167,22 +179,23 @@ class Preprocessor:
 
         def write(share: range) -> None:  # each worker writes its own rows through its own buffer
             buffer = np.empty((self.numeric_width, min(n_rows, _CHUNK_ROWS)), dtype=np.float32)
-            for start in share:
-                stop = min(start + _CHUNK_ROWS, n_rows)
-                block = buffer[:, :stop - start]
-                offset = 0
-                take = slice(start, stop) if order is None else order[start:stop]
-                for transform, values in zip(self.numeric, columns):
-                    target = block[offset:offset + transform.width]
-                    if isinstance(transform, NumberTransform):
-                        transform.apply(values[take], target)
-                    else:
-                        target[:] = values[take].T
-                    offset += transform.width
-                numeric[start:stop] = block.T
+            with np.errstate(over="ignore", invalid="ignore"):  # NumberTransform.apply clips what overflows
+                for start in share:
+                    stop = min(start + _CHUNK_ROWS, n_rows)
+                    block = buffer[:, :stop - start]
+                    offset = 0
+                    take = slice(start, stop) if order is None else order[start:stop]
+                    for transform, (values, extent) in zip(self.numeric, columns):
+                        target = block[offset:offset + transform.width]
+                        if isinstance(transform, NumberTransform):
+                            transform.apply(values[take], target, extent)
+                        else:
+                            target[:] = values[take].T
+                        offset += transform.width
+                    numeric[start:stop] = block.T
 
         map_columns(write, [starts[i::workers] for i in range(workers)], cells)
-        codes = [by_name[category.name] for category in self.categorical]
+        codes = [by_name[category.name][0] for category in self.categorical]
         categorical = np.empty((n_rows, len(codes)), dtype=np.int64)
         for index, values in enumerate(codes):
             categorical[:, index] = values if order is None else values[order]
@@ -224,10 +237,10 @@ class TargetEncoder:
         return len(self.labels)
 
     def fit(self, target: pd.Series) -> "TargetEncoder":
-        present = target.dropna()
+        present = target[~missing_values(target)]  # a blank label is missing, as in any category column
         if self.task == "regression":
             values = to_numeric(present, column=self.name, source=target.attrs.get("source"))
-            self.mean, self.std = float(values.mean()), float(values.std())
+            self.mean, self.std = mean_and_std(values)  # finite even for targets near 1e308
             if not np.isfinite(self.std) or self.std == 0.0:
                 self.std = 1.0
             return self
@@ -248,6 +261,11 @@ class TargetEncoder:
         unknown = np.flatnonzero(codes < 0)
         if len(unknown):
             position = int(unknown[0])
+            if missing_values(target.iloc[[position]])[0]:
+                raise DataError(
+                    f"target column {self.name!r} row {target.index[position] + 1} has no class (it is blank); "
+                    "give it one of the classes, or drop the row.",
+                    file=source, column=self.name, row=int(target.index[position]) + 1)
             raise DataError(
                 f"target column {self.name!r} row {target.index[position] + 1} has the class "
                 f"{target.iloc[position]!r}, which the model never saw; it knows {self.labels}. "
@@ -276,7 +294,11 @@ class TargetEncoder:
         ``np.asarray`` would turn them all into strings (``"1"``).
         """
         if self.task == "regression":
-            return codes.astype(np.float64) * self.std + self.mean
+            with np.errstate(over="ignore"):
+                values = codes.astype(np.float64) * self.std + self.mean
+            # A target whose scale nears 1e300 times an output far outside the training range
+            # overflows float64: such a prediction is the largest float of its sign, not infinity.
+            return np.clip(values, -_FLOAT64_MAX, _FLOAT64_MAX, out=values)
         if len({type(label) for label in self.labels}) <= 1:
             return np.asarray(self.labels)[codes]
         labels = np.empty(len(self.labels), dtype=object)

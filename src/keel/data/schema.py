@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 
 from keel.config import Config
-from keel.data.parallel import map_columns
-from keel.data.values import category_strings, is_numeric, numeric_share, to_numeric
+from keel.data.values import category_strings, is_numeric, map_gathering, missing_values, numeric_share, to_numeric
 from keel.errors import ConfigError, DataError
 
 ColumnType = Literal["number", "category", "binary"]
@@ -71,7 +70,7 @@ def labelled_rows(frame: pd.DataFrame, target: str, purpose: str) -> pd.DataFram
     if target not in frame.columns:
         raise DataError(f"the data lacks the target column {target!r}; pass labelled rows {purpose}.",
                         file=source, column=target)
-    labelled = frame[frame[target].notna()]
+    labelled = frame[~missing_values(frame[target])]
     if not len(labelled):
         raise DataError(f"the data has no row with a {target!r} value; pass labelled rows {purpose}.",
                         file=source, column=target)
@@ -142,7 +141,8 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
     columns = [(name, frame[name].iloc[rows] if subset else frame[name]) for name in names]
     n_rows = len(frame) if rows is None else len(rows)
     notes: list[str] = []
-    for (name, series), (kind, reason) in zip(columns, map_columns(decide, columns, n_rows * len(names))):
+    # Every column is decided before any error is raised: one DataError then lists each bad column.
+    for (name, series), (kind, reason) in zip(columns, map_gathering(decide, columns, n_rows * len(names))):
         if kind is None:
             dropped[name] = reason
         else:
@@ -248,7 +248,7 @@ def infer_task(target: pd.Series, name: str, declared: str, source: str | None) 
     Raises:
         DataError: The target is all missing, has a single class, or does not fit the declared task.
     """
-    present = target.dropna()
+    present = target[~missing_values(target)]  # a blank label is missing, as in any category column
     if len(present) == 0:
         raise DataError(
             f"target column {name!r} has no values (all {len(target)} are missing); choose another target.",

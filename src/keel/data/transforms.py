@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from keel.config import PreprocessingConfig
-from keel.data.values import category_strings, to_numeric
+from keel.data.values import category_strings, to_numeric, to_numeric_range
 from keel.errors import DataError
 
 UNKNOWN_INDEX = 0
@@ -43,6 +43,13 @@ def _sample(values: np.ndarray) -> np.ndarray:
 _QUANTILE_KNOTS = 128
 # RealMLP's smooth clipping: identity near 0, saturating at +-3.
 _CLIP = 3.0
+# Scaled numbers are clipped to +-1e12: training rows never come near it (z-scores reach
+# sqrt(n_rows), min-max values stay in [0, 1]), and it keeps a value far outside the training range
+# (1e300 at prediction) from overflowing the network's float32 arithmetic into NaN. An export that
+# scales numbers itself should clip at the same bound.
+SCALED_LIMIT = 1e12
+# Centers and scales below this are safe to apply in float32 after a float64 subtraction.
+_FLOAT32_SAFE = 1e30
 
 
 def smooth_clip(values: np.ndarray) -> np.ndarray:
@@ -80,11 +87,35 @@ Knots = tuple[list[float], list[float]]
 Scaler = Callable[[np.ndarray, int, float], tuple[float, float, Knots]]
 
 
-def _zscore(present: np.ndarray, n_missing: int, fill: float) -> tuple[float, float, Knots]:
+def mean_and_std(present: np.ndarray, n_missing: int = 0, fill: float = 0.0) -> tuple[float, float]:
+    """The mean and (population) standard deviation of ``present`` and ``n_missing`` copies of ``fill``,
+    in float64, finite for any finite values.
+
+    Sums of squares overflow float64 beyond about 1e154 (and sums beyond 1e308): a column that
+    overflows is divided by its largest magnitude first, which scales both statistics back exactly.
+    Ordinary columns pay nothing for it.
+    """
+    if not len(present) and not n_missing:
+        return 0.0, 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        center, std = _moments(present, n_missing, fill)
+    if math.isfinite(center) and math.isfinite(std):
+        return center, std
+    unit = max(float(np.max(np.abs(present))) if len(present) else 0.0, abs(fill))
+    center, std = _moments(present / unit, n_missing, fill / unit)
+    return center * unit, std * unit
+
+
+def _moments(present: np.ndarray, n_missing: int, fill: float) -> tuple[float, float]:
     n_values = len(present) + n_missing
     center = (present.sum(dtype=np.float64) + n_missing * fill) / n_values
     squares = np.square(present - center, dtype=np.float64).sum() + n_missing * (fill - center) ** 2
-    return float(center), float(np.sqrt(squares / n_values)), ([], [])
+    return float(center), float(np.sqrt(squares / n_values))
+
+
+def _zscore(present: np.ndarray, n_missing: int, fill: float) -> tuple[float, float, Knots]:
+    center, std = mean_and_std(present, n_missing, fill)
+    return center, std, ([], [])
 
 
 def _minmax(present: np.ndarray, n_missing: int, fill: float) -> tuple[float, float, Knots]:
@@ -119,7 +150,7 @@ SCALERS: dict[str, Scaler] = {
 # preprocessing.missing: the fill value of a number column from its present values (and the constant).
 FILLS: dict[str, Callable[[np.ndarray, float], float]] = {
     "median": lambda present, constant: float(np.median(_sample(present))),
-    "mean": lambda present, constant: float(present.mean(dtype=np.float64)),
+    "mean": lambda present, constant: mean_and_std(present)[0],
     "constant": lambda present, constant: float(constant),
 }
 
@@ -159,21 +190,45 @@ class NumberTransform:
 
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
         """Returns ``(values (n, width) float32, 0)``; numbers have no unseen values to count."""
-        values = to_numeric(series, column=self.name, source=source)
+        values, low, high = to_numeric_range(series, column=self.name, source=source)
         out = np.empty((self.width, len(values)), dtype=np.float32)
-        self.apply(values, out)
+        with np.errstate(over="ignore", invalid="ignore"):  # see apply
+            self.apply(values, out, self.extent(low, high))
         return out.T, 0
 
-    def apply(self, values: np.ndarray, out: np.ndarray) -> None:
+    def extent(self, low: float, high: float) -> float:
+        """The largest distance from the center of values in [low, high] and of the fill (for
+        :meth:`apply`); NaN bounds (a column of missing values) count for nothing."""
+        spans = [abs(bound - self.center) for bound in (low, high, self.fill) if not math.isnan(bound)]
+        return max(spans)
+
+    def apply(self, values: np.ndarray, out: np.ndarray, extent: float = math.inf) -> None:
         """Write the transformed ``values`` (from ``to_numeric``) into ``out``, a (width, n) float32
-        array: column-major, so each write is contiguous."""
+        array: column-major, so each write is contiguous. Results are clipped to +-``SCALED_LIMIT``.
+
+        Args:
+            values: The raw numbers, NaN where missing.
+            out: Where to write.
+            extent: The largest ``|value - center|`` among ``values`` and the fill (:meth:`extent`),
+                when known: ordinary columns then take the float32 path and skip the clip (which
+                cost ~18% of transforming a 1M x 50 table). Unknown (inf): the safe path.
+
+        Values beyond float32's range may overflow to infinity on the way, which the clip bounds:
+        callers wrap their loops in ``np.errstate(over="ignore", invalid="ignore")`` once.
+        """
         missing = np.isnan(values)
         if self.knots[0]:
             out[0] = np.interp(np.where(missing, self.fill, values), *self.knots)
         else:
-            np.subtract(values, self.center, out=out[0], casting="unsafe")
-            out[0] /= np.float32(self.scale)
+            if extent < _FLOAT32_SAFE and self.scale < _FLOAT32_SAFE:
+                # (x - center) in float64, cast as it is written; the division in float32.
+                np.subtract(values, self.center, out=out[0], casting="unsafe")
+                out[0] /= np.float32(self.scale)
+            else:  # a column beyond float32's range scales in float64 before the cast
+                np.divide(values - self.center, self.scale, out=out[0], casting="unsafe")
             out[0][missing] = (self.fill - self.center) / self.scale
+            if not extent / self.scale <= SCALED_LIMIT:
+                np.clip(out[0], -SCALED_LIMIT, SCALED_LIMIT, out=out[0])
             if self.normalize == "robust":
                 smooth_clip(out[0])
         if self.indicator:

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from keel.data.transforms import MISSING_INDEX, UNKNOWN_INDEX, BinaryTransform, CategoryTransform, NumberTransform
+from keel.data.transforms import (
+    MISSING_INDEX,
+    SCALED_LIMIT,
+    UNKNOWN_INDEX,
+    BinaryTransform,
+    CategoryTransform,
+    NumberTransform,
+)
 from keel.nn.network import NetworkBag, TabularNetwork
 
 if TYPE_CHECKING:
@@ -128,7 +135,9 @@ class InferenceModule(nn.Module):
     def _numbers(self, numbers: torch.Tensor) -> list[torch.Tensor]:
         missing = torch.isnan(numbers)
         filled = torch.where(missing, self.fill, numbers)
-        scaled = (filled - self.center) / self.scale
+        # Clipped as keel's own transform clips (SCALED_LIMIT): a value far outside the training range
+        # (1e300) gives the prediction keel gives, not an overflow to NaN in the network.
+        scaled = ((filled - self.center) / self.scale).clamp(-SCALED_LIMIT, SCALED_LIMIT)
         if self.any_robust:
             clipped = scaled / torch.sqrt(1 + (scaled / _CLIP) ** 2)
             scaled = torch.where(self.robust, clipped, scaled)

@@ -6,7 +6,6 @@ The one place that turns a :class:`~keel.model.Model` into :class:`ReportInputs`
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -125,14 +124,23 @@ def _exports(model: "Model") -> list[dict[str, Any]]:
     """The export reports attached to the model directory (``reports/*.json``), oldest name first."""
     if model.path is None:
         return []
+    from keel.artifact import parse_json, read_model_file
+    from keel.errors import ArtifactError
+
     found = []
     for name in sorted(model.summary()["files"]):
         if name.startswith("reports/") and name.endswith(".json"):
             try:
-                found.append(json.loads((Path(str(model.path)) / name).read_text(encoding="utf-8")))
-            except (OSError, ValueError):
-                continue  # a damaged export report leaves its section out; loading checked the checksums
+                document = parse_json(read_model_file(model.path, name, limit=MAX_EXPORT_REPORT), name)
+            except ArtifactError:
+                continue  # a damaged or hostile export report leaves its section out, and only it
+            if isinstance(document, dict):
+                found.append(document)
     return found
+
+
+# An export report is a few kilobytes; a larger one is not keel's and is left out.
+MAX_EXPORT_REPORT = 4 << 20
 
 
 def _require_directory(model: "Model") -> None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -107,6 +108,7 @@ class Predictor:
         else:
             raise ArtifactError(f"no model at {location}; pass a model directory or an .onnx file "
                                 f"(working directory: {Path.cwd()}).")
+        _refuse_external_data(content, location / file if location.is_dir() else location)
         session = _session(content, threads, location)
         return cls(session, _metadata(session, location), location, known)
 
@@ -221,7 +223,11 @@ def _threshold(metadata: dict[str, str], path: Path) -> float | None:
 
 def _read_directory(directory: Path, name: str) -> tuple[bytes, set[str]]:
     """The verified ONNX bytes of a model directory, and its config's special column names."""
-    from keel.artifact import WEIGHTS_FILE, read_manifest  # pydantic, no torch: only directories need it
+    from keel.artifact import (  # pydantic, no torch: only directories need it
+        WEIGHTS_FILE,
+        read_manifest,
+        read_model_file,
+    )
 
     # Only the ONNX file is read, so only its checksum is checked: a serving copy may leave the
     # weights out.
@@ -234,7 +240,9 @@ def _read_directory(directory: Path, name: str) -> tuple[bytes, set[str]]:
     if record.made_from is not None and record.made_from != manifest.files[WEIGHTS_FILE].sha256:
         raise ArtifactError(f"{directory / name} was exported from other weights than the model's; export it "
                             f"again with `keel export {directory}`.")
-    content = _read_file(directory / name)
+    if not os.path.lexists(directory / name):
+        _read_file(directory / name)  # says the export is missing and how to make it
+    content = read_model_file(directory, name)  # no link, nothing outside the directory
     if hashlib.sha256(content).hexdigest() != record.sha256:
         raise ArtifactError(f"{directory / name} fails its checksum: it changed or is corrupt since it was "
                             f"exported. Export it again with `keel export {directory}`.")
@@ -273,7 +281,14 @@ def _session(content: bytes, threads: int, path: Path) -> Any:
 
 
 def _metadata(session: Any, path: Path) -> dict[str, str]:
-    """The keel metadata of the loaded file, checked for what a predictor needs."""
+    """The keel metadata of the loaded file, checked for what a predictor and the server read.
+
+    The file may come from anyone: every JSON value is parsed with a depth limit and checked for
+    the type its readers expect, so that a hostile one is a clear ArtifactError here rather than a
+    RecursionError or TypeError later.
+    """
+    from keel.artifact import parse_json
+
     metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
     if "keel.task" not in metadata or "keel.outputs" not in metadata:
         raise ArtifactError(f"{path} is an ONNX file without keel's metadata (keel.task, keel.outputs); load a file "
@@ -283,4 +298,131 @@ def _metadata(session: Any, path: Path) -> dict[str, str]:
         writer = metadata.get("keel.version", "?")
         raise ArtifactError(f"{path} has export format {version} (written by keel {writer}); "
                             f"this keel reads formats up to {EXPORT_FORMAT}. Upgrade keel (pip install -U keel).")
+    values = {key: parse_json(metadata[key].encode("utf-8", "surrogatepass"), f"{path} (metadata {key})")
+              for key in _JSON_METADATA if key in metadata}
+    problems = _metadata_problems(metadata, values, [item.name for item in session.get_outputs()])
+    if problems:
+        raise ArtifactError(f"{path} has metadata no keel export writes ({'; '.join(problems)[:300]}); the file was "
+                            "changed after export. Export the model again with `keel export MODEL`.")
     return metadata
+
+
+def _metadata_problems(metadata: dict[str, str], values: dict[str, Any], outputs: list[str]) -> list[str]:
+    """What keeps the metadata (``values``: its JSON parsed) from being a keel export's."""
+    problems = [f"{key} is not {what}" for key, (fits, what) in _METADATA_SHAPES.items()
+                if key in values and not fits(values[key])]
+    task = metadata["keel.task"]
+    if task not in ("binary", "multiclass", "regression"):
+        problems.append(f"keel.task is {task!r}, not binary, multiclass or regression")
+    elif not problems and len(values["keel.outputs"]) < (1 if task == "regression" else 2):
+        problems.append(f"keel.outputs lists {values['keel.outputs']} for a {task} model")
+    elif not problems and not set(values["keel.outputs"]) <= set(outputs):
+        problems.append(f"keel.outputs lists {values['keel.outputs']}, but the graph's outputs are {outputs}")
+    return problems
+
+
+# The metadata keys that hold JSON, what the predictor and the server need each to be, and how to
+# tell; keel.metrics and keel.parity are only shown, so any JSON does.
+_METADATA_SHAPES: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "keel.outputs": (lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value),
+                     "a list of output names"),
+    "keel.classes": (lambda value: isinstance(value, list), "a list of labels"),
+    "keel.features": (lambda value: isinstance(value, list) and all(
+        isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("type"), str)
+        for item in value), "a list of {name, type} objects"),
+    "keel.vocabularies": (lambda value: isinstance(value, dict) and all(isinstance(item, list)
+                                                                        for item in value.values()),
+                          "an object of lists"),
+    "keel.schema": (lambda value: isinstance(value, dict) and isinstance(value.get("dropped", {}), dict),
+                    "an object with a 'dropped' object"),
+}
+_JSON_METADATA: Final = (*_METADATA_SHAPES, "keel.metrics", "keel.parity")
+
+
+# ---- external data ---------------------------------------------------------------------------
+# Where an ONNX file can hold a tensor (onnx.proto's field numbers): message kind -> field -> the
+# kind of the message in it. A tensor whose data lives in another file (external data) is found
+# wherever it hides, in a subgraph's constant or a function's attribute too.
+_CHILDREN: Final[dict[str, dict[int, str]]] = {
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "function": {7: "node", 11: "attribute"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+    "tensor": {},
+}
+_EXTERNAL_DATA: Final = 13  # TensorProto.external_data: where the bytes are
+_DATA_LOCATION: Final = 14  # TensorProto.data_location: 1 is EXTERNAL
+_MAX_NESTING: Final = 64
+
+
+def _refuse_external_data(content: bytes, path: Path) -> None:
+    """Refuse an ONNX file with tensors stored in other files, before ONNX Runtime sees it.
+
+    ONNX Runtime would open such a file by the name the model gives (``../secret.bin``, an
+    absolute path); recent versions refuse names outside the model's folder, older ones do not,
+    and none knows which files of a keel model directory are the model's. keel's exports hold all
+    their data inline, so any external reference is refused; a file that is not well-formed
+    protobuf is refused too. Reads the protobuf wire format directly: the serving install has no
+    ``onnx`` package.
+
+    Raises:
+        ArtifactError: A tensor keeps its data outside the file, or the file is no protobuf.
+    """
+    try:
+        external = _external_tensors(memoryview(content))
+    except ValueError as error:
+        raise ArtifactError(f"{path} cannot be loaded: it is not an ONNX file ({error}); export the model again "
+                            "with `keel export MODEL`.") from None
+    if external:
+        raise ArtifactError(f"{path} keeps the data of {external} tensor(s) in other files (ONNX external data), "
+                            "which keel never writes and does not read: they could name any file on this machine. "
+                            "Export the model again with `keel export MODEL`.")
+
+
+def _external_tensors(view: memoryview) -> int:
+    """How many tensors of the ONNX protobuf ``view`` hold external data; ValueError if malformed."""
+    external = 0
+    pending = [("model", 0, len(view), 0)]
+    while pending:
+        kind, position, end, depth = pending.pop()
+        if depth > _MAX_NESTING:
+            raise ValueError(f"its messages nest deeper than {_MAX_NESTING} levels")
+        outside = False
+        while position < end:
+            key, position = _varint(view, position, end)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                value, position = _varint(view, position, end)
+                outside |= kind == "tensor" and number == _DATA_LOCATION and value == 1
+            elif wire == 2:
+                length, position = _varint(view, position, end)
+                if length > end - position:
+                    raise ValueError("a field runs past the end of its message")
+                outside |= kind == "tensor" and number == _EXTERNAL_DATA
+                if number in _CHILDREN[kind]:
+                    pending.append((_CHILDREN[kind][number], position, position + length, depth + 1))
+                position += length
+            elif wire in (1, 5):
+                position += 8 if wire == 1 else 4
+            else:
+                raise ValueError(f"its protobuf has the field type {wire}, which ONNX does not use")
+            if position > end:
+                raise ValueError("a field runs past the end of its message")
+        external += outside
+    return external
+
+
+def _varint(view: memoryview, position: int, end: int) -> tuple[int, int]:
+    """The protobuf varint at ``position`` and the position after it."""
+    value = shift = 0
+    while position < end and shift < 70:
+        byte = view[position]
+        value |= (byte & 0x7F) << shift
+        position += 1
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+    raise ValueError("a number runs past the end of its message")

@@ -367,7 +367,9 @@ def _log_loss_of(outputs: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         def binary(temperature: float) -> float:
             logits = combine_members(outputs / temperature, task)[:, 0]
             # -log sigmoid(z) for a positive, -log sigmoid(-z) for a negative: softplus of the other sign.
-            return float((nn.functional.softplus(torch.where(target == 1, -logits, logits)) * weight).sum())
+            # Summed in NumPy: torch splits sums over 32,768+ values across threads, and the figure
+            # would differ in its last bits between thread counts.
+            return float(np.sum((nn.functional.softplus(torch.where(target == 1, -logits, logits)) * weight).numpy()))
         return binary
     # Only the true class's probability enters the loss: per member, its log-softmax, then the log
     # of the members' mean (combine_members' rule). Logits less each member's largest are <= 0, so
@@ -379,7 +381,7 @@ def _log_loss_of(outputs: torch.Tensor, target: torch.Tensor, weight: torch.Tens
 
     def multiclass(temperature: float) -> float:
         log_p = true_shifted / temperature - (shifted / temperature).exp().sum(dim=2).log()  # (n, k)
-        return float(-((torch.logsumexp(log_p, dim=1) - math.log(k)) * weight).sum())
+        return float(-np.sum(((torch.logsumexp(log_p, dim=1) - math.log(k)) * weight).numpy()))
     return multiclass
 
 

@@ -12,7 +12,8 @@ which train on the autograd path.
 
 from __future__ import annotations
 
-from typing import Callable, cast
+import math
+from typing import Callable, Literal, cast
 
 import torch
 from torch import nn
@@ -21,6 +22,9 @@ from keel.config import TrainingConfig
 from keel.nn.network import TabularNetwork
 
 _aten = torch.ops.aten
+
+# What a step checks before it updates the weights (see FusedStep.step).
+StepCheck = Literal["all", "loss", "none"]
 
 # Activation forward, and its backward from (grad, pre-activation z, activation output a).
 _ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
@@ -108,7 +112,11 @@ class FusedStep:
         self.settings = settings
         self.dtype = torch.bfloat16 if settings.precision == "bfloat16" else torch.float32
         self.parameters = [p for pair in zip(self.weights, self.biases) for p in pair] + self.tables
-        self.grads = [torch.zeros_like(p) for p in self.parameters]
+        # Every gradient is a view of one flat buffer, so that one sum over it tells whether any is
+        # NaN or infinite (see gradients_finite): one reduction a step, not one per tensor.
+        sizes = [p.numel() for p in self.parameters]
+        self.flat_grad = torch.zeros(sum(sizes), dtype=torch.float32)
+        self.grads = [chunk.view_as(p) for chunk, p in zip(self.flat_grad.split(sizes), self.parameters)]
         self.weight_grads = self.grads[0:2 * len(linears):2]
         self.bias_grads = self.grads[1:2 * len(linears):2]
         self.table_grads = self.grads[2 * len(linears):]
@@ -126,15 +134,47 @@ class FusedStep:
         self.first = True
 
     def __call__(self, numeric: torch.Tensor, categorical: torch.Tensor, target: torch.Tensor, lr: float) -> torch.Tensor:
-        """One step on a batch; returns the batch's mean loss (a 0-d tensor, no host sync)."""
-        loss = self.gradients(numeric, categorical, target)
-        with torch.no_grad():
-            self._optimize(lr)
-        return loss
+        """One step on a batch, unchecked; returns the batch's mean loss (a 0-d tensor, no host sync)."""
+        return self.step(numeric, categorical, target, lr, check="none")[0]
+
+    @torch.no_grad()
+    def step(self, numeric: torch.Tensor, categorical: torch.Tensor, target: torch.Tensor, lr: float,
+             check: StepCheck = "all") -> tuple[torch.Tensor, bool]:
+        """One step on a batch: gradients, then the optimizer at rate ``lr``.
+
+        Args:
+            numeric: (batch, numeric_width) float32 inputs.
+            categorical: (batch, n_categorical) int64 codes.
+            target: (batch,) class indices or standardized values.
+            lr: The learning rate of this step.
+            check: What must be finite for the weights to be updated: ``all`` (the loss and every
+                gradient: ~2.5 µs), ``loss`` (one host read, ~0.6 µs; a finite loss whose gradient
+                is not shows in the next step's loss) or ``none``.
+
+        Returns:
+            The batch's mean loss (0-d), and whether the weights were updated.
+        """
+        # One no_grad entry a step, not one for the gradients and one for the update: each costs ~2.4 µs.
+        loss = self._gradients(numeric, categorical, target)
+        if check != "none" and not (math.isfinite(loss.item()) and (check == "loss" or self.gradients_finite())):
+            return loss, False
+        self._optimize(lr)
+        return loss, True
+
+    def gradients_finite(self) -> bool:
+        """True when every gradient of the last step is finite.
+
+        The sum of the flat buffer is NaN or infinite when any element is (IEEE arithmetic keeps
+        both; it overflows from finite gradients only past ~1e34, which is overflow all the same).
+        """
+        return math.isfinite(self.flat_grad.sum().item())
 
     @torch.no_grad()
     def gradients(self, numeric: torch.Tensor, categorical: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Fill ``self.grads`` (in ``self.parameters`` order) for a batch; returns its mean loss."""
+        return self._gradients(numeric, categorical, target)
+
+    def _gradients(self, numeric: torch.Tensor, categorical: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         low = self.dtype != torch.float32
         # bfloat16: matmuls and activations in bf16 (AMX units), master weights, gradients and
         # optimizer state in float32.

@@ -10,6 +10,8 @@ touched once, to score the finished model.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from keel.artifact import check_destination
 from keel.config import Config, ConfigSource, TrainingConfig, load_config
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
@@ -33,14 +36,16 @@ from keel.nn.numeric import PiecewiseLinearEmbedding
 from keel.registry import lookup
 from keel.train.calibration import calibrate, calibration_notes
 from keel.train.callbacks import Notes, Reporter, TextReporter
+from keel.train.checkpoint import RunCheckpoints, TrainerState, kill_point, output_lock
 from keel.train.device import resolve_device, resolve_precision
+from keel.train.guards import numeric_input_names
 from keel.train.record import run_record
-from keel.train.trainer import Batch, History, Trainer
+from keel.train.trainer import Batch, History, Trainer, numeric_guard
 
 
 def fit(data: TableSource, target: str | None = None, config: ConfigSource = None, *,
         test: TableSource | None = None, quiet: bool = False, reporter: Reporter | None = None,
-        importance: bool = True) -> Model:
+        importance: bool = True, output: str | os.PathLike[str] | None = None, resume: bool = False) -> Model:
     """Train a model on a table: split, infer the schema, preprocess, train, evaluate on held-out rows.
 
     Args:
@@ -52,15 +57,24 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         reporter: Where notes, messages and progress go; by default plain lines on stderr.
         importance: Measure permutation feature importance on (up to 2,000) validation rows for
             the report (``model.importance``); about a second on 50 features.
+        output: Save the model to this directory (atomically, when training ends). While the run
+            trains, a lock keeps other runs out of it and checkpoints go beside it, in
+            ``<output>.checkpoint/`` (``training.checkpoint``); they are removed once the model is saved.
+        resume: Continue the unfinished run that writes ``output`` from its last checkpoint; the data
+            and config must be the same, and the model ends as the run would have without the
+            interruption, bit for bit. Without a checkpoint there, training starts from the beginning.
 
     Returns:
         The trained model; ``model.metrics`` holds the test metrics and ``model.notes`` what keel
         decided (the first note says how many rows went to training, validation and test).
 
     Raises:
-        ConfigError: A setting is invalid.
+        ConfigError: A setting is invalid; ``output`` has an unfinished run's checkpoint and
+            ``resume`` is False; or ``resume`` meets a checkpoint of another config or data (every
+            difference is listed).
         DataError: The data cannot be read or learned from. Any KeelError carries the notes made
             before it in ``error.notes``.
+        ArtifactError: ``output`` cannot hold a model, or another run is writing it.
 
     Example:
         >>> model = keel.fit("examples/penguins.csv", target="species", quiet=True)
@@ -73,22 +87,34 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         settings = settings.model_copy(update={"target": target})
     if not settings.target:
         raise ConfigError("no target column; pass --target COLUMN (or target=... in Python, target: in YAML).")
+    if resume and output is None:
+        raise ConfigError("resume=True continues the run that writes an output directory, and none was given; pass "
+                          "output=DIR too (keel train: --resume RUN_DIR).")
     device = resolve_device(settings.training.device)  # before the read: a missing GPU fails fast
     if reporter is None:
         reporter = Reporter() if quiet else TextReporter()
     notes = Notes(reporter)
     started = time.perf_counter()
-    try:
-        frame = _read(data, reporter)
-        test_frame = _read(test, reporter) if test is not None else None
-        with torch.random.fork_rng():  # the caller's global random state is left as it was
-            torch.manual_seed(settings.training.seed)
-            model = _train(frame, test_frame, settings, notes, reporter, device, importance)
-    except KeelError as error:
-        error.notes = list(notes)
-        raise
-    if model.run is not None:
-        model.run["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    if output is not None:
+        check_destination(output)  # before the data is read: an unusable output must not cost a training
+    with output_lock(output) if output is not None else contextlib.nullcontext():
+        try:
+            frame = _read(data, reporter)
+            test_frame = _read(test, reporter) if test is not None else None
+            checkpoints = (RunCheckpoints.start(output, settings, frame, test_frame, resume)
+                           if output is not None else None)
+            with torch.random.fork_rng():  # the caller's global random state is left as it was
+                torch.manual_seed(settings.training.seed)
+                model = _train(frame, test_frame, settings, notes, reporter, device, importance, checkpoints)
+        except KeelError as error:
+            error.notes = list(notes)
+            raise
+        if model.run is not None:
+            model.run["seconds"]["total"] = round(time.perf_counter() - started, 3)
+        if output is not None and checkpoints is not None:
+            model.save(output)
+            kill_point("model-saved")
+            checkpoints.remove()
     return model
 
 
@@ -112,7 +138,8 @@ class _Rows:
 
 
 def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, notes: Notes,
-           reporter: Reporter, device: torch.device, importance: bool) -> Model:
+           reporter: Reporter, device: torch.device, importance: bool,
+           checkpoints: RunCheckpoints | None = None) -> Model:
     training = settings.training.model_copy(
         update={"precision": resolve_precision(settings.training.precision, device)})
     special = _special_columns(frame, test_frame, training)
@@ -143,6 +170,14 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
         # view (on 1M x 50 rows a copy of the training part alone was a 180 MB first touch).
         layout = np.concatenate([split.train, split.validation, split.test])
         batch = _batch(preprocessor, target, frame, rows.classes, rows.weights, layout).to(device)  # the one copy to a GPU
+    if checkpoints is not None:
+        checkpoints.check_preprocessing(schema, preprocessor, target)
+        checkpoints.begin(len(bags), device)
+        if checkpoints.resumed is not None:
+            notes.append(f"resumed from the checkpoint in {checkpoints.directory} ({checkpoints.resumed.describe()})")
+        elif checkpoints.resume:
+            notes.append(f"nothing to resume: no checkpoint in {checkpoints.directory} (a run stopped before its "
+                         "first checkpoint leaves none); training starts from the first epoch")
     spec = network_spec(settings, preprocessor, schema.task, target.n_classes)
     where = np.empty(len(layout), dtype=np.int64)
     where[layout] = np.arange(len(layout))
@@ -159,15 +194,31 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
         if not len(validation_part) and training.early_stopping and index == 0:
             notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
         network = TabularNetwork(spec).to(device)
+        restored = checkpoints.restore_network(index, network) if checkpoints is not None else None
+        if restored is not None:  # finished before the run was interrupted
+            networks.append(network)
+            histories.append(restored)
+            continue
         reporter.message(
             f"training a {schema.task} model{f' ({index + 1} of {len(bags)})' if len(bags) > 1 else ''} on "
             f"{len(train_part)} rows ({len(validation_part)} validation, {n_test} test): "
             f"{len(schema.features)} features, {sum(p.numel() for p in network.parameters())} parameters")
-        trainer = Trainer(network, training, schema.task, loss, class_weights, target_scale=target.std)
+        trainer = Trainer(network, training, schema.task, loss, class_weights, target_scale=target.std,
+                          checkpoint=checkpoints)
+        numeric_guard(trainer).input_names = numeric_input_names(preprocessor)  # messages name columns
+        resumed = checkpoints.trainer_state(index) if checkpoints is not None else None
+        if checkpoints is not None:
+            checkpoints.begin_network(index, trainer.network, resumed.epoch if resumed is not None else 0)
         history = _fit_network(trainer, part(train_part), part(validation_part) if len(validation_part) else None,
-                               reporter)
+                               reporter, resumed)
+        skipped = numeric_guard(trainer).total_skipped
+        if skipped:
+            notes.append(f"{skipped} batch(es) with a non-finite loss or gradient were skipped "
+                         "(training.nonfinite: skip_batch); the epochs' skipped_batches in the history say where")
         networks.append(trainer.network)
         histories.append(history.to_dict())
+        if checkpoints is not None:
+            checkpoints.network_done(trainer.network, histories[-1])
     combined: TabularNetwork | NetworkBag = networks[0] if len(networks) == 1 else NetworkBag(networks)
     history_record = histories[0] if len(histories) == 1 else {**histories[0], "bags": histories}
     calibration = _calibrate(combined, bags, part, schema.task, training, notes)
@@ -350,14 +401,16 @@ def _checked_test_frame(test_frame: pd.DataFrame, schema: Schema, target: Target
     return test_frame
 
 
-def _fit_network(trainer: Trainer, train_rows: Batch, validation_rows: Batch | None, reporter: Reporter) -> History:
-    """Train one network (bins, progress, prior correction) and leave it in eval mode on the CPU."""
+def _fit_network(trainer: Trainer, train_rows: Batch, validation_rows: Batch | None, reporter: Reporter,
+                 resume: TrainerState | None = None) -> History:
+    """Train one network (bins, progress, prior correction) and leave it in eval mode on the CPU;
+    ``resume`` continues it from a checkpoint's state."""
     network, settings = trainer.network, trainer.settings
     if isinstance(network.numbers, PiecewiseLinearEmbedding):
         network.numbers.fit_bins(train_rows.numeric)
     with reporter.progress(settings.epochs, trainer.monitor, rows=len(train_rows)) as callback:
         trainer.callback = callback
-        history = trainer.fit(train_rows, validation_rows)
+        history = trainer.fit(train_rows, validation_rows, resume)
     if trainer.class_weights is not None and settings.class_weights == "auto":
         # Weighted training shifts each logit by log(weight); undo it so the probabilities
         # (and accuracy) reflect the true class shares while the ranking keeps the benefit.

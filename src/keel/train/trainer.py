@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ from keel.nn.losses import build_loss
 from keel.nn.network import TabularNetwork, predict_outputs, to_probabilities
 from keel.registry import lookup
 from keel.train.callbacks import EpochCallback
-from keel.train.fused import FusedStep, fused_step_supported
+from keel.train.checkpoint import RandomState, TrainerState, kill_point
+from keel.train.fused import FusedStep, StepCheck, fused_step_supported
+from keel.train.guards import BatchView, NumericGuard, describe_problem, nonfinite_tensors
 
 # Below this many bytes of training data, each epoch shuffles the tensors once and batches are
 # views (fewer ops per step); above it, batches are gathered by index (no second copy in memory).
@@ -82,6 +84,22 @@ class History:
         return {"epochs": self.epochs, "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
                 "monitor": self.monitor, "seconds": self.seconds}
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "History":
+        """The history :meth:`to_dict` described (a checkpoint's)."""
+        return cls([dict(epoch) for epoch in record["epochs"]], record["best_epoch"], bool(record["stopped_early"]),
+                   str(record["monitor"]), float(record["seconds"]))
+
+
+class EpochCheckpoint(Protocol):
+    """Where the trainer hands its state at the end of an epoch (``keel.train.checkpoint.RunCheckpoints``)."""
+
+    def due(self, epoch: int) -> bool:
+        """Whether a checkpoint should be written after ``epoch``."""
+
+    def save(self, state: TrainerState) -> None:
+        """Write one."""
+
 
 def resolve_monitor(name: str, task: str) -> str:
     """The validation metric to watch; an error if it does not fit the task.
@@ -96,6 +114,21 @@ def resolve_monitor(name: str, task: str) -> str:
     return name
 
 
+@dataclass
+class _Progress:
+    """Trainer.fit's running state besides the network, the optimizer and the schedule."""
+
+    history: History
+    best_score: tuple[float, float] = (math.inf, math.inf)
+    best_state: dict[str, torch.Tensor] | None = None
+    waited: int = 0  # epochs since the best one
+    epoch: int = 0  # epochs finished
+
+
+# The fused step's optimizer moments, by attribute (those its optimizer does not keep are absent).
+_FUSED_MOMENTS = ("momentum", "exp_avg", "exp_avg_sq")
+
+
 class Trainer:
     """Trains a TabularNetwork in place.
 
@@ -108,11 +141,14 @@ class Trainer:
         target_scale: Standard deviation of a regression target, to report RMSE in its units.
         callback: Called after every epoch with the epoch's record.
         fused: Use the fused step (``keel.train.fused``); None picks it whenever the network allows.
+        checkpoint: Asked after every epoch but the last whether to checkpoint, and handed the
+            trainer's state when so; None writes none.
     """
 
     def __init__(self, network: TabularNetwork, settings: TrainingConfig, task: str, loss: str,
                  class_weights: torch.Tensor | None = None, target_scale: float = 1.0,
-                 callback: EpochCallback | None = None, fused: bool | None = None) -> None:
+                 callback: EpochCallback | None = None, fused: bool | None = None,
+                 checkpoint: EpochCheckpoint | None = None) -> None:
         self.network = network
         self.settings = settings
         self.task = task
@@ -125,6 +161,7 @@ class Trainer:
         self.loss_name = loss
         self.target_scale = target_scale
         self.callback = callback
+        self.checkpoint = checkpoint
         self.monitor = resolve_monitor(settings.monitor, task)
         self.batch_size = 0  # resolved in fit, from the number of training rows
         # The fused step has no per-row weights: a row-weighted run trains on the autograd path.
@@ -132,16 +169,20 @@ class Trainer:
                      if fused is None else fused)
         self.fused = FusedStep(network, settings, loss, class_weights) if use_fused else None
 
-    def fit(self, train: Batch, validation: Batch | None = None) -> History:
+    def fit(self, train: Batch, validation: Batch | None = None, resume: TrainerState | None = None) -> History:
         """Train for up to ``epochs`` epochs.
 
         With validation rows and early stopping on, training stops after ``early_stopping`` epochs
         without improvement and the best epoch's weights are restored (Keras' ``EarlyStopping`` with
         ``restore_best_weights``); with early stopping off, the last epoch's weights are kept.
+
+        Args:
+            train: The training rows.
+            validation: The rows early stopping watches, or None.
+            resume: A checkpoint's state: training continues after its epoch, exactly as it would
+                have gone on had it not been interrupted (the same weights, bit for bit).
         """
         settings = self.settings
-        history = History(monitor=self.monitor)
-        started = time.perf_counter()
         generator = torch.Generator().manual_seed(settings.seed)
         # The fused step has its own optimizer state; torch.optim is built only for the autograd
         # path (its first construction imports torch._dynamo, ~0.9 s of a small run).
@@ -150,39 +191,115 @@ class Trainer:
         rate = LearningRate(settings, settings.epochs * len(_batch_bounds(len(train), self.batch_size)),
                             self.monitor)
         patience = settings.early_stopping if validation is not None and len(validation) else 0
-        # Scores compare as (monitored metric, loss): a metric that saturates (ROC-AUC of 1.0 on a
-        # small validation set) still prefers the epoch with the lower loss among equals.
-        best_score: tuple[float, float] = (math.inf, math.inf)
-        best_state, waited = None, 0
+        progress = _Progress(History(monitor=self.monitor))
+        if resume is not None:
+            progress = self._restore(resume, optimizer, rate, generator)
+        history = progress.history
+        started = time.perf_counter() - history.seconds
         with thread_budget(self.network, self.batch_size * self.network.spec.ensemble):
-            for epoch in range(1, settings.epochs + 1):
+            for epoch in range(progress.epoch + 1, settings.epochs + 1):
                 record = {"epoch": epoch, "lr": rate.value}
                 record["loss"] = self._train_epoch(train, optimizer, rate, generator)
+                skipped = numeric_guard(self).skipped.get(epoch)
+                if skipped:
+                    record["skipped_batches"] = skipped
                 if validation is not None and len(validation):
                     record.update(self.validate(validation))
-                    metric = record["val_" + self.monitor]
-                    score = (-metric if MONITORS[self.monitor] else metric, record["val_loss"])
-                    if score < best_score:
-                        best_score, waited, history.best_epoch = score, 0, epoch
-                        if patience:  # with early stopping off, the last epoch's weights are kept
-                            best_state = {name: value.clone() for name, value in self.network.state_dict().items()}
-                    else:
-                        waited += 1
+                    self._track_best(progress, record, epoch, keep_weights=bool(patience))
                     rate.after_epoch(record["val_" + self.monitor])
                 else:
                     rate.after_epoch(record["loss"])
                 history.epochs.append(record)
-                stop = bool(patience) and waited >= patience
+                progress.epoch = epoch
+                stop = bool(patience) and progress.waited >= patience
                 record["stopped"] = stop
                 if self.callback:
                     self.callback(epoch, settings.epochs, record)
+                kill_point("epoch-ended")
                 if stop:
                     history.stopped_early = True
                     break
-        if best_state is not None:
-            self.network.load_state_dict(best_state)
+                if self.checkpoint is not None and epoch < settings.epochs and self.checkpoint.due(epoch):
+                    history.seconds = time.perf_counter() - started
+                    self.checkpoint.save(self._state(progress, optimizer, rate, generator))
+        if progress.best_state is not None:
+            self.network.load_state_dict(progress.best_state)
         history.seconds = time.perf_counter() - started
         return history
+
+    def _track_best(self, progress: "_Progress", record: dict[str, Any], epoch: int, keep_weights: bool) -> None:
+        """Early stopping's bookkeeping after a validated epoch: the best score, its weights, the wait."""
+        metric = record["val_" + self.monitor]
+        # Scores compare as (monitored metric, loss): a metric that saturates (ROC-AUC of 1.0 on a
+        # small validation set) still prefers the epoch with the lower loss among equals.
+        score = (-metric if MONITORS[self.monitor] else metric, record["val_loss"])
+        if score < progress.best_score:
+            progress.best_score, progress.waited, progress.history.best_epoch = score, 0, epoch
+            if keep_weights:  # with early stopping off, the last epoch's weights are kept
+                progress.best_state = {name: value.clone() for name, value in self.network.state_dict().items()}
+        else:
+            progress.waited += 1
+
+    def _state(self, progress: "_Progress", optimizer: torch.optim.Optimizer | None, rate: "LearningRate",
+               generator: torch.Generator) -> TrainerState:
+        """Everything the loop needs to go on after ``progress.epoch`` (the tensors are not copied:
+        the checkpoint is written before training moves on)."""
+        tensors, values = self._optimizer_state(optimizer)
+        best = None if progress.best_score == (math.inf, math.inf) else list(progress.best_score)
+        on_gpu = any(parameter.is_cuda for parameter in self.network.parameters())
+        return TrainerState(
+            epoch=progress.epoch, network=self.network.state_dict(), optimizer=tensors, optimizer_values=values,
+            shuffle=generator.get_state(), rate=rate.state(), history=progress.history.to_dict(), best_score=best,
+            waited=progress.waited, best_weights=progress.best_state, random=RandomState.capture(cuda=on_gpu),
+            seconds=progress.history.seconds)
+
+    def _restore(self, state: TrainerState, optimizer: torch.optim.Optimizer | None, rate: "LearningRate",
+                 generator: torch.Generator) -> "_Progress":
+        """Put the network, the optimizer, the schedule and every random generator back as ``state`` had them."""
+        self.network.load_state_dict(state.network)
+        self._load_optimizer_state(optimizer, state.optimizer, state.optimizer_values)
+        rate.load_state(state.rate)
+        generator.set_state(state.shuffle)
+        state.random.restore()
+        best = (math.inf, math.inf) if state.best_score is None else (state.best_score[0], state.best_score[1])
+        return _Progress(History.from_dict(state.history), best, state.best_weights, state.waited, state.epoch)
+
+    def _optimizer_state(self, optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, torch.Tensor],
+                                                                                 dict[str, Any]]:
+        """The optimizer's state as named tensors and JSON values (the fused step's, or torch.optim's)."""
+        if self.fused is not None:
+            fused = self.fused
+            tensors = {"step_count": fused.step_count}
+            for name in _FUSED_MOMENTS:
+                tensors.update({f"{name}.{index}": tensor for index, tensor in enumerate(getattr(fused, name, []))})
+            return tensors, {"first": fused.first}
+        tensors, values = {}, {}
+        for index, entry in (optimizer.state_dict()["state"] if optimizer is not None else {}).items():
+            for name, value in entry.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{index}.{name}"] = value
+                else:  # SGD without momentum keeps a None buffer
+                    values[f"{index}.{name}"] = value
+        return tensors, values
+
+    def _load_optimizer_state(self, optimizer: torch.optim.Optimizer | None, tensors: dict[str, torch.Tensor],
+                              values: dict[str, Any]) -> None:
+        if self.fused is not None:
+            fused = self.fused
+            fused.step_count.copy_(tensors["step_count"])
+            for name in _FUSED_MOMENTS:
+                for index, tensor in enumerate(getattr(fused, name, [])):
+                    tensor.copy_(tensors[f"{name}.{index}"])
+            fused.first = bool(values["first"])
+            return
+        if optimizer is None:
+            return
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in [*tensors.items(), *values.items()]:
+            position, name = key.split(".", 1)
+            state.setdefault(int(position), {})[name] = value
+        # The groups' settings come from the config, as they did when the checkpoint was written.
+        optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
     def _train_epoch(self, train: Batch, optimizer: torch.optim.Optimizer | None, rate: "LearningRate",
                      generator: torch.Generator) -> float:
@@ -190,22 +307,44 @@ class Trainer:
         # The order comes from a CPU generator, so a seed shuffles alike on every device.
         order = torch.randperm(len(train), generator=generator).to(train.numeric.device)
         total = torch.zeros((), device=train.numeric.device)
-        for rows in _batches(train, order, self.batch_size):
+        guard = numeric_guard(self)
+        n_steps = len(_batch_bounds(len(train), self.batch_size))
+        epoch = rate.steps // max(n_steps, 1) + 1  # the schedule counts every step, skipped ones too
+        check = step_check(train.numeric.device, guard)
+        losses = torch.zeros(n_steps, device=train.numeric.device) if check == "none" else None
+        skipped = 0.0  # rows (or row weight) of the skipped batches
+        previous = None  # the batch before, whose update a non-finite loss may reveal as the culprit
+        for step, rows in enumerate(_batches(train, order, self.batch_size), start=1):
             if self.fused is not None:
-                loss = self.fused(rows.numeric, rows.categorical, rows.target, rate.value)
+                loss, finite = self.fused.step(rows.numeric, rows.categorical, rows.target, rate.value, check=check)
             else:
                 assert optimizer is not None
                 for group in optimizer.param_groups:
                     group["lr"] = rate.value
-                loss = self._autograd_step(rows, optimizer)
-            rate.after_step()
-            if rows.weight is None:
+                loss, finite = self._autograd_step(rows, optimizer, check=check)
+            if not finite:  # raises under "stop"; under "skip_batch" the weights were left as they were
+                _bad_step(self, guard, (epoch, step, n_steps), loss, rows, previous, rate.value)
+                skipped += len(rows) if rows.weight is None else float(rows.weight.sum())
+            elif rows.weight is None:
                 total.add_(loss.detach(), alpha=len(rows))
             else:  # a tensor product, not float(): no host sync per step
                 total.add_(loss.detach() * rows.weight.sum())
-        return float(total) / (len(train) if train.weight is None else float(train.weight.sum()))  # one host sync
+            if losses is not None:
+                losses[step - 1] = loss.detach()
+            previous = rows
+            rate.after_step()
+        if losses is not None:
+            _check_recorded_losses(self, guard, losses, train, order, epoch)
+        _check_weights(self, guard, epoch, rows, rate.value)
+        if guard.skipped.get(epoch, 0) == n_steps:
+            guard.all_skipped(epoch, n_steps, _batch_view(self, rows, rate.value))
+        rows_trained = (len(train) if train.weight is None else float(train.weight.sum())) - skipped
+        return float(total) / rows_trained  # one host sync
 
-    def _autograd_step(self, rows: Batch, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    def _autograd_step(self, rows: Batch, optimizer: torch.optim.Optimizer,
+                       check: StepCheck = "all") -> tuple[torch.Tensor, bool]:
+        """One step; returns the loss and whether the optimizer stepped. ``check`` is what must be
+        finite for it to step (as :meth:`FusedStep.step` has it); else the weights stay as they were."""
         settings = self.settings
         with torch.autocast(rows.numeric.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bfloat16"):
             outputs = self.network.members(rows.numeric, rows.categorical)  # (batch, k, n_outputs)
@@ -226,8 +365,10 @@ class Trainer:
         objective.backward()
         if settings.grad_clip:
             nn.utils.clip_grad_norm_(self.network.parameters(), settings.grad_clip)
+        if check != "none" and not (math.isfinite(loss.item()) and (check == "loss" or _gradients_finite(self.network))):
+            return loss, False
         optimizer.step()
-        return loss
+        return loss, True
 
     def weighted_loss(self, row_loss: nn.Module, outputs: torch.Tensor, target: torch.Tensor,
                       weight: torch.Tensor) -> torch.Tensor:
@@ -246,11 +387,12 @@ class Trainer:
         """Validation loss and the monitored metric, in one pass under inference mode."""
         outputs = predict_outputs(self.network, rows.numeric, rows.categorical)
         with torch.inference_mode():
-            if rows.weight is None:
-                record = {"val_loss": float(self.validation_loss(outputs, rows.target))}
-            else:
-                record = {"val_loss": float(self.weighted_loss(self.validation_row_loss, outputs, rows.target,
-                                                               rows.weight))}
+            # Per-row losses summed by _mean, not the loss's own mean: see _stable_sum.
+            per_row = self.validation_row_loss(outputs, rows.target)  # (n,), class weights applied
+            divisor = None  # cross-entropy's mean divides by the rows' class weights too
+            if self.loss_name == "cross_entropy" and self.class_weights is not None:
+                divisor = self.class_weights[rows.target]
+            record = {"val_loss": _mean(per_row, rows.weight, divisor)}
             if self.monitor == "accuracy":
                 predicted = outputs.argmax(1) if self.task == "multiclass" else (outputs[:, 0] > 0).long()
                 record["val_accuracy"] = _mean((predicted == rows.target).float(), rows.weight)
@@ -264,11 +406,22 @@ class Trainer:
         return record
 
 
-def _mean(values: torch.Tensor, weight: torch.Tensor | None) -> float:
-    """The mean of ``values``, weighted by ``weight`` when there is one."""
-    if weight is None:
-        return float(values.mean())
-    return float((values * weight).sum() / weight.sum().clamp(min=1e-12))
+def _mean(values: torch.Tensor, weight: torch.Tensor | None, divisor: torch.Tensor | None = None) -> float:
+    """The mean of ``values``, weighted by ``weight`` when there is one; ``divisor`` holds per-row
+    factors that ``values`` already carry and the total must count (cross-entropy's class weights)."""
+    total = weight if divisor is None else divisor if weight is None else weight * divisor
+    numerator = _stable_sum(values if weight is None else values * weight)
+    return numerator / (len(values) if total is None else max(_stable_sum(total), 1e-12))
+
+
+def _stable_sum(values: torch.Tensor) -> float:
+    """The sum of a tensor, rounded alike whatever the number of threads: NumPy's pairwise sum in float64.
+
+    torch splits a sum over more than 32,768 values across threads, and 1 and 2 threads then round
+    its last bits differently (measured: the validation loss on 40,000 rows), which could tip an
+    early-stopping decision and did change the history.
+    """
+    return float(values.detach().to("cpu", torch.float64).numpy().sum())
 
 
 def resolve_batch_size(setting: int | str, n_rows: int) -> int:
@@ -387,6 +540,16 @@ class LearningRate:
         self.best: float | None = None
         self.bad_epochs = 0
 
+    def state(self) -> dict[str, Any]:
+        """Where the schedule stands (JSON values), for a checkpoint."""
+        return {"steps": self.steps, "value": self.value, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state`."""
+        self.steps, self.value = int(state["steps"]), float(state["value"])
+        self.best = None if state["best"] is None else float(state["best"])
+        self.bad_epochs = int(state["bad_epochs"])
+
     def after_step(self) -> None:
         self.steps = min(self.steps + 1, self.total_steps)
         if self.schedule.factor is not None or self.steps <= self.warmup_steps:
@@ -430,3 +593,93 @@ def thread_budget(network: nn.Module, batch_size: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def numeric_guard(trainer: Trainer) -> NumericGuard:
+    """The trainer's numeric guard (``trainer.guard``), made from ``training.nonfinite`` on first use.
+
+    It lives on the trainer so that its count of skipped batches outlasts each epoch; the pipeline
+    may set its ``input_names`` (:func:`keel.train.guards.numeric_input_names`) so that messages name
+    columns rather than positions.
+    """
+    guard = trainer.__dict__.get("guard")
+    if not isinstance(guard, NumericGuard):
+        guard = trainer.__dict__["guard"] = NumericGuard(trainer.settings.nonfinite)
+    return guard
+
+
+def step_check(device: torch.device, guard: NumericGuard) -> StepCheck:
+    """What each step checks before its update (see keel.train.guards): the loss and every gradient
+    under ``skip_batch``, which must not let a bad batch through; under ``stop`` the loss alone on the
+    CPU, and nothing on a GPU, which keeps each step's loss and reads them once an epoch."""
+    if guard.skips:
+        return "all"
+    return "loss" if device.type == "cpu" else "none"
+
+
+def _bad_step(trainer: Trainer, guard: NumericGuard, where: tuple[int, int, int], loss: torch.Tensor, rows: Batch,
+              previous: Batch | None, lr: float) -> None:
+    """A step whose loss or gradient is not finite: stop (or skip it), naming it, or the update
+    before it when the weights it ran on were no longer finite."""
+    epoch, step, n_steps = where
+    broken = nonfinite_tensors(trainer.network.named_parameters())
+    if broken:  # a finite loss whose gradient was not (or an update that overflowed) shows only now
+        guard.weights_failed(epoch, broken, _batch_view(trainer, previous or rows, lr), step=step)
+    guard.bad_step(epoch, step, n_steps, _step_problem(trainer, loss), _batch_view(trainer, rows, lr))
+
+
+def _gradients_finite(network: nn.Module) -> bool:
+    """True when every gradient is finite: one foreach kernel (the one AMP's gradient scaler uses to
+    find overflow; multiplying by 1 leaves the gradients as they are) and one host read."""
+    grads = [p.grad for p in network.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    found = torch.zeros((), device=grads[0].device)
+    torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones((), device=grads[0].device))
+    return not bool(found)
+
+
+def _step_problem(trainer: Trainer, loss: torch.Tensor) -> str:
+    """What was not finite at the step that just failed (read again: only failures pay for it)."""
+    if trainer.fused is not None:
+        gradients_finite = trainer.fused.gradients_finite()
+    else:
+        gradients_finite = _gradients_finite(trainer.network)
+    return describe_problem(float(loss.detach()), gradients_finite)
+
+
+def _batch_view(trainer: Trainer, rows: Batch, lr: float) -> BatchView:
+    """What the guard reads from a bad batch to name the likely cause."""
+    largest = max((float(p.detach().abs().max()) for p in trainer.network.parameters() if p.numel()), default=0.0)
+    return BatchView(rows.numeric, rows.target, trainer.task, lr, largest)
+
+
+def _check_recorded_losses(trainer: Trainer, guard: NumericGuard, losses: torch.Tensor, train: Batch,
+                           order: torch.Tensor, epoch: int) -> None:
+    """The end-of-epoch check of a GPU run under "stop": the first step whose loss is not finite."""
+    bad = torch.nonzero(~torch.isfinite(losses)).flatten().tolist()  # one host read an epoch
+    if not bad:
+        return
+    bounds = _batch_bounds(len(train), trainer.batch_size)
+    start, stop = bounds[bad[0]]
+    rows = train._select(order[start:stop])  # the batch of that step, as _batches cut it
+    guard.bad_step(epoch, bad[0] + 1, len(bounds), describe_problem(float(losses[bad[0]]), True),
+                   _batch_view(trainer, rows, trainer.settings.lr), checked_late=True)
+
+
+def _check_weights(trainer: Trainer, guard: NumericGuard, epoch: int, rows: Batch, lr: float) -> None:
+    """Once an epoch (~10 µs): an update can overflow from finite gradients into weights that no
+    loss of this epoch has used yet (an embedding row, the last step's update)."""
+    # The fused step trains only its own list (frozen one-hot tables cannot change).
+    parameters = trainer.fused.parameters if trainer.fused is not None else list(trainer.network.parameters())
+    if not parameters:
+        return
+    if parameters[0].device.type == "cpu":  # a host read per tensor is cheaper here than stacking them
+        finite = all(math.isfinite(p.detach().sum().item()) for p in parameters)
+    else:  # one host read: on a GPU each one waits for the queue
+        finite = math.isfinite(torch.stack([p.detach().sum() for p in parameters]).sum().item())
+    if finite:
+        return
+    names = nonfinite_tensors(trainer.network.named_parameters())
+    if names:  # else only a float32 sum of huge (finite) weights overflowed
+        guard.weights_failed(epoch, names, _batch_view(trainer, rows, lr))

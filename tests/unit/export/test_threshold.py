@@ -127,3 +127,24 @@ def test_the_tflite_description_carries_the_threshold(trained) -> None:
     model, _, _ = trained
     interface = {"signature": "serving_default", "inputs": {}, "output": {}, "versions": {}}
     assert _description(model, [], {}, interface)["threshold"] == THRESHOLD
+
+
+@pytest.mark.parametrize("value", [1e15, 1e300, -1e300])
+def test_the_export_clips_extreme_numbers_as_keel_does(tmp_path, value) -> None:
+    """keel clips scaled numbers to +-SCALED_LIMIT; an export that did not gave NaN (1e300) or another answer."""
+    import keel
+    from keel.runtime import Predictor
+    from tests.conftest import FAST, PENGUINS
+
+    frame = pd.read_csv(PENGUINS)
+    for target in ("species", "body_mass_g"):
+        model = keel.fit(frame, target=target, config=FAST, quiet=True)
+        model.save(tmp_path / target)
+        model.export()
+        rows = frame.drop(columns=[target]).head(3).copy()
+        rows["flipper_length_mm"] = value
+        ours = model.predict_proba(rows) if target == "species" else model.predict(rows)
+        served = Predictor.load(tmp_path / target)
+        theirs = served.predict_proba(rows) if target == "species" else served.predict(rows)
+        assert np.isfinite(ours).all() and np.isfinite(theirs).all()
+        np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5)
