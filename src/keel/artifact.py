@@ -273,9 +273,21 @@ def read_tensors(data: bytes, source: str | os.PathLike[str]) -> dict[str, torch
     Raises:
         ArtifactError: The header does not describe the bytes, or safetensors cannot parse them.
     """
+    from safetensors.torch import load
+
+    return _parse_safetensors(data, source, load)
+
+
+def read_arrays(data: bytes, source: str | os.PathLike[str]) -> dict[str, Any]:
+    """:func:`read_tensors` as NumPy arrays (no torch needed)."""
+    from safetensors.numpy import load
+
+    return _parse_safetensors(data, source, load)
+
+
+def _parse_safetensors(data: bytes, source: str | os.PathLike[str], load: Callable[[bytes], Any]) -> Any:
     check_safetensors(data, source)
     from safetensors import SafetensorError
-    from safetensors.torch import load
 
     try:
         return load(data)

@@ -30,6 +30,7 @@ from keel.artifact import (
     attach_file,
     check_safetensors,
     load_artifact,
+    read_arrays,
     read_model_file,
     save_artifact,
 )
@@ -224,9 +225,6 @@ class Model:
             ArtifactError: The file is the one this model was loaded with (its checksum matches) but
                 no set of test predictions for this model, or it became a link or no regular file.
         """
-        from safetensors import SafetensorError
-        from safetensors.numpy import load
-
         try:
             data = read_model_file(file.parent, file.name)
         except ArtifactError:
@@ -238,12 +236,7 @@ class Model:
                           "or the file is damaged): its test predictions are left out; draw a report with "
                           "labelled data instead (keel report MODEL --data FILE).", KeelWarning, stacklevel=3)
             return None
-        check_safetensors(data, file)
-        try:
-            arrays = load(data)
-        except SafetensorError as error:
-            raise ArtifactError(f"{file} cannot be read: {error}. Restore the model directory from a backup or "
-                                "retrain the model.") from None
+        arrays = read_arrays(data, file)
         problem = _predictions_problem(arrays, self.task, len(self.classes))
         if problem:
             raise ArtifactError(f"{file} does not hold this model's test predictions ({problem}); restore the model "

@@ -397,17 +397,16 @@ def read_checkpoint(directory: str | os.PathLike[str]) -> Checkpoint | None:
     path = Path(directory) / CHECKPOINT_FILE
     if not path.is_file():
         return None
-    from keel.artifact import check_safetensors, parse_json, read_model_file, read_tensors
+    from keel.artifact import parse_json, read_model_file, read_tensors
 
     # Read as a model file is: a checkpoint folder may come from elsewhere (a copied run), so no symlink
     # is followed, the header is checked before safetensors parses it, and its JSON is depth-limited.
     try:
         data = read_model_file(directory, CHECKPOINT_FILE)
-        check_safetensors(data, path)
+        tensors = read_tensors(data, path)  # checks the header first
         header = parse_json(data[8:8 + int.from_bytes(data[:8], "little")], path)
         metadata = header.get("__metadata__") or {} if isinstance(header, dict) else {}
         document = parse_json(str(metadata.get(_METADATA_KEY, "null")).encode(), path)
-        tensors = read_tensors(data, path)
     except ArtifactError as error:
         raise ArtifactError(f"the checkpoint {path} cannot be read ({error}); delete {Path(directory)} to start the "
                             "run over.") from None
