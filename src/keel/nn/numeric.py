@@ -22,21 +22,21 @@ _FREQUENCY_SCALE = 0.1
 
 # Bin edges come from at most this many rows: torch.quantile refuses inputs over 16M values, and
 # quantiles of a 262,144-row sample are within a fraction of a percentile of the exact ones.
-_BIN_SAMPLE = 1 << 18
+BIN_SAMPLE = 1 << 18
 
 
 def _bin_sample(numeric: torch.Tensor) -> torch.Tensor:
-    """At most ``_BIN_SAMPLE`` rows of ``(n_rows, n_columns)`` drawn at random with a fixed seed.
+    """At most ``BIN_SAMPLE`` rows of ``(n_rows, n_columns)`` drawn at random with a fixed seed.
 
     A random draw, not the first rows: a file sorted by some column would otherwise bin only the
     low end of it. The row indices come from a seeded CPU generator (the same rows on any device,
     as data/transforms.py draws its sample); the rows are gathered on the tensor's own device.
     """
     n_rows = numeric.shape[0]
-    if n_rows <= _BIN_SAMPLE:
+    if n_rows <= BIN_SAMPLE:
         return numeric
     generator = torch.Generator().manual_seed(0)
-    rows = torch.randint(0, n_rows, (_BIN_SAMPLE,), generator=generator)
+    rows = torch.randint(0, n_rows, (BIN_SAMPLE,), generator=generator)
     return numeric[rows.to(numeric.device)]
 
 

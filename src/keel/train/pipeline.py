@@ -29,10 +29,11 @@ from keel.data.schema import Schema, infer_schema, infer_task, require_column
 from keel.data.split import Split, fold_rows, split_rows
 from keel.data.values import row_weights, to_numeric
 from keel.errors import ConfigError, DataError, KeelError, KeelWarning
+from keel.evaluate.predictions import Predictions
 from keel.model import Model
 from keel.nn.losses import resolve_loss_name
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork
-from keel.nn.numeric import PiecewiseLinearEmbedding
+from keel.nn.numeric import BIN_SAMPLE, PiecewiseLinearEmbedding
 from keel.registry import lookup
 from keel.train.calibration import calibrate, calibration_notes
 from keel.train.callbacks import Notes, Reporter, TextReporter
@@ -40,7 +41,7 @@ from keel.train.checkpoint import RunCheckpoints, TrainerState, kill_point, outp
 from keel.train.device import resolve_device, resolve_precision
 from keel.train.guards import numeric_input_names
 from keel.train.record import run_record
-from keel.train.trainer import Batch, History, Trainer, numeric_guard
+from keel.train.trainer import Batch, History, Rows, Trainer, numeric_guard
 
 
 def fit(data: TableSource, target: str | None = None, config: ConfigSource = None, *,
@@ -137,11 +138,46 @@ class _Rows:
     n_unlabelled: int
 
 
+@dataclass
+class PreparedData:
+    """What training needs from the data, held in memory or streamed from disk (keel.train.streamed).
+
+    Attributes:
+        schema, preprocessor, target: What was fitted on the training rows.
+        bags: (training rows, validation rows or None) for each network.
+        fitted: The rows the class weights are counted on (the training rows; with bagging, the pool).
+        n_test: Test rows.
+        calibration_rows: The validation rows calibration reads (at most ``calibration.MAX_ROWS`` when
+            streamed) and, with bagging, each network's positions among them.
+        test_predictions: The test rows' predictions by a model, or None without test rows.
+        held_out: Rows for permutation importance and where they come from, or None.
+        record: The run record's arguments besides ``seconds``.
+    """
+
+    schema: Schema
+    preprocessor: Preprocessor
+    target: TargetEncoder
+    bags: list[tuple[Rows, Rows | None]]
+    fitted: Rows
+    n_test: int
+    calibration_rows: Callable[[], tuple[Batch, list[np.ndarray] | None]]
+    test_predictions: Callable[[Model], Predictions | None]
+    held_out: Callable[[], tuple[Batch, str] | None]
+    record: dict[str, Any]
+
+
 def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, notes: Notes,
            reporter: Reporter, device: torch.device, importance: bool,
            checkpoints: RunCheckpoints | None = None) -> Model:
     training = settings.training.model_copy(
         update={"precision": resolve_precision(settings.training.precision, device)})
+    data = _prepare(frame, test_frame, settings, training, notes, reporter, device)
+    return train_networks(data, settings, training, notes, reporter, device, importance, checkpoints)
+
+
+def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, training: TrainingConfig,
+             notes: Notes, reporter: Reporter, device: torch.device) -> PreparedData:
+    """Split, infer the schema, fit the preprocessing and transform every row into memory."""
     special = _special_columns(frame, test_frame, training)
     data_frame = frame
     rows = _labelled(frame, settings)
@@ -170,28 +206,69 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
         # view (on 1M x 50 rows a copy of the training part alone was a 180 MB first touch).
         layout = np.concatenate([split.train, split.validation, split.test])
         batch = _batch(preprocessor, target, frame, rows.classes, rows.weights, layout).to(device)  # the one copy to a GPU
-    if checkpoints is not None:
-        checkpoints.check_preprocessing(schema, preprocessor, target)
-        checkpoints.begin(len(bags), device)
-        if checkpoints.resumed is not None:
-            notes.append(f"resumed from the checkpoint in {checkpoints.directory} ({checkpoints.resumed.describe()})")
-        elif checkpoints.resume:
-            notes.append(f"nothing to resume: no checkpoint in {checkpoints.directory} (a run stopped before its "
-                         "first checkpoint leaves none); training starts from the first epoch")
-    spec = network_spec(settings, preprocessor, schema.task, target.n_classes)
     where = np.empty(len(layout), dtype=np.int64)
     where[layout] = np.arange(len(layout))
 
     def part(positions: np.ndarray) -> Batch:  # rows at these frame positions, in their order
         return batch.take(where[positions])
 
-    loss = resolve_loss_name(training.loss, schema.task)
-    class_weights = class_weights_for(training.class_weights, part(fitted_rows), target)
-    notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(bags)))
-    networks, histories = [], []
+    def calibration_rows() -> tuple[Batch, list[np.ndarray] | None]:
+        parts = [validation for _, validation in bags]
+        ends = np.cumsum([len(fold) for fold in parts])
+        folds = [np.arange(end - len(fold), end) for fold, end in zip(parts, ends)] if len(bags) > 1 else None
+        return part(np.concatenate(parts)).to("cpu"), folds
+
+    def test_predictions(model: Model) -> Predictions | None:
+        if test_frame is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", KeelWarning)  # unseen test categories are expected here
+                return model._scored(test_frame)
+        if not len(split.test):
+            return None
+        test_rows = part(split.test).to("cpu")
+        return model._predictions(test_rows.numeric, test_rows.categorical, test_rows.target,
+                                  test_rows.weight, frame.index.to_numpy()[split.test] + 1)
+
+    def held_out() -> tuple[Batch, str] | None:
+        if len(bags) == 1 and len(split.validation):
+            return part(split.validation).to("cpu"), "validation"
+        if len(split.test) and test_frame is None:  # bagged networks have trained on every fold
+            return part(split.test).to("cpu"), "test"
+        return None
+
     n_test = len(split.test) if test_frame is None else len(test_frame)
-    for index, (train_part, validation_part) in enumerate(bags):
-        if not len(validation_part) and training.early_stopping and index == 0:
+    return PreparedData(
+        schema, preprocessor, target,
+        bags=[(part(train_part), part(validation_part) if len(validation_part) else None)
+              for train_part, validation_part in bags],
+        fitted=part(fitted_rows), n_test=n_test, calibration_rows=calibration_rows,
+        test_predictions=test_predictions, held_out=held_out,
+        record={"frame": data_frame, "schema": schema, "excluded": special, "test_frame": test_frame,
+                "rows": {"train": len(split.train), "validation": len(split.validation), "test": n_test,
+                         "unlabelled": rows.n_unlabelled},
+                "bags": [(len(train_part), len(validation_part)) for train_part, validation_part in bags]})
+
+
+def train_networks(data: PreparedData, settings: Config, training: TrainingConfig, notes: Notes,
+                   reporter: Reporter, device: torch.device, importance: bool,
+                   checkpoints: RunCheckpoints | None = None) -> Model:
+    """Train the network (or each bagged one), calibrate, score the test rows and measure importance."""
+    schema, preprocessor, target = data.schema, data.preprocessor, data.target
+    if checkpoints is not None:
+        checkpoints.check_preprocessing(schema, preprocessor, target)
+        checkpoints.begin(len(data.bags), device)
+        if checkpoints.resumed is not None:
+            notes.append(f"resumed from the checkpoint in {checkpoints.directory} ({checkpoints.resumed.describe()})")
+        elif checkpoints.resume:
+            notes.append(f"nothing to resume: no checkpoint in {checkpoints.directory} (a run stopped before its "
+                         "first checkpoint leaves none); training starts from the first epoch")
+    spec = network_spec(settings, preprocessor, schema.task, target.n_classes)
+    loss = resolve_loss_name(training.loss, schema.task)
+    class_weights = class_weights_for(training.class_weights, data.fitted, target)
+    notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(data.bags)))
+    networks, histories = [], []
+    for index, (train_rows, validation_rows) in enumerate(data.bags):
+        if validation_rows is None and training.early_stopping and index == 0:
             notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
         network = TabularNetwork(spec).to(device)
         restored = checkpoints.restore_network(index, network) if checkpoints is not None else None
@@ -199,18 +276,19 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
             networks.append(network)
             histories.append(restored)
             continue
+        n_bags = len(data.bags)
         reporter.message(
-            f"training a {schema.task} model{f' ({index + 1} of {len(bags)})' if len(bags) > 1 else ''} on "
-            f"{len(train_part)} rows ({len(validation_part)} validation, {n_test} test): "
-            f"{len(schema.features)} features, {sum(p.numel() for p in network.parameters())} parameters")
+            f"training a {schema.task} model{f' ({index + 1} of {n_bags})' if n_bags > 1 else ''} on "
+            f"{len(train_rows)} rows ({0 if validation_rows is None else len(validation_rows)} validation, "
+            f"{data.n_test} test): {len(schema.features)} features, "
+            f"{sum(p.numel() for p in network.parameters())} parameters")
         trainer = Trainer(network, training, schema.task, loss, class_weights, target_scale=target.std,
                           checkpoint=checkpoints)
         numeric_guard(trainer).input_names = numeric_input_names(preprocessor)  # messages name columns
         resumed = checkpoints.trainer_state(index) if checkpoints is not None else None
         if checkpoints is not None:
             checkpoints.begin_network(index, trainer.network, resumed.epoch if resumed is not None else 0)
-        history = _fit_network(trainer, part(train_part), part(validation_part) if len(validation_part) else None,
-                               reporter, resumed)
+        history = _fit_network(trainer, train_rows, validation_rows, reporter, resumed)
         skipped = numeric_guard(trainer).total_skipped
         if skipped:
             notes.append(f"{skipped} batch(es) with a non-finite loss or gradient were skipped "
@@ -221,39 +299,22 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
             checkpoints.network_done(trainer.network, histories[-1])
     combined: TabularNetwork | NetworkBag = networks[0] if len(networks) == 1 else NetworkBag(networks)
     history_record = histories[0] if len(histories) == 1 else {**histories[0], "bags": histories}
-    calibration = _calibrate(combined, bags, part, schema.task, training, notes)
+    calibration = _calibrate(combined, data.calibration_rows, schema.task, training, notes)
     model = Model(settings, schema, preprocessor, target, combined, history=history_record, notes=list(notes),
                   calibration=calibration)
-    if test_frame is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", KeelWarning)  # unseen test categories are expected here
-            predictions = model._scored(test_frame)
-    elif len(split.test):
-        test_rows = part(split.test).to("cpu")
-        predictions = model._predictions(test_rows.numeric, test_rows.categorical, test_rows.target,
-                                         test_rows.weight, frame.index.to_numpy()[split.test] + 1)
-    if test_frame is not None or len(split.test):
+    predictions = data.test_predictions(model)
+    if predictions is not None:
         model.metrics = model._metrics_of(predictions)
         model._test_predictions = predictions.as_stored()
-    held_out = part(split.validation).to("cpu") if len(bags) == 1 and len(split.validation) else None
-    if held_out is None and len(split.test) and test_frame is None:
-        held_out, importance_source = part(split.test).to("cpu"), "test"  # bagged networks have trained on every fold
-    else:
-        importance_source = "validation"
-    if held_out is not None and importance:
-        model.importance = _importance(model, held_out, importance_source, training.seed, reporter)
-    model.run = run_record(
-        data_frame, schema, special,
-        rows={"train": len(split.train), "validation": len(split.validation), "test": n_test,
-              "unlabelled": rows.n_unlabelled},
-        seconds={"training": sum(history["seconds"] for history in histories)}, test_frame=test_frame,
-        bags=[(len(train_part), len(validation_part)) for train_part, validation_part in bags])
+    held_out = data.held_out() if importance else None
+    if held_out is not None:
+        model.importance = _importance(model, held_out[0], held_out[1], training.seed, reporter)
+    model.run = run_record(**data.record, seconds={"training": sum(history["seconds"] for history in histories)})
     return model
 
 
-def _calibrate(network: TabularNetwork | NetworkBag, bags: list[tuple[np.ndarray, np.ndarray]],
-               part: Callable[[np.ndarray], Batch], task: str, training: TrainingConfig,
-               notes: Notes) -> dict[str, Any] | None:
+def _calibrate(network: TabularNetwork | NetworkBag, validation: Callable[[], tuple[Batch, list[np.ndarray] | None]],
+               task: str, training: TrainingConfig, notes: Notes) -> dict[str, Any] | None:
     """Fit the temperature (folded into ``network``) and choose the threshold on the validation rows.
 
     With bagging every network's validation fold is used, each row scored by the network that held
@@ -262,10 +323,7 @@ def _calibrate(network: TabularNetwork | NetworkBag, bags: list[tuple[np.ndarray
     if training.threshold != 0.5 and task != "binary":
         notes.append(f"training.threshold is {training.threshold} but the target is {task}: a threshold decides "
                      "between two classes only, so the most probable class is predicted")
-    parts = [validation for _, validation in bags]
-    rows = part(np.concatenate(parts)).to("cpu")
-    ends = np.cumsum([len(fold) for fold in parts])
-    folds = [np.arange(end - len(fold), end) for fold, end in zip(parts, ends)] if len(bags) > 1 else None
+    rows, folds = validation()
     record = calibrate(network, rows.numeric, rows.categorical, rows.target, rows.weight, task, training, folds=folds)
     for note in calibration_notes(record):
         notes.append(note)
@@ -401,13 +459,14 @@ def _checked_test_frame(test_frame: pd.DataFrame, schema: Schema, target: Target
     return test_frame
 
 
-def _fit_network(trainer: Trainer, train_rows: Batch, validation_rows: Batch | None, reporter: Reporter,
+def _fit_network(trainer: Trainer, train_rows: Rows, validation_rows: Rows | None, reporter: Reporter,
                  resume: TrainerState | None = None) -> History:
     """Train one network (bins, progress, prior correction) and leave it in eval mode on the CPU;
     ``resume`` continues it from a checkpoint's state."""
     network, settings = trainer.network, trainer.settings
     if isinstance(network.numbers, PiecewiseLinearEmbedding):
-        network.numbers.fit_bins(train_rows.numeric)
+        network.numbers.fit_bins(train_rows.numeric if isinstance(train_rows, Batch)
+                                 else train_rows.sample(BIN_SAMPLE, trainer.settings.seed).numeric)
     with reporter.progress(settings.epochs, trainer.monitor, rows=len(train_rows)) as callback:
         trainer.callback = callback
         history = trainer.fit(train_rows, validation_rows, resume)
@@ -504,10 +563,11 @@ def _batch(preprocessor: Preprocessor, target: TargetEncoder, frame: pd.DataFram
 RARE_CLASS_SHARE = 0.1
 
 
-def class_weights_for(mode: str, rows: Batch, target: TargetEncoder) -> torch.Tensor | None:
+def class_weights_for(mode: str, rows: Rows, target: TargetEncoder) -> torch.Tensor | None:
     if mode == "none" or target.task == "regression":
         return None
-    counts = torch.bincount(rows.target, minlength=target.n_classes).float().clamp(min=1)
+    counts = (torch.bincount(rows.target, minlength=target.n_classes) if isinstance(rows, Batch)
+              else rows.class_counts(target.n_classes)).float().clamp(min=1)
     if mode == "auto" and counts.min() >= RARE_CLASS_SHARE * counts.sum():
         return None
     return counts.sum() / (len(counts) * counts)  # scikit-learn's "balanced"

@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, Union
 
 import numpy as np
 import torch
@@ -62,12 +62,42 @@ class Batch:
             return self._select(slice(start, stop))
         return self._select(torch.from_numpy(rows).to(self.numeric.device))
 
+    @property
+    def device(self) -> torch.device:
+        return self.numeric.device
+
+    def weight_total(self) -> float:
+        """The rows' number, or the sum of their weights."""
+        return float(len(self)) if self.weight is None else float(self.weight.sum())
+
     def to(self, device: torch.device | str) -> "Batch":
         """The rows on ``device`` (the same object when they are there already)."""
         if self.numeric.device == torch.device(device):
             return self
         weight = None if self.weight is None else self.weight.to(device)
         return Batch(self.numeric.to(device), self.categorical.to(device), self.target.to(device), weight)
+
+
+class StreamedRows(Protocol):
+    """Rows that do not fit in memory (keel.train.store.DiskRows), as the trainer reads them."""
+
+    device: torch.device
+
+    def __len__(self) -> int: ...
+
+    def weight_total(self) -> float: ...
+
+    def epoch_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]: ...
+
+    def map(self, function: Callable[[Batch], torch.Tensor]) -> tuple[torch.Tensor, Batch, np.ndarray]: ...
+
+    def sample(self, n_rows: int, seed: int) -> Batch: ...
+
+    def class_counts(self, n_classes: int) -> torch.Tensor: ...
+
+
+#: Training or validation rows: in memory, or streamed from disk a window at a time.
+Rows = Union[Batch, StreamedRows]
 
 
 @dataclass
@@ -169,7 +199,7 @@ class Trainer:
                      if fused is None else fused)
         self.fused = FusedStep(network, settings, loss, class_weights) if use_fused else None
 
-    def fit(self, train: Batch, validation: Batch | None = None, resume: TrainerState | None = None) -> History:
+    def fit(self, train: Rows, validation: Rows | None = None, resume: TrainerState | None = None) -> History:
         """Train for up to ``epochs`` epochs.
 
         With validation rows and early stopping on, training stops after ``early_stopping`` epochs
@@ -188,7 +218,7 @@ class Trainer:
         # path (its first construction imports torch._dynamo, ~0.9 s of a small run).
         optimizer = None if self.fused is not None else build_optimizer(self.network, settings)
         self.batch_size = resolve_batch_size(settings.batch_size, len(train))
-        rate = LearningRate(settings, settings.epochs * len(_batch_bounds(len(train), self.batch_size)),
+        rate = LearningRate(settings, settings.epochs * len(batch_bounds(len(train), self.batch_size)),
                             self.monitor)
         patience = settings.early_stopping if validation is not None and len(validation) else 0
         progress = _Progress(History(monitor=self.monitor))
@@ -301,20 +331,26 @@ class Trainer:
         # The groups' settings come from the config, as they did when the checkpoint was written.
         optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
-    def _train_epoch(self, train: Batch, optimizer: torch.optim.Optimizer | None, rate: "LearningRate",
+    def _train_epoch(self, train: Rows, optimizer: torch.optim.Optimizer | None, rate: "LearningRate",
                      generator: torch.Generator) -> float:
         self.network.train()
-        # The order comes from a CPU generator, so a seed shuffles alike on every device.
-        order = torch.randperm(len(train), generator=generator).to(train.numeric.device)
-        total = torch.zeros((), device=train.numeric.device)
+        device = train.device
+        if isinstance(train, Batch):
+            # The order comes from a CPU generator, so a seed shuffles alike on every device.
+            order = torch.randperm(len(train), generator=generator).to(device)
+            batches = _batches(train, order, self.batch_size)
+        else:
+            order, batches = None, train.epoch_batches(self.batch_size, generator)
+        total = torch.zeros((), device=device)
         guard = numeric_guard(self)
-        n_steps = len(_batch_bounds(len(train), self.batch_size))
+        n_steps = len(batch_bounds(len(train), self.batch_size))
         epoch = rate.steps // max(n_steps, 1) + 1  # the schedule counts every step, skipped ones too
-        check = step_check(train.numeric.device, guard)
-        losses = torch.zeros(n_steps, device=train.numeric.device) if check == "none" else None
+        # Streamed rows are not kept, so a late check could not find the bad batch again: check each step.
+        check = step_check(device, guard) if order is not None else ("all" if guard.skips else "loss")
+        losses = torch.zeros(n_steps, device=device) if check == "none" else None
         skipped = 0.0  # rows (or row weight) of the skipped batches
         previous = None  # the batch before, whose update a non-finite loss may reveal as the culprit
-        for step, rows in enumerate(_batches(train, order, self.batch_size), start=1):
+        for step, rows in enumerate(batches, start=1):
             if self.fused is not None:
                 loss, finite = self.fused.step(rows.numeric, rows.categorical, rows.target, rate.value, check=check)
             else:
@@ -334,11 +370,12 @@ class Trainer:
             previous = rows
             rate.after_step()
         if losses is not None:
+            assert isinstance(train, Batch) and order is not None
             _check_recorded_losses(self, guard, losses, train, order, epoch)
         _check_weights(self, guard, epoch, rows, rate.value)
         if guard.skipped.get(epoch, 0) == n_steps:
             guard.all_skipped(epoch, n_steps, _batch_view(self, rows, rate.value))
-        rows_trained = (len(train) if train.weight is None else float(train.weight.sum())) - skipped
+        rows_trained = train.weight_total() - skipped
         return float(total) / rows_trained  # one host sync
 
     def _autograd_step(self, rows: Batch, optimizer: torch.optim.Optimizer,
@@ -383,25 +420,28 @@ class Trainer:
             total = weight * self.class_weights[target]
         return (per_row * weight).sum() / total.sum().clamp(min=1e-12)
 
-    def validate(self, rows: Batch) -> dict[str, float]:
+    def validate(self, rows: Rows) -> dict[str, float]:
         """Validation loss and the monitored metric, in one pass under inference mode."""
-        outputs = predict_outputs(self.network, rows.numeric, rows.categorical)
+        if isinstance(rows, Batch):
+            outputs, labels = predict_outputs(self.network, rows.numeric, rows.categorical), rows
+        else:  # a window at a time; the outputs, targets and weights of every row are small
+            outputs, labels, _ = rows.map(lambda batch: predict_outputs(self.network, batch.numeric, batch.categorical))
         with torch.inference_mode():
             # Per-row losses summed by _mean, not the loss's own mean: see _stable_sum.
-            per_row = self.validation_row_loss(outputs, rows.target)  # (n,), class weights applied
+            per_row = self.validation_row_loss(outputs, labels.target)  # (n,), class weights applied
             divisor = None  # cross-entropy's mean divides by the rows' class weights too
             if self.loss_name == "cross_entropy" and self.class_weights is not None:
-                divisor = self.class_weights[rows.target]
-            record = {"val_loss": _mean(per_row, rows.weight, divisor)}
+                divisor = self.class_weights[labels.target]
+            record = {"val_loss": _mean(per_row, labels.weight, divisor)}
             if self.monitor == "accuracy":
                 predicted = outputs.argmax(1) if self.task == "multiclass" else (outputs[:, 0] > 0).long()
-                record["val_accuracy"] = _mean((predicted == rows.target).float(), rows.weight)
+                record["val_accuracy"] = _mean((predicted == labels.target).float(), labels.weight)
             elif self.monitor == "rmse":
-                error = (outputs[:, 0] - rows.target) * self.target_scale
-                record["val_rmse"] = _mean(error.pow(2), rows.weight) ** 0.5
+                error = (outputs[:, 0] - labels.target) * self.target_scale
+                record["val_rmse"] = _mean(error.pow(2), labels.weight) ** 0.5
             elif self.monitor == "roc_auc":
-                auc = roc_auc(rows.target.cpu().numpy(), to_probabilities(outputs, self.task).cpu().numpy(),
-                              sample_weight=None if rows.weight is None else rows.weight.cpu().numpy())
+                auc = roc_auc(labels.target.cpu().numpy(), to_probabilities(outputs, self.task).cpu().numpy(),
+                              sample_weight=None if labels.weight is None else labels.weight.cpu().numpy())
                 record["val_roc_auc"] = 0.5 if auc is None else auc  # undefined: neutral, so stopping still works
         return record
 
@@ -434,7 +474,7 @@ def resolve_batch_size(setting: int | str, n_rows: int) -> int:
 
 def _batches(rows: Batch, order: torch.Tensor, batch_size: int) -> Iterator[Batch]:
     """The rows in ``order``, a batch at a time (see ``_PRESHUFFLE_BYTES``)."""
-    bounds = _batch_bounds(len(rows), batch_size)
+    bounds = batch_bounds(len(rows), batch_size)
     if rows.numeric.element_size() * rows.numeric.numel() < _PRESHUFFLE_BYTES:
         shuffled = rows._select(order)
         for start, stop in bounds:
@@ -444,7 +484,7 @@ def _batches(rows: Batch, order: torch.Tensor, batch_size: int) -> Iterator[Batc
             yield rows._select(order[start:stop])
 
 
-def _batch_bounds(n_rows: int, batch_size: int) -> list[tuple[int, int]]:
+def batch_bounds(n_rows: int, batch_size: int) -> list[tuple[int, int]]:
     """Batch (start, stop) pairs; a last batch of a single row joins the one before it."""
     bounds = [(start, min(start + batch_size, n_rows)) for start in range(0, n_rows, batch_size)]
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:  # batch norm cannot train on one row
@@ -660,7 +700,7 @@ def _check_recorded_losses(trainer: Trainer, guard: NumericGuard, losses: torch.
     bad = torch.nonzero(~torch.isfinite(losses)).flatten().tolist()  # one host read an epoch
     if not bad:
         return
-    bounds = _batch_bounds(len(train), trainer.batch_size)
+    bounds = batch_bounds(len(train), trainer.batch_size)
     start, stop = bounds[bad[0]]
     rows = train._select(order[start:stop])  # the batch of that step, as _batches cut it
     guard.bad_step(epoch, bad[0] + 1, len(bounds), describe_problem(float(losses[bad[0]]), True),

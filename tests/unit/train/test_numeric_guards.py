@@ -17,7 +17,7 @@ from keel.errors import DataError, KeelError, NumericError
 from keel.nn.network import NetworkSpec, TabularNetwork
 from keel.train import trainer as trainer_module
 from keel.train.guards import BatchView, check_finite, likely_cause, numeric_input_names
-from keel.train.trainer import Batch, Trainer, _batch_bounds, numeric_guard
+from keel.train.trainer import Batch, Trainer, batch_bounds, numeric_guard
 from tests.conftest import FAST
 
 N_ROWS, BATCH = 256, 32
@@ -50,7 +50,7 @@ def _steps_holding(rows: list[int], epochs: int, seed: int = 42) -> list[list[in
     steps = []
     for _ in range(epochs):
         order = torch.randperm(N_ROWS, generator=generator)
-        bounds = _batch_bounds(N_ROWS, BATCH)
+        bounds = batch_bounds(N_ROWS, BATCH)
         steps.append([step for step, (start, stop) in enumerate(bounds, start=1)
                       if set(order[start:stop].tolist()) & set(rows)])
     return steps

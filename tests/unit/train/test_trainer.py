@@ -9,7 +9,7 @@ import torch
 from keel.config import TrainingConfig
 from keel.errors import ConfigError
 from keel.nn.network import NetworkSpec, TabularNetwork
-from keel.train.trainer import Batch, LearningRate, Trainer, _batch_bounds, build_optimizer, resolve_monitor
+from keel.train.trainer import Batch, LearningRate, Trainer, batch_bounds, build_optimizer, resolve_monitor
 
 
 def _data(n: int = 256, seed: int = 0) -> Batch:
@@ -93,9 +93,9 @@ def test_l1_penalty_shrinks_weights() -> None:
 
 
 def test_batches_never_leave_a_single_row() -> None:
-    assert _batch_bounds(65, 32) == [(0, 32), (32, 65)]
-    assert _batch_bounds(64, 32) == [(0, 32), (32, 64)]
-    assert _batch_bounds(1, 32) == [(0, 1)]
+    assert batch_bounds(65, 32) == [(0, 32), (32, 65)]
+    assert batch_bounds(64, 32) == [(0, 32), (32, 64)]
+    assert batch_bounds(1, 32) == [(0, 1)]
 
 
 def test_optimizer_settings_reach_the_optimizer() -> None:
