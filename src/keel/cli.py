@@ -196,14 +196,10 @@ def train(
     with _logged(log), _destination(output, data) as destination, output_lock(destination):
         if log is not None:
             log.line(f"keel train {data} -> {destination}")
-        with runner.step(f"reading {data}"):
-            frame = _read(data, delimiter, encoding)
-        test_frame = None
-        if test is not None:
-            with runner.step(f"reading {test}"):
-                test_frame = _read(test, delimiter, encoding)
-        model = fit(frame, target=target, config=settings, test=test_frame, reporter=runner, importance=not no_report,
-                    output=destination, resume=resume is not None)
+        # fit reads the files itself: one larger than data.memory_budget is streamed, never read whole.
+        model = fit(str(data), target=target, config=settings, test=None if test is None else str(test),
+                    reporter=runner, importance=not no_report, output=destination, resume=resume is not None,
+                    delimiter=delimiter, encoding=encoding)
         if log is not None:
             _log_results(log, model.metrics, destination)
         if not as_json:

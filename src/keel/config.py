@@ -207,6 +207,68 @@ class TrainingConfig(_Section):
         return 0.01 if self.optimizer == "adamw" else 0.0
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?")
+_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+# The smallest budget: below it the chunks and windows would be a few rows each.
+_MIN_BUDGET = 1 << 20
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from ``512MB``, ``2 GiB``, ``1.5GB`` or a plain number of bytes.
+
+    Raises:
+        ValueError: The text is not a size.
+    """
+    if isinstance(value, int):
+        return value
+    match = _SIZE.fullmatch(value.strip().upper())
+    if not match:
+        raise ValueError(f"{value!r} is not a size; write bytes (536870912) or a number and a unit: 512MB, 2GB, 1.5GiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+class DataConfig(_Section):
+    """How much of the data may be held in memory at once."""
+
+    memory_budget: int | str = Field(
+        "auto", description="Memory for the data: a file whose table would take more is read in chunks and "
+        "streamed into training from a store on disk. Bytes or a size (512MB, 2GB); auto is a quarter of the "
+        "machine's memory.")
+    spill_directory: str | None = Field(
+        None, description="Where a streamed run keeps its rows on disk: beside the output directory by default, "
+        "else the system's temporary directory.")
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _a_size(cls, value: int | str) -> int | str:
+        if value == "auto":
+            return value
+        size = parse_size(value)
+        if size < _MIN_BUDGET:
+            raise ValueError(f"{value!r} is under the smallest budget, 1MiB; give at least 1MiB (64MB or more is sensible)")
+        return value
+
+    @property
+    def budget_bytes(self) -> int:
+        """The budget in bytes (``auto`` resolved for this machine)."""
+        if self.memory_budget == "auto":
+            return physical_memory() // 4
+        return parse_size(self.memory_budget)
+
+
+def physical_memory() -> int:
+    """This machine's memory in bytes (what the cgroup allows, when it says less)."""
+    import os
+
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = int(Path("/sys/fs/cgroup/memory.max").read_text().strip())
+    except (OSError, ValueError):  # no cgroup v2 limit ("max") or not Linux
+        return total
+    return min(total, limit)
+
+
 class Config(_Section):
     """A whole keel run. Every field has a default, so an empty config is valid."""
 
@@ -223,6 +285,7 @@ class Config(_Section):
         default_factory=PreprocessingConfig, description="Missing values, scaling, category encoding.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Memory for the data; streaming larger files.")
 
 
 ConfigSource = Config | Mapping[str, Any] | str | Path | None

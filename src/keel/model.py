@@ -460,7 +460,11 @@ class Model:
     def _predictions(self, numeric: torch.Tensor, categorical: torch.Tensor, target: torch.Tensor,
                      weight: torch.Tensor | None, row: np.ndarray) -> Predictions:
         """These rows' predictions next to their true targets (class indices, or values in target units)."""
-        outputs = self._predict(numeric, categorical)
+        return self._predictions_of(self._predict(numeric, categorical), target, weight, row)
+
+    def _predictions_of(self, outputs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                        row: np.ndarray) -> Predictions:
+        """Predictions from the network's raw outputs for rows with these targets, weights and row numbers."""
         y = target.numpy()
         rows = np.asarray(row, dtype=np.int64)
         weights = None if weight is None else weight.numpy().astype(np.float64)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from statistics import NormalDist
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import pandas as pd
@@ -331,10 +331,15 @@ class CategoryTransform:
 
     def fit(self, series: pd.Series, source: str | None = None) -> "CategoryTransform":
         counts = Counter(value for value in category_strings(series).tolist() if value is not None)
+        return self.fit_counts(counts, len(series))
+
+    def fit_counts(self, counts: Mapping[str, int], n_rows: int) -> "CategoryTransform":
+        """Fit from each value's count (canonical spellings) over ``n_rows`` training rows, missing ones
+        included: what a streamed run counts a chunk at a time."""
         ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         # A value needs enough rows to learn its embedding from: a fixed count, or a share of the
         # rows on larger tables (a column of thousands of job titles keeps only the common ones).
-        threshold = max(self.min_count, math.ceil(self.min_share * len(series)))
+        threshold = max(self.min_count, math.ceil(self.min_share * n_rows))
         self.vocabulary = [value for value, count in ordered if count >= threshold]
         self.n_rare = len(ordered) - len(self.vocabulary)
         return self

@@ -505,7 +505,8 @@ class RunCheckpoints:
 
     @classmethod
     def start(cls, output: str | os.PathLike[str], settings: Config, frame: pd.DataFrame,
-              test_frame: pd.DataFrame | None, resume: bool) -> "RunCheckpoints":
+              test_frame: pd.DataFrame | None, resume: bool,
+              fingerprints: dict[str, str | None] | None = None) -> "RunCheckpoints":
         """The checkpoints of a run about to train, checked against any checkpoint already there.
 
         Raises:
@@ -513,6 +514,25 @@ class RunCheckpoints:
                 ``resume`` is True and the checkpoint was written for another config or data (the
                 message lists what differs).
             ArtifactError: The checkpoint cannot be read.
+        """
+        saved = cls.check_resumable(output, resume)
+        directory = checkpoint_directory(output)
+        run = cls(output, settings, frame, test_frame, saved)
+        run.resume = resume
+        if fingerprints is not None:  # a streamed run hashed its data as it read it (frame is a sample)
+            run._fingerprints = fingerprints
+        if saved is not None:
+            run._check_same_run(saved)
+        _remove_temporaries(directory)
+        return run
+
+    @staticmethod
+    def check_resumable(output: str | os.PathLike[str], resume: bool) -> Checkpoint | None:
+        """The checkpoint in ``output``'s checkpoint directory, if any, after the checks that need no data.
+
+        Raises:
+            ConfigError: A checkpoint is there and ``resume`` is False (it would be lost), or
+                ``resume`` is True and ``output`` holds a finished model and no checkpoint.
         """
         directory = checkpoint_directory(output)
         saved = read_checkpoint(directory)
@@ -523,12 +543,7 @@ class RunCheckpoints:
             raise ConfigError(
                 f"{output} has the checkpoint of an unfinished run ({saved.describe()}) in {directory}; continue "
                 f"that run with --resume (resume=True in Python), or delete {directory} to start over.")
-        run = cls(output, settings, frame, test_frame, saved)
-        run.resume = resume
-        if saved is not None:
-            run._check_same_run(saved)
-        _remove_temporaries(directory)
-        return run
+        return saved
 
     @property
     def fingerprints(self) -> dict[str, str | None]:

@@ -40,13 +40,16 @@ from keel.train.callbacks import Notes, Reporter, TextReporter
 from keel.train.checkpoint import RunCheckpoints, TrainerState, kill_point, output_lock
 from keel.train.device import resolve_device, resolve_precision
 from keel.train.guards import numeric_input_names
+from keel.train.prepared import PreparedData
 from keel.train.record import run_record
+from keel.train.streamed import streaming_plan
 from keel.train.trainer import Batch, History, Rows, Trainer, numeric_guard
 
 
 def fit(data: TableSource, target: str | None = None, config: ConfigSource = None, *,
         test: TableSource | None = None, quiet: bool = False, reporter: Reporter | None = None,
-        importance: bool = True, output: str | os.PathLike[str] | None = None, resume: bool = False) -> Model:
+        importance: bool = True, output: str | os.PathLike[str] | None = None, resume: bool = False,
+        delimiter: str | None = None, encoding: str | None = None) -> Model:
     """Train a model on a table: split, infer the schema, preprocess, train, evaluate on held-out rows.
 
     Args:
@@ -64,6 +67,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         resume: Continue the unfinished run that writes ``output`` from its last checkpoint; the data
             and config must be the same, and the model ends as the run would have without the
             interruption, bit for bit. Without a checkpoint there, training starts from the beginning.
+        delimiter, encoding: How to read CSV files (``data`` and ``test``); sniffed when None.
 
     Returns:
         The trained model; ``model.metrics`` holds the test metrics and ``model.notes`` what keel
@@ -100,13 +104,18 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         check_destination(output)  # before the data is read: an unusable output must not cost a training
     with output_lock(output) if output is not None else contextlib.nullcontext():
         try:
-            frame = _read(data, reporter)
-            test_frame = _read(test, reporter) if test is not None else None
-            checkpoints = (RunCheckpoints.start(output, settings, frame, test_frame, resume)
-                           if output is not None else None)
-            with torch.random.fork_rng():  # the caller's global random state is left as it was
-                torch.manual_seed(settings.training.seed)
-                model = _train(frame, test_frame, settings, notes, reporter, device, importance, checkpoints)
+            plan = streaming_plan(data, settings, delimiter, encoding)
+            if plan is not None:
+                model, checkpoints = _train_streamed(data, test, settings, plan, notes, reporter, device, importance,
+                                                     output, resume)
+            else:
+                frame = _read(data, reporter, delimiter, encoding)
+                test_frame = _read(test, reporter, delimiter, encoding) if test is not None else None
+                checkpoints = (RunCheckpoints.start(output, settings, frame, test_frame, resume)
+                               if output is not None else None)
+                with torch.random.fork_rng():  # the caller's global random state is left as it was
+                    torch.manual_seed(settings.training.seed)
+                    model = _train(frame, test_frame, settings, notes, reporter, device, importance, checkpoints)
         except KeelError as error:
             error.notes = list(notes)
             raise
@@ -119,12 +128,35 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
     return model
 
 
-def _read(source: TableSource, reporter: Reporter) -> pd.DataFrame:
+def _train_streamed(data: TableSource, test: TableSource | None, settings: Config, plan: Any, notes: Notes,
+                    reporter: Reporter, device: torch.device, importance: bool,
+                    output: str | os.PathLike[str] | None, resume: bool) -> tuple[Model, RunCheckpoints | None]:
+    """Train on a file larger than the memory budget (keel.train.streamed): its rows go through a
+    store on disk, removed when the run ends."""
+    from keel.train.streamed import prepare_streamed, row_directory
+
+    assert isinstance(data, (str, os.PathLike))
+    if output is not None:
+        RunCheckpoints.check_resumable(output, resume)  # before the passes over the file, not after
+    training = settings.training.model_copy(
+        update={"precision": resolve_precision(settings.training.precision, device)})
+    with row_directory(output, settings.data.spill_directory) as directory, torch.random.fork_rng():
+        torch.manual_seed(training.seed)
+        prepared, fingerprints, sample = prepare_streamed(data, test, settings, training, plan, notes, reporter,
+                                                          device, directory)
+        checkpoints = (RunCheckpoints.start(output, settings, sample, None, resume, fingerprints=fingerprints)
+                       if output is not None else None)
+        model = train_networks(prepared, settings, training, notes, reporter, device, importance, checkpoints)
+    return model, checkpoints
+
+
+def _read(source: TableSource, reporter: Reporter, delimiter: str | None = None,
+          encoding: str | None = None) -> pd.DataFrame:
     """Read a table, as a progress step when it is a file (a DataFrame needs no reading)."""
     if isinstance(source, pd.DataFrame):
         return read_table(source)
     with reporter.step(f"reading {source}"):
-        return read_table(source)
+        return read_table(source, delimiter=delimiter, encoding=encoding)
 
 
 @dataclass
@@ -136,34 +168,6 @@ class _Rows:
     classes: np.ndarray | None  # class index per row (classification)
     weights: np.ndarray | None  # row weights (``weight_column``)
     n_unlabelled: int
-
-
-@dataclass
-class PreparedData:
-    """What training needs from the data, held in memory or streamed from disk (keel.train.streamed).
-
-    Attributes:
-        schema, preprocessor, target: What was fitted on the training rows.
-        bags: (training rows, validation rows or None) for each network.
-        fitted: The rows the class weights are counted on (the training rows; with bagging, the pool).
-        n_test: Test rows.
-        calibration_rows: The validation rows calibration reads (at most ``calibration.MAX_ROWS`` when
-            streamed) and, with bagging, each network's positions among them.
-        test_predictions: The test rows' predictions by a model, or None without test rows.
-        held_out: Rows for permutation importance and where they come from, or None.
-        record: The run record's arguments besides ``seconds``.
-    """
-
-    schema: Schema
-    preprocessor: Preprocessor
-    target: TargetEncoder
-    bags: list[tuple[Rows, Rows | None]]
-    fitted: Rows
-    n_test: int
-    calibration_rows: Callable[[], tuple[Batch, list[np.ndarray] | None]]
-    test_predictions: Callable[[Model], Predictions | None]
-    held_out: Callable[[], tuple[Batch, str] | None]
-    record: dict[str, Any]
 
 
 def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, notes: Notes,

@@ -14,7 +14,7 @@ from keel.data.schema import Schema
 UNIQUE_SAMPLE_ROWS = 200_000
 
 
-def describe_columns(frame: pd.DataFrame, schema: Schema, excluded: set[str]) -> list[dict[str, Any]]:
+def describe_columns(frame: pd.DataFrame, schema: Schema, excluded: set[str], sampled: bool = False) -> list[dict[str, Any]]:
     """Every column of ``frame``: its role (feature type, target, dropped, excluded), missing share
     and number of distinct values (counted on a sample of :data:`UNIQUE_SAMPLE_ROWS` rows at most)."""
     types = {feature.name: feature.type for feature in schema.features}
@@ -32,7 +32,7 @@ def describe_columns(frame: pd.DataFrame, schema: Schema, excluded: set[str]) ->
             role = "dropped"
         columns.append({
             "name": str(name), "role": role, "missing": float(missing[name]),
-            "unique": int(sample[name].nunique(dropna=True)), "unique_sampled": len(sample) < len(frame),
+            "unique": int(sample[name].nunique(dropna=True)), "unique_sampled": sampled or len(sample) < len(frame),
             "dropped": schema.dropped.get(str(name)),
         })
     return columns
@@ -40,7 +40,8 @@ def describe_columns(frame: pd.DataFrame, schema: Schema, excluded: set[str]) ->
 
 def run_record(frame: pd.DataFrame, schema: Schema, excluded: set[str], rows: dict[str, int],
                seconds: dict[str, float], *, test_frame: pd.DataFrame | None = None,
-               bags: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+               bags: list[tuple[int, int]] | None = None, data_rows: int | None = None,
+               test_source: str | None = None) -> dict[str, Any]:
     """The run record a model keeps (``Model.run``).
 
     Args:
@@ -51,12 +52,15 @@ def run_record(frame: pd.DataFrame, schema: Schema, excluded: set[str], rows: di
         seconds: Durations.
         test_frame: The test data when it came from its own file (``--test``).
         bags: (training rows, validation rows) of each bagged network, when there are several.
+        data_rows: The data's rows when ``frame`` is a sample of them (a streamed run).
+        test_source: The test data's source when it is not in ``test_frame`` (a streamed run).
     """
     record: dict[str, Any] = {
-        "data": {"source": _source(frame), "rows": int(len(frame)), "columns": int(frame.shape[1]),
-                 "test_source": None if test_frame is None else _source(test_frame)},
+        "data": {"source": _source(frame), "rows": int(len(frame) if data_rows is None else data_rows),
+                 "columns": int(frame.shape[1]),
+                 "test_source": _source(test_frame) if test_frame is not None else test_source},
         "rows": {key: int(value) for key, value in rows.items()},
-        "columns": describe_columns(frame, schema, excluded),
+        "columns": describe_columns(frame, schema, excluded, sampled=data_rows is not None),
         "seconds": {key: round(float(value), 3) for key, value in seconds.items()},
     }
     if bags is not None and len(bags) > 1:

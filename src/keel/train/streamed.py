@@ -1,0 +1,495 @@
+"""Training on a file larger than the memory budget (``data.memory_budget``): never the whole table at once.
+
+Two passes over the file, a chunk at a time:
+
+1. The scan: each labelled row is assigned to training, validation (or its bagging fold) or test
+   by a seeded draw of its own (a split_by group's hash instead, so a group stays together); a
+   uniform sample of the training and validation rows is kept (bottom-k of random keys: the same
+   sample whatever the chunk size); category values are counted exactly on the training rows; the
+   target's distinct labels are collected; the file's fingerprint is hashed.
+2. The write: every labelled row is transformed with the preprocessing fitted on the sample (the
+   category vocabularies from the exact counts) and appended to a row store on disk
+   (keel.train.store), training and validation rows to one, test rows to another.
+
+Training then reads the store a window at a time (shuffled blocks), and validation, calibration,
+the test metrics and permutation importance read it in chunks or samples. What differs from a run
+in memory: the split is a draw per row (not stratified, and the part sizes are near the fractions,
+not exact); the column types, the number scalers, binary columns and a regression target's scale
+come from the sample; ``training.order_by`` needs every row's time at once and is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from keel.config import Config, TrainingConfig
+from keel.data.io import TableSize, read_chunks, table_size
+from keel.data.preprocess import Preprocessor, TargetEncoder
+from keel.data.schema import infer_schema, infer_task, require_column
+from keel.data.values import category_strings, missing_values, row_weights
+from keel.errors import ConfigError, DataError
+from keel.evaluate.predictions import Predictions
+from keel.model import Model
+from keel.train.calibration import MAX_ROWS, validation_sample
+from keel.train.callbacks import Notes, Reporter
+from keel.train.prepared import PreparedData
+from keel.train.store import BLOCK_ROWS, DiskRows, RowStore
+from keel.train.trainer import Batch
+
+# The rows the preprocessing is fitted on: a uniform sample of at most this many training and
+# validation rows (fewer when the budget is small). Quantile knots, medians and scales from
+# 500,000 rows are within a fraction of a percent of the whole column's.
+SAMPLE_ROWS = 500_000
+# A column's category counts stop past this many distinct values; its vocabulary then comes from
+# the sample (a column of 100,000 distinct strings is an id or free text, not a category).
+MAX_COUNTED_VALUES = 100_000
+# A classification target with more labels than this is refused when streamed.
+MAX_LABELS = 10_000
+# Shares of the budget: the chunk of raw rows a pass holds (its parsed DataFrame, of which the
+# transform makes a float64 and a float32 copy), the sample, and the training window of store rows.
+_CHUNK_SHARE, _SAMPLE_SHARE, _WINDOW_SHARE = 1 / 8, 1 / 8, 1 / 4
+# The draws' seeds: a stream for the parts and one for the sample's keys, from the run's seed.
+_PART_STREAM, _KEY_STREAM = 1, 2
+_TRAIN, _VALIDATION, _TEST, _UNLABELLED = 0, 1, 255, 254
+
+
+def streaming_plan(source: Any, settings: Config, delimiter: str | None = None,
+                   encoding: str | None = None) -> "Plan | None":
+    """How a file would be streamed, or None when it fits the memory budget (or is a DataFrame).
+
+    The table's size in memory is estimated from a sample of its rows (keel.data.io.table_size);
+    a run needs about twice that (the table and its transformed copy).
+    """
+    if isinstance(source, pd.DataFrame) or not isinstance(source, (str, os.PathLike)):
+        return None
+    budget = settings.data.budget_bytes
+    size = table_size(source, delimiter=delimiter, encoding=encoding)
+    if 2 * size.frame_bytes <= budget:
+        return None
+    row_bytes = max(size.row_bytes, 1.0)
+    return Plan(budget=budget, size=size, chunk_rows=max(1024, int(budget * _CHUNK_SHARE / row_bytes)),
+                sample_rows=max(1000, min(SAMPLE_ROWS, int(budget * _SAMPLE_SHARE / row_bytes))),
+                delimiter=delimiter, encoding=encoding)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Chunk and sample sizes of a streamed run, from its budget and the file's estimated size."""
+
+    budget: int
+    size: TableSize
+    chunk_rows: int
+    sample_rows: int
+    delimiter: str | None = None  # a CSV's, as given (read_chunks sniffs it when None)
+    encoding: str | None = None
+
+    def chunks(self, path: str | os.PathLike[str]) -> Iterator[pd.DataFrame]:
+        """The file's rows, a chunk at a time."""
+        return read_chunks(path, rows=self.chunk_rows, delimiter=self.delimiter, encoding=self.encoding)
+
+    def window_rows(self, row_bytes: int) -> int:
+        """Store rows a training window holds: a share of the budget, a whole number of blocks."""
+        rows = int(self.budget * _WINDOW_SHARE / max(row_bytes, 1))
+        return max(BLOCK_ROWS, rows - rows % BLOCK_ROWS)
+
+    def describe(self) -> str:
+        size = self.size
+        return (f"streaming {size.file_bytes / 1e6:,.0f} MB ({'' if size.exact else 'about '}{size.rows:,} rows, about "
+                f"{size.frame_bytes / 1e6:,.0f} MB as a table) within data.memory_budget {self.budget / 1e6:,.0f} MB: "
+                f"read in chunks of {self.chunk_rows:,} rows, preprocessing fitted on a sample of up to "
+                f"{self.sample_rows:,} rows (category vocabularies on exact counts), training from a store on disk")
+
+
+@dataclass
+class Scan:
+    """What the first pass learns about the file."""
+
+    source: str
+    columns: list[str]
+    n_rows: int = 0
+    n_unlabelled: int = 0
+    parts: dict[int, int] = field(default_factory=dict)  # rows per part code
+    sample: pd.DataFrame | None = None  # training and validation rows, by file row
+    sample_keys: np.ndarray | None = None
+    sample_parts: np.ndarray | None = None  # the part code of each sample row
+    labels: dict[str, Any] | None = field(default_factory=dict)  # canonical spelling -> first value; None: too many
+    counts: dict[str, dict[str, int] | None] = field(default_factory=dict)  # column -> value -> training rows
+    n_fitted: int = 0  # the rows the counts are over
+    fingerprint: str = ""
+
+
+class Streamer:
+    """The two passes of a streamed run over one file, with the part each row belongs to."""
+
+    def __init__(self, path: str | os.PathLike[str], settings: Config, plan: Plan, test_file: bool) -> None:
+        self.path, self.settings, self.plan = Path(path), settings, plan
+        self.training: TrainingConfig = settings.training
+        training = self.training
+        if training.order_by is not None:
+            raise ConfigError(
+                f"training.order_by holds out the latest rows, which needs every row's time at once, and {path} is "
+                f"streamed (its table would take more than data.memory_budget, {plan.budget / 1e6:,.0f} MB). Raise "
+                "data.memory_budget, or split the file by time yourself and pass the latest rows with --test.")
+        self.bagged = training.bagging > 1 and training.validation_split > 0
+        self.target = str(settings.target)
+        self.test_share = 0.0 if test_file else training.test_split  # test rows from their own file
+
+    def chunks(self) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
+        """Each chunk, with its rows' part codes and sample keys: the same draws on every pass."""
+        parts_rng = np.random.default_rng([self.training.seed, _PART_STREAM])
+        keys_rng = np.random.default_rng([self.training.seed, _KEY_STREAM])
+        for chunk in self.plan.chunks(self.path):
+            draws, keys = parts_rng.random(len(chunk)), keys_rng.random(len(chunk))
+            yield chunk, self._parts(chunk, draws), keys
+
+    def _parts(self, chunk: pd.DataFrame, draws: np.ndarray) -> np.ndarray:
+        training = self.training
+        require_column(chunk, self.target, "target")
+        if training.split_by is not None:  # a group's rows all go where its id's hash says
+            require_column(chunk, training.split_by, "training.split_by")
+            ids = category_strings(chunk[training.split_by]).astype(str)
+            key = f"keel{training.seed % 10**12:012d}"
+            draws = pd.util.hash_array(ids, hash_key=key).astype(np.float64) / 2.0**64
+        parts = np.full(len(chunk), _TRAIN, dtype=np.uint8)
+        test = self.test_share
+        pool = draws >= test
+        parts[~pool] = _TEST
+        within = (draws[pool] - test) / max(1.0 - test, 1e-12)  # uniform on [0, 1) again
+        if self.bagged:
+            parts[pool] = np.minimum((within * training.bagging).astype(np.int64), training.bagging - 1)
+        else:
+            parts[pool] = np.where(within < training.validation_split, _VALIDATION, _TRAIN)
+        parts[missing_values(chunk[self.target])] = _UNLABELLED
+        return parts
+
+    def fitted(self, parts: np.ndarray) -> np.ndarray:
+        """Rows the preprocessing learns from: the training rows; with bagging, every fold's."""
+        return parts < _UNLABELLED - 1 if self.bagged else parts == _TRAIN
+
+    def scan(self, reporter: Reporter) -> Scan:
+        """The first pass."""
+        scan: Scan | None = None
+        digest = hashlib.sha256()
+        declared = {item.name for item in self.settings.input_features or [] if item.type == "category"}
+        special = {self.target, self.training.weight_column, self.training.split_by}
+        with reporter.step(f"scanning {self.path}") as advance:
+            for chunk, parts, keys in self.chunks():
+                if scan is None:
+                    scan = Scan(str(self.path), [str(name) for name in chunk.columns])
+                    digest.update(json.dumps([[str(n), str(t)] for n, t in chunk.dtypes.items()]).encode())
+                _hash_rows(digest, chunk)
+                scan.n_rows += len(chunk)
+                for code, count in zip(*np.unique(parts, return_counts=True)):
+                    scan.parts[int(code)] = scan.parts.get(int(code), 0) + int(count)
+                self._collect_labels(scan, chunk[self.target][parts != _UNLABELLED])
+                fitted = self.fitted(parts)
+                scan.n_fitted += int(fitted.sum())
+                for name in chunk.columns:
+                    if name in special or name in scan.counts and scan.counts[name] is None:
+                        continue
+                    series = chunk[name]
+                    if pd.api.types.is_float_dtype(series.dtype) and name not in declared:
+                        continue
+                    _count(scan.counts, name, series[fitted])
+                pool = (parts != _TEST) & (parts != _UNLABELLED)
+                _keep_sample(scan, chunk[pool], keys[pool], parts[pool], self.plan.sample_rows)
+                advance(1)
+        assert scan is not None  # read_chunks yields at least one chunk or raises
+        scan.n_unlabelled = scan.parts.get(_UNLABELLED, 0)
+        scan.fingerprint = digest.hexdigest()
+        return scan
+
+    def _collect_labels(self, scan: Scan, target: pd.Series) -> None:
+        if scan.labels is None:
+            return
+        values = target.drop_duplicates()
+        for spelled, value in zip(category_strings(values), values.tolist()):
+            if spelled is not None and spelled not in scan.labels:
+                scan.labels[spelled] = value
+        if len(scan.labels) > MAX_LABELS:
+            scan.labels = None
+
+
+def _hash_rows(digest: Any, chunk: pd.DataFrame) -> None:
+    try:
+        hashes = pd.util.hash_pandas_object(chunk, index=True)
+    except (TypeError, ValueError):  # cells pandas cannot hash (lists, dicts): hash their text
+        hashes = pd.util.hash_pandas_object(chunk.astype(str), index=True)
+    digest.update(np.ascontiguousarray(hashes.to_numpy()).tobytes())
+
+
+def _count(counts: dict[str, dict[str, int] | None], name: str, series: pd.Series) -> None:
+    """Add a chunk's training values of a column to its counts (none past MAX_COUNTED_VALUES)."""
+    known = counts.setdefault(name, {})
+    if known is None:
+        return
+    spelled = pd.Series(category_strings(series), dtype=object).value_counts(dropna=True)
+    for value, count in spelled.items():
+        known[value] = known.get(value, 0) + int(count)
+    if len(known) > MAX_COUNTED_VALUES:
+        counts[name] = None
+
+
+def _keep_sample(scan: Scan, rows: pd.DataFrame, keys: np.ndarray, parts: np.ndarray, size: int) -> None:
+    """Keep the ``size`` rows with the smallest keys seen so far: a uniform sample of every row."""
+    if scan.sample is not None:
+        assert scan.sample_keys is not None and scan.sample_parts is not None
+        rows = pd.concat([scan.sample, rows])
+        keys = np.concatenate([scan.sample_keys, keys])
+        parts = np.concatenate([scan.sample_parts, parts])
+    if len(keys) > size:
+        keep = np.sort(np.argpartition(keys, size)[:size])
+        rows, keys, parts = rows.iloc[keep], keys[keep], parts[keep]
+    scan.sample, scan.sample_keys, scan.sample_parts = rows, keys, parts
+
+
+def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, training: TrainingConfig,
+                     plan: Plan, notes: Notes, reporter: Reporter, device: torch.device,
+                     directory: Path) -> tuple[PreparedData, dict[str, str | None], pd.DataFrame]:
+    """The scan, the fitting and the write; returns the data for :func:`train_networks`, the
+    fingerprints of the data and test data, and the sample (the run record describes its columns).
+
+    The row stores go in ``directory``, which the caller removes when the run ends.
+    """
+    streamer = Streamer(path, settings, plan, test_file=test is not None)
+    notes.append(plan.describe())
+    scan = streamer.scan(reporter)
+    sample = scan.sample
+    assert sample is not None
+    sample = sample.copy()
+    sample.attrs["source"] = scan.source
+    if not len(sample):
+        raise DataError(f"{path} has no labelled rows for training: every row's {streamer.target!r} is missing.",
+                        file=str(path), column=streamer.target)
+    target = _target_encoder(scan, settings)
+    special = {name for name in (training.split_by, training.weight_column) if name is not None}
+    if training.weight_column is not None:
+        require_column(sample, training.weight_column, "training.weight_column")
+    parts = scan.parts
+    n_train = parts.get(_TRAIN, 0) if not streamer.bagged else sum(parts.get(i, 0) for i in range(training.bagging))
+    n_validation = 0 if streamer.bagged else parts.get(_VALIDATION, 0)
+    n_test = parts.get(_TEST, 0)
+    schema = infer_schema(sample, settings.model_copy(update={"task": target.task}), exclude=special)
+    for name, reason in schema.dropped.items():
+        notes.append(f"dropped column {name!r}: {reason} (judged on a sample of {len(sample):,} rows)")
+    for note in schema.notes:
+        notes.append(note)
+    assert scan.sample_parts is not None
+    fitted_rows = np.flatnonzero(streamer.fitted(scan.sample_parts))
+    if schema.task == "regression":
+        target.fit(sample[schema.target].iloc[fitted_rows])
+    with reporter.step(f"preprocessing: fitting on {len(fitted_rows):,} sampled rows x {len(schema.features)} features"):
+        preprocessor = Preprocessor(schema, settings.preprocessing).fit(sample, rows=fitted_rows)
+    from_sample = _exact_vocabularies(preprocessor, scan)
+    if from_sample:
+        notes.append(f"category column(s) {from_sample} hold more than {MAX_COUNTED_VALUES:,} distinct values: their "
+                     "vocabularies come from the sample, not exact counts")
+    regression = schema.task == "regression"
+    weighted = training.weight_column is not None
+    width, n_categories = preprocessor.numeric_width, len(preprocessor.categorical)
+    pool = RowStore(directory / "train", width, n_categories, regression, weighted)
+    tests = RowStore(directory / "test", width, n_categories, regression, weighted)
+    with reporter.step(f"preprocessing {scan.n_rows - scan.n_unlabelled:,} rows into {directory}") as advance:
+        for chunk, chunk_parts, _ in streamer.chunks():
+            _write(chunk, chunk_parts, preprocessor, target, training, pool, tests)
+            advance(1)
+    pool.finish()
+    test_fingerprint = None
+    if test is not None:
+        test_fingerprint = _write_test(test, plan, preprocessor, target, schema.feature_names, training, tests, notes)
+        n_test = tests.n_rows
+    tests.finish()
+    notes.append(_describe_parts(n_train, n_validation, n_test, scan, streamer, test is not None))
+    window = plan.window_rows(width * 4 + n_categories * 4 + 8 + 8 + 1 + (4 if weighted else 0))
+
+    def rows(store: RowStore, folds: set[int]) -> DiskRows:
+        return DiskRows(store, folds, window, device)
+
+    if streamer.bagged:
+        folds = list(range(training.bagging))
+        bags: list[tuple[Any, Any]] = [(rows(pool, set(folds) - {i}), rows(pool, {i})) for i in folds]
+        fitted_store = rows(pool, set(folds))
+    else:
+        validation = rows(pool, {_VALIDATION})
+        bags = [(rows(pool, {_TRAIN}), validation if len(validation) else None)]
+        fitted_store = bags[0][0]
+    test_rows = rows(tests, {_TEST})
+
+    def calibration_rows() -> tuple[Batch, list[np.ndarray] | None]:
+        held = [validation for _, validation in bags if validation is not None]
+        if not held:
+            empty = rows(pool, set()).take(np.zeros(0, dtype=np.int64))
+            return empty, None
+        share = max(1, MAX_ROWS // len(held))
+        batches = [part.take(validation_sample(len(part), share, training.seed)) for part in held]
+        ends = np.cumsum([len(batch) for batch in batches])
+        folds = [np.arange(end - len(batch), end) for batch, end in zip(batches, ends)] if len(held) > 1 else None
+        return _concatenate(batches), folds
+
+    def test_predictions(model: Model) -> Predictions | None:
+        if not len(test_rows):
+            return None
+        outputs, labels, numbers = test_rows.map(lambda batch: model._predict(batch.numeric, batch.categorical))
+        return model._predictions_of(outputs, labels.target, labels.weight, numbers + 1)
+
+    def held_out() -> tuple[Batch, str] | None:
+        validation = bags[0][1]
+        if len(bags) == 1 and validation is not None:
+            return validation.sample(2000, training.seed), "validation"
+        if len(test_rows) and test is None:
+            return test_rows.sample(2000, training.seed), "test"
+        return None
+
+    record = {"frame": sample, "schema": schema, "excluded": special, "test_frame": None,
+              "rows": {"train": n_train, "validation": n_validation, "test": n_test, "unlabelled": scan.n_unlabelled},
+              "bags": [(len(train), 0 if validation is None else len(validation)) for train, validation in bags],
+              "data_rows": scan.n_rows, "test_source": None if test is None else str(_source_name(test))}
+    prepared = PreparedData(schema, preprocessor, target, bags=bags, fitted=fitted_store, n_test=n_test,
+                            calibration_rows=calibration_rows, test_predictions=test_predictions,
+                            held_out=held_out, record=record)
+    return prepared, {"data": scan.fingerprint, "test": test_fingerprint}, sample
+
+
+def _source_name(test: Any) -> str:
+    return test.attrs.get("source", "DataFrame") if isinstance(test, pd.DataFrame) else str(test)
+
+
+def _target_encoder(scan: Scan, settings: Config) -> TargetEncoder:
+    """The task and labels from every labelled row's distinct target values (not the sample's)."""
+    name = str(settings.target)
+    if scan.labels is None:  # more distinct values than any classifier here: a quantity, or refused
+        values = scan.sample[name] if scan.sample is not None else pd.Series(dtype=float)
+        task = infer_task(values, name, settings.task, scan.source)
+        if task != "regression":
+            raise DataError(f"target column {name!r} has more than {MAX_LABELS:,} distinct labels, too many classes "
+                            "for a streamed run; declare task: regression if it is a quantity, or group the labels.",
+                            file=scan.source, column=name)
+    else:
+        values = pd.Series(list(scan.labels.values()))
+        task = infer_task(values, name, settings.task, scan.source)
+    encoder = TargetEncoder(name, task)
+    if task != "regression":
+        encoder.fit(values)
+    return encoder
+
+
+def _exact_vocabularies(preprocessor: Preprocessor, scan: Scan) -> list[str]:
+    """Give each category column the vocabulary of its exact training counts; returns those without counts."""
+    from_sample = []
+    for transform in preprocessor.categorical:
+        counts = scan.counts.get(transform.name)
+        if counts is None:
+            from_sample.append(transform.name)
+            continue
+        transform.fit_counts(counts, scan.n_fitted)
+    return from_sample
+
+
+def _write(chunk: pd.DataFrame, parts: np.ndarray, preprocessor: Preprocessor, target: TargetEncoder,
+           training: TrainingConfig, pool: RowStore, tests: RowStore) -> None:
+    labelled = parts != _UNLABELLED
+    if not labelled.all():
+        chunk, parts = chunk[labelled], parts[labelled]
+    if not len(chunk):
+        return
+    features = preprocessor.transform(chunk)
+    source = chunk.attrs.get("source")
+    y = target.encode(chunk[target.name], source)
+    weight = (row_weights(chunk[training.weight_column], training.weight_column, source)
+              if training.weight_column is not None else None)
+    rows = chunk.index.to_numpy()
+    for store, keep in ((pool, parts != _TEST), (tests, parts == _TEST)):
+        if keep.any():
+            store.append(features.numeric[keep], features.categorical[keep], y[keep],
+                         None if weight is None else weight[keep], parts[keep], rows[keep])
+
+
+def _write_test(test: Any, plan: Plan, preprocessor: Preprocessor, target: TargetEncoder, features: list[str],
+                training: TrainingConfig, tests: RowStore, notes: Notes) -> str:
+    """Write the ``--test`` rows into the test store a chunk at a time; returns their fingerprint."""
+    digest = hashlib.sha256()
+    chunks: Iterator[pd.DataFrame]
+    if isinstance(test, pd.DataFrame):
+        chunks = (test.iloc[start:start + plan.chunk_rows] for start in range(0, max(len(test), 1), plan.chunk_rows))
+    else:
+        chunks = plan.chunks(test)
+    dropped = 0
+    for index, chunk in enumerate(chunks):
+        if index == 0:
+            digest.update(json.dumps([[str(n), str(t)] for n, t in chunk.dtypes.items()]).encode())
+            source = chunk.attrs.get("source")
+            require_column(chunk, target.name, "target")
+            missing = [name for name in features if name not in chunk.columns]
+            if missing:
+                raise DataError(
+                    f"the test data lacks the input column(s) {missing} that the model is trained on; add them "
+                    "(empty values are allowed) or drop them from the training data.", file=source, column=missing[0])
+            if training.weight_column is not None:
+                require_column(chunk, training.weight_column, "training.weight_column")
+        _hash_rows(digest, chunk)
+        parts = np.full(len(chunk), _TEST, dtype=np.uint8)
+        parts[missing_values(chunk[target.name])] = _UNLABELLED
+        dropped += int((parts == _UNLABELLED).sum())
+        _write(chunk, parts, preprocessor, target, training, tests, tests)
+    if dropped:
+        notes.append(f"dropped {dropped} row(s) of the test data with a missing {target.name!r}")
+    return digest.hexdigest()
+
+
+def _describe_parts(n_train: int, n_validation: int, n_test: int, scan: Scan, streamer: Streamer,
+                    test_file: bool) -> str:
+    training, bagged = streamer.training, streamer.bagged
+    how = f"whole groups of {training.split_by!r} in each part" if training.split_by else "a random draw per row"
+    text = (f"rows: {n_train} for training, {n_validation} for validation, {n_test} for test ({how}, not stratified: "
+            f"the data is streamed{'; test rows from the test data' if test_file else ''})")
+    if bagged:
+        text = (f"rows: {n_train} in {training.bagging} folds for bagged networks, each trained on the other folds "
+                f"and validated on its own, {n_test} for test ({how}, not stratified: the data is streamed"
+                f"{'; test rows from the test data' if test_file else ''})")
+    if scan.n_unlabelled:
+        text += f"; dropped {scan.n_unlabelled} row(s) of the training data with a missing {streamer.target!r}"
+    return text
+
+
+def _concatenate(batches: list[Batch]) -> Batch:
+    weight = None if batches[0].weight is None else torch.cat([batch.weight for batch in batches])  # type: ignore[misc]
+    return Batch(torch.cat([batch.numeric for batch in batches]), torch.cat([batch.categorical for batch in batches]),
+                 torch.cat([batch.target for batch in batches]), weight)
+
+
+@contextlib.contextmanager
+def row_directory(output: str | os.PathLike[str] | None, spill: str | None) -> Iterator[Path]:
+    """The directory a streamed run's row stores live in, removed when the run ends (however it ends).
+
+    Beside the output directory by default (``.<name>.rows``; a stale one from a killed run is
+    removed first: the output's lock guarantees no other run is using it), else in
+    ``data.spill_directory`` or the system's temporary directory.
+    """
+    import tempfile
+
+    if spill is not None:
+        Path(spill).mkdir(parents=True, exist_ok=True)
+        directory = Path(tempfile.mkdtemp(prefix="keel-rows-", dir=spill))
+    elif output is not None:
+        out = Path(output)
+        directory = out.parent / f".{out.name}.rows"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="keel-rows-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
