@@ -248,7 +248,7 @@ class DiskRows:
         blocks = torch.randperm(n_blocks, generator=generator).tolist()
         sizes = [stop - start for start, stop in batch_bounds(self.n_rows, batch_size)]
         current: Batch | None = None  # rows read and shuffled; those from ``offset`` on are not batched yet
-        offset = 0
+        offset, next_size = 0, 0
         for first in range(0, n_blocks, self.window_blocks):
             reads = [self._read(block * BLOCK_ROWS, min((block + 1) * BLOCK_ROWS, self.store.n_rows))
                      for block in blocks[first:first + self.window_blocks]]
@@ -259,11 +259,12 @@ class DiskRows:
             left = None if current is None else current._select(slice(offset, len(current)))
             current, offset = _concatenate([left, window] if left is not None else [window]), 0
             assert current is not None
-            while sizes and len(current) - offset >= sizes[0]:
-                size = sizes.pop(0)
+            while next_size < len(sizes) and len(current) - offset >= sizes[next_size]:
+                size = sizes[next_size]
+                next_size += 1
                 yield current._select(slice(offset, offset + size))
                 offset += size
-        assert not sizes, "the store's rows did not fill the epoch's batches"
+        assert next_size == len(sizes), "the store's rows did not fill the epoch's batches"
 
 
 def _concatenate(batches: list[Batch]) -> Batch | None:

@@ -181,7 +181,6 @@ class Streamer:
         """The first pass."""
         scan: Scan | None = None
         digest = hashlib.sha256()
-        declared = {item.name for item in self.settings.input_features or [] if item.type == "category"}
         special = {self.target, self.training.weight_column, self.training.split_by}
         with reporter.step(f"scanning {self.path}") as advance:
             for chunk, parts, keys in self.chunks():
@@ -198,10 +197,9 @@ class Streamer:
                 for name in chunk.columns:
                     if name in special or name in scan.counts and scan.counts[name] is None:
                         continue
-                    series = chunk[name]
-                    if pd.api.types.is_float_dtype(series.dtype) and name not in declared:
-                        continue
-                    _count(scan.counts, name, series[fitted])
+                    # Number columns too: a text column whose chunk holds only numbers and blanks reads as
+                    # float64 there, and its values must count; a continuous column stops at the cap quickly.
+                    _count(scan.counts, name, chunk[name][fitted])
                 pool = (parts != _TEST) & (parts != _UNLABELLED)
                 _keep_sample(scan, chunk[pool], keys[pool], parts[pool], self.plan.sample_rows)
                 advance(1)
