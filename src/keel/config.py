@@ -101,7 +101,7 @@ class TrainingConfig(_Section):
     """The training loop."""
 
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="Optimizer.")
-    lr: float = Field(0.001, gt=0.0, description="Learning rate.")
+    lr: float = Field(0.001, gt=0.0, le=1e6, description="Learning rate (above 1e6 the first step alone overflows float32 weights).")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     nesterov: bool = Field(False, description="Nesterov momentum for SGD.")
     weight_decay: float | None = Field(

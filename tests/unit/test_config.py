@@ -116,3 +116,16 @@ def test_a_preset_is_applied_once_so_a_loaded_config_keeps_its_values() -> None:
 def test_an_unknown_preset_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="unknown preset 'quick'; use one of fast, balanced, best"):
         load_config({"preset": "quick"})
+
+
+def test_a_learning_rate_that_overflows_float32_and_bad_memory_budgets_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"training.lr: Input should be less than or equal to 1000000"):
+        load_config({"training.lr": 1e40})  # torch raised a RuntimeError at the first SGD step
+    assert load_config({"training.lr": 1e6}).training.lr == 1e6
+    assert load_config({"data.memory_budget": "512MB"}).data.budget_bytes == 512 * 10**6
+    assert load_config({"data.memory_budget": "1.5GiB"}).data.budget_bytes == int(1.5 * 2**30)
+    assert load_config({"data.memory_budget": 2**21}).data.budget_bytes == 2**21
+    assert 0 < load_config(None).data.budget_bytes
+    for bad, reason in [("12 bananas", "is not a size"), ("10KB", "under the smallest budget"), (-5, "smallest")]:
+        with pytest.raises(ConfigError, match=reason):
+            load_config({"data.memory_budget": bad})

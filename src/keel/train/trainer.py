@@ -224,6 +224,9 @@ class Trainer:
         progress = _Progress(History(monitor=self.monitor))
         if resume is not None:
             progress = self._restore(resume, optimizer, rate, generator)
+            # The skips before the checkpoint are in its history; the note counts the whole run's.
+            numeric_guard(self).skipped.update({record["epoch"]: record["skipped_batches"]
+                                                for record in progress.history.epochs if "skipped_batches" in record})
         history = progress.history
         started = time.perf_counter() - history.seconds
         with thread_budget(self.network, self.batch_size * self.network.spec.ensemble):

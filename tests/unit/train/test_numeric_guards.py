@@ -332,3 +332,25 @@ def test_scaled_numbers_are_clipped_to_the_limit() -> None:
     assert out[:, 0].tolist() == pytest.approx([SCALED_LIMIT, -SCALED_LIMIT, SCALED_LIMIT, 0.0, 0.0])
     with pytest.raises(DataError, match="keel needs finite numbers"):
         transform.transform(pd.Series([1.0, float("inf")]))
+
+
+def test_a_resumed_skip_batch_run_counts_the_batches_skipped_before_its_checkpoint() -> None:
+    import copy
+
+    class KeepSecondEpoch:
+        state = None
+
+        def due(self, epoch: int) -> bool:
+            return epoch == 2
+
+        def save(self, state) -> None:  # type: ignore[no-untyped-def]
+            self.state = copy.deepcopy(state)  # the trainer's tensors move on after this call
+
+    keeper = KeepSecondEpoch()
+    whole = _trainer(nonfinite="skip_batch")
+    whole.checkpoint = keeper  # type: ignore[assignment]
+    whole.fit(_rows([3, 150]))
+    resumed = _trainer(nonfinite="skip_batch")
+    resumed.fit(_rows([3, 150]), resume=keeper.state)
+    assert numeric_guard(resumed).skipped == numeric_guard(whole).skipped
+    assert numeric_guard(resumed).total_skipped == numeric_guard(whole).total_skipped >= 3
