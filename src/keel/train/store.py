@@ -242,37 +242,57 @@ class DiskRows:
         return self.take(chosen)
 
     def epoch_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-        """One epoch's batches: blocks in a shuffled order, a window of them read at a time and its rows
-        shuffled; batches have the sizes :func:`batch_bounds` gives, so steps per epoch are as in memory."""
+        """One epoch's batches: blocks in a shuffled order, a window of them read at a time, its rows
+        drawn in a shuffled order; batches have the sizes :func:`batch_bounds` gives, so steps per
+        epoch are as in memory.
+
+        A window is read into one array per column and each batch gathered from it by index: no
+        shuffled copy of the window (the rows left over at its end, fewer than a batch, are carried
+        into the next batch).
+        """
         n_blocks = math.ceil(self.store.n_rows / BLOCK_ROWS)
         blocks = torch.randperm(n_blocks, generator=generator).tolist()
         sizes = [stop - start for start, stop in batch_bounds(self.n_rows, batch_size)]
-        current: Batch | None = None  # rows read and shuffled; those from ``offset`` on are not batched yet
-        offset, next_size = 0, 0
+        carry: dict[str, np.ndarray] | None = None  # rows of earlier windows not batched yet
+        next_size = 0
         for first in range(0, n_blocks, self.window_blocks):
-            reads = [self._read(block * BLOCK_ROWS, min((block + 1) * BLOCK_ROWS, self.store.n_rows))
-                     for block in blocks[first:first + self.window_blocks]]
-            window = _concatenate([self._batch(arrays, keep) for arrays, keep in reads])
-            if window is None:
-                continue
-            window = window._select(torch.randperm(len(window), generator=generator).to(self.device))
-            left = None if current is None else current._select(slice(offset, len(current)))
-            current, offset = _concatenate([left, window] if left is not None else [window]), 0
-            assert current is not None
-            while next_size < len(sizes) and len(current) - offset >= sizes[next_size]:
-                size = sizes[next_size]
+            arrays = self._read_blocks(blocks[first:first + self.window_blocks])
+            here = np.flatnonzero(np.isin(arrays["fold"], list(self.folds)))
+            order = here[torch.randperm(len(here), generator=generator).numpy()]
+            position = 0
+            while next_size < len(sizes):
+                carried = 0 if carry is None else len(carry["fold"])
+                need = sizes[next_size] - carried
+                if len(order) - position < need:
+                    break
+                rows = {name: values[order[position:position + need]] for name, values in arrays.items()}
+                position += need
+                if carry is not None:
+                    rows = {name: np.concatenate([carry[name], values]) for name, values in rows.items()}
+                    carry = None
                 next_size += 1
-                yield current._select(slice(offset, offset + size))
-                offset += size
+                yield self._batch(rows, None)
+            if position < len(order):
+                rest = {name: values[order[position:]] for name, values in arrays.items()}
+                carry = rest if carry is None else {name: np.concatenate([carry[name], rest[name]]) for name in rest}
         assert next_size == len(sizes), "the store's rows did not fill the epoch's batches"
 
-
-def _concatenate(batches: list[Batch]) -> Batch | None:
-    batches = [batch for batch in batches if len(batch)]
-    if not batches:
-        return None
-    if len(batches) == 1:
-        return batches[0]
-    weight = None if batches[0].weight is None else torch.cat([batch.weight for batch in batches])  # type: ignore[misc]
-    return Batch(torch.cat([batch.numeric for batch in batches]), torch.cat([batch.categorical for batch in batches]),
-                 torch.cat([batch.target for batch in batches]), weight)
+    def _read_blocks(self, blocks: list[int]) -> dict[str, np.ndarray]:
+        """Every row of these blocks, in this order, one array per column (each file opened once)."""
+        spans = [(block * BLOCK_ROWS, min((block + 1) * BLOCK_ROWS, self.store.n_rows)) for block in blocks]
+        total = sum(stop - start for start, stop in spans)
+        out = {}
+        for name, (dtype, width) in self.store.shapes.items():
+            values = np.empty((total, width) if name in ("numeric", "categorical") else total, dtype=dtype)
+            flat = values.reshape(-1).view(np.uint8)
+            row_bytes = width * dtype.itemsize
+            with open(self.store.directory / name, "rb") as file:
+                offset = 0
+                for start, stop in spans:
+                    file.seek(start * row_bytes)
+                    wanted = (stop - start) * row_bytes
+                    if file.readinto(flat[offset:offset + wanted].data) != wanted:
+                        raise OSError(f"the row store file {file.name} is shorter than the rows written to it")
+                    offset += wanted
+            out[name] = values
+        return out

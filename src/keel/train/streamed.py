@@ -56,9 +56,10 @@ SAMPLE_ROWS = 500_000
 MAX_COUNTED_VALUES = 100_000
 # A classification target with more labels than this is refused when streamed.
 MAX_LABELS = 10_000
-# Shares of the budget: the chunk of raw rows a pass holds (its parsed DataFrame, of which the
-# transform makes a float64 and a float32 copy), the sample, and the training window of store rows.
-_CHUNK_SHARE, _SAMPLE_SHARE, _WINDOW_SHARE = 1 / 8, 1 / 8, 1 / 4
+# Shares of the budget: the chunk of raw rows a pass holds (a sixteenth: parsing a chunk takes about
+# four times its DataFrame's size, and the transform makes a float64 and a float32 copy of it), the
+# sample, and the training window of store rows.
+_CHUNK_SHARE, _SAMPLE_SHARE, _WINDOW_SHARE = 1 / 16, 1 / 8, 1 / 4
 # The draws' seeds: a stream for the parts and one for the sample's keys, from the run's seed.
 _PART_STREAM, _KEY_STREAM = 1, 2
 _TRAIN, _VALIDATION, _TEST, _UNLABELLED = 0, 1, 255, 254
@@ -94,9 +95,10 @@ class Plan:
     delimiter: str | None = None  # a CSV's, as given (read_chunks sniffs it when None)
     encoding: str | None = None
 
-    def chunks(self, path: str | os.PathLike[str]) -> Iterator[pd.DataFrame]:
-        """The file's rows, a chunk at a time."""
-        return read_chunks(path, rows=self.chunk_rows, delimiter=self.delimiter, encoding=self.encoding)
+    def chunks(self, path: str | os.PathLike[str], columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        """The file's rows (of ``columns``, or all), a chunk at a time."""
+        return read_chunks(path, rows=self.chunk_rows, columns=columns, delimiter=self.delimiter,
+                           encoding=self.encoding)
 
     def window_rows(self, row_bytes: int) -> int:
         """Store rows a training window holds: a share of the budget, a whole number of blocks."""
@@ -125,6 +127,7 @@ class Scan:
     sample_parts: np.ndarray | None = None  # the part code of each sample row
     labels: dict[str, Any] | None = field(default_factory=dict)  # canonical spelling -> first value; None: too many
     counts: dict[str, dict[str, int] | None] = field(default_factory=dict)  # column -> value -> training rows
+    partial: set[str] = field(default_factory=set)  # columns left uncounted in a chunk where they read as numbers
     n_fitted: int = 0  # the rows the counts are over
     fingerprint: str = ""
 
@@ -145,11 +148,12 @@ class Streamer:
         self.target = str(settings.target)
         self.test_share = 0.0 if test_file else training.test_split  # test rows from their own file
 
-    def chunks(self) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
-        """Each chunk, with its rows' part codes and sample keys: the same draws on every pass."""
+    def chunks(self, columns: list[str] | None = None) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
+        """Each chunk (of ``columns``, or all), with its rows' part codes and sample keys: the same
+        draws on every pass."""
         parts_rng = np.random.default_rng([self.training.seed, _PART_STREAM])
         keys_rng = np.random.default_rng([self.training.seed, _KEY_STREAM])
-        for chunk in self.plan.chunks(self.path):
+        for chunk in self.plan.chunks(self.path, columns):
             draws, keys = parts_rng.random(len(chunk)), keys_rng.random(len(chunk))
             yield chunk, self._parts(chunk, draws), keys
 
@@ -197,9 +201,14 @@ class Streamer:
                 for name in chunk.columns:
                     if name in special or name in scan.counts and scan.counts[name] is None:
                         continue
-                    # Number columns too: a text column whose chunk holds only numbers and blanks reads as
-                    # float64 there, and its values must count; a continuous column stops at the cap quickly.
-                    _count(scan.counts, name, chunk[name][fitted])
+                    series = chunk[name]
+                    if pd.api.types.is_float_dtype(series.dtype):
+                        # Counting every number column would hold 100,000 spellings each; a text column
+                        # whose chunk holds only digits and blanks reads as float64 here, so it is
+                        # recounted if it turns out to be a category (recount()).
+                        scan.partial.add(name)
+                        continue
+                    _count(scan.counts, name, series[fitted])
                 pool = (parts != _TEST) & (parts != _UNLABELLED)
                 _keep_sample(scan, chunk[pool], keys[pool], parts[pool], self.plan.sample_rows)
                 advance(1)
@@ -207,6 +216,19 @@ class Streamer:
         scan.n_unlabelled = scan.parts.get(_UNLABELLED, 0)
         scan.fingerprint = digest.hexdigest()
         return scan
+
+    def recount(self, scan: Scan, names: list[str], reporter: Reporter) -> None:
+        """Count these columns' values on the training rows again, every chunk this time: a pass that
+        reads only them (and what the part draws need)."""
+        needed = [self.target, *(name for name in (self.training.split_by,) if name is not None)]
+        columns = sorted(set(names) | set(needed))
+        for name in names:
+            scan.counts.pop(name, None)
+        with reporter.step(f"counting the values of {names} in {self.path}"):
+            for chunk, parts, _ in self.chunks(columns):
+                fitted = self.fitted(parts)
+                for name in names:
+                    _count(scan.counts, name, chunk[name][fitted])
 
     def _collect_labels(self, scan: Scan, target: pd.Series) -> None:
         if scan.labels is None:
@@ -217,6 +239,21 @@ class Streamer:
                 scan.labels[spelled] = value
         if len(scan.labels) > MAX_LABELS:
             scan.labels = None
+
+
+def release_memory() -> None:
+    """Give the memory a pass freed back to the system: pyarrow's pool keeps what it freed, and glibc's
+    heap keeps freed small blocks until trimmed; otherwise each pass's peak stays in the process's
+    resident memory and the next one's adds to it."""
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim this way
+        pass
 
 
 def _hash_rows(digest: Any, chunk: pd.DataFrame) -> None:
@@ -241,6 +278,10 @@ def _count(counts: dict[str, dict[str, int] | None], name: str, series: pd.Serie
 
 def _keep_sample(scan: Scan, rows: pd.DataFrame, keys: np.ndarray, parts: np.ndarray, size: int) -> None:
     """Keep the ``size`` rows with the smallest keys seen so far: a uniform sample of every row."""
+    if scan.sample_keys is not None and len(scan.sample_keys) >= size:
+        # Only rows under the largest kept key can enter: few of a chunk once the sample is full.
+        entering = keys < scan.sample_keys.max()
+        rows, keys, parts = rows[entering], keys[entering], parts[entering]
     if scan.sample is not None:
         assert scan.sample_keys is not None and scan.sample_parts is not None
         rows = pd.concat([scan.sample, rows])
@@ -263,6 +304,7 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
     streamer = Streamer(path, settings, plan, test_file=test is not None)
     notes.append(plan.describe())
     scan = streamer.scan(reporter)
+    release_memory()
     sample = scan.sample
     assert sample is not None
     sample = sample.copy()
@@ -289,6 +331,9 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
         target.fit(sample[schema.target].iloc[fitted_rows])
     with reporter.step(f"preprocessing: fitting on {len(fitted_rows):,} sampled rows x {len(schema.features)} features"):
         preprocessor = Preprocessor(schema, settings.preprocessing).fit(sample, rows=fitted_rows)
+    partial = [transform.name for transform in preprocessor.categorical if transform.name in scan.partial]
+    if partial:
+        streamer.recount(scan, partial, reporter)
     from_sample = _exact_vocabularies(preprocessor, scan)
     if from_sample:
         notes.append(f"category column(s) {from_sample} hold more than {MAX_COUNTED_VALUES:,} distinct values: their "
@@ -303,6 +348,7 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
             _write(chunk, chunk_parts, preprocessor, target, training, pool, tests)
             advance(1)
     pool.finish()
+    release_memory()
     test_fingerprint = None
     if test is not None:
         test_fingerprint = _write_test(test, plan, preprocessor, target, schema.feature_names, training, tests, notes)
