@@ -403,7 +403,7 @@ def test_the_row_stores_go_to_the_spill_directory_when_one_is_set(files, tmp_pat
     assert len(epochs) == 2
     for seen in epochs:
         listing = seen[str(spill)]
-        assert len({name.split("/")[0] for name in listing}) == 1 and listing[0].startswith("keel-rows-")
+        assert len({name.split("/")[0] for name in listing}) == 1 and listing[0].startswith(".model-")  # named after the output: a killed run's is removed by the next
         assert f"{listing[0]}/train/numeric" in listing
     assert spill.is_dir() and not list(spill.iterdir())
 
@@ -466,3 +466,80 @@ def test_keel_train_streams_a_file_over_the_budget(files, tmp_path) -> None:
     assert any(note.startswith("streaming ") for note in model.notes), model.notes[:2]
     assert _run(model)["data"]["rows"] == N_ROWS
     assert not (tmp_path / ".model.rows").exists()
+
+
+def test_a_streamed_run_keeps_a_sample_of_test_predictions_past_its_cap(files, monkeypatch) -> None:
+    import keel.train.streamed as streamed
+
+    monkeypatch.setattr(streamed, "MAX_TEST_ROWS", 1000)  # the real cap is 500,000 rows
+    model = keel.fit(files["csv"], target="y", config=STREAMED, quiet=True, importance=False)
+    kept = model._test_predictions
+    assert kept is not None and len(kept) == 1000 < _run(model)["rows"]["test"]
+    assert len(set(kept.row.tolist())) == 1000  # distinct rows of the file
+    truth = files["frame"]["y"].to_numpy()[kept.row - 1]  # row numbers are the file's (1-based)
+    assert [model.classes[index] for index in kept.target] == truth.tolist()
+    assert 0.7 < model.metrics["accuracy"] < 0.95
+
+
+def test_a_killed_runs_store_in_the_spill_directory_is_removed_by_the_next_run(files, tmp_path) -> None:
+    spill = tmp_path / "spill"
+    config = {**STREAMED, "data.spill_directory": str(spill)}
+    first = keel.fit(files["csv"], target="y", config=config, output=tmp_path / "model", quiet=True, importance=False)
+    assert _streamed(first) and not list(spill.iterdir())
+    # What a SIGKILL leaves: the directory named after this output, full of rows.
+    from keel.train.streamed import row_directory
+
+    with row_directory(tmp_path / "model", str(spill)) as directory:
+        name = directory.name
+    stale = spill / name
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "numeric").write_bytes(b"\0" * 1000)
+    keel.fit(files["csv"], target="y", config=config, output=tmp_path / "model2", quiet=True, importance=False)
+    assert stale.exists()  # another output's store is not this run's to remove
+    keel.fit(files["csv"], target="y", config=config, output=tmp_path / "model", quiet=True, importance=False)
+    assert not stale.exists() and not list(spill.iterdir())
+
+
+def test_a_store_that_cannot_fit_on_disk_is_refused_before_the_write_pass(files, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    import keel.train.streamed as streamed
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(streamed.shutil, "disk_usage",  # a nearly full disk cannot be made here
+                        lambda path: real(path)._replace(free=1_000_000))
+    with pytest.raises(ConfigError, match=r"need about 0\.\d+ GB on disk in .*, which has 0\.00 GB free; .*"
+                                          r"data\.spill_directory"):
+        keel.fit(files["csv"], target="y", config=STREAMED, output=tmp_path / "model", quiet=True)
+    assert not (tmp_path / ".model.rows").exists() and not (tmp_path / "model").exists()
+
+
+def test_a_spill_directory_that_is_a_file_is_a_config_error(files, tmp_path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ConfigError, match="data.spill_directory .*writable directory"):
+        keel.fit(files["csv"], target="y", config={**STREAMED, "data.spill_directory": str(tmp_path / "file")},
+                 output=tmp_path / "model", quiet=True)
+
+
+def test_a_target_typed_differently_in_different_chunks_keeps_its_labels_as_written(tmp_path) -> None:
+    # Labels 1, 2, 3 in every chunk but the last, where "x" appears: pandas types the early chunks
+    # as integers and the last as text; the classes must be the file's spellings, as in memory.
+    rng = np.random.default_rng(5)
+    frame = _table(N_ROWS, seed=4)
+    labels = rng.choice(["1", "2", "3"], N_ROWS).astype(object)
+    labels[-300:] = "x"
+    frame["y"] = labels
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    streamed = keel.fit(tmp_path / "data.csv", target="y", config=STREAMED, quiet=True, importance=False)
+    in_memory = keel.fit(tmp_path / "data.csv", target="y", config=IN_MEMORY, quiet=True, importance=False)
+    assert _streamed(streamed) and not _streamed(in_memory)
+    assert streamed.classes == in_memory.classes == ["1", "2", "3", "x"]
+
+
+def test_a_blank_label_in_parquet_is_a_missing_label_in_memory_and_streamed(tmp_path) -> None:
+    frame = _table(N_ROWS, seed=6)
+    frame.loc[:9, "y"] = ""
+    frame.to_parquet(tmp_path / "data.parquet", index=False)
+    for config in (IN_MEMORY, STREAMED):
+        model = keel.fit(tmp_path / "data.parquet", target="y", config=config, quiet=True, importance=False)
+        assert _run(model)["rows"]["unlabelled"] == 10 and model.classes == ["no", "yes"]

@@ -87,6 +87,7 @@ def read_chunks(
     columns: list[str] | None = None,
     delimiter: str | None = None,
     encoding: str | None = None,
+    text: list[str] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Yield a file's rows, at most ``rows`` at a time, in file order, parsed as ``read_table`` parses them.
 
@@ -110,6 +111,8 @@ def read_chunks(
             in); every column when None. Reading fewer columns of a CSV or Parquet file is faster.
         delimiter: CSV delimiter; sniffed from the first lines when None.
         encoding: CSV text encoding; UTF-8 (with or without BOM), else Latin-1, when None.
+        text: CSV columns read as text, as written, in every chunk (``00042`` stays ``00042`` even in
+            a chunk where every value is digits); other formats keep their file-wide types.
 
     Returns:
         An iterator of DataFrames. The file's path, format, header and the ``columns`` asked for
@@ -134,7 +137,7 @@ def read_chunks(
     kind = _format_of(path)
     if kind == "csv":
         layout = _csv_layout(path, delimiter, encoding)
-        return _csv_chunks(path, layout, rows, _chosen_columns(columns, layout.header, path))
+        return _csv_chunks(path, layout, rows, _chosen_columns(columns, layout.header, path), text)
     if kind == "parquet":
         return _parquet_chunks(path, rows, columns)
     return _jsonl_chunks(path, rows, columns)
@@ -470,9 +473,11 @@ def _read_csv(path: Path, delimiter: str | None, encoding: str | None) -> pd.Dat
     return _with_dates(frame)
 
 
-def _csv_chunks(path: Path, layout: _CsvLayout, rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+def _csv_chunks(path: Path, layout: _CsvLayout, rows: int, columns: list[str] | None,
+                text: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    dtype = {name: str for name in text or [] if name in layout.header}
     with _csv_errors(path, layout):
-        reader = pd.read_csv(path, chunksize=rows, usecols=columns, **layout.options())
+        reader = pd.read_csv(path, chunksize=rows, usecols=columns, dtype=dtype or None, **layout.options())
     start = 0
     with reader:
         while True:

@@ -76,7 +76,8 @@ AUTO_SECONDS: Final = 60.0
 
 # Settings that change where checkpoints are written but not what is trained: a resumed run may
 # change them.
-_RESUMABLE_KEYS: Final = frozenset({"training.checkpoint", "training.checkpoint_every", "training.checkpoint_minutes"})
+_RESUMABLE_KEYS: Final = frozenset({"training.checkpoint", "training.checkpoint_every", "training.checkpoint_minutes",
+                                     "data.spill_directory"})  # where a streamed run's rows go changes nothing
 
 # The named points at which the kill test (tests/reliability/test_resume.py) stops the process, in
 # the order a checkpoint write passes them; the trainer adds "epoch-ended" and the pipeline

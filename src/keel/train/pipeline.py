@@ -27,7 +27,7 @@ from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
 from keel.data.schema import Schema, infer_schema, infer_task, require_column
 from keel.data.split import Split, fold_rows, split_rows
-from keel.data.values import row_weights, to_numeric
+from keel.data.values import missing_values, row_weights, to_numeric
 from keel.errors import ConfigError, DataError, KeelError, KeelWarning
 from keel.evaluate.predictions import Predictions
 from keel.model import Model
@@ -144,7 +144,10 @@ def _train_streamed(data: TableSource, test: TableSource | None, settings: Confi
         torch.manual_seed(training.seed)
         prepared, fingerprints, sample = prepare_streamed(data, test, settings, training, plan, notes, reporter,
                                                           device, directory)
-        checkpoints = (RunCheckpoints.start(output, settings, sample, None, resume, fingerprints=fingerprints)
+        # The budget shapes the sample and the training windows, so a checkpoint records it resolved:
+        # "auto" on a machine with other memory is another run, and resuming it is refused.
+        resolved = settings.model_copy(update={"data": settings.data.model_copy(update={"memory_budget": plan.budget})})
+        checkpoints = (RunCheckpoints.start(output, resolved, sample, None, resume, fingerprints=fingerprints)
                        if output is not None else None)
         model = train_networks(prepared, settings, training, notes, reporter, device, importance, checkpoints)
     return model, checkpoints
@@ -365,7 +368,7 @@ def _labelled(frame: pd.DataFrame, settings: Config) -> _Rows:
     """The rows with a target (and a usable weight), the task's labels and each row's class."""
     name = str(settings.target)
     require_column(frame, name, "target")
-    keep = frame[name].notna()
+    keep = ~missing_values(frame[name])  # a blank label is missing, in every format (as TargetEncoder has it)
     n_unlabelled = int((~keep).sum())
     if n_unlabelled:
         frame = frame[keep]  # the index keeps each row's number in the file, for messages

@@ -106,7 +106,7 @@ class RowStore:
             count = (stop - start) * width
             with open(self.directory / name, "rb") as file:
                 values = np.fromfile(file, dtype=dtype, count=count, offset=start * width * dtype.itemsize)
-            out[name] = values.reshape(-1, width) if name in ("numeric", "categorical") else values
+            out[name] = values.reshape(stop - start, width) if name in ("numeric", "categorical") else values
         return out
 
     def folds(self) -> np.ndarray:
@@ -205,6 +205,10 @@ class DiskRows:
 
     def take(self, positions: np.ndarray) -> Batch:
         """The rows at these positions among this part's rows (0 .. len-1), in the order given."""
+        return self.take_numbered(positions)[0]
+
+    def take_numbered(self, positions: np.ndarray) -> tuple[Batch, np.ndarray]:
+        """:meth:`take`, with the rows' numbers in the file (0-based)."""
         positions = np.asarray(positions, dtype=np.int64)
         order = np.argsort(positions, kind="stable")
         wanted = positions[order]
@@ -231,15 +235,19 @@ class DiskRows:
                   else self.store.read(0, 0))
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
-        return self._batch(arrays, inverse)
+        return self._batch(arrays, inverse), arrays["row"][inverse]
 
     def sample(self, n_rows: int, seed: int) -> Batch:
         """At most ``n_rows`` of these rows drawn at random (a fixed seed: the same rows each time), in store order."""
+        return self.sample_numbered(n_rows, seed)[0]
+
+    def sample_numbered(self, n_rows: int, seed: int) -> tuple[Batch, np.ndarray]:
+        """:meth:`sample`, with the rows' numbers in the file (0-based)."""
         if n_rows >= self.n_rows:
             chosen = np.arange(self.n_rows)
         else:
             chosen = np.sort(np.random.default_rng(seed).choice(self.n_rows, n_rows, replace=False))
-        return self.take(chosen)
+        return self.take_numbered(chosen)
 
     def epoch_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """One epoch's batches: blocks in a shuffled order, a window of them read at a time, its rows

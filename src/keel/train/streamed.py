@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from keel.config import Config, TrainingConfig
-from keel.data.io import TableSize, read_chunks, table_size
+from keel.data.io import TableSize, read_chunks, read_table, table_size
 from keel.data.preprocess import Preprocessor, TargetEncoder
 from keel.data.schema import infer_schema, infer_task, require_column
 from keel.data.values import category_strings, missing_values, row_weights
@@ -56,6 +56,9 @@ SAMPLE_ROWS = 500_000
 MAX_COUNTED_VALUES = 100_000
 # A classification target with more labels than this is refused when streamed.
 MAX_LABELS = 10_000
+# The test rows whose predictions a streamed run keeps (and scores): all of them up to this many,
+# else a seeded sample (the report draws from them; 10M rows x 50 classes would be 4 GB).
+MAX_TEST_ROWS = 500_000
 # Shares of the budget: the chunk of raw rows a pass holds (a sixteenth: parsing a chunk takes about
 # four times its DataFrame's size, and the transform makes a float64 and a float32 copy of it), the
 # sample, and the training window of store rows.
@@ -95,10 +98,11 @@ class Plan:
     delimiter: str | None = None  # a CSV's, as given (read_chunks sniffs it when None)
     encoding: str | None = None
 
-    def chunks(self, path: str | os.PathLike[str], columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
-        """The file's rows (of ``columns``, or all), a chunk at a time."""
+    def chunks(self, path: str | os.PathLike[str], columns: list[str] | None = None,
+               text: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        """The file's rows (of ``columns``, or all; ``text`` columns as written), a chunk at a time."""
         return read_chunks(path, rows=self.chunk_rows, columns=columns, delimiter=self.delimiter,
-                           encoding=self.encoding)
+                           encoding=self.encoding, text=text)
 
     def window_rows(self, row_bytes: int) -> int:
         """Store rows a training window holds: a share of the budget, a whole number of blocks."""
@@ -128,6 +132,8 @@ class Scan:
     labels: dict[str, Any] | None = field(default_factory=dict)  # canonical spelling -> first value; None: too many
     counts: dict[str, dict[str, int] | None] = field(default_factory=dict)  # column -> value -> training rows
     partial: set[str] = field(default_factory=set)  # columns left uncounted in a chunk where they read as numbers
+    text: set[str] = field(default_factory=set)  # columns some chunk typed as text
+    typed: set[str] = field(default_factory=set)  # columns some chunk typed otherwise (numbers, booleans, dates)
     n_fitted: int = 0  # the rows the counts are over
     fingerprint: str = ""
 
@@ -147,13 +153,18 @@ class Streamer:
         self.bagged = training.bagging > 1 and training.validation_split > 0
         self.target = str(settings.target)
         self.test_share = 0.0 if test_file else training.test_split  # test rows from their own file
+        # CSV columns read as written in every chunk: pandas types each chunk on its own, so an id
+        # column holds 42 in a chunk of digits and "00042" elsewhere, and its hash (its part) would
+        # move. The split_by column from the first pass; columns typed both ways once the scan has
+        # seen them (mixed()).
+        self.text = [training.split_by] if training.split_by is not None else []
 
     def chunks(self, columns: list[str] | None = None) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
         """Each chunk (of ``columns``, or all), with its rows' part codes and sample keys: the same
         draws on every pass."""
         parts_rng = np.random.default_rng([self.training.seed, _PART_STREAM])
         keys_rng = np.random.default_rng([self.training.seed, _KEY_STREAM])
-        for chunk in self.plan.chunks(self.path, columns):
+        for chunk in self.plan.chunks(self.path, columns, self.text):
             draws, keys = parts_rng.random(len(chunk)), keys_rng.random(len(chunk))
             yield chunk, self._parts(chunk, draws), keys
 
@@ -162,7 +173,9 @@ class Streamer:
         require_column(chunk, self.target, "target")
         if training.split_by is not None:  # a group's rows all go where its id's hash says
             require_column(chunk, training.split_by, "training.split_by")
-            ids = category_strings(chunk[training.split_by]).astype(str)
+            spelled = category_strings(chunk[training.split_by])
+            spelled[spelled == None] = "\0missing"  # noqa: E711  (not the id "None")
+            ids = spelled.astype(str)
             key = f"keel{training.seed % 10**12:012d}"
             draws = pd.util.hash_array(ids, hash_key=key).astype(np.float64) / 2.0**64
         parts = np.full(len(chunk), _TRAIN, dtype=np.uint8)
@@ -199,13 +212,18 @@ class Streamer:
                 fitted = self.fitted(parts)
                 scan.n_fitted += int(fitted.sum())
                 for name in chunk.columns:
+                    series = chunk[name]
+                    textual = pd.api.types.is_object_dtype(series.dtype) or pd.api.types.is_string_dtype(series.dtype)
+                    if textual:
+                        scan.text.add(name)
+                    elif series.notna().any():  # a chunk where a column is all missing says nothing of its type
+                        scan.typed.add(name)
                     if name in special or name in scan.counts and scan.counts[name] is None:
                         continue
-                    series = chunk[name]
-                    if pd.api.types.is_float_dtype(series.dtype):
+                    if not textual and not isinstance(series.dtype, pd.CategoricalDtype):
                         # Counting every number column would hold 100,000 spellings each; a text column
-                        # whose chunk holds only digits and blanks reads as float64 here, so it is
-                        # recounted if it turns out to be a category (recount()).
+                        # whose chunk holds only digits and blanks reads as numbers here, so it is
+                        # recounted, as text, if it turns out to be a category (recount()).
                         scan.partial.add(name)
                         continue
                     _count(scan.counts, name, series[fitted])
@@ -217,18 +235,30 @@ class Streamer:
         scan.fingerprint = digest.hexdigest()
         return scan
 
-    def recount(self, scan: Scan, names: list[str], reporter: Reporter) -> None:
-        """Count these columns' values on the training rows again, every chunk this time: a pass that
-        reads only them (and what the part draws need)."""
+    def mixed(self, scan: Scan) -> list[str]:
+        """Columns some chunks typed as text and others not: read as text from now on (``self.text``)."""
+        mixed = sorted((scan.text & scan.typed) - set(self.text))
+        self.text += mixed
+        return mixed
+
+    def recount(self, scan: Scan, names: list[str], reporter: Reporter, labels: bool = False) -> None:
+        """Count these columns' values on the training rows again (``labels``: collect the target's
+        labels again), every chunk read with the final text columns: a pass over them alone (and
+        what the part draws need)."""
         needed = [self.target, *(name for name in (self.training.split_by,) if name is not None)]
-        columns = sorted(set(names) | set(needed))
+        columns = [name for name in scan.columns if name in set(names) | set(needed)]
         for name in names:
             scan.counts.pop(name, None)
-        with reporter.step(f"counting the values of {names} in {self.path}"):
+        if labels:
+            scan.labels = {}
+        what = [*names, *([self.target] if labels else [])]
+        with reporter.step(f"counting the values of {what} in {self.path}"):
             for chunk, parts, _ in self.chunks(columns):
                 fitted = self.fitted(parts)
                 for name in names:
                     _count(scan.counts, name, chunk[name][fitted])
+                if labels:
+                    self._collect_labels(scan, chunk[self.target][parts != _UNLABELLED])
 
     def _collect_labels(self, scan: Scan, target: pd.Series) -> None:
         if scan.labels is None:
@@ -305,6 +335,9 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
     notes.append(plan.describe())
     scan = streamer.scan(reporter)
     release_memory()
+    mixed = streamer.mixed(scan)
+    if streamer.target in mixed:  # its labels were spelled chunk by chunk ("01" as 1): collect them as written
+        streamer.recount(scan, [], reporter, labels=True)
     sample = scan.sample
     assert sample is not None
     sample = sample.copy()
@@ -331,7 +364,7 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
         target.fit(sample[schema.target].iloc[fitted_rows])
     with reporter.step(f"preprocessing: fitting on {len(fitted_rows):,} sampled rows x {len(schema.features)} features"):
         preprocessor = Preprocessor(schema, settings.preprocessing).fit(sample, rows=fitted_rows)
-    partial = [transform.name for transform in preprocessor.categorical if transform.name in scan.partial]
+    partial = [transform.name for transform in preprocessor.categorical if transform.name in scan.partial | set(mixed)]
     if partial:
         streamer.recount(scan, partial, reporter)
     from_sample = _exact_vocabularies(preprocessor, scan)
@@ -341,24 +374,32 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
     regression = schema.task == "regression"
     weighted = training.weight_column is not None
     width, n_categories = preprocessor.numeric_width, len(preprocessor.categorical)
+    store_row_bytes = width * 4 + n_categories * 4 + 8 + 8 + 1 + (4 if weighted else 0)
+    _check_room(directory, (scan.n_rows - scan.n_unlabelled) * store_row_bytes)
     pool = RowStore(directory / "train", width, n_categories, regression, weighted)
     tests = RowStore(directory / "test", width, n_categories, regression, weighted)
-    with reporter.step(f"preprocessing {scan.n_rows - scan.n_unlabelled:,} rows into {directory}") as advance:
-        for chunk, chunk_parts, _ in streamer.chunks():
-            _write(chunk, chunk_parts, preprocessor, target, training, pool, tests)
-            advance(1)
-    pool.finish()
-    release_memory()
     test_fingerprint = None
-    if test is not None:
-        test_fingerprint = _write_test(test, plan, preprocessor, target, schema.feature_names, training, tests, notes)
-        n_test = tests.n_rows
-    tests.finish()
+    try:
+        with reporter.step(f"preprocessing {scan.n_rows - scan.n_unlabelled:,} rows into {directory}") as advance:
+            for chunk, chunk_parts, _ in streamer.chunks():
+                _write(chunk, chunk_parts, preprocessor, target, training, pool, tests)
+                advance(1)
+        pool.finish()
+        release_memory()
+        if test is not None:
+            test_fingerprint = _write_test(test, plan, streamer.text, preprocessor, target, schema.feature_names,
+                                           training, tests, notes)
+            n_test = tests.n_rows
+        tests.finish()
+    except OSError as error:  # a full disk, most often
+        raise ConfigError(f"cannot write the rows of {path} to {directory}: {error.strerror or error}. The store needs "
+                          f"about {(scan.n_rows - scan.n_unlabelled) * store_row_bytes / 1e9:,.2f} GB; free space there "
+                          "or set data.spill_directory to a disk with room.") from None
     notes.append(_describe_parts(n_train, n_validation, n_test, scan, streamer, test is not None))
-    window = plan.window_rows(width * 4 + n_categories * 4 + 8 + 8 + 1 + (4 if weighted else 0))
+    window = plan.window_rows(store_row_bytes)
 
-    def rows(store: RowStore, folds: set[int]) -> DiskRows:
-        return DiskRows(store, folds, window, device)
+    def rows(store: RowStore, folds: set[int], on: torch.device = device) -> DiskRows:
+        return DiskRows(store, folds, window, on)
 
     if streamer.bagged:
         folds = list(range(training.bagging))
@@ -368,13 +409,13 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
         validation = rows(pool, {_VALIDATION})
         bags = [(rows(pool, {_TRAIN}), validation if len(validation) else None)]
         fitted_store = bags[0][0]
-    test_rows = rows(tests, {_TEST})
+    cpu = torch.device("cpu")  # what is read after training meets the trained network there
+    test_rows = rows(tests, {_TEST}, cpu)
 
     def calibration_rows() -> tuple[Batch, list[np.ndarray] | None]:
-        held = [validation for _, validation in bags if validation is not None]
+        held = [validation.to(cpu) for _, validation in bags if validation is not None]
         if not held:
-            empty = rows(pool, set()).take(np.zeros(0, dtype=np.int64))
-            return empty, None
+            return rows(pool, set(), cpu).take(np.zeros(0, dtype=np.int64)), None
         share = max(1, MAX_ROWS // len(held))
         batches = [part.take(validation_sample(len(part), share, training.seed)) for part in held]
         ends = np.cumsum([len(batch) for batch in batches])
@@ -384,13 +425,16 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
     def test_predictions(model: Model) -> Predictions | None:
         if not len(test_rows):
             return None
+        if len(test_rows) > MAX_TEST_ROWS:  # the predictions are kept for the report: a sample of them
+            batch, numbers = test_rows.sample_numbered(MAX_TEST_ROWS, training.seed)
+            return model._predictions(batch.numeric, batch.categorical, batch.target, batch.weight, numbers + 1)
         outputs, labels, numbers = test_rows.map(lambda batch: model._predict(batch.numeric, batch.categorical))
         return model._predictions_of(outputs, labels.target, labels.weight, numbers + 1)
 
     def held_out() -> tuple[Batch, str] | None:
         validation = bags[0][1]
         if len(bags) == 1 and validation is not None:
-            return validation.sample(2000, training.seed), "validation"
+            return validation.to(cpu).sample(2000, training.seed), "validation"
         if len(test_rows) and test is None:
             return test_rows.sample(2000, training.seed), "test"
         return None
@@ -403,6 +447,15 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
                             calibration_rows=calibration_rows, test_predictions=test_predictions,
                             held_out=held_out, record=record)
     return prepared, {"data": scan.fingerprint, "test": test_fingerprint}, sample
+
+
+def _check_room(directory: Path, needed: int) -> None:
+    """Refuse before the write pass when the store cannot fit where it goes (with 5% to spare)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if needed * 1.05 > free:
+        raise ConfigError(f"the rows to train on need about {needed / 1e9:,.2f} GB on disk in {directory}, which has "
+                          f"{free / 1e9:,.2f} GB free; free space there or set data.spill_directory to a disk with room.")
 
 
 def _source_name(test: Any) -> str:
@@ -459,15 +512,16 @@ def _write(chunk: pd.DataFrame, parts: np.ndarray, preprocessor: Preprocessor, t
                          None if weight is None else weight[keep], parts[keep], rows[keep])
 
 
-def _write_test(test: Any, plan: Plan, preprocessor: Preprocessor, target: TargetEncoder, features: list[str],
-                training: TrainingConfig, tests: RowStore, notes: Notes) -> str:
+def _write_test(test: Any, plan: Plan, text: list[str], preprocessor: Preprocessor, target: TargetEncoder,
+                features: list[str], training: TrainingConfig, tests: RowStore, notes: Notes) -> str:
     """Write the ``--test`` rows into the test store a chunk at a time; returns their fingerprint."""
     digest = hashlib.sha256()
     chunks: Iterator[pd.DataFrame]
     if isinstance(test, pd.DataFrame):
-        chunks = (test.iloc[start:start + plan.chunk_rows] for start in range(0, max(len(test), 1), plan.chunk_rows))
+        test = read_table(test)  # names as strings, rows numbered 1..n, as every reader hands them over
+        chunks = (test.iloc[start:start + plan.chunk_rows] for start in range(0, len(test), plan.chunk_rows))
     else:
-        chunks = plan.chunks(test)
+        chunks = plan.chunks(test, text=text)
     dropped = 0
     for index, chunk in enumerate(chunks):
         if index == 0:
@@ -516,24 +570,35 @@ def _concatenate(batches: list[Batch]) -> Batch:
 def row_directory(output: str | os.PathLike[str] | None, spill: str | None) -> Iterator[Path]:
     """The directory a streamed run's row stores live in, removed when the run ends (however it ends).
 
-    Beside the output directory by default (``.<name>.rows``; a stale one from a killed run is
-    removed first: the output's lock guarantees no other run is using it), else in
-    ``data.spill_directory`` or the system's temporary directory.
+    With an output directory: ``.<name>.rows`` beside it, or ``.<name>-<hash of its path>.rows`` in
+    ``data.spill_directory``; a stale one from a killed run is removed first (the output's lock
+    guarantees no other run is using it). Without one: a fresh directory in ``data.spill_directory``
+    or the system's temporary directory.
+
+    Raises:
+        ConfigError: The directory cannot be made (the spill directory is a file, is not writable, ...).
     """
     import tempfile
 
-    if spill is not None:
-        Path(spill).mkdir(parents=True, exist_ok=True)
-        directory = Path(tempfile.mkdtemp(prefix="keel-rows-", dir=spill))
-    elif output is not None:
-        out = Path(output)
-        directory = out.parent / f".{out.name}.rows"
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
-    else:
-        directory = Path(tempfile.mkdtemp(prefix="keel-rows-"))
+    try:
+        if output is not None:
+            out = Path(output).resolve()
+            if spill is None:
+                directory = out.parent / f".{out.name}.rows"
+            else:
+                tag = hashlib.sha256(str(out).encode()).hexdigest()[:12]
+                directory = Path(spill) / f".{out.name}-{tag}.rows"
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+        else:
+            if spill is not None:
+                Path(spill).mkdir(parents=True, exist_ok=True)
+            directory = Path(tempfile.mkdtemp(prefix="keel-rows-", dir=spill))
+    except OSError as error:
+        where = f"data.spill_directory {spill!r}" if spill is not None else "beside the output directory"
+        raise ConfigError(f"cannot make the directory a streamed run keeps its rows in ({where}): "
+                          f"{error.strerror or error}; set data.spill_directory to a writable directory with room.") from None
     try:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
