@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test lint bench tflite-env clean
+.PHONY: demo test lint bench bench-large tflite-env clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: $(VENV)/.installed $(BENCH)/.installed
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/report.py --write
+
+# Streaming a 2 GB CSV and Parquet file (generated once into bench/.cache/large-data, ~4 GB of disk,
+# about 6 minutes on 2 cores): peak memory and rows/s under data.memory_budget 512MB.
+bench-large: $(VENV)/.installed
+	$(BIN)/python bench/large_data.py --results
 
 # `keel export --format tflite` converts in its own environment: litert-torch's dependencies hold typing-extensions
 # and pydantic below keel's constraints and brings jax (2.4 GB, 86 s to build here), so it never

@@ -12,9 +12,7 @@ have without the interruption, or is refused.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -29,6 +27,7 @@ from keel.data.transforms import CategoryTransform
 from keel.errors import KeelError
 from keel.train.callbacks import Notes, Reporter
 from keel.train.streamed import Streamer, prepare_streamed, streaming_plan
+from tests.integration.test_streamed import _Interrupted, _StopAt
 
 N_ROWS = 20_000
 STREAMED = {"preset": "fast", "model.hidden": [16], "model.dropout": 0.0, "training.epochs": 2,
@@ -134,22 +133,6 @@ def test_an_unusable_spill_directory_is_a_keel_error_naming_the_setting(tmp_path
         keel.fit(path, target="y", config={**STREAMED, "data.spill_directory": str(tmp_path / spill)}, quiet=True)
 
 
-class _Interrupted(Exception):
-    pass
-
-
-class _StopAt(Reporter):
-    def __init__(self, epochs: int) -> None:
-        self.left = epochs
-
-    @contextlib.contextmanager
-    def progress(self, epochs: int, monitor: str, rows: int | None = None) -> Iterator[Any]:
-        def callback(epoch: int, total: int, record: dict[str, Any]) -> None:
-            self.left -= 1
-            if self.left == 0:
-                raise _Interrupted
-
-        yield callback
 
 
 def test_a_resume_on_a_machine_with_other_memory_ends_as_the_uninterrupted_run_or_is_refused(tmp_path,

@@ -130,9 +130,7 @@ def read_chunks(
         >>> for chunk in read_chunks("big.csv", rows=100_000, columns=["city"]):
         ...     counts.update(chunk["city"].dropna())
     """
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-        raise ConfigError(f"read_chunks needs rows, the rows per chunk, as a positive integer; got {rows!r}. "
-                          "Pass rows=100_000 or so.")
+    _check_positive(rows, "read_chunks needs rows, the rows per chunk,", "Pass rows=100_000 or so.")
     path = _path_of(source, "a file path")
     kind = _format_of(path)
     if kind == "csv":
@@ -141,6 +139,11 @@ def read_chunks(
     if kind == "parquet":
         return _parquet_chunks(path, rows, columns)
     return _jsonl_chunks(path, rows, columns)
+
+
+def _check_positive(value: object, what: str, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} as a positive integer; got {value!r}. {hint}")
 
 
 @dataclass(frozen=True)
@@ -199,9 +202,7 @@ def table_size(
             empty, of an unsupported format, a bad header), its sample does not parse, or it has
             no data rows.
     """
-    if isinstance(sample_rows, bool) or not isinstance(sample_rows, int) or sample_rows < 1:
-        raise ConfigError(f"table_size needs sample_rows as a positive integer; got {sample_rows!r}. "
-                          "Leave it at its default of 10,000.")
+    _check_positive(sample_rows, "table_size needs sample_rows", "Leave it at its default of 10,000.")
     path = _path_of(source, "a file path")
     kind = _format_of(path)
     if kind == "csv":
