@@ -377,6 +377,53 @@ def _logged_warnings(log: Any) -> Iterator[None]:
 
 @app.command()
 @_friendly
+def tune(
+    data: Annotated[Path, typer.Argument(help="Training data: CSV, Parquet or JSON Lines.")],
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Column to predict.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (fixed settings, and tune.space for the search space).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="fast, balanced (the default) or best: what each trial starts from.")] = None,
+    trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials the study should hold (a resumed study runs only the missing ones).")] = 20,
+    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Start no trial after this many seconds.")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Keep the study in this Optuna storage (sqlite:///tune.db) so that a killed search resumes.")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="The study's name in --storage (default: <data>-<target>).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Trials run at once, each in its own process.")] = 1,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory for the best settings' model (default: a new runs/<data>-<time>/).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (same as --set training.seed=N): the split, the trials' training and the sampler.")] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the best model's HTML report.")] = False,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Search keel's settings on DATA with Optuna, then train and save the best (--output)."""
+    from keel.config import load_config
+    from keel.console import RichReporter
+    from keel.train.checkpoint import output_lock
+    from keel.tune import tune as run_tune
+
+    overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
+    overrides += [f"preset={preset}"] if preset is not None else []
+    settings = load_config(config, overrides)
+    reporter = RichReporter(err, quiet=quiet or as_json)
+    with _destination(output, data) as destination, output_lock(destination):
+        model, result = run_tune(str(data), target=target, config=settings, trials=trials, time_limit=time_limit,
+                                 storage=storage, study=study, jobs=jobs, output=destination, reporter=reporter)
+        extras = _after_training(model, destination, reporter, mlflow=None, log=None, quiet=quiet or as_json,
+                                 report=not no_report, debug=debug)
+    summary = result.summary
+    if as_json:
+        out.print_json(json.dumps({"model": str(destination), "metrics": model.metrics, "study": summary, **extras}))
+        return
+    from keel.tune.summary import study_tables
+
+    out.print(study_tables(summary))
+    _print_metrics(model.metrics, "test (best settings)")
+    out.print(f"saved the model to [bold]{destination}[/bold] (the study: {destination / 'tune.json'})",
+              highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_friendly
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Model directory.")],
     data: Annotated[Path, typer.Argument(help="Labelled data (with the target column).")],

@@ -257,6 +257,62 @@ class DataConfig(_Section):
         return parse_size(self.memory_budget)
 
 
+class SearchRange(_Section):
+    """One hyperparameter's range in ``tune.space``: ``low``/``high`` (``log`` for a log scale, ``step``
+    for a grid of numbers) or ``choices``."""
+
+    low: float | None = Field(None, description="The smallest value (with high).")
+    high: float | None = Field(None, description="The largest value (with low).")
+    log: bool = Field(False, description="Draw on a log scale (learning rates, weight decay).")
+    step: float | None = Field(None, description="Draw multiples of this from low (integers: step 1).")
+    choices: list[Any] | None = Field(None, description="The values to choose from (numbers, text, true/false).")
+
+    @field_validator("choices")
+    @classmethod
+    def _some_choices(cls, value: list[Any] | None) -> list[Any] | None:
+        if value is not None and not value:
+            raise ValueError("an empty list of choices; give at least one value")
+        if value is not None and any(not isinstance(item, (bool, int, float, str)) and item is not None for item in value):
+            raise ValueError("choices must be numbers, text or true/false (for hidden layers use model.width and "
+                             "model.depth)")
+        return value
+
+    def model_post_init(self, context: Any) -> None:
+        if self.choices is None:
+            if self.low is None or self.high is None:
+                raise ValueError("give low and high, or choices")
+            if not self.low < self.high:
+                raise ValueError(f"an empty range: low {self.low:g} is not below high {self.high:g}")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log range needs low > 0; got {self.low:g}")
+        elif self.low is not None or self.high is not None:
+            raise ValueError("give low and high, or choices, not both")
+
+
+class TuneConfig(_Section):
+    """What ``keel tune`` searches."""
+
+    space: dict[str, SearchRange] | None = Field(
+        None, description="The search space: config keys (training.lr, model.dropout, ...; model.width and "
+        "model.depth make model.hidden) and their ranges; empty: keel's default space (see keel tune).")
+
+    @field_validator("space")
+    @classmethod
+    def _known_keys(cls, value: dict[str, SearchRange] | None) -> dict[str, SearchRange] | None:
+        known = {f"{section}.{name}" for section, fields in (("preprocessing", PreprocessingConfig),
+                                                              ("model", ModelConfig), ("training", TrainingConfig))
+                 for name in fields.model_fields} | {"model.width", "model.depth"}
+        for key in value or {}:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ValueError(f"{key!r} is not a setting keel can search{hint}; use config keys such as "
+                                 "training.lr, model.dropout, or model.width / model.depth for the hidden layers")
+        if value is not None and ("model.hidden" in value) and ({"model.width", "model.depth"} & set(value)):
+            raise ValueError("model.hidden and model.width/model.depth both set the hidden layers; keep one")
+        return value
+
+
 def physical_memory() -> int:
     """This machine's memory in bytes (what the cgroup allows, when it says less)."""
     import os
@@ -286,6 +342,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop.")
     data: DataConfig = Field(default_factory=DataConfig, description="Memory for the data; streaming larger files.")
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="What keel tune searches.")
 
 
 ConfigSource = Config | Mapping[str, Any] | str | Path | None
@@ -394,12 +451,17 @@ def _parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _nest(source: Mapping[str, Any]) -> dict[str, Any]:
+# Mappings whose keys are themselves dotted config keys (``tune.space: {training.lr: ...}``): kept whole.
+_KEYED_BY_CONFIG_KEYS = {"tune.space"}
+
+
+def _nest(source: Mapping[str, Any], path: str = "") -> dict[str, Any]:
     """Turn dotted keys into nested dicts, leaving nested input as it is."""
     tree: dict[str, Any] = {}
     for key, value in source.items():
-        if isinstance(value, Mapping):
-            value = _nest(value)
+        full = f"{path}.{key}" if path else str(key)
+        if isinstance(value, Mapping) and full not in _KEYED_BY_CONFIG_KEYS:
+            value = _nest(value, full)
         _set_dotted(tree, str(key), value)
     return tree
 

@@ -46,6 +46,8 @@ class ReportInputs:
         schema: ``model.schema.to_dict()`` (features with name and type, target, task, dropped).
         rows: The raw labelled rows, aligned with ``predictions`` (only with ``--data``), or None.
         exports: The model directory's export reports (``ExportReport.to_dict()``), [] when none.
+        study: The hyperparameter search that chose this model's settings (``tune.json`` of
+            ``keel tune``), or None.
     """
 
     title: str
@@ -67,6 +69,7 @@ class ReportInputs:
     schema: dict[str, Any] = field(default_factory=dict)
     rows: "pd.DataFrame | None" = None
     exports: list[dict[str, Any]] = field(default_factory=list)
+    study: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

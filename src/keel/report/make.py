@@ -117,7 +117,24 @@ def report_inputs(model: "Model", data: "TableSource | None" = None) -> Any:
         config=model.config.model_dump(mode="json"), preset=model.config.preset, run=model.run,
         importance=importance, calibration=model.calibration, notes=list(model.notes), created=model.created,
         versions=dict(model.versions), schema=model.schema.to_dict(), rows=rows, exports=_exports(model),
+        study=_study(model),
     )
+
+
+def _study(model: "Model") -> dict[str, Any] | None:
+    """The search that chose the model's settings (``tune.json``, from ``keel tune``), or None."""
+    from keel.tune.study import TUNE_FILE
+
+    if model.path is None or TUNE_FILE not in model.summary()["files"]:
+        return None
+    from keel.artifact import parse_json, read_model_file
+    from keel.errors import ArtifactError
+
+    try:
+        document = parse_json(read_model_file(model.path, TUNE_FILE, limit=MAX_EXPORT_REPORT), TUNE_FILE)
+    except ArtifactError:
+        return None  # a damaged study leaves its section out, and only it
+    return document if isinstance(document, dict) else None
 
 
 def _exports(model: "Model") -> list[dict[str, Any]]:

@@ -497,6 +497,35 @@ def exports(inputs: ReportInputs, context: Context) -> str:
     return "\n".join(parts)
 
 
+def search(inputs: ReportInputs, context: Context) -> str:
+    """The hyperparameter search (keel tune) that chose the settings: its best trials and the best
+    settings with each one's importance."""
+    study = inputs.study or {}
+    metric, maximize = str(study.get("metric", "score")), study.get("direction") == "maximize"
+    trials = [row for row in study.get("trials") or [] if isinstance(row, dict)]
+    finished = sorted((row for row in trials if isinstance(row.get("value"), (int, float))),
+                      key=lambda row: -row["value"] if maximize else row["value"])
+    states = study.get("states") or {}
+    parts = [paragraph(f"keel tune searched {len(study.get('space') or {})} settings in {len(trials)} trials "
+                       f"({', '.join(f'{count} {state}' for state, count in sorted(states.items()))}), scoring "
+                       f"{metric} on the validation rows ({'higher' if maximize else 'lower'} is better); the "
+                       "model was trained again with the best trial's settings.")]
+    best = study.get("best") or {}
+    importances = study.get("importances") or {}
+    params = best.get("params") or {}
+    if params:
+        rows = [(key, _flat(params[key]), importances.get(key)) for key in
+                sorted(params, key=lambda name: -float(importances.get(name) or 0.0))]
+        parts.append(table(["setting", "best value", "importance (fANOVA)"], rows,
+                           caption=f"Best trial {best.get('number')}: {metric} {best.get('value')}"))
+    keys = list(params) or sorted({key for row in finished for key in row.get("params") or {}})
+    parts.append(table(["trial", metric, "epochs", "seconds", *keys],
+                       [[row.get("number"), row.get("value"), row.get("epochs"), row.get("seconds"),
+                         *[_flat((row.get("params") or {}).get(key)) for key in keys]] for row in finished[:20]],
+                       caption=f"The {min(20, len(finished))} best finished trials (tune.json holds all)"))
+    return "\n".join(parts)
+
+
 def _compression(compression: Any) -> str:
     if isinstance(compression, dict) and isinstance(compression.get("rows"), list):
         rows = [(row.get("measure", row.get("key")), row.get("original"), row.get("compressed"), row.get("ratio"))
@@ -552,6 +581,7 @@ SECTIONS: tuple[SectionSpec, ...] = (
                 lambda inputs: bool(inputs.importance and inputs.importance.get("features"))),
     SectionSpec("worst-rows", "Worst-predicted rows", ALL, worst_rows, _scored),
     SectionSpec("exports", "Export parity and compression", ALL, exports, lambda inputs: bool(inputs.exports)),
+    SectionSpec("search", "Hyperparameter search", ALL, search, lambda inputs: bool(inputs.study)),
 )
 
 

@@ -1,0 +1,340 @@
+"""``keel tune``: an Optuna study over keel's settings, each trial a keel training scored on its
+validation rows, pruned early from its per-epoch validation metric, then the best settings refit.
+
+Every trial trains on the same split (the config's seed), so trials differ only by their settings;
+the score is the monitored validation metric (``training.monitor``) of the epoch early stopping
+kept, averaged over bagged networks; the test rows are never looked at while searching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+
+from keel.config import Config, ConfigSource, load_config
+from keel.data.io import TableSource, read_table
+from keel.data.schema import infer_task, require_column
+from keel.errors import ConfigError, KeelError
+from keel.model import Model
+from keel.train.callbacks import Reporter
+from keel.train.trainer import MONITORS, resolve_monitor
+from keel.tune.space import overrides, search_space, suggest
+
+#: The file in a model directory that holds its study (trials, best trial, parameter importances).
+TUNE_FILE = "tune.json"
+# How often a running trial tells the storage it is alive, and after how long without a word another
+# process takes it for dead (a killed run's trial) and fails it, so a resumed study runs it again.
+_HEARTBEAT_SECONDS, _GRACE_SECONDS = 10, 30
+
+
+@dataclass
+class TuneResult:
+    """A finished search: the summary stored as ``tune.json`` and the Optuna study itself."""
+
+    summary: dict[str, Any]
+    study: Any
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("keel tune needs Optuna: pip install 'keel[tune]'.") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def tune(data: TableSource, target: str | None = None, config: ConfigSource = None, *, trials: int = 20,
+         time_limit: float | None = None, storage: str | None = None, study: str | None = None, jobs: int = 1,
+         output: str | os.PathLike[str] | None = None, quiet: bool = False, reporter: Reporter | None = None,
+         pruner: Any = None) -> tuple[Model, TuneResult]:
+    """Search keel's settings with Optuna (TPE), then train the best ones and return that model.
+
+    Args:
+        data: A CSV / Parquet / JSON Lines path or a DataFrame.
+        target: The column to predict (or ``target`` in the config).
+        config: The base configuration (preset, fixed settings, ``tune.space``); each trial overrides
+            the searched keys.
+        trials: How many finished (complete or pruned) trials the study should hold; a study resumed
+            from ``storage`` runs only the missing ones.
+        time_limit: Stop starting trials after this many seconds (a running trial finishes).
+        storage: An Optuna storage URL (``sqlite:///tune.db``) to keep the study in, so that a killed
+            search resumes where it stopped; None keeps it in memory.
+        study: The study's name in ``storage`` (default: ``<data name>-<target>``).
+        jobs: Trials run at once, each in its own process (needs a storage; a temporary SQLite file
+            is used when none is given).
+        output: Save the refitted model there, with the study as ``tune.json``.
+        quiet: Report nothing.
+        reporter: Where messages go.
+        pruner: An Optuna pruner (default: the median pruner after 5 trials and 5 epochs).
+
+    Returns:
+        The best settings' model (trained as the best trial was, so the same model) and the search.
+
+    Raises:
+        ConfigError: Optuna is missing, the search space or storage is unusable, the study in the
+            storage tunes another target, there are no validation rows to score on, or no trial finished.
+    """
+    optuna = _optuna()
+    settings = load_config(config)
+    if target is not None:
+        settings = settings.model_copy(update={"target": target})
+    if not settings.target:
+        raise ConfigError("no target column; pass --target COLUMN (or target=... in Python).")
+    if trials < 1 or jobs < 1:
+        raise ConfigError(f"--trials and --jobs must be at least 1; got {trials} and {jobs}.")
+    if not settings.training.validation_split:
+        raise ConfigError("keel tune scores each trial on its validation rows, and training.validation_split is 0; "
+                          "set it above 0 (0.1 is the default).")
+    reporter = reporter or (Reporter() if quiet else _default_reporter())
+    frame = read_table(data) if isinstance(data, pd.DataFrame) else _read(data, reporter)
+    name = str(settings.target)
+    require_column(frame, name, "target")
+    task = infer_task(frame[name], name, settings.task, frame.attrs.get("source"))
+    monitor = resolve_monitor(settings.training.monitor, task)
+    space = search_space(settings, task)
+    direction = "maximize" if MONITORS[monitor] else "minimize"
+    study_name = study or f"{_stem(data)}-{name}"
+    with _storage(storage, jobs) as url:
+        opened = _open_study(optuna, url, study_name, direction, settings.training.seed, pruner, name, task)
+        done = _finished(optuna, opened)
+        remaining = max(0, trials - done)
+        started = time.perf_counter()
+        if remaining:
+            reporter.message(f"tuning {len(space)} settings over {remaining} trial(s) ({done} already in the study "
+                             f"{study_name!r}), scoring val_{monitor} ({direction})")
+            if jobs == 1:
+                objective = _objective(frame, settings, space, monitor)
+                opened.optimize(objective, n_trials=remaining, timeout=time_limit, catch=(KeelError,),
+                                callbacks=[_progress(reporter, trials, optuna)])
+            else:
+                assert url is not None
+                _run_workers(data if not isinstance(data, pd.DataFrame) else frame, settings, space, monitor, url,
+                             study_name, trials, time_limit, jobs)
+                opened = _open_study(optuna, url, study_name, direction, settings.training.seed, pruner, name, task)
+        summary = summarize(optuna, opened, space, monitor, direction, storage, time.perf_counter() - started)
+        if summary["best"] is None:
+            raise ConfigError(f"no trial of the study {study_name!r} finished (states: {summary['states']}); look at "
+                              "the trials' errors with --debug, or widen the time limit.")
+        best = load_config(settings, overrides=overrides(summary["best"]["params"], settings))
+        reporter.message(f"best trial {summary['best']['number']}: val_{monitor} {summary['best']['value']:.4f}; "
+                         "training it again to keep its model")
+        from keel.train.pipeline import fit
+
+        model = fit(frame, config=best, reporter=reporter, output=output)
+    if output is not None:
+        model.attach(TUNE_FILE, json.dumps(summary, indent=1).encode())
+    return model, TuneResult(summary, opened)
+
+
+def _default_reporter() -> Reporter:
+    from keel.train.callbacks import TextReporter
+
+    return TextReporter()
+
+
+def _read(data: TableSource, reporter: Reporter) -> pd.DataFrame:
+    with reporter.step(f"reading {data}"):
+        return read_table(data)
+
+
+def _stem(data: TableSource) -> str:
+    return "DataFrame" if isinstance(data, pd.DataFrame) else Path(str(data)).name.split(".")[0]
+
+
+@contextlib.contextmanager
+def _storage(storage: str | None, jobs: int) -> Iterator[str | None]:
+    """The storage URL: the one given, a temporary SQLite file when parallel trials need one, or None."""
+    if storage is not None or jobs == 1:
+        yield storage
+        return
+    directory = tempfile.mkdtemp(prefix="keel-tune-")
+    try:
+        yield f"sqlite:///{directory}/tune.db"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _open_study(optuna: Any, url: str | None, name: str, direction: str, seed: int, pruner: Any, target: str,
+                task: str) -> Any:
+    """Create the study, or load it from the storage after checking it tunes the same target."""
+    storage: Any = None
+    if url is not None:
+        try:
+            storage = _rdb_storage(optuna, url)
+        except Exception as error:  # sqlalchemy's and optuna's own errors: a path, a driver, a URL
+            raise ConfigError(f"cannot open the study storage {url!r}: {str(error).splitlines()[0]}. Pass an Optuna "
+                              "storage URL such as sqlite:///tune.db (a file in a directory that exists).") from None
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)
+    except ValueError as error:  # an existing study with the other direction
+        raise ConfigError(f"the study {name!r} in {url} cannot be continued: {error}. Choose another --study.") from None
+    known = study.user_attrs.get("keel.target")
+    if known is not None and (known, study.user_attrs.get("keel.task")) != (target, task):
+        raise ConfigError(f"the study {name!r} in {url} tunes the {study.user_attrs.get('keel.task')} target "
+                          f"{known!r}, not the {task} target {target!r}; choose another --study (its trials are kept).")
+    if known is None:
+        study.set_user_attr("keel.target", target)
+        study.set_user_attr("keel.task", task)
+    return study
+
+
+def _rdb_storage(optuna: Any, url: str) -> Any:
+    """The storage, with heartbeats: a trial whose process was killed is failed and run again."""
+    import warnings
+
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8; keel relies on them
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=_HEARTBEAT_SECONDS, grace_period=_GRACE_SECONDS,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+
+
+def _finished(optuna: Any, study: Any) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+class _Pruning(Reporter):
+    """A quiet reporter whose epoch callback reports the validation metric to the trial and stops a
+    trial the pruner gives up on (``optuna.TrialPruned`` leaves keel.fit like any exception)."""
+
+    def __init__(self, trial: Any, monitor: str) -> None:
+        self.trial, self.key, self.reported = trial, f"val_{monitor}", 0
+
+    @contextlib.contextmanager
+    def progress(self, epochs: int, monitor: str, rows: int | None = None) -> Iterator[Any]:
+        import optuna
+
+        def callback(epoch: int, total: int, record: dict[str, Any]) -> None:
+            if self.key not in record:
+                return
+            self.reported += 1  # counted over a bag's networks, so each step is reported once
+            self.trial.report(float(record[self.key]), self.reported)
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: {self.key} {record[self.key]:.4f}")
+
+        yield callback
+
+
+def score(history: dict[str, Any], monitor: str) -> float:
+    """A trained model's validation score: the monitored metric at the epoch early stopping kept
+    (the last one without early stopping), averaged over bagged networks."""
+    values = []
+    for network in history.get("bags", [history]):
+        epochs = [record for record in network["epochs"] if f"val_{monitor}" in record]
+        if not epochs:
+            raise ConfigError("a trial trained without validation rows, so it has no score; keep "
+                              "training.validation_split above 0 and the table large enough to hold some.")
+        best = network.get("best_epoch")
+        chosen = next((record for record in epochs if record["epoch"] == best), epochs[-1])
+        values.append(float(chosen[f"val_{monitor}"]))
+    return sum(values) / len(values)
+
+
+def _objective(frame: pd.DataFrame, settings: Config, space: dict[str, Any], monitor: str) -> Callable[[Any], float]:
+    from keel.train.pipeline import fit
+
+    def objective(trial: Any) -> float:
+        values = suggest(trial, space)
+        trial_settings = load_config(settings, overrides=overrides(values, settings))
+        started = time.perf_counter()
+        model = fit(frame, config=trial_settings, reporter=_Pruning(trial, monitor), importance=False)
+        trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+        trial.set_user_attr("epochs", len(model.history["epochs"]))
+        return score(model.history, monitor)
+
+    return objective
+
+
+def _progress(reporter: Reporter, total: int, optuna: Any) -> Callable[[Any, Any], None]:
+    def callback(study: Any, trial: Any) -> None:
+        value = "" if trial.value is None else f" {trial.value:.4f}"
+        try:
+            best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:  # no complete trial yet
+            best = ""
+        reporter.message(f"trial {trial.number} of {total}: {trial.state.name.lower()}{value}{best}")
+
+    return callback
+
+
+def _run_workers(data: Any, settings: Config, space: dict[str, Any], monitor: str, url: str, name: str, trials: int,
+                 time_limit: float | None, jobs: int) -> None:
+    """Run the remaining trials in ``jobs`` processes sharing the study's storage."""
+    context = multiprocessing.get_context("spawn")  # torch and fork do not mix
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # Each process runs its share of the missing trials: a shared count alone lets every process start
+    # one more trial while the last ones finish.
+    missing = trials - _finished(_optuna(), _optuna().load_study(study_name=name, storage=url))
+    shares = [missing // jobs + (1 if index < missing % jobs else 0) for index in range(jobs)]
+    processes = [context.Process(target=_worker, args=(data, settings.model_dump(mode="json"), space, monitor, url,
+                                                       name, trials, shares[index], time_limit, index, threads))
+                 for index in range(jobs) if shares[index]]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    failed = [process.exitcode for process in processes if process.exitcode]
+    if failed:
+        raise ConfigError(f"{len(failed)} of the {len(processes)} tuning processes failed (exit codes {failed}); run with "
+                          "--jobs 1 to see the error.")
+
+
+def _worker(data: Any, settings: dict[str, Any], space: dict[str, Any], monitor: str, url: str, name: str,
+            trials: int, share: int, time_limit: float | None, index: int, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    optuna = _optuna()
+    config = load_config(settings)
+    frame = data if isinstance(data, pd.DataFrame) else read_table(data)
+    storage = _rdb_storage(optuna, url)
+    # Each process samples with its own seed: the same seed would propose the same first trials.
+    study = optuna.load_study(study_name=name, storage=storage,
+                              sampler=optuna.samplers.TPESampler(seed=config.training.seed + 1 + index))
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    study.optimize(_objective(frame, config, space, monitor), n_trials=share, timeout=time_limit,
+                   catch=(KeelError,), callbacks=[optuna.study.MaxTrialsCallback(trials, states=states)])
+
+
+def summarize(optuna: Any, study: Any, space: dict[str, Any], monitor: str, direction: str, storage: str | None,
+              seconds: float) -> dict[str, Any]:
+    """The study as plain JSON: every trial, the best one, and each setting's importance (fANOVA)."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        rows.append({"number": trial.number, "state": trial.state.name.lower(),
+                     "value": None if trial.value is None or not math.isfinite(trial.value) else trial.value,
+                     "params": dict(trial.params), "seconds": trial.user_attrs.get("seconds"),
+                     "epochs": trial.user_attrs.get("epochs")})
+    complete = [trial for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    best = None
+    if complete:
+        trial = study.best_trial
+        best = {"number": trial.number, "value": trial.value, "params": dict(trial.params)}
+    importances: dict[str, float] = {}
+    if len(complete) >= 2:
+        with contextlib.suppress(Exception):  # fANOVA needs variation in the values and the params
+            importances = {key: round(float(value), 4) for key, value in
+                           optuna.importance.get_param_importances(study).items()}
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row["state"]] = states.get(row["state"], 0) + 1
+    return {"study": study.study_name, "storage": storage, "metric": f"val_{monitor}", "direction": direction,
+            "space": {key: entry.model_dump(exclude_none=True) for key, entry in space.items()},
+            "trials": rows, "states": states, "best": best, "importances": importances,
+            "seconds": round(seconds, 3)}
