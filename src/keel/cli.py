@@ -159,6 +159,7 @@ def train(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory to write (default: a new runs/<data>-<time>/).")] = None,
     test: Annotated[Optional[Path], typer.Option("--test", help="Evaluate on this file instead of a held-out split.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (same as --set training.seed=N).")] = None,
+    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds the run may take (same as --set training.time_limit=S): epochs and bagged networks are planned to fit.")] = None,
     log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Append a plain-text log of the run to this file.")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report (report.html, plots/) and its permutation importance.")] = False,
     mlflow: Annotated[Optional[str], typer.Option("--mlflow", help="Log the run to MLflow: --mlflow alone for MLflow's default store (MLFLOW_TRACKING_URI, else ./mlflow.db), --mlflow URI or --mlflow DIR (DIR/mlflow.db, artifacts in DIR/mlruns).")] = None,
@@ -179,6 +180,7 @@ def train(
 
     overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
     overrides += [f"preset={preset}"] if preset is not None else []
+    overrides += [f"training.time_limit={time_limit}"] if time_limit is not None else []
     settings = load_config(config, overrides)
     if mlflow is not None:  # before any training: a missing extra or an unusable store must not cost one
         from keel.track.mlflow import check_store

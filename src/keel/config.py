@@ -160,6 +160,10 @@ class TrainingConfig(_Section):
         "auto", description="Where the network trains: cpu, cuda or cuda:N; auto takes the GPU when PyTorch sees "
         "one. The training rows move there once; prediction and saved models stay on the CPU.")
     seed: int = Field(42, description="Seed for splits, initialization and shuffling.")
+    time_limit: float | None = Field(
+        None, gt=0, description="Seconds the run may take, counted from its start: each network's epochs are planned "
+        "from the time its first epochs took (the learning-rate schedule completes in them), training stops when the "
+        "time is spent and keeps the best epoch, and bagging trains the networks the time allows. Empty: no limit.")
     checkpoint: bool | Literal["auto"] = Field(
         "auto", description="Write checkpoints while training when the run has an output directory (keel train, "
         "keel.fit(output=...)), so that --resume continues it after a crash: true always, false never, auto when "

@@ -38,7 +38,7 @@ from keel.train.pipeline import fit
 # Not estimator parameters: the split is the caller's (cross-validation), the weights come through
 # fit's sample_weight, and an estimator has no output directory to checkpoint into.
 NOT_PARAMETERS = frozenset({"test_split", "split_by", "order_by", "weight_column", "checkpoint", "checkpoint_every",
-                            "checkpoint_minutes"})
+                            "checkpoint_minutes", "time_limit"})
 
 # Which config section each estimator parameter belongs to.
 SECTIONS = {

@@ -100,6 +100,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         reporter = Reporter() if quiet else TextReporter()
     notes = Notes(reporter)
     started = time.perf_counter()
+    deadline = None if settings.training.time_limit is None else started + settings.training.time_limit
     if output is not None:
         check_destination(output)  # before the data is read: an unusable output must not cost a training
     with output_lock(output) if output is not None else contextlib.nullcontext():
@@ -107,7 +108,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
             plan = streaming_plan(data, settings, delimiter, encoding)
             if plan is not None:
                 model, checkpoints = _train_streamed(data, test, settings, plan, notes, reporter, device, importance,
-                                                     output, resume)
+                                                     output, resume, deadline)
             else:
                 frame = _read(data, reporter, delimiter, encoding)
                 test_frame = _read(test, reporter, delimiter, encoding) if test is not None else None
@@ -115,7 +116,8 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
                                if output is not None else None)
                 with torch.random.fork_rng():  # the caller's global random state is left as it was
                     torch.manual_seed(settings.training.seed)
-                    model = _train(frame, test_frame, settings, notes, reporter, device, importance, checkpoints)
+                    model = _train(frame, test_frame, settings, notes, reporter, device, importance, checkpoints,
+                                   deadline)
         except KeelError as error:
             error.notes = list(notes)
             raise
@@ -130,7 +132,8 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
 
 def _train_streamed(data: TableSource, test: TableSource | None, settings: Config, plan: Any, notes: Notes,
                     reporter: Reporter, device: torch.device, importance: bool,
-                    output: str | os.PathLike[str] | None, resume: bool) -> tuple[Model, RunCheckpoints | None]:
+                    output: str | os.PathLike[str] | None, resume: bool,
+                    deadline: float | None = None) -> tuple[Model, RunCheckpoints | None]:
     """Train on a file larger than the memory budget (keel.train.streamed): its rows go through a
     store on disk, removed when the run ends."""
     from keel.train.streamed import prepare_streamed, row_directory
@@ -149,7 +152,8 @@ def _train_streamed(data: TableSource, test: TableSource | None, settings: Confi
         resolved = settings.model_copy(update={"data": settings.data.model_copy(update={"memory_budget": plan.budget})})
         checkpoints = (RunCheckpoints.start(output, resolved, sample, None, resume, fingerprints=fingerprints)
                        if output is not None else None)
-        model = train_networks(prepared, settings, training, notes, reporter, device, importance, checkpoints)
+        model = train_networks(prepared, settings, training, notes, reporter, device, importance, checkpoints,
+                               deadline)
     return model, checkpoints
 
 
@@ -175,11 +179,11 @@ class _Rows:
 
 def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, notes: Notes,
            reporter: Reporter, device: torch.device, importance: bool,
-           checkpoints: RunCheckpoints | None = None) -> Model:
+           checkpoints: RunCheckpoints | None = None, deadline: float | None = None) -> Model:
     training = settings.training.model_copy(
         update={"precision": resolve_precision(settings.training.precision, device)})
     data = _prepare(frame, test_frame, settings, training, notes, reporter, device)
-    return train_networks(data, settings, training, notes, reporter, device, importance, checkpoints)
+    return train_networks(data, settings, training, notes, reporter, device, importance, checkpoints, deadline)
 
 
 def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, training: TrainingConfig,
@@ -219,10 +223,10 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     def part(positions: np.ndarray) -> Batch:  # rows at these frame positions, in their order
         return batch.take(where[positions])
 
-    def calibration_rows() -> tuple[Batch, list[np.ndarray] | None]:
-        parts = [validation for _, validation in bags]
+    def calibration_rows(n_networks: int) -> tuple[Batch, list[np.ndarray] | None]:
+        parts = [validation for _, validation in bags[:n_networks]]
         ends = np.cumsum([len(fold) for fold in parts])
-        folds = [np.arange(end - len(fold), end) for fold, end in zip(parts, ends)] if len(bags) > 1 else None
+        folds = [np.arange(end - len(fold), end) for fold, end in zip(parts, ends)] if len(parts) > 1 else None
         return part(np.concatenate(parts)).to("cpu"), folds
 
     def test_predictions(model: Model) -> Predictions | None:
@@ -258,8 +262,13 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
 
 def train_networks(data: PreparedData, settings: Config, training: TrainingConfig, notes: Notes,
                    reporter: Reporter, device: torch.device, importance: bool,
-                   checkpoints: RunCheckpoints | None = None) -> Model:
-    """Train the network (or each bagged one), calibrate, score the test rows and measure importance."""
+                   checkpoints: RunCheckpoints | None = None, deadline: float | None = None) -> Model:
+    """Train the network (or each bagged one), calibrate, score the test rows and measure importance.
+
+    ``deadline`` (a ``time.perf_counter()`` value, from ``training.time_limit``) is shared out: each
+    network gets an equal part of the time left, and no further bagged network starts when the time
+    left would not fit as many epochs as the previous one ran.
+    """
     schema, preprocessor, target = data.schema, data.preprocessor, data.target
     if checkpoints is not None:
         checkpoints.check_preprocessing(schema, preprocessor, target)
@@ -273,8 +282,16 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     loss = resolve_loss_name(training.loss, schema.task)
     class_weights = class_weights_for(training.class_weights, data.fitted, target)
     notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(data.bags)))
-    networks, histories = [], []
+    networks: list[TabularNetwork] = []
+    histories: list[dict[str, Any]] = []
+    planned_networks = len(data.bags)
     for index, (train_rows, validation_rows) in enumerate(data.bags):
+        if deadline is not None and histories:
+            planned_networks = min(planned_networks, index + _networks_that_fit(histories[-1], deadline, training))
+            if index >= planned_networks:
+                notes.append(f"training.time_limit {training.time_limit:g} s allowed {len(networks)} of the "
+                             f"{len(data.bags)} bagged networks; the model averages those")
+                break
         if validation_rows is None and training.early_stopping and index == 0:
             notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
         network = TabularNetwork(spec).to(device)
@@ -292,6 +309,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         trainer = Trainer(network, training, schema.task, loss, class_weights, target_scale=target.std,
                           checkpoint=checkpoints)
         numeric_guard(trainer).input_names = numeric_input_names(preprocessor)  # messages name columns
+        if deadline is not None:  # an equal share of the time left for each network still to train
+            trainer.deadline = time.perf_counter() + (deadline - time.perf_counter()) / (planned_networks - index)
         resumed = checkpoints.trainer_state(index) if checkpoints is not None else None
         if checkpoints is not None:
             checkpoints.begin_network(index, trainer.network, resumed.epoch if resumed is not None else 0)
@@ -302,11 +321,16 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
                          "(training.nonfinite: skip_batch); the epochs' skipped_batches in the history say where")
         networks.append(trainer.network)
         histories.append(history.to_dict())
+        if history.planned_epochs is not None:
+            notes.append(f"training.time_limit {training.time_limit:g} s allowed {history.planned_epochs} of "
+                         f"{training.epochs} epochs{f' for network {index + 1}' if len(data.bags) > 1 else ''} "
+                         f"(about {history.seconds / max(len(history.epochs), 1):.2f} s each); the learning-rate "
+                         "schedule was fitted to them")
         if checkpoints is not None:
             checkpoints.network_done(trainer.network, histories[-1])
     combined: TabularNetwork | NetworkBag = networks[0] if len(networks) == 1 else NetworkBag(networks)
     history_record = histories[0] if len(histories) == 1 else {**histories[0], "bags": histories}
-    calibration = _calibrate(combined, data.calibration_rows, schema.task, training, notes)
+    calibration = _calibrate(combined, lambda: data.calibration_rows(len(networks)), schema.task, training, notes)
     model = Model(settings, schema, preprocessor, target, combined, history=history_record, notes=list(notes),
                   calibration=calibration)
     predictions = data.test_predictions(model)
@@ -316,8 +340,23 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     held_out = data.held_out() if importance else None
     if held_out is not None:
         model.importance = _importance(model, held_out[0], held_out[1], training.seed, reporter)
-    model.run = run_record(**data.record, seconds={"training": sum(history["seconds"] for history in histories)})
+    record = dict(data.record)
+    record["bags"] = record["bags"][:len(networks)]
+    model.run = run_record(**record, seconds={"training": sum(history["seconds"] for history in histories)})
     return model
+
+
+# Under a time limit, a bagged network is worth training only with at least this many epochs (or
+# the config's epochs, when fewer): fewer networks that learn beat many that barely start.
+MIN_TIMED_EPOCHS = 10
+
+
+def _networks_that_fit(history: dict[str, Any], deadline: float, training: TrainingConfig) -> int:
+    """How many more networks the time left fits, at the pace of the one just trained and at least
+    MIN_TIMED_EPOCHS epochs each."""
+    pace = history["seconds"] / max(len(history["epochs"]), 1)
+    epochs = min(training.epochs, MIN_TIMED_EPOCHS)
+    return max(0, int((deadline - time.perf_counter()) // (pace * epochs)))
 
 
 def _calibrate(network: TabularNetwork | NetworkBag, validation: Callable[[], tuple[Batch, list[np.ndarray] | None]],

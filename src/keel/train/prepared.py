@@ -25,7 +25,8 @@ class PreparedData:
         fitted: The rows the class weights are counted on (the training rows; with bagging, the pool).
         n_test: Test rows.
         calibration_rows: The validation rows calibration reads (at most ``calibration.MAX_ROWS`` when
-            streamed) and, with bagging, each network's positions among them.
+            streamed) of the first n networks (fewer than ``bags`` when the time limit cut bagging short)
+            and, with several, each network's positions among them.
         test_predictions: The test rows' predictions by a model, or None without test rows.
         held_out: Rows for permutation importance and where they come from, or None.
         record: The run record's arguments besides ``seconds``.
@@ -37,7 +38,7 @@ class PreparedData:
     bags: list[tuple[Rows, Rows | None]]
     fitted: Rows
     n_test: int
-    calibration_rows: Callable[[], tuple[Batch, list[np.ndarray] | None]]
+    calibration_rows: Callable[[int], tuple[Batch, list[np.ndarray] | None]]
     test_predictions: Callable[[Model], Predictions | None]
     held_out: Callable[[], tuple[Batch, str] | None]
     record: dict[str, Any]

@@ -412,8 +412,8 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
     cpu = torch.device("cpu")  # what is read after training meets the trained network there
     test_rows = rows(tests, {_TEST}, cpu)
 
-    def calibration_rows() -> tuple[Batch, list[np.ndarray] | None]:
-        held = [validation.to(cpu) for _, validation in bags if validation is not None]
+    def calibration_rows(n_networks: int) -> tuple[Batch, list[np.ndarray] | None]:
+        held = [validation.to(cpu) for _, validation in bags[:n_networks] if validation is not None]
         if not held:
             return rows(pool, set(), cpu).take(np.zeros(0, dtype=np.int64)), None
         share = max(1, MAX_ROWS // len(held))

@@ -109,16 +109,21 @@ class History:
     stopped_early: bool = False
     monitor: str = "loss"
     seconds: float = 0.0
+    planned_epochs: int | None = None  # under training.time_limit: the epochs the time allowed, when fewer
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
-                "monitor": self.monitor, "seconds": self.seconds}
+        record = {"epochs": self.epochs, "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
+                  "monitor": self.monitor, "seconds": self.seconds}
+        if self.planned_epochs is not None:
+            record["planned_epochs"] = self.planned_epochs
+        return record
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> "History":
         """The history :meth:`to_dict` described (a checkpoint's)."""
+        planned = record.get("planned_epochs")
         return cls([dict(epoch) for epoch in record["epochs"]], record["best_epoch"], bool(record["stopped_early"]),
-                   str(record["monitor"]), float(record["seconds"]))
+                   str(record["monitor"]), float(record["seconds"]), None if planned is None else int(planned))
 
 
 class EpochCheckpoint(Protocol):
@@ -192,6 +197,8 @@ class Trainer:
         self.target_scale = target_scale
         self.callback = callback
         self.checkpoint = checkpoint
+        # The time (time.perf_counter()) by which fit must end (training.time_limit, set by the pipeline).
+        self.deadline: float | None = None
         self.monitor = resolve_monitor(settings.monitor, task)
         self.batch_size = 0  # resolved in fit, from the number of training rows
         # The fused step has no per-row weights: a row-weighted run trains on the autograd path.
@@ -229,8 +236,11 @@ class Trainer:
                                                 for record in progress.history.epochs if "skipped_batches" in record})
         history = progress.history
         started = time.perf_counter() - history.seconds
+        planned = settings.epochs if history.planned_epochs is None else history.planned_epochs
+        epoch_seconds: list[float] = []
         with thread_budget(self.network, self.batch_size * self.network.spec.ensemble):
             for epoch in range(progress.epoch + 1, settings.epochs + 1):
+                epoch_started = time.perf_counter()
                 record = {"epoch": epoch, "lr": rate.value}
                 record["loss"] = self._train_epoch(train, optimizer, rate, generator)
                 skipped = numeric_guard(self).skipped.get(epoch)
@@ -244,10 +254,15 @@ class Trainer:
                     rate.after_epoch(record["loss"])
                 history.epochs.append(record)
                 progress.epoch = epoch
-                stop = bool(patience) and progress.waited >= patience
+                if self.deadline is not None:
+                    epoch_seconds.append(time.perf_counter() - epoch_started)
+                    planned = self._plan(epoch, planned, epoch_seconds, rate, len(train))
+                    history.planned_epochs = planned if planned < settings.epochs else None
+                # Early stopping, or the time limit's last epoch (never the config's own last epoch).
+                stop = (bool(patience) and progress.waited >= patience) or epoch >= planned < settings.epochs
                 record["stopped"] = stop
                 if self.callback:
-                    self.callback(epoch, settings.epochs, record)
+                    self.callback(epoch, planned, record)
                 kill_point("epoch-ended")
                 if stop:
                     history.stopped_early = True
@@ -259,6 +274,19 @@ class Trainer:
             self.network.load_state_dict(progress.best_state)
         history.seconds = time.perf_counter() - started
         return history
+
+    def _plan(self, epoch: int, planned: int, epoch_seconds: list[float], rate: "LearningRate", n_rows: int) -> int:
+        """The epochs the time left allows (``deadline``, training.time_limit): as many more as fit at the
+        slowest of the last three epochs' pace, never more than planned before. The learning-rate
+        schedule is stretched or squeezed to end with them, so a cosine still anneals."""
+        assert self.deadline is not None
+        pace = max(epoch_seconds[-3:])
+        allowed = epoch + max(0, int((self.deadline - time.perf_counter()) // pace))
+        if allowed >= planned:
+            return planned
+        steps = len(batch_bounds(n_rows, self.batch_size))
+        rate.total_steps = max(rate.steps, allowed * steps, 1)
+        return allowed
 
     def _track_best(self, progress: "_Progress", record: dict[str, Any], epoch: int, keep_weights: bool) -> None:
         """Early stopping's bookkeeping after a validated epoch: the best score, its weights, the wait."""

@@ -1,0 +1,65 @@
+"""training.time_limit: epochs planned from the pace of the first ones, the schedule fitted to them,
+bagging cut to the networks the time allows, and the best epoch kept."""
+
+from __future__ import annotations
+
+import pytest
+
+import keel
+from keel.errors import ConfigError
+from keel.nn.network import NetworkBag
+from tests.conftest import make_classification_frame
+
+LONG = {"preset": "fast", "model.hidden": [64], "training.epochs": 500, "training.batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return make_classification_frame(6000)
+
+
+def test_a_time_limit_plans_fewer_epochs_and_the_cosine_schedule_still_ends(frame) -> None:
+    model = keel.fit(frame, target="label", quiet=True, importance=False,
+                     config={**LONG, "training.time_limit": 2.0, "training.early_stopping": 0,
+                             "training.schedule": "cosine"})
+    epochs = model.history["epochs"]
+    planned = model.history["planned_epochs"]
+    assert 1 <= len(epochs) == planned < 500  # 500 epochs of 6,000 rows take far more than 2 s here
+    assert model.history["stopped_early"]
+    assert epochs[-1]["lr"] < 0.1 * epochs[0]["lr"]  # annealed within the planned epochs, not cut at its start
+    assert any(note.startswith(f"training.time_limit 2 s allowed {planned} of 500 epochs") for note in model.notes)
+
+
+def test_without_a_limit_nothing_is_planned(frame) -> None:
+    model = keel.fit(frame, target="label", quiet=True, importance=False,
+                     config={**LONG, "training.epochs": 3, "training.early_stopping": 0})
+    assert len(model.history["epochs"]) == 3 and "planned_epochs" not in model.history
+    assert not model.history["stopped_early"]
+
+
+def test_a_time_limit_keeps_the_best_epoch_under_early_stopping(frame) -> None:
+    model = keel.fit(frame, target="label", quiet=True, importance=False,
+                     config={**LONG, "training.time_limit": 2.0, "training.early_stopping": 50})
+    epochs = model.history["epochs"]
+    best = model.history["best_epoch"]
+    scores = [record["val_loss"] for record in epochs]
+    assert best == 1 + scores.index(min(scores))  # the kept weights are the best epoch's, not the last
+
+
+def test_bagging_trains_the_networks_the_time_allows_and_calibrates_on_their_folds(frame) -> None:
+    model = keel.fit(frame, target="label", quiet=True, importance=False,
+                     config={**LONG, "training.time_limit": 1.5, "training.bagging": 20,
+                             "training.early_stopping": 0})
+    trained = len(model.network.networks) if isinstance(model.network, NetworkBag) else 1
+    assert 1 <= trained < 20
+    assert any(note.startswith(f"training.time_limit 1.5 s allowed {trained} of the 20 bagged networks")
+               for note in model.notes)
+    assert len(model.history.get("bags", [model.history])) == trained
+    assert model.run is not None and len(model.run.get("bagging", {}).get("train_each", [0] * trained)) == trained
+    assert 0.5 < model.metrics["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("value", [0, -3])
+def test_a_time_limit_must_be_positive(value) -> None:
+    with pytest.raises(ConfigError, match="training.time_limit"):
+        keel.fit(make_classification_frame(100), target="label", config={"training.time_limit": value})
