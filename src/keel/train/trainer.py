@@ -284,8 +284,7 @@ class Trainer:
         allowed = epoch + max(0, int((self.deadline - time.perf_counter()) // pace))
         if allowed >= planned:
             return planned
-        steps = len(batch_bounds(n_rows, self.batch_size))
-        rate.total_steps = max(rate.steps, allowed * steps, 1)
+        rate.fit_to(allowed * len(batch_bounds(n_rows, self.batch_size)))
         return allowed
 
     def _track_best(self, progress: "_Progress", record: dict[str, Any], epoch: int, keep_weights: bool) -> None:
@@ -603,6 +602,7 @@ class LearningRate:
         self.schedule = lookup(SCHEDULES, "training.schedule", settings.schedule)
         self.base = settings.lr
         self.total_steps = max(1, total_steps)
+        self.warmup = settings.warmup
         self.warmup_steps = int(settings.warmup * self.total_steps)
         self.steps = 0
         self.value = self._scheduled()
@@ -610,6 +610,13 @@ class LearningRate:
         self.patience = max(2, settings.early_stopping // 3)
         self.best: float | None = None
         self.bad_epochs = 0
+
+    def fit_to(self, total_steps: int) -> None:
+        """End the schedule (and scale its warm-up) at ``total_steps`` instead: the steps a time limit allows."""
+        self.total_steps = max(self.steps, total_steps, 1)
+        self.warmup_steps = int(self.warmup * self.total_steps)
+        if self.schedule.factor is not None or self.steps <= self.warmup_steps:
+            self.value = self._scheduled()
 
     def state(self) -> dict[str, Any]:
         """Where the schedule stands (JSON values), for a checkpoint."""

@@ -63,3 +63,16 @@ def test_bagging_trains_the_networks_the_time_allows_and_calibrates_on_their_fol
 def test_a_time_limit_must_be_positive(value) -> None:
     with pytest.raises(ConfigError, match="training.time_limit"):
         keel.fit(make_classification_frame(100), target="label", config={"training.time_limit": value})
+
+
+def test_the_warm_up_shrinks_with_the_planned_epochs(frame) -> None:
+    # A warm-up of half of 5,000 epochs would never end within the few epochs two seconds allow; fitted
+    # to the planned epochs it ends half-way, where the cosine is at half the peak rate.
+    model = keel.fit(frame, target="label", quiet=True, importance=False,
+                     config={**LONG, "training.epochs": 5000, "training.time_limit": 2.0,
+                             "training.early_stopping": 0, "training.schedule": "cosine", "training.warmup": 0.5})
+    rates = [record["lr"] for record in model.history["epochs"]]
+    planned = model.history["planned_epochs"]
+    assert planned is not None and planned >= 5
+    assert max(rates) > 0.4 * 0.001  # lr 0.001: the warm-up ended near half the planned epochs
+    assert rates[-1] < 0.5 * max(rates)  # and the rate came down after it
