@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from keel.errors import ConfigError
 
-FeatureType = Literal["auto", "number", "category", "binary"]
+FeatureType = Literal["auto", "number", "category", "binary", "date"]
 Task = Literal["auto", "binary", "multiclass", "regression"]
 Preset = Literal["fast", "balanced", "best"]
 
@@ -29,7 +29,7 @@ class InputFeature(_Section):
     """One input column and how to treat it."""
 
     name: str = Field(description="Column name in the data.")
-    type: FeatureType = Field("auto", description="number, category, binary, or auto to infer it.")
+    type: FeatureType = Field("auto", description="number, category, binary, date, or auto to infer it.")
 
 
 class PreprocessingConfig(_Section):

@@ -594,7 +594,7 @@ def _checked_sections(manifest: Manifest, path: str | os.PathLike) -> Preprocess
 # ---- what loading reads from keel.json's sections, checked before the stages read it ----------
 class _FeatureState(TypedDict):
     name: str
-    type: Literal["number", "category", "binary"]
+    type: Literal["number", "category", "binary", "date"]
 
 
 class _SchemaState(TypedDict):
@@ -633,6 +633,18 @@ class _CategoryState(TypedDict):
     n_rare: int
 
 
+class _DateState(TypedDict):
+    kind: Literal["date"]
+    name: str
+    origin: float
+    fill: float
+    center: float
+    scale: float
+    year_center: float
+    year_scale: float
+    hour: bool
+
+
 class _TargetState(TypedDict):
     name: str
     task: Literal["binary", "multiclass", "regression"]
@@ -642,7 +654,7 @@ class _TargetState(TypedDict):
 
 
 _SCHEMA_STATE = TypeAdapter(_SchemaState)
-_PREPROCESSING_STATE = TypeAdapter(list[Annotated[Union[_NumberState, _BinaryState, _CategoryState],
+_PREPROCESSING_STATE = TypeAdapter(list[Annotated[Union[_NumberState, _BinaryState, _CategoryState, _DateState],
                                                   Field(discriminator="kind")]])
 _TARGET_STATE = TypeAdapter(_TargetState)
 

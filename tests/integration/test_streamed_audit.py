@@ -117,7 +117,7 @@ def test_rows_read_after_training_are_on_the_cpu_whatever_the_training_device(tm
     assert plan is not None
     prepared, _, _ = prepare_streamed(path, None, settings, settings.training, plan, Notes(Reporter()), Reporter(),
                                       torch.device("meta"), tmp_path / "rows")
-    calibration, _ = prepared.calibration_rows()
+    calibration, _ = prepared.calibration_rows(len(prepared.bags))
     held_out = prepared.held_out()
     assert held_out is not None
     assert calibration.numeric.device.type == "cpu"

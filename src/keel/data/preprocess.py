@@ -13,7 +13,14 @@ import pandas as pd
 from keel.config import PreprocessingConfig
 from keel.data.parallel import map_columns, workers_for
 from keel.data.schema import Schema
-from keel.data.transforms import TRANSFORMS, BinaryTransform, CategoryTransform, NumberTransform, mean_and_std
+from keel.data.transforms import (
+    TRANSFORMS,
+    BinaryTransform,
+    CategoryTransform,
+    DateTransform,
+    NumberTransform,
+    mean_and_std,
+)
 from keel.data.values import (
     category_strings,
     is_numeric,
@@ -21,10 +28,13 @@ from keel.data.values import (
     missing_values,
     to_numeric,
     to_numeric_range,
+    to_seconds,
 )
 from keel.errors import DataError, KeelWarning
 
-FeatureTransform = NumberTransform | BinaryTransform | CategoryTransform
+FeatureTransform = NumberTransform | BinaryTransform | CategoryTransform | DateTransform
+# The transforms that write float columns of the network's numeric input.
+NumericTransform = NumberTransform | BinaryTransform | DateTransform
 
 _FLOAT64_MAX = float(np.finfo(np.float64).max)
 # Rows per chunk when writing the numeric array: 16,384 rows x 50 columns is a 3 MB buffer.
@@ -94,7 +104,8 @@ class Preprocessor:
         ]
 
     @property
-    def numeric(self) -> list[NumberTransform | BinaryTransform]:
+    def numeric(self) -> list[NumericTransform]:
+        """The transforms of the numeric input, in schema order: numbers, binaries and dates."""
         return [t for t in self.transforms if not isinstance(t, CategoryTransform)]
 
     @property
@@ -112,8 +123,9 @@ class Preprocessor:
     def feature_columns(self) -> dict[str, tuple[list[int], list[int]]]:
         """Each feature's columns in the transformed arrays: (numeric column indices, categorical ones).
 
-        A number may span several numeric columns (its value and a missing flag, quantile knots);
-        permuting a feature means permuting all of them together.
+        A number may span several numeric columns (its value and a missing flag), a date many (elapsed
+        days, year, the sin / cos pairs, its missing flag); permuting a feature means permuting all of
+        them together.
         """
         columns: dict[str, tuple[list[int], list[int]]] = {}
         offset = 0
@@ -155,12 +167,14 @@ class Preprocessor:
         cells = n_rows * len(self.transforms)
 
         def convert(item: tuple[FeatureTransform, pd.Series]) -> tuple[np.ndarray, int, float]:
-            """Numbers as raw floats (scaled chunk by chunk below) and their extent; the others
-            transformed whole."""
+            """Numbers as raw floats and dates as seconds (both transformed chunk by chunk below), with
+            a number's extent; the others transformed whole."""
             transform, series = item
             if isinstance(transform, NumberTransform):
                 values, low, high = to_numeric_range(series, column=transform.name, source=source)
                 return values, 0, transform.extent(low, high)
+            if isinstance(transform, DateTransform):
+                return to_seconds(series, column=transform.name, source=source), 0, math.inf
             return *transform.transform(series, source), math.inf
 
         # Every column is converted before any error is raised: one DataError then lists each bad column.
@@ -187,7 +201,7 @@ class Preprocessor:
                     take = slice(start, stop) if order is None else order[start:stop]
                     for transform, (values, extent) in zip(self.numeric, columns):
                         target = block[offset:offset + transform.width]
-                        if isinstance(transform, NumberTransform):
+                        if isinstance(transform, (NumberTransform, DateTransform)):
                             transform.apply(values[take], target, extent)
                         else:
                             target[:] = values[take].T

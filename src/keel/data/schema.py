@@ -1,4 +1,4 @@
-"""Infer what each column is (number, category, binary, or dropped) and what task the target poses."""
+"""Infer what each column is (number, category, binary, date, or dropped) and what task the target poses."""
 
 from __future__ import annotations
 
@@ -11,10 +11,18 @@ import numpy as np
 import pandas as pd
 
 from keel.config import Config
-from keel.data.values import category_strings, is_numeric, map_gathering, missing_values, numeric_share, to_numeric
+from keel.data.values import (
+    category_strings,
+    is_numeric,
+    map_gathering,
+    missing_values,
+    numeric_share,
+    to_numeric,
+    to_seconds,
+)
 from keel.errors import ConfigError, DataError
 
-ColumnType = Literal["number", "category", "binary"]
+ColumnType = Literal["number", "category", "binary", "date"]
 ResolvedTask = Literal["binary", "multiclass", "regression"]
 
 # A string column is numeric with typos (an error) rather than a category when at least this
@@ -106,8 +114,8 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
             ``split_by`` and ``order_by`` columns).
 
     Returns:
-        The schema; columns that cannot help (constant, all missing, id-like, free text, dates) are
-        listed in ``dropped`` with the reason.
+        The schema; columns that cannot help (constant, all missing, id-like, free text) are
+        listed in ``dropped`` with the reason. datetime64 columns (tz-aware ones too) are dates.
 
     Raises:
         ConfigError: No target is set.
@@ -135,6 +143,8 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
             return infer_column_type(series, name, source)
         if kind == "number":
             to_numeric(series, column=name, source=source)  # fail now, naming the bad row
+        elif kind == "date":
+            to_seconds(series, column=name, source=source)
         return kind, ""
 
     subset = rows is not None and len(rows) != len(frame)
@@ -176,7 +186,9 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
     if len(present) == 0:
         return None, "all values are missing"
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
-        return None, "dates are not supported yet; derive numbers (year, month, weekday) from it"
+        if present.nunique() == 1:
+            return None, f"constant (every value is {str(present.iloc[0])!r})"
+        return "date", ""
     if isinstance(series.dtype, pd.CategoricalDtype):
         return _declared_category_type(present)
     n_unique = _count_distinct(present, limit=1) if is_numeric(series) else present.nunique()

@@ -5,7 +5,9 @@ numbers are ``(where(isnan(x), fill, x) - center) / scale`` (plus an optional 0/
 followed for ``robust`` by the smooth clip ``z / sqrt(1 + (z / 3)^2)`` and for ``quantile`` by a
 piecewise-linear map through stored knots (both plain element-wise ONNX operators),
 binary columns map their two values to 0 and 1, categories map to integer indices where 0 is the
-shared bucket for unseen and rare values and 1 is "missing".
+shared bucket for unseen and rare values and 1 is "missing". Dates (seconds since 1970-01-01 UTC)
+become elapsed days and year (z-scored) and sin / cos pairs of month, weekday, day of year and hour,
+from calendar arithmetic of ``floor`` and ``+ - * /`` that the graph repeats operation for operation.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from keel.config import PreprocessingConfig
-from keel.data.values import category_strings, to_numeric, to_numeric_range
+from keel.data.values import category_strings, to_numeric, to_numeric_range, to_seconds
 from keel.errors import DataError
 
 UNKNOWN_INDEX = 0
@@ -366,6 +368,191 @@ class CategoryTransform:
         return transform
 
 
-TRANSFORMS: dict[str, type[NumberTransform] | type[BinaryTransform] | type[CategoryTransform]] = {
-    "number": NumberTransform, "binary": BinaryTransform, "category": CategoryTransform,
+# Dates are clamped to +-1e13 seconds (about 317,000 years either side of 1970) before any calendar
+# arithmetic: every intermediate value then stays a whole number far below 2**53, exact in float64,
+# and a value such as 1e300 still gives finite features. The export clamps at the same bound.
+DATE_LIMIT = 1e13
+SECONDS_PER_DAY = 86400.0
+# The cyclical parts of a date: (name, first value, number of values, period). Each becomes sin
+# and cos of 2 pi (value - first) / period, so December sits beside January and 23:00 beside midnight.
+CYCLES: tuple[tuple[str, int, int, float], ...] = (
+    ("month", 1, 12, 12.0), ("weekday", 0, 7, 7.0), ("day_of_year", 1, 366, 365.25), ("hour", 0, 24, 24.0))
+
+
+def cycle_table(first: int, count: int, period: float) -> np.ndarray:
+    """sin (row 0) and cos (row 1) of ``2 pi (value - first) / period`` for each of the ``count``
+    values, float64 ``(2, count)``; exact zeros where the angle is a multiple of pi / 2.
+
+    Looked up, not computed per row: ONNX Runtime's sin and NumPy's differ in the last bit, and
+    sin(pi) is 1.2e-16, not 0. A network's piecewise-linear encoding puts a bin edge between two
+    such training values, so the last bit would move a value across it; a table of constants
+    gives the graph and keel the same numbers.
+    """
+    angles = 2.0 * math.pi * np.arange(count) / period
+    table = np.stack([np.sin(angles), np.cos(angles)])
+    table[np.abs(table) < 1e-12] = 0.0
+    return table
+
+
+def cycle_index(part: Any, first: int, count: int, clip: Callable[[Any, float, float], Any]) -> Any:
+    """The row of ``cycle_table`` for a calendar part (a float array or tensor), clipped into the
+    table: a time a fraction of a microsecond before midnight can round to hour -1 of the next day."""
+    return clip(part - float(first), 0.0, float(count - 1))
+
+
+def calendar(seconds: Any, floor: Callable[[Any], Any], flag: Callable[[Any], Any]) -> dict[str, Any]:
+    """The civil date and time of ``seconds`` since 1970-01-01 UTC, in proleptic Gregorian UTC.
+
+    Howard Hinnant's ``civil_from_days`` in floating point: only ``+ - * /``, comparisons and
+    ``floor``, each applied to whole numbers (exact in float64 for ``|seconds| <= DATE_LIMIT``), so
+    NumPy here and the ONNX graph of the export (``Floor``, ``Div``, ``Mul``) give identical results.
+
+    Args:
+        seconds: float64 seconds (a NumPy array or a torch tensor), finite and within ``DATE_LIMIT``.
+        floor: The array library's floor (``np.floor``, ``torch.floor``).
+        flag: A boolean array as 0.0 / 1.0 of ``seconds``' dtype.
+
+    Returns:
+        float arrays ``days`` (whole days since 1970-01-01), ``year``, ``month`` (1-12), ``weekday``
+        (0 Monday - 6 Sunday), ``day_of_year`` (1-366) and ``hour`` (0-23).
+
+    Example:
+        >>> parts = calendar(np.array([1709214300.0]), np.floor, lambda b: b.astype(float))  # 2024-02-29 13:45
+        >>> [float(parts[key][0]) for key in ("year", "month", "weekday", "day_of_year", "hour")]
+        [2024.0, 2.0, 3.0, 60.0, 13.0]
+    """
+    days = floor(seconds / SECONDS_PER_DAY)
+    hour = floor((seconds - days * SECONDS_PER_DAY) / 3600.0)
+    shifted = days + 719468.0  # days since 0000-03-01: years start in March, leap days fall last
+    era = floor(shifted / 146097.0)  # 400-year eras
+    day_of_era = shifted - era * 146097.0
+    year_of_era = floor((day_of_era - floor(day_of_era / 1460.0) + floor(day_of_era / 36524.0)
+                         - floor(day_of_era / 146096.0)) / 365.0)
+    march_day = day_of_era - (365.0 * year_of_era + floor(year_of_era / 4.0) - floor(year_of_era / 100.0))
+    march_month = floor((5.0 * march_day + 2.0) / 153.0)  # 0 = March ... 11 = February
+    early = flag(march_month >= 10.0)  # January or February: the next civil year
+    year = year_of_era + era * 400.0 + early
+    leap = (flag(year - 4.0 * floor(year / 4.0) == 0.0) - flag(year - 100.0 * floor(year / 100.0) == 0.0)
+            + flag(year - 400.0 * floor(year / 400.0) == 0.0))
+    return {
+        "days": days, "year": year, "month": march_month + 3.0 - 12.0 * early,
+        "weekday": (days + 3.0) - 7.0 * floor((days + 3.0) / 7.0),  # 1970-01-01 was a Thursday (3)
+        # From March 1 (day 60, or 61 in a leap year); January and February count from 306 days before.
+        "day_of_year": march_day + 60.0 + leap - early * (365.0 + leap),
+        "hour": hour,
+    }
+
+
+def _numpy_flag(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.float64)
+
+
+class DateTransform:
+    """A date or datetime as numbers: elapsed days and year (z-scored), month, weekday, day of year
+    and hour (where the training rows have a time of day) as sin / cos pairs, and a missing flag.
+
+    Values arrive as seconds since 1970-01-01 UTC (:func:`keel.data.values.to_seconds`). A missing
+    date takes the training rows' median date, and its flag is 1. Elapsed days count from the
+    ``origin``, the earliest training date, so a date after all training rows is an elapsed time
+    beyond the training range like any large number: finite, clipped at +-``SCALED_LIMIT``.
+    """
+
+    kind: ClassVar[str] = "date"
+
+    def __init__(self, name: str, settings: PreprocessingConfig | None = None) -> None:
+        self.name = name
+        self.origin = 0.0  # days since 1970-01-01 UTC of the earliest training date
+        self.fill = 0.0  # elapsed days a missing date takes: the training median
+        self.center, self.scale = 0.0, 1.0  # of elapsed days
+        self.year_center, self.year_scale = 0.0, 1.0
+        self.hour = False  # whether any training date has a time of day
+
+    @property
+    def parts(self) -> list[str]:
+        """The name of each column this transform emits, in order."""
+        cycles = [name for name, _, _, _ in CYCLES if name != "hour" or self.hour]
+        return ["elapsed_days", "year", *(f"{name}_{f}" for name in cycles for f in ("sin", "cos")), "missing"]
+
+    @property
+    def width(self) -> int:
+        """Number of float columns this transform emits."""
+        return len(self.parts)
+
+    @property
+    def fill_seconds(self) -> float:
+        """The seconds a missing date is filled with (what the export fills with too)."""
+        return (self.origin + self.fill) * SECONDS_PER_DAY
+
+    def fit(self, series: pd.Series, source: str | None = None) -> "DateTransform":
+        """Learn the origin, the fill, the scales of elapsed days and year, and whether to keep the hour.
+
+        Raises:
+            DataError: A value is no date (see :func:`keel.data.values.to_seconds`).
+        """
+        seconds = np.clip(to_seconds(series, column=self.name, source=source), -DATE_LIMIT, DATE_LIMIT)
+        present = seconds[~np.isnan(seconds)]
+        n_missing = len(seconds) - len(present)
+        if not len(present):  # nothing to learn: every date will be 1970-01-01, flagged missing
+            return self
+        days = present / SECONDS_PER_DAY
+        self.origin = float(days.min())
+        elapsed = days - self.origin
+        self.fill = float(np.median(_sample(elapsed)))
+        self.center, self.scale = _usable(*mean_and_std(elapsed, n_missing, self.fill))
+        year = calendar(np.append(present, self.fill_seconds), np.floor, _numpy_flag)["year"]
+        self.year_center, self.year_scale = _usable(*mean_and_std(year[:-1], n_missing, float(year[-1])))
+        self.hour = bool(np.any(present % SECONDS_PER_DAY != 0))
+        return self
+
+    def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
+        """Returns ``(values (n, width) float32, 0)``; dates have no unseen values to count."""
+        seconds = to_seconds(series, column=self.name, source=source)
+        out = np.empty((self.width, len(seconds)), dtype=np.float32)
+        self.apply(seconds, out)
+        return out.T, 0
+
+    def apply(self, seconds: np.ndarray, out: np.ndarray, extent: float = math.inf) -> None:
+        """Write the features of ``seconds`` (from ``to_seconds``, NaN where missing) into ``out``, a
+        (width, n) float32 array, as :meth:`NumberTransform.apply` does (``extent`` is not needed)."""
+        missing = np.isnan(seconds)
+        filled = np.clip(np.where(missing, self.fill_seconds, seconds), -DATE_LIMIT, DATE_LIMIT)
+        for row, values in enumerate(self.features(filled, missing)):
+            out[row] = values
+
+    def features(self, seconds: np.ndarray, missing: np.ndarray) -> list[np.ndarray]:
+        """The float64 columns of filled, clamped ``seconds`` before the float32 cast, in ``parts`` order."""
+        parts = calendar(seconds, np.floor, _numpy_flag)
+        columns = [
+            np.clip((seconds / SECONDS_PER_DAY - self.origin - self.center) / self.scale, -SCALED_LIMIT, SCALED_LIMIT),
+            np.clip((parts["year"] - self.year_center) / self.year_scale, -SCALED_LIMIT, SCALED_LIMIT),
+        ]
+        for name, first, count, period in CYCLES:
+            if name != "hour" or self.hour:
+                table = cycle_table(first, count, period)
+                index = cycle_index(parts[name], first, count, np.clip).astype(np.int64)
+                columns += [table[0][index], table[1][index]]
+        return [*columns, missing.astype(np.float64)]
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "origin": self.origin, "fill": self.fill,
+                "center": self.center, "scale": self.scale, "year_center": self.year_center,
+                "year_scale": self.year_scale, "hour": self.hour}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "DateTransform":
+        transform = cls(state["name"])
+        transform.origin, transform.fill = float(state["origin"]), float(state["fill"])
+        transform.center, transform.scale = float(state["center"]), float(state["scale"])
+        transform.year_center, transform.year_scale = float(state["year_center"]), float(state["year_scale"])
+        transform.hour = bool(state["hour"])
+        return transform
+
+
+def _usable(center: float, scale: float) -> tuple[float, float]:
+    """A z-score's center and scale, the scale 1 where it is 0 (one date, one year): centre, do not divide."""
+    return center, scale if math.isfinite(scale) and scale >= 1e-30 else 1.0
+
+
+TRANSFORMS: dict[str, type[NumberTransform] | type[BinaryTransform] | type[CategoryTransform] | type[DateTransform]] = {
+    "number": NumberTransform, "binary": BinaryTransform, "category": CategoryTransform, "date": DateTransform,
 }

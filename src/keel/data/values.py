@@ -6,6 +6,7 @@ The pandas side of the canonical spellings: the scalar rule itself lives in
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Callable, Iterable, TypeVar, cast
 
@@ -65,6 +66,103 @@ def to_numeric_range(series: pd.Series, *, column: str,
     if math.isinf(low) or math.isinf(high):
         raise _infinite(series, values, np.flatnonzero(np.isinf(values)), column, source)
     return values, low, high
+
+
+# The epoch that date columns count seconds from, and one second, as NumPy datetime scalars.
+_EPOCH = np.datetime64(0, "s")
+_ONE_SECOND = np.timedelta64(1, "s")
+
+
+def to_seconds(series: pd.Series, *, column: str, source: str | None = None) -> np.ndarray:
+    """Convert a date column to float64 seconds since 1970-01-01 UTC, NaN for missing values.
+
+    Naive datetimes and ISO 8601 text without an offset are taken as UTC; tz-aware ones (and text
+    with ``Z`` or ``+02:00``) are converted to it. Text is parsed by ``pd.to_datetime(format="ISO8601")``
+    (years beyond pandas' range by :meth:`datetime.datetime.fromisoformat`); numbers are seconds since
+    1970-01-01 UTC already, as the exported graph takes them; Python ``datetime`` and ``date`` objects
+    and NumPy datetimes are read as their own dates.
+
+    Raises:
+        DataError: Values that are no date (text that is not ISO 8601, a bool, an infinity); the
+            message names the column, how many there are, and the rows and values of up to five.
+    """
+    dtype = series.dtype
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        if getattr(dtype, "tz", None) is not None:
+            series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+        values = series.to_numpy()
+        return (values - _EPOCH) / _ONE_SECOND  # NaT -> NaN
+    if is_numeric(series):
+        return to_numeric(series, column=column, source=source).astype(np.float64, copy=False)
+    if pd.api.types.is_bool_dtype(dtype):
+        present = np.flatnonzero(series.notna().to_numpy())
+        if len(present):
+            raise _not_dates(series, present, column, source)
+        return np.full(len(series), np.nan)
+    return _object_seconds(series, column, source)
+
+
+def _object_seconds(series: pd.Series, column: str, source: str | None) -> np.ndarray:
+    """Seconds of a text or mixed column: text through pandas' ISO 8601 parser, the rest one by one."""
+    values = series.to_numpy(dtype=object, na_value=None)
+    out = np.full(len(values), np.nan)
+    missing = missing_values(series)
+    texts = np.flatnonzero(~missing & np.fromiter((isinstance(v, str) for v in values), bool, len(values)))
+    if len(texts):
+        stripped = pd.Series(values[texts], dtype=object).str.strip()
+        parsed = pd.to_datetime(stripped, format="ISO8601", utc=True, errors="coerce")
+        out[texts] = (parsed.dt.tz_localize(None).to_numpy() - _EPOCH) / _ONE_SECOND
+        for position in texts[np.isnan(out[texts])]:  # beyond pandas' years, or no date at all
+            out[position] = _iso_seconds(str(values[position]).strip())
+    others = np.flatnonzero(~missing)
+    for position in others[~np.isin(others, texts)]:
+        out[position] = _value_seconds(values[position])
+    bad = np.flatnonzero(~missing & ~np.isfinite(out))
+    if len(bad):
+        raise _not_dates(series, bad, column, source)
+    return out
+
+
+def _iso_seconds(text: str) -> float:
+    """Seconds of an ISO 8601 date that pandas cannot hold (year 10000 needs no more), NaN if none."""
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return math.nan
+    return _datetime_seconds(moment)
+
+
+def _value_seconds(value: object) -> float:
+    """Seconds of one non-text value of a date column; NaN when it is no date."""
+    if isinstance(value, datetime.datetime):
+        return _datetime_seconds(value)
+    if isinstance(value, datetime.date):
+        return float((value - datetime.date(1970, 1, 1)).days * 86400)
+    if isinstance(value, np.datetime64):
+        return float((value - _EPOCH) / _ONE_SECOND)
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    return math.nan
+
+
+def _datetime_seconds(moment: datetime.datetime) -> float:
+    if moment.tzinfo is None:  # naive: UTC, as a naive datetime64 column is read
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return (moment - _UNIX_EPOCH).total_seconds()
+
+
+_UNIX_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _not_dates(series: pd.Series, positions: np.ndarray, column: str, source: str | None) -> DataError:
+    row, value = _row_value(series, int(positions[0]))
+    return DataError(
+        f"column {column!r} holds dates, but row {row} has the value {value!r}, which is no date "
+        f"({len(positions)} such value(s) in all{_more_samples(series, positions)}). Write dates in ISO 8601 "
+        "(2024-02-29, or 2024-02-29T13:45:00 with Z or +01:00 for a time zone) or as seconds since "
+        "1970-01-01 UTC, blank out the values, or declare the column a category in input_features.",
+        file=source, column=column, row=row,
+    )
 
 
 def _parsed(series: pd.Series, column: str, source: str | None) -> np.ndarray:

@@ -3,7 +3,10 @@
 The module holds everything after the string lookups: number columns are filled, scaled
 (z-score, min-max, robust with smooth clipping, quantile knots) and flagged; binary columns
 arrive as 0 / 1 (NaN for missing or unseen values, filled with the training share); category
-columns arrive as indices (0 unknown or rare, 1 missing, 2.. the vocabulary in order). The network
+columns arrive as indices (0 unknown or rare, 1 missing, 2.. the vocabulary in order); date
+columns arrive as seconds since 1970-01-01 UTC (NaN for missing) and are taken apart into elapsed
+days, year, month, weekday, day of year and hour by the calendar arithmetic keel's own transform
+runs (``keel.data.transforms.calendar``, float64 floor and division). The network
 follows in every form keel trains (MLP, ResNet, the efficient ensemble, bagged networks), and
 the outputs are probabilities (columns in ``model.classes`` order) or values in target units.
 
@@ -24,13 +27,21 @@ import torch
 from torch import nn
 
 from keel.data.transforms import (
+    CYCLES,
+    DATE_LIMIT,
     MISSING_INDEX,
     SCALED_LIMIT,
+    SECONDS_PER_DAY,
     UNKNOWN_INDEX,
     BinaryTransform,
     CategoryTransform,
+    DateTransform,
     NumberTransform,
+    calendar,
+    cycle_index,
+    cycle_table,
 )
+from keel.errors import ExportError
 from keel.nn.network import NetworkBag, TabularNetwork
 
 if TYPE_CHECKING:
@@ -43,27 +54,38 @@ _CLIP = 3.0  # the smooth clip's saturation, as data/transforms.py applies it
 class InputGroup:
     """One of the module's inputs: a block of columns of one kind, in schema order."""
 
-    name: str  # "numbers", "binaries" or "codes"
+    name: str  # "numbers", "dates", "binaries" or "codes"
     columns: list[str]
     dtype: torch.dtype
 
 
 class InferenceModule(nn.Module):
-    """``(numbers, binaries, codes)`` -> probabilities (batch, n_classes) or values (batch,).
+    """``(numbers, dates, binaries, codes)`` -> probabilities (batch, n_classes) or values (batch,).
 
     Only the groups the model has are arguments, in that order (see :attr:`groups`).
 
     Args:
         model: The trained model.
-        number_dtype: The dtype numbers arrive and are scaled in (float64 for ONNX, so large
-            values such as timestamps keep their precision; float32 where a runtime lacks float64).
+        number_dtype: The dtype numbers and dates arrive and are scaled in (float64 for ONNX, so large
+            values such as timestamps keep their precision; float32 where a runtime lacks float64,
+            for models without date columns).
         standardized: Regression only: return the network's own standardized value (float32),
             leaving ``value * target_std + target_mean`` to the caller. For a runtime without
             float64 (TFLite), where target units would round: float32 holds 1e9 to the nearest 64.
+
+    Raises:
+        ExportError: The model has date columns and ``number_dtype`` is not float64: float32 holds
+            seconds since 1970 only to the nearest 128 s, which moves hour and day boundaries.
     """
 
     binary_fill: torch.Tensor
     order: torch.Tensor
+    date_fill: torch.Tensor
+    date_origin: torch.Tensor
+    date_center: torch.Tensor
+    date_scale: torch.Tensor
+    year_center: torch.Tensor
+    year_scale: torch.Tensor
     fill: torch.Tensor
     center: torch.Tensor
     scale: torch.Tensor
@@ -83,16 +105,26 @@ class InferenceModule(nn.Module):
         numbers = [t for t in transforms if isinstance(t, NumberTransform)]
         binaries = [t for t in transforms if isinstance(t, BinaryTransform)]
         categories = [t for t in transforms if isinstance(t, CategoryTransform)]
+        dates = [t for t in transforms if isinstance(t, DateTransform)]
+        if dates and number_dtype != torch.float64:
+            raise ExportError(
+                f"date column(s) {[t.name for t in dates]} need float64 inputs (seconds since 1970-01-01 UTC), and "
+                f"this export computes in {number_dtype}, which holds them only to the nearest 128 s and so moves the "
+                "hour and day boundaries. Export to ONNX (keel export MODEL), or drop the date columns from "
+                "input_features and derive numbers from them.")
         self.groups = [group for group in (
             InputGroup("numbers", [t.name for t in numbers], number_dtype),
+            InputGroup("dates", [t.name for t in dates], number_dtype),
             InputGroup("binaries", [t.name for t in binaries], torch.float32),
             InputGroup("codes", [t.name for t in categories], torch.int64),
         ) if group.columns]
         self.task = model.task
         self.number_dtype = number_dtype
         self._add_number_state(numbers, number_dtype)
+        self._add_date_state(dates, number_dtype)
         self.register_buffer("binary_fill", torch.tensor([t.fill for t in binaries], dtype=torch.float32))
-        self.register_buffer("order", torch.tensor(_network_order(model.preprocessor.numeric, numbers, binaries)))
+        self.register_buffer("order", torch.tensor(
+            _network_order(model.preprocessor.numeric, numbers, binaries, dates)))
         network = model.network
         self.networks: list[TabularNetwork] = nn.ModuleList(  # type: ignore[assignment]
             network.networks if isinstance(network, NetworkBag) else [network])
@@ -118,12 +150,28 @@ class InferenceModule(nn.Module):
             self.register_buffer(f"segment_{name}", table if name == "index" else table.to(dtype))
         self.any_robust = bool(self.robust.any())
 
+    def _add_date_state(self, dates: list[DateTransform], dtype: torch.dtype) -> None:
+        def vector(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype)
+
+        self.register_buffer("date_fill", vector([t.fill_seconds for t in dates]))
+        self.register_buffer("date_origin", vector([t.origin for t in dates]))
+        self.register_buffer("date_center", vector([t.center for t in dates]))
+        self.register_buffer("date_scale", vector([t.scale for t in dates]))
+        self.register_buffer("year_center", vector([t.year_center for t in dates]))
+        self.register_buffer("year_scale", vector([t.year_scale for t in dates]))
+        self.date_hours = [t.hour for t in dates]
+        for name, first, count, period in CYCLES if dates else ():
+            self.register_buffer(f"{name}_table", torch.tensor(cycle_table(first, count, period), dtype=dtype))
+
     # The traced graph is unrolled per group present: arguments arrive in ``groups`` order.
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         given = {group.name: tensor for group, tensor in zip(self.groups, inputs)}
         parts: list[torch.Tensor] = []
         if "numbers" in given:
             parts += self._numbers(given["numbers"])
+        if "dates" in given:
+            parts.append(self._dates(given["dates"]))
         if "binaries" in given:
             binaries = given["binaries"]
             parts.append(torch.where(torch.isnan(binaries), self.binary_fill, binaries))
@@ -164,6 +212,30 @@ class InferenceModule(nn.Module):
             parts.append(missing[:, self.flagged].float())
         return parts
 
+    def _dates(self, seconds: torch.Tensor) -> torch.Tensor:
+        """(batch, n_dates) seconds -> (batch, sum of widths) float32: DateTransform.features, op for op."""
+        missing = torch.isnan(seconds)
+        filled = torch.where(missing, self.date_fill, seconds).clamp(-DATE_LIMIT, DATE_LIMIT)
+        parts = calendar(filled, torch.floor, lambda flags: flags.to(filled.dtype))
+        elapsed = ((filled / SECONDS_PER_DAY - self.date_origin - self.date_center) / self.date_scale).clamp(
+            -SCALED_LIMIT, SCALED_LIMIT)
+        year = ((parts["year"] - self.year_center) / self.year_scale).clamp(-SCALED_LIMIT, SCALED_LIMIT)
+        cycles = {}
+        for name, first, count, _ in CYCLES:  # looked up from constant tables: see cycle_table
+            if name != "hour" or any(self.date_hours):
+                index = cycle_index(parts[name], first, count, torch.clamp).long()  # (batch, n_dates)
+                table = getattr(self, f"{name}_table")
+                cycles[name] = (table[0][index], table[1][index])
+        blocks = []
+        for column, hour in enumerate(self.date_hours):  # each date's columns together, in parts order
+            columns = [elapsed[:, column], year[:, column]]
+            for name, _, _, _ in CYCLES:
+                if name != "hour" or hour:
+                    columns += [cycles[name][0][:, column], cycles[name][1][:, column]]
+            columns.append(missing[:, column].to(filled.dtype))
+            blocks.append(torch.stack(columns, dim=1))
+        return torch.cat(blocks, dim=1).float()
+
     def _outputs(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         probabilities = [self._member_mean(network, numeric, codes) for network in self.networks]
         mean = probabilities[0] if len(probabilities) == 1 else torch.stack(probabilities, dim=0).mean(dim=0)
@@ -183,17 +255,22 @@ class InferenceModule(nn.Module):
         return outputs.mean(dim=1) if outputs.shape[1] > 1 else outputs[:, 0]
 
 
-def _network_order(numeric: list[NumberTransform | BinaryTransform], numbers: list[NumberTransform],
-                   binaries: list[BinaryTransform]) -> list[int]:
-    """Where each of the network's numeric columns sits in ``cat([scaled numbers, flags, binaries])``.
+def _network_order(numeric: list[NumberTransform | BinaryTransform | DateTransform], numbers: list[NumberTransform],
+                   binaries: list[BinaryTransform], dates: list[DateTransform] | None = None) -> list[int]:
+    """Where each of the network's numeric columns sits in ``cat([scaled numbers, flags, date
+    columns, binaries])``.
 
-    The network takes numbers and binaries interleaved in schema order, each number followed by
-    its missing flag when it has one (``Preprocessor.numeric``).
+    The network takes numbers, dates and binaries interleaved in schema order, each number followed
+    by its missing flag when it has one, each date as its ``width`` columns (``Preprocessor.numeric``).
     """
+    dates = dates or []
     n_numbers = len(numbers)
     flagged = [i for i, t in enumerate(numbers) if t.indicator]
     flag_at = {index: n_numbers + position for position, index in enumerate(flagged)}
-    binary_start = n_numbers + len(flagged)
+    date_at, start = {}, n_numbers + len(flagged)
+    for date in dates:
+        date_at[date.name], start = start, start + date.width
+    binary_start = start
     number_at = {t.name: i for i, t in enumerate(numbers)}
     binary_at = {t.name: i for i, t in enumerate(binaries)}
     order: list[int] = []
@@ -203,6 +280,8 @@ def _network_order(numeric: list[NumberTransform | BinaryTransform], numbers: li
             order.append(index)
             if transform.indicator:
                 order.append(flag_at[index])
+        elif isinstance(transform, DateTransform):
+            order += range(date_at[transform.name], date_at[transform.name] + transform.width)
         else:
             order.append(binary_start + binary_at[transform.name])
     return order

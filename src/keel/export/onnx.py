@@ -4,6 +4,9 @@ The graph has one input per feature column, named after it, each of shape ``[bat
 
 - number columns: ``tensor(double)``, NaN for a missing value (double, not float: a timestamp or
   an amount in cents keeps its digits through the scaling);
+- date columns: ``tensor(double)``, seconds since 1970-01-01 UTC (a naive time taken as UTC), NaN
+  for a missing value; the graph takes them apart into elapsed days, year, month, weekday, day of
+  year and hour as keel's own preprocessing does;
 - binary and category columns: ``tensor(string)`` in keel's canonical spelling
   (:func:`keel.data.spelling.canonical_category`: ``3`` and ``3.0`` are ``"3"``, ``True`` is
   ``"True"``), the empty string for a missing value.
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keel.data.transforms import MISSING_INDEX, UNKNOWN_INDEX, BinaryTransform, CategoryTransform
+from keel.data.transforms import MISSING_INDEX, UNKNOWN_INDEX, BinaryTransform, CategoryTransform, DateTransform
 from keel.errors import ExportError
 
 if TYPE_CHECKING:
@@ -44,9 +47,10 @@ ML_OPSET = 2
 IR_VERSION = 8
 # Bumped when the graph's inputs, outputs or metadata change in a way a client would notice.
 # 2: a binary model's labels may come from a decision threshold (keel.threshold), not the most
-# probable class. A file is written in the oldest format that describes it, so a model without
-# a threshold stays readable by keels that know only format 1.
-EXPORT_FORMAT = 2
+# probable class. 3: date columns, double inputs of seconds since 1970-01-01 UTC (keel.features
+# lists them with type "date"). A file is written in the oldest format that describes it, so a
+# model without a threshold or dates stays readable by keels that know only format 1.
+EXPORT_FORMAT = 3
 _PREFIX = "keel/"  # every name keel makes inside the graph, so none clashes with a column's
 
 
@@ -70,7 +74,7 @@ def to_onnx(model: "Model") -> "onnx.ModelProto":
         parts = []
         for column in group.columns:
             transform = columns[column]
-            string = group.name != "numbers"
+            string = group.name not in ("numbers", "dates")
             inputs.append(helper.make_tensor_value_info(
                 column, TensorProto.STRING if string else TensorProto.DOUBLE, ["batch"]))
             source = column
@@ -106,20 +110,22 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
 
     columns = {t.name: t for t in model.preprocessor.transforms}
     threshold = model.threshold
+    dates = any(isinstance(t, DateTransform) for t in columns.values())
     return {
         "keel.version": _version(), "keel.model_format": str(FORMAT_VERSION),
-        "keel.export_format": str(1 if threshold is None else EXPORT_FORMAT),
+        "keel.export_format": str(3 if dates else 1 if threshold is None else 2),
         "keel.task": model.task, "keel.target": model.target,
         "keel.classes": json.dumps(model.classes),
         "keel.features": json.dumps([{"name": f.name, "type": f.type,
-                                      "input": "double" if f.type == "number" else "string"}
+                                      "input": "double" if f.type in ("number", "date") else "string"}
                                      for f in model.schema.features]),
         "keel.outputs": json.dumps(output_names),
         "keel.vocabularies": json.dumps({name: t.vocabulary for name, t in columns.items()
                                          if isinstance(t, CategoryTransform)}),
         "keel.schema": json.dumps(model.schema.to_dict()),
         "keel.metrics": json.dumps(model.metrics),
-        "keel.missing": "numbers: NaN; binary and category columns: the empty string",
+        "keel.missing": "numbers: NaN; binary and category columns: the empty string"
+                        + ("; dates (seconds since 1970-01-01 UTC): NaN" if dates else ""),
         # The decision rule of the label output: probabilities[:, 1] >= threshold (float32) -> classes[1].
         **({} if threshold is None else {"keel.threshold": repr(threshold)}),
     }

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 
-from keel.data.transforms import BinaryTransform, NumberTransform
+from keel.data.transforms import SECONDS_PER_DAY, BinaryTransform, DateTransform, NumberTransform
 from keel.errors import KeelWarning
 from keel.evaluate.metrics import predicted_classes
 
@@ -54,7 +54,9 @@ def synthetic_rows(model: "Model", n_rows: int = 256, seed: int = 0) -> pd.DataF
     """Rows that exercise every preprocessing path of ``model``, drawn from its stored state.
 
     Numbers: mostly within the training distribution, a tenth far outside it (20 spreads away),
-    a tenth missing. Binary and category columns: known values, a value never seen, missing.
+    a tenth missing. Dates likewise, as seconds since 1970-01-01 UTC (at any time of day, so hour
+    and day boundaries are crossed). Binary and category columns: known values, a value never
+    seen, missing.
     """
     rng = np.random.default_rng(seed)
     columns: dict[str, Any] = {}
@@ -67,6 +69,13 @@ def synthetic_rows(model: "Model", n_rows: int = 256, seed: int = 0) -> pd.DataF
             values[far] = center + rng.choice([-20.0, 20.0], int(far.sum())) * spread
             values[(kind >= 0.1) & (kind < 0.2)] = np.nan
             columns[transform.name] = values
+        elif isinstance(transform, DateTransform):
+            center, spread = transform.origin + transform.center, max(transform.scale, 1.0)  # in days
+            days = rng.normal(center, spread, n_rows)
+            far = kind < 0.1
+            days[far] = center + rng.choice([-20.0, 20.0], int(far.sum())) * spread
+            days[(kind >= 0.1) & (kind < 0.2)] = np.nan
+            columns[transform.name] = days * SECONDS_PER_DAY
         else:
             known = list(transform.values if isinstance(transform, BinaryTransform) else transform.vocabulary)
             values = np.array([known[i] for i in rng.integers(0, len(known), n_rows)] if known else [UNSEEN] * n_rows,
@@ -95,7 +104,8 @@ def onnx_feeds(model: "Model", frame: pd.DataFrame) -> dict[str, np.ndarray]:
     (``to_numeric``, ``category_strings``, ``""`` for missing)."""
     from keel.runtime.inputs import InputColumn, to_feeds
 
-    columns = [InputColumn(t.name, isinstance(t, NumberTransform)) for t in model.preprocessor.transforms]
+    columns = [InputColumn(t.name, isinstance(t, (NumberTransform, DateTransform)), isinstance(t, DateTransform))
+               for t in model.preprocessor.transforms]
     return to_feeds(frame, columns)[0]
 
 

@@ -113,12 +113,15 @@ def to_tflite(model: "Model", rows: pd.DataFrame | None = None, *, python: str |
         The files and the parity figures.
 
     Raises:
-        ExportError: The environment is missing, the converter failed (its last error line is
-            quoted), or the file's predictions differ from keel's beyond the tolerance.
+        ExportError: The model has date columns, the environment is missing, the converter failed
+            (its last error line is quoted), or the file's predictions differ from keel's beyond the
+            tolerance.
         DataError: ``rows`` lacks a column the model uses.
     """
     from keel.export.module import lookup_tables
     from keel.export.parity import compare, synthetic_rows
+
+    refuse_dates(model)
 
     executable = Path(python) if python is not None else tflite_python()
     source = "data" if rows is not None else "synthetic"
@@ -153,6 +156,25 @@ def to_tflite(model: "Model", rows: pd.DataFrame | None = None, *, python: str |
     description["parity"] = parity.to_dict()
     files = {"model.tflite": flatbuffer, "model.tflite.json": json.dumps(description, indent=2).encode()}
     return TfliteExport(files, parity.to_dict(), seconds, float(interface["convert_seconds"]))
+
+
+def refuse_dates(model: "Model") -> None:
+    """Raise for a model with date columns, before anything is converted.
+
+    TFLite computes in float32, which holds seconds since 1970 only to the nearest 128 s (in 2024):
+    the hour and the day a time falls in would move near their boundaries, and the graph would not
+    predict what keel predicts.
+
+    Raises:
+        ExportError: The model has date columns; the message names them.
+    """
+    dates = [t.name for t in model.preprocessor.transforms if t.kind == "date"]
+    if dates:
+        raise ExportError(
+            f"the model has the date column(s) {dates}, which TFLite export does not take: TFLite computes in "
+            "float32, which holds seconds since 1970 only to the nearest 128 s and so would move the hour and day "
+            "each date is taken apart into. Export to ONNX instead (keel export MODEL --format onnx), or train "
+            "without the date columns (list the other features in input_features).")
 
 
 def input_layout(model: "Model") -> list[dict[str, Any]]:

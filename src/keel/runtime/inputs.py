@@ -1,7 +1,8 @@
 """Request data to the exported graph's inputs: one NumPy array per feature column.
 
-The ONNX file takes number columns as float64 (NaN for a missing value) and binary and category
-columns as strings in keel's canonical spelling (the empty string for a missing value). This
+The ONNX file takes number columns as float64 (NaN for a missing value), date columns as float64
+seconds since 1970-01-01 UTC (NaN for a missing value) and binary and category columns as strings
+in keel's canonical spelling (the empty string for a missing value). This
 module converts the forms a caller has at hand, without pandas unless the caller passes pandas:
 
 - one row: ``{"island": "Biscoe", "bill_length_mm": 39.1, ...}``
@@ -15,10 +16,17 @@ Numbers follow ``to_numeric``: ints, floats and bools become float64, a numeric 
 an infinity) is a :class:`~keel.errors.DataError` naming the column and the row. So is a string that
 is not valid Unicode text (a lone UTF-16 surrogate, which a JSON escape such as ``"\\ud800"`` can
 make): no UTF-8 text can hold it, and ONNX Runtime takes UTF-8.
+
+Dates follow :func:`keel.data.values.to_seconds`: ISO 8601 text (``"2024-02-29"``,
+``"2024-02-29T13:45:00+01:00"``; :meth:`datetime.datetime.fromisoformat`, plus pandas' ``"2024-02"``,
+``"2024"`` and ``"2024-2-9"``), ``datetime``, ``date`` and NumPy datetime values, and numbers, which are seconds since
+1970-01-01 UTC already. A time without an offset is taken as UTC; one with an offset is converted to
+UTC. None, NaN, NaT and ``""`` are missing; anything else is a DataError naming column and row.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 import sys
@@ -44,6 +52,12 @@ _PLAIN_NUMBERS = frozenset({float, int, bool, type(None)})
 _CONTAINERS = (Mapping, list, tuple, set, frozenset)
 # A list longer than this is not quoted whole in a message.
 _SHOWN = 60
+# The date forms pandas' ISO 8601 parser takes and datetime.fromisoformat does not: a year, a year
+# and month, and months and days of one digit (2024-2-9).
+_SHORT_DATE = re.compile(r"(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?")
+_UNIX_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_EPOCH64 = np.datetime64(0, "s")
+_ONE_SECOND = np.timedelta64(1, "s")
 
 
 @dataclass(frozen=True)
@@ -52,11 +66,14 @@ class InputColumn:
 
     Attributes:
         name: The feature column it is fed from (the input's name).
-        number: True for a float64 input (number columns), False for a string one (binary, category).
+        number: True for a float64 input (number and date columns), False for a string one (binary,
+            category).
+        date: True for a date column: its values are converted to seconds since 1970-01-01 UTC.
     """
 
     name: str
     number: bool
+    date: bool = False
 
 
 def to_feeds(data: object, columns: Sequence[InputColumn]) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -99,7 +116,9 @@ def _row_feeds(row: Mapping[Any, Any], columns: Sequence[InputColumn]) -> dict[s
             value = row[column.name]
         except KeyError:
             raise _missing_column(column.name, row=1) from None
-        if column.number:
+        if column.date:
+            feeds[column.name] = np.array([to_seconds(value, column.name, 1)], dtype=np.float64)
+        elif column.number:
             feeds[column.name] = np.array([to_number(value, column.name, 1)], dtype=np.float64)
         else:
             feeds[column.name] = np.array([to_string(value, column.name, 1)], dtype=object)
@@ -158,6 +177,7 @@ def _frame_feeds(frame: Any, columns: Sequence[InputColumn]) -> tuple[dict[str, 
     import pandas as pd
 
     from keel.data.values import category_strings, to_numeric
+    from keel.data.values import to_seconds as column_seconds
 
     if len(frame) == 0:
         raise _empty()
@@ -174,7 +194,9 @@ def _frame_feeds(frame: Any, columns: Sequence[InputColumn]) -> tuple[dict[str, 
         if column.name not in frame.columns:
             raise _missing_column(column.name, row=None)
         series = frame[column.name]
-        if column.number:
+        if column.date:
+            feeds[column.name] = column_seconds(series, column=column.name)
+        elif column.number:
             feeds[column.name] = to_numeric(series, column=column.name).astype(np.float64, copy=False)
         else:
             strings = category_strings(series)
@@ -192,6 +214,8 @@ def _convert_column(values: Any, column: InputColumn) -> np.ndarray:
         return _frame_feeds(pandas.DataFrame({column.name: values.reset_index(drop=True)}), [column])[0][column.name]
     if isinstance(values, np.ndarray):
         return _convert_array(values, column)
+    if column.date:
+        return np.array([to_seconds(value, column.name, row) for row, value in enumerate(values, 1)], dtype=np.float64)
     if column.number:
         if set(map(type, values)) <= _PLAIN_NUMBERS:
             try:
@@ -213,6 +237,14 @@ def _convert_array(values: np.ndarray, column: InputColumn) -> np.ndarray:
         raise DataError(f"column {column.name!r} is an array of shape {values.shape}; pass one value per row "
                         "(a 1-D list or array).", column=column.name)
     kind = values.dtype.kind
+    if column.date and kind == "M":  # NumPy datetimes are naive: UTC
+        return (values - _EPOCH64) / _ONE_SECOND  # NaT -> NaN
+    if column.date and kind in "iuf":  # seconds already
+        numbers = values.astype(np.float64, copy=False)
+        _check_finite(numbers, column.name)
+        return numbers
+    if column.date:
+        return _convert_column(list(values), column)
     if column.number and kind in "biuf":
         numbers = values.astype(np.float64, copy=False)
         _check_finite(numbers, column.name)
@@ -274,6 +306,76 @@ def to_number(value: Any, column: str, row: int) -> float:
             f"column {column!r} row {row} has the value {number}; keel needs finite numbers. Replace it, or pass None "
             "to have it filled as a missing value.", column=column, row=row)
     return number
+
+
+def to_seconds(value: Any, column: str, row: int) -> float:
+    """One value of a date column as seconds since 1970-01-01 UTC, NaN when missing.
+
+    Args:
+        value: ISO 8601 text, a ``datetime`` (naive: UTC), ``date`` or NumPy datetime, a number
+            (seconds since 1970-01-01 UTC already), or a missing value.
+        column: The column's name, for messages.
+        row: The 1-based row, for messages.
+
+    Returns:
+        The seconds (NaN for None, NaN, NaT, ``pd.NA`` and ``""``).
+
+    Raises:
+        DataError: Text that is no ISO 8601 date, a bool, an infinity, or no single value.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        return _iso_seconds(text, value, column, row) if text else math.nan
+    if value is None or type(value).__name__ in _MISSING_TYPES:
+        return math.nan
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return (value - _UNIX_EPOCH).total_seconds()
+    if isinstance(value, datetime.date):
+        return float((value - datetime.date(1970, 1, 1)).days * 86400)
+    if isinstance(value, np.datetime64):
+        return math.nan if np.isnat(value) else float((value - _EPOCH64) / _ONE_SECOND)
+    if isinstance(value, (bool, np.bool_)):
+        raise _wrong_type(value, column, row, _DATE_EXPECTED)
+    if isinstance(value, bytes):
+        return to_seconds(value.decode("utf-8", errors="replace"), column, row)
+    if isinstance(value, (int, float, Decimal)) or (
+            getattr(value, "ndim", None) == 0 and getattr(getattr(value, "dtype", None), "kind", "") in "iuf"):
+        return to_number(value, column, row)
+    raise _wrong_type(value, column, row, _DATE_EXPECTED)
+
+
+_DATE_EXPECTED = "a date (ISO 8601 text, a datetime, or seconds since 1970-01-01 UTC), or None"
+
+
+def _iso_seconds(text: str, value: str, column: str, row: int) -> float:
+    """Seconds of ISO 8601 ``text`` (``value`` stripped), as pandas' ISO 8601 parser reads it."""
+    moment: datetime.datetime | None
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        moment = _short_date(text)
+        if moment is None:
+            raise DataError(
+                f"column {column!r} holds dates, but row {row} has the value {_quote(value)}, which is no ISO 8601 "
+                "date. Pass ISO 8601 text (2024-02-29, or 2024-02-29T13:45:00 with Z or +01:00 for a time zone), a "
+                "datetime, seconds since 1970-01-01 UTC, or None for a missing value.", column=column, row=row) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return (moment - _UNIX_EPOCH).total_seconds()
+
+
+def _short_date(text: str) -> datetime.datetime | None:
+    """``2024``, ``2024-02`` or ``2024-2-9`` as midnight of that day; None for anything else."""
+    match = _SHORT_DATE.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day = (int(part or 1) for part in match.groups())
+    try:
+        return datetime.datetime(year, month, day)
+    except ValueError:  # month 13, February 30
+        return None
 
 
 def to_string(value: Any, column: str, row: int) -> str:

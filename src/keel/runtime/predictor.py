@@ -25,7 +25,7 @@ from keel.runtime.inputs import InputColumn, to_feeds
 ONNX_FILE: Final = "model.onnx"
 # The newest graph layout this predictor reads: keel.export.onnx.EXPORT_FORMAT, written out here
 # because importing the exporter imports pandas (a test keeps the two equal).
-EXPORT_FORMAT: Final = 2
+EXPORT_FORMAT: Final = 3
 # Rows per ONNX Runtime call on a large batch: a 256-wide ensemble of 8 keeps its activations of
 # 256 rows (2 MB) in cache. On the balanced penguins model (one thread) 128-512 rows gave 64-70k
 # rows/s, 1,024 rows 58k, 4,096 rows 40k; one 1M-row call would hold gigabytes.
@@ -62,7 +62,9 @@ class Predictor:
         self.classes: list[Any] = json.loads(metadata.get("keel.classes", "[]"))
         self._labels = _label_array(self.classes)
         self.threshold = _threshold(metadata, path)
-        self._columns = [InputColumn(item.name, item.type == "tensor(double)") for item in session.get_inputs()]
+        dates = {item["name"] for item in json.loads(metadata.get("keel.features", "[]")) if item["type"] == "date"}
+        self._columns = [InputColumn(item.name, item.type == "tensor(double)", item.name in dates)
+                         for item in session.get_inputs()]
         self.feature_names = [column.name for column in self._columns]
         outputs = json.loads(metadata["keel.outputs"])
         # The one output each method needs; labels are decided from the probabilities (class_indices).
@@ -121,7 +123,9 @@ class Predictor:
         Args:
             data: One row (a dict of column -> value), columns (a dict of column -> list or
                 array), rows (a list of dicts) or a pandas DataFrame. Columns the model does not
-                read are ignored (listed once in a :class:`~keel.errors.KeelWarning`).
+                read are ignored (listed once in a :class:`~keel.errors.KeelWarning`). A date column
+                takes ISO 8601 text, datetimes or seconds since 1970-01-01 UTC (see
+                :mod:`keel.runtime.inputs`).
 
         Returns:
             Labels in the types the training target had (ints, bools, strings; an object array of
@@ -129,8 +133,9 @@ class Predictor:
             values.
 
         Raises:
-            DataError: A missing column, a value that is no number where one is needed, no single
-                value, columns of different lengths or no rows; the message names column and row.
+            DataError: A missing column, a value that is no number (or no date) where one is needed,
+                no single value, columns of different lengths or no rows; the message names column
+                and row.
         """
         outputs = self._run(data)
         if self.task == "regression":

@@ -10,7 +10,8 @@ Three forms, told apart by their shape:
 The pydantic types are built at start-up from the model's features, so validation and the
 OpenAPI document come from one source: a number feature takes a JSON number or null, a binary or
 category feature takes a string, number, boolean or null (unseen values are allowed: they go to
-the unknown bucket and are counted). NaN and Infinity (which Python's JSON reader accepts) are
+the unknown bucket and are counted), a date feature ISO 8601 text, a number of seconds since
+1970-01-01 UTC or null (the predictor parses the text, naming the row of a bad one). NaN and Infinity (which Python's JSON reader accepts) are
 rejected. Keys that are no feature (an id, the target) are allowed, ignored and listed.
 """
 
@@ -47,6 +48,7 @@ _BATCH_ERRORS: Final = frozenset({"too_short", "too_long"})
 FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
 NumberValue = Optional[FiniteFloat]
 CategoryValue = Union[StrictStr, StrictBool, StrictInt, FiniteFloat, None]
+DateValue = Union[StrictStr, StrictInt, FiniteFloat, None]
 
 
 @dataclass
@@ -55,7 +57,7 @@ class Batch:
 
     Attributes:
         columns: One list per feature: numbers as floats (None when missing), binary and category
-            values in keel's canonical spelling ("" when missing).
+            values in keel's canonical spelling ("" when missing), dates as sent (text or seconds).
         n_rows: The rows in the request.
         unseen: By binary or category feature, how many values the model does not know (they go
             to its unknown bucket); features without any are left out.
@@ -190,10 +192,12 @@ class Payload:
         if place == "value" and field is not None:
             feature = self._features[field]
             expected = ("a number, or null when missing" if feature.is_number else
+                        _DATE_TEXT if feature.is_date else
                         "one value (a string, number or boolean), or null when missing")
             hint = hint_for(value)
             return problem(f"{where}feature {field!r} takes {expected}; got {describe(value)}.{hint}",
-                           "number" if feature.is_number else "category", field, row)
+                           feature.type if feature.is_date else "number" if feature.is_number else "category",
+                           field, row)
         if place == "column":
             return problem(f"column {field!r} of '{COLUMNS_KEY}' takes a list with one value per row; got "
                            f"{describe(value)}.", "column", field)
@@ -233,14 +237,22 @@ class Payload:
 
 
 # ---- the types, built from the features ---------------------------------------------------
+_DATE_TEXT = ("a date: ISO 8601 text (2024-02-29, or 2024-02-29T13:45:00 with Z or +01:00 for a time zone) or "
+              "seconds since 1970-01-01 UTC, or null when missing")
+
+
 def _value_type(feature: FeatureSpec) -> Any:
-    return NumberValue if feature.is_number else CategoryValue
+    return NumberValue if feature.is_number else DateValue if feature.is_date else CategoryValue
 
 
 def _described(feature: FeatureSpec, kind: Any, **constraints: Any) -> Any:
     examples: list[Any] | None = None
     if feature.is_number:
         text = "A number; null when missing (the model fills it)."
+    elif feature.is_date:
+        text = (f"{_DATE_TEXT[0].upper()}{_DATE_TEXT[1:]} (the model fills it). A time without an offset is "
+                "taken as UTC.")
+        examples = ["2024-02-29T13:45:00Z"]
     else:
         shown = list(feature.values[:EXAMPLES_SHOWN])
         more = f" (the first {EXAMPLES_SHOWN} are listed as examples)" if len(feature.values) > EXAMPLES_SHOWN else ""

@@ -24,10 +24,10 @@ class FeatureSpec:
 
     Attributes:
         name: The column's name, as requests spell it.
-        type: ``number``, ``binary`` or ``category``.
+        type: ``number``, ``binary``, ``category`` or ``date``.
         values: The values the model knows, in keel's canonical spelling (a category's vocabulary,
-            a binary column's two values); empty for numbers. Any other value goes to the unknown
-            bucket and is counted as unseen.
+            a binary column's two values); empty for numbers and dates. Any other value goes to the
+            unknown bucket and is counted as unseen.
     """
 
     name: str
@@ -37,6 +37,11 @@ class FeatureSpec:
     @property
     def is_number(self) -> bool:
         return self.type == "number"
+
+    @property
+    def is_date(self) -> bool:
+        """A date: ISO 8601 text or seconds since 1970-01-01 UTC, converted by the predictor."""
+        return self.type == "date"
 
 
 @dataclass
@@ -68,7 +73,8 @@ class ModelSpec:
     @property
     def known(self) -> dict[str, frozenset[str]]:
         """Known values by binary or category column, for counting unseen ones."""
-        return {feature.name: frozenset(feature.values) for feature in self.features if not feature.is_number}
+        return {feature.name: frozenset(feature.values) for feature in self.features
+                if not (feature.is_number or feature.is_date)}
 
 
 def read_spec(predictor: Predictor, directory: Path) -> ModelSpec:

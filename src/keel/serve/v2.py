@@ -3,7 +3,8 @@
 - ``POST /v2/models/{name}/infer``: one input tensor per feature, ``shape`` ``[n]`` (or ``[n, 1]``),
   ``data`` flat: number features take a numeric datatype (``FP64``, ``FP32``, ``INT64``, ...),
   binary and category features ``BYTES`` (strings; numbers and booleans are spelled as keel spells
-  them). ``null`` in ``data`` is a missing value. The outputs are the ONNX file's: ``label`` and
+  them), date features ``BYTES`` (ISO 8601 text) or a numeric datatype (seconds since 1970-01-01
+  UTC). ``null`` in ``data`` is a missing value. The outputs are the ONNX file's: ``label`` and
   ``probabilities`` (``FP32``, ``[n, n_classes]``) for classification, ``value`` (``FP64``) for
   regression; ``parameters.unseen`` counts the category values the model does not know.
 - ``GET /v2/models/{name}``: the model's inputs and outputs; ``GET /v2/models/{name}/ready``,
@@ -203,7 +204,16 @@ class Inference:
         if len(tensor.data) > self.max_batch:
             return [problem(f"the batch has {len(tensor.data)} rows; this server takes at most {self.max_batch} per "
                             "request (its --max-batch). Split it into smaller requests.", "batch", name)]
-        if feature.is_number:
+        if feature.is_date:
+            if tensor.datatype not in (*NUMERIC, "BYTES"):
+                return [problem(f"input {name!r} is a date feature; its datatype must be BYTES (ISO 8601 text such as "
+                                f"2024-02-29T13:45:00Z) or numeric (seconds since 1970-01-01 UTC), not "
+                                f"{tensor.datatype}.", "datatype", name)]
+            for row, value in enumerate(tensor.data, 1):
+                if isinstance(value, bool):
+                    return [problem(f"row {row}: input {name!r} takes dates (ISO 8601 text or seconds since "
+                                    f"1970-01-01 UTC, null when missing); got {describe(value)}.", "date", name, row)]
+        elif feature.is_number:
             if tensor.datatype not in NUMERIC:
                 return [problem(f"input {name!r} is a number feature; its datatype must be numeric (FP64, FP32, "
                                 f"INT64, ...), not {tensor.datatype}.", "datatype", name)]
@@ -248,7 +258,8 @@ def example_request(spec: ModelSpec) -> dict[str, Any]:
     numbers (null, a missing value, where a category knows none)."""
     inputs = []
     for feature in spec.features:
-        value = 0.0 if feature.is_number else feature.values[0] if feature.values else None
+        value = (0.0 if feature.is_number else "2024-02-29T13:45:00Z" if feature.is_date else
+                 feature.values[0] if feature.values else None)
         inputs.append({"name": feature.name, "shape": [1], "datatype": "FP64" if feature.is_number else "BYTES",
                        "data": [value]})
     return {"inputs": inputs}
@@ -321,7 +332,8 @@ def _validation_error(error: ValidationError, body: Any, features: dict[str, Fea
         value, kind = item.get("input"), item["type"]
         if row is not None:  # one element of 'data': say what the input takes, not which union member failed
             feature = features.get(field or "")
-            kind = "value" if feature is None else "number" if feature.is_number else "category"
+            kind = ("value" if feature is None else "number" if feature.is_number else "date" if feature.is_date
+                    else "category")
             message = f"{path} (row {row}): {_element_expected(feature, field)}; got {describe(value)}"
             if isinstance(value, (list, dict)):
                 message += " ('data' is flat: one value per row, [v1, v2, ...])"
@@ -341,6 +353,9 @@ def _element_expected(feature: FeatureSpec | None, name: str | None) -> str:
         return f"input {name!r}: each value in 'data' is one number, string or boolean, or null when missing"
     if feature.is_number:
         return f"input {name!r} takes numbers in 'data' (a number per row, null when missing)"
+    if feature.is_date:
+        return (f"input {name!r} takes dates in 'data' (ISO 8601 text or seconds since 1970-01-01 UTC per row, null "
+                "when missing)")
     return (f"input {name!r} takes strings in 'data' (a string per row, null when missing; numbers and booleans are "
             "spelled as keel spells categories)")
 

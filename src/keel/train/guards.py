@@ -87,6 +87,10 @@ def numeric_input_names(preprocessor: Preprocessor) -> list[str]:
     missing flag (``'age' (missing flag)``) or a binary column's 0/1."""
     names = []
     for transform in preprocessor.numeric:
+        parts = getattr(transform, "parts", None)  # a date's columns: 'signup' (month_sin), ...
+        if parts is not None:
+            names += [f"{transform.name!r} ({part})" for part in parts]
+            continue
         names.append(repr(transform.name))
         if transform.width == 2:
             names.append(f"{transform.name!r} (missing flag)")

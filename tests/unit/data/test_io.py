@@ -127,4 +127,5 @@ def test_iso_dates_in_a_csv_are_datetimes_and_other_text_stays_text(tmp_path) ->
     from keel.config import load_config
     from keel.data.schema import infer_schema
 
-    assert infer_schema(frame, load_config({"target": "y"})).dropped["day"].startswith("dates are not supported yet")
+    schema = infer_schema(frame, load_config({"target": "y"}))
+    assert {f.name: f.type for f in schema.features if f.name in ("day", "stamp")} == {"day": "date", "stamp": "date"}

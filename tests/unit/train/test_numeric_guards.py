@@ -354,3 +354,17 @@ def test_a_resumed_skip_batch_run_counts_the_batches_skipped_before_its_checkpoi
     resumed.fit(_rows([3, 150]), resume=keeper.state)
     assert numeric_guard(resumed).skipped == numeric_guard(whole).skipped
     assert numeric_guard(resumed).total_skipped == numeric_guard(whole).total_skipped >= 3
+
+
+def test_numeric_input_names_spell_out_a_dates_columns() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"size": [1.0, 2.0, 3.0, 4.0], "when": pd.to_datetime(["2024-01-01 10:00", "2024-02-01 00:00",
+                                                                                 None, "2024-03-05 00:00"]),
+                          "label": ["a", "b", "a", "b"]})
+    schema = Schema("label", "binary", [Feature("size", "number"), Feature("when", "date")])
+    preprocessor = Preprocessor(schema, PreprocessingConfig()).fit(frame)
+    names = numeric_input_names(preprocessor)
+    assert len(names) == preprocessor.numeric_width
+    assert names[1:4] == ["'when' (elapsed_days)", "'when' (year)", "'when' (month_sin)"]
+    assert names[-1] == "'when' (missing)"
