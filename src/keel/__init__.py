@@ -40,11 +40,13 @@ _LAZY = {
     "fit": "keel.train.pipeline", "load": "keel.model", "Model": "keel.model",
     "Config": "keel.config", "load_config": "keel.config",
     "KeelClassifier": "keel.sklearn", "KeelRegressor": "keel.sklearn",
+    "tune": "keel.search",
 }
 
 if TYPE_CHECKING:
     from keel.config import Config, load_config
     from keel.model import Model, load
+    from keel.search import tune
     from keel.sklearn import KeelClassifier, KeelRegressor
     from keel.train.pipeline import fit
 
@@ -56,6 +58,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "fit", "load", "Model", "Config", "load_config", "KeelClassifier", "KeelRegressor",
+    "fit", "load", "Model", "Config", "load_config", "KeelClassifier", "KeelRegressor", "tune",
     "KeelError", "ConfigError", "DataError", "ArtifactError", "ExportError", "NotFittedError", "NumericError", "KeelWarning",
 ]

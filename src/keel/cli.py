@@ -400,8 +400,8 @@ def tune(
     """Search keel's settings on DATA with Optuna, then train and save the best (--output)."""
     from keel.config import load_config
     from keel.console import RichReporter
+    from keel.search import tune as run_tune
     from keel.train.checkpoint import output_lock
-    from keel.tune import tune as run_tune
 
     overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
     overrides += [f"preset={preset}"] if preset is not None else []
@@ -416,7 +416,7 @@ def tune(
     if as_json:
         out.print_json(json.dumps({"model": str(destination), "metrics": model.metrics, "study": summary, **extras}))
         return
-    from keel.tune.summary import study_tables
+    from keel.search.summary import study_tables
 
     out.print(study_tables(summary))
     _print_metrics(model.metrics, "test (best settings)")

@@ -303,18 +303,60 @@ class TuneConfig(_Section):
     @field_validator("space")
     @classmethod
     def _known_keys(cls, value: dict[str, SearchRange] | None) -> dict[str, SearchRange] | None:
-        known = {f"{section}.{name}" for section, fields in (("preprocessing", PreprocessingConfig),
-                                                              ("model", ModelConfig), ("training", TrainingConfig))
-                 for name in fields.model_fields} | {"model.width", "model.depth"}
-        for key in value or {}:
+        known = set(searchable_kinds())
+        for key, entry in (value or {}).items():
+            if key in UNSEARCHABLE:
+                raise ValueError(f"{key} {UNSEARCHABLE[key]}, so it cannot be searched; set it in the config instead")
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 raise ValueError(f"{key!r} is not a setting keel can search{hint}; use config keys such as "
                                  "training.lr, model.dropout, or model.width / model.depth for the hidden layers")
-        if value is not None and ("model.hidden" in value) and ({"model.width", "model.depth"} & set(value)):
-            raise ValueError("model.hidden and model.width/model.depth both set the hidden layers; keep one")
+            kind = searchable_kinds()[key]
+            if entry.choices is None and kind == "other":
+                raise ValueError(f"{key} takes text or true/false: search it with choices, not low/high")
+            if entry.choices is None and kind == "int" and any(
+                    value is not None and not float(value).is_integer() for value in (entry.low, entry.high, entry.step)):
+                raise ValueError(f"{key} takes whole numbers: give low, high and step as whole numbers")
+            if entry.step is not None and entry.log:
+                raise ValueError(f"{key}: a step and a log scale do not go together (Optuna draws one or the other)")
         return value
+
+
+# Keys a search must not change: they decide the split, the score or where training runs, and every
+# trial must be scored alike.
+UNSEARCHABLE: dict[str, str] = {
+    **{f"training.{key}": "decides which rows train, validate and test"
+       for key in ("seed", "validation_split", "test_split", "split_by", "order_by")},
+    "training.weight_column": "decides how rows are weighted in the score",
+    "training.monitor": "decides the score itself",
+    **{f"training.{key}": "decides where and how long training runs, not what it learns"
+       for key in ("time_limit", "device", "checkpoint", "checkpoint_every", "checkpoint_minutes")},
+    "model.hidden": "is a list; search model.width and model.depth, which make it",
+}
+
+
+def searchable_kinds() -> dict[str, str]:
+    """Each config key a search can draw, and what it takes: ``int``, ``float`` or ``other`` (text,
+    true/false, a fixed set of words: drawn from choices only)."""
+    import typing
+
+    kinds = {"model.width": "int", "model.depth": "int"}
+    for section, fields in (("preprocessing", PreprocessingConfig), ("model", ModelConfig), ("training", TrainingConfig)):
+        for name, annotation in typing.get_type_hints(fields).items():
+            key = f"{section}.{name}"
+            if key in UNSEARCHABLE:
+                continue
+            text = str(annotation)
+            if "bool" in text or "Literal" in text and "int" not in text or text == "<class 'str'>":
+                kinds[key] = "other"
+            elif "float" in text:
+                kinds[key] = "float"
+            elif "int" in text:
+                kinds[key] = "int"
+            else:
+                kinds[key] = "other"
+    return kinds
 
 
 def physical_memory() -> int:

@@ -123,7 +123,7 @@ def report_inputs(model: "Model", data: "TableSource | None" = None) -> Any:
 
 def _study(model: "Model") -> dict[str, Any] | None:
     """The search that chose the model's settings (``tune.json``, from ``keel tune``), or None."""
-    from keel.tune.study import TUNE_FILE
+    from keel.search.study import TUNE_FILE
 
     if model.path is None or TUNE_FILE not in model.summary()["files"]:
         return None

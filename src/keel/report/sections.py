@@ -503,7 +503,7 @@ def search(inputs: ReportInputs, context: Context) -> str:
     study = inputs.study or {}
     metric, maximize = str(study.get("metric", "score")), study.get("direction") == "maximize"
     trials = [row for row in study.get("trials") or [] if isinstance(row, dict)]
-    finished = sorted((row for row in trials if isinstance(row.get("value"), (int, float))),
+    finished = sorted((row for row in trials if row.get("state") == "complete" and isinstance(row.get("value"), (int, float))),
                       key=lambda row: -row["value"] if maximize else row["value"])
     states = study.get("states") or {}
     parts = [paragraph(f"keel tune searched {len(study.get('space') or {})} settings in {len(trials)} trials "
@@ -517,13 +517,18 @@ def search(inputs: ReportInputs, context: Context) -> str:
         rows = [(key, _flat(params[key]), importances.get(key)) for key in
                 sorted(params, key=lambda name: -float(importances.get(name) or 0.0))]
         parts.append(table(["setting", "best value", "importance (fANOVA)"], rows,
-                           caption=f"Best trial {best.get('number')}: {metric} {best.get('value')}"))
+                           caption=f"Best trial {best.get('number')}: {metric} {_number(best.get('value'))}"))
     keys = list(params) or sorted({key for row in finished for key in row.get("params") or {}})
     parts.append(table(["trial", metric, "epochs", "seconds", *keys],
-                       [[row.get("number"), row.get("value"), row.get("epochs"), row.get("seconds"),
+                       [[row.get("number"), _number(row.get("value")), row.get("epochs"), row.get("seconds"),
                          *[_flat((row.get("params") or {}).get(key)) for key in keys]] for row in finished[:20]],
-                       caption=f"The {min(20, len(finished))} best finished trials (tune.json holds all)"))
+                       caption=f"The {min(20, len(finished))} best complete trials (tune.json holds all, pruned and "
+                               "failed ones too)"))
     return "\n".join(parts)
+
+
+def _number(value: object) -> object:
+    return f"{value:.4f}" if isinstance(value, float) else value
 
 
 def _compression(compression: Any) -> str:

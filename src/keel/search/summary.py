@@ -19,9 +19,10 @@ def study_tables(summary: dict[str, Any]) -> Group:
                    title_justify="left")
     for column in ("trial", "state", metric, "epochs", "seconds"):
         trials.add_column(column, justify="right" if column != "state" else "left")
-    finished = [row for row in summary["trials"] if row["value"] is not None]
+    # Complete trials ranked by their score; pruned ones (their last partial value) and failed ones after.
+    finished = [row for row in summary["trials"] if row["state"] == "complete" and row["value"] is not None]
     finished.sort(key=lambda row: -row["value"] if maximize else row["value"])
-    others = [row for row in summary["trials"] if row["value"] is None]
+    others = [row for row in summary["trials"] if row not in finished]
     for row in (finished + others)[:SHOWN_TRIALS]:
         trials.add_row(str(row["number"]), row["state"], "" if row["value"] is None else f"{row['value']:.4f}",
                        "" if row["epochs"] is None else str(row["epochs"]),

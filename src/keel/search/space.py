@@ -7,10 +7,9 @@ of ``choices``; ``model.width`` and ``model.depth`` make ``model.hidden`` (``dep
 
 from __future__ import annotations
 
-import typing
 from typing import Any
 
-from keel.config import Config, ModelConfig, PreprocessingConfig, SearchRange, TrainingConfig, load_config
+from keel.config import Config, SearchRange, load_config, searchable_kinds
 from keel.errors import ConfigError
 
 #: keel's default search space (the README's table): what matters most for the MLPs and ensembles keel trains.
@@ -27,7 +26,6 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 }
 # Keys that only mean something for classification.
 _CLASSIFICATION_ONLY = {"training.label_smoothing"}
-_SECTIONS = {"preprocessing": PreprocessingConfig, "model": ModelConfig, "training": TrainingConfig}
 
 
 def search_space(settings: Config, task: str) -> dict[str, SearchRange]:
@@ -38,7 +36,10 @@ def search_space(settings: Config, task: str) -> dict[str, SearchRange]:
         ConfigError: A range's ends or a choice are not valid values of their key.
     """
     if settings.tune.space is not None:
-        space = dict(settings.tune.space)
+        space = {key: _typed_choices(key, entry) for key, entry in settings.tune.space.items()}
+        useless = sorted(set(space) & _CLASSIFICATION_ONLY) if task == "regression" else []
+        if useless:
+            raise ConfigError(f"tune.space searches {useless}, which a regression target does not use; remove it.")
     else:
         space = {key: SearchRange(**value) for key, value in DEFAULT_SPACE.items()
                  if task != "regression" or key not in _CLASSIFICATION_ONLY}
@@ -54,12 +55,22 @@ def search_space(settings: Config, task: str) -> dict[str, SearchRange]:
 
 def _is_integer(key: str) -> bool:
     """Whether a config key takes whole numbers (drawn with suggest_int)."""
-    if key in ("model.width", "model.depth"):
-        return True
-    section, name = key.split(".", 1)
-    annotation = typing.get_type_hints(_SECTIONS[section])[name]
-    text = str(annotation)
-    return "int" in text and "float" not in text
+    return searchable_kinds().get(key) == "int"
+
+
+def _typed_choices(key: str, entry: SearchRange) -> SearchRange:
+    """Choices of a number key as numbers: YAML reads ``1e-3`` as text, which Optuna would draw as a word."""
+    if entry.choices is None or searchable_kinds().get(key) not in ("int", "float"):
+        return entry
+    typed = []
+    for value in entry.choices:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass  # not a number: load_config names it when the space is checked
+        typed.append(_typed(key, value))
+    return entry.model_copy(update={"choices": typed})
 
 
 def _typed(key: str, value: Any) -> Any:

@@ -16,20 +16,23 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pandas as pd
 
+from keel.artifact import check_destination
 from keel.config import Config, ConfigSource, load_config
 from keel.data.io import TableSource, read_table
 from keel.data.schema import infer_task, require_column
 from keel.errors import ConfigError, KeelError
 from keel.model import Model
+from keel.runs import flatten
+from keel.search.space import overrides, search_space, suggest
 from keel.train.callbacks import Reporter
 from keel.train.trainer import MONITORS, resolve_monitor
-from keel.tune.space import overrides, search_space, suggest
 
 #: The file in a model directory that holds its study (trials, best trial, parameter importances).
 TUNE_FILE = "tune.json"
@@ -51,7 +54,9 @@ def _optuna() -> Any:
         import optuna
     except ImportError:
         raise ConfigError("keel tune needs Optuna: pip install 'keel[tune]'.") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # keel reports each trial itself (failed ones with their reason); Optuna's own warnings would repeat
+    # a failed trial's traceback on stderr even under --quiet.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna
 
 
@@ -89,6 +94,8 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
     optuna = _optuna()
     settings = load_config(config)
     if target is not None:
+        if settings.target not in (None, target):
+            raise ConfigError(f"target is {target!r} but the config says {settings.target!r}; pass one of them.")
         settings = settings.model_copy(update={"target": target})
     if not settings.target:
         raise ConfigError("no target column; pass --target COLUMN (or target=... in Python).")
@@ -97,6 +104,8 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
     if not settings.training.validation_split:
         raise ConfigError("keel tune scores each trial on its validation rows, and training.validation_split is 0; "
                           "set it above 0 (0.1 is the default).")
+    if output is not None:
+        check_destination(output)  # before the search: an unusable output must not cost one
     reporter = reporter or (Reporter() if quiet else _default_reporter())
     frame = read_table(data) if isinstance(data, pd.DataFrame) else _read(data, reporter)
     name = str(settings.target)
@@ -106,8 +115,12 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
     space = search_space(settings, task)
     direction = "maximize" if MONITORS[monitor] else "minimize"
     study_name = study or f"{_stem(data)}-{name}"
+    identity = _identity(frame, settings, name, task, monitor, direction)
+    pruner = _pruner(optuna, pruner)
+    deadline = None if time_limit is None else time.time() + time_limit
     with _storage(storage, jobs) as url:
-        opened = _open_study(optuna, url, study_name, direction, settings.training.seed, pruner, name, task)
+        seed = settings.training.seed
+        opened = _open_study(optuna, url, study_name, direction, pruner, identity, seed)
         done = _finished(optuna, opened)
         remaining = max(0, trials - done)
         started = time.perf_counter()
@@ -115,24 +128,25 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
             reporter.message(f"tuning {len(space)} settings over {remaining} trial(s) ({done} already in the study "
                              f"{study_name!r}), scoring val_{monitor} ({direction})")
             if jobs == 1:
-                objective = _objective(frame, settings, space, monitor)
-                opened.optimize(objective, n_trials=remaining, timeout=time_limit, catch=(KeelError,),
-                                callbacks=[_progress(reporter, trials, optuna)])
+                # One process: failed trials (a training error) are retried, up to as many again.
+                _optimize(optuna, opened, _objective(frame, settings, space, monitor), trials, 2 * remaining, deadline,
+                          [_progress(reporter, trials, optuna)])
             else:
                 assert url is not None
                 _run_workers(data if not isinstance(data, pd.DataFrame) else frame, settings, space, monitor, url,
-                             study_name, trials, time_limit, jobs)
-                opened = _open_study(optuna, url, study_name, direction, settings.training.seed, pruner, name, task)
-        summary = summarize(optuna, opened, space, monitor, direction, storage, time.perf_counter() - started)
+                             study_name, trials, deadline, jobs, pruner)
+                opened = _open_study(optuna, url, study_name, direction, pruner, identity, seed)
+        summary = summarize(optuna, opened, space, monitor, direction, storage, time.perf_counter() - started,
+                            settings.training.seed)
         if summary["best"] is None:
-            raise ConfigError(f"no trial of the study {study_name!r} finished (states: {summary['states']}); look at "
-                              "the trials' errors with --debug, or widen the time limit.")
+            raise ConfigError(f"no trial of the study {study_name!r} finished (states: {summary['states']})"
+                              f"{_first_failure(optuna, opened)}.")
         best = load_config(settings, overrides=overrides(summary["best"]["params"], settings))
         reporter.message(f"best trial {summary['best']['number']}: val_{monitor} {summary['best']['value']:.4f}; "
                          "training it again to keep its model")
         from keel.train.pipeline import fit
 
-        model = fit(frame, config=best, reporter=reporter, output=output)
+        model = fit(frame, config=best, reporter=reporter, output=output, quiet=quiet)
     if output is not None:
         model.attach(TUNE_FILE, json.dumps(summary, indent=1).encode())
     return model, TuneResult(summary, opened)
@@ -166,31 +180,96 @@ def _storage(storage: str | None, jobs: int) -> Iterator[str | None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _open_study(optuna: Any, url: str | None, name: str, direction: str, seed: int, pruner: Any, target: str,
-                task: str) -> Any:
-    """Create the study, or load it from the storage after checking it tunes the same target."""
+def _identity(frame: pd.DataFrame, settings: Config, target: str, task: str, monitor: str,
+              direction: str) -> dict[str, str]:
+    """What a study is about, stored with it: a resumed study must be about the same (its trials' values
+    would otherwise mix two questions in one ranking)."""
+    from keel.train.checkpoint import data_fingerprint
+
+    config = {key: value for key, value in flatten(settings.model_dump(mode="json")).items() if key != "target"}
+    return {"keel.target": target, "keel.task": task, "keel.metric": f"val_{monitor}", "keel.direction": direction,
+            "keel.data": data_fingerprint(frame), "keel.config": json.dumps(config, sort_keys=True, default=str),
+            "keel.source": str(frame.attrs.get("source", "DataFrame"))}
+
+
+def _pruner(optuna: Any, pruner: Any) -> Any:
+    """The pruner given, or keel's: the median of earlier trials at the same epoch, after 5 trials and 5 epochs."""
+    return pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
+
+
+def _open_study(optuna: Any, url: str | None, name: str, direction: str, pruner: Any,
+                identity: dict[str, str], seed: int) -> Any:
+    """Create the study, or load it from the storage after checking it is keel's study of the same
+    question: target, task, metric, data and configuration (every difference is listed)."""
     storage: Any = None
     if url is not None:
         try:
             storage = _rdb_storage(optuna, url)
         except Exception as error:  # sqlalchemy's and optuna's own errors: a path, a driver, a URL
-            raise ConfigError(f"cannot open the study storage {url!r}: {str(error).splitlines()[0]}. Pass an Optuna "
-                              "storage URL such as sqlite:///tune.db (a file in a directory that exists).") from None
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
-                                    pruner=pruner, load_if_exists=True)
-    except ValueError as error:  # an existing study with the other direction
-        raise ConfigError(f"the study {name!r} in {url} cannot be continued: {error}. Choose another --study.") from None
-    known = study.user_attrs.get("keel.target")
-    if known is not None and (known, study.user_attrs.get("keel.task")) != (target, task):
-        raise ConfigError(f"the study {name!r} in {url} tunes the {study.user_attrs.get('keel.task')} target "
-                          f"{known!r}, not the {task} target {target!r}; choose another --study (its trials are kept).")
-    if known is None:
-        study.set_user_attr("keel.target", target)
-        study.set_user_attr("keel.task", task)
+            raise ConfigError(f"cannot open the study storage {_shown(url)}: {str(error).splitlines()[0]}. Pass an "
+                              "Optuna storage URL such as sqlite:///tune.db (a file in a directory that exists).") from None
+        with contextlib.suppress(Exception), warnings.catch_warnings():  # a killed run's trial, heartbeat too old
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(optuna.load_study(study_name=name, storage=storage))
+    study = optuna.create_study(storage=storage, study_name=name, direction=direction, pruner=pruner,
+                                load_if_exists=True)
+    stored = study.user_attrs
+    if "keel.target" not in stored and (study.trials or stored):
+        raise ConfigError(f"the study {name!r} in {_shown(url)} was not made by keel tune ({len(study.trials)} "
+                          "trials); choose another --study (it is left as it was).")
+    differences = [f"{key[5:]} {stored[key]!r} -> {value!r}" for key, value in identity.items()
+                   if key in stored and stored[key] != value and key not in ("keel.source", "keel.config", "keel.data")]
+    if "keel.data" in stored and stored["keel.data"] != identity["keel.data"]:
+        differences.append(f"the data (fingerprint {stored['keel.data'][:12]} -> {identity['keel.data'][:12]})")
+    if "keel.config" in stored and stored["keel.config"] != identity["keel.config"]:
+        before, now = json.loads(stored["keel.config"]), json.loads(identity["keel.config"])
+        differences += [f"{key} {before.get(key, '(unset)')!r} -> {now.get(key, '(unset)')!r}"
+                        for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+    if study.direction.name.lower() != direction:
+        differences.append(f"direction {study.direction.name.lower()} -> {direction}")
+    if differences:
+        where = f" (it was made on {stored.get('keel.source')})" if "keel.source" in stored else ""
+        raise ConfigError(f"the study {name!r} in {_shown(url)} answers another question{where}: "
+                          f"{'; '.join(differences)}. Continue it with the same data and config, or choose another "
+                          "--study (its trials are kept).")
+    if not stored:
+        for key, value in identity.items():
+            study.set_user_attr(key, value)
+    # Seeded by the trials already there: a resumed study must not draw its first settings again.
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
     return study
+
+
+def _shown(url: str | None) -> str:
+    """A storage URL without its password (errors and tune.json are shown and shared)."""
+    if url is None:
+        return "memory"
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy reads: show it as it was given
+        return url
+
+
+def _optimize(optuna: Any, study: Any, objective: Callable[[Any], float], trials: int, attempts: int,
+              deadline: float | None, callbacks: list[Any]) -> None:
+    """Run at most ``attempts`` trials, stopping once the study holds ``trials`` finished ones or the
+    deadline passes."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    timeout = None if deadline is None else max(0.0, deadline - time.time())
+    study.optimize(objective, n_trials=attempts, timeout=timeout, catch=(KeelError,),
+                   callbacks=[*callbacks, optuna.study.MaxTrialsCallback(trials, states=states)])
+
+
+def _first_failure(optuna: Any, study: Any) -> str:
+    """What the first failed trial's training said, for the error when no trial finished."""
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    for trial in failed:
+        reason = trial.user_attrs.get("error")
+        if reason:
+            return f"; the first failed trial ({trial.number}) said: {reason}"
+    return "; widen --time-limit, or run with --debug to see the trials' errors"
 
 
 def _rdb_storage(optuna: Any, url: str) -> Any:
@@ -213,34 +292,37 @@ class _Pruning(Reporter):
     """A quiet reporter whose epoch callback reports the validation metric to the trial and stops a
     trial the pruner gives up on (``optuna.TrialPruned`` leaves keel.fit like any exception)."""
 
-    def __init__(self, trial: Any, monitor: str) -> None:
-        self.trial, self.key, self.reported = trial, f"val_{monitor}", 0
+    def __init__(self, trial: Any, monitor: str, epochs: int) -> None:
+        self.trial, self.key, self.epochs, self.networks = trial, f"val_{monitor}", epochs, 0
 
     @contextlib.contextmanager
     def progress(self, epochs: int, monitor: str, rows: int | None = None) -> Iterator[Any]:
         import optuna
 
+        self.networks += 1  # one progress per network of a bag
+        offset = (self.networks - 1) * self.epochs  # network k's epoch e is step (k-1) x epochs + e in every trial
+
         def callback(epoch: int, total: int, record: dict[str, Any]) -> None:
             if self.key not in record:
                 return
-            self.reported += 1  # counted over a bag's networks, so each step is reported once
-            self.trial.report(float(record[self.key]), self.reported)
+            self.trial.report(float(record[self.key]), offset + epoch)
             if self.trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: {self.key} {record[self.key]:.4f}")
 
         yield callback
 
 
-def score(history: dict[str, Any], monitor: str) -> float:
-    """A trained model's validation score: the monitored metric at the epoch early stopping kept
-    (the last one without early stopping), averaged over bagged networks."""
+def score(history: dict[str, Any], monitor: str, keeps_last: bool = False) -> float:
+    """A trained model's validation score: the monitored metric at the epoch whose weights it kept (the
+    best one under early stopping; ``keeps_last``, early stopping off: the last one), averaged over
+    bagged networks."""
     values = []
     for network in history.get("bags", [history]):
         epochs = [record for record in network["epochs"] if f"val_{monitor}" in record]
         if not epochs:
             raise ConfigError("a trial trained without validation rows, so it has no score; keep "
                               "training.validation_split above 0 and the table large enough to hold some.")
-        best = network.get("best_epoch")
+        best = None if keeps_last else network.get("best_epoch")
         chosen = next((record for record in epochs if record["epoch"] == best), epochs[-1])
         values.append(float(chosen[f"val_{monitor}"]))
     return sum(values) / len(values)
@@ -253,10 +335,15 @@ def _objective(frame: pd.DataFrame, settings: Config, space: dict[str, Any], mon
         values = suggest(trial, space)
         trial_settings = load_config(settings, overrides=overrides(values, settings))
         started = time.perf_counter()
-        model = fit(frame, config=trial_settings, reporter=_Pruning(trial, monitor), importance=False)
+        try:
+            model = fit(frame, config=trial_settings, reporter=_Pruning(trial, monitor, trial_settings.training.epochs),
+                        importance=False)
+        except KeelError as error:  # the trial fails; its reason is kept for the "no trial finished" error
+            trial.set_user_attr("error", str(error).splitlines()[0][:500])
+            raise
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
-        trial.set_user_attr("epochs", len(model.history["epochs"]))
-        return score(model.history, monitor)
+        trial.set_user_attr("epochs", sum(len(network["epochs"]) for network in model.history.get("bags", [model.history])))
+        return score(model.history, monitor, keeps_last=not trial_settings.training.early_stopping)
 
     return objective
 
@@ -268,13 +355,14 @@ def _progress(reporter: Reporter, total: int, optuna: Any) -> Callable[[Any, Any
             best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
         except ValueError:  # no complete trial yet
             best = ""
-        reporter.message(f"trial {trial.number} of {total}: {trial.state.name.lower()}{value}{best}")
+        reporter.message(f"trial {trial.number} ({_finished(optuna, study)} of {total} finished): "
+                         f"{trial.state.name.lower()}{value}{best}")
 
     return callback
 
 
 def _run_workers(data: Any, settings: Config, space: dict[str, Any], monitor: str, url: str, name: str, trials: int,
-                 time_limit: float | None, jobs: int) -> None:
+                 deadline: float | None, jobs: int, pruner: Any) -> None:
     """Run the remaining trials in ``jobs`` processes sharing the study's storage."""
     context = multiprocessing.get_context("spawn")  # torch and fork do not mix
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -283,7 +371,7 @@ def _run_workers(data: Any, settings: Config, space: dict[str, Any], monitor: st
     missing = trials - _finished(_optuna(), _optuna().load_study(study_name=name, storage=url))
     shares = [missing // jobs + (1 if index < missing % jobs else 0) for index in range(jobs)]
     processes = [context.Process(target=_worker, args=(data, settings.model_dump(mode="json"), space, monitor, url,
-                                                       name, trials, shares[index], time_limit, index, threads))
+                                                       name, trials, shares[index], deadline, index, threads, pruner))
                  for index in range(jobs) if shares[index]]
     for process in processes:
         process.start()
@@ -291,12 +379,13 @@ def _run_workers(data: Any, settings: Config, space: dict[str, Any], monitor: st
         process.join()
     failed = [process.exitcode for process in processes if process.exitcode]
     if failed:
-        raise ConfigError(f"{len(failed)} of the {len(processes)} tuning processes failed (exit codes {failed}); run with "
-                          "--jobs 1 to see the error.")
+        raise ConfigError(f"{len(failed)} of the {len(processes)} tuning processes failed (exit codes {failed}); the "
+                          f"trials they finished are in {_shown(url)}. Run with --jobs 1 to see the error (in Python, "
+                          "call tune with jobs > 1 under `if __name__ == '__main__':`, as spawned processes need).")
 
 
 def _worker(data: Any, settings: dict[str, Any], space: dict[str, Any], monitor: str, url: str, name: str,
-            trials: int, share: int, time_limit: float | None, index: int, threads: int) -> None:
+            trials: int, share: int, deadline: float | None, index: int, threads: int, pruner: Any) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -304,16 +393,15 @@ def _worker(data: Any, settings: dict[str, Any], space: dict[str, Any], monitor:
     config = load_config(settings)
     frame = data if isinstance(data, pd.DataFrame) else read_table(data)
     storage = _rdb_storage(optuna, url)
-    # Each process samples with its own seed: the same seed would propose the same first trials.
-    study = optuna.load_study(study_name=name, storage=storage,
-                              sampler=optuna.samplers.TPESampler(seed=config.training.seed + 1 + index))
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    study.optimize(_objective(frame, config, space, monitor), n_trials=share, timeout=time_limit,
-                   catch=(KeelError,), callbacks=[optuna.study.MaxTrialsCallback(trials, states=states)])
+    study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+    # Each process samples with its own seed (and past the trials there): the same seed would propose
+    # the same settings in every process.
+    study.sampler = optuna.samplers.TPESampler(seed=config.training.seed + len(study.trials) + 1000 * (index + 1))
+    _optimize(optuna, study, _objective(frame, config, space, monitor), trials, share, deadline, [])
 
 
 def summarize(optuna: Any, study: Any, space: dict[str, Any], monitor: str, direction: str, storage: str | None,
-              seconds: float) -> dict[str, Any]:
+              seconds: float, seed: int = 0) -> dict[str, Any]:
     """The study as plain JSON: every trial, the best one, and each setting's importance (fANOVA)."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
@@ -329,12 +417,14 @@ def summarize(optuna: Any, study: Any, space: dict[str, Any], monitor: str, dire
     importances: dict[str, float] = {}
     if len(complete) >= 2:
         with contextlib.suppress(Exception):  # fANOVA needs variation in the values and the params
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
             importances = {key: round(float(value), 4) for key, value in
-                           optuna.importance.get_param_importances(study).items()}
+                           optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
     states: dict[str, int] = {}
     for row in rows:
         states[row["state"]] = states.get(row["state"], 0) + 1
-    return {"study": study.study_name, "storage": storage, "metric": f"val_{monitor}", "direction": direction,
+    return {"study": study.study_name, "storage": None if storage is None else _shown(storage),
+            "metric": f"val_{monitor}", "direction": direction,
             "space": {key: entry.model_dump(exclude_none=True) for key, entry in space.items()},
             "trials": rows, "states": states, "best": best, "importances": importances,
             "seconds": round(seconds, 3)}
