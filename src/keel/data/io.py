@@ -72,7 +72,7 @@ def read_table(source: TableSource, *, delimiter: str | None = None, encoding: s
     elif kind == "parquet":
         frame = _read_with(path, _parquet_table)
     else:
-        frame = _read_with(path, _jsonl_table)
+        frame = _with_dates(_read_with(path, _jsonl_table))  # JSON has no date type: ISO text as in a CSV
     _check_columns(list(frame.columns), path)
     if len(frame) == 0:
         raise _no_rows(path)
@@ -324,7 +324,8 @@ def _to_pandas(table: pa.Table, path: Path | None, start: int = 0) -> pd.DataFra
     """``table`` as a DataFrame indexed ``start .. start + n - 1``: rows numbered as in the file."""
     _check_columns(table.column_names, path)
     # Release Arrow buffers column by column as pandas takes them: peak memory stays near one copy.
-    frame = table.to_pandas(split_blocks=True, self_destruct=True)
+    # date_as_object=False: a Parquet DATE column becomes datetime64, a date keel reads, not Python objects.
+    frame = table.to_pandas(split_blocks=True, self_destruct=True, date_as_object=False)
     del table
     frame.index = pd.RangeIndex(start, start + len(frame))
     return frame
@@ -418,7 +419,8 @@ def _jsonl_chunks(path: Path, rows: int, columns: list[str] | None) -> Iterator[
                 names = _chosen_columns(columns, table.column_names, path) or table.column_names
             elif columns is None and not set(table.column_names) <= set(names):
                 raise _late_keys([name for name in table.column_names if name not in names], path, where)
-            frame = _to_pandas(table.select([name for name in names if name in table.column_names]), path, start)
+            frame = _with_dates(_to_pandas(table.select([name for name in names if name in table.column_names]),
+                                           path, start))
             dtypes = dtypes or dict(frame.dtypes)
             frame = _with_columns(frame, names, dtypes)
             frame.attrs["source"] = str(path)
@@ -491,7 +493,7 @@ def _csv_chunks(path: Path, layout: _CsvLayout, rows: int, columns: list[str] | 
             frame.index = pd.RangeIndex(start, start + len(frame))
             frame.attrs["source"] = str(path)
             start += len(frame)
-            yield _with_dates(frame)
+            yield _with_dates(frame, keep=text)
     if start == 0:
         raise _no_rows(path)
 
@@ -563,8 +565,11 @@ def _csv_errors(path: Path, layout: _CsvLayout) -> Iterator[None]:
         ) from None
 
 
-def _with_dates(frame: pd.DataFrame) -> pd.DataFrame:
+def _with_dates(frame: pd.DataFrame, keep: list[str] | None = None) -> pd.DataFrame:
+    """ISO 8601 text columns as datetimes, but for the ``keep`` columns (read as written on purpose)."""
     for name in frame.columns:
+        if keep and name in keep:
+            continue
         column = frame[name]
         if column.dtype == object or pd.api.types.is_string_dtype(column.dtype):
             dates = _iso_dates(column)
@@ -717,18 +722,22 @@ def _gzip_head(path: Path, limit: int) -> tuple[bytes, int, bool]:
 
 # ISO 8601 dates and times, the text forms a CSV writer gives datetimes: 2024-05-01, 2024-05-01 13:45,
 # 2024-05-01T13:45:10.5+02:00. Columns holding only these are read as datetimes, as Parquet keeps them.
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?")
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?")
 
 
 def _iso_dates(column: pd.Series) -> pd.Series:
     first = column.first_valid_index()  # one value decides for most columns, without a copy
-    if first is None or not isinstance(column[first], str) or not _ISO_DATE.fullmatch(column[first]):
+    if first is None or not isinstance(column[first], str) or not ISO_DATE.fullmatch(column[first]):
         return column
     present = column.dropna()
-    if not present.astype(str).str.fullmatch(_ISO_DATE.pattern).all():
+    if not present.astype(str).str.fullmatch(ISO_DATE.pattern).all():
         return column
     try:
         return pd.to_datetime(column, format="ISO8601")
+    except (ValueError, OverflowError):
+        pass
+    try:  # offsets that differ (+01:00 in winter, +02:00 in summer): one instant each, in UTC
+        return pd.to_datetime(column, format="ISO8601", utc=True)
     except (ValueError, OverflowError):  # 2024-13-45 looks like a date and is not one: keep the text
         return column
 

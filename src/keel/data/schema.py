@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import re
 from dataclasses import asdict, dataclass, field
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from keel.config import Config
+from keel.data.io import ISO_DATE
 from keel.data.values import (
     category_strings,
     is_numeric,
@@ -144,6 +146,7 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
         if kind == "number":
             to_numeric(series, column=name, source=source)  # fail now, naming the bad row
         elif kind == "date":
+            _check_not_years(series, name, source)
             to_seconds(series, column=name, source=source)
         return kind, ""
 
@@ -191,6 +194,8 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
         return "date", ""
     if isinstance(series.dtype, pd.CategoricalDtype):
         return _declared_category_type(present)
+    if series.dtype == object and _all_dates(present):  # Python dates (a Parquet DATE, .dt.date) and Timestamps
+        return ("date", "") if present.nunique() > 1 else (None, f"constant (every value is {str(present.iloc[0])!r})")
     n_unique = _count_distinct(present, limit=1) if is_numeric(series) else present.nunique()
     if n_unique == 1:
         return None, f"constant (every value is {present.iloc[0]!r})"
@@ -207,7 +212,35 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
         return "number", ""
     if share >= _NUMERIC_WITH_TYPOS:
         to_numeric(series, column=name, source=source)  # raises, naming the first bad value
+    if _iso_share(present) >= _NUMERIC_WITH_TYPOS:  # dates with a typo (2022-13-01): say so, not a category
+        to_seconds(series, column=name, source=source)  # raises, naming the bad rows, unless every one parses
+        return "date", ""
     return _text_type(present, present.nunique())
+
+
+def _all_dates(present: pd.Series) -> bool:
+    return bool(len(present)) and all(isinstance(value, (datetime.date, pd.Timestamp)) for value in present)
+
+
+def _iso_share(present: pd.Series) -> float:
+    """The share of values that are ISO 8601 dates (as text), on at most 10,000 of them."""
+    sample = present if len(present) <= 10_000 else present.sample(10_000, random_state=0)
+    return float(sample.astype(str).str.fullmatch(ISO_DATE.pattern).mean())
+
+
+def _check_not_years(series: pd.Series, name: str, source: str | None) -> None:
+    """A declared date column of whole numbers from 1000 to 9999 is years, which keel would read as seconds
+    since 1970 (all in its first three hours): refuse it rather than learn from 1970-01-01 00:33."""
+    if not is_numeric(series):
+        return
+    values = to_numeric(series, column=name, source=source)
+    present = values[~np.isnan(values)]
+    if len(present) and np.all(present == np.round(present)) and 1000 <= present.min() and present.max() <= 9999:
+        raise DataError(
+            f"column {name!r} is declared a date but holds whole numbers from {present.min():.0f} to "
+            f"{present.max():.0f}, years by the look of them; numbers in a date column are seconds since "
+            "1970-01-01 UTC. Declare the column a number, or write the dates out (2010-01-01).",
+            file=source, column=name)
 
 
 def _declared_category_type(present: pd.Series) -> tuple[ColumnType | None, str]:

@@ -498,7 +498,8 @@ class DateTransform:
         self.origin = float(days.min())
         elapsed = days - self.origin
         self.fill = float(np.median(_sample(elapsed)))
-        self.center, self.scale = _usable(*mean_and_std(elapsed, n_missing, self.fill))
+        # One training date gives no spread: a year's days, so a date a year on is 1 apart, not 365.
+        self.center, self.scale = _usable(*mean_and_std(elapsed, n_missing, self.fill), fallback=365.0)
         year = calendar(np.append(present, self.fill_seconds), np.floor, _numpy_flag)["year"]
         self.year_center, self.year_scale = _usable(*mean_and_std(year[:-1], n_missing, float(year[-1])))
         self.hour = bool(np.any(present % SECONDS_PER_DAY != 0))
@@ -548,9 +549,9 @@ class DateTransform:
         return transform
 
 
-def _usable(center: float, scale: float) -> tuple[float, float]:
-    """A z-score's center and scale, the scale 1 where it is 0 (one date, one year): centre, do not divide."""
-    return center, scale if math.isfinite(scale) and scale >= 1e-30 else 1.0
+def _usable(center: float, scale: float, fallback: float = 1.0) -> tuple[float, float]:
+    """A z-score's center and scale, ``fallback`` where the scale is 0 (one date, one year)."""
+    return center, scale if math.isfinite(scale) and scale >= 1e-30 else fallback
 
 
 TRANSFORMS: dict[str, type[NumberTransform] | type[BinaryTransform] | type[CategoryTransform] | type[DateTransform]] = {

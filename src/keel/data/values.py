@@ -87,6 +87,10 @@ def to_seconds(series: pd.Series, *, column: str, source: str | None = None) -> 
             message names the column, how many there are, and the rows and values of up to five.
     """
     dtype = series.dtype
+    if isinstance(dtype, pd.ArrowDtype) and not is_numeric(series):
+        # Arrow timestamps and dates (dtype_backend="pyarrow") have no NumPy datetime view: as Python
+        # datetimes and dates, which the object path reads (tz-aware ones converted to UTC).
+        series, dtype = series.astype(object), np.dtype(object)
     if pd.api.types.is_datetime64_any_dtype(dtype):
         if getattr(dtype, "tz", None) is not None:
             series = series.dt.tz_convert("UTC").dt.tz_localize(None)

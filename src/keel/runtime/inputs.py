@@ -323,9 +323,8 @@ def to_seconds(value: Any, column: str, row: int) -> float:
     Raises:
         DataError: Text that is no ISO 8601 date, a bool, an infinity, or no single value.
     """
-    if isinstance(value, str):
-        text = value.strip()
-        return _iso_seconds(text, value, column, row) if text else math.nan
+    if isinstance(value, str):  # "" is missing; blank text is no date, as keel's own reading has it
+        return _iso_seconds(value.strip(), value, column, row) if value else math.nan
     if value is None or type(value).__name__ in _MISSING_TYPES:
         return math.nan
     if isinstance(value, datetime.datetime):

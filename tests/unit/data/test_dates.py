@@ -59,7 +59,7 @@ def test_a_constant_date_column_is_dropped_and_a_declared_text_one_is_parsed() -
                           "y": [0, 1, 0, 1]})
     schema = infer_schema(frame, load_config({"target": "y"}))
     assert schema.dropped["same"].startswith("constant") and schema.feature_names == ["text"]
-    assert schema.features[0].type == "category"  # text stays text unless declared
+    assert schema.features[0].type == "date"  # ISO 8601 text is a date in a DataFrame too, as in a CSV
     declared = load_config({"target": "y", "input_features": [{"name": "text", "type": "date"}]})
     assert infer_schema(frame, declared).features == [Feature("text", "date")]
 
