@@ -35,6 +35,9 @@ out = Console()
 err = Console(stderr=True)
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+TrainingData = Annotated[Path, typer.Argument(help="Training data: CSV, Parquet or JSON Lines.")]
+Target = Annotated[Optional[str], typer.Option("--target", "-t", help="Column to predict.")]
+SetKeys = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No notes and no progress bar.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 Delimiter = Annotated[Optional[str], typer.Option("--delimiter", help="CSV delimiter (default: sniffed).")]
@@ -151,10 +154,10 @@ class _OptionalValues(TyperCommand):
 @app.command(cls=_OptionalValues)
 @_friendly
 def train(
-    data: Annotated[Path, typer.Argument(help="Training data: CSV, Parquet or JSON Lines.")],
-    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Column to predict.")] = None,
+    data: TrainingData,
+    target: Target = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable).")] = None,
+    set_: SetKeys = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="fast, balanced (the default) or best: defaults for every key the config leaves unset.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory to write (default: a new runs/<data>-<time>/).")] = None,
     test: Annotated[Optional[Path], typer.Option("--test", help="Evaluate on this file instead of a held-out split.")] = None,
@@ -172,16 +175,12 @@ def train(
 ) -> None:
     """Train a model on DATA to predict --target, evaluate it and save it to --output (default: runs/<data>-<time>/)."""
     from keel.artifact import check_destination
-    from keel.config import load_config
     from keel.console import RichReporter
     from keel.train.callbacks import Reporters
     from keel.train.checkpoint import output_lock
     from keel.train.pipeline import fit
 
-    overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
-    overrides += [f"preset={preset}"] if preset is not None else []
-    overrides += [f"training.time_limit={time_limit}"] if time_limit is not None else []
-    settings = load_config(config, overrides)
+    settings = _settings(config, set_, seed, preset, time_limit)
     if mlflow is not None:  # before any training: a missing extra or an unusable store must not cost one
         from keel.track.mlflow import check_store
 
@@ -213,6 +212,17 @@ def train(
     if as_json:
         out.print_json(json.dumps({"model": str(destination), "metrics": model.metrics, "notes": model.notes,
                                    **extras}))
+
+
+def _settings(config: Optional[Path], set_: Optional[list[str]], seed: Optional[int], preset: Optional[str],
+              time_limit: Optional[float] = None) -> Any:
+    """The config file with --set, --seed, --preset and --time-limit laid over it."""
+    from keel.config import load_config
+
+    overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
+    overrides += [f"preset={preset}"] if preset is not None else []
+    overrides += [f"training.time_limit={time_limit}"] if time_limit is not None else []
+    return load_config(config, overrides)
 
 
 def _resumed_output(resume: str, output: Optional[Path], data: Path) -> Path:
@@ -380,10 +390,10 @@ def _logged_warnings(log: Any) -> Iterator[None]:
 @app.command()
 @_friendly
 def tune(
-    data: Annotated[Path, typer.Argument(help="Training data: CSV, Parquet or JSON Lines.")],
-    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Column to predict.")] = None,
+    data: TrainingData,
+    target: Target = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (fixed settings, and tune.space for the search space).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable).")] = None,
+    set_: SetKeys = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="fast, balanced (the default) or best: what each trial starts from.")] = None,
     trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials the study should hold (a resumed study runs only the missing ones).")] = 20,
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Start no trial after this many seconds.")] = None,
@@ -398,14 +408,11 @@ def tune(
     debug: Debug = False,
 ) -> None:
     """Search keel's settings on DATA with Optuna, then train and save the best (--output)."""
-    from keel.config import load_config
     from keel.console import RichReporter
     from keel.search import tune as run_tune
     from keel.train.checkpoint import output_lock
 
-    overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
-    overrides += [f"preset={preset}"] if preset is not None else []
-    settings = load_config(config, overrides)
+    settings = _settings(config, set_, seed, preset)
     reporter = RichReporter(err, quiet=quiet or as_json)
     with _destination(output, data) as destination, output_lock(destination):
         model, result = run_tune(str(data), target=target, config=settings, trials=trials, time_limit=time_limit,

@@ -359,6 +359,22 @@ def searchable_kinds() -> dict[str, str]:
     return kinds
 
 
+def with_target(settings: Config, target: str | None) -> Config:
+    """``settings`` with the target given as an argument (``--target``, ``target=``), which must agree
+    with the config's own when both are set.
+
+    Raises:
+        ConfigError: The two differ, or neither names a target.
+    """
+    if target is not None:
+        if settings.target not in (None, target):
+            raise ConfigError(f"target is {target!r} but the config says {settings.target!r}; pass one of them.")
+        settings = settings.model_copy(update={"target": target})
+    if not settings.target:
+        raise ConfigError("no target column; pass --target COLUMN (or target=... in Python, target: in YAML).")
+    return settings
+
+
 def physical_memory() -> int:
     """This machine's memory in bytes (what the cgroup allows, when it says less)."""
     import os

@@ -10,13 +10,11 @@ and the V2 protocol's numeric seconds.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import warnings
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -32,6 +30,7 @@ from keel.errors import ArtifactError, ConfigError, DataError, KeelWarning
 from keel.export.onnx import to_onnx
 from keel.nn.network import NetworkBag
 from tests.conftest import FAST
+from tests.integration.test_dates_export import call
 
 FEATURES = ["size", "color", "stamp", "day"]
 
@@ -255,16 +254,6 @@ def test_a_format_2_reader_refuses_a_date_graph(exported, monkeypatch) -> None:
     monkeypatch.setattr(predictor, "EXPORT_FORMAT", 2)
     with pytest.raises(ArtifactError, match=r"export format 3 .*reads formats up to 2\. Upgrade keel"):
         Predictor.load(exported[1])
-
-
-def call(app: Any, method: str, path: str, **options: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                return await client.request(method, path, **options)
-
-    return asyncio.run(go())
 
 
 def test_v2_takes_a_date_as_iso_bytes_or_numeric_seconds_alike(exported) -> None:

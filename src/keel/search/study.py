@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 from keel.artifact import check_destination
-from keel.config import Config, ConfigSource, load_config
+from keel.config import Config, ConfigSource, load_config, with_target
 from keel.data.io import TableSource, read_table
 from keel.data.schema import infer_task, require_column
 from keel.errors import ConfigError, KeelError
@@ -92,13 +92,7 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
             storage tunes another target, there are no validation rows to score on, or no trial finished.
     """
     optuna = _optuna()
-    settings = load_config(config)
-    if target is not None:
-        if settings.target not in (None, target):
-            raise ConfigError(f"target is {target!r} but the config says {settings.target!r}; pass one of them.")
-        settings = settings.model_copy(update={"target": target})
-    if not settings.target:
-        raise ConfigError("no target column; pass --target COLUMN (or target=... in Python).")
+    settings = with_target(load_config(config), target)
     if trials < 1 or jobs < 1:
         raise ConfigError(f"--trials and --jobs must be at least 1; got {trials} and {jobs}.")
     if not settings.training.validation_split:

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from keel.artifact import check_destination
-from keel.config import Config, ConfigSource, TrainingConfig, load_config
+from keel.config import Config, ConfigSource, TrainingConfig, load_config, with_target
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
 from keel.data.schema import Schema, infer_schema, infer_task, require_column
@@ -85,13 +85,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         >>> model = keel.fit("examples/penguins.csv", target="species", quiet=True)
         >>> model.predict("examples/penguins.csv")[:2]
     """
-    settings = load_config(config)
-    if target is not None:
-        if settings.target not in (None, target):
-            raise ConfigError(f"target is {target!r} but the config says {settings.target!r}; pass one of them.")
-        settings = settings.model_copy(update={"target": target})
-    if not settings.target:
-        raise ConfigError("no target column; pass --target COLUMN (or target=... in Python, target: in YAML).")
+    settings = with_target(load_config(config), target)
     if resume and output is None:
         raise ConfigError("resume=True continues the run that writes an output directory, and none was given; pass "
                           "output=DIR too (keel train: --resume RUN_DIR).")
