@@ -163,6 +163,7 @@ def train(
     test: Annotated[Optional[Path], typer.Option("--test", help="Evaluate on this file instead of a held-out split.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (same as --set training.seed=N).")] = None,
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds the run may take (same as --set training.time_limit=S): epochs and bagged networks are planned to fit.")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", help="Train data-parallel over N processes (torch.distributed; gloo on the CPU): each trains on its shard of the rows, gradients averaged every step.")] = 1,
     log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Append a plain-text log of the run to this file.")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report (report.html, plots/) and its permutation importance.")] = False,
     mlflow: Annotated[Optional[str], typer.Option("--mlflow", help="Log the run to MLflow: --mlflow alone for MLflow's default store (MLFLOW_TRACKING_URI, else ./mlflow.db), --mlflow URI or --mlflow DIR (DIR/mlflow.db, artifacts in DIR/mlruns).")] = None,
@@ -194,13 +195,17 @@ def train(
     reporter = RichReporter(err, quiet=quiet or as_json)
     runner = reporter if log is None else Reporters(reporter, log)
     # The lock is held from before the data is read until the report and tracking are done.
+    if int(os.environ.get("RANK", "0")) > 0:  # a torchrun rank other than 0: it trains, rank 0 writes and reports
+        fit(str(data), target=target, config=settings, test=None if test is None else str(test), quiet=True,
+            importance=False, delimiter=delimiter, encoding=encoding)
+        return
     with _logged(log), _destination(output, data) as destination, output_lock(destination):
         if log is not None:
             log.line(f"keel train {data} -> {destination}")
         # fit reads the files itself: one larger than data.memory_budget is streamed, never read whole.
         model = fit(str(data), target=target, config=settings, test=None if test is None else str(test),
                     reporter=runner, importance=not no_report, output=destination, resume=resume is not None,
-                    delimiter=delimiter, encoding=encoding)
+                    delimiter=delimiter, encoding=encoding, nproc=nproc)
         if log is not None:
             _log_results(log, model.metrics, destination)
         if not as_json:

@@ -35,6 +35,7 @@ from keel.nn.losses import resolve_loss_name
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork
 from keel.nn.numeric import BIN_SAMPLE, PiecewiseLinearEmbedding
 from keel.registry import lookup
+from keel.train import distributed
 from keel.train.calibration import calibrate, calibration_notes
 from keel.train.callbacks import Notes, Reporter, TextReporter
 from keel.train.checkpoint import RunCheckpoints, TrainerState, kill_point, output_lock
@@ -49,7 +50,7 @@ from keel.train.trainer import Batch, History, Rows, Trainer, numeric_guard
 def fit(data: TableSource, target: str | None = None, config: ConfigSource = None, *,
         test: TableSource | None = None, quiet: bool = False, reporter: Reporter | None = None,
         importance: bool = True, output: str | os.PathLike[str] | None = None, resume: bool = False,
-        delimiter: str | None = None, encoding: str | None = None) -> Model:
+        delimiter: str | None = None, encoding: str | None = None, nproc: int = 1) -> Model:
     """Train a model on a table: split, infer the schema, preprocess, train, evaluate on held-out rows.
 
     Args:
@@ -68,6 +69,8 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
             and config must be the same, and the model ends as the run would have without the
             interruption, bit for bit. Without a checkpoint there, training starts from the beginning.
         delimiter, encoding: How to read CSV files (``data`` and ``test``); sniffed when None.
+        nproc: Train data-parallel over this many processes (keel.train.distributed): each trains on
+            its shard of the rows and the gradients are averaged every step; rank 0 saves the model.
 
     Returns:
         The trained model; ``model.metrics`` holds the test metrics and ``model.notes`` what keel
@@ -86,6 +89,24 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         >>> model.predict("examples/penguins.csv")[:2]
     """
     settings = with_target(load_config(config), target)
+    if nproc < 1:
+        raise ConfigError(f"nproc must be at least 1; got {nproc}.")
+    ranks = distributed.current() or distributed.join_torchrun()
+    if nproc > 1 and ranks is None:
+        if isinstance(data, pd.DataFrame) or isinstance(test, pd.DataFrame):
+            raise ConfigError("nproc > 1 starts processes that read the data themselves: pass a file path, not a DataFrame.")
+        with output_lock(output) if output is not None else contextlib.nullcontext():  # held for the ranks
+            return distributed.launch(nproc, {
+                "data": str(data), "target": settings.target, "config": settings.model_dump(mode="json"),
+                "test": None if test is None else str(test), "quiet": quiet, "importance": importance,
+                "output": None if output is None else str(output), "resume": resume, "delimiter": delimiter,
+                "encoding": encoding, "device": settings.training.device})
+    if ranks is not None:
+        if resume:
+            raise ConfigError("resume is not supported in a data-parallel run yet (no checkpoints are written).")
+        # Checkpoints are not agreed between ranks yet: a data-parallel run writes none.
+        settings = settings.model_copy(update={"training": settings.training.model_copy(update={"checkpoint": False})})
+        output = output if ranks.rank == 0 else None
     if resume and output is None:
         raise ConfigError("resume=True continues the run that writes an output directory, and none was given; pass "
                           "output=DIR too (keel train: --resume RUN_DIR).")
@@ -97,7 +118,9 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
     deadline = None if settings.training.time_limit is None else started + settings.training.time_limit
     if output is not None:
         check_destination(output)  # before the data is read: an unusable output must not cost a training
-    with output_lock(output) if output is not None else contextlib.nullcontext():
+    # A rank that keel.train.distributed started writes under the lock its launcher holds.
+    locked = output is not None and not (ranks is not None and distributed.launched())
+    with output_lock(output) if locked and output is not None else contextlib.nullcontext():
         try:
             plan = streaming_plan(data, settings, delimiter, encoding)
             if plan is not None:
@@ -300,8 +323,15 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
             f"{len(train_rows)} rows ({0 if validation_rows is None else len(validation_rows)} validation, "
             f"{data.n_test} test): {len(schema.features)} features, "
             f"{sum(p.numel() for p in network.parameters())} parameters")
+        ranks = distributed.current()
+        if ranks is not None:  # this rank's share of the rows; the autograd path, whose gradients it averages
+            if not isinstance(train_rows, Batch):
+                raise ConfigError("a data-parallel run (nproc > 1) cannot stream its data yet; raise data.memory_budget "
+                                  "so that the table is read into memory, or train without --nproc.")
+            train_rows = train_rows.take(distributed.shard(np.arange(len(train_rows)), ranks))
         trainer = Trainer(network, training, schema.task, loss, class_weights, target_scale=target.std,
-                          checkpoint=checkpoints)
+                          checkpoint=checkpoints, fused=False if ranks is not None else None,
+                          world=1 if ranks is None else ranks.world)
         numeric_guard(trainer).input_names = numeric_input_names(preprocessor)  # messages name columns
         if deadline is not None:  # an equal share of the time left for each network still to train
             trainer.deadline = time.perf_counter() + (deadline - time.perf_counter()) / (planned_networks - index)

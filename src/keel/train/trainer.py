@@ -183,8 +183,11 @@ class Trainer:
     def __init__(self, network: TabularNetwork, settings: TrainingConfig, task: str, loss: str,
                  class_weights: torch.Tensor | None = None, target_scale: float = 1.0,
                  callback: EpochCallback | None = None, fused: bool | None = None,
-                 checkpoint: EpochCheckpoint | None = None) -> None:
+                 checkpoint: EpochCheckpoint | None = None, world: int = 1) -> None:
         self.network = network
+        # Processes training data-parallel (keel.train.distributed): each step's gradients are averaged
+        # over them, and each takes 1/world of the batch, so the global batch is the configured one.
+        self.world = world
         self.settings = settings
         self.task = task
         self.class_weights = class_weights
@@ -224,7 +227,7 @@ class Trainer:
         # The fused step has its own optimizer state; torch.optim is built only for the autograd
         # path (its first construction imports torch._dynamo, ~0.9 s of a small run).
         optimizer = None if self.fused is not None else build_optimizer(self.network, settings)
-        self.batch_size = resolve_batch_size(settings.batch_size, len(train))
+        self.batch_size = max(1, resolve_batch_size(settings.batch_size, len(train) * self.world) // self.world)
         rate = LearningRate(settings, settings.epochs * len(batch_bounds(len(train), self.batch_size)),
                             self.monitor)
         patience = settings.early_stopping if validation is not None and len(validation) else 0
@@ -430,6 +433,10 @@ class Trainer:
             objective = objective + settings.l2 * sum(w.pow(2).sum() for w in weights)
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
+        if self.world > 1:
+            from keel.train.distributed import average_gradients
+
+            average_gradients(list(self.network.parameters()), self.world)
         if settings.grad_clip:
             nn.utils.clip_grad_norm_(self.network.parameters(), settings.grad_clip)
         if check != "none" and not (math.isfinite(loss.item()) and (check == "loss" or _gradients_finite(self.network))):
