@@ -102,3 +102,14 @@ def test_torchrun_runs_keel_train_as_ranks(table, tmp_path) -> None:
     model = keel.load(tmp_path / "model")  # rank 0 wrote it; rank 1 wrote nothing
     assert model.metrics["accuracy"] > 0.6
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize("preset", ["fast", "balanced"])
+def test_every_rank_ends_with_the_same_weights(table, tmp_path, monkeypatch, preset) -> None:
+    # Averaged gradients keep the ranks' weights equal; number-embedding bins (balanced) are fitted on
+    # all training rows, not each rank's shard, so that the networks themselves are the same.
+    monkeypatch.setenv("KEEL_TEST_RANK_DIGESTS", str(tmp_path))
+    keel.fit(table, target="label", config={**CONFIG, "preset": preset, "training.epochs": 2, "model.ensemble": 2},
+             quiet=True, importance=False, nproc=2)
+    digests = [(tmp_path / f"rank-{rank}.txt").read_text() for rank in range(2)]
+    assert digests[0] == digests[1]

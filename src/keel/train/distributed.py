@@ -14,6 +14,7 @@ not bitwise, those of one process. ``torchrun -m keel train ...`` runs the same,
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import socket
@@ -127,10 +128,15 @@ def _rank_main(rank: int, world: int, port: int, arguments: dict[str, Any], scra
     try:
         from keel.train.pipeline import fit
 
-        fit(arguments["data"], arguments["target"], arguments["config"], test=arguments["test"],
-            quiet=arguments["quiet"] or rank != 0, importance=arguments["importance"],
-            output=arguments["output"] if rank == 0 else None, delimiter=arguments["delimiter"],
-            encoding=arguments["encoding"])
+        model = fit(arguments["data"], arguments["target"], arguments["config"], test=arguments["test"],
+                    quiet=arguments["quiet"] or rank != 0, importance=arguments["importance"],
+                    output=arguments["output"] if rank == 0 else None, delimiter=arguments["delimiter"],
+                    encoding=arguments["encoding"])
+        digests = os.environ.get("KEEL_TEST_RANK_DIGESTS")  # test-only: every rank's final weights, compared
+        if digests:
+            state = model.network.state_dict()
+            digest = hashlib.sha256(b"".join(state[name].numpy().tobytes() for name in sorted(state))).hexdigest()
+            Path(digests, f"rank-{rank}.txt").write_text(digest)
     except KeelError as error:
         Path(scratch, f"error-{rank}.json").write_text(json.dumps({"type": type(error).__name__, "message": str(error)}))
         raise SystemExit(2) from None

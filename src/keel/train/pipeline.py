@@ -324,6 +324,7 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
             f"{data.n_test} test): {len(schema.features)} features, "
             f"{sum(p.numel() for p in network.parameters())} parameters")
         ranks = distributed.current()
+        all_rows = train_rows  # number-embedding bins come from all of them: the same on every rank
         if ranks is not None:  # this rank's share of the rows; the autograd path, whose gradients it averages
             if not isinstance(train_rows, Batch):
                 raise ConfigError("a data-parallel run (nproc > 1) cannot stream its data yet; raise data.memory_budget "
@@ -338,7 +339,7 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         resumed = checkpoints.trainer_state(index) if checkpoints is not None else None
         if checkpoints is not None:
             checkpoints.begin_network(index, trainer.network, resumed.epoch if resumed is not None else 0)
-        history = _fit_network(trainer, train_rows, validation_rows, reporter, resumed)
+        history = _fit_network(trainer, train_rows, validation_rows, reporter, resumed, bin_rows=all_rows)
         skipped = numeric_guard(trainer).total_skipped
         if skipped:
             notes.append(f"{skipped} batch(es) with a non-finite loss or gradient were skipped "
@@ -530,13 +531,15 @@ def _checked_test_frame(test_frame: pd.DataFrame, schema: Schema, target: Target
 
 
 def _fit_network(trainer: Trainer, train_rows: Rows, validation_rows: Rows | None, reporter: Reporter,
-                 resume: TrainerState | None = None) -> History:
+                 resume: TrainerState | None = None, bin_rows: Rows | None = None) -> History:
     """Train one network (bins, progress, prior correction) and leave it in eval mode on the CPU;
-    ``resume`` continues it from a checkpoint's state."""
+    ``resume`` continues it from a checkpoint's state; ``bin_rows`` (default: the training rows) are
+    what number-embedding bins are fitted on (all training rows, when a rank trains on a shard)."""
     network, settings = trainer.network, trainer.settings
     if isinstance(network.numbers, PiecewiseLinearEmbedding):
-        network.numbers.fit_bins(train_rows.numeric if isinstance(train_rows, Batch)
-                                 else train_rows.sample(BIN_SAMPLE, trainer.settings.seed).numeric)
+        rows = train_rows if bin_rows is None else bin_rows
+        network.numbers.fit_bins(rows.numeric if isinstance(rows, Batch)
+                                 else rows.sample(BIN_SAMPLE, trainer.settings.seed).numeric)
     with reporter.progress(settings.epochs, trainer.monitor, rows=len(train_rows)) as callback:
         trainer.callback = callback
         history = trainer.fit(train_rows, validation_rows, resume)
