@@ -195,6 +195,9 @@ def train(
     reporter = RichReporter(err, quiet=quiet or as_json)
     runner = reporter if log is None else Reporters(reporter, log)
     # The lock is held from before the data is read until the report and tracking are done.
+    from keel.train.distributed import join_torchrun
+
+    join_torchrun()  # under torchrun, one rank of its job (WORLD_SIZE, RANK); alone otherwise
     if int(os.environ.get("RANK", "0")) > 0:  # a torchrun rank other than 0: it trains, rank 0 writes and reports
         fit(str(data), target=target, config=settings, test=None if test is None else str(test), quiet=True,
             importance=False, delimiter=delimiter, encoding=encoding)
@@ -205,7 +208,7 @@ def train(
         # fit reads the files itself: one larger than data.memory_budget is streamed, never read whole.
         model = fit(str(data), target=target, config=settings, test=None if test is None else str(test),
                     reporter=runner, importance=not no_report, output=destination, resume=resume is not None,
-                    delimiter=delimiter, encoding=encoding, nproc=nproc)
+                    delimiter=delimiter, encoding=encoding, nproc=nproc, quiet=quiet or as_json)
         if log is not None:
             _log_results(log, model.metrics, destination)
         if not as_json:

@@ -48,8 +48,6 @@ def test_two_processes_train_a_model_as_good_as_one(table, tmp_path) -> None:
     assert abs(double.metrics["accuracy"] - single.metrics["accuracy"]) <= 0.01  # the bound
     assert double.metrics["accuracy"] > 0.7
     assert keel.load(tmp_path / "model").metrics == double.metrics  # rank 0 saved it
-    # Each rank trained on half the rows with half the batch: as many steps an epoch as one process.
-    assert double.run is not None and double.run["rows"] == single.run["rows"]  # type: ignore[index]
 
 
 def test_a_rank_killed_mid_run_ends_the_job_with_an_error_not_a_hang(table, tmp_path, monkeypatch) -> None:

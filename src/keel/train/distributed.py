@@ -71,6 +71,21 @@ def average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
         offset += grad.numel()
 
 
+def agree_min(value: int) -> int:
+    """The smallest of every rank's ``value`` (a plan each rank made on its own clock), or ``value`` alone."""
+    if current() is None:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def barrier() -> None:
+    """Wait for every rank (before rank 0 saves: a rank that failed means nothing is saved)."""
+    if current() is not None:
+        dist.barrier()
+
+
 def launch(nproc: int, arguments: dict[str, Any]) -> Any:
     """Run ``fit`` in ``nproc`` processes; returns the model rank 0 saved (to ``output``, or to a
     temporary directory when there is none, loaded back from it).
@@ -129,7 +144,7 @@ def _rank_main(rank: int, world: int, port: int, arguments: dict[str, Any], scra
         from keel.train.pipeline import fit
 
         model = fit(arguments["data"], arguments["target"], arguments["config"], test=arguments["test"],
-                    quiet=arguments["quiet"] or rank != 0, importance=arguments["importance"],
+                    quiet=arguments["quiet"] or rank != 0, importance=arguments["importance"] and rank == 0,
                     output=arguments["output"] if rank == 0 else None, delimiter=arguments["delimiter"],
                     encoding=arguments["encoding"])
         digests = os.environ.get("KEEL_TEST_RANK_DIGESTS")  # test-only: every rank's final weights, compared
@@ -140,12 +155,22 @@ def _rank_main(rank: int, world: int, port: int, arguments: dict[str, Any], scra
     except KeelError as error:
         Path(scratch, f"error-{rank}.json").write_text(json.dumps({"type": type(error).__name__, "message": str(error)}))
         raise SystemExit(2) from None
+    except Exception as error:  # a collective that failed because another rank died, or a bug: say what it was
+        message = f"rank {rank} failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        Path(scratch, f"error-{rank}.json").write_text(json.dumps({"type": "KeelError", "message": message}))
+        raise SystemExit(1) from None
     finally:
         dist.destroy_process_group()
 
 
 def _rank_error(scratch: str, nproc: int, error: Exception) -> KeelError:
-    """The error a rank wrote down (the first rank's), else one saying which rank died and how."""
+    """Which rank was killed, if one was (the others' failed collectives only follow from it); else the
+    error a rank wrote down (the first rank's); else which rank failed."""
+    signal_name = getattr(error, "signal_name", None)
+    if signal_name:
+        return KeelError(f"rank {getattr(error, 'error_index', '?')} of the {nproc}-process training was killed by "
+                         f"signal {signal_name}; the other ranks were stopped and nothing was saved. Run again (with "
+                         "fewer --nproc, or without, to see the error).")
     for index in range(nproc):
         path = Path(scratch, f"error-{index}.json")
         if path.is_file():
@@ -155,11 +180,9 @@ def _rank_error(scratch: str, nproc: int, error: Exception) -> KeelError:
                 return kind(document["message"])
             except TypeError:  # an error class with other required arguments
                 return KeelError(document["message"])
-    rank: object = getattr(error, "error_index", "?")
-    signal_name = getattr(error, "signal_name", None)
-    how = f"was killed by signal {signal_name}" if signal_name else "failed"
-    return KeelError(f"rank {rank} of the {nproc}-process training {how}; the other ranks were stopped and nothing was "
-                     "saved. Run again (with fewer --nproc, or without, to see the error).")
+    return KeelError(f"rank {getattr(error, 'error_index', '?')} of the {nproc}-process training failed; the other "
+                     "ranks were stopped and nothing was saved. Run again (with fewer --nproc, or without, to see the "
+                     "error).")
 
 
 def _free_port() -> int:

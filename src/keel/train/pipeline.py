@@ -91,16 +91,23 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
     settings = with_target(load_config(config), target)
     if nproc < 1:
         raise ConfigError(f"nproc must be at least 1; got {nproc}.")
-    ranks = distributed.current() or distributed.join_torchrun()
+    ranks = distributed.current()
+    if (nproc > 1 or ranks is not None) and settings.model.norm == "batch":
+        raise ConfigError("model.norm: batch keeps running statistics per process, which data-parallel ranks would "
+                          "each learn from their own shard; use model.norm: layer or none with --nproc.")
     if nproc > 1 and ranks is None:
         if isinstance(data, pd.DataFrame) or isinstance(test, pd.DataFrame):
             raise ConfigError("nproc > 1 starts processes that read the data themselves: pass a file path, not a DataFrame.")
         with output_lock(output) if output is not None else contextlib.nullcontext():  # held for the ranks
-            return distributed.launch(nproc, {
+            launched = distributed.launch(nproc, {
                 "data": str(data), "target": settings.target, "config": settings.model_dump(mode="json"),
                 "test": None if test is None else str(test), "quiet": quiet, "importance": importance,
                 "output": None if output is None else str(output), "resume": resume, "delimiter": delimiter,
                 "encoding": encoding, "device": settings.training.device})
+        if reporter is not None:  # rank 0's notes reach the caller's reporter (and its log) here
+            for note in launched.notes:
+                reporter.message(note)
+        return launched
     if ranks is not None:
         if resume:
             raise ConfigError("resume is not supported in a data-parallel run yet (no checkpoints are written).")
@@ -123,6 +130,9 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
     with output_lock(output) if locked and output is not None else contextlib.nullcontext():
         try:
             plan = streaming_plan(data, settings, delimiter, encoding)
+            if plan is not None and ranks is not None:
+                raise ConfigError("a data-parallel run (nproc > 1) cannot stream its data yet; raise data.memory_budget "
+                                  "so that the table is read into memory, or train without --nproc.")
             if plan is not None:
                 model, checkpoints = _train_streamed(data, test, settings, plan, notes, reporter, device, importance,
                                                      output, resume, deadline)
@@ -140,6 +150,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
             raise
         if model.run is not None:
             model.run["seconds"]["total"] = round(time.perf_counter() - started, 3)
+        distributed.barrier()  # every rank finished: only then does rank 0 save
         if output is not None and checkpoints is not None:
             model.save(output)
             kill_point("model-saved")
@@ -304,7 +315,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     planned_networks = len(data.bags)
     for index, (train_rows, validation_rows) in enumerate(data.bags):
         if deadline is not None and histories:
-            planned_networks = min(planned_networks, index + _networks_that_fit(histories[-1], deadline, training))
+            planned_networks = distributed.agree_min(
+                min(planned_networks, index + _networks_that_fit(histories[-1], deadline, training)))
             if index >= planned_networks:
                 notes.append(f"training.time_limit {training.time_limit:g} s allowed {len(networks)} of the "
                              f"{len(data.bags)} bagged networks; the model averages those")
@@ -312,6 +324,9 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         if validation_rows is None and training.early_stopping and index == 0:
             notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
         network = TabularNetwork(spec).to(device)
+        rank_now = distributed.current()
+        if rank_now is not None:  # the same initial weights on every rank, but each its own dropout masks
+            torch.manual_seed(training.seed + 7919 * rank_now.rank + index)
         restored = checkpoints.restore_network(index, network) if checkpoints is not None else None
         if restored is not None:  # finished before the run was interrupted
             networks.append(network)

@@ -285,6 +285,10 @@ class Trainer:
         assert self.deadline is not None
         pace = max(epoch_seconds[-3:])
         allowed = epoch + max(0, int((self.deadline - time.perf_counter()) // pace))
+        if self.world > 1:  # every rank must stop at the same epoch: the most cautious plan wins
+            from keel.train.distributed import agree_min
+
+            allowed = agree_min(allowed)
         if allowed >= planned:
             return planned
         rate.fit_to(allowed * len(batch_bounds(n_rows, self.batch_size)))
@@ -627,11 +631,14 @@ class LearningRate:
 
     def state(self) -> dict[str, Any]:
         """Where the schedule stands (JSON values), for a checkpoint."""
-        return {"steps": self.steps, "value": self.value, "best": self.best, "bad_epochs": self.bad_epochs}
+        return {"steps": self.steps, "value": self.value, "best": self.best, "bad_epochs": self.bad_epochs,
+                "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}  # a time limit changes them
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state`."""
         self.steps, self.value = int(state["steps"]), float(state["value"])
+        self.total_steps = int(state.get("total_steps", self.total_steps))
+        self.warmup_steps = int(state.get("warmup_steps", self.warmup_steps))
         self.best = None if state["best"] is None else float(state["best"])
         self.bad_epochs = int(state["bad_epochs"])
 
