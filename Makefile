@@ -41,6 +41,7 @@ bench: $(VENV)/.installed $(BENCH)/.installed
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/report.py --write
+	$(BIN)/python bench/scale.py --results
 
 # Streaming a 2 GB CSV and Parquet file (generated once into bench/.cache/large-data, ~4 GB of disk,
 # about 6 minutes on 2 cores): peak memory and rows/s under data.memory_budget 512MB.
