@@ -7,6 +7,7 @@ One source of truth: the YAML keys, the CLI's ``--set section.key=value`` keys, 
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
@@ -336,6 +337,7 @@ UNSEARCHABLE: dict[str, str] = {
 }
 
 
+@functools.lru_cache(maxsize=1)
 def searchable_kinds() -> dict[str, str]:
     """Each config key a search can draw, and what it takes: ``int``, ``float`` or ``other`` (text,
     true/false, a fixed set of words: drawn from choices only)."""

@@ -27,12 +27,9 @@ from keel.data.io import read_chunks, read_table
 from keel.data.schema import infer_schema
 from keel.data.values import to_seconds
 from keel.errors import ArtifactError, ConfigError, DataError, KeelWarning
-from keel.export.onnx import to_onnx
 from keel.nn.network import NetworkBag
 from tests.conftest import FAST
-from tests.integration.test_dates_export import call
-
-FEATURES = ["size", "color", "stamp", "day"]
+from tests.integration.test_dates_export import FEATURES, call, exported_classifier
 
 
 def dated_table(n_rows: int = 200, seed: int = 0, zone: str = "Europe/Paris") -> pd.DataFrame:
@@ -58,12 +55,7 @@ def types_of(frame: pd.DataFrame, target: str, config: dict[str, Any] | None = N
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[keel.Model, Path]:
-    model = keel.fit(dated_table()[[*FEATURES, "kind"]], target="kind", config={**FAST, "training.epochs": 3},
-                     quiet=True)
-    directory = tmp_path_factory.mktemp("dates-audit") / "m"
-    model.save(directory)
-    model.attach("model.onnx", to_onnx(model).SerializeToString())
-    return model, directory
+    return exported_classifier(dated_table(), tmp_path_factory.mktemp("dates-audit") / "m")
 
 
 # ---- reading: columns that are dates and are not typed so ------------------------------------

@@ -58,14 +58,17 @@ def check_rows() -> pd.DataFrame:
     return frame
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[keel.Model, Path]:
-    model = keel.fit(dated_table()[[*FEATURES, "kind"]], target="kind", config={**FAST, "training.epochs": 3},
-                     quiet=True)
-    directory = tmp_path_factory.mktemp("dates") / "classifier"
+def exported_classifier(frame: pd.DataFrame, directory: Path) -> tuple[keel.Model, Path]:
+    """A fast classifier of ``kind`` from FEATURES, saved to ``directory`` with its ONNX export."""
+    model = keel.fit(frame[[*FEATURES, "kind"]], target="kind", config={**FAST, "training.epochs": 3}, quiet=True)
     model.save(directory)
     model.attach("model.onnx", to_onnx(model).SerializeToString())
     return model, directory
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[keel.Model, Path]:
+    return exported_classifier(dated_table(), tmp_path_factory.mktemp("dates") / "classifier")
 
 
 def test_the_graph_takes_dates_as_double_seconds_and_says_so(classifier) -> None:

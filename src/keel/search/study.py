@@ -32,6 +32,7 @@ from keel.model import Model
 from keel.runs import flatten
 from keel.search.space import overrides, search_space, suggest
 from keel.train.callbacks import Reporter
+from keel.train.pipeline import read_data
 from keel.train.trainer import MONITORS, resolve_monitor
 
 #: The file in a model directory that holds its study (trials, best trial, parameter importances).
@@ -101,7 +102,7 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
     if output is not None:
         check_destination(output)  # before the search: an unusable output must not cost one
     reporter = reporter or (Reporter() if quiet else _default_reporter())
-    frame = read_table(data) if isinstance(data, pd.DataFrame) else _read(data, reporter)
+    frame = read_data(data, reporter)
     name = str(settings.target)
     require_column(frame, name, "target")
     task = infer_task(frame[name], name, settings.task, frame.attrs.get("source"))
@@ -152,11 +153,6 @@ def _default_reporter() -> Reporter:
     return TextReporter()
 
 
-def _read(data: TableSource, reporter: Reporter) -> pd.DataFrame:
-    with reporter.step(f"reading {data}"):
-        return read_table(data)
-
-
 def _stem(data: TableSource) -> str:
     return "DataFrame" if isinstance(data, pd.DataFrame) else Path(str(data)).name.split(".")[0]
 
@@ -202,11 +198,12 @@ def _open_study(optuna: Any, url: str | None, name: str, direction: str, pruner:
         except Exception as error:  # sqlalchemy's and optuna's own errors: a path, a driver, a URL
             raise ConfigError(f"cannot open the study storage {_shown(url)}: {str(error).splitlines()[0]}. Pass an "
                               "Optuna storage URL such as sqlite:///tune.db (a file in a directory that exists).") from None
-        with contextlib.suppress(Exception), warnings.catch_warnings():  # a killed run's trial, heartbeat too old
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(optuna.load_study(study_name=name, storage=storage))
     study = optuna.create_study(storage=storage, study_name=name, direction=direction, pruner=pruner,
                                 load_if_exists=True)
+    if storage is not None:
+        with contextlib.suppress(Exception), warnings.catch_warnings():  # a killed run's trial, heartbeat too old
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     stored = study.user_attrs
     if "keel.target" not in stored and (study.trials or stored):
         raise ConfigError(f"the study {name!r} in {_shown(url)} was not made by keel tune ({len(study.trials)} "
@@ -362,7 +359,8 @@ def _run_workers(data: Any, settings: Config, space: dict[str, Any], monitor: st
     threads = max(1, (os.cpu_count() or 1) // jobs)
     # Each process runs its share of the missing trials: a shared count alone lets every process start
     # one more trial while the last ones finish.
-    missing = trials - _finished(_optuna(), _optuna().load_study(study_name=name, storage=url))
+    optuna = _optuna()
+    missing = trials - _finished(optuna, optuna.load_study(study_name=name, storage=url))
     shares = [missing // jobs + (1 if index < missing % jobs else 0) for index in range(jobs)]
     processes = [context.Process(target=_worker, args=(data, settings.model_dump(mode="json"), space, monitor, url,
                                                        name, trials, shares[index], deadline, index, threads, pruner))

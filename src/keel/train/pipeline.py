@@ -137,8 +137,8 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
                 model, checkpoints = _train_streamed(data, test, settings, plan, notes, reporter, device, importance,
                                                      output, resume, deadline)
             else:
-                frame = _read(data, reporter, delimiter, encoding)
-                test_frame = _read(test, reporter, delimiter, encoding) if test is not None else None
+                frame = read_data(data, reporter, delimiter, encoding)
+                test_frame = read_data(test, reporter, delimiter, encoding) if test is not None else None
                 checkpoints = (RunCheckpoints.start(output, settings, frame, test_frame, resume)
                                if output is not None else None)
                 with torch.random.fork_rng():  # the caller's global random state is left as it was
@@ -185,7 +185,7 @@ def _train_streamed(data: TableSource, test: TableSource | None, settings: Confi
     return model, checkpoints
 
 
-def _read(source: TableSource, reporter: Reporter, delimiter: str | None = None,
+def read_data(source: TableSource, reporter: Reporter, delimiter: str | None = None,
           encoding: str | None = None) -> pd.DataFrame:
     """Read a table, as a progress step when it is a file (a DataFrame needs no reading)."""
     if isinstance(source, pd.DataFrame):

@@ -63,6 +63,10 @@ MAX_TEST_ROWS = 500_000
 # four times its DataFrame's size, and the transform makes a float64 and a float32 copy of it), the
 # sample, and the training window of store rows.
 _CHUNK_SHARE, _SAMPLE_SHARE, _WINDOW_SHARE = 1 / 16, 1 / 8, 1 / 4
+# An uncompressed text file's DataFrame is at most this many times the file's size: a one-character
+# cell (2 bytes with its delimiter) becomes a Python string of about 58 bytes, a number at most 8.
+_MAX_TEXT_GROWTH = 100
+_TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson", ".json")
 # The draws' seeds: a stream for the parts and one for the sample's keys, from the run's seed.
 _PART_STREAM, _KEY_STREAM = 1, 2
 _TRAIN, _VALIDATION, _TEST, _UNLABELLED = 0, 1, 255, 254
@@ -78,6 +82,10 @@ def streaming_plan(source: Any, settings: Config, delimiter: str | None = None,
     if isinstance(source, pd.DataFrame) or not isinstance(source, (str, os.PathLike)):
         return None
     budget = settings.data.budget_bytes
+    path = Path(source)
+    if (path.suffix.lower() in _TEXT_SUFFIXES and path.is_file()
+            and 2 * _MAX_TEXT_GROWTH * path.stat().st_size <= budget):
+        return None  # fits whatever its cells are: no sample to read before the file is read whole
     size = table_size(source, delimiter=delimiter, encoding=encoding)
     if 2 * size.frame_bytes <= budget:
         return None
@@ -549,12 +557,10 @@ def _describe_parts(n_train: int, n_validation: int, n_test: int, scan: Scan, st
                     test_file: bool) -> str:
     training, bagged = streamer.training, streamer.bagged
     how = f"whole groups of {training.split_by!r} in each part" if training.split_by else "a random draw per row"
-    text = (f"rows: {n_train} for training, {n_validation} for validation, {n_test} for test ({how}, not stratified: "
-            f"the data is streamed{'; test rows from the test data' if test_file else ''})")
-    if bagged:
-        text = (f"rows: {n_train} in {training.bagging} folds for bagged networks, each trained on the other folds "
-                f"and validated on its own, {n_test} for test ({how}, not stratified: the data is streamed"
-                f"{'; test rows from the test data' if test_file else ''})")
+    pool = (f"{n_train} in {training.bagging} folds for bagged networks, each trained on the other folds and "
+            "validated on its own" if bagged else f"{n_train} for training, {n_validation} for validation")
+    text = (f"rows: {pool}, {n_test} for test ({how}, not stratified: the data is streamed"
+            f"{'; test rows from the test data' if test_file else ''})")
     if scan.n_unlabelled:
         text += f"; dropped {scan.n_unlabelled} row(s) of the training data with a missing {streamer.target!r}"
     return text
