@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 
 # tests/integration/test_tflite.py converts through the TFLite environment and fails without it.
 test: lint tflite-env
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench

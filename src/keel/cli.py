@@ -40,6 +40,8 @@ Target = Annotated[Optional[str], typer.Option("--target", "-t", help="Column to
 SetKeys = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No notes and no progress bar.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+Backend = Annotated[str, typer.Option("--backend", help="torch (processes on this machine) or ray (a Ray cluster: --ray-address; extra keel[ray]).")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster for --backend ray: ray://HOST:10001, HOST:6379 or auto (default: a local Ray instance).")]
 Delimiter = Annotated[Optional[str], typer.Option("--delimiter", help="CSV delimiter (default: sniffed).")]
 Encoding = Annotated[Optional[str], typer.Option("--encoding", help="CSV encoding (default: UTF-8, else Latin-1).")]
 # Where `keel train` puts a run without --output (keel.runs.RUNS_DIR; not imported here to keep start-up light).
@@ -164,6 +166,10 @@ def train(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (same as --set training.seed=N).")] = None,
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds the run may take (same as --set training.time_limit=S): epochs and bagged networks are planned to fit.")] = None,
     nproc: Annotated[int, typer.Option("--nproc", help="Train data-parallel over N processes (torch.distributed; gloo on the CPU): each trains on its shard of the rows, gradients averaged every step.")] = 1,
+    backend: Backend = "torch",
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Ray Train workers for --backend ray (data-parallel ranks; default 1).")] = None,
+    ray_address: RayAddress = None,
+    ray_storage: Annotated[Optional[str], typer.Option("--ray-storage", help="With --backend ray: a directory or URI every node can write, where rank 0's model passes back (default: a temporary directory here, enough for one machine).")] = None,
     log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Append a plain-text log of the run to this file.")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report (report.html, plots/) and its permutation importance.")] = False,
     mlflow: Annotated[Optional[str], typer.Option("--mlflow", help="Log the run to MLflow: --mlflow alone for MLflow's default store (MLFLOW_TRACKING_URI, else ./mlflow.db), --mlflow URI or --mlflow DIR (DIR/mlflow.db, artifacts in DIR/mlruns).")] = None,
@@ -182,6 +188,7 @@ def train(
     from keel.train.pipeline import fit
 
     settings = _settings(config, set_, seed, preset, time_limit)
+    nproc = _processes(backend, nproc, workers)
     if mlflow is not None:  # before any training: a missing extra or an unusable store must not cost one
         from keel.track.mlflow import check_store
 
@@ -208,7 +215,8 @@ def train(
         # fit reads the files itself: one larger than data.memory_budget is streamed, never read whole.
         model = fit(str(data), target=target, config=settings, test=None if test is None else str(test),
                     reporter=runner, importance=not no_report, output=destination, resume=resume is not None,
-                    delimiter=delimiter, encoding=encoding, nproc=nproc, quiet=quiet or as_json)
+                    delimiter=delimiter, encoding=encoding, nproc=nproc, backend=backend, ray_address=ray_address,
+                    ray_storage=ray_storage, quiet=quiet or as_json)
         if log is not None:
             _log_results(log, model.metrics, destination)
         if not as_json:
@@ -220,6 +228,20 @@ def train(
     if as_json:
         out.print_json(json.dumps({"model": str(destination), "metrics": model.metrics, "notes": model.notes,
                                    **extras}))
+
+
+def _processes(backend: str, nproc: int, workers: Optional[int]) -> int:
+    """The data-parallel ranks: --nproc for the torch backend, --workers for Ray (each refused with the other)."""
+    from keel.cluster import check_backend
+    from keel.errors import ConfigError
+
+    if check_backend(backend) == "ray":
+        if nproc != 1:
+            raise ConfigError("--nproc starts processes on this machine; with --backend ray, ask for --workers N.")
+        return 1 if workers is None else workers
+    if workers is not None:
+        raise ConfigError("--workers is the number of Ray Train workers: add --backend ray (or use --nproc N here).")
+    return nproc
 
 
 def _settings(config: Optional[Path], set_: Optional[list[str]], seed: Optional[int], preset: Optional[str],
@@ -407,7 +429,9 @@ def tune(
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Start no trial after this many seconds.")] = None,
     storage: Annotated[Optional[str], typer.Option("--storage", help="Keep the study in this Optuna storage (sqlite:///tune.db) so that a killed search resumes.")] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="The study's name in --storage (default: <data>-<target>).")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Trials run at once, each in its own process.")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Trials run at once, each in its own process (with --backend ray: Ray trials at once).")] = 1,
+    backend: Backend = "torch",
+    ray_address: RayAddress = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory for the best settings' model (default: a new runs/<data>-<time>/).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (same as --set training.seed=N): the split, the trials' training and the sampler.")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the best model's HTML report.")] = False,
@@ -424,7 +448,8 @@ def tune(
     reporter = RichReporter(err, quiet=quiet or as_json)
     with _destination(output, data) as destination, output_lock(destination):
         model, result = run_tune(str(data), target=target, config=settings, trials=trials, time_limit=time_limit,
-                                 storage=storage, study=study, jobs=jobs, output=destination, reporter=reporter)
+                                 storage=storage, study=study, jobs=jobs, output=destination, reporter=reporter,
+                                 backend=backend, ray_address=ray_address)
         extras = _after_training(model, destination, reporter, mlflow=None, log=None, quiet=quiet or as_json,
                                  report=not no_report, debug=debug)
     summary = result.summary

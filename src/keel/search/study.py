@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 from keel.artifact import check_destination
+from keel.cluster import check_backend
 from keel.config import Config, ConfigSource, load_config, with_target
 from keel.data.io import TableSource, read_table
 from keel.data.schema import infer_task, require_column
@@ -64,7 +65,7 @@ def _optuna() -> Any:
 def tune(data: TableSource, target: str | None = None, config: ConfigSource = None, *, trials: int = 20,
          time_limit: float | None = None, storage: str | None = None, study: str | None = None, jobs: int = 1,
          output: str | os.PathLike[str] | None = None, quiet: bool = False, reporter: Reporter | None = None,
-         pruner: Any = None) -> tuple[Model, TuneResult]:
+         pruner: Any = None, backend: str = "torch", ray_address: str | None = None) -> tuple[Model, TuneResult]:
     """Search keel's settings with Optuna (TPE), then train the best ones and return that model.
 
     Args:
@@ -79,11 +80,15 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
             search resumes where it stopped; None keeps it in memory.
         study: The study's name in ``storage`` (default: ``<data name>-<target>``).
         jobs: Trials run at once, each in its own process (needs a storage; a temporary SQLite file
-            is used when none is given).
+            is used when none is given); with backend ray, Ray trials at once.
         output: Save the refitted model there, with the study as ``tune.json``.
         quiet: Report nothing.
         reporter: Where messages go.
-        pruner: An Optuna pruner (default: the median pruner after 5 trials and 5 epochs).
+        pruner: An Optuna pruner (default: the median pruner after 5 trials and 5 epochs); backend
+            ray stops trials with Ray Tune's median stopping rule instead (the same rule).
+        backend: ``torch`` runs the trials in this process (or ``jobs`` processes); ``ray`` runs them
+            as Ray Tune trials (keel.search.ray_tune; extra ``keel[ray]``) on the cluster at
+            ``ray_address``, or a local Ray instance.
 
     Returns:
         The best settings' model (trained as the best trial was, so the same model) and the search.
@@ -93,6 +98,11 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
             storage tunes another target, there are no validation rows to score on, or no trial finished.
     """
     optuna = _optuna()
+    ray = check_backend(backend) == "ray"
+    if ray_address is not None and not ray:
+        raise ConfigError("ray_address (--ray-address) is for backend ray (--backend ray).")
+    if ray and pruner is not None:
+        raise ConfigError("backend ray stops trials with Ray Tune's median stopping rule; an Optuna pruner does not apply.")
     settings = with_target(load_config(config), target)
     if trials < 1 or jobs < 1:
         raise ConfigError(f"--trials and --jobs must be at least 1; got {trials} and {jobs}.")
@@ -113,7 +123,7 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
     identity = _identity(frame, settings, name, task, monitor, direction)
     pruner = _pruner(optuna, pruner)
     deadline = None if time_limit is None else time.time() + time_limit
-    with _storage(storage, jobs) as url:
+    with _storage(storage, 1 if ray else jobs) as url:
         seed = settings.training.seed
         opened = _open_study(optuna, url, study_name, direction, pruner, identity, seed)
         done = _finished(optuna, opened)
@@ -122,7 +132,12 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
         if remaining:
             reporter.message(f"tuning {len(space)} settings over {remaining} trial(s) ({done} already in the study "
                              f"{study_name!r}), scoring val_{monitor} ({direction})")
-            if jobs == 1:
+            if ray:
+                from keel.search.ray_tune import run_trials
+
+                run_trials(optuna, opened, frame, settings, space, monitor, direction, remaining, deadline, jobs,
+                           ray_address, reporter)
+            elif jobs == 1:
                 # One process: failed trials (a training error) are retried, up to as many again.
                 _optimize(optuna, opened, _objective(frame, settings, space, monitor), trials, 2 * remaining, deadline,
                           [_progress(reporter, trials, optuna)])
@@ -279,26 +294,23 @@ def _finished(optuna: Any, study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-class _Pruning(Reporter):
-    """A quiet reporter whose epoch callback reports the validation metric to the trial and stops a
-    trial the pruner gives up on (``optuna.TrialPruned`` leaves keel.fit like any exception)."""
+class EpochReporter(Reporter):
+    """A quiet reporter whose epoch callback hands each epoch's validation metric to ``emit(value, step)``
+    (Optuna's trial.report and pruning, or Ray Tune's report); an exception ``emit`` raises (Optuna's
+    ``TrialPruned``) leaves keel.fit like any other. Network k of a bag reports its epoch e as step
+    (k-1) x epochs + e in every trial."""
 
-    def __init__(self, trial: Any, monitor: str, epochs: int) -> None:
-        self.trial, self.key, self.epochs, self.networks = trial, f"val_{monitor}", epochs, 0
+    def __init__(self, monitor: str, epochs: int, emit: Callable[[float, int], None]) -> None:
+        self.key, self.epochs, self.emit, self.networks = f"val_{monitor}", epochs, emit, 0
 
     @contextlib.contextmanager
     def progress(self, epochs: int, monitor: str, rows: int | None = None) -> Iterator[Any]:
-        import optuna
-
         self.networks += 1  # one progress per network of a bag
-        offset = (self.networks - 1) * self.epochs  # network k's epoch e is step (k-1) x epochs + e in every trial
+        offset = (self.networks - 1) * self.epochs
 
         def callback(epoch: int, total: int, record: dict[str, Any]) -> None:
-            if self.key not in record:
-                return
-            self.trial.report(float(record[self.key]), offset + epoch)
-            if self.trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {epoch}: {self.key} {record[self.key]:.4f}")
+            if self.key in record:
+                self.emit(float(record[self.key]), offset + epoch)
 
         yield callback
 
@@ -327,8 +339,8 @@ def _objective(frame: pd.DataFrame, settings: Config, space: dict[str, Any], mon
         trial_settings = load_config(settings, overrides=overrides(values, settings))
         started = time.perf_counter()
         try:
-            model = fit(frame, config=trial_settings, reporter=_Pruning(trial, monitor, trial_settings.training.epochs),
-                        importance=False)
+            model = fit(frame, config=trial_settings, importance=False,
+                        reporter=EpochReporter(monitor, trial_settings.training.epochs, _pruned_by(trial, monitor)))
         except KeelError as error:  # the trial fails; its reason is kept for the "no trial finished" error
             trial.set_user_attr("error", str(error).splitlines()[0][:500])
             raise
@@ -337,6 +349,18 @@ def _objective(frame: pd.DataFrame, settings: Config, space: dict[str, Any], mon
         return score(model.history, monitor, keeps_last=not trial_settings.training.early_stopping)
 
     return objective
+
+
+def _pruned_by(trial: Any, monitor: str) -> Callable[[float, int], None]:
+    """Report an epoch's value to the Optuna trial; stop the trial (``TrialPruned``) if its pruner says so."""
+    import optuna
+
+    def emit(value: float, step: int) -> None:
+        trial.report(value, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"step {step}: val_{monitor} {value:.4f}")
+
+    return emit
 
 
 def _progress(reporter: Reporter, total: int, optuna: Any) -> Callable[[Any, Any], None]:

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from keel import errors
-from keel.errors import ConfigError, KeelError
+from keel.errors import KeelError
 
 # How long a rank waits for the others at a collective before failing (a dead rank ends the job
 # with an error, never a hang).
@@ -97,9 +97,6 @@ def launch(nproc: int, arguments: dict[str, Any]) -> Any:
 
     from keel.model import Model
 
-    if arguments.get("resume"):
-        raise ConfigError("--resume with --nproc is not supported yet: checkpoints are not written in a data-parallel "
-                          "run. Resume it without --nproc, or start it again.")
     with tempfile.TemporaryDirectory(prefix="keel-ranks-") as scratch:
         output = arguments["output"] or Path(scratch) / "model"
         try:

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from keel.artifact import check_destination
+from keel.cluster import check_backend
 from keel.config import Config, ConfigSource, TrainingConfig, load_config, with_target
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
@@ -50,7 +51,8 @@ from keel.train.trainer import Batch, History, Rows, Trainer, numeric_guard
 def fit(data: TableSource, target: str | None = None, config: ConfigSource = None, *,
         test: TableSource | None = None, quiet: bool = False, reporter: Reporter | None = None,
         importance: bool = True, output: str | os.PathLike[str] | None = None, resume: bool = False,
-        delimiter: str | None = None, encoding: str | None = None, nproc: int = 1) -> Model:
+        delimiter: str | None = None, encoding: str | None = None, nproc: int = 1, backend: str = "torch",
+        ray_address: str | None = None, ray_storage: str | None = None) -> Model:
     """Train a model on a table: split, infer the schema, preprocess, train, evaluate on held-out rows.
 
     Args:
@@ -71,6 +73,10 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         delimiter, encoding: How to read CSV files (``data`` and ``test``); sniffed when None.
         nproc: Train data-parallel over this many processes (keel.train.distributed): each trains on
             its shard of the rows and the gradients are averaged every step; rank 0 saves the model.
+        backend: ``torch`` starts the ``nproc`` processes on this machine; ``ray`` runs them as Ray Train
+            workers (keel.train.ray_train; extra ``keel[ray]``), on the cluster at ``ray_address`` or
+            a local Ray instance, with ``ray_storage`` (a path or URI every node can write) carrying rank
+            0's model back when the workers run on other machines.
 
     Returns:
         The trained model; ``model.metrics`` holds the test metrics and ``model.notes`` what keel
@@ -92,18 +98,32 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
     if nproc < 1:
         raise ConfigError(f"nproc must be at least 1; got {nproc}.")
     ranks = distributed.current()
-    if (nproc > 1 or ranks is not None) and settings.model.norm == "batch":
+    ray = check_backend(backend) == "ray" and ranks is None
+    if (ray_address is not None or ray_storage is not None) and not ray:
+        raise ConfigError("ray_address and ray_storage (--ray-address, --ray-storage) are for backend ray (--backend ray).")
+    if (nproc > 1 or ranks is not None or ray) and settings.model.norm == "batch":
         raise ConfigError("model.norm: batch keeps running statistics per process, which data-parallel ranks would "
                           "each learn from their own shard; use model.norm: layer or none with --nproc.")
-    if nproc > 1 and ranks is None:
-        if isinstance(data, pd.DataFrame) or isinstance(test, pd.DataFrame):
+    if (nproc > 1 or ray) and ranks is None:
+        if not ray and (isinstance(data, pd.DataFrame) or isinstance(test, pd.DataFrame)):
             raise ConfigError("nproc > 1 starts processes that read the data themselves: pass a file path, not a DataFrame.")
+        if resume:
+            raise ConfigError("--resume with --nproc or --backend ray is not supported yet: checkpoints are not written "
+                              "in a data-parallel run. Resume it on one process, or start it again.")
+        if output is not None:
+            check_destination(output)  # before any worker starts
+        arguments = {
+            "data": data if isinstance(data, pd.DataFrame) else str(data), "target": settings.target,
+            "config": settings.model_dump(mode="json"), "quiet": quiet, "importance": importance,
+            "test": None if test is None else test if isinstance(test, pd.DataFrame) else str(test),
+            "output": None if output is None else str(output), "delimiter": delimiter, "encoding": encoding}
         with output_lock(output) if output is not None else contextlib.nullcontext():  # held for the ranks
-            launched = distributed.launch(nproc, {
-                "data": str(data), "target": settings.target, "config": settings.model_dump(mode="json"),
-                "test": None if test is None else str(test), "quiet": quiet, "importance": importance,
-                "output": None if output is None else str(output), "resume": resume, "delimiter": delimiter,
-                "encoding": encoding, "device": settings.training.device})
+            if ray:
+                from keel.train import ray_train
+
+                launched = ray_train.launch(nproc, arguments, ray_address, ray_storage)
+            else:
+                launched = distributed.launch(nproc, {**arguments, "device": settings.training.device})
         if reporter is not None:  # rank 0's notes reach the caller's reporter (and its log) here
             for note in launched.notes:
                 reporter.message(note)
