@@ -161,6 +161,42 @@ def test_dropout_masks_scale_and_differ_per_step() -> None:
     assert not torch.equal(first, second)  # a new mask each step
 
 
+@pytest.mark.parametrize("dropout", [0.1, 0.5])
+def test_dropout_masks_keep_their_share_in_every_lane_and_scale_to_the_undropped_mean(dropout) -> None:
+    spec = NetworkSpec(numeric_width=3, cardinalities=[], n_outputs=1, hidden=[512], dropout=dropout)
+    step = FusedStep(TabularNetwork(spec), TrainingConfig(), "mse")
+    assert step.keep == pytest.approx(1 - dropout, abs=2**-16)
+    torch.manual_seed(0)
+    mask = step._dropout_mask(step._layer_buffers(4096)[0]).clone()  # 2M units, four per 64-bit draw
+    values = torch.unique(mask).tolist()
+    assert values[0] == 0.0 and values[1:] == [pytest.approx(1 / step.keep)]
+    kept = (mask > 0).float().reshape(-1, 4)  # one column per 16-bit lane of a draw
+    for lane in range(4):  # the top lane's sign bit is always 0: a lane read as 16 bits would keep far more
+        assert kept[:, lane].mean().item() == pytest.approx(step.keep, abs=0.003)
+    assert mask.mean().item() == pytest.approx(1.0, abs=0.003)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_gradients_with_dropout_match_autograd_through_the_same_masks(loss) -> None:
+    network, numeric, categorical, target = _case(loss, cardinalities=())
+    network.spec.dropout = 0.3
+    fused_network = copy.deepcopy(network)
+    step = FusedStep(fused_network, TrainingConfig(), loss)
+    masks: list[torch.Tensor] = []
+    draw = step._dropout_mask
+    step._dropout_mask = lambda buffer: masks.append(draw(buffer).clone()) or masks[-1]  # type: ignore[method-assign]
+    fused_loss = step.gradients(numeric, categorical, target)
+    assert len(masks) == 2 and all((mask == 0).any() for mask in masks)
+    hidden = numeric
+    linears = [module for module in network.mlp if isinstance(module, nn.Linear)]
+    activation = ACTIVATIONS[network.spec.activation]()
+    for linear, mask in zip(linears[:-1], masks):  # autograd through the fused step's own masks
+        hidden = activation(linear(hidden)) * mask
+    expected = build_loss(loss)(linears[-1](hidden), target)
+    expected.backward()
+    _compare(network, fused_network, step, fused_loss, expected)
+
+
 def test_networks_with_norms_use_autograd() -> None:
     spec = NetworkSpec(numeric_width=2, cardinalities=[], n_outputs=1, hidden=[4], norm="batch")
     assert not fused_step_supported(TabularNetwork(spec))
