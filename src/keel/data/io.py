@@ -88,6 +88,7 @@ def read_chunks(
     delimiter: str | None = None,
     encoding: str | None = None,
     text: list[str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Yield a file's rows, at most ``rows`` at a time, in file order, parsed as ``read_table`` parses them.
 
@@ -113,6 +114,11 @@ def read_chunks(
         encoding: CSV text encoding; UTF-8 (with or without BOM), else Latin-1, when None.
         text: CSV columns read as text, as written, in every chunk (``00042`` stays ``00042`` even in
             a chunk where every value is digits); other formats keep their file-wide types.
+        shard: ``(rank, world)``: only this rank's share of the chunks, for data-parallel training.
+            A Parquet file with at least ``world`` row groups gives rank r its row groups r, r + world,
+            ... (only those are read; a chunk then never spans two row groups); otherwise (CSV, JSON
+            Lines, a Parquet file with fewer row groups) rank r gets chunks r, r + world, ... (the
+            text is still parsed to find them, but only those are kept).
 
     Returns:
         An iterator of DataFrames. The file's path, format, header and the ``columns`` asked for
@@ -133,12 +139,22 @@ def read_chunks(
     _check_positive(rows, "read_chunks needs rows, the rows per chunk,", "Pass rows=100_000 or so.")
     path = _path_of(source, "a file path")
     kind = _format_of(path)
+    sharded = False  # whether the chunks are this rank's alone already
     if kind == "csv":
         layout = _csv_layout(path, delimiter, encoding)
-        return _csv_chunks(path, layout, rows, _chosen_columns(columns, layout.header, path), text)
-    if kind == "parquet":
-        return _parquet_chunks(path, rows, columns)
-    return _jsonl_chunks(path, rows, columns)
+        chunks = _csv_chunks(path, layout, rows, _chosen_columns(columns, layout.header, path), text)
+    elif kind == "parquet":
+        chunks, sharded = _parquet_chunks(path, rows, columns, shard)
+    else:
+        chunks = _jsonl_chunks(path, rows, columns)
+    return chunks if shard is None or sharded else _every_nth(chunks, *shard)
+
+
+def _every_nth(chunks: Iterator[pd.DataFrame], rank: int, world: int) -> Iterator[pd.DataFrame]:
+    """Chunks rank, rank + world, ...; every chunk is still read (its rows end where the next begins)."""
+    for index, chunk in enumerate(chunks):
+        if index % world == rank:
+            yield chunk
 
 
 def _check_positive(value: object, what: str, hint: str) -> None:
@@ -331,7 +347,9 @@ def _to_pandas(table: pa.Table, path: Path | None, start: int = 0) -> pd.DataFra
     return frame
 
 
-def _parquet_chunks(path: Path, rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+def _parquet_chunks(path: Path, rows: int, columns: list[str] | None,
+                    shard: tuple[int, int] | None = None) -> tuple[Iterator[pd.DataFrame], bool]:
+    """The chunks, and whether they are ``shard``'s row groups alone (a file with enough row groups)."""
     with _arrow_errors(path):
         parquet = _parquet_file(path)
     try:
@@ -345,7 +363,27 @@ def _parquet_chunks(path: Path, rows: int, columns: list[str] | None) -> Iterato
     except DataError:
         parquet.close()
         raise
-    return _parquet_frames(path, parquet, rows, chosen)
+    if shard is not None and parquet.num_row_groups >= shard[1]:
+        return _parquet_groups(path, parquet, rows, chosen, *shard), True
+    return _parquet_frames(path, parquet, rows, chosen), False
+
+
+def _parquet_groups(path: Path, parquet: Any, rows: int, columns: list[str] | None, rank: int,
+                    world: int) -> Iterator[pd.DataFrame]:
+    """Row groups rank, rank + world, ... in chunks of at most ``rows`` rows, numbered as in the file."""
+    sizes = [parquet.metadata.row_group(index).num_rows for index in range(parquet.num_row_groups)]
+    starts = [0, *itertools.accumulate(sizes)]
+    with parquet:
+        for group in range(rank, len(sizes), world):
+            start = starts[group]
+            batches = _guarded(parquet.iter_batches(batch_size=rows, row_groups=[group], columns=columns), path)
+            for batch in batches:
+                if not batch.num_rows:
+                    continue
+                frame = _to_pandas(pa.Table.from_batches([batch]), path, start)
+                frame.attrs["source"] = str(path)
+                start += len(frame)
+                yield frame
 
 
 def _parquet_file(path: Path) -> Any:

@@ -80,6 +80,27 @@ def agree_min(value: int) -> int:
     return int(tensor.item())
 
 
+def gather(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank (pickled through torch.distributed between
+    the job's own processes only; [value] alone)."""
+    ranks = current()
+    if ranks is None:
+        return [value]
+    values: list[Any] = [None] * ranks.world
+    dist.all_gather_object(values, value)
+    return values
+
+
+def gather_to(value: Any, rank: int) -> list[Any] | None:
+    """Every rank's ``value``, in rank order, on ``rank`` alone (None on the others; [value] alone)."""
+    ranks = current()
+    if ranks is None:
+        return [value]
+    values: list[Any] = [None] * ranks.world
+    dist.gather_object(value, values if ranks.rank == rank else None, dst=rank)
+    return values if ranks.rank == rank else None
+
+
 def barrier() -> None:
     """Wait for every rank (before rank 0 saves: a rank that failed means nothing is saved)."""
     if current() is not None:

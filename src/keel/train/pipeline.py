@@ -149,11 +149,16 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
     locked = output is not None and not (ranks is not None and distributed.launched())
     with output_lock(output) if locked and output is not None else contextlib.nullcontext():
         try:
-            plan = streaming_plan(data, settings, delimiter, encoding)
+            sharded = ranks is not None and not isinstance(data, pd.DataFrame) and settings.training.order_by is None
+            plan = None if sharded else streaming_plan(data, settings, delimiter, encoding)
             if plan is not None and ranks is not None:
-                raise ConfigError("a data-parallel run (nproc > 1) cannot stream its data yet; raise data.memory_budget "
-                                  "so that the table is read into memory, or train without --nproc.")
-            if plan is not None:
+                raise ConfigError("a data-parallel run with training.order_by reads the whole file on every rank, and "
+                                  f"{data} would take more than data.memory_budget; raise it, or train without --nproc.")
+            if sharded:
+                assert ranks is not None
+                model, checkpoints = _train_sharded(data, test, settings, notes, reporter, device, importance, output,
+                                                    deadline, ranks, delimiter, encoding)
+            elif plan is not None:
                 model, checkpoints = _train_streamed(data, test, settings, plan, notes, reporter, device, importance,
                                                      output, resume, deadline)
             else:
@@ -200,6 +205,32 @@ def _train_streamed(data: TableSource, test: TableSource | None, settings: Confi
         resolved = settings.model_copy(update={"data": settings.data.model_copy(update={"memory_budget": plan.budget})})
         checkpoints = (RunCheckpoints.start(output, resolved, sample, None, resume, fingerprints=fingerprints)
                        if output is not None else None)
+        model = train_networks(prepared, settings, training, notes, reporter, device, importance, checkpoints,
+                               deadline)
+    return model, checkpoints
+
+
+def _train_sharded(data: TableSource, test: TableSource | None, settings: Config, notes: Notes, reporter: Reporter,
+                   device: torch.device, importance: bool, output: str | os.PathLike[str] | None,
+                   deadline: float | None, ranks: distributed.Ranks, delimiter: str | None,
+                   encoding: str | None) -> tuple[Model, RunCheckpoints | None]:
+    """Train as one rank of a data-parallel job that reads only its share of the file (keel.train.sharded)."""
+    from keel.train.sharded import prepare_sharded, sharding_plan
+    from keel.train.streamed import row_directory
+
+    assert isinstance(data, (str, os.PathLike))
+    training = settings.training.model_copy(
+        update={"precision": resolve_precision(settings.training.precision, device)})
+    plan = sharding_plan(data, settings, ranks, delimiter, encoding)
+    with row_directory(None, settings.data.spill_directory) as directory, torch.random.fork_rng():
+        torch.manual_seed(training.seed)
+        prepared, sample, fingerprint = prepare_sharded(data, test, settings, training, plan, notes, reporter, device,
+                                                        directory, ranks)
+    checkpoints = (RunCheckpoints.start(output, settings, sample, None, False,
+                                        fingerprints={"data": fingerprint, "test": None})
+                   if output is not None else None)
+    with torch.random.fork_rng():
+        torch.manual_seed(training.seed)
         model = train_networks(prepared, settings, training, notes, reporter, device, importance, checkpoints,
                                deadline)
     return model, checkpoints
@@ -360,7 +391,16 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
             f"{sum(p.numel() for p in network.parameters())} parameters")
         ranks = distributed.current()
         all_rows = train_rows  # number-embedding bins come from all of them: the same on every rank
-        if ranks is not None:  # this rank's share of the rows; the autograd path, whose gradients it averages
+        if ranks is not None and data.sharded:  # this rank's own rows, cut to the smallest rank's count
+            from keel.train.sharded import equal_share
+
+            assert isinstance(train_rows, Batch)
+            all_rows = data.fitted  # a sample of every rank's rows
+            train_rows, left_out = equal_share(train_rows, training.seed + index, ranks)
+            if left_out and ranks.rank == 0 and index == 0:
+                notes.append(f"each rank trains on {len(train_rows):,} rows, the smallest rank's share ({left_out:,} of "
+                             "rank 0's left out, a seeded random few), so that the ranks' steps match")
+        elif ranks is not None:  # this rank's share of the rows; the autograd path, whose gradients it averages
             if not isinstance(train_rows, Batch):
                 raise ConfigError("a data-parallel run (nproc > 1) cannot stream its data yet; raise data.memory_budget "
                                   "so that the table is read into memory, or train without --nproc.")

@@ -30,6 +30,8 @@ class PreparedData:
         test_predictions: The test rows' predictions by a model, or None without test rows.
         held_out: Rows for permutation importance and where they come from, or None.
         record: The run record's arguments besides ``seconds``.
+        sharded: The training rows are this data-parallel rank's own (keel.train.sharded), and
+            ``fitted`` a sample of every rank's: training must not shard them again.
     """
 
     schema: Schema
@@ -42,3 +44,4 @@ class PreparedData:
     test_predictions: Callable[[Model], Predictions | None]
     held_out: Callable[[], tuple[Batch, str] | None]
     record: dict[str, Any]
+    sharded: bool = False

@@ -43,6 +43,7 @@ from keel.evaluate.predictions import Predictions
 from keel.model import Model
 from keel.train.calibration import MAX_ROWS, validation_sample
 from keel.train.callbacks import Notes, Reporter
+from keel.train.distributed import Ranks, gather
 from keel.train.prepared import PreparedData
 from keel.train.store import BLOCK_ROWS, DiskRows, RowStore
 from keel.train.trainer import Batch
@@ -107,10 +108,11 @@ class Plan:
     encoding: str | None = None
 
     def chunks(self, path: str | os.PathLike[str], columns: list[str] | None = None,
-               text: list[str] | None = None) -> Iterator[pd.DataFrame]:
-        """The file's rows (of ``columns``, or all; ``text`` columns as written), a chunk at a time."""
+               text: list[str] | None = None, shard: tuple[int, int] | None = None) -> Iterator[pd.DataFrame]:
+        """The file's rows (of ``columns``, or all; ``text`` columns as written), a chunk at a time
+        (``shard``: a data-parallel rank's chunks alone; see read_chunks)."""
         return read_chunks(path, rows=self.chunk_rows, columns=columns, delimiter=self.delimiter,
-                           encoding=self.encoding, text=text)
+                           encoding=self.encoding, text=text, shard=shard)
 
     def window_rows(self, row_bytes: int) -> int:
         """Store rows a training window holds: a share of the budget, a whole number of blocks."""
@@ -149,8 +151,12 @@ class Scan:
 class Streamer:
     """The two passes of a streamed run over one file, with the part each row belongs to."""
 
-    def __init__(self, path: str | os.PathLike[str], settings: Config, plan: Plan, test_file: bool) -> None:
+    def __init__(self, path: str | os.PathLike[str], settings: Config, plan: Plan, test_file: bool,
+                 ranks: Ranks | None = None) -> None:
         self.path, self.settings, self.plan = Path(path), settings, plan
+        # In a data-parallel run each rank reads its own chunks; the scan's findings are merged
+        # across the ranks, so every rank fits the same preprocessing (keel.train.sharded).
+        self.ranks = ranks
         self.training: TrainingConfig = settings.training
         training = self.training
         if training.order_by is not None:
@@ -170,6 +176,14 @@ class Streamer:
     def chunks(self, columns: list[str] | None = None) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
         """Each chunk (of ``columns``, or all), with its rows' part codes and sample keys: the same
         draws on every pass."""
+        if self.ranks is not None:  # this rank's chunks; each one's draws seeded by its first row
+            seed = self.training.seed
+            for chunk in self.plan.chunks(self.path, columns, self.text, (self.ranks.rank, self.ranks.world)):
+                first = int(chunk.index[0])
+                draws = np.random.default_rng([seed, _PART_STREAM, first]).random(len(chunk))
+                keys = np.random.default_rng([seed, _KEY_STREAM, first]).random(len(chunk))
+                yield chunk, self._parts(chunk, draws), keys
+            return
         parts_rng = np.random.default_rng([self.training.seed, _PART_STREAM])
         keys_rng = np.random.default_rng([self.training.seed, _KEY_STREAM])
         for chunk in self.plan.chunks(self.path, columns, self.text):
@@ -238,9 +252,12 @@ class Streamer:
                 pool = (parts != _TEST) & (parts != _UNLABELLED)
                 _keep_sample(scan, chunk[pool], keys[pool], parts[pool], self.plan.sample_rows)
                 advance(1)
+        if scan is not None:
+            scan.fingerprint = digest.hexdigest()
+        if self.ranks is not None:  # a rank may hold no chunk at all (more ranks than chunks)
+            scan = merged_scans(gather(scan), self.plan.sample_rows)
         assert scan is not None  # read_chunks yields at least one chunk or raises
         scan.n_unlabelled = scan.parts.get(_UNLABELLED, 0)
-        scan.fingerprint = digest.hexdigest()
         return scan
 
     def mixed(self, scan: Scan) -> list[str]:
@@ -267,6 +284,12 @@ class Streamer:
                     _count(scan.counts, name, chunk[name][fitted])
                 if labels:
                     self._collect_labels(scan, chunk[self.target][parts != _UNLABELLED])
+        if self.ranks is not None:  # every rank counted its own chunks: the sums, on every rank
+            shares = gather(({name: scan.counts.get(name) for name in names}, scan.labels if labels else None))
+            for name in names:
+                scan.counts[name] = _summed([share[0].get(name) for share in shares])
+            if labels:
+                scan.labels = _merged_labels([share[1] for share in shares])
 
     def _collect_labels(self, scan: Scan, target: pd.Series) -> None:
         if scan.labels is None:
@@ -277,6 +300,61 @@ class Streamer:
                 scan.labels[spelled] = value
         if len(scan.labels) > MAX_LABELS:
             scan.labels = None
+
+
+def merged_scans(scans: list[Scan | None], sample_rows: int) -> Scan:
+    """The scan of the whole file from the ranks' scans of their chunks (in rank order): sums, unions,
+    and the ``sample_rows`` rows with the smallest keys of all (the sample one scan would keep)."""
+    present = [scan for scan in scans if scan is not None]
+    merged = Scan(present[0].source, present[0].columns)
+    digest = hashlib.sha256()
+    for scan in present:
+        merged.n_rows += scan.n_rows
+        merged.n_fitted += scan.n_fitted
+        for code, count in scan.parts.items():
+            merged.parts[code] = merged.parts.get(code, 0) + count
+        merged.partial |= scan.partial
+        merged.text |= scan.text
+        merged.typed |= scan.typed
+        digest.update(scan.fingerprint.encode())
+    merged.fingerprint = digest.hexdigest()
+    merged.labels = _merged_labels([scan.labels for scan in present])
+    for name in {name for scan in present for name in scan.counts}:
+        merged.counts[name] = _summed([scan.counts[name] for scan in present if name in scan.counts])
+    samples = [scan for scan in present if scan.sample is not None and len(scan.sample)]
+    if samples:
+        rows = pd.concat([scan.sample for scan in samples if scan.sample is not None])
+        keys = np.concatenate([scan.sample_keys for scan in samples if scan.sample_keys is not None])
+        parts = np.concatenate([scan.sample_parts for scan in samples if scan.sample_parts is not None])
+        keep = np.argpartition(keys, sample_rows)[:sample_rows] if len(keys) > sample_rows else np.arange(len(keys))
+        keep = keep[np.argsort(rows.index.to_numpy()[keep], kind="stable")]  # in file order, as one scan keeps them
+        merged.sample, merged.sample_keys, merged.sample_parts = rows.iloc[keep], keys[keep], parts[keep]
+    else:
+        merged.sample = present[0].sample
+        merged.sample_keys, merged.sample_parts = present[0].sample_keys, present[0].sample_parts
+    return merged
+
+
+def _summed(counts: list[dict[str, int] | None]) -> dict[str, int] | None:
+    """Value counts added up, or None when any rank gave up counting or the sum holds too many values."""
+    total: dict[str, int] = {}
+    for count in counts:
+        if count is None:
+            return None
+        for value, n in count.items():
+            total[value] = total.get(value, 0) + n
+    return None if len(total) > MAX_COUNTED_VALUES else total
+
+
+def _merged_labels(labels: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The ranks' labels (each spelling's first value, in rank order), or None past MAX_LABELS."""
+    merged: dict[str, Any] = {}
+    for each in labels:
+        if each is None:
+            return None
+        for spelled, value in each.items():
+            merged.setdefault(spelled, value)
+    return None if len(merged) > MAX_LABELS else merged
 
 
 def release_memory() -> None:
@@ -331,16 +409,25 @@ def _keep_sample(scan: Scan, rows: pd.DataFrame, keys: np.ndarray, parts: np.nda
     scan.sample, scan.sample_keys, scan.sample_parts = rows, keys, parts
 
 
-def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, training: TrainingConfig,
-                     plan: Plan, notes: Notes, reporter: Reporter, device: torch.device,
-                     directory: Path) -> tuple[PreparedData, dict[str, str | None], pd.DataFrame]:
-    """The scan, the fitting and the write; returns the data for :func:`train_networks`, the
-    fingerprints of the data and test data, and the sample (the run record describes its columns).
+@dataclass
+class Fitted:
+    """What the scan and the fitting give: the preprocessing, and the part counts of the file."""
 
-    The row stores go in ``directory``, which the caller removes when the run ends.
-    """
-    streamer = Streamer(path, settings, plan, test_file=test is not None)
-    notes.append(plan.describe())
+    scan: Scan
+    sample: pd.DataFrame
+    schema: Any
+    preprocessor: Preprocessor
+    target: TargetEncoder
+    special: set[str]
+    n_train: int
+    n_validation: int
+    n_test: int
+
+
+def fit_on_scan(streamer: Streamer, settings: Config, notes: Notes, reporter: Reporter) -> Fitted:
+    """Scan the file (each rank its chunks, merged, in a data-parallel run) and fit the schema, the
+    target and the preprocessing on the scan's sample, with category vocabularies from exact counts."""
+    path, training = streamer.path, streamer.training
     scan = streamer.scan(reporter)
     release_memory()
     mixed = streamer.mixed(scan)
@@ -379,6 +466,22 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
     if from_sample:
         notes.append(f"category column(s) {from_sample} hold more than {MAX_COUNTED_VALUES:,} distinct values: their "
                      "vocabularies come from the sample, not exact counts")
+    return Fitted(scan, sample, schema, preprocessor, target, special, n_train, n_validation, n_test)
+
+
+def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, training: TrainingConfig,
+                     plan: Plan, notes: Notes, reporter: Reporter, device: torch.device,
+                     directory: Path) -> tuple[PreparedData, dict[str, str | None], pd.DataFrame]:
+    """The scan, the fitting and the write; returns the data for :func:`train_networks`, the
+    fingerprints of the data and test data, and the sample (the run record describes its columns).
+
+    The row stores go in ``directory``, which the caller removes when the run ends.
+    """
+    streamer = Streamer(path, settings, plan, test_file=test is not None)
+    notes.append(plan.describe())
+    fit = fit_on_scan(streamer, settings, notes, reporter)
+    scan, sample, preprocessor, target, schema = fit.scan, fit.sample, fit.preprocessor, fit.target, fit.schema
+    special, n_train, n_validation, n_test = fit.special, fit.n_train, fit.n_validation, fit.n_test
     regression = schema.task == "regression"
     weighted = training.weight_column is not None
     width, n_categories = preprocessor.numeric_width, len(preprocessor.categorical)
