@@ -238,6 +238,8 @@ def _processes(backend: str, nproc: int, workers: Optional[int]) -> int:
     if check_backend(backend) == "ray":
         if nproc != 1:
             raise ConfigError("--nproc starts processes on this machine; with --backend ray, ask for --workers N.")
+        if workers is not None and workers < 1:
+            raise ConfigError(f"--workers must be at least 1; got {workers}.")
         return 1 if workers is None else workers
     if workers is not None:
         raise ConfigError("--workers is the number of Ray Train workers: add --backend ray (or use --nproc N here).")

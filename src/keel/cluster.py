@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import socket
 from typing import Any, Iterator
 
 from keel.errors import ConfigError
@@ -27,12 +27,36 @@ def check_backend(backend: str) -> str:
 
 
 def ray_module() -> Any:
-    """``ray``, or a ConfigError naming the extra to install."""
+    """``ray`` (with Ray Tune and Ray Train), or a ConfigError naming the extra to install."""
     try:
         import ray
-    except ImportError:
-        raise ConfigError("--backend ray needs Ray: pip install 'keel[ray]'.") from None
+        import ray.train.torch  # noqa: F401  (the extras keel[ray] installs)
+        import ray.tune  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(f"--backend ray needs Ray with Ray Tune and Ray Train ({error}): pip install 'keel[ray]'.") \
+            from None
     return ray
+
+
+# How long keel waits for a cluster's address to answer before saying it cannot be reached (Ray's own
+# client retries for minutes).
+CONNECT_SECONDS = 10.0
+
+
+def _reachable(address: str) -> str | None:
+    """Why ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) cannot be reached, or None when it answers
+    (or is ``auto``, which Ray resolves itself)."""
+    if address == "auto":
+        return None
+    where = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        return f"{address!r} is not HOST:PORT, ray://HOST:PORT or auto"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS):
+            return None
+    except OSError as error:
+        return f"nothing answers at {host}:{port} ({error.strerror or error})"
 
 
 @contextlib.contextmanager
@@ -46,18 +70,24 @@ def ray_session(address: str | None) -> Iterator[Any]:
     """
     ray = ray_module()
     if ray.is_initialized():
+        joined = ray.get_runtime_context().gcs_address
+        if address not in (None, "auto", joined):
+            raise ConfigError(f"this process already joined the Ray cluster at {joined}; ray_address {address!r} "
+                              "would be another. Leave ray_address out (the joined cluster is used), or call "
+                              "ray.shutdown() first.")
         yield ray
         return
-    # Ray's own start-up and dashboard lines would bury keel's; errors still show.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+    hint = ("Check --ray-address (ray://HOST:10001, HOST:6379 or auto, with `ray start --head` running there), or leave "
+            "it out to start Ray on this machine.")
+    problem = None if address is None else _reachable(address)
+    if problem is not None:
+        raise ConfigError(f"cannot connect to {where}: {problem}. {hint}")
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                 configure_logging=True)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     except Exception as error:  # ConnectionError, ValueError for an unreadable address, Ray's own errors
-        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
-        raise ConfigError(f"cannot connect to {where}: {str(error).splitlines()[0] if str(error) else type(error).__name__}. "
-                          "Check --ray-address (ray://HOST:10001, HOST:6379 or auto, with `ray start --head` running "
-                          "there), or leave it out to start Ray on this machine.") from None
+        raise ConfigError(f"cannot connect to {where}: "
+                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}. {hint}") from None
     try:
         yield ray
     finally:

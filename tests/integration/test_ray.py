@@ -131,7 +131,7 @@ def test_ray_tune_marks_stopped_trials_pruned_and_failed_ones_with_their_reason(
     """What Ray reports at a trial's end becomes the Optuna state keel's summary shows."""
     import optuna
 
-    from keel.search.ray_tune import _ERROR, _FINAL, _VALUE, _StudySearch
+    from keel.search.ray_tune import _ERROR, _FINAL, _STEP, _VALUE, _StudySearch
     from keel.search.space import search_space
     from keel.train.callbacks import Reporter
 
@@ -140,17 +140,21 @@ def test_ray_tune_marks_stopped_trials_pruned_and_failed_ones_with_their_reason(
     search = _StudySearch(optuna, study, space, "min", needed=2, reporter=Reporter())
     assert all(isinstance(search.suggest(trial_id), dict) for trial_id in ("a", "b"))
     assert search.suggest("c") is None  # two running, two needed: wait for one to end (it may fail)
-    search.on_trial_result("a", {_VALUE: 0.7, "training_iteration": 1})
-    search.on_trial_complete("a", {_VALUE: 0.7, "training_iteration": 1})  # stopped by the median rule
+    search.on_trial_result("a", {_VALUE: 0.7, _STEP: 1})
+    search.on_trial_result("a", {_VALUE: 0.6, _STEP: 1})  # delivered again: the first value stays
+    search.on_trial_complete("a", {_VALUE: 0.7, _STEP: 1})  # stopped by the median rule
     search.on_trial_result("b", {_VALUE: math.nan, _ERROR: "column x is all missing"})
     search.on_trial_complete("b", None, error=True)
     assert isinstance(search.suggest("c"), dict)  # the failed trial is replaced
-    search.on_trial_complete("c", {_VALUE: 0.5, _FINAL: 1, "seconds": 1.5, "epochs": 3})
+    search.on_trial_result("c", {_VALUE: 0.6, _STEP: 1})
+    search.on_trial_result("c", {_VALUE: 0.5, _STEP: 2, _FINAL: 1, "seconds": 1.5, "epochs": 1})  # the score: no epoch
+    search.on_trial_complete("c", {_VALUE: 0.5, _STEP: 2, _FINAL: 1, "seconds": 1.5, "epochs": 1})
     states = [trial.state.name for trial in study.trials]
     assert states == ["PRUNED", "FAIL", "COMPLETE"]
     assert study.trials[0].intermediate_values == {1: 0.7}
     assert study.trials[1].user_attrs["error"] == "column x is all missing"
-    assert study.trials[2].value == 0.5 and study.trials[2].user_attrs == {"seconds": 1.5, "epochs": 3}
+    assert study.trials[2].value == 0.5 and study.trials[2].user_attrs == {"seconds": 1.5, "epochs": 1}
+    assert study.trials[2].intermediate_values == {1: 0.6}
     assert search.suggest("d") == "FINISHED"  # the pruned and the complete trial make the two needed
 
 

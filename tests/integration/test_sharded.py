@@ -121,3 +121,14 @@ def test_a_column_some_ranks_read_as_numbers_gets_the_one_process_vocabulary(tmp
     vocabularies = [{t.name: sorted(t.vocabulary) for t in model.preprocessor.categorical} for model in (single, double)]
     assert "00007" in vocabularies[0]["zip"] and "A01" in vocabularies[0]["zip"]  # as written, not 7
     assert vocabularies[1] == vocabularies[0]
+
+
+def test_a_file_larger_than_the_memory_budget_is_read_in_shares_too(files) -> None:
+    """A single process would stream this file (its table exceeds data.memory_budget); the ranks read their
+    shares of it instead of refusing, as they did before rank-sharded reading."""
+    config = {**CONFIG, "data.memory_budget": "1MiB"}
+    streamed = keel.fit(files["csv"], target="label", config=config, quiet=True, importance=False)
+    assert any(note.startswith("streaming") for note in streamed.notes)
+    double = keel.fit(files["csv"], target="label", config=config, quiet=True, importance=False, nproc=2)
+    assert any("each reading its share" in note for note in double.notes)
+    assert double.metrics["accuracy"] > 0.75 and streamed.metrics["accuracy"] > 0.75  # different test rows each

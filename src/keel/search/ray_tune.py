@@ -9,12 +9,13 @@ epochs, a trial whose validation metric is worse than the median of the others' 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
 import time
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 from ray.tune.search import Searcher
@@ -26,8 +27,9 @@ from keel.errors import KeelError
 from keel.search.space import overrides, suggest
 from keel.train.callbacks import Reporter
 
-# Ray results carry the validation metric under this name; a trial's last one says it finished.
-_VALUE, _FINAL, _ERROR = "keel_value", "keel_final", "keel_error"
+# Ray results carry the validation metric and keel's step (network k of a bag reports its epoch e as
+# (k-1) x epochs + e, as with --backend torch); a trial's last result says it finished, or its error.
+_VALUE, _STEP, _FINAL, _ERROR = "keel_value", "keel_step", "keel_final", "keel_error"
 
 
 def run_trials(optuna: Any, study: Any, frame: pd.DataFrame, settings: Config, space: dict[str, Any], monitor: str,
@@ -40,10 +42,8 @@ def run_trials(optuna: Any, study: Any, frame: pd.DataFrame, settings: Config, s
 
     mode = "max" if direction == "maximize" else "min"
     _fail_abandoned(optuna, study)
-    # Ray Tune's own tables and paths: keel reports each trial's end itself (verbose=0 silences the old output).
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     with ray_session(address) as ray, tempfile.TemporaryDirectory(prefix="keel-ray-tune-") as scratch, \
-            warnings.catch_warnings():
+            warnings.catch_warnings(), _quiet_tune():
         # Optuna warns that a storage's heartbeats are meant for Study.optimize; Ray asks and tells instead.
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         searcher = _StudySearch(optuna, study, space, mode, needed, reporter)
@@ -55,11 +55,27 @@ def run_trials(optuna: Any, study: Any, frame: pd.DataFrame, settings: Config, s
             trainable,
             tune_config=ray_tune.TuneConfig(
                 search_alg=searcher, num_samples=2 * needed, max_concurrent_trials=jobs, time_budget_s=budget,
-                scheduler=MedianStoppingRule(time_attr="training_iteration", metric=_VALUE, mode=mode,
-                                             grace_period=5, min_samples_required=5)),
+                scheduler=MedianStoppingRule(time_attr=_STEP, metric=_VALUE, mode=mode, grace_period=5,
+                                             min_samples_required=5)),
             run_config=ray_tune.RunConfig(storage_path=scratch, name="keel-tune", verbose=0))
         tuner.fit()
+        searcher.settle()
         del ray
+
+
+@contextlib.contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Ray Tune's old output engine while the search runs (its verbose=0 prints nothing; the new one draws
+    tables and paths): keel reports each trial's end itself. The variable is restored after."""
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
 def _fail_abandoned(optuna: Any, study: Any) -> None:
@@ -108,11 +124,26 @@ class _StudySearch(OptunaSearch):
         if _ERROR in result:
             self.errors[trial_id] = result[_ERROR]
             return
-        step = result.get("training_iteration", 0)
-        if step <= self.steps.get(trial_id, 0):
-            return  # a result Ray delivered again: Optuna keeps one value a step (and warns of a second)
+        step = int(result.get(_STEP, 0))
+        if _FINAL in result or trial_id not in self._ot_trials or step <= self.steps.get(trial_id, 0):
+            return  # the score is not an epoch; a result Ray delivered again keeps its first value
         self.steps[trial_id] = step
-        super().on_trial_result(trial_id, result)
+        self._ot_trials[trial_id].report(float(result[_VALUE]), step)
+
+    def settle(self) -> None:
+        """End the trials Ray stopped without telling (its time budget): pruned at their last reported
+        epoch, or failed when they reported none, never left running in the study."""
+        assert self._ot_study is not None
+        for trial_id, trial in self._ot_trials.items():
+            if trial_id in self._completed_trials:
+                continue
+            if self.steps.get(trial_id):
+                self._ot_study.tell(trial, state=self.states.PRUNED)
+                self.done += 1
+            else:
+                trial.set_user_attr("error", "stopped by --time-limit before its first epoch ended")
+                self._ot_study.tell(trial, state=self.states.FAIL)
+            self._completed_trials.add(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         trial = self._ot_trials.get(trial_id)
@@ -162,13 +193,19 @@ def _trial(values: dict[str, Any], frame: pd.DataFrame, settings: dict[str, Any]
     base = load_config(settings)
     trial_settings = load_config(base, overrides=overrides(values, base))
     started = time.perf_counter()
+    last = [0]  # the last step reported: the score and an error come after it
+
+    def emit(value: float, step: int) -> None:
+        last[0] = step
+        ray_tune.report({_VALUE: value, _STEP: step})
+
     try:
         model = fit(frame, config=trial_settings, importance=False,
-                    reporter=EpochReporter(monitor, trial_settings.training.epochs,
-                                           lambda value, step: ray_tune.report({_VALUE: value})))
+                    reporter=EpochReporter(monitor, trial_settings.training.epochs, emit))
     except KeelError as error:  # the trial fails; its reason is kept for the "no trial finished" error
-        ray_tune.report({_VALUE: math.nan, _ERROR: str(error).splitlines()[0][:500]})
+        ray_tune.report({_VALUE: math.nan, _STEP: last[0] + 1, _ERROR: str(error).splitlines()[0][:500]})
         raise
     epochs = sum(len(network["epochs"]) for network in model.history.get("bags", [model.history]))
     ray_tune.report({_VALUE: score(model.history, monitor, keeps_last=not trial_settings.training.early_stopping),
-                     _FINAL: 1, "seconds": round(time.perf_counter() - started, 3), "epochs": epochs})
+                     _STEP: last[0] + 1, _FINAL: 1, "seconds": round(time.perf_counter() - started, 3),
+                     "epochs": epochs})

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 from keel.artifact import check_destination
-from keel.cluster import check_backend
+from keel.cluster import check_backend, ray_module
 from keel.config import Config, ConfigSource, load_config, with_target
 from keel.data.io import TableSource, read_table
 from keel.data.schema import infer_task, require_column
@@ -99,6 +99,8 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
     """
     optuna = _optuna()
     ray = check_backend(backend) == "ray"
+    if ray:
+        ray_module()  # a missing extra is one line, before the data is read
     if ray_address is not None and not ray:
         raise ConfigError("ray_address (--ray-address) is for backend ray (--backend ray).")
     if ray and pruner is not None:

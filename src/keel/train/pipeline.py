@@ -15,6 +15,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -22,7 +23,7 @@ import pandas as pd
 import torch
 
 from keel.artifact import check_destination
-from keel.cluster import check_backend
+from keel.cluster import check_backend, ray_module
 from keel.config import Config, ConfigSource, TrainingConfig, load_config, with_target
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
@@ -95,10 +96,12 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         >>> model.predict("examples/penguins.csv")[:2]
     """
     settings = with_target(load_config(config), target)
-    if nproc < 1:
-        raise ConfigError(f"nproc must be at least 1; got {nproc}.")
     ranks = distributed.current()
     ray = check_backend(backend) == "ray" and ranks is None
+    if nproc < 1:
+        raise ConfigError(f"{'nproc (--workers with backend ray)' if ray else 'nproc'} must be at least 1; got {nproc}.")
+    if ray:
+        ray_module()  # a missing extra is one line, before any work
     if (ray_address is not None or ray_storage is not None) and not ray:
         raise ConfigError("ray_address and ray_storage (--ray-address, --ray-storage) are for backend ray (--backend ray).")
     if (nproc > 1 or ranks is not None or ray) and settings.model.norm == "batch":
@@ -112,10 +115,11 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
                               "in a data-parallel run. Resume it on one process, or start it again.")
         if output is not None:
             check_destination(output)  # before any worker starts
+        # Paths as absolute ones: Ray runs each worker in a directory of its own.
         arguments = {
-            "data": data if isinstance(data, pd.DataFrame) else str(data), "target": settings.target,
+            "data": data if isinstance(data, pd.DataFrame) else _absolute(data), "target": settings.target,
             "config": settings.model_dump(mode="json"), "quiet": quiet, "importance": importance,
-            "test": None if test is None else test if isinstance(test, pd.DataFrame) else str(test),
+            "test": None if test is None else test if isinstance(test, pd.DataFrame) else _absolute(test),
             "output": None if output is None else str(output), "delimiter": delimiter, "encoding": encoding}
         with output_lock(output) if output is not None else contextlib.nullcontext():  # held for the ranks
             if ray:
@@ -208,6 +212,12 @@ def _train_streamed(data: TableSource, test: TableSource | None, settings: Confi
         model = train_networks(prepared, settings, training, notes, reporter, device, importance, checkpoints,
                                deadline)
     return model, checkpoints
+
+
+def _absolute(path: TableSource) -> str:
+    """A local path made absolute (a URI as it is)."""
+    text = str(path)
+    return text if "://" in text else str(Path(text).resolve())
 
 
 def _train_sharded(data: TableSource, test: TableSource | None, settings: Config, notes: Notes, reporter: Reporter,
