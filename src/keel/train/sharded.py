@@ -40,6 +40,7 @@ from keel.train.streamed import (
     _TEST,
     _TRAIN,
     _VALIDATION,
+    MAX_TEST_ROWS,
     SAMPLE_ROWS,
     Plan,
     Streamer,
@@ -49,6 +50,7 @@ from keel.train.streamed import (
     _write,
     _write_test,
     fit_on_scan,
+    stacked,
 )
 from keel.train.trainer import Batch, Rows
 
@@ -126,15 +128,16 @@ def prepare_sharded(path: str | os.PathLike[str], test: Any, settings: Config, t
         held = [validation.to(cpu) for _, validation in bags[:n_networks] if validation is not None]
         if not held:
             return fitted.take(np.zeros(0, dtype=np.int64)), None
-        ends = np.cumsum([len(batch) for batch in held])
-        positions = [np.arange(end - len(batch), end) for batch, end in zip(held, ends)] if len(held) > 1 else None
-        return _concatenate(held), positions
+        return stacked(held)
 
     def test_predictions(model: Model) -> Predictions | None:
         if not len(test_rows):
             return None
-        return model._predictions(test_rows.numeric, test_rows.categorical, test_rows.target, test_rows.weight,
-                                  test_numbers + 1)
+        rows_, numbers_ = test_rows, test_numbers
+        if len(rows_) > MAX_TEST_ROWS:  # the predictions are kept for the report: a seeded sample of them
+            picked = np.sort(np.random.default_rng(training.seed).permutation(len(rows_))[:MAX_TEST_ROWS])
+            rows_, numbers_ = rows_.take(picked), numbers_[picked]
+        return model._predictions(rows_.numeric, rows_.categorical, rows_.target, rows_.weight, numbers_ + 1)
 
     def held_out() -> tuple[Batch, str] | None:
         validation = bags[0][1]

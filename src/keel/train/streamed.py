@@ -528,10 +528,7 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
         if not held:
             return rows(pool, set(), cpu).take(np.zeros(0, dtype=np.int64)), None
         share = max(1, MAX_ROWS // len(held))
-        batches = [part.take(validation_sample(len(part), share, training.seed)) for part in held]
-        ends = np.cumsum([len(batch) for batch in batches])
-        folds = [np.arange(end - len(batch), end) for batch, end in zip(batches, ends)] if len(held) > 1 else None
-        return _concatenate(batches), folds
+        return stacked([part.take(validation_sample(len(part), share, training.seed)) for part in held])
 
     def test_predictions(model: Model) -> Predictions | None:
         if not len(test_rows):
@@ -667,6 +664,13 @@ def _describe_parts(n_train: int, n_validation: int, n_test: int, scan: Scan, st
     if scan.n_unlabelled:
         text += f"; dropped {scan.n_unlabelled} row(s) of the training data with a missing {streamer.target!r}"
     return text
+
+
+def stacked(batches: list[Batch]) -> tuple[Batch, list[np.ndarray] | None]:
+    """Networks' validation rows one after another, and (with several) each network's positions there."""
+    ends = np.cumsum([len(batch) for batch in batches])
+    positions = [np.arange(end - len(batch), end) for batch, end in zip(batches, ends)] if len(batches) > 1 else None
+    return _concatenate(batches), positions
 
 
 def _concatenate(batches: list[Batch]) -> Batch:
