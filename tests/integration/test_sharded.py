@@ -49,22 +49,31 @@ def test_the_ranks_chunks_partition_the_file_with_file_row_numbers(files, kind, 
     rows = np.concatenate([chunk.index.to_numpy() for share in shares for chunk in share])
     assert sorted(rows.tolist()) == list(range(len(frame)))  # every row once, numbered as in the file
     for share in shares:
-        assert len(share) >= 3
+        assert len(share) >= 2
         for chunk in share:  # each chunk holds the file's rows at its numbers
             expected = frame.iloc[chunk.index.to_numpy()].reset_index(drop=True)
             pd.testing.assert_frame_equal(chunk.reset_index(drop=True)[["x0", "city"]], expected[["x0", "city"]])
-    if kind == "parquet":  # 12 row groups of 1,000: rank r reads groups r, r + world, ... and no others
-        groups = {int(index) // 1_000 for index in np.concatenate([c.index.to_numpy() for c in shares[1]])}
-        assert groups == set(range(1, 12, world))
+    if kind == "parquet":  # rank r reads rows r * n // world to (r + 1) * n // world, and no others
+        for rank, share in enumerate(shares):
+            held = np.concatenate([chunk.index.to_numpy() for chunk in share])
+            assert held.tolist() == list(range(rank * 12_000 // world, (rank + 1) * 12_000 // world))
 
 
-def test_a_parquet_file_with_fewer_row_groups_than_ranks_is_cut_in_runs_of_rows(tmp_path) -> None:
-    frame = _frame(3_000)
-    path = tmp_path / "one-group.parquet"
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)  # one row group
-    shares = [list(read_chunks(path, rows=500, shard=(rank, 2))) for rank in range(2)]
-    assert [len(share) for share in shares] == [3, 3]
-    assert sorted(np.concatenate([c.index.to_numpy() for s in shares for c in s]).tolist()) == list(range(3_000))
+@pytest.mark.parametrize("sizes", [[3_000], [2_000, 500, 500], [1_000] * 3])
+def test_parquet_row_groups_of_any_size_are_shared_by_rows(tmp_path, sizes) -> None:
+    frame = _frame(sum(sizes))
+    path = tmp_path / "groups.parquet"
+    with pq.ParquetWriter(path, pa.Table.from_pandas(frame.head(1), preserve_index=False).schema) as writer:
+        start = 0
+        for size in sizes:  # uneven row groups: whole groups would give one rank most of the rows
+            writer.write_table(pa.Table.from_pandas(frame.iloc[start:start + size], preserve_index=False))
+            start += size
+    assert pq.ParquetFile(path).num_row_groups == len(sizes)
+    shares = [list(read_chunks(path, rows=400, shard=(rank, 2))) for rank in range(2)]
+    held = [np.concatenate([chunk.index.to_numpy() for chunk in share]) for share in shares]
+    assert [len(rows) for rows in held] == [1_500, 1_500]
+    assert held[0].tolist() + held[1].tolist() == list(range(3_000))
+    pd.testing.assert_series_equal(pd.concat(shares[1])["x0"], frame["x0"].iloc[1_500:], check_names=False)
 
 
 def test_merged_scans_add_up_and_keep_the_smallest_keys_of_all() -> None:

@@ -110,4 +110,5 @@ def test_sharded_ranks_end_with_the_same_weights_with_weights_and_groups(tmp_pat
     model = keel.fit(tmp_path / "train.csv", target="y", test=tmp_path / "test.csv", quiet=True, importance=False,
                      nproc=2, config={**CONFIG, "training.weight_column": "w", "training.split_by": "group"})
     assert (digests / "rank-0.txt").read_text() == (digests / "rank-1.txt").read_text()
+    assert model.metrics is not None
     assert model.metrics["n_rows"] == 500 and model.metrics["r2"] > 0.5

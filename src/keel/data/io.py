@@ -114,11 +114,11 @@ def read_chunks(
         encoding: CSV text encoding; UTF-8 (with or without BOM), else Latin-1, when None.
         text: CSV columns read as text, as written, in every chunk (``00042`` stays ``00042`` even in
             a chunk where every value is digits); other formats keep their file-wide types.
-        shard: ``(rank, world)``: only this rank's share of the chunks, for data-parallel training.
-            A Parquet file with at least ``world`` row groups gives rank r its row groups r, r + world,
-            ... (only those are read; a chunk then never spans two row groups); otherwise (CSV, JSON
-            Lines, a Parquet file with fewer row groups) rank r gets chunks r, r + world, ... (the
-            text is still parsed to find them, but only those are kept).
+        shard: ``(rank, world)``: only this rank's share of the rows, for data-parallel training.
+            A Parquet file gives rank r the rows ``r * n // world`` to ``(r + 1) * n // world`` (only
+            the row groups holding them are read; a chunk then never spans two row groups); a CSV or
+            JSON Lines file gives rank r chunks r, r + world, ... (the text is still parsed to find
+            them, but only those are kept).
 
     Returns:
         An iterator of DataFrames. The file's path, format, header and the ``columns`` asked for
@@ -363,27 +363,35 @@ def _parquet_chunks(path: Path, rows: int, columns: list[str] | None,
     except DataError:
         parquet.close()
         raise
-    if shard is not None and parquet.num_row_groups >= shard[1]:
-        return _parquet_groups(path, parquet, rows, chosen, *shard), True
+    if shard is not None:
+        return _parquet_range(path, parquet, rows, chosen, *shard), True
     return _parquet_frames(path, parquet, rows, chosen), False
 
 
-def _parquet_groups(path: Path, parquet: Any, rows: int, columns: list[str] | None, rank: int,
-                    world: int) -> Iterator[pd.DataFrame]:
-    """Row groups rank, rank + world, ... in chunks of at most ``rows`` rows, numbered as in the file."""
+def _parquet_range(path: Path, parquet: Any, rows: int, columns: list[str] | None, rank: int,
+                   world: int) -> Iterator[pd.DataFrame]:
+    """Rows ``rank * n // world`` to ``(rank + 1) * n // world`` in chunks of at most ``rows`` rows,
+    numbered as in the file; only the row groups that hold them are read."""
+    total = parquet.metadata.num_rows
+    first, last = rank * total // world, (rank + 1) * total // world
     sizes = [parquet.metadata.row_group(index).num_rows for index in range(parquet.num_row_groups)]
     starts = [0, *itertools.accumulate(sizes)]
     with parquet:
-        for group in range(rank, len(sizes), world):
-            start = starts[group]
+        for group, size in enumerate(sizes):
+            begin, end = max(first, starts[group]), min(last, starts[group] + size)
+            if begin >= end:
+                continue
+            position = starts[group]
             batches = _guarded(parquet.iter_batches(batch_size=rows, row_groups=[group], columns=columns), path)
             for batch in batches:
-                if not batch.num_rows:
-                    continue
-                frame = _to_pandas(pa.Table.from_batches([batch]), path, start)
-                frame.attrs["source"] = str(path)
-                start += len(frame)
-                yield frame
+                low, high = max(begin - position, 0), min(end - position, batch.num_rows)
+                if high > low:
+                    frame = _to_pandas(pa.Table.from_batches([batch.slice(low, high - low)]), path, position + low)
+                    frame.attrs["source"] = str(path)
+                    yield frame
+                position += batch.num_rows
+                if position >= end:
+                    break
 
 
 def _parquet_file(path: Path) -> Any:

@@ -171,11 +171,15 @@ def _rank_main(rank: int, world: int, port: int, arguments: dict[str, Any], scra
             digest = hashlib.sha256(b"".join(state[name].numpy().tobytes() for name in sorted(state))).hexdigest()
             Path(digests, f"rank-{rank}.txt").write_text(digest)
     except KeelError as error:
-        Path(scratch, f"error-{rank}.json").write_text(json.dumps({"type": type(error).__name__, "message": str(error)}))
+        where = {key: getattr(error, key, None) for key in ("file", "column", "row")}
+        Path(scratch, f"error-{rank}.json").write_text(json.dumps(
+            {"type": type(error).__name__, "message": str(error), "where": {k: v for k, v in where.items() if v is not None}},
+            default=str))
         raise SystemExit(2) from None
     except Exception as error:  # a collective that failed because another rank died, or a bug: say what it was
         message = f"rank {rank} failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        Path(scratch, f"error-{rank}.json").write_text(json.dumps({"type": "KeelError", "message": message}))
+        Path(scratch, f"error-{rank}.json").write_text(json.dumps({"type": "KeelError", "message": message,
+                                                                   "knock_on": True}))
         raise SystemExit(1) from None
     finally:
         dist.destroy_process_group()
@@ -189,15 +193,15 @@ def _rank_error(scratch: str, nproc: int, error: Exception) -> KeelError:
         return KeelError(f"rank {getattr(error, 'error_index', '?')} of the {nproc}-process training was killed by "
                          f"signal {signal_name}; the other ranks were stopped and nothing was saved. Run again (with "
                          "fewer --nproc, or without, to see the error).")
-    for index in range(nproc):
-        path = Path(scratch, f"error-{index}.json")
-        if path.is_file():
-            document = json.loads(path.read_text())
-            kind = getattr(errors, document["type"], KeelError)
-            try:
-                return kind(document["message"])
-            except TypeError:  # an error class with other required arguments
-                return KeelError(document["message"])
+    documents = [json.loads(path.read_text()) for index in range(nproc)
+                 if (path := Path(scratch, f"error-{index}.json")).is_file()]
+    # A rank's own KeelError (bad data in its share) before the others' failed collectives that followed it.
+    for document in sorted(documents, key=lambda document: bool(document.get("knock_on"))):
+        kind = getattr(errors, document["type"], KeelError)
+        try:
+            return kind(document["message"], **document.get("where", {}))
+        except TypeError:  # an error class with other arguments
+            return KeelError(document["message"])
     return KeelError(f"rank {getattr(error, 'error_index', '?')} of the {nproc}-process training failed; the other "
                      "ranks were stopped and nothing was saved. Run again (with fewer --nproc, or without, to see the "
                      "error).")

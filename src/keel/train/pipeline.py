@@ -384,8 +384,10 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
                 break
         if validation_rows is None and training.early_stopping and index == 0:
             notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
-        network = TabularNetwork(spec).to(device)
         rank_now = distributed.current()
+        if rank_now is not None:  # every rank's network starts alike (the last one drew per-rank masks)
+            torch.manual_seed(training.seed + index)
+        network = TabularNetwork(spec).to(device)
         if rank_now is not None:  # the same initial weights on every rank, but each its own dropout masks
             torch.manual_seed(training.seed + 7919 * rank_now.rank + index)
         restored = checkpoints.restore_network(index, network) if checkpoints is not None else None
@@ -406,10 +408,11 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
 
             assert isinstance(train_rows, Batch)
             all_rows = data.fitted  # a sample of every rank's rows
-            train_rows, left_out = equal_share(train_rows, training.seed + index, ranks)
-            if left_out and ranks.rank == 0 and index == 0:
-                notes.append(f"each rank trains on {len(train_rows):,} rows, the smallest rank's share ({left_out:,} of "
-                             "rank 0's left out, a seeded random few), so that the ranks' steps match")
+            train_rows, left_out, total = equal_share(train_rows, training.seed + index, ranks)
+            if left_out and index == 0:
+                notes.append(f"each of the {ranks.world} ranks trains on {len(train_rows):,} rows, the smallest "
+                             f"rank's share, so that their steps match: {left_out:,} of the {total:,} training rows "
+                             "are left out (a seeded random choice)")
         elif ranks is not None:  # this rank's share of the rows; the autograd path, whose gradients it averages
             if not isinstance(train_rows, Batch):
                 raise ConfigError("a data-parallel run (nproc > 1) cannot stream its data yet; raise data.memory_budget "

@@ -29,6 +29,7 @@ import torch
 
 from keel.config import Config, TrainingConfig
 from keel.data.io import table_size
+from keel.errors import ConfigError
 from keel.evaluate.predictions import Predictions
 from keel.model import Model
 from keel.nn.numeric import BIN_SAMPLE
@@ -64,7 +65,8 @@ def sharding_plan(path: str | os.PathLike[str], settings: Config, ranks: Ranks, 
     size = table_size(path, delimiter=delimiter, encoding=encoding)
     row_bytes = max(size.row_bytes, 1.0)
     budget = settings.data.budget_bytes
-    chunk_rows = max(256, min(int(budget / 16 / row_bytes), math.ceil(size.rows / (_CHUNKS_PER_RANK * ranks.world))))
+    # No floor: a small file's chunks are small, so that taking every N-th one still shares it evenly.
+    chunk_rows = max(1, min(int(budget / 16 / row_bytes), math.ceil(size.rows / (_CHUNKS_PER_RANK * ranks.world))))
     return Plan(budget=budget, size=size, chunk_rows=chunk_rows,
                 sample_rows=max(1000, min(SAMPLE_ROWS, int(budget / 8 / row_bytes))),
                 delimiter=delimiter, encoding=encoding)
@@ -88,7 +90,7 @@ def prepare_sharded(path: str | os.PathLike[str], test: Any, settings: Config, t
         for chunk, parts, _ in streamer.chunks():
             _write(chunk, parts, preprocessor, target, training, pool, tests)
     pool.finish()
-    if test is not None:  # a test file: every rank reads it (rank 0 alone scores it)
+    if test is not None and ranks.rank == 0:  # a test file: rank 0 alone reads and scores it
         _write_test(test, plan, streamer.text, preprocessor, target, schema.feature_names, training, tests, notes)
     tests.finish()
     cpu = torch.device("cpu")
@@ -105,16 +107,20 @@ def prepare_sharded(path: str | os.PathLike[str], test: Any, settings: Config, t
     else:
         validation = _everyone(rows(pool, {_VALIDATION})[0])
         bags = [(rows(pool, {_TRAIN})[0].to(device), validation.to(device) if len(validation) else None)]
-    own_fitted = rows(pool, set(folds))[0]
+    if min(gather(len(bags[0][0]))) == 0:
+        raise ConfigError(f"{path} has too few training rows for {ranks.world} data-parallel ranks: one of them holds "
+                          f"none ({fit.n_train} in all). Train with fewer --nproc / --workers, or without.")
+    own_fitted = DiskRows(pool, set(folds), BLOCK_ROWS, cpu)
     share = max(1, BIN_SAMPLE // ranks.world)  # bins and class weights: a sample of every rank's rows
     picked = np.sort(np.random.default_rng([training.seed, ranks.rank]).permutation(len(own_fitted))[:share])
     fitted = _everyone(own_fitted.take(picked))
     own_test, numbers = rows(tests, {_TEST})
-    if test is None:  # held-out test rows: each rank drew its own; rank 0 scores them all
+    if test is None:  # held-out test rows: each rank drew its own; rank 0 scores them all, in file order
         gathered = gather_to((own_test, numbers), 0)
         if gathered:
-            own_test = _concatenate([batch for batch, _ in gathered])
             numbers = np.concatenate([rows_ for _, rows_ in gathered])
+            order = np.argsort(numbers, kind="stable")
+            own_test, numbers = _concatenate([batch for batch, _ in gathered]).take(order), numbers[order]
     test_rows, test_numbers = (own_test, numbers) if ranks.rank == 0 else (own_test.take(np.zeros(0, np.int64)),
                                                                             numbers[:0])
     n_test = len(test_rows) if ranks.rank == 0 else fit.n_test
@@ -158,14 +164,16 @@ def prepare_sharded(path: str | os.PathLike[str], test: Any, settings: Config, t
     return prepared, fit.sample, scan.fingerprint
 
 
-def equal_share(rows: Batch, seed: int, ranks: Ranks) -> tuple[Batch, int]:
+def equal_share(rows: Batch, seed: int, ranks: Ranks) -> tuple[Batch, int, int]:
     """This rank's training rows cut to the smallest rank's count (a seeded random few left out), so that
-    every rank runs the same steps; returns them and how many were left out."""
-    least = int(min(gather(len(rows))))
+    every rank runs the same steps; returns them, how many all ranks left out, and all ranks' rows."""
+    counts = [int(count) for count in gather(len(rows))]
+    least = min(counts)
+    left_out = sum(counts) - least * ranks.world
     if len(rows) == least:
-        return rows, 0
+        return rows, left_out, sum(counts)
     kept = np.sort(np.random.default_rng([seed, ranks.rank, 1]).permutation(len(rows))[:least])
-    return rows.take(kept), len(rows) - least
+    return rows.take(kept), left_out, sum(counts)
 
 
 def _everyone(rows: Batch) -> Batch:
