@@ -89,7 +89,7 @@ def test_bagged_networks_report_their_epochs_at_aligned_steps(tmp_path) -> None:
     # The pruner compares trials step by step: the second network's first epoch must land on the
     # same step in every trial (after all of the first network's possible epochs), however early
     # the first network stopped.
-    epochs = 8
+    epochs = 16
     config = _config({"training.lr": {"choices": [0.3]}},
                      **{"training.epochs": epochs, "training.early_stopping": 2, "training.bagging": 2})
     model, _ = tune(PENGUINS, "species", config, trials=1, storage=_storage(tmp_path), quiet=True)

@@ -157,7 +157,7 @@ def test_heavy_sample_weights_pull_a_regressor_towards_their_rows() -> None:
     weighted = KeelRegressor(**settings).fit(X, y, sample_weight=pd.Series(weight))
     unweighted = KeelRegressor(**settings).fit(X, y)
     new = pd.DataFrame({"x": rng.normal(size=500), "sample_weight": rng.normal(size=500)})
-    assert weighted.predict(new).mean() < 2.5 and 4.0 < unweighted.predict(new).mean() < 6.0
+    assert weighted.predict(new).mean() < 2.5 and 3.5 < unweighted.predict(new).mean() < 6.5  # 1.0 and 5.0 ideally
     assert weighted.model_.config.training.weight_column == "_sample_weight"
     assert weighted.model_.schema.feature_names == ["x", "sample_weight"]
 
