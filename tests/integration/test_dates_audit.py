@@ -29,23 +29,14 @@ from keel.data.values import to_seconds
 from keel.errors import ArtifactError, ConfigError, DataError, KeelWarning
 from keel.nn.network import NetworkBag
 from tests.conftest import FAST
+from tests.integration import test_dates_export as dates_export
 from tests.integration.test_dates_export import FEATURES, call, exported_classifier
 
 
 def dated_table(n_rows: int = 200, seed: int = 0, zone: str = "Europe/Paris") -> pd.DataFrame:
     """A number, a category, a tz-aware datetime spanning DST changes and a plain date (both with
     missing values); the label follows the size, the hour and the month."""
-    rng = np.random.default_rng(seed)
-    stamp = pd.Timestamp("2023-01-01", tz=zone) + pd.to_timedelta(rng.integers(0, 500 * 24 * 60, n_rows), unit="min")
-    day = pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 900, n_rows), unit="D")
-    size = rng.normal(0, 1, n_rows)
-    frame = pd.DataFrame({"size": size, "color": rng.choice(["red", "blue", "green"], n_rows),
-                          "stamp": stamp, "day": day})
-    score = size + (stamp.hour >= 12) + (day.month.to_numpy() > 6)
-    frame["kind"] = np.where(score > 1.5, "high", np.where(score < 0.5, "low", "mid"))
-    frame.loc[rng.choice(n_rows, 10, replace=False), "stamp"] = pd.NaT
-    frame.loc[rng.choice(n_rows, 10, replace=False), "day"] = pd.NaT
-    return frame
+    return dates_export.dated_table(n_rows, seed, start="2023-01-01", zone=zone, missing=10, amount=False)
 
 
 def types_of(frame: pd.DataFrame, target: str, config: dict[str, Any] | None = None) -> dict[str, str]:

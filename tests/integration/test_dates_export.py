@@ -26,21 +26,23 @@ from keel.serve import ServeSettings, create_app
 from tests.conftest import FAST
 
 
-def dated_table(n_rows: int = 200, seed: int = 0) -> pd.DataFrame:
-    """A datetime in a time zone (hours matter) and a plain date, both with missing values; the
-    label depends on the hour and the month, the amount on the elapsed time."""
+def dated_table(n_rows: int = 200, seed: int = 0, *, start: str = "2023-03-01", zone: str = "America/New_York",
+                missing: int = 12, amount: bool = True) -> pd.DataFrame:
+    """A datetime in a time zone (hours matter; from ``start``, over 500 days, so across DST changes) and
+    a plain date, each with ``missing`` missing values; the label depends on the hour and the month, the
+    ``amount`` (when asked for) on the elapsed time."""
     rng = np.random.default_rng(seed)
-    stamp = pd.Timestamp("2023-03-01", tz="America/New_York") + pd.to_timedelta(
-        rng.integers(0, 500 * 24 * 60, n_rows), unit="min")
+    stamp = pd.Timestamp(start, tz=zone) + pd.to_timedelta(rng.integers(0, 500 * 24 * 60, n_rows), unit="min")
     day = pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 900, n_rows), unit="D")
     size = rng.normal(0, 1, n_rows)
     frame = pd.DataFrame({"size": size, "color": rng.choice(["red", "blue", "green"], n_rows),
                           "stamp": stamp, "day": day})
     score = size + (stamp.hour >= 12) + (day.month.to_numpy() > 6)
     frame["kind"] = np.where(score > 1.5, "high", np.where(score < 0.5, "low", "mid"))
-    frame["amount"] = 2 * size + (day - day.min()).days.to_numpy() / 300 + rng.normal(0, 0.1, n_rows)
-    frame.loc[rng.choice(n_rows, 12, replace=False), "stamp"] = pd.NaT
-    frame.loc[rng.choice(n_rows, 12, replace=False), "day"] = pd.NaT
+    if amount:
+        frame["amount"] = 2 * size + (day - day.min()).days.to_numpy() / 300 + rng.normal(0, 0.1, n_rows)
+    frame.loc[rng.choice(n_rows, missing, replace=False), "stamp"] = pd.NaT
+    frame.loc[rng.choice(n_rows, missing, replace=False), "day"] = pd.NaT
     return frame
 
 

@@ -42,7 +42,7 @@ def run_trials(optuna: Any, study: Any, frame: pd.DataFrame, settings: Config, s
 
     mode = "max" if direction == "maximize" else "min"
     _fail_abandoned(optuna, study)
-    with ray_session(address) as ray, tempfile.TemporaryDirectory(prefix="keel-ray-tune-") as scratch, \
+    with ray_session(address), tempfile.TemporaryDirectory(prefix="keel-ray-tune-") as scratch, \
             warnings.catch_warnings(), _quiet_tune():
         # Optuna warns that a storage's heartbeats are meant for Study.optimize; Ray asks and tells instead.
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
@@ -60,7 +60,6 @@ def run_trials(optuna: Any, study: Any, frame: pd.DataFrame, settings: Config, s
             run_config=ray_tune.RunConfig(storage_path=scratch, name="keel-tune", verbose=0))
         tuner.fit()
         searcher.settle()
-        del ray
 
 
 @contextlib.contextmanager

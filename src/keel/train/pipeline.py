@@ -374,6 +374,7 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     networks: list[TabularNetwork] = []
     histories: list[dict[str, Any]] = []
     planned_networks = len(data.bags)
+    ranks = distributed.current()
     for index, (train_rows, validation_rows) in enumerate(data.bags):
         if deadline is not None and histories:
             planned_networks = distributed.agree_min(
@@ -384,12 +385,11 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
                 break
         if validation_rows is None and training.early_stopping and index == 0:
             notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
-        rank_now = distributed.current()
-        if rank_now is not None:  # every rank's network starts alike (the last one drew per-rank masks)
+        if ranks is not None:  # every rank's network starts alike (the last one drew per-rank masks)
             torch.manual_seed(training.seed + index)
         network = TabularNetwork(spec).to(device)
-        if rank_now is not None:  # the same initial weights on every rank, but each its own dropout masks
-            torch.manual_seed(training.seed + 7919 * rank_now.rank + index)
+        if ranks is not None:  # the same initial weights on every rank, but each its own dropout masks
+            torch.manual_seed(training.seed + 7919 * ranks.rank + index)
         restored = checkpoints.restore_network(index, network) if checkpoints is not None else None
         if restored is not None:  # finished before the run was interrupted
             networks.append(network)
@@ -401,7 +401,6 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
             f"{len(train_rows)} rows ({0 if validation_rows is None else len(validation_rows)} validation, "
             f"{data.n_test} test): {len(schema.features)} features, "
             f"{sum(p.numel() for p in network.parameters())} parameters")
-        ranks = distributed.current()
         all_rows = train_rows  # number-embedding bins come from all of them: the same on every rank
         if ranks is not None and data.sharded:  # this rank's own rows, cut to the smallest rank's count
             from keel.train.sharded import equal_share

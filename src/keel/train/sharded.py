@@ -42,7 +42,6 @@ from keel.train.streamed import (
     _TRAIN,
     _VALIDATION,
     MAX_TEST_ROWS,
-    SAMPLE_ROWS,
     Plan,
     Streamer,
     _check_room,
@@ -51,6 +50,7 @@ from keel.train.streamed import (
     _write,
     _write_test,
     fit_on_scan,
+    plan_for,
     stacked,
 )
 from keel.train.trainer import Batch, Rows
@@ -63,13 +63,9 @@ def sharding_plan(path: str | os.PathLike[str], settings: Config, ranks: Ranks, 
                   encoding: str | None) -> Plan:
     """How the ranks read ``path``: chunks small enough that each rank gets many, and the sample."""
     size = table_size(path, delimiter=delimiter, encoding=encoding)
-    row_bytes = max(size.row_bytes, 1.0)
-    budget = settings.data.budget_bytes
-    # No floor: a small file's chunks are small, so that taking every N-th one still shares it evenly.
-    chunk_rows = max(1, min(int(budget / 16 / row_bytes), math.ceil(size.rows / (_CHUNKS_PER_RANK * ranks.world))))
-    return Plan(budget=budget, size=size, chunk_rows=chunk_rows,
-                sample_rows=max(1000, min(SAMPLE_ROWS, int(budget / 8 / row_bytes))),
-                delimiter=delimiter, encoding=encoding)
+    # No 1,024-row floor: a small file's chunks are small, so that every N-th one still shares it evenly.
+    most = math.ceil(size.rows / (_CHUNKS_PER_RANK * ranks.world))
+    return plan_for(size, settings.data.budget_bytes, delimiter, encoding, most_chunk_rows=most)
 
 
 def prepare_sharded(path: str | os.PathLike[str], test: Any, settings: Config, training: TrainingConfig,

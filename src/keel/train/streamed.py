@@ -90,8 +90,17 @@ def streaming_plan(source: Any, settings: Config, delimiter: str | None = None,
     size = table_size(source, delimiter=delimiter, encoding=encoding)
     if 2 * size.frame_bytes <= budget:
         return None
+    return plan_for(size, budget, delimiter, encoding)
+
+
+def plan_for(size: TableSize, budget: int, delimiter: str | None, encoding: str | None,
+             most_chunk_rows: int | None = None) -> "Plan":
+    """Chunks and sample from the budget's shares (chunks of at least 1,024 rows, or of at most
+    ``most_chunk_rows`` when given: data-parallel ranks need many small ones)."""
     row_bytes = max(size.row_bytes, 1.0)
-    return Plan(budget=budget, size=size, chunk_rows=max(1024, int(budget * _CHUNK_SHARE / row_bytes)),
+    chunk_rows = int(budget * _CHUNK_SHARE / row_bytes)
+    chunk_rows = max(1024, chunk_rows) if most_chunk_rows is None else max(1, min(chunk_rows, most_chunk_rows))
+    return Plan(budget=budget, size=size, chunk_rows=chunk_rows,
                 sample_rows=max(1000, min(SAMPLE_ROWS, int(budget * _SAMPLE_SHARE / row_bytes))),
                 delimiter=delimiter, encoding=encoding)
 
