@@ -119,6 +119,11 @@ class TrainingConfig(_Section):
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         64, description="Rows per training step; auto: 256, or fewer on small tables (at least 8 steps an "
         "epoch, never under 32).")
+    steps_per_epoch: Annotated[int, Field(ge=1)] | Literal["pass", "auto"] = Field(
+        "pass", description="Training steps between two validations: what epochs, early_stopping, checkpoints and "
+        "the time limit count. pass: a pass over the training rows; a number: that many steps, the next epoch "
+        "going on where the last one stopped in the shuffled rows (Keras' steps_per_epoch); auto: a pass, or "
+        "256 steps when a pass is longer (large tables are validated, and can stop, within a pass).")
     validation_split: float = Field(
         0.1, ge=0.0, lt=1.0, description="Fraction of the training rows held out for early stopping."
     )

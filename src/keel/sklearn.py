@@ -86,6 +86,7 @@ class _KeelEstimator(BaseEstimator):
         warmup: float | None = None,
         epochs: int | None = None,
         batch_size: int | str | None = None,
+        steps_per_epoch: int | str | None = None,
         validation_split: float | None = None,
         early_stopping: int | None = None,
         monitor: str | None = None,
@@ -134,6 +135,7 @@ class _KeelEstimator(BaseEstimator):
         self.warmup = warmup
         self.epochs = epochs
         self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
         self.validation_split = validation_split
         self.early_stopping = early_stopping
         self.monitor = monitor

@@ -116,6 +116,11 @@ def test_random_and_trainer_states_round_trip_through_tensors_and_json() -> None
                  id="bagging-between-networks"),
     pytest.param({**CHECKPOINTED, "training.bagging": 3, "training.epochs": 3, "model.dropout": 0.2}, 6,
                  id="bagging-within-a-network"),
+    # Epochs of 4 steps end within passes of 6 (86 rows, batch 16): the last checkpoints before the stops are
+    # 4 and 2 steps into a pass (a run stopped after epoch k resumes from epoch k - 1's checkpoint).
+    pytest.param({**CHECKPOINTED, "training.steps_per_epoch": 4, "model.dropout": 0.2}, 5, id="within-a-pass"),
+    pytest.param({**CHECKPOINTED, "training.steps_per_epoch": 4, "model.norm": "batch", "training.epochs": 8}, 3,
+                 id="within-a-pass-autograd"),
 ])
 def test_an_interrupted_run_resumes_to_the_same_model(tmp_path, config, stop) -> None:
     frame = make_classification_frame(120)
@@ -224,7 +229,9 @@ CONFIGS = {
     "fast": {"preset": "fast", "training.epochs": 10, "training.early_stopping": 9, "training.schedule": "plateau",
              "training.lr": 0.01},
     # The autograd step: number embeddings, an 8-member ensemble, dropout, warmup and cosine decay.
-    "balanced": {"preset": "balanced", "training.epochs": 4, "training.schedule": "cosine", "training.warmup": 0.2},
+    # Epochs of 5 steps, within passes of 8: kills land within passes too.
+    "balanced": {"preset": "balanced", "training.epochs": 4, "training.schedule": "cosine", "training.warmup": 0.2,
+                 "training.steps_per_epoch": 5},
     # Three networks, each checkpointed when it finishes; SGD with momentum on a regression target.
     "bagging": {"preset": "fast", "training.epochs": 4, "training.bagging": 3, "training.optimizer": "sgd",
                 "training.lr": 0.01, "target": "body_mass_g"},

@@ -158,7 +158,9 @@ class TrainerState:
         network: The network's ``state_dict()``.
         optimizer: The optimizer's tensors by name (moments, step counts).
         optimizer_values: The optimizer's other values (JSON: a flag, an int).
-        shuffle: The state of the generator that shuffles the rows each epoch (uint8).
+        shuffle: The state of the generator that shuffles the rows each pass (uint8), at the start of the
+            current pass when an epoch ended within one (training.steps_per_epoch).
+        pass_position: The batches of the current pass already trained on (0: the epoch ended a pass).
         rate: :meth:`keel.train.trainer.LearningRate.state`.
         history: :meth:`keel.train.trainer.History.to_dict` so far.
         best_score: The best (monitored metric, loss) so far, as the trainer compares them; None before any.
@@ -180,6 +182,7 @@ class TrainerState:
     best_weights: dict[str, torch.Tensor] | None
     random: RandomState
     seconds: float
+    pass_position: int = 0
 
     def pack(self, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Add the tensors to ``tensors`` (under ``current.``); returns the JSON part."""
@@ -189,7 +192,7 @@ class TrainerState:
         tensors["current.shuffle"] = self.shuffle
         return {"epoch": self.epoch, "optimizer": self.optimizer_values, "rate": self.rate, "history": self.history,
                 "best_score": self.best_score, "waited": self.waited, "has_best": self.best_weights is not None,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "pass_position": self.pass_position}
 
     @classmethod
     def unpack(cls, tensors: Mapping[str, torch.Tensor], document: Mapping[str, Any],
@@ -200,7 +203,8 @@ class TrainerState:
             shuffle=tensors["current.shuffle"], rate=dict(document["rate"]), history=dict(document["history"]),
             best_score=document["best_score"], waited=int(document["waited"]),
             best_weights=_prefixed(tensors, "current.best.") if document["has_best"] else None,
-            random=random_state, seconds=float(document["seconds"]))
+            random=random_state, seconds=float(document["seconds"]),
+            pass_position=int(document.get("pass_position", 0)))
 
 
 def _prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -680,6 +680,9 @@ def describe_settings(settings: Config, weighted: bool, device: torch.device | N
         f"{training.optimizer} lr {training.lr:g} ({training.schedule})", f"batch {training.batch_size}",
         f"up to {training.epochs} epochs" + (f", early stopping {training.early_stopping}" if training.early_stopping else ""),
     ]
+    if training.steps_per_epoch != "pass":
+        parts.append("epochs of " + ("a pass or 256 steps" if training.steps_per_epoch == "auto"
+                                     else f"{training.steps_per_epoch} steps"))
     if n_networks > 1:
         parts.append(f"{n_networks} bagged networks")
     if weighted:

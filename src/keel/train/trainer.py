@@ -228,12 +228,13 @@ class Trainer:
         # path (its first construction imports torch._dynamo, ~0.9 s of a small run).
         optimizer = None if self.fused is not None else build_optimizer(self.network, settings)
         self.batch_size = max(1, resolve_batch_size(settings.batch_size, len(train) * self.world) // self.world)
-        rate = LearningRate(settings, settings.epochs * len(batch_bounds(len(train), self.batch_size)),
-                            self.monitor)
+        self.steps_per_epoch = resolve_steps_per_epoch(settings.steps_per_epoch, len(train), self.batch_size)
+        feed = _Feed(train, self.batch_size, generator)
+        rate = LearningRate(settings, settings.epochs * self.steps_per_epoch, self.monitor)
         patience = settings.early_stopping if validation is not None and len(validation) else 0
         progress = _Progress(History(monitor=self.monitor))
         if resume is not None:
-            progress = self._restore(resume, optimizer, rate, generator)
+            progress = self._restore(resume, optimizer, rate, feed)
             # The skips before the checkpoint are in its history; the note counts the whole run's.
             numeric_guard(self).skipped.update({record["epoch"]: record["skipped_batches"]
                                                 for record in progress.history.epochs if "skipped_batches" in record})
@@ -245,7 +246,7 @@ class Trainer:
             for epoch in range(progress.epoch + 1, settings.epochs + 1):
                 epoch_started = time.perf_counter()
                 record = {"epoch": epoch, "lr": rate.value}
-                record["loss"] = self._train_epoch(train, optimizer, rate, generator)
+                record["loss"] = self._train_epoch(feed, epoch, optimizer, rate)
                 skipped = numeric_guard(self).skipped.get(epoch)
                 if skipped:
                     record["skipped_batches"] = skipped
@@ -259,7 +260,7 @@ class Trainer:
                 progress.epoch = epoch
                 if self.deadline is not None:
                     epoch_seconds.append(time.perf_counter() - epoch_started)
-                    planned = self._plan(epoch, planned, epoch_seconds, rate, len(train))
+                    planned = self._plan(epoch, planned, epoch_seconds, rate)
                     history.planned_epochs = planned if planned < settings.epochs else None
                 # Early stopping, or the time limit's last epoch (never the config's own last epoch).
                 stop = (bool(patience) and progress.waited >= patience) or epoch >= planned < settings.epochs
@@ -272,13 +273,13 @@ class Trainer:
                     break
                 if self.checkpoint is not None and epoch < settings.epochs and self.checkpoint.due(epoch):
                     history.seconds = time.perf_counter() - started
-                    self.checkpoint.save(self._state(progress, optimizer, rate, generator))
+                    self.checkpoint.save(self._state(progress, optimizer, rate, feed))
         if progress.best_state is not None:
             self.network.load_state_dict(progress.best_state)
         history.seconds = time.perf_counter() - started
         return history
 
-    def _plan(self, epoch: int, planned: int, epoch_seconds: list[float], rate: "LearningRate", n_rows: int) -> int:
+    def _plan(self, epoch: int, planned: int, epoch_seconds: list[float], rate: "LearningRate") -> int:
         """The epochs the time left allows (``deadline``, training.time_limit): as many more as fit at the
         slowest of the last three epochs' pace, never more than planned before. The learning-rate
         schedule is stretched or squeezed to end with them, so a cosine still anneals."""
@@ -291,7 +292,7 @@ class Trainer:
             allowed = agree_min(allowed)
         if allowed >= planned:
             return planned
-        rate.fit_to(allowed * len(batch_bounds(n_rows, self.batch_size)))
+        rate.fit_to(allowed * self.steps_per_epoch)
         return allowed
 
     def _track_best(self, progress: "_Progress", record: dict[str, Any], epoch: int, keep_weights: bool) -> None:
@@ -308,25 +309,26 @@ class Trainer:
             progress.waited += 1
 
     def _state(self, progress: "_Progress", optimizer: torch.optim.Optimizer | None, rate: "LearningRate",
-               generator: torch.Generator) -> TrainerState:
+               feed: "_Feed") -> TrainerState:
         """Everything the loop needs to go on after ``progress.epoch`` (the tensors are not copied:
         the checkpoint is written before training moves on)."""
         tensors, values = self._optimizer_state(optimizer)
+        shuffle, position = feed.place()
         best = None if progress.best_score == (math.inf, math.inf) else list(progress.best_score)
         on_gpu = any(parameter.is_cuda for parameter in self.network.parameters())
         return TrainerState(
             epoch=progress.epoch, network=self.network.state_dict(), optimizer=tensors, optimizer_values=values,
-            shuffle=generator.get_state(), rate=rate.state(), history=progress.history.to_dict(), best_score=best,
+            shuffle=shuffle, pass_position=position, rate=rate.state(), history=progress.history.to_dict(), best_score=best,
             waited=progress.waited, best_weights=progress.best_state, random=RandomState.capture(cuda=on_gpu),
             seconds=progress.history.seconds)
 
     def _restore(self, state: TrainerState, optimizer: torch.optim.Optimizer | None, rate: "LearningRate",
-                 generator: torch.Generator) -> "_Progress":
+                 feed: "_Feed") -> "_Progress":
         """Put the network, the optimizer, the schedule and every random generator back as ``state`` had them."""
         self.network.load_state_dict(state.network)
         self._load_optimizer_state(optimizer, state.optimizer, state.optimizer_values)
         rate.load_state(state.rate)
-        generator.set_state(state.shuffle)
+        feed.restore(state.shuffle, state.pass_position)
         state.random.restore()
         best = (math.inf, math.inf) if state.best_score is None else (state.best_score[0], state.best_score[1])
         return _Progress(History.from_dict(state.history), best, state.best_weights, state.waited, state.epoch)
@@ -368,26 +370,24 @@ class Trainer:
         # The groups' settings come from the config, as they did when the checkpoint was written.
         optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
-    def _train_epoch(self, train: Rows, optimizer: torch.optim.Optimizer | None, rate: "LearningRate",
-                     generator: torch.Generator) -> float:
+    def _train_epoch(self, feed: "_Feed", epoch: int, optimizer: torch.optim.Optimizer | None,
+                     rate: "LearningRate") -> float:
+        """``steps_per_epoch`` steps from ``feed``; returns their mean training loss per row."""
         self.network.train()
-        device = train.device
-        if isinstance(train, Batch):
-            # The order comes from a CPU generator, so a seed shuffles alike on every device.
-            order = torch.randperm(len(train), generator=generator).to(device)
-            batches = _batches(train, order, self.batch_size)
-        else:
-            order, batches = None, train.epoch_batches(self.batch_size, generator)
+        device = feed.rows.device
         total = torch.zeros((), device=device)
+        trained = torch.zeros((), dtype=torch.float64, device=device)  # rows (or row weight) of the steps taken
         guard = numeric_guard(self)
-        n_steps = len(batch_bounds(len(train), self.batch_size))
-        epoch = rate.steps // max(n_steps, 1) + 1  # the schedule counts every step, skipped ones too
+        n_steps = self.steps_per_epoch
         # Streamed rows are not kept, so a late check could not find the bad batch again: check each step.
-        check = step_check(device, guard) if order is not None else ("all" if guard.skips else "loss")
+        in_memory = isinstance(feed.rows, Batch)
+        check = step_check(device, guard) if in_memory else ("all" if guard.skips else "loss")
         losses = torch.zeros(n_steps, device=device) if check == "none" else None
+        stepped: list[torch.Tensor] = []  # each step's row indices, for the late check of a bad loss
         skipped = 0.0  # rows (or row weight) of the skipped batches
         previous = None  # the batch before, whose update a non-finite loss may reveal as the culprit
-        for step, rows in enumerate(batches, start=1):
+        for step in range(1, n_steps + 1):
+            rows, indices = feed.next()
             if self.fused is not None:
                 loss, finite = self.fused.step(rows.numeric, rows.categorical, rows.target, rate.value, check=check)
             else:
@@ -395,25 +395,29 @@ class Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = rate.value
                 loss, finite = self._autograd_step(rows, optimizer, check=check)
+            weight = len(rows) if rows.weight is None else rows.weight.sum()  # a tensor: no host sync per step
             if not finite:  # raises under "stop"; under "skip_batch" the weights were left as they were
                 _bad_step(self, guard, (epoch, step, n_steps), loss, rows, previous, rate.value)
-                skipped += len(rows) if rows.weight is None else float(rows.weight.sum())
+                skipped += float(weight)
             elif rows.weight is None:
                 total.add_(loss.detach(), alpha=len(rows))
-            else:  # a tensor product, not float(): no host sync per step
-                total.add_(loss.detach() * rows.weight.sum())
+            else:
+                total.add_(loss.detach() * weight)
+            trained.add_(weight)
             if losses is not None:
                 losses[step - 1] = loss.detach()
+                assert indices is not None
+                stepped.append(indices)
             previous = rows
             rate.after_step()
         if losses is not None:
-            assert isinstance(train, Batch) and order is not None
-            _check_recorded_losses(self, guard, losses, train, order, epoch)
-        _check_weights(self, guard, epoch, rows, rate.value)
+            assert isinstance(feed.rows, Batch)
+            _check_recorded_losses(self, guard, losses, feed.rows, stepped, epoch)
+        assert previous is not None
+        _check_weights(self, guard, epoch, previous, rate.value)
         if guard.skipped.get(epoch, 0) == n_steps:
-            guard.all_skipped(epoch, n_steps, _batch_view(self, rows, rate.value))
-        rows_trained = train.weight_total() - skipped
-        return float(total) / rows_trained  # one host sync
+            guard.all_skipped(epoch, n_steps, _batch_view(self, previous, rate.value))
+        return float(total) / (float(trained) - skipped)  # one host sync (two reads, after the steps)
 
     def _autograd_step(self, rows: Batch, optimizer: torch.optim.Optimizer,
                        check: StepCheck = "all") -> tuple[torch.Tensor, bool]:
@@ -513,16 +517,81 @@ def resolve_batch_size(setting: int | str, n_rows: int) -> int:
     return int(min(256, max(32, 2 ** math.floor(math.log2(max(n_rows, 1) / 8)))))
 
 
-def _batches(rows: Batch, order: torch.Tensor, batch_size: int) -> Iterator[Batch]:
-    """The rows in ``order``, a batch at a time (see ``_PRESHUFFLE_BYTES``)."""
-    bounds = batch_bounds(len(rows), batch_size)
-    if rows.numeric.element_size() * rows.numeric.numel() < _PRESHUFFLE_BYTES:
-        shuffled = rows._select(order)
-        for start, stop in bounds:
-            yield shuffled._select(slice(start, stop))
-    else:
-        for start, stop in bounds:
-            yield rows._select(order[start:stop])
+def resolve_steps_per_epoch(setting: int | str, n_rows: int, batch_size: int) -> int:
+    """``training.steps_per_epoch`` as a number of steps (``n_rows`` and ``batch_size`` are a rank's own)."""
+    per_pass = len(batch_bounds(n_rows, batch_size))
+    if setting == "pass":
+        return per_pass
+    if setting == "auto":
+        return min(per_pass, AUTO_STEPS_PER_EPOCH)
+    return int(setting)
+
+
+# training.steps_per_epoch auto: a pass, or this many steps when a pass is longer (bench/accuracy.py measured
+# it on the 43k- and 204k-row tables; see the README's "Large tables").
+AUTO_STEPS_PER_EPOCH = 256
+
+
+class _Feed:
+    """Training batches, epoch after epoch: the rows in a shuffled order, a pass at a time, an epoch taking
+    the next ``steps_per_epoch`` batches wherever the pass stands (a new pass shuffled when one ends).
+
+    Its place is the generator's state at the start of the current pass and the batches taken since, so a
+    checkpoint can put it back: the pass is shuffled again from that state and its first batches skipped.
+    """
+
+    def __init__(self, rows: Rows, batch_size: int, generator: torch.Generator) -> None:
+        self.rows = rows
+        self.batch_size = batch_size
+        self.generator = generator
+        self.bounds = batch_bounds(len(rows), batch_size)
+        self.started = generator.get_state()  # the generator at the current pass's start
+        self.position = len(self.bounds)  # batches taken from the current pass; at its end, the next starts one
+        self._order: torch.Tensor | None = None
+        self._shuffled: Batch | None = None
+        self._stream: Iterator[Batch] | None = None
+
+    def place(self) -> tuple[torch.Tensor, int]:
+        """Where the feed stands, for a checkpoint: the generator at the current pass's start and the batches
+        taken from it, or (between passes) the generator as it is and 0."""
+        if self.position < len(self.bounds):
+            return self.started, self.position
+        return self.generator.get_state(), 0
+
+    def restore(self, state: torch.Tensor, position: int) -> None:
+        """Continue from a :meth:`place`."""
+        self.generator.set_state(state)
+        self.position = len(self.bounds)
+        if position:
+            self._start_pass()
+            for _ in range(position):
+                self.next()
+
+    def _start_pass(self) -> None:
+        self.started = self.generator.get_state()
+        self.position = 0
+        rows = self.rows
+        if isinstance(rows, Batch):
+            # The order comes from a CPU generator, so a seed shuffles alike on every device.
+            self._order = torch.randperm(len(rows), generator=self.generator).to(rows.device)
+            small = rows.numeric.element_size() * rows.numeric.numel() < _PRESHUFFLE_BYTES
+            self._shuffled = rows._select(self._order) if small else None  # batches as views of one copy
+        else:
+            self._stream = rows.epoch_batches(self.batch_size, self.generator)
+
+    def next(self) -> tuple[Batch, torch.Tensor | None]:
+        """The next batch, and its row indices when the rows are in memory."""
+        if self.position == len(self.bounds):
+            self._start_pass()
+        start, stop = self.bounds[self.position]
+        self.position += 1
+        if self._stream is not None and not isinstance(self.rows, Batch):
+            return next(self._stream), None
+        assert isinstance(self.rows, Batch) and self._order is not None
+        indices = self._order[start:stop]
+        if self._shuffled is not None:
+            return self._shuffled._select(slice(start, stop)), indices
+        return self.rows._select(indices), indices
 
 
 def batch_bounds(n_rows: int, batch_size: int) -> list[tuple[int, int]]:
@@ -747,15 +816,14 @@ def _batch_view(trainer: Trainer, rows: Batch, lr: float) -> BatchView:
 
 
 def _check_recorded_losses(trainer: Trainer, guard: NumericGuard, losses: torch.Tensor, train: Batch,
-                           order: torch.Tensor, epoch: int) -> None:
-    """The end-of-epoch check of a GPU run under "stop": the first step whose loss is not finite."""
+                           stepped: list[torch.Tensor], epoch: int) -> None:
+    """The end-of-epoch check of a GPU run under "stop": the first step whose loss is not finite
+    (``stepped``: each step's row indices)."""
     bad = torch.nonzero(~torch.isfinite(losses)).flatten().tolist()  # one host read an epoch
     if not bad:
         return
-    bounds = batch_bounds(len(train), trainer.batch_size)
-    start, stop = bounds[bad[0]]
-    rows = train._select(order[start:stop])  # the batch of that step, as _batches cut it
-    guard.bad_step(epoch, bad[0] + 1, len(bounds), describe_problem(float(losses[bad[0]]), True),
+    rows = train._select(stepped[bad[0]])  # the batch of that step
+    guard.bad_step(epoch, bad[0] + 1, len(stepped), describe_problem(float(losses[bad[0]]), True),
                    _batch_view(trainer, rows, trainer.settings.lr), checked_late=True)
 
 

@@ -165,3 +165,20 @@ def test_a_store_reads_back_what_was_written_and_remove_deletes_it(tmp_path) -> 
     assert np.array_equal(store.folds(), folds)
     store.remove()
     assert not (tmp_path / "rows").exists()
+
+
+def test_a_streamed_feed_put_back_within_a_pass_continues_with_the_same_batches(tmp_path) -> None:
+    # training.steps_per_epoch ends epochs within a pass; a checkpoint there holds the pass's start and position.
+    from keel.train.trainer import _Feed
+
+    rows = DiskRows(_store(tmp_path / "rows", np.zeros(10_003, dtype=np.uint8)), {0}, window_rows=BLOCK_ROWS)
+    feed = _Feed(rows, 1000, torch.Generator().manual_seed(3))
+    first = [_numbers(feed.next()[0]) for _ in range(14)]  # a pass of 11 batches (the last of 3), 3 of the next
+    assert sorted(np.concatenate(first[:11]).tolist()) == list(range(10_003))
+    state, position = feed.place()
+    assert position == 3
+    expected = [_numbers(feed.next()[0]) for _ in range(12)]
+    again = _Feed(rows, 1000, torch.Generator())
+    again.restore(state.clone(), position)
+    for a, b in zip(expected, [_numbers(again.next()[0]) for _ in range(12)]):
+        assert np.array_equal(a, b)

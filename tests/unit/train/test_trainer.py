@@ -175,3 +175,82 @@ def test_take_gives_views_for_consecutive_rows_and_copies_otherwise() -> None:
     picked = rows.take(np.array([5, 1, 2]))
     assert torch.equal(picked.numeric, rows.numeric[[5, 1, 2]])  # in the given order
     assert rows.take(np.arange(10)) is rows
+
+
+# ---- training.steps_per_epoch: epochs that end within a pass --------------------------------------------
+def _taken(feed, n: int) -> list[list[int]]:  # type: ignore[no-untyped-def]
+    """The next ``n`` batches' rows, by the number each row carries in its first column."""
+    return [feed.next()[0].numeric[:, 0].long().tolist() for _ in range(n)]
+
+
+def _numbered(n: int) -> Batch:
+    numeric = torch.arange(n, dtype=torch.float32).unsqueeze(1).repeat(1, 4)
+    return Batch(numeric, torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long))
+
+
+@pytest.mark.parametrize("n_rows", [100, 3_000_000 // 16])  # batches as views of a shuffled copy / gathered
+def test_the_feed_visits_every_row_once_a_pass_and_carries_passes_across_epochs(n_rows) -> None:
+    from keel.train.trainer import _Feed
+
+    batch_size = max(10, n_rows // 10)
+    feed = _Feed(_numbered(n_rows), batch_size, torch.Generator().manual_seed(0))
+    per_pass = len(batch_bounds(n_rows, batch_size))
+    batches = _taken(feed, 3 * per_pass + 2)  # three passes and two batches of a fourth
+    for index in range(3):
+        seen = sorted(row for batch in batches[index * per_pass:(index + 1) * per_pass] for row in batch)
+        assert seen == list(range(n_rows))
+    assert batches[:per_pass] != batches[per_pass:2 * per_pass]  # each pass shuffled anew
+    # The passes are those of the whole-pass loop before steps_per_epoch: one randperm each from the generator.
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(n_rows, generator=generator).tolist()
+    assert batches[0] == order[:batch_size]
+
+
+@pytest.mark.parametrize("where", [0, 3, 9, 10, 14])  # before any pass, within, at the end of, after one
+def test_a_feed_put_back_from_its_place_continues_with_the_same_batches(where) -> None:
+    from keel.train.trainer import _Feed
+
+    rows, generator = _numbered(100), torch.Generator().manual_seed(7)
+    feed = _Feed(rows, 10, generator)
+    _taken(feed, where)
+    state, position = feed.place()
+    state = state.clone()
+    expected = _taken(feed, 25)
+    again = _Feed(rows, 10, torch.Generator().manual_seed(123))  # another generator: the state decides
+    again.restore(state, position)
+    assert _taken(again, 25) == expected
+
+
+def test_steps_per_epoch_validates_within_a_pass_and_the_schedule_counts_its_steps() -> None:
+    from keel.train.trainer import AUTO_STEPS_PER_EPOCH, resolve_steps_per_epoch
+
+    trainer = _trainer(epochs=6, steps_per_epoch=3, schedule="cosine", early_stopping=0)
+    history = trainer.fit(_data(), _data(64, seed=1))  # 256 rows, batch 32: 8 steps a pass
+    assert len(history.epochs) == 6 and all("val_loss" in record for record in history.epochs)
+    rates = [record["lr"] for record in history.epochs]
+    assert rates[1] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 3 / 18)))  # 3 of 6 x 3 steps
+    assert resolve_steps_per_epoch("pass", 10_000, 32) == 313
+    assert resolve_steps_per_epoch("auto", 10_000, 32) == AUTO_STEPS_PER_EPOCH
+    assert resolve_steps_per_epoch("auto", 1000, 32) == 32
+    assert resolve_steps_per_epoch(5, 1000, 32) == 5
+
+
+def test_an_epoch_of_a_whole_pass_is_the_pass_setting_bit_for_bit() -> None:
+    whole, counted = _trainer(epochs=4), _trainer(epochs=4, steps_per_epoch=8)  # 256 rows, batch 32: 8 steps
+    first, second = whole.fit(_data(), _data(64, seed=1)), counted.fit(_data(), _data(64, seed=1))
+    assert [r["loss"] for r in first.epochs] == [r["loss"] for r in second.epochs]
+    for a, b in zip(whole.network.parameters(), counted.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_an_epoch_loss_is_the_mean_over_the_rows_of_its_own_steps() -> None:
+    # Every row's loss is 0 but one class's rows: an epoch's mean depends on which rows its steps took.
+    trainer = _trainer(epochs=1, steps_per_epoch=1, lr=1e-12, batch_size=64)
+    data = _data()
+    history = trainer.fit(data)
+    torch.manual_seed(0)  # the same network as _trainer builds, untrained
+    reference = _trainer(epochs=1, steps_per_epoch=1, lr=1e-12, batch_size=64)
+    order = torch.randperm(256, generator=torch.Generator().manual_seed(42))[:64]  # training.seed 42
+    first = data._select(order)
+    loss = torch.nn.functional.cross_entropy(reference.network(first.numeric, first.categorical), first.target)
+    assert history.epochs[0]["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
