@@ -491,8 +491,9 @@ class Model:
 
     def _importance(self, numeric: np.ndarray, categorical: np.ndarray, target: np.ndarray,
                     weight: np.ndarray | None, source: str, *, seed: int = 0,
-                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """Permutation importance of each feature on (at most 2,000 of) these transformed rows, in float32.
+                    progress: Callable[[int], None] | None = None, precision: str = "float32") -> dict[str, Any]:
+        """Permutation importance of each feature on (at most 2,000 of) these transformed rows, in float32
+        (matmuls in bfloat16 with ``precision="bfloat16"``, as the run trained: a ranking needs no more).
 
         ``target`` holds class indices or standardized values, as the training rows do.
         """
@@ -501,7 +502,8 @@ class Model:
         network, task, encoder = self.network, self.task, self.target_encoder
 
         def predict(numbers: np.ndarray, codes: np.ndarray) -> np.ndarray:
-            outputs = predict_outputs(network, torch.from_numpy(numbers), torch.from_numpy(codes))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                outputs = predict_outputs(network, torch.from_numpy(numbers), torch.from_numpy(codes)).float()
             if task == "regression":
                 return encoder.decode(outputs[:, 0].numpy())
             return to_probabilities(outputs, task).numpy()

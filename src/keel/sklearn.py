@@ -89,6 +89,7 @@ class _KeelEstimator(BaseEstimator):
         steps_per_epoch: int | str | None = None,
         validation_split: float | None = None,
         early_stopping: int | None = None,
+        early_stopping_steps: int | None = None,
         monitor: str | None = None,
         loss: str | None = None,
         class_weights: str | None = None,
@@ -138,6 +139,7 @@ class _KeelEstimator(BaseEstimator):
         self.steps_per_epoch = steps_per_epoch
         self.validation_split = validation_split
         self.early_stopping = early_stopping
+        self.early_stopping_steps = early_stopping_steps
         self.monitor = monitor
         self.loss = loss
         self.class_weights = class_weights

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from keel.nn.dropout import LaneDropout
 from keel.registry import lookup
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -49,7 +50,7 @@ def _plain_body(in_features: int, hidden: list[int], activation: str, dropout: f
     for width, size in zip([in_features, *hidden], hidden):
         layers += [nn.Linear(width, size), NORMS[norm](size), ACTIVATIONS[activation]()]
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(LaneDropout(dropout))
     return layers
 
 
@@ -79,7 +80,7 @@ class ResidualBlock(nn.Module):
         inner = out_features if inner_features is None else inner_features
         self.main = nn.Sequential(
             lookup(NORMS, "model.norm", norm)(in_features), nn.Linear(in_features, inner),
-            lookup(ACTIVATIONS, "model.activation", activation)(), nn.Dropout(dropout),
+            lookup(ACTIVATIONS, "model.activation", activation)(), LaneDropout(dropout),
             nn.Linear(inner, out_features),
         )
         self.skip = nn.Identity() if in_features == out_features else nn.Linear(in_features, out_features, bias=False)

@@ -50,6 +50,15 @@ class NetworkSpec:
             self.onehot = [self.onehot] * len(self.cardinalities)
 
     @property
+    def input_width(self) -> int:
+        """The width of the first layer's input: numbers (embedded or not) and the category vectors."""
+        embedded = self.numeric_embedding != "none" and self.numeric_width > 0
+        numbers = self.numeric_width * (self.numeric_embedding_dim if embedded else 1)
+        assert isinstance(self.onehot, list)
+        return numbers + sum(cardinality if fixed else dim
+                             for cardinality, dim, fixed in zip(self.cardinalities, self.embedding_dims, self.onehot))
+
+    @property
     def plain(self) -> bool:
         """A single MLP over raw numbers and category codes (what the fused training step handles)."""
         return self.architecture == "mlp" and self.numeric_embedding == "none" and self.ensemble == 1

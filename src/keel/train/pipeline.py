@@ -41,12 +41,12 @@ from keel.train import distributed
 from keel.train.calibration import calibrate, calibration_notes
 from keel.train.callbacks import Notes, Reporter, TextReporter
 from keel.train.checkpoint import RunCheckpoints, TrainerState, kill_point, output_lock
-from keel.train.device import resolve_device, resolve_precision
+from keel.train.device import resolve_device, resolve_precision, step_work
 from keel.train.guards import numeric_input_names
 from keel.train.prepared import PreparedData
 from keel.train.record import run_record
 from keel.train.streamed import streaming_plan
-from keel.train.trainer import Batch, History, Rows, Trainer, numeric_guard
+from keel.train.trainer import Batch, History, Rows, Trainer, numeric_guard, resolve_batch_size
 
 
 def fit(data: TableSource, target: str | None = None, config: ConfigSource = None, *,
@@ -198,8 +198,7 @@ def _train_streamed(data: TableSource, test: TableSource | None, settings: Confi
     assert isinstance(data, (str, os.PathLike))
     if output is not None:
         RunCheckpoints.check_resumable(output, resume)  # before the passes over the file, not after
-    training = settings.training.model_copy(
-        update={"precision": resolve_precision(settings.training.precision, device)})
+    training = settings.training
     with row_directory(output, settings.data.spill_directory) as directory, torch.random.fork_rng():
         torch.manual_seed(training.seed)
         prepared, fingerprints, sample = prepare_streamed(data, test, settings, training, plan, notes, reporter,
@@ -229,8 +228,7 @@ def _train_sharded(data: TableSource, test: TableSource | None, settings: Config
     from keel.train.streamed import row_directory
 
     assert isinstance(data, (str, os.PathLike))
-    training = settings.training.model_copy(
-        update={"precision": resolve_precision(settings.training.precision, device)})
+    training = settings.training
     plan = sharding_plan(data, settings, ranks, delimiter, encoding)
     with row_directory(None, settings.data.spill_directory) as directory, torch.random.fork_rng():
         torch.manual_seed(training.seed)
@@ -269,8 +267,7 @@ class _Rows:
 def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, notes: Notes,
            reporter: Reporter, device: torch.device, importance: bool,
            checkpoints: RunCheckpoints | None = None, deadline: float | None = None) -> Model:
-    training = settings.training.model_copy(
-        update={"precision": resolve_precision(settings.training.precision, device)})
+    training = settings.training
     data = _prepare(frame, test_frame, settings, training, notes, reporter, device)
     return train_networks(data, settings, training, notes, reporter, device, importance, checkpoints, deadline)
 
@@ -368,13 +365,17 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
             notes.append(f"nothing to resume: no checkpoint in {checkpoints.directory} (a run stopped before its "
                          "first checkpoint leaves none); training starts from the first epoch")
     spec = network_spec(settings, preprocessor, schema.task, target.n_classes)
+    ranks = distributed.current()
+    world = 1 if ranks is None else ranks.world
+    batch_size = resolve_batch_size(training.batch_size, len(data.bags[0][0]) * world)
+    training = training.model_copy(
+        update={"precision": resolve_precision(training.precision, device, step_work(spec, batch_size))})
     loss = resolve_loss_name(training.loss, schema.task)
     class_weights = class_weights_for(training.class_weights, data.fitted, target)
     notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(data.bags)))
     networks: list[TabularNetwork] = []
     histories: list[dict[str, Any]] = []
     planned_networks = len(data.bags)
-    ranks = distributed.current()
     for index, (train_rows, validation_rows) in enumerate(data.bags):
         if deadline is not None and histories:
             planned_networks = distributed.agree_min(
@@ -451,7 +452,7 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         model._test_predictions = predictions.as_stored()
     held_out = data.held_out() if importance else None
     if held_out is not None:
-        model.importance = _importance(model, held_out[0], held_out[1], training.seed, reporter)
+        model.importance = _importance(model, held_out[0], held_out[1], training, reporter)
     record = dict(data.record)
     record["bags"] = record["bags"][:len(networks)]
     model.run = run_record(**record, seconds={"training": sum(history["seconds"] for history in histories)})
@@ -488,12 +489,13 @@ def _calibrate(network: TabularNetwork | NetworkBag, validation: Callable[[], tu
     return record
 
 
-def _importance(model: Model, rows: Batch, source: str, seed: int, reporter: Reporter) -> dict[str, Any]:
-    """Permutation importance on (at most 2,000 of) ``rows``, with a progress step per feature."""
+def _importance(model: Model, rows: Batch, source: str, training: TrainingConfig, reporter: Reporter) -> dict[str, Any]:
+    """Permutation importance on (at most 2,000 of) ``rows``, with a progress step per feature, in the
+    arithmetic the network trained in."""
     with reporter.step("permutation importance", total=len(model.feature_names)) as advance:
         return model._importance(rows.numeric.numpy(), rows.categorical.numpy(), rows.target.numpy(),
-                                 None if rows.weight is None else rows.weight.numpy(), source, seed=seed,
-                                 progress=advance)
+                                 None if rows.weight is None else rows.weight.numpy(), source, seed=training.seed,
+                                 progress=advance, precision=training.precision)
 
 
 def _special_columns(frame: pd.DataFrame, test_frame: pd.DataFrame | None, training: TrainingConfig) -> set[str]:

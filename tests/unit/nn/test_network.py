@@ -37,7 +37,7 @@ def test_every_activation_and_norm_builds_and_runs(activation, norm) -> None:
     mlp = build_mlp(3, [8, 8], 2, activation=activation, norm=norm, dropout=0.2)
     assert mlp(torch.randn(5, 3)).shape == (5, 2)
     kinds = {type(module).__name__ for module in mlp}
-    assert type(ACTIVATIONS[activation]()).__name__ in kinds and "Dropout" in kinds
+    assert type(ACTIVATIONS[activation]()).__name__ in kinds and "LaneDropout" in kinds
 
 
 @pytest.mark.parametrize("init", sorted(INITIALIZERS))
@@ -83,3 +83,23 @@ def test_losses_per_task() -> None:
     assert plain < 0.2 and weighted > build_loss("bce")(torch.tensor([[-2.0], [-2.0]]), target)
     for name in ("mse", "mae", "huber"):
         assert build_loss(name)(torch.tensor([[1.0], [2.0]]), torch.tensor([1.0, 2.0])) == 0
+
+
+def test_lane_dropout_keeps_the_share_asked_scales_kept_units_and_masks_the_gradient_alike() -> None:
+    from keel.nn.dropout import LANE, LaneDropout
+
+    torch.manual_seed(0)
+    layer = LaneDropout(0.1)
+    x = torch.ones(1024, 257, requires_grad=True)  # an odd width: the draws' lanes do not divide evenly
+    out = layer(x)
+    kept = out != 0
+    scale = LANE / layer.threshold
+    assert torch.all(out[kept] == scale)  # kept units are scaled by 1 / keep: the expectation is unchanged
+    assert abs(kept.float().mean().item() - 0.9) < 0.003  # 263k units: the share is 0.9 within 3 sd
+    assert abs(out.mean().item() - 1.0) < 0.004
+    out.sum().backward()
+    assert torch.equal(x.grad != 0, kept) and torch.all(x.grad[kept] == scale)
+    assert not torch.equal(layer(x), out)  # a new mask every call
+    layer.eval()
+    assert layer(x) is x  # the identity in eval mode (and so in exports)
+    assert LaneDropout(0.0).train()(x) is x

@@ -93,3 +93,38 @@ def test_training_on_a_gpu_matches_the_cpu_and_the_model_comes_back_to_the_cpu(t
         model = keel.fit(frame, target="label", config={"preset": preset, "training.epochs": 3,
                                                         "training.device": "cuda"}, quiet=True)
         assert "bfloat16 matmuls" in model.notes[-1] and model.metrics["accuracy"] > 0.5
+
+
+def test_auto_precision_on_a_cpu_is_bfloat16_only_with_amx_and_large_steps(monkeypatch) -> None:
+    from keel.nn.network import NetworkSpec
+    from keel.train import device as devices
+
+    balanced = NetworkSpec(numeric_width=7, cardinalities=[], n_outputs=1, hidden=[256, 256],
+                           numeric_embedding="piecewise_linear", ensemble=8)
+    plain = NetworkSpec(numeric_width=50, cardinalities=[], n_outputs=1, hidden=[256, 256])
+    assert devices.step_work(balanced, 256) == 256 * 8 * 256 * 256  # the 256 x 256 layer is the largest
+    assert devices.step_work(plain, 32) == 32 * 256 * 256
+    cpu = torch.device("cpu")
+    for amx in (True, False):
+        monkeypatch.setattr(devices, "amx_available", lambda amx=amx: amx)
+        assert devices.resolve_precision("auto", cpu, devices.step_work(balanced, 256)) == (
+            "bfloat16" if amx else "float32")
+        assert devices.resolve_precision("auto", cpu, devices.step_work(balanced, 32)) == "float32"  # 256 rows
+        assert devices.resolve_precision("auto", cpu, devices.step_work(plain, 32)) == "float32"
+        assert devices.resolve_precision("float32", cpu, 1 << 40) == "float32"  # what is written wins
+        assert devices.resolve_precision("bfloat16", cpu, 0) == "bfloat16"
+
+
+def test_the_run_note_names_the_precision_auto_chose(monkeypatch) -> None:
+    import keel
+    from keel.train import device as devices
+    from tests.conftest import make_classification_frame
+
+    frame = make_classification_frame(600)
+    config = {"preset": "balanced", "training.epochs": 1, "training.batch_size": 128}
+    notes = {}
+    for amx in (True, False):
+        monkeypatch.setattr(devices, "amx_available", lambda amx=amx: amx)
+        model = keel.fit(frame, target="label", config=config, quiet=True, importance=False)
+        notes[amx] = next(note for note in model.notes if note.startswith("preset balanced"))
+    assert "bfloat16 matmuls" in notes[True] and "bfloat16" not in notes[False]

@@ -254,3 +254,27 @@ def test_an_epoch_loss_is_the_mean_over_the_rows_of_its_own_steps() -> None:
     first = data._select(order)
     loss = torch.nn.functional.cross_entropy(reference.network(first.numeric, first.categorical), first.target)
     assert history.epochs[0]["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+
+
+def test_early_stopping_steps_shortens_the_wait_of_long_epochs_only() -> None:
+    from keel.train.trainer import MIN_PATIENCE, resolve_patience
+
+    def patience(steps_per_epoch: int, **settings) -> int:  # type: ignore[no-untyped-def]
+        return resolve_patience(TrainingConfig(**{"early_stopping": 16, **settings}), steps_per_epoch)
+
+    assert patience(256) == 16  # no early_stopping_steps: epochs alone
+    assert patience(256, early_stopping_steps=1024) == 4  # 1,024 steps of 256-step epochs
+    assert patience(152, early_stopping_steps=1024) == 7  # whole epochs: 6.7 -> 7
+    assert patience(29, early_stopping_steps=1024) == 16  # short epochs: early_stopping caps the wait
+    assert patience(2000, early_stopping_steps=1024) == MIN_PATIENCE == 4
+    assert patience(256, early_stopping_steps=1024, early_stopping=0) == 0  # off stays off
+
+
+def test_a_wait_counted_in_steps_stops_long_epochs_sooner() -> None:
+    # Validation labels are noise: the score stops improving at once, and 8-step epochs wait 4 of them.
+    validation = _data(64, seed=1)
+    validation.target = validation.target[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+    epochs = _trainer(epochs=200, early_stopping=16, lr=0.05).fit(_data(), validation)
+    steps = _trainer(epochs=200, early_stopping=16, early_stopping_steps=20, lr=0.05).fit(_data(), validation)
+    assert len(epochs.epochs) == epochs.best_epoch + 16
+    assert len(steps.epochs) == steps.best_epoch + 4  # ceil(20 / 8) = 3, raised to the least wait of 4
