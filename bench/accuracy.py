@@ -124,9 +124,11 @@ def keel_tool(preset: str, settings: dict[str, Any] | None = None) -> Callable[.
 
         train, test = train.drop(columns=drop, errors="ignore"), test.drop(columns=drop, errors="ignore")
         config = {"preset": preset, "task": task, "training.test_split": 0.0, "training.seed": seed, **settings}
+        _warm(train, target, config)
         started = time.perf_counter()
         model = keel.fit(train, target=target, config=config, quiet=True)
         seconds = time.perf_counter() - started
+        FLOORS[(preset, len(train))] = compute_floor(model)
         test_x = test.drop(columns=[target])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # unseen test categories are expected
@@ -136,6 +138,72 @@ def keel_tool(preset: str, settings: dict[str, Any] | None = None) -> Callable[.
         order = np.argsort([str(label) for label in model.classes])
         return proba[:, order], seconds
     return run
+
+
+_WARM: list[bool] = []
+
+
+def _warm(train: pd.DataFrame, target: str, config: dict[str, Any]) -> None:
+    """One small fit before the first timed one in this process: what a first fit imports lazily (about a
+    second) is not counted against any table. The reference's subprocess warms up the same way."""
+    import keel
+
+    if not _WARM:
+        keel.fit(train.head(300), target=target, config={**config, "training.epochs": 1}, quiet=True)
+        _WARM.append(True)
+
+
+# The compute floor of the last keel run per (preset, training rows): seconds its matmul work takes at the
+# throughput measured in this process (see compute_floor).
+FLOORS: dict[tuple[str, int], float] = {}
+_THROUGHPUT: dict[str, float] = {}
+
+
+def matmul_throughput(precision: str) -> float:
+    """Sustained FLOP/s of this machine's matmuls at a balanced-preset step's shape (2,048 member-rows x 256 x
+    256, float32 or bfloat16 autocast), measured once per process."""
+    import torch
+
+    if precision not in _THROUGHPUT:
+        a, b = torch.randn(2048, 256), torch.randn(256, 256)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            for _ in range(20):
+                torch.mm(a, b)
+            started, repeats = time.perf_counter(), 400
+            for _ in range(repeats):
+                torch.mm(a, b)
+        _THROUGHPUT[precision] = 2 * 2048 * 256 * 256 * repeats / (time.perf_counter() - started)
+    return _THROUGHPUT[precision]
+
+
+def compute_floor(model: Any) -> float:
+    """Seconds the run's matmuls need at the measured throughput: the rows its epochs trained on (3 matmul
+    passes each: forward, and the backward's two) and the validation rows each epoch scored (forward only),
+    times the network's multiply-adds per row (every linear layer, the number embeddings' per-column maps, the
+    ensemble's heads, each for every member). Element-wise work, the optimizer and data movement are left
+    out: a floor, not an estimate."""
+    from torch import nn
+
+    network = model.network
+    networks = getattr(network, "networks", [network])
+    precision = "bfloat16" if any("bfloat16 matmuls" in note for note in model.notes) else "float32"
+    histories = model.history.get("bags", [model.history])
+    run = model.run or {}
+    validation_each = run.get("bagging", {}).get("validation_each") or [run.get("rows", {}).get("validation", 0)]
+    seconds = 0.0
+    for net, history, validation in zip(networks, histories, validation_each):
+        members = net.spec.ensemble
+        per_row = sum(m.in_features * m.out_features for m in net.mlp.modules() if isinstance(m, nn.Linear))
+        per_row *= members
+        if net.numbers is not None and hasattr(net.numbers, "linear"):
+            per_row += net.numbers.linear.weight.numel()
+        if members > 1:
+            per_row += net.head_weight.numel()
+        epochs = len(history["epochs"])
+        trained = epochs * history["steps_per_epoch"] * history["batch_size"]
+        validated = epochs * validation
+        seconds += 2 * per_row * (3 * trained + validated) / matmul_throughput(precision)
+    return seconds
 
 
 REFERENCE = "keel-reference"
@@ -165,6 +233,7 @@ def reference_tool(revision: str) -> Callable[..., tuple[np.ndarray, float]]:
                 "folder, target, task, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])\n"
                 "train, test = pd.read_parquet(f'{folder}/train.parquet'), pd.read_parquet(f'{folder}/test.parquet')\n"
                 "config = {'preset': 'balanced', 'task': task, 'training.test_split': 0.0, 'training.seed': seed}\n"
+                "keel.fit(train.head(300), target=target, config={**config, 'training.epochs': 1}, quiet=True)  # warm\n"
                 "started = time.perf_counter()\n"
                 "model = keel.fit(train, target=target, config=config, quiet=True)\n"
                 "seconds = time.perf_counter() - started\n"
