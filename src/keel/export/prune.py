@@ -396,7 +396,8 @@ def _finetune(model: Model, network: TabularNetwork | NetworkBag, frame: pd.Data
     batch = _rows(model, frame)
     task = model.task
     training = model.config.training
-    settings = training.model_copy(update={"epochs": epochs,
+    # Fine-tuning's epochs are passes over the rows it is given, in float32, whatever the preset trained with.
+    settings = training.model_copy(update={"epochs": epochs, "steps_per_epoch": "pass", "early_stopping_steps": None,
                                            "precision": resolve_precision(training.precision, torch.device("cpu"))})
     classes = batch.target.numpy() if task != "regression" else None
     split = split_rows(len(batch), validation=settings.validation_split, test=0.0, seed=settings.seed, classes=classes)

@@ -76,6 +76,9 @@ AUTO_SECONDS: Final = 60.0
 
 # Settings that change where checkpoints are written but not what is trained: a resumed run may
 # change them.
+# Config keys added after checkpoints were first written, and the value that trains as keel did without them:
+# a checkpoint without the key resumes when the config has that value (and is refused otherwise).
+_ADDED_KEYS: Final = {"training.steps_per_epoch": "pass", "training.early_stopping_steps": None}
 _RESUMABLE_KEYS: Final = frozenset({"training.checkpoint", "training.checkpoint_every", "training.checkpoint_minutes",
                                      "data.spill_directory"})  # where a streamed run's rows go changes nothing
 
@@ -507,6 +510,7 @@ class RunCheckpoints:
         self.last_epoch = 0
         self.cuda = False
         self.written = 0
+        self.precision: str | None = None  # the arithmetic the run trains in (trained_precision)
 
     @classmethod
     def start(cls, output: str | os.PathLike[str], settings: Config, frame: pd.DataFrame,
@@ -564,6 +568,8 @@ class RunCheckpoints:
         """Refuse a checkpoint written for another config, data or keel, listing every difference."""
         document = saved.document
         before = {key: value for key, value in _flatten(document["config"]).items() if key not in _RESUMABLE_KEYS}
+        for key, value in _ADDED_KEYS.items():  # a checkpoint from before the key existed trained as its value says
+            before.setdefault(key, value)
         now = {key: value for key, value in _flatten(self.settings.model_dump(mode="json")).items()
                if key not in _RESUMABLE_KEYS}
         differences = [f"{key} {_shown(before.get(key, '(unset)'))} -> {_shown(now.get(key, '(unset)'))}"
@@ -604,6 +610,14 @@ class RunCheckpoints:
         """Say how many networks the run trains (bagging) and where."""
         self.n_networks = n_networks
         self.cuda = device.type == "cuda"
+
+    def trained_precision(self, resolved: str) -> str:
+        """The arithmetic the run trains in: a resumed run's, as its checkpoint recorded it (``precision: auto``
+        resolves by the machine, and a run resumed on a CPU without AMX must not switch to float32 halfway),
+        else ``resolved``; the checkpoints this run writes record it."""
+        saved = None if self.resumed is None else self.resumed.document.get("precision")
+        self.precision = str(saved) if saved is not None else resolved
+        return self.precision
 
     # -- resuming ------------------------------------------------------------------------------
     def restore_network(self, index: int, network: nn.Module) -> dict[str, Any] | None:
@@ -686,7 +700,7 @@ class RunCheckpoints:
                      "test_source": None if self.test_frame is None else _source(self.test_frame),
                      "test_fingerprint": fingerprints["test"]},
             "preprocessing": self.preprocessing, "networks": self.n_networks, "done": done, "current": current,
-            "random": random_state.pack(tensors),
+            "random": random_state.pack(tensors), "precision": self.precision,
         }
         _write_checkpoint(self.directory, tensors, document)
         self.last_time = time.monotonic()

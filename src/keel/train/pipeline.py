@@ -367,9 +367,12 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     spec = network_spec(settings, preprocessor, schema.task, target.n_classes)
     ranks = distributed.current()
     world = 1 if ranks is None else ranks.world
-    batch_size = resolve_batch_size(training.batch_size, len(data.bags[0][0]) * world)
-    training = training.model_copy(
-        update={"precision": resolve_precision(training.precision, device, step_work(spec, batch_size))})
+    # Each process steps its share of the batch: that is the step whose size decides the arithmetic.
+    step_rows = max(1, resolve_batch_size(training.batch_size, len(data.bags[0][0]) * world) // world)
+    precision = resolve_precision(training.precision, device, step_work(spec, step_rows))
+    if checkpoints is not None:
+        precision = checkpoints.trained_precision(precision)
+    training = training.model_copy(update={"precision": precision})
     loss = resolve_loss_name(training.loss, schema.task)
     class_weights = class_weights_for(training.class_weights, data.fitted, target)
     notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(data.bags)))
