@@ -3,9 +3,8 @@ training.early_stopping_steps, precision auto. Each test here failed when it was
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,32 +12,9 @@ import pytest
 import torch
 
 import keel
-from keel.train.callbacks import Reporter
 from keel.train.checkpoint import _write_checkpoint, checkpoint_directory, read_checkpoint
 from tests.conftest import FAST, make_classification_frame
-
-
-class _Interrupted(Exception):
-    """Stands for a crash in the middle of training."""
-
-
-class _StopAt(Reporter):
-    """A reporter whose epoch callback raises after the given number of epochs."""
-
-    def __init__(self, epochs: int) -> None:
-        self.left = epochs
-
-    def progress(self, epochs: int, monitor: str, rows: int | None = None) -> Any:
-        @contextlib.contextmanager
-        def watch() -> Iterator[Any]:
-            def callback(epoch: int, total: int, record: dict[str, Any]) -> None:
-                self.left -= 1
-                if self.left == 0:
-                    raise _Interrupted
-
-            yield callback
-
-        return watch()
+from tests.reliability.test_resume import _Interrupted, _StopAt
 
 
 def test_plateau_halves_the_rate_before_a_wait_counted_in_steps_stops_training() -> None:
