@@ -46,7 +46,7 @@ from keel.train.guards import numeric_input_names
 from keel.train.prepared import PreparedData
 from keel.train.record import run_record
 from keel.train.streamed import streaming_plan
-from keel.train.trainer import Batch, History, Rows, Trainer, numeric_guard, resolve_batch_size
+from keel.train.trainer import AUTO_STEPS_PER_EPOCH, Batch, History, Rows, Trainer, numeric_guard, resolve_batch_size
 
 
 def fit(data: TableSource, target: str | None = None, config: ConfigSource = None, *,
@@ -686,7 +686,7 @@ def describe_settings(settings: Config, weighted: bool, device: torch.device | N
         f"up to {training.epochs} epochs" + (f", early stopping {training.early_stopping}" if training.early_stopping else ""),
     ]
     if training.steps_per_epoch != "pass":
-        parts.append("epochs of " + ("a pass or 256 steps" if training.steps_per_epoch == "auto"
+        parts.append("epochs of " + (f"a pass or {AUTO_STEPS_PER_EPOCH} steps" if training.steps_per_epoch == "auto"
                                      else f"{training.steps_per_epoch} steps"))
     if n_networks > 1:
         parts.append(f"{n_networks} bagged networks")

@@ -235,10 +235,9 @@ class Trainer:
         self.batch_size = max(1, resolve_batch_size(settings.batch_size, len(train) * self.world) // self.world)
         self.steps_per_epoch = resolve_steps_per_epoch(settings.steps_per_epoch, len(train), self.batch_size)
         feed = _Feed(train, self.batch_size, generator)
-        patience = (resolve_patience(settings, self.steps_per_epoch)
-                    if validation is not None and len(validation) else 0)
-        rate = LearningRate(settings, settings.epochs * self.steps_per_epoch, self.monitor,
-                            patience=resolve_patience(settings, self.steps_per_epoch))
+        wait = resolve_patience(settings, self.steps_per_epoch)
+        patience = wait if validation is not None and len(validation) else 0
+        rate = LearningRate(settings, settings.epochs * self.steps_per_epoch, self.monitor, patience=wait)
         progress = _Progress(History(monitor=self.monitor))
         if resume is not None:
             progress = self._restore(resume, optimizer, rate, feed)
@@ -334,8 +333,8 @@ class Trainer:
         on_gpu = any(parameter.is_cuda for parameter in self.network.parameters())
         return TrainerState(
             epoch=progress.epoch, network=self.network.state_dict(), optimizer=tensors, optimizer_values=values,
-            shuffle=shuffle, pass_position=position, rate=rate.state(), history=progress.history.to_dict(), best_score=best,
-            waited=progress.waited, best_weights=progress.best_state, random=RandomState.capture(cuda=on_gpu),
+            shuffle=shuffle, pass_position=position, rate=rate.state(), history=progress.history.to_dict(),
+            best_score=best, waited=progress.waited, best_weights=progress.best_state, random=RandomState.capture(cuda=on_gpu),
             seconds=progress.history.seconds)
 
     def _restore(self, state: TrainerState, optimizer: torch.optim.Optimizer | None, rate: "LearningRate",
@@ -397,8 +396,7 @@ class Trainer:
         guard = numeric_guard(self)
         n_steps = self.steps_per_epoch
         # Streamed rows are not kept, so a late check could not find the bad batch again: check each step.
-        in_memory = isinstance(feed.rows, Batch)
-        check = step_check(device, guard) if in_memory else ("all" if guard.skips else "loss")
+        check = step_check(device, guard) if isinstance(feed.rows, Batch) else ("all" if guard.skips else "loss")
         losses = torch.zeros(n_steps, device=device) if check == "none" else None
         stepped: list[torch.Tensor] = []  # each step's row indices, for the late check of a bad loss
         skipped = 0.0  # rows (or row weight) of the skipped batches
