@@ -617,9 +617,10 @@ class _Feed:
             self._start_pass()
         start, stop = self.bounds[self.position]
         self.position += 1
-        if self._stream is not None and not isinstance(self.rows, Batch):
+        if not isinstance(self.rows, Batch):
+            assert self._stream is not None
             return next(self._stream), None
-        assert isinstance(self.rows, Batch) and self._order is not None
+        assert self._order is not None
         indices = self._order[start:stop]
         if self._shuffled is not None:
             return self._shuffled._select(slice(start, stop)), indices
