@@ -106,7 +106,7 @@ class TabularNetwork(nn.Module):
         k = self.spec.ensemble
         if k == 1:
             return self.mlp(x).unsqueeze(1)
-        adapter = self.adapter
+        adapter: torch.Tensor = self.adapter
         if torch.is_autocast_enabled(x.device.type):
             # The first matmul would cast the k-times-larger product; cast its factors instead.
             dtype = torch.get_autocast_dtype(x.device.type)
