@@ -21,6 +21,10 @@ from keel.errors import DataError
 
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
+# The defaults of permutation_importance: rows sampled, shuffles per feature (a time limit's planning counts them).
+IMPORTANCE_ROWS = 2000
+IMPORTANCE_REPEATS = 5
+
 
 def permutation_importance(
     predict: Predict,
@@ -31,8 +35,8 @@ def permutation_importance(
     groups: Mapping[str, tuple[Sequence[int], Sequence[int]]],
     task: str,
     *,
-    max_rows: int = 2000,
-    repeats: int = 5,
+    max_rows: int = IMPORTANCE_ROWS,
+    repeats: int = IMPORTANCE_REPEATS,
     seed: int = 0,
     threshold: float | None = None,
     progress: Callable[[int], None] | None = None,

@@ -31,10 +31,11 @@ from keel.data.schema import Schema, infer_schema, infer_task, require_column
 from keel.data.split import Split, fold_rows, split_rows
 from keel.data.values import missing_values, row_weights, to_numeric
 from keel.errors import ConfigError, DataError, KeelError, KeelWarning
+from keel.evaluate.importance import IMPORTANCE_REPEATS, IMPORTANCE_ROWS
 from keel.evaluate.predictions import Predictions
 from keel.model import Model
 from keel.nn.losses import resolve_loss_name
-from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork
+from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs
 from keel.nn.numeric import BIN_SAMPLE, PiecewiseLinearEmbedding
 from keel.registry import lookup
 from keel.train import distributed
@@ -376,6 +377,11 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     loss = resolve_loss_name(training.loss, schema.task)
     class_weights = class_weights_for(training.class_weights, data.fitted, target)
     notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(data.bags)))
+    if deadline is not None:  # what follows training counts against the limit too: keep its time aside
+        after = after_training_seconds(spec, device, training.precision, data, importance)
+        deadline -= after
+        notes.append(f"training.time_limit: about {after:.2g} s of it kept for calibration, scoring the test rows "
+                     "and permutation importance after training")
     networks: list[TabularNetwork] = []
     histories: list[dict[str, Any]] = []
     planned_networks = len(data.bags)
@@ -460,6 +466,42 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     record["bags"] = record["bags"][:len(networks)]
     model.run = run_record(**record, seconds={"training": sum(history["seconds"] for history in histories)})
     return model
+
+
+def after_training_seconds(spec: NetworkSpec, device: torch.device, precision: str, data: PreparedData,
+                           importance: bool) -> float:
+    """Seconds that calibration, the test rows' scores and permutation importance will take once training
+    ends (with every bagged network): the rows they predict, at the pace of a timed prediction through a
+    throwaway network of the trained one's shape (its cost does not depend on its weights).
+
+    The throwaway is built under a forked random state, so a time limit leaves the trained networks'
+    initial weights as they are. 0 when there are no rows in memory to time.
+    """
+    sample = next((rows for rows in (data.fitted, data.bags[0][0]) if isinstance(rows, Batch) and len(rows)), None)
+    if sample is None:
+        return 0.0
+    sample = sample.take(np.arange(min(len(sample), 2048)))  # importance predicts thousands of rows a call
+    with torch.random.fork_rng(devices=[]):
+        network = TabularNetwork(spec).to(device)
+    seconds = []
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        for _ in range(3):  # the first call allocates; the fastest of the others is the pace
+            started = time.perf_counter()
+            predict_outputs(network, sample.numeric, sample.categorical)
+            seconds.append(time.perf_counter() - started)
+    return min(seconds[1:]) / len(sample) * rows_predicted_after_training(data, importance)
+
+
+def rows_predicted_after_training(data: PreparedData, importance: bool) -> int:
+    """Rows that every network predicts after training: calibration's (the validation rows), the test rows'
+    scores and permutation importance's (its sample, once unshuffled and once per feature and repeat);
+    times the networks, as a bag predicts through each."""
+    validation = [0 if rows is None else len(rows) for _, rows in data.bags]
+    predicted = sum(validation) + data.n_test
+    if importance:  # held_out(): the validation rows of a single network, else the test rows
+        held = validation[0] if len(data.bags) == 1 and validation[0] else data.n_test
+        predicted += min(IMPORTANCE_ROWS, held) * (1 + IMPORTANCE_REPEATS * len(data.schema.features))
+    return predicted * len(data.bags)
 
 
 # Under a time limit, a bagged network is worth training only with at least this many epochs (or

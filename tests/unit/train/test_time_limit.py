@@ -103,3 +103,47 @@ def test_a_slow_first_epoch_or_one_slow_epoch_does_not_cap_the_plan() -> None:
     trainer.deadline = clock.perf_counter() + 2.5
     history = trainer.fit(data)
     assert len(history.epochs) == 40 and history.planned_epochs is None  # all fit: about 1.3 s in all
+
+
+def test_the_limit_keeps_time_aside_for_calibration_scoring_and_importance(frame) -> None:
+    import re
+
+    import numpy as np
+
+    def kept(model: keel.Model) -> float:
+        notes = [note for note in model.notes if "kept for calibration" in note]
+        assert len(notes) == 1, model.notes
+        return float(re.search(r"about ([\d.e+-]+) s of it kept", notes[0]).group(1))  # type: ignore[union-attr]
+
+    wide = frame.assign(**{f"extra{i}": np.arange(len(frame)) % (i + 2) for i in range(30)})
+    config = {**LONG, "training.epochs": 3, "training.time_limit": 600.0, "model.ensemble": 4}
+    narrow_model = keel.fit(frame, target="label", quiet=True, config=config)
+    wide_model = keel.fit(wide, target="label", quiet=True, config=config)
+    without = keel.fit(wide, target="label", quiet=True, config=config, importance=False)
+    # Importance predicts its rows once per feature and repeat: more features, more time kept.
+    assert kept(wide_model) > kept(narrow_model) > 0
+    assert kept(without) < kept(wide_model)
+    # Timing the throwaway network draws no random numbers: a limit that does not bind trains the same weights.
+    free = keel.fit(frame, target="label", quiet=True, config={**config, "training.time_limit": None})
+    for name, value in free.network.state_dict().items():
+        assert np.array_equal(value.numpy(), narrow_model.network.state_dict()[name].numpy()), name
+
+
+def test_the_rows_predicted_after_training_count_calibration_scoring_and_importance() -> None:
+    from types import SimpleNamespace
+
+    from keel.train.pipeline import rows_predicted_after_training
+
+    def data(bags: list[tuple[int, int]], n_test: int, features: int) -> SimpleNamespace:
+        return SimpleNamespace(bags=[(list(range(t)), list(range(v)) if v else None) for t, v in bags],
+                               n_test=n_test, schema=SimpleNamespace(features=[None] * features))
+
+    one = data([(4000, 500)], 1000, 10)
+    assert rows_predicted_after_training(one, False) == 500 + 1000  # calibration on validation, test scores
+    assert rows_predicted_after_training(one, True) == 1500 + 500 * (1 + 5 * 10)  # importance on validation
+    big = data([(40000, 5000)], 10000, 10)
+    assert rows_predicted_after_training(big, True) == 15000 + 2000 * 51  # importance samples 2,000 rows
+    bag = data([(4000, 800)] * 5, 1000, 10)  # bagged: importance on the test rows, through all 5 networks
+    assert rows_predicted_after_training(bag, True) == 5 * (5 * 800 + 1000 + 1000 * 51)
+    no_validation = data([(4000, 0)], 1000, 4)
+    assert rows_predicted_after_training(no_validation, True) == 1000 + 1000 * 21
