@@ -428,8 +428,8 @@ _BALANCED: dict[str, Any] = {
     "model": {"hidden": [256, 256], "dropout": 0.1, "numeric_embedding": "piecewise_linear", "ensemble": 8,
               "init": "default"},
     # Large tables (bench/accuracy.py's diamonds and fertility): validated every 256 steps within a pass, and
-    # stopped after 256 steps (at least 4 epochs) without improvement; tables under ~4,500 training rows,
-    # whose 16 epochs are fewer steps than that, train as before.
+    # stopped after 256 steps (at least 4 epochs) without improvement; tables under ~4,800 rows (before the
+    # validation split), whose 16 epochs are fewer steps than that, train as before.
     "training": {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.0001, "batch_size": "auto", "epochs": 200,
                  "early_stopping": 16, "steps_per_epoch": "auto", "early_stopping_steps": 256},
 }

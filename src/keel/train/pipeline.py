@@ -11,6 +11,7 @@ touched once, to score the finished model.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 import warnings
@@ -378,9 +379,9 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     class_weights = class_weights_for(training.class_weights, data.fitted, target)
     notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(data.bags)))
     if deadline is not None:  # what follows training counts against the limit too: keep its time aside
-        after = after_training_seconds(spec, device, training.precision, data, importance)
+        after = after_training_seconds(spec, training.precision, data, importance)
         deadline -= after
-        notes.append(f"training.time_limit: about {after:.2g} s of it kept for calibration, scoring the test rows "
+        notes.append(f"training.time_limit: about {after:.3g} s of it kept for calibration, scoring the test rows "
                      "and permutation importance after training")
     networks: list[TabularNetwork] = []
     histories: list[dict[str, Any]] = []
@@ -468,40 +469,51 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     return model
 
 
-def after_training_seconds(spec: NetworkSpec, device: torch.device, precision: str, data: PreparedData,
-                           importance: bool) -> float:
+def after_training_seconds(spec: NetworkSpec, precision: str, data: PreparedData, importance: bool) -> float:
     """Seconds that calibration, the test rows' scores and permutation importance will take once training
-    ends (with every bagged network): the rows they predict, at the pace of a timed prediction through a
-    throwaway network of the trained one's shape (its cost does not depend on its weights).
+    ends: the rows each predicts (:func:`rows_predicted_after_training`) at the pace of a timed prediction
+    through a throwaway network of the trained one's shape (its cost does not depend on its weights), on
+    the CPU where they run and in the arithmetic each uses.
 
     The throwaway is built under a forked random state, so a time limit leaves the trained networks'
-    initial weights as they are. 0 when there are no rows in memory to time.
+    initial weights as they are.
     """
-    sample = next((rows for rows in (data.fitted, data.bags[0][0]) if isinstance(rows, Batch) and len(rows)), None)
-    if sample is None:
+    rows = data.fitted if isinstance(data.fitted, Batch) else data.fitted.sample(2048, 0)
+    if not len(rows):
         return 0.0
-    sample = sample.take(np.arange(min(len(sample), 2048)))  # importance predicts thousands of rows a call
+    sample = rows.take(np.arange(min(len(rows), 2048))).to("cpu")  # importance predicts thousands of rows a call
     with torch.random.fork_rng(devices=[]):
-        network = TabularNetwork(spec).to(device)
-    seconds = []
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-        for _ in range(3):  # the first call allocates; the fastest of the others is the pace
+        network = TabularNetwork(spec)
+    seconds = 0.0
+    for arithmetic, count in rows_predicted_after_training(data, importance, precision).items():
+        if not count:
+            continue
+        wide = arithmetic == "float64"  # Model._predict's float64 copy
+        timed, numeric = (copy.deepcopy(network).double(), sample.numeric.double()) if wide else (network, sample.numeric)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=arithmetic == "bfloat16"):
+            predict_outputs(timed, numeric, sample.categorical)  # the first call allocates
             started = time.perf_counter()
-            predict_outputs(network, sample.numeric, sample.categorical)
-            seconds.append(time.perf_counter() - started)
-    return min(seconds[1:]) / len(sample) * rows_predicted_after_training(data, importance)
+            predict_outputs(timed, numeric, sample.categorical)
+        seconds += (time.perf_counter() - started) / len(sample) * count
+    return seconds
 
 
-def rows_predicted_after_training(data: PreparedData, importance: bool) -> int:
-    """Rows that every network predicts after training: calibration's (the validation rows), the test rows'
-    scores and permutation importance's (its sample, once unshuffled and once per feature and repeat);
-    times the networks, as a bag predicts through each."""
+def rows_predicted_after_training(data: PreparedData, importance: bool, precision: str = "float32") -> dict[str, int]:
+    """Rows predicted after training, by arithmetic: calibration's in float32 (each validation row through
+    the network that held it out), the test rows' scores in float64 and permutation importance's in the
+    run's ``precision`` (its sample, once unshuffled and once per feature and repeat), the last two through
+    every bagged network."""
     validation = [0 if rows is None else len(rows) for _, rows in data.bags]
-    predicted = sum(validation) + data.n_test
-    if importance:  # held_out(): the validation rows of a single network, else the test rows
-        held = validation[0] if len(data.bags) == 1 and validation[0] else data.n_test
-        predicted += min(IMPORTANCE_ROWS, held) * (1 + IMPORTANCE_REPEATS * len(data.schema.features))
-    return predicted * len(data.bags)
+    counts = {"float32": sum(validation), "float64": data.n_test * len(data.bags)}
+    # held_out(): the validation rows of a single network, else the test split (not a --test file's rows)
+    if len(data.bags) == 1 and validation[0]:
+        held = validation[0]
+    else:
+        held = data.n_test if data.record.get("test_frame") is None else 0
+    if importance and held:
+        shuffled = min(IMPORTANCE_ROWS, held) * (1 + IMPORTANCE_REPEATS * len(data.schema.features))
+        counts[precision] = counts.get(precision, 0) + shuffled * len(data.bags)
+    return counts
 
 
 # Under a time limit, a bagged network is worth training only with at least this many epochs (or

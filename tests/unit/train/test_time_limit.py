@@ -134,16 +134,26 @@ def test_the_rows_predicted_after_training_count_calibration_scoring_and_importa
 
     from keel.train.pipeline import rows_predicted_after_training
 
-    def data(bags: list[tuple[int, int]], n_test: int, features: int) -> SimpleNamespace:
+    def data(bags: list[tuple[int, int]], n_test: int, features: int, test_file: bool = False) -> SimpleNamespace:
         return SimpleNamespace(bags=[(list(range(t)), list(range(v)) if v else None) for t, v in bags],
-                               n_test=n_test, schema=SimpleNamespace(features=[None] * features))
+                               n_test=n_test, schema=SimpleNamespace(features=[None] * features),
+                               record={"test_frame": object() if test_file else None})
 
+    # Calibration in float32 on the validation rows, the test rows' scores in float64.
     one = data([(4000, 500)], 1000, 10)
-    assert rows_predicted_after_training(one, False) == 500 + 1000  # calibration on validation, test scores
-    assert rows_predicted_after_training(one, True) == 1500 + 500 * (1 + 5 * 10)  # importance on validation
+    assert rows_predicted_after_training(one, False) == {"float32": 500, "float64": 1000}
+    # Importance on the validation rows, in the run's arithmetic.
+    assert rows_predicted_after_training(one, True, "bfloat16") == {"float32": 500, "float64": 1000,
+                                                                   "bfloat16": 500 * (1 + 5 * 10)}
+    assert rows_predicted_after_training(one, True) == {"float32": 500 + 500 * 51, "float64": 1000}
     big = data([(40000, 5000)], 10000, 10)
-    assert rows_predicted_after_training(big, True) == 15000 + 2000 * 51  # importance samples 2,000 rows
-    bag = data([(4000, 800)] * 5, 1000, 10)  # bagged: importance on the test rows, through all 5 networks
-    assert rows_predicted_after_training(bag, True) == 5 * (5 * 800 + 1000 + 1000 * 51)
+    assert rows_predicted_after_training(big, True)["float32"] == 5000 + 2000 * 51  # importance samples 2,000
+    # Bagged: each validation fold through the network that held it out; scores and importance (on the test
+    # rows) through all 5 networks.
+    bag = data([(4000, 800)] * 5, 1000, 10)
+    assert rows_predicted_after_training(bag, True) == {"float32": 5 * 800 + 5 * 1000 * 51, "float64": 5 * 1000}
+    # Bagged with a --test file: no importance (keel.fit has no held-out rows to shuffle).
+    assert rows_predicted_after_training(data([(4000, 800)] * 5, 1000, 10, test_file=True), True) == {
+        "float32": 4000, "float64": 5000}
     no_validation = data([(4000, 0)], 1000, 4)
-    assert rows_predicted_after_training(no_validation, True) == 1000 + 1000 * 21
+    assert rows_predicted_after_training(no_validation, True) == {"float32": 1000 * 21, "float64": 1000}
