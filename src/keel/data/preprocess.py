@@ -10,9 +10,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from keel.config import PreprocessingConfig
+from keel.config import PreprocessingConfig, TextConfig
 from keel.data.parallel import map_columns, workers_for
 from keel.data.schema import Schema
+from keel.data.text import TextTransform
 from keel.data.transforms import (
     TRANSFORMS,
     BinaryTransform,
@@ -32,11 +33,13 @@ from keel.data.values import (
 )
 from keel.errors import DataError, KeelWarning
 
-FeatureTransform = NumberTransform | BinaryTransform | CategoryTransform | DateTransform
+FeatureTransform = NumberTransform | BinaryTransform | CategoryTransform | DateTransform | TextTransform
 # The transforms that write float columns of the network's numeric input.
-NumericTransform = NumberTransform | BinaryTransform | DateTransform
+NumericTransform = NumberTransform | BinaryTransform | DateTransform | TextTransform
 
 _FLOAT64_MAX = float(np.finfo(np.float64).max)
+# Where the preprocessing's arrays sit among the model's tensors: no network weight's name has a "/".
+ARRAY_PREFIX = "text/"
 # Rows per chunk when writing the numeric array: 16,384 rows x 50 columns is a 3 MB buffer.
 _CHUNK_ROWS = 16_384
 
@@ -95,12 +98,15 @@ class Preprocessor:
     Args:
         schema: Which columns are features, and their types.
         settings: The ``preprocessing`` section of the config.
+        text: The ``text`` section of the config (how text columns are encoded).
     """
 
-    def __init__(self, schema: Schema, settings: PreprocessingConfig | None = None) -> None:
+    def __init__(self, schema: Schema, settings: PreprocessingConfig | None = None,
+                 text: TextConfig | None = None) -> None:
         settings = settings or PreprocessingConfig()
         self.transforms: list[FeatureTransform] = [
-            TRANSFORMS[feature.type](feature.name, settings) for feature in schema.features
+            TextTransform(feature.name, text) if feature.type == "text" else TRANSFORMS[feature.type](feature.name, settings)
+            for feature in schema.features
         ]
 
     @property
@@ -218,10 +224,30 @@ class Preprocessor:
     def state(self) -> list[dict[str, Any]]:
         return [transform.state() for transform in self.transforms]
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The fitted arrays too large for JSON (text projections), keyed ``text/<position>/<name>``
+        by the transform's position in :attr:`transforms`."""
+        return {f"{ARRAY_PREFIX}{position}/{key}": value for position, transform in enumerate(self.transforms)
+                if isinstance(transform, TextTransform) for key, value in transform.arrays().items()}
+
+    @property
+    def notes(self) -> list[str]:
+        """What fitting did that a run note should say (texts embedded, cut at the token limit)."""
+        return [note for transform in self.transforms for note in getattr(transform, "notes", [])]
+
     @classmethod
-    def from_state(cls, state: list[dict[str, Any]]) -> "Preprocessor":
+    def from_state(cls, state: list[dict[str, Any]], arrays: dict[str, np.ndarray] | None = None) -> "Preprocessor":
         preprocessor = cls.__new__(cls)
-        preprocessor.transforms = [TRANSFORMS[item["kind"]].from_state(item) for item in state]
+        arrays = arrays or {}
+
+        def build(position: int, item: dict[str, Any]) -> FeatureTransform:
+            if item["kind"] == "text":
+                prefix = f"{ARRAY_PREFIX}{position}/"
+                return TextTransform.from_state(item, {key[len(prefix):]: value for key, value in arrays.items()
+                                                       if key.startswith(prefix)})
+            return TRANSFORMS[item["kind"]].from_state(item)
+
+        preprocessor.transforms = [build(position, item) for position, item in enumerate(state)]
         learned_blank = [t.name for t in preprocessor.transforms
                          if "" in (t.vocabulary if isinstance(t, CategoryTransform) else getattr(t, "values", []))]
         if learned_blank:

@@ -1,4 +1,4 @@
-"""Infer what each column is (number, category, binary, date, or dropped) and what task the target poses."""
+"""Infer what each column is (number, category, binary, date, text, or dropped) and what task the target poses."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from keel.data.values import (
 )
 from keel.errors import ConfigError, DataError
 
-ColumnType = Literal["number", "category", "binary", "date"]
+ColumnType = Literal["number", "category", "binary", "date", "text"]
 ResolvedTask = Literal["binary", "multiclass", "regression"]
 
 # A string column is numeric with typos (an error) rather than a category when at least this
@@ -116,8 +116,8 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
             ``split_by`` and ``order_by`` columns).
 
     Returns:
-        The schema; columns that cannot help (constant, all missing, id-like, free text) are
-        listed in ``dropped`` with the reason. datetime64 columns (tz-aware ones too) are dates.
+        The schema; columns that cannot help (constant, all missing, id-like) are listed in
+        ``dropped`` with the reason; free text (mostly distinct values of several words) is ``text``. datetime64 columns (tz-aware ones too) are dates.
 
     Raises:
         ConfigError: No target is set.
@@ -256,11 +256,11 @@ def _declared_category_type(present: pd.Series) -> tuple[ColumnType | None, str]
 
 
 def _text_type(present: pd.Series, n_unique: int) -> tuple[ColumnType | None, str]:
-    """Category, or dropped as free text or an id when nearly every value is unique."""
+    """Category, or free text (or an id, dropped) when nearly every value is unique."""
     if n_unique > 50 and n_unique >= 0.9 * len(present):
         texts = present.astype(str)
         if texts.str.len().mean() > 30 and texts.str.contains(" ").mean() > 0.5:
-            return None, "free text (text features are not supported yet)"
+            return "text", ""
         return None, "id-like (nearly every value is unique)"
     return "category", ""
 

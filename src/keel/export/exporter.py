@@ -61,6 +61,16 @@ class ExportReport:
                 "quantized_parity": self.quantized_parity, "notes": self.notes}
 
 
+def _check_exportable(model: "Model") -> None:
+    """Refuse, before any work, a model whose preprocessing no export holds yet (text columns)."""
+    texts = [t.name for t in model.preprocessor.transforms if t.kind == "text"]
+    if texts:
+        raise ExportError(
+            f"text column(s) {texts} cannot be exported yet: ONNX has no operator for keel's word tokenisation, and "
+            "the exported graph would have to take token ids from a caller. Predict with keel predict / "
+            "Model.predict, or leave the text columns out of input_features to export.")
+
+
 def export(model: "Model", format: str = "onnx", *, quantize: str | None = None, static: bool = False,
            prune: float | str | None = None, prune_method: str = "structured", max_drop: float | None = None,
            finetune_epochs: int = 0, data: "TableSource | None" = None, output: str | os.PathLike[str] | None = None,
@@ -97,6 +107,7 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
         ArtifactError: The file cannot be attached (the model was never saved: pass ``output``).
     """
     started = time.perf_counter()
+    _check_exportable(model)
     amount = _check_options(format, quantize, static, prune, prune_method, max_drop, finetune_epochs, data,
                             output, pruned_output)
     rows = _rows(model, data)

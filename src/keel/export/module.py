@@ -106,6 +106,9 @@ class InferenceModule(nn.Module):
         binaries = [t for t in transforms if isinstance(t, BinaryTransform)]
         categories = [t for t in transforms if isinstance(t, CategoryTransform)]
         dates = [t for t in transforms if isinstance(t, DateTransform)]
+        texts = [t.name for t in transforms if t.kind == "text"]
+        if texts:  # export() refuses these first; a direct caller (TFLite's worker) gets the same answer
+            raise ExportError(f"text column(s) {texts} cannot be exported yet; predict with keel predict / Model.predict.")
         if dates and number_dtype != torch.float64:
             raise ExportError(
                 f"date column(s) {[t.name for t in dates]} need float64 inputs (seconds since 1970-01-01 UTC), and "
@@ -124,7 +127,7 @@ class InferenceModule(nn.Module):
         self._add_date_state(dates, number_dtype)
         self.register_buffer("binary_fill", torch.tensor([t.fill for t in binaries], dtype=torch.float32))
         self.register_buffer("order", torch.tensor(
-            _network_order(model.preprocessor.numeric, numbers, binaries, dates)))
+            _network_order(model.preprocessor.numeric, numbers, binaries, dates)))  # type: ignore[arg-type]
         network = model.network
         self.networks: list[TabularNetwork] = nn.ModuleList(  # type: ignore[assignment]
             network.networks if isinstance(network, NetworkBag) else [network])

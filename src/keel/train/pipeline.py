@@ -300,11 +300,13 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     if schema.task == "regression":
         target.fit(frame[schema.target].iloc[fitted_rows])  # scale the target on training rows only
     with reporter.step(f"preprocessing {len(frame):,} rows x {len(schema.features)} features"):
-        preprocessor = Preprocessor(schema, settings.preprocessing).fit(frame, rows=fitted_rows)
+        preprocessor = Preprocessor(schema, settings.preprocessing, settings.text).fit(frame, rows=fitted_rows)
         # Every row is transformed once, laid out as [train | validation | test], so that each part is a
         # view (on 1M x 50 rows a copy of the training part alone was a 180 MB first touch).
         layout = np.concatenate([split.train, split.validation, split.test])
         batch = _batch(preprocessor, target, frame, rows.classes, rows.weights, layout).to(device)  # the one copy to a GPU
+    for note in preprocessor.notes:
+        notes.append(note)
     where = np.empty(len(layout), dtype=np.int64)
     where[layout] = np.arange(len(layout))
 

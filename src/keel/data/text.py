@@ -1,0 +1,272 @@
+"""Text columns as numbers: TF-IDF or a frozen sentence encoder, projected onto a few components.
+
+A text column becomes ``dim`` numbers and an empty-text flag. ``tfidf`` counts words (runs of two
+or more letters or digits, lower-cased) and adjacent word pairs, keeps the ``max_features`` most
+frequent of those in at least two training rows, weights them ``(1 + log count) * idf`` with
+scikit-learn's smoothed idf and scales each row to unit length; ``pretrained`` embeds each text with
+a frozen sentence encoder (:mod:`keel.nn.sentence`). Either way the vectors are projected onto their
+leading components (truncated SVD for TF-IDF, PCA for embeddings) fitted on the training rows, and
+each component is scaled to unit variance there: the network then reads a text like any ``dim``
+number columns. Projection matrices are arrays (kept in the model's safetensors file), not JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from keel.config import TextConfig
+from keel.data.values import category_strings
+from keel.errors import DataError
+
+if TYPE_CHECKING:
+    from keel.nn.sentence import SentenceEncoder
+
+# scikit-learn's default token: two or more word characters, so "a" and "I" carry nothing.
+WORD = re.compile(r"\w\w+")
+# A term must appear in this many training rows to be kept: a word of one row teaches nothing.
+_MIN_ROWS = 2
+
+
+def text_strings(series: pd.Series) -> list[str]:
+    """A column's values as text, '' for missing ones."""
+    return ["" if value is None else value for value in category_strings(series).tolist()]
+
+
+def terms(text: str) -> list[str]:
+    """The words (lower-cased) and adjacent word pairs of one text, in order."""
+    words = WORD.findall(text.lower())
+    return words + [f"{first} {second}" for first, second in zip(words, words[1:])]
+
+
+class TextTransform:
+    """A text column -> ``dim`` projected components (unit variance on the training rows) and an empty flag.
+
+    Args:
+        name: The column.
+        settings: The config's ``text`` section.
+    """
+
+    kind: ClassVar[str] = "text"
+
+    def __init__(self, name: str, settings: TextConfig | None = None) -> None:
+        settings = settings or TextConfig()
+        self.name = name
+        self.encoder = settings.encoder
+        self.dim = settings.dim
+        self.max_features = settings.max_features
+        self.model = settings.model_path or _default_model()
+        self.max_tokens = settings.max_tokens
+        self.cache_dir = settings.cache_dir
+        self.vocabulary: list[str] = []
+        self.idf = np.zeros(0, dtype=np.float32)
+        self.components = np.zeros((0, 0), dtype=np.float32)  # (n_components, vocabulary or embedding width)
+        self.center = np.zeros(0, dtype=np.float32)
+        self.scale = np.zeros(0, dtype=np.float32)
+        self.model_sha256 = ""
+        self.notes: list[str] = []  # what fitting did that the run note should say (truncations, cache)
+        self._sentence: SentenceEncoder | None = None
+        # Embeddings of the training texts, kept from fit for the one transform of the whole table that
+        # training runs next (which would otherwise embed every training text again), then dropped.
+        self._fitted: dict[str, np.ndarray] = {}
+
+    @property
+    def width(self) -> int:
+        """Number of float columns this transform emits."""
+        return len(self.components) + 1
+
+    def fit(self, series: pd.Series, source: str | None = None) -> "TextTransform":
+        """Learn the vocabulary (tfidf), the projection and each component's scale from the training rows.
+
+        Raises:
+            DataError: Every training text is empty.
+            ConfigError: The pretrained model cannot be loaded (see :class:`keel.nn.sentence.SentenceEncoder`).
+        """
+        texts = text_strings(series)
+        if not any(text.strip() for text in texts):
+            raise DataError(f"text column {self.name!r} is empty in every training row; fill it, or leave the "
+                            "column out of input_features.", file=source, column=self.name)
+        if self.encoder == "tfidf":
+            self._fit_vocabulary(texts)
+            vectors: Any = self._tfidf(texts)
+            centered = vectors
+        else:
+            vectors = self._embed(texts, fitting=True)
+            centered = vectors - vectors.mean(axis=0)
+        self.components = _leading_components(centered, self.dim)
+        projected = np.asarray(vectors @ self.components.T, dtype=np.float64)
+        self.center = projected.mean(axis=0).astype(np.float32)
+        spread = projected.std(axis=0)
+        self.scale = np.where(spread > 1e-12, spread, 1.0).astype(np.float32)
+        return self
+
+    def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
+        """Returns ``(values (n, width) float32, 0)``."""
+        texts = text_strings(series)
+        vectors = self._tfidf(texts) if self.encoder == "tfidf" else self._embed(texts, fitting=False)
+        out = np.empty((len(texts), self.width), dtype=np.float32)
+        out[:, :-1] = (np.asarray(vectors @ self.components.T, dtype=np.float32) - self.center) / self.scale
+        out[:, -1] = [not text.strip() for text in texts]
+        return out, 0
+
+    def _fit_vocabulary(self, texts: list[str]) -> None:
+        rows = Counter(term for text in texts for term in set(terms(text)))
+        kept = sorted((term for term, count in rows.items() if count >= _MIN_ROWS), key=lambda term: (-rows[term], term))
+        self.vocabulary = kept[:self.max_features]
+        counts = np.array([rows[term] for term in self.vocabulary], dtype=np.float64)
+        self.idf = (np.log((1 + len(texts)) / (1 + counts)) + 1).astype(np.float32)
+
+    def _tfidf(self, texts: list[str]) -> sparse.csr_matrix:
+        """(n, vocabulary) sublinear TF-IDF rows of unit length (empty rows stay zero)."""
+        index = {term: position for position, term in enumerate(self.vocabulary)}
+        columns: list[int] = []
+        values: list[float] = []
+        pointers = [0]
+        for text in texts:
+            counts = Counter(index[term] for term in terms(text) if term in index)
+            columns += counts.keys()
+            values += [1 + math.log(count) for count in counts.values()]
+            pointers.append(len(columns))
+        matrix = sparse.csr_matrix((np.array(values, dtype=np.float32), np.array(columns, dtype=np.int64),
+                                    np.array(pointers, dtype=np.int64)), shape=(len(texts), len(self.vocabulary)))
+        matrix = matrix.multiply(self.idf[None, :]).tocsr()
+        norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+        return sparse.diags(1 / np.where(norms > 0, norms, 1)).astype(np.float32) @ matrix
+
+    def _embed(self, texts: list[str], *, fitting: bool) -> np.ndarray:
+        """Sentence embeddings (n, encoder width), each distinct text encoded once, cached on disk."""
+        from keel.nn.sentence import SentenceEncoder  # torch and tokenizers only where a text is embedded
+
+        if self._sentence is None:
+            self._sentence = SentenceEncoder(self.model, self.max_tokens)
+            if fitting:
+                self.model_sha256 = self._sentence.sha256
+            elif self._sentence.sha256 != self.model_sha256:
+                raise DataError(
+                    f"text column {self.name!r} was embedded in training by the model at {self.model} with content "
+                    f"hash {self.model_sha256[:12]}, and that path now holds another model ({self._sentence.sha256[:12]}); "
+                    "restore the model it was trained with, or retrain.", column=self.name)
+        distinct, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
+        new = [text for text in distinct.tolist() if text not in self._fitted]
+        embeddings, hit = _cached(self._sentence, new, self.cache_dir)
+        known = dict(zip(new, embeddings.vectors))
+        vectors = np.stack([known[text] if text in known else self._fitted[text] for text in distinct.tolist()])
+        if fitting:
+            self._fitted = known
+            truncated = embeddings.truncated
+            name = self.model.removeprefix("package:") if self.model.startswith("package:") else Path(self.model).name
+            self.notes = [f"text column {self.name!r}: {len(distinct):,} distinct training texts embedded by {name}"
+                          f"{' (read from the cache)' if hit else ''}"
+                          + (f"; {truncated:,} cut at {self._sentence.max_tokens} tokens" if truncated else "") + "."]
+        else:
+            self._fitted = {}
+        return vectors[inverse.ravel()]
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "encoder": self.encoder, "dim": self.dim,
+                "max_features": self.max_features, "model": self.model, "max_tokens": self.max_tokens,
+                "model_sha256": self.model_sha256, "vocabulary": self.vocabulary}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The fitted arrays, kept in the model's safetensors file beside the weights."""
+        return {"idf": self.idf, "components": self.components, "center": self.center, "scale": self.scale}
+
+    def problem(self) -> str | None:
+        """What is inconsistent between the state and the arrays of a loaded transform, or None."""
+        width = len(self.vocabulary) if self.encoder == "tfidf" else self.components.shape[1]
+        shapes = {"idf": (len(self.vocabulary),), "components": (len(self.center), width),
+                  "center": (len(self.center),), "scale": (len(self.center),)}
+        for key, shape in shapes.items():
+            if getattr(self, key).shape != shape:
+                return f"column {self.name!r}: {key} has shape {getattr(self, key).shape}, expected {shape}"
+        return None
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> "TextTransform":
+        transform = cls(state["name"], TextConfig(
+            encoder=state["encoder"], dim=state["dim"], max_features=state["max_features"],
+            model_path=state["model"], max_tokens=state["max_tokens"]))
+        transform.model_sha256, transform.vocabulary = state["model_sha256"], list(state["vocabulary"])
+        for key, value in (arrays or {}).items():
+            setattr(transform, key, np.asarray(value, dtype=np.float32))
+        return transform
+
+
+def _default_model() -> str:
+    from keel.nn.sentence import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def _leading_components(matrix: Any, dim: int) -> np.ndarray:
+    """The top ``dim`` right singular vectors of ``matrix`` (n, width), (k, width) float32 with
+    k = min(dim, n - 1, width); signs fixed so the largest loading of each is positive (deterministic)."""
+    from sklearn.utils.extmath import randomized_svd
+
+    count = min(dim, matrix.shape[0] - 1, matrix.shape[1])
+    if count < 1:
+        return np.zeros((0, matrix.shape[1]), dtype=np.float32)
+    if count >= min(matrix.shape) // 2 and not sparse.issparse(matrix):
+        _, _, rows = np.linalg.svd(np.asarray(matrix, dtype=np.float64), full_matrices=False)
+        rows = rows[:count]
+    else:
+        _, _, rows = randomized_svd(matrix, count, n_iter=5, random_state=0)
+    signs = np.sign(rows[np.arange(count), np.abs(rows).argmax(axis=1)])
+    return (rows * signs[:, None]).astype(np.float32)
+
+
+class _Embeddings:
+    def __init__(self, vectors: np.ndarray, truncated: int) -> None:
+        self.vectors, self.truncated = vectors, truncated
+
+
+def _cache_directory(setting: str | None) -> Path | None:
+    if setting == "off":
+        return None
+    if setting:
+        return Path(setting).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "keel" / "embeddings"
+
+
+def _cached(encoder: "SentenceEncoder", texts: list[str], cache_dir: str | None) -> tuple[_Embeddings, bool]:
+    """The embeddings of ``texts``, from the cache when the same model embedded the same texts before.
+
+    The key is a sha256 of the model's content hash, the token limit and the texts; the file is
+    safetensors (no pickle), written atomically, and one that cannot be read is recomputed.
+    """
+    from safetensors.numpy import load_file, save_file
+
+    digest = hashlib.sha256(f"{encoder.sha256}\0{encoder.max_tokens}\0".encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    directory = _cache_directory(cache_dir)
+    path = directory / f"{digest.hexdigest()}.safetensors" if directory else None
+    if not texts:
+        return _Embeddings(np.zeros((0, encoder.width), dtype=np.float32), 0), True
+    if path is not None and path.is_file():
+        try:
+            stored = load_file(str(path))
+            vectors, truncated = stored["vectors"], int(stored["truncated"][0])
+            if vectors.shape == (len(texts), encoder.width):
+                return _Embeddings(vectors, truncated), True
+        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
+            pass
+    vectors, truncated = encoder.encode(texts)
+    if path is not None and texts:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".tmp-{os.getpid()}")
+            save_file({"vectors": vectors, "truncated": np.array([truncated], dtype=np.int64)}, str(partial))
+            os.replace(partial, path)
+        except OSError:  # a read-only home: embeddings are recomputed next time, nothing is lost
+            pass
+    return _Embeddings(vectors, truncated), False
