@@ -30,7 +30,7 @@ lint: $(VENV)/.installed
 BENCH := .venv-bench
 $(BENCH)/.installed: pyproject.toml constraints.txt bench/requirements.txt
 	$(PYTHON) -m venv $(BENCH)
-	$(BENCH)/bin/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[export]' -r bench/requirements.txt
+	$(BENCH)/bin/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[export,text]' -r bench/requirements.txt
 	touch $@
 
 bench: $(VENV)/.installed $(BENCH)/.installed

@@ -32,6 +32,10 @@ ResolvedTask = Literal["binary", "multiclass", "regression"]
 _NUMERIC_WITH_TYPOS = 0.9
 # Integer targets with at most this many distinct values are classes, not quantities.
 _MAX_INTEGER_CLASSES = 20
+# A string column is free text when at least this share of its values are distinct and they
+# average at least this many words.
+_TEXT_DISTINCT = 0.5
+_TEXT_WORDS = 3
 _ID_NAME = re.compile(r"(^|[_\s.-])(id|uuid|guid|key)$|^id[_\s.-]", re.IGNORECASE)
 
 
@@ -162,6 +166,10 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
             features.append(Feature(name, kind))
             if kind == "number" and declared.get(name, "auto") == "auto" and _is_numeric_text(series):
                 notes.append(_numeric_text_note(name))
+            if kind == "text" and declared.get(name, "auto") == "auto":
+                notes.append(f"column {name!r} is free text (mostly distinct values of several words); read as text "
+                             f"(text.encoder decides how). Declare it a category with input_features: [{{name: {name}, "
+                             "type: category}] if its values are labels.")
     if not features:
         raise DataError(
             f"no usable input columns: {dropped or 'the table has only the target'}. "
@@ -256,11 +264,18 @@ def _declared_category_type(present: pd.Series) -> tuple[ColumnType | None, str]
 
 
 def _text_type(present: pd.Series, n_unique: int) -> tuple[ColumnType | None, str]:
-    """Category, or free text (or an id, dropped) when nearly every value is unique."""
-    if n_unique > 50 and n_unique >= 0.9 * len(present):
-        texts = present.astype(str)
-        if texts.str.len().mean() > 30 and texts.str.contains(" ").mean() > 0.5:
+    """Free text (mostly distinct values of several words), an id (nearly every value unique: dropped), or a category.
+
+    A course title or a bird-strike remark repeats now and then (80% distinct) yet is text: as a
+    category most of its values would be rare and share one bucket. Two-word values (job titles,
+    names) stay categories or ids, as before text columns existed.
+    """
+    if n_unique > 50 and n_unique >= _TEXT_DISTINCT * len(present):
+        sample = present if len(present) <= 10_000 else present.sample(10_000, random_state=0)
+        texts = sample.astype(str)
+        if texts.str.contains(" ").mean() > 0.5 and texts.str.split().str.len().mean() >= _TEXT_WORDS:
             return "text", ""
+    if n_unique > 50 and n_unique >= 0.9 * len(present):
         return None, "id-like (nearly every value is unique)"
     return "category", ""
 

