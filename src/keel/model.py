@@ -669,6 +669,7 @@ class _TextState(TypedDict):
     max_tokens: int | None
     model_sha256: str
     vocabulary: list[str]
+    cache_dir: NotRequired[str | None]
 
 
 class _TargetState(TypedDict):

@@ -12,6 +12,7 @@ number columns. Projection matrices are arrays (kept in the model's safetensors 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
 
 # scikit-learn's default token: two or more word characters, so "a" and "I" carry nothing.
 WORD = re.compile(r"\w\w+")
+# Components whose spread on the training rows is below this share of the largest one are noise.
+_MIN_SPREAD = 1e-4
+# ... or below this at all: rows of unit length project to O(0.01-1); 1e-6 is rounding (two texts alike but for
+# one word project equally onto their mean direction).
+_MIN_ABSOLUTE_SPREAD = 1e-6
 # A term must appear in this many training rows to be kept: a word of one row teaches nothing.
 _MIN_ROWS = 2
 
@@ -64,7 +70,10 @@ class TextTransform:
         self.encoder = settings.encoder
         self.dim = settings.dim
         self.max_features = settings.max_features
-        self.model = settings.model_path or _default_model()
+        path = settings.model_path
+        # A directory is kept absolute: a model predicting from another working directory finds it.
+        self.model = _default_model() if not path else path if path.startswith("package:") else str(
+            Path(path).expanduser().absolute())
         self.max_tokens = settings.max_tokens
         self.cache_dir = settings.cache_dir
         self.vocabulary: list[str] = []
@@ -84,6 +93,11 @@ class TextTransform:
         """Number of float columns this transform emits."""
         return len(self.components) + 1
 
+    @property
+    def parts(self) -> list[str]:
+        """The name of each column this transform emits, in order (for messages)."""
+        return [*(f"component {index + 1}" for index in range(len(self.components))), "empty"]
+
     def fit(self, series: pd.Series, source: str | None = None) -> "TextTransform":
         """Learn the vocabulary (tfidf), the projection and each component's scale from the training rows.
 
@@ -95,6 +109,7 @@ class TextTransform:
         if not any(text.strip() for text in texts):
             raise DataError(f"text column {self.name!r} is empty in every training row; fill it, or leave the "
                             "column out of input_features.", file=source, column=self.name)
+        self.notes = []
         if self.encoder == "tfidf":
             self._fit_vocabulary(texts)
             vectors: Any = self._tfidf(texts)
@@ -102,11 +117,18 @@ class TextTransform:
         else:
             vectors = self._embed(texts, fitting=True)
             centered = vectors - vectors.mean(axis=0)
-        self.components = _leading_components(centered, self.dim)
-        projected = np.asarray(vectors @ self.components.T, dtype=np.float64)
-        self.center = projected.mean(axis=0).astype(np.float32)
+        components = _leading_components(centered, min(self.dim, len(set(texts)) - 1))
+        projected = np.asarray(vectors @ components.T, dtype=np.float64)
         spread = projected.std(axis=0)
-        self.scale = np.where(spread > 1e-12, spread, 1.0).astype(np.float32)
+        # A component beyond the texts' own directions has a spread of float rounding (1e-8): scaled to
+        # unit variance it would turn a new text into values of 1e7. Such components are dropped.
+        kept = spread > max(_MIN_SPREAD * (spread.max() if len(spread) else 0.0), _MIN_ABSOLUTE_SPREAD)
+        self.components = components[kept]
+        self.center = projected[:, kept].mean(axis=0).astype(np.float32)
+        self.scale = spread[kept].astype(np.float32)
+        if not len(self.components):
+            self.notes.append(f"text column {self.name!r}: no word appears in two training rows (or every text is "
+                              "the same), so only its empty-text flag is used.")
         return self
 
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
@@ -157,14 +179,16 @@ class TextTransform:
                     "restore the model it was trained with, or retrain.", column=self.name)
         distinct, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
         new = [text for text in distinct.tolist() if text not in self._fitted]
-        embeddings, hit = _cached(self._sentence, new, self.cache_dir)
+        # Training writes the cache (its texts come back in the next run); predictions only read it.
+        write = fitting or bool(self._fitted)
+        embeddings, hit = _cached(self._sentence, new, self.cache_dir, write=write)
         known = dict(zip(new, embeddings.vectors))
         vectors = np.stack([known[text] if text in known else self._fitted[text] for text in distinct.tolist()])
         if fitting:
             self._fitted = known
             truncated = embeddings.truncated
             name = self.model.removeprefix("package:") if self.model.startswith("package:") else Path(self.model).name
-            self.notes = [f"text column {self.name!r}: {len(distinct):,} distinct training texts embedded by {name}"
+            self.notes += [f"text column {self.name!r}: {len(distinct):,} distinct training texts embedded by {name}"
                           f"{' (read from the cache)' if hit else ''}"
                           + (f"; {truncated:,} cut at {self._sentence.max_tokens} tokens" if truncated else "") + "."]
         else:
@@ -174,7 +198,7 @@ class TextTransform:
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "encoder": self.encoder, "dim": self.dim,
                 "max_features": self.max_features, "model": self.model, "max_tokens": self.max_tokens,
-                "model_sha256": self.model_sha256, "vocabulary": self.vocabulary}
+                "model_sha256": self.model_sha256, "vocabulary": self.vocabulary, "cache_dir": self.cache_dir}
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The fitted arrays, kept in the model's safetensors file beside the weights."""
@@ -194,7 +218,7 @@ class TextTransform:
     def from_state(cls, state: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> "TextTransform":
         transform = cls(state["name"], TextConfig(
             encoder=state["encoder"], dim=state["dim"], max_features=state["max_features"],
-            model_path=state["model"], max_tokens=state["max_tokens"]))
+            model_path=state["model"], max_tokens=state["max_tokens"], cache_dir=state.get("cache_dir")))
         transform.model_sha256, transform.vocabulary = state["model_sha256"], list(state["vocabulary"])
         for key, value in (arrays or {}).items():
             setattr(transform, key, np.asarray(value, dtype=np.float32))
@@ -237,17 +261,20 @@ def _cache_directory(setting: str | None) -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "keel" / "embeddings"
 
 
-def _cached(encoder: "SentenceEncoder", texts: list[str], cache_dir: str | None) -> tuple[_Embeddings, bool]:
+def _cached(encoder: "SentenceEncoder", texts: list[str], cache_dir: str | None,
+            write: bool = True) -> tuple[_Embeddings, bool]:
     """The embeddings of ``texts``, from the cache when the same model embedded the same texts before.
 
     The key is a sha256 of the model's content hash, the token limit and the texts; the file is
     safetensors (no pickle), written atomically, and one that cannot be read is recomputed.
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file, save_file
 
     digest = hashlib.sha256(f"{encoder.sha256}\0{encoder.max_tokens}\0".encode())
-    for text in texts:
-        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    for text in texts:  # each text after its length: no two lists of texts hash alike, whatever they hold
+        data = text.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "little") + data)
     directory = _cache_directory(cache_dir)
     path = directory / f"{digest.hexdigest()}.safetensors" if directory else None
     if not texts:
@@ -261,12 +288,13 @@ def _cached(encoder: "SentenceEncoder", texts: list[str], cache_dir: str | None)
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
             pass
     vectors, truncated = encoder.encode(texts)
-    if path is not None and texts:
+    if path is not None and texts and write:
+        partial = path.with_suffix(f".tmp-{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".tmp-{os.getpid()}")
             save_file({"vectors": vectors, "truncated": np.array([truncated], dtype=np.int64)}, str(partial))
             os.replace(partial, path)
-        except OSError:  # a read-only home: embeddings are recomputed next time, nothing is lost
-            pass
+        except (OSError, SafetensorError):  # a read-only cache: recomputed next time, nothing is lost
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
     return _Embeddings(vectors, truncated), False

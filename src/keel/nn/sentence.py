@@ -36,7 +36,12 @@ _MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.m
             "sentence_transformers.models.Normalize")
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 # Files whose bytes make a model's identity (its content hash).
-_IDENTITY_FILES = ("config.json", "modules.json", "tokenizer.json", "model.safetensors")
+_IDENTITY_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json", "tokenizer.json",
+                   "model.safetensors")
+# Upper bounds on a config's sizes: BERT-large is 30,522 x 1,024 x 24 layers; anything far beyond is no
+# sentence encoder to run on a CPU, and is refused before memory is allocated for it.
+_LIMITS = {"vocab_size": 1_000_000, "hidden_size": 8192, "num_hidden_layers": 96, "num_attention_heads": 128,
+           "intermediate_size": 65536, "max_position_embeddings": 65536, "type_vocab_size": 16}
 # Texts a forward pass encodes at once; sorted by length first, so little of each batch is padding.
 _BATCH = 64
 
@@ -269,6 +274,13 @@ def _read_settings(directory: Path) -> dict[str, Any]:
         shape = BertShape(**{field: config[field] for field in BertShape.__dataclass_fields__})
     except KeyError as error:
         raise ConfigError(f"{directory}/config.json lacks {error}; it is not a BERT configuration.") from None
+    sizes = {name: getattr(shape, name) for name in _LIMITS}
+    wrong = [f"{name} {value!r}" for name, value in sizes.items()
+             if type(value) is not int or not 1 <= value <= _LIMITS[name]]
+    if wrong or shape.hidden_size % shape.num_attention_heads:
+        raise ConfigError(f"{directory}/config.json declares sizes keel will not build ("
+                          f"{', '.join(wrong) or 'hidden_size not a multiple of num_attention_heads'}); it is not a "
+                          "sentence encoder keel runs.")
     if shape.hidden_act not in _ACTIVATIONS:
         raise ConfigError(f"{directory}/config.json uses the activation {shape.hidden_act!r}; keel runs "
                           f"{sorted(_ACTIVATIONS)}.")
@@ -305,26 +317,29 @@ def _tokenizer(directory: Path, max_tokens: int) -> Any:
 
 
 def _network(directory: Path, shape: BertShape) -> BertEncoder:
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = directory / "model.safetensors"
+
+    def ours(name: str) -> str | None:  # the checkpoint's name as keel's module calls it; None: not used
+        name = name.removeprefix("bert.")
+        return None if name.startswith("pooler.") or name == "embeddings.position_ids" else name
+
+    with torch.device("meta"):  # shapes only: nothing is allocated before the file is known to match
+        expected = {name: tuple(value.shape) for name, value in BertEncoder(shape).state_dict().items()}
     try:  # safetensors parses a header and copies bytes: nothing in the file is executed
-        loaded = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            stored = {key: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()
+                      if (key := ours(name)) is not None}
     except (SafetensorError, OSError) as error:
         raise ConfigError(f"{path} is not a readable safetensors file ({error}).") from None
-    tensors = {name: value for name, value in loaded.items()
-               if not name.startswith("pooler.") and name != "embeddings.position_ids"}
-    tensors = {name.removeprefix("bert."): value for name, value in tensors.items()}
+    if stored != expected:
+        wrong = sorted(name for name in set(stored) | set(expected) if stored.get(name) != expected.get(name))
+        raise ConfigError(f"{path} does not hold a BERT of the shape config.json declares ({len(wrong)} tensor(s) "
+                          f"differ, e.g. {wrong[:3]}).")
+    tensors = {key: value for name, value in load_file(str(path)).items() if (key := ours(name)) is not None}
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; keep the caller's state
         network = BertEncoder(shape)
-    expected = set(network.state_dict())
-    if set(tensors) != expected:
-        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        raise ConfigError(f"{path} does not hold a BERT of the shape config.json declares (missing {missing[:3]}, "
-                          f"unexpected {extra[:3]}).")
-    try:
-        network.load_state_dict(tensors, strict=True)
-    except RuntimeError as error:
-        raise ConfigError(f"{path} does not match config.json: {str(error)[:300]}") from None
+    network.load_state_dict(tensors, strict=True)
     return network.eval()

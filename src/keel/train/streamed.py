@@ -468,6 +468,8 @@ def fit_on_scan(streamer: Streamer, settings: Config, notes: Notes, reporter: Re
         target.fit(sample[schema.target].iloc[fitted_rows])
     with reporter.step(f"preprocessing: fitting on {len(fitted_rows):,} sampled rows x {len(schema.features)} features"):
         preprocessor = Preprocessor(schema, settings.preprocessing, settings.text).fit(sample, rows=fitted_rows)
+    for note in preprocessor.notes:
+        notes.append(note)
     partial = [transform.name for transform in preprocessor.categorical if transform.name in scan.partial | set(mixed)]
     if partial:
         streamer.recount(scan, partial, reporter)
