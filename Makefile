@@ -38,6 +38,7 @@ bench: $(VENV)/.installed $(BENCH)/.installed
 	$(BENCH)/bin/python bench/peers.py
 	$(BENCH)/bin/python bench/accuracy.py
 	$(BENCH)/bin/python bench/export.py
+	$(BENCH)/bin/python bench/multimodal.py
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/report.py --write

@@ -131,10 +131,11 @@ def lightgbm_svd(texts: list[str]) -> Callable[..., tuple[np.ndarray, float]]:
 
 def throughput(train: pd.DataFrame, texts: list[str]) -> dict[str, float]:
     """Distinct training texts embedded per second by the default encoder, cold (no cache), whole batches."""
-    from keel.nn.sentence import DEFAULT_MODEL, SentenceEncoder
+    from keel.data.pretrained import DEFAULT_MODEL, ModelFiles
+    from keel.nn.sentence import SentenceEncoder
 
     distinct = sorted({text for column in texts for text in _text(train, column) if text})
-    encoder = SentenceEncoder(DEFAULT_MODEL)
+    encoder = SentenceEncoder(ModelFiles(DEFAULT_MODEL))
     encoder.encode(distinct[:64])  # loads the weights and the tokenizer: not counted
     started = time.perf_counter()
     _, truncated = encoder.encode(distinct)

@@ -37,6 +37,7 @@ from keel.artifact import (
 from keel.config import Config
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import ARRAY_PREFIX, Features, Preprocessor, TargetEncoder, describe_unseen
+from keel.data.pretrained import ModelFiles
 from keel.data.schema import Schema, require_column
 from keel.data.text import TextTransform
 from keel.data.values import row_weights
@@ -44,11 +45,21 @@ from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning
 from keel.evaluate.metrics import classification_metrics, predicted_classes, regression_metrics
 from keel.evaluate.predictions import PREDICTIONS_FILE, Predictions
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
+from keel.nn.sentence import SentenceEncoder
 
 if TYPE_CHECKING:
     from keel.export.exporter import ExportReport
     from keel.report.make import ReportResult
 
+
+
+def _sentence_encoder(reference: str, max_tokens: int | None) -> SentenceEncoder:
+    return SentenceEncoder(ModelFiles(reference, max_tokens))
+
+
+# Text columns on a pretrained encoder embed through torch, which keel.data does not import: the model,
+# which every training and prediction path loads, plugs the encoder in.
+TextTransform.loader = _sentence_encoder
 
 class Model:
     """A trained keel model. Create one with :func:`keel.fit` or :func:`keel.load`.

@@ -55,7 +55,7 @@ def test_a_resaved_format_1_model_is_written_in_the_current_format(tmp_path) -> 
 def test_a_bug_while_loading_is_not_reported_as_a_corrupt_model(trained_classifier, monkeypatch) -> None:
     _, directory = trained_classifier
 
-    def broken(state):  # type: ignore[no-untyped-def]
+    def broken(state, arrays=None):  # type: ignore[no-untyped-def]
         raise TypeError("a bug in from_state")
 
     monkeypatch.setattr(Preprocessor, "from_state", broken)

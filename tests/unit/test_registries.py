@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel
 
 from keel.config import PRESETS, Config, TrainingConfig
-from keel.data import transforms
+from keel.data import text, transforms
 from keel.errors import ConfigError
 from keel.nn import losses, mlp, numeric
 from keel.nn.network import NetworkSpec, TabularNetwork
@@ -39,6 +39,7 @@ REGISTRIES: dict[str, tuple[Callable[[], Mapping[str, Any]], frozenset[str]]] = 
     "preprocessing.categorical_encoding": (lambda: pipeline.CATEGORY_ENCODINGS, frozenset()),
     "training.threshold_metric": (lambda: calibration.THRESHOLD_METRICS, frozenset()),
     "training.nonfinite": (lambda: guards.NONFINITE_POLICIES, frozenset()),
+    "text.encoder": (lambda: text.TEXT_ENCODERS, frozenset()),
 }
 
 # Literal fields that are not a choice among implementations, so have no registry.

@@ -105,7 +105,7 @@ class Preprocessor:
                  text: TextConfig | None = None) -> None:
         settings = settings or PreprocessingConfig()
         self.transforms: list[FeatureTransform] = [
-            TextTransform(feature.name, text) if feature.type == "text" else TRANSFORMS[feature.type](feature.name, settings)
+            TRANSFORMS[feature.type](feature.name, text if feature.type == "text" else settings)  # type: ignore[arg-type]
             for feature in schema.features
         ]
 

@@ -19,7 +19,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,10 +27,19 @@ from scipy import sparse
 
 from keel.config import TextConfig
 from keel.data.values import category_strings
-from keel.errors import DataError
+from keel.errors import ConfigError, DataError
 
-if TYPE_CHECKING:
-    from keel.nn.sentence import SentenceEncoder
+
+class Encoder(Protocol):
+    """What the text transform needs of a sentence encoder (:class:`keel.nn.sentence.SentenceEncoder`)."""
+
+    sha256: str
+    max_tokens: int
+
+    @property
+    def width(self) -> int: ...
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, int]: ...
 
 # scikit-learn's default token: two or more word characters, so "a" and "I" carry nothing.
 WORD = re.compile(r"\w\w+")
@@ -54,6 +63,11 @@ def terms(text: str) -> list[str]:
     return words + [f"{first} {second}" for first, second in zip(words, words[1:])]
 
 
+# text.encoder -> how a column's texts become vectors before the projection (a sparse TF-IDF matrix or
+# dense embeddings); the keys are the config's Literal values.
+TEXT_ENCODERS: dict[str, str] = {"tfidf": "_tfidf_vectors", "pretrained": "_embed"}
+
+
 class TextTransform:
     """A text column -> ``dim`` projected components (unit variance on the training rows) and an empty flag.
 
@@ -63,6 +77,9 @@ class TextTransform:
     """
 
     kind: ClassVar[str] = "text"
+    # Builds the sentence encoder of a model reference and token limit. Data knows no torch: keel.model,
+    # which every training and prediction path imports, plugs in the torch encoder of keel.nn.sentence.
+    loader: ClassVar[Callable[[str, int | None], Encoder] | None] = None
 
     def __init__(self, name: str, settings: TextConfig | None = None) -> None:
         settings = settings or TextConfig()
@@ -83,7 +100,7 @@ class TextTransform:
         self.scale = np.zeros(0, dtype=np.float32)
         self.model_sha256 = ""
         self.notes: list[str] = []  # what fitting did that the run note should say (truncations, cache)
-        self._sentence: SentenceEncoder | None = None
+        self._sentence: Encoder | None = None
         # Embeddings of the training texts, kept from fit for the one transform of the whole table that
         # training runs next (which would otherwise embed every training text again), then dropped.
         self._fitted: dict[str, np.ndarray] = {}
@@ -112,11 +129,9 @@ class TextTransform:
         self.notes = []
         if self.encoder == "tfidf":
             self._fit_vocabulary(texts)
-            vectors: Any = self._tfidf(texts)
-            centered = vectors
-        else:
-            vectors = self._embed(texts, fitting=True)
-            centered = vectors - vectors.mean(axis=0)
+        vectors: Any = getattr(self, TEXT_ENCODERS[self.encoder])(texts, fitting=True)
+        # TF-IDF stays sparse and uncentered (truncated SVD); embeddings are centered (PCA).
+        centered = vectors if self.encoder == "tfidf" else vectors - vectors.mean(axis=0)
         components = _leading_components(centered, min(self.dim, len(set(texts)) - 1))
         projected = np.asarray(vectors @ components.T, dtype=np.float64)
         spread = projected.std(axis=0)
@@ -134,7 +149,7 @@ class TextTransform:
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
         """Returns ``(values (n, width) float32, 0)``."""
         texts = text_strings(series)
-        vectors = self._tfidf(texts) if self.encoder == "tfidf" else self._embed(texts, fitting=False)
+        vectors = getattr(self, TEXT_ENCODERS[self.encoder])(texts, fitting=False)
         out = np.empty((len(texts), self.width), dtype=np.float32)
         out[:, :-1] = (np.asarray(vectors @ self.components.T, dtype=np.float32) - self.center) / self.scale
         out[:, -1] = [not text.strip() for text in texts]
@@ -146,6 +161,9 @@ class TextTransform:
         self.vocabulary = kept[:self.max_features]
         counts = np.array([rows[term] for term in self.vocabulary], dtype=np.float64)
         self.idf = (np.log((1 + len(texts)) / (1 + counts)) + 1).astype(np.float32)
+
+    def _tfidf_vectors(self, texts: list[str], *, fitting: bool) -> sparse.csr_matrix:
+        return self._tfidf(texts)
 
     def _tfidf(self, texts: list[str]) -> sparse.csr_matrix:
         """(n, vocabulary) sublinear TF-IDF rows of unit length (empty rows stay zero)."""
@@ -166,10 +184,11 @@ class TextTransform:
 
     def _embed(self, texts: list[str], *, fitting: bool) -> np.ndarray:
         """Sentence embeddings (n, encoder width), each distinct text encoded once, cached on disk."""
-        from keel.nn.sentence import SentenceEncoder  # torch and tokenizers only where a text is embedded
-
         if self._sentence is None:
-            self._sentence = SentenceEncoder(self.model, self.max_tokens)
+            if TextTransform.loader is None:
+                raise ConfigError("text.encoder pretrained needs keel.model imported (it plugs in the torch encoder); "
+                                  "use keel.fit / keel.load, or import keel.model first.")
+            self._sentence = TextTransform.loader(self.model, self.max_tokens)
             if fitting:
                 self.model_sha256 = self._sentence.sha256
             elif self._sentence.sha256 != self.model_sha256:
@@ -226,7 +245,7 @@ class TextTransform:
 
 
 def _default_model() -> str:
-    from keel.nn.sentence import DEFAULT_MODEL
+    from keel.data.pretrained import DEFAULT_MODEL
 
     return DEFAULT_MODEL
 
@@ -261,7 +280,7 @@ def _cache_directory(setting: str | None) -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "keel" / "embeddings"
 
 
-def _cached(encoder: "SentenceEncoder", texts: list[str], cache_dir: str | None,
+def _cached(encoder: Encoder, texts: list[str], cache_dir: str | None,
             write: bool = True) -> tuple[_Embeddings, bool]:
     """The embeddings of ``texts``, from the cache when the same model embedded the same texts before.
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from keel.config import PreprocessingConfig
+from keel.data.text import TextTransform
 from keel.data.values import category_strings, to_numeric, to_numeric_range, to_seconds
 from keel.errors import DataError
 
@@ -554,6 +555,8 @@ def _usable(center: float, scale: float, fallback: float = 1.0) -> tuple[float, 
     return center, scale if math.isfinite(scale) and scale >= 1e-30 else fallback
 
 
-TRANSFORMS: dict[str, type[NumberTransform] | type[BinaryTransform] | type[CategoryTransform] | type[DateTransform]] = {
+TRANSFORMS: dict[str, type[NumberTransform] | type[BinaryTransform] | type[CategoryTransform] | type[DateTransform]
+                 | type[TextTransform]] = {
     "number": NumberTransform, "binary": BinaryTransform, "category": CategoryTransform, "date": DateTransform,
+    "text": TextTransform,
 }

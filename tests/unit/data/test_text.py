@@ -15,10 +15,11 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 import keel
 from keel.config import TextConfig, load_config
+from keel.data.pretrained import DEFAULT_MODEL, BertShape, ModelFiles, resolve_model
 from keel.data.schema import infer_schema
 from keel.data.text import TextTransform, _cached, terms
 from keel.errors import ArtifactError, ConfigError, DataError, ExportError
-from keel.nn.sentence import DEFAULT_MODEL, BertEncoder, BertShape, SentenceEncoder, resolve_model
+from keel.nn.sentence import BertEncoder, SentenceEncoder
 from keel.sklearn import KeelClassifier
 
 FIXTURES = Path(__file__).parents[2] / "fixtures"
@@ -93,14 +94,14 @@ def test_a_text_column_empty_in_every_training_row_is_an_error_naming_it() -> No
 
 def test_pretrained_embeddings_match_sentence_transformers() -> None:
     reference = json.loads((FIXTURES / "minilm_reference.json").read_text())
-    encoder = SentenceEncoder(DEFAULT_MODEL)
+    encoder = SentenceEncoder(ModelFiles(DEFAULT_MODEL))
     vectors, truncated = encoder.encode(reference["texts"])
     np.testing.assert_allclose(vectors, np.array(reference["embeddings"]), atol=1e-5)
     assert truncated == 1 and encoder.max_tokens == 256  # the 400-word text is cut at the model's limit
 
 
 def test_embeddings_are_cached_by_content_and_a_damaged_entry_is_recomputed(tiny_model: Path, tmp_path: Path) -> None:
-    encoder = SentenceEncoder(str(tiny_model))
+    encoder = SentenceEncoder(ModelFiles(str(tiny_model)))
     first, hit = _cached(encoder, ["one text", "another"], str(tmp_path))
     assert not hit and len(list(tmp_path.iterdir())) == 1
     again, hit = _cached(encoder, ["one text", "another"], str(tmp_path))
@@ -127,12 +128,12 @@ def test_a_model_directory_keel_will_not_run_is_refused_with_the_reason(
     shutil.copytree(tiny_model, directory)
     change(directory)
     with pytest.raises(ConfigError, match=message):
-        SentenceEncoder(str(directory)).encode(["text"])
+        SentenceEncoder(ModelFiles(str(directory))).encode(["text"])
 
 
 def test_a_missing_model_path_says_keel_never_downloads(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="never downloads"):
-        SentenceEncoder(str(tmp_path / "nowhere"))
+        SentenceEncoder(ModelFiles(str(tmp_path / "nowhere")))
 
 
 def test_tfidf_run_learns_from_the_text_and_round_trips_through_save(tmp_path: Path) -> None:
@@ -161,7 +162,7 @@ def test_pretrained_run_notes_the_embedding_and_refuses_a_swapped_model(tiny_mod
     assert any("(read from the cache)" in note for note in again.notes)
     np.testing.assert_array_equal(keel.load(tmp_path / "m").predict_proba(frame), model.predict_proba(frame))
     torch.manual_seed(1)
-    shape = SentenceEncoder(str(directory)).shape
+    shape = SentenceEncoder(ModelFiles(str(directory))).shape
     save_file(BertEncoder(shape).state_dict(), str(directory / "model.safetensors"))
     with pytest.raises(DataError, match="now holds another model"):
         keel.load(tmp_path / "m").predict(frame)

@@ -19,9 +19,10 @@ from safetensors.torch import save_file
 
 import keel
 from keel.config import TextConfig
+from keel.data.pretrained import DEFAULT_MODEL, BertShape, ModelFiles, resolve_model
 from keel.data.text import TextTransform, _cached
 from keel.errors import ConfigError
-from keel.nn.sentence import DEFAULT_MODEL, BertEncoder, BertShape, SentenceEncoder, resolve_model
+from keel.nn.sentence import BertEncoder, SentenceEncoder
 from keel.train.guards import numeric_input_names
 
 GOOD = ["great product works well", "love it excellent quality", "fantastic value highly recommend"]
@@ -82,9 +83,9 @@ def test_a_model_does_not_answer_off_template_texts_with_certainty_from_noise() 
 ])
 def test_a_change_that_alters_embeddings_changes_the_model_hash(tmp_path: Path, name: str, content: dict) -> None:
     directory = make_encoder(tmp_path / "encoder")
-    before = SentenceEncoder(str(directory))
+    before = SentenceEncoder(ModelFiles(str(directory)))
     (directory / name).write_text(json.dumps(content))
-    after = SentenceEncoder(str(directory))
+    after = SentenceEncoder(ModelFiles(str(directory)))
     text = ["a sentence long enough to be cut at eight tokens by the changed limit"]
     assert not np.allclose(before.encode(text)[0], after.encode(text)[0])  # the embeddings do change
     assert after.sha256 != before.sha256  # audited: equal, so a saved model and the cache cannot tell
@@ -92,7 +93,7 @@ def test_a_change_that_alters_embeddings_changes_the_model_hash(tmp_path: Path, 
 
 # ---- 3. the cache key: texts are joined with NUL, so lists that join alike share an entry ----
 def test_texts_containing_nul_do_not_share_a_cache_entry_with_other_texts(tmp_path: Path) -> None:
-    encoder = SentenceEncoder(str(make_encoder(tmp_path / "encoder")))
+    encoder = SentenceEncoder(ModelFiles(str(make_encoder(tmp_path / "encoder"))))
     _cached(encoder, ["a\0b c", "d"], str(tmp_path / "cache"))
     read, hit = _cached(encoder, ["a", "b c\0d"], str(tmp_path / "cache"))
     assert not hit  # audited: a hit, returning the other list's embeddings (max error 0.77)
@@ -100,8 +101,8 @@ def test_texts_containing_nul_do_not_share_a_cache_entry_with_other_texts(tmp_pa
 
 
 def test_the_cache_key_holds_the_model_hash(tmp_path: Path) -> None:  # passes; guards a surviving mutation
-    first = SentenceEncoder(str(make_encoder(tmp_path / "one", seed=0)))
-    second = SentenceEncoder(str(make_encoder(tmp_path / "two", seed=1)))
+    first = SentenceEncoder(ModelFiles(str(make_encoder(tmp_path / "one", seed=0))))
+    second = SentenceEncoder(ModelFiles(str(make_encoder(tmp_path / "two", seed=1))))
     _cached(first, ["same text"], str(tmp_path / "cache"))
     read, hit = _cached(second, ["same text"], str(tmp_path / "cache"))
     assert not hit and np.allclose(read.vectors, second.encode(["same text"])[0], atol=1e-6)
@@ -122,7 +123,7 @@ def _unwritable(tmp_path: Path) -> str:
 
 
 def test_an_unwritable_cache_directory_does_not_fail_the_run(tmp_path: Path) -> None:
-    encoder = SentenceEncoder(str(make_encoder(tmp_path / "encoder")))
+    encoder = SentenceEncoder(ModelFiles(str(make_encoder(tmp_path / "encoder"))))
     vectors, hit = _cached(encoder, ["a text to embed"], _unwritable(tmp_path))  # audited: SafetensorError
     assert not hit and vectors.vectors.shape == (1, SHAPE.hidden_size)
 
@@ -158,7 +159,7 @@ def test_impossible_bert_sizes_are_a_config_error(tmp_path: Path, change: dict) 
     directory = make_encoder(tmp_path / "encoder")
     (directory / "config.json").write_text(json.dumps({"model_type": "bert", **SHAPE.__dict__, **change}))
     with pytest.raises(ConfigError):  # audited: RuntimeError from the allocator or a reshape
-        SentenceEncoder(str(directory)).encode(["some text"])
+        SentenceEncoder(ModelFiles(str(directory))).encode(["some text"])
 
 
 # ---- 6. smaller things ----
