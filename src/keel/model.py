@@ -389,6 +389,9 @@ class Model:
             raise corrupt(f"the network reads {spec.numeric_width} number column(s) and categories of "
                           f"{_listed(spec.cardinalities)} values, the preprocessing makes {preprocessor.numeric_width} "
                           f"and {_listed(preprocessor.cardinalities)}")
+        if preprocessor is not None and spec.plain_width != preprocessor.text_width:
+            raise corrupt(f"the network reads {spec.plain_width} text component(s), the preprocessing makes "
+                          f"{preprocessor.text_width}")
         # Building takes time per layer and per bagged network: more of either than there are
         # weight tensors cannot match, whatever their sizes.
         if manifest.bagging > len(tensors) or len(spec.hidden) + len(spec.inner) > len(tensors):

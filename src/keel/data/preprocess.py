@@ -111,8 +111,16 @@ class Preprocessor:
 
     @property
     def numeric(self) -> list[NumericTransform]:
-        """The transforms of the numeric input, in schema order: numbers, binaries and dates."""
-        return [t for t in self.transforms if not isinstance(t, CategoryTransform)]
+        """The transforms of the numeric input: numbers, binaries and dates in schema order, then text
+        columns (whose components the network reads without number embeddings: ``text_width``)."""
+        columns = [t for t in self.transforms if not isinstance(t, CategoryTransform)]
+        return [t for t in columns if not isinstance(t, TextTransform)] + [
+            t for t in columns if isinstance(t, TextTransform)]
+
+    @property
+    def text_width(self) -> int:
+        """How many of the numeric input's last columns are text components."""
+        return sum(t.width for t in self.transforms if isinstance(t, TextTransform))
 
     @property
     def categorical(self) -> list[CategoryTransform]:

@@ -686,8 +686,8 @@ def _fit_network(trainer: Trainer, train_rows: Rows, validation_rows: Rows | Non
     network, settings = trainer.network, trainer.settings
     if isinstance(network.numbers, PiecewiseLinearEmbedding):
         rows = train_rows if bin_rows is None else bin_rows
-        network.numbers.fit_bins(rows.numeric if isinstance(rows, Batch)
-                                 else rows.sample(BIN_SAMPLE, trainer.settings.seed).numeric)
+        numeric = rows.numeric if isinstance(rows, Batch) else rows.sample(BIN_SAMPLE, trainer.settings.seed).numeric
+        network.numbers.fit_bins(numeric[:, :network.spec.numeric_width - network.spec.plain_width])
     with reporter.progress(settings.epochs, trainer.monitor, rows=len(train_rows)) as callback:
         trainer.callback = callback
         history = trainer.fit(train_rows, validation_rows, resume)
@@ -723,7 +723,7 @@ def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_clas
         embedding_dims=[model.embedding_dim] * len(preprocessor.cardinalities) if model.embedding_dim else [],
         architecture=model.architecture, numeric_embedding=model.numeric_embedding,
         numeric_embedding_size=model.numeric_embedding_size, numeric_embedding_dim=model.numeric_embedding_dim,
-        ensemble=model.ensemble, task=task,
+        ensemble=model.ensemble, task=task, plain_width=preprocessor.text_width,
     )
 
 
