@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import math
 import os
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
@@ -27,6 +26,7 @@ from scipy import sparse
 
 from keel.config import TextConfig
 from keel.data.values import category_strings
+from keel.data.words import terms
 from keel.errors import ConfigError, DataError
 
 
@@ -41,8 +41,6 @@ class Encoder(Protocol):
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, int]: ...
 
-# scikit-learn's default token: two or more word characters, so "a" and "I" carry nothing.
-WORD = re.compile(r"\w\w+")
 # Components whose spread on the training rows is below this share of the largest one are noise.
 _MIN_SPREAD = 1e-4
 # ... or below this at all: rows of unit length project to O(0.01-1); 1e-6 is rounding (two texts alike but for
@@ -55,12 +53,6 @@ _MIN_ROWS = 2
 def text_strings(series: pd.Series) -> list[str]:
     """A column's values as text, '' for missing ones."""
     return ["" if value is None else value for value in category_strings(series).tolist()]
-
-
-def terms(text: str) -> list[str]:
-    """The words (lower-cased) and adjacent word pairs of one text, in order."""
-    words = WORD.findall(text.lower())
-    return words + [f"{first} {second}" for first, second in zip(words, words[1:])]
 
 
 # text.encoder -> how a column's texts become vectors before the projection (a sparse TF-IDF matrix or

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from keel.artifact import check_destination, check_output_file, write_file_atomically
+from keel.data.text import TextTransform
 from keel.errors import ArtifactError, ConfigError, ExportError
 
 if TYPE_CHECKING:
@@ -62,13 +63,13 @@ class ExportReport:
 
 
 def _check_exportable(model: "Model") -> None:
-    """Refuse, before any work, a model whose preprocessing no export holds yet (text columns)."""
-    texts = [t.name for t in model.preprocessor.transforms if t.kind == "text"]
-    if texts:
+    """Refuse, before any work, a model whose preprocessing no export holds yet (pretrained text encoders)."""
+    pretrained = [t.name for t in model.preprocessor.transforms if isinstance(t, TextTransform) and t.encoder != "tfidf"]
+    if pretrained:
         raise ExportError(
-            f"text column(s) {texts} cannot be exported yet: ONNX has no operator for keel's word tokenisation, and "
-            "the exported graph would have to take token ids from a caller. Predict with keel predict / "
-            "Model.predict, or leave the text columns out of input_features to export.")
+            f"text column(s) {pretrained} on a pretrained encoder cannot be exported yet (the ONNX file would have "
+            "to hold the transformer). Predict with keel predict / Model.predict, or train the column with "
+            "text.encoder: tfidf, which exports.")
 
 
 def export(model: "Model", format: str = "onnx", *, quantize: str | None = None, static: bool = False,

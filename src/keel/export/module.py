@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from keel.data.text import TextTransform
 from keel.data.transforms import (
     CYCLES,
     DATE_LIMIT,
@@ -106,9 +107,11 @@ class InferenceModule(nn.Module):
         binaries = [t for t in transforms if isinstance(t, BinaryTransform)]
         categories = [t for t in transforms if isinstance(t, CategoryTransform)]
         dates = [t for t in transforms if isinstance(t, DateTransform)]
-        texts = [t.name for t in transforms if t.kind == "text"]
-        if texts:  # export() refuses these first; a direct caller (TFLite's worker) gets the same answer
-            raise ExportError(f"text column(s) {texts} cannot be exported yet; predict with keel predict / Model.predict.")
+        texts = [t for t in model.preprocessor.numeric if isinstance(t, TextTransform)]  # in network order
+        pretrained = [t.name for t in texts if t.encoder != "tfidf"]
+        if pretrained:  # export() refuses these first; a direct caller gets the same answer
+            raise ExportError(f"text column(s) {pretrained} on a pretrained encoder cannot be exported yet; "
+                              "predict with keel predict / Model.predict, or train them with text.encoder: tfidf.")
         if dates and number_dtype != torch.float64:
             raise ExportError(
                 f"date column(s) {[t.name for t in dates]} need float64 inputs (seconds since 1970-01-01 UTC), and "
@@ -120,6 +123,7 @@ class InferenceModule(nn.Module):
             InputGroup("dates", [t.name for t in dates], number_dtype),
             InputGroup("binaries", [t.name for t in binaries], torch.float32),
             InputGroup("codes", [t.name for t in categories], torch.int64),
+            *(InputGroup(f"text{index}", [t.name], torch.int64) for index, t in enumerate(texts)),
         ) if group.columns]
         self.task = model.task
         self.number_dtype = number_dtype
@@ -127,7 +131,9 @@ class InferenceModule(nn.Module):
         self._add_date_state(dates, number_dtype)
         self.register_buffer("binary_fill", torch.tensor([t.fill for t in binaries], dtype=torch.float32))
         self.register_buffer("order", torch.tensor(
-            _network_order(model.preprocessor.numeric, numbers, binaries, dates)))  # type: ignore[arg-type]
+            _network_order([t for t in model.preprocessor.numeric if not isinstance(t, TextTransform)],
+                           numbers, binaries, dates)))
+        self._add_text_state(texts)
         network = model.network
         self.networks: list[TabularNetwork] = nn.ModuleList(  # type: ignore[assignment]
             network.networks if isinstance(network, NetworkBag) else [network])
@@ -167,6 +173,26 @@ class InferenceModule(nn.Module):
         for name, first, count, period in CYCLES if dates else ():
             self.register_buffer(f"{name}_table", torch.tensor(cycle_table(first, count, period), dtype=dtype))
 
+    def _add_text_state(self, texts: list[TextTransform]) -> None:
+        self.n_texts = len(texts)
+        for index, text in enumerate(texts):
+            for name, array in text.arrays().items():
+                self.register_buffer(f"text{index}_{name}", torch.from_numpy(array.astype("float32")))
+
+    def _text(self, index: int, ids: torch.Tensor) -> torch.Tensor:
+        """(batch, terms) vocabulary positions (-1 padding, one past the vocabulary for an empty text) ->
+        (batch, width) float32: TextTransform's TF-IDF, projection and empty flag, operation for operation."""
+        idf, components = getattr(self, f"text{index}_idf"), getattr(self, f"text{index}_components")
+        size = idf.shape[0]
+        slots = torch.where(ids < 0, torch.full_like(ids, size + 1), ids)
+        counts = torch.zeros(ids.shape[0], size + 2).scatter_add(1, slots, torch.ones(slots.shape))
+        frequency = counts[:, :size]
+        weights = torch.where(frequency > 0, 1 + torch.log(frequency.clamp(min=1)), torch.zeros_like(frequency)) * idf
+        norms = torch.sqrt((weights * weights).sum(dim=1, keepdim=True))
+        unit = weights / torch.where(norms > 0, norms, torch.ones_like(norms))
+        projected = (unit @ components.T - getattr(self, f"text{index}_center")) / getattr(self, f"text{index}_scale")
+        return torch.cat([projected, (counts[:, size:size + 1] > 0).float()], dim=1)
+
     # The traced graph is unrolled per group present: arguments arrive in ``groups`` order.
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         given = {group.name: tensor for group, tensor in zip(self.groups, inputs)}
@@ -180,6 +206,9 @@ class InferenceModule(nn.Module):
             parts.append(torch.where(torch.isnan(binaries), self.binary_fill, binaries))
         batch = inputs[0].shape[0]
         numeric = torch.cat(parts, dim=1)[:, self.order] if parts else torch.zeros(batch, 0)
+        if self.n_texts:  # text components come last in the network's numeric input
+            numeric = torch.cat([numeric, *(self._text(index, given[f"text{index}"]) for index in range(self.n_texts))],
+                                dim=1)
         codes = given.get("codes", torch.zeros(batch, 0, dtype=torch.int64))
         return self._outputs(numeric, codes)
 
@@ -329,7 +358,9 @@ def example_inputs(module: InferenceModule, batch: int = 3) -> tuple[torch.Tenso
     """Inputs of the right shapes and dtypes for tracing ``module`` (valid indices, finite numbers)."""
     tensors: list[torch.Tensor] = []
     for group in module.groups:
-        if group.dtype == torch.int64:
+        if group.name.startswith("text"):  # term positions: one term and one padding slot per row
+            tensors.append(torch.tensor([[0, -1]] * batch, dtype=torch.int64))
+        elif group.dtype == torch.int64:
             tensors.append(torch.full((batch, len(group.columns)), MISSING_INDEX, dtype=torch.int64))
         else:
             tensors.append(torch.zeros(batch, len(group.columns), dtype=group.dtype))

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from keel.data.text import TextTransform
 from keel.data.transforms import MISSING_INDEX, UNKNOWN_INDEX, BinaryTransform, CategoryTransform, DateTransform
 from keel.errors import ExportError
 
@@ -50,7 +51,11 @@ IR_VERSION = 8
 # probable class. 3: date columns, double inputs of seconds since 1970-01-01 UTC (keel.features
 # lists them with type "date"). A file is written in the oldest format that describes it, so a
 # model without a threshold or dates stays readable by keels that know only format 1.
-EXPORT_FORMAT = 3
+# 4: text columns, int64 inputs of term positions [batch, terms] (keel.text holds each vocabulary).
+EXPORT_FORMAT = 4
+# How a text becomes its terms, for a client that makes the term positions itself.
+TERMS_RULE = ("lower-case the text; words are the matches of the regular expression \\w\\w+ (Unicode); terms are "
+              "the words, then each adjacent pair of words joined by one space")
 _PREFIX = "keel/"  # every name keel makes inside the graph, so none clashes with a column's
 
 
@@ -71,6 +76,10 @@ def to_onnx(model: "Model") -> "onnx.ModelProto":
     columns = {t.name: t for t in model.preprocessor.transforms}
     inputs, nodes = [], []
     for group in module.groups:
+        if group.name.startswith("text"):  # term positions, made by keel.runtime (or a client) from the text
+            inputs.append(helper.make_tensor_value_info(group.columns[0], TensorProto.INT64, ["batch", "terms"]))
+            nodes.append(helper.make_node("Identity", [group.columns[0]], [_PREFIX + "net/" + group.name]))
+            continue
         parts = []
         for column in group.columns:
             transform = columns[column]
@@ -111,19 +120,25 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
     columns = {t.name: t for t in model.preprocessor.transforms}
     threshold = model.threshold
     dates = any(isinstance(t, DateTransform) for t in columns.values())
+    texts = {name: t for name, t in columns.items() if isinstance(t, TextTransform)}
     return {
         "keel.version": _version(), "keel.model_format": str(FORMAT_VERSION),
-        "keel.export_format": str(3 if dates else 1 if threshold is None else 2),
+        "keel.export_format": str(4 if texts else 3 if dates else 1 if threshold is None else 2),
         "keel.task": model.task, "keel.target": model.target,
         "keel.classes": json.dumps(model.classes),
         "keel.features": json.dumps([{"name": f.name, "type": f.type,
-                                      "input": "double" if f.type in ("number", "date") else "string"}
+                                      "input": "double" if f.type in ("number", "date") else
+                                      "int64 term positions" if f.type == "text" else "string"}
                                      for f in model.schema.features]),
         "keel.outputs": json.dumps(output_names),
         "keel.vocabularies": json.dumps({name: t.vocabulary for name, t in columns.items()
                                          if isinstance(t, CategoryTransform)}),
         "keel.schema": json.dumps(model.schema.to_dict()),
         "keel.metrics": json.dumps(model.metrics),
+        # Text columns: each row's words and word pairs (keel.data.words.terms) as positions in this vocabulary,
+        # padded with -1; an empty text is [len(vocabulary)].
+        **({"keel.text": json.dumps({name: {"vocabulary": t.vocabulary, "terms": TERMS_RULE} for name, t in texts.items()})}
+           if texts else {}),
         "keel.missing": "numbers: NaN; binary and category columns: the empty string"
                         + ("; dates (seconds since 1970-01-01 UTC): NaN" if dates else ""),
         # The decision rule of the label output: probabilities[:, 1] >= threshold (float32) -> classes[1].
@@ -145,7 +160,9 @@ def _trace(module: Any, example: tuple[Any, ...], task: str) -> "onnx.ModelProto
         warnings.simplefilter("ignore")
         torch.onnx.export(module, example, buffer,  # type: ignore[arg-type]  # a file-like object is accepted
                           dynamo=False, opset_version=OPSET, input_names=names,
-                          output_names=[output], dynamic_axes={name: {0: "batch"} for name in [*names, output]},
+                          output_names=[output],
+                          dynamic_axes={name: {0: "batch", **({1: "terms"} if name.startswith("text") else {})}
+                                        for name in [*names, output]},
                           do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())
 

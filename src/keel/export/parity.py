@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 
+from keel.data.text import TextTransform
 from keel.data.transforms import SECONDS_PER_DAY, BinaryTransform, DateTransform, NumberTransform
 from keel.errors import KeelWarning
 from keel.evaluate.metrics import predicted_classes
@@ -76,6 +77,14 @@ def synthetic_rows(model: "Model", n_rows: int = 256, seed: int = 0) -> pd.DataF
             days[far] = center + rng.choice([-20.0, 20.0], int(far.sum())) * spread
             days[(kind >= 0.1) & (kind < 0.2)] = np.nan
             columns[transform.name] = days * SECONDS_PER_DAY
+        elif isinstance(transform, TextTransform):  # a few known terms, a word never seen, empty and missing
+            words = [term for term in transform.vocabulary if " " not in term] or [UNSEEN]
+            texts = np.array([" ".join(words[i] for i in rng.integers(0, len(words), rng.integers(1, 12)))
+                              for _ in range(n_rows)], dtype=object)
+            texts[kind < 0.1] = UNSEEN
+            texts[(kind >= 0.1) & (kind < 0.15)] = None
+            texts[(kind >= 0.15) & (kind < 0.2)] = ""
+            columns[transform.name] = texts
         else:
             known = list(transform.values if isinstance(transform, BinaryTransform) else transform.vocabulary)
             values = np.array([known[i] for i in rng.integers(0, len(known), n_rows)] if known else [UNSEEN] * n_rows,
@@ -102,9 +111,10 @@ def _location(transform: NumberTransform) -> tuple[float, float]:
 def onnx_feeds(model: "Model", frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """The ONNX inputs for ``frame``: keel.runtime's conversion of a DataFrame, which is keel's own
     (``to_numeric``, ``category_strings``, ``""`` for missing)."""
-    from keel.runtime.inputs import InputColumn, to_feeds
+    from keel.runtime.inputs import InputColumn, to_feeds, vocabulary_index
 
-    columns = [InputColumn(t.name, isinstance(t, (NumberTransform, DateTransform)), isinstance(t, DateTransform))
+    columns = [InputColumn(t.name, isinstance(t, (NumberTransform, DateTransform)), isinstance(t, DateTransform),
+                           vocabulary_index(t.vocabulary) if isinstance(t, TextTransform) else None)
                for t in model.preprocessor.transforms]
     return to_feeds(frame, columns)[0]
 

@@ -159,14 +159,14 @@ def to_tflite(model: "Model", rows: pd.DataFrame | None = None, *, python: str |
 
 
 def refuse_dates(model: "Model") -> None:
-    """Raise for a model with date columns, before anything is converted.
+    """Raise for a model with date (or text) columns, before anything is converted.
 
     TFLite computes in float32, which holds seconds since 1970 only to the nearest 128 s (in 2024):
     the hour and the day a time falls in would move near their boundaries, and the graph would not
     predict what keel predicts.
 
     Raises:
-        ExportError: The model has date columns; the message names them.
+        ExportError: The model has date or text columns; the message names them.
     """
     dates = [t.name for t in model.preprocessor.transforms if t.kind == "date"]
     if dates:
@@ -175,6 +175,12 @@ def refuse_dates(model: "Model") -> None:
             "float32, which holds seconds since 1970 only to the nearest 128 s and so would move the hour and day "
             "each date is taken apart into. Export to ONNX instead (keel export MODEL --format onnx), or train "
             "without the date columns (list the other features in input_features).")
+    texts = [t.name for t in model.preprocessor.transforms if t.kind == "text"]
+    if texts:
+        raise ExportError(
+            f"the model has the text column(s) {texts}, which TFLite export does not take (the TF-IDF counting is a "
+            "scatter-add of a variable number of terms per row). Export to ONNX instead (keel export MODEL), or "
+            "train without the text columns.")
 
 
 def input_layout(model: "Model") -> list[dict[str, Any]]:

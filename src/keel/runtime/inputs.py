@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from keel.data.spelling import LONE_SURROGATE, canonical_category, lone_surrogate_at
+from keel.data.words import term_ids
 from keel.errors import DataError
 
 # What pandas' to_numeric parses (after keel strips the text): checked on edge cases and 42,001
@@ -69,11 +70,14 @@ class InputColumn:
         number: True for a float64 input (number and date columns), False for a string one (binary,
             category).
         date: True for a date column: its values are converted to seconds since 1970-01-01 UTC.
+        vocabulary: For a text column, term -> position: its texts (strings, as a category's values)
+            become an int64 ``(rows, terms)`` array of term positions (:func:`text_positions`).
     """
 
     name: str
     number: bool
     date: bool = False
+    vocabulary: Mapping[str, int] | None = None  # a text column: its terms' positions (see text_positions)
 
 
 def to_feeds(data: object, columns: Sequence[InputColumn]) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -92,6 +96,29 @@ def to_feeds(data: object, columns: Sequence[InputColumn]) -> tuple[dict[str, np
             columns of different lengths, or a value that is no number where one is needed or no
             single value at all; the message names the column and, where one is at fault, the row.
     """
+    feeds, extra = _feeds(data, columns)
+    for column in columns:
+        if column.vocabulary is not None:
+            feeds[column.name] = text_positions(feeds[column.name], column.vocabulary)
+    return feeds, extra
+
+
+def vocabulary_index(vocabulary: Sequence[str]) -> dict[str, int]:
+    """A text column's vocabulary (keel.text in the ONNX metadata) as term -> position."""
+    return {term: position for position, term in enumerate(vocabulary)}
+
+
+def text_positions(texts: np.ndarray, vocabulary: Mapping[str, int]) -> np.ndarray:
+    """Texts ("" for missing) as the exported graph's input for a text column: int64 ``(rows, terms)``,
+    each row its terms' positions (:func:`keel.data.words.term_ids`) padded with -1."""
+    rows = term_ids([str(text) for text in texts], vocabulary)
+    out = np.full((len(rows), max((len(row) for row in rows), default=1) or 1), -1, dtype=np.int64)
+    for position, row in enumerate(rows):
+        out[position, :len(row)] = row
+    return out
+
+
+def _feeds(data: object, columns: Sequence[InputColumn]) -> tuple[dict[str, np.ndarray], list[str]]:
     if isinstance(data, Mapping):
         first = next((data[column.name] for column in columns if column.name in data), None)
         if _is_sequence(first):

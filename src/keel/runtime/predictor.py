@@ -20,12 +20,12 @@ import numpy as np
 
 from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning
 from keel.evaluate.metrics import predicted_classes
-from keel.runtime.inputs import InputColumn, to_feeds
+from keel.runtime.inputs import InputColumn, to_feeds, vocabulary_index
 
 ONNX_FILE: Final = "model.onnx"
 # The newest graph layout this predictor reads: keel.export.onnx.EXPORT_FORMAT, written out here
 # because importing the exporter imports pandas (a test keeps the two equal).
-EXPORT_FORMAT: Final = 3
+EXPORT_FORMAT: Final = 4
 # Rows per ONNX Runtime call on a large batch: a 256-wide ensemble of 8 keeps its activations of
 # 256 rows (2 MB) in cache. On the balanced penguins model (one thread) 128-512 rows gave 64-70k
 # rows/s, 1,024 rows 58k, 4,096 rows 40k; one 1M-row call would hold gigabytes.
@@ -63,7 +63,9 @@ class Predictor:
         self._labels = _label_array(self.classes)
         self.threshold = _threshold(metadata, path)
         dates = {item["name"] for item in json.loads(metadata.get("keel.features", "[]")) if item["type"] == "date"}
-        self._columns = [InputColumn(item.name, item.type == "tensor(double)", item.name in dates)
+        texts = json.loads(metadata.get("keel.text", "{}"))
+        self._columns = [InputColumn(item.name, item.type == "tensor(double)", item.name in dates,
+                                     vocabulary_index(texts[item.name]["vocabulary"]) if item.name in texts else None)
                          for item in session.get_inputs()]
         self.feature_names = [column.name for column in self._columns]
         outputs = json.loads(metadata["keel.outputs"])

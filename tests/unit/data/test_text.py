@@ -184,3 +184,22 @@ def test_the_estimators_take_text_parameters_with_a_prefix() -> None:
     classifier.fit(frame[["review", "noise"]], frame["label"])
     assert classifier.model_.preprocessor.transforms[0].width == 6
     assert len(classifier.model_.preprocessor.transforms[0].vocabulary) == 50
+
+
+def test_text_components_enter_the_network_without_number_embeddings(tmp_path: Path) -> None:
+    frame = reviews(160).assign(age=np.arange(160) % 50)
+    config = {"preset": "balanced", "training.epochs": 2, "model.hidden": [16], "model.ensemble": 2,
+              "text.dim": 4, "training.early_stopping": 0}
+    model = keel.fit(frame, target="label", config=config, quiet=True)
+    text = model.preprocessor.transforms[0]
+    assert [t.name for t in model.preprocessor.numeric] == ["noise", "age", "review"]  # text columns last
+    assert model.network.spec.plain_width == text.width == model.preprocessor.text_width
+    assert model.network.numbers.left.shape[0] == 2  # bins for noise and age only
+    first = model.network.mlp[0]
+    assert first.in_features == 2 * model.network.spec.numeric_embedding_dim + text.width
+    model.save(tmp_path / "m")
+    document = json.loads((tmp_path / "m" / "keel.json").read_text())
+    document["network"]["plain_width"] = 4  # of 5: the 4 components and the empty flag
+    (tmp_path / "m" / "keel.json").write_text(json.dumps(document))
+    with pytest.raises(ArtifactError, match="reads 4 text component"):
+        keel.load(tmp_path / "m")

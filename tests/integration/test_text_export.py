@@ -1,0 +1,97 @@
+"""A model with a TF-IDF text column exported to ONNX: the graph counts the terms keel.runtime feeds it and
+predicts what keel predicts; the runtime and the server take the texts as strings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+
+import keel
+from keel.errors import ExportError
+from keel.export.tflite import to_tflite
+from keel.runtime import Predictor
+from keel.serve import ServeSettings, create_app
+from tests.integration.test_dates_export import call
+from tests.unit.data.test_text import reviews
+
+
+def table(n_rows: int = 240, seed: int = 0) -> pd.DataFrame:
+    frame = reviews(n_rows, seed).assign(age=np.arange(n_rows) % 40, city=["oslo", "rome", "paris"] * (n_rows // 3))
+    frame.loc[3, "review"], frame.loc[4, "review"] = "", None
+    return frame
+
+
+def check_rows() -> pd.DataFrame:
+    rows = table(30, seed=5)
+    rows.loc[0, "review"] = "words never seen in training at all"
+    rows.loc[1, "review"] = "GREAT!!! product, works; well?"  # case and punctuation
+    rows.loc[2, "review"], rows.loc[5, "review"] = None, "   "
+    rows.loc[6, "review"] = "great " * 300  # a long text
+    return rows
+
+
+@pytest.fixture(scope="module", params=["fast", "balanced"])
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[keel.Model, Path]:
+    config = {"preset": request.param, "training.epochs": 3, "text.dim": 8, "model.hidden": [16],
+              "model.ensemble": 1 if request.param == "fast" else 2}
+    model = keel.fit(table(), target="label", config=config, quiet=True)
+    directory = tmp_path_factory.mktemp("text") / request.param
+    model.save(directory)
+    report = model.export()
+    assert report.parity["ok"] and report.parity["max_difference"] < 1e-5  # synthetic texts
+    return model, directory
+
+
+def test_the_graph_takes_term_positions_and_the_metadata_holds_the_vocabulary(exported) -> None:
+    model, directory = exported
+    graph = onnx.load(str(directory / "model.onnx"))
+    review = next(item for item in graph.graph.input if item.name == "review")
+    assert review.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert [d.dim_param for d in review.type.tensor_type.shape.dim] == ["batch", "terms"]
+    metadata = {prop.key: prop.value for prop in graph.metadata_props}
+    assert metadata["keel.export_format"] == "4"
+    assert json.loads(metadata["keel.text"])["review"]["vocabulary"] == model.preprocessor.transforms[0].vocabulary
+
+
+def test_the_runtime_predicts_what_keel_predicts_from_strings(exported) -> None:
+    model, directory = exported
+    predictor = Predictor.load(directory)
+    rows = check_rows()
+    np.testing.assert_allclose(predictor.predict_proba(rows), model.predict_proba(rows), rtol=0, atol=1e-6)
+    records = rows.drop(columns="label").to_dict(orient="records")
+    np.testing.assert_allclose(predictor.predict_proba(records), model.predict_proba(rows), rtol=0, atol=1e-6)
+    one = records[1]
+    np.testing.assert_allclose(predictor.predict_proba(one), model.predict_proba(rows.iloc[[1]]), rtol=0, atol=1e-6)
+
+
+def test_the_server_takes_texts_as_strings(exported) -> None:
+    model, directory = exported
+    app = create_app(ServeSettings(str(directory), max_batch=10))
+    rows = check_rows().drop(columns="label").head(4).replace({np.nan: None}).to_dict(orient="records")
+    answer = call(app, "POST", "/predict", json=rows)
+    assert answer.status_code == 200
+    np.testing.assert_allclose(answer.json()["probabilities"], model.predict_proba(pd.DataFrame(rows)), atol=1e-6)
+    described = call(app, "GET", "/metadata").json()["features"]
+    assert {f["name"]: f["type"] for f in described}["review"] == "text"
+    v2 = call(app, "POST", f"/v2/models/{directory.name}/infer", json={"inputs": [
+        {"name": "review", "shape": [1], "datatype": "BYTES", "data": [rows[1]["review"]]},
+        {"name": "noise", "shape": [1], "datatype": "FP64", "data": [rows[1]["noise"]]},
+        {"name": "age", "shape": [1], "datatype": "FP64", "data": [rows[1]["age"]]},
+        {"name": "city", "shape": [1], "datatype": "BYTES", "data": [rows[1]["city"]]}]})
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["outputs"][1]["data"] == pytest.approx(answer.json()["probabilities"][1], abs=1e-7)
+
+
+def test_pretrained_text_and_tflite_are_refused_by_name(exported, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"text column\(s\) \['review'\], which TFLite export does not take"):
+        to_tflite(exported[0])
+    model = keel.fit(table(120), target="label", quiet=True, config={
+        "preset": "fast", "training.epochs": 1, "text.encoder": "pretrained", "text.dim": 4,
+        "text.cache_dir": str(tmp_path / "cache")})
+    with pytest.raises(ExportError, match=r"\['review'\] on a pretrained encoder cannot be exported yet"):
+        model.export(output=tmp_path / "m.onnx")
