@@ -21,7 +21,7 @@ from tests.unit.data.test_text import reviews
 
 
 def table(n_rows: int = 240, seed: int = 0) -> pd.DataFrame:
-    frame = reviews(n_rows, seed).assign(age=np.arange(n_rows) % 40, city=["oslo", "rome", "paris"] * (n_rows // 3))
+    frame = reviews(n_rows, seed).assign(age=np.arange(n_rows) % 40, city=np.resize(["oslo", "rome", "paris"], n_rows))
     frame.loc[3, "review"], frame.loc[4, "review"] = "", None
     return frame
 
@@ -95,3 +95,12 @@ def test_pretrained_text_and_tflite_are_refused_by_name(exported, tmp_path: Path
         "text.cache_dir": str(tmp_path / "cache")})
     with pytest.raises(ExportError, match=r"\['review'\] on a pretrained encoder cannot be exported yet"):
         model.export(output=tmp_path / "m.onnx")
+
+
+def test_int8_and_pruned_exports_of_a_text_model_are_measured(exported, tmp_path: Path) -> None:
+    model, _ = exported
+    quantized = model.export(quantize="int8", data=table(90, seed=7), output=tmp_path / "m.onnx").to_dict()
+    assert quantized["parity"]["ok"] and quantized["quantized_parity"]["rows"] == 90
+    assert quantized["compression"]["compressed"]["batch_rows"] == 1000  # the text feed repeated row by row
+    pruned = model.export(prune=0.3, data=table(90, seed=7), output=tmp_path / "p.onnx").to_dict()
+    assert pruned["parity"]["ok"] and pruned["pruning"]["amount"] == 0.3

@@ -310,7 +310,8 @@ def _measure(original: bytes, compressed: bytes, model: "Model", rows: pd.DataFr
 
     feeds = onnx_feeds(model, rows)
     one_row = {name: values[:1] for name, values in feeds.items()}
-    batch = {name: np.resize(values, 1000) for name, values in feeds.items()}
+    repeated = np.resize(np.arange(len(rows)), 1000)  # row positions: a text column's feed is 2-D
+    batch = {name: values[repeated] for name, values in feeds.items()}
     metric = None
     if model.target in rows.columns and rows[model.target].notna().any():
         try:
