@@ -389,6 +389,10 @@ class Model:
             raise corrupt(f"the network reads {spec.numeric_width} number column(s) and categories of "
                           f"{_listed(spec.cardinalities)} values, the preprocessing makes {preprocessor.numeric_width} "
                           f"and {_listed(preprocessor.cardinalities)}")
+        if preprocessor is not None and spec.plain_width == 0 and preprocessor.text_width:
+            raise ArtifactError(f"{path} holds a model with text columns saved by a keel before its text components "
+                                "skipped number embeddings (a development version); this keel cannot rebuild its "
+                                "network: retrain the model.")
         if preprocessor is not None and spec.plain_width != preprocessor.text_width:
             raise corrupt(f"the network reads {spec.plain_width} text component(s), the preprocessing makes "
                           f"{preprocessor.text_width}")

@@ -52,7 +52,7 @@ def test_the_graph_takes_term_positions_and_the_metadata_holds_the_vocabulary(ex
     graph = onnx.load(str(directory / "model.onnx"))
     review = next(item for item in graph.graph.input if item.name == "review")
     assert review.type.tensor_type.elem_type == onnx.TensorProto.INT64
-    assert [d.dim_param for d in review.type.tensor_type.shape.dim] == ["batch", "terms"]
+    assert [d.dim_param for d in review.type.tensor_type.shape.dim] == ["batch", "text0 terms"]
     metadata = {prop.key: prop.value for prop in graph.metadata_props}
     assert metadata["keel.export_format"] == "4"
     assert json.loads(metadata["keel.text"])["review"]["vocabulary"] == model.preprocessor.transforms[0].vocabulary

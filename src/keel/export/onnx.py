@@ -54,8 +54,11 @@ IR_VERSION = 8
 # 4: text columns, int64 inputs of term positions [batch, terms] (keel.text holds each vocabulary).
 EXPORT_FORMAT = 4
 # How a text becomes its terms, for a client that makes the term positions itself.
-TERMS_RULE = ("lower-case the text; words are the matches of the regular expression \\w\\w+ (Unicode); terms are "
-              "the words, then each adjacent pair of words joined by one space")
+TERMS_RULE = ("lower-case the text with Python's str.lower(); words are the matches of Python's regular expression "
+              "\\w\\w+ (\\w: characters for which str.isalnum() is true, and _); terms are the words, then each "
+              "adjacent pair of words joined by one space; the input row is the positions of the terms found in the "
+              "vocabulary, in order, padded with -1 to the batch's longest row; an empty, blank or missing text is "
+              "[len(vocabulary)]")
 _PREFIX = "keel/"  # every name keel makes inside the graph, so none clashes with a column's
 
 
@@ -77,7 +80,8 @@ def to_onnx(model: "Model") -> "onnx.ModelProto":
     inputs, nodes = [], []
     for group in module.groups:
         if group.name.startswith("text"):  # term positions, made by keel.runtime (or a client) from the text
-            inputs.append(helper.make_tensor_value_info(group.columns[0], TensorProto.INT64, ["batch", "terms"]))
+            inputs.append(helper.make_tensor_value_info(group.columns[0], TensorProto.INT64,
+                                                        ["batch", f"{group.name} terms"]))
             nodes.append(helper.make_node("Identity", [group.columns[0]], [_PREFIX + "net/" + group.name]))
             continue
         parts = []
@@ -140,7 +144,8 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
         **({"keel.text": json.dumps({name: {"vocabulary": t.vocabulary, "terms": TERMS_RULE} for name, t in texts.items()})}
            if texts else {}),
         "keel.missing": "numbers: NaN; binary and category columns: the empty string"
-                        + ("; dates (seconds since 1970-01-01 UTC): NaN" if dates else ""),
+                        + ("; dates (seconds since 1970-01-01 UTC): NaN" if dates else "")
+                        + ("; text columns: the row [len(vocabulary)] (see keel.text)" if texts else ""),
         # The decision rule of the label output: probabilities[:, 1] >= threshold (float32) -> classes[1].
         **({} if threshold is None else {"keel.threshold": repr(threshold)}),
     }
@@ -161,7 +166,7 @@ def _trace(module: Any, example: tuple[Any, ...], task: str) -> "onnx.ModelProto
         torch.onnx.export(module, example, buffer,  # type: ignore[arg-type]  # a file-like object is accepted
                           dynamo=False, opset_version=OPSET, input_names=names,
                           output_names=[output],
-                          dynamic_axes={name: {0: "batch", **({1: "terms"} if name.startswith("text") else {})}
+                          dynamic_axes={name: {0: "batch", **({1: f"{name} terms"} if name.startswith("text") else {})}
                                         for name in [*names, output]},
                           do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())

@@ -80,13 +80,16 @@ class InputColumn:
     vocabulary: Mapping[str, int] | None = None  # a text column: its terms' positions (see text_positions)
 
 
-def to_feeds(data: object, columns: Sequence[InputColumn]) -> tuple[dict[str, np.ndarray], list[str]]:
+def to_feeds(data: object, columns: Sequence[InputColumn], *,
+             positions: bool = True) -> tuple[dict[str, np.ndarray], list[str]]:
     """The graph's inputs for ``data``, and the column names in ``data`` that are no input.
 
     Args:
         data: One row (a dict of column -> value), columns (a dict of column -> list or array),
             rows (a list of dicts) or a pandas DataFrame.
         columns: The graph's inputs.
+        positions: Turn text columns into term positions (:func:`text_positions`); False leaves
+            them strings, for a caller that pads them a chunk at a time (the predictor).
 
     Returns:
         ``(feeds, extra)``: one 1-D array per input, all of one length; ``extra`` in ``data``'s order.
@@ -98,7 +101,7 @@ def to_feeds(data: object, columns: Sequence[InputColumn]) -> tuple[dict[str, np
     """
     feeds, extra = _feeds(data, columns)
     for column in columns:
-        if column.vocabulary is not None:
+        if positions and column.vocabulary is not None:
             feeds[column.name] = text_positions(feeds[column.name], column.vocabulary)
     return feeds, extra
 
@@ -108,14 +111,24 @@ def vocabulary_index(vocabulary: Sequence[str]) -> dict[str, int]:
     return {term: position for position, term in enumerate(vocabulary)}
 
 
-def text_positions(texts: np.ndarray, vocabulary: Mapping[str, int]) -> np.ndarray:
-    """Texts ("" for missing) as the exported graph's input for a text column: int64 ``(rows, terms)``,
-    each row its terms' positions (:func:`keel.data.words.term_ids`) padded with -1."""
-    rows = term_ids([str(text) for text in texts], vocabulary)
+def term_rows(texts: np.ndarray, vocabulary: Mapping[str, int]) -> list[np.ndarray]:
+    """Each text ("" for missing) as an int64 array of its terms' positions (:func:`keel.data.words.term_ids`)."""
+    return [np.array(row, dtype=np.int64) for row in term_ids([str(text) for text in texts], vocabulary)]
+
+
+def padded(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Rows of term positions as the graph's ``(rows, terms)`` input, padded with -1."""
     out = np.full((len(rows), max((len(row) for row in rows), default=1) or 1), -1, dtype=np.int64)
     for position, row in enumerate(rows):
         out[position, :len(row)] = row
     return out
+
+
+def text_positions(texts: np.ndarray, vocabulary: Mapping[str, int]) -> np.ndarray:
+    """Texts ("" for missing) as the exported graph's input for a text column: int64 ``(rows, terms)``,
+    each row its terms' positions padded with -1 to the longest row (all rows in one array: for a
+    batch of any size, the predictor pads a chunk at a time instead)."""
+    return padded(term_rows(texts, vocabulary))
 
 
 def _feeds(data: object, columns: Sequence[InputColumn]) -> tuple[dict[str, np.ndarray], list[str]]:

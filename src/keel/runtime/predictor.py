@@ -20,7 +20,7 @@ import numpy as np
 
 from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning
 from keel.evaluate.metrics import predicted_classes
-from keel.runtime.inputs import InputColumn, to_feeds, vocabulary_index
+from keel.runtime.inputs import InputColumn, padded, term_rows, to_feeds, vocabulary_index
 
 ONNX_FILE: Final = "model.onnx"
 # The newest graph layout this predictor reads: keel.export.onnx.EXPORT_FORMAT, written out here
@@ -30,6 +30,8 @@ EXPORT_FORMAT: Final = 4
 # 256 rows (2 MB) in cache. On the balanced penguins model (one thread) 128-512 rows gave 64-70k
 # rows/s, 1,024 rows 58k, 4,096 rows 40k; one 1M-row call would hold gigabytes.
 CHUNK_ROWS: Final = 256
+# Term slots (rows x longest text's terms) of one text input in one call: 1 M int64 positions, 8 MB.
+MAX_TERM_SLOTS: Final = 1 << 20
 # The training table's columns a model reads from the config rather than as features.
 _SPECIAL_COLUMNS = ("split_by", "order_by", "weight_column")
 
@@ -180,16 +182,20 @@ class Predictor:
         return self._run(data).astype(np.float64)
 
     def _run(self, data: Any) -> np.ndarray:
-        feeds, extra = to_feeds(data, self._columns)
+        feeds, extra = to_feeds(data, self._columns, positions=False)
         if extra:
             self._report(extra)
         n_rows = len(next(iter(feeds.values())))
-        if n_rows <= CHUNK_ROWS:
+        texts = {column.name: term_rows(feeds.pop(column.name), column.vocabulary)
+                 for column in self._columns if column.vocabulary is not None}
+        if n_rows <= CHUNK_ROWS and not texts:
             result: np.ndarray = self._session.run(self._output, feeds)[0]
             return result
-        parts = [self._session.run(self._output, {name: values[start:start + CHUNK_ROWS]
-                                                  for name, values in feeds.items()})[0]
-                 for start in range(0, n_rows, CHUNK_ROWS)]
+        parts = []
+        for start, stop in _chunks(n_rows, [[len(row) for row in rows] for rows in texts.values()]):
+            chunk = {name: values[start:stop] for name, values in feeds.items()}
+            chunk.update({name: padded(rows[start:stop]) for name, rows in texts.items()})
+            parts.append(self._session.run(self._output, chunk)[0])
         return np.concatenate(parts)
 
     def _report(self, extra: list[str]) -> None:
@@ -200,6 +206,22 @@ class Predictor:
             warnings.warn(
                 f"ignoring column(s) {new}: the model does not read them (its inputs are {self.feature_names}). "
                 "Check their spelling if you meant one of those.", KeelWarning, stacklevel=4)
+
+
+def _chunks(n_rows: int, lengths: list[list[int]]) -> list[tuple[int, int]]:
+    """Row ranges of at most ``CHUNK_ROWS`` rows whose padded text inputs (rows x longest row, per text
+    column) stay within ``MAX_TERM_SLOTS``: one 10,000-word text pads its own chunk, not a whole batch."""
+    chunks, start = [], 0
+    while start < n_rows:
+        stop, longest = start + 1, [column[start] for column in lengths]
+        while stop < n_rows and stop - start < CHUNK_ROWS:
+            wider = [max(width, column[stop]) for width, column in zip(longest, lengths)]
+            if any((stop - start + 1) * width > MAX_TERM_SLOTS for width in wider):
+                break
+            stop, longest = stop + 1, wider
+        chunks.append((start, stop))
+        start = stop
+    return chunks
 
 
 def _label_array(classes: list[Any]) -> np.ndarray:

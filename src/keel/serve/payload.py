@@ -253,6 +253,10 @@ def _described(feature: FeatureSpec, kind: Any, **constraints: Any) -> Any:
         text = (f"{_DATE_TEXT[0].upper()}{_DATE_TEXT[1:]} (the model fills it). A time without an offset is "
                 "taken as UTC.")
         examples = ["2024-02-29T13:45:00Z"]
+    elif feature.type == "text":
+        text = ("Free text (a string); null or \"\" when missing. Its words and word pairs are counted against the "
+                "model's vocabulary; words it never saw are left out, not counted as unseen.")
+        examples = ["arrived quickly and works well"]
     else:
         shown = list(feature.values[:EXAMPLES_SHOWN])
         more = f" (the first {EXAMPLES_SHOWN} are listed as examples)" if len(feature.values) > EXAMPLES_SHOWN else ""

@@ -72,9 +72,9 @@ class ModelSpec:
 
     @property
     def known(self) -> dict[str, frozenset[str]]:
-        """Known values by binary or category column, for counting unseen ones."""
+        """Known values by binary or category column, for counting unseen ones (a text is no value to count)."""
         return {feature.name: frozenset(feature.values) for feature in self.features
-                if not (feature.is_number or feature.is_date)}
+                if not (feature.is_number or feature.is_date or feature.type == "text")}
 
 
 def read_spec(predictor: Predictor, directory: Path) -> ModelSpec:
