@@ -1,7 +1,7 @@
 """Text columns as numbers: TF-IDF or a frozen sentence encoder, projected onto a few components.
 
-A text column becomes ``dim`` numbers and an empty-text flag. ``tfidf`` counts words (runs of two
-or more letters or digits, lower-cased) and adjacent word pairs, keeps the ``max_features`` most
+A text column becomes ``dim`` numbers and an empty-text flag. ``tfidf`` counts the terms of
+:func:`keel.data.words.terms` (lower-cased words of two or more word characters, and adjacent pairs), keeps the ``max_features`` most
 frequent of those in at least two training rows, weights them ``(1 + log count) * idf`` with
 scikit-learn's smoothed idf and scales each row to unit length; ``pretrained`` embeds each text with
 a frozen sentence encoder (:mod:`keel.nn.sentence`). Either way the vectors are projected onto their
@@ -40,6 +40,7 @@ class Encoder(Protocol):
     def width(self) -> int: ...
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, int]: ...
+
 
 # Components whose spread on the training rows is below this share of the largest one are noise.
 _MIN_SPREAD = 1e-4
