@@ -140,7 +140,8 @@ def throughput(train: pd.DataFrame, texts: list[str]) -> dict[str, float]:
     started = time.perf_counter()
     _, truncated = encoder.encode(distinct)
     seconds = time.perf_counter() - started
-    return {"texts": len(distinct), "seconds": seconds, "texts_per_s": len(distinct) / seconds, "truncated": truncated}
+    return {"texts": len(distinct), "seconds": seconds, "texts_per_s": len(distinct) / seconds,
+            "truncated": int(truncated.sum())}
 
 
 def tools(texts: list[str], cache_dir: str) -> dict[str, Callable[..., tuple[np.ndarray, float]]]:

@@ -84,7 +84,7 @@ class TextConfig(_Section):
         None, ge=8, description="pretrained: tokens per text before the rest is cut off (counted in the run note); "
         "unset, the model's own limit (256 for all-MiniLM-L6-v2).")
     cache_dir: str | None = Field(
-        None, description="pretrained: where computed embeddings are kept, by content hash; unset, "
+        None, description="pretrained: where computed embeddings are kept, each text by its sha256; unset, "
         "$XDG_CACHE_HOME/keel/embeddings (~/.cache/keel/embeddings). 'off' keeps none.")
 
 

@@ -39,7 +39,7 @@ class Encoder(Protocol):
     @property
     def width(self) -> int: ...
 
-    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, int]: ...
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 # Components whose spread on the training rows is below this share of the largest one are noise.
@@ -200,8 +200,10 @@ class TextTransform:
             self._fitted = known
             truncated = embeddings.truncated
             name = self.model.removeprefix("package:") if self.model.startswith("package:") else Path(self.model).name
+            cached = (" (read from the cache)" if hit else
+                      f" ({embeddings.hits:,} read from the cache)" if embeddings.hits else "")
             self.notes += [f"text column {self.name!r}: {len(distinct):,} distinct training texts embedded by {name}"
-                          f"{' (read from the cache)' if hit else ''}"
+                           f"{cached}"
                           + (f"; {truncated:,} cut at {self._sentence.max_tokens} tokens" if truncated else "") + "."]
         else:
             self._fitted = {}
@@ -261,8 +263,8 @@ def _leading_components(matrix: Any, dim: int) -> np.ndarray:
 
 
 class _Embeddings:
-    def __init__(self, vectors: np.ndarray, truncated: int) -> None:
-        self.vectors, self.truncated = vectors, truncated
+    def __init__(self, vectors: np.ndarray, truncated: int, hits: int = 0) -> None:
+        self.vectors, self.truncated, self.hits = vectors, truncated, hits
 
 
 def _cache_directory(setting: str | None) -> Path | None:
@@ -273,40 +275,71 @@ def _cache_directory(setting: str | None) -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "keel" / "embeddings"
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
 def _cached(encoder: Encoder, texts: list[str], cache_dir: str | None,
             write: bool = True) -> tuple[_Embeddings, bool]:
-    """The embeddings of ``texts``, from the cache when the same model embedded the same texts before.
+    """The embeddings of ``texts`` (distinct), each read from the cache when this model embedded it before.
 
-    The key is a sha256 of the model's content hash, the token limit and the texts; the file is
-    safetensors (no pickle), written atomically, and one that cannot be read is recomputed.
+    The cache keeps one folder per model (its content hash and token limit) of safetensors shards,
+    each holding the sha256 of its texts, their vectors and whether each was cut at the token limit:
+    a text is embedded once whatever table, split or row order it comes in. A fit writes one shard
+    of the texts it embedded (atomically); a shard that cannot be read is ignored, and an unwritable
+    cache loses nothing but the time to embed again.
+
+    Returns:
+        The embeddings (``hits``: how many came from the cache) and whether all of them did.
     """
     from safetensors import SafetensorError
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import save_file
 
-    digest = hashlib.sha256(f"{encoder.sha256}\0{encoder.max_tokens}\0".encode())
-    for text in texts:  # each text after its length: no two lists of texts hash alike, whatever they hold
-        data = text.encode("utf-8", "surrogatepass")
-        digest.update(len(data).to_bytes(8, "little") + data)
-    directory = _cache_directory(cache_dir)
-    path = directory / f"{digest.hexdigest()}.safetensors" if directory else None
     if not texts:
         return _Embeddings(np.zeros((0, encoder.width), dtype=np.float32), 0), True
-    if path is not None and path.is_file():
+    root = _cache_directory(cache_dir)
+    folder = root / f"{encoder.sha256[:32]}-{encoder.max_tokens}" if root else None
+    digests = [_digest(text) for text in texts]
+    vectors = np.zeros((len(texts), encoder.width), dtype=np.float32)
+    cut = np.zeros(len(texts), dtype=bool)
+    found = _read_cache(folder, digests, vectors, cut, encoder.width) if folder else np.zeros(len(texts), dtype=bool)
+    missing = np.flatnonzero(~found)
+    if len(missing):
+        new, new_cut = encoder.encode([texts[index] for index in missing])
+        vectors[missing], cut[missing] = new, new_cut
+        if folder is not None and write:
+            keys = np.frombuffer(b"".join(digests[index] for index in missing), dtype=np.uint8).reshape(-1, 32)
+            path = folder / f"{hashlib.sha256(keys.tobytes()).hexdigest()}.safetensors"
+            partial = path.with_suffix(f".tmp-{os.getpid()}")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                save_file({"digests": keys, "vectors": new, "cut": new_cut.astype(np.uint8)}, str(partial))
+                os.replace(partial, path)
+            except (OSError, SafetensorError):  # a read-only cache: embedded again next time, nothing is lost
+                with contextlib.suppress(OSError):
+                    partial.unlink(missing_ok=True)
+    return _Embeddings(vectors, int(cut.sum()), int(found.sum())), not len(missing)
+
+
+def _read_cache(folder: Path, digests: list[bytes], vectors: np.ndarray, cut: np.ndarray, width: int) -> np.ndarray:
+    """Fill ``vectors`` and ``cut`` of the texts the cache holds; returns which it held."""
+    from safetensors.numpy import load_file
+
+    wanted = {digest: position for position, digest in enumerate(digests)}
+    found = np.zeros(len(digests), dtype=bool)
+    for shard in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
         try:
-            stored = load_file(str(path))
-            vectors, truncated = stored["vectors"], int(stored["truncated"][0])
-            if vectors.shape == (len(texts), encoder.width):
-                return _Embeddings(vectors, truncated), True
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
-            pass
-    vectors, truncated = encoder.encode(texts)
-    if path is not None and texts and write:
-        partial = path.with_suffix(f".tmp-{os.getpid()}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"vectors": vectors, "truncated": np.array([truncated], dtype=np.int64)}, str(partial))
-            os.replace(partial, path)
-        except (OSError, SafetensorError):  # a read-only cache: recomputed next time, nothing is lost
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-    return _Embeddings(vectors, truncated), False
+            stored = load_file(str(shard))
+            keys, stored_vectors, stored_cut = stored["digests"], stored["vectors"], stored["cut"]
+            if keys.ndim != 2 or keys.shape[1] != 32 or stored_vectors.shape != (len(keys), width) \
+                    or stored_cut.shape != (len(keys),):
+                continue
+        except Exception:  # noqa: BLE001 - a damaged shard is ignored, never trusted
+            continue
+        for row, key in enumerate(keys):
+            position = wanted.get(key.tobytes())
+            if position is not None and not found[position]:
+                vectors[position], cut[position], found[position] = stored_vectors[row], bool(stored_cut[row]), True
+        if found.all():
+            break
+    return found

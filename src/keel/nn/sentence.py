@@ -143,16 +143,16 @@ class SentenceEncoder:
         return self._network, self._tokenizer
 
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
-        """The embeddings of ``texts`` (n, width) float32, and how many texts were cut at ``max_tokens``."""
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The embeddings of ``texts`` (n, width) float32, and which texts were cut at ``max_tokens`` (n,) bool."""
         network, tokenizer = self._load()
         out = np.zeros((len(texts), self.width), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
-        truncated = 0
+        truncated = np.zeros(len(texts), dtype=bool)
         for start in range(0, len(order), _BATCH):
             rows = order[start:start + _BATCH]
             encodings = tokenizer.encode_batch([texts[row] for row in rows])
-            truncated += sum(1 for encoding in encodings if encoding.overflowing)
+            truncated[rows] = [bool(encoding.overflowing) for encoding in encodings]
             ids = torch.tensor([encoding.ids for encoding in encodings], dtype=torch.int64)
             attention = torch.tensor([encoding.attention_mask for encoding in encodings], dtype=torch.int64)
             out[rows] = self.pool(network(ids, attention), attention).numpy()

@@ -97,21 +97,25 @@ def test_pretrained_embeddings_match_sentence_transformers() -> None:
     encoder = SentenceEncoder(ModelFiles(DEFAULT_MODEL))
     vectors, truncated = encoder.encode(reference["texts"])
     np.testing.assert_allclose(vectors, np.array(reference["embeddings"]), atol=1e-5)
-    assert truncated == 1 and encoder.max_tokens == 256  # the 400-word text is cut at the model's limit
+    assert truncated.tolist() == [False] * 4 + [True, False] and encoder.max_tokens == 256  # the 400-word text
 
 
-def test_embeddings_are_cached_by_content_and_a_damaged_entry_is_recomputed(tiny_model: Path, tmp_path: Path) -> None:
+def test_embeddings_are_cached_per_text_and_a_damaged_shard_is_recomputed(tiny_model: Path, tmp_path: Path) -> None:
     encoder = SentenceEncoder(ModelFiles(str(tiny_model)))
     first, hit = _cached(encoder, ["one text", "another"], str(tmp_path))
-    assert not hit and len(list(tmp_path.iterdir())) == 1
-    again, hit = _cached(encoder, ["one text", "another"], str(tmp_path))
-    assert hit and np.array_equal(again.vectors, first.vectors)
+    shards = list(tmp_path.glob("*/*.safetensors"))
+    assert not hit and first.hits == 0 and len(shards) == 1
+    again, hit = _cached(encoder, ["another", "one text"], str(tmp_path))  # any order, any company
+    assert hit and again.hits == 2 and np.array_equal(again.vectors, first.vectors[::-1])
     other, hit = _cached(encoder, ["one text", "changed"], str(tmp_path))
-    assert not hit and np.array_equal(other.vectors[0], first.vectors[0])
-    for entry in tmp_path.iterdir():
-        entry.write_bytes(b"not safetensors")
+    assert not hit and other.hits == 1 and np.array_equal(other.vectors[0], first.vectors[0])
+    assert len(list(tmp_path.glob("*/*.safetensors"))) == 2  # a shard of the one new text
+    read_only, _ = _cached(encoder, ["never written"], str(tmp_path), write=False)
+    assert read_only.hits == 0 and len(list(tmp_path.glob("*/*.safetensors"))) == 2
+    for shard in tmp_path.glob("*/*.safetensors"):
+        shard.write_bytes(b"not safetensors")
     damaged, hit = _cached(encoder, ["one text", "another"], str(tmp_path))
-    assert not hit and np.allclose(damaged.vectors, first.vectors)
+    assert not hit and damaged.hits == 0 and np.allclose(damaged.vectors, first.vectors)
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -159,6 +163,11 @@ def test_pretrained_run_notes_the_embedding_and_refuses_a_swapped_model(tiny_mod
     model.save(tmp_path / "m")
     again = keel.fit(frame, target="label", config=config, quiet=True)
     assert any("(read from the cache)" in note for note in again.notes)
+    other_split = keel.fit(frame, target="label", config={**config, "training.seed": 7}, quiet=True)
+    assert any("(read from the cache)" in note for note in other_split.notes)  # every row's text was cached
+    added = keel.fit(pd.concat([frame, reviews(20, seed=9)], ignore_index=True), target="label", config=config,
+                     quiet=True)
+    assert any(" read from the cache)" in note and "(read" not in note for note in added.notes)  # some new
     np.testing.assert_array_equal(keel.load(tmp_path / "m").predict_proba(frame), model.predict_proba(frame))
     torch.manual_seed(1)
     shape = SentenceEncoder(ModelFiles(str(directory))).shape
