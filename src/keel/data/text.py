@@ -323,23 +323,26 @@ def _cached(encoder: Encoder, texts: list[str], cache_dir: str | None,
 
 def _read_cache(folder: Path, digests: list[bytes], vectors: np.ndarray, cut: np.ndarray, width: int) -> np.ndarray:
     """Fill ``vectors`` and ``cut`` of the texts the cache holds; returns which it held."""
-    from safetensors.numpy import load_file
+    from safetensors import safe_open
 
     wanted = {digest: position for position, digest in enumerate(digests)}
     found = np.zeros(len(digests), dtype=bool)
     for shard in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
-        try:
-            stored = load_file(str(shard))
-            keys, stored_vectors, stored_cut = stored["digests"], stored["vectors"], stored["cut"]
+        try:  # a shard's vectors are read only when it holds a wanted text
+            with safe_open(str(shard), framework="numpy") as handle:
+                keys = handle.get_tensor("digests")
+                hits = [(row, position) for row, key in enumerate(keys)
+                        if (position := wanted.get(key.tobytes())) is not None and not found[position]]
+                if not hits:
+                    continue
+                stored_vectors, stored_cut = handle.get_tensor("vectors"), handle.get_tensor("cut")
             if keys.ndim != 2 or keys.shape[1] != 32 or stored_vectors.shape != (len(keys), width) \
                     or stored_cut.shape != (len(keys),):
                 continue
         except Exception:  # noqa: BLE001 - a damaged shard is ignored, never trusted
             continue
-        for row, key in enumerate(keys):
-            position = wanted.get(key.tobytes())
-            if position is not None and not found[position]:
-                vectors[position], cut[position], found[position] = stored_vectors[row], bool(stored_cut[row]), True
+        for row, position in hits:
+            vectors[position], cut[position], found[position] = stored_vectors[row], bool(stored_cut[row]), True
         if found.all():
             break
     return found
