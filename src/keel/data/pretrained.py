@@ -153,7 +153,7 @@ def _read_settings(directory: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{directory}/config.json describes a {config.get('model_type')!r} model"
             f"{' with code of its own (auto_map)' if config.get('auto_map') else ''}; keel runs BERT-family sentence "
-            "encoders (all-MiniLM-L6-v2, all-MiniLM-L12-v2, bge-small, e5-small) and never code shipped with a model.")
+            "encoders (model_type bert, such as all-MiniLM-L6-v2) and never code shipped with a model.")
     if not (directory / "model.safetensors").is_file():
         pickled = [name for name in ("pytorch_model.bin", "model.bin") if (directory / name).exists()]
         raise ConfigError(f"{directory} has no model.safetensors{f' (only {pickled[0]}, a pickle)' if pickled else ''}; "
