@@ -238,6 +238,13 @@ class Preprocessor:
         return {f"{ARRAY_PREFIX}{position}/{key}": value for position, transform in enumerate(self.transforms)
                 if isinstance(transform, TextTransform) for key, value in transform.arrays().items()}
 
+    def finish_training(self) -> None:
+        """The training rows are transformed: text transforms stop writing the embedding cache (prediction
+        only reads it) and drop the training embeddings they kept."""
+        for transform in self.transforms:
+            if isinstance(transform, TextTransform):
+                transform.finish_training()
+
     @property
     def notes(self) -> list[str]:
         """What fitting did that a run note should say (texts embedded, cut at the token limit)."""

@@ -94,9 +94,10 @@ class TextTransform:
         self.model_sha256 = ""
         self.notes: list[str] = []  # what fitting did that the run note should say (truncations, cache)
         self._sentence: Encoder | None = None
-        # Embeddings of the training texts, kept from fit for the one transform of the whole table that
-        # training runs next (which would otherwise embed every training text again), then dropped.
+        # Embeddings of the training texts, kept from fit for the transforms of the table that training runs
+        # next (which would otherwise embed every training text again), then dropped (finish_training).
         self._fitted: dict[str, np.ndarray] = {}
+        self._training = False  # embeddings made now go into the cache: from fit until finish_training
 
     @property
     def width(self) -> int:
@@ -192,12 +193,11 @@ class TextTransform:
         distinct, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
         new = [text for text in distinct.tolist() if text not in self._fitted]
         # Training writes the cache (its texts come back in the next run); predictions only read it.
-        write = fitting or bool(self._fitted)
-        embeddings, hit = _cached(self._sentence, new, self.cache_dir, write=write)
+        embeddings, hit = _cached(self._sentence, new, self.cache_dir, write=fitting or self._training)
         known = dict(zip(new, embeddings.vectors))
         vectors = np.stack([known[text] if text in known else self._fitted[text] for text in distinct.tolist()])
         if fitting:
-            self._fitted = known
+            self._fitted, self._training = known, True
             truncated = embeddings.truncated
             name = self.model.removeprefix("package:") if self.model.startswith("package:") else Path(self.model).name
             cached = (" (read from the cache)" if hit else
@@ -205,9 +205,11 @@ class TextTransform:
             self.notes += [f"text column {self.name!r}: {len(distinct):,} distinct training texts embedded by {name}"
                            f"{cached}"
                           + (f"; {truncated:,} cut at {self._sentence.max_tokens} tokens" if truncated else "") + "."]
-        else:
-            self._fitted = {}
         return vectors[inverse.ravel()]
+
+    def finish_training(self) -> None:
+        """Stop writing the embedding cache and drop the kept training embeddings (training has transformed its rows)."""
+        self._fitted, self._training = {}, False
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "encoder": self.encoder, "dim": self.dim,
@@ -327,7 +329,11 @@ def _read_cache(folder: Path, digests: list[bytes], vectors: np.ndarray, cut: np
 
     wanted = {digest: position for position, digest in enumerate(digests)}
     found = np.zeros(len(digests), dtype=bool)
-    for shard in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+    try:  # a folder that cannot be listed (another user's, a name too long) is an empty cache
+        shards = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    except OSError:
+        shards = []
+    for shard in shards:
         try:  # a shard's vectors are read only when it holds a wanted text
             with safe_open(str(shard), framework="numpy") as handle:
                 keys = handle.get_tensor("digests")

@@ -305,6 +305,7 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
         # view (on 1M x 50 rows a copy of the training part alone was a 180 MB first touch).
         layout = np.concatenate([split.train, split.validation, split.test])
         batch = _batch(preprocessor, target, frame, rows.classes, rows.weights, layout).to(device)  # the one copy to a GPU
+        preprocessor.finish_training()
     for note in preprocessor.notes:
         notes.append(note)
     where = np.empty(len(layout), dtype=np.int64)

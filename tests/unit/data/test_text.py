@@ -211,3 +211,20 @@ def test_text_components_enter_the_network_without_number_embeddings(tmp_path: P
     (tmp_path / "m" / "keel.json").write_text(json.dumps(document))
     with pytest.raises(ArtifactError, match="reads 4 text component"):
         keel.load(tmp_path / "m")
+
+
+def test_a_streamed_run_caches_every_text_it_embeds(tiny_model: Path, tmp_path: Path) -> None:
+    frame = reviews(6000)
+    frame["review"] = [f"{text} number {i}" for i, text in enumerate(frame["review"])]  # every text distinct
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    config = {"preset": "fast", "training.epochs": 1, "text.encoder": "pretrained", "text.model_path": str(tiny_model),
+              "text.cache_dir": str(tmp_path / "cache"), "text.dim": 4, "data.memory_budget": "1MiB"}
+    model = keel.fit(tmp_path / "rows.csv", target="label", config=config, quiet=True)
+    assert any("streamed" in note or "chunk" in note for note in model.notes)
+    from safetensors.numpy import load_file
+
+    cached = sum(len(load_file(str(shard))["digests"]) for shard in (tmp_path / "cache").glob("*/*.safetensors"))
+    assert cached == len(frame)  # audited: 3,248 of 40,000 (only the sample and the first chunk were written)
+    before = len(list((tmp_path / "cache").glob("*/*.safetensors")))
+    model.predict(reviews(30, seed=4))
+    assert len(list((tmp_path / "cache").glob("*/*.safetensors"))) == before  # predicting writes nothing

@@ -66,7 +66,7 @@ def test_another_token_limit_does_not_read_the_vectors_of_the_first(encoder_dir:
 
 @pytest.mark.parametrize("stored", [
     {"vectors": np.full((1, 8), 7.0, np.float32), "cut": np.ones(1, np.uint8)},  # another width
-    {"vectors": np.full((2, 16), 7.0, np.float32), "cut": np.ones(2, np.uint8)},  # a row per digest missing
+    {"vectors": np.full((2, 16), 7.0, np.float32), "cut": np.ones(1, np.uint8)},  # more rows than digests
     {"vectors": np.full((1, 16), 7.0, np.float32), "cut": np.ones(3, np.uint8)},  # cut of another length
 ])
 def test_a_shard_of_another_shape_is_ignored(encoder_dir: Path, tmp_path: Path, stored: dict) -> None:
