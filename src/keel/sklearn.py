@@ -263,7 +263,7 @@ class KeelClassifier(ClassifierMixin, _KeelEstimator):
 
         Args:
             X: The features, shape (n_samples, n_features); a DataFrame may hold categories and text.
-                Columns keel cannot use (constant, id-like, free text, all missing) are left out
+                Columns keel cannot use (constant, id-like, all missing) are left out
                 with a ``KeelWarning`` and listed in ``model_.schema.dropped``.
             y: The class of each row; none may be missing.
             sample_weight: Non-negative weight of each row in the loss, the validation score and
@@ -303,7 +303,7 @@ class KeelRegressor(RegressorMixin, _KeelEstimator):
 
         Args:
             X: The features, shape (n_samples, n_features); a DataFrame may hold categories and text.
-                Columns keel cannot use (constant, id-like, free text, all missing) are left out
+                Columns keel cannot use (constant, id-like, all missing) are left out
                 with a ``KeelWarning`` and listed in ``model_.schema.dropped``.
             y: The target value of each row; none may be missing.
             sample_weight: Non-negative weight of each row in the loss, the validation score and

@@ -121,7 +121,8 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
 
     Returns:
         The schema; columns that cannot help (constant, all missing, id-like) are listed in
-        ``dropped`` with the reason; free text (mostly distinct values of several words) is ``text``. datetime64 columns (tz-aware ones too) are dates.
+        ``dropped`` with the reason; free text (mostly distinct values of several words) is ``text``.
+        datetime64 columns (tz-aware ones too) are dates.
 
     Raises:
         ConfigError: No target is set.
