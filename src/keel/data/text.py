@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import sparse
 
 from keel.config import TextConfig
+from keel.data.pretrained import DEFAULT_MODEL, PACKAGE_PREFIX
 from keel.data.values import category_strings
 from keel.data.words import terms
 from keel.errors import ConfigError, DataError
@@ -58,7 +59,7 @@ def text_strings(series: pd.Series) -> list[str]:
 
 # text.encoder -> how a column's texts become vectors before the projection (a sparse TF-IDF matrix or
 # dense embeddings); the keys are the config's Literal values.
-TEXT_ENCODERS: dict[str, str] = {"tfidf": "_tfidf_vectors", "pretrained": "_embed"}
+TEXT_ENCODERS: dict[str, str] = {"tfidf": "_tfidf", "pretrained": "_embed"}
 
 
 class TextTransform:
@@ -82,7 +83,7 @@ class TextTransform:
         self.max_features = settings.max_features
         path = settings.model_path
         # A directory is kept absolute: a model predicting from another working directory finds it.
-        self.model = _default_model() if not path else path if path.startswith("package:") else str(
+        self.model = DEFAULT_MODEL if not path else path if path.startswith(PACKAGE_PREFIX) else str(
             Path(path).expanduser().absolute())
         self.max_tokens = settings.max_tokens
         self.cache_dir = settings.cache_dir
@@ -156,11 +157,9 @@ class TextTransform:
         counts = np.array([rows[term] for term in self.vocabulary], dtype=np.float64)
         self.idf = (np.log((1 + len(texts)) / (1 + counts)) + 1).astype(np.float32)
 
-    def _tfidf_vectors(self, texts: list[str], *, fitting: bool) -> sparse.csr_matrix:
-        return self._tfidf(texts)
-
-    def _tfidf(self, texts: list[str]) -> sparse.csr_matrix:
-        """(n, vocabulary) sublinear TF-IDF rows of unit length (empty rows stay zero)."""
+    def _tfidf(self, texts: list[str], *, fitting: bool = False) -> sparse.csr_matrix:
+        """(n, vocabulary) sublinear TF-IDF rows of unit length (empty rows stay zero); fitting changes nothing
+        (the vocabulary is fitted first), it is the argument every TEXT_ENCODERS method takes."""
         index = {term: position for position, term in enumerate(self.vocabulary)}
         columns: list[int] = []
         values: list[float] = []
@@ -199,7 +198,7 @@ class TextTransform:
         if fitting:
             self._fitted, self._training = known, True
             truncated = embeddings.truncated
-            name = self.model.removeprefix("package:") if self.model.startswith("package:") else Path(self.model).name
+            name = self.model.removeprefix(PACKAGE_PREFIX) if self.model.startswith(PACKAGE_PREFIX) else Path(self.model).name
             cached = (" (read from the cache)" if hit else
                       f" ({embeddings.hits:,} read from the cache)" if embeddings.hits else "")
             self.notes += [f"text column {self.name!r}: {len(distinct):,} distinct training texts embedded by {name}"
@@ -239,12 +238,6 @@ class TextTransform:
         for key, value in (arrays or {}).items():
             setattr(transform, key, np.asarray(value, dtype=np.float32))
         return transform
-
-
-def _default_model() -> str:
-    from keel.data.pretrained import DEFAULT_MODEL
-
-    return DEFAULT_MODEL
 
 
 def _leading_components(matrix: Any, dim: int) -> np.ndarray:

@@ -123,9 +123,9 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
                               "replace the original. Pass another directory, or leave it out for MODEL-pruned.")
         check_destination(pruned_output)
     if format == "tflite":
-        from keel.export.tflite import refuse_dates, tflite_python
+        from keel.export.tflite import refuse_unexportable_columns, tflite_python
 
-        refuse_dates(model)  # before any pruning is spent, as a missing environment is
+        refuse_unexportable_columns(model)  # before any pruning is spent, as a missing environment is
         tflite_python()
     pruning: dict[str, Any] | None = None
     unpruned, notes = model, []

@@ -121,7 +121,7 @@ def to_tflite(model: "Model", rows: pd.DataFrame | None = None, *, python: str |
     from keel.export.module import lookup_tables
     from keel.export.parity import compare, synthetic_rows
 
-    refuse_dates(model)
+    refuse_unexportable_columns(model)
 
     executable = Path(python) if python is not None else tflite_python()
     source = "data" if rows is not None else "synthetic"
@@ -158,7 +158,7 @@ def to_tflite(model: "Model", rows: pd.DataFrame | None = None, *, python: str |
     return TfliteExport(files, parity.to_dict(), seconds, float(interface["convert_seconds"]))
 
 
-def refuse_dates(model: "Model") -> None:
+def refuse_unexportable_columns(model: "Model") -> None:
     """Raise for a model with date (or text) columns, before anything is converted.
 
     TFLite computes in float32, which holds seconds since 1970 only to the nearest 128 s (in 2024):
