@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from keel.errors import ConfigError
 
-FeatureType = Literal["auto", "number", "category", "binary", "date", "text"]
+FeatureType = Literal["auto", "number", "category", "binary", "date", "text", "image"]
 Task = Literal["auto", "binary", "multiclass", "regression"]
 Preset = Literal["fast", "balanced", "best"]
 
@@ -30,7 +30,7 @@ class InputFeature(_Section):
     """One input column and how to treat it."""
 
     name: str = Field(description="Column name in the data.")
-    type: FeatureType = Field("auto", description="number, category, binary, date, text, or auto to infer it.")
+    type: FeatureType = Field("auto", description="number, category, binary, date, text, image, or auto to infer it.")
 
 
 class PreprocessingConfig(_Section):
@@ -86,6 +86,32 @@ class TextConfig(_Section):
     cache_dir: str | None = Field(
         None, description="pretrained: where computed embeddings are kept, each text by its sha256; unset, "
         "$XDG_CACHE_HOME/keel/embeddings (~/.cache/keel/embeddings). 'off' keeps none.")
+
+
+class ImageConfig(_Section):
+    """How image columns (file paths, or arrays in a DataFrame) enter the network."""
+
+    encoder: Literal["cnn", "resnet"] = Field(
+        "cnn", description="cnn: a small convolutional network trained from scratch with the rest; resnet: a "
+        "pretrained ResNet-18/34 read from image.model_path, frozen unless image.finetune.")
+    size: int | None = Field(
+        None, ge=4, le=512, description="Side of the square every image is resized to, in pixels; unset, the "
+        "training images' most common size when it is square and at most 64, else 64.")
+    channels: Literal["auto", "gray", "rgb"] = Field(
+        "auto", description="gray (1 channel) or rgb (3); auto: rgb if any training image has colour. resnet "
+        "always reads rgb.")
+    strict: bool = Field(
+        False, description="An image of another size or channel count than the column's is an error naming the "
+        "row, instead of being resized or converted (and counted in the run note).")
+    augment: Literal["none", "shift", "flip", "shift_flip"] = Field(
+        "none", description="Random changes to the training images each step: shift moves them up to an eighth "
+        "of their side, flip mirrors half of them left to right (not for digits or text).")
+    dim: int = Field(64, ge=1, le=2048, description="cnn: the features its last layer hands the network.")
+    model_path: str | None = Field(
+        None, description="resnet: a .safetensors file of a ResNet-18 or -34 with torchvision / timm weight names "
+        "(its fc layer is ignored); nothing is downloaded.")
+    finetune: bool = Field(
+        False, description="resnet: train the backbone's weights too (at training.lr), not only the network above it.")
 
 
 class ModelConfig(_Section):
@@ -438,6 +464,7 @@ class Config(_Section):
     preprocessing: PreprocessingConfig = Field(
         default_factory=PreprocessingConfig, description="Missing values, scaling, category encoding.")
     text: TextConfig = Field(default_factory=TextConfig, description="Text columns: encoder and projection.")
+    image: ImageConfig = Field(default_factory=ImageConfig, description="Image columns: encoder and size.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop.")
     data: DataConfig = Field(default_factory=DataConfig, description="Memory for the data; streaming larger files.")

@@ -39,6 +39,7 @@ from keel.data.io import TableSource, read_table
 from keel.data.preprocess import ARRAY_PREFIX, Features, Preprocessor, TargetEncoder, describe_unseen
 from keel.data.pretrained import ModelFiles
 from keel.data.schema import Schema, require_column
+from keel.data.images import ImageTransform
 from keel.data.text import TextTransform
 from keel.data.values import row_weights
 from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning
@@ -396,6 +397,11 @@ class Model:
         if preprocessor is not None and spec.plain_width != preprocessor.text_width:
             raise corrupt(f"the network reads {spec.plain_width} text component(s), the preprocessing makes "
                           f"{preprocessor.text_width}")
+        if preprocessor is not None and [(image.channels, image.size) for image in spec.images] != [
+                (transform.bands, transform.size) for transform in preprocessor.images]:
+            raise corrupt(f"the network reads {len(spec.images)} image column(s) of "
+                          f"{[(image.channels, image.size) for image in spec.images]} channels and sides, the "
+                          f"preprocessing makes {[(t.bands, t.size) for t in preprocessor.images]}")
         # Building takes time per layer and per bagged network: more of either than there are
         # weight tensors cannot match, whatever their sizes.
         if manifest.bagging > len(tensors) or len(spec.hidden) + len(spec.inner) > len(tensors):
@@ -614,7 +620,7 @@ def _checked_sections(manifest: Manifest, path: str | os.PathLike,
     except (ValidationError, ConfigError) as error:  # a transform setting this keel does not know
         raise ArtifactError(f"{path}/keel.json holds preprocessing settings keel cannot read ({error}); the model "
                             "is corrupt. Restore the directory from a backup or retrain the model.") from None
-    problems = [problem for transform in preprocessor.transforms if isinstance(transform, TextTransform)
+    problems = [problem for transform in preprocessor.transforms if isinstance(transform, (TextTransform, ImageTransform))
                 for problem in [transform.problem()] if problem]
     if problems:
         raise ArtifactError(f"{path}/weights.safetensors does not hold the text projections keel.json describes "
@@ -626,7 +632,7 @@ def _checked_sections(manifest: Manifest, path: str | os.PathLike,
 # ---- what loading reads from keel.json's sections, checked before the stages read it ----------
 class _FeatureState(TypedDict):
     name: str
-    type: Literal["number", "category", "binary", "date", "text"]
+    type: Literal["number", "category", "binary", "date", "text", "image"]
 
 
 class _SchemaState(TypedDict):
@@ -690,6 +696,25 @@ class _TextState(TypedDict):
     cache_dir: NotRequired[str | None]
 
 
+class _ImageState(TypedDict):
+    kind: Literal["image"]
+    name: str
+    encoder: Literal["cnn", "resnet"]
+    size: int
+    channels: Literal["gray", "rgb"]
+    strict: bool
+    augment: Literal["none", "shift", "flip", "shift_flip"]
+    dim: int
+    finetune: bool
+    model_path: str | None
+    native: list[int]
+    scale: float
+    mean: list[float]
+    std: list[float]
+    depth: int
+    model_sha256: str
+
+
 class _TargetState(TypedDict):
     name: str
     task: Literal["binary", "multiclass", "regression"]
@@ -700,7 +725,7 @@ class _TargetState(TypedDict):
 
 _SCHEMA_STATE = TypeAdapter(_SchemaState)
 _PREPROCESSING_STATE = TypeAdapter(list[Annotated[Union[_NumberState, _BinaryState, _CategoryState, _DateState,
-                                                        _TextState],
+                                                        _TextState, _ImageState],
                                                   Field(discriminator="kind")]])
 _TARGET_STATE = TypeAdapter(_TargetState)
 

@@ -10,7 +10,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from keel.config import PreprocessingConfig, TextConfig
+from keel.config import ImageConfig, PreprocessingConfig, TextConfig
+from keel.data.images import ImageTransform
 from keel.data.parallel import map_columns, workers_for
 from keel.data.schema import Schema
 from keel.data.text import TextTransform
@@ -33,9 +34,9 @@ from keel.data.values import (
 )
 from keel.errors import DataError, KeelWarning
 
-FeatureTransform = NumberTransform | BinaryTransform | CategoryTransform | DateTransform | TextTransform
+FeatureTransform = NumberTransform | BinaryTransform | CategoryTransform | DateTransform | TextTransform | ImageTransform
 # The transforms that write float columns of the network's numeric input.
-NumericTransform = NumberTransform | BinaryTransform | DateTransform | TextTransform
+NumericTransform = NumberTransform | BinaryTransform | DateTransform | TextTransform | ImageTransform
 
 _FLOAT64_MAX = float(np.finfo(np.float64).max)
 # Where the preprocessing's arrays sit among the model's tensors: no network weight's name has a "/".
@@ -99,23 +100,32 @@ class Preprocessor:
         schema: Which columns are features, and their types.
         settings: The ``preprocessing`` section of the config.
         text: The ``text`` section of the config (how text columns are encoded).
+        image: The ``image`` section of the config (how image columns are read and encoded).
     """
 
     def __init__(self, schema: Schema, settings: PreprocessingConfig | None = None,
-                 text: TextConfig | None = None) -> None:
+                 text: TextConfig | None = None, image: ImageConfig | None = None) -> None:
+        sections: dict[str, Any] = {"text": text, "image": image}
         settings = settings or PreprocessingConfig()
         self.transforms: list[FeatureTransform] = [
-            TRANSFORMS[feature.type](feature.name, text if feature.type == "text" else settings)  # type: ignore[arg-type]
+            TRANSFORMS[feature.type](feature.name, sections.get(feature.type, settings))  # type: ignore[arg-type]
             for feature in schema.features
         ]
 
     @property
     def numeric(self) -> list[NumericTransform]:
         """The transforms of the numeric input: numbers, binaries and dates in schema order, then text
-        columns (whose components the network reads without number embeddings: ``text_width``)."""
+        columns (whose components the network reads without number embeddings: ``text_width``), then
+        image columns (whose pixels the network's image encoders read: ``images``)."""
         columns = [t for t in self.transforms if not isinstance(t, CategoryTransform)]
-        return [t for t in columns if not isinstance(t, TextTransform)] + [
-            t for t in columns if isinstance(t, TextTransform)]
+        return ([t for t in columns if not isinstance(t, (TextTransform, ImageTransform))]
+                + [t for t in columns if isinstance(t, TextTransform)]
+                + [t for t in columns if isinstance(t, ImageTransform)])
+
+    @property
+    def images(self) -> list[ImageTransform]:
+        """The image columns' transforms, in the order of their pixels at the end of the numeric input."""
+        return [t for t in self.transforms if isinstance(t, ImageTransform)]
 
     @property
     def text_width(self) -> int:
@@ -240,9 +250,9 @@ class Preprocessor:
 
     def finish_training(self) -> None:
         """The training rows are transformed: text transforms stop writing the embedding cache (prediction
-        only reads it) and drop the training embeddings they kept."""
+        only reads it) and drop the training embeddings they kept; image transforms note what they resized."""
         for transform in self.transforms:
-            if isinstance(transform, TextTransform):
+            if isinstance(transform, (TextTransform, ImageTransform)):
                 transform.finish_training()
 
     @property

@@ -1,9 +1,10 @@
-"""Infer what each column is (number, category, binary, date, text, or dropped) and what task the target poses."""
+"""Infer what each column is (number, category, binary, date, text, image, or dropped) and what task the target poses."""
 
 from __future__ import annotations
 
 import datetime
 import difflib
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Collection, Literal
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from keel.config import Config
+from keel.data.images import IMAGE_SUFFIXES
 from keel.data.io import ISO_DATE
 from keel.data.values import (
     category_strings,
@@ -24,7 +26,7 @@ from keel.data.values import (
 )
 from keel.errors import ConfigError, DataError
 
-ColumnType = Literal["number", "category", "binary", "date", "text"]
+ColumnType = Literal["number", "category", "binary", "date", "text", "image"]
 ResolvedTask = Literal["binary", "multiclass", "regression"]
 
 # A string column is numeric with typos (an error) rather than a category when at least this
@@ -167,6 +169,9 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
             features.append(Feature(name, kind))
             if kind == "number" and declared.get(name, "auto") == "auto" and _is_numeric_text(series):
                 notes.append(_numeric_text_note(name))
+            if kind == "image" and declared.get(name, "auto") == "auto":
+                notes.append(f"column {name!r} holds {'arrays' if isinstance(series.dropna().iloc[0], np.ndarray) else 'image file names'}; "
+                             "read as images (image.encoder decides how: a CNN trained from scratch by default).")
             if kind == "text" and declared.get(name, "auto") == "auto":
                 notes.append(f"column {name!r} is free text (mostly distinct values of several words); read as text "
                              f"(text.encoder decides how). Declare it a category with input_features: [{{name: {name}, "
@@ -197,6 +202,8 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
     present = series.dropna()
     if len(present) == 0:
         return None, "all values are missing"
+    if (series.dtype == object or pd.api.types.is_string_dtype(series.dtype)) and _holds_images(present):
+        return "image", ""
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         if present.nunique() == 1:
             return None, f"constant (every value is {str(present.iloc[0])!r})"
@@ -225,6 +232,16 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
         to_seconds(series, column=name, source=source)  # raises, naming the bad rows, unless every one parses
         return "date", ""
     return _text_type(present, present.nunique())
+
+
+def _holds_images(present: pd.Series) -> bool:
+    """Arrays of one or three dimensions' worth of pixels, or file names that all end as images do (.png, .jpg...)."""
+    sample = present if len(present) <= 1000 else present.sample(1000, random_state=0)
+    values = sample.tolist()
+    if all(isinstance(value, np.ndarray) and value.ndim in (2, 3) for value in values):
+        return True
+    return all(isinstance(value, str) and os.path.splitext(value.strip())[1].lower() in IMAGE_SUFFIXES
+               for value in values)
 
 
 def _all_dates(present: pd.Series) -> bool:

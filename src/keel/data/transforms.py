@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from keel.config import PreprocessingConfig
+from keel.data.images import ImageTransform
 from keel.data.text import TextTransform
 from keel.data.values import category_strings, to_numeric, to_numeric_range, to_seconds
 from keel.errors import DataError
@@ -556,7 +557,7 @@ def _usable(center: float, scale: float, fallback: float = 1.0) -> tuple[float, 
 
 
 TRANSFORMS: dict[str, type[NumberTransform] | type[BinaryTransform] | type[CategoryTransform] | type[DateTransform]
-                 | type[TextTransform]] = {
+                 | type[TextTransform] | type[ImageTransform]] = {
     "number": NumberTransform, "binary": BinaryTransform, "category": CategoryTransform, "date": DateTransform,
-    "text": TextTransform,
+    "text": TextTransform, "image": ImageTransform,
 }

@@ -19,6 +19,7 @@ from torch import nn
 from keel.nn.encoders import CategoryEncoder, embedding_size
 from keel.nn.mlp import build_mlp
 from keel.nn.numeric import build_numeric_embedding
+from keel.nn.vision import ImageEncoder, ImageInput
 
 
 @dataclass
@@ -45,27 +46,43 @@ class NetworkSpec:
     # The last plain_width numeric columns (text components) enter the first layer as they are: a number
     # embedding of each SVD / PCA component fits it worse (bench/multimodal.py: ROC-AUC 0.81 -> 0.83 on reviews).
     plain_width: int = 0
+    # Image columns, last in the numeric input (after the text components): each its pixels and missing flag,
+    # read by its own encoder (keel.nn.vision), whose features join the first layer after the categories.
+    images: list[ImageInput] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.images = [image if isinstance(image, ImageInput) else ImageInput(**image) for image in self.images]
         if not self.embedding_dims:
             self.embedding_dims = [embedding_size(cardinality) for cardinality in self.cardinalities]
         if isinstance(self.onehot, bool):
             self.onehot = [self.onehot] * len(self.cardinalities)
 
     @property
+    def image_width(self) -> int:
+        """How many of the numeric input's last columns are image pixels and flags."""
+        return sum(image.width for image in self.images)
+
+    @property
+    def embedded_width(self) -> int:
+        """The numeric input's leading columns that a number embedding reads (not text, not images)."""
+        return self.numeric_width - self.plain_width - self.image_width
+
+    @property
     def input_width(self) -> int:
-        """The width of the first layer's input: numbers (embedded or not) and the category vectors."""
-        embedded = self.numeric_embedding != "none" and self.numeric_width > self.plain_width
-        numbers = (self.numeric_width - self.plain_width) * (self.numeric_embedding_dim if embedded else 1)
-        numbers += self.plain_width
+        """The width of the first layer's input: numbers (embedded or not), the category vectors and the images'
+        features."""
+        embedded = self.numeric_embedding != "none" and self.embedded_width > 0
+        numbers = self.embedded_width * (self.numeric_embedding_dim if embedded else 1) + self.plain_width
         assert isinstance(self.onehot, list)
         return numbers + sum(cardinality if fixed else dim
-                             for cardinality, dim, fixed in zip(self.cardinalities, self.embedding_dims, self.onehot))
+                             for cardinality, dim, fixed in zip(self.cardinalities, self.embedding_dims, self.onehot)
+                             ) + sum(image.features for image in self.images)
 
     @property
     def plain(self) -> bool:
         """A single MLP over raw numbers and category codes (what the fused training step handles)."""
-        return self.architecture == "mlp" and self.numeric_embedding == "none" and self.ensemble == 1
+        return (self.architecture == "mlp" and self.numeric_embedding == "none" and self.ensemble == 1
+                and not self.images)
 
     def to_dict(self) -> dict[str, Any]:
         spec = asdict(self)
@@ -73,6 +90,8 @@ class NetworkSpec:
             del spec["inner"]
         if not self.plain_width:  # only text columns set it: models without stay readable by older keels
             del spec["plain_width"]
+        if not self.images:  # likewise image columns
+            del spec["images"]
         return spec
 
 
@@ -83,10 +102,12 @@ class TabularNetwork(nn.Module):
         super().__init__()
         self.spec = spec
         self.categories = CategoryEncoder(spec.cardinalities, spec.embedding_dims, onehot=spec.onehot)
-        embedded = spec.numeric_width - spec.plain_width
+        embedded = spec.embedded_width
         self.numbers = build_numeric_embedding(
             spec.numeric_embedding, embedded, spec.numeric_embedding_size, spec.numeric_embedding_dim)
-        width = (self.numbers.width if self.numbers is not None else embedded) + spec.plain_width + self.categories.width
+        self.images = nn.ModuleList([ImageEncoder(image) for image in spec.images])
+        width = ((self.numbers.width if self.numbers is not None else embedded) + spec.plain_width
+                 + self.categories.width + sum(image.features for image in spec.images))
         k = spec.ensemble
         self.mlp = build_mlp(width, spec.hidden, spec.n_outputs if k == 1 else None,
                              architecture=spec.architecture, activation=spec.activation, dropout=spec.dropout,
@@ -100,14 +121,22 @@ class TabularNetwork(nn.Module):
             self.head_bias = nn.Parameter(torch.empty(k, spec.n_outputs).uniform_(-bound, bound))
 
     def inputs(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        """The first layer's input: numbers (embedded or not) next to the category vectors."""
+        """The first layer's input: numbers (embedded or not) next to the category vectors and the images'
+        features."""
+        images: list[torch.Tensor] = []
+        if self.spec.images:
+            start = numeric.shape[1] - self.spec.image_width
+            for encoder, image in zip(self.images, self.spec.images):
+                images.append(encoder(numeric[:, start:start + image.width]))
+                start += image.width
+            numeric = numeric[:, :numeric.shape[1] - self.spec.image_width]
         if self.numbers is not None:
             plain = self.spec.plain_width
             embedded = self.numbers(numeric[:, :numeric.shape[1] - plain] if plain else numeric)
             numeric = torch.cat([embedded, numeric[:, numeric.shape[1] - plain:]], dim=1) if plain else embedded
         if self.spec.cardinalities:
             numeric = torch.cat([numeric, self.categories(categorical)], dim=1)
-        return numeric
+        return torch.cat([numeric, *images], dim=1) if images else numeric
 
     def members(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         """Every member's raw outputs, (batch, ensemble, n_outputs); what training puts the loss on."""

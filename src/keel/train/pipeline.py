@@ -27,6 +27,7 @@ from keel.artifact import check_destination
 from keel.cluster import check_backend, ray_module
 from keel.config import Config, ConfigSource, TrainingConfig, load_config, with_target
 from keel.data.io import TableSource, read_table
+from keel.data.images import ImageTransform
 from keel.data.preprocess import Preprocessor, TargetEncoder
 from keel.data.schema import Schema, infer_schema, infer_task, require_column
 from keel.data.split import Split, fold_rows, split_rows
@@ -38,6 +39,7 @@ from keel.model import Model
 from keel.nn.losses import resolve_loss_name
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs
 from keel.nn.numeric import BIN_SAMPLE, PiecewiseLinearEmbedding
+from keel.nn.vision import ImageEncoder, ImageInput
 from keel.registry import lookup
 from keel.train import distributed
 from keel.train.calibration import calibrate, calibration_notes
@@ -300,7 +302,8 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     if schema.task == "regression":
         target.fit(frame[schema.target].iloc[fitted_rows])  # scale the target on training rows only
     with reporter.step(f"preprocessing {len(frame):,} rows x {len(schema.features)} features"):
-        preprocessor = Preprocessor(schema, settings.preprocessing, settings.text).fit(frame, rows=fitted_rows)
+        preprocessor = Preprocessor(schema, settings.preprocessing, settings.text, settings.image).fit(
+            frame, rows=fitted_rows)
         # Every row is transformed once, laid out as [train | validation | test], so that each part is a
         # view (on 1M x 50 rows a copy of the training part alone was a 180 MB first touch).
         layout = np.concatenate([split.train, split.validation, split.test])
@@ -401,7 +404,9 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
             notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
         if ranks is not None:  # every rank's network starts alike (the last one drew per-rank masks)
             torch.manual_seed(training.seed + index)
-        network = TabularNetwork(spec).to(device)
+        network = TabularNetwork(spec)
+        load_backbones(network, preprocessor)
+        network = network.to(device)
         if ranks is not None:  # the same initial weights on every rank, but each its own dropout masks
             torch.manual_seed(training.seed + 7919 * ranks.rank + index)
         restored = checkpoints.restore_network(index, network) if checkpoints is not None else None
@@ -688,7 +693,7 @@ def _fit_network(trainer: Trainer, train_rows: Rows, validation_rows: Rows | Non
     if isinstance(network.numbers, PiecewiseLinearEmbedding):
         rows = train_rows if bin_rows is None else bin_rows
         numeric = rows.numeric if isinstance(rows, Batch) else rows.sample(BIN_SAMPLE, trainer.settings.seed).numeric
-        network.numbers.fit_bins(numeric[:, :network.spec.numeric_width - network.spec.plain_width])
+        network.numbers.fit_bins(numeric[:, :network.spec.embedded_width])
     with reporter.progress(settings.epochs, trainer.monitor, rows=len(train_rows)) as callback:
         trainer.callback = callback
         history = trainer.fit(train_rows, validation_rows, resume)
@@ -725,7 +730,29 @@ def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_clas
         architecture=model.architecture, numeric_embedding=model.numeric_embedding,
         numeric_embedding_size=model.numeric_embedding_size, numeric_embedding_dim=model.numeric_embedding_dim,
         ensemble=model.ensemble, task=task, plain_width=preprocessor.text_width,
+        images=[image_input(transform) for transform in preprocessor.images],
     )
+
+
+def image_input(transform: ImageTransform) -> ImageInput:
+    """The network's encoder of one fitted image column."""
+    return ImageInput(channels=transform.bands, size=transform.size, encoder=transform.encoder, dim=transform.dim,
+                      depth=transform.depth, augment=transform.augment, finetune=transform.finetune)
+
+
+def load_backbones(network: TabularNetwork, preprocessor: Preprocessor) -> None:
+    """Copy each pretrained image column's backbone (read in the preprocessing's fit) into ``network``.
+
+    Raises:
+        ConfigError: The file's weights do not fit the ResNet its names describe.
+    """
+    encoders: list[ImageEncoder] = list(network.images)  # type: ignore[arg-type]  # ModuleList types as Module
+    for encoder, transform in zip(encoders, preprocessor.images):
+        if transform.backbone is not None:
+            try:
+                encoder.load_backbone(transform.backbone)
+            except ValueError as error:
+                raise ConfigError(f"image.model_path {transform.model_path}: {error}.") from None
 
 
 def describe_settings(settings: Config, weighted: bool, device: torch.device | None = None,

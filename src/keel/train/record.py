@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from keel.data.schema import Schema
@@ -32,10 +33,19 @@ def describe_columns(frame: pd.DataFrame, schema: Schema, excluded: set[str], sa
             role = "dropped"
         columns.append({
             "name": str(name), "role": role, "missing": float(missing[name]),
-            "unique": int(sample[name].nunique(dropna=True)), "unique_sampled": sampled or len(sample) < len(frame),
+            "unique": _distinct(sample[name]), "unique_sampled": sampled or len(sample) < len(frame),
             "dropped": schema.dropped.get(str(name)),
         })
     return columns
+
+
+def _distinct(series: pd.Series) -> int:
+    """Distinct non-missing values; an image column's arrays (unhashable) by their bytes and shape."""
+    try:
+        return int(series.nunique(dropna=True))
+    except TypeError:
+        return int(series.map(lambda value: (value.shape, value.dtype.str, value.tobytes())
+                              if isinstance(value, np.ndarray) else value).nunique(dropna=True))
 
 
 def run_record(frame: pd.DataFrame, schema: Schema, excluded: set[str], rows: dict[str, int],

@@ -467,7 +467,7 @@ def fit_on_scan(streamer: Streamer, settings: Config, notes: Notes, reporter: Re
     if schema.task == "regression":
         target.fit(sample[schema.target].iloc[fitted_rows])
     with reporter.step(f"preprocessing: fitting on {len(fitted_rows):,} sampled rows x {len(schema.features)} features"):
-        preprocessor = Preprocessor(schema, settings.preprocessing, settings.text).fit(sample, rows=fitted_rows)
+        preprocessor = Preprocessor(schema, settings.preprocessing, settings.text, settings.image).fit(sample, rows=fitted_rows)
     for note in preprocessor.notes:
         notes.append(note)
     partial = [transform.name for transform in preprocessor.categorical if transform.name in scan.partial | set(mixed)]

@@ -1,0 +1,329 @@
+"""Image columns as pixels: each image read (Pillow, lazily, one at a time), resized and scaled.
+
+An image column holds file paths (relative to the data file's folder, or to the working directory
+for a DataFrame) or arrays (``(height, width)`` or ``(height, width, channels)``, as a DataFrame
+built from ``sklearn.datasets.load_digits().images`` holds them). Every image becomes a square of
+``size`` pixels in ``gray`` (1 channel) or ``rgb`` (3), scaled to [0, 1] and standardised per
+channel (the training images' mean and spread for the CNN trained from scratch, ImageNet's for a
+pretrained ResNet, whose weights expect them), plus a missing-image flag: ``channels x size x size
++ 1`` numbers per row, which the network's image encoder (:mod:`keel.nn.vision`) reads as a picture.
+
+Data knows no torch: a pretrained backbone's file is read here (safetensors, as numpy arrays) and
+the training pipeline copies it into the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+import pandas as pd
+
+from keel.config import ImageConfig
+from keel.errors import ConfigError, DataError
+
+# Images the column's size and channels are decided from (their headers only) and, for the CNN, its
+# per-channel mean and spread (decoded): enough for stable figures, cheap on a 100k-image column.
+_PROBE = 1000
+_STATISTICS = 2000
+# The largest side picked for a column (image.size unset): a 64 x 64 RGB image is 12,288 numbers a row.
+AUTO_MAX_SIZE = 64
+# ImageNet's per-channel mean and standard deviation, which torchvision's and timm's ResNets were trained on.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Pillow modes by their number of colour channels (the alpha band is not a colour).
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# image.channels -> (Pillow mode, channels); auto is decided from the training images in fit.
+CHANNEL_MODES: dict[str, tuple[str, int]] = {"gray": ("L", 1), "rgb": ("RGB", 3)}
+# File names a column of paths is recognised by (schema inference).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+
+def _missing(value: Any) -> bool:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True
+    return isinstance(value, float) and np.isnan(value)
+
+
+def base_folder(source: str | None) -> Path:
+    """The folder relative image paths are read from: the data file's, or the working directory."""
+    if source:
+        path = Path(source)
+        if path.suffix:  # a file (a folder of Parquet parts has no suffix)
+            return path.parent
+        return path
+    return Path.cwd()
+
+
+class _Image:
+    """One cell's image, opened (a file's header only) until ``pixels`` decodes it."""
+
+    def __init__(self, value: Any, base: Path, column: str, row: int, source: str | None) -> None:
+        from PIL import Image, UnidentifiedImageError
+
+        self.array: np.ndarray | None = None
+        if isinstance(value, np.ndarray):
+            array = value[..., None] if value.ndim == 2 else value
+            if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or min(array.shape[:2]) < 1:
+                raise DataError(f"image column {column!r} row {row} holds an array of shape {value.shape}; an image "
+                                "is (height, width) or (height, width, channels) with 1, 3 or 4 channels.",
+                                file=source, column=column, row=row)
+            self.array = array[..., :3] if array.shape[2] == 4 else array
+            self.size = (array.shape[1], array.shape[0])
+            self.bands = 1 if self.array.shape[2] == 1 else 3
+            return
+        if not isinstance(value, str):
+            raise DataError(f"image column {column!r} row {row} holds {type(value).__name__} {str(value)[:60]!r}; an "
+                            "image cell is a file path or an array.", file=source, column=column, row=row)
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        try:
+            with Image.open(path) as file:  # the header only; pixels() opens it again to decode
+                self.size, mode = file.size, file.mode
+        except FileNotFoundError:
+            raise DataError(f"image column {column!r} row {row}: the file {value!r} does not exist (looked for "
+                            f"{path}; relative paths are read from the data file's folder); fix the path, or leave "
+                            "the cell empty for a missing image.", file=source, column=column, row=row) from None
+        except (UnidentifiedImageError, IsADirectoryError, PermissionError, OSError) as error:
+            why = "is not an image Pillow can read" if isinstance(error, UnidentifiedImageError) else f"cannot be read ({error.__class__.__name__})"
+            raise DataError(f"image column {column!r} row {row}: {path} {why}; replace it with a PNG or JPEG, or "
+                            "leave the cell empty for a missing image.", file=source, column=column, row=row) from None
+        self.bands = 1 if mode in _GRAY_MODES else 3
+        self.path = path
+        self.column, self.row, self.source = column, row, source
+
+    def pixels(self, mode: str, size: int, scale: float) -> np.ndarray:
+        """(channels, size, size) float32 in [0, 1] (arrays: divided by ``scale``)."""
+        from PIL import Image
+
+        if self.array is None:
+            try:
+                with Image.open(self.path) as file:
+                    image = file.convert(mode)
+                if image.size != (size, size):
+                    image = image.resize((size, size), Image.Resampling.BILINEAR)
+                values = np.asarray(image, dtype=np.float32) / 255.0
+            except (OSError, ValueError, SyntaxError) as error:  # a truncated or damaged file decodes here
+                raise DataError(f"image column {self.column!r} row {self.row}: {self.path} is damaged and cannot be "
+                                f"decoded ({str(error)[:80]}); replace it, or leave the cell empty for a missing "
+                                "image.", file=self.source, column=self.column, row=self.row) from None
+            return values[None] if values.ndim == 2 else values.transpose(2, 0, 1)
+        array = self.array.astype(np.float32) / scale
+        if mode == "L" and array.shape[2] == 3:  # ITU-R 601-2 luma, as Pillow's convert("L")
+            array = array @ np.array([[0.299], [0.587], [0.114]], dtype=np.float32)
+        elif mode == "RGB" and array.shape[2] == 1:
+            array = np.repeat(array, 3, axis=2)
+        if array.shape[:2] != (size, size):
+            array = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(array[..., band])).resize(
+                (size, size), Image.Resampling.BILINEAR)) for band in range(array.shape[2])], axis=2)
+        return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+
+
+class ImageTransform:
+    """An image column -> ``channels x size x size`` standardised pixels and a missing-image flag.
+
+    Args:
+        name: The column.
+        settings: The config's ``image`` section.
+    """
+
+    kind: ClassVar[str] = "image"
+
+    def __init__(self, name: str, settings: ImageConfig | None = None) -> None:
+        settings = settings or ImageConfig()
+        self.name = name
+        self.encoder = settings.encoder
+        self.size = settings.size or 0  # 0 until fit picks it
+        self.channels = settings.channels
+        self.strict = settings.strict
+        self.augment = settings.augment
+        self.dim = settings.dim
+        self.finetune = settings.finetune
+        self.model_path = str(Path(settings.model_path).expanduser().absolute()) if settings.model_path else None
+        self.native = (0, 0)  # the training images' most common (width, height)
+        self.scale = 255.0  # arrays: the value of full intensity
+        self.mean: list[float] = []
+        self.std: list[float] = []
+        self.depth = 0  # resnet: 18 or 34, from the weights' names
+        self.model_sha256 = ""
+        self.notes: list[str] = []
+        self.backbone: dict[str, np.ndarray] | None = None  # resnet: the pretrained weights, read in fit
+        self._counts: Counter[str] = Counter()  # images resized / converted while training transforms its rows
+        self._training = False
+
+    @property
+    def mode(self) -> str:
+        """The Pillow mode images are read in: a ResNet reads RGB whatever the column holds."""
+        return "RGB" if self.encoder == "resnet" else CHANNEL_MODES[self.channels][0]
+
+    @property
+    def bands(self) -> int:
+        return 3 if self.mode == "RGB" else 1
+
+    @property
+    def width(self) -> int:
+        """Number of float columns this transform emits: the pixels and the missing flag."""
+        return self.bands * self.size * self.size + 1
+
+    @property
+    def parts(self) -> list[str]:
+        """The name of each column this transform emits (for messages)."""
+        return [*(f"pixel {index + 1}" for index in range(self.width - 1)), "missing"]
+
+    def _images(self, series: pd.Series, source: str | None) -> Iterator[_Image | None]:
+        """Each cell's image, one at a time (a file's header read, its pixels not yet), None where it is empty."""
+        base = base_folder(source)
+        for index, value in zip(series.index, series.tolist()):
+            yield None if _missing(value) else _Image(value, base, self.name, int(index) + 1, source)
+
+    def fit(self, series: pd.Series, source: str | None = None) -> "ImageTransform":
+        """Decide the size and channels (when unset), the scale of arrays and the per-channel statistics.
+
+        Raises:
+            DataError: Every training image is missing, or one cannot be read.
+            ConfigError: image.encoder resnet without a usable image.model_path.
+        """
+        present = series[[not _missing(value) for value in series.tolist()]]
+        if not len(present):
+            raise DataError(f"image column {self.name!r} is empty in every training row; fill it, or leave the "
+                            "column out of input_features.", file=source, column=self.name)
+        probe = present.sample(_PROBE, random_state=0) if len(present) > _PROBE else present
+        images = [image for image in self._images(probe, source) if image is not None]
+        sizes = Counter(image.size for image in images)
+        self.native = sizes.most_common(1)[0][0]
+        if not self.size:
+            width, height = self.native
+            self.size = width if width == height and width <= AUTO_MAX_SIZE else AUTO_MAX_SIZE
+        if self.channels == "auto":
+            self.channels = "rgb" if any(image.bands == 3 for image in images) else "gray"
+        arrays = [image.array for image in images if image.array is not None]
+        if arrays and not any(array.dtype == np.uint8 for array in arrays):
+            top = max(float(np.nanmax(array)) if array.size else 0.0 for array in arrays)
+            self.scale = top if top > 1.0 else 1.0
+        if self.encoder == "resnet":
+            self._read_backbone()
+            self.mean, self.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        else:
+            sample = images[:_STATISTICS]
+            pixels = np.stack([image.pixels(self.mode, self.size, self.scale) for image in sample])
+            self.mean = pixels.mean(axis=(0, 2, 3)).astype(float).tolist()
+            spread = pixels.std(axis=(0, 2, 3))
+            self.std = np.where(spread > 1e-6, spread, 1.0).astype(float).tolist()
+        self.notes, self._counts, self._training = [], Counter(), True
+        return self
+
+    def _read_backbone(self) -> None:
+        if not self.model_path:
+            raise ConfigError("image.encoder resnet needs image.model_path: a .safetensors file of a ResNet-18 or -34 "
+                              "(torchvision / timm weight names); keel downloads nothing. Or use image.encoder cnn.")
+        self.backbone, self.depth, self.model_sha256 = read_backbone(self.model_path)
+
+    def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
+        """Returns ``(values (n, width) float32, 0)``: each image's standardised pixels and its missing flag.
+
+        Raises:
+            DataError: A file is missing or not an image; with image.strict, an image of another size or
+                channel count than the column's.
+        """
+        out = np.zeros((len(series), self.width), dtype=np.float32)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        native_bands = CHANNEL_MODES[self.channels][1]
+        for position, image in enumerate(self._images(series, source)):
+            if image is None:
+                out[position, -1] = 1.0
+                continue
+            resized, converted = image.size != self.native, image.bands != native_bands
+            if (resized or converted) and self.strict:
+                raise DataError(
+                    f"image column {self.name!r} row {series.index[position] + 1} is a {image.size[0]}x{image.size[1]} "
+                    f"{'gray' if image.bands == 1 else 'colour'} image; the column's are {self.native[0]}x"
+                    f"{self.native[1]} {self.channels} (image.strict is on). Make the images alike, or turn "
+                    "image.strict off to resize and convert them.", file=source, column=self.name,
+                    row=int(series.index[position]) + 1)
+            if self._training:
+                self._counts["resized"] += resized
+                self._counts["converted"] += converted
+            pixels = image.pixels(self.mode, self.size, self.scale)
+            out[position, :-1] = ((pixels - mean) / std).ravel()
+        return out, 0
+
+    def finish_training(self) -> None:
+        """The training rows are transformed: say how many images were resized or converted, stop counting."""
+        if self._training:
+            native = f"{self.native[0]}x{self.native[1]}"
+            for what, count in sorted(self._counts.items()):
+                if count:
+                    target = f"{native} images" if what == "resized" else f"{self.channels} images"
+                    self.notes.append(f"image column {self.name!r}: {count:,} image(s) {what} to match the column's "
+                                      f"{target} (set image.strict to refuse them instead)")
+            self.notes.append(f"image column {self.name!r}: read as {self.size}x{self.size} "
+                              f"{'rgb' if self.bands == 3 else 'gray'} pixels"
+                              + (f" (most images are {native})" if self.native != (self.size, self.size) else ""))
+        self._training = False
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "encoder": self.encoder, "size": self.size,
+                "channels": self.channels, "strict": self.strict, "augment": self.augment, "dim": self.dim,
+                "finetune": self.finetune, "model_path": self.model_path, "native": list(self.native),
+                "scale": self.scale, "mean": self.mean, "std": self.std, "depth": self.depth,
+                "model_sha256": self.model_sha256}
+
+    def problem(self) -> str | None:
+        """What is inconsistent in a loaded transform's state, or None."""
+        if self.channels not in CHANNEL_MODES or not 1 <= self.size <= 512:
+            return f"column {self.name!r}: channels {self.channels!r} and size {self.size} are not an image's"
+        if len(self.mean) != self.bands or len(self.std) != self.bands or not all(value > 0 for value in self.std):
+            return f"column {self.name!r}: {len(self.mean)} means and {len(self.std)} spreads for {self.bands} channel(s)"
+        return None
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "ImageTransform":
+        transform = cls(state["name"], ImageConfig(
+            encoder=state["encoder"], size=state["size"], channels=state["channels"], strict=state["strict"],
+            augment=state["augment"], dim=state["dim"], finetune=state["finetune"], model_path=state["model_path"]))
+        transform.native = (int(state["native"][0]), int(state["native"][1]))
+        transform.scale, transform.depth, transform.model_sha256 = float(state["scale"]), state["depth"], state["model_sha256"]
+        transform.mean, transform.std = [float(v) for v in state["mean"]], [float(v) for v in state["std"]]
+        return transform
+
+
+def read_backbone(path: str) -> tuple[dict[str, np.ndarray], int, str]:
+    """A pretrained ResNet's weights from a safetensors file: ``(arrays, depth, sha256)``.
+
+    Only safetensors is read (a pickle file could run code); the depth comes from the weight names
+    (``layer3.5.conv1.weight`` exists in a ResNet-34, not in an 18); a ResNet-50 or deeper (bottleneck
+    blocks, ``conv3``) is refused. Shapes are checked when the network takes the weights.
+
+    Raises:
+        ConfigError: The path is missing, not a safetensors file, or not a ResNet-18 / -34.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"image.model_path {path} does not exist (or is a folder); point it at a ResNet's "
+                          ".safetensors file. keel downloads nothing.")
+    if file.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"):
+        raise ConfigError(f"image.model_path {path} is a PyTorch pickle file, which could run code when read; keel "
+                          "reads .safetensors only (convert it once with safetensors.torch.save_file).")
+    content = file.read_bytes()
+    try:
+        arrays = load(content)
+    except (SafetensorError, ValueError, OSError) as error:
+        raise ConfigError(f"image.model_path {path} is not a safetensors file ({str(error)[:100]}); keel reads "
+                          "ResNet weights as .safetensors only.") from None
+    arrays = {key.removeprefix("model.").removeprefix("backbone."): value for key, value in arrays.items()}
+    if any(key.endswith("conv3.weight") for key in arrays):
+        raise ConfigError(f"image.model_path {path} is a bottleneck ResNet (50 or deeper); keel builds ResNet-18 and "
+                          "-34. Use one of those.")
+    if "conv1.weight" not in arrays or "layer4.0.conv1.weight" not in arrays:
+        raise ConfigError(f"image.model_path {path} holds no ResNet weights (no conv1.weight / layer4.0.conv1.weight; "
+                          f"its first names: {sorted(arrays)[:4]}); keel reads torchvision / timm ResNet-18 and -34 "
+                          "names.")
+    depth = 34 if "layer3.5.conv1.weight" in arrays else 18
+    return arrays, depth, hashlib.sha256(content).hexdigest()
