@@ -35,11 +35,11 @@ from keel.artifact import (
     save_artifact,
 )
 from keel.config import Config
+from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import ARRAY_PREFIX, Features, Preprocessor, TargetEncoder, describe_unseen
 from keel.data.pretrained import ModelFiles
 from keel.data.schema import Schema, require_column
-from keel.data.images import ImageTransform
 from keel.data.text import TextTransform
 from keel.data.values import row_weights
 from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning

@@ -40,11 +40,12 @@ from keel.train.pipeline import fit
 NOT_PARAMETERS = frozenset({"test_split", "split_by", "order_by", "weight_column", "checkpoint", "checkpoint_every",
                             "checkpoint_minutes", "time_limit"})
 
-# Each estimator parameter's dotted config key. The text section's keys take a ``text_`` prefix
-# (``text_encoder``, ``text_dim``): a bare ``dim`` or ``encoder`` would say nothing of what it sets.
+# Each estimator parameter's dotted config key. The text and image sections' keys take a ``text_`` /
+# ``image_`` prefix (``text_encoder``, ``image_size``): a bare ``dim`` or ``encoder`` would say nothing of
+# what it sets.
 SECTIONS = {
-    (f"text_{name}" if section == "text" else name): f"{section}.{name}"
-    for section in ("preprocessing", "model", "training", "text")
+    (f"{section}_{name}" if section in ("text", "image") else name): f"{section}.{name}"
+    for section in ("preprocessing", "model", "training", "text", "image")
     for name in Config.model_fields[section].annotation.model_fields  # type: ignore[union-attr, unused-ignore]
     if name not in NOT_PARAMETERS
 }
@@ -107,6 +108,14 @@ class _KeelEstimator(BaseEstimator):
         text_model_path: str | None = None,
         text_max_tokens: int | None = None,
         text_cache_dir: str | None = None,
+        image_encoder: str | None = None,
+        image_size: int | None = None,
+        image_channels: str | None = None,
+        image_strict: bool | None = None,
+        image_augment: str | None = None,
+        image_dim: int | None = None,
+        image_model_path: str | None = None,
+        image_finetune: bool | None = None,
         device: str | None = None,
         calibrate: bool | None = None,
         threshold: float | str | None = None,
@@ -163,6 +172,14 @@ class _KeelEstimator(BaseEstimator):
         self.text_model_path = text_model_path
         self.text_max_tokens = text_max_tokens
         self.text_cache_dir = text_cache_dir
+        self.image_encoder = image_encoder
+        self.image_size = image_size
+        self.image_channels = image_channels
+        self.image_strict = image_strict
+        self.image_augment = image_augment
+        self.image_dim = image_dim
+        self.image_model_path = image_model_path
+        self.image_finetune = image_finetune
         self.calibrate = calibrate
         self.threshold = threshold
         self.threshold_metric = threshold_metric

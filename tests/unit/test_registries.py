@@ -14,9 +14,9 @@ import torch
 from pydantic import BaseModel
 
 from keel.config import PRESETS, Config, TrainingConfig
-from keel.data import text, transforms
+from keel.data import images, text, transforms
 from keel.errors import ConfigError
-from keel.nn import losses, mlp, numeric
+from keel.nn import losses, mlp, numeric, vision
 from keel.nn.network import NetworkSpec, TabularNetwork
 from keel.registry import lookup
 from keel.train import calibration, fused, guards, pipeline, trainer
@@ -40,6 +40,9 @@ REGISTRIES: dict[str, tuple[Callable[[], Mapping[str, Any]], frozenset[str]]] = 
     "training.threshold_metric": (lambda: calibration.THRESHOLD_METRICS, frozenset()),
     "training.nonfinite": (lambda: guards.NONFINITE_POLICIES, frozenset()),
     "text.encoder": (lambda: text.TEXT_ENCODERS, frozenset()),
+    "image.encoder": (lambda: vision.IMAGE_ENCODERS, frozenset()),
+    "image.augment": (lambda: vision.AUGMENTATIONS, frozenset()),
+    "image.channels": (lambda: images.CHANNEL_MODES, frozenset({"auto"})),  # ImageTransform.fit, from the images
 }
 
 # Literal fields that are not a choice among implementations, so have no registry.

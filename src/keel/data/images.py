@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from keel.config import ImageConfig
+from keel.data.pixels import GRAY_MODES, PixelSpec, array_pixels, base_folder, file_pixels, image_array, open_image
 from keel.errors import ConfigError, DataError
 
 # Images the column's size and channels are decided from (their headers only) and, for the CNN, its
@@ -34,8 +35,6 @@ AUTO_MAX_SIZE = 64
 # ImageNet's per-channel mean and standard deviation, which torchvision's and timm's ResNets were trained on.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Pillow modes by their number of colour channels (the alpha band is not a colour).
-_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # image.channels -> (Pillow mode, channels); auto is decided from the training images in fit.
 CHANNEL_MODES: dict[str, tuple[str, int]] = {"gray": ("L", 1), "rgb": ("RGB", 3)}
 # File names a column of paths is recognised by (schema inference).
@@ -48,78 +47,54 @@ def _missing(value: Any) -> bool:
     return isinstance(value, float) and np.isnan(value)
 
 
-def base_folder(source: str | None) -> Path:
-    """The folder relative image paths are read from: the data file's, or the working directory."""
-    if source:
-        path = Path(source)
-        if path.suffix:  # a file (a folder of Parquet parts has no suffix)
-            return path.parent
-        return path
-    return Path.cwd()
-
-
 class _Image:
-    """One cell's image, opened (a file's header only) until ``pixels`` decodes it."""
+    """One cell's image: its size and colour known (a file's header read), its pixels decoded by ``pixels``."""
 
     def __init__(self, value: Any, base: Path, column: str, row: int, source: str | None) -> None:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
         self.array: np.ndarray | None = None
+        self.column, self.row, self.source = column, row, source
         if isinstance(value, np.ndarray):
-            array = value[..., None] if value.ndim == 2 else value
-            if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or min(array.shape[:2]) < 1:
-                raise DataError(f"image column {column!r} row {row} holds an array of shape {value.shape}; an image "
-                                "is (height, width) or (height, width, channels) with 1, 3 or 4 channels.",
-                                file=source, column=column, row=row)
-            self.array = array[..., :3] if array.shape[2] == 4 else array
-            self.size = (array.shape[1], array.shape[0])
-            self.bands = 1 if self.array.shape[2] == 1 else 3
+            array = image_array(value)
+            if array is None:
+                raise DataError(f"image column {column!r} row {row} holds an array of shape {value.shape} "
+                                f"({value.dtype}); an image is numbers of shape (height, width) or (height, width, "
+                                "channels) with 1, 3 or 4 channels.", file=source, column=column, row=row)
+            self.array, self.size = array, (array.shape[1], array.shape[0])
+            self.bands = 1 if array.shape[2] == 1 else 3
             return
         if not isinstance(value, str):
             raise DataError(f"image column {column!r} row {row} holds {type(value).__name__} {str(value)[:60]!r}; an "
                             "image cell is a file path or an array.", file=source, column=column, row=row)
-        path = Path(value).expanduser()
-        path = path if path.is_absolute() else base / path
+        path = Path(value.strip()).expanduser()
+        self.path = path if path.is_absolute() else base / path
         try:
-            with Image.open(path) as file:  # the header only; pixels() opens it again to decode
+            with open_image(self.path) as file:  # the header only; pixels() opens it again to decode
                 self.size, mode = file.size, file.mode
         except FileNotFoundError:
             raise DataError(f"image column {column!r} row {row}: the file {value!r} does not exist (looked for "
-                            f"{path}; relative paths are read from the data file's folder); fix the path, or leave "
-                            "the cell empty for a missing image.", file=source, column=column, row=row) from None
-        except (UnidentifiedImageError, IsADirectoryError, PermissionError, OSError) as error:
-            why = "is not an image Pillow can read" if isinstance(error, UnidentifiedImageError) else f"cannot be read ({error.__class__.__name__})"
-            raise DataError(f"image column {column!r} row {row}: {path} {why}; replace it with a PNG or JPEG, or "
+                            f"{self.path}; relative paths are read from the data file's folder); fix the path, or "
                             "leave the cell empty for a missing image.", file=source, column=column, row=row) from None
-        self.bands = 1 if mode in _GRAY_MODES else 3
-        self.path = path
-        self.column, self.row, self.source = column, row, source
+        except (UnidentifiedImageError, OSError) as error:
+            why = ("is not an image Pillow can read" if isinstance(error, UnidentifiedImageError)
+                   else f"cannot be read ({error.__class__.__name__})")
+            raise DataError(f"image column {column!r} row {row}: {self.path} {why}; replace it with a PNG or JPEG, "
+                            "or leave the cell empty for a missing image.", file=source, column=column,
+                            row=row) from None
+        self.bands = 1 if mode in GRAY_MODES else 3
 
     def pixels(self, mode: str, size: int, scale: float) -> np.ndarray:
         """(channels, size, size) float32 in [0, 1] (arrays: divided by ``scale``)."""
-        from PIL import Image
-
-        if self.array is None:
-            try:
-                with Image.open(self.path) as file:
-                    image = file.convert(mode)
-                if image.size != (size, size):
-                    image = image.resize((size, size), Image.Resampling.BILINEAR)
-                values = np.asarray(image, dtype=np.float32) / 255.0
-            except (OSError, ValueError, SyntaxError) as error:  # a truncated or damaged file decodes here
-                raise DataError(f"image column {self.column!r} row {self.row}: {self.path} is damaged and cannot be "
-                                f"decoded ({str(error)[:80]}); replace it, or leave the cell empty for a missing "
-                                "image.", file=self.source, column=self.column, row=self.row) from None
-            return values[None] if values.ndim == 2 else values.transpose(2, 0, 1)
-        array = self.array.astype(np.float32) / scale
-        if mode == "L" and array.shape[2] == 3:  # ITU-R 601-2 luma, as Pillow's convert("L")
-            array = array @ np.array([[0.299], [0.587], [0.114]], dtype=np.float32)
-        elif mode == "RGB" and array.shape[2] == 1:
-            array = np.repeat(array, 3, axis=2)
-        if array.shape[:2] != (size, size):
-            array = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(array[..., band])).resize(
-                (size, size), Image.Resampling.BILINEAR)) for band in range(array.shape[2])], axis=2)
-        return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+        if self.array is not None:
+            return array_pixels(self.array, mode, size, scale)
+        try:
+            with open_image(self.path) as file:
+                return file_pixels(file, mode, size)
+        except (OSError, ValueError, SyntaxError) as error:  # a truncated or damaged file decodes here
+            raise DataError(f"image column {self.column!r} row {self.row}: {self.path} is damaged and cannot be "
+                            f"decoded ({str(error)[:80]}); replace it, or leave the cell empty for a missing image.",
+                            file=self.source, column=self.column, row=self.row) from None
 
 
 class ImageTransform:
@@ -158,6 +133,11 @@ class ImageTransform:
     def mode(self) -> str:
         """The Pillow mode images are read in: a ResNet reads RGB whatever the column holds."""
         return "RGB" if self.encoder == "resnet" else CHANNEL_MODES[self.channels][0]
+
+    @property
+    def pixel_spec(self) -> PixelSpec:
+        """How this column's values become pixels, for the exported graph's callers."""
+        return PixelSpec(self.mode, self.size, self.scale)
 
     @property
     def bands(self) -> int:

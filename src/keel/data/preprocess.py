@@ -108,7 +108,7 @@ class Preprocessor:
         sections: dict[str, Any] = {"text": text, "image": image}
         settings = settings or PreprocessingConfig()
         self.transforms: list[FeatureTransform] = [
-            TRANSFORMS[feature.type](feature.name, sections.get(feature.type, settings))  # type: ignore[arg-type]
+            TRANSFORMS[feature.type](feature.name, sections.get(feature.type, settings))
             for feature in schema.features
         ]
 

@@ -6,7 +6,9 @@ arrive as 0 / 1 (NaN for missing or unseen values, filled with the training shar
 columns arrive as indices (0 unknown or rare, 1 missing, 2.. the vocabulary in order); date
 columns arrive as seconds since 1970-01-01 UTC (NaN for missing) and are taken apart into elapsed
 days, year, month, weekday, day of year and hour by the calendar arithmetic keel's own transform
-runs (``keel.data.transforms.calendar``, float64 floor and division). The network
+runs (``keel.data.transforms.calendar``, float64 floor and division); image columns arrive as
+``(channels, size, size)`` pixels in [0, 1] (NaN for a missing image: :mod:`keel.data.pixels` reads
+and resizes them outside the graph) and are standardised as ``ImageTransform`` does. The network
 follows in every form keel trains (MLP, ResNet, the efficient ensemble, bagged networks), and
 the outputs are probabilities (columns in ``model.classes`` order) or values in target units.
 
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from keel.data.images import ImageTransform
 from keel.data.text import TextTransform
 from keel.data.transforms import (
     CYCLES,
@@ -55,7 +58,7 @@ _CLIP = 3.0  # the smooth clip's saturation, as data/transforms.py applies it
 class InputGroup:
     """One of the module's inputs: a block of columns of one kind, in schema order."""
 
-    name: str  # "numbers", "dates", "binaries" or "codes"
+    name: str  # "numbers", "dates", "binaries", "codes", "text<i>" or "image<i>"
     columns: list[str]
     dtype: torch.dtype
 
@@ -108,6 +111,7 @@ class InferenceModule(nn.Module):
         categories = [t for t in transforms if isinstance(t, CategoryTransform)]
         dates = [t for t in transforms if isinstance(t, DateTransform)]
         texts = [t for t in model.preprocessor.numeric if isinstance(t, TextTransform)]  # in network order
+        images = model.preprocessor.images  # in network order, after the texts
         pretrained = [t.name for t in texts if t.encoder != "tfidf"]
         if pretrained:  # export() refuses these first; a direct caller gets the same answer
             raise ExportError(f"text column(s) {pretrained} on a pretrained encoder cannot be exported yet; "
@@ -124,6 +128,7 @@ class InferenceModule(nn.Module):
             InputGroup("binaries", [t.name for t in binaries], torch.float32),
             InputGroup("codes", [t.name for t in categories], torch.int64),
             *(InputGroup(f"text{index}", [t.name], torch.int64) for index, t in enumerate(texts)),
+            *(InputGroup(f"image{index}", [t.name], torch.float32) for index, t in enumerate(images)),
         ) if group.columns]
         self.task = model.task
         self.number_dtype = number_dtype
@@ -131,9 +136,10 @@ class InferenceModule(nn.Module):
         self._add_date_state(dates, number_dtype)
         self.register_buffer("binary_fill", torch.tensor([t.fill for t in binaries], dtype=torch.float32))
         self.register_buffer("order", torch.tensor(
-            _network_order([t for t in model.preprocessor.numeric if not isinstance(t, TextTransform)],
+            _network_order([t for t in model.preprocessor.numeric if not isinstance(t, (TextTransform, ImageTransform))],
                            numbers, binaries, dates)))
         self._add_text_state(texts)
+        self._add_image_state(images)
         network = model.network
         self.networks: list[TabularNetwork] = nn.ModuleList(  # type: ignore[assignment]
             network.networks if isinstance(network, NetworkBag) else [network])
@@ -179,6 +185,21 @@ class InferenceModule(nn.Module):
             for name, array in text.arrays().items():
                 self.register_buffer(f"text{index}_{name}", torch.from_numpy(array.astype("float32")))
 
+    def _add_image_state(self, images: list[ImageTransform]) -> None:
+        # (channels, size, size) of each image input: what example_inputs traces with
+        self.image_shapes = [(t.bands, t.size, t.size) for t in images]
+        for index, image in enumerate(images):
+            for name in ("mean", "std"):
+                self.register_buffer(f"image{index}_{name}", torch.tensor(getattr(image, name)).float()[:, None, None])
+
+    def _image(self, index: int, pixels: torch.Tensor) -> torch.Tensor:
+        """(batch, channels, size, size) pixels in [0, 1], NaN for a missing image -> (batch, pixels + 1)
+        float32: ImageTransform's standardised pixels and missing flag."""
+        missing = torch.isnan(pixels[:, :1, :1, 0]).flatten(1)  # (batch, 1)
+        scaled = (pixels - getattr(self, f"image{index}_mean")) / getattr(self, f"image{index}_std")
+        scaled = torch.where(torch.isnan(scaled), torch.zeros_like(scaled), scaled)
+        return torch.cat([scaled.flatten(1), missing.float()], dim=1)
+
     def _text(self, index: int, ids: torch.Tensor) -> torch.Tensor:
         """(batch, terms) vocabulary positions (-1 padding, one past the vocabulary for an empty text) ->
         (batch, width) float32: TextTransform's TF-IDF, projection and empty flag, operation for operation."""
@@ -206,9 +227,12 @@ class InferenceModule(nn.Module):
             parts.append(torch.where(torch.isnan(binaries), self.binary_fill, binaries))
         batch = inputs[0].shape[0]
         numeric = torch.cat(parts, dim=1)[:, self.order] if parts else torch.zeros(batch, 0)
-        if self.n_texts:  # text components come last in the network's numeric input
+        if self.n_texts:  # text components come after the other numeric columns, images last
             numeric = torch.cat([numeric, *(self._text(index, given[f"text{index}"]) for index in range(self.n_texts))],
                                 dim=1)
+        if self.image_shapes:
+            numeric = torch.cat([numeric, *(self._image(index, given[f"image{index}"])
+                                            for index in range(len(self.image_shapes)))], dim=1)
         codes = given.get("codes", torch.zeros(batch, 0, dtype=torch.int64))
         return self._outputs(numeric, codes)
 
@@ -360,6 +384,8 @@ def example_inputs(module: InferenceModule, batch: int = 3) -> tuple[torch.Tenso
     for group in module.groups:
         if group.name.startswith("text"):  # term positions: one term and one padding slot per row
             tensors.append(torch.tensor([[0, -1]] * batch, dtype=torch.int64))
+        elif group.name.startswith("image"):
+            tensors.append(torch.zeros(batch, *module.image_shapes[int(group.name[len("image"):])]))
         elif group.dtype == torch.int64:
             tensors.append(torch.full((batch, len(group.columns)), MISSING_INDEX, dtype=torch.int64))
         else:

@@ -27,6 +27,7 @@ and later, onnxruntime-node and onnxruntime-web run it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import warnings
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from keel.data.images import ImageTransform
 from keel.data.text import TextTransform
 from keel.data.transforms import MISSING_INDEX, UNKNOWN_INDEX, BinaryTransform, CategoryTransform, DateTransform
 from keel.errors import ExportError
@@ -52,7 +54,12 @@ IR_VERSION = 8
 # lists them with type "date"). A file is written in the oldest format that describes it, so a
 # model without a threshold or dates stays readable by keels that know only format 1.
 # 4: text columns, int64 inputs of term positions [batch, terms] (keel.text holds each vocabulary).
-EXPORT_FORMAT = 4
+# 5: image columns, float inputs of pixels [batch, channels, size, size] (keel.images says how to make them).
+EXPORT_FORMAT = 5
+# How an image becomes its input, for a client that reads images itself.
+PIXELS_RULE = ("convert the image to the mode (Pillow's convert: L is 1 channel, RGB 3), resize it to size x size "
+               "pixels (bilinear), divide by 255 (an array of numbers: by scale), lay it out as [channels, size, size] "
+               "float32; a missing image is all NaN")
 # How a text becomes its terms, for a client that makes the term positions itself.
 TERMS_RULE = ("lower-case the text with Python's str.lower(); words are the matches of Python's regular expression "
               "\\w\\w+ (\\w: characters for which str.isalnum() is true, and _); terms are the words, then each "
@@ -82,6 +89,11 @@ def to_onnx(model: "Model") -> "onnx.ModelProto":
         if group.name.startswith("text"):  # term positions, made by keel.runtime (or a client) from the text
             inputs.append(helper.make_tensor_value_info(group.columns[0], TensorProto.INT64,
                                                         ["batch", f"{group.name} terms"]))
+            nodes.append(helper.make_node("Identity", [group.columns[0]], [_PREFIX + "net/" + group.name]))
+            continue
+        if group.name.startswith("image"):  # pixels, read and resized by keel.runtime (or a client)
+            shape = module.image_shapes[int(group.name[len("image"):])]
+            inputs.append(helper.make_tensor_value_info(group.columns[0], TensorProto.FLOAT, ["batch", *shape]))
             nodes.append(helper.make_node("Identity", [group.columns[0]], [_PREFIX + "net/" + group.name]))
             continue
         parts = []
@@ -125,14 +137,16 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
     threshold = model.threshold
     dates = any(isinstance(t, DateTransform) for t in columns.values())
     texts = {name: t for name, t in columns.items() if isinstance(t, TextTransform)}
+    images = {name: t for name, t in columns.items() if isinstance(t, ImageTransform)}
     return {
         "keel.version": _version(), "keel.model_format": str(FORMAT_VERSION),
-        "keel.export_format": str(4 if texts else 3 if dates else 1 if threshold is None else 2),
+        "keel.export_format": str(5 if images else 4 if texts else 3 if dates else 1 if threshold is None else 2),
         "keel.task": model.task, "keel.target": model.target,
         "keel.classes": json.dumps(model.classes),
         "keel.features": json.dumps([{"name": f.name, "type": f.type,
                                       "input": "double" if f.type in ("number", "date") else
-                                      "int64 term positions" if f.type == "text" else "string"}
+                                      "int64 term positions" if f.type == "text" else
+                                      "float pixels [channels, size, size]" if f.type == "image" else "string"}
                                      for f in model.schema.features]),
         "keel.outputs": json.dumps(output_names),
         "keel.vocabularies": json.dumps({name: t.vocabulary for name, t in columns.items()
@@ -143,9 +157,14 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
         # padded with -1; an empty text is [len(vocabulary)].
         **({"keel.text": json.dumps({name: {"vocabulary": t.vocabulary, "terms": TERMS_RULE} for name, t in texts.items()})}
            if texts else {}),
+        # Image columns: each image as [channels, size, size] pixels in [0, 1] (keel.data.pixels).
+        **({"keel.images": json.dumps({name: {**dataclasses.asdict(t.pixel_spec), "channels": t.bands,
+                                              "pixels": PIXELS_RULE} for name, t in images.items()})}
+           if images else {}),
         "keel.missing": "numbers: NaN; binary and category columns: the empty string"
                         + ("; dates (seconds since 1970-01-01 UTC): NaN" if dates else "")
-                        + ("; text columns: the row [len(vocabulary)] (see keel.text)" if texts else ""),
+                        + ("; text columns: the row [len(vocabulary)] (see keel.text)" if texts else "")
+                        + ("; image columns: NaN in every pixel" if images else ""),
         # The decision rule of the label output: probabilities[:, 1] >= threshold (float32) -> classes[1].
         **({} if threshold is None else {"keel.threshold": repr(threshold)}),
     }

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 
+from keel.data.images import ImageTransform
 from keel.data.text import TextTransform
 from keel.data.transforms import SECONDS_PER_DAY, BinaryTransform, DateTransform, NumberTransform
 from keel.errors import KeelWarning
@@ -85,6 +86,14 @@ def synthetic_rows(model: "Model", n_rows: int = 256, seed: int = 0) -> pd.DataF
             texts[(kind >= 0.1) & (kind < 0.15)] = None
             texts[(kind >= 0.15) & (kind < 0.2)] = ""
             columns[transform.name] = texts
+        elif isinstance(transform, ImageTransform):  # random pixels at the column's own size and another; missing
+            width, height = transform.native
+            images = np.empty(n_rows, dtype=object)
+            for row in range(n_rows):
+                shape = (height, width) if kind[row] >= 0.3 else (height + 3, width + 5)
+                images[row] = (None if kind[row] < 0.1 else
+                               rng.uniform(0, transform.scale, (*shape, 3 if transform.channels == "rgb" else 1)))
+            columns[transform.name] = images
         else:
             known = list(transform.values if isinstance(transform, BinaryTransform) else transform.vocabulary)
             values = np.array([known[i] for i in rng.integers(0, len(known), n_rows)] if known else [UNSEEN] * n_rows,
@@ -114,7 +123,8 @@ def onnx_feeds(model: "Model", frame: pd.DataFrame) -> dict[str, np.ndarray]:
     from keel.runtime.inputs import InputColumn, to_feeds, vocabulary_index
 
     columns = [InputColumn(t.name, isinstance(t, (NumberTransform, DateTransform)), isinstance(t, DateTransform),
-                           vocabulary_index(t.vocabulary) if isinstance(t, TextTransform) else None)
+                           vocabulary_index(t.vocabulary) if isinstance(t, TextTransform) else None,
+                           t.pixel_spec if isinstance(t, ImageTransform) else None)
                for t in model.preprocessor.transforms]
     return to_feeds(frame, columns)[0]
 

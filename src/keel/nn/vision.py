@@ -110,13 +110,15 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         inputs = 64
+        stages: list[nn.Sequential] = []
         for stage, (blocks, width) in enumerate(zip(RESNET_LAYERS[image.depth], (64, 128, 256, 512))):
             stride = 1 if stage == 0 else 2
             layer = []
             for block in range(blocks):
                 layer.append(BasicBlock(inputs, width, stride if block == 0 else 1))
                 inputs = width
-            setattr(self, f"layer{stage + 1}", nn.Sequential(*layer))
+            stages.append(nn.Sequential(*layer))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages  # torchvision's names
         self.avgpool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from keel.data.pixels import PixelSpec, resolved
 from keel.data.spelling import LONE_SURROGATE, canonical_category, lone_surrogate_at
 from keel.data.words import term_ids
 from keel.errors import DataError
@@ -78,6 +79,7 @@ class InputColumn:
     number: bool
     date: bool = False
     vocabulary: Mapping[str, int] | None = None  # a text column: its terms' positions (see text_positions)
+    image: PixelSpec | None = None  # an image column: how its images become pixels (see image_pixels)
 
 
 def to_feeds(data: object, columns: Sequence[InputColumn], *,
@@ -103,7 +105,78 @@ def to_feeds(data: object, columns: Sequence[InputColumn], *,
     for column in columns:
         if positions and column.vocabulary is not None:
             feeds[column.name] = text_positions(feeds[column.name], column.vocabulary)
+        if positions and column.image is not None:
+            feeds[column.name] = image_pixels(feeds[column.name], column)
     return feeds, extra
+
+
+def image_pixels(values: np.ndarray, column: InputColumn, first_row: int = 1) -> np.ndarray:
+    """An image column's values as the graph's input: float32 ``(rows, channels, size, size)``.
+
+    Each value is a file's bytes, a file path (read from the working directory when relative), an
+    array of ``(height, width)`` or ``(height, width, channels)`` numbers, or a Pillow image; None,
+    NaN and ``""`` are a missing image (all NaN). :mod:`keel.data.pixels` converts and resizes each,
+    as training did.
+
+    Args:
+        values: The column's values (an object array, as ``to_feeds(positions=False)`` leaves them).
+        column: The column; ``column.image`` says the mode, size and scale.
+        first_row: The 1-based row of ``values[0]``, for messages.
+
+    Raises:
+        DataError: A value is no image, a file is missing or damaged; names the column and the row.
+    """
+    spec = column.image
+    assert spec is not None
+    out = np.full((len(values), spec.channels, spec.size, spec.size), np.nan, dtype=np.float32)
+    for position, value in enumerate(values):
+        if not _missing_image(value):
+            out[position] = _one_image(value, column.name, first_row + position, spec)
+    return out
+
+
+def _missing_image(value: Any) -> bool:
+    if value is None or type(value).__name__ in _MISSING_TYPES:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _one_image(value: Any, column: str, row: int, spec: PixelSpec) -> np.ndarray:
+    from PIL import UnidentifiedImageError
+
+    from keel.data.pixels import array_pixels, file_pixels, image_array, open_image
+
+    if isinstance(value, np.ndarray):
+        array = image_array(value)
+        if array is None:
+            raise DataError(f"image column {column!r} row {row} holds an array of shape {value.shape} ({value.dtype}); "
+                            "an image is numbers of shape (height, width) or (height, width, channels) with 1, 3 or "
+                            "4 channels.", column=column, row=row)
+        return array_pixels(array, spec.mode, spec.size, spec.scale)
+    if hasattr(value, "convert") and hasattr(value, "size") and hasattr(value, "mode"):  # a Pillow image
+        return file_pixels(value, spec.mode, spec.size)
+    if isinstance(value, (bytearray, memoryview)):
+        value = bytes(value)
+    if not isinstance(value, (bytes, str)):
+        raise _wrong_type(value, column, row, "an image: a file's bytes, a file path, an array of pixels, a Pillow "
+                                              "image, or None")
+    shown = f"{len(value):,} bytes" if isinstance(value, bytes) else repr(value)
+    try:
+        with open_image(value if isinstance(value, bytes) else value.strip()) as image:
+            return file_pixels(image, spec.mode, spec.size)
+    except FileNotFoundError:
+        raise DataError(f"image column {column!r} row {row}: the file {shown} does not exist (a relative path is read "
+                        "from the working directory); fix the path, or pass None for a missing image.",
+                        column=column, row=row) from None
+    except UnidentifiedImageError:
+        raise DataError(f"image column {column!r} row {row}: {shown} is not an image Pillow can read; pass a PNG or "
+                        "JPEG file (or its bytes), or None for a missing image.", column=column, row=row) from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"image column {column!r} row {row}: {shown} cannot be read or decoded "
+                        f"({str(error)[:80]}); pass an undamaged image, or None for a missing image.",
+                        column=column, row=row) from None
 
 
 def vocabulary_index(vocabulary: Sequence[str]) -> dict[str, int]:
@@ -156,7 +229,9 @@ def _row_feeds(row: Mapping[Any, Any], columns: Sequence[InputColumn]) -> dict[s
             value = row[column.name]
         except KeyError:
             raise _missing_column(column.name, row=1) from None
-        if column.date:
+        if column.image is not None:
+            feeds[column.name] = _object_array([value])
+        elif column.date:
             feeds[column.name] = np.array([to_seconds(value, column.name, 1)], dtype=np.float64)
         elif column.number:
             feeds[column.name] = np.array([to_number(value, column.name, 1)], dtype=np.float64)
@@ -226,6 +301,7 @@ def _frame_feeds(frame: Any, columns: Sequence[InputColumn]) -> tuple[dict[str, 
         duplicates = sorted({name for name in names if names.count(name) > 1})
         raise DataError(f"the DataFrame has duplicate column names {duplicates}; every column needs a unique name. "
                         "Rename them.", column=duplicates[0])
+    source = frame.attrs.get("source")  # relative image paths are read from the data file's folder
     # A shallow copy with a 0..n-1 index, as read_table makes: rows in messages count from 1.
     frame = frame.copy(deep=False)
     frame.columns, frame.index, frame.attrs = names, pd.RangeIndex(len(frame)), {}
@@ -234,7 +310,9 @@ def _frame_feeds(frame: Any, columns: Sequence[InputColumn]) -> tuple[dict[str, 
         if column.name not in frame.columns:
             raise _missing_column(column.name, row=None)
         series = frame[column.name]
-        if column.date:
+        if column.image is not None:
+            feeds[column.name] = _object_array(resolved(series.tolist(), source) if source else series.tolist())
+        elif column.date:
             feeds[column.name] = column_seconds(series, column=column.name)
         elif column.number:
             feeds[column.name] = to_numeric(series, column=column.name).astype(np.float64, copy=False)
@@ -252,6 +330,8 @@ def _convert_column(values: Any, column: InputColumn) -> np.ndarray:
     pandas = sys.modules.get("pandas")
     if pandas is not None and isinstance(values, pandas.Series):
         return _frame_feeds(pandas.DataFrame({column.name: values.reset_index(drop=True)}), [column])[0][column.name]
+    if column.image is not None:  # decoded by image_pixels (the predictor: a chunk at a time)
+        return _object_array(list(values))
     if isinstance(values, np.ndarray):
         return _convert_array(values, column)
     if column.date:
@@ -460,6 +540,14 @@ def check_text(strings: Sequence[str] | np.ndarray, column: str) -> None:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+def _object_array(values: list[Any]) -> np.ndarray:
+    """A 1-D object array of ``values`` (np.array would stack arrays of one shape into one array)."""
+    out = np.empty(len(values), dtype=object)
+    for position, value in enumerate(values):  # out[:] = values would broadcast arrays of one shape
+        out[position] = value
+    return out
+
+
 def _is_sequence(value: object) -> bool:
     """True for a column's worth of values: a list, tuple, 1-D array or pandas Series."""
     if isinstance(value, (list, tuple)):

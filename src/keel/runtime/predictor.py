@@ -18,14 +18,15 @@ from typing import Any, Final
 
 import numpy as np
 
+from keel.data.pixels import PixelSpec
 from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning
 from keel.evaluate.metrics import predicted_classes
-from keel.runtime.inputs import InputColumn, padded, term_rows, to_feeds, vocabulary_index
+from keel.runtime.inputs import InputColumn, image_pixels, padded, term_rows, to_feeds, vocabulary_index
 
 ONNX_FILE: Final = "model.onnx"
 # The newest graph layout this predictor reads: keel.export.onnx.EXPORT_FORMAT, written out here
 # because importing the exporter imports pandas (a test keeps the two equal).
-EXPORT_FORMAT: Final = 4
+EXPORT_FORMAT: Final = 5
 # Rows per ONNX Runtime call on a large batch: a 256-wide ensemble of 8 keeps its activations of
 # 256 rows (2 MB) in cache. On the balanced penguins model (one thread) 128-512 rows gave 64-70k
 # rows/s, 1,024 rows 58k, 4,096 rows 40k; one 1M-row call would hold gigabytes.
@@ -66,8 +67,11 @@ class Predictor:
         self.threshold = _threshold(metadata, path)
         dates = {item["name"] for item in json.loads(metadata.get("keel.features", "[]")) if item["type"] == "date"}
         texts = json.loads(metadata.get("keel.text", "{}"))
+        images = {name: PixelSpec(item["mode"], int(item["size"]), float(item["scale"]))
+                  for name, item in json.loads(metadata.get("keel.images", "{}")).items()}
         self._columns = [InputColumn(item.name, item.type == "tensor(double)", item.name in dates,
-                                     vocabulary_index(texts[item.name]["vocabulary"]) if item.name in texts else None)
+                                     vocabulary_index(texts[item.name]["vocabulary"]) if item.name in texts else None,
+                                     images.get(item.name))
                          for item in session.get_inputs()]
         self.feature_names = [column.name for column in self._columns]
         outputs = json.loads(metadata["keel.outputs"])
@@ -188,13 +192,17 @@ class Predictor:
         n_rows = len(next(iter(feeds.values())))
         texts = {column.name: term_rows(feeds.pop(column.name), column.vocabulary)
                  for column in self._columns if column.vocabulary is not None}
-        if n_rows <= CHUNK_ROWS and not texts:
+        # Images are decoded a chunk at a time: 100,000 rows of 64 x 64 RGB pixels would be 4.9 GB at once.
+        images = {column: feeds.pop(column.name) for column in self._columns if column.image is not None}
+        if n_rows <= CHUNK_ROWS and not texts and not images:
             result: np.ndarray = self._session.run(self._output, feeds)[0]
             return result
         parts = []
         for start, stop in _chunks(n_rows, [[len(row) for row in rows] for rows in texts.values()]):
             chunk = {name: values[start:stop] for name, values in feeds.items()}
             chunk.update({name: padded(rows[start:stop]) for name, rows in texts.items()})
+            chunk.update({column.name: image_pixels(values[start:stop], column, start + 1)
+                          for column, values in images.items()})
             parts.append(self._session.run(self._output, chunk)[0])
         return np.concatenate(parts)
 

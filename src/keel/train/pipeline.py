@@ -26,8 +26,8 @@ import torch
 from keel.artifact import check_destination
 from keel.cluster import check_backend, ray_module
 from keel.config import Config, ConfigSource, TrainingConfig, load_config, with_target
-from keel.data.io import TableSource, read_table
 from keel.data.images import ImageTransform
+from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
 from keel.data.schema import Schema, infer_schema, infer_task, require_column
 from keel.data.split import Split, fold_rows, split_rows
