@@ -159,14 +159,14 @@ def to_tflite(model: "Model", rows: pd.DataFrame | None = None, *, python: str |
 
 
 def refuse_unexportable_columns(model: "Model") -> None:
-    """Raise for a model with date (or text) columns, before anything is converted.
+    """Raise for a model with date, text or image columns, before anything is converted.
 
     TFLite computes in float32, which holds seconds since 1970 only to the nearest 128 s (in 2024):
     the hour and the day a time falls in would move near their boundaries, and the graph would not
     predict what keel predicts.
 
     Raises:
-        ExportError: The model has date or text columns; the message names them.
+        ExportError: The model has date, text or image columns; the message names them.
     """
     dates = [t.name for t in model.preprocessor.transforms if t.kind == "date"]
     if dates:
@@ -181,6 +181,12 @@ def refuse_unexportable_columns(model: "Model") -> None:
             f"the model has the text column(s) {texts}, which TFLite export does not take (the TF-IDF counting is a "
             "scatter-add of a variable number of terms per row). Export to ONNX instead (keel export MODEL), or "
             "train without the text columns.")
+    images = [t.name for t in model.preprocessor.transforms if t.kind == "image"]
+    if images:
+        raise ExportError(
+            f"the model has the image column(s) {images}, which TFLite export does not take yet (its graph takes "
+            "tables of numbers; the image encoders' convolutions are untested there). Export to ONNX instead "
+            "(keel export MODEL), which holds them.")
 
 
 def input_layout(model: "Model") -> list[dict[str, Any]]:

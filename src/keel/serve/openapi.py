@@ -92,7 +92,7 @@ def static_schemas() -> dict[str, Any]:
                 "classes": {"type": "array"}, "outputs": {"type": "array", "items": text},
                 "features": {"type": "array", "items": {
                     "type": "object", "required": ["name", "type"],
-                    "properties": {"name": text, "type": {"enum": ["number", "binary", "category", "date", "text"]},
+                    "properties": {"name": text, "type": {"enum": ["number", "binary", "category", "date", "text", "image"]},
                                    "values": {"type": "array", "items": text}}}},
                 "metrics": maybe_object, "parity": maybe_object, "dropped": {"type": "object"},
                 "versions": {"type": "object"}, "created": text,

@@ -17,6 +17,9 @@ rejected. Keys that are no feature (an id, the target) are allowed, ignored and 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Final, Optional, Union
 
@@ -40,6 +43,8 @@ from keel.serve.spec import FeatureSpec, ModelSpec
 # A category's known values listed as examples in the OpenAPI document; a column of thousands of
 # IDs would otherwise make /docs unreadable (the description says how many there are).
 EXAMPLES_SHOWN: Final = 50
+# An 8 x 8 gray PNG, the example value of an image feature in the OpenAPI document (and Schemathesis' request).
+EXAMPLE_PNG: Final = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAF0lEQVR4nGNkYIEARgUog4UUBuMDKAMAR1gCmJsliJIAAAAASUVORK5CYII="
 # The key of the columnar form.
 COLUMNS_KEY: Final = "columns"
 # pydantic's errors for a list of rows (or a column) that is empty or longer than --max-batch.
@@ -135,7 +140,7 @@ class Payload:
             raise self._request_error(error, form) from None
 
     def batch(self, columns: dict[str, list[Any]], n_rows: int, keys: list[str]) -> Batch:
-        """A batch of validated columns: category values spelled, unseen ones counted.
+        """A batch of validated columns: category values spelled, unseen ones counted, images decoded.
 
         Args:
             columns: One list of validated values per feature (replaced in place by the spelled ones).
@@ -144,7 +149,13 @@ class Payload:
 
         Returns:
             The batch.
+
+        Raises:
+            RequestError: 422 for an image value that is not base64.
         """
+        for name, feature in self._features.items():
+            if feature.is_image:  # bytes, never a path: a request must not make the server read its own files
+                columns[name] = [image_bytes(value, name, row) for row, value in enumerate(columns[name], 1)]
         unseen = {}
         for name, known in self._known.items():
             spelled = [_spell(value) for value in columns[name]]
@@ -192,11 +203,12 @@ class Payload:
         if place == "value" and field is not None:
             feature = self._features[field]
             expected = ("a number, or null when missing" if feature.is_number else
-                        _DATE_TEXT if feature.is_date else
+                        _DATE_TEXT if feature.is_date else IMAGE_TEXT if feature.is_image else
                         "one value (a string, number or boolean), or null when missing")
             hint = hint_for(value)
             return problem(f"{where}feature {field!r} takes {expected}; got {describe(value)}.{hint}",
-                           feature.type if feature.is_date else "number" if feature.is_number else "category",
+                           feature.type if feature.is_date or feature.is_image else "number" if feature.is_number
+                           else "category",
                            field, row)
         if place == "column":
             return problem(f"column {field!r} of '{COLUMNS_KEY}' takes a list with one value per row; got "
@@ -241,7 +253,33 @@ _DATE_TEXT = ("a date: ISO 8601 text (2024-02-29, or 2024-02-29T13:45:00 with Z 
               "seconds since 1970-01-01 UTC, or null when missing")
 
 
+IMAGE_TEXT = ("an image: the base64 of an image file's bytes (PNG, JPEG, GIF, BMP, WebP, TIFF; a data URL such as "
+               "data:image/png;base64,... is fine too), or null when missing")
+# A data URL's prefix before the base64: data:image/png;base64,
+_DATA_URL = re.compile(r"data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.ASCII)
+
+
+def image_bytes(value: str | None, feature: str, row: int) -> bytes | None:
+    """An image feature's JSON value (base64, or a data URL of it) as the file's bytes; None when missing.
+
+    Raises:
+        RequestError: 422 when the text is not base64, naming the feature and the row.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    match = _DATA_URL.match(text)
+    try:
+        return base64.b64decode(text[match.end():] if match else text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError.one(422, f"row {row}: feature {feature!r} takes {IMAGE_TEXT}; got text that is not "
+                               f"base64 ({describe(value)}). A file path is not read: send the file's bytes.",
+                               "image", feature, row) from None
+
+
 def _value_type(feature: FeatureSpec) -> Any:
+    if feature.is_image:
+        return Optional[StrictStr]
     return NumberValue if feature.is_number else DateValue if feature.is_date else CategoryValue
 
 
@@ -253,6 +291,9 @@ def _described(feature: FeatureSpec, kind: Any, **constraints: Any) -> Any:
         text = (f"{_DATE_TEXT[0].upper()}{_DATE_TEXT[1:]} (the model fills it). A time without an offset is "
                 "taken as UTC.")
         examples = ["2024-02-29T13:45:00Z"]
+    elif feature.is_image:
+        text = f"{IMAGE_TEXT[0].upper()}{IMAGE_TEXT[1:]}. It is converted and resized as in training."
+        examples = [EXAMPLE_PNG]
     elif feature.type == "text":
         text = ("Free text (a string); null or \"\" when missing. Its words and word pairs are counted against the "
                 "model's vocabulary; words it never saw are left out, not counted as unseen.")

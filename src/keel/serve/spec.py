@@ -24,7 +24,7 @@ class FeatureSpec:
 
     Attributes:
         name: The column's name, as requests spell it.
-        type: ``number``, ``binary``, ``category`` or ``date``.
+        type: ``number``, ``binary``, ``category``, ``date``, ``text`` or ``image``.
         values: The values the model knows, in keel's canonical spelling (a category's vocabulary,
             a binary column's two values); empty for numbers and dates. Any other value goes to the
             unknown bucket and is counted as unseen.
@@ -37,6 +37,11 @@ class FeatureSpec:
     @property
     def is_number(self) -> bool:
         return self.type == "number"
+
+    @property
+    def is_image(self) -> bool:
+        """An image: the base64 of an image file's bytes, decoded by the server, read by the predictor."""
+        return self.type == "image"
 
     @property
     def is_date(self) -> bool:
@@ -74,7 +79,7 @@ class ModelSpec:
     def known(self) -> dict[str, frozenset[str]]:
         """Known values by binary or category column, for counting unseen ones (a text is no value to count)."""
         return {feature.name: frozenset(feature.values) for feature in self.features
-                if not (feature.is_number or feature.is_date or feature.type == "text")}
+                if not (feature.is_number or feature.is_date or feature.type in ("text", "image"))}
 
 
 def read_spec(predictor: Predictor, directory: Path) -> ModelSpec:

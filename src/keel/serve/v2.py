@@ -42,7 +42,7 @@ from keel.serve.answers import Answerer
 from keel.serve.body import decode, json_response, read_body
 from keel.serve.errors import RequestError, describe, hint_for, problem
 from keel.serve.openapi import add_head_routes, answers, request_body
-from keel.serve.payload import Payload
+from keel.serve.payload import EXAMPLE_PNG, IMAGE_TEXT, Payload
 from keel.serve.settings import ServeSettings
 from keel.serve.spec import FeatureSpec, ModelSpec
 from keel.serve.state import ServerState, require_ready
@@ -213,6 +213,14 @@ class Inference:
                 if isinstance(value, bool):
                     return [problem(f"row {row}: input {name!r} takes dates (ISO 8601 text or seconds since "
                                     f"1970-01-01 UTC, null when missing); got {describe(value)}.", "date", name, row)]
+        elif feature.is_image:
+            if tensor.datatype != "BYTES":
+                return [problem(f"input {name!r} is an image feature; its datatype must be BYTES (the base64 of each "
+                                f"image file's bytes), not {tensor.datatype}.", "datatype", name)]
+            for row, value in enumerate(tensor.data, 1):
+                if value is not None and not isinstance(value, str):
+                    return [problem(f"row {row}: input {name!r} takes {IMAGE_TEXT}; got {describe(value)}.",
+                                    "image", name, row)]
         elif feature.is_number:
             if tensor.datatype not in NUMERIC:
                 return [problem(f"input {name!r} is a number feature; its datatype must be numeric (FP64, FP32, "
@@ -259,7 +267,7 @@ def example_request(spec: ModelSpec) -> dict[str, Any]:
     inputs = []
     for feature in spec.features:
         value = (0.0 if feature.is_number else "2024-02-29T13:45:00Z" if feature.is_date else
-                 feature.values[0] if feature.values else None)
+                 EXAMPLE_PNG if feature.is_image else feature.values[0] if feature.values else None)
         inputs.append({"name": feature.name, "shape": [1], "datatype": "FP64" if feature.is_number else "BYTES",
                        "data": [value]})
     return {"inputs": inputs}
@@ -333,7 +341,7 @@ def _validation_error(error: ValidationError, body: Any, features: dict[str, Fea
         if row is not None:  # one element of 'data': say what the input takes, not which union member failed
             feature = features.get(field or "")
             kind = ("value" if feature is None else "number" if feature.is_number else "date" if feature.is_date
-                    else "category")
+                    else "image" if feature.is_image else "category")
             message = f"{path} (row {row}): {_element_expected(feature, field)}; got {describe(value)}"
             if isinstance(value, (list, dict)):
                 message += " ('data' is flat: one value per row, [v1, v2, ...])"
@@ -356,6 +364,8 @@ def _element_expected(feature: FeatureSpec | None, name: str | None) -> str:
     if feature.is_date:
         return (f"input {name!r} takes dates in 'data' (ISO 8601 text or seconds since 1970-01-01 UTC per row, null "
                 "when missing)")
+    if feature.is_image:
+        return f"input {name!r} takes {IMAGE_TEXT} in 'data', one per row"
     return (f"input {name!r} takes strings in 'data' (a string per row, null when missing; numbers and booleans are "
             "spelled as keel spells categories)")
 
