@@ -52,7 +52,7 @@ def test_yaml_example_is_the_shipped_config() -> None:
 
 
 def test_every_config_key_is_documented() -> None:
-    sections = ("preprocessing", "model", "training", "data", "text", "tune")
+    sections = ("preprocessing", "model", "training", "data", "text", "image", "tune")
     for name in set(Config.model_fields) - set(sections):
         assert f"| `{name}` |" in README, name
     for section in sections:
