@@ -623,8 +623,8 @@ def _checked_sections(manifest: Manifest, path: str | os.PathLike,
     problems = [problem for transform in preprocessor.transforms if isinstance(transform, (TextTransform, ImageTransform))
                 for problem in [transform.problem()] if problem]
     if problems:
-        raise ArtifactError(f"{path}/weights.safetensors does not hold the text projections keel.json describes "
-                            f"({problems[0]}); the model is corrupt. Restore the directory from a backup or retrain "
+        raise ArtifactError(f"{path}/keel.json and weights.safetensors disagree on a text or image column's "
+                            f"preprocessing ({problems[0]}); the model is corrupt. Restore the directory from a backup or retrain "
                             "the model.")
     return preprocessor
 
@@ -708,6 +708,7 @@ class _ImageState(TypedDict):
     finetune: bool
     model_path: str | None
     native: list[int]
+    native_bands: int
     scale: float
     mean: list[float]
     std: list[float]

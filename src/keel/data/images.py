@@ -15,6 +15,7 @@ the training pipeline copies it into the network.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -42,7 +43,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".
 
 
 def _missing(value: Any) -> bool:
-    if value is None or (isinstance(value, str) and not value.strip()):
+    """None, NaN, pandas' NA and an empty (or blank) string are a missing image."""
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, str) and not value.strip()):
         return True
     return isinstance(value, float) and np.isnan(value)
 
@@ -64,10 +66,10 @@ class _Image:
             self.array, self.size = array, (array.shape[1], array.shape[0])
             self.bands = 1 if array.shape[2] == 1 else 3
             return
-        if not isinstance(value, str):
+        if not isinstance(value, (str, os.PathLike)):
             raise DataError(f"image column {column!r} row {row} holds {type(value).__name__} {str(value)[:60]!r}; an "
                             "image cell is a file path or an array.", file=source, column=column, row=row)
-        path = Path(value.strip()).expanduser()
+        path = Path(str(value).strip()).expanduser()
         self.path = path if path.is_absolute() else base / path
         try:
             with open_image(self.path) as file:  # the header only; pixels() opens it again to decode
@@ -119,6 +121,7 @@ class ImageTransform:
         self.finetune = settings.finetune
         self.model_path = str(Path(settings.model_path).expanduser().absolute()) if settings.model_path else None
         self.native = (0, 0)  # the training images' most common (width, height)
+        self.native_bands = 1  # ... and number of colour channels (what image.strict compares with)
         self.scale = 255.0  # arrays: the value of full intensity
         self.mean: list[float] = []
         self.std: list[float] = []
@@ -177,11 +180,13 @@ class ImageTransform:
         if not self.size:
             width, height = self.native
             self.size = width if width == height and width <= AUTO_MAX_SIZE else AUTO_MAX_SIZE
+        self.native_bands = Counter(image.bands for image in images).most_common(1)[0][0]
         if self.channels == "auto":
             self.channels = "rgb" if any(image.bands == 3 for image in images) else "gray"
-        arrays = [image.array for image in images if image.array is not None]
-        if arrays and not any(array.dtype == np.uint8 for array in arrays):
-            top = max(float(np.nanmax(array)) if array.size else 0.0 for array in arrays)
+        arrays = [image.array for image in images if image.array is not None and image.array.dtype != np.uint8]
+        if arrays:  # uint8 arrays are divided by 255 whatever the column's scale (keel.data.pixels)
+            finite = [array[np.isfinite(array)] for array in arrays]
+            top = max((float(values.max()) for values in finite if values.size), default=1.0)
             self.scale = top if top > 1.0 else 1.0
         if self.encoder == "resnet":
             self._read_backbone()
@@ -211,17 +216,16 @@ class ImageTransform:
         out = np.zeros((len(series), self.width), dtype=np.float32)
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
         std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-        native_bands = CHANNEL_MODES[self.channels][1]
         for position, image in enumerate(self._images(series, source)):
             if image is None:
                 out[position, -1] = 1.0
                 continue
-            resized, converted = image.size != self.native, image.bands != native_bands
+            resized, converted = image.size != self.native, image.bands != self.native_bands
             if (resized or converted) and self.strict:
                 raise DataError(
                     f"image column {self.name!r} row {series.index[position] + 1} is a {image.size[0]}x{image.size[1]} "
-                    f"{'gray' if image.bands == 1 else 'colour'} image; the column's are {self.native[0]}x"
-                    f"{self.native[1]} {self.channels} (image.strict is on). Make the images alike, or turn "
+                    f"{'gray' if image.bands == 1 else 'colour'} image; most of the column's are {self.native[0]}x"
+                    f"{self.native[1]} {'gray' if self.native_bands == 1 else 'colour'} (image.strict is on). Make the images alike, or turn "
                     "image.strict off to resize and convert them.", file=source, column=self.name,
                     row=int(series.index[position]) + 1)
             if self._training:
@@ -237,7 +241,8 @@ class ImageTransform:
             native = f"{self.native[0]}x{self.native[1]}"
             for what, count in sorted(self._counts.items()):
                 if count:
-                    target = f"{native} images" if what == "resized" else f"{self.channels} images"
+                    target = (f"{native} images" if what == "resized" else
+                              f"{'gray' if self.native_bands == 1 else 'colour'} images")
                     self.notes.append(f"image column {self.name!r}: {count:,} image(s) {what} to match the column's "
                                       f"{target} (set image.strict to refuse them instead)")
             self.notes.append(f"image column {self.name!r}: read as {self.size}x{self.size} "
@@ -249,6 +254,7 @@ class ImageTransform:
         return {"kind": self.kind, "name": self.name, "encoder": self.encoder, "size": self.size,
                 "channels": self.channels, "strict": self.strict, "augment": self.augment, "dim": self.dim,
                 "finetune": self.finetune, "model_path": self.model_path, "native": list(self.native),
+                "native_bands": self.native_bands,
                 "scale": self.scale, "mean": self.mean, "std": self.std, "depth": self.depth,
                 "model_sha256": self.model_sha256}
 
@@ -266,6 +272,7 @@ class ImageTransform:
             encoder=state["encoder"], size=state["size"], channels=state["channels"], strict=state["strict"],
             augment=state["augment"], dim=state["dim"], finetune=state["finetune"], model_path=state["model_path"]))
         transform.native = (int(state["native"][0]), int(state["native"][1]))
+        transform.native_bands = int(state["native_bands"])
         transform.scale, transform.depth, transform.model_sha256 = float(state["scale"]), state["depth"], state["model_sha256"]
         transform.mean, transform.std = [float(v) for v in state["mean"]], [float(v) for v in state["std"]]
         return transform

@@ -19,6 +19,8 @@ import numpy as np
 
 # Pillow modes without colour (the alpha band is not a colour).
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# Gray modes of more than 8 bits, read as numbers (divided by 65535; F as it is) rather than converted.
+_WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # ITU-R 601-2 luma, as Pillow's convert("L") weighs red, green and blue.
 _LUMA = np.array([[0.299], [0.587], [0.114]], dtype=np.float32)
 
@@ -59,6 +61,9 @@ def file_pixels(image: Any, mode: str, size: int) -> np.ndarray:
     """A Pillow image as ``(channels, size, size)`` float32 in [0, 1]; decodes it (OSError if damaged)."""
     from PIL import Image
 
+    if image.mode in _WIDE_MODES:  # 16- and 32-bit gray: Pillow's convert("L") would clip at 255
+        values = np.asarray(image, dtype=np.float32)
+        return array_pixels(values[..., None], mode, size, 1.0 if image.mode == "F" else 65535.0)
     converted = image.convert(mode)
     if converted.size != (size, size):
         converted = converted.resize((size, size), Image.Resampling.BILINEAR)
@@ -70,7 +75,9 @@ def array_pixels(array: np.ndarray, mode: str, size: int, scale: float) -> np.nd
     """An :func:`image_array` as ``(channels, size, size)`` float32, divided by ``scale``."""
     from PIL import Image
 
-    values = array.astype(np.float32) / np.float32(scale)
+    # uint8 arrays hold 0-255 whatever the column's scale; NaN (and infinite) pixels read as 0.
+    values = np.nan_to_num(array.astype(np.float32) / np.float32(255.0 if array.dtype == np.uint8 else scale),
+                           nan=0.0, posinf=0.0, neginf=0.0)
     if mode == "L" and values.shape[2] == 3:
         values = values @ _LUMA
     elif mode == "RGB" and values.shape[2] == 1:

@@ -202,7 +202,7 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
     present = series.dropna()
     if len(present) == 0:
         return None, "all values are missing"
-    if (series.dtype == object or pd.api.types.is_string_dtype(series.dtype)) and _holds_images(present):
+    if (series.dtype == object or pd.api.types.is_string_dtype(series.dtype)) and _holds_images(present, name, source):
         return "image", ""
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         if present.nunique() == 1:
@@ -234,14 +234,29 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
     return _text_type(present, present.nunique())
 
 
-def _holds_images(present: pd.Series) -> bool:
-    """Arrays of one or three dimensions' worth of pixels, or file names that all end as images do (.png, .jpg...)."""
+def _holds_images(present: pd.Series, name: str, source: str | None) -> bool:
+    """Arrays of two or three dimensions (pixels), or file names that all end as images do (.png, .jpg...);
+    empty strings are missing cells.
+
+    Raises:
+        DataError: The column holds arrays that are no images (flat ones, as ``load_digits().data`` rows).
+    """
     sample = present if len(present) <= 1000 else present.sample(1000, random_state=0)
-    values = sample.tolist()
-    if all(isinstance(value, np.ndarray) and value.ndim in (2, 3) for value in values):
+    values = [value for value in sample.tolist() if not (isinstance(value, str) and not value.strip())]
+    if not values:
+        return False
+    arrays = [value for value in values if isinstance(value, np.ndarray)]
+    if arrays and all(array.ndim in (2, 3) for array in arrays) and len(arrays) == len(values):
         return True
-    return all(isinstance(value, str) and os.path.splitext(value.strip())[1].lower() in IMAGE_SUFFIXES
-               for value in values)
+    if arrays:
+        odd = next(array for array in arrays if array.ndim not in (2, 3)) if any(
+            array.ndim not in (2, 3) for array in arrays) else arrays[0]
+        raise DataError(f"column {name!r} holds arrays (one of shape {odd.shape}); keel reads an array cell as an "
+                        "image, of shape (height, width) or (height, width, channels), in a column of nothing else. "
+                        "Reshape flat pixel rows into images, or spread the values into number columns.",
+                        file=source, column=name)
+    return all(isinstance(value, (str, os.PathLike)) and os.path.splitext(str(value).strip())[1].lower()
+               in IMAGE_SUFFIXES for value in values)
 
 
 def _all_dates(present: pd.Series) -> bool:

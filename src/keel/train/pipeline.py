@@ -459,6 +459,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
                          "schedule was fitted to them")
         if checkpoints is not None:
             checkpoints.network_done(trainer.network, histories[-1])
+    for image in preprocessor.images:  # every network has its copy: the file's arrays are not needed again
+        image.backbone = None
     combined: TabularNetwork | NetworkBag = networks[0] if len(networks) == 1 else NetworkBag(networks)
     history_record = histories[0] if len(histories) == 1 else {**histories[0], "bags": histories}
     calibration = _calibrate(combined, lambda: data.calibration_rows(len(networks)), schema.task, training, notes)
