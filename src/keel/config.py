@@ -86,6 +86,14 @@ class TextConfig(_Section):
     cache_dir: str | None = Field(
         None, description="pretrained: where computed embeddings are kept, each text by its sha256; unset, "
         "$XDG_CACHE_HOME/keel/embeddings (~/.cache/keel/embeddings). 'off' keeps none.")
+    finetune: Literal["none", "full", "lora"] = Field(
+        "none", description="pretrained: none keeps the encoder frozen (each text embedded once, cached); full "
+        "trains all its weights with the network, lora only low-rank updates of its attention's query and value "
+        "projections. Either reads the texts' tokens in every step: minutes where frozen takes seconds.")
+    lora_rank: int = Field(8, ge=1, le=256, description="finetune lora: the rank of each update.")
+    lr: float | None = Field(
+        None, gt=0, description="finetune: the encoder's learning rate (the rest of the network trains at "
+        "training.lr); unset, 5e-5 for full and 5e-4 for lora.")
 
 
 class ImageConfig(_Section):

@@ -397,6 +397,11 @@ class Model:
         if preprocessor is not None and spec.plain_width != preprocessor.text_width:
             raise corrupt(f"the network reads {spec.plain_width} text component(s), the preprocessing makes "
                           f"{preprocessor.text_width}")
+        if preprocessor is not None and [text.width for text in spec.texts] != [
+                transform.width for transform in preprocessor.token_texts]:
+            raise corrupt(f"the network reads {len(spec.texts)} fine-tuned text column(s) of "
+                          f"{[text.max_tokens for text in spec.texts]} tokens, the preprocessing makes "
+                          f"{[transform.width - 1 for transform in preprocessor.token_texts]}")
         if preprocessor is not None and [(image.channels, image.size) for image in spec.images] != [
                 (transform.bands, transform.size) for transform in preprocessor.images]:
             raise corrupt(f"the network reads {len(spec.images)} image column(s) of "
@@ -694,6 +699,9 @@ class _TextState(TypedDict):
     model_sha256: str
     vocabulary: list[str]
     cache_dir: NotRequired[str | None]
+    finetune: NotRequired[Literal["full", "lora"]]
+    lora_rank: NotRequired[int]
+    lr: NotRequired[float | None]
 
 
 class _ImageState(TypedDict):

@@ -108,6 +108,9 @@ class _KeelEstimator(BaseEstimator):
         text_model_path: str | None = None,
         text_max_tokens: int | None = None,
         text_cache_dir: str | None = None,
+        text_finetune: str | None = None,
+        text_lora_rank: int | None = None,
+        text_lr: float | None = None,
         image_encoder: str | None = None,
         image_size: int | None = None,
         image_channels: str | None = None,
@@ -172,6 +175,9 @@ class _KeelEstimator(BaseEstimator):
         self.text_model_path = text_model_path
         self.text_max_tokens = text_max_tokens
         self.text_cache_dir = text_cache_dir
+        self.text_finetune = text_finetune
+        self.text_lora_rank = text_lora_rank
+        self.text_lr = text_lr
         self.image_encoder = image_encoder
         self.image_size = image_size
         self.image_channels = image_channels

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from keel.config import PRESETS, Config, TrainingConfig
 from keel.data import images, text, transforms
 from keel.errors import ConfigError
-from keel.nn import losses, mlp, numeric, vision
+from keel.nn import losses, mlp, numeric, sentence, vision
 from keel.nn.network import NetworkSpec, TabularNetwork
 from keel.registry import lookup
 from keel.train import calibration, fused, guards, pipeline, trainer
@@ -41,6 +41,7 @@ REGISTRIES: dict[str, tuple[Callable[[], Mapping[str, Any]], frozenset[str]]] = 
     "training.nonfinite": (lambda: guards.NONFINITE_POLICIES, frozenset()),
     "text.encoder": (lambda: text.TEXT_ENCODERS, frozenset()),
     "image.encoder": (lambda: vision.IMAGE_ENCODERS, frozenset()),
+    "text.finetune": (lambda: sentence.FINETUNES, frozenset()),
     "image.augment": (lambda: vision.AUGMENTATIONS, frozenset()),
     "image.channels": (lambda: images.CHANNEL_MODES, frozenset({"auto"})),  # ImageTransform.fit, from the images
 }

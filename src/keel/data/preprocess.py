@@ -119,18 +119,25 @@ class Preprocessor:
         image columns (whose pixels the network's image encoders read: ``images``)."""
         columns = [t for t in self.transforms if not isinstance(t, CategoryTransform)]
         return ([t for t in columns if not isinstance(t, (TextTransform, ImageTransform))]
-                + [t for t in columns if isinstance(t, TextTransform)]
-                + [t for t in columns if isinstance(t, ImageTransform)])
+                + [t for t in columns if isinstance(t, TextTransform) and not t.tokens]
+                + [t for t in columns if isinstance(t, ImageTransform)]
+                + self.token_texts)
 
     @property
     def images(self) -> list[ImageTransform]:
-        """The image columns' transforms, in the order of their pixels at the end of the numeric input."""
+        """The image columns' transforms, in the order of their pixels in the numeric input (after the text
+        components)."""
         return [t for t in self.transforms if isinstance(t, ImageTransform)]
+
+    @property
+    def token_texts(self) -> list[TextTransform]:
+        """The fine-tuned text columns' transforms, in the order of their token ids at the end of the numeric input."""
+        return [t for t in self.transforms if isinstance(t, TextTransform) and t.tokens]
 
     @property
     def text_width(self) -> int:
         """How many of the numeric input's last columns are text components."""
-        return sum(t.width for t in self.transforms if isinstance(t, TextTransform))
+        return sum(t.width for t in self.transforms if isinstance(t, TextTransform) and not t.tokens)
 
     @property
     def categorical(self) -> list[CategoryTransform]:

@@ -42,6 +42,16 @@ class Encoder(Protocol):
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def weights(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def shape(self) -> Any: ...
+
+    pooling: str
+    normalize: bool
+
 
 # Components whose spread on the training rows is below this share of the largest one are noise.
 _MIN_SPREAD = 1e-4
@@ -87,6 +97,11 @@ class TextTransform:
             Path(path).expanduser().absolute())
         self.max_tokens = settings.max_tokens
         self.cache_dir = settings.cache_dir
+        # Fine-tuned (finetune full / lora): the column is its token ids, which the network's encoder reads.
+        self.finetune = settings.finetune
+        self.lora_rank = settings.lora_rank
+        self.lr = settings.lr
+        self.backbone: dict[str, np.ndarray] | None = None  # the checkpoint's weights, read in fit, for the network
         self.vocabulary: list[str] = []
         self.idf = np.zeros(0, dtype=np.float32)
         self.components = np.zeros((0, 0), dtype=np.float32)  # (n_components, vocabulary or embedding width)
@@ -101,13 +116,20 @@ class TextTransform:
         self._training = False  # embeddings made now go into the cache: from fit until finish_training
 
     @property
+    def tokens(self) -> bool:
+        """True for a fine-tuned column: its numbers are token ids for the network's text encoder."""
+        return self.finetune != "none"
+
+    @property
     def width(self) -> int:
         """Number of float columns this transform emits."""
-        return len(self.components) + 1
+        return (self.max_tokens or 0) + 1 if self.tokens else len(self.components) + 1
 
     @property
     def parts(self) -> list[str]:
         """The name of each column this transform emits, in order (for messages)."""
+        if self.tokens:
+            return [*(f"token {index + 1}" for index in range(self.width - 1)), "empty"]
         return [*(f"component {index + 1}" for index in range(len(self.components))), "empty"]
 
     def fit(self, series: pd.Series, source: str | None = None) -> "TextTransform":
@@ -122,6 +144,8 @@ class TextTransform:
             raise DataError(f"text column {self.name!r} is empty in every training row; fill it, or leave the "
                             "column out of input_features.", file=source, column=self.name)
         self.notes = []
+        if self.tokens:
+            return self._fit_tokens(texts)
         if self.encoder == "tfidf":
             self._fit_vocabulary(texts)
         vectors: Any = getattr(self, TEXT_ENCODERS[self.encoder])(texts, fitting=True)
@@ -141,9 +165,54 @@ class TextTransform:
                               "the same), so only its empty-text flag is used.")
         return self
 
+    def _fit_tokens(self, texts: list[str]) -> "TextTransform":
+        """A fine-tuned column: the encoder's tokenizer, token limit, shape and weights (for the network)."""
+        if self.encoder != "pretrained":
+            raise ConfigError(f"text.finetune {self.finetune} trains a pretrained encoder; set text.encoder: "
+                              "pretrained, or text.finetune: none for tfidf.")
+        sentence = self._encoder(fitting=True)
+        self.max_tokens = sentence.max_tokens
+        self.backbone = sentence.weights()
+        _, truncated = sentence.tokenize(sorted(set(texts)))
+        self.notes = [f"text column {self.name!r}: read as up to {self.max_tokens} tokens by a fine-tuned "
+                      f"({self.finetune}) {self._model_name()}"
+                      + (f"; {int(truncated.sum()):,} distinct training text(s) cut at {self.max_tokens} tokens"
+                         if truncated.any() else "") + "."]
+        return self
+
+    def encoder_shape(self) -> tuple[Any, str, bool]:
+        """A fine-tuned column's BERT shape, pooling and normalisation (the network's text encoder is built of them)."""
+        sentence = self._encoder(fitting=False)
+        return sentence.shape, sentence.pooling, sentence.normalize
+
+    def _encoder(self, *, fitting: bool) -> Encoder:
+        """The sentence encoder of the column's model, its content hash recorded (fit) or checked (later)."""
+        if self._sentence is None:
+            if TextTransform.loader is None:
+                raise ConfigError("text.encoder pretrained needs keel.model imported (it plugs in the torch encoder); "
+                                  "use keel.fit / keel.load, or import keel.model first.")
+            self._sentence = TextTransform.loader(self.model, self.max_tokens)
+            if fitting:
+                self.model_sha256 = self._sentence.sha256
+            elif self._sentence.sha256 != self.model_sha256:
+                raise DataError(
+                    f"text column {self.name!r} was embedded in training by the model at {self.model} with content "
+                    f"hash {self.model_sha256[:12]}, and that path now holds another model ({self._sentence.sha256[:12]}); "
+                    "restore the model it was trained with, or retrain.", column=self.name)
+        return self._sentence
+
+    def _model_name(self) -> str:
+        return self.model.removeprefix(PACKAGE_PREFIX) if self.model.startswith(PACKAGE_PREFIX) else Path(self.model).name
+
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
         """Returns ``(values (n, width) float32, 0)``."""
         texts = text_strings(series)
+        if self.tokens:  # token ids (exact in float32: vocabularies are far below 2^24), -1 padding; empty flag
+            ids, _ = self._encoder(fitting=False).tokenize(texts)
+            out = np.empty((len(texts), self.width), dtype=np.float32)
+            out[:, :-1] = ids
+            out[:, -1] = [not text.strip() for text in texts]
+            return out, 0
         vectors = getattr(self, TEXT_ENCODERS[self.encoder])(texts, fitting=False)
         out = np.empty((len(texts), self.width), dtype=np.float32)
         out[:, :-1] = (np.asarray(vectors @ self.components.T, dtype=np.float32) - self.center) / self.scale
@@ -177,33 +246,22 @@ class TextTransform:
 
     def _embed(self, texts: list[str], *, fitting: bool) -> np.ndarray:
         """Sentence embeddings (n, encoder width), each distinct text encoded once, cached on disk."""
-        if self._sentence is None:
-            if TextTransform.loader is None:
-                raise ConfigError("text.encoder pretrained needs keel.model imported (it plugs in the torch encoder); "
-                                  "use keel.fit / keel.load, or import keel.model first.")
-            self._sentence = TextTransform.loader(self.model, self.max_tokens)
-            if fitting:
-                self.model_sha256 = self._sentence.sha256
-            elif self._sentence.sha256 != self.model_sha256:
-                raise DataError(
-                    f"text column {self.name!r} was embedded in training by the model at {self.model} with content "
-                    f"hash {self.model_sha256[:12]}, and that path now holds another model ({self._sentence.sha256[:12]}); "
-                    "restore the model it was trained with, or retrain.", column=self.name)
+        sentence = self._encoder(fitting=fitting)
         distinct, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
         new = [text for text in distinct.tolist() if text not in self._fitted]
         # Training writes the cache (its texts come back in the next run); predictions only read it.
-        embeddings, hit = _cached(self._sentence, new, self.cache_dir, write=fitting or self._training)
+        embeddings, hit = _cached(sentence, new, self.cache_dir, write=fitting or self._training)
         known = dict(zip(new, embeddings.vectors))
         vectors = np.stack([known[text] if text in known else self._fitted[text] for text in distinct.tolist()])
         if fitting:
             self._fitted, self._training = known, True
             truncated = embeddings.truncated
-            name = self.model.removeprefix(PACKAGE_PREFIX) if self.model.startswith(PACKAGE_PREFIX) else Path(self.model).name
+            name = self._model_name()
             cached = (" (read from the cache)" if hit else
                       f" ({embeddings.hits:,} read from the cache)" if embeddings.hits else "")
             self.notes += [f"text column {self.name!r}: {len(distinct):,} distinct training texts embedded by {name}"
                            f"{cached}"
-                          + (f"; {truncated:,} cut at {self._sentence.max_tokens} tokens" if truncated else "") + "."]
+                          + (f"; {truncated:,} cut at {sentence.max_tokens} tokens" if truncated else "") + "."]
         return vectors[inverse.ravel()]
 
     def finish_training(self) -> None:
@@ -213,14 +271,21 @@ class TextTransform:
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "encoder": self.encoder, "dim": self.dim,
                 "max_features": self.max_features, "model": self.model, "max_tokens": self.max_tokens,
-                "model_sha256": self.model_sha256, "vocabulary": self.vocabulary, "cache_dir": self.cache_dir}
+                "model_sha256": self.model_sha256, "vocabulary": self.vocabulary, "cache_dir": self.cache_dir,
+                **({"finetune": self.finetune, "lora_rank": self.lora_rank, "lr": self.lr} if self.tokens else {})}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The fitted arrays, kept in the model's safetensors file beside the weights."""
+        """The fitted arrays, kept in the model's safetensors file beside the weights (none when fine-tuned: the
+        encoder's weights are the network's)."""
+        if self.tokens:
+            return {}
         return {"idf": self.idf, "components": self.components, "center": self.center, "scale": self.scale}
 
     def problem(self) -> str | None:
         """What is inconsistent between the state and the arrays of a loaded transform, or None."""
+        if self.tokens:
+            return None if self.max_tokens and self.encoder == "pretrained" else (
+                f"column {self.name!r}: a fine-tuned column needs a pretrained encoder and its token limit")
         width = len(self.vocabulary) if self.encoder == "tfidf" else self.components.shape[1]
         shapes = {"idf": (len(self.vocabulary),), "components": (len(self.center), width),
                   "center": (len(self.center),), "scale": (len(self.center),)}
@@ -233,7 +298,8 @@ class TextTransform:
     def from_state(cls, state: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> "TextTransform":
         transform = cls(state["name"], TextConfig(
             encoder=state["encoder"], dim=state["dim"], max_features=state["max_features"],
-            model_path=state["model"], max_tokens=state["max_tokens"], cache_dir=state.get("cache_dir")))
+            model_path=state["model"], max_tokens=state["max_tokens"], cache_dir=state.get("cache_dir"),
+            finetune=state.get("finetune", "none"), lora_rank=state.get("lora_rank", 8), lr=state.get("lr")))
         transform.model_sha256, transform.vocabulary = state["model_sha256"], list(state["vocabulary"])
         for key, value in (arrays or {}).items():
             setattr(transform, key, np.asarray(value, dtype=np.float32))

@@ -19,6 +19,7 @@ from torch import nn
 from keel.nn.encoders import CategoryEncoder, embedding_size
 from keel.nn.mlp import build_mlp
 from keel.nn.numeric import build_numeric_embedding
+from keel.nn.sentence import TextEncoder, TextInput
 from keel.nn.vision import ImageEncoder, ImageInput
 
 
@@ -49,18 +50,26 @@ class NetworkSpec:
     # Image columns, last in the numeric input (after the text components): each its pixels and missing flag,
     # read by its own encoder (keel.nn.vision), whose features join the first layer after the categories.
     images: list[ImageInput] = field(default_factory=list)
+    # Fine-tuned text columns, last of all: each its token ids and empty flag, read by its own BERT (keel.nn.sentence).
+    texts: list[TextInput] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.images = [image if isinstance(image, ImageInput) else ImageInput(**image) for image in self.images]
+        self.texts = [text if isinstance(text, TextInput) else TextInput(**text) for text in self.texts]
         if not self.embedding_dims:
             self.embedding_dims = [embedding_size(cardinality) for cardinality in self.cardinalities]
         if isinstance(self.onehot, bool):
             self.onehot = [self.onehot] * len(self.cardinalities)
 
     @property
+    def blocks(self) -> list[ImageInput | TextInput]:
+        """The inputs read by encoders of their own, in their order at the end of the numeric input."""
+        return [*self.images, *self.texts]
+
+    @property
     def image_width(self) -> int:
-        """How many of the numeric input's last columns are image pixels and flags."""
-        return sum(image.width for image in self.images)
+        """How many of the numeric input's last columns the encoders read (image pixels, token ids, their flags)."""
+        return sum(block.width for block in self.blocks)
 
     @property
     def embedded_width(self) -> int:
@@ -76,13 +85,13 @@ class NetworkSpec:
         assert isinstance(self.onehot, list)
         return numbers + sum(cardinality if fixed else dim
                              for cardinality, dim, fixed in zip(self.cardinalities, self.embedding_dims, self.onehot)
-                             ) + sum(image.features for image in self.images)
+                             ) + sum(block.features for block in self.blocks)
 
     @property
     def plain(self) -> bool:
         """A single MLP over raw numbers and category codes (what the fused training step handles)."""
         return (self.architecture == "mlp" and self.numeric_embedding == "none" and self.ensemble == 1
-                and not self.images)
+                and not self.blocks)
 
     def to_dict(self) -> dict[str, Any]:
         spec = asdict(self)
@@ -90,8 +99,9 @@ class NetworkSpec:
             del spec["inner"]
         if not self.plain_width:  # only text columns set it: models without stay readable by older keels
             del spec["plain_width"]
-        if not self.images:  # likewise image columns
-            del spec["images"]
+        for name in ("images", "texts"):  # likewise image and fine-tuned text columns
+            if not spec[name]:
+                del spec[name]
         return spec
 
 
@@ -106,8 +116,9 @@ class TabularNetwork(nn.Module):
         self.numbers = build_numeric_embedding(
             spec.numeric_embedding, embedded, spec.numeric_embedding_size, spec.numeric_embedding_dim)
         self.images = nn.ModuleList([ImageEncoder(image) for image in spec.images])
+        self.texts = nn.ModuleList([TextEncoder(text) for text in spec.texts])
         width = ((self.numbers.width if self.numbers is not None else embedded) + spec.plain_width
-                 + self.categories.width + sum(image.features for image in spec.images))
+                 + self.categories.width + sum(block.features for block in spec.blocks))
         k = spec.ensemble
         self.mlp = build_mlp(width, spec.hidden, spec.n_outputs if k == 1 else None,
                              architecture=spec.architecture, activation=spec.activation, dropout=spec.dropout,
@@ -124,11 +135,11 @@ class TabularNetwork(nn.Module):
         """The first layer's input: numbers (embedded or not) next to the category vectors and the images'
         features."""
         images: list[torch.Tensor] = []
-        if self.spec.images:
+        if self.spec.blocks:
             start = numeric.shape[1] - self.spec.image_width
-            for encoder, image in zip(self.images, self.spec.images):
-                images.append(encoder(numeric[:, start:start + image.width]))
-                start += image.width
+            for encoder, block in zip([*self.images, *self.texts], self.spec.blocks):
+                images.append(encoder(numeric[:, start:start + block.width]))
+                start += block.width
             numeric = numeric[:, :numeric.shape[1] - self.spec.image_width]
         if self.numbers is not None:
             plain = self.spec.plain_width
@@ -162,6 +173,16 @@ class TabularNetwork(nn.Module):
         if self.spec.ensemble == 1:
             return self.mlp(self.inputs(numeric, categorical))
         return combine_members(self.members(numeric, categorical), self.spec.task)
+
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The trainable parameters as optimizer groups: fine-tuned text encoders at their own learning rate
+        (``scale``: its ratio to ``lr``, which the trainer applies to the scheduled rate), the rest at ``lr``."""
+        encoders: list[TextEncoder] = list(self.texts)  # type: ignore[arg-type]  # ModuleList types as Module
+        own = {id(parameter) for encoder in encoders for parameter in encoder.backbone_parameters()}
+        groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in own], "scale": 1.0}]
+        for encoder, text in zip(encoders, self.spec.texts):
+            groups.append({"params": encoder.backbone_parameters(), "scale": text.lr / lr})
+        return [group for group in groups if group["params"]]
 
     def linear_weights(self) -> list[torch.Tensor]:
         """Weights that L1/L2 penalties apply to (not biases, norms or embeddings)."""

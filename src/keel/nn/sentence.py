@@ -9,6 +9,7 @@ model is ever run.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -52,35 +53,49 @@ class _Dense(nn.Module):
 
 
 class _SelfAttention(nn.Module):
-    def __init__(self, shape: BertShape) -> None:
+    def __init__(self, shape: BertShape, lora: int = 0) -> None:
         super().__init__()
         self.query, self.key, self.value = (nn.Linear(shape.hidden_size, shape.hidden_size) for _ in range(3))
         self.heads = shape.num_attention_heads
+        if lora:  # LoRA (Hu et al., 2021) on the query and value projections: W x + B A x, B starting at zero
+            width = shape.hidden_size
+            bound = 1 / math.sqrt(width)
+            self.query_lora_a = nn.Parameter(torch.empty(lora, width).uniform_(-bound, bound))
+            self.query_lora_b = nn.Parameter(torch.zeros(width, lora))
+            self.value_lora_a = nn.Parameter(torch.empty(lora, width).uniform_(-bound, bound))
+            self.value_lora_b = nn.Parameter(torch.zeros(width, lora))
+        self.lora = lora
+
+    def project(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``query`` / ``key`` / ``value`` of ``x``, with the low-rank update where there is one."""
+        out: torch.Tensor = getattr(self, name)(x)
+        if self.lora and name != "key":
+            out = out + (x @ getattr(self, f"{name}_lora_a").T) @ getattr(self, f"{name}_lora_b").T
+        return out
 
 
 class _Attention(nn.Module):
-    def __init__(self, shape: BertShape) -> None:
+    def __init__(self, shape: BertShape, lora: int = 0) -> None:
         super().__init__()
-        self.self = _SelfAttention(shape)
+        self.self = _SelfAttention(shape, lora)
         self.output = _Dense(shape.hidden_size, shape.hidden_size, shape.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
         heads = self.self.heads
 
-        def split(linear: nn.Linear) -> torch.Tensor:  # (batch, heads, length, width / heads)
-            return linear(x).view(batch, length, heads, width // heads).transpose(1, 2)
+        def split(name: str) -> torch.Tensor:  # (batch, heads, length, width / heads)
+            return self.self.project(name, x).view(batch, length, heads, width // heads).transpose(1, 2)
 
-        context = F.scaled_dot_product_attention(split(self.self.query), split(self.self.key),
-                                                 split(self.self.value), attn_mask=mask)
+        context = F.scaled_dot_product_attention(split("query"), split("key"), split("value"), attn_mask=mask)
         context = context.transpose(1, 2).reshape(batch, length, width)
         return self.output.LayerNorm(self.output.dense(context) + x)
 
 
 class _Layer(nn.Module):
-    def __init__(self, shape: BertShape) -> None:
+    def __init__(self, shape: BertShape, lora: int = 0) -> None:
         super().__init__()
-        self.attention = _Attention(shape)
+        self.attention = _Attention(shape, lora)
         self.intermediate = _Dense(shape.hidden_size, shape.intermediate_size, None)
         self.output = _Dense(shape.intermediate_size, shape.hidden_size, shape.layer_norm_eps)
         self.activation = _ACTIVATIONS[shape.hidden_act]
@@ -92,18 +107,22 @@ class _Layer(nn.Module):
 
 
 class _Encoder(nn.Module):
-    def __init__(self, shape: BertShape) -> None:
+    def __init__(self, shape: BertShape, lora: int = 0) -> None:
         super().__init__()
-        self.layer = nn.ModuleList(_Layer(shape) for _ in range(shape.num_hidden_layers))
+        self.layer = nn.ModuleList(_Layer(shape, lora) for _ in range(shape.num_hidden_layers))
 
 
 class BertEncoder(nn.Module):
-    """Token ids and their attention mask -> the last layer's token vectors (batch, length, hidden)."""
+    """Token ids and their attention mask -> the last layer's token vectors (batch, length, hidden).
 
-    def __init__(self, shape: BertShape) -> None:
+    ``lora`` > 0 adds rank-``lora`` updates to every layer's query and value projections (``*_lora_a``,
+    ``*_lora_b``; the update starts at zero, so the encoder starts as the checkpoint).
+    """
+
+    def __init__(self, shape: BertShape, lora: int = 0) -> None:
         super().__init__()
         self.embeddings = _Embeddings(shape)
-        self.encoder = _Encoder(shape)
+        self.encoder = _Encoder(shape, lora)
 
     def forward(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         # Padding is masked out of every query's softmax: an additive -inf bias, (batch, 1, 1, length).
@@ -160,12 +179,126 @@ class SentenceEncoder:
 
     def pool(self, tokens: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         """(batch, length, hidden) token vectors -> (batch, hidden) sentence vectors."""
-        if self.pooling == "cls":
-            pooled = tokens[:, 0]
-        else:
-            weights = attention.unsqueeze(-1).to(tokens.dtype)
-            pooled = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+        return pool(tokens, attention, self.pooling, self.normalize)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of ``texts`` (n, max_tokens) int64, -1 after each text's last token, and which texts were
+        cut at ``max_tokens`` (n,) bool: what a fine-tuned encoder reads (:class:`TextEncoder`)."""
+        _, tokenizer = self._load()
+        ids = np.full((len(texts), self.max_tokens), -1, dtype=np.int64)
+        truncated = np.zeros(len(texts), dtype=bool)
+        for start in range(0, len(texts), 1024):
+            encodings = tokenizer.encode_batch(list(texts[start:start + 1024]))
+            for row, encoding in enumerate(encodings, start):
+                kept = [token for token, used in zip(encoding.ids, encoding.attention_mask) if used]
+                ids[row, :len(kept)] = kept
+                truncated[row] = bool(encoding.overflowing)
+        return ids, truncated
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The checkpoint's arrays (checked against config.json's shapes), for a fine-tuned copy in a network."""
+        self._load()
+        return self.files.arrays()
+
+
+def pool(tokens: torch.Tensor, attention: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:
+    """(batch, length, hidden) token vectors -> (batch, hidden): the mean over the attended tokens or the first
+    (CLS) token's vector, scaled to unit length when ``normalize``."""
+    if pooling == "cls":
+        pooled = tokens[:, 0]
+    else:
+        weights = attention.unsqueeze(-1).to(tokens.dtype)
+        pooled = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    return F.normalize(pooled, dim=-1) if normalize else pooled
+
+
+@dataclass
+class TextInput:
+    """The shape of one fine-tuned text column's encoder (part of :class:`keel.nn.network.NetworkSpec`)."""
+
+    bert: dict[str, Any]  # BertShape's fields
+    max_tokens: int
+    pooling: str = "mean"
+    normalize: bool = True
+    finetune: str = "full"  # a FINETUNES key other than none
+    lora_rank: int = 8
+    lr: float = 5e-5  # the encoder's own learning rate (the rest of the network trains at training.lr)
+
+    def __post_init__(self) -> None:
+        from keel.data.pretrained import BertShape
+
+        self.shape = BertShape(**self.bert)
+        if not 1 <= self.max_tokens <= self.shape.max_position_embeddings or self.finetune not in FINETUNES:
+            raise ValueError(f"a fine-tuned text input of {self.max_tokens} tokens ({self.finetune}) is not one keel "
+                             "builds")
+
+    @property
+    def width(self) -> int:
+        """Numbers the column takes in the network's input: its token ids and the empty flag."""
+        return self.max_tokens + 1
+
+    @property
+    def features(self) -> int:
+        """Numbers the encoder hands the first layer: the pooled vector and the empty flag."""
+        return self.shape.hidden_size + 1
+
+
+def _train_everything(encoder: BertEncoder) -> None:
+    encoder.requires_grad_(True)
+
+
+def _train_lora(encoder: BertEncoder) -> None:
+    for name, parameter in encoder.named_parameters():
+        parameter.requires_grad_("_lora_" in name)
+
+
+# text.finetune -> which of the encoder's weights train ("none" never builds one: the frozen encoder embeds
+# the texts once, in the preprocessing).
+FINETUNES: dict[str, Callable[[BertEncoder], None] | None] = {"none": None, "full": _train_everything,
+                                                              "lora": _train_lora}
+
+
+class TextEncoder(nn.Module):
+    """One fine-tuned text column's block of the input, ``(batch, max_tokens + 1)`` token ids (-1 padding) and the
+    empty flag -> ``(batch, hidden + 1)``: the pretrained BERT, pooled as the checkpoint pools, layer-normalised
+    (a unit-length sentence vector's entries are ~0.05: too small for the first layer's initial weights)."""
+
+    def __init__(self, text: TextInput) -> None:
+        super().__init__()
+        self.text = text
+        self.bert = BertEncoder(text.shape, text.lora_rank if text.finetune == "lora" else 0)
+        self.norm = nn.LayerNorm(text.shape.hidden_size)
+        trainable = FINETUNES[text.finetune]
+        assert trainable is not None
+        trainable(self.bert)
+
+    def forward(self, block: torch.Tensor) -> torch.Tensor:
+        ids = block[:, :-1]
+        present = ids >= 0
+        length = max(int(present.sum(dim=1).max()) if len(ids) else 1, 1)  # the batch's longest text
+        ids, attention = ids[:, :length].clamp(min=0).long(), present[:, :length].long()
+        tokens = self.bert(ids, attention)
+        pooled = pool(tokens, attention, self.text.pooling, self.text.normalize)
+        return torch.cat([self.norm(pooled), block[:, -1:]], dim=1)
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The encoder's trainable weights, which train at ``text.lr`` rather than the network's rate."""
+        return [parameter for parameter in self.bert.parameters() if parameter.requires_grad]
+
+    @torch.no_grad()
+    def load_backbone(self, arrays: dict[str, np.ndarray]) -> None:
+        """Copy the checkpoint's weights into the encoder (its LoRA updates stay at their start).
+
+        Raises:
+            ValueError: A weight is missing or of another shape.
+        """
+        state = self.bert.state_dict()
+        needed = [name for name in state if "_lora_" not in name]
+        wrong = [name for name in needed if name not in arrays or tuple(arrays[name].shape) != tuple(state[name].shape)]
+        if wrong:
+            raise ValueError(f"the checkpoint does not fit the encoder: {', '.join(wrong[:3])}")
+        for name in needed:
+            state[name].copy_(torch.from_numpy(np.array(arrays[name])))
 
 
 def _network(files: "ModelFiles") -> BertEncoder:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import time
 import warnings
@@ -31,6 +32,7 @@ from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
 from keel.data.schema import Schema, infer_schema, infer_task, require_column
 from keel.data.split import Split, fold_rows, split_rows
+from keel.data.text import TextTransform
 from keel.data.values import missing_values, row_weights, to_numeric
 from keel.errors import ConfigError, DataError, KeelError, KeelWarning
 from keel.evaluate.importance import IMPORTANCE_REPEATS, IMPORTANCE_ROWS
@@ -39,6 +41,7 @@ from keel.model import Model
 from keel.nn.losses import resolve_loss_name
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs
 from keel.nn.numeric import BIN_SAMPLE, PiecewiseLinearEmbedding
+from keel.nn.sentence import TextEncoder, TextInput
 from keel.nn.vision import ImageEncoder, ImageInput
 from keel.registry import lookup
 from keel.train import distributed
@@ -461,6 +464,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
             checkpoints.network_done(trainer.network, histories[-1])
     for image in preprocessor.images:  # every network has its copy: the file's arrays are not needed again
         image.backbone = None
+    for text in preprocessor.token_texts:
+        text.backbone = None
     combined: TabularNetwork | NetworkBag = networks[0] if len(networks) == 1 else NetworkBag(networks)
     history_record = histories[0] if len(histories) == 1 else {**histories[0], "bags": histories}
     calibration = _calibrate(combined, lambda: data.calibration_rows(len(networks)), schema.task, training, notes)
@@ -733,7 +738,16 @@ def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_clas
         numeric_embedding_size=model.numeric_embedding_size, numeric_embedding_dim=model.numeric_embedding_dim,
         ensemble=model.ensemble, task=task, plain_width=preprocessor.text_width,
         images=[image_input(transform) for transform in preprocessor.images],
+        texts=[text_input(transform) for transform in preprocessor.token_texts],
     )
+
+
+def text_input(transform: TextTransform) -> TextInput:
+    """The network's encoder of one fine-tuned text column."""
+    shape, pooling, normalize = transform.encoder_shape()
+    lr = transform.lr or (5e-4 if transform.finetune == "lora" else 5e-5)
+    return TextInput(bert=dataclasses.asdict(shape), max_tokens=transform.width - 1, pooling=pooling,
+                     normalize=normalize, finetune=transform.finetune, lora_rank=transform.lora_rank, lr=lr)
 
 
 def image_input(transform: ImageTransform) -> ImageInput:
@@ -743,7 +757,8 @@ def image_input(transform: ImageTransform) -> ImageInput:
 
 
 def load_backbones(network: TabularNetwork, preprocessor: Preprocessor) -> None:
-    """Copy each pretrained image column's backbone (read in the preprocessing's fit) into ``network``.
+    """Copy each pretrained image column's backbone and each fine-tuned text column's encoder (read in the
+    preprocessing's fit) into ``network``.
 
     Raises:
         ConfigError: The file's weights do not fit the ResNet its names describe.
@@ -755,6 +770,13 @@ def load_backbones(network: TabularNetwork, preprocessor: Preprocessor) -> None:
                 encoder.load_backbone(transform.backbone)
             except ValueError as error:
                 raise ConfigError(f"image.model_path {transform.model_path}: {error}.") from None
+    texts: list[TextEncoder] = list(network.texts)  # type: ignore[arg-type]  # ModuleList types as Module
+    for text, column in zip(texts, preprocessor.token_texts):
+        if column.backbone is not None:
+            try:
+                text.load_backbone(column.backbone)
+            except ValueError as error:
+                raise ConfigError(f"text.model_path {column.model}: {error}.") from None
 
 
 def describe_settings(settings: Config, weighted: bool, device: torch.device | None = None,

@@ -407,8 +407,8 @@ class Trainer:
                 loss, finite = self.fused.step(rows.numeric, rows.categorical, rows.target, rate.value, check=check)
             else:
                 assert optimizer is not None
-                for group in optimizer.param_groups:
-                    group["lr"] = rate.value
+                for group in optimizer.param_groups:  # a fine-tuned encoder's group keeps its ratio to the rate
+                    group["lr"] = rate.value * group.get("scale", 1.0)
                 loss, finite = self._autograd_step(rows, optimizer, check=check)
             if not finite:  # raises under "stop"; under "skip_batch" the weights were left as they were
                 _bad_step(self, guard, (epoch, step, n_steps), loss, rows, previous, rate.value)
@@ -636,10 +636,11 @@ def batch_bounds(n_rows: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 # An optimizer builder takes the trainable parameters and the training settings.
-OptimizerBuilder = Callable[[list[nn.Parameter], TrainingConfig], torch.optim.Optimizer]
+# Builders take the parameters, or optimizer groups of them (a fine-tuned encoder's at its own rate).
+OptimizerBuilder = Callable[[list[Any], TrainingConfig], torch.optim.Optimizer]
 
 
-def _sgd(parameters: list[nn.Parameter], settings: TrainingConfig) -> torch.optim.Optimizer:
+def _sgd(parameters: list[Any], settings: TrainingConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
                            nesterov=settings.nesterov and settings.momentum > 0, weight_decay=settings.decay)
 
@@ -647,18 +648,19 @@ def _sgd(parameters: list[nn.Parameter], settings: TrainingConfig) -> torch.opti
 # Adam and AdamW run torch's fused kernel (one pass over each tensor): on the balanced preset's ~20
 # parameter tensors it steps in 0.32 ms against the default multi-tensor kernel's 0.96 ms here, and it
 # spares the default's dozens of scalar copies a step.
-def _adam(parameters: list[nn.Parameter], settings: TrainingConfig) -> torch.optim.Optimizer:
+def _adam(parameters: list[Any], settings: TrainingConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.decay, fused=_fusable(parameters))
 
 
-def _adamw(parameters: list[nn.Parameter], settings: TrainingConfig) -> torch.optim.Optimizer:
+def _adamw(parameters: list[Any], settings: TrainingConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.decay, fused=_fusable(parameters))
 
 
-def _fusable(parameters: list[nn.Parameter]) -> bool | None:
+def _fusable(parameters: list[Any]) -> bool | None:
     """True where torch has the fused Adam kernel for every parameter's device and dtype; None (torch's
-    default kernel) elsewhere."""
-    return True if all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in parameters) else None
+    default kernel) elsewhere. ``parameters``: tensors, or optimizer groups of them."""
+    tensors = [p for item in parameters for p in (item["params"] if isinstance(item, dict) else [item])]
+    return True if all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in tensors) else None
 
 
 # training.optimizer -> its builder (the fused step in train/fused.py has its own kernels per name).
@@ -671,6 +673,9 @@ def build_optimizer(network: nn.Module, settings: TrainingConfig) -> torch.optim
     Raises:
         ConfigError: ``settings.optimizer`` is not a key of ``OPTIMIZERS``.
     """
+    groups = network.parameter_groups(settings.lr) if isinstance(network, TabularNetwork) else None
+    if groups is not None and len(groups) > 1:  # a fine-tuned encoder trains at its own rate
+        return lookup(OPTIMIZERS, "training.optimizer", settings.optimizer)(groups, settings)
     parameters = [p for p in network.parameters() if p.requires_grad]
     return lookup(OPTIMIZERS, "training.optimizer", settings.optimizer)(parameters, settings)
 
