@@ -114,7 +114,7 @@ def test_prediction_refuses_a_cell_that_is_no_image_naming_the_row(
         digit_model: tuple[keel.Model, Path, Path]) -> None:
     model, table, _ = digit_model
     good = str(table.parent / "pictures" / "0.png")
-    for cell, message in [(7, "holds int '7'; an image cell is a file path or an array"),
+    for cell, message in [(7, "holds int '7'; an image cell is a file path, a file's bytes, an array or a Pillow image"),
                           (np.zeros((2, 2, 5)), r"holds an array of shape \(2, 2, 5\)")]:
         with pytest.raises(DataError, match=message) as caught:
             model.predict(pd.DataFrame({"pic": [good, good, cell]}, dtype=object))

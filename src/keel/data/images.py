@@ -15,7 +15,6 @@ the training pipeline copies it into the network.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -24,7 +23,16 @@ import numpy as np
 import pandas as pd
 
 from keel.config import ImageConfig
-from keel.data.pixels import GRAY_MODES, PixelSpec, array_pixels, base_folder, file_pixels, image_array, open_image
+from keel.data.pixels import (
+    GRAY_MODES,
+    PixelSpec,
+    array_pixels,
+    as_path,
+    base_folder,
+    file_pixels,
+    image_array,
+    open_image,
+)
 from keel.errors import ConfigError, DataError
 
 # Images the column's size and channels are decided from (their headers only) and, for the CNN, its
@@ -53,9 +61,10 @@ class _Image:
     """One cell's image: its size and colour known (a file's header read), its pixels decoded by ``pixels``."""
 
     def __init__(self, value: Any, base: Path, column: str, row: int, source: str | None) -> None:
-        from PIL import UnidentifiedImageError
+        from PIL.Image import DecompressionBombError, UnidentifiedImageError
 
         self.array: np.ndarray | None = None
+        self.image: Any = None
         self.column, self.row, self.source = column, row, source
         if isinstance(value, np.ndarray):
             array = image_array(value)
@@ -66,35 +75,51 @@ class _Image:
             self.array, self.size = array, (array.shape[1], array.shape[0])
             self.bands = 1 if array.shape[2] == 1 else 3
             return
-        if not isinstance(value, (str, os.PathLike)):
+        if hasattr(value, "convert") and hasattr(value, "mode") and hasattr(value, "size"):  # a Pillow image
+            self.image = value
+            self.size, self.bands = value.size, 1 if value.mode in GRAY_MODES else 3
+            return
+        path = None if isinstance(value, (bytes, bytearray, memoryview)) else as_path(value)
+        if path is None and not isinstance(value, (bytes, bytearray, memoryview)):
             raise DataError(f"image column {column!r} row {row} holds {type(value).__name__} {str(value)[:60]!r}; an "
-                            "image cell is a file path or an array.", file=source, column=column, row=row)
-        path = Path(str(value).strip()).expanduser()
-        self.path = path if path.is_absolute() else base / path
+                            "image cell is a file path, a file's bytes, an array or a Pillow image.", file=source,
+                            column=column, row=row)
+        # A file's bytes are read as the file would be; named in messages by their length.
+        self.path: Any = bytes(value) if path is None else path if path.is_absolute() else base / path
         try:
             with open_image(self.path) as file:  # the header only; pixels() opens it again to decode
                 self.size, mode = file.size, file.mode
         except FileNotFoundError:
             raise DataError(f"image column {column!r} row {row}: the file {value!r} does not exist (looked for "
-                            f"{self.path}; relative paths are read from the data file's folder); fix the path, or "
+                            f"{self.shown}; relative paths are read from the data file's folder); fix the path, or "
                             "leave the cell empty for a missing image.", file=source, column=column, row=row) from None
-        except (UnidentifiedImageError, OSError) as error:
-            why = ("is not an image Pillow can read" if isinstance(error, UnidentifiedImageError)
+        except (UnidentifiedImageError, OSError, DecompressionBombError) as error:
+            why = ("is not an image Pillow can read" if isinstance(error, UnidentifiedImageError) else
+                   f"is too large: {error}" if isinstance(error, DecompressionBombError)
                    else f"cannot be read ({error.__class__.__name__})")
-            raise DataError(f"image column {column!r} row {row}: {self.path} {why}; replace it with a PNG or JPEG, "
+            raise DataError(f"image column {column!r} row {row}: {self.shown} {why}; replace it with a PNG or JPEG, "
                             "or leave the cell empty for a missing image.", file=source, column=column,
                             row=row) from None
         self.bands = 1 if mode in GRAY_MODES else 3
 
+    @property
+    def shown(self) -> str:
+        """The image as messages name it: its path, or its bytes' length."""
+        return f"an image of {len(self.path):,} bytes" if isinstance(self.path, bytes) else str(self.path)
+
     def pixels(self, mode: str, size: int, scale: float) -> np.ndarray:
         """(channels, size, size) float32 in [0, 1] (arrays: divided by ``scale``)."""
+        from PIL.Image import DecompressionBombError
+
         if self.array is not None:
             return array_pixels(self.array, mode, size, scale)
+        if self.image is not None:
+            return file_pixels(self.image, mode, size)
         try:
             with open_image(self.path) as file:
                 return file_pixels(file, mode, size)
-        except (OSError, ValueError, SyntaxError) as error:  # a truncated or damaged file decodes here
-            raise DataError(f"image column {self.column!r} row {self.row}: {self.path} is damaged and cannot be "
+        except (OSError, ValueError, SyntaxError, DecompressionBombError) as error:  # a damaged file decodes here
+            raise DataError(f"image column {self.column!r} row {self.row}: {self.shown} is damaged and cannot be "
                             f"decoded ({str(error)[:80]}); replace it, or leave the cell empty for a missing image.",
                             file=self.source, column=self.column, row=self.row) from None
 

@@ -11,6 +11,7 @@ predictor uses it as it is.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,15 +39,27 @@ class PixelSpec:
         return 1 if self.mode == "L" else 3
 
 
+# The most pixels an image may have (8192 x 8192): a 100 kB PNG can declare 10,000 x 10,000 pixels, 300 MB
+# and a second to decode for an 8 x 8 model. Pillow's own limit is 179M.
+MAX_PIXELS = 1 << 26
+
+
 def open_image(source: str | Path | bytes) -> Any:
-    """A Pillow image of a file path or of a file's bytes (decoded when its pixels are read).
+    """A Pillow image of a file path or of a file's bytes (its header read; decoded when its pixels are read).
 
     Raises:
         FileNotFoundError, PIL.UnidentifiedImageError, OSError: as ``PIL.Image.open`` does.
+        PIL.Image.DecompressionBombError: The image declares more than :data:`MAX_PIXELS` pixels.
     """
     from PIL import Image
 
-    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    if image.size[0] * image.size[1] > MAX_PIXELS:
+        width, height = image.size
+        image.close()
+        raise Image.DecompressionBombError(f"it declares {width}x{height} pixels, more than keel reads "
+                                           f"({MAX_PIXELS:,}); shrink it first")
+    return image
 
 
 def image_array(value: np.ndarray) -> np.ndarray | None:
@@ -102,5 +115,12 @@ def base_folder(source: str | None) -> Path:
 def resolved(values: list[Any], source: str | None) -> list[Any]:
     """Relative path strings among ``values`` made absolute against ``source``'s folder (the rest as they are)."""
     base = base_folder(source)
-    return [str(base / value.strip()) if isinstance(value, str) and value.strip()
-            and not Path(value.strip()).expanduser().is_absolute() else value for value in values]
+    return [str(base / path) if path is not None and not path.is_absolute() else value
+            for value in values for path in [as_path(value)]]
+
+
+def as_path(value: Any) -> Path | None:
+    """A path cell (text or a PathLike) as a Path, ``~`` expanded; None for anything else or blank text."""
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and value.strip()):
+        return Path(str(value).strip()).expanduser()
+    return None

@@ -87,6 +87,10 @@ class ModelFiles:
         """The ``tokenizers`` tokenizer, truncating at ``max_tokens`` and padding each batch."""
         return _tokenizer(self.directory, self.max_tokens)
 
+    def tokenizer_json(self) -> str:
+        """The model's tokenizer.json as text (a tokenizers.Tokenizer.from_str makes the same tokenizer)."""
+        return (self.directory / "tokenizer.json").read_text(encoding="utf-8")
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Each weight's shape from the safetensors header (nothing loaded), by keel's module names."""
         from safetensors import SafetensorError, safe_open

@@ -46,6 +46,8 @@ class Encoder(Protocol):
 
     def weights(self) -> dict[str, np.ndarray]: ...
 
+    def tokenizer_json(self) -> str: ...
+
     @property
     def shape(self) -> Any: ...
 
@@ -184,6 +186,18 @@ class TextTransform:
         """A fine-tuned column's BERT shape, pooling and normalisation (the network's text encoder is built of them)."""
         sentence = self._encoder(fitting=False)
         return sentence.shape, sentence.pooling, sentence.normalize
+
+    def tokenizer_json(self) -> str:
+        """The pretrained encoder's tokenizer.json, for an export's callers (keel.runtime tokenises with it)."""
+        return self._encoder(fitting=False).tokenizer_json()
+
+    def width_tokens(self) -> int:
+        """Tokens per text at most: the token limit the column was trained with."""
+        return int(self._encoder(fitting=False).max_tokens)
+
+    def encoder_weights(self) -> dict[str, np.ndarray]:
+        """The checkpoint's weights (its content hash checked against the one trained with), for an export."""
+        return self._encoder(fitting=False).weights()
 
     def _encoder(self, *, fitting: bool) -> Encoder:
         """The sentence encoder of the column's model, its content hash recorded (fit) or checked (later)."""

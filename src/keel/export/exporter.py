@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from keel.artifact import check_destination, check_output_file, write_file_atomically
-from keel.data.text import TextTransform
 from keel.errors import ArtifactError, ConfigError, ExportError
 
 if TYPE_CHECKING:
@@ -62,16 +61,6 @@ class ExportReport:
                 "quantized_parity": self.quantized_parity, "notes": self.notes}
 
 
-def _check_exportable(model: "Model") -> None:
-    """Refuse, before any work, a model whose preprocessing no export holds yet (pretrained text encoders)."""
-    pretrained = [t.name for t in model.preprocessor.transforms if isinstance(t, TextTransform) and t.encoder != "tfidf"]
-    if pretrained:
-        raise ExportError(
-            f"text column(s) {pretrained} on a pretrained encoder cannot be exported yet (the ONNX file would have "
-            "to hold the transformer). Predict with keel predict / Model.predict, or train the column with "
-            "text.encoder: tfidf, which exports.")
-
-
 def export(model: "Model", format: str = "onnx", *, quantize: str | None = None, static: bool = False,
            prune: float | str | None = None, prune_method: str = "structured", max_drop: float | None = None,
            finetune_epochs: int = 0, data: "TableSource | None" = None, output: str | os.PathLike[str] | None = None,
@@ -108,7 +97,6 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
         ArtifactError: The file cannot be attached (the model was never saved: pass ``output``).
     """
     started = time.perf_counter()
-    _check_exportable(model)
     amount = _check_options(format, quantize, static, prune, prune_method, max_drop, finetune_epochs, data,
                             output, pruned_output)
     rows = _rows(model, data)

@@ -47,6 +47,7 @@ from keel.data.transforms import (
 )
 from keel.errors import ExportError
 from keel.nn.network import NetworkBag, TabularNetwork
+from keel.nn.sentence import BertEncoder, pool
 
 if TYPE_CHECKING:
     from keel.model import Model
@@ -110,12 +111,10 @@ class InferenceModule(nn.Module):
         binaries = [t for t in transforms if isinstance(t, BinaryTransform)]
         categories = [t for t in transforms if isinstance(t, CategoryTransform)]
         dates = [t for t in transforms if isinstance(t, DateTransform)]
-        texts = [t for t in model.preprocessor.numeric if isinstance(t, TextTransform)]  # in network order
-        images = model.preprocessor.images  # in network order, after the texts
-        pretrained = [t.name for t in texts if t.encoder != "tfidf"]
-        if pretrained:  # export() refuses these first; a direct caller gets the same answer
-            raise ExportError(f"text column(s) {pretrained} on a pretrained encoder cannot be exported yet; "
-                              "predict with keel predict / Model.predict, or train them with text.encoder: tfidf.")
+        # In network order: text components (tfidf or a frozen encoder's), images, then fine-tuned texts' tokens.
+        plain = [t for t in model.preprocessor.numeric if isinstance(t, TextTransform) and not t.tokens]
+        images = model.preprocessor.images
+        texts = [*plain, *model.preprocessor.token_texts]
         if dates and number_dtype != torch.float64:
             raise ExportError(
                 f"date column(s) {[t.name for t in dates]} need float64 inputs (seconds since 1970-01-01 UTC), and "
@@ -139,6 +138,7 @@ class InferenceModule(nn.Module):
             _network_order([t for t in model.preprocessor.numeric if not isinstance(t, (TextTransform, ImageTransform))],
                            numbers, binaries, dates)))
         self._add_text_state(texts)
+        self.n_plain = len(plain)
         self._add_image_state(images)
         network = model.network
         self.networks: list[TabularNetwork] = nn.ModuleList(  # type: ignore[assignment]
@@ -181,9 +181,34 @@ class InferenceModule(nn.Module):
 
     def _add_text_state(self, texts: list[TextTransform]) -> None:
         self.n_texts = len(texts)
+        # How each text column arrives: "terms" (tfidf: term positions) or "tokens" (a pretrained encoder's ids).
+        self.text_inputs = ["terms" if text.encoder == "tfidf" else "tokens" for text in texts]
+        self.token_widths = [text.width - 1 for text in texts]  # a fine-tuned column's token limit
+        self.frozen = nn.ModuleDict()  # a frozen pretrained column's encoder, by its index
+        self.frozen_pooling: dict[str, tuple[str, bool]] = {}
         for index, text in enumerate(texts):
             for name, array in text.arrays().items():
                 self.register_buffer(f"text{index}_{name}", torch.from_numpy(array.astype("float32")))
+            if text.encoder != "tfidf" and not text.tokens:  # the checkpoint's weights go into the graph
+                self.frozen[str(index)], self.frozen_pooling[str(index)] = _frozen_encoder(text)
+
+    def _tokens(self, index: int, ids: torch.Tensor) -> torch.Tensor:
+        """(batch, 1 + tokens) int64: the empty flag, then the text's token ids padded with -1 -> what the network
+        reads: a frozen encoder's projected components and flag (TextTransform._embed's arithmetic), or a
+        fine-tuned column's block of token ids and flag (its encoder is the network's)."""
+        flag, tokens = ids[:, :1].float(), ids[:, 1:]
+        key = str(index)
+        if key not in self.frozen:  # the network slices its input by widths: padded to the column's token limit
+            width = self.token_widths[index]
+            tokens = torch.cat([tokens, torch.full((tokens.shape[0], width), -1, dtype=tokens.dtype)], dim=1)
+            return torch.cat([tokens[:, :width].float(), flag], dim=1)
+        present = tokens >= 0
+        attention = present.long()
+        vectors = self.frozen[key](tokens.clamp(min=0), attention)
+        pooled = pool(vectors, attention, *self.frozen_pooling[key])
+        projected = (pooled @ getattr(self, f"text{index}_components").T - getattr(self, f"text{index}_center")) / (
+            getattr(self, f"text{index}_scale"))
+        return torch.cat([projected, flag], dim=1)
 
     def _add_image_state(self, images: list[ImageTransform]) -> None:
         # (channels, size, size) of each image input: what example_inputs traces with
@@ -227,12 +252,13 @@ class InferenceModule(nn.Module):
             parts.append(torch.where(torch.isnan(binaries), self.binary_fill, binaries))
         batch = inputs[0].shape[0]
         numeric = torch.cat(parts, dim=1)[:, self.order] if parts else torch.zeros(batch, 0)
-        if self.n_texts:  # text components come after the other numeric columns, images last
-            numeric = torch.cat([numeric, *(self._text(index, given[f"text{index}"]) for index in range(self.n_texts))],
-                                dim=1)
-        if self.image_shapes:
-            numeric = torch.cat([numeric, *(self._image(index, given[f"image{index}"])
-                                            for index in range(len(self.image_shapes)))], dim=1)
+        # The network's order: text components, images, fine-tuned texts' tokens.
+        texts = [(self._text if kind == "terms" else self._tokens)(index, given[f"text{index}"])
+                 for index, kind in enumerate(self.text_inputs)]
+        images = [self._image(index, given[f"image{index}"]) for index in range(len(self.image_shapes))]
+        blocks = [*texts[:self.n_plain], *images, *texts[self.n_plain:]]
+        if blocks:
+            numeric = torch.cat([numeric, *blocks], dim=1)
         codes = given.get("codes", torch.zeros(batch, 0, dtype=torch.int64))
         return self._outputs(numeric, codes)
 
@@ -311,6 +337,16 @@ class InferenceModule(nn.Module):
         return outputs.mean(dim=1) if outputs.shape[1] > 1 else outputs[:, 0]
 
 
+def _frozen_encoder(text: TextTransform) -> tuple[nn.Module, tuple[str, bool]]:
+    """A frozen pretrained column's BERT, the checkpoint's weights loaded (its content hash checked against the
+    model's: another model at that path is an error), and its pooling."""
+    shape, pooling, normalize = text.encoder_shape()
+    with torch.random.fork_rng(devices=[]):
+        encoder = BertEncoder(shape)
+    encoder.load_state_dict({name: torch.from_numpy(array) for name, array in text.encoder_weights().items()})
+    return encoder.eval(), (pooling, normalize)
+
+
 def _network_order(numeric: list[NumberTransform | BinaryTransform | DateTransform], numbers: list[NumberTransform],
                    binaries: list[BinaryTransform], dates: list[DateTransform] | None = None) -> list[int]:
     """Where each of the network's numeric columns sits in ``cat([scaled numbers, flags, date
@@ -382,8 +418,9 @@ def example_inputs(module: InferenceModule, batch: int = 3) -> tuple[torch.Tenso
     """Inputs of the right shapes and dtypes for tracing ``module`` (valid indices, finite numbers)."""
     tensors: list[torch.Tensor] = []
     for group in module.groups:
-        if group.name.startswith("text"):  # term positions: one term and one padding slot per row
-            tensors.append(torch.tensor([[0, -1]] * batch, dtype=torch.int64))
+        if group.name.startswith("text"):  # term positions or (flag, tokens): one of each and a padding slot a row
+            tokens = module.text_inputs[int(group.name[len("text"):])] == "tokens"
+            tensors.append(torch.tensor([[0, 0, 0, -1] if tokens else [0, -1]] * batch, dtype=torch.int64))
         elif group.name.startswith("image"):
             tensors.append(torch.zeros(batch, *module.image_shapes[int(group.name[len("image"):])]))
         elif group.dtype == torch.int64:

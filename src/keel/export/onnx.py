@@ -54,8 +54,14 @@ IR_VERSION = 8
 # lists them with type "date"). A file is written in the oldest format that describes it, so a
 # model without a threshold or dates stays readable by keels that know only format 1.
 # 4: text columns, int64 inputs of term positions [batch, terms] (keel.text holds each vocabulary).
-# 5: image columns, float inputs of pixels [batch, channels, size, size] (keel.images says how to make them).
+# 5: image columns, float inputs of pixels [batch, channels, size, size] (keel.images says how to make them);
+# text columns on a pretrained encoder, int64 inputs of [empty flag, token ids...] (keel.tokens holds each
+# column's tokenizer).
 EXPORT_FORMAT = 5
+# How a text becomes a pretrained column's input, for a client that tokenises itself.
+TOKENS_RULE = ("tokenize the text with the tokenizers library's Tokenizer.from_str(tokenizer), truncation at "
+               "max_tokens, no padding (a missing text is the empty string); the input row is [1 if the text is empty "
+               "or blank else 0, then the token ids], padded with -1 to the batch's longest row")
 # How an image becomes its input, for a client that reads images itself.
 PIXELS_RULE = ("convert the image to the mode (Pillow's convert: L is 1 channel, RGB 3), resize it to size x size "
                "pixels (bilinear), divide by 255 (16-bit gray files by 65535; an array of numbers other than uint8: by "
@@ -86,9 +92,9 @@ def to_onnx(model: "Model") -> "onnx.ModelProto":
     columns = {t.name: t for t in model.preprocessor.transforms}
     inputs, nodes = [], []
     for group in module.groups:
-        if group.name.startswith("text"):  # term positions, made by keel.runtime (or a client) from the text
+        if group.name.startswith("text"):  # term positions or tokens, made by keel.runtime (or a client) from the text
             inputs.append(helper.make_tensor_value_info(group.columns[0], TensorProto.INT64,
-                                                        ["batch", f"{group.name} terms"]))
+                                                        ["batch", _text_axis(module, group.name)]))
             nodes.append(helper.make_node("Identity", [group.columns[0]], [_PREFIX + "net/" + group.name]))
             continue
         if group.name.startswith("image"):  # pixels, read and resized by keel.runtime (or a client)
@@ -136,15 +142,18 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
     columns = {t.name: t for t in model.preprocessor.transforms}
     threshold = model.threshold
     dates = any(isinstance(t, DateTransform) for t in columns.values())
-    texts = {name: t for name, t in columns.items() if isinstance(t, TextTransform)}
+    texts = {name: t for name, t in columns.items() if isinstance(t, TextTransform) and t.encoder == "tfidf"}
+    tokens = {name: t for name, t in columns.items() if isinstance(t, TextTransform) and t.encoder != "tfidf"}
     images = {name: t for name, t in columns.items() if isinstance(t, ImageTransform)}
     return {
         "keel.version": _version(), "keel.model_format": str(FORMAT_VERSION),
-        "keel.export_format": str(5 if images else 4 if texts else 3 if dates else 1 if threshold is None else 2),
+        "keel.export_format": str(5 if images or tokens else 4 if texts else 3 if dates else
+                                  1 if threshold is None else 2),
         "keel.task": model.task, "keel.target": model.target,
         "keel.classes": json.dumps(model.classes),
         "keel.features": json.dumps([{"name": f.name, "type": f.type,
                                       "input": "double" if f.type in ("number", "date") else
+                                      "int64 empty flag and token ids" if f.name in tokens else
                                       "int64 term positions" if f.type == "text" else
                                       "float pixels [channels, size, size]" if f.type == "image" else "string"}
                                      for f in model.schema.features]),
@@ -157,6 +166,10 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
         # padded with -1; an empty text is [len(vocabulary)].
         **({"keel.text": json.dumps({name: {"vocabulary": t.vocabulary, "terms": TERMS_RULE} for name, t in texts.items()})}
            if texts else {}),
+        # Text columns on a pretrained encoder: each row [empty flag, token ids...] by the column's tokenizer, -1 padding.
+        **({"keel.tokens": json.dumps({name: {"tokenizer": t.tokenizer_json(), "max_tokens": t.width_tokens(),
+                                              "tokens": TOKENS_RULE} for name, t in tokens.items()})}
+           if tokens else {}),
         # Image columns: each image as [channels, size, size] pixels in [0, 1] (keel.data.pixels).
         **({"keel.images": json.dumps({name: {**dataclasses.asdict(t.pixel_spec), "channels": t.bands,
                                               "pixels": PIXELS_RULE} for name, t in images.items()})}
@@ -164,6 +177,7 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
         "keel.missing": "numbers: NaN; binary and category columns: the empty string"
                         + ("; dates (seconds since 1970-01-01 UTC): NaN" if dates else "")
                         + ("; text columns: the row [len(vocabulary)] (see keel.text)" if texts else "")
+                        + ("; text columns on a pretrained encoder: the empty string (see keel.tokens)" if tokens else "")
                         + ("; image columns: NaN in every pixel" if images else ""),
         # The decision rule of the label output: probabilities[:, 1] >= threshold (float32) -> classes[1].
         **({} if threshold is None else {"keel.threshold": repr(threshold)}),
@@ -185,10 +199,16 @@ def _trace(module: Any, example: tuple[Any, ...], task: str) -> "onnx.ModelProto
         torch.onnx.export(module, example, buffer,  # type: ignore[arg-type]  # a file-like object is accepted
                           dynamo=False, opset_version=OPSET, input_names=names,
                           output_names=[output],
-                          dynamic_axes={name: {0: "batch", **({1: f"{name} terms"} if name.startswith("text") else {})}
+                          dynamic_axes={name: {0: "batch", **({1: _text_axis(module, name)} if name.startswith("text")
+                                                               else {})}
                                         for name in [*names, output]},
                           do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _text_axis(module: Any, group: str) -> str:
+    """The name of a text input's second axis: its terms (tfidf) or its flag and tokens (a pretrained encoder)."""
+    return f"{group} {module.text_inputs[int(group[len('text'):])]}"
 
 
 def _label_encoder(transform: Any, column: str, output: str) -> "onnx.NodeProto":

@@ -52,6 +52,11 @@ class Parity:
         return {**asdict(self), "ok": self.ok}
 
 
+# Words of the synthetic texts of a pretrained column (which keeps no vocabulary): common ones, punctuation, unicode.
+_WORDS = ("the", "order", "arrived", "late", "great", "product", "never", "again", "5/5", "déjà", "vu", "naïve", "!",
+          "don't", "東京", "emoji🙂", "x" * 40)
+
+
 def synthetic_rows(model: "Model", n_rows: int = 256, seed: int = 0) -> pd.DataFrame:
     """Rows that exercise every preprocessing path of ``model``, drawn from its stored state.
 
@@ -79,9 +84,10 @@ def synthetic_rows(model: "Model", n_rows: int = 256, seed: int = 0) -> pd.DataF
             days[(kind >= 0.1) & (kind < 0.2)] = np.nan
             columns[transform.name] = days * SECONDS_PER_DAY
         elif isinstance(transform, TextTransform):  # a few known terms, a word never seen, empty and missing
-            words = [term for term in transform.vocabulary if " " not in term] or [UNSEEN]
-            texts = np.array([" ".join(words[i] for i in rng.integers(0, len(words), rng.integers(1, 12)))
-                              for _ in range(n_rows)], dtype=object)
+            words = [term for term in transform.vocabulary if " " not in term] or list(_WORDS)
+            lengths = np.where(kind > 0.95, 400, rng.integers(1, 12, n_rows))  # some beyond a token limit
+            texts = np.array([" ".join(words[i] for i in rng.integers(0, len(words), length)) for length in lengths],
+                             dtype=object)
             texts[kind < 0.1] = UNSEEN
             texts[(kind >= 0.1) & (kind < 0.15)] = None
             texts[(kind >= 0.15) & (kind < 0.2)] = ""
@@ -120,11 +126,15 @@ def _location(transform: NumberTransform) -> tuple[float, float]:
 def onnx_feeds(model: "Model", frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """The ONNX inputs for ``frame``: keel.runtime's conversion of a DataFrame, which is keel's own
     (``to_numeric``, ``category_strings``, ``""`` for missing)."""
-    from keel.runtime.inputs import InputColumn, to_feeds, vocabulary_index
+    from keel.runtime.inputs import InputColumn, load_tokenizer, to_feeds, vocabulary_index
+
+    def tokenizer(t: Any) -> Any:
+        return (load_tokenizer(t.tokenizer_json(), t.width_tokens())
+                if isinstance(t, TextTransform) and t.encoder != "tfidf" else None)
 
     columns = [InputColumn(t.name, isinstance(t, (NumberTransform, DateTransform)), isinstance(t, DateTransform),
-                           vocabulary_index(t.vocabulary) if isinstance(t, TextTransform) else None,
-                           t.pixel_spec if isinstance(t, ImageTransform) else None)
+                           vocabulary_index(t.vocabulary) if isinstance(t, TextTransform) and t.encoder == "tfidf"
+                           else None, t.pixel_spec if isinstance(t, ImageTransform) else None, tokenizer(t))
                for t in model.preprocessor.transforms]
     return to_feeds(frame, columns)[0]
 

@@ -125,10 +125,11 @@ class BertEncoder(nn.Module):
         self.encoder = _Encoder(shape, lora)
 
     def forward(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        # Padding is masked out of every query's softmax: an additive -inf bias, (batch, 1, 1, length).
-        mask = torch.zeros(attention.shape, dtype=torch.float32, device=ids.device)
-        mask = mask.masked_fill(attention == 0, -math.inf)[:, None, None, :]
         x = self.embeddings(ids)
+        # Padding is masked out of every query's softmax: an additive -inf bias, (batch, 1, 1, length), in the
+        # vectors' own dtype (a float32 mask beside float64 vectors, a network's float64 copy, was misread).
+        mask = torch.zeros(attention.shape, dtype=x.dtype, device=ids.device)
+        mask = mask.masked_fill(attention == 0, -math.inf)[:, None, None, :]
         for layer in self.encoder.layer:
             x = layer(x, mask)
         return x
@@ -194,6 +195,10 @@ class SentenceEncoder:
                 ids[row, :len(kept)] = kept
                 truncated[row] = bool(encoding.overflowing)
         return ids, truncated
+
+    def tokenizer_json(self) -> str:
+        """The model's tokenizer.json (what keel.runtime tokenises an exported column with)."""
+        return self.files.tokenizer_json()
 
     def weights(self) -> dict[str, np.ndarray]:
         """The checkpoint's arrays (checked against config.json's shapes), for a fine-tuned copy in a network."""
@@ -275,8 +280,10 @@ class TextEncoder(nn.Module):
     def forward(self, block: torch.Tensor) -> torch.Tensor:
         ids = block[:, :-1]
         present = ids >= 0
-        length = max(int(present.sum(dim=1).max()) if len(ids) else 1, 1)  # the batch's longest text
-        ids, attention = ids[:, :length].clamp(min=0).long(), present[:, :length].long()
+        if not torch.jit.is_tracing():  # only the batch's longest text's tokens (an export's caller pads so)
+            length = max(int(present.sum(dim=1).max()) if len(ids) else 1, 1)
+            ids, present = ids[:, :length], present[:, :length]
+        ids, attention = ids.clamp(min=0).long(), present.long()
         tokens = self.bert(ids, attention)
         pooled = pool(tokens, attention, self.text.pooling, self.text.normalize)
         return torch.cat([self.norm(pooled), block[:, -1:]], dim=1)

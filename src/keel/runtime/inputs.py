@@ -40,7 +40,7 @@ import numpy as np
 from keel.data.pixels import PixelSpec, resolved
 from keel.data.spelling import LONE_SURROGATE, canonical_category, lone_surrogate_at
 from keel.data.words import term_ids
-from keel.errors import DataError
+from keel.errors import ConfigError, DataError
 
 # What pandas' to_numeric parses (after keel strips the text): checked on edge cases and 42,001
 # random spellings, bit for bit. Python's float() alone also takes "nan", "inf", "1_000" and
@@ -80,6 +80,7 @@ class InputColumn:
     date: bool = False
     vocabulary: Mapping[str, int] | None = None  # a text column: its terms' positions (see text_positions)
     image: PixelSpec | None = None  # an image column: how its images become pixels (see image_pixels)
+    tokenizer: Any = None  # a text column on a pretrained encoder: its tokenizers.Tokenizer (see token_rows)
 
 
 def to_feeds(data: object, columns: Sequence[InputColumn], *,
@@ -105,6 +106,8 @@ def to_feeds(data: object, columns: Sequence[InputColumn], *,
     for column in columns:
         if positions and column.vocabulary is not None:
             feeds[column.name] = text_positions(feeds[column.name], column.vocabulary)
+        if positions and column.tokenizer is not None:
+            feeds[column.name] = padded(token_rows(feeds[column.name], column.tokenizer))
         if positions and column.image is not None:
             feeds[column.name] = image_pixels(feeds[column.name], column)
     return feeds, extra
@@ -144,9 +147,9 @@ def _missing_image(value: Any) -> bool:
 
 
 def _one_image(value: Any, column: str, row: int, spec: PixelSpec) -> np.ndarray:
-    from PIL import UnidentifiedImageError
+    from PIL.Image import DecompressionBombError, UnidentifiedImageError
 
-    from keel.data.pixels import array_pixels, file_pixels, image_array, open_image
+    from keel.data.pixels import array_pixels, as_path, file_pixels, image_array, open_image
 
     if isinstance(value, np.ndarray):
         array = image_array(value)
@@ -159,20 +162,25 @@ def _one_image(value: Any, column: str, row: int, spec: PixelSpec) -> np.ndarray
         return file_pixels(value, spec.mode, spec.size)
     if isinstance(value, (bytearray, memoryview)):
         value = bytes(value)
-    if not isinstance(value, (bytes, str)):
-        raise _wrong_type(value, column, row, "an image: a file's bytes, a file path, an array of pixels, a Pillow "
-                                              "image, or None")
-    shown = f"{len(value):,} bytes" if isinstance(value, bytes) else repr(value)
+    path = None if isinstance(value, bytes) else as_path(value)
+    if not isinstance(value, bytes) and path is None:
+        raise DataError(f"image column {column!r} row {row} holds a value of type {type(value).__name__} "
+                        f"({_quote(value)}); an image is a file's bytes, a file path, an array of pixels, a Pillow "
+                        "image, or None when missing.", column=column, row=row)
+    shown = f"{len(value):,} bytes" if isinstance(value, bytes) else repr(str(value))
     try:
-        with open_image(value if isinstance(value, bytes) else value.strip()) as image:
+        with open_image(value if isinstance(value, bytes) else path) as image:  # type: ignore[arg-type]
             return file_pixels(image, spec.mode, spec.size)
     except FileNotFoundError:
-        raise DataError(f"image column {column!r} row {row}: the file {shown} does not exist (a relative path is read "
-                        "from the working directory); fix the path, or pass None for a missing image.",
-                        column=column, row=row) from None
+        where = path.absolute() if path is not None else value
+        raise DataError(f"image column {column!r} row {row}: the file {shown} does not exist (looked for {where}); "
+                        "fix the path, or pass None for a missing image.", column=column, row=row) from None
     except UnidentifiedImageError:
         raise DataError(f"image column {column!r} row {row}: {shown} is not an image Pillow can read; pass a PNG or "
                         "JPEG file (or its bytes), or None for a missing image.", column=column, row=row) from None
+    except DecompressionBombError as error:
+        raise DataError(f"image column {column!r} row {row}: {shown} is too large: {error}.", column=column,
+                        row=row) from None
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"image column {column!r} row {row}: {shown} cannot be read or decoded "
                         f"({str(error)[:80]}); pass an undamaged image, or None for a missing image.",
@@ -187,6 +195,32 @@ def vocabulary_index(vocabulary: Sequence[str]) -> dict[str, int]:
 def term_rows(texts: np.ndarray, vocabulary: Mapping[str, int]) -> list[np.ndarray]:
     """Each text ("" for missing) as an int64 array of its terms' positions (:func:`keel.data.words.term_ids`)."""
     return [np.array(row, dtype=np.int64) for row in term_ids([str(text) for text in texts], vocabulary)]
+
+
+def load_tokenizer(tokenizer_json: str, max_tokens: int) -> Any:
+    """A pretrained text column's tokenizer (keel.tokens in the ONNX metadata): truncating at ``max_tokens``,
+    not padding (:func:`padded` pads a chunk of rows at a time).
+
+    Raises:
+        ConfigError: The tokenizers library is not installed.
+    """
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise ConfigError("this model has a text column on a pretrained encoder, which the predictor tokenises with "
+                          "the tokenizers library; pip install tokenizers (or 'keel[text]').") from None
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer.enable_truncation(max_length=max_tokens)
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def token_rows(texts: np.ndarray, tokenizer: Any) -> list[np.ndarray]:
+    """Each text ("" for missing) as the graph's row for a pretrained text column: its empty flag (1 for an empty
+    or blank text), then its token ids (int64), as keel's TextTransform tokenises it."""
+    strings = [str(text) for text in texts]
+    return [np.array([0 if text.strip() else 1, *encoding.ids], dtype=np.int64)
+            for text, encoding in zip(strings, tokenizer.encode_batch(strings))]
 
 
 def padded(rows: Sequence[np.ndarray]) -> np.ndarray:
@@ -549,9 +583,11 @@ def _object_array(values: list[Any]) -> np.ndarray:
 
 
 def _is_sequence(value: object) -> bool:
-    """True for a column's worth of values: a list, tuple, 1-D array or pandas Series."""
+    """True for a column's worth of values: a list, tuple, 1-D array or pandas Series (not an image's bytes)."""
     if isinstance(value, (list, tuple)):
         return True
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return False
     return getattr(value, "ndim", 0) == 1 and hasattr(value, "__len__")
 
 

@@ -19,9 +19,18 @@ from typing import Any, Final
 import numpy as np
 
 from keel.data.pixels import PixelSpec
-from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning
+from keel.errors import ArtifactError, ConfigError, DataError, KeelError, KeelWarning
 from keel.evaluate.metrics import predicted_classes
-from keel.runtime.inputs import InputColumn, image_pixels, padded, term_rows, to_feeds, vocabulary_index
+from keel.runtime.inputs import (
+    InputColumn,
+    image_pixels,
+    load_tokenizer,
+    padded,
+    term_rows,
+    to_feeds,
+    token_rows,
+    vocabulary_index,
+)
 
 ONNX_FILE: Final = "model.onnx"
 # The newest graph layout this predictor reads: keel.export.onnx.EXPORT_FORMAT, written out here
@@ -69,9 +78,11 @@ class Predictor:
         texts = json.loads(metadata.get("keel.text", "{}"))
         images = {name: PixelSpec(item["mode"], int(item["size"]), float(item["scale"]))
                   for name, item in json.loads(metadata.get("keel.images", "{}")).items()}
+        tokens = {name: load_tokenizer(item["tokenizer"], int(item["max_tokens"]))
+                  for name, item in json.loads(metadata.get("keel.tokens", "{}")).items()}
         self._columns = [InputColumn(item.name, item.type == "tensor(double)", item.name in dates,
                                      vocabulary_index(texts[item.name]["vocabulary"]) if item.name in texts else None,
-                                     images.get(item.name))
+                                     images.get(item.name), tokens.get(item.name))
                          for item in session.get_inputs()]
         self.feature_names = [column.name for column in self._columns]
         outputs = json.loads(metadata["keel.outputs"])
@@ -190,8 +201,9 @@ class Predictor:
         if extra:
             self._report(extra)
         n_rows = len(next(iter(feeds.values())))
-        texts = {column.name: term_rows(feeds.pop(column.name), column.vocabulary)
-                 for column in self._columns if column.vocabulary is not None}
+        texts = {column.name: term_rows(feeds.pop(column.name), column.vocabulary) if column.vocabulary is not None
+                 else token_rows(feeds.pop(column.name), column.tokenizer)
+                 for column in self._columns if column.vocabulary is not None or column.tokenizer is not None}
         # Images are decoded a chunk at a time: 100,000 rows of 64 x 64 RGB pixels would be 4.9 GB at once.
         images = {column: feeds.pop(column.name) for column in self._columns if column.image is not None}
         if n_rows <= CHUNK_ROWS and not texts and not images:
@@ -201,8 +213,14 @@ class Predictor:
         for start, stop in _chunks(n_rows, [[len(row) for row in rows] for rows in texts.values()]):
             chunk = {name: values[start:stop] for name, values in feeds.items()}
             chunk.update({name: padded(rows[start:stop]) for name, rows in texts.items()})
-            chunk.update({column.name: image_pixels(values[start:stop], column, start + 1)
-                          for column, values in images.items()})
+            try:
+                chunk.update({column.name: image_pixels(values[start:stop], column, start + 1)
+                              for column, values in images.items()})
+            except DataError as error:  # a DataFrame read from a file: name the file, as Model.predict does
+                source = getattr(data, "attrs", {}).get("source") if not isinstance(data, (dict, list)) else None
+                if source is None or error.file is not None:
+                    raise
+                raise DataError(str(error), file=source, column=error.column, row=error.row) from None
             parts.append(self._session.run(self._output, chunk)[0])
         return np.concatenate(parts)
 

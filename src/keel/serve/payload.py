@@ -267,7 +267,7 @@ def image_bytes(value: str | None, feature: str, row: int) -> bytes | None:
     """
     if value is None or not value.strip():
         return None
-    text = value.strip()
+    text = "".join(value.split())  # base64 wrapped at 76 columns (base64 img.png, base64.encodebytes) is base64
     match = _DATA_URL.match(text)
     try:
         return base64.b64decode(text[match.end():] if match else text, validate=True)

@@ -324,11 +324,24 @@ def test_an_array_that_is_no_image_names_its_shape(array: np.ndarray) -> None:
     assert f"shape {array.shape}" in str(error) and "(height, width, channels)" in str(error)
 
 
-@pytest.mark.parametrize("cell", [5, 2.5, b"a.png", ["a.png"]])
+@pytest.mark.parametrize("cell", [5, 2.5, ["a.png"]])
 def test_a_cell_that_is_neither_a_path_nor_an_array_is_refused(cell: object) -> None:
     error = error_of([np.zeros((4, 4)), cell], train=[np.zeros((4, 4))])
     assert (error.column, error.row) == ("pic", 2)
-    assert f"holds {type(cell).__name__}" in str(error) and "a file path or an array" in str(error)
+    assert f"holds {type(cell).__name__}" in str(error) and "a file path, a file's bytes, an array" in str(error)
+
+
+def test_a_files_bytes_and_a_pillow_image_are_read_as_the_file_is(tmp_path: Path) -> None:
+    path = write_image(tmp_path / "a.png", gray(8, 3))
+    transform = fitted([path, write_image(tmp_path / "b.png", gray(8, 1))])
+    from PIL import Image
+
+    with Image.open(path) as image:
+        out = transformed(transform, [path, Path(path).read_bytes(), image])
+    np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_array_equal(out[0], out[2])
+    error = error_of([b"a.png"], train=[path])  # bytes that are no image: named by their length, not printed
+    assert error.row == 1 and "an image of 5 bytes is not an image" in str(error)
 
 
 def test_a_column_missing_in_every_training_row_is_refused() -> None:

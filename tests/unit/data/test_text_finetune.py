@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,9 @@ import torch
 from safetensors.numpy import load_file
 
 import keel
-from keel.errors import ConfigError, ExportError
-from keel.nn.network import TabularNetwork
+from keel.errors import ConfigError
+from keel.nn.network import TabularNetwork, predict_outputs
+from keel.runtime import Predictor
 from tests.unit.data.test_text import reviews
 
 FAST = {"preset": "fast", "training.epochs": 2, "model.hidden": [16], "text.encoder": "pretrained",
@@ -72,12 +74,41 @@ def test_the_encoder_trains_at_its_own_learning_rate(tiny_model: Path) -> None:
     assert all("_lora_" in name for name, p in model.network.texts[0].bert.named_parameters() if p.requires_grad)
 
 
-def test_finetuning_needs_a_pretrained_encoder_and_is_not_exported_yet(tiny_model: Path) -> None:
+def test_finetuning_needs_a_pretrained_encoder(tiny_model: Path) -> None:
     with pytest.raises(ConfigError, match="text.encoder: pretrained"):
         fit(tiny_model, **{"text.encoder": "tfidf", "text.finetune": "full"})
-    model = fit(tiny_model, **{"text.finetune": "lora"})
-    with pytest.raises(ExportError, match="review"):
-        model.export()
+
+
+def test_keels_float64_prediction_equals_the_float32_network(tiny_model: Path) -> None:
+    """Model.predict runs a float64 copy of the network: its attention mask once stayed float32 and was misread."""
+    model = fit(tiny_model, **{"text.finetune": "lora", "text.lr": 1e-2})
+    frame = reviews(30, seed=4)
+    features = model.preprocessor.transform(frame)
+    network = model.network
+    assert isinstance(network, TabularNetwork)
+    outputs = predict_outputs(network, torch.from_numpy(features.numeric), torch.from_numpy(features.categorical))
+    np.testing.assert_allclose(model.predict_proba(frame)[:, 1], torch.sigmoid(outputs[:, 0]).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("finetune", ["none", "full", "lora"])
+def test_a_pretrained_text_column_exports_with_its_encoder_and_the_runtime_tokenises(
+        tiny_model: Path, tmp_path: Path, finetune: str) -> None:
+    model = fit(tiny_model, **{"text.finetune": finetune, "text.lr": 1e-2, "text.max_tokens": 24})
+    model.save(tmp_path / "m")
+    frame = reviews(60, seed=6)
+    frame.loc[2, "review"], frame.loc[3, "review"] = None, "   "
+    frame.loc[4, "review"] = " ".join(["word"] * 200)  # cut at the token limit
+    report = model.export(data=frame)
+    assert report.parity["ok"] and report.parity["max_difference"] < 1e-5
+    predictor = Predictor.load(tmp_path / "m")
+    np.testing.assert_allclose(predictor.predict_proba(frame), model.predict_proba(frame), atol=1e-5)
+    one = frame.iloc[[4]].to_dict("records")[0]
+    np.testing.assert_allclose(predictor.predict_proba(one), model.predict_proba(frame.iloc[[4]]), atol=1e-5)
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m" / "model.onnx")).metadata_props}
+    tokens = json.loads(props["keel.tokens"])["review"]
+    assert tokens["max_tokens"] == 24 and "[CLS]" in tokens["tokenizer"] and props["keel.export_format"] == "5"
 
 
 def test_texts_longer_than_the_token_limit_are_cut_and_counted(tiny_model: Path) -> None:
