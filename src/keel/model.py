@@ -397,10 +397,10 @@ class Model:
         if preprocessor is not None and spec.plain_width != preprocessor.text_width:
             raise corrupt(f"the network reads {spec.plain_width} text component(s), the preprocessing makes "
                           f"{preprocessor.text_width}")
-        if preprocessor is not None and [text.width for text in spec.texts] != [
-                transform.width for transform in preprocessor.token_texts]:
-            raise corrupt(f"the network reads {len(spec.texts)} fine-tuned text column(s) of "
-                          f"{[text.max_tokens for text in spec.texts]} tokens, the preprocessing makes "
+        if preprocessor is not None and [(text.width, getattr(text, "vocabulary", None)) for text in spec.texts] != [
+                (t.width, len(t.vocabulary) if t.encoder == "bag" else None) for t in preprocessor.token_texts]:
+            raise corrupt(f"the network reads {len(spec.texts)} fine-tuned or bag text column(s) of "
+                          f"{[text.width - 1 for text in spec.texts]} tokens, the preprocessing makes "
                           f"{[transform.width - 1 for transform in preprocessor.token_texts]}")
         if preprocessor is not None and [(image.channels, image.size) for image in spec.images] != [
                 (transform.bands, transform.size) for transform in preprocessor.images]:
@@ -691,7 +691,7 @@ class _DateState(TypedDict):
 class _TextState(TypedDict):
     kind: Literal["text"]
     name: str
-    encoder: Literal["tfidf", "pretrained"]
+    encoder: Literal["tfidf", "pretrained", "bag"]
     dim: int
     max_features: int
     model: str

@@ -27,7 +27,7 @@ from scipy import sparse
 from keel.config import TextConfig
 from keel.data.pretrained import DEFAULT_MODEL, PACKAGE_PREFIX
 from keel.data.values import category_strings
-from keel.data.words import terms
+from keel.data.words import term_ids, terms
 from keel.errors import ConfigError, DataError
 
 
@@ -60,6 +60,8 @@ _MIN_SPREAD = 1e-4
 # ... or below this at all: rows of unit length project to O(0.01-1); 1e-6 is rounding (two texts alike but for
 # one word project equally onto their mean direction).
 _MIN_ABSOLUTE_SPREAD = 1e-6
+# Terms a bag column keeps per text when text.max_tokens is unset (words first, then word pairs).
+BAG_TERMS = 256
 # A term must appear in this many training rows to be kept: a word of one row teaches nothing.
 _MIN_ROWS = 2
 
@@ -71,7 +73,8 @@ def text_strings(series: pd.Series) -> list[str]:
 
 # text.encoder -> how a column's texts become vectors before the projection (a sparse TF-IDF matrix or
 # dense embeddings); the keys are the config's Literal values.
-TEXT_ENCODERS: dict[str, str] = {"tfidf": "_tfidf", "pretrained": "_embed"}
+# bag is no projection: its terms' positions go to the network's own embedding (_fit_tokens).
+TEXT_ENCODERS: dict[str, str] = {"tfidf": "_tfidf", "pretrained": "_embed", "bag": "_fit_tokens"}
 
 
 class TextTransform:
@@ -119,8 +122,9 @@ class TextTransform:
 
     @property
     def tokens(self) -> bool:
-        """True for a fine-tuned column: its numbers are token ids for the network's text encoder."""
-        return self.finetune != "none"
+        """True for a fine-tuned or bag column: its numbers are token ids (term positions) for an encoder in the
+        network."""
+        return self.finetune != "none" or self.encoder == "bag"
 
     @property
     def width(self) -> int:
@@ -168,7 +172,20 @@ class TextTransform:
         return self
 
     def _fit_tokens(self, texts: list[str]) -> "TextTransform":
-        """A fine-tuned column: the encoder's tokenizer, token limit, shape and weights (for the network)."""
+        """A fine-tuned column: the encoder's tokenizer, token limit, shape and weights (for the network); a bag
+        column: its vocabulary (as tfidf's) and the most terms a text keeps."""
+        if self.encoder == "bag":
+            self._fit_vocabulary(texts)
+            self.max_tokens = self.max_tokens or BAG_TERMS
+            lengths = [len(ids) for ids in term_ids(texts, self.index)]
+            cut = sum(length > self.max_tokens for length in lengths)
+            self.notes = [f"text column {self.name!r}: a bag of {len(self.vocabulary):,} words and word pairs, "
+                          f"embedded by the network, up to {self.max_tokens} terms a text"
+                          + (f"; {cut:,} training text(s) cut there" if cut else "") + "."]
+            if not self.vocabulary:
+                self.notes.append(f"text column {self.name!r}: no word appears in two training rows, so only its "
+                                  "empty-text flag is used.")
+            return self
         if self.encoder != "pretrained":
             raise ConfigError(f"text.finetune {self.finetune} trains a pretrained encoder; set text.encoder: "
                               "pretrained, or text.finetune: none for tfidf.")
@@ -181,6 +198,21 @@ class TextTransform:
                       + (f"; {int(truncated.sum()):,} distinct training text(s) cut at {self.max_tokens} tokens"
                          if truncated.any() else "") + "."]
         return self
+
+    @property
+    def index(self) -> dict[str, int]:
+        """term -> position in the vocabulary."""
+        return {term: position for position, term in enumerate(self.vocabulary)}
+
+    def _term_positions(self, texts: list[str]) -> np.ndarray:
+        """A bag column's texts as (n, max_tokens) term positions, the first ``max_tokens`` in text order (words,
+        then word pairs), -1 padding; an empty text has none."""
+        out = np.full((len(texts), self.width - 1), -1, dtype=np.int64)
+        size = len(self.vocabulary)
+        for row, ids in enumerate(term_ids(texts, self.index)):
+            kept = [term for term in ids[:self.width - 1] if term != size]  # [size] marks an empty text
+            out[row, :len(kept)] = kept
+        return out
 
     def encoder_shape(self) -> tuple[Any, str, bool]:
         """A fine-tuned column's BERT shape, pooling and normalisation (the network's text encoder is built of them)."""
@@ -222,7 +254,7 @@ class TextTransform:
         """Returns ``(values (n, width) float32, 0)``."""
         texts = text_strings(series)
         if self.tokens:  # token ids (exact in float32: vocabularies are far below 2^24), -1 padding; empty flag
-            ids, _ = self._encoder(fitting=False).tokenize(texts)
+            ids = self._term_positions(texts) if self.encoder == "bag" else self._encoder(fitting=False).tokenize(texts)[0]
             out = np.empty((len(texts), self.width), dtype=np.float32)
             out[:, :-1] = ids
             out[:, -1] = [not text.strip() for text in texts]
@@ -298,7 +330,7 @@ class TextTransform:
     def problem(self) -> str | None:
         """What is inconsistent between the state and the arrays of a loaded transform, or None."""
         if self.tokens:
-            return None if self.max_tokens and self.encoder == "pretrained" else (
+            return None if self.max_tokens and self.encoder in ("pretrained", "bag") else (
                 f"column {self.name!r}: a fine-tuned column needs a pretrained encoder and its token limit")
         width = len(self.vocabulary) if self.encoder == "tfidf" else self.components.shape[1]
         shapes = {"idf": (len(self.vocabulary),), "components": (len(self.center), width),

@@ -182,7 +182,9 @@ class InferenceModule(nn.Module):
     def _add_text_state(self, texts: list[TextTransform]) -> None:
         self.n_texts = len(texts)
         # How each text column arrives: "terms" (tfidf: term positions) or "tokens" (a pretrained encoder's ids).
-        self.text_inputs = ["terms" if text.encoder == "tfidf" else "tokens" for text in texts]
+        self.text_inputs = ["tokens" if text.encoder == "pretrained" else "terms" for text in texts]
+        self.bags = [text.encoder == "bag" for text in texts]
+        self.vocabulary_sizes = [len(text.vocabulary) for text in texts]
         self.token_widths = [text.width - 1 for text in texts]  # a fine-tuned column's token limit
         self.frozen = nn.ModuleDict()  # a frozen pretrained column's encoder, by its index
         self.frozen_pooling: dict[str, tuple[str, bool]] = {}
@@ -191,6 +193,15 @@ class InferenceModule(nn.Module):
                 self.register_buffer(f"text{index}_{name}", torch.from_numpy(array.astype("float32")))
             if text.encoder != "tfidf" and not text.tokens:  # the checkpoint's weights go into the graph
                 self.frozen[str(index)], self.frozen_pooling[str(index)] = _frozen_encoder(text)
+
+    def _bag(self, index: int, ids: torch.Tensor) -> torch.Tensor:
+        """(batch, terms) vocabulary positions (-1 padding, one past the vocabulary for an empty text) -> a bag
+        column's block: its first ``max_terms`` positions (-1 padding) and the empty flag; the network embeds them."""
+        size, width = self.vocabulary_sizes[index], self.token_widths[index]
+        empty = (ids == size).any(dim=1, keepdim=True).float()
+        positions = torch.where(ids == size, torch.full_like(ids, -1), ids)
+        positions = torch.cat([positions, torch.full((ids.shape[0], width), -1, dtype=ids.dtype)], dim=1)
+        return torch.cat([positions[:, :width].float(), empty], dim=1)
 
     def _tokens(self, index: int, ids: torch.Tensor) -> torch.Tensor:
         """(batch, 1 + tokens) int64: the empty flag, then the text's token ids padded with -1 -> what the network
@@ -253,8 +264,8 @@ class InferenceModule(nn.Module):
         batch = inputs[0].shape[0]
         numeric = torch.cat(parts, dim=1)[:, self.order] if parts else torch.zeros(batch, 0)
         # The network's order: text components, images, fine-tuned texts' tokens.
-        texts = [(self._text if kind == "terms" else self._tokens)(index, given[f"text{index}"])
-                 for index, kind in enumerate(self.text_inputs)]
+        texts = [(self._bag if self.bags[index] else self._text if kind == "terms" else self._tokens)(
+            index, given[f"text{index}"]) for index, kind in enumerate(self.text_inputs)]
         images = [self._image(index, given[f"image{index}"]) for index in range(len(self.image_shapes))]
         blocks = [*texts[:self.n_plain], *images, *texts[self.n_plain:]]
         if blocks:

@@ -142,8 +142,9 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
     columns = {t.name: t for t in model.preprocessor.transforms}
     threshold = model.threshold
     dates = any(isinstance(t, DateTransform) for t in columns.values())
-    texts = {name: t for name, t in columns.items() if isinstance(t, TextTransform) and t.encoder == "tfidf"}
-    tokens = {name: t for name, t in columns.items() if isinstance(t, TextTransform) and t.encoder != "tfidf"}
+    # tfidf and bag columns take term positions (keel.text); pretrained ones tokens (keel.tokens).
+    texts = {name: t for name, t in columns.items() if isinstance(t, TextTransform) and t.encoder != "pretrained"}
+    tokens = {name: t for name, t in columns.items() if isinstance(t, TextTransform) and t.encoder == "pretrained"}
     images = {name: t for name, t in columns.items() if isinstance(t, ImageTransform)}
     return {
         "keel.version": _version(), "keel.model_format": str(FORMAT_VERSION),

@@ -130,10 +130,10 @@ def onnx_feeds(model: "Model", frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
     def tokenizer(t: Any) -> Any:
         return (load_tokenizer(t.tokenizer_json(), t.width_tokens())
-                if isinstance(t, TextTransform) and t.encoder != "tfidf" else None)
+                if isinstance(t, TextTransform) and t.encoder == "pretrained" else None)
 
     columns = [InputColumn(t.name, isinstance(t, (NumberTransform, DateTransform)), isinstance(t, DateTransform),
-                           vocabulary_index(t.vocabulary) if isinstance(t, TextTransform) and t.encoder == "tfidf"
+                           vocabulary_index(t.vocabulary) if isinstance(t, TextTransform) and t.encoder != "pretrained"
                            else None, t.pixel_spec if isinstance(t, ImageTransform) else None, tokenizer(t))
                for t in model.preprocessor.transforms]
     return to_feeds(frame, columns)[0]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from keel.nn.bag import BagEncoder, BagInput
 from keel.nn.encoders import CategoryEncoder, embedding_size
 from keel.nn.mlp import build_mlp
 from keel.nn.numeric import build_numeric_embedding
@@ -50,19 +51,21 @@ class NetworkSpec:
     # Image columns, last in the numeric input (after the text components): each its pixels and missing flag,
     # read by its own encoder (keel.nn.vision), whose features join the first layer after the categories.
     images: list[ImageInput] = field(default_factory=list)
-    # Fine-tuned text columns, last of all: each its token ids and empty flag, read by its own BERT (keel.nn.sentence).
-    texts: list[TextInput] = field(default_factory=list)
+    # Fine-tuned and bag text columns, last of all: each its token ids (term positions) and empty flag, read by its
+    # own BERT (keel.nn.sentence) or bag of term vectors (keel.nn.bag).
+    texts: list[TextInput | BagInput] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.images = [image if isinstance(image, ImageInput) else ImageInput(**image) for image in self.images]
-        self.texts = [text if isinstance(text, TextInput) else TextInput(**text) for text in self.texts]
+        self.texts = [text if isinstance(text, (TextInput, BagInput)) else
+                      TextInput(**text) if "bert" in text else BagInput(**text) for text in self.texts]
         if not self.embedding_dims:
             self.embedding_dims = [embedding_size(cardinality) for cardinality in self.cardinalities]
         if isinstance(self.onehot, bool):
             self.onehot = [self.onehot] * len(self.cardinalities)
 
     @property
-    def blocks(self) -> list[ImageInput | TextInput]:
+    def blocks(self) -> list[ImageInput | TextInput | BagInput]:
         """The inputs read by encoders of their own, in their order at the end of the numeric input."""
         return [*self.images, *self.texts]
 
@@ -116,7 +119,8 @@ class TabularNetwork(nn.Module):
         self.numbers = build_numeric_embedding(
             spec.numeric_embedding, embedded, spec.numeric_embedding_size, spec.numeric_embedding_dim)
         self.images = nn.ModuleList([ImageEncoder(image) for image in spec.images])
-        self.texts = nn.ModuleList([TextEncoder(text) for text in spec.texts])
+        self.texts = nn.ModuleList([TextEncoder(text) if isinstance(text, TextInput) else BagEncoder(text)
+                                    for text in spec.texts])
         width = ((self.numbers.width if self.numbers is not None else embedded) + spec.plain_width
                  + self.categories.width + sum(block.features for block in spec.blocks))
         k = spec.ensemble
@@ -177,10 +181,11 @@ class TabularNetwork(nn.Module):
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         """The trainable parameters as optimizer groups: fine-tuned text encoders at their own learning rate
         (``scale``: its ratio to ``lr``, which the trainer applies to the scheduled rate), the rest at ``lr``."""
-        encoders: list[TextEncoder] = list(self.texts)  # type: ignore[arg-type]  # ModuleList types as Module
-        own = {id(parameter) for encoder in encoders for parameter in encoder.backbone_parameters()}
+        pretrained = [(encoder, text) for encoder, text in zip(self.texts, self.spec.texts)
+                      if isinstance(encoder, TextEncoder) and isinstance(text, TextInput)]
+        own = {id(parameter) for encoder, _ in pretrained for parameter in encoder.backbone_parameters()}
         groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in own], "scale": 1.0}]
-        for encoder, text in zip(encoders, self.spec.texts):
+        for encoder, text in pretrained:
             groups.append({"params": encoder.backbone_parameters(), "scale": text.lr / lr})
         return [group for group in groups if group["params"]]
 

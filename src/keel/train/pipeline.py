@@ -38,6 +38,7 @@ from keel.errors import ConfigError, DataError, KeelError, KeelWarning
 from keel.evaluate.importance import IMPORTANCE_REPEATS, IMPORTANCE_ROWS
 from keel.evaluate.predictions import Predictions
 from keel.model import Model
+from keel.nn.bag import BagInput
 from keel.nn.losses import resolve_loss_name
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs
 from keel.nn.numeric import BIN_SAMPLE, PiecewiseLinearEmbedding
@@ -742,8 +743,10 @@ def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_clas
     )
 
 
-def text_input(transform: TextTransform) -> TextInput:
-    """The network's encoder of one fine-tuned text column."""
+def text_input(transform: TextTransform) -> TextInput | BagInput:
+    """The network's encoder of one fine-tuned or bag text column."""
+    if transform.encoder == "bag":
+        return BagInput(vocabulary=len(transform.vocabulary), max_terms=transform.width - 1, dim=transform.dim)
     shape, pooling, normalize = transform.encoder_shape()
     lr = transform.lr or (5e-4 if transform.finetune == "lora" else 5e-5)
     return TextInput(bert=dataclasses.asdict(shape), max_tokens=transform.width - 1, pooling=pooling,
@@ -770,9 +773,8 @@ def load_backbones(network: TabularNetwork, preprocessor: Preprocessor) -> None:
                 encoder.load_backbone(transform.backbone)
             except ValueError as error:
                 raise ConfigError(f"image.model_path {transform.model_path}: {error}.") from None
-    texts: list[TextEncoder] = list(network.texts)  # type: ignore[arg-type]  # ModuleList types as Module
-    for text, column in zip(texts, preprocessor.token_texts):
-        if column.backbone is not None:
+    for text, column in zip(network.texts, preprocessor.token_texts):
+        if isinstance(text, TextEncoder) and column.backbone is not None:
             try:
                 text.load_backbone(column.backbone)
             except ValueError as error:
