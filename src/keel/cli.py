@@ -172,6 +172,7 @@ def train(
     ray_storage: Annotated[Optional[str], typer.Option("--ray-storage", help="With --backend ray: a directory or URI every node can write, where rank 0's model passes back (default: a temporary directory here, enough for one machine).")] = None,
     log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Append a plain-text log of the run to this file.")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report (report.html, plots/) and its permutation importance.")] = False,
+    embed_encoders: Annotated[bool, typer.Option("--embed-encoders", help="Copy frozen pretrained text encoders into the model directory (encoders/), so the model predicts without them at their paths.")] = False,
     mlflow: Annotated[Optional[str], typer.Option("--mlflow", help="Log the run to MLflow: --mlflow alone for MLflow's default store (MLFLOW_TRACKING_URI, else ./mlflow.db), --mlflow URI or --mlflow DIR (DIR/mlflow.db, artifacts in DIR/mlruns).")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue an unfinished run from its last checkpoint, with the same DATA and config: --resume RUN_DIR, or --resume alone (after DATA) for --output or else the latest unfinished run on DATA under runs/.")] = None,
     delimiter: Delimiter = None,
@@ -217,6 +218,10 @@ def train(
                     reporter=runner, importance=not no_report, output=destination, resume=resume is not None,
                     delimiter=delimiter, encoding=encoding, nproc=nproc, backend=backend, ray_address=ray_address,
                     ray_storage=ray_storage, quiet=quiet or as_json)
+        if embed_encoders:
+            embedded = model.embed_encoders()
+            if embedded and not (quiet or as_json):
+                out.print(f"embedded the encoder(s) of {embedded} in the model directory", highlight=False)
         if log is not None:
             _log_results(log, model.metrics, destination)
         if not as_json:

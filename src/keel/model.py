@@ -38,7 +38,7 @@ from keel.config import Config
 from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import ARRAY_PREFIX, Features, Preprocessor, TargetEncoder, describe_unseen
-from keel.data.pretrained import ModelFiles
+from keel.data.pretrained import IDENTITY_FILES, ModelFiles, model_hash, resolve_model
 from keel.data.schema import Schema, require_column
 from keel.data.text import TextTransform
 from keel.data.values import row_weights
@@ -47,6 +47,9 @@ from keel.evaluate.metrics import classification_metrics, predicted_classes, reg
 from keel.evaluate.predictions import PREDICTIONS_FILE, Predictions
 from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
 from keel.nn.sentence import SentenceEncoder
+
+# Where Model.embed_encoders copies frozen pretrained text encoders, one folder per column position.
+ENCODERS_FOLDER = "encoders"
 
 if TYPE_CHECKING:
     from keel.export.exporter import ExportReport
@@ -283,6 +286,31 @@ class Model:
         self._attached = {**self._attached, name: digest}
         return digest
 
+    def embed_encoders(self) -> list[str]:
+        """Copy each frozen pretrained text column's encoder into the model directory (``encoders/<position>/``,
+        checksummed like every attached file), so that the model predicts where the encoder's own path does not
+        exist; loading prefers the copy. Fine-tuned and image encoders are in the weights already.
+
+        Returns:
+            The columns whose encoders were embedded.
+
+        Raises:
+            ArtifactError: The model is not saved, or the encoder at its path is not the one it was trained with.
+        """
+        embedded = []
+        for position, transform in enumerate(self.preprocessor.transforms):
+            if not isinstance(transform, TextTransform) or transform.encoder != "pretrained" or transform.tokens:
+                continue
+            directory = resolve_model(transform.model)
+            if model_hash(directory) != transform.model_sha256:
+                raise ArtifactError(f"text column {transform.name!r}: {transform.model} no longer holds the encoder the "
+                                    "model was trained with (its content hash differs); restore it before embedding.")
+            for name in IDENTITY_FILES:
+                if (directory / name).is_file():
+                    self.attach(f"{ENCODERS_FOLDER}/{position}/{name}", directory / name)
+            embedded.append(transform.name)
+        return embedded
+
     def _detach(self, names: list[str]) -> None:
         """Remove attached files (stale figures) from this model's directory."""
         from keel.artifact import detach_files
@@ -359,6 +387,9 @@ class Model:
             versions=manifest.versions,
         )
         model._remember(Path(path), manifest)
+        for position, transform in enumerate(preprocessor.transforms):  # an embedded encoder wins over its path
+            if isinstance(transform, TextTransform) and f"{ENCODERS_FOLDER}/{position}/model.safetensors" in model._attached:
+                transform.model = str(Path(path).absolute() / ENCODERS_FOLDER / str(position))
         return model
 
     def _remember(self, path: Path, manifest: Manifest) -> None:

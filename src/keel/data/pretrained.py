@@ -31,7 +31,7 @@ _MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.m
             "sentence_transformers.models.Normalize")
 ACTIVATIONS = ("gelu", "gelu_new", "relu")
 # Files whose bytes make a model's identity (its content hash): all that changes an embedding.
-_IDENTITY_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json", "tokenizer.json",
+IDENTITY_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json", "tokenizer.json",
                    "model.safetensors")
 # Upper bounds on a config's sizes: BERT-large is 30,522 x 1,024 x 24 layers; anything far beyond is no
 # sentence encoder to run on a CPU, and is refused before memory is allocated for it.
@@ -196,7 +196,7 @@ def model_hash(directory: Path) -> str:
     """sha256 over the files that make the model (their names and bytes): what a saved keel model
     checks its encoder against."""
     digest = hashlib.sha256()
-    for name in _IDENTITY_FILES:
+    for name in IDENTITY_FILES:
         path = directory / name
         if not path.exists():
             continue
