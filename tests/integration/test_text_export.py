@@ -87,14 +87,14 @@ def test_the_server_takes_texts_as_strings(exported) -> None:
     assert v2.json()["outputs"][1]["data"] == pytest.approx(answer.json()["probabilities"][1], abs=1e-7)
 
 
-def test_pretrained_text_and_tflite_are_refused_by_name(exported, tmp_path: Path) -> None:
+def test_tflite_refuses_text_by_name_and_all_minilm_exports_with_its_encoder(exported, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"text column\(s\) \['review'\], which TFLite export does not take"):
         to_tflite(exported[0])
     model = keel.fit(table(120), target="label", quiet=True, config={
         "preset": "fast", "training.epochs": 1, "text.encoder": "pretrained", "text.dim": 4,
         "text.cache_dir": str(tmp_path / "cache")})
-    with pytest.raises(ExportError, match=r"\['review'\] on a pretrained encoder cannot be exported yet"):
-        model.export(output=tmp_path / "m.onnx")
+    report = model.export(output=tmp_path / "m.onnx", data=table(40, seed=3))  # the default all-MiniLM-L6-v2
+    assert report.parity["ok"] and report.parity["max_difference"] < 1e-5
 
 
 def test_int8_and_pruned_exports_of_a_text_model_are_measured(exported, tmp_path: Path) -> None:

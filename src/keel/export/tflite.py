@@ -168,25 +168,21 @@ def refuse_unexportable_columns(model: "Model") -> None:
     Raises:
         ExportError: The model has date, text or image columns; the message names them.
     """
-    dates = [t.name for t in model.preprocessor.transforms if t.kind == "date"]
-    if dates:
-        raise ExportError(
-            f"the model has the date column(s) {dates}, which TFLite export does not take: TFLite computes in "
-            "float32, which holds seconds since 1970 only to the nearest 128 s and so would move the hour and day "
-            "each date is taken apart into. Export to ONNX instead (keel export MODEL --format onnx), or train "
-            "without the date columns (list the other features in input_features).")
-    texts = [t.name for t in model.preprocessor.transforms if t.kind == "text"]
-    if texts:
-        raise ExportError(
-            f"the model has the text column(s) {texts}, which TFLite export does not take (the TF-IDF counting is a "
-            "scatter-add of a variable number of terms per row). Export to ONNX instead (keel export MODEL), or "
-            "train without the text columns.")
-    images = [t.name for t in model.preprocessor.transforms if t.kind == "image"]
-    if images:
-        raise ExportError(
-            f"the model has the image column(s) {images}, which TFLite export does not take yet (its graph takes "
-            "tables of numbers; the image encoders' convolutions are untested there). Export to ONNX instead "
-            "(keel export MODEL), which holds them.")
+    for kind, why in _UNEXPORTABLE.items():
+        columns = [t.name for t in model.preprocessor.transforms if t.kind == kind]
+        if columns:
+            raise ExportError(f"the model has the {kind} column(s) {columns}, which TFLite export does not take{why}. "
+                              f"Export to ONNX instead (keel export MODEL --format onnx), or train without the {kind} "
+                              "columns (list the other features in input_features).")
+
+
+# Column kinds TFLite export refuses -> why.
+_UNEXPORTABLE = {
+    "date": (": TFLite computes in float32, which holds seconds since 1970 only to the nearest 128 s and so would "
+             "move the hour and day each date is taken apart into"),
+    "text": " (the TF-IDF counting is a scatter-add of a variable number of terms per row, and encoders hold more)",
+    "image": " yet (its graph takes tables of numbers; the image encoders' convolutions are untested there)",
+}
 
 
 def input_layout(model: "Model") -> list[dict[str, Any]]:
