@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file
+from sklearn.datasets import load_digits
 from typer.testing import CliRunner
 
 import keel
@@ -333,3 +334,18 @@ def test_the_estimators_take_image_parameters_and_fit_a_dataframe_of_arrays() ->
     assert (transform.size, transform.augment, transform.dim) == (6, "flip", 8)
     assert estimator.model_.network.spec.images == [ImageInput(channels=1, size=6, dim=8, augment="flip")]
     assert estimator.predict(X).shape == (60,) and set(estimator.classes_) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_a_resnet_image_column_exports_with_its_backbone(tmp_path: Path, finetune: bool) -> None:
+    """The ResNet (frozen or fine-tuned) is in the ONNX graph, which predicts what keel predicts."""
+    torch.manual_seed(0)
+    save_file(ResNet(ImageInput(channels=3, size=16, encoder="resnet", depth=18)).state_dict(),
+              str(tmp_path / "resnet18.safetensors"))
+    images = load_digits().images[:120]
+    frame = pd.DataFrame({"pic": list(images), "y": load_digits().target[:120] % 2})
+    model = keel.fit(frame, target="y", quiet=True, importance=False, config={
+        "preset": "fast", "training.epochs": 1, "model.hidden": [8], "image.encoder": "resnet",
+        "image.model_path": str(tmp_path / "resnet18.safetensors"), "image.size": 16, "image.finetune": finetune})
+    report = model.export(output=tmp_path / "m.onnx", data=frame.head(40))
+    assert report.parity["ok"] and report.parity["max_difference"] < 1e-5
