@@ -27,8 +27,10 @@ def describe_network(model: Model) -> dict[str, Any]:
         ``numeric_embedding_dim`` (None without one); ``categories``: per category column its
         ``column``, ``encoding`` (``onehot`` or ``embedding``), ``cardinality`` (the unknown and
         missing buckets included) and ``width``; ``ensemble`` (members per network), ``bagging``
-        (networks averaged), ``parameters`` (every stored weight) and ``trainable_parameters``
-        (those training changed: one-hot tables are fixed identity matrices).
+        (networks averaged), ``encoders``: per image or fine-tuned / bag text column its ``column``,
+        ``encoder`` (in words), ``parameters`` and ``trainable_parameters``; ``parameters`` (every
+        stored weight) and ``trainable_parameters`` (those training changed: one-hot tables are fixed
+        identity matrices, a frozen ResNet's weights and a LoRA-tuned BERT's own are kept).
 
     Example:
         >>> describe_network(keel.load("runs/penguins"))["categories"]
@@ -44,17 +46,38 @@ def describe_network(model: Model) -> dict[str, Any]:
     ]
     embedded = spec.numeric_embedding != "none"
     parameters = list(model.network.parameters())
+    network: Any = model.network.networks[0] if isinstance(model.network, NetworkBag) else model.network
+    encoders = []
+    blocks: list[tuple[Any, Any]] = [*zip(model.preprocessor.images, network.images),
+                                     *zip(model.preprocessor.token_texts, network.texts)]
+    for transform, module in blocks:
+        weights = list(module.parameters())
+        encoders.append({"column": transform.name, "encoder": _encoder_kind(module.__class__.__name__, transform),
+                         "parameters": sum(p.numel() for p in weights),
+                         "trainable_parameters": sum(p.numel() for p in weights if p.requires_grad)})
     return {
         "architecture": spec.architecture, "hidden": list(spec.hidden), "activation": spec.activation,
         "dropout": spec.dropout, "norm": spec.norm, "init": spec.init,
         "numeric_embedding": spec.numeric_embedding,
         "numeric_embedding_size": spec.numeric_embedding_size if embedded else None,
         "numeric_embedding_dim": spec.numeric_embedding_dim if embedded else None,
-        "categories": categories, "ensemble": spec.ensemble,
+        "categories": categories, "encoders": encoders, "ensemble": spec.ensemble,
         "bagging": len(model.network.networks) if isinstance(model.network, NetworkBag) else 1,
         "parameters": sum(p.numel() for p in parameters),
         "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),
     }
+
+
+def _encoder_kind(module: str, transform: Any) -> str:
+    """What an image or text column's encoder is, in a few words."""
+    if transform.kind == "image":
+        side = f"{transform.size}x{transform.size} {'rgb' if transform.bands == 3 else 'gray'}"
+        if transform.encoder == "resnet":
+            return f"ResNet-{transform.depth} ({'fine-tuned' if transform.finetune else 'frozen'}), {side}"
+        return f"CNN from scratch to {transform.dim} features, {side}"
+    if transform.encoder == "bag":
+        return f"bag of {len(transform.vocabulary):,} terms, {transform.dim} numbers each, up to {transform.width - 1} a text"
+    return f"{transform.model.rsplit('/', 1)[-1]} fine-tuned ({transform.finetune}), up to {transform.width - 1} tokens"
 
 
 def network_lines(description: dict[str, Any]) -> list[tuple[str, str]]:
@@ -72,9 +95,13 @@ def network_lines(description: dict[str, Any]) -> list[tuple[str, str]]:
     encoded = [f"{c['column']} one-hot ({c['width']} wide)" if c["encoding"] == "onehot"
                else f"{c['column']} embedded (dim {c['width']})" for c in d["categories"]]
     rows.append(("categories", ", ".join(encoded) or "none"))
+    for encoder in d.get("encoders", []):
+        trained = encoder["trainable_parameters"]
+        rows.append((f"encoder {encoder['column']}", f"{encoder['encoder']}, {encoder['parameters']:,} parameters"
+                     + ("" if trained == encoder["parameters"] else f" ({trained:,} trained)")))
     rows.append(("ensemble", f"{d['ensemble']} members" if d["ensemble"] > 1 else "1 (a single network)"))
     rows.append(("bagging", f"{d['bagging']} networks averaged" if d["bagging"] > 1 else "1 network"))
     fixed = d["parameters"] - d["trainable_parameters"]
-    rows.append(("parameters", f"{d['parameters']:,}" + (f" ({d['trainable_parameters']:,} trained, {fixed:,} in "
-                                                         "fixed one-hot tables)" if fixed else "")))
+    rows.append(("parameters", f"{d['parameters']:,}" + (f" ({d['trainable_parameters']:,} trained, {fixed:,} "
+                                                         "fixed: one-hot tables, frozen encoders)" if fixed else "")))
     return rows

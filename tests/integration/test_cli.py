@@ -218,7 +218,8 @@ def test_info_names_the_network_that_was_trained(mixed_model) -> None:
     assert network["parameters"] == sum(w.numel() for w in weights)
     # the two networks' fixed one-hot tables (5 x 5 each) are stored but not trained
     assert network["parameters"] - network["trainable_parameters"] == 2 * 5 * 5
-    assert f"{network['parameters']:,} ({network['trainable_parameters']:,} trained, 50 in fixed one-hot" in text
+    assert f"{network['parameters']:,} ({network['trainable_parameters']:,} trained, 50 fixed: one-hot" in text
+    assert network["encoders"] == []
 
 
 def test_info_of_a_single_network_without_embeddings(tmp_path) -> None:

@@ -349,3 +349,18 @@ def test_a_resnet_image_column_exports_with_its_backbone(tmp_path: Path, finetun
         "image.model_path": str(tmp_path / "resnet18.safetensors"), "image.size": 16, "image.finetune": finetune})
     report = model.export(output=tmp_path / "m.onnx", data=frame.head(40))
     assert report.parity["ok"] and report.parity["max_difference"] < 1e-5
+
+
+def test_info_describes_a_frozen_resnet_encoder(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    save_file(ResNet(ImageInput(channels=3, size=16, encoder="resnet", depth=18)).state_dict(),
+              str(tmp_path / "resnet18.safetensors"))
+    frame = pd.DataFrame({"pic": list(load_digits().images[:60]), "y": load_digits().target[:60] % 2})
+    model = keel.fit(frame, target="y", quiet=True, importance=False, config={
+        "preset": "fast", "training.epochs": 1, "model.hidden": [8], "image.encoder": "resnet",
+        "image.model_path": str(tmp_path / "resnet18.safetensors"), "image.size": 16})
+    from keel.describe import describe_network
+
+    encoders = describe_network(model)["encoders"]
+    assert encoders == [{"column": "pic", "encoder": "ResNet-18 (frozen), 16x16 rgb", "parameters": 11_176_512,
+                         "trainable_parameters": 0}]
