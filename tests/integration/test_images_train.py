@@ -89,6 +89,9 @@ def test_a_missing_image_predicts_and_differs_from_a_present_one(digit_model: tu
     rows = pd.DataFrame({"pic": [str(table.parent / "pictures" / "0.png"), None, ""]})
     probabilities = model.predict_proba(rows)
     assert np.isfinite(probabilities).all() and np.array_equal(probabilities[1], probabilities[2])
+    assert not np.allclose(probabilities[0], probabilities[1])  # the missing flag and zeros are not the image
+    features = model.preprocessor.transform(rows).numeric
+    assert features[0, -1] == 0 and features[1, -1] == 1 and (features[1, -65:-1] == 0).all()
 
 
 @pytest.mark.parametrize("problem", ["missing", "text", "truncated"])

@@ -17,7 +17,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -208,15 +208,38 @@ def model_hash(directory: Path) -> str:
 
 
 def _tokenizer(directory: Path, max_tokens: int) -> Any:
+    if not (directory / "tokenizer.json").is_file():
+        raise ConfigError(f"{directory} has no tokenizer.json; keel reads tokenizers in that (JSON) form only.")
+    return tokenizer_from_json((directory / "tokenizer.json").read_text(encoding="utf-8"), max_tokens)
+
+
+def tokenizer_from_json(text: str, max_tokens: int) -> Any:
+    """A ``tokenizers`` tokenizer from its tokenizer.json text, truncating at ``max_tokens`` and padding each batch.
+
+    Raises:
+        ConfigError: The tokenizers library is not installed.
+    """
     try:
         from tokenizers import Tokenizer
     except ImportError:
         raise ConfigError("text.encoder pretrained needs the tokenizers library; pip install 'keel[text]'.") from None
-    if not (directory / "tokenizer.json").is_file():
-        raise ConfigError(f"{directory} has no tokenizer.json; keel reads tokenizers in that (JSON) form only.")
-    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tokenizer = Tokenizer.from_str(text)
     tokenizer.enable_truncation(max_length=max_tokens)
     tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]") or 0)
     return tokenizer
+
+
+def token_ids(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of ``texts`` (n, max_tokens) int64, -1 after each text's last token, and which texts were cut at
+    ``max_tokens`` (n,) bool: what a fine-tuned encoder reads (keel.nn.sentence.TextEncoder)."""
+    ids = np.full((len(texts), max_tokens), -1, dtype=np.int64)
+    truncated = np.zeros(len(texts), dtype=bool)
+    for start in range(0, len(texts), 1024):
+        encodings = tokenizer.encode_batch(list(texts[start:start + 1024]))
+        for row, encoding in enumerate(encodings, start):
+            kept = [token for token, used in zip(encoding.ids, encoding.attention_mask) if used]
+            ids[row, :len(kept)] = kept
+            truncated[row] = bool(encoding.overflowing)
+    return ids, truncated
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 from scipy import sparse
 
 from keel.config import TextConfig
-from keel.data.pretrained import DEFAULT_MODEL, PACKAGE_PREFIX
+from keel.data.pretrained import DEFAULT_MODEL, PACKAGE_PREFIX, token_ids, tokenizer_from_json
 from keel.data.values import category_strings
 from keel.data.words import term_ids, terms
 from keel.errors import ConfigError, DataError
@@ -107,6 +107,8 @@ class TextTransform:
         self.lora_rank = settings.lora_rank
         self.lr = settings.lr
         self.backbone: dict[str, np.ndarray] | None = None  # the checkpoint's weights, read in fit, for the network
+        self.tokenizer = np.zeros(0, dtype=np.uint8)  # a fine-tuned column's tokenizer.json (UTF-8), kept in the model
+        self._tokenizer: Any = None
         self.vocabulary: list[str] = []
         self.idf = np.zeros(0, dtype=np.float32)
         self.components = np.zeros((0, 0), dtype=np.float32)  # (n_components, vocabulary or embedding width)
@@ -175,6 +177,9 @@ class TextTransform:
         """A fine-tuned column: the encoder's tokenizer, token limit, shape and weights (for the network); a bag
         column: its vocabulary (as tfidf's) and the most terms a text keeps."""
         if self.encoder == "bag":
+            if self.finetune != "none":
+                raise ConfigError(f"text.finetune {self.finetune} trains a pretrained encoder; a bag column trains "
+                                  "from scratch already. Set text.encoder: pretrained, or text.finetune: none.")
             self._fit_vocabulary(texts)
             self.max_tokens = self.max_tokens or BAG_TERMS
             lengths = [len(ids) for ids in term_ids(texts, self.index)]
@@ -192,7 +197,10 @@ class TextTransform:
         sentence = self._encoder(fitting=True)
         self.max_tokens = sentence.max_tokens
         self.backbone = sentence.weights()
-        _, truncated = sentence.tokenize(sorted(set(texts)))
+        # The tokenizer is kept in the model (its weights file): with the encoder's weights in the network, a
+        # fine-tuned model predicts and exports without the checkpoint it started from.
+        self.tokenizer = np.frombuffer(sentence.tokenizer_json().encode("utf-8"), dtype=np.uint8).copy()
+        _, truncated = self._token_ids(sorted(set(texts)))
         self.notes = [f"text column {self.name!r}: read as up to {self.max_tokens} tokens by a fine-tuned "
                       f"({self.finetune}) {self._model_name()}"
                       + (f"; {int(truncated.sum()):,} distinct training text(s) cut at {self.max_tokens} tokens"
@@ -219,13 +227,23 @@ class TextTransform:
         sentence = self._encoder(fitting=False)
         return sentence.shape, sentence.pooling, sentence.normalize
 
+    def _token_ids(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """A fine-tuned column's token ids (n, max_tokens), -1 padding, and which texts were cut, by its kept
+        tokenizer."""
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_from_json(self.tokenizer_json(), self.width - 1)
+        return token_ids(self._tokenizer, texts, self.width - 1)
+
     def tokenizer_json(self) -> str:
-        """The pretrained encoder's tokenizer.json, for an export's callers (keel.runtime tokenises with it)."""
+        """The pretrained encoder's tokenizer.json, for an export's callers (keel.runtime tokenises with it): a
+        fine-tuned column's own copy, a frozen one's from its checkpoint."""
+        if self.tokens:
+            return self.tokenizer.tobytes().decode("utf-8")
         return self._encoder(fitting=False).tokenizer_json()
 
     def width_tokens(self) -> int:
         """Tokens per text at most: the token limit the column was trained with."""
-        return int(self._encoder(fitting=False).max_tokens)
+        return self.width - 1 if self.tokens else int(self._encoder(fitting=False).max_tokens)
 
     def encoder_weights(self) -> dict[str, np.ndarray]:
         """The checkpoint's weights (its content hash checked against the one trained with), for an export."""
@@ -242,7 +260,7 @@ class TextTransform:
                 self.model_sha256 = self._sentence.sha256
             elif self._sentence.sha256 != self.model_sha256:
                 raise DataError(
-                    f"text column {self.name!r} was embedded in training by the model at {self.model} with content "
+                    f"text column {self.name!r} was read in training by the model at {self.model} with content "
                     f"hash {self.model_sha256[:12]}, and that path now holds another model ({self._sentence.sha256[:12]}); "
                     "restore the model it was trained with, or retrain.", column=self.name)
         return self._sentence
@@ -254,7 +272,7 @@ class TextTransform:
         """Returns ``(values (n, width) float32, 0)``."""
         texts = text_strings(series)
         if self.tokens:  # token ids (exact in float32: vocabularies are far below 2^24), -1 padding; empty flag
-            ids = self._term_positions(texts) if self.encoder == "bag" else self._encoder(fitting=False).tokenize(texts)[0]
+            ids = self._term_positions(texts) if self.encoder == "bag" else self._token_ids(texts)[0]
             out = np.empty((len(texts), self.width), dtype=np.float32)
             out[:, :-1] = ids
             out[:, -1] = [not text.strip() for text in texts]
@@ -324,14 +342,16 @@ class TextTransform:
         """The fitted arrays, kept in the model's safetensors file beside the weights (none when fine-tuned: the
         encoder's weights are the network's)."""
         if self.tokens:
-            return {}
+            return {"tokenizer": self.tokenizer} if self.encoder == "pretrained" else {}
         return {"idf": self.idf, "components": self.components, "center": self.center, "scale": self.scale}
 
     def problem(self) -> str | None:
         """What is inconsistent between the state and the arrays of a loaded transform, or None."""
         if self.tokens:
-            return None if self.max_tokens and self.encoder in ("pretrained", "bag") else (
-                f"column {self.name!r}: a fine-tuned column needs a pretrained encoder and its token limit")
+            if not self.max_tokens or self.encoder not in ("pretrained", "bag"):
+                return f"column {self.name!r}: a fine-tuned or bag column needs its encoder and its token limit"
+            return None if self.encoder == "bag" or len(self.tokenizer) else (
+                f"column {self.name!r}: a fine-tuned column's tokenizer is missing")
         width = len(self.vocabulary) if self.encoder == "tfidf" else self.components.shape[1]
         shapes = {"idf": (len(self.vocabulary),), "components": (len(self.center), width),
                   "center": (len(self.center),), "scale": (len(self.center),)}
@@ -347,8 +367,8 @@ class TextTransform:
             model_path=state["model"], max_tokens=state["max_tokens"], cache_dir=state.get("cache_dir"),
             finetune=state.get("finetune", "none"), lora_rank=state.get("lora_rank", 8), lr=state.get("lr")))
         transform.model_sha256, transform.vocabulary = state["model_sha256"], list(state["vocabulary"])
-        for key, value in (arrays or {}).items():
-            setattr(transform, key, np.asarray(value, dtype=np.float32))
+        for key, value in (arrays or {}).items():  # the tokenizer stays bytes
+            setattr(transform, key, np.asarray(value, dtype=np.uint8 if key == "tokenizer" else np.float32))
         return transform
 
 

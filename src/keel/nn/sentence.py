@@ -125,6 +125,10 @@ class BertEncoder(nn.Module):
         self.encoder = _Encoder(shape, lora)
 
     def forward(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        # A row with no token to attend to (a tokenizer that adds no [CLS] / [SEP], an empty text) attends to its
+        # first slot: with every key masked its softmax would be NaN.
+        first = torch.where(attention.sum(dim=1) == 0, torch.ones_like(attention[:, 0]), attention[:, 0])
+        attention = torch.cat([first[:, None], attention[:, 1:]], dim=1)
         x = self.embeddings(ids)
         # Padding is masked out of every query's softmax: an additive -inf bias, (batch, 1, 1, length), in the
         # vectors' own dtype (a float32 mask beside float64 vectors, a network's float64 copy, was misread).
@@ -185,16 +189,9 @@ class SentenceEncoder:
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of ``texts`` (n, max_tokens) int64, -1 after each text's last token, and which texts were
         cut at ``max_tokens`` (n,) bool: what a fine-tuned encoder reads (:class:`TextEncoder`)."""
-        _, tokenizer = self._load()
-        ids = np.full((len(texts), self.max_tokens), -1, dtype=np.int64)
-        truncated = np.zeros(len(texts), dtype=bool)
-        for start in range(0, len(texts), 1024):
-            encodings = tokenizer.encode_batch(list(texts[start:start + 1024]))
-            for row, encoding in enumerate(encodings, start):
-                kept = [token for token, used in zip(encoding.ids, encoding.attention_mask) if used]
-                ids[row, :len(kept)] = kept
-                truncated[row] = bool(encoding.overflowing)
-        return ids, truncated
+        from keel.data.pretrained import token_ids
+
+        return token_ids(self._load()[1], texts, self.max_tokens)
 
     def tokenizer_json(self) -> str:
         """The model's tokenizer.json (what keel.runtime tokenises an exported column with)."""

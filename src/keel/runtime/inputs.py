@@ -147,7 +147,11 @@ def _missing_image(value: Any) -> bool:
 
 
 def _one_image(value: Any, column: str, row: int, spec: PixelSpec) -> np.ndarray:
-    from PIL.Image import DecompressionBombError, UnidentifiedImageError
+    try:
+        from PIL.Image import DecompressionBombError, UnidentifiedImageError
+    except ImportError:
+        raise ConfigError(f"this model has the image column {column!r}, which the predictor reads with Pillow; pip "
+                          "install pillow.") from None
 
     from keel.data.pixels import array_pixels, as_path, file_pixels, image_array, open_image
 

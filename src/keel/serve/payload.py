@@ -295,8 +295,8 @@ def _described(feature: FeatureSpec, kind: Any, **constraints: Any) -> Any:
         text = f"{IMAGE_TEXT[0].upper()}{IMAGE_TEXT[1:]}. It is converted and resized as in training."
         examples = [EXAMPLE_PNG]
     elif feature.type == "text":
-        text = ("Free text (a string); null or \"\" when missing. Its words and word pairs are counted against the "
-                "model's vocabulary; words it never saw are left out, not counted as unseen.")
+        text = ("Free text (a string); null or \"\" when missing. It is read as in training (split into words and "
+                "word pairs, or into a pretrained encoder's tokens); nothing in it counts as unseen.")
         examples = ["arrived quickly and works well"]
     else:
         shown = list(feature.values[:EXAMPLES_SHOWN])

@@ -514,6 +514,9 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
             n_test = tests.n_rows
         tests.finish()
         preprocessor.finish_training()
+        for note in preprocessor.notes:  # image columns say how they were read once every row is
+            if note not in notes:
+                notes.append(note)
     except OSError as error:  # a full disk, most often
         raise ConfigError(f"cannot write the rows of {path} to {directory}: {error.strerror or error}. The store needs "
                           f"about {(scan.n_rows - scan.n_unlabelled) * store_row_bytes / 1e9:,.2f} GB; free space there "
