@@ -84,11 +84,11 @@ def test_config_tables_show_each_presets_values() -> None:
     resolved = {name: load_config({"preset": name}).model_dump(mode="json") for name in PRESETS}
     assert list(PRESETS) == ["fast", "balanced", "best"]
     assert README.count("| key | fast | balanced | best | values | what it does |") == 3
-    for section in ("preprocessing", "model", "training", "data", "text", "tune"):
+    for section in ("preprocessing", "model", "training", "data", "text", "image", "tune"):
         for name in resolved["fast"][section]:
             row = f"| `{section}.{name}` | " + " | ".join(_cell(resolved[p][section][name]) for p in PRESETS) + " | "
             assert README.count(f"| `{section}.{name}` |") == 1 and row in README, row
     for name, field in Config.model_fields.items():
-        if name not in ("preprocessing", "model", "training", "data", "text", "tune"):
+        if name not in ("preprocessing", "model", "training", "data", "text", "image", "tune"):
             row = f"| `{name}` | {_cell(field.default)} | "
             assert row in README, row
