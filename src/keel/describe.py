@@ -53,7 +53,7 @@ def describe_network(model: Model) -> dict[str, Any]:
     for transform, module in blocks:
         weights = list(module.parameters())
         encoders.append({"column": transform.name, "encoder": _encoder_kind(module.__class__.__name__, transform),
-                         "parameters": sum(p.numel() for p in weights),
+                         "parameters": sum(p.numel() for p in weights),  # in each network of a bag
                          "trainable_parameters": sum(p.numel() for p in weights if p.requires_grad)})
     return {
         "architecture": spec.architecture, "hidden": list(spec.hidden), "activation": spec.activation,
@@ -77,7 +77,7 @@ def _encoder_kind(module: str, transform: Any) -> str:
         return f"CNN from scratch to {transform.dim} features, {side}"
     if transform.encoder == "bag":
         return f"bag of {len(transform.vocabulary):,} terms, {transform.dim} numbers each, up to {transform.width - 1} a text"
-    return f"{transform.model.rsplit('/', 1)[-1]} fine-tuned ({transform.finetune}), up to {transform.width - 1} tokens"
+    return f"{transform.model_name()} fine-tuned ({transform.finetune}), up to {transform.width - 1} tokens"
 
 
 def network_lines(description: dict[str, Any]) -> list[tuple[str, str]]:
@@ -97,7 +97,8 @@ def network_lines(description: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("categories", ", ".join(encoded) or "none"))
     for encoder in d.get("encoders", []):
         trained = encoder["trainable_parameters"]
-        rows.append((f"encoder {encoder['column']}", f"{encoder['encoder']}, {encoder['parameters']:,} parameters"
+        per = " in each network" if d["bagging"] > 1 else ""
+        rows.append((f"encoder {encoder['column']}", f"{encoder['encoder']}, {encoder['parameters']:,} parameters{per}"
                      + ("" if trained == encoder["parameters"] else f" ({trained:,} trained)")))
     rows.append(("ensemble", f"{d['ensemble']} members" if d["ensemble"] > 1 else "1 (a single network)"))
     rows.append(("bagging", f"{d['bagging']} networks averaged" if d["bagging"] > 1 else "1 network"))

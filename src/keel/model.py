@@ -301,7 +301,7 @@ class Model:
         for position, transform in enumerate(self.preprocessor.transforms):
             if not isinstance(transform, TextTransform) or transform.encoder != "pretrained" or transform.tokens:
                 continue
-            directory = resolve_model(transform.model)
+            directory = resolve_model(transform.location or transform.model)
             if model_hash(directory) != transform.model_sha256:
                 raise ArtifactError(f"text column {transform.name!r}: {transform.model} no longer holds the encoder the "
                                     "model was trained with (its content hash differs); restore it before embedding.")
@@ -389,7 +389,7 @@ class Model:
         model._remember(Path(path), manifest)
         for position, transform in enumerate(preprocessor.transforms):  # an embedded encoder wins over its path
             if isinstance(transform, TextTransform) and f"{ENCODERS_FOLDER}/{position}/model.safetensors" in model._attached:
-                transform.model = str(Path(path).absolute() / ENCODERS_FOLDER / str(position))
+                transform.location = str(Path(path).absolute() / ENCODERS_FOLDER / str(position))
         return model
 
     def _remember(self, path: Path, manifest: Manifest) -> None:

@@ -101,6 +101,9 @@ class TextTransform:
         self.model = DEFAULT_MODEL if not path else path if path.startswith(PACKAGE_PREFIX) else str(
             Path(path).expanduser().absolute())
         self.max_tokens = settings.max_tokens
+        # Where the encoder is read from when not at ``model``: a copy in the model directory (Model.embed_encoders).
+        # The state keeps ``model``, the reference trained with, so a re-save elsewhere does not point into this copy.
+        self.location: str | None = None
         self.cache_dir = settings.cache_dir
         # Fine-tuned (finetune full / lora): the column is its token ids, which the network's encoder reads.
         self.finetune = settings.finetune
@@ -121,6 +124,7 @@ class TextTransform:
         # next (which would otherwise embed every training text again), then dropped (finish_training).
         self._fitted: dict[str, np.ndarray] = {}
         self._training = False  # embeddings made now go into the cache: from fit until finish_training
+        self._cut = [0, 0]  # a bag column's texts cut at its limit, and texts read, while training
 
     @property
     def tokens(self) -> bool:
@@ -182,11 +186,10 @@ class TextTransform:
                                   "from scratch already. Set text.encoder: pretrained, or text.finetune: none.")
             self._fit_vocabulary(texts)
             self.max_tokens = self.max_tokens or BAG_TERMS
-            lengths = [len(ids) for ids in term_ids(texts, self.index)]
-            cut = sum(length > self.max_tokens for length in lengths)
             self.notes = [f"text column {self.name!r}: a bag of {len(self.vocabulary):,} words and word pairs, "
-                          f"embedded by the network, up to {self.max_tokens} terms a text"
-                          + (f"; {cut:,} training text(s) cut there" if cut else "") + "."]
+                          f"embedded by the network, up to {self.max_tokens} terms a text."]
+            self._cut = [0, 0]  # texts cut at the limit, texts read: counted while training transforms its rows
+            self._training = True
             if not self.vocabulary:
                 self.notes.append(f"text column {self.name!r}: no word appears in two training rows, so only its "
                                   "empty-text flag is used.")
@@ -202,7 +205,7 @@ class TextTransform:
         self.tokenizer = np.frombuffer(sentence.tokenizer_json().encode("utf-8"), dtype=np.uint8).copy()
         _, truncated = self._token_ids(sorted(set(texts)))
         self.notes = [f"text column {self.name!r}: read as up to {self.max_tokens} tokens by a fine-tuned "
-                      f"({self.finetune}) {self._model_name()}"
+                      f"({self.finetune}) {self.model_name()}"
                       + (f"; {int(truncated.sum()):,} distinct training text(s) cut at {self.max_tokens} tokens"
                          if truncated.any() else "") + "."]
         return self
@@ -220,6 +223,10 @@ class TextTransform:
         for row, ids in enumerate(term_ids(texts, self.index)):
             kept = [term for term in ids[:self.width - 1] if term != size]  # [size] marks an empty text
             out[row, :len(kept)] = kept
+            if self._training:
+                self._cut[0] += len(ids) > self.width - 1
+        if self._training:
+            self._cut[1] += len(texts)
         return out
 
     def encoder_shape(self) -> tuple[Any, str, bool]:
@@ -255,7 +262,7 @@ class TextTransform:
             if TextTransform.loader is None:
                 raise ConfigError("text.encoder pretrained needs keel.model imported (it plugs in the torch encoder); "
                                   "use keel.fit / keel.load, or import keel.model first.")
-            self._sentence = TextTransform.loader(self.model, self.max_tokens)
+            self._sentence = TextTransform.loader(self.location or self.model, self.max_tokens)
             if fitting:
                 self.model_sha256 = self._sentence.sha256
             elif self._sentence.sha256 != self.model_sha256:
@@ -265,7 +272,8 @@ class TextTransform:
                     "restore the model it was trained with, or retrain.", column=self.name)
         return self._sentence
 
-    def _model_name(self) -> str:
+    def model_name(self) -> str:
+        """The encoder as messages name it: its package, or its folder's name."""
         return self.model.removeprefix(PACKAGE_PREFIX) if self.model.startswith(PACKAGE_PREFIX) else Path(self.model).name
 
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
@@ -320,7 +328,7 @@ class TextTransform:
         if fitting:
             self._fitted, self._training = known, True
             truncated = embeddings.truncated
-            name = self._model_name()
+            name = self.model_name()
             cached = (" (read from the cache)" if hit else
                       f" ({embeddings.hits:,} read from the cache)" if embeddings.hits else "")
             self.notes += [f"text column {self.name!r}: {len(distinct):,} distinct training texts embedded by {name}"
@@ -329,7 +337,11 @@ class TextTransform:
         return vectors[inverse.ravel()]
 
     def finish_training(self) -> None:
-        """Stop writing the embedding cache and drop the kept training embeddings (training has transformed its rows)."""
+        """Stop writing the embedding cache and drop the kept training embeddings (training has transformed its rows);
+        a bag column notes how many of the texts read were cut at its limit."""
+        if self._training and self.encoder == "bag" and self._cut[0]:
+            self.notes.append(f"text column {self.name!r}: {self._cut[0]:,} of the {self._cut[1]:,} texts read in "
+                              f"training cut at {self.max_tokens} terms.")
         self._fitted, self._training = {}, False
 
     def state(self) -> dict[str, Any]:
