@@ -190,7 +190,8 @@ class InferenceModule(nn.Module):
         self.frozen_pooling: dict[str, tuple[str, bool]] = {}
         for index, text in enumerate(texts):
             for name, array in text.arrays().items():
-                self.register_buffer(f"text{index}_{name}", torch.from_numpy(array.astype("float32")))
+                if name != "tokenizer":  # a fine-tuned column's tokenizer.json: metadata (keel.tokens), not the graph's
+                    self.register_buffer(f"text{index}_{name}", torch.from_numpy(array.astype("float32")))
             if text.encoder != "tfidf" and not text.tokens:  # the checkpoint's weights go into the graph
                 self.frozen[str(index)], self.frozen_pooling[str(index)] = _frozen_encoder(text)
 
