@@ -32,19 +32,17 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 import keel
 from keel.config import load_config
-from keel.data.pretrained import DEFAULT_MODEL, BertShape, resolve_model
 from keel.errors import ConfigError
 from keel.nn.network import predict_outputs, to_probabilities
-from keel.nn.sentence import BertEncoder
 from keel.runtime import Predictor
 from keel.serve.app import create_app
 from keel.serve.settings import ServeSettings
 from keel.train.callbacks import Reporter
 from keel.train.streamed import streaming_plan
+from tests.tiny_bert import write_tiny_bert
 
 GOOD = ["great", "lovely", "superb", "excellent", "perfect"]
 BAD = ["awful", "broken", "terrible", "late", "poor"]
@@ -56,23 +54,6 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised 2-layer BERT in the sentence-transformers layout, with MiniLM's tokenizer (as
     tests/unit/data/conftest.py builds it)."""
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-def write_tiny_bert(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    shape = BertShape(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=32, max_position_embeddings=64, type_vocab_size=2, layer_norm_eps=1e-12,
-                      hidden_act="gelu")
-    (directory / "config.json").write_text(json.dumps({"model_type": "bert", **shape.__dict__}))
-    (directory / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
-    shutil.copy(resolve_model(DEFAULT_MODEL) / "tokenizer.json", directory / "tokenizer.json")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        save_file(BertEncoder(shape).state_dict(), str(directory / "model.safetensors"))
-    return directory
 
 
 def mixed_frame(n_rows: int = 80, seed: int = 0) -> pd.DataFrame:
