@@ -27,10 +27,11 @@ from keel.data.pixels import (
     GRAY_MODES,
     PixelSpec,
     array_pixels,
-    as_path,
     base_folder,
     file_pixels,
+    file_source,
     image_array,
+    is_pillow_image,
     open_image,
 )
 from keel.errors import ConfigError, DataError
@@ -75,17 +76,17 @@ class _Image:
             self.array, self.size = array, (array.shape[1], array.shape[0])
             self.bands = 1 if array.shape[2] == 1 else 3
             return
-        if hasattr(value, "convert") and hasattr(value, "mode") and hasattr(value, "size"):  # a Pillow image
+        if is_pillow_image(value):
             self.image = value
             self.size, self.bands = value.size, 1 if value.mode in GRAY_MODES else 3
             return
-        path = None if isinstance(value, (bytes, bytearray, memoryview)) else as_path(value)
-        if path is None and not isinstance(value, (bytes, bytearray, memoryview)):
+        found = file_source(value)
+        if found is None:
             raise DataError(f"image column {column!r} row {row} holds {type(value).__name__} {str(value)[:60]!r}; an "
                             "image cell is a file path, a file's bytes, an array or a Pillow image.", file=source,
                             column=column, row=row)
         # A file's bytes are read as the file would be; named in messages by their length.
-        self.path: Any = bytes(value) if path is None else path if path.is_absolute() else base / path
+        self.path: Any = found if isinstance(found, bytes) or found.is_absolute() else base / found
         try:
             with open_image(self.path) as file:  # the header only; pixels() opens it again to decode
                 self.size, mode = file.size, file.mode

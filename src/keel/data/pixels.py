@@ -119,6 +119,19 @@ def resolved(values: list[Any], source: str | None) -> list[Any]:
             for value in values for path in [as_path(value)]]
 
 
+def is_pillow_image(value: Any) -> bool:
+    """True for a Pillow image (told by what is used of it, so Pillow need not be imported to ask)."""
+    return hasattr(value, "convert") and hasattr(value, "mode") and hasattr(value, "size")
+
+
+def file_source(value: Any) -> bytes | Path | None:
+    """An image cell that names a file: its bytes (bytes, bytearray, memoryview), or its path (:func:`as_path`);
+    None for anything else."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return as_path(value)
+
+
 def as_path(value: Any) -> Path | None:
     """A path cell (text or a PathLike) as a Path, ``~`` expanded; None for anything else or blank text."""
     if isinstance(value, os.PathLike) or (isinstance(value, str) and value.strip()):

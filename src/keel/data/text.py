@@ -42,8 +42,6 @@ class Encoder(Protocol):
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
-
     def weights(self) -> dict[str, np.ndarray]: ...
 
     def tokenizer_json(self) -> str: ...
@@ -301,7 +299,7 @@ class TextTransform:
     def _tfidf(self, texts: list[str], *, fitting: bool = False) -> sparse.csr_matrix:
         """(n, vocabulary) sublinear TF-IDF rows of unit length (empty rows stay zero); fitting changes nothing
         (the vocabulary is fitted first), it is the argument every TEXT_ENCODERS method takes."""
-        index = {term: position for position, term in enumerate(self.vocabulary)}
+        index = self.index
         columns: list[int] = []
         values: list[float] = []
         pointers = [0]

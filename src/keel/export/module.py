@@ -181,9 +181,9 @@ class InferenceModule(nn.Module):
 
     def _add_text_state(self, texts: list[TextTransform]) -> None:
         self.n_texts = len(texts)
-        # How each text column arrives: "terms" (tfidf: term positions) or "tokens" (a pretrained encoder's ids).
-        self.text_inputs = ["tokens" if text.encoder == "pretrained" else "terms" for text in texts]
-        self.bags = [text.encoder == "bag" for text in texts]
+        self.text_encoders = [text.encoder for text in texts]
+        # How each text column arrives: "terms" (tfidf and bag: term positions) or "tokens" (a pretrained encoder's).
+        self.text_inputs = ["tokens" if encoder == "pretrained" else "terms" for encoder in self.text_encoders]
         self.vocabulary_sizes = [len(text.vocabulary) for text in texts]
         self.token_widths = [text.width - 1 for text in texts]  # a fine-tuned column's token limit
         self.frozen = nn.ModuleDict()  # a frozen pretrained column's encoder, by its index
@@ -265,8 +265,8 @@ class InferenceModule(nn.Module):
         batch = inputs[0].shape[0]
         numeric = torch.cat(parts, dim=1)[:, self.order] if parts else torch.zeros(batch, 0)
         # The network's order: text components, images, fine-tuned texts' tokens.
-        texts = [(self._bag if self.bags[index] else self._text if kind == "terms" else self._tokens)(
-            index, given[f"text{index}"]) for index, kind in enumerate(self.text_inputs)]
+        read = {"tfidf": self._text, "bag": self._bag, "pretrained": self._tokens}
+        texts = [read[encoder](index, given[f"text{index}"]) for index, encoder in enumerate(self.text_encoders)]
         images = [self._image(index, given[f"image{index}"]) for index in range(len(self.image_shapes))]
         blocks = [*texts[:self.n_plain], *images, *texts[self.n_plain:]]
         if blocks:

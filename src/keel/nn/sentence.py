@@ -186,20 +186,13 @@ class SentenceEncoder:
         """(batch, length, hidden) token vectors -> (batch, hidden) sentence vectors."""
         return pool(tokens, attention, self.pooling, self.normalize)
 
-    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of ``texts`` (n, max_tokens) int64, -1 after each text's last token, and which texts were
-        cut at ``max_tokens`` (n,) bool: what a fine-tuned encoder reads (:class:`TextEncoder`)."""
-        from keel.data.pretrained import token_ids
-
-        return token_ids(self._load()[1], texts, self.max_tokens)
-
     def tokenizer_json(self) -> str:
         """The model's tokenizer.json (what keel.runtime tokenises an exported column with)."""
         return self.files.tokenizer_json()
 
     def weights(self) -> dict[str, np.ndarray]:
         """The checkpoint's arrays (checked against config.json's shapes), for a fine-tuned copy in a network."""
-        self._load()
+        _check_shapes(self.files)  # from the header: no frozen network is built only to read its weights
         return self.files.arrays()
 
 
@@ -305,8 +298,12 @@ class TextEncoder(nn.Module):
             state[name].copy_(torch.from_numpy(np.array(arrays[name])))
 
 
-def _network(files: "ModelFiles") -> BertEncoder:
-    """The frozen BERT of ``files``; their header's shapes are compared before anything is allocated."""
+def _check_shapes(files: "ModelFiles") -> None:
+    """Compare the weights' header shapes with the BERT config.json declares, before anything is allocated.
+
+    Raises:
+        ConfigError: They differ (names a few).
+    """
     with torch.device("meta"):  # shapes only
         expected = {name: tuple(value.shape) for name, value in BertEncoder(files.shape).state_dict().items()}
     stored = files.shapes()
@@ -314,6 +311,11 @@ def _network(files: "ModelFiles") -> BertEncoder:
         wrong = sorted(name for name in set(stored) | set(expected) if stored.get(name) != expected.get(name))
         raise ConfigError(f"{files.weights} does not hold a BERT of the shape config.json declares ({len(wrong)} "
                           f"tensor(s) differ, e.g. {wrong[:3]}).")
+
+
+def _network(files: "ModelFiles") -> BertEncoder:
+    """The frozen BERT of ``files``; their header's shapes are compared before anything is allocated."""
+    _check_shapes(files)
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; keep the caller's state
         network = BertEncoder(files.shape)
     network.load_state_dict({name: torch.from_numpy(value) for name, value in files.arrays().items()}, strict=True)

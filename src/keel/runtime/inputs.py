@@ -33,6 +33,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -153,7 +154,7 @@ def _one_image(value: Any, column: str, row: int, spec: PixelSpec) -> np.ndarray
         raise ConfigError(f"this model has the image column {column!r}, which the predictor reads with Pillow; pip "
                           "install pillow.") from None
 
-    from keel.data.pixels import array_pixels, as_path, file_pixels, image_array, open_image
+    from keel.data.pixels import array_pixels, file_pixels, file_source, image_array, is_pillow_image, open_image
 
     if isinstance(value, np.ndarray):
         array = image_array(value)
@@ -162,21 +163,19 @@ def _one_image(value: Any, column: str, row: int, spec: PixelSpec) -> np.ndarray
                             "an image is numbers of shape (height, width) or (height, width, channels) with 1, 3 or "
                             "4 channels.", column=column, row=row)
         return array_pixels(array, spec.mode, spec.size, spec.scale)
-    if hasattr(value, "convert") and hasattr(value, "size") and hasattr(value, "mode"):  # a Pillow image
+    if is_pillow_image(value):
         return file_pixels(value, spec.mode, spec.size)
-    if isinstance(value, (bytearray, memoryview)):
-        value = bytes(value)
-    path = None if isinstance(value, bytes) else as_path(value)
-    if not isinstance(value, bytes) and path is None:
+    found = file_source(value)
+    if found is None:
         raise DataError(f"image column {column!r} row {row} holds a value of type {type(value).__name__} "
                         f"({_quote(value)}); an image is a file's bytes, a file path, an array of pixels, a Pillow "
                         "image, or None when missing.", column=column, row=row)
-    shown = f"{len(value):,} bytes" if isinstance(value, bytes) else repr(str(value))
+    shown = f"{len(found):,} bytes" if isinstance(found, bytes) else repr(str(value))
     try:
-        with open_image(value if isinstance(value, bytes) else path) as image:  # type: ignore[arg-type]
+        with open_image(found) as image:
             return file_pixels(image, spec.mode, spec.size)
     except FileNotFoundError:
-        where = path.absolute() if path is not None else value
+        where = found.absolute() if isinstance(found, Path) else shown
         raise DataError(f"image column {column!r} row {row}: the file {shown} does not exist (looked for {where}); "
                         "fix the path, or pass None for a missing image.", column=column, row=row) from None
     except UnidentifiedImageError:
