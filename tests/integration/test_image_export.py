@@ -456,13 +456,19 @@ def test_an_error_in_a_later_chunk_names_the_absolute_row(gray: tuple[Case, Pred
             assert caught.value.row == row
 
 
-def test_a_missing_file_in_a_csv_is_reported_as_the_csvs(gray: tuple[Case, Predictor, Path]) -> None:
-    case, predictor, _ = gray
+def with_a_missing_file(case: Case, name: str) -> Path:
+    """The case's table written beside it as ``name``, its row 4 naming a file that does not exist."""
     assert case.table is not None
     frame = pd.read_csv(case.table)
     frame.loc[3, "pic"] = "pictures/nowhere.png"  # row 4
-    bad = case.table.parent / "missing-file.csv"
+    bad = case.table.parent / name
     frame.to_csv(bad, index=False)
+    return bad
+
+
+def test_a_missing_file_in_a_csv_is_reported_as_the_csvs(gray: tuple[Case, Predictor, Path]) -> None:
+    case, predictor, _ = gray
+    bad = with_a_missing_file(case, "missing-file.csv")
     with pytest.raises(DataError, match="'pic' row 4") as caught:
         predictor.predict(read_table(bad))
     assert "working directory" not in str(caught.value) and caught.value.file == str(bad)
@@ -787,11 +793,7 @@ def test_the_cli_exports_and_predicts_a_csv_of_image_paths(gray: tuple[Case, Pre
 
 def test_the_cli_reports_a_bad_image_path_in_one_line(gray: tuple[Case, Predictor, Path], tmp_path: Path) -> None:
     case, _, _ = gray
-    assert case.table is not None
-    frame = pd.read_csv(case.table)
-    frame.loc[3, "pic"] = "pictures/nowhere.png"  # row 4
-    bad = case.table.parent / "bad.csv"
-    frame.to_csv(bad, index=False)
+    bad = with_a_missing_file(case, "bad.csv")
     result = CliRunner().invoke(app, ["predict", str(case.directory), str(bad), "-o", str(tmp_path / "out.csv")])
     assert result.exit_code != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

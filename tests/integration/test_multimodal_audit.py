@@ -13,9 +13,7 @@ Tiny models throughout: a 2-layer BERT of width 16 (MiniLM's tokenizer), 8 x 8 i
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import io
 import json
 import os
@@ -24,9 +22,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -40,9 +37,10 @@ from keel.nn.network import predict_outputs, to_probabilities
 from keel.runtime import Predictor
 from keel.serve.app import create_app
 from keel.serve.settings import ServeSettings
-from keel.train.callbacks import Reporter
 from keel.train.streamed import streaming_plan
+from tests.reliability.test_resume import _Interrupted, _StopAt
 from tests.tiny_bert import write_tiny_bert
+from tests.unit.serve.test_app import call
 
 GOOD = ["great", "lovely", "superb", "excellent", "perfect"]
 BAD = ["awful", "broken", "terrible", "late", "poor"]
@@ -86,17 +84,6 @@ def png_base64(array: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def call(app: Any, method: str, path: str, **options: Any) -> httpx.Response:
-    """One request to the app in process, after its start-up (the warm-up prediction)."""
-    async def go() -> httpx.Response:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                return await client.request(method, path, **options)
-
-    return asyncio.run(go())
-
-
 @pytest.fixture(scope="module")
 def everything(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[keel.Model, Path]:
     """Two bagged networks, each with a LoRA-tuned BERT and a CNN beside a number, a category and a date; saved
@@ -133,29 +120,6 @@ def test_a_bagged_model_with_every_kind_of_column_predicts_alike_everywhere(
     np.testing.assert_allclose(answer.json()["probabilities"], expected, atol=TOLERANCE)
 
 
-class _Interrupted(Exception):
-    """Stands for a crash in the middle of training."""
-
-
-class _StopAfter(Reporter):
-    """A reporter whose epoch callback raises after ``epochs`` epochs, counted over every bagged network."""
-
-    def __init__(self, epochs: int) -> None:
-        self.left = epochs
-
-    def progress(self, epochs: int, monitor: str, rows: int | None = None) -> Any:
-        @contextlib.contextmanager
-        def watch() -> Iterator[Any]:
-            def callback(epoch: int, total: int, record: dict[str, Any]) -> None:
-                self.left -= 1
-                if self.left == 0:
-                    raise _Interrupted
-
-            yield callback
-
-        return watch()
-
-
 def test_a_checkpointed_run_with_lora_and_an_image_resumes_to_the_uninterrupted_model(
         tiny_bert: Path, tmp_path: Path) -> None:
     """Stopped inside the second of two bagged networks: resumed, the model is the uninterrupted run's, bit for
@@ -165,7 +129,7 @@ def test_a_checkpointed_run_with_lora_and_an_image_resumes_to_the_uninterrupted_
                                           "training.checkpoint_every": 1})
     keel.fit(frame, target="label", config=config, output=tmp_path / "whole", quiet=True, importance=False)
     with pytest.raises(_Interrupted):
-        keel.fit(frame, target="label", config=config, output=tmp_path / "cut", reporter=_StopAfter(5),
+        keel.fit(frame, target="label", config=config, output=tmp_path / "cut", reporter=_StopAt(5),
                  importance=False)
     resumed = keel.fit(frame, target="label", config=config, output=tmp_path / "cut", resume=True, quiet=True,
                        importance=False)
