@@ -96,7 +96,7 @@ class _KeelEstimator(BaseEstimator):
         loss: str | None = None,
         class_weights: str | None = None,
         label_smoothing: float | None = None,
-        bagging: int | None = None,
+        bagging: int | str | None = None,
         l1: float | None = None,
         l2: float | None = None,
         grad_clip: float | None = None,

@@ -239,6 +239,15 @@ def test_bagged_networks_train_on_folds_of_the_streamed_rows(files) -> None:
     assert model.evaluate(files["holdout"])["accuracy"] > 0.75
 
 
+def test_bagging_auto_streams_one_network(files) -> None:
+    """The balanced preset's bagging auto never bags a streamed file (it is no small table); the streamer
+    compared "auto" with a number before the pipeline resolved it."""
+    model = keel.fit(files["parquet"], target="y", config={**STREAMED, "training.bagging": "auto"}, quiet=True,
+                     importance=False)
+    assert _streamed(model) and not isinstance(model.network, NetworkBag)
+    assert _run(model)["rows"]["validation"] > 0 and "folds" not in _rows_note(model)
+
+
 def test_row_weights_are_read_from_the_streamed_rows(tmp_path) -> None:
     # The label is a draw independent of the features, "yes" in 30% of the rows: a model says "no",
     # unless the "yes" rows weigh 10 times as much (81% of the weight).

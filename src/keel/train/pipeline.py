@@ -26,7 +26,7 @@ import torch
 
 from keel.artifact import check_destination
 from keel.cluster import check_backend, ray_module
-from keel.config import Config, ConfigSource, TrainingConfig, load_config, with_target
+from keel.config import Config, ConfigSource, TrainingConfig, auto_bagging, load_config, with_target
 from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
@@ -143,8 +143,10 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
     if ranks is not None:
         if resume:
             raise ConfigError("resume is not supported in a data-parallel run yet (no checkpoints are written).")
-        # Checkpoints are not agreed between ranks yet: a data-parallel run writes none.
-        settings = settings.model_copy(update={"training": settings.training.model_copy(update={"checkpoint": False})})
+        # Checkpoints are not agreed between ranks yet: a data-parallel run writes none. Its tables are large:
+        # bagging auto trains one network.
+        settings = _training_updated(settings, checkpoint=False,
+                                     bagging=1 if settings.training.bagging == "auto" else settings.training.bagging)
         output = output if ranks.rank == 0 else None
     if resume and output is None:
         raise ConfigError("resume=True continues the run that writes an output directory, and none was given; pass "
@@ -206,6 +208,8 @@ def _train_streamed(data: TableSource, test: TableSource | None, settings: Confi
     assert isinstance(data, (str, os.PathLike))
     if output is not None:
         RunCheckpoints.check_resumable(output, resume)  # before the passes over the file, not after
+    if settings.training.bagging == "auto":  # a file larger than memory is no small table
+        settings = _training_updated(settings, bagging=1)
     training = settings.training
     with row_directory(output, settings.data.spill_directory) as directory, torch.random.fork_rng():
         torch.manual_seed(training.seed)
@@ -219,6 +223,10 @@ def _train_streamed(data: TableSource, test: TableSource | None, settings: Confi
         model = train_networks(prepared, settings, training, notes, reporter, device, importance, checkpoints,
                                deadline)
     return model, checkpoints
+
+
+def _training_updated(settings: Config, **values: Any) -> Config:
+    return settings.model_copy(update={"training": settings.training.model_copy(update=values)})
 
 
 def _absolute(path: TableSource) -> str:
@@ -291,8 +299,9 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     split = split_rows(len(frame), validation=training.validation_split,
                        test=0.0 if test_frame is not None else training.test_split, seed=training.seed,
                        classes=rows.classes, groups=groups, order=_order(frame, training))
-    bags = _bags(split, training, rows.classes, groups)
-    notes.append(_describe_rows(split, bags, training, rows.n_unlabelled, test_frame, rows.target.name))
+    networks = _networks(training, split, columns=frame.shape[1] - 1 - len(special))
+    bags = _bags(split, networks, training, rows.classes, groups)
+    notes.append(_describe_rows(split, bags, networks, training, rows.n_unlabelled, test_frame, rows.target.name))
     schema = infer_schema(frame, settings.model_copy(update={"task": rows.target.task}),
                           rows=np.sort(np.concatenate([split.train, split.validation])), exclude=special)
     for name, reason in schema.dropped.items():
@@ -584,7 +593,7 @@ def _special_columns(frame: pd.DataFrame, test_frame: pd.DataFrame | None, train
     if special.get("split_by") and special.get("order_by"):
         raise ConfigError("training.split_by and training.order_by are both set; a split is either grouped or "
                           "time-ordered. Unset one of them.")
-    if special.get("order_by") and training.bagging > 1:
+    if special.get("order_by") and training.bagging != "auto" and training.bagging > 1:
         raise ConfigError("training.bagging > 1 validates each network on a different fold, which a time-ordered "
                           "split (training.order_by) cannot do without training on the future. Set bagging: 1.")
     return set(special.values())
@@ -647,7 +656,7 @@ def _order(frame: pd.DataFrame, training: TrainingConfig) -> np.ndarray | None:
     return keys
 
 
-def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], training: TrainingConfig,
+def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], networks: int, training: TrainingConfig,
                    n_unlabelled: int, test_frame: pd.DataFrame | None, training_target: str) -> str:
     """The run's first note: how many rows went where, and how they were split."""
     n_test = len(split.test) if test_frame is None else len(test_frame)
@@ -656,15 +665,17 @@ def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], trai
     elif training.split_by:
         how = f"whole groups of {training.split_by!r} in each part"
     else:
-        how = "a random split" + (", stratified by class" if training.bagging == 1 else "")
+        how = "a random split" + (", stratified by class" if networks == 1 else "")
     text = (f"rows: {len(split.train)} for training, {len(split.validation)} for validation, {n_test} for test "
             f"({how}{'; test rows from the test data' if test_frame is not None else ''})")
     if len(bags) > 1:
         pool = len(split.train) + len(split.validation)
-        text += (f"; {len(bags)} bagged networks, each trained on about {len(bags[0][0])} of the {pool} training "
-                 "and validation rows and validated on the rest")
-    elif training.bagging > 1:
-        text += (f"; training.bagging is {training.bagging} but there are no validation rows to make folds of "
+        text += (f"; {len(bags)} bagged networks" + (" (training.bagging auto: a small table)"
+                                                     if training.bagging == "auto" else "")
+                 + f", each trained on about {len(bags[0][0])} of the {pool} training and validation rows and "
+                 "validated on the rest")
+    elif networks > 1:
+        text += (f"; training.bagging is {networks} but there are no validation rows to make folds of "
                  "(validation_split is 0 or the table is tiny): one network is trained")
     if n_unlabelled:
         text += f"; dropped {n_unlabelled} row(s) of the training data with a missing {training_target!r}"
@@ -811,13 +822,23 @@ def describe_settings(settings: Config, weighted: bool, device: torch.device | N
     return f"preset {settings.preset}: " + ", ".join(parts)
 
 
-def _bags(split: Split, training: TrainingConfig, classes: np.ndarray | None,
+def _networks(training: TrainingConfig, split: Split, columns: int) -> int:
+    """How many networks ``training.bagging`` asks for; auto decides from the table's size (config.auto_bagging)
+    and bags neither a time-ordered split nor a run without validation rows."""
+    if training.bagging != "auto":
+        return training.bagging
+    if training.order_by is not None or not len(split.validation):
+        return 1
+    return auto_bagging(len(split.train) + len(split.validation), columns)
+
+
+def _bags(split: Split, networks: int, training: TrainingConfig, classes: np.ndarray | None,
           groups: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, validation) row positions for each network: one split, or ``bagging`` folds of both."""
-    if training.bagging == 1 or not len(split.validation):
+    """(train, validation) row positions for each network: one split, or ``networks`` folds of both."""
+    if networks == 1 or not len(split.validation):
         return [(split.train, split.validation)]
     pool = np.sort(np.concatenate([split.train, split.validation]))
-    folds = fold_rows(pool, training.bagging, seed=training.seed, classes=classes, groups=groups)
+    folds = fold_rows(pool, networks, seed=training.seed, classes=classes, groups=groups)
     return [(np.sort(np.concatenate(folds[:i] + folds[i + 1:])), fold) for i, fold in enumerate(folds)]
 
 

@@ -95,7 +95,7 @@ def prepare_sharded(path: str | os.PathLike[str], test: Any, settings: Config, t
         held = DiskRows(store, folds, BLOCK_ROWS, cpu)
         return held.take_numbered(np.arange(len(held)))
 
-    folds = list(range(training.bagging)) if streamer.bagged else [_TRAIN]
+    folds = list(range(streamer.networks)) if streamer.bagged else [_TRAIN]
     bags: list[tuple[Batch, Batch | None]]
     if streamer.bagged:
         bags = [(rows(pool, set(folds) - {fold})[0].to(device), _everyone(rows(pool, {fold})[0]).to(device))

@@ -173,7 +173,9 @@ class Streamer:
                 f"training.order_by holds out the latest rows, which needs every row's time at once, and {path} is "
                 f"streamed (its table would take more than data.memory_budget, {plan.budget / 1e6:,.0f} MB). Raise "
                 "data.memory_budget, or split the file by time yourself and pass the latest rows with --test.")
-        self.bagged = training.bagging > 1 and training.validation_split > 0
+        # The pipeline resolves bagging auto to one network before streaming; a streamer made otherwise does too.
+        self.networks = 1 if training.bagging == "auto" else training.bagging
+        self.bagged = self.networks > 1 and training.validation_split > 0
         self.target = str(settings.target)
         self.test_share = 0.0 if test_file else training.test_split  # test rows from their own file
         # CSV columns read as written in every chunk: pandas types each chunk on its own, so an id
@@ -215,7 +217,7 @@ class Streamer:
         parts[~pool] = _TEST
         within = (draws[pool] - test) / max(1.0 - test, 1e-12)  # uniform on [0, 1) again
         if self.bagged:
-            parts[pool] = np.minimum((within * training.bagging).astype(np.int64), training.bagging - 1)
+            parts[pool] = np.minimum((within * self.networks).astype(np.int64), self.networks - 1)
         else:
             parts[pool] = np.where(within < training.validation_split, _VALIDATION, _TRAIN)
         parts[missing_values(chunk[self.target])] = _UNLABELLED
@@ -454,7 +456,7 @@ def fit_on_scan(streamer: Streamer, settings: Config, notes: Notes, reporter: Re
     if training.weight_column is not None:
         require_column(sample, training.weight_column, "training.weight_column")
     parts = scan.parts
-    n_train = parts.get(_TRAIN, 0) if not streamer.bagged else sum(parts.get(i, 0) for i in range(training.bagging))
+    n_train = parts.get(_TRAIN, 0) if not streamer.bagged else sum(parts.get(i, 0) for i in range(streamer.networks))
     n_validation = 0 if streamer.bagged else parts.get(_VALIDATION, 0)
     n_test = parts.get(_TEST, 0)
     schema = infer_schema(sample, settings.model_copy(update={"task": target.task}), exclude=special)
@@ -528,7 +530,7 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
         return DiskRows(store, folds, window, on)
 
     if streamer.bagged:
-        folds = list(range(training.bagging))
+        folds = list(range(streamer.networks))
         bags: list[tuple[Any, Any]] = [(rows(pool, set(folds) - {i}), rows(pool, {i})) for i in folds]
         fitted_store = rows(pool, set(folds))
     else:
@@ -672,7 +674,7 @@ def _describe_parts(n_train: int, n_validation: int, n_test: int, scan: Scan, st
                     test_file: bool) -> str:
     training, bagged = streamer.training, streamer.bagged
     how = f"whole groups of {training.split_by!r} in each part" if training.split_by else "a random draw per row"
-    pool = (f"{n_train} in {training.bagging} folds for bagged networks, each trained on the other folds and "
+    pool = (f"{n_train} in {streamer.networks} folds for bagged networks, each trained on the other folds and "
             "validated on its own" if bagged else f"{n_train} for training, {n_validation} for validation")
     text = (f"rows: {pool}, {n_test} for test ({how}, not stratified: the data is streamed"
             f"{'; test rows from the test data' if test_file else ''})")
