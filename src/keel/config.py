@@ -168,9 +168,13 @@ AUTO_BAGGING_ROWS = 5000
 AUTO_BAGGING_CELLS = 100_000
 
 
+AUTO_BAGGING_FOLD_ROWS = 10  # fewer rows than this a fold validate nothing worth stopping on
+
+
 def auto_bagging(rows: int, columns: int) -> int:
-    """The networks ``bagging: auto`` trains for a table of ``rows`` (training and validation) x ``columns``."""
-    return AUTO_BAGGING if rows <= AUTO_BAGGING_ROWS and rows * columns <= AUTO_BAGGING_CELLS else 1
+    """The networks ``bagging: auto`` trains for ``rows`` (training and validation) x ``columns`` (features)."""
+    small = AUTO_BAGGING * AUTO_BAGGING_FOLD_ROWS <= rows <= AUTO_BAGGING_ROWS
+    return AUTO_BAGGING if small and rows * columns <= AUTO_BAGGING_CELLS else 1
 
 
 class TrainingConfig(_Section):
@@ -229,9 +233,11 @@ class TrainingConfig(_Section):
     bagging: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1, description="Train this many networks, each validating on a different fold of the training "
         "rows, and average them; 1 trains one network on one validation split; auto (the balanced preset): "
-        f"{AUTO_BAGGING} networks on a small table (at most {AUTO_BAGGING_ROWS:,} rows for training and validation "
-        f"and {AUTO_BAGGING_CELLS:,} cells, rows x columns), where each trains in seconds and averaging closes "
-        "most of a single network's gap to gradient boosting (bench/accuracy.py), else 1."
+        f"{AUTO_BAGGING} networks on a small table ({AUTO_BAGGING * AUTO_BAGGING_FOLD_ROWS} to "
+        f"{AUTO_BAGGING_ROWS:,} rows for training and validation and at most {AUTO_BAGGING_CELLS:,} cells, rows x "
+        "features), where each trains in seconds and averaging closes most of a single network's gap to gradient "
+        "boosting (bench/accuracy.py); else, and with order_by, split_by groups fewer than the folds, no "
+        "validation rows, an image or fine-tuned text column, streaming or data parallelism, 1."
     )
     l1: float = Field(0.0, ge=0.0, description="L1 penalty on the weights of linear layers.")
     l2: float = Field(0.0, ge=0.0, description="L2 penalty on the weights of linear layers.")

@@ -26,7 +26,7 @@ import torch
 
 from keel.artifact import check_destination
 from keel.cluster import check_backend, ray_module
-from keel.config import Config, ConfigSource, TrainingConfig, auto_bagging, load_config, with_target
+from keel.config import AUTO_BAGGING, Config, ConfigSource, TrainingConfig, auto_bagging, load_config, with_target
 from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
@@ -299,11 +299,11 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     split = split_rows(len(frame), validation=training.validation_split,
                        test=0.0 if test_frame is not None else training.test_split, seed=training.seed,
                        classes=rows.classes, groups=groups, order=_order(frame, training))
-    networks = _networks(training, split, columns=frame.shape[1] - 1 - len(special))
-    bags = _bags(split, networks, training, rows.classes, groups)
-    notes.append(_describe_rows(split, bags, networks, training, rows.n_unlabelled, test_frame, rows.target.name))
     schema = infer_schema(frame, settings.model_copy(update={"task": rows.target.task}),
                           rows=np.sort(np.concatenate([split.train, split.validation])), exclude=special)
+    networks = _networks(settings, split, schema, groups)
+    bags = _bags(split, networks, training, rows.classes, groups)
+    notes.append(_describe_rows(split, bags, networks, training, rows.n_unlabelled, test_frame, rows.target.name))
     for name, reason in schema.dropped.items():
         notes.append(f"dropped column {name!r}: {reason}")
     for note in schema.notes:
@@ -352,6 +352,11 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
             return part(split.validation).to("cpu"), "validation"
         if len(split.test) and test_frame is None:  # bagged networks have trained on every fold
             return part(split.test).to("cpu"), "test"
+        if test_frame is not None and len(bags) > 1:  # so a --test file's rows, as keel.fit has no test split
+            column = training.weight_column
+            weights = None if column is None else row_weights(test_frame[column], column,
+                                                              test_frame.attrs.get("source"))
+            return _batch(preprocessor, target, test_frame, None, weights, np.arange(len(test_frame))), "test"
         return None
 
     n_test = len(split.test) if test_frame is None else len(test_frame)
@@ -530,11 +535,11 @@ def rows_predicted_after_training(data: PreparedData, importance: bool, precisio
     every bagged network."""
     validation = [0 if rows is None else len(rows) for _, rows in data.bags]
     counts = {"float32": sum(validation), "float64": data.n_test * len(data.bags)}
-    # held_out(): the validation rows of a single network, else the test split (not a --test file's rows)
+    # held_out(): the validation rows of a single network, else the test split, else (bagged) the --test file's
     if len(data.bags) == 1 and validation[0]:
         held = validation[0]
     else:
-        held = data.n_test if data.record.get("test_frame") is None else 0
+        held = data.n_test if data.record.get("test_frame") is None or len(data.bags) > 1 else 0
     if importance and held:
         shuffled = min(IMPORTANCE_ROWS, held) * (1 + IMPORTANCE_REPEATS * len(data.schema.features))
         counts[precision] = counts.get(precision, 0) + shuffled * len(data.bags)
@@ -822,14 +827,21 @@ def describe_settings(settings: Config, weighted: bool, device: torch.device | N
     return f"preset {settings.preset}: " + ", ".join(parts)
 
 
-def _networks(training: TrainingConfig, split: Split, columns: int) -> int:
-    """How many networks ``training.bagging`` asks for; auto decides from the table's size (config.auto_bagging)
-    and bags neither a time-ordered split nor a run without validation rows."""
+def _networks(settings: Config, split: Split, schema: Schema, groups: np.ndarray | None) -> int:
+    """How many networks ``training.bagging`` asks for. auto decides from the rows for training and validation
+    and the features the schema kept (config.auto_bagging), and trains one network where bagging would be
+    wrong (a time-ordered split, no validation rows, fewer groups than folds: a fold without validation rows)
+    or costly beyond its premise (an image column or a fine-tuned text column: five encoders to train)."""
+    training = settings.training
     if training.bagging != "auto":
         return training.bagging
-    if training.order_by is not None or not len(split.validation):
+    kinds = {feature.type for feature in schema.features}
+    pool = np.concatenate([split.train, split.validation])
+    if (training.order_by is not None or not len(split.validation) or "image" in kinds
+            or ("text" in kinds and settings.text.finetune != "none")
+            or (groups is not None and len(np.unique(groups[pool])) < AUTO_BAGGING)):
         return 1
-    return auto_bagging(len(split.train) + len(split.validation), columns)
+    return auto_bagging(len(pool), len(schema.features))
 
 
 def _bags(split: Split, networks: int, training: TrainingConfig, classes: np.ndarray | None,

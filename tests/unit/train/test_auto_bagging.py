@@ -7,9 +7,19 @@ import pandas as pd
 import pytest
 
 import keel
-from keel.config import AUTO_BAGGING, AUTO_BAGGING_CELLS, AUTO_BAGGING_ROWS, auto_bagging, load_config
+from keel.config import (
+    AUTO_BAGGING,
+    AUTO_BAGGING_CELLS,
+    AUTO_BAGGING_FOLD_ROWS,
+    AUTO_BAGGING_ROWS,
+    auto_bagging,
+    load_config,
+)
+from keel.data.schema import Feature, Schema
+from keel.data.split import Split
 from keel.errors import ConfigError
 from keel.nn.network import NetworkBag
+from keel.train.pipeline import _networks as networks_for
 from tests.conftest import FAST, make_classification_frame
 
 AUTO = {**FAST, "training.bagging": "auto"}
@@ -99,3 +109,35 @@ def test_the_estimators_take_auto() -> None:
     estimator.fit(frame.drop(columns="label"), frame["label"])
     assert _networks(estimator.model_) == AUTO_BAGGING
     assert estimator.predict(frame.drop(columns="label")).shape == (200,)
+
+
+def _split(pool: int) -> Split:
+    validation = pool // 10
+    return Split(train=np.arange(validation, pool), validation=np.arange(validation), test=np.arange(pool, pool + 10))
+
+
+@pytest.mark.parametrize(("kinds", "text", "networks"), [
+    (["number", "category"], {}, AUTO_BAGGING),
+    (["number", "text"], {}, AUTO_BAGGING),  # tfidf: no encoder to train five times
+    (["number", "text"], {"text.encoder": "pretrained"}, AUTO_BAGGING),  # frozen: embedded once, cached
+    (["number", "text"], {"text.encoder": "pretrained", "text.finetune": "lora"}, 1),
+    (["number", "image"], {}, 1),
+])
+def test_image_and_fine_tuned_text_columns_train_one_network(kinds: list[str], text: dict[str, str],
+                                                              networks: int) -> None:
+    settings = load_config({"training.bagging": "auto", **text})
+    schema = Schema("y", "binary", [Feature(f"c{i}", kind) for i, kind in enumerate(kinds)])  # type: ignore[arg-type]
+    assert networks_for(settings, _split(1000), schema, None) == networks
+
+
+def test_fewer_groups_than_folds_or_rows_than_folds_need_train_one_network() -> None:
+    settings = load_config({"training.bagging": "auto"})
+    schema = Schema("y", "binary", [Feature("x", "number")])
+    split = _split(1000)
+    assert networks_for(settings, split, schema, np.arange(1010) % AUTO_BAGGING) == AUTO_BAGGING
+    assert networks_for(settings, split, schema, np.arange(1010) % (AUTO_BAGGING - 1)) == 1
+    assert auto_bagging(AUTO_BAGGING * AUTO_BAGGING_FOLD_ROWS, 1) == AUTO_BAGGING
+    assert auto_bagging(AUTO_BAGGING * AUTO_BAGGING_FOLD_ROWS - 1, 1) == 1
+    assert networks_for(settings, _split(40), schema, None) == 1
+    explicit = load_config({"training.bagging": 3})
+    assert networks_for(explicit, _split(40), Schema("y", "binary", [Feature("i", "image")]), None) == 3

@@ -152,8 +152,11 @@ def test_the_rows_predicted_after_training_count_calibration_scoring_and_importa
     # rows) through all 5 networks.
     bag = data([(4000, 800)] * 5, 1000, 10)
     assert rows_predicted_after_training(bag, True) == {"float32": 5 * 800 + 5 * 1000 * 51, "float64": 5 * 1000}
-    # Bagged with a --test file: no importance (keel.fit has no held-out rows to shuffle).
+    # Bagged with a --test file: importance on the test file's rows (keel.fit has no test split then).
     assert rows_predicted_after_training(data([(4000, 800)] * 5, 1000, 10, test_file=True), True) == {
-        "float32": 4000, "float64": 5000}
+        "float32": 4000 + 5 * 1000 * 51, "float64": 5000}
+    # One network with a --test file: importance on its validation rows, none on the test file's.
+    assert rows_predicted_after_training(data([(4000, 800)], 1000, 10, test_file=True), True) == {
+        "float32": 800 + 800 * 51, "float64": 1000}
     no_validation = data([(4000, 0)], 1000, 4)
     assert rows_predicted_after_training(no_validation, True) == {"float32": 1000 * 21, "float64": 1000}
