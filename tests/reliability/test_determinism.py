@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,7 +85,16 @@ def test_runs_are_bitwise_identical_across_processes_and_thread_counts() -> None
 def test_a_user_set_mkl_cbwr_wins_and_without_strict_mode_threads_change_the_weights() -> None:
     # Why keel sets MKL_CBWR: with MKL's default mode the same run on 1 and 2 threads differs. Should a
     # later MKL stop differing, this fails, and the README's account of it must be updated.
+    # The finding is Intel's: on an AMD EPYC (AVX2, MKL's generic path) both thread counts gave the same weights.
     report = _runs([("fast", 1, 42), ("fast", 2, 42)], MKL_CBWR="AUTO")
     assert report["MKL_CBWR"] == "AUTO"
     runs = _by_run(report)
-    assert runs[("fast", 1, 42)]["weights"] != runs[("fast", 2, 42)]["weights"]
+    same = runs[("fast", 1, 42)]["weights"] == runs[("fast", 2, 42)]["weights"]
+    if same and not _intel():
+        pytest.skip("MKL's default mode trained the same weights on 1 and 2 threads on this non-Intel CPU")
+    assert not same
+
+
+def _intel() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.exists() and "GenuineIntel" in cpuinfo.read_text()

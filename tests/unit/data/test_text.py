@@ -179,7 +179,7 @@ def test_the_estimators_take_text_parameters_with_a_prefix() -> None:
 def test_text_components_enter_the_network_without_number_embeddings(tmp_path: Path) -> None:
     frame = reviews(160).assign(age=np.arange(160) % 50)
     config = {"preset": "balanced", "training.epochs": 2, "model.hidden": [16], "model.ensemble": 2,
-              "text.dim": 4, "training.early_stopping": 0}
+              "text.dim": 4, "training.early_stopping": 0, "training.bagging": 1}  # one network to look into
     model = keel.fit(frame, target="label", config=config, quiet=True)
     text = model.preprocessor.transforms[0]
     assert [t.name for t in model.preprocessor.numeric] == ["noise", "age", "review"]  # text columns last
