@@ -697,10 +697,14 @@ def _checked_test_frame(test_frame: pd.DataFrame, schema: Schema, target: Target
         raise DataError(
             f"the test data lacks the input column(s) {missing} that the model will be trained on; add them "
             "(empty values are allowed) or drop them from the training data.", file=source, column=missing[0])
-    keep = test_frame[schema.target].notna()
+    keep = ~missing_values(test_frame[schema.target])  # blank as the training data's targets are (_labelled)
     if not keep.all():
         notes.append(f"dropped {int((~keep).sum())} row(s) of the test data with a missing {schema.target!r}")
         test_frame = test_frame[keep]
+    if not len(test_frame):
+        raise DataError(f"the test data has no row with a {schema.target!r}: every value of the target is missing, "
+                        "so there is nothing to score. Pass labelled rows as the test data, or leave it out and "
+                        "predict unlabelled rows with keel predict.", file=source, column=schema.target)
     if schema.task != "regression":
         target.encode(test_frame[schema.target], source)  # a class the training data lacks is an error
     if training.weight_column:

@@ -145,7 +145,7 @@ def prepare_sharded(path: str | os.PathLike[str], test: Any, settings: Config, t
         validation = bags[0][1]
         if len(bags) == 1 and validation is not None:
             return validation.to(cpu), "validation"
-        if len(test_rows) and test is None:
+        if len(test_rows) and (test is None or len(bags) > 1):  # bagged: a test file's rows, too
             return test_rows, "test"
         return None
 

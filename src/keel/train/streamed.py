@@ -560,7 +560,7 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
         validation = bags[0][1]
         if len(bags) == 1 and validation is not None:
             return validation.to(cpu).sample(2000, training.seed), "validation"
-        if len(test_rows) and test is None:
+        if len(test_rows) and (test is None or len(bags) > 1):  # bagged: a test file's rows, too
             return test_rows.sample(2000, training.seed), "test"
         return None
 
