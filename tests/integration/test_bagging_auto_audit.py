@@ -13,19 +13,11 @@ import pytest
 
 import keel
 from keel.config import AUTO_BAGGING, AUTO_BAGGING_CELLS
-from keel.nn.network import NetworkBag
 from tests.conftest import FAST, make_classification_frame
 from tests.reliability.test_resume import _Interrupted, _same_model, _StopAt
+from tests.unit.train.test_auto_bagging import _networks, _rows_note
 
 AUTO = {**FAST, "training.bagging": "auto"}
-
-
-def _networks(model: keel.model.Model) -> int:
-    return len(model.network.networks) if isinstance(model.network, NetworkBag) else 1
-
-
-def _rows_note(model: keel.model.Model) -> str:
-    return next(note for note in model.notes if note.startswith("rows: "))
 
 
 def _wide(n_rows: int, n_columns: int, seed: int = 0) -> pd.DataFrame:

@@ -16,21 +16,11 @@ import pytest
 
 import keel
 from keel.errors import DataError
-from keel.nn.network import NetworkBag
 from tests.conftest import FAST, make_classification_frame, make_regression_frame
+from tests.integration.test_bagging_auto_audit import _wide
+from tests.unit.train.test_auto_bagging import _networks
 
 BAGGED = {**FAST, "training.bagging": 3}
-
-
-def _networks(model: keel.model.Model) -> int:
-    return len(model.network.networks) if isinstance(model.network, NetworkBag) else 1
-
-
-def _wide(n_rows: int, n_columns: int, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame(rng.normal(size=(n_rows, n_columns)), columns=[f"x{i}" for i in range(n_columns)])
-    frame["y"] = np.where(frame["x0"] + rng.normal(0, 0.5, n_rows) > 0, "yes", "no")
-    return frame
 
 
 # ---- findings: these fail at b08104e ------------------------------------------------------------------------
