@@ -458,8 +458,11 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
                           checkpoint=checkpoints, fused=False if ranks is not None else None,
                           world=1 if ranks is None else ranks.world)
         numeric_guard(trainer).input_names = numeric_input_names(preprocessor)  # messages name columns
-        if deadline is not None:  # an equal share of the time left for each network still to train
-            trainer.deadline = time.perf_counter() + (deadline - time.perf_counter()) / (planned_networks - index)
+        if deadline is not None:  # an equal share of the time left for each network still to train; but
+            # bagging auto's first network takes the time one network would have: under a 30 s limit, fifths of it
+            # trained five networks that scored below one (hpc_data accuracy 0.773 against 0.827)
+            share = 1 if training.bagging == "auto" and index == 0 else planned_networks - index
+            trainer.deadline = time.perf_counter() + (deadline - time.perf_counter()) / share
         resumed = checkpoints.trainer_state(index) if checkpoints is not None else None
         if checkpoints is not None:
             checkpoints.begin_network(index, trainer.network, resumed.epoch if resumed is not None else 0)
