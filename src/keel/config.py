@@ -166,8 +166,6 @@ class ModelConfig(_Section):
 AUTO_BAGGING = 5
 AUTO_BAGGING_ROWS = 5000
 AUTO_BAGGING_CELLS = 100_000
-
-
 AUTO_BAGGING_FOLD_ROWS = 10  # fewer rows than this a fold validate nothing worth stopping on
 
 

@@ -208,8 +208,6 @@ def _train_streamed(data: TableSource, test: TableSource | None, settings: Confi
     assert isinstance(data, (str, os.PathLike))
     if output is not None:
         RunCheckpoints.check_resumable(output, resume)  # before the passes over the file, not after
-    if settings.training.bagging == "auto":  # a file larger than memory is no small table
-        settings = _training_updated(settings, bagging=1)
     training = settings.training
     with row_directory(output, settings.data.spill_directory) as directory, torch.random.fork_rng():
         torch.manual_seed(training.seed)

@@ -173,7 +173,7 @@ class Streamer:
                 f"training.order_by holds out the latest rows, which needs every row's time at once, and {path} is "
                 f"streamed (its table would take more than data.memory_budget, {plan.budget / 1e6:,.0f} MB). Raise "
                 "data.memory_budget, or split the file by time yourself and pass the latest rows with --test.")
-        # The pipeline resolves bagging auto to one network before streaming; a streamer made otherwise does too.
+        # bagging auto trains one network here: a file larger than memory is no small table.
         self.networks = 1 if training.bagging == "auto" else training.bagging
         self.bagged = self.networks > 1 and training.validation_split > 0
         self.target = str(settings.target)
