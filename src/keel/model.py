@@ -45,7 +45,7 @@ from keel.data.values import row_weights
 from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning
 from keel.evaluate.metrics import classification_metrics, predicted_classes, regression_metrics
 from keel.evaluate.predictions import PREDICTIONS_FILE, Predictions
-from keel.nn.network import NetworkBag, NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
+from keel.nn.network import FirstLayerReuse, NetworkBag, NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
 from keel.nn.sentence import SentenceEncoder
 
 # Where Model.embed_encoders copies frozen pretrained text encoders, one folder per column position.
@@ -561,22 +561,31 @@ class Model:
 
         ``target`` holds class indices or standardized values, as the training rows do.
         """
-        from keel.evaluate.importance import permutation_importance
+        from keel.evaluate.importance import Predict, permutation_importance
 
         network, task, encoder = self.network, self.task, self.target_encoder
 
-        def predict(numbers: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        def predicting(outputs_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Predict:
+            def predict(numbers: np.ndarray, codes: np.ndarray) -> np.ndarray:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                    outputs = outputs_of(torch.from_numpy(numbers), torch.from_numpy(codes)).float()
+                if task == "regression":
+                    return encoder.decode(outputs[:, 0].numpy())
+                return to_probabilities(outputs, task).numpy()
+            return predict
+
+        predict = predicting(functools.partial(predict_outputs, network))
+
+        def around(numbers: np.ndarray, codes: np.ndarray) -> Predict:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-                outputs = predict_outputs(network, torch.from_numpy(numbers), torch.from_numpy(codes)).float()
-            if task == "regression":
-                return encoder.decode(outputs[:, 0].numpy())
-            return to_probabilities(outputs, task).numpy()
+                reuse = FirstLayerReuse.build(network, torch.from_numpy(numbers), torch.from_numpy(codes))
+            return predict if reuse is None else predicting(reuse)
 
         truth = encoder.decode(target) if task == "regression" else target
         started = time.perf_counter()
         result = permutation_importance(
             predict, numeric, categorical, truth, weight, self.preprocessor.feature_columns(), task,
-            seed=seed, threshold=self.threshold, progress=progress)
+            seed=seed, threshold=self.threshold, progress=progress, around=around)
         return {**result, "source": source, "seconds": round(time.perf_counter() - started, 3)}
 
     def _importance_on(self, frame: pd.DataFrame) -> dict[str, Any]:

@@ -41,6 +41,7 @@ def permutation_importance(
     threshold: float | None = None,
     progress: Callable[[int], None] | None = None,
     source: str = "validation",
+    around: Callable[[np.ndarray, np.ndarray], Predict] | None = None,
 ) -> dict[str, Any]:
     """Permutation importance of each raw feature, with its spread over repeats.
 
@@ -65,6 +66,9 @@ def permutation_importance(
             None means the most probable class wins.
         progress: Called after each feature with the number of features done.
         source: Which rows these are (stored in the result: ``validation``, ``test``, ...).
+        around: Given the repeats' stacked rows, a predict for rows that differ from them in one feature's
+            columns, used for every shuffled prediction (keel's reuses the network's first layer); None:
+            ``predict``. Either way the results are the same up to float rounding.
 
     Returns:
         ``{"metric", "higher_is_better", "baseline", "rows", "repeats", "source", "seconds",
@@ -89,13 +93,14 @@ def permutation_importance(
     baseline = float(score(predict(numeric, categorical))[0])
     # The repeats are stacked into one batch: (repeats * n_rows, width).
     stacked = (np.tile(numeric, (repeats, 1)), np.tile(categorical, (repeats, 1)))
+    shuffled_predict = predict if around is None else around(*stacked)
     sign = 1.0 if task != "regression" else -1.0
     features: list[dict[str, Any]] = []
     for done, (name, (numeric_group, categorical_group)) in enumerate(groups.items(), start=1):
         columns = (np.asarray(numeric_group, dtype=np.int64), np.asarray(categorical_group, dtype=np.int64))
         if len(columns[0]) or len(columns[1]):
             order = np.concatenate([rng.permutation(n_rows) for _ in range(repeats)])  # one shuffle per repeat
-            scores = score(_shuffled_predict(predict, stacked, columns, order, n_rows))
+            scores = score(_shuffled_predict(shuffled_predict, stacked, columns, order, n_rows))
         else:
             scores = np.full(repeats, baseline)
         drops = sign * (baseline - scores)

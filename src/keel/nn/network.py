@@ -9,9 +9,10 @@ one set of shared weights; their predicted probabilities (or values) are average
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -287,17 +288,128 @@ def predict_outputs(network: TabularNetwork | NetworkBag, numeric: torch.Tensor,
     faster in 512-row batches than in 4096-row ones.
     """
     batch_size = max(1, batch_size // network.spec.ensemble)
-    was_training = network.training
-    if was_training:  # switching modes walks every submodule: ~0.2 ms, a fifth of a one-row prediction
-        network.eval()
-    with torch.inference_mode():
+    with _evaluating(network):
         parts = [
             network(numeric[start:start + batch_size], categorical[start:start + batch_size])
             for start in range(0, len(numeric), batch_size)
         ]
-    if was_training:
-        network.train()
     return torch.cat(parts) if parts else numeric.new_zeros((0, network.spec.n_outputs))
+
+
+@contextlib.contextmanager
+def _evaluating(network: nn.Module) -> Iterator[None]:
+    """Eval mode and inference mode for the duration, the network's mode restored after."""
+    was_training = network.training
+    if was_training:  # switching modes walks every submodule: ~0.2 ms, a fifth of a one-row prediction
+        network.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        if was_training:
+            network.train()
+
+
+class FirstLayerReuse:
+    """Raw outputs, as :func:`predict_outputs` gives them, of batches that differ from one reference batch
+    in a few input columns: what permutation importance predicts, one shuffled feature at a time.
+
+    The first layer is most of a wide table's arithmetic (bench/accuracy.py's loans: 644 x 256 multiply-adds a
+    member-row of its 644 x 256 + 256 x 256 + 256), and it is linear: the reference's pre-activations are
+    kept, and a batch adds ``W[:, changed] @ (x - x_ref)[changed]`` over the first-layer input columns that
+    differ (a shuffled feature's embedding or one-hot block), member by member through the adapters. The
+    layers after it run as usual. The sums differ from a full forward pass only by float rounding.
+    """
+
+    # The reference's kept activations (pre-activations and first-layer inputs of every network): beyond this,
+    # build() declines and the caller predicts in full.
+    BUDGET_BYTES = 1 << 30
+
+    def __init__(self, network: TabularNetwork | NetworkBag, numeric: torch.Tensor, categorical: torch.Tensor,
+                 batch_size: int = 4096) -> None:
+        self.network = network
+        self.networks: list[TabularNetwork] = list(getattr(network, "networks", [network]))
+        self.step = max(1, batch_size // network.spec.ensemble)
+        self.rows = len(numeric)
+        # Per batch of rows, per network: (first-layer input, first-layer output) of the reference rows.
+        self.reference: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        with _evaluating(network):
+            for start in range(0, len(numeric), self.step):
+                rows = (numeric[start:start + self.step], categorical[start:start + self.step])
+                parts = []
+                for net in self.networks:
+                    x = _first_input(net, *rows)
+                    parts.append((x, _first_layer(net, x)))
+                self.reference.append(parts)
+
+    @classmethod
+    def build(cls, network: TabularNetwork | NetworkBag, numeric: torch.Tensor,
+              categorical: torch.Tensor) -> "FirstLayerReuse | None":
+        """The reuse for these reference rows, or None where it does not apply: a ResNet or an ensemble without
+        hidden layers (no plain first Linear), or a reference too large to keep (``BUDGET_BYTES``)."""
+        networks = list(getattr(network, "networks", [network]))
+        spec = network.spec
+        if any(not len(net.mlp) or not isinstance(net.mlp[0], nn.Linear) for net in networks):
+            return None
+        first: nn.Linear = networks[0].mlp[0]
+        kept = len(numeric) * (spec.ensemble * first.out_features + first.in_features) * 4 * len(networks)
+        return cls(network, numeric, categorical) if kept <= cls.BUDGET_BYTES else None
+
+    def __call__(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """Raw outputs of ``numeric`` / ``categorical``: the reference's shapes, a few columns changed."""
+        if len(numeric) != self.rows:
+            raise ValueError(f"FirstLayerReuse was built on {self.rows} rows; got {len(numeric)}.")
+        parts = []
+        with _evaluating(self.network):
+            for index, start in enumerate(range(0, len(numeric), self.step)):
+                rows = (numeric[start:start + self.step], categorical[start:start + self.step])
+                outputs = [_after_first(net, _shifted(net, _first_input(net, *rows), *reference))
+                           for net, reference in zip(self.networks, self.reference[index])]
+                if isinstance(self.network, NetworkBag):
+                    parts.append(combine_members(torch.stack(outputs, dim=1), self.network.spec.task))
+                else:
+                    parts.append(outputs[0])
+        return torch.cat(parts) if parts else numeric.new_zeros((0, self.network.spec.n_outputs))
+
+
+def _first_input(network: TabularNetwork, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+    """The first layer's input rows, (batch, width), before an ensemble's adapters."""
+    x = network.inputs(numeric, categorical)
+    if network.spec.ensemble > 1 and torch.is_autocast_enabled(x.device.type):  # as members() casts it
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    return x
+
+
+def _adapted(network: TabularNetwork, x: torch.Tensor, columns: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+    """Input rows (batch, width) through the adapters of ``columns``: (batch, ensemble, width) for an ensemble."""
+    if network.spec.ensemble == 1:
+        return x
+    return x.unsqueeze(1) * network.adapter[:, columns].to(x.dtype)
+
+
+def _first_layer(network: TabularNetwork, x: torch.Tensor) -> torch.Tensor:
+    return network.mlp[0](_adapted(network, x)).float()
+
+
+def _shifted(network: TabularNetwork, x: torch.Tensor, reference_x: torch.Tensor,
+             reference: torch.Tensor) -> torch.Tensor:
+    """The first layer's output for ``x``: the reference's, plus the changed input columns' share."""
+    changed = (x != reference_x).any(dim=0).nonzero().squeeze(1)
+    if not len(changed):
+        return reference
+    difference = _adapted(network, x[:, changed] - reference_x[:, changed], changed)
+    first: nn.Linear = network.mlp[0]  # type: ignore[assignment]  # build() checked it is one
+    return reference + difference @ first.weight[:, changed].to(x.dtype).t()
+
+
+def _after_first(network: TabularNetwork, first: torch.Tensor) -> torch.Tensor:
+    """The network's outputs (batch, n_outputs) from its first layer's output, as forward() ends."""
+    rest = network.mlp[1:]
+    if network.spec.ensemble == 1:
+        return rest(first)
+    hidden = rest(first.flatten(0, 1)).unflatten(0, (-1, network.spec.ensemble))
+    members = torch.einsum("bkh,kho->bko", hidden, network.head_weight) + network.head_bias
+    return combine_members(members, network.spec.task)
 
 
 def to_probabilities(outputs: torch.Tensor, task: str) -> torch.Tensor:
