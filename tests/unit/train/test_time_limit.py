@@ -160,3 +160,20 @@ def test_the_rows_predicted_after_training_count_calibration_scoring_and_importa
         "float32": 800 + 800 * 51, "float64": 1000}
     no_validation = data([(4000, 0)], 1000, 4)
     assert rows_predicted_after_training(no_validation, True) == {"float32": 1000 * 21, "float64": 1000}
+
+
+def test_bagging_auto_trains_a_further_network_only_when_as_many_epochs_as_the_first_fit() -> None:
+    import time
+
+    from keel.config import load_config
+    from keel.train.pipeline import _epochs_each, _networks_that_fit
+
+    first = {"seconds": 8.0, "epochs": [{}] * 40}  # 0.2 s an epoch
+    auto = load_config({"training.bagging": "auto"}).training
+    five = load_config({"training.bagging": 5}).training
+    assert _epochs_each(first, auto) == 40 and _epochs_each(first, five) == 10
+    assert _epochs_each({"seconds": 1.0, "epochs": [{}] * 4}, auto) == 10  # never fewer than an explicit bag's
+    deadline = time.perf_counter() + 5.0  # 25 epochs' time left
+    assert _networks_that_fit(first, deadline, _epochs_each(first, auto)) == 0  # one network: none cut short
+    assert _networks_that_fit(first, deadline, _epochs_each(first, five)) == 2
+    assert _networks_that_fit(first, time.perf_counter() + 17.0, 40) == 2
