@@ -69,7 +69,7 @@ class _KeelEstimator(BaseEstimator):
         architecture: str | None = None,
         numeric_embedding: str | None = None,
         numeric_embedding_dim: int | None = None,
-        numeric_embedding_size: int | None = None,
+        numeric_embedding_size: int | str | None = None,
         ensemble: int | None = None,
         missing: str | None = None,
         fill_value: float | None = None,

@@ -26,7 +26,18 @@ import torch
 
 from keel.artifact import check_destination
 from keel.cluster import check_backend, ray_module
-from keel.config import AUTO_BAGGING, Config, ConfigSource, TrainingConfig, auto_bagging, load_config, with_target
+from keel.config import (
+    AUTO_BAGGING,
+    AUTO_BINS,
+    AUTO_BINS_ROWS,
+    Config,
+    ConfigSource,
+    TrainingConfig,
+    auto_bagging,
+    auto_numeric_embedding_size,
+    load_config,
+    with_target,
+)
 from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
@@ -388,7 +399,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         elif checkpoints.resume:
             notes.append(f"nothing to resume: no checkpoint in {checkpoints.directory} (a run stopped before its "
                          "first checkpoint leaves none); training starts from the first epoch")
-    spec = network_spec(settings, preprocessor, schema.task, target.n_classes)
+    rows = data.record["rows"]
+    spec = network_spec(settings, preprocessor, schema.task, target.n_classes, rows["train"] + rows["validation"])
     ranks = distributed.current()
     world = 1 if ranks is None else ranks.world
     # Each process steps its share of the batch: that is the step whose size decides the arithmetic.
@@ -399,7 +411,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     training = training.model_copy(update={"precision": precision})
     loss = resolve_loss_name(training.loss, schema.task)
     class_weights = class_weights_for(training.class_weights, data.fitted, target)
-    notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(data.bags)))
+    notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(data.bags),
+                                   spec.numeric_embedding_size))
     if deadline is not None:  # what follows training counts against the limit too: keep its time aside
         after = after_training_seconds(spec, training.precision, data, importance)
         deadline -= after
@@ -752,9 +765,13 @@ CATEGORY_ENCODINGS: dict[str, Callable[[int, int], bool]] = {
 }
 
 
-def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_classes: int) -> NetworkSpec:
-    """The network's shape from the config and the fitted preprocessing."""
+def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_classes: int, rows: int) -> NetworkSpec:
+    """The network's shape from the config and the fitted preprocessing (``rows``: for training and validation,
+    which ``numeric_embedding_size: auto`` reads)."""
     model, encoding = settings.model, settings.preprocessing.categorical_encoding
+    size = model.numeric_embedding_size
+    if size == "auto":
+        size = auto_numeric_embedding_size(model.numeric_embedding, rows)
     limit = settings.preprocessing.onehot_max_categories
     return NetworkSpec(
         numeric_width=preprocessor.numeric_width, cardinalities=preprocessor.cardinalities,
@@ -765,7 +782,7 @@ def network_spec(settings: Config, preprocessor: Preprocessor, task: str, n_clas
                 for cardinality in preprocessor.cardinalities],
         embedding_dims=[model.embedding_dim] * len(preprocessor.cardinalities) if model.embedding_dim else [],
         architecture=model.architecture, numeric_embedding=model.numeric_embedding,
-        numeric_embedding_size=model.numeric_embedding_size, numeric_embedding_dim=model.numeric_embedding_dim,
+        numeric_embedding_size=size, numeric_embedding_dim=model.numeric_embedding_dim,
         ensemble=model.ensemble, task=task, plain_width=preprocessor.text_width,
         images=[image_input(transform) for transform in preprocessor.images],
         texts=[text_input(transform) for transform in preprocessor.token_texts],
@@ -811,14 +828,17 @@ def load_backbones(network: TabularNetwork, preprocessor: Preprocessor) -> None:
 
 
 def describe_settings(settings: Config, weighted: bool, device: torch.device | None = None,
-                      precision: str = "float32", n_networks: int = 1) -> str:
-    """One line naming the preset and the settings that shape the run most, as they were trained."""
+                      precision: str = "float32", n_networks: int = 1, embedding_size: int | None = None) -> str:
+    """One line naming the preset and the settings that shape the run most, as they were trained
+    (``embedding_size``: the number embedding's bins or frequencies, as ``auto`` resolved them)."""
     training, model = settings.training, settings.model
     network = f"{model.architecture.upper()} {'-'.join(map(str, model.hidden)) or 'linear'}"
     if model.ensemble > 1:
         network += f" x{model.ensemble} ensemble"
     if model.numeric_embedding != "none":
         network += f", {model.numeric_embedding} number embeddings"
+        if model.numeric_embedding_size == "auto" and embedding_size not in (None, AUTO_BINS):
+            network += f" ({embedding_size} bins: numeric_embedding_size auto, {AUTO_BINS_ROWS:,} rows or more)"
     parts = [
         f"{settings.preprocessing.normalize} scaling", network,
         f"{training.optimizer} lr {training.lr:g} ({training.schedule})", f"batch {training.batch_size}",
