@@ -338,7 +338,9 @@ class FirstLayerReuse:
                 rows = (numeric[start:start + self.step], categorical[start:start + self.step])
                 parts = []
                 for net in self.networks:
-                    x = _first_input(net, *rows)
+                    # A copy: inputs() may return the caller's own array (numbers alone, not embedded), which
+                    # permutation importance then shuffles in place: the reference would change with it.
+                    x = _first_input(net, *rows).clone()
                     parts.append((x, _first_layer(net, x)))
                 self.reference.append(parts)
 

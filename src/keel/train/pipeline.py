@@ -412,7 +412,7 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     loss = resolve_loss_name(training.loss, schema.task)
     class_weights = class_weights_for(training.class_weights, data.fitted, target)
     notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(data.bags),
-                                   spec.numeric_embedding_size))
+                                   spec.numeric_embedding_size if spec.embedded_width else None))
     if deadline is not None:  # what follows training counts against the limit too: keep its time aside
         after = after_training_seconds(spec, training.precision, data, importance)
         deadline -= after
@@ -428,7 +428,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
                                                                  _epochs_each(histories[0], training))))
             if index >= planned_networks:
                 notes.append(f"training.time_limit {training.time_limit:g} s allowed {len(networks)} of the "
-                             f"{len(data.bags)} bagged networks; the model averages those")
+                             f"{len(data.bags)} bagged networks (the time left did not fit another "
+                             f"{_epochs_each(histories[0], training)} epochs); the model averages those")
                 break
         if validation_rows is None and training.early_stopping and index == 0:
             notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
