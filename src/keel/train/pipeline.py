@@ -885,6 +885,13 @@ def _bags(split: Split, networks: int, training: TrainingConfig, classes: np.nda
         return [(split.train, split.validation)]
     pool = np.sort(np.concatenate([split.train, split.validation]))
     folds = fold_rows(pool, networks, seed=training.seed, classes=classes, groups=groups)
+    empty = sum(not len(fold) for fold in folds)
+    if empty:  # a network without validation rows would train without early stopping, silently
+        parts = (f"{len(np.unique(groups[pool]))} groups of training.split_by {training.split_by!r}"
+                 if groups is not None else f"{len(pool)} rows")
+        raise ConfigError(f"training.bagging is {networks}, but the rows for training and validation hold only "
+                          f"{parts}: {empty} of the {networks} folds would be empty, leaving those networks no "
+                          f"validation rows. Set training.bagging to {networks - empty} or fewer (auto decides for you).")
     return [(np.sort(np.concatenate(folds[:i] + folds[i + 1:])), fold) for i, fold in enumerate(folds)]
 
 
