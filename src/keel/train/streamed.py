@@ -456,6 +456,13 @@ def fit_on_scan(streamer: Streamer, settings: Config, notes: Notes, reporter: Re
     if training.weight_column is not None:
         require_column(sample, training.weight_column, "training.weight_column")
     parts = scan.parts
+    empty = [fold for fold in range(streamer.networks) if streamer.bagged and not parts.get(fold, 0)]
+    if empty:  # as pipeline._bags refuses in memory: those networks would train without validation rows
+        hashed = (f" (each training.split_by {training.split_by!r} group goes to the fold its id's hash names, so "
+                  "a smaller number may still leave one empty)" if training.split_by is not None else "")
+        raise ConfigError(f"training.bagging is {streamer.networks}, but {len(empty)} of its folds hold no rows of "
+                          f"{path}{hashed}: those networks would have no validation rows. Set training.bagging "
+                          "lower, or to auto (a streamed file trains one network).")
     n_train = parts.get(_TRAIN, 0) if not streamer.bagged else sum(parts.get(i, 0) for i in range(streamer.networks))
     n_validation = 0 if streamer.bagged else parts.get(_VALIDATION, 0)
     n_test = parts.get(_TEST, 0)
