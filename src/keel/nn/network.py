@@ -156,17 +156,32 @@ class TabularNetwork(nn.Module):
 
     def members(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         """Every member's raw outputs, (batch, ensemble, n_outputs); what training puts the loss on."""
-        x = self.inputs(numeric, categorical)
-        k = self.spec.ensemble
-        if k == 1:
+        x = self.first_input(numeric, categorical)
+        if self.spec.ensemble == 1:
             return self.mlp(x).unsqueeze(1)
-        adapter: torch.Tensor = self.adapter
-        if torch.is_autocast_enabled(x.device.type):
+        return self.heads(self.mlp(self.adapted(x).flatten(0, 1)))  # members as extra rows
+
+    def first_input(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """The first layer's input rows (batch, width), before an ensemble's adapters."""
+        x = self.inputs(numeric, categorical)
+        if self.spec.ensemble > 1 and torch.is_autocast_enabled(x.device.type):
             # The first matmul would cast the k-times-larger product; cast its factors instead.
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, adapter = x.to(dtype), adapter.to(dtype)
-        hidden = self.mlp((x.unsqueeze(1) * adapter).flatten(0, 1))  # members as extra rows
-        hidden = hidden.unflatten(0, (-1, k))  # -1, not len(x): an export traces the batch as a variable
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        return x
+
+    def adapted(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Input rows (batch, width) through the adapters (of ``columns`` only, when given): (batch, ensemble,
+        width) for an ensemble, ``x`` itself for one network."""
+        if self.spec.ensemble == 1:
+            return x
+        adapter: torch.Tensor = self.adapter if columns is None else self.adapter[:, columns]
+        if adapter.dtype != x.dtype:
+            adapter = adapter.to(x.dtype)
+        return x.unsqueeze(1) * adapter
+
+    def heads(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The members' outputs (batch, ensemble, n_outputs) from the last hidden layer's (batch * ensemble, h)."""
+        hidden = hidden.unflatten(0, (-1, self.spec.ensemble))  # -1, not len(x): an export traces the batch as a variable
         return torch.einsum("bkh,kho->bko", hidden, self.head_weight) + self.head_bias
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
@@ -340,7 +355,7 @@ class FirstLayerReuse:
                 for net in self.networks:
                     # A copy: inputs() may return the caller's own array (numbers alone, not embedded), which
                     # permutation importance then shuffles in place: the reference would change with it.
-                    x = _first_input(net, *rows).clone()
+                    x = net.first_input(*rows).clone()
                     parts.append((x, _first_layer(net, x)))
                 self.reference.append(parts)
 
@@ -365,7 +380,7 @@ class FirstLayerReuse:
         with _evaluating(self.network):
             for index, start in enumerate(range(0, len(numeric), self.step)):
                 rows = (numeric[start:start + self.step], categorical[start:start + self.step])
-                outputs = [_after_first(net, _shifted(net, _first_input(net, *rows), *reference))
+                outputs = [_after_first(net, _shifted(net, net.first_input(*rows), *reference))
                            for net, reference in zip(self.networks, self.reference[index])]
                 if isinstance(self.network, NetworkBag):
                     parts.append(combine_members(torch.stack(outputs, dim=1), self.network.spec.task))
@@ -374,23 +389,8 @@ class FirstLayerReuse:
         return torch.cat(parts) if parts else numeric.new_zeros((0, self.network.spec.n_outputs))
 
 
-def _first_input(network: TabularNetwork, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-    """The first layer's input rows, (batch, width), before an ensemble's adapters."""
-    x = network.inputs(numeric, categorical)
-    if network.spec.ensemble > 1 and torch.is_autocast_enabled(x.device.type):  # as members() casts it
-        x = x.to(torch.get_autocast_dtype(x.device.type))
-    return x
-
-
-def _adapted(network: TabularNetwork, x: torch.Tensor, columns: slice | torch.Tensor = slice(None)) -> torch.Tensor:
-    """Input rows (batch, width) through the adapters of ``columns``: (batch, ensemble, width) for an ensemble."""
-    if network.spec.ensemble == 1:
-        return x
-    return x.unsqueeze(1) * network.adapter[:, columns].to(x.dtype)
-
-
 def _first_layer(network: TabularNetwork, x: torch.Tensor) -> torch.Tensor:
-    return network.mlp[0](_adapted(network, x)).float()
+    return network.mlp[0](network.adapted(x)).float()
 
 
 def _shifted(network: TabularNetwork, x: torch.Tensor, reference_x: torch.Tensor,
@@ -399,7 +399,7 @@ def _shifted(network: TabularNetwork, x: torch.Tensor, reference_x: torch.Tensor
     changed = (x != reference_x).any(dim=0).nonzero().squeeze(1)
     if not len(changed):
         return reference
-    difference = _adapted(network, x[:, changed] - reference_x[:, changed], changed)
+    difference = network.adapted(x[:, changed] - reference_x[:, changed], changed)
     first: nn.Linear = network.mlp[0]  # type: ignore[assignment]  # build() checked it is one
     return reference + difference @ first.weight[:, changed].to(x.dtype).t()
 
@@ -409,9 +409,7 @@ def _after_first(network: TabularNetwork, first: torch.Tensor) -> torch.Tensor:
     rest = network.mlp[1:]
     if network.spec.ensemble == 1:
         return rest(first)
-    hidden = rest(first.flatten(0, 1)).unflatten(0, (-1, network.spec.ensemble))
-    members = torch.einsum("bkh,kho->bko", hidden, network.head_weight) + network.head_bias
-    return combine_members(members, network.spec.task)
+    return combine_members(network.heads(rest(first.flatten(0, 1))), network.spec.task)
 
 
 def to_probabilities(outputs: torch.Tensor, task: str) -> torch.Tensor:

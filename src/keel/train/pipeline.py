@@ -423,13 +423,13 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     planned_networks = len(data.bags)
     for index, (train_rows, validation_rows) in enumerate(data.bags):
         if deadline is not None and histories:
+            each = _epochs_each(histories[0], training)
             planned_networks = distributed.agree_min(
-                min(planned_networks, index + _networks_that_fit(histories[-1], deadline,
-                                                                 _epochs_each(histories[0], training))))
+                min(planned_networks, index + _networks_that_fit(histories[-1], deadline, each)))
             if index >= planned_networks:
                 notes.append(f"training.time_limit {training.time_limit:g} s allowed {len(networks)} of the "
-                             f"{len(data.bags)} bagged networks (the time left did not fit another "
-                             f"{_epochs_each(histories[0], training)} epochs); the model averages those")
+                             f"{len(data.bags)} bagged networks (the time left did not fit another {each} "
+                             "epochs); the model averages those")
                 break
         if validation_rows is None and training.early_stopping and index == 0:
             notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import keel
-from keel.nn import network as network_module
 from keel.nn.network import FirstLayerReuse, NetworkBag, NetworkSpec, TabularNetwork, predict_outputs
 
 ROWS = 700  # more than one batch of an 8-member ensemble (4096 / 8 = 512 rows)
@@ -85,13 +84,13 @@ def test_the_changed_columns_alone_go_through_the_first_layer(monkeypatch: pytes
     reuse = FirstLayerReuse.build(network, numeric, categorical)
     assert reuse is not None
     widths: list[int] = []
-    original = network_module._adapted
+    original = TabularNetwork.adapted
 
-    def recording(net: TabularNetwork, x: torch.Tensor, columns: object = slice(None)) -> torch.Tensor:
+    def recording(net: TabularNetwork, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         widths.append(x.shape[1])
-        return original(net, x, columns)  # type: ignore[arg-type]
+        return original(net, x, columns)
 
-    monkeypatch.setattr(network_module, "_adapted", recording)
+    monkeypatch.setattr(TabularNetwork, "adapted", recording)
     reuse(*_shuffled(numeric, categorical, [2], []))
     # At most one number's embedding (16 dims; fewer where ReLU zeroes a dim for every row) per batch of rows,
     # not the first layer's whole input (4 x 16 + 5 + an embedding).
