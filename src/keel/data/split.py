@@ -19,6 +19,9 @@ class Split:
     train: np.ndarray
     validation: np.ndarray
     test: np.ndarray
+    # Every held-out part was drawn class by class (a random split of a classification target whose classes
+    # each have rows enough): what the run's first note may call "stratified by class".
+    stratified: bool = False
 
 
 def split_rows(
@@ -57,9 +60,13 @@ def split_rows(
         rest, test_rows = _take_groups(rows, test, seed, groups)
         train_rows, validation_rows = _take_groups(rest, validation, seed + 1, groups)
     else:
-        rest, test_rows = _take(rows, test, seed, classes)
+        rest, test_rows, test_stratified = _take(rows, test, seed, classes)
         rest_classes = classes[rest] if classes is not None else None
-        train_rows, validation_rows = _take(rest, validation, seed + 1, rest_classes)
+        train_rows, validation_rows, validation_stratified = _take(rest, validation, seed + 1, rest_classes)
+        held = [drawn for drawn, part in ((test_stratified, test_rows), (validation_stratified, validation_rows))
+                if len(part)]
+        return Split(np.sort(train_rows), np.sort(validation_rows), np.sort(test_rows),
+                     stratified=bool(held) and all(held))
     return Split(np.sort(train_rows), np.sort(validation_rows), np.sort(test_rows))
 
 
@@ -92,18 +99,22 @@ def _take_groups(rows: np.ndarray, fraction: float, seed: int,
     return rows[~held], rows[held]
 
 
-def _take(rows: np.ndarray, fraction: float, seed: int, classes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _take(rows: np.ndarray, fraction: float, seed: int,
+          classes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The rows kept and those held out, and whether the held-out ones were drawn class by class."""
     n_held = int(round(len(rows) * fraction))
     if fraction <= 0 or n_held == 0 or n_held >= len(rows):
-        return rows, rows[:0]
+        return rows, rows[:0], False
     rng = np.random.default_rng(seed)
-    if classes is not None and _can_stratify(classes, n_held, len(rows)):
+    stratified = _can_stratify(classes, n_held, len(rows))
+    if stratified:
+        assert classes is not None
         held_positions = _stratified(classes, n_held, rng)
     else:
         held_positions = rng.permutation(len(rows))[:n_held]
     mask = np.zeros(len(rows), dtype=bool)
     mask[held_positions] = True
-    return rows[~mask], rows[mask]
+    return rows[~mask], rows[mask], stratified
 
 
 def _stratified(classes: np.ndarray, n_held: int, rng: np.random.Generator) -> np.ndarray:

@@ -44,3 +44,30 @@ def test_folds_partition_the_rows_and_spread_each_class() -> None:
         assert max(counts) - min(counts) <= 1
     assert [f.tolist() for f in fold_rows(rows, 5, seed=0, classes=classes)] == [f.tolist() for f in folds]
     assert [f.tolist() for f in fold_rows(rows, 5, seed=1)] != [f.tolist() for f in folds]
+
+
+def test_split_says_whether_it_drew_class_by_class() -> None:
+    """The run's first note calls a split "stratified by class" from this flag: a regression target (no classes)
+    or a class of one row (too few to spread) is split at random, and says so."""
+    classes = np.repeat([0, 1], 50)
+    assert split_rows(100, validation=0.1, test=0.2, seed=0, classes=classes).stratified
+    assert not split_rows(100, validation=0.1, test=0.2, seed=0).stratified  # regression
+    lonely = classes.copy()
+    lonely[0] = 2  # one row of class 2: cannot be on both sides
+    assert not split_rows(100, validation=0.1, test=0.2, seed=0, classes=lonely).stratified
+    assert not split_rows(100, validation=0.0, test=0.0, seed=0, classes=classes).stratified  # nothing held out
+
+
+def test_first_note_says_stratified_only_for_a_stratified_split() -> None:
+    import pandas as pd
+
+    import keel
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=120), "y": rng.normal(size=120)})
+    config = {"preset": "fast", "training.epochs": 1}
+    regression = keel.fit(frame, target="y", config=config, quiet=True)
+    assert regression.notes[0] == "rows: 86 for training, 10 for validation, 24 for test (a random split)"
+    frame["y"] = np.where(frame["x"] > 0, "up", "down")
+    classified = keel.fit(frame, target="y", config=config, quiet=True)
+    assert classified.notes[0].endswith("(a random split, stratified by class)")
