@@ -545,6 +545,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def from_preset(config: Config, section: str, key: str) -> str:
+    """' (what preset NAME sets)' where ``section.key`` holds the value the run's preset gives it, else '': an
+    error about a setting the user never wrote says where it came from."""
+    preset = PRESETS.get(config.preset, {}).get(section, {})
+    value = getattr(getattr(config, section), key)
+    return f" (what preset {config.preset} sets)" if key in preset and preset[key] == value else ""
+
+
 def load_config(source: ConfigSource = None, overrides: list[str] | Mapping[str, Any] | None = None) -> Config:
     """Build a validated Config from a YAML file, a nested or dotted dict, or nothing.
 

@@ -35,6 +35,7 @@ from keel.config import (
     TrainingConfig,
     auto_bagging,
     auto_numeric_embedding_size,
+    from_preset,
     load_config,
     with_target,
 )
@@ -311,7 +312,7 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     schema = infer_schema(frame, settings.model_copy(update={"task": rows.target.task}),
                           rows=np.sort(np.concatenate([split.train, split.validation])), exclude=special)
     networks = _networks(settings, split, schema, groups)
-    bags = _bags(split, networks, training, rows.classes, groups)
+    bags = _bags(split, networks, training, rows.classes, groups, from_preset(settings, "training", "bagging"))
     notes.append(_describe_rows(split, bags, networks, training, rows.n_unlabelled, test_frame, rows.target.name))
     for name, reason in schema.dropped.items():
         notes.append(f"dropped column {name!r}: {reason}")
@@ -879,7 +880,7 @@ def _networks(settings: Config, split: Split, schema: Schema, groups: np.ndarray
 
 
 def _bags(split: Split, networks: int, training: TrainingConfig, classes: np.ndarray | None,
-          groups: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+          groups: np.ndarray | None, source: str = "") -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, validation) row positions for each network: one split, or ``networks`` folds of both."""
     if networks == 1 or not len(split.validation):
         return [(split.train, split.validation)]
@@ -889,7 +890,7 @@ def _bags(split: Split, networks: int, training: TrainingConfig, classes: np.nda
     if empty:  # a network without validation rows would train without early stopping, silently
         parts = (f"{len(np.unique(groups[pool]))} groups of training.split_by {training.split_by!r}"
                  if groups is not None else f"{len(pool)} rows")
-        raise ConfigError(f"training.bagging is {networks}, but the rows for training and validation hold only "
+        raise ConfigError(f"training.bagging is {networks}{source}, but the rows for training and validation hold only "
                           f"{parts}: {empty} of the {networks} folds would be empty, leaving those networks no "
                           f"validation rows. Set training.bagging to {networks - empty} or fewer (auto decides for you).")
     return [(np.sort(np.concatenate(folds[:i] + folds[i + 1:])), fold) for i, fold in enumerate(folds)]

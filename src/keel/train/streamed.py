@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from keel.config import Config, TrainingConfig
+from keel.config import Config, TrainingConfig, from_preset
 from keel.data.io import TableSize, read_chunks, read_table, table_size
 from keel.data.preprocess import Preprocessor, TargetEncoder
 from keel.data.schema import infer_schema, infer_task, require_column
@@ -460,7 +460,8 @@ def fit_on_scan(streamer: Streamer, settings: Config, notes: Notes, reporter: Re
     if empty:  # as pipeline._bags refuses in memory: those networks would train without validation rows
         hashed = (f" (each training.split_by {training.split_by!r} group goes to the fold its id's hash names, so "
                   "a smaller number may still leave one empty)" if training.split_by is not None else "")
-        raise ConfigError(f"training.bagging is {streamer.networks}, but {len(empty)} of its folds hold no rows of "
+        raise ConfigError(f"training.bagging is {streamer.networks}{from_preset(settings, 'training', 'bagging')}, "
+                          f"but {len(empty)} of its folds hold no rows of "
                           f"{path}{hashed}: those networks would have no validation rows. Set training.bagging "
                           "lower, or to auto (a streamed file trains one network).")
     n_train = parts.get(_TRAIN, 0) if not streamer.bagged else sum(parts.get(i, 0) for i in range(streamer.networks))

@@ -33,3 +33,12 @@ def test_more_networks_than_rows_is_refused_too() -> None:
     config = {**FAST, "training.bagging": 20, "training.test_split": 0.0, "training.validation_split": 0.5}
     with pytest.raises(ConfigError, match=r"only 12 rows: 8 of the 20 folds would be empty.*bagging to 12 or fewer"):
         keel.fit(frame, target="label", config=config, quiet=True)
+
+
+def test_the_error_says_when_the_preset_set_the_bagging() -> None:
+    """preset best bags 5 networks: a user who never wrote training.bagging is told where the 5 came from."""
+    config = {"preset": "best", "training.split_by": "site", "training.test_split": 0.0, "training.epochs": 1}
+    with pytest.raises(ConfigError, match=r"training.bagging is 5 \(what preset best sets\), but .* only 3 groups"):
+        keel.fit(_grouped(3), target="label", config=config, quiet=True)
+    with pytest.raises(ConfigError, match=r"training.bagging is 4, but"):  # written by the user, not the preset's
+        keel.fit(_grouped(3), target="label", config={**config, "training.bagging": 4}, quiet=True)
