@@ -555,9 +555,11 @@ class Model:
 
     def _importance(self, numeric: np.ndarray, categorical: np.ndarray, target: np.ndarray,
                     weight: np.ndarray | None, source: str, *, seed: int = 0,
-                    progress: Callable[[int], None] | None = None, precision: str = "float32") -> dict[str, Any]:
+                    progress: Callable[[int], None] | None = None, precision: str = "float32",
+                    deadline: float | None = None) -> dict[str, Any]:
         """Permutation importance of each feature on (at most 2,000 of) these transformed rows, in float32
-        (matmuls in bfloat16 with ``precision="bfloat16"``, as the run trained: a ranking needs no more).
+        (matmuls in bfloat16 with ``precision="bfloat16"``, as the run trained: a ranking needs no more), with
+        fewer repeats or rows where the full count would end after ``deadline`` (a time limit's end).
 
         ``target`` holds class indices or standardized values, as the training rows do.
         """
@@ -585,7 +587,7 @@ class Model:
         started = time.perf_counter()
         result = permutation_importance(
             predict, numeric, categorical, truth, weight, self.preprocessor.feature_columns(), task,
-            seed=seed, threshold=self.threshold, progress=progress, around=around)
+            seed=seed, threshold=self.threshold, progress=progress, around=around, deadline=deadline)
         return {**result, "source": source, "seconds": round(time.perf_counter() - started, 3)}
 
     def _importance_on(self, frame: pd.DataFrame) -> dict[str, Any]:

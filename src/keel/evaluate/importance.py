@@ -24,6 +24,9 @@ Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # The defaults of permutation_importance: rows sampled, shuffles per feature (a time limit's planning counts them).
 IMPORTANCE_ROWS = 2000
 IMPORTANCE_REPEATS = 5
+# The fewest rows a deadline cuts the sample to (all of them when there are fewer): one shuffle of 200 rows still
+# ranks the features that matter most.
+DEADLINE_ROWS = 200
 
 
 def permutation_importance(
@@ -42,6 +45,7 @@ def permutation_importance(
     progress: Callable[[int], None] | None = None,
     source: str = "validation",
     around: Callable[[np.ndarray, np.ndarray], Predict] | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Permutation importance of each raw feature, with its spread over repeats.
 
@@ -69,6 +73,10 @@ def permutation_importance(
         around: Given the repeats' stacked rows, a predict for rows that differ from them in one feature's
             columns, used for every shuffled prediction (keel's reuses the network's first layer); None:
             ``predict``. Either way the results are the same up to float rounding.
+        deadline: A ``time.perf_counter()`` value to finish by (a time limit's end): after the unshuffled
+            prediction, which times a row, fewer repeats (and, when one repeat does not fit, fewer rows, at
+            least ``DEADLINE_ROWS``) are taken where the full count would end later. The result's ``repeats``
+            and ``rows`` say what was used.
 
     Returns:
         ``{"metric", "higher_is_better", "baseline", "rows", "repeats", "source", "seconds",
@@ -89,8 +97,22 @@ def permutation_importance(
         numeric, categorical, target = numeric[keep], categorical[keep], target[keep]
         weight = None if weight is None else weight[keep]
         n_rows = max_rows
+    timed = time.perf_counter()
+    unshuffled = predict(numeric, categorical)
+    if deadline is not None:
+        pace = (time.perf_counter() - timed) / n_rows  # a full pass: shuffled rows cost no more than this
+        # The shuffled features, and building ``around`` (a pass over the stacked repeats).
+        passes = sum(1 for numbers, codes in groups.values() if len(numbers) or len(codes)) + (around is not None)
+        fit = (deadline - time.perf_counter()) / max(pace, 1e-9) / max(passes, 1)  # shuffled rows a pass can take
+        if fit < repeats * n_rows:
+            repeats = max(1, min(repeats, int(fit // n_rows)))
+            if fit < n_rows and n_rows > DEADLINE_ROWS:
+                keep = np.sort(rng.choice(n_rows, size=max(DEADLINE_ROWS, int(fit)), replace=False))
+                numeric, categorical, target = numeric[keep], categorical[keep], target[keep]
+                weight = None if weight is None else weight[keep]
+                unshuffled, n_rows = np.asarray(unshuffled)[keep], len(keep)
     score = _scorer(task, target, weight, threshold)
-    baseline = float(score(predict(numeric, categorical))[0])
+    baseline = float(score(unshuffled)[0])
     # The repeats are stacked into one batch: (repeats * n_rows, width).
     stacked = (np.tile(numeric, (repeats, 1)), np.tile(categorical, (repeats, 1)))
     shuffled_predict = predict if around is None else around(*stacked)

@@ -414,6 +414,7 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     class_weights = class_weights_for(training.class_weights, data.fitted, target)
     notes.append(describe_settings(settings, class_weights is not None, device, training.precision, len(data.bags),
                                    spec.numeric_embedding_size if spec.embedded_width else None))
+    limit_end = deadline  # what follows training finishes by it; training by ``deadline``, earlier
     if deadline is not None:  # what follows training counts against the limit too: keep its time aside
         after = after_training_seconds(spec, training.precision, data, importance)
         deadline -= after
@@ -509,7 +510,14 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         model._test_predictions = predictions.as_stored()
     held_out = data.held_out() if importance else None
     if held_out is not None:
-        model.importance = _importance(model, held_out[0], held_out[1], training, reporter)
+        model.importance = _importance(model, held_out[0], held_out[1], training, reporter, limit_end)
+        full = (min(IMPORTANCE_ROWS, len(held_out[0].target)), IMPORTANCE_REPEATS)
+        if (model.importance["rows"], model.importance["repeats"]) != full:
+            text = (f"training.time_limit: permutation importance took {model.importance['repeats']} shuffle(s) of "
+                    f"{model.importance['rows']} rows a feature (not {full[1]} of {full[0]}) to end within the limit; "
+                    "its figures are rougher for it")
+            notes.append(text)  # the reporter's copy
+            model.notes.append(text)
     record = dict(data.record)
     record["bags"] = record["bags"][:len(networks)]
     model.run = run_record(**record, seconds={"training": sum(history["seconds"] for history in histories)})
@@ -600,13 +608,14 @@ def _calibrate(network: TabularNetwork | NetworkBag, validation: Callable[[], tu
     return record
 
 
-def _importance(model: Model, rows: Batch, source: str, training: TrainingConfig, reporter: Reporter) -> dict[str, Any]:
+def _importance(model: Model, rows: Batch, source: str, training: TrainingConfig, reporter: Reporter,
+                deadline: float | None = None) -> dict[str, Any]:
     """Permutation importance on (at most 2,000 of) ``rows``, with a progress step per feature, in the
-    arithmetic the network trained in."""
+    arithmetic the network trained in, finished by ``deadline`` (the time limit's end) where there is one."""
     with reporter.step("permutation importance", total=len(model.feature_names)) as advance:
         return model._importance(rows.numeric.numpy(), rows.categorical.numpy(), rows.target.numpy(),
                                  None if rows.weight is None else rows.weight.numpy(), source, seed=training.seed,
-                                 progress=advance, precision=training.precision)
+                                 progress=advance, precision=training.precision, deadline=deadline)
 
 
 def _special_columns(frame: pd.DataFrame, test_frame: pd.DataFrame | None, training: TrainingConfig) -> set[str]:

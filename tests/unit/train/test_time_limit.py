@@ -177,3 +177,23 @@ def test_bagging_auto_trains_a_further_network_only_when_as_many_epochs_as_the_f
     assert _networks_that_fit(first, deadline, _epochs_each(first, auto)) == 0  # one network: none cut short
     assert _networks_that_fit(first, deadline, _epochs_each(first, five)) == 2
     assert _networks_that_fit(first, time.perf_counter() + 17.0, 40) == 2
+
+
+def test_importance_shrinks_to_end_within_the_limit_and_says_so(frame, monkeypatch) -> None:
+    """Training that ran past the limit's end (here: told to, as when the estimate of what follows fell short
+    on a busy machine): importance, with no time left, takes one shuffle of its fewest rows, and a note says so."""
+    import numpy as np
+
+    import keel.train.pipeline as pipeline
+    from keel.evaluate.importance import DEADLINE_ROWS
+
+    monkeypatch.setattr(pipeline, "after_training_seconds", lambda *args: -1.0)  # train a second past the end
+    wide = frame.assign(**{f"extra{i}": np.arange(len(frame)) % (i + 2) for i in range(20)})
+    model = keel.fit(wide, target="label", quiet=True,
+                     config={**LONG, "training.time_limit": 0.5, "training.early_stopping": 0})
+    assert model.run["rows"]["validation"] > DEADLINE_ROWS  # so the cut is to the floor, not to all rows
+    assert (model.importance["rows"], model.importance["repeats"]) == (DEADLINE_ROWS, 1)
+    assert any(note.startswith(f"training.time_limit: permutation importance took 1 shuffle(s) of {DEADLINE_ROWS} "
+                               "rows a feature (not 5 of") for note in model.notes)
+    free = keel.fit(wide, target="label", quiet=True, config={**LONG, "training.epochs": 2})
+    assert free.importance["repeats"] == 5 and not any("permutation importance took" in n for n in free.notes)

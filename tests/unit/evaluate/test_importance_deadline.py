@@ -1,0 +1,81 @@
+"""Permutation importance under a deadline (a time limit's end): fewer repeats, then fewer rows, never later.
+
+The clock is a fake one that the predict function advances by a fixed pace a row, so the arithmetic of the
+cut is checked exactly, on any machine, however busy.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+import keel.evaluate.importance as importance
+from keel.evaluate.importance import DEADLINE_ROWS, permutation_importance
+
+PACE = 1e-4  # fake seconds a predicted row
+GROUPS = {"decides": ([0], []), "nudges": ([1], []), "noise": ([2], []), "code": ([], [0])}  # 4 passes a repeat set
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(importance, "time", types.SimpleNamespace(perf_counter=fake.perf_counter))
+    return fake
+
+
+def _run(clock: Clock, deadline_after: float | None, n_rows: int = 600) -> dict:
+    rng = np.random.default_rng(0)
+    numeric = rng.normal(size=(n_rows, 3)).astype(np.float32)
+    categorical = rng.integers(2, 6, size=(n_rows, 1)).astype(np.int64)
+    target = (numeric[:, 0] > 0).astype(np.int64)
+
+    def predict(numbers: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        clock.now += PACE * len(numbers)
+        positive = 1.0 / (1.0 + np.exp(-(4.0 * numbers[:, 0] + 0.3 * numbers[:, 1])))
+        return np.stack([1.0 - positive, positive], axis=1)
+
+    deadline = None if deadline_after is None else clock.now + deadline_after
+    result = permutation_importance(predict, numeric, categorical, target, None, GROUPS, "binary", deadline=deadline)
+    result["ended"] = clock.now
+    result["deadline"] = deadline
+    return result
+
+
+def test_a_deadline_far_enough_changes_nothing(clock: Clock) -> None:
+    free, timed = _run(clock, None), _run(clock, 1000.0)
+    assert (timed["rows"], timed["repeats"]) == (600, 5)
+    assert timed["features"] == free["features"]
+
+
+def test_fewer_repeats_where_all_five_would_end_late(clock: Clock) -> None:
+    # The unshuffled pass takes 600 rows (0.06 s); each of 4 features then takes 600 rows a repeat (0.06 s):
+    # 0.06 + 4 x 2 x 0.06 = 0.54 s fits two repeats, not three (0.78 s).
+    result = _run(clock, 0.55)
+    assert (result["rows"], result["repeats"]) == (600, 2)
+    assert result["ended"] <= result["deadline"]
+    assert result["features"][0]["name"] == "decides"
+
+
+def test_fewer_rows_where_one_repeat_would_end_late(clock: Clock) -> None:
+    # After the unshuffled pass 0.12 s is left: 0.03 s a feature, 300 rows at 1e-4 s.
+    result = _run(clock, 0.18)
+    assert (result["rows"], result["repeats"]) == (300, 1)
+    assert result["ended"] <= result["deadline"] + 1e-9
+
+
+def test_a_deadline_already_past_still_ranks_on_the_fewest_rows(clock: Clock) -> None:
+    result = _run(clock, -1.0)
+    assert (result["rows"], result["repeats"]) == (DEADLINE_ROWS, 1)
+    assert result["features"][0]["name"] == "decides"
+    small = _run(clock, -1.0, n_rows=150)  # fewer rows than the floor: all of them, once
+    assert (small["rows"], small["repeats"]) == (150, 1)
