@@ -73,10 +73,11 @@ def permutation_importance(
         around: Given the repeats' stacked rows, a predict for rows that differ from them in one feature's
             columns, used for every shuffled prediction (keel's reuses the network's first layer); None:
             ``predict``. Either way the results are the same up to float rounding.
-        deadline: A ``time.perf_counter()`` value to finish by (a time limit's end): after the unshuffled
-            prediction, which times a row, fewer repeats (and, when one repeat does not fit, fewer rows, at
-            least ``DEADLINE_ROWS``) are taken where the full count would end later. The result's ``repeats``
-            and ``rows`` say what was used.
+        deadline: A ``time.perf_counter()`` value to finish by (a time limit's end). Where one shuffle of
+            every feature would end later even at the unshuffled prediction's pace, fewer rows (at least
+            ``DEADLINE_ROWS``) and one repeat; else, where the first shuffled feature's pace says the rest would
+            end later, fewer repeats (that feature keeps its first ones). The result's ``repeats`` and ``rows``
+            say what was used.
 
     Returns:
         ``{"metric", "higher_is_better", "baseline", "rows", "repeats", "source", "seconds",
@@ -99,14 +100,16 @@ def permutation_importance(
         n_rows = max_rows
     timed = time.perf_counter()
     unshuffled = predict(numeric, categorical)
+    pace = (time.perf_counter() - timed) / n_rows  # a row through the whole network
+    shuffled_features = sum(1 for numbers, codes in groups.values() if len(numbers) or len(codes))
     if deadline is not None:
-        pace = (time.perf_counter() - timed) / n_rows  # a full pass: shuffled rows cost no more than this
-        # The shuffled features, and building ``around`` (a pass over the stacked repeats).
-        passes = sum(1 for numbers, codes in groups.values() if len(numbers) or len(codes)) + (around is not None)
-        fit = (deadline - time.perf_counter()) / max(pace, 1e-9) / max(passes, 1)  # shuffled rows a pass can take
-        if fit < repeats * n_rows:
-            repeats = max(1, min(repeats, int(fit // n_rows)))
-            if fit < n_rows and n_rows > DEADLINE_ROWS:
+        # Not one shuffle of every row fits even at the whole network's pace (an upper bound: ``around`` is
+        # faster): fewer rows, once. Fewer repeats are decided after the first feature, at its measured pace.
+        passes = shuffled_features + (around is not None)  # building ``around`` is a pass too
+        fit = (deadline - time.perf_counter()) / max(pace, 1e-9) / max(passes, 1)  # rows a pass can take
+        if fit < n_rows:
+            repeats = 1
+            if n_rows > DEADLINE_ROWS:
                 keep = np.sort(rng.choice(n_rows, size=max(DEADLINE_ROWS, int(fit)), replace=False))
                 numeric, categorical, target = numeric[keep], categorical[keep], target[keep]
                 weight = None if weight is None else weight[keep]
@@ -118,11 +121,24 @@ def permutation_importance(
     shuffled_predict = predict if around is None else around(*stacked)
     sign = 1.0 if task != "regression" else -1.0
     features: list[dict[str, Any]] = []
+    measured = deadline is None or repeats == 1
     for done, (name, (numeric_group, categorical_group)) in enumerate(groups.items(), start=1):
         columns = (np.asarray(numeric_group, dtype=np.int64), np.asarray(categorical_group, dtype=np.int64))
         if len(columns[0]) or len(columns[1]):
+            timed = time.perf_counter()
             order = np.concatenate([rng.permutation(n_rows) for _ in range(repeats)])  # one shuffle per repeat
             scores = score(_shuffled_predict(shuffled_predict, stacked, columns, order, n_rows))
+            if not measured:  # the first shuffled feature: would the rest at its pace end after the deadline?
+                measured, rest = True, shuffled_features - 1
+                assert deadline is not None
+                per_repeat, left = (time.perf_counter() - timed) / repeats, deadline - time.perf_counter()
+                if per_repeat * repeats * rest > left:
+                    # Each repeat kept costs a shuffle of every remaining feature and a row's pass in rebuilding.
+                    fewer = max(1, min(repeats - 1, int(left // (per_repeat * rest + pace * n_rows))))
+                    # This feature's first shuffles are the ones it would have drawn with fewer repeats.
+                    repeats, scores = fewer, scores[:fewer]
+                    stacked = (stacked[0][:repeats * n_rows], stacked[1][:repeats * n_rows])
+                    shuffled_predict = predict if around is None else around(*stacked)
         else:
             scores = np.full(repeats, baseline)
         drops = sign * (baseline - scores)

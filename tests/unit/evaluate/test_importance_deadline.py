@@ -33,19 +33,24 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return fake
 
 
-def _run(clock: Clock, deadline_after: float | None, n_rows: int = 600) -> dict:
+def _arrays(n_rows: int = 600) -> tuple[np.ndarray, np.ndarray, np.ndarray, None]:
     rng = np.random.default_rng(0)
     numeric = rng.normal(size=(n_rows, 3)).astype(np.float32)
     categorical = rng.integers(2, 6, size=(n_rows, 1)).astype(np.int64)
-    target = (numeric[:, 0] > 0).astype(np.int64)
+    return numeric, categorical, (numeric[:, 0] > 0).astype(np.int64), None
 
+
+def _predict(clock: Clock):  # type: ignore[no-untyped-def]
     def predict(numbers: np.ndarray, codes: np.ndarray) -> np.ndarray:
         clock.now += PACE * len(numbers)
         positive = 1.0 / (1.0 + np.exp(-(4.0 * numbers[:, 0] + 0.3 * numbers[:, 1])))
         return np.stack([1.0 - positive, positive], axis=1)
+    return predict
 
+
+def _run(clock: Clock, deadline_after: float | None, n_rows: int = 600) -> dict:
     deadline = None if deadline_after is None else clock.now + deadline_after
-    result = permutation_importance(predict, numeric, categorical, target, None, GROUPS, "binary", deadline=deadline)
+    result = permutation_importance(_predict(clock), *_arrays(n_rows), GROUPS, "binary", deadline=deadline)
     result["ended"] = clock.now
     result["deadline"] = deadline
     return result
@@ -57,13 +62,30 @@ def test_a_deadline_far_enough_changes_nothing(clock: Clock) -> None:
     assert timed["features"] == free["features"]
 
 
-def test_fewer_repeats_where_all_five_would_end_late(clock: Clock) -> None:
-    # The unshuffled pass takes 600 rows (0.06 s); each of 4 features then takes 600 rows a repeat (0.06 s):
-    # 0.06 + 4 x 2 x 0.06 = 0.54 s fits two repeats, not three (0.78 s).
-    result = _run(clock, 0.55)
+def test_fewer_repeats_where_the_first_feature_s_pace_says_five_would_end_late(clock: Clock) -> None:
+    # The unshuffled pass: 600 rows, 0.06 s; the first feature with 5 repeats: 3,000 rows, 0.3 s (0.36 s in).
+    # Each repeat kept then costs 3 features x 0.06 s and a 0.06 s pass: 0.54 s left fits two (0.48 s).
+    result = _run(clock, 0.9)
     assert (result["rows"], result["repeats"]) == (600, 2)
     assert result["ended"] <= result["deadline"]
-    assert result["features"][0]["name"] == "decides"
+    # The first feature keeps its first two shuffles: what a run of two repeats draws for it.
+    two = permutation_importance(_predict(clock), *_arrays(), GROUPS, "binary", repeats=2)
+    first = next(feature for feature in result["features"] if feature["name"] == "decides")
+    assert first == next(feature for feature in two["features"] if feature["name"] == "decides")
+
+
+def test_the_reuse_is_rebuilt_on_the_repeats_kept(clock: Clock) -> None:
+    built: list[int] = []
+
+    def around(numbers: np.ndarray, codes: np.ndarray):  # type: ignore[no-untyped-def]
+        built.append(len(numbers))
+        clock.now += PACE * len(numbers)  # building it is a pass over its rows
+        return _predict(clock)
+
+    deadline = clock.now + 0.9
+    result = permutation_importance(_predict(clock), *_arrays(), GROUPS, "binary", deadline=deadline, around=around)
+    assert built[0] == 5 * 600 and built[-1] == result["repeats"] * 600 and len(built) == 2
+    assert result["repeats"] < 5 and clock.now <= deadline
 
 
 def test_fewer_rows_where_one_repeat_would_end_late(clock: Clock) -> None:

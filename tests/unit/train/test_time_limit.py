@@ -197,3 +197,58 @@ def test_importance_shrinks_to_end_within_the_limit_and_says_so(frame, monkeypat
                                "rows a feature (not 5 of") for note in model.notes)
     free = keel.fit(wide, target="label", quiet=True, config={**LONG, "training.epochs": 2})
     assert free.importance["repeats"] == 5 and not any("permutation importance took" in n for n in free.notes)
+
+
+def test_the_reserve_times_shuffled_rows_through_the_reuse_and_the_rest_in_full(frame, monkeypatch) -> None:
+    """The accounting of after_training_seconds: each kind of row at its pace (a fake one here, 1 s a call of
+    the sample): importance's shuffled rows through FirstLayerReuse, everything else through the network."""
+    import functools
+
+    import keel.train.pipeline as pipeline
+    from keel.evaluate.importance import IMPORTANCE_REPEATS
+    from keel.nn.network import FirstLayerReuse
+
+    timed: list[str] = []
+
+    def fake(call: functools.partial) -> float:
+        timed.append("reuse" if isinstance(call.func, FirstLayerReuse) else "full")
+        return 1.0 if timed[-1] == "full" else 0.25
+
+    seen = {}
+    original = pipeline.after_training_seconds
+
+    def spy(spec, precision, data, importance):  # type: ignore[no-untyped-def]
+        seen["data"], seen["precision"] = data, precision
+        return original(spec, precision, data, importance)
+
+    monkeypatch.setattr(pipeline, "_fastest", fake)
+    monkeypatch.setattr(pipeline, "after_training_seconds", spy)
+    model = keel.fit(frame, target="label", quiet=True,
+                     config={**LONG, "training.epochs": 2, "training.time_limit": 600.0, "model.ensemble": 4})
+    data = seen["data"]
+    sample = min(len(data.fitted), 2048)
+    counts = pipeline.rows_predicted_after_training(data, True, seen["precision"])
+    sampled = pipeline.importance_sample(data, True)
+    shuffled = sampled * IMPORTANCE_REPEATS * len(data.schema.features)
+    assert shuffled > 0 and timed.count("reuse") == 1
+    # Through the whole network: calibration, test scores, importance's unshuffled sample and the reuse's
+    # reference (the stacked repeats); through the reuse: every shuffled row.
+    full = sum(counts.values()) - shuffled + sampled * IMPORTANCE_REPEATS
+    expected = full / sample * 1.0 + shuffled / sample * 0.25
+    kept = next(note for note in model.notes if "kept for calibration" in note)
+    assert f"about {expected:.3g} s of it kept" in kept
+
+
+def test_the_reserve_is_at_most_half_of_the_time_left(frame, monkeypatch) -> None:
+    """A busy moment while timing once put the estimate above the whole limit (31.3 s of 30): capped now."""
+    import re
+
+    import keel.train.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_fastest", lambda call: 1000.0)
+    model = keel.fit(frame, target="label", quiet=True, importance=False,
+                     config={**LONG, "training.time_limit": 2.0, "training.early_stopping": 0})
+    kept = next(note for note in model.notes if "kept for calibration" in note)
+    seconds = float(re.search(r"about ([\d.e+-]+) s of it kept", kept).group(1))  # type: ignore[union-attr]
+    assert 0 < seconds <= 1.0 and "at most half of the time left is kept" in kept
+    assert len(model.history["epochs"]) > 1  # training had its half
