@@ -531,9 +531,29 @@ def predict(
     frame = _read(data, delimiter, encoding)
     predictions = load(model).predict_frame(frame, proba=proba)
     if with_input:
-        predictions = pd.concat([frame.drop(columns=[c for c in predictions if c in frame]), predictions], axis=1)
+        renamed = _beside_input(list(frame.columns), list(predictions.columns))
+        for old, new in renamed.items():
+            err.print(f"[yellow]note:[/yellow] {_escape(data.name)} has a column {_escape(repr(old))} too (kept as it "
+                      f"was): the prediction is in {_escape(repr(new))}",
+                      highlight=False, soft_wrap=True)
+        predictions = pd.concat([frame, predictions.rename(columns=renamed)], axis=1)
     write_table(predictions, output)
     err.print(f"wrote {len(predictions)} predictions to {output}")
+
+
+def _beside_input(inputs: list[str], predicted: list[str]) -> dict[str, str]:
+    """New names for the prediction columns that an input column already has (the target's, when the rows
+    predicted hold their answers): ``<name>_predicted`` (more ``_predicted`` while that is taken too), so the
+    input's own values are never overwritten."""
+    taken, renamed = set(inputs) | set(predicted), {}
+    for name in predicted:
+        if name in inputs:
+            new = f"{name}_predicted"
+            while new in taken:
+                new += "_predicted"
+            taken.add(new)
+            renamed[name] = new
+    return renamed
 
 
 @app.command()

@@ -73,6 +73,27 @@ def test_predict_keeps_row_order_and_names_columns(penguin_model, tmp_path) -> N
     assert both["bill_length_mm"].tolist()[:5] == pytest.approx(rows["bill_length_mm"].tolist()[:5], nan_ok=True)
 
 
+def test_predict_with_input_keeps_the_input_s_own_target_column(penguin_model, tmp_path) -> None:
+    """Rows that hold their answers, predicted --with-input: the true species stays as it was, the prediction
+    goes beside it as species_predicted (before: the prediction silently replaced the true labels)."""
+    rows = pd.read_csv(PENGUINS).assign(species_predicted="taken")  # the first new name is taken too
+    data = tmp_path / "labelled.csv"
+    rows.to_csv(data, index=False)
+    output = tmp_path / "both.csv"
+    result = keel("predict", str(penguin_model), str(data), "-o", str(output), "--with-input", "--proba")
+    assert result.returncode == 0, result.stderr
+    both = pd.read_csv(output)
+    assert list(both.columns) == [*rows.columns, "species_predicted_predicted", "proba_Adelie", "proba_Chinstrap",
+                                  "proba_Gentoo"]
+    assert both["species"].tolist() == rows["species"].tolist()  # the truth, untouched
+    assert both["species_predicted"].eq("taken").all()
+    import keel as api
+
+    assert both["species_predicted_predicted"].tolist() == api.load(penguin_model).predict(data).tolist()
+    assert "has a column 'species' too (kept as it was): the prediction is in 'species_predicted_predicted'" in \
+        " ".join(result.stderr.split())
+
+
 def test_evaluate_prints_tables_or_json(penguin_model) -> None:
     tables = invoke("evaluate", str(penguin_model), str(PENGUINS))
     assert tables.exit_code == 0 and "per class" in tables.stdout and "confusion matrix" in tables.stdout
