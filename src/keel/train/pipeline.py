@@ -748,7 +748,7 @@ def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], netw
     elif training.split_by:
         how = f"whole groups of {training.split_by!r} in each part"
     else:
-        how = "a random split" + (", stratified by class" if split.stratified and networks == 1 else "")
+        how = "a random split" + (", stratified by class" if split.stratified else "")  # bagged folds too (fold_rows)
     text = (f"rows: {len(split.train)} for training, {len(split.validation)} for validation, {n_test} for test "
             f"({how}{'; test rows from the test data' if test_frame is not None else ''})")
     if len(bags) > 1:

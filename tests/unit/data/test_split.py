@@ -71,3 +71,6 @@ def test_first_note_says_stratified_only_for_a_stratified_split() -> None:
     frame["y"] = np.where(frame["x"] > 0, "up", "down")
     classified = keel.fit(frame, target="y", config=config, quiet=True)
     assert classified.notes[0].endswith("(a random split, stratified by class)")
+    # Bagged: the test rows drawn class by class, and the folds dealt out class by class (fold_rows).
+    bagged = keel.fit(frame, target="y", config={**config, "training.bagging": 3}, quiet=True, importance=False)
+    assert "(a random split, stratified by class); 3 bagged networks" in bagged.notes[0]
