@@ -24,7 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from keel.train.callbacks import Advance, EpochCallback, EpochClock, Reporter, epoch_line
+from keel.train.callbacks import Advance, EpochCallback, EpochClock, Reporter, epoch_line, stop_label
 
 #: Off a terminal, a step gets its line only when it has run this long: quick ones leave no trace.
 STEP_LINE_AFTER = 1.0
@@ -177,6 +177,6 @@ class ProgressBar:
         if speed is not None:
             status += f"  {speed:,.0f} rows/s"
         if record.get("stopped"):
-            status += "  (early stop)"
+            status += f"  ({stop_label(record)})"
             self.progress.update(self.task, total=epoch)
         self.progress.update(self.task, completed=epoch, status=status)

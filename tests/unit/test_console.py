@@ -102,6 +102,8 @@ def test_epoch_line_names_the_loss_once_and_leaves_out_what_is_unknown() -> None
     record = {"loss": 0.5, "val_loss": 0.25, "stopped": False}
     assert epoch_line(2, 10, record, "loss") == "epoch 2/10  loss 0.5000  val_loss 0.2500"
     assert epoch_line(2, 10, {"loss": 0.5}, "accuracy", 12345.6) == "epoch 2/10  loss 0.5000  12,346 rows/s"
+    assert epoch_line(3, 3, {"loss": 0.5, "stopped": True}, "loss").endswith("(early stop)")
+    assert epoch_line(3, 3, {"loss": 0.5, "stopped": True, "stopped_by": "time limit"}, "loss").endswith("(time limit)")
 
 
 def test_text_reporter_prints_a_line_when_a_step_starts() -> None:

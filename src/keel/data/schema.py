@@ -214,7 +214,7 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
         return ("date", "") if present.nunique() > 1 else (None, f"constant (every value is {str(present.iloc[0])!r})")
     n_unique = _count_distinct(present, limit=1) if is_numeric(series) else present.nunique()
     if n_unique == 1:
-        return None, f"constant (every value is {present.iloc[0]!r})"
+        return None, f"constant (every value is {_shown(present.iloc[0])})"
     # Two-valued numbers stay numbers: a third value at prediction is then a number like any
     # other, not an unseen category. Only the config makes a number column binary.
     if pd.api.types.is_bool_dtype(series.dtype) or (n_unique == 2 and not is_numeric(series)):
@@ -347,19 +347,33 @@ def infer_task(target: pd.Series, name: str, declared: str, source: str | None) 
             f"target column {name!r} has no values (all {len(target)} are missing); choose another target.",
             file=source, column=name,
         )
-    if declared == "regression" or (declared == "auto" and _is_quantity(present)):
-        to_numeric(target, column=name, source=source)
-        return "regression"
-    n_classes = present.nunique() if is_numeric(present) else len(set(category_strings(present)))
-    if n_classes < 2:
+    regression = declared == "regression" or (declared == "auto" and _is_quantity(present))
+    if regression:
+        values = to_numeric(target, column=name, source=source)
+        distinct = int(pd.Series(values).dropna().nunique())
+    else:
+        distinct = present.nunique() if is_numeric(present) else len(set(category_strings(present)))
+    if len(present) == 1:
+        raise DataError(f"target column {name!r} has one labelled row (one sample): there is nothing to learn from; "
+                        "a model needs at least two rows with a target.", file=source, column=name)
+    if distinct < 2:  # a regression on one value has nothing to learn either (R^2 is 0 whatever it predicts)
         raise DataError(
-            f"target column {name!r} has only one class ({present.iloc[0]!r}); a classifier needs at least "
-            "two. Check the target column, or filter fewer rows.",
+            f"target column {name!r} holds one {'value' if regression else 'class'} ({_shown(present.iloc[0])}) "
+            "on every labelled row: there is "
+            "nothing to learn. Check the target column, or filter fewer rows.",
             file=source, column=name,
         )
+    if regression:
+        return "regression"
+    n_classes = distinct
     if declared == "binary" and n_classes != 2:
         raise ConfigError(f"task is binary but target {name!r} has {n_classes} classes; set task: multiclass or auto.")
     return "binary" if n_classes == 2 else "multiclass"
+
+
+def _shown(value: object) -> str:
+    """A value as a message shows it: Python's repr of the plain value (100.0, not np.float64(100.0))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def _is_quantity(present: pd.Series) -> bool:

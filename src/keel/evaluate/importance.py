@@ -73,11 +73,12 @@ def permutation_importance(
         around: Given the repeats' stacked rows, a predict for rows that differ from them in one feature's
             columns, used for every shuffled prediction (keel's reuses the network's first layer); None:
             ``predict``. Either way the results are the same up to float rounding.
-        deadline: A ``time.perf_counter()`` value to finish by (a time limit's end). Where one shuffle of
-            every feature would end later even at the unshuffled prediction's pace, fewer rows (at least
-            ``DEADLINE_ROWS``) and one repeat; else, where the first shuffled feature's pace says the rest would
-            end later, fewer repeats (that feature keeps its first ones). The result's ``repeats`` and ``rows``
-            say what was used.
+        deadline: A ``time.perf_counter()`` value to finish by (a time limit's end). At the unshuffled
+            prediction's pace (an upper bound), the repeats are cut so that building ``around`` on them, the
+            first feature's shuffles and one shuffle of every other feature fit, and where even one repeat does
+            not, the rows too (at least ``DEADLINE_ROWS``); then, where the first shuffled feature's own pace
+            says the rest would end later, fewer repeats (that feature keeps its first ones). The result's
+            ``repeats`` and ``rows`` say what was used.
 
     Returns:
         ``{"metric", "higher_is_better", "baseline", "rows", "repeats", "source", "seconds",
@@ -103,10 +104,13 @@ def permutation_importance(
     pace = (time.perf_counter() - timed) / n_rows  # a row through the whole network
     shuffled_features = sum(1 for numbers, codes in groups.values() if len(numbers) or len(codes))
     if deadline is not None:
-        # Not one shuffle of every row fits even at the whole network's pace (an upper bound: ``around`` is
-        # faster): fewer rows, once. Fewer repeats are decided after the first feature, at its measured pace.
-        passes = shuffled_features + (around is not None)  # building ``around`` is a pass too
-        fit = (deadline - time.perf_counter()) / max(pace, 1e-9) / max(passes, 1)  # rows a pass can take
+        # At the whole network's pace (an upper bound: ``around`` is faster), what must fit before the first
+        # feature's pace is known: building ``around`` on the stacked repeats, the first feature's shuffles, and
+        # one shuffle of every other feature (fewer repeats are decided after the first, at its pace).
+        left = (deadline - time.perf_counter()) / max(pace, 1e-9)  # rows the time left can predict
+        build, rest = (around is not None), max(shuffled_features - 1, 0)
+        repeats = max(1, min(repeats, int((left / n_rows - rest) // (build + 1)))) if shuffled_features else repeats
+        fit = left / max(build + shuffled_features, 1)  # rows a pass can take with one repeat
         if fit < n_rows:
             repeats = 1
             if n_rows > DEADLINE_ROWS:
@@ -132,7 +136,7 @@ def permutation_importance(
                 measured, rest = True, shuffled_features - 1
                 assert deadline is not None
                 per_repeat, left = (time.perf_counter() - timed) / repeats, deadline - time.perf_counter()
-                if per_repeat * repeats * rest > left:
+                if rest and per_repeat * repeats * rest > left:  # (a lone feature keeps the shuffles it took)
                     # Each repeat kept costs a shuffle of every remaining feature and a row's pass in rebuilding.
                     fewer = max(1, min(repeats - 1, int(left // (per_repeat * rest + pace * n_rows))))
                     # This feature's first shuffles are the ones it would have drawn with fewer repeats.

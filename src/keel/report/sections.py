@@ -216,7 +216,8 @@ def learning_curves(inputs: ReportInputs, context: Context) -> str:
     bags = history.get("bags") or []
     facts = [f"{len(epochs)} epochs trained", f"selected epoch {history.get('best_epoch', '–')} "
              f"(monitoring validation {history.get('monitor', 'loss')})",
-             "stopped early" if history.get("stopped_early") else "ran every epoch"]
+             ("stopped by the time limit" if epochs[-1].get("stopped_by") == "time limit" else "stopped early")
+             if history.get("stopped_early") else "ran every epoch"]
     if history.get("seconds") is not None:
         facts.append(_seconds(history["seconds"]))
     caption = "; ".join(facts) + "."

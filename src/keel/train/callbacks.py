@@ -105,8 +105,13 @@ def epoch_line(epoch: int, epochs: int, record: dict[str, Any], monitor: str,
     if rows_per_second is not None:
         parts.append(f"{rows_per_second:,.0f} rows/s")
     if record.get("stopped"):
-        parts.append("(early stop)")
+        parts.append(f"({stop_label(record)})")
     return "  ".join(parts)
+
+
+def stop_label(record: dict[str, Any]) -> str:
+    """What ended training at this epoch record: early stopping, or the time limit (training.time_limit)."""
+    return "time limit" if record.get("stopped_by") == "time limit" else "early stop"
 
 
 class EpochClock:

@@ -593,10 +593,11 @@ def importance_sample(data: PreparedData, importance: bool) -> int:
     networks each goes through; 0 without importance or held-out rows."""
     validation = [0 if rows is None else len(rows) for _, rows in data.bags]
     # held_out(): the validation rows of a single network, else the test split, else (bagged) the --test file's
+    test_file = data.record.get("test_frame") is not None or data.record.get("test_source") is not None  # streamed
     if len(data.bags) == 1 and validation[0]:
         held = validation[0]
     else:
-        held = data.n_test if data.record.get("test_frame") is None or len(data.bags) > 1 else 0
+        held = data.n_test if not test_file or len(data.bags) > 1 else 0
     return min(IMPORTANCE_ROWS, held) * len(data.bags) if importance else 0
 
 

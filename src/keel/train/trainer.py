@@ -252,7 +252,7 @@ class Trainer:
         with thread_budget(self.network, self.batch_size * self.network.spec.ensemble):
             for epoch in range(progress.epoch + 1, settings.epochs + 1):
                 epoch_started = time.perf_counter()
-                record = {"epoch": epoch, "lr": rate.value}
+                record: dict[str, Any] = {"epoch": epoch, "lr": rate.value}
                 record["loss"] = self._train_epoch(feed, epoch, optimizer, rate)
                 skipped = numeric_guard(self).skipped.get(epoch)
                 if skipped:
@@ -270,8 +270,11 @@ class Trainer:
                     planned = self._plan(epoch, planned, epoch_seconds, rate)
                     history.planned_epochs = planned if planned < settings.epochs else None
                 # Early stopping, or the time limit's last epoch (never the config's own last epoch).
-                stop = (bool(patience) and progress.waited >= patience) or epoch >= planned < settings.epochs
+                waited = bool(patience) and progress.waited >= patience
+                stop = waited or epoch >= planned < settings.epochs
                 record["stopped"] = stop
+                if stop and not waited:  # what the epoch line and the report say ended it
+                    record["stopped_by"] = "time limit"
                 if self.callback:
                     self.callback(epoch, planned, record)
                 kill_point("epoch-ended")

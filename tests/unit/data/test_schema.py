@@ -74,8 +74,17 @@ def test_missing_target_lists_columns_and_suggests_the_closest() -> None:
 
 
 def test_target_with_one_class_or_no_values() -> None:
-    with pytest.raises(DataError, match=r"target column 'y' has only one class \('a'\); a classifier needs at least two"):
+    with pytest.raises(DataError, match=r"target column 'y' holds one class \('a'\) on every labelled row: there is "
+                                        r"nothing to learn"):
         _schema(pd.DataFrame({"x": [1, 2, 3], "y": ["a", "a", None]}), target="y")
+    # A constant number: plainly shown (not np.float64(100.0)), and refused as a regression target too (it
+    # trained, scored R^2 0 and saved, with no word).
+    constant = pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [100.0, 100.0, 100.0]})
+    with pytest.raises(DataError, match=r"target column 'y' holds one class \(100\.0\) on every labelled row"):
+        _schema(constant, target="y")  # whole numbers, task auto: read as classes
+    with pytest.raises(DataError, match=r"holds one value \(100\.0\) on every labelled row"):
+        infer_task(constant["y"], "y", "regression", None)
+    assert infer_column_type(constant["y"], "y", None) == (None, "constant (every value is 100.0)")
     with pytest.raises(DataError, match=r"target column 'y' has no values \(all 3 are missing\)"):
         _schema(pd.DataFrame({"x": [1, 2, 3], "y": [None, None, None]}), target="y")
 

@@ -25,7 +25,12 @@ def test_a_time_limit_plans_fewer_epochs_and_the_cosine_schedule_still_ends(fram
     epochs = model.history["epochs"]
     planned = model.history["planned_epochs"]
     assert 1 <= len(epochs) == planned < 500  # 500 epochs of 6,000 rows take far more than 2 s here
-    assert model.history["stopped_early"]
+    assert model.history["stopped_early"]  # ended before training.epochs ...
+    assert epochs[-1]["stopped_by"] == "time limit"  # ... by the limit (early stopping is off): said so
+    assert not any("stopped_by" in record for record in epochs[:-1])
+    from keel.train.callbacks import epoch_line
+
+    assert epoch_line(len(epochs), planned, epochs[-1], "accuracy").endswith("(time limit)")
     assert epochs[-1]["lr"] < 0.1 * epochs[0]["lr"]  # annealed within the planned epochs, not cut at its start
     assert any(note.startswith(f"training.time_limit 2 s allowed {planned} of 500 epochs") for note in model.notes)
 
