@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -105,8 +106,9 @@ def _friendly(command: Callable[..., None]) -> Callable[..., None]:
                 warnings.showwarning = _show_warning
                 command(*args, **kwargs)
         except KeelError as error:
-            if debug:
-                raise
+            if debug:  # the traceback, and the same exit status as without --debug: scripts may test for 2
+                traceback.print_exc()
+                raise typer.Exit(2) from None
             if kwargs.get("quiet") or kwargs.get("as_json"):
                 for note in error.notes:
                     err.print(f"[yellow]note:[/yellow] {_escape(note)}", highlight=False, soft_wrap=True)
@@ -525,9 +527,10 @@ def predict(
     """Predict DATA with MODEL and write the predictions, in the input's row order, to --output."""
     import pandas as pd
 
-    from keel.data.io import write_table
+    from keel.data.io import writable, write_table
     from keel.model import load
 
+    writable(output)  # before reading and predicting: a wrong extension is known now
     frame = _read(data, delimiter, encoding)
     predictions = load(model).predict_frame(frame, proba=proba)
     if with_input:

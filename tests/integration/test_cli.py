@@ -119,7 +119,7 @@ def test_an_error_is_one_line_without_traceback_and_exit_2(tmp_path) -> None:
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
     debug = keel("train", str(tmp_path / "missing.csv"), "--target", "y", "--debug")
-    assert debug.returncode != 0 and "Traceback" in debug.stderr and "DataError" in debug.stderr
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and "DataError" in debug.stderr  # same status
 
 
 @pytest.mark.parametrize("args, message", [
@@ -150,6 +150,9 @@ def test_predict_errors(penguin_model, tmp_path) -> None:
     bad_ext = invoke("predict", str(penguin_model), str(PENGUINS), "-o", str(tmp_path / "p.xlsx"))
     assert bad_ext.exit_code == 2 and "unsupported extension '.xlsx'" in bad_ext.stderr
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "p.xlsx").exists()
+    # Checked before the data is read and predicted: a missing data file is not reached.
+    early = invoke("predict", str(penguin_model), str(tmp_path / "missing.csv"), "-o", str(tmp_path / "p.xlsx"))
+    assert early.exit_code == 2 and "unsupported extension '.xlsx'" in early.stderr
 
 
 def test_unseen_categories_are_reported_as_a_note(penguin_model, tmp_path) -> None:

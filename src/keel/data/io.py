@@ -843,11 +843,11 @@ def _sniff_delimiter(text: str, path: Path) -> str:
 _WRITERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
 
 
-def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a table as CSV, Parquet or JSON Lines (by extension), atomically (temp file + rename).
+def writable(path: str | os.PathLike) -> str:
+    """The format ``write_table`` writes ``path`` in (by its extension): check it before the work that fills it.
 
     Raises:
-        DataError: The extension is not one of .csv, .parquet, .pq, .jsonl, or the file cannot be written.
+        DataError: The extension is not one of .csv, .parquet, .pq, .jsonl.
     """
     target = Path(path)
     kind = _WRITERS.get(target.suffix.lower())
@@ -855,6 +855,17 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
         raise DataError(
             f"cannot write {target}: unsupported extension {target.suffix or '(none)'!r}; "
             f"use one of {', '.join(_WRITERS)}.", file=target)
+    return kind
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table as CSV, Parquet or JSON Lines (by extension), atomically (temp file + rename).
+
+    Raises:
+        DataError: The extension is not one of .csv, .parquet, .pq, .jsonl, or the file cannot be written.
+    """
+    target = Path(path)
+    kind = writable(target)
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
