@@ -13,17 +13,20 @@ if TYPE_CHECKING:
 def report_tables(report: "ExportReport") -> list[Table | str]:
     """The parity check and files as lines, the compression (when any) as a side-by-side table."""
     parity = report.parity
+    regression = report.model.task == "regression"  # values, no labels to mismatch
     lines: list[Table | str] = [
         f"wrote {', '.join(str(path) for path in report.files)} ({report.format}, {report.seconds:.1f} s)",
         f"parity with keel on {parity['rows']} {parity['source']} rows: max {parity['measure']} "
-        f"{parity['max_difference']:.2e} (tolerance {parity['tolerance']:g}), "
-        f"{parity['label_mismatches']} label mismatch(es)" + (f", {parity['near_ties']} near tie(s)" if parity["near_ties"] else ""),
+        f"{parity['max_difference']:.2e} (tolerance {parity['tolerance']:g})"
+        + ("" if regression else f", {parity['label_mismatches']} label mismatch(es)")
+        + (f", {parity['near_ties']} near tie(s)" if parity["near_ties"] else ""),
     ]
     if report.quantized_parity is not None:
         quantized = report.quantized_parity
-        lines.append(f"int8 file against keel: max {quantized['measure']} {quantized['max_difference']:.2e}, "
-                     f"{quantized['label_mismatches']} label change(s) on {quantized['rows']} rows "
-                     "(quantization changes predictions by design; its metric is in the table below)")
+        lines.append(f"int8 file against keel: max {quantized['measure']} {quantized['max_difference']:.2e}"
+                     + ("" if regression else f", {quantized['label_mismatches']} label change(s)")
+                     + f" on {quantized['rows']} rows (quantization changes predictions by design; its metric is in "
+                     "the table below)")
     if report.pruning is not None:
         pruning = report.pruning
         chosen = f"pruned {pruning['amount']:.0%} ({pruning['method']})"
