@@ -582,7 +582,11 @@ def info(
     table.add_column("", style="bold")
     table.add_column("")
     for key in ("task", "target", "classes", "created", "epochs_trained", "best_epoch"):
-        table.add_row(key, str(summary[key]))
+        if key in ("epochs_trained", "best_epoch") and summary.get("bagged"):  # every network's, not the first's
+            table.add_row(key, ", ".join(str(bag[key]) for bag in summary["bagged"])
+                          + f" ({len(summary['bagged'])} bagged networks)")
+        else:
+            table.add_row(key, str(summary[key]))
     for label, text in network_lines(network):
         table.add_row(label, text)
     table.add_row("features", ", ".join(f"{f['name']} ({f['type']})" for f in summary["features"]))

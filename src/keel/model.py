@@ -491,8 +491,12 @@ class Model:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly description: task, target, classes, features, network size, metrics, and the
-        model directory with its attached files (``path`` is None for a model not saved yet)."""
-        return {
+        model directory with its attached files (``path`` is None for a model not saved yet). A bag's
+        ``epochs_trained`` and ``best_epoch`` are its first network's; ``bagged`` has every network's."""
+        bags = self.history.get("bags") or []
+        bagged = {"bagged": [{"epochs_trained": len(bag.get("epochs", [])), "best_epoch": bag.get("best_epoch")}
+                             for bag in bags]} if bags else {}
+        return {**bagged,
             "task": self.task, "target": self.target, "classes": self.classes,
             "features": [{"name": f.name, "type": f.type} for f in self.schema.features],
             "dropped": self.schema.dropped, "created": self.created,

@@ -310,3 +310,23 @@ def test_config_errors_are_one_line_and_exit_2(args, message) -> None:
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and result.stderr.strip().count("\n") == 0, result.stderr
     assert message in result.stderr, result.stderr
+
+
+def test_info_of_a_bag_lists_every_network_s_epochs(tmp_path) -> None:
+    """keel info on a bagged model: each network's epochs and best epoch, not the first network's alone."""
+    import keel as api
+
+    frame = pd.read_csv(PENGUINS)
+    model = api.fit(frame, target="species", config={"preset": "fast", "model.hidden": [8], "training.epochs": 6,
+                                                     "training.bagging": 3}, quiet=True, importance=False)
+    model.save(tmp_path / "bag")
+    summary = api.load(tmp_path / "bag").summary()
+    each = [len(bag["epochs"]) for bag in model.history["bags"]]
+    assert [bag["epochs_trained"] for bag in summary["bagged"]] == each
+    assert [bag["best_epoch"] for bag in summary["bagged"]] == [bag["best_epoch"] for bag in model.history["bags"]]
+    shown = invoke("info", str(tmp_path / "bag"))
+    assert shown.exit_code == 0
+    assert f"{', '.join(map(str, each))} (3 bagged networks)" in " ".join(shown.stdout.split())
+    single = api.fit(frame, target="species", config={"preset": "fast", "model.hidden": [8], "training.epochs": 2},
+                     quiet=True, importance=False)
+    assert "bagged" not in single.summary() and single.summary()["epochs_trained"] == 2

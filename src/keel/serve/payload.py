@@ -117,6 +117,12 @@ class Payload:
                 columns = self._validate(self._columns, body, "columns")[COLUMNS_KEY]
                 n_rows = _common_length(columns, list(self._features))
                 return self.batch({name: columns[name] for name in self._features}, n_rows, list(columns))
+            if body and not any(name in body for name in self._features):  # {"rows": [...]}, {"instances": ...}
+                keys = ", ".join(repr(key) for key in list(body)[:5]) + (", ..." if len(body) > 5 else "")
+                raise RequestError.one(
+                    422, f"the body is an object whose keys ({keys}) name no feature of this model; send one record "
+                    f"(an object of feature -> value), a list of records (a list of rows wrapped in an object: send "
+                    f'the list itself), or {{"{COLUMNS_KEY}": {{feature: [values]}}}}.', "body")
             record = self._validate(self._record, body, "record")
             return self.batch({name: [record[name]] for name in self._features}, 1, list(record))
         raise RequestError.one(

@@ -95,6 +95,17 @@ def test_any_feature_name_works_in_every_form(app, model_dir: Path) -> None:
     assert beside.status_code == 422 and "only the key 'columns'" in beside.json()["detail"]
 
 
+def test_rows_wrapped_in_an_object_are_told_what_to_send(app) -> None:
+    """{"rows": [...]} (another server's shape): the answer says no key is a feature and to send the list itself
+    (before: it listed every feature as missing from "the record")."""
+    answer = call(app, "POST", "/predict", json={"rows": [ROW]})
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith("the body is an object whose keys ('rows') name no feature of this "
+                                              "model;") and "send the list itself" in answer.json()["detail"]
+    partial = call(app, "POST", "/predict", json={"flag": ROW["flag"]})  # a feature named: the missing ones are listed
+    assert partial.status_code == 422 and "name no feature" not in partial.json()["detail"]
+
+
 def test_category_values_are_spelled_as_keel_spells_them(app) -> None:
     """2, 2.0 and "2" are one category; True is the binary value "True"; none of them is unseen."""
     answers = [call(app, "POST", "/predict", json={**ROW, "class": value}).json() for value in (2, 2.0, "2")]
