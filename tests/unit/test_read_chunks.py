@@ -134,12 +134,17 @@ def test_json_lines_keys_missing_from_a_chunk_and_keys_that_come_late(tmp_path) 
 
 def test_bad_rows_in_a_late_chunk_name_the_file_and_the_line(tmp_path) -> None:
     long_row = tmp_path / "long.csv"
-    long_row.write_text("a,b,c\n" + "1,2,3\n" * 100 + "4,5,6,7\n" + "1,2,3\n" * 10)
-    chunks = read_chunks(long_row, rows=30)
-    assert len(next(chunks)) == 30  # the rows are read as the chunks are: the first chunks come first
-    with pytest.raises(DataError, match=r"long.csv as CSV .*line 102, saw 4") as error:
+    # Past the 64 KB sample that is checked up front (a long row within it is refused before any chunk).
+    long_row.write_text("a,b,c\n" + "1,2,3\n" * 20_000 + "4,5,6,7\n" + "1,2,3\n" * 10)
+    chunks = read_chunks(long_row, rows=3000)
+    assert len(next(chunks)) == 3000  # the rows are read as the chunks are: the first chunks come first
+    with pytest.raises(DataError, match=r"long.csv as CSV: line 20002 has 4 field\(s\) where the header has 3") as error:
         list(chunks)
     assert error.value.file == str(long_row)
+    early = tmp_path / "early.csv"
+    early.write_text("a,b,c\n" + "1,2,3\n" * 100 + "4,5,6,7\n" + "1,2,3\n" * 10)
+    with pytest.raises(DataError, match=r"early.csv as CSV: line 102 has 4 field\(s\) where the header has 3 \('4,5,6,7'\)"):
+        read_chunks(early, rows=30)
     # a short last row, as an interrupted write leaves, is found before any chunk is read
     short = tmp_path / "short.csv"
     short.write_bytes(b"a,b,c\n" + b"1,2,3\n" * 20_000 + b"4,5")

@@ -573,13 +573,21 @@ def _csv_layout(path: Path, delimiter: str | None, encoding: str | None) -> _Csv
     if not compressed and not whole:
         numbered += _last_line(path, delimiter, encoding)
     for number, row in numbered:
-        if row and len(row) < len(header):
+        if row and len(row) != len(header):  # longer: pandas' own message names no content
             where = f"line {number}" if number else "the last line"
             raise DataError(
                 f"cannot parse {path} as CSV: {where} has {len(row)} field(s) where the header has {len(header)} "
                 f"({delimiter.join(row)[:80]!r}). Check that every row has as many fields as the header "
-                "(the file may be truncated), or pass the right delimiter.", file=path)
+                + ("(the file may be truncated)" if len(row) < len(header) else "(a value with an unquoted "
+                   f"{delimiter!r} in it?)") + _not_a_table(header, delimiter) + ", or pass the right delimiter.",
+                file=path)
     return _CsvLayout(delimiter, encoding, header)
+
+
+def _not_a_table(header: list[str], delimiter: str) -> str:
+    """A hint for a header of one field: the file may not be a table at all (prose, a binary file)."""
+    return (f"; its header has one field, so it may not be a table separated by {delimiter!r} at all"
+            if len(header) == 1 else "")
 
 
 @contextmanager
@@ -597,13 +605,20 @@ def _csv_errors(path: Path, layout: _CsvLayout) -> Iterator[None]:
     except pd.errors.ParserWarning:
         raise DataError(
             f"cannot parse {path} as CSV with delimiter {delimiter!r}: the data rows have more fields than the "
-            f"header's {len(header)}. Check that every row has as many fields as the header, or pass the right "
-            "delimiter.", file=path) from None
+            f"header's {len(header)}. Check that every row has as many fields as the header"
+            + _not_a_table(header, delimiter) + ", or pass the right delimiter.", file=path) from None
     except (EOFError, zlib.error) as error:  # a .gz file cut short or damaged past the sample
         raise DataError(f"cannot read {path}: {error}. The gzip file is cut short or damaged; copy or download "
                         "it again.", file=path) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, UnicodeDecodeError, ValueError) as error:
         message = str(error).replace("\n", " ").strip()
+        fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+        if fields:  # a long row past the sample that the layout checked: said as the layout's check says it
+            expected, line, saw = fields.groups()
+            raise DataError(
+                f"cannot parse {path} as CSV: line {line} has {saw} field(s) where the header has {expected}. Check "
+                f"that every row has as many fields as the header (a value with an unquoted {delimiter!r} in it?)"
+                + _not_a_table(header, delimiter) + ", or pass the right delimiter.", file=path) from None
         raise DataError(
             f"cannot parse {path} as CSV with delimiter {delimiter!r} and encoding {layout.encoding}: {message}. "
             "Check that every row has as many fields as the header, or pass the right delimiter/encoding.",

@@ -61,8 +61,10 @@ def test_utf8_bom_is_not_part_of_the_first_name(tmp_path) -> None:
     (b"a,b,c\n", "has a header but no data rows"),
     (b"\n\n\n", "only blank lines"),
     (b"a,b,a\n1,2,3\n", r"duplicate column names \['a'\]"),
-    (b"a,b\n1,2\n3,4,5\n", "cannot parse .* delimiter ','.*line 3, saw 3.*as many fields as the header"),
-    (b"a,b\n1,2,3\n4,5,6\n", "data rows have more fields than the header's 2"),  # not an index column
+    (b"a,b\n1,2\n3,4,5\n", r"line 3 has 3 field\(s\) where the header has 2 \('3,4,5'\).*unquoted ','"),
+    (b"a,b\n1,2,3\n4,5,6\n", r"line 2 has 3 field\(s\) where the header has 2"),  # not an index column
+    # Prose (or a binary file) named .csv: a header of one field, said so.
+    (b"Once upon a time\nthere was a table, or so it seemed\n", r"line 2 has 2 field\(s\).*may not be a table"),
     (b"a,b,c\n1,2,3\n4,5\n6,7,8\n", r"line 3 has 2 field\(s\) where the header has 3 \('4,5'\)"),
     (b"a,b,c\n" + b"1,2,3\n" * 20_000 + b"4,5", r"the last line has 2 field\(s\) .*may be truncated"),
 ])
