@@ -24,6 +24,7 @@ from keel.data.transforms import (
     mean_and_std,
 )
 from keel.data.values import (
+    TARGET_ADVICE,
     category_strings,
     is_numeric,
     map_gathering,
@@ -311,7 +312,7 @@ class TargetEncoder:
     def fit(self, target: pd.Series) -> "TargetEncoder":
         present = target[~missing_values(target)]  # a blank label is missing, as in any category column
         if self.task == "regression":
-            values = to_numeric(present, column=self.name, source=target.attrs.get("source"))
+            values = to_numeric(present, column=self.name, source=target.attrs.get("source"), advice=TARGET_ADVICE)
             self.mean, self.std = mean_and_std(values)  # finite even for targets near 1e308
             if not np.isfinite(self.std) or self.std == 0.0:
                 self.std = 1.0
@@ -327,7 +328,7 @@ class TargetEncoder:
     def encode(self, target: pd.Series, source: str | None = None) -> np.ndarray:
         """Indices (int64) for classification, standardized float32 values for regression."""
         if self.task == "regression":
-            values = to_numeric(target, column=self.name, source=source)
+            values = to_numeric(target, column=self.name, source=source, advice=TARGET_ADVICE)
             return ((values - self.mean) / self.std).astype(np.float32)
         codes = self._class_indices(target)
         unknown = np.flatnonzero(codes < 0)

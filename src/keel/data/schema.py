@@ -16,6 +16,7 @@ from keel.config import Config
 from keel.data.images import IMAGE_SUFFIXES
 from keel.data.io import ISO_DATE
 from keel.data.values import (
+    TARGET_ADVICE,
     category_strings,
     is_numeric,
     map_gathering,
@@ -349,7 +350,7 @@ def infer_task(target: pd.Series, name: str, declared: str, source: str | None) 
         )
     regression = declared == "regression" or (declared == "auto" and _is_quantity(present))
     if regression:
-        values = to_numeric(target, column=name, source=source)
+        values = to_numeric(target, column=name, source=source, advice=TARGET_ADVICE)
         distinct = int(pd.Series(values).dropna().nunique())
     else:
         distinct = present.nunique() if is_numeric(present) else len(set(category_strings(present)))

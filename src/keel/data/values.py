@@ -34,7 +34,15 @@ def numeric_share(series: pd.Series) -> float:
     return float(parsed.notna().mean())
 
 
-def to_numeric(series: pd.Series, *, column: str, source: str | None = None) -> np.ndarray:
+# What a number column's bad value can be fixed by, besides fixing or blanking it: a feature can be a category.
+FEATURE_ADVICE = "or declare the column a category in input_features"
+# A regression target cannot: its rows are dropped, or the task is a classification.
+TARGET_ADVICE = "or drop those rows (a regression target is a number on every labelled row), or set task to binary " \
+                "or multiclass if its values are classes"
+
+
+def to_numeric(series: pd.Series, *, column: str, source: str | None = None,
+               advice: str = FEATURE_ADVICE) -> np.ndarray:
     """Convert a column to floats with NaN for missing values: float32 columns stay float32 (and
     are not copied), everything else becomes float64.
 
@@ -42,7 +50,7 @@ def to_numeric(series: pd.Series, *, column: str, source: str | None = None) -> 
         DataError: Values are not numbers, or are infinite; the message names the column, how many
             there are, and the rows and values of up to five of them.
     """
-    values = _parsed(series, column, source)
+    values = _parsed(series, column, source, advice)
     is_infinite = np.isinf(values)
     if is_infinite.any():  # any() first: flatnonzero over a clean column costs ~10x more
         raise _infinite(series, values, np.flatnonzero(is_infinite), column, source)
@@ -169,7 +177,7 @@ def _not_dates(series: pd.Series, positions: np.ndarray, column: str, source: st
     )
 
 
-def _parsed(series: pd.Series, column: str, source: str | None) -> np.ndarray:
+def _parsed(series: pd.Series, column: str, source: str | None, advice: str = FEATURE_ADVICE) -> np.ndarray:
     """The column as floats, NaN where missing; a DataError for values that are not numbers."""
     if series.dtype in (np.float32, np.float64):
         return series.to_numpy()
@@ -187,7 +195,7 @@ def _parsed(series: pd.Series, column: str, source: str | None) -> np.ndarray:
         raise DataError(
             f"column {column!r} holds numbers, but row {row} has the value {value!r} "
             f"({len(bad)} such value(s) in all{_more_samples(series, bad)}). Fix or blank out the "
-            f"value{'s' if len(bad) > 1 else ''}, or declare the column a category in input_features.",
+            f"value{'s' if len(bad) > 1 else ''}, {advice}.",
             file=source, column=column, row=row,
         )
     return values

@@ -157,3 +157,22 @@ def test_numeric_text_is_read_as_a_number_with_a_note_saying_how_to_declare_it(t
     assert Schema.from_dict(state) == schema
     del state["notes"]  # a schema saved before notes existed still loads
     assert Schema.from_dict(state).notes == []
+
+
+def test_a_bad_regression_target_value_gets_a_target_s_advice() -> None:
+    """'n.a.' in a regression target: the message says to drop the rows or change the task, not to declare the
+    column a category in input_features (a feature's advice; the target is no feature)."""
+    from keel.data.preprocess import TargetEncoder
+
+    bad = pd.Series([1.5, 2.5, "n.a."], name="wage")
+    for call in (lambda: infer_task(bad, "wage", "regression", "data.csv"),
+                 lambda: TargetEncoder("wage", "regression").fit(bad),
+                 lambda: TargetEncoder("wage", "regression").fit(bad.iloc[:2]).encode(bad, "holdout.csv")):
+        with pytest.raises(DataError, match=r"column 'wage' holds numbers, but row 3 has the value 'n\.a\.'.*or drop "
+                                            r"those rows .*set task to binary or multiclass") as error:
+            call()
+        assert "input_features" not in str(error.value)
+    from keel.data.values import to_numeric
+
+    with pytest.raises(DataError, match="declare the column a category in input_features"):  # a feature's, still
+        to_numeric(bad, column="x")
