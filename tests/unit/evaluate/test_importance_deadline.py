@@ -6,31 +6,13 @@ cut is checked exactly, on any machine, however busy.
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
-import pytest
 
-import keel.evaluate.importance as importance
 from keel.evaluate.importance import DEADLINE_ROWS, permutation_importance
+from tests.unit.evaluate.conftest import Clock
 
 PACE = 1e-4  # fake seconds a predicted row
 GROUPS = {"decides": ([0], []), "nudges": ([1], []), "noise": ([2], []), "code": ([], [0])}  # 4 passes a repeat set
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def perf_counter(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(importance, "time", types.SimpleNamespace(perf_counter=fake.perf_counter))
-    return fake
 
 
 def _arrays(n_rows: int = 600) -> tuple[np.ndarray, np.ndarray, np.ndarray, None]:

@@ -6,30 +6,13 @@ tests/unit/evaluate/test_importance_deadline.py, so the cut's arithmetic is chec
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 
-import keel.evaluate.importance as importance
 from keel.evaluate.importance import DEADLINE_ROWS, permutation_importance
+from tests.unit.evaluate.conftest import Clock
 
 PACE = 1e-4  # fake seconds a predicted row (the whole network and the reuse alike: the reuse is never slower)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def perf_counter(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(importance, "time", types.SimpleNamespace(perf_counter=fake.perf_counter))
-    return fake
 
 
 def _arrays(n_rows: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
