@@ -154,7 +154,9 @@ class Model:
         return to_probabilities(self._outputs(read_table(data)), self.task).numpy()
 
     def predict_frame(self, data: TableSource, proba: bool = False) -> pd.DataFrame:
-        """Predictions as a DataFrame: a column named after the target, plus ``proba_<class>`` columns."""
+        """Predictions as a DataFrame: a column named after the target, plus ``proba_<class>`` columns (one
+        named like the target, or like another, takes another ``proba_`` in front: the labels are never
+        overwritten)."""
         outputs = self._outputs(read_table(data))
         if self.task == "regression":
             return pd.DataFrame({self.target: self.target_encoder.decode(outputs[:, 0].numpy())})
@@ -163,7 +165,10 @@ class Model:
         frame = pd.DataFrame({self.target: labels})
         if proba:
             for index, label in enumerate(self.classes):
-                frame[f"proba_{label}"] = probabilities[:, index]
+                name = f"proba_{label}"
+                while name in frame.columns:  # a target named proba_<class>, or classes "a" and "proba_a"
+                    name = f"proba_{name}"
+                frame[name] = probabilities[:, index]
         return frame
 
     def evaluate(self, data: TableSource) -> dict[str, Any]:

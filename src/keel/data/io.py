@@ -573,7 +573,10 @@ def _csv_layout(path: Path, delimiter: str | None, encoding: str | None) -> _Csv
     if not compressed and not whole:
         numbered += _last_line(path, delimiter, encoding)
     for number, row in numbered:
-        if row and len(row) != len(header):  # longer: pandas' own message names no content
+        # Longer: pandas' own message names no content. One empty field more is a trailing delimiter, which
+        # pandas drops (index_col=False): read as before.
+        trailing = len(row) == len(header) + 1 and row[-1] == ""
+        if row and len(row) != len(header) and not trailing:
             where = f"line {number}" if number else "the last line"
             raise DataError(
                 f"cannot parse {path} as CSV: {where} has {len(row)} field(s) where the header has {len(header)} "
@@ -808,10 +811,11 @@ def _last_line(path: Path, delimiter: str, encoding: str) -> list[tuple[int, lis
     when it is plainly a row of its own (no quotes: a quoted field may span lines)."""
     with open(path, "rb") as handle:
         handle.seek(-4096, os.SEEK_END)
-        tail = handle.read().decode(encoding, errors="replace").rstrip("\r\n").rsplit("\n", 1)[-1]
+        text = handle.read().decode(encoding, errors="replace").rstrip("\r\n")
+    tail = re.split(r"\r\n|\r|\n", text)[-1]  # a bare carriage return ends a line too, as in pandas' parser
     if '"' in tail or not tail.strip():
         return []
-    return [(0, tail.rstrip("\r").split(delimiter))]
+    return [(0, tail.split(delimiter))]
 
 
 def _sample_text(path: Path, encoding: str | None) -> tuple[str, str]:

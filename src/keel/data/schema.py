@@ -336,8 +336,10 @@ def _looks_like_row_id(present: pd.Series, name: str) -> bool:
     return consecutive or bool(_ID_NAME.search(name))
 
 
-def infer_task(target: pd.Series, name: str, declared: str, source: str | None) -> ResolvedTask:
-    """Binary, multiclass or regression, from the declared task or the target's values.
+def infer_task(target: pd.Series, name: str, declared: str, source: str | None, *,
+               distinct: bool = False) -> ResolvedTask:
+    """Binary, multiclass or regression, from the declared task or the target's values (``distinct``: each
+    distinct value once, as a streamed scan counts them, so one of them is no lone row).
 
     Raises:
         DataError: The target is all missing, has a single class, or does not fit the declared task.
@@ -351,13 +353,13 @@ def infer_task(target: pd.Series, name: str, declared: str, source: str | None) 
     regression = declared == "regression" or (declared == "auto" and _is_quantity(present))
     if regression:
         values = to_numeric(target, column=name, source=source, advice=TARGET_ADVICE)
-        distinct = int(pd.Series(values).dropna().nunique())
+        n_values = int(pd.Series(values).dropna().nunique())
     else:
-        distinct = present.nunique() if is_numeric(present) else len(set(category_strings(present)))
-    if len(present) == 1:
+        n_values = present.nunique() if is_numeric(present) else len(set(category_strings(present)))
+    if len(present) == 1 and not distinct:
         raise DataError(f"target column {name!r} has one labelled row (one sample): there is nothing to learn from; "
                         "a model needs at least two rows with a target.", file=source, column=name)
-    if distinct < 2:  # a regression on one value has nothing to learn either (R^2 is 0 whatever it predicts)
+    if n_values < 2:  # a regression on one value has nothing to learn either (R^2 is 0 whatever it predicts)
         raise DataError(
             f"target column {name!r} holds one {'value' if regression else 'class'} ({_shown(present.iloc[0])}) "
             "on every labelled row: there is "
@@ -366,7 +368,7 @@ def infer_task(target: pd.Series, name: str, declared: str, source: str | None) 
         )
     if regression:
         return "regression"
-    n_classes = distinct
+    n_classes = n_values
     if declared == "binary" and n_classes != 2:
         raise ConfigError(f"task is binary but target {name!r} has {n_classes} classes; set task: multiclass or auto.")
     return "binary" if n_classes == 2 else "multiclass"

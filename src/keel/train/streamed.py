@@ -607,7 +607,7 @@ def _target_encoder(scan: Scan, settings: Config) -> TargetEncoder:
                             file=scan.source, column=name)
     else:
         values = pd.Series(list(scan.labels.values()))
-        task = infer_task(values, name, settings.task, scan.source)
+        task = infer_task(values, name, settings.task, scan.source, distinct=True)
     encoder = TargetEncoder(name, task)
     if task != "regression":
         encoder.fit(values)
