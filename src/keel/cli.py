@@ -841,7 +841,10 @@ def serve(
     """Serve MODEL over HTTP: POST /predict, /health, /ready, /metadata, /docs. Exports it to ONNX first when needed."""
     from keel.serve import ServeSettings
 
+    from keel.serve.__main__ import check_address
+
     settings = ServeSettings(str(model), host, port, workers, max_batch, max_body)  # bad options: before any export
+    check_address(settings.host, settings.port)  # an address that cannot be served, too (the server checks again)
     _export_for_serving(model)
     # The server is a fresh process (python -m keel.serve) that never imports torch; exec keeps
     # this process's id, so a supervisor's SIGTERM reaches the server itself.

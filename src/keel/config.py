@@ -9,11 +9,12 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from keel.errors import ConfigError
 
@@ -24,6 +25,48 @@ Preset = Literal["fast", "balanced", "best"]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_true_or_false_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """true / false where a number is meant is an error: pydantic would read it as 1 / 0, and YAML reads
+        yes, no, on and off as true / false (``batch_size: yes`` trained on batches of one row)."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        if isinstance(value, bool):
+            scalars = _scalar_types(field.annotation)
+        elif isinstance(value, (list, tuple)) and any(isinstance(item, bool) for item in value):
+            scalars = _item_types(field.annotation)
+        else:
+            return value
+        if bool not in scalars and scalars & {int, float}:
+            raise ValueError("takes a number, not true / false (YAML reads yes, no, on and off as true / false)")
+        return value
+
+
+def _scalar_types(annotation: Any) -> set[Any]:
+    """The plain types a field's annotation admits (through Optional, unions, Annotated and Literal values)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _scalar_types(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return set().union(*(_scalar_types(arg) for arg in get_args(annotation)))
+    if origin is Literal:
+        return {type(value) for value in get_args(annotation)}
+    return {annotation} if isinstance(annotation, type) and origin is None else set()
+
+
+def _item_types(annotation: Any) -> set[Any]:
+    """The plain types the items of a list (or tuple) in a field's annotation admit."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _item_types(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return set().union(*(_item_types(arg) for arg in get_args(annotation)))
+    if origin in (list, tuple):
+        return set().union(*(_scalar_types(arg) for arg in get_args(annotation) if arg is not Ellipsis))
+    return set()
 
 
 class InputFeature(_Section):

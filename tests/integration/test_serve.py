@@ -408,6 +408,8 @@ BAD_REQUESTS = [  # (name, content, content type, status, field named, words in 
     ("body over --max-body", body([{**ROW, "pad": "x" * 70_000}]), "application/json", 413, None, "--max-body"),
     ("deep nesting", b"[" * 20_000 + b"]" * 20_000, "application/json", 400, None, "nested too deeply"),
     ("not UTF-8", b'{"size": "\xff"}', "application/json", 400, None, "not UTF-8"),
+    # UTF-16 with its byte-order mark: Python's reader of bytes guessed it and answered 200 (a user's trial).
+    ("UTF-16", json.dumps(ROW).encode("utf-16"), "application/json", 400, None, "not UTF-8"),
 ]
 
 
@@ -600,6 +602,19 @@ def test_keel_serve_checks_its_options_before_exporting(models, tmp_path) -> Non
                             text=True, timeout=120)
     assert result.returncode == 2 and "--port must be a whole number from 0 to 65535" in result.stderr
     assert not (directory / "model.onnx").exists()
+    # A port in use (and a host that is no address here) too: the model folder is left as it was (found by a
+    # user's trial: model.onnx was written, then the port refused).
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        busy = subprocess.run([str(KEEL_CLI), "serve", str(directory), "--port", str(port)], capture_output=True,
+                              text=True, timeout=120)
+    assert busy.returncode == 2 and f"port {port} on 127.0.0.1 is in use" in busy.stderr
+    foreign = subprocess.run([str(KEEL_CLI), "serve", str(directory), "--host", "10.99.99.99", "--port", "8123"],
+                             capture_output=True, text=True, timeout=120)
+    assert foreign.returncode == 2 and "--host '10.99.99.99' is no address" in foreign.stderr
+    assert not (directory / "model.onnx").exists() and not (directory / "reports").exists()
 
 
 # ---- fuzzing -------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -129,3 +131,22 @@ def test_a_learning_rate_that_overflows_float32_and_bad_memory_budgets_are_confi
     for bad, reason in [("12 bananas", "is not a size"), ("10KB", "under the smallest budget"), (-5, "smallest")]:
         with pytest.raises(ConfigError, match=reason):
             load_config({"data.memory_budget": bad})
+
+
+@pytest.mark.parametrize("key, value", [
+    ("training.batch_size", True), ("training.lr", True), ("training.epochs", True), ("training.seed", True),
+    ("training.validation_split", False), ("training.early_stopping", False), ("model.hidden", [True, 64]),
+])
+def test_true_or_false_for_a_number_is_an_error(key, value) -> None:
+    """YAML reads yes / no / on / off as true / false, and pydantic would take them as 1 / 0: batch_size: yes
+    trained on one-row batches, silently (found by a user's trial)."""
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: takes a number, not true / false"):
+        load_config({"preset": "fast", key: value})
+
+
+def test_true_or_false_stays_valid_where_a_setting_is_a_switch() -> None:
+    config = load_config({"training.checkpoint": True, "preprocessing.missing_indicator": True,
+                          "training.calibrate": False, "image.strict": True})
+    assert config.training.checkpoint is True and config.training.calibrate is False
+    with pytest.raises(ConfigError, match="takes a number"):
+        load_config(None, ["training.batch_size=yes"])  # --set reads YAML too

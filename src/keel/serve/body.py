@@ -60,13 +60,16 @@ def decode(content: bytes) -> Any:
     if not content.strip():
         raise RequestError.one(400, "the request has no body; send the rows as JSON.", "json")
     try:
+        # UTF-8 (a byte-order mark allowed), as the API says: Python's reader of bytes would also take UTF-16
+        # and UTF-32 by guessing.
+        text = content.decode("utf-8-sig")
         try:
-            return json.loads(content, parse_constant=JsonConstant)
+            return json.loads(text, parse_constant=JsonConstant)
         except ValueError as error:
-            if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
+            if isinstance(error, json.JSONDecodeError):
                 raise
             # Python refuses to convert integers of over 4,300 digits (sys.get_int_max_str_digits).
-            return json.loads(content, parse_constant=JsonConstant, parse_int=_integer)
+            return json.loads(text, parse_constant=JsonConstant, parse_int=_integer)
     except RecursionError:
         raise RequestError.one(400, "the body's JSON is nested too deeply to read; send rows as objects of feature "
                                "-> value.", "json") from None

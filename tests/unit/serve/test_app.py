@@ -364,3 +364,10 @@ def test_classes_of_mixed_types_are_answered_as_model_and_predictor_give_them(tm
     assert set(answer["predictions"]) == {1, "yes"}  # both classes, so both types are checked
     assert answer["predictions"] == model.predict(pd.DataFrame(rows)).tolist()
     assert answer["predictions"] == Predictor.load(tmp_path / "mixed").predict(rows).tolist()
+
+
+def test_a_utf8_body_with_a_byte_order_mark_is_still_read(app) -> None:
+    """UTF-8 is what the API takes, a byte-order mark included (as before); UTF-16 is refused (test_serve)."""
+    answer = call(app, "POST", "/predict", content=b"\xef\xbb\xbf" + json.dumps(ROW).encode(),
+                  headers={"content-type": "application/json"})
+    assert answer.status_code == 200, answer.text
