@@ -840,7 +840,6 @@ def serve(
 ) -> None:
     """Serve MODEL over HTTP: POST /predict, /health, /ready, /metadata, /docs. Exports it to ONNX first when needed."""
     from keel.serve import ServeSettings
-
     from keel.serve.__main__ import check_address
 
     settings = ServeSettings(str(model), host, port, workers, max_batch, max_body)  # bad options: before any export
