@@ -35,9 +35,9 @@ class _Section(BaseModel):
         if field is None:
             return value
         if isinstance(value, bool):
-            scalars = _scalar_types(field.annotation)
+            scalars = _admitted(field.annotation)
         elif isinstance(value, (list, tuple)) and any(isinstance(item, bool) for item in value):
-            scalars = _item_types(field.annotation)
+            scalars = _admitted(field.annotation, items=True)
         else:
             return value
         if bool not in scalars and scalars & {int, float}:
@@ -45,28 +45,20 @@ class _Section(BaseModel):
         return value
 
 
-def _scalar_types(annotation: Any) -> set[Any]:
-    """The plain types a field's annotation admits (through Optional, unions, Annotated and Literal values)."""
+def _admitted(annotation: Any, items: bool = False) -> set[Any]:
+    """The plain types a field's annotation admits (through Optional, unions, Annotated and Literal values), or
+    with ``items`` those its lists' (or tuples') items admit."""
     origin = get_origin(annotation)
     if origin is Annotated:
-        return _scalar_types(get_args(annotation)[0])
+        return _admitted(get_args(annotation)[0], items)
     if origin in (Union, types.UnionType):
-        return set().union(*(_scalar_types(arg) for arg in get_args(annotation)))
+        return set().union(*(_admitted(arg, items) for arg in get_args(annotation)))
+    if items:
+        return set().union(*(_admitted(arg) for arg in get_args(annotation) if arg is not Ellipsis)) \
+            if origin in (list, tuple) else set()
     if origin is Literal:
         return {type(value) for value in get_args(annotation)}
     return {annotation} if isinstance(annotation, type) and origin is None else set()
-
-
-def _item_types(annotation: Any) -> set[Any]:
-    """The plain types the items of a list (or tuple) in a field's annotation admit."""
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        return _item_types(get_args(annotation)[0])
-    if origin in (Union, types.UnionType):
-        return set().union(*(_item_types(arg) for arg in get_args(annotation)))
-    if origin in (list, tuple):
-        return set().union(*(_scalar_types(arg) for arg in get_args(annotation) if arg is not Ellipsis))
-    return set()
 
 
 class InputFeature(_Section):
