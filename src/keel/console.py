@@ -24,7 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from keel.train.callbacks import Advance, EpochCallback, EpochClock, Reporter, epoch_line, stop_label
+from keel.train.callbacks import Advance, EpochCallback, EpochClock, Reporter, epoch_line, epoch_share, stop_label
 
 #: Off a terminal, a step gets its line only when it has run this long: quick ones leave no trace.
 STEP_LINE_AFTER = 1.0
@@ -135,7 +135,7 @@ class EpochLines:
         self.write = write
 
     def __call__(self, epoch: int, epochs: int, record: dict[str, Any]) -> None:
-        self.write(epoch_line(epoch, epochs, record, self.monitor, self.clock.tick()))
+        self.write(epoch_line(epoch, epochs, record, self.monitor, self.clock.tick(epoch_share(record))))
 
 
 class ProgressBar:
@@ -170,7 +170,7 @@ class ProgressBar:
         self.progress.stop()
 
     def __call__(self, epoch: int, epochs: int, record: dict[str, Any]) -> None:
-        speed = self.clock.tick()
+        speed = self.clock.tick(epoch_share(record))
         status = f"loss {record['loss']:.4f}"
         if record.get("val_" + self.monitor) is not None:
             status += f"  val_{self.monitor} {record['val_' + self.monitor]:.4f}"

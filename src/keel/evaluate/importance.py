@@ -12,6 +12,7 @@ Cost: one batched prediction per feature on ``rows × repeats`` rows (the repeat
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -76,13 +77,16 @@ def permutation_importance(
         deadline: A ``time.perf_counter()`` value to finish by (a time limit's end). At the unshuffled
             prediction's pace (an upper bound), the repeats are cut so that building ``around`` on them, the
             first feature's shuffles and one shuffle of every other feature fit, and where even one repeat does
-            not, the rows too (at least ``DEADLINE_ROWS``); then, where the first shuffled feature's own pace
-            says the rest would end later, fewer repeats (that feature keeps its first ones). The result's
-            ``repeats`` and ``rows`` say what was used.
+            not, the rows too (at least ``DEADLINE_ROWS``); then, after each shuffled feature, where the pace of
+            the last (up to three) says the rest would end later, fewer repeats for the rest (the first feature
+            keeps its first ones, as a run of fewer repeats draws them; a later one keeps all it took). The
+            result's ``repeats`` (the fewest) and ``rows`` say what was used; where features differ, each one's
+            ``repeats`` its own.
 
     Returns:
         ``{"metric", "higher_is_better", "baseline", "rows", "repeats", "source", "seconds",
-        "features": [{"name", "mean", "std"}, ...]}``, features sorted most important first.
+        "features": [{"name", "mean", "std"}, ...]}``, features sorted most important first (each with its
+        ``repeats`` too where a deadline's cut left them unequal).
 
     Raises:
         DataError: The arrays disagree in length, there are no rows, or a group names a column
@@ -125,34 +129,52 @@ def permutation_importance(
     shuffled_predict = predict if around is None else around(*stacked)
     sign = 1.0 if task != "regression" else -1.0
     features: list[dict[str, Any]] = []
-    measured = deadline is None or repeats == 1
+    shuffled, paces = 0, []  # the shuffled features done; their seconds a repeat since the repeats last changed
     for done, (name, (numeric_group, categorical_group)) in enumerate(groups.items(), start=1):
         columns = (np.asarray(numeric_group, dtype=np.int64), np.asarray(categorical_group, dtype=np.int64))
         if len(columns[0]) or len(columns[1]):
             timed = time.perf_counter()
             order = np.concatenate([rng.permutation(n_rows) for _ in range(repeats)])  # one shuffle per repeat
             scores = score(_shuffled_predict(shuffled_predict, stacked, columns, order, n_rows))
-            if not measured:  # the first shuffled feature: would the rest at its pace end after the deadline?
-                measured, rest = True, shuffled_features - 1
-                assert deadline is not None
-                per_repeat, left = (time.perf_counter() - timed) / repeats, deadline - time.perf_counter()
-                if rest and per_repeat * repeats * rest > left:  # (a lone feature keeps the shuffles it took)
+            shuffled += 1
+            rest = shuffled_features - shuffled  # (a lone or last feature keeps the shuffles it took)
+            if deadline is not None and rest and repeats > 1:
+                # Would the rest, at the pace of the last features (the first one's is the first measure of the
+                # shuffled rows; a machine busy with other work can slow any later one), end after the deadline?
+                paces.append((time.perf_counter() - timed) / repeats)
+                per_repeat, left = statistics.fmean(paces[-3:]), deadline - time.perf_counter()
+                if per_repeat * repeats * rest > left:
                     # Each repeat kept costs a shuffle of every remaining feature and a row's pass in rebuilding.
                     fewer = max(1, min(repeats - 1, int(left // (per_repeat * rest + pace * n_rows))))
-                    # This feature's first shuffles are the ones it would have drawn with fewer repeats.
-                    repeats, scores = fewer, scores[:fewer]
+                    if shuffled == 1:  # the first feature's first shuffles are the ones fewer repeats draw
+                        scores = scores[:fewer]
+                    repeats, paces = fewer, []
                     stacked = (stacked[0][:repeats * n_rows], stacked[1][:repeats * n_rows])
                     shuffled_predict = predict if around is None else around(*stacked)
         else:
             scores = np.full(repeats, baseline)
         drops = sign * (baseline - scores)
         features.append({"name": name, "mean": float(drops.mean()), "std": float(drops.std())})
+        if len(columns[0]) or len(columns[1]):  # (a group without columns reads 0 however many)
+            features[-1]["repeats"] = len(drops)
         if progress is not None:
             progress(done)
+    if len({feature.get("repeats") for feature in features} - {None}) <= 1:  # all alike: the result's say it
+        for feature in features:
+            feature.pop("repeats", None)
     features.sort(key=lambda feature: -float(feature["mean"]))  # stable: ties keep the groups' order
     return {"metric": "rmse" if task == "regression" else "accuracy", "higher_is_better": task != "regression",
             "baseline": baseline, "rows": int(n_rows), "repeats": int(repeats), "source": source,
             "seconds": time.perf_counter() - started, "features": features}
+
+
+def shuffles_said(result: Mapping[str, Any]) -> str:
+    """How many times each feature was shuffled, in words: ``5``, or ``2 to 5`` where a deadline cut the repeats
+    part-way (each feature's own ``repeats``)."""
+    counts = {int(feature["repeats"]) for feature in result.get("features", []) if "repeats" in feature}
+    if len(counts) > 1:
+        return f"{min(counts)} to {max(counts)}"
+    return str(result.get("repeats", "?"))
 
 
 def _shuffled_predict(predict: Predict, stacked: tuple[np.ndarray, np.ndarray],

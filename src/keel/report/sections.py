@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import yaml
 
+from keel.evaluate.importance import shuffles_said
 from keel.evaluate.metrics import classification_metrics, regression_metrics
 from keel.report import curves, figures
 from keel.report.html import (
@@ -415,7 +416,7 @@ def importance(inputs: ReportInputs, context: Context) -> str:
     higher = bool(result.get("higher_is_better", True))
     png = figures.importance(features, metric, higher_is_better=higher)
     seconds = result.get("seconds")
-    caption = (f"Each feature's values shuffled {result.get('repeats', '?')} times on "
+    caption = (f"Each feature's values shuffled {shuffles_said(result)} times on "
                f"{_rows(result.get('rows', 0))} {result.get('source', '')} rows; the bar is the {metric} lost "
                f"(baseline {result.get('baseline', float('nan')):.4g}), the whisker its standard deviation. "
                "Near 0: the model does not rely on the feature (or another feature carries the same information)."

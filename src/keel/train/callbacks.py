@@ -110,8 +110,16 @@ def epoch_line(epoch: int, epochs: int, record: dict[str, Any], monitor: str,
 
 
 def stop_label(record: dict[str, Any]) -> str:
-    """What ended training at this epoch record: early stopping, or the time limit (training.time_limit)."""
-    return "time limit" if record.get("stopped_by") == "time limit" else "early stop"
+    """What ended training at this epoch record: early stopping, or the time limit (training.time_limit), which
+    may end an epoch part-way."""
+    if record.get("stopped_by") != "time limit":
+        return "early stop"
+    return f"time limit, after {record['steps']} of {record['epoch_steps']} steps" if "steps" in record else "time limit"
+
+
+def epoch_share(record: dict[str, Any]) -> float:
+    """The share of a full epoch's steps this epoch record trained: 1, less where the time limit ended it."""
+    return record["steps"] / record["epoch_steps"] if "steps" in record else 1.0
 
 
 class EpochClock:
@@ -121,13 +129,14 @@ class EpochClock:
         self.rows = rows
         self.last = time.perf_counter()
 
-    def tick(self) -> float | None:
-        """Call once per finished epoch; returns that epoch's rows/s (None without a row count)."""
+    def tick(self, share: float = 1.0) -> float | None:
+        """Call once per finished epoch (``share``: of its steps taken, :func:`epoch_share`); returns that epoch's
+        rows/s (None without a row count)."""
         now = time.perf_counter()
         seconds, self.last = now - self.last, now
         if not self.rows or seconds <= 0:
             return None
-        return self.rows / seconds
+        return self.rows * share / seconds
 
 
 class LogReporter(Reporter):
@@ -178,7 +187,7 @@ class LogReporter(Reporter):
 
         def callback(epoch: int, epochs: int, record: dict[str, Any]) -> None:
             done[0] = epoch
-            self.line(epoch_line(epoch, epochs, record, monitor, clock.tick()))
+            self.line(epoch_line(epoch, epochs, record, monitor, clock.tick(epoch_share(record))))
 
         yield callback
         self.line(f"trained {done[0]} epoch(s) in {time.perf_counter() - started:.2f} s")

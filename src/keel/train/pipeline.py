@@ -48,7 +48,7 @@ from keel.data.split import Split, fold_rows, split_rows
 from keel.data.text import TextTransform
 from keel.data.values import missing_values, row_weights, to_numeric
 from keel.errors import ConfigError, DataError, KeelError, KeelWarning
-from keel.evaluate.importance import IMPORTANCE_REPEATS, IMPORTANCE_ROWS
+from keel.evaluate.importance import IMPORTANCE_REPEATS, IMPORTANCE_ROWS, shuffles_said
 from keel.evaluate.predictions import Predictions
 from keel.model import Model
 from keel.nn.bag import BagInput
@@ -497,8 +497,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         if history.planned_epochs is not None:
             notes.append(f"training.time_limit {training.time_limit:g} s allowed {history.planned_epochs} of "
                          f"{training.epochs} epochs{f' for network {index + 1}' if len(data.bags) > 1 else ''} "
-                         f"(about {history.seconds / max(len(history.epochs), 1):.2f} s each); the learning-rate "
-                         "schedule was fitted to them")
+                         f"(about {history.seconds / max(len(history.epochs), 1):.2f} s each{_cut(history.epochs)}); "
+                         "the learning-rate schedule was fitted to them")
         if checkpoints is not None:
             checkpoints.network_done(trainer.network, histories[-1])
     for image in preprocessor.images:  # every network has its copy: the file's arrays are not needed again
@@ -519,7 +519,7 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         model.importance = _importance(model, held_out[0], held_out[1], training, reporter, limit_end)
         full = (min(IMPORTANCE_ROWS, len(held_out[0].target)), IMPORTANCE_REPEATS)
         if (model.importance["rows"], model.importance["repeats"]) != full:
-            shrunk = (f"training.time_limit: permutation importance took {model.importance['repeats']} shuffle(s) of "
+            shrunk = (f"training.time_limit: permutation importance took {shuffles_said(model.importance)} shuffle(s) of "
                     f"{model.importance['rows']} rows a feature (not {full[1]} of {full[0]}) to end within the limit; "
                     "its figures are rougher for it")
             notes.append(shrunk)  # the reporter's copy
@@ -629,6 +629,12 @@ def _epochs_each(first: dict[str, Any], training: TrainingConfig) -> int:
     scored 0.811 with further networks of 10 epochs or more, against 0.827 for one network)."""
     epochs = min(training.epochs, MIN_TIMED_EPOCHS)
     return max(epochs, len(first["epochs"])) if training.bagging == "auto" else epochs
+
+
+def _cut(epochs: list[dict[str, Any]]) -> str:
+    """', the last one cut after k of n steps' where the time limit's end came within the last epoch."""
+    last = epochs[-1] if epochs else {}
+    return f", the last one cut after {last['steps']} of {last['epoch_steps']} steps" if "steps" in last else ""
 
 
 def _networks_that_fit(history: dict[str, Any], deadline: float, epochs: int) -> int:

@@ -253,7 +253,10 @@ class Trainer:
             for epoch in range(progress.epoch + 1, settings.epochs + 1):
                 epoch_started = time.perf_counter()
                 record: dict[str, Any] = {"epoch": epoch, "lr": rate.value}
-                record["loss"] = self._train_epoch(feed, epoch, optimizer, rate)
+                record["loss"], steps = self._train_epoch(feed, epoch, optimizer, rate)
+                cut = steps < self.steps_per_epoch  # the time limit's end came within the pass
+                if cut:  # the epoch line, the rows/s and the run's note say so
+                    record["steps"], record["epoch_steps"] = steps, self.steps_per_epoch
                 skipped = numeric_guard(self).skipped.get(epoch)
                 if skipped:
                     record["skipped_batches"] = skipped
@@ -267,11 +270,11 @@ class Trainer:
                 progress.epoch = epoch
                 if self.deadline is not None:
                     epoch_seconds.append(time.perf_counter() - epoch_started)
-                    planned = self._plan(epoch, planned, epoch_seconds, rate)
+                    planned = epoch if cut else self._plan(epoch, planned, epoch_seconds, rate)
                     history.planned_epochs = planned if planned < settings.epochs else None
                 # Early stopping, or the time limit's last epoch (never the config's own last epoch).
                 waited = bool(patience) and progress.waited >= patience
-                stop = waited or epoch >= planned < settings.epochs
+                stop = waited or cut or epoch >= planned < settings.epochs
                 record["stopped"] = stop
                 if stop and not waited:  # what the epoch line and the report say ended it
                     record["stopped_by"] = "time limit"
@@ -389,8 +392,14 @@ class Trainer:
         optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
     def _train_epoch(self, feed: "_Feed", epoch: int, optimizer: torch.optim.Optimizer | None,
-                     rate: "LearningRate") -> float:
-        """``steps_per_epoch`` steps from ``feed``; returns their mean training loss per row."""
+                     rate: "LearningRate") -> tuple[float, int]:
+        """``steps_per_epoch`` steps from ``feed``, fewer where the time limit's end (``deadline``) comes first;
+        returns their mean training loss per row and the steps taken.
+
+        The plan between epochs (``_plan``) assumes the pace of the last ones; an epoch slowed by other work on
+        the machine (loans: 13 s against 4.6 s) would run past the end, so the end is checked before each step
+        too (a clock read, ~0.1 µs), except the very first, which gives the run a model (and carries the one-time
+        costs: lazy imports, the first allocations). Not for ranks, which must all take the same steps."""
         self.network.train()
         device = feed.rows.device
         total = torch.zeros((), device=device)
@@ -404,7 +413,12 @@ class Trainer:
         stepped: list[torch.Tensor] = []  # each step's row indices, for the late check of a bad loss
         skipped = 0.0  # rows (or row weight) of the skipped batches
         previous = None  # the batch before, whose update a non-finite loss may reveal as the culprit
+        cut = self.deadline if self.world == 1 else None
+        taken_steps = n_steps
         for step in range(1, n_steps + 1):
+            if cut is not None and (step > 1 or epoch > 1) and time.perf_counter() >= cut:
+                taken_steps = step - 1
+                break
             rows, indices = feed.next()
             if self.fused is not None:
                 loss, finite = self.fused.step(rows.numeric, rows.categorical, rows.target, rate.value, check=check)
@@ -432,13 +446,13 @@ class Trainer:
             rate.after_step()
         if losses is not None:
             assert isinstance(feed.rows, Batch)
-            _check_recorded_losses(self, guard, losses, feed.rows, stepped, epoch)
+            _check_recorded_losses(self, guard, losses[:taken_steps], feed.rows, stepped, epoch)
         assert previous is not None
         _check_weights(self, guard, epoch, previous, rate.value)
-        if guard.skipped.get(epoch, 0) == n_steps:
-            guard.all_skipped(epoch, n_steps, _batch_view(self, previous, rate.value))
+        if guard.skipped.get(epoch, 0) == taken_steps:
+            guard.all_skipped(epoch, taken_steps, _batch_view(self, previous, rate.value))
         taken = rows_taken if rows_taken else float(weight_taken)
-        return float(total) / (taken - skipped)  # one host sync (two with weights)
+        return float(total) / (taken - skipped), taken_steps  # one host sync (two with weights)
 
     def _autograd_step(self, rows: Batch, optimizer: torch.optim.Optimizer,
                        check: StepCheck = "all") -> tuple[torch.Tensor, bool]:

@@ -7,6 +7,7 @@ cut is checked exactly, on any machine, however busy.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from keel.evaluate.importance import DEADLINE_ROWS, permutation_importance
 from tests.unit.evaluate.conftest import Clock
@@ -83,3 +84,33 @@ def test_a_deadline_already_past_still_ranks_on_the_fewest_rows(clock: Clock) ->
     assert result["features"][0]["name"] == "decides"
     small = _run(clock, -1.0, n_rows=150)  # fewer rows than the floor: all of them, once
     assert (small["rows"], small["repeats"]) == (150, 1)
+
+
+def test_a_machine_slowed_part_way_cuts_the_repeats_of_the_features_left(clock: Clock) -> None:
+    """The first feature's pace promised that all 5 shuffles fit; then other work slowed every prediction 4x (a
+    real run: loans under --time-limit 15 beside another training, importance 10.2 s where 5.45 s was kept).
+    The pace is checked after every feature: the features left take fewer shuffles, the ones done keep theirs."""
+    from keel.evaluate.importance import shuffles_said
+
+    groups = {f"f{index}": ([index % 3], []) for index in range(6)}
+    calls = [0]
+
+    def slowing(numbers: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        calls[0] += 1  # the unshuffled pass, then a call a feature
+        clock.now += PACE * len(numbers) * (4 if calls[0] >= 4 else 1)  # slowed from the third feature on
+        return _predict(Clock())(numbers, codes)
+
+    numeric, categorical, target, _ = _arrays()
+    deadline = clock.now + 2.0  # 0.06 s unshuffled + 6 features x 0.3 s fit at the first pace
+    result = permutation_importance(slowing, numeric, categorical, target, None, groups, "binary", deadline=deadline)
+    repeats = {feature["name"]: feature["repeats"] for feature in result["features"]}
+    assert repeats == {"f0": 5, "f1": 5, "f2": 5, "f3": 1, "f4": 1, "f5": 1}
+    assert result["repeats"] == 1 and shuffles_said(result) == "1 to 5"
+    # Without the check: 0.66 s, then 4 features at 1.2 s, ending 4.86 s past the start; with it 2.58 s.
+    assert clock.now - (deadline - 2.0) == pytest.approx(0.06 + 0.6 + 1.2 + 3 * 0.24)
+    # Never slowed: the same features, all 5 shuffles, no per-feature count.
+    calls[0] = -10**6
+    steady = permutation_importance(slowing, numeric, categorical, target, None, groups, "binary",
+                                    deadline=clock.now + 2.0)
+    assert steady["repeats"] == 5 and all("repeats" not in feature for feature in steady["features"])
+    assert shuffles_said(steady) == "5"
