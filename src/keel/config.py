@@ -738,6 +738,22 @@ def _either(texts: list[str]) -> str:
     return " or ".join(texts)
 
 
+# What other tools call some of keel's settings (Keras, scikit-learn, PyTorch Lightning, ...), for the hint of an
+# unknown key: spelling alone does not lead from learning_rate to lr.
+KNOWN_AS = {
+    "learning_rate": "lr", "n_epochs": "epochs", "num_epochs": "epochs", "max_epochs": "epochs",
+    "max_iter": "epochs", "patience": "early_stopping", "hidden_layer_sizes": "hidden", "hidden_sizes": "hidden",
+    "hidden_layers": "hidden", "layers": "hidden", "units": "hidden", "dropout_rate": "dropout",
+    "activation_function": "activation", "alpha": "l2", "gradient_clip_val": "grad_clip", "clipnorm": "grad_clip",
+    "random_state": "seed", "scaler": "normalize", "scaling": "normalize",
+}
+
+
+def _section_fields(name: str) -> dict[str, Any]:
+    annotation = Config.model_fields[name].annotation
+    return annotation.model_fields if isinstance(annotation, type) and issubclass(annotation, BaseModel) else {}
+
+
 def _unknown_key(loc: tuple[Any, ...]) -> str:
     section: type[BaseModel] = Config
     for part in loc[:-1]:
@@ -749,7 +765,12 @@ def _unknown_key(loc: tuple[Any, ...]) -> str:
             section = InputFeature
     valid = sorted(section.model_fields)
     key = ".".join(str(part) for part in loc)
-    close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+    name = str(loc[-1])
+    known = KNOWN_AS.get(name.lower(), name)
+    close = [known] if known in valid else difflib.get_close_matches(name, valid, n=1)
+    if not close and len(loc) <= 2 and section is not InputFeature:  # a key of another section (or of none)
+        close = [f"{field}.{known}" for field in ("training", "model", "preprocessing", "data", "text", "image", "tune")
+                 if known in _section_fields(field)][:1]
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown key {key!r}{hint}; valid keys here: {', '.join(valid)}"
 

@@ -150,3 +150,26 @@ def test_true_or_false_stays_valid_where_a_setting_is_a_switch() -> None:
     assert config.training.checkpoint is True and config.training.calibrate is False
     with pytest.raises(ConfigError, match="takes a number"):
         load_config(None, ["training.batch_size=yes"])  # --set reads YAML too
+
+
+@pytest.mark.parametrize(("key", "hint"), [
+    ("training.learning_rate", "did you mean 'lr'?"),  # other tools' names: spelling alone does not lead there
+    ("training.Patience", "did you mean 'early_stopping'?"),
+    ("model.hidden_layer_sizes", "did you mean 'hidden'?"),
+    ("preprocessing.scaler", "did you mean 'normalize'?"),
+    ("lr", "did you mean 'training.lr'?"),  # a section's key without its section
+    ("learning_rate", "did you mean 'training.lr'?"),
+    ("hidden", "did you mean 'model.hidden'?"),
+    ("model.epochs", "did you mean 'training.epochs'?"),  # a key of another section
+    ("training.dropout", "did you mean 'model.dropout'?"),
+    ("targt", "did you mean 'target'?"),  # spelling, as before
+])
+def test_an_unknown_key_names_the_setting_meant(key: str, hint: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"unknown key {key!r} ({hint})")):
+        load_config({key: 1})
+
+
+def test_an_unknown_key_like_nothing_gets_no_hint() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"training.zzz": 1})
+    assert "did you mean" not in str(caught.value) and "valid keys here: bagging" in str(caught.value)
