@@ -109,7 +109,8 @@ class TextConfig(_Section):
         "scratch with the network and averaged over the text.")
     dim: int = Field(
         128, ge=1, le=1024, description="Numbers each text column becomes: the leading components of its TF-IDF "
-        "(truncated SVD) or of its embeddings (PCA), each scaled to unit variance, plus an empty-text flag; the "
+        "(truncated SVD) or of its embeddings (PCA), each scaled to unit variance, plus an empty-text flag (and "
+        "tfidf's text.linear scores); the "
         "network reads them without number embeddings. bag: the numbers of each term's learned vector.")
     max_features: int = Field(
         20000, ge=1, description="tfidf and bag: the most words and word pairs kept, the most frequent first (each "
@@ -129,6 +130,11 @@ class TextConfig(_Section):
         "trains all its weights with the network, lora only low-rank updates of its attention's query and value "
         "projections. Either reads the texts' tokens in every step: minutes where frozen takes seconds.")
     lora_rank: int = Field(8, ge=1, le=256, description="finetune lora: the rank of each update.")
+    linear: bool = Field(
+        True, description="tfidf: beside the components, the scores of a linear model fitted on the column's TF-IDF "
+        "(logistic regression: a score per class, one for binary; ridge regression for a number): what TF-IDF + "
+        "logistic regression knows of the target, as numbers the network reads. Each training row is scored by a "
+        "model fitted without its text (out of fold), the other rows by one fitted on all training rows.")
     lr: float | None = Field(
         None, gt=0, description="finetune: the encoder's learning rate (the rest of the network trains at "
         "training.lr); unset, 5e-5 for full and 5e-4 for lora.")

@@ -110,6 +110,7 @@ class _KeelEstimator(BaseEstimator):
         text_cache_dir: str | None = None,
         text_finetune: str | None = None,
         text_lora_rank: int | None = None,
+        text_linear: bool | None = None,
         text_lr: float | None = None,
         image_encoder: str | None = None,
         image_size: int | None = None,
@@ -177,6 +178,7 @@ class _KeelEstimator(BaseEstimator):
         self.text_cache_dir = text_cache_dir
         self.text_finetune = text_finetune
         self.text_lora_rank = text_lora_rank
+        self.text_linear = text_linear
         self.text_lr = text_lr
         self.image_encoder = image_encoder
         self.image_size = image_size

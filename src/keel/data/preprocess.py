@@ -168,14 +168,38 @@ class Preprocessor:
             columns[category.name] = ([], [index])
         return {transform.name: columns[transform.name] for transform in self.transforms}
 
-    def fit(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> "Preprocessor":
-        """Fit every transform on ``frame`` (only the ``rows`` positions, when given)."""
+    def fit(self, frame: pd.DataFrame, rows: np.ndarray | None = None, target: np.ndarray | None = None,
+            task: str = "regression") -> "Preprocessor":
+        """Fit every transform on ``frame`` (only the ``rows`` positions, when given). ``target`` (one value per
+        row fitted: class indices, or standardized values for ``task`` regression) lets a tfidf text column fit
+        its linear scores (text.linear; see :meth:`out_of_fold`)."""
         source = frame.attrs.get("source")
         subset = rows is not None and len(rows) != len(frame)
+
+        def fit(item: tuple[FeatureTransform, pd.Series]) -> Any:
+            transform, series = item
+            series = series.iloc[rows] if subset else series
+            if isinstance(transform, TextTransform):
+                return transform.fit(series, source, target, task)
+            return transform.fit(series, source)
+
         columns = [(transform, frame[transform.name]) for transform in self.transforms]
-        map_gathering(lambda item: item[0].fit(item[1].iloc[rows] if subset else item[1], source), columns,
-                      (len(frame) if rows is None else len(rows)) * len(columns))
+        map_gathering(fit, columns, (len(frame) if rows is None else len(rows)) * len(columns))
         return self
+
+    def put_out_of_fold(self, numeric: np.ndarray, positions: np.ndarray) -> None:
+        """Write the text columns' out-of-fold linear scores (text.linear) of the rows ``fit`` saw into their rows
+        of a transformed ``numeric`` array: ``positions`` are where those rows are, in fit's order. Training calls
+        it on the rows it trains on, once, before ``finish_training``; every other row keeps the full model's
+        scores, which is what a prediction computes."""
+        offset = 0
+        for transform in self.numeric:
+            if isinstance(transform, TextTransform) and transform.out_of_fold() is not None:
+                scores = transform.out_of_fold()
+                assert scores is not None and len(scores) == len(positions)
+                end = offset + transform.width - 1  # the scores are the last columns before the empty flag
+                numeric[positions[:, None], np.arange(end - transform.linear, end)[None, :]] = scores
+            offset += transform.width
 
     def transform(self, frame: pd.DataFrame, order: np.ndarray | None = None) -> Features:
         """Turn a table into arrays; extra columns are ignored, missing ones are an error.

@@ -62,6 +62,10 @@ _MIN_ABSOLUTE_SPREAD = 1e-6
 BAG_TERMS = 256
 # A term must appear in this many training rows to be kept: a word of one row teaches nothing.
 _MIN_ROWS = 2
+# text.linear: the folds of the out-of-fold scores, and the inverse strength of the logistic / ridge regression's
+# L2 penalty (scikit-learn's default C = 1, alpha = 1: bench/multimodal.py's TF-IDF + logistic regression).
+LINEAR_FOLDS = 5
+LINEAR_C = 1.0
 
 
 def text_strings(series: pd.Series) -> list[str]:
@@ -113,6 +117,11 @@ class TextTransform:
         self.vocabulary: list[str] = []
         self.idf = np.zeros(0, dtype=np.float32)
         self.components = np.zeros((0, 0), dtype=np.float32)  # (n_components, vocabulary or embedding width)
+        self.use_linear = settings.linear and settings.encoder == "tfidf"
+        self.linear = 0  # the last rows of ``components``: a linear model's coefficients (text.linear)
+        # The linear scores of the rows fit saw, out of fold and scaled as transform scales them, for the pipeline to
+        # put in place of the full model's (``out_of_fold``); dropped by finish_training.
+        self._out_of_fold: np.ndarray | None = None
         self.center = np.zeros(0, dtype=np.float32)
         self.scale = np.zeros(0, dtype=np.float32)
         self.model_sha256 = ""
@@ -140,10 +149,15 @@ class TextTransform:
         """The name of each column this transform emits, in order (for messages)."""
         if self.tokens:
             return [*(f"token {index + 1}" for index in range(self.width - 1)), "empty"]
-        return [*(f"component {index + 1}" for index in range(len(self.components))), "empty"]
+        projected = len(self.components) - self.linear
+        return [*(f"component {index + 1}" for index in range(projected)),
+                *(f"linear score {index + 1}" for index in range(self.linear)), "empty"]
 
-    def fit(self, series: pd.Series, source: str | None = None) -> "TextTransform":
-        """Learn the vocabulary (tfidf), the projection and each component's scale from the training rows.
+    def fit(self, series: pd.Series, source: str | None = None, target: np.ndarray | None = None,
+            task: str = "regression") -> "TextTransform":
+        """Learn the vocabulary (tfidf), the projection and each component's scale from the training rows; with
+        ``target`` (class indices, or standardized values for ``task`` regression; one per row) and text.linear,
+        a linear model's scores too (:meth:`_fit_linear`).
 
         Raises:
             DataError: Every training text is empty.
@@ -170,10 +184,89 @@ class TextTransform:
         self.components = components[kept]
         self.center = projected[:, kept].mean(axis=0).astype(np.float32)
         self.scale = spread[kept].astype(np.float32)
+        self.linear, self._out_of_fold = 0, None
+        if self.use_linear and target is not None and len(self.components):
+            self._fit_linear(vectors, texts, np.asarray(target), task)
         if not len(self.components):
             self.notes.append(f"text column {self.name!r}: no word appears in two training rows (or every text is "
                               "the same), so only its empty-text flag is used.")
         return self
+
+    def _fit_linear(self, vectors: sparse.csr_matrix, texts: list[str], target: np.ndarray, task: str) -> None:
+        """text.linear: a logistic (classes) or ridge (numbers) regression on the TF-IDF rows, whose scores (a logit
+        per class; one for binary and regression) join the components: its coefficients are more rows of
+        ``components``, its intercept is folded into ``center``, so a transform (and the exported graph) computes
+        them as it computes the components.
+
+        A model scoring the rows it was fitted on would hand the network scores far surer than on new rows, so
+        the rows seen here are scored out of fold (``LINEAR_FOLDS`` models, each fitted without the rows of a
+        fold; a text's rows share a fold, and each class's texts are dealt across the folds), and the scale is
+        those scores'. Skipped, with a note, where a class has fewer than two distinct texts (a fold's model
+        would not know it)."""
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression, Ridge
+
+        distinct, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
+        inverse = inverse.ravel()
+        rng = np.random.default_rng(0)
+        fold_of = np.empty(len(distinct), dtype=np.int64)
+        if task == "regression":
+            fold_of[:] = rng.permutation(len(distinct)) % LINEAR_FOLDS
+        else:  # a text's class: that of its first row (rows of one text rarely disagree)
+            first = np.full(len(distinct), -1, dtype=np.int64)
+            first[inverse[::-1]] = target[::-1]
+            counts = np.bincount(first, minlength=int(target.max()) + 1)
+            present = counts[np.unique(target)]
+            if len(present) < 2 or present.min() < 2:
+                self.notes.append(f"text column {self.name!r}: no linear scores (text.linear): a class has fewer "
+                                  "than two distinct texts, so an out-of-fold model would not know it.")
+                return
+            for label in np.unique(first):
+                members = np.flatnonzero(first == label)
+                fold_of[rng.permutation(members)] = np.arange(len(members)) % LINEAR_FOLDS
+        if len(distinct) < 2 * LINEAR_FOLDS:
+            return  # too few texts to hold any out: the components carry the column
+        fold = fold_of[inverse]
+        # Every fold's model knows every class of these rows (dealt above), so their scores line up column by column.
+        width = 1 if task == "regression" or len(np.unique(target)) == 2 else len(np.unique(target))
+
+        def fitted(rows: np.ndarray) -> Any:
+            model = Ridge(alpha=1 / LINEAR_C) if task == "regression" else LogisticRegression(C=LINEAR_C, max_iter=1000)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                return model.fit(vectors[rows], target[rows])
+
+        def scores(model: Any, rows: Any) -> np.ndarray:
+            values = model.predict(rows) if task == "regression" else model.decision_function(rows)
+            return np.asarray(values, dtype=np.float64).reshape(rows.shape[0], -1)
+
+        out = np.zeros((len(texts), width))
+        for index in range(LINEAR_FOLDS):
+            held = fold == index
+            if held.any():
+                out[held] = scores(fitted(np.flatnonzero(~held)), vectors[held])
+        full = fitted(np.arange(len(texts)))
+        coefficients = np.asarray(full.coef_, dtype=np.float64).reshape(out.shape[1], -1)
+        intercepts = np.asarray(full.intercept_, dtype=np.float64).reshape(-1)
+        spread = out.std(axis=0)
+        kept = spread > _MIN_ABSOLUTE_SPREAD  # a class the model never scores apart teaches nothing
+        if not kept.any():
+            return
+        center = out[:, kept].mean(axis=0) - intercepts[kept] if len(intercepts) > 1 else (
+            out[:, kept].mean(axis=0) - intercepts[0])
+        self.components = np.concatenate([self.components, coefficients[kept].astype(np.float32)])
+        self.center = np.concatenate([self.center, center.astype(np.float32)])
+        self.scale = np.concatenate([self.scale, spread[kept].astype(np.float32)])
+        self.linear = int(kept.sum())
+        self._out_of_fold = ((out[:, kept] - out[:, kept].mean(axis=0)) / spread[kept]).astype(np.float32)
+
+    def out_of_fold(self) -> np.ndarray | None:
+        """(rows fit saw, in its order, ``linear``) scaled linear scores of those rows, out of fold, for their
+        place in the transformed training rows (the last ``linear`` columns before the empty flag); None without
+        linear scores or after finish_training."""
+        return self._out_of_fold
 
     def _fit_tokens(self, texts: list[str]) -> "TextTransform":
         """A fine-tuned column: the encoder's tokenizer, token limit, shape and weights (for the network); a bag
@@ -340,12 +433,13 @@ class TextTransform:
         if self._training and self.encoder == "bag" and self._cut[0]:
             self.notes.append(f"text column {self.name!r}: {self._cut[0]:,} of the {self._cut[1]:,} texts read in "
                               f"training cut at {self.max_tokens} terms.")
-        self._fitted, self._training = {}, False
+        self._fitted, self._training, self._out_of_fold = {}, False, None
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "encoder": self.encoder, "dim": self.dim,
                 "max_features": self.max_features, "model": self.model, "max_tokens": self.max_tokens,
                 "model_sha256": self.model_sha256, "vocabulary": self.vocabulary, "cache_dir": self.cache_dir,
+                **({"linear": self.linear} if self.linear else {}),  # older keels read the scores as components
                 **({"finetune": self.finetune, "lora_rank": self.lora_rank, "lr": self.lr} if self.tokens else {})}
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -377,6 +471,7 @@ class TextTransform:
             model_path=state["model"], max_tokens=state["max_tokens"], cache_dir=state.get("cache_dir"),
             finetune=state.get("finetune", "none"), lora_rank=state.get("lora_rank", 8), lr=state.get("lr")))
         transform.model_sha256, transform.vocabulary = state["model_sha256"], list(state["vocabulary"])
+        transform.linear = int(state.get("linear", 0))
         for key, value in (arrays or {}).items():  # the tokenizer stays bytes
             setattr(transform, key, np.asarray(value, dtype=np.uint8 if key == "tokenizer" else np.float32))
         return transform

@@ -326,17 +326,23 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     if schema.task == "regression":
         target.fit(frame[schema.target].iloc[fitted_rows])  # scale the target on training rows only
     with reporter.step(f"preprocessing {len(frame):,} rows x {len(schema.features)} features"):
+        # The target of the fitted rows: a tfidf text column's linear scores (text.linear) are fitted on it.
+        fitted_target = (rows.classes[fitted_rows] if rows.classes is not None
+                         else target.encode(frame[schema.target].iloc[fitted_rows], frame.attrs.get("source")))
         preprocessor = Preprocessor(schema, settings.preprocessing, settings.text, settings.image).fit(
-            frame, rows=fitted_rows)
+            frame, rows=fitted_rows, target=fitted_target, task=schema.task)
         # Every row is transformed once, laid out as [train | validation | test], so that each part is a
         # view (on 1M x 50 rows a copy of the training part alone was a 180 MB first touch).
         layout = np.concatenate([split.train, split.validation, split.test])
-        batch = _batch(preprocessor, target, frame, rows.classes, rows.weights, layout).to(device)  # the one copy to a GPU
+        where = np.empty(len(layout), dtype=np.int64)
+        where[layout] = np.arange(len(layout))
+        batch = _batch(preprocessor, target, frame, rows.classes, rows.weights, layout)
+        # The rows the linear scores were fitted on read out-of-fold scores; the others keep the full model's.
+        preprocessor.put_out_of_fold(batch.numeric.numpy(), where[fitted_rows])
+        batch = batch.to(device)  # the one copy to a GPU
         preprocessor.finish_training()
     for note in preprocessor.notes:
         notes.append(note)
-    where = np.empty(len(layout), dtype=np.int64)
-    where[layout] = np.arange(len(layout))
 
     def part(positions: np.ndarray) -> Batch:  # rows at these frame positions, in their order
         return batch.take(where[positions])

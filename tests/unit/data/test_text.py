@@ -172,8 +172,10 @@ def test_the_estimators_take_text_parameters_with_a_prefix() -> None:
     classifier = KeelClassifier(preset="fast", epochs=3, text_dim=5, text_max_features=50)
     assert classifier.config()["text.dim"] == 5
     classifier.fit(frame[["review", "noise"]], frame["label"])
-    assert classifier.model_.preprocessor.transforms[0].width == 6
+    assert classifier.model_.preprocessor.transforms[0].width == 7  # 5 components, a linear score, the empty flag
     assert len(classifier.model_.preprocessor.transforms[0].vocabulary) == 50
+    plain = KeelClassifier(preset="fast", epochs=3, text_dim=5, text_max_features=50, text_linear=False)
+    assert plain.fit(frame[["review", "noise"]], frame["label"]).model_.preprocessor.transforms[0].width == 6
 
 
 def test_text_components_enter_the_network_without_number_embeddings(tmp_path: Path) -> None:
