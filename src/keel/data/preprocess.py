@@ -169,18 +169,20 @@ class Preprocessor:
         return {transform.name: columns[transform.name] for transform in self.transforms}
 
     def fit(self, frame: pd.DataFrame, rows: np.ndarray | None = None, target: np.ndarray | None = None,
-            task: str = "regression") -> "Preprocessor":
-        """Fit every transform on ``frame`` (only the ``rows`` positions, when given). ``target`` (one value per
-        row fitted: class indices, or standardized values for ``task`` regression) lets a tfidf text column fit
-        its linear scores (text.linear; see :meth:`out_of_fold`)."""
+            task: str = "regression", groups: np.ndarray | None = None,
+            weights: np.ndarray | None = None) -> "Preprocessor":
+        """Fit every transform on ``frame`` (only the ``rows`` positions, in their order, when given). ``target``
+        (one value per row fitted: class indices, or standardized values for ``task`` regression) lets a tfidf
+        text column fit its linear scores (text.linear; see :meth:`put_out_of_fold`), out of fold by text and by
+        ``groups`` (training.split_by's id of each row fitted), weighted by ``weights``."""
         source = frame.attrs.get("source")
-        subset = rows is not None and len(rows) != len(frame)
+        subset = rows is not None and not np.array_equal(rows, np.arange(len(frame)))
 
         def fit(item: tuple[FeatureTransform, pd.Series]) -> Any:
             transform, series = item
             series = series.iloc[rows] if subset else series
             if isinstance(transform, TextTransform):
-                return transform.fit(series, source, target, task)
+                return transform.fit(series, source, target, task, groups, weights)
             return transform.fit(series, source)
 
         columns = [(transform, frame[transform.name]) for transform in self.transforms]

@@ -154,10 +154,12 @@ class TextTransform:
                 *(f"linear score {index + 1}" for index in range(self.linear)), "empty"]
 
     def fit(self, series: pd.Series, source: str | None = None, target: np.ndarray | None = None,
-            task: str = "regression") -> "TextTransform":
+            task: str = "regression", groups: np.ndarray | None = None,
+            weights: np.ndarray | None = None) -> "TextTransform":
         """Learn the vocabulary (tfidf), the projection and each component's scale from the training rows; with
         ``target`` (class indices, or standardized values for ``task`` regression; one per row) and text.linear,
-        a linear model's scores too (:meth:`_fit_linear`).
+        a linear model's scores too (:meth:`_fit_linear`; ``groups``: training.split_by's group of each row,
+        ``weights``: training.weight_column's).
 
         Raises:
             DataError: Every training text is empty.
@@ -186,13 +188,14 @@ class TextTransform:
         self.scale = spread[kept].astype(np.float32)
         self.linear, self._out_of_fold = 0, None
         if self.use_linear and target is not None and len(self.components):
-            self._fit_linear(vectors, texts, np.asarray(target), task)
+            self._fit_linear(vectors, texts, np.asarray(target), task, groups, weights)
         if not len(self.components):
             self.notes.append(f"text column {self.name!r}: no word appears in two training rows (or every text is "
                               "the same), so only its empty-text flag is used.")
         return self
 
-    def _fit_linear(self, vectors: sparse.csr_matrix, texts: list[str], target: np.ndarray, task: str) -> None:
+    def _fit_linear(self, vectors: sparse.csr_matrix, texts: list[str], target: np.ndarray, task: str,
+                    groups: np.ndarray | None = None, weights: np.ndarray | None = None) -> None:
         """text.linear: a logistic (classes) or ridge (numbers) regression on the TF-IDF rows, whose scores (a logit
         per class; one for binary and regression) join the components: its coefficients are more rows of
         ``components``, its intercept is folded into ``center``, so a transform (and the exported graph) computes
@@ -200,35 +203,37 @@ class TextTransform:
 
         A model scoring the rows it was fitted on would hand the network scores far surer than on new rows, so
         the rows seen here are scored out of fold (``LINEAR_FOLDS`` models, each fitted without the rows of a
-        fold; a text's rows share a fold, and each class's texts are dealt across the folds), and the scale is
-        those scores'. Skipped, with a note, where a class has fewer than two distinct texts (a fold's model
-        would not know it)."""
+        fold; rows of one text, or of one training.split_by group, share a fold, and each class's units are dealt
+        across the folds), and the scale is those scores'. Skipped, with a note, where a class has fewer than two
+        such units (a fold's model would not know it) or there are fewer than two per fold."""
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression, Ridge
 
-        distinct, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
-        inverse = inverse.ravel()
+        units = _fold_units(texts, groups)  # rows that must share a fold: a text's, a group's, and so on
+        count = int(units.max()) + 1
         rng = np.random.default_rng(0)
-        fold_of = np.empty(len(distinct), dtype=np.int64)
+        fold_of = np.empty(count, dtype=np.int64)
+        what = "groups (training.split_by) with distinct texts" if groups is not None else "distinct texts"
+        if count < 2 * LINEAR_FOLDS:
+            self.notes.append(f"text column {self.name!r}: no linear scores (text.linear): {count} {what} are too "
+                              f"few to score each out of fold ({2 * LINEAR_FOLDS} at least).")
+            return
         if task == "regression":
-            fold_of[:] = rng.permutation(len(distinct)) % LINEAR_FOLDS
-        else:  # a text's class: that of its first row (rows of one text rarely disagree)
-            first = np.full(len(distinct), -1, dtype=np.int64)
-            first[inverse[::-1]] = target[::-1]
+            fold_of[:] = rng.permutation(count) % LINEAR_FOLDS
+        else:  # a unit's class: that of its first row (rows of one text rarely disagree)
+            first = target[np.unique(units, return_index=True)[1]]
             counts = np.bincount(first, minlength=int(target.max()) + 1)
             present = counts[np.unique(target)]
             if len(present) < 2 or present.min() < 2:
                 self.notes.append(f"text column {self.name!r}: no linear scores (text.linear): a class has fewer "
-                                  "than two distinct texts, so an out-of-fold model would not know it.")
+                                  f"than two {what}, so an out-of-fold model would not know it.")
                 return
             for label in np.unique(first):
                 members = np.flatnonzero(first == label)
                 fold_of[rng.permutation(members)] = np.arange(len(members)) % LINEAR_FOLDS
-        if len(distinct) < 2 * LINEAR_FOLDS:
-            return  # too few texts to hold any out: the components carry the column
-        fold = fold_of[inverse]
+        fold = fold_of[units]
         # Every fold's model knows every class of these rows (dealt above), so their scores line up column by column.
         width = 1 if task == "regression" or len(np.unique(target)) == 2 else len(np.unique(target))
 
@@ -236,7 +241,7 @@ class TextTransform:
             model = Ridge(alpha=1 / LINEAR_C) if task == "regression" else LogisticRegression(C=LINEAR_C, max_iter=1000)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                return model.fit(vectors[rows], target[rows])
+                return model.fit(vectors[rows], target[rows], sample_weight=None if weights is None else weights[rows])
 
         def scores(model: Any, rows: Any) -> np.ndarray:
             values = model.predict(rows) if task == "regression" else model.decision_function(rows)
@@ -253,6 +258,8 @@ class TextTransform:
         spread = out.std(axis=0)
         kept = spread > _MIN_ABSOLUTE_SPREAD  # a class the model never scores apart teaches nothing
         if not kept.any():
+            self.notes.append(f"text column {self.name!r}: no linear scores (text.linear): the linear model scores "
+                              "every training row alike.")
             return
         center = out[:, kept].mean(axis=0) - intercepts[kept] if len(intercepts) > 1 else (
             out[:, kept].mean(axis=0) - intercepts[0])
@@ -456,6 +463,8 @@ class TextTransform:
                 return f"column {self.name!r}: a fine-tuned or bag column needs its encoder and its token limit"
             return None if self.encoder == "bag" or len(self.tokenizer) else (
                 f"column {self.name!r}: a fine-tuned column's tokenizer is missing")
+        if not 0 <= self.linear <= len(self.components):
+            return f"column {self.name!r}: {self.linear} linear scores but {len(self.components)} projection rows"
         width = len(self.vocabulary) if self.encoder == "tfidf" else self.components.shape[1]
         shapes = {"idf": (len(self.vocabulary),), "components": (len(self.center), width),
                   "center": (len(self.center),), "scale": (len(self.center),)}
@@ -475,6 +484,32 @@ class TextTransform:
         for key, value in (arrays or {}).items():  # the tokenizer stays bytes
             setattr(transform, key, np.asarray(value, dtype=np.uint8 if key == "tokenizer" else np.float32))
         return transform
+
+
+def _fold_units(texts: list[str], groups: np.ndarray | None) -> np.ndarray:
+    """(rows,) int64 unit of each row, 0..k-1: rows joined by a text or a group are one unit (connected through
+    either), so an out-of-fold model never sees a row's text, nor a row of its group."""
+    _, by_text = np.unique(np.array(texts, dtype=object), return_inverse=True)
+    by_text = by_text.ravel()
+    if groups is None:
+        return by_text.astype(np.int64)
+    _, by_group = np.unique(groups, return_inverse=True)
+    # Union-find over texts and groups (nodes 0..t-1 texts, t.. groups), each row an edge between its two.
+    parent = np.arange(by_text.max() + 1 + by_group.max() + 1)
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    offset = by_text.max() + 1
+    for text, group in zip(by_text.tolist(), by_group.ravel().tolist()):
+        a, b = root(text), root(offset + group)
+        if a != b:
+            parent[a] = b
+    roots = np.array([root(text) for text in by_text.tolist()])
+    return np.unique(roots, return_inverse=True)[1].ravel().astype(np.int64)
 
 
 def _leading_components(matrix: Any, dim: int) -> np.ndarray:

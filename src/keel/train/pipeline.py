@@ -60,7 +60,7 @@ from keel.nn.vision import ImageEncoder, ImageInput
 from keel.registry import lookup
 from keel.train import distributed
 from keel.train.calibration import calibrate, calibration_notes
-from keel.train.callbacks import Notes, Reporter, TextReporter
+from keel.train.callbacks import Notes, Reporter, TextReporter, epoch_share
 from keel.train.checkpoint import RunCheckpoints, TrainerState, kill_point, output_lock
 from keel.train.device import resolve_device, resolve_precision, step_work
 from keel.train.guards import numeric_input_names
@@ -330,7 +330,9 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
         fitted_target = (rows.classes[fitted_rows] if rows.classes is not None
                          else target.encode(frame[schema.target].iloc[fitted_rows], frame.attrs.get("source")))
         preprocessor = Preprocessor(schema, settings.preprocessing, settings.text, settings.image).fit(
-            frame, rows=fitted_rows, target=fitted_target, task=schema.task)
+            frame, rows=fitted_rows, target=fitted_target, task=schema.task,
+            groups=None if groups is None else groups[fitted_rows],
+            weights=None if rows.weights is None else rows.weights[fitted_rows])
         # Every row is transformed once, laid out as [train | validation | test], so that each part is a
         # view (on 1M x 50 rows a copy of the training part alone was a 180 MB first touch).
         layout = np.concatenate([split.train, split.validation, split.test])
@@ -500,11 +502,12 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
                          "(training.nonfinite: skip_batch); the epochs' skipped_batches in the history say where")
         networks.append(trainer.network)
         histories.append(history.to_dict())
-        if history.planned_epochs is not None:
-            notes.append(f"training.time_limit {training.time_limit:g} s allowed {history.planned_epochs} of "
+        if history.planned_epochs is not None or _cut(history.epochs):  # (a cut of the config's last epoch too)
+            allowed = history.planned_epochs or len(history.epochs)
+            notes.append(f"training.time_limit {training.time_limit:g} s allowed {allowed} of "
                          f"{training.epochs} epochs{f' for network {index + 1}' if len(data.bags) > 1 else ''} "
-                         f"(about {history.seconds / max(len(history.epochs), 1):.2f} s each{_cut(history.epochs)}); "
-                         "the learning-rate schedule was fitted to them")
+                         f"(about {history.seconds / max(_epochs_trained(history.epochs), 1e-9):.2f} s each"
+                         f"{_cut(history.epochs)}); the learning-rate schedule was fitted to them")
         if checkpoints is not None:
             checkpoints.network_done(trainer.network, histories[-1])
     for image in preprocessor.images:  # every network has its copy: the file's arrays are not needed again
@@ -643,9 +646,14 @@ def _cut(epochs: list[dict[str, Any]]) -> str:
     return f", the last one cut after {last['steps']} of {last['epoch_steps']} steps" if "steps" in last else ""
 
 
+def _epochs_trained(epochs: list[dict[str, Any]]) -> float:
+    """The epochs of these records, a cut one counted by the share of its steps taken."""
+    return sum(epoch_share(record) for record in epochs)
+
+
 def _networks_that_fit(history: dict[str, Any], deadline: float, epochs: int) -> int:
     """How many more networks of ``epochs`` epochs the time left fits, at the pace of the one just trained."""
-    pace = history["seconds"] / max(len(history["epochs"]), 1)
+    pace = history["seconds"] / max(_epochs_trained(history["epochs"]), 1e-9) if history["epochs"] else history["seconds"]
     return max(0, int((deadline - time.perf_counter()) // (pace * epochs)))
 
 

@@ -276,7 +276,7 @@ class Trainer:
                 waited = bool(patience) and progress.waited >= patience
                 stop = waited or cut or epoch >= planned < settings.epochs
                 record["stopped"] = stop
-                if stop and not waited:  # what the epoch line and the report say ended it
+                if stop and (cut or not waited):  # what the epoch line and the report say ended it
                     record["stopped_by"] = "time limit"
                 if self.callback:
                     self.callback(epoch, planned, record)
@@ -398,8 +398,9 @@ class Trainer:
 
         The plan between epochs (``_plan``) assumes the pace of the last ones; an epoch slowed by other work on
         the machine (loans: 13 s against 4.6 s) would run past the end, so the end is checked before each step
-        too (a clock read, ~0.1 µs), except the very first, which gives the run a model (and carries the one-time
-        costs: lazy imports, the first allocations). Not for ranks, which must all take the same steps."""
+        too (a clock read, ~0.1 µs), but not before an epoch's first: an epoch started (planned between epochs)
+        takes a step, and the run's first one gives it a model (and carries the one-time costs: lazy imports, the
+        first allocations). Not for ranks, which must all take the same steps."""
         self.network.train()
         device = feed.rows.device
         total = torch.zeros((), device=device)
@@ -416,7 +417,7 @@ class Trainer:
         cut = self.deadline if self.world == 1 else None
         taken_steps = n_steps
         for step in range(1, n_steps + 1):
-            if cut is not None and (step > 1 or epoch > 1) and time.perf_counter() >= cut:
+            if cut is not None and step > 1 and time.perf_counter() >= cut:
                 taken_steps = step - 1
                 break
             rows, indices = feed.next()

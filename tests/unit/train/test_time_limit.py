@@ -113,18 +113,22 @@ def test_a_slow_first_epoch_or_one_slow_epoch_does_not_cap_the_plan() -> None:
     assert len(history.epochs) == 40 and history.planned_epochs is None  # all fit: about 1.3 s in all
 
 
-def test_an_epoch_slowed_past_the_end_is_cut_within_its_pass() -> None:
+def test_an_epoch_slowed_past_the_end_is_cut_within_its_pass(monkeypatch) -> None:
     # The plan between epochs assumes the pace of the last ones; another process taking the CPU made one epoch
     # of loans 13 s against 4.6 s and the run end 5.8 s past a 15 s limit. The end is checked before each step
-    # (from the second step on).
-    import time as clock
+    # but an epoch's first. A fake clock (the trainer's) moves 0.01 s a step, 0.25 s from epoch 3 on.
+    import types
 
     import torch
 
+    import keel.train.trainer as trainer_module
     from keel.config import TrainingConfig
     from keel.nn.network import NetworkSpec, TabularNetwork
     from keel.train.callbacks import EpochClock, epoch_line
     from keel.train.trainer import Batch, Trainer
+
+    clock = types.SimpleNamespace(now=100.0)
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
 
     class Slowed(Trainer):
         epoch = 0
@@ -134,7 +138,7 @@ def test_an_epoch_slowed_past_the_end_is_cut_within_its_pass() -> None:
             return super()._train_epoch(feed, epoch, optimizer, rate)
 
         def _autograd_step(self, rows, optimizer, check="all"):  # type: ignore[no-untyped-def]
-            clock.sleep(0.25 if self.epoch >= 3 else 0.0)  # 16 steps: 4 s for epoch 3
+            clock.now += 0.25 if self.epoch >= 3 else 0.01  # 16 steps: 4 s for epoch 3
             return super()._autograd_step(rows, optimizer, check)
 
     torch.manual_seed(0)
@@ -142,24 +146,21 @@ def test_an_epoch_slowed_past_the_end_is_cut_within_its_pass() -> None:
     trainer = Slowed(network, TrainingConfig(epochs=40, batch_size=8, early_stopping=0), "multiclass",
                      "cross_entropy")
     data = Batch(torch.randn(128, 4), torch.zeros(128, 0, dtype=torch.long), torch.randint(0, 2, (128,)))
-    Trainer(TabularNetwork(network.spec), TrainingConfig(epochs=1, batch_size=8), "multiclass",
-            "cross_entropy").fit(data, data)  # the first step's one-time costs (lazy imports), not timed below
-    started = clock.perf_counter()
-    trainer.deadline = started + 1.5
+    trainer.deadline = clock.now + 1.5  # epochs 1-2 take 0.16 s each; epoch 3 reaches the end at its 6th step
     reports = []
     trainer.callback = lambda epoch, planned, record: reports.append((epoch, planned, dict(record)))
     history = trainer.fit(data, data)
-    assert clock.perf_counter() - started < 1.5 + 0.25 + 0.5  # one step past the end at most, and validation
     last = history.epochs[-1]
     assert history.stopped_early and last["stopped_by"] == "time limit" and last["epoch"] == 3
-    assert 1 <= last["steps"] < last["epoch_steps"] == 16
+    assert last["steps"] == 5 and last["epoch_steps"] == 16  # 0.32 + 5 x 0.25 = 1.57 s: the 6th step not taken
+    assert clock.now - (trainer.deadline - 1.5) == pytest.approx(0.32 + 5 * 0.25)  # one step past the end at most
     assert history.planned_epochs == 3  # the run's note says 3 epochs were allowed
     assert "val_loss" in last  # the cut epoch was validated: its weights can be the best kept
-    assert epoch_line(3, 3, last, "accuracy").endswith(f"(time limit, after {last['steps']} of 16 steps)")
+    assert epoch_line(3, 3, last, "accuracy").endswith("(time limit, after 5 of 16 steps)")
     assert reports[-1][0] == 3 and reports[-1][2]["stopped"]
-    clock_ = EpochClock(128)
-    clock_.last -= 1.0
-    assert abs(clock_.tick(last["steps"] / 16) - 128 * last["steps"] / 16) < 5  # rows/s of the steps taken
+    rows = EpochClock(128)
+    rows.last -= 1.0
+    assert abs(rows.tick(5 / 16) - 128 * 5 / 16) < 5  # rows/s of the steps taken
 
 
 def test_without_a_limit_no_epoch_is_cut() -> None:
