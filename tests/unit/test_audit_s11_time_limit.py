@@ -21,16 +21,7 @@ from keel.nn.network import NetworkSpec, TabularNetwork
 from keel.train.callbacks import epoch_line
 from keel.train.trainer import Batch, Trainer
 from tests.conftest import make_classification_frame
-
-
-class Clock:
-    """``perf_counter`` for the trainer module: reads ``now``, which the tests move."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def perf_counter(self) -> float:
-        return self.now
+from tests.unit.evaluate.conftest import Clock  # perf_counter reads now, which the tests move
 
 
 @pytest.fixture
