@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from keel.config import TextConfig
+from keel.config import TextConfig, text_dim
 from keel.data.pretrained import DEFAULT_MODEL, PACKAGE_PREFIX, token_ids, tokenizer_from_json
 from keel.data.values import category_strings
 from keel.data.words import term_ids, terms
@@ -96,7 +96,7 @@ class TextTransform:
         settings = settings or TextConfig()
         self.name = name
         self.encoder = settings.encoder
-        self.dim = settings.dim
+        self.dim = text_dim(settings)
         self.max_features = settings.max_features
         path = settings.model_path
         # A directory is kept absolute: a model predicting from another working directory finds it.
