@@ -111,7 +111,7 @@ class TextConfig(_Section):
         None, ge=1, le=1024, description="Numbers each text column becomes: the leading components of its TF-IDF "
         "(truncated SVD) or of its embeddings (PCA), each scaled to unit variance, plus an empty-text flag (and "
         "tfidf's text.linear scores); the network reads them without number embeddings. bag: the numbers of each "
-        "term's learned vector. Empty: 64 for tfidf with text.linear (the scores carry what the target needs of "
+        "term's learned vector. Empty: 64 for tfidf with text.linear's scores (they carry what the target needs of "
         "the text; fewer components fit better beside them), else 128.")
     max_features: int = Field(
         20000, ge=1, description="tfidf and bag: the most words and word pairs kept, the most frequent first (each "
@@ -221,17 +221,18 @@ AUTO_BINS_LARGE = 48
 AUTO_BINS_ROWS = 10_000
 
 
-# text.dim when empty: tfidf beside its linear scores (bench/multimodal.py, three splits: 64 against 128 scored
-# courses 0.7709 / 0.7565, birds 0.9002 / 0.8962, tweets higher, reviews 0.8706 / 0.8714), else as measured before.
+# text.dim when empty: beside linear scores (bench/multimodal.py, three splits: 64 against 128 scored courses
+# 0.7709 / 0.7565, birds 0.9002 / 0.8962, tweets 0.8363 / 0.8337, reviews 0.8707 / 0.8714), else as measured before.
 TEXT_DIM_LINEAR = 64
 TEXT_DIM = 128
 
 
-def text_dim(text: "TextConfig") -> int:
-    """The components a text column keeps: ``text.dim``, or its default for the encoder."""
-    if text.dim is not None:
-        return text.dim
-    return TEXT_DIM_LINEAR if text.encoder == "tfidf" and text.linear else TEXT_DIM
+def text_dim(dim: int | None, linear: bool) -> int:
+    """The components a text column keeps: ``text.dim``, or where it is empty, its default for a column with
+    (``linear``) or without text.linear's scores."""
+    if dim is not None:
+        return dim
+    return TEXT_DIM_LINEAR if linear else TEXT_DIM
 
 
 def auto_numeric_embedding_size(kind: str, rows: int) -> int:

@@ -753,6 +753,7 @@ class _TextState(TypedDict):
     finetune: NotRequired[Literal["full", "lora"]]
     lora_rank: NotRequired[int]
     lr: NotRequired[float | None]
+    linear: NotRequired[int]
 
 
 class _ImageState(TypedDict):

@@ -96,7 +96,8 @@ class TextTransform:
         settings = settings or TextConfig()
         self.name = name
         self.encoder = settings.encoder
-        self.dim = text_dim(settings)
+        self.dim_setting = settings.dim  # empty: the dim is chosen in fit, by whether linear scores are fitted
+        self.dim = text_dim(settings.dim, False)
         self.max_features = settings.max_features
         path = settings.model_path
         # A directory is kept absolute: a model predicting from another working directory finds it.
@@ -175,6 +176,9 @@ class TextTransform:
         if self.encoder == "tfidf":
             self._fit_vocabulary(texts)
         vectors: Any = getattr(self, TEXT_ENCODERS[self.encoder])(texts, fitting=True)
+        self.linear, self._out_of_fold = 0, None
+        folds = self._linear_folds(texts, target, task, groups) if self.use_linear else None
+        self.dim = text_dim(self.dim_setting, folds is not None)
         # TF-IDF stays sparse and uncentered (truncated SVD); embeddings are centered (PCA).
         centered = vectors if self.encoder == "tfidf" else vectors - vectors.mean(axis=0)
         components = _leading_components(centered, min(self.dim, len(set(texts)) - 1))
@@ -186,40 +190,36 @@ class TextTransform:
         self.components = components[kept]
         self.center = projected[:, kept].mean(axis=0).astype(np.float32)
         self.scale = spread[kept].astype(np.float32)
-        self.linear, self._out_of_fold = 0, None
-        if self.use_linear and target is not None and len(self.components):
-            self._fit_linear(vectors, texts, np.asarray(target), task, groups, weights)
+        if folds is not None and target is not None and len(self.components):
+            self._fit_linear(vectors, np.asarray(target), task, folds, weights)
         if not len(self.components):
             self.notes.append(f"text column {self.name!r}: no word appears in two training rows (or every text is "
                               "the same), so only its empty-text flag is used.")
         return self
 
-    def _fit_linear(self, vectors: sparse.csr_matrix, texts: list[str], target: np.ndarray, task: str,
-                    groups: np.ndarray | None = None, weights: np.ndarray | None = None) -> None:
-        """text.linear: a logistic (classes) or ridge (numbers) regression on the TF-IDF rows, whose scores (a logit
-        per class; one for binary and regression) join the components: its coefficients are more rows of
-        ``components``, its intercept is folded into ``center``, so a transform (and the exported graph) computes
-        them as it computes the components.
-
-        A model scoring the rows it was fitted on would hand the network scores far surer than on new rows, so
-        the rows seen here are scored out of fold (``LINEAR_FOLDS`` models, each fitted without the rows of a
-        fold; rows of one text, or of one training.split_by group, share a fold, and each class's units are dealt
-        across the folds), and the scale is those scores'. Skipped, with a note, where a class has fewer than two
-        such units (a fold's model would not know it) or there are fewer than two per fold."""
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression, Ridge
-
-        units = _fold_units(texts, groups)  # rows that must share a fold: a text's, a group's, and so on
-        count = int(units.max()) + 1
-        rng = np.random.default_rng(0)
-        fold_of = np.empty(count, dtype=np.int64)
-        what = "groups (training.split_by) with distinct texts" if groups is not None else "distinct texts"
+    def _linear_folds(self, texts: list[str], target: np.ndarray | None, task: str,
+                      groups: np.ndarray | None) -> np.ndarray | None:
+        """The out-of-fold fold of each row for text.linear (rows of one text share a fold; with training.split_by,
+        rows of one group, as validation holds groups out; each class's units dealt in turn across the folds), or
+        None, with a note, where the scores cannot be fitted: no target (a streamed or sharded run), fewer than two
+        units a fold, a class in fewer than two units (a fold's model would not know it)."""
+        if target is None:
+            self.notes.append(f"text column {self.name!r}: no linear scores (text.linear): they are fitted on the "
+                              "training rows' target in memory, which a streamed or sharded run does not hold.")
+            return None
+        target = np.asarray(target)
+        what = "groups (training.split_by)" if groups is not None else "distinct texts"
+        if groups is not None:
+            units = np.unique(groups, return_inverse=True)[1].ravel()
+        else:
+            units = np.unique(np.array(texts, dtype=object), return_inverse=True)[1].ravel()
+        count = int(units.max()) + 1 if len(units) else 0
         if count < 2 * LINEAR_FOLDS:
             self.notes.append(f"text column {self.name!r}: no linear scores (text.linear): {count} {what} are too "
                               f"few to score each out of fold ({2 * LINEAR_FOLDS} at least).")
-            return
+            return None
+        rng = np.random.default_rng(0)
+        fold_of = np.empty(count, dtype=np.int64)
         if task == "regression":
             fold_of[:] = rng.permutation(count) % LINEAR_FOLDS
         else:  # a unit's class: that of its first row (rows of one text rarely disagree)
@@ -229,11 +229,29 @@ class TextTransform:
             if len(present) < 2 or present.min() < 2:
                 self.notes.append(f"text column {self.name!r}: no linear scores (text.linear): a class has fewer "
                                   f"than two {what}, so an out-of-fold model would not know it.")
-                return
+                return None
+            dealt = 0  # each class goes on where the last one stopped: many small classes still fill every fold
             for label in np.unique(first):
                 members = np.flatnonzero(first == label)
-                fold_of[rng.permutation(members)] = np.arange(len(members)) % LINEAR_FOLDS
-        fold = fold_of[units]
+                fold_of[rng.permutation(members)] = (dealt + np.arange(len(members))) % LINEAR_FOLDS
+                dealt += len(members)
+        return fold_of[units]
+
+    def _fit_linear(self, vectors: sparse.csr_matrix, target: np.ndarray, task: str, fold: np.ndarray,
+                    weights: np.ndarray | None = None) -> None:
+        """text.linear: a logistic (classes) or ridge (numbers) regression on the TF-IDF rows, whose scores (a logit
+        per class; one for binary and regression) join the components: its coefficients are more rows of
+        ``components``, its intercept is folded into ``center``, so a transform (and the exported graph) computes
+        them as it computes the components.
+
+        A model scoring the rows it was fitted on would hand the network scores far surer than on new rows, so
+        the rows seen here are scored out of fold (``LINEAR_FOLDS`` models, each fitted without the rows of a
+        fold: ``fold``, from :meth:`_linear_folds`), and the scale is those scores'."""
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression, Ridge
+
         # Every fold's model knows every class of these rows (dealt above), so their scores line up column by column.
         width = 1 if task == "regression" or len(np.unique(target)) == 2 else len(np.unique(target))
 
@@ -247,12 +265,12 @@ class TextTransform:
             values = model.predict(rows) if task == "regression" else model.decision_function(rows)
             return np.asarray(values, dtype=np.float64).reshape(rows.shape[0], -1)
 
-        out = np.zeros((len(texts), width))
+        out = np.zeros((vectors.shape[0], width))
         for index in range(LINEAR_FOLDS):
             held = fold == index
             if held.any():
                 out[held] = scores(fitted(np.flatnonzero(~held)), vectors[held])
-        full = fitted(np.arange(len(texts)))
+        full = fitted(np.arange(vectors.shape[0]))
         coefficients = np.asarray(full.coef_, dtype=np.float64).reshape(out.shape[1], -1)
         intercepts = np.asarray(full.intercept_, dtype=np.float64).reshape(-1)
         spread = out.std(axis=0)
@@ -484,32 +502,6 @@ class TextTransform:
         for key, value in (arrays or {}).items():  # the tokenizer stays bytes
             setattr(transform, key, np.asarray(value, dtype=np.uint8 if key == "tokenizer" else np.float32))
         return transform
-
-
-def _fold_units(texts: list[str], groups: np.ndarray | None) -> np.ndarray:
-    """(rows,) int64 unit of each row, 0..k-1: rows joined by a text or a group are one unit (connected through
-    either), so an out-of-fold model never sees a row's text, nor a row of its group."""
-    _, by_text = np.unique(np.array(texts, dtype=object), return_inverse=True)
-    by_text = by_text.ravel()
-    if groups is None:
-        return by_text.astype(np.int64)
-    _, by_group = np.unique(groups, return_inverse=True)
-    # Union-find over texts and groups (nodes 0..t-1 texts, t.. groups), each row an edge between its two.
-    parent = np.arange(by_text.max() + 1 + by_group.max() + 1)
-
-    def root(node: int) -> int:
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    offset = by_text.max() + 1
-    for text, group in zip(by_text.tolist(), by_group.ravel().tolist()):
-        a, b = root(text), root(offset + group)
-        if a != b:
-            parent[a] = b
-    roots = np.array([root(text) for text in by_text.tolist()])
-    return np.unique(roots, return_inverse=True)[1].ravel().astype(np.int64)
 
 
 def _leading_components(matrix: Any, dim: int) -> np.ndarray:
