@@ -890,8 +890,27 @@ def _print_metrics(metrics: dict[str, Any] | None, title: str) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="keel")
+    """Console-script entry point. A mistake on the command line (an unknown option, a value of the wrong type, a
+    missing argument) is one line naming the command and what was wrong, exit status 2, as every other error a
+    user can cause; typer's own report is a framed box of several lines."""
+    try:
+        from typer import _click as click  # typer >= 0.2x vendors its own click
+    except ImportError:  # pragma: no cover - older typer
+        import click  # type: ignore[no-redef]
+
+    try:
+        code = app(prog_name="keel", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as error:  # `keel` or `keel train` alone: the help, as typer shows it
+        error.show()
+        sys.exit(error.exit_code)
+    except click.exceptions.UsageError as error:
+        command = error.ctx.command_path if error.ctx is not None else "keel"
+        err.print(f"error: {command}: {error.format_message().rstrip('.')}; see '{command} --help'.", highlight=False, markup=False,
+                  soft_wrap=True)
+        sys.exit(error.exit_code)
+    except click.exceptions.Abort:  # Ctrl-C at a prompt
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -330,3 +330,24 @@ def test_info_of_a_bag_lists_every_network_s_epochs(tmp_path) -> None:
     single = api.fit(frame, target="species", config={"preset": "fast", "model.hidden": [8], "training.epochs": 2},
                      quiet=True, importance=False)
     assert "bagged" not in single.summary() and single.summary()["epochs_trained"] == 2
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["serve", "model", "--port", "abc"], "error: keel serve: Invalid value for '--port'"),
+    (["train", "data.csv", "--bogus"], "error: keel train: No such option: --bogus"),
+    (["train"], "error: keel train: Missing argument 'data'"),
+    (["nonsense"], "error: keel: No such command 'nonsense'"),
+])
+def test_a_command_line_mistake_is_one_line_with_status_2(args: list[str], said: str) -> None:
+    result = keel(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(said)
+    assert result.stderr.count("\n") == 1, result.stderr  # not typer's framed box
+    assert f"see '{said.split(': ')[1]} --help'" in result.stderr
+
+
+def test_help_and_the_bare_command_still_print_the_usage() -> None:
+    helped = keel("--help")
+    assert helped.returncode == 0 and "Usage: keel" in helped.stdout
+    alone = keel()
+    assert alone.returncode == 2 and "Usage: keel" in alone.stdout + alone.stderr
