@@ -306,13 +306,32 @@ class KeelClassifier(ClassifierMixin, _KeelEstimator):
         classes = np.unique(column_or_1d(y, warn=True))
         task = "binary" if len(classes) == 2 else "multiclass" if len(classes) > 2 else "auto"
         self._fit(X, y, task, sample_weight)
-        self.classes_ = np.asarray(self.model_.classes)
+        self.classes_ = _labels_as_given(np.asarray(self.model_.classes), classes)
         return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted class of each row of X, as ``y`` gave it (its dtype: 1.0 stays 1.0)."""
+        predicted = super().predict(X)
+        positions = pd.Index(np.asarray(self.model_.classes)).get_indexer(predicted)
+        return self.classes_[positions]
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape (n_rows, n_classes), columns in ``classes_`` order."""
         frame = self._predict_frame(X)
         return self.model_.predict_proba(frame)
+
+
+def _labels_as_given(kept: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """The model's classes (``kept``, in its order) as the values ``y`` held (``given``, np.unique of y): a model
+    keeps labels as JSON does (1.0 becomes 1), and scikit-learn expects ``classes_`` and predictions in y's own
+    dtype. Where a class matches no value of y (cannot happen for labels keel read from y), the model's."""
+    found = []
+    for label in kept.tolist():
+        matches = [index for index, value in enumerate(given.tolist()) if value == label]
+        if len(matches) != 1:
+            return kept
+        found.append(matches[0])
+    return given[np.array(found, dtype=np.int64)]
 
 
 class KeelRegressor(RegressorMixin, _KeelEstimator):

@@ -173,3 +173,20 @@ def test_invalid_sample_weights_are_rejected(weight, message) -> None:
     X, y = np.arange(40.0).reshape(20, 2), np.arange(20.0)
     with pytest.raises(ValueError, match=message):
         KeelRegressor(preset="fast", epochs=2).fit(X, y, sample_weight=np.array(weight))
+
+
+@pytest.mark.parametrize("labels", [np.array([0.0, 1.0]), np.array([-1.0, 2.0, 7.0]), np.array([False, True]),
+                                    np.array(["no", "yes"], dtype=object)])
+def test_classes_and_predictions_keep_the_labels_dtype(labels) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    y = labels[np.digitize(X[:, 0], np.quantile(X[:, 0], np.linspace(0, 1, len(labels) + 1)[1:-1]))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", KeelWarning)
+        clf = KeelClassifier(preset="fast", epochs=3).fit(X, y)
+    predicted = clf.predict(X)
+    assert clf.classes_.dtype == labels.dtype and list(clf.classes_) == sorted(labels.tolist())
+    assert predicted.dtype == labels.dtype and set(predicted.tolist()) <= set(labels.tolist())
+    # The labels are those of the model's own predictions, class by class.
+    model_labels = clf.model_.predict(clf._predict_frame(X))
+    assert [clf.classes_[list(clf.model_.classes).index(m)] for m in model_labels] == predicted.tolist()
