@@ -34,15 +34,20 @@ class _Section(BaseModel):
         field = cls.model_fields.get(info.field_name or "")
         if field is None:
             return value
-        if isinstance(value, bool):
+        if _is_bool(value):
             scalars = _admitted(field.annotation)
-        elif isinstance(value, (list, tuple)) and any(isinstance(item, bool) for item in value):
+        elif isinstance(value, (list, tuple)) and any(_is_bool(item) for item in value):
             scalars = _admitted(field.annotation, items=True)
         else:
             return value
         if bool not in scalars and scalars & {int, float}:
             raise ValueError("takes a number, not true / false (YAML reads yes, no, on and off as true / false)")
         return value
+
+
+def _is_bool(value: Any) -> bool:
+    """True / false, Python's or numpy's (``np.True_``, which scikit-learn parameter grids hand over)."""
+    return isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
 
 
 def _admitted(annotation: Any, items: bool = False) -> set[Any]:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -136,6 +137,7 @@ def test_a_learning_rate_that_overflows_float32_and_bad_memory_budgets_are_confi
 @pytest.mark.parametrize("key, value", [
     ("training.batch_size", True), ("training.lr", True), ("training.epochs", True), ("training.seed", True),
     ("training.validation_split", False), ("training.early_stopping", False), ("model.hidden", [True, 64]),
+    ("training.batch_size", np.True_), ("model.hidden", [np.False_, 64]),  # numpy's, from a parameter grid
 ])
 def test_true_or_false_for_a_number_is_an_error(key, value) -> None:
     """YAML reads yes / no / on / off as true / false, and pydantic would take them as 1 / 0: batch_size: yes
