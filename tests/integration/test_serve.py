@@ -410,6 +410,7 @@ BAD_REQUESTS = [  # (name, content, content type, status, field named, words in 
     ("not UTF-8", b'{"size": "\xff"}', "application/json", 400, None, "not UTF-8"),
     # UTF-16 with its byte-order mark: Python's reader of bytes guessed it and answered 200 (a user's trial).
     ("UTF-16", json.dumps(ROW).encode("utf-16"), "application/json", 400, None, "not UTF-8"),
+    ("UTF-16 without its mark", json.dumps(ROW).encode("utf-16-le"), "application/json", 400, None, "UTF-16"),
 ]
 
 

@@ -74,6 +74,9 @@ def decode(content: bytes) -> Any:
         raise RequestError.one(400, "the body's JSON is nested too deeply to read; send rows as objects of feature "
                                "-> value.", "json") from None
     except json.JSONDecodeError as error:
+        if "\x00" in error.doc:  # UTF-16 / UTF-32 without a byte-order mark reads as UTF-8 with NUL bytes between
+            raise RequestError.one(400, "the body is not valid JSON (it holds NUL bytes: UTF-16 or UTF-32 text?); "
+                                   "send a JSON object or list as UTF-8.", "json") from None
         raise RequestError.one(400, f"the body is not valid JSON ({error.msg} at line {error.lineno} column "
                                f"{error.colno}); send a JSON object or list.", "json") from None
     except UnicodeDecodeError:
