@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from keel.data.text import TextTransform
 from keel.nn.network import NetworkBag
 
 if TYPE_CHECKING:
@@ -28,7 +29,9 @@ def describe_network(model: Model) -> dict[str, Any]:
         ``column``, ``encoding`` (``onehot`` or ``embedding``), ``cardinality`` (the unknown and
         missing buckets included) and ``width``; ``ensemble`` (members per network), ``bagging``
         (networks averaged), ``encoders``: per image or fine-tuned / bag text column its ``column``,
-        ``encoder`` (in words), ``parameters`` and ``trainable_parameters``; ``parameters`` (every
+        ``encoder`` (in words), ``parameters`` and ``trainable_parameters``, then per tfidf or frozen-encoder
+        text column the same keys (no parameters: its numbers are made in the preprocessing) with
+        ``components`` and ``linear_scores`` (text.linear); ``parameters`` (every
         stored weight) and ``trainable_parameters`` (those training changed: one-hot tables are fixed
         identity matrices, a frozen ResNet's weights and a LoRA-tuned BERT's own are kept).
 
@@ -55,6 +58,12 @@ def describe_network(model: Model) -> dict[str, Any]:
         encoders.append({"column": transform.name, "encoder": _encoder_kind(module.__class__.__name__, transform),
                          "parameters": sum(p.numel() for p in weights),  # in each network of a bag
                          "trainable_parameters": sum(p.numel() for p in weights if p.requires_grad)})
+    # tfidf and frozen-encoder columns become numbers in the preprocessing: no weights in the network.
+    for transform in model.preprocessor.transforms:
+        if isinstance(transform, TextTransform) and not transform.tokens:
+            encoders.append({"column": transform.name, "encoder": _text_numbers(transform), "parameters": 0,
+                             "trainable_parameters": 0, "components": len(transform.components) - transform.linear,
+                             "linear_scores": transform.linear})
     return {
         "architecture": spec.architecture, "hidden": list(spec.hidden), "activation": spec.activation,
         "dropout": spec.dropout, "norm": spec.norm, "init": spec.init,
@@ -66,6 +75,18 @@ def describe_network(model: Model) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in parameters),
         "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),
     }
+
+
+def _text_numbers(transform: TextTransform) -> str:
+    """What a tfidf or frozen-encoder text column becomes, in a few words."""
+    projected = len(transform.components) - transform.linear
+    if transform.encoder == "tfidf":
+        made = f"TF-IDF of {len(transform.vocabulary):,} terms -> {projected} components"
+    else:
+        made = f"{transform.model_name()} embeddings (frozen) -> {projected} components"
+    if transform.linear:
+        made += f" + {transform.linear} linear score{'s' if transform.linear > 1 else ''} (text.linear)"
+    return made + " + an empty-text flag"
 
 
 def _encoder_kind(module: str, transform: Any) -> str:
@@ -96,6 +117,9 @@ def network_lines(description: dict[str, Any]) -> list[tuple[str, str]]:
                else f"{c['column']} embedded (dim {c['width']})" for c in d["categories"]]
     rows.append(("categories", ", ".join(encoded) or "none"))
     for encoder in d.get("encoders", []):
+        if "components" in encoder:  # made in the preprocessing: no weights in the network
+            rows.append((f"text {encoder['column']}", encoder["encoder"]))
+            continue
         trained = encoder["trainable_parameters"]
         per = " in each network" if d["bagging"] > 1 else ""
         rows.append((f"encoder {encoder['column']}", f"{encoder['encoder']}, {encoder['parameters']:,} parameters{per}"

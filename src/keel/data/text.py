@@ -285,6 +285,10 @@ class TextTransform:
         self.center = np.concatenate([self.center, center.astype(np.float32)])
         self.scale = np.concatenate([self.scale, spread[kept].astype(np.float32)])
         self.linear = int(kept.sum())
+        kind = "ridge" if task == "regression" else "logistic"
+        self.notes.append(f"text column {self.name!r}: {self.linear} linear score{'s' if self.linear > 1 else ''} "
+                          f"({kind} regression on its TF-IDF; training rows scored out of fold, {LINEAR_FOLDS} folds) "
+                          f"beside {len(self.components) - self.linear} components (text.linear).")
         self._out_of_fold = ((out[:, kept] - out[:, kept].mean(axis=0)) / spread[kept]).astype(np.float32)
 
     def out_of_fold(self) -> np.ndarray | None:

@@ -89,6 +89,15 @@ def test_a_run_trains_on_out_of_fold_scores_and_predicts_with_the_full_model(tmp
                      config={"preset": "fast", "training.epochs": 20, "text.dim": 6, "training.bagging": bagging})
     text = model.preprocessor.transforms[0]
     assert text.linear == 1 and text.out_of_fold() is None  # dropped once the training rows were laid out
+    # Said in the run's notes and by keel info (describe_network).
+    assert any("'review': 1 linear score (logistic regression on its TF-IDF" in note and "beside 6 components" in note
+               for note in model.notes)
+    from keel.describe import describe_network, network_lines
+
+    (described,) = [e for e in describe_network(model)["encoders"] if e["column"] == "review"]
+    assert described["components"] == 6 and described["linear_scores"] == 1 and described["parameters"] == 0
+    assert ("text review", f"TF-IDF of {len(text.vocabulary):,} terms -> 6 components + 1 linear score (text.linear) "
+            "+ an empty-text flag") in network_lines(describe_network(model))
     assert model.metrics["accuracy"] >= 0.95
     # Saved and loaded: the scores are rows of the stored projection; export computes them in the graph.
     model.save(tmp_path / "m")
