@@ -894,21 +894,21 @@ def main() -> None:
     missing argument) is one line naming the command and what was wrong, exit status 2, as every other error a
     user can cause; typer's own report is a framed box of several lines."""
     try:
-        from typer import _click as click  # typer >= 0.2x vendors its own click
-    except ImportError:  # pragma: no cover - older typer
-        import click  # type: ignore[no-redef]
-
+        from typer._click import exceptions  # typer >= 0.2x vendors its own click
+    except ImportError:  # pragma: no cover - older typer, on click
+        from click import exceptions  # type: ignore[no-redef]
+    help_asked = getattr(exceptions, "NoArgsIsHelpError", ())  # click >= 8.2; before, the help exits 0 itself
     try:
         code = app(prog_name="keel", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as error:  # `keel` or `keel train` alone: the help, as typer shows it
+    except help_asked as error:  # `keel` alone: the help, as typer shows it
         error.show()
         sys.exit(error.exit_code)
-    except click.exceptions.UsageError as error:
+    except exceptions.UsageError as error:
         command = error.ctx.command_path if error.ctx is not None else "keel"
-        err.print(f"error: {command}: {error.format_message().rstrip('.')}; see '{command} --help'.", highlight=False, markup=False,
-                  soft_wrap=True)
+        err.print(f"error: {command}: {error.format_message().rstrip('.')}; see '{command} --help'.",
+                  highlight=False, markup=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except click.exceptions.Abort:  # Ctrl-C at a prompt
+    except typer.Abort:  # Ctrl-C at a prompt
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
