@@ -435,9 +435,13 @@ class Model:
                           f"{preprocessor.text_width}")
         if preprocessor is not None and [(text.width, getattr(text, "vocabulary", None)) for text in spec.texts] != [
                 (t.width, len(t.vocabulary) if t.encoder == "bag" else None) for t in preprocessor.token_texts]:
-            raise corrupt(f"the network reads {len(spec.texts)} fine-tuned or bag text column(s) of "
-                          f"{[text.width - 1 for text in spec.texts]} tokens, the preprocessing makes "
-                          f"{[transform.width - 1 for transform in preprocessor.token_texts]}")
+            def read(width: int, vocabulary: int | None) -> str:
+                return f"{width - 1} tokens" + (f" of {vocabulary:,} terms" if vocabulary is not None else "")
+
+            network_reads = [read(t.width, getattr(t, "vocabulary", None)) for t in spec.texts]
+            made = [read(t.width, len(t.vocabulary) if t.encoder == "bag" else None) for t in preprocessor.token_texts]
+            raise corrupt(f"the network reads {len(spec.texts)} fine-tuned or bag text column(s) of {network_reads}, "
+                          f"the preprocessing makes {made}")
         if preprocessor is not None and [(image.channels, image.size) for image in spec.images] != [
                 (transform.bands, transform.size) for transform in preprocessor.images]:
             raise corrupt(f"the network reads {len(spec.images)} image column(s) of "
@@ -750,7 +754,7 @@ class _TextState(TypedDict):
     model_sha256: str
     vocabulary: list[str]
     cache_dir: NotRequired[str | None]
-    finetune: NotRequired[Literal["full", "lora"]]
+    finetune: NotRequired[Literal["none", "full", "lora"]]  # "none": a bag column (its tokens are its terms)
     lora_rank: NotRequired[int]
     lr: NotRequired[float | None]
     linear: NotRequired[int]

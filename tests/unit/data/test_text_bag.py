@@ -90,5 +90,14 @@ def test_a_vocabulary_that_does_not_fit_the_network_is_a_corrupt_model(
     broken = tmp_path / "broken"
     shutil.copytree(directory, broken)
     (broken / "keel.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match="does not describe its weights .* terms"):
         keel.load(broken)
+
+
+def test_a_saved_bag_model_loads_and_predicts_as_before(bag_model: tuple[keel.model.Model, Path]) -> None:
+    # Its state says finetune "none", which the loader refused (a user's trial): every bag model was unreadable.
+    model, directory = bag_model
+    loaded = keel.load(directory)
+    frame = reviews(40, seed=5)
+    np.testing.assert_array_equal(loaded.predict_proba(frame), model.predict_proba(frame))
+    assert loaded.preprocessor.token_texts[0].vocabulary == model.preprocessor.token_texts[0].vocabulary
