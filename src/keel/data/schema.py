@@ -6,6 +6,7 @@ import datetime
 import difflib
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Collection, Literal
 
@@ -165,6 +166,8 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
     # Every column is decided before any error is raised: one DataError then lists each bad column.
     for (name, series), (kind, reason) in zip(columns, map_gathering(decide, columns, n_rows * len(names))):
         if kind is None:
+            if declared.get(name, "auto") == "auto" and (example := _other_date(series)) is not None:
+                reason += f"; it looks like dates not written as ISO 8601 (e.g. {example!r}), {_OTHER_DATE_ADVICE}"
             dropped[name] = reason
         else:
             features.append(Feature(name, kind))
@@ -173,6 +176,10 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
             if kind == "image" and declared.get(name, "auto") == "auto":
                 notes.append(f"column {name!r} holds {'arrays' if isinstance(series.dropna().iloc[0], np.ndarray) else 'image file names'}; "
                              "read as images (image.encoder decides how: a CNN trained from scratch by default).")
+            if kind in ("category", "text") and declared.get(name, "auto") == "auto" and (
+                    example := _other_date(series)) is not None:
+                notes.append(f"column {name!r} looks like dates not written as ISO 8601 (e.g. {example!r}), so it "
+                             f"is read as a {kind}: {_OTHER_DATE_ADVICE}")
             if kind == "text" and declared.get(name, "auto") == "auto":
                 notes.append(f"column {name!r} is free text (mostly distinct values of several words); read as text "
                              f"(text.encoder decides how). Declare it a category with input_features: [{{name: {name}, "
@@ -184,6 +191,34 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
             file=source,
         )
     return Schema(target=config.target, task=task, features=features, dropped=dropped, notes=notes)
+
+
+# Dates in the common non-ISO numeric forms (10/31/1996, 31.10.1996, 31-10-96, 1996/10/31), with a time or not.
+_OTHER_DATE = re.compile(r"(\d{1,2}([/.-])\d{1,2}\2(\d{4}|\d{2})|\d{4}([/.])\d{1,2}\4\d{1,2})"
+                         r"(,?[ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?( ?[AaPp]\.?[Mm]\.?)?)?")
+
+
+_OTHER_DATE_ADVICE = ("keel reads only ISO dates as dates (in other forms day and month may be either way round); "
+                      "convert the column (pd.to_datetime(..., format=...), or write 1996-10-31) for its date "
+                      "features.")
+
+
+def _other_date(series: pd.Series) -> str | None:
+    """The first value of a text column whose values are at least 90% dates in a non-ISO numeric form (that
+    pandas can read as dates in some order of day and month), else None."""
+    present = series.dropna()
+    if not len(present) or not (series.dtype == object or pd.api.types.is_string_dtype(series.dtype)):
+        return None
+    sample = present.astype(str).str.strip()
+    sample = sample if len(sample) <= 1_000 else sample.sample(1_000, random_state=0)
+    dated = sample[sample.str.fullmatch(_OTHER_DATE.pattern)]
+    if len(dated) < _NUMERIC_WITH_TYPOS * len(sample):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas warns when it guesses a format value by value
+        read = pd.concat([pd.to_datetime(dated, errors="coerce", format="mixed", dayfirst=first).notna()
+                          for first in (False, True)], axis=1).any(axis=1)
+    return str(dated.iloc[0]) if read.sum() >= _NUMERIC_WITH_TYPOS * len(sample) else None
 
 
 def _is_numeric_text(series: pd.Series) -> bool:

@@ -176,3 +176,27 @@ def test_a_bad_regression_target_value_gets_a_target_s_advice() -> None:
 
     with pytest.raises(DataError, match="declare the column a category in input_features"):  # a feature's, still
         to_numeric(bad, column="x")
+
+
+def test_dates_in_another_format_than_iso_are_noted_not_silently_a_category() -> None:
+    # A user's trial: openintro birds' '10/31/1996 0:00:00' became a category of rare values, without a word.
+    rng = np.random.default_rng(0)
+    days = pd.Timestamp("1996-01-01") + pd.to_timedelta(rng.integers(0, 3000, 200), unit="D")
+    frame = pd.DataFrame({"us": days.strftime("%m/%d/%Y 0:00:00"), "german": days.strftime("%d.%m.%Y"),
+                          "iso": days.strftime("%Y-%m-%d"), "version": [f"1.{i % 13}.{i % 7}" for i in range(200)],
+                          "y": [0, 1] * 100})
+    schema = _schema(frame, target="y")
+    types = {f.name: f.type for f in schema.features}
+    assert types["iso"] == "date" and "us" not in types and "german" not in types  # nearly unique: dropped
+    for name in ("us", "german"):
+        assert "looks like dates not written as ISO 8601" in schema.dropped[name]
+        assert f"e.g. {frame[name][0]!r}" in schema.dropped[name]
+    assert "ISO" not in schema.dropped.get("version", "") and not any("ISO 8601" in note for note in schema.notes)
+    # Fewer distinct values: kept as a category, with a note.
+    frame = pd.DataFrame({"when": np.tile(["03/01/2020", "04/01/2020", "05/02/2020"], 40), "y": [0, 1] * 60})
+    schema = _schema(frame, target="y")
+    assert [f.type for f in schema.features] == ["category"]
+    assert schema.notes == ["column 'when' looks like dates not written as ISO 8601 (e.g. '03/01/2020'), so it is "
+                            "read as a category: keel reads only ISO dates as dates (in other forms day and month may "
+                            "be either way round); convert the column (pd.to_datetime(..., format=...), or write "
+                            "1996-10-31) for its date features."]
