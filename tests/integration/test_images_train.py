@@ -152,7 +152,7 @@ def test_strict_refuses_another_size_and_another_channel_count_and_otherwise_the
     with pytest.raises(DataError, match=r"row 4 is a 10x10 gray image; most of the column's are 8x8 gray") as caught:
         keel.fit(sized, target="y", config=strict, quiet=True)
     assert (caught.value.column, caught.value.row, caught.value.file) == ("pic", 4, str(sized))
-    with pytest.raises(DataError, match=r"row 9 is a 8x8 colour image; most of the column's are 8x8 gray") as caught:
+    with pytest.raises(DataError, match=r"row 9 is an 8x8 colour image; most of the column's are 8x8 gray") as caught:
         keel.fit(coloured, target="y", config=strict, quiet=True)
     assert caught.value.row == 9
 

@@ -39,6 +39,7 @@ from keel.errors import ConfigError, DataError
 # Images the column's size and channels are decided from (their headers only) and, for the CNN, its
 # per-channel mean and spread (decoded): enough for stable figures, cheap on a 100k-image column.
 _PROBE = 1000
+_LISTED = 10  # rows named in an error about several bad images
 _STATISTICS = 2000
 # The largest side picked for a column (image.size unset): a 64 x 64 RGB image is 12,288 numbers a row.
 AUTO_MAX_SIZE = 64
@@ -125,6 +126,26 @@ class _Image:
                             file=self.source, column=self.column, row=self.row) from None
 
 
+def _a(number: int) -> str:
+    """The article before a number said aloud: an 8x8, an 11x11, an 80x80, a 64x64."""
+    return "an" if str(number).startswith("8") or str(number) in ("11", "18") else "a"
+
+
+def _raise_all(problems: list[DataError], column: str, source: str | None) -> None:
+    """One error for every cell of a column that is no usable image: the first row's message in full, then the
+    rows of the others (a user fixes them all at once, not one run at a time)."""
+    if not problems:
+        return
+    problems = sorted(problems, key=lambda error: error.row or 0)
+    first = problems[0]
+    if len(problems) == 1:
+        raise first
+    rows = [str(error.row) for error in problems[1:]]
+    listed = ", ".join(rows[:_LISTED]) + (f" and {len(rows) - _LISTED:,} more" if len(rows) > _LISTED else "")
+    raise DataError(f"{first} {len(rows):,} more row(s) of image column {column!r} cannot be used either: row(s) "
+                    f"{listed}.", file=source, column=column, row=first.row)
+
+
 class ImageTransform:
     """An image column -> ``channels x size x size`` standardised pixels and a missing-image flag.
 
@@ -182,11 +203,21 @@ class ImageTransform:
         """The name of each column this transform emits (for messages)."""
         return [*(f"pixel {index + 1}" for index in range(self.width - 1)), "missing"]
 
-    def _images(self, series: pd.Series, source: str | None) -> Iterator[_Image | None]:
-        """Each cell's image, one at a time (a file's header read, its pixels not yet), None where it is empty."""
+    def _images(self, series: pd.Series, source: str | None,
+                problems: list[DataError]) -> Iterator[tuple[int, _Image | None]]:
+        """Each cell's position and image, one at a time (a file's header read, its pixels not yet), None where it
+        is empty; a cell that is no image is left out and its error added to ``problems`` (see :func:`_raise_all`)."""
         base = base_folder(source)
-        for index, value in zip(series.index, series.tolist()):
-            yield None if _missing(value) else _Image(value, base, self.name, int(index) + 1, source)
+        for position, (index, value) in enumerate(zip(series.index, series.tolist())):
+            if _missing(value):
+                yield position, None
+                continue
+            try:
+                image = _Image(value, base, self.name, int(index) + 1, source)
+            except DataError as error:
+                problems.append(error)
+                continue
+            yield position, image
 
     def fit(self, series: pd.Series, source: str | None = None) -> "ImageTransform":
         """Decide the size and channels (when unset), the scale of arrays and the per-channel statistics.
@@ -199,8 +230,10 @@ class ImageTransform:
         if not len(present):
             raise DataError(f"image column {self.name!r} is empty in every training row; fill it, or leave the "
                             "column out of input_features.", file=source, column=self.name)
-        probe = present.sample(_PROBE, random_state=0) if len(present) > _PROBE else present
-        images = [image for image in self._images(probe, source) if image is not None]
+        probe = (present.sample(_PROBE, random_state=0) if len(present) > _PROBE else present).sort_index()
+        problems: list[DataError] = []
+        images = [image for _, image in self._images(probe, source, problems) if image is not None]
+        _raise_all(problems, self.name, source)
         sizes = Counter(image.size for image in images)
         self.native = sizes.most_common(1)[0][0]
         if not self.size:
@@ -242,23 +275,30 @@ class ImageTransform:
         out = np.zeros((len(series), self.width), dtype=np.float32)
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
         std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-        for position, image in enumerate(self._images(series, source)):
+        problems: list[DataError] = []
+        for position, image in self._images(series, source, problems):
             if image is None:
                 out[position, -1] = 1.0
                 continue
             resized, converted = image.size != self.native, image.bands != self.native_bands
             if (resized or converted) and self.strict:
-                raise DataError(
-                    f"image column {self.name!r} row {series.index[position] + 1} is a {image.size[0]}x{image.size[1]} "
+                problems.append(DataError(
+                    f"image column {self.name!r} row {series.index[position] + 1} is {_a(image.size[0])} {image.size[0]}x{image.size[1]} "
                     f"{'gray' if image.bands == 1 else 'colour'} image; most of the column's are {self.native[0]}x"
                     f"{self.native[1]} {'gray' if self.native_bands == 1 else 'colour'} (image.strict is on). Make the images alike, or turn "
                     "image.strict off to resize and convert them.", file=source, column=self.name,
-                    row=int(series.index[position]) + 1)
+                    row=int(series.index[position]) + 1))
+                continue
+            try:
+                pixels = image.pixels(self.mode, self.size, self.scale)
+            except DataError as error:  # a damaged file decodes here
+                problems.append(error)
+                continue
             if self._training:
                 self._counts["resized"] += resized
                 self._counts["converted"] += converted
-            pixels = image.pixels(self.mode, self.size, self.scale)
             out[position, :-1] = ((pixels - mean) / std).ravel()
+        _raise_all(problems, self.name, source)
         return out, 0
 
     def finish_training(self) -> None:

@@ -363,11 +363,11 @@ def test_strict_refuses_an_image_of_another_channel_count_naming_the_row() -> No
     images = [colour(8, index) for index in range(4)]
     transform = fitted(images, ImageConfig(strict=True))
     assert transform.channels == "rgb"
-    with pytest.raises(DataError, match=r"row 2 is a 8x8 gray image; most of the column's are 8x8 colour") as caught:
+    with pytest.raises(DataError, match=r"row 2 is an 8x8 gray image; most of the column's are 8x8 colour") as caught:
         transformed(transform, [images[0], gray(8)])
     assert caught.value.row == 2
     transform = fitted([gray(8, index) for index in range(4)], ImageConfig(strict=True, channels="gray"))
-    with pytest.raises(DataError, match=r"row 1 is a 8x8 colour image"):
+    with pytest.raises(DataError, match=r"row 1 is an 8x8 colour image"):
         transformed(transform, [colour(8)])
 
 
@@ -452,6 +452,29 @@ def test_strict_compares_with_the_columns_most_common_channels_not_the_chosen_on
     transform = fitted(images, ImageConfig(strict=True))
     assert transform.channels == "rgb" and transform.native_bands == 1
     transformed(transform, images[:5])  # the gray ones pass
-    with pytest.raises(DataError, match=r"row 2 is a 8x8 colour image") as caught:
+    with pytest.raises(DataError, match=r"row 2 is an 8x8 colour image") as caught:
         transformed(transform, [images[0], colour(8)])
     assert caught.value.row == 2
+
+
+def test_every_unusable_image_of_a_column_is_named_in_one_error_first_row_first(tmp_path: Path) -> None:
+    # A user's trial: training named row 21 (a text file) and, once it was fixed, row 11 (a missing file).
+    paths = [write_image(tmp_path / f"{index}.png", gray(8, index)) for index in range(30)]
+    (tmp_path / "text.png").write_text("not an image")
+    paths[10], paths[20], paths[25] = str(tmp_path / "gone.png"), str(tmp_path / "text.png"), str(tmp_path / "nope.png")
+    for stage in ("fit", "transform"):
+        with pytest.raises(DataError) as caught:
+            if stage == "fit":
+                fitted(paths)
+            else:
+                transformed(fitted(paths[:10]), paths)
+        message = str(caught.value)
+        assert caught.value.row == 11 and message.startswith("image column 'pic' row 11: the file")
+        assert "gone.png" in message and "2 more row(s) of image column 'pic' cannot be used either: row(s) 21, 26." in message
+    # Strict size checks and damaged files join the same list.
+    strict = fitted(paths[:10], ImageConfig(strict=True))
+    (tmp_path / "damaged.png").write_bytes((tmp_path / "0.png").read_bytes()[:60])
+    odd = [*paths[:3], write_image(tmp_path / "big.png", gray(16)), str(tmp_path / "damaged.png")]
+    with pytest.raises(DataError, match=r"row 4 is a 16x16 gray image.* 1 more row\(s\) .* row\(s\) 5\.") as caught:
+        transformed(strict, odd)
+    assert caught.value.row == 4
