@@ -85,6 +85,10 @@ def test_the_server_takes_texts_as_strings(exported) -> None:
         {"name": "city", "shape": [1], "datatype": "BYTES", "data": [rows[1]["city"]]}]})
     assert v2.status_code == 200, v2.text
     assert v2.json()["outputs"][1]["data"] == pytest.approx(answer.json()["probabilities"][1], abs=1e-7)
+    # A value of the wrong kind for the text feature is an error of type text (it said "category": a user's trial).
+    wrong = call(app, "POST", "/predict", json=[{**rows[0], "review": ["two", "texts"]}])
+    assert wrong.status_code == 422 and wrong.json()["errors"][0]["type"] == "text"
+    assert wrong.json()["errors"][0]["field"] == "review"
 
 
 def test_tflite_refuses_text_by_name_and_all_minilm_exports_with_its_encoder(exported, tmp_path: Path) -> None:

@@ -213,8 +213,7 @@ class Payload:
                         "one value (a string, number or boolean), or null when missing")
             hint = hint_for(value)
             return problem(f"{where}feature {field!r} takes {expected}; got {describe(value)}.{hint}",
-                           feature.type if feature.is_date or feature.is_image else "number" if feature.is_number
-                           else "category",
+                           feature.problem_type,
                            field, row)
         if place == "column":
             return problem(f"column {field!r} of '{COLUMNS_KEY}' takes a list with one value per row; got "

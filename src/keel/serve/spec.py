@@ -44,6 +44,12 @@ class FeatureSpec:
         return self.type == "image"
 
     @property
+    def problem_type(self) -> str:
+        """The ``type`` of an error about one of this feature's values: its own type, a binary's "category"
+        (its values are labels as a category's are)."""
+        return "category" if self.type == "binary" else self.type
+
+    @property
     def is_date(self) -> bool:
         """A date: ISO 8601 text or seconds since 1970-01-01 UTC, converted by the predictor."""
         return self.type == "date"

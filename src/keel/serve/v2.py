@@ -340,8 +340,7 @@ def _validation_error(error: ValidationError, body: Any, features: dict[str, Fea
         value, kind = item.get("input"), item["type"]
         if row is not None:  # one element of 'data': say what the input takes, not which union member failed
             feature = features.get(field or "")
-            kind = ("value" if feature is None else "number" if feature.is_number else "date" if feature.is_date
-                    else "image" if feature.is_image else "category")
+            kind = "value" if feature is None else feature.problem_type
             message = f"{path} (row {row}): {_element_expected(feature, field)}; got {describe(value)}"
             if isinstance(value, (list, dict)):
                 message += " ('data' is flat: one value per row, [v1, v2, ...])"
