@@ -253,18 +253,34 @@ def calibrate(network: Network, numeric: torch.Tensor, categorical: torch.Tensor
     if auto and len(y):
         temperature = record["temperature"] if record["kept"] else 1.0
         logits = combine_members(outputs.to(torch.float64) / temperature, task)[:, 0]
-        threshold, score = choose_threshold(torch.sigmoid(logits).numpy(), y.numpy(), None if w is None else w.numpy(),
-                                            training.threshold_metric)
+        probability, labels = torch.sigmoid(logits).numpy(), y.numpy()
+        weights = None if w is None else w.numpy()
+        # F1 is the rarer class's (for rare positives): where that is the first class ('F' before 'ok'), the
+        # second's F1 is near 1 at any cut, and maximising it predicted the rare class less (a user's trial).
+        scored = rarer_class(labels, weights) if training.threshold_metric == "f1" else 1
+        if scored == 1:
+            threshold, score = choose_threshold(probability, labels, weights, training.threshold_metric)
+        else:  # the first class's F1 on its own probability, as a cut on the second's: it wins where p >= 1 - cut
+            cut, score = choose_threshold(1 - probability, 1 - labels, weights, training.threshold_metric)
+            threshold = 1.0 - cut
         if not math.isnan(score):
-            record.update(threshold=threshold, threshold_score=score)
+            record.update(threshold=threshold, threshold_score=score, threshold_class=scored)
     return record
 
 
-def calibration_notes(record: dict[str, Any] | None) -> list[str]:
+def rarer_class(labels: np.ndarray, weights: np.ndarray | None = None) -> int:
+    """0 where the first class has less weight than the second on these rows (binary labels 0 / 1), else 1."""
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64)
+    positive = np.asarray(labels) == 1
+    return 0 if float(w[~positive].sum()) < float(w[positive].sum()) else 1
+
+
+def calibration_notes(record: dict[str, Any] | None, labels: Sequence[Any] = (0, 1)) -> list[str]:
     """What :func:`calibrate` did, as notes for the run (``model.notes``); empty when it did nothing.
 
     Args:
         record: :func:`calibrate`'s result.
+        labels: The class labels (binary: the two, in order), to name the class whose F1 was maximised.
 
     Returns:
         Zero to two one-line notes.
@@ -289,8 +305,10 @@ def calibration_notes(record: dict[str, Any] | None) -> list[str]:
                          "none): the more probable class is predicted, as with 0.5. Set training.validation_split "
                          "higher to choose a threshold.")
         else:
-            notes.append(f"decision threshold {record['threshold']:.4g} chosen on {record['rows']} validation rows "
-                         f"({metric} {record['threshold_score']:.4g} there)")
+            if record.get("threshold_class") is not None and record["threshold_metric"] == "f1":
+                metric = f"f1 of {labels[record['threshold_class']]!r}, the rarer class,"
+            notes.append(f"decision threshold {record['threshold']:.4g} on the probability of {labels[-1]!r} chosen on "
+                         f"{record['rows']} validation rows ({metric} {record['threshold_score']:.4g} there)")
     return notes
 
 

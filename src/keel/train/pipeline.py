@@ -516,7 +516,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         text.backbone = None
     combined: TabularNetwork | NetworkBag = networks[0] if len(networks) == 1 else NetworkBag(networks)
     history_record = histories[0] if len(histories) == 1 else {**histories[0], "bags": histories}
-    calibration = _calibrate(combined, lambda: data.calibration_rows(len(networks)), schema.task, training, notes)
+    calibration = _calibrate(combined, lambda: data.calibration_rows(len(networks)), schema.task, training, notes,
+                             target.labels)
     model = Model(settings, schema, preprocessor, target, combined, history=history_record, notes=list(notes),
                   calibration=calibration)
     predictions = data.test_predictions(model)
@@ -658,7 +659,7 @@ def _networks_that_fit(history: dict[str, Any], deadline: float, epochs: int) ->
 
 
 def _calibrate(network: TabularNetwork | NetworkBag, validation: Callable[[], tuple[Batch, list[np.ndarray] | None]],
-               task: str, training: TrainingConfig, notes: Notes) -> dict[str, Any] | None:
+               task: str, training: TrainingConfig, notes: Notes, labels: list[Any]) -> dict[str, Any] | None:
     """Fit the temperature (folded into ``network``) and choose the threshold on the validation rows.
 
     With bagging every network's validation fold is used, each row scored by the network that held
@@ -669,7 +670,7 @@ def _calibrate(network: TabularNetwork | NetworkBag, validation: Callable[[], tu
                      "between two classes only, so the most probable class is predicted")
     rows, folds = validation()
     record = calibrate(network, rows.numeric, rows.categorical, rows.target, rows.weight, task, training, folds=folds)
-    for note in calibration_notes(record):
+    for note in calibration_notes(record, labels):
         notes.append(note)
     return record
 

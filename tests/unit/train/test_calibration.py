@@ -306,3 +306,39 @@ def test_calibrate_records_only_what_the_settings_ask_for() -> None:
     assert [note.split(":")[0] for note in calibration_notes(empty)] == [
         "no temperature fitted", "training.threshold is auto but the validation rows do not hold both classes (or "
         "there are none)"]
+
+
+def test_f1_is_the_rarer_class_s_even_where_it_sorts_first() -> None:
+    # A user's trial: labels 'F' (fraud, 4%) and 'ok': the positive class is 'ok' (the second), whose F1 is near 1 at
+    # any cut; maximising it caught no fraud at all. The rarer class's F1 is maximised, whichever it is.
+    net = network()
+    numeric, categorical = rows(4000)
+    with torch.no_grad():
+        logits = net(numeric, categorical)[:, 0].double()
+    generator = torch.Generator().manual_seed(5)
+    rare_first = 1 - torch.bernoulli(torch.sigmoid(-logits + logits.quantile(0.04)), generator=generator).long()
+    assert 0.01 < 1 - rare_first.double().mean() < 0.1  # class 0 is the rare one
+    training = TrainingConfig(threshold="auto", threshold_metric="f1", calibrate=False)
+    record = calibrate(net, numeric, categorical, rare_first, None, "binary", training)
+    assert record is not None and record["threshold_class"] == 0
+    with torch.no_grad():
+        p = torch.sigmoid(net(numeric, categorical)[:, 0].double()).numpy()
+    y = rare_first.numpy()
+    metrics = classification_metrics(y, np.stack([1 - p, p], 1), [0, 1], threshold=record["threshold"])
+    assert math.isclose(record["threshold_score"], metrics["per_class"][0]["f1"], rel_tol=1e-9)
+    # The best cut for class 0's F1, by brute force over cuts on P(class 1).
+    best = max(classification_metrics(y, np.stack([1 - p, p], 1), [0, 1], threshold=t)["per_class"][0]["f1"]
+               for t in np.linspace(0.01, 0.99, 197))
+    assert record["threshold_score"] >= best - 1e-9
+    at_half = classification_metrics(y, np.stack([1 - p, p], 1), [0, 1])["per_class"][0]["f1"]
+    assert record["threshold_score"] > at_half + 0.2
+    assert calibration_notes(record, ["F", "ok"]) == [
+        f"decision threshold {record['threshold']:.4g} on the probability of 'ok' chosen on 4000 validation rows "
+        f"(f1 of 'F', the rarer class, {record['threshold_score']:.4g} there)"]
+    # Rare positives (the usual layout) keep the second class's F1; balanced accuracy names no class.
+    usual = calibrate(net, numeric, categorical, 1 - rare_first, None, "binary", training)
+    assert usual is not None and usual["threshold_class"] == 1
+    balanced = calibrate(net, numeric, categorical, rare_first, None, "binary",
+                         TrainingConfig(threshold="auto", threshold_metric="balanced_accuracy", calibrate=False))
+    assert balanced is not None and balanced["threshold_class"] == 1
+    assert "(balanced accuracy" in calibration_notes(balanced, ["F", "ok"])[0]
