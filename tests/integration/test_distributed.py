@@ -69,10 +69,12 @@ def test_a_data_error_in_the_ranks_is_raised_as_itself(table) -> None:
 @pytest.mark.parametrize("kwargs, message", [
     ({"resume": True, "output": "x"}, "--resume with --nproc"),
     ({"nproc": 0}, "nproc must be at least 1"),
+    # It was dropped without a word, and the saved config said false (a user's trial).
+    ({"config": {**CONFIG, "training.checkpoint": True}}, "training.checkpoint is true, but a data-parallel run"),
 ])
 def test_what_data_parallel_runs_do_not_do_is_a_config_error(table, kwargs, message) -> None:
     with pytest.raises(ConfigError, match=message):
-        keel.fit(table, target="label", config=CONFIG, quiet=True, **{"nproc": 2, **kwargs})
+        keel.fit(table, target="label", quiet=True, **{"nproc": 2, "config": CONFIG, **kwargs})
 
 
 def test_a_dataframe_cannot_be_sent_to_processes() -> None:
@@ -88,6 +90,11 @@ def test_keel_train_nproc_saves_one_model(table, tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["metrics"]["accuracy"] > 0.6
     assert (tmp_path / "model" / "keel.json").is_file()
+    # No checkpoints in a data-parallel run, and the saved config keeps checkpoint auto as given (it said false:
+    # keel runs listed a change the user never made).
+    saved = json.loads((tmp_path / "model" / "keel.json").read_text())["config"]["training"]
+    assert saved["checkpoint"] == "auto"
+    assert not list(tmp_path.glob("*.checkpoint"))
 
 
 def test_torchrun_runs_keel_train_as_ranks(table, tmp_path) -> None:

@@ -128,6 +128,10 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
     if (nproc > 1 or ranks is not None or ray) and settings.model.norm == "batch":
         raise ConfigError("model.norm: batch keeps running statistics per process, which data-parallel ranks would "
                           "each learn from their own shard; use model.norm: layer or none with --nproc.")
+    if (nproc > 1 or ranks is not None or ray) and settings.training.checkpoint is True:
+        raise ConfigError("training.checkpoint is true, but a data-parallel run (--nproc, --backend ray) writes no "
+                          "checkpoints yet (its ranks do not agree on one); set training.checkpoint: auto or false, "
+                          "or train in one process to keep checkpoints.")
     if (nproc > 1 or ray) and ranks is None:
         if not ray and (isinstance(data, pd.DataFrame) or isinstance(test, pd.DataFrame)):
             raise ConfigError("nproc > 1 starts processes that read the data themselves: pass a file path, not a DataFrame.")
@@ -156,9 +160,8 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
     if ranks is not None:
         if resume:
             raise ConfigError("resume is not supported in a data-parallel run yet (no checkpoints are written).")
-        # Checkpoints are not agreed between ranks yet: a data-parallel run writes none. Its tables are large:
-        # bagging auto trains one network.
-        settings = _training_updated(settings, checkpoint=False,
+        # Its tables are large: bagging auto trains one network. (Checkpoints: see _checkpointed.)
+        settings = _training_updated(settings,
                                      bagging=1 if settings.training.bagging == "auto" else settings.training.bagging)
         output = output if ranks.rank == 0 else None
     if resume and output is None:
@@ -191,7 +194,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
             else:
                 frame = read_data(data, reporter, delimiter, encoding)
                 test_frame = read_data(test, reporter, delimiter, encoding) if test is not None else None
-                checkpoints = (RunCheckpoints.start(output, settings, frame, test_frame, resume)
+                checkpoints = (RunCheckpoints.start(output, _checkpointed(settings, ranks), frame, test_frame, resume)
                                if output is not None else None)
                 with torch.random.fork_rng():  # the caller's global random state is left as it was
                     torch.manual_seed(settings.training.seed)
@@ -236,6 +239,13 @@ def _train_streamed(data: TableSource, test: TableSource | None, settings: Confi
     return model, checkpoints
 
 
+def _checkpointed(settings: Config, ranks: Any) -> Config:
+    """The settings checkpoints are written by: a data-parallel rank writes none (the ranks do not agree on one
+    yet), while the model keeps the config as given (``auto``: a run's saved config said false, a change the user
+    never made in ``keel runs``)."""
+    return settings if ranks is None else _training_updated(settings, checkpoint=False)
+
+
 def _training_updated(settings: Config, **values: Any) -> Config:
     return settings.model_copy(update={"training": settings.training.model_copy(update=values)})
 
@@ -261,7 +271,7 @@ def _train_sharded(data: TableSource, test: TableSource | None, settings: Config
         torch.manual_seed(training.seed)
         prepared, sample, fingerprint = prepare_sharded(data, test, settings, training, plan, notes, reporter, device,
                                                         directory, ranks)
-    checkpoints = (RunCheckpoints.start(output, settings, sample, None, False,
+    checkpoints = (RunCheckpoints.start(output, _checkpointed(settings, ranks), sample, None, False,
                                         fingerprints={"data": fingerprint, "test": None})
                    if output is not None else None)
     with torch.random.fork_rng():
