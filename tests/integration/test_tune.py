@@ -108,3 +108,27 @@ def test_keel_tune_saves_the_model_its_study_and_a_report_with_the_search(tmp_pa
     html = (tmp_path / "model" / "report.html").read_text()
     assert "Hyperparameter search" in html and "Best trial" in html
     assert (tmp_path / "model" / TUNE_FILE).is_file()
+
+
+def test_a_retrain_killed_by_a_crash_is_continued_by_the_next_tune(tmp_path) -> None:
+    # A user's trial: the rerun said to continue "with --resume", which keel tune does not have.
+    import os
+    import signal
+
+    from tests.reliability.test_resume import _same_model
+
+    options = ["-t", "species", "-p", "fast", "-s", "training.epochs=4", "-s", "model.hidden=[16]",
+               "-s", "training.checkpoint=true", "-s", "training.checkpoint_every=1", "--trials", "1", "--no-report"]
+    command = [sys.executable, "-m", "keel.cli", "tune", str(PENGUINS), *options, "--storage",
+               f"sqlite:///{tmp_path / 'study.db'}"]
+    reference = subprocess.run([*command[:-1], f"sqlite:///{tmp_path / 'other.db'}", "-o", str(tmp_path / "reference")],
+                               capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+    killed = subprocess.run([*command, "-o", str(tmp_path / "model")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "KEEL_TEST_KILL_AT": "checkpoint-synced@2"})
+    assert killed.returncode == -signal.SIGKILL  # trials write no checkpoints: this is the retrain's second
+    again = subprocess.run([*command, "-o", str(tmp_path / "model")], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "continuing its retrain from the checkpoint" in again.stdout + again.stderr
+    _same_model(tmp_path / "reference", tmp_path / "model")
+    assert not (tmp_path / "model.checkpoint").exists()

@@ -154,11 +154,17 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
             raise ConfigError(f"no trial of the study {study_name!r} finished (states: {summary['states']})"
                               f"{_first_failure(optuna, opened)}.")
         best = load_config(settings, overrides=overrides(summary["best"]["params"], settings))
-        reporter.message(f"best trial {summary['best']['number']}: val_{monitor} {summary['best']['value']:.4f}; "
-                         "training it again to keep its model")
+        from keel.train.checkpoint import checkpoint_directory, read_checkpoint
         from keel.train.pipeline import fit
 
-        model = fit(frame, config=best, reporter=reporter, output=output, quiet=quiet)
+        # A retrain stopped by a crash left its checkpoint: continue it (keel tune has no --resume; the
+        # checkpoint's config and data are checked as --resume checks them, a difference refused, listed).
+        left = None if output is None else checkpoint_directory(output)
+        stopped = left is not None and read_checkpoint(left) is not None
+        reporter.message(f"best trial {summary['best']['number']}: val_{monitor} {summary['best']['value']:.4f}; "
+                         + (f"continuing its retrain from the checkpoint a stopped run left in {left}" if stopped
+                            else "training it again to keep its model"))
+        model = fit(frame, config=best, reporter=reporter, output=output, quiet=quiet, resume=stopped)
     if output is not None:
         model.attach(TUNE_FILE, json.dumps(summary, indent=1).encode())
     return model, TuneResult(summary, opened)
