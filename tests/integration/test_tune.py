@@ -132,3 +132,26 @@ def test_a_retrain_killed_by_a_crash_is_continued_by_the_next_tune(tmp_path) -> 
     assert "continuing its retrain from the checkpoint" in again.stdout + again.stderr
     _same_model(tmp_path / "reference", tmp_path / "model")
     assert not (tmp_path / "model.checkpoint").exists()
+
+
+def test_a_time_limit_starts_no_trial_after_it_and_says_when_it_cut_the_search(tmp_path) -> None:
+    # A user's trial: the limit ended the search at 4 of 5 trials without a word, and --time-limit 0.01 still
+    # started a trial (Optuna checks its timeout after each one).
+    from keel.train.callbacks import Reporter
+
+    class Said(Reporter):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def message(self, text: str) -> None:
+            self.lines.append(text)
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    tune(PENGUINS, "species", BASE, trials=1, storage=storage, quiet=True)
+    said = Said()
+    _, result = tune(PENGUINS, "species", BASE, trials=3, time_limit=1e-6, storage=storage, reporter=said)
+    assert result.summary["states"] == {"complete": 1}  # no trial started after the limit
+    assert any("--time-limit 1e-06 s reached: 1 of the 3 trials asked for finished" in line for line in said.lines)
+    with pytest.raises(ConfigError, match="no trial of the study .* finished"):
+        tune(PENGUINS, "species", BASE, trials=2, time_limit=1e-6, storage=f"sqlite:///{tmp_path / 'new.db'}",
+             quiet=True)

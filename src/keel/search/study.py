@@ -148,6 +148,9 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
                 _run_workers(data if not isinstance(data, pd.DataFrame) else frame, settings, space, monitor, url,
                              study_name, trials, deadline, jobs, pruner)
                 opened = _open_study(optuna, url, study_name, direction, pruner, identity, seed)
+        if deadline is not None and time.time() >= deadline and (finished := _finished(optuna, opened)) < trials:
+            reporter.message(f"--time-limit {time_limit:g} s reached: {finished} of the {trials} trials asked for "
+                             "finished (a running trial finishes; none starts after the limit)")
         summary = summarize(optuna, opened, space, monitor, direction, storage, time.perf_counter() - started,
                             settings.training.seed)
         if summary["best"] is None:
@@ -272,6 +275,8 @@ def _optimize(optuna: Any, study: Any, objective: Callable[[Any], float], trials
     deadline passes."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     timeout = None if deadline is None else max(0.0, deadline - time.time())
+    if timeout == 0.0:  # Optuna checks its timeout after each trial: it would start one more
+        return
     study.optimize(objective, n_trials=attempts, timeout=timeout, catch=(KeelError,),
                    callbacks=[*callbacks, optuna.study.MaxTrialsCallback(trials, states=states)])
 
