@@ -118,3 +118,18 @@ def test_every_rank_ends_with_the_same_weights(table, tmp_path, monkeypatch, pre
              quiet=True, importance=False, nproc=2)
     digests = [(tmp_path / f"rank-{rank}.txt").read_text() for rank in range(2)]
     assert digests[0] == digests[1]
+
+
+def test_a_data_error_in_a_rank_is_keels_one_line_only(table, tmp_path) -> None:
+    # torch warned "Terminating process ... via signal SIGTERM" before keel's line (a user's trial).
+    frame = pd.read_csv(table)
+    frame["x0"] = frame["x0"].astype(object)
+    frame.loc[15_000, "x0"] = "12,3kg"
+    bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    result = subprocess.run([sys.executable, "-m", "keel.cli", "train", str(bad), "--target", "label", "--nproc", "2",
+                             "--set", "training.epochs=1", "--preset", "fast", "--no-report", "--quiet"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
+    assert "row 15001" in result.stderr and "'12,3kg'" in result.stderr

@@ -13,15 +13,17 @@ not bitwise, those of one process. ``torchrun -m keel train ...`` runs the same,
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
+import logging
 import os
 import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -118,7 +120,9 @@ def launch(nproc: int, arguments: dict[str, Any]) -> Any:
 
     from keel.model import Model
 
-    with tempfile.TemporaryDirectory(prefix="keel-ranks-") as scratch:
+    # When one rank fails, torch warns that it terminates the others: a line before keel's own one-line error.
+    spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+    with tempfile.TemporaryDirectory(prefix="keel-ranks-") as scratch, _quieter(spawn_log):
         output = arguments["output"] or Path(scratch) / "model"
         try:
             mp.spawn(_rank_main, args=(nproc, _free_port(), {**arguments, "output": str(output)}, scratch),
@@ -126,6 +130,17 @@ def launch(nproc: int, arguments: dict[str, Any]) -> Any:
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
             raise _rank_error(scratch, nproc, error) from None
         return Model.load(output)
+
+
+@contextlib.contextmanager
+def _quieter(log: logging.Logger) -> Iterator[None]:
+    """``log`` says only errors while inside."""
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 # Set in the ranks launch() starts: their launcher holds the output's lock for them.
