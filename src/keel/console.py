@@ -9,6 +9,7 @@ nothing is redrawn: one plain line per epoch, and one line for a step that is st
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from typing import Any, Iterator
 
@@ -53,6 +54,9 @@ class RichReporter(Reporter):
         # rich allows one live display per console at a time: a step inside a step (or a progress
         # bar inside a step) shows as a plain line instead.
         self._live = False
+
+    def on_this_terminal(self) -> bool:
+        return self.console.file in (sys.stdout, sys.stderr)
 
     def note(self, text: str) -> None:
         if not self.quiet:

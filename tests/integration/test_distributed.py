@@ -133,3 +133,17 @@ def test_a_data_error_in_a_rank_is_keels_one_line_only(table, tmp_path) -> None:
     assert result.returncode == 2
     assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
     assert "row 15001" in result.stderr and "'12,3kg'" in result.stderr
+
+
+def test_rank_zeros_notes_reach_the_terminal_once_and_the_log_file(table, tmp_path) -> None:
+    # Rank 0 prints its notes to the terminal it shares with the launcher, which printed them again (a user's
+    # trial); the log file still gets them, from the launcher.
+    log = tmp_path / "run.log"
+    result = subprocess.run([sys.executable, "-m", "keel.cli", "train", str(table), "--target", "label", "--nproc", "2",
+                             "--set", "training.epochs=1", "--preset", "fast", "--no-report", "--log-file", str(log),
+                             "--output", str(tmp_path / "model")],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    said = result.stdout + result.stderr
+    assert said.count("preset fast:") == 1 and log.read_text().count("preset fast:") == 1
+    assert "rows (this rank's share; 2 ranks)" in said

@@ -32,6 +32,11 @@ def _ignore(done: int) -> None:
 class Reporter:
     """Receives a run's notes, messages, steps and epochs; this base class shows nothing (a quiet run)."""
 
+    def on_this_terminal(self) -> bool:
+        """Whether it writes to this process's stdout or stderr, where a rank this process started (``--nproc``)
+        writes its own notes too: those reach such a reporter once already (see ``Reporters.others``)."""
+        return False
+
     def note(self, text: str) -> None:
         """Something keel decided or worked around that the user should know (kept on the model)."""
 
@@ -68,6 +73,9 @@ class TextReporter(Reporter):
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
+
+    def on_this_terminal(self) -> bool:
+        return self.stream is None or self.stream in (sys.stdout, sys.stderr)
 
     def _write(self, text: str) -> None:
         print(text, file=self.stream or sys.stderr, flush=True)
@@ -219,6 +227,13 @@ class Reporters(Reporter):
 
     def __init__(self, *reporters: Reporter) -> None:
         self.reporters = reporters
+
+    def on_this_terminal(self) -> bool:
+        return all(reporter.on_this_terminal() for reporter in self.reporters)
+
+    def elsewhere(self) -> Reporter:
+        """The reporters that do not write to this terminal (a log file, a caller's own), as one."""
+        return Reporters(*(reporter for reporter in self.reporters if not reporter.on_this_terminal()))
 
     def note(self, text: str) -> None:
         for reporter in self.reporters:

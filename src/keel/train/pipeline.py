@@ -60,7 +60,7 @@ from keel.nn.vision import ImageEncoder, ImageInput
 from keel.registry import lookup
 from keel.train import distributed
 from keel.train.calibration import calibrate, calibration_notes
-from keel.train.callbacks import Notes, Reporter, TextReporter, epoch_share
+from keel.train.callbacks import Notes, Reporter, Reporters, TextReporter, epoch_share
 from keel.train.checkpoint import RunCheckpoints, TrainerState, kill_point, output_lock
 from keel.train.device import resolve_device, resolve_precision, step_work
 from keel.train.guards import numeric_input_names
@@ -154,8 +154,12 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
             else:
                 launched = distributed.launch(nproc, {**arguments, "device": settings.training.device})
         if reporter is not None:  # rank 0's notes reach the caller's reporter (and its log) here
+            # ... except where rank 0 printed them itself: a reporter on this terminal, which the local ranks share.
+            seen = not quiet and not ray
+            told = (reporter.elsewhere() if isinstance(reporter, Reporters) else
+                    Reporter() if reporter.on_this_terminal() else reporter) if seen else reporter
             for note in launched.notes:
-                reporter.message(note)
+                told.message(note)
         return launched
     if ranks is not None:
         if resume:
@@ -472,9 +476,10 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
             histories.append(restored)
             continue
         n_bags = len(data.bags)
+        rank_share = f" (this rank's share; {ranks.world} ranks)" if ranks is not None and data.sharded else ""
         reporter.message(
             f"training a {schema.task} model{f' ({index + 1} of {n_bags})' if n_bags > 1 else ''} on "
-            f"{len(train_rows)} rows ({0 if validation_rows is None else len(validation_rows)} validation, "
+            f"{len(train_rows)} rows{rank_share} ({0 if validation_rows is None else len(validation_rows)} validation, "
             f"{data.n_test} test): {len(schema.features)} features, "
             f"{sum(p.numel() for p in network.parameters())} parameters")
         all_rows = train_rows  # number-embedding bins come from all of them: the same on every rank
