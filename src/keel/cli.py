@@ -690,7 +690,8 @@ def _comparison_tables(comparison: Any) -> list[Table]:
     for table, first in ((overview, ""), (metrics, "metric"), (config, "key")):
         table.add_column(first)
         for label in labels:
-            table.add_column(_escape(label), justify="right" if table is metrics else "left")
+            # Folded, not cut with an ellipsis: run names often differ only at their end (their time).
+            table.add_column(_escape(label), justify="right" if table is metrics else "left", overflow="fold")
     for name, values in (("task", [run.task for run in comparison.runs]),
                          ("target", [run.target for run in comparison.runs]),
                          ("data", [run.data for run in comparison.runs]),
