@@ -180,4 +180,4 @@ def test_threshold_auto_reaches_predict_the_onnx_file_and_the_runtime(tmp_path) 
     assert predictor.threshold == pytest.approx(model.threshold)
     np.testing.assert_array_equal(predictor.predict(frame), labels)
     report = keel.load(tmp_path / "m").report().html.read_text(encoding="utf-8")
-    assert f"at least {model.threshold:.4g} (chosen on the validation rows for f1" in report
+    assert f"at least {model.threshold:.4g} (chosen on the validation rows for the F1 of yes, the rarer class" in report
