@@ -363,8 +363,8 @@ class TrainingConfig(_Section):
         "auto chooses it on the validation rows to maximise threshold_metric (for rare positives). Other tasks "
         "ignore it.")
     threshold_metric: Literal["f1", "balanced_accuracy"] = Field(
-        "f1", description="What threshold: auto maximises on the validation rows: the rarer class's F1 (the "
-        "positive class's in the usual layout), or balanced accuracy.")
+        "f1", description="What threshold: auto maximises on the validation rows: the positive class's F1 (the "
+        "first class's where that is clearly the rarer: under a third of the rows), or balanced accuracy.")
 
     @field_validator("device")
     @classmethod

@@ -344,8 +344,9 @@ def _decision_text(fitted: dict[str, Any], task: str, labels: list[str]) -> str:
     rule = f"{labels[1]} where its probability is at least {threshold:.4g}"
     if fitted.get("threshold_auto"):
         metric = str(fitted.get("threshold_metric")).replace("_", " ")
-        if metric == "f1" and fitted.get("threshold_class") is not None:
-            metric = f"the F1 of {labels[fitted['threshold_class']]}, the rarer class"
+        scored = fitted.get("threshold_class")
+        if metric == "f1" and type(scored) is int and scored in (0, 1):  # a hand-edited keel.json is not trusted
+            metric = f"the F1 of {labels[scored]}, the rarer class"
         score = fitted.get("threshold_score")
         return rule + f" (chosen on the validation rows for {metric}" + (f": {score:.4g})" if score is not None else ")")
     return rule + " (training.threshold)"
