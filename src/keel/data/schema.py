@@ -194,7 +194,8 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
 
 
 # Dates in the common non-ISO numeric forms (10/31/1996, 31.10.1996, 31-10-96, 1996/10/31), with a time or not.
-_OTHER_DATE = re.compile(r"(\d{1,2}([/.-])\d{1,2}\2(\d{4}|\d{2})|\d{4}([/.])\d{1,2}\4\d{1,2})"
+# Dots take four-digit years only: 1.4.15 and 2.10.22 are version or section numbers far more often than dates.
+_OTHER_DATE = re.compile(r"(\d{1,2}([/-])\d{1,2}\2(\d{4}|\d{2})|\d{1,2}\.\d{1,2}\.\d{4}|\d{4}([/.])\d{1,2}\4\d{1,2})"
                          r"(,?[ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?( ?[AaPp]\.?[Mm]\.?)?)?")
 
 
@@ -207,7 +208,8 @@ def _other_date(series: pd.Series) -> str | None:
     """The first value of a text column whose values are at least 90% dates in a non-ISO numeric form (that
     pandas can read as dates in some order of day and month), else None."""
     present = series.dropna()
-    if not len(present) or not (series.dtype == object or pd.api.types.is_string_dtype(series.dtype)):
+    if not len(present) or not (series.dtype == object or pd.api.types.is_string_dtype(series.dtype)
+                                 or isinstance(series.dtype, pd.CategoricalDtype)):
         return None
     sample = present.astype(str).str.strip()
     sample = sample if len(sample) <= 1_000 else sample.sample(1_000, random_state=0)
