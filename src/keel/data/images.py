@@ -230,10 +230,14 @@ class ImageTransform:
         if not len(present):
             raise DataError(f"image column {self.name!r} is empty in every training row; fill it, or leave the "
                             "column out of input_features.", file=source, column=self.name)
-        probe = (present.sample(_PROBE, random_state=0) if len(present) > _PROBE else present).sort_index()
+        # Every training image's header is read (a file that is no image is named with all the others, first row
+        # first); the size, colours and scale are decided on a sample of them.
         problems: list[DataError] = []
-        images = [image for _, image in self._images(probe, source, problems) if image is not None]
+        read = [image for _, image in self._images(present, source, problems) if image is not None]
         _raise_all(problems, self.name, source)
+        images = ([read[position] for position in sorted(np.random.default_rng(0).choice(len(read), _PROBE,
+                                                                                          replace=False))]
+                  if len(read) > _PROBE else read)
         sizes = Counter(image.size for image in images)
         self.native = sizes.most_common(1)[0][0]
         if not self.size:
