@@ -124,6 +124,11 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
     study_name = study or f"{_stem(data)}-{name}"
     identity = _identity(frame, settings, name, task, monitor, direction)
     pruner = _pruner(optuna, pruner)
+    if output is not None:  # a stopped retrain is continued after the search: one of another run is refused now
+        from keel.train.checkpoint import RunCheckpoints
+
+        searched = {"model.hidden" if key in ("model.width", "model.depth") else key for key in space}
+        RunCheckpoints.check_continuable(output, settings, frame, searched)
     deadline = None if time_limit is None else time.time() + time_limit
     with _storage(storage, 1 if ray else jobs) as url:
         seed = settings.training.seed
@@ -275,8 +280,6 @@ def _optimize(optuna: Any, study: Any, objective: Callable[[Any], float], trials
     deadline passes."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     timeout = None if deadline is None else max(0.0, deadline - time.time())
-    if timeout == 0.0:  # Optuna checks its timeout after each trial: it would start one more
-        return
     study.optimize(objective, n_trials=attempts, timeout=timeout, catch=(KeelError,),
                    callbacks=[*callbacks, optuna.study.MaxTrialsCallback(trials, states=states)])
 

@@ -535,6 +535,25 @@ class RunCheckpoints:
         _remove_temporaries(directory)
         return run
 
+    @classmethod
+    def check_continuable(cls, output: str | os.PathLike[str], settings: Config, frame: pd.DataFrame,
+                          free: set[str]) -> None:
+        """Refuse, as a resume would, the checkpoint in ``output``'s checkpoint directory where it was written for
+        another run than one of ``settings`` with any values of the ``free`` keys (those a search sets): another
+        base config, data or keel. Nothing is there: nothing to check.
+
+        Raises:
+            ConfigError: The checkpoint is of another run (the message lists what differs).
+        """
+        from keel.config import load_config
+
+        saved = read_checkpoint(checkpoint_directory(output))
+        if saved is None:
+            return
+        stored = _flatten(saved.document["config"])
+        candidate = load_config(settings, overrides={key: stored[key] for key in free if key in stored})
+        cls(output, candidate, frame, None, saved)._check_same_run(saved)
+
     @staticmethod
     def check_resumable(output: str | os.PathLike[str], resume: bool) -> Checkpoint | None:
         """The checkpoint in ``output``'s checkpoint directory, if any, after the checks that need no data.
