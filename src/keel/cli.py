@@ -122,6 +122,10 @@ def _friendly(command: Callable[..., None]) -> Callable[..., None]:
                 " If the run had written a checkpoint, rerun the same command with --resume to continue it."
                 if resumable else ""), highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # the reader of the output left (keel config | head -1): quietly, as head expects
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            raise typer.Exit(1) from None
         except Exception as error:  # noqa: BLE001 - the last line of defence for a readable CLI
             if debug:
                 raise
@@ -901,17 +905,28 @@ def main() -> None:
     help_asked = getattr(exceptions, "NoArgsIsHelpError", ())  # click >= 8.2; before, the help exits 0 itself
     try:
         code = app(prog_name="keel", standalone_mode=False)
-    except help_asked as error:  # `keel` alone: the help, as typer shows it
-        error.show()
+    except help_asked as error:  # `keel` alone: the help (typer's rich help printed it already; plain click's not)
+        text = error.format_message()
+        if text.strip():
+            print(text)
         sys.exit(error.exit_code)
     except exceptions.UsageError as error:
-        command = error.ctx.command_path if error.ctx is not None else "keel"
+        command = error.ctx.command_path if error.ctx is not None else _command_named(sys.argv[1:])
         err.print(f"error: {command}: {error.format_message().rstrip('.')}; see '{command} --help'.",
                   highlight=False, markup=False, soft_wrap=True)
         sys.exit(error.exit_code)
     except typer.Abort:  # Ctrl-C at a prompt
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _command_named(arguments: list[str]) -> str:
+    """``keel CMD`` for the command the arguments name (an error without a context: an option missing its value),
+    else ``keel``."""
+    names = {command.name or command.callback.__name__.replace("_", "-")
+             for command in app.registered_commands if command.callback is not None}
+    first = next((argument for argument in arguments if not argument.startswith("-")), None)
+    return f"keel {first}" if first in names else "keel"
 
 
 if __name__ == "__main__":
