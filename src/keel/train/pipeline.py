@@ -159,7 +159,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
             told = (reporter.elsewhere() if isinstance(reporter, Reporters) else
                     Reporter() if reporter.on_this_terminal() else reporter) if seen else reporter
             for note in launched.notes:
-                told.message(note)
+                told.note(note)
         return launched
     if ranks is not None:
         if resume:
