@@ -105,6 +105,8 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
         raise ConfigError("ray_address (--ray-address) is for backend ray (--backend ray).")
     if ray and pruner is not None:
         raise ConfigError("backend ray stops trials with Ray Tune's median stopping rule; an Optuna pruner does not apply.")
+    # --time-limit counts from the command's start, as documented: reading the data is part of it.
+    deadline = None if time_limit is None else time.time() + time_limit
     settings = with_target(load_config(config), target)
     if trials < 1 or jobs < 1:
         raise ConfigError(f"--trials and --jobs must be at least 1; got {trials} and {jobs}.")
@@ -129,7 +131,6 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
 
         searched = {"model.hidden" if key in ("model.width", "model.depth") else key for key in space}
         RunCheckpoints.check_continuable(output, settings, frame, searched)
-    deadline = None if time_limit is None else time.time() + time_limit
     with _storage(storage, 1 if ray else jobs) as url:
         seed = settings.training.seed
         opened = _open_study(optuna, url, study_name, direction, pruner, identity, seed)
