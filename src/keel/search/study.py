@@ -126,11 +126,14 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
     study_name = study or f"{_stem(data)}-{name}"
     identity = _identity(frame, settings, name, task, monitor, direction)
     pruner = _pruner(optuna, pruner)
-    if output is not None:  # a stopped retrain is continued after the search: one of another run is refused now
+    # A retrain a crash stopped left its checkpoint: it is continued after the search (keel tune has no --resume),
+    # and one of another run is refused now, before any trial.
+    stopped = False
+    if output is not None:
         from keel.train.checkpoint import RunCheckpoints
 
         searched = {"model.hidden" if key in ("model.width", "model.depth") else key for key in space}
-        RunCheckpoints.check_continuable(output, settings, frame, searched)
+        stopped = RunCheckpoints.check_continuable(output, settings, frame, searched)
     with _storage(storage, 1 if ray else jobs) as url:
         seed = settings.training.seed
         opened = _open_study(optuna, url, study_name, direction, pruner, identity, seed)
@@ -163,15 +166,12 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
             raise ConfigError(f"no trial of the study {study_name!r} finished (states: {summary['states']})"
                               f"{_first_failure(optuna, opened)}.")
         best = load_config(settings, overrides=overrides(summary["best"]["params"], settings))
-        from keel.train.checkpoint import checkpoint_directory, read_checkpoint
+        from keel.train.checkpoint import checkpoint_directory
         from keel.train.pipeline import fit
 
-        # A retrain stopped by a crash left its checkpoint: continue it (keel tune has no --resume; the
-        # checkpoint's config and data are checked as --resume checks them, a difference refused, listed).
-        left = None if output is None else checkpoint_directory(output)
-        stopped = left is not None and read_checkpoint(left) is not None
         reporter.message(f"best trial {summary['best']['number']}: val_{monitor} {summary['best']['value']:.4f}; "
-                         + (f"continuing its retrain from the checkpoint a stopped run left in {left}" if stopped
+                         + (f"continuing its retrain from the checkpoint a stopped run left in "
+                            f"{checkpoint_directory(output)}" if stopped and output is not None
                             else "training it again to keep its model"))
         model = fit(frame, config=best, reporter=reporter, output=output, quiet=quiet, resume=stopped)
     if output is not None:

@@ -34,8 +34,12 @@ class Reporter:
 
     def on_this_terminal(self) -> bool:
         """Whether it writes to this process's stdout or stderr, where a rank this process started (``--nproc``)
-        writes its own notes too: those reach such a reporter once already (see ``Reporters.others``)."""
+        writes its own notes too: those reach such a reporter once already (see :meth:`elsewhere`)."""
         return False
+
+    def elsewhere(self) -> "Reporter":
+        """What of this reporter does not write to this terminal (a log file, a caller's own): itself, or none."""
+        return Reporter() if self.on_this_terminal() else self
 
     def note(self, text: str) -> None:
         """Something keel decided or worked around that the user should know (kept on the model)."""
@@ -228,12 +232,8 @@ class Reporters(Reporter):
     def __init__(self, *reporters: Reporter) -> None:
         self.reporters = reporters
 
-    def on_this_terminal(self) -> bool:
-        return all(reporter.on_this_terminal() for reporter in self.reporters)
-
     def elsewhere(self) -> Reporter:
-        """The reporters that do not write to this terminal (a log file, a caller's own), as one."""
-        return Reporters(*(reporter for reporter in self.reporters if not reporter.on_this_terminal()))
+        return Reporters(*(reporter.elsewhere() for reporter in self.reporters))
 
     def note(self, text: str) -> None:
         for reporter in self.reporters:

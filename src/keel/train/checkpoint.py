@@ -537,10 +537,10 @@ class RunCheckpoints:
 
     @classmethod
     def check_continuable(cls, output: str | os.PathLike[str], settings: Config, frame: pd.DataFrame,
-                          free: set[str]) -> None:
-        """Refuse, as a resume would, the checkpoint in ``output``'s checkpoint directory where it was written for
-        another run than one of ``settings`` with any values of the ``free`` keys (those a search sets): another
-        base config, data or keel. Nothing is there: nothing to check.
+                          free: set[str]) -> bool:
+        """Whether ``output``'s checkpoint directory holds a checkpoint to continue, refused as a resume would
+        refuse it where it was written for another run than one of ``settings`` with any values of the ``free``
+        keys (those a search sets): another base config, data or keel.
 
         Raises:
             ConfigError: The checkpoint is of another run (the message lists what differs).
@@ -549,10 +549,11 @@ class RunCheckpoints:
 
         saved = read_checkpoint(checkpoint_directory(output))
         if saved is None:
-            return
+            return False
         stored = _flatten(saved.document["config"])
         candidate = load_config(settings, overrides={key: stored[key] for key in free if key in stored})
         cls(output, candidate, frame, None, saved)._check_same_run(saved)
+        return True
 
     @staticmethod
     def check_resumable(output: str | os.PathLike[str], resume: bool) -> Checkpoint | None:

@@ -60,7 +60,7 @@ from keel.nn.vision import ImageEncoder, ImageInput
 from keel.registry import lookup
 from keel.train import distributed
 from keel.train.calibration import calibrate, calibration_notes
-from keel.train.callbacks import Notes, Reporter, Reporters, TextReporter, epoch_share
+from keel.train.callbacks import Notes, Reporter, TextReporter, epoch_share
 from keel.train.checkpoint import RunCheckpoints, TrainerState, kill_point, output_lock
 from keel.train.device import resolve_device, resolve_precision, step_work
 from keel.train.guards import numeric_input_names
@@ -155,9 +155,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
                 launched = distributed.launch(nproc, {**arguments, "device": settings.training.device})
         if reporter is not None:  # rank 0's notes reach the caller's reporter (and its log) here
             # ... except where rank 0 printed them itself: a reporter on this terminal, which the local ranks share.
-            seen = not quiet and not ray
-            told = (reporter.elsewhere() if isinstance(reporter, Reporters) else
-                    Reporter() if reporter.on_this_terminal() else reporter) if seen else reporter
+            told = reporter.elsewhere() if not quiet and not ray else reporter
             for note in launched.notes:
                 told.note(note)
         return launched
