@@ -468,6 +468,7 @@ class DateTransform:
         self.center, self.scale = 0.0, 1.0  # of elapsed days
         self.year_center, self.year_scale = 0.0, 1.0
         self.hour = False  # whether any training date has a time of day
+        self.notes: list[str] = []  # what fit made of the column, for the run note
 
     @property
     def parts(self) -> list[str]:
@@ -495,6 +496,8 @@ class DateTransform:
         present = seconds[~np.isnan(seconds)]
         n_missing = len(seconds) - len(present)
         if not len(present):  # nothing to learn: every date will be 1970-01-01, flagged missing
+            self.notes = [f"date column {self.name!r}: no training row has a date, so it is read as missing in "
+                          "every row (only its missing flag can inform the model)."]
             return self
         days = present / SECONDS_PER_DAY
         self.origin = float(days.min())
@@ -505,6 +508,12 @@ class DateTransform:
         year = calendar(np.append(present, self.fill_seconds), np.floor, _numpy_flag)["year"]
         self.year_center, self.year_scale = _usable(*mean_and_std(year[:-1], n_missing, float(year[-1])))
         self.hour = bool(np.any(present % SECONDS_PER_DAY != 0))
+        first = pd.Timestamp(self.origin * SECONDS_PER_DAY, unit="s").strftime("%Y-%m-%d")
+        cycles = [{"weekday": "day of week"}.get(name, name.replace("_", " "))
+                  for name, _, _, _ in CYCLES if name != "hour" or self.hour]
+        self.notes = [f"date column {self.name!r}: {self.width} numbers: days since {first} (its earliest training "
+                      f"date), the year, the {', '.join(cycles[:-1])} and {cycles[-1]} as sine / cosine pairs, and a "
+                      "missing flag (a missing date reads as the median training date)."]
         return self
 
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:

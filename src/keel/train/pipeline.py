@@ -933,7 +933,7 @@ def describe_settings(settings: Config, weighted: bool, device: torch.device | N
     parts = [
         f"{settings.preprocessing.normalize} scaling", network,
         f"{training.optimizer} lr {training.lr:g} ({training.schedule})", f"batch {training.batch_size}",
-        f"up to {training.epochs} epochs" + (f", early stopping {training.early_stopping}" if training.early_stopping else ""),
+        f"up to {training.epochs} epoch{'s' if training.epochs != 1 else ''}" + (f", early stopping {training.early_stopping}" if training.early_stopping else ""),
     ]
     if training.steps_per_epoch != "pass":
         parts.append("epochs of " + (f"a pass or {AUTO_STEPS_PER_EPOCH} steps" if training.steps_per_epoch == "auto"

@@ -163,6 +163,21 @@ def test_dates_without_a_time_of_day_have_no_hour_and_missing_ones_take_the_medi
     assert np.array_equal(values[3, :-1], values[1, :-1])  # filled with 2024-01-03, the median date
 
 
+def test_the_run_note_lists_a_date_columns_numbers_from_its_earliest_training_date() -> None:
+    day = DateTransform("day").fit(pd.Series(pd.to_datetime(["2024-01-03", "2024-01-10", None])))
+    assert day.notes == ["date column 'day': 9 numbers: days since 2024-01-03 (its earliest training date), the year, "
+                         "the month, day of week and day of year as sine / cosine pairs, and a missing flag (a "
+                         "missing date reads as the median training date)."]
+    stamp = DateTransform("at").fit(pd.Series(pd.to_datetime(["1999-12-31 23:00", "2001-02-03 04:05"])))
+    assert "at': 11 numbers: days since 1999-12-31" in stamp.notes[0] and "day of year and hour as" in stamp.notes[0]
+    empty = DateTransform("gone").fit(pd.Series([None, None], dtype="datetime64[ns]"))
+    assert "no training row has a date" in empty.notes[0]
+    frame = pd.DataFrame({"when": pd.date_range("2020-03-01", periods=60, freq="D"), "x": np.arange(60.0) % 7,
+                          "y": np.arange(60.0)})
+    model = keel.fit(frame, target="y", config={**FAST, "training.epochs": 1})
+    assert any(note.startswith("date column 'when': 9 numbers") for note in model.notes)
+
+
 def test_far_dates_and_huge_seconds_give_finite_features() -> None:
     transform = DateTransform("when").fit(pd.Series(pd.date_range("2020-01-01", periods=50, freq="7D")))
     values = transform.transform(pd.Series([1e300, -1e300, 1e13, "9999-12-31T23:59:59", "0001-01-01"],
