@@ -230,7 +230,9 @@ def _is_numeric_text(series: pd.Series) -> bool:
 
 
 def _numeric_text_note(name: str) -> str:
-    return (f"column {name!r} holds text that all parses as numbers; read as a number. Declare it a category with "
+    # Not "all parse": a few typos still make a number column, and a streamed run infers from its first rows.
+    return (f"column {name!r} holds numbers written as text; read as a number (a value that does not parse is an "
+            "error naming it). Declare it a category with "
             f"input_features: [{{name: {name}, type: category}}] if the numbers are codes (input_features lists "
             "every feature to use; give the others type auto).")
 

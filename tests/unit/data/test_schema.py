@@ -150,7 +150,8 @@ def test_numeric_text_is_read_as_a_number_with_a_note_saying_how_to_declare_it(t
     schema = _schema(frame, target="y")
     assert {f.name: f.type for f in schema.features} == {"code": "number", "count": "number"}
     assert schema.notes == [
-        "column 'code' holds text that all parses as numbers; read as a number. Declare it a category with "
+        "column 'code' holds numbers written as text; read as a number (a value that does not parse is an error "
+        "naming it). Declare it a category with "
         "input_features: [{name: code, type: category}] if the numbers are codes (input_features lists every "
         "feature to use; give the others type auto)."]  # integer columns get no note
     state = schema.to_dict()
