@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
-from keel.errors import KeelError, KeelWarning
+from keel.errors import ConfigError, KeelError, KeelWarning
 from keel.serve.settings import DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, DEFAULT_PORT
 
 app = typer.Typer(
@@ -213,8 +213,13 @@ def train(
 
     join_torchrun()  # under torchrun, one rank of its job (WORLD_SIZE, RANK); alone otherwise
     if int(os.environ.get("RANK", "0")) > 0:  # a torchrun rank other than 0: it trains, rank 0 writes and reports
-        fit(str(data), target=target, config=settings, test=None if test is None else str(test), quiet=True,
-            importance=False, delimiter=delimiter, encoding=encoding)
+        try:
+            fit(str(data), target=target, config=settings, test=None if test is None else str(test), quiet=True,
+                importance=False, delimiter=delimiter, encoding=encoding)
+        except ConfigError:  # every rank has the same config, so the same error: rank 0 prints it, once
+            if debug:
+                raise
+            raise typer.Exit(2) from None
         return
     with _logged(log), _destination(output, data) as destination, output_lock(destination):
         if log is not None:
@@ -244,7 +249,6 @@ def train(
 def _processes(backend: str, nproc: int, workers: Optional[int]) -> int:
     """The data-parallel ranks: --nproc for the torch backend, --workers for Ray (each refused with the other)."""
     from keel.cluster import check_backend
-    from keel.errors import ConfigError
 
     if check_backend(backend) == "ray":
         if nproc != 1:

@@ -109,6 +109,18 @@ def test_torchrun_runs_keel_train_as_ranks(table, tmp_path) -> None:
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
 
 
+def test_a_config_error_under_torchrun_is_printed_once_not_by_every_rank(table, tmp_path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "keel", "train", str(table), "--target",
+                             "label", "--preset", "fast", "--set", "training.checkpoint=true", "--output",
+                             str(tmp_path / "model"), "--no-report"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert result.stderr.count("training.checkpoint is true") == 1, result.stderr[-2000:]
+    assert "(--nproc, --backend ray, torchrun)" in result.stderr
+    assert not (tmp_path / "model").exists()
+
+
 @pytest.mark.parametrize("preset", ["fast", "balanced"])
 def test_every_rank_ends_with_the_same_weights(table, tmp_path, monkeypatch, preset) -> None:
     # Averaged gradients keep the ranks' weights equal; number-embedding bins (balanced) are fitted on

@@ -129,7 +129,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         raise ConfigError("model.norm: batch keeps running statistics per process, which data-parallel ranks would "
                           "each learn from their own shard; use model.norm: layer or none with --nproc.")
     if (nproc > 1 or ranks is not None or ray) and settings.training.checkpoint is True:
-        raise ConfigError("training.checkpoint is true, but a data-parallel run (--nproc, --backend ray) writes no "
+        raise ConfigError("training.checkpoint is true, but a data-parallel run (--nproc, --backend ray, torchrun) writes no "
                           "checkpoints yet (its ranks do not agree on one); set training.checkpoint: auto or false, "
                           "or train in one process to keep checkpoints.")
     if (nproc > 1 or ray) and ranks is None:
