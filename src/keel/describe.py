@@ -83,7 +83,10 @@ def _text_numbers(transform: TextTransform) -> str:
     if transform.encoder == "tfidf":
         made = f"TF-IDF of {len(transform.vocabulary):,} terms -> {projected} components"
     else:
-        made = f"{transform.model_name()} embeddings (frozen) -> {projected} components"
+        # Where the encoder is read from (and the embedding cache): a model from someone else names these paths.
+        where = transform.location or transform.model
+        cache = transform.cache_dir or "the default cache"
+        made = f"{transform.model_name()} embeddings (frozen; read from {where}, cache {cache}) -> {projected} components"
     if transform.linear:
         made += f" + {transform.linear} linear score{'s' if transform.linear > 1 else ''} (text.linear)"
     return made + " + an empty-text flag"

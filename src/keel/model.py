@@ -25,6 +25,7 @@ from typing_extensions import NotRequired, TypedDict
 
 from keel import __version__
 from keel.artifact import (
+    METADATA_FILE,
     WEIGHTS_FILE,
     Manifest,
     attach_file,
@@ -46,7 +47,7 @@ from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning
 from keel.evaluate.metrics import classification_metrics, predicted_classes, regression_metrics
 from keel.evaluate.predictions import PREDICTIONS_FILE, Predictions
 from keel.nn.network import FirstLayerReuse, NetworkBag, NetworkSpec, TabularNetwork, predict_outputs, to_probabilities
-from keel.nn.sentence import SentenceEncoder
+from keel.nn.sentence import SentenceEncoder, TextInput
 
 # Where Model.embed_encoders copies frozen pretrained text encoders, one folder per column position.
 ENCODERS_FOLDER = "encoders"
@@ -393,8 +394,17 @@ class Model:
         )
         model._remember(Path(path), manifest)
         for position, transform in enumerate(preprocessor.transforms):  # an embedded encoder wins over its path
-            if isinstance(transform, TextTransform) and f"{ENCODERS_FOLDER}/{position}/model.safetensors" in model._attached:
-                transform.location = str(Path(path).absolute() / ENCODERS_FOLDER / str(position))
+            folder = f"{ENCODERS_FOLDER}/{position}"
+            if isinstance(transform, TextTransform) and f"{folder}/model.safetensors" in model._attached:
+                # The encoder is read from this folder by name: every file it would read must be one keel.json lists
+                # (and so was checked: inside the directory, no link, a regular file, its sha256), none left out.
+                unlisted = [name for name in IDENTITY_FILES if f"{folder}/{name}" not in model._attached
+                            and os.path.lexists(Path(path, folder, name))]
+                if unlisted:
+                    raise ArtifactError(f"{Path(path) / folder} holds {', '.join(unlisted)}, which {METADATA_FILE} does "
+                                        "not list; an embedded encoder's files are all listed (and checksummed). The "
+                                        "directory was changed after saving: restore it from a backup or retrain.")
+                transform.location = str(Path(path).absolute() / folder)
         return model
 
     def _remember(self, path: Path, manifest: Manifest) -> None:
@@ -442,6 +452,13 @@ class Model:
             made = [read(t.width, len(t.vocabulary) if t.encoder == "bag" else None) for t in preprocessor.token_texts]
             raise corrupt(f"the network reads {len(spec.texts)} fine-tuned or bag text column(s) of {network_reads}, "
                           f"the preprocessing makes {made}")
+        for transform, text in zip(preprocessor.token_texts if preprocessor is not None else [], spec.texts):
+            if transform.encoder == "pretrained" and isinstance(text, TextInput):
+                problem = transform.tokenizer_problem(text.shape.vocab_size)
+                if problem:
+                    raise ArtifactError(f"{path}/{WEIGHTS_FILE} keeps a tokenizer that does not fit the model "
+                                        f"({problem}); the model is corrupt. Restore the directory from a backup or "
+                                        "retrain the model.")
         if preprocessor is not None and [(image.channels, image.size) for image in spec.images] != [
                 (transform.bands, transform.size) for transform in preprocessor.images]:
             raise corrupt(f"the network reads {len(spec.images)} image column(s) of "
@@ -678,7 +695,8 @@ def _checked_sections(manifest: Manifest, path: str | os.PathLike,
     try:
         preprocessor = Preprocessor.from_state(manifest.preprocessing, arrays)
     except (ValidationError, ConfigError) as error:  # a transform setting this keel does not know
-        raise ArtifactError(f"{path}/keel.json holds preprocessing settings keel cannot read ({error}); the model "
+        detail = _problems(error) if isinstance(error, ValidationError) else str(error)
+        raise ArtifactError(f"{path}/keel.json holds preprocessing settings keel cannot read ({detail}); the model "
                             "is corrupt. Restore the directory from a backup or retrain the model.") from None
     problems = [problem for transform in preprocessor.transforms if isinstance(transform, (TextTransform, ImageTransform))
                 for problem in [transform.problem()] if problem]

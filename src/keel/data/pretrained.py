@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +32,8 @@ DEFAULT_MODEL = PACKAGE_PREFIX + DEFAULT_PACKAGE
 _MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
             "sentence_transformers.models.Normalize")
 ACTIVATIONS = ("gelu", "gelu_new", "relu")
+# The most bytes read of an encoder's JSON files: a tokenizer.json of a 250,000-token vocabulary is about 20 MB.
+MAX_JSON_BYTES = 64 * 2**20
 # Files whose bytes make a model's identity (its content hash): all that changes an embedding.
 IDENTITY_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json", "tokenizer.json",
                    "model.safetensors")
@@ -89,7 +93,14 @@ class ModelFiles:
 
     def tokenizer_json(self) -> str:
         """The model's tokenizer.json as text (a tokenizers.Tokenizer.from_str makes the same tokenizer)."""
-        return (self.directory / "tokenizer.json").read_text(encoding="utf-8")
+        try:
+            return read_text(self.directory / "tokenizer.json")
+        except FileNotFoundError:
+            raise ConfigError(f"{self.directory} has no tokenizer.json; keel reads tokenizers in that (JSON) form "
+                              "only.") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{self.directory}/tokenizer.json is not UTF-8 text ({error}); the model directory is "
+                              "damaged.") from None
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Each weight's shape from the safetensors header (nothing loaded), by keel's module names."""
@@ -140,10 +151,47 @@ def resolve_model(reference: str) -> Path:
     return directory
 
 
+def _open_regular(path: Path) -> Any:
+    """``path`` opened for reading when it is a regular file (links are followed: a model directory of the Hugging
+    Face cache is links into its blobs); a named pipe would block the read and a device never end.
+
+    Raises:
+        FileNotFoundError: Nothing there.
+        ConfigError: Not a regular file, or unreadable.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ConfigError(f"{path} cannot be read ({error.strerror or error}).") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise ConfigError(f"{path} is not a regular file (a directory, pipe or device); a model directory holds plain "
+                          "files.")
+    return os.fdopen(descriptor, "rb")
+
+
+def read_text(path: Path) -> str:
+    """A model directory's JSON file as UTF-8 text, a regular file of at most MAX_JSON_BYTES.
+
+    Raises:
+        FileNotFoundError: Nothing there.
+        UnicodeDecodeError: Not UTF-8.
+        ConfigError: Not a regular file, or larger than the limit.
+    """
+    with _open_regular(path) as handle:
+        data = handle.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise ConfigError(f"{path} holds more than {MAX_JSON_BYTES:,} bytes, far more than a sentence encoder's "
+                          "configuration or tokenizer; it is not one keel reads.")
+    return data.decode("utf-8")
+
+
 def _json(directory: Path, name: str) -> Any:
     path = directory / name
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except FileNotFoundError:
         raise ConfigError(f"{directory} is not a sentence-transformers model: it lacks {name}.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -201,16 +249,22 @@ def model_hash(directory: Path) -> str:
         if not path.exists():
             continue
         digest.update(name.encode() + b"\0")
-        with path.open("rb") as handle:
+        with _open_regular(path) as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
 
 
 def _tokenizer(directory: Path, max_tokens: int) -> Any:
-    if not (directory / "tokenizer.json").is_file():
-        raise ConfigError(f"{directory} has no tokenizer.json; keel reads tokenizers in that (JSON) form only.")
-    return tokenizer_from_json((directory / "tokenizer.json").read_text(encoding="utf-8"), max_tokens)
+    try:
+        return tokenizer_from_json(read_text(directory / "tokenizer.json"), max_tokens)
+    except FileNotFoundError:
+        raise ConfigError(f"{directory} has no tokenizer.json; keel reads tokenizers in that (JSON) form only.") from None
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad tokenizer.json
+        raise ConfigError(f"{directory}/tokenizer.json is not a tokenizer the tokenizers library reads "
+                          f"({str(error)[:200]}); the model directory is damaged.") from None
 
 
 def tokenizer_from_json(text: str, max_tokens: int) -> Any:

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import math
 import os
+import stat
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
@@ -107,6 +108,7 @@ class TextTransform:
         # Where the encoder is read from when not at ``model``: a copy in the model directory (Model.embed_encoders).
         # The state keeps ``model``, the reference trained with, so a re-save elsewhere does not point into this copy.
         self.location: str | None = None
+        self._saved = self.model  # a loaded model: the encoder reference its keel.json holds, before any resolving
         self.cache_dir = settings.cache_dir
         # Fine-tuned (finetune full / lora): the column is its token ids, which the network's encoder reads.
         self.finetune = settings.finetune
@@ -115,6 +117,7 @@ class TextTransform:
         self.backbone: dict[str, np.ndarray] | None = None  # the checkpoint's weights, read in fit, for the network
         self.tokenizer = np.zeros(0, dtype=np.uint8)  # a fine-tuned column's tokenizer.json (UTF-8), kept in the model
         self._tokenizer: Any = None
+        self._id_limit = 1 << 62  # a loaded fine-tuned column: the rows of its encoder's token embedding table
         self.vocabulary: list[str] = []
         self.idf = np.zeros(0, dtype=np.float32)
         self.components = np.zeros((0, 0), dtype=np.float32)  # (n_components, vocabulary or embedding width)
@@ -359,7 +362,12 @@ class TextTransform:
         tokenizer."""
         if self._tokenizer is None:
             self._tokenizer = tokenizer_from_json(self.tokenizer_json(), self.width - 1)
-        return token_ids(self._tokenizer, texts, self.width - 1)
+        ids, truncated = token_ids(self._tokenizer, texts, self.width - 1)
+        if ids.size and ids.max() >= self._id_limit:  # special tokens a tokenizer adds lie outside its vocabulary
+            raise DataError(f"text column {self.name!r}: the model's tokenizer made token id {int(ids.max()):,}, "
+                            f"beyond the {self._id_limit:,} its encoder embeds; the model is damaged: retrain it or "
+                            "restore it from a backup.", column=self.name)
+        return ids, truncated
 
     def tokenizer_json(self) -> str:
         """The pretrained encoder's tokenizer.json, for an export's callers (keel.runtime tokenises with it): a
@@ -367,6 +375,22 @@ class TextTransform:
         if self.tokens:
             return self.tokenizer.tobytes().decode("utf-8")
         return self._encoder(fitting=False).tokenizer_json()
+
+    def tokenizer_problem(self, rows: int) -> str | None:
+        """What keeps a loaded fine-tuned column's kept tokenizer from feeding its encoder of ``rows`` token
+        embeddings (bytes that are no tokenizer, or ids beyond the table), or None. A saved model may come from
+        anyone: this is found at load, not as a crash in the first prediction."""
+        try:
+            self._tokenizer = tokenizer_from_json(self.tokenizer.tobytes().decode("utf-8"), self.width - 1)
+        except ConfigError:  # the tokenizers library is missing: the prediction says so
+            return None
+        except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad tokenizer.json
+            return f"text column {self.name!r}: its tokenizer cannot be read ({str(error)[:200]})"
+        size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        if size > rows:
+            return (f"text column {self.name!r}: its tokenizer has {size:,} tokens, its encoder embeds {rows:,}")
+        self._id_limit = rows
+        return None
 
     def width_tokens(self) -> int:
         """Tokens per text at most: the token limit the column was trained with."""
@@ -382,7 +406,16 @@ class TextTransform:
             if TextTransform.loader is None:
                 raise ConfigError("text.encoder pretrained needs keel.model imported (it plugs in the torch encoder); "
                                   "use keel.fit / keel.load, or import keel.model first.")
-            self._sentence = TextTransform.loader(self.location or self.model, self.max_tokens)
+            try:
+                self._sentence = TextTransform.loader(self.location or self.model, self.max_tokens)
+            except ConfigError as error:
+                if fitting:
+                    raise
+                # A saved model's setting, not one the user gave now: say where it comes from.
+                raise DataError(f"text column {self.name!r} is read by the encoder the model was trained with, at "
+                                f"{self.location or self.model}, which cannot be used here: {error} Put that encoder "
+                                "back at its path, or retrain (keel train --embed-encoders keeps a copy in the model "
+                                "directory).", column=self.name) from None
             if fitting:
                 self.model_sha256 = self._sentence.sha256
             elif self._sentence.sha256 != self.model_sha256:
@@ -485,6 +518,9 @@ class TextTransform:
                 return f"column {self.name!r}: a fine-tuned or bag column needs its encoder and its token limit"
             return None if self.encoder == "bag" or len(self.tokenizer) else (
                 f"column {self.name!r}: a fine-tuned column's tokenizer is missing")
+        if self.encoder == "pretrained" and not (self.model.startswith(PACKAGE_PREFIX) or Path(self._saved).is_absolute()):
+            return (f"column {self.name!r}: its encoder's path {self._saved!r} is relative (keel saves an absolute path "
+                    "or a package), so it would be looked for wherever the model is used")
         if not 0 <= self.linear <= len(self.components):
             return f"column {self.name!r}: {self.linear} linear scores but {len(self.components)} projection rows"
         width = len(self.vocabulary) if self.encoder == "tfidf" else self.components.shape[1]
@@ -501,6 +537,7 @@ class TextTransform:
             encoder=state["encoder"], dim=state["dim"], max_features=state["max_features"],
             model_path=state["model"], max_tokens=state["max_tokens"], cache_dir=state.get("cache_dir"),
             finetune=state.get("finetune", "none"), lora_rank=state.get("lora_rank", 8), lr=state.get("lr")))
+        transform._saved = str(state["model"])
         transform.model_sha256, transform.vocabulary = state["model_sha256"], list(state["vocabulary"])
         transform.linear = int(state.get("linear", 0))
         for key, value in (arrays or {}).items():  # the tokenizer stays bytes
@@ -596,6 +633,8 @@ def _read_cache(folder: Path, digests: list[bytes], vectors: np.ndarray, cut: np
         shards = []
     for shard in shards:
         try:  # a shard's vectors are read only when it holds a wanted text
+            if not stat.S_ISREG(shard.stat().st_mode):  # a named pipe would block the open, a device never end
+                continue
             with safe_open(str(shard), framework="numpy") as handle:
                 keys = handle.get_tensor("digests")
                 hits = [(row, position) for row, key in enumerate(keys)
@@ -604,7 +643,7 @@ def _read_cache(folder: Path, digests: list[bytes], vectors: np.ndarray, cut: np
                     continue
                 stored_vectors, stored_cut = handle.get_tensor("vectors"), handle.get_tensor("cut")
             if keys.ndim != 2 or keys.shape[1] != 32 or stored_vectors.shape != (len(keys), width) \
-                    or stored_cut.shape != (len(keys),):
+                    or stored_cut.shape != (len(keys),) or not np.isfinite(stored_vectors).all():
                 continue
         except Exception:  # noqa: BLE001 - a damaged shard is ignored, never trusted
             continue

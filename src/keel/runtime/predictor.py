@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -42,6 +43,10 @@ EXPORT_FORMAT: Final = 5
 CHUNK_ROWS: Final = 256
 # Term slots (rows x longest text's terms) of one text input in one call: 1 M int64 positions, 8 MB.
 MAX_TERM_SLOTS: Final = 1 << 20
+# The largest token limit and image side keel trains with (text.max_tokens, image.size in keel.config): a file
+# declaring more was not written by keel's export, and its pixels or ids would be allocated before any check.
+MAX_TOKENS: Final = 100_000
+MAX_IMAGE_SIZE: Final = 512
 # The training table's columns a model reads from the config rather than as features.
 _SPECIAL_COLUMNS = ("split_by", "order_by", "weight_column")
 
@@ -78,8 +83,7 @@ class Predictor:
         texts = json.loads(metadata.get("keel.text", "{}"))
         images = {name: PixelSpec(item["mode"], int(item["size"]), float(item["scale"]))
                   for name, item in json.loads(metadata.get("keel.images", "{}")).items()}
-        tokens = {name: load_tokenizer(item["tokenizer"], int(item["max_tokens"]))
-                  for name, item in json.loads(metadata.get("keel.tokens", "{}")).items()}
+        tokens = {name: _tokenizer(item, name, path) for name, item in json.loads(metadata.get("keel.tokens", "{}")).items()}
         self._columns = [InputColumn(item.name, item.type == "tensor(double)", item.name in dates,
                                      vocabulary_index(texts[item.name]["vocabulary"]) if item.name in texts else None,
                                      images.get(item.name), tokens.get(item.name))
@@ -92,6 +96,10 @@ class Predictor:
         # Columns of the training table that are no input: passing them is no mistake, so no warning.
         self._known = {*self.feature_names, self.target, *schema.get("dropped", {}), *known}
         self._reported: set[str] = set()
+        # Dynamic int8 quantizes each call's activations with one scale for all its rows: a row's answer would
+        # depend on the rows beside it (an outlier moved its neighbours' probabilities by 0.09), so each row is a
+        # call of its own. Static int8 (--static) has fixed scales, and float files none.
+        self._row_by_row = metadata.get("keel.quantization") == "int8-dynamic"
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, threads: int = 1, file: str = ONNX_FILE) -> "Predictor":
@@ -206,11 +214,13 @@ class Predictor:
                  for column in self._columns if column.vocabulary is not None or column.tokenizer is not None}
         # Images are decoded a chunk at a time: 100,000 rows of 64 x 64 RGB pixels would be 4.9 GB at once.
         images = {column: feeds.pop(column.name) for column in self._columns if column.image is not None}
-        if n_rows <= CHUNK_ROWS and not texts and not images:
+        if n_rows <= CHUNK_ROWS and not texts and not images and not self._row_by_row:
             result: np.ndarray = self._session.run(self._output, feeds)[0]
             return result
         parts = []
-        for start, stop in _chunks(n_rows, [[len(row) for row in rows] for rows in texts.values()]):
+        chunks = ([(row, row + 1) for row in range(n_rows)] if self._row_by_row else
+                  _chunks(n_rows, [[len(row) for row in rows] for rows in texts.values()]))
+        for start, stop in chunks:
             chunk = {name: values[start:stop] for name, values in feeds.items()}
             chunk.update({name: padded(rows[start:stop]) for name, rows in texts.items()})
             try:
@@ -232,6 +242,19 @@ class Predictor:
             warnings.warn(
                 f"ignoring column(s) {new}: the model does not read them (its inputs are {self.feature_names}). "
                 "Check their spelling if you meant one of those.", KeelWarning, stacklevel=4)
+
+
+def _tokenizer(item: dict[str, Any], column: str, path: Path) -> Any:
+    """A pretrained text column's tokenizer from keel.tokens; one that the tokenizers library cannot build is the
+    file's fault (an ArtifactError), not a crash."""
+    try:
+        return load_tokenizer(item["tokenizer"], int(item["max_tokens"]))
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad tokenizer.json
+        raise ArtifactError(f"{path}: the tokenizer of text column {column!r} (metadata keel.tokens) cannot be read "
+                            f"({str(error)[:200]}); the file was changed after export. Export the model again with "
+                            "`keel export MODEL`.") from None
 
 
 def _chunks(n_rows: int, lengths: list[list[int]]) -> list[tuple[int, int]]:
@@ -390,8 +413,26 @@ _METADATA_SHAPES: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
                           "an object of lists"),
     "keel.schema": (lambda value: isinstance(value, dict) and isinstance(value.get("dropped", {}), dict),
                     "an object with a 'dropped' object"),
+    "keel.text": (lambda value: _columns_of(value, lambda item: isinstance(item.get("vocabulary"), list) and all(
+        isinstance(term, str) for term in item["vocabulary"])), "an object of {vocabulary: [terms]} objects"),
+    "keel.tokens": (lambda value: _columns_of(value, lambda item: isinstance(item.get("tokenizer"), str) and _whole(
+        item.get("max_tokens"), MAX_TOKENS)), f"an object of {{tokenizer, max_tokens 1 to {MAX_TOKENS:,}}} objects"),
+    "keel.images": (lambda value: _columns_of(value, lambda item: item.get("mode") in ("L", "RGB") and _whole(
+        item.get("size"), MAX_IMAGE_SIZE) and isinstance(item.get("scale"), (int, float))
+        and not isinstance(item.get("scale"), bool) and 0 < item["scale"] < math.inf),
+        f"an object of {{mode L or RGB, size 1 to {MAX_IMAGE_SIZE}, scale > 0}} objects"),
 }
 _JSON_METADATA: Final = (*_METADATA_SHAPES, "keel.metrics", "keel.parity")
+
+
+def _columns_of(value: Any, fits: Callable[[dict[str, Any]], bool]) -> bool:
+    """Whether ``value`` is an object of column name -> an object that ``fits``."""
+    return isinstance(value, dict) and all(isinstance(item, dict) and fits(item) for item in value.values())
+
+
+def _whole(value: Any, most: int) -> bool:
+    """Whether ``value`` is an int from 1 to ``most`` (not a bool): a size the predictor allocates by."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most
 
 
 # ---- external data ---------------------------------------------------------------------------
