@@ -33,6 +33,11 @@ _QUANTIZATION_SUFFIXES = ("_scale", "_zero_point")
 _WARMUP = 20
 
 
+# Rows a metric's ONNX Runtime call takes at most (keel.runtime's chunk): a 256-token transformer's attention for
+# 1,000 rows at once is gigabytes.
+_METRIC_CHUNK = 256
+
+
 def measure(onnx_bytes: bytes, feeds_one_row: Feeds, feeds_1000_rows: Feeds, *, metric_fn: MetricFn | None = None,
             repeats: int = 1000, batch_repeats: int = 20) -> dict[str, Any]:
     """Size, metric and speed of one ONNX model in ONNX Runtime on the CPU (one thread).
@@ -66,7 +71,13 @@ def measure(onnx_bytes: bytes, feeds_one_row: Feeds, feeds_1000_rows: Feeds, *, 
     def run(feeds: Feeds) -> list[np.ndarray]:
         return list(session.run(None, feeds))
 
-    parameters, nonzero = _count_parameters(onnx.load_from_string(onnx_bytes))
+    proto = onnx.load_from_string(onnx_bytes)
+    by_row = row_by_row(proto)
+
+    def scored(feeds: Feeds) -> list[np.ndarray]:
+        return run_as_keel(run, feeds, by_row=by_row)
+
+    parameters, nonzero = _count_parameters(proto)
     result: dict[str, Any] = {
         "parameters": parameters, "nonzero_parameters": nonzero, "size_bytes": len(onnx_bytes),
         "compressed_bytes": len(zlib.compress(onnx_bytes, 6)), "threads": 1,
@@ -78,8 +89,33 @@ def measure(onnx_bytes: bytes, feeds_one_row: Feeds, feeds_1000_rows: Feeds, *, 
     result["batch_rows"] = batch_rows
     result["throughput_rows_per_s"] = float(batch_rows / np.median(_timings(run, feeds_1000_rows, 2, batch_repeats)))
     if metric_fn is not None:
-        result["metric"], result["metric_value"] = metric_fn(run)
+        result["metric"], result["metric_value"] = metric_fn(scored)
     return result
+
+
+def row_by_row(proto: Any) -> bool:
+    """Whether keel.runtime calls this ONNX model one row at a time: a dynamic int8 file, whose activations are
+    scaled by each call's rows (see keel.runtime.Predictor)."""
+    return {item.key: item.value for item in proto.metadata_props}.get("keel.quantization") == "int8-dynamic"
+
+
+def run_as_keel(run: Runner, feeds: Feeds, *, by_row: bool) -> list[np.ndarray]:
+    """``run``'s outputs for ``feeds`` as keel.runtime computes them: one row a call where ``by_row`` (each row's
+    text inputs without the batch's padding), else a chunk of rows at a time (a transformer's activations for
+    thousands of rows at once would take gigabytes)."""
+    rows = len(next(iter(feeds.values())))
+    size = 1 if by_row else _METRIC_CHUNK
+    parts = [run({name: _trimmed(values[start:start + size]) if by_row else values[start:start + size]
+                  for name, values in feeds.items()}) for start in range(0, rows, size)]
+    return [np.concatenate([part[index] for part in parts]) for index in range(len(parts[0]))]
+
+
+def _trimmed(values: np.ndarray) -> np.ndarray:
+    """One row of a text input without the -1 padding a batch gave it (keel.runtime feeds a row its own length)."""
+    if values.dtype != np.int64 or values.ndim != 2:
+        return values
+    used = np.flatnonzero((values != -1).any(axis=0))
+    return values[:, :used[-1] + 1] if len(used) else values[:, :1]
 
 
 def _timings(run: Runner, feeds: Feeds, warmup: int, repeats: int) -> np.ndarray:

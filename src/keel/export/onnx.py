@@ -64,8 +64,11 @@ TOKENS_RULE = ("tokenize the text with the tokenizers library's Tokenizer.from_s
                "or blank else 0, then the token ids], padded with -1 to the batch's longest row")
 # How an image becomes its input, for a client that reads images itself.
 PIXELS_RULE = ("convert the image to the mode (Pillow's convert: L is 1 channel, RGB 3), resize it to size x size "
-               "pixels (bilinear), divide by 255 (16-bit gray files by 65535; an array of numbers other than uint8: by "
-               "scale; NaN pixels read as 0), lay it out as [channels, size, size] float32; a missing image is all NaN")
+               "pixels with Pillow's bilinear filter (Image.resize(..., Image.BILINEAR), which when shrinking averages "
+               "every source pixel under a target pixel; OpenCV's INTER_LINEAR and a canvas' drawImage do not, and "
+               "give other pixels), divide by 255 (16-bit gray files: divide their values by 65535 as float32 first, "
+               "then resize, since convert would clip them at 255; an array of numbers other than uint8: by scale; "
+               "NaN pixels read as 0), lay it out as [channels, size, size] float32; a missing image is all NaN")
 # How a text becomes its terms, for a client that makes the term positions itself.
 TERMS_RULE = ("lower-case the text with Python's str.lower(); words are the matches of Python's regular expression "
               "\\w\\w+ (\\w: characters for which str.isalnum() is true, and _); terms are the words, then each "
