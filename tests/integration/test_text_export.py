@@ -92,13 +92,26 @@ def test_the_server_takes_texts_as_strings(exported) -> None:
 
 
 def test_tflite_refuses_text_by_name_and_all_minilm_exports_with_its_encoder(exported, tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match=r"text column\(s\) \['review'\], which TFLite export does not take"):
+    with pytest.raises(ExportError, match=r"TFLite export does not take the text column\(s\) \[.review.\] \(the TF-IDF"):
         to_tflite(exported[0])
     model = keel.fit(table(120), target="label", quiet=True, config={
         "preset": "fast", "training.epochs": 1, "text.encoder": "pretrained", "text.dim": 4,
         "text.cache_dir": str(tmp_path / "cache")})
     report = model.export(output=tmp_path / "m.onnx", data=table(40, seed=3))  # the default all-MiniLM-L6-v2
     assert report.parity["ok"] and report.parity["max_difference"] < 1e-5
+    # The reason is the encoder's (it said "TF-IDF counting" for every text column: a user's trial).
+    with pytest.raises(ExportError, match=r"text column\(s\) \['review'\] \(a pretrained or bag encoder reads"):
+        to_tflite(model)
+
+
+def test_tflite_names_every_kind_of_column_it_refuses_in_one_error(tmp_path: Path) -> None:
+    # It named the dates alone; the user removed them and met the text column on the next run.
+    frame = table(120).assign(day=pd.date_range("2020-01-01", periods=120, freq="D").astype(str))
+    model = keel.fit(frame, target="label", quiet=True, importance=False,
+                     config={"preset": "fast", "training.epochs": 1})
+    with pytest.raises(ExportError, match=r"does not take the date column\(s\) \['day'\].*; the text column\(s\) "
+                                          r"\['review'\].*train without the date and text columns"):
+        to_tflite(model)
 
 
 def test_int8_and_pruned_exports_of_a_text_model_are_measured(exported, tmp_path: Path) -> None:

@@ -168,21 +168,32 @@ def refuse_unexportable_columns(model: "Model") -> None:
     Raises:
         ExportError: The model has date, text or image columns; the message names them.
     """
+    refused = []  # every kind at once: a user fixing one would otherwise meet the next on the following run
     for kind, why in _UNEXPORTABLE.items():
-        columns = [t.name for t in model.preprocessor.transforms if t.kind == kind]
+        columns = [t for t in model.preprocessor.transforms if t.kind == kind]
         if columns:
-            raise ExportError(f"the model has the {kind} column(s) {columns}, which TFLite export does not take{why}. "
-                              f"Export to ONNX instead (keel export MODEL --format onnx), or train without the {kind} "
-                              "columns (list the other features in input_features).")
+            if kind == "text":
+                why = _TEXT_WHY["tfidf" if all(getattr(t, "encoder", "") == "tfidf" for t in columns) else "encoder"]
+            refused.append((kind, [t.name for t in columns], why))
+    if refused:
+        listed = "; ".join(f"the {kind} column(s) {names}{why}" for kind, names, why in refused)
+        kinds = " and ".join(kind for kind, _, _ in refused)
+        raise ExportError(f"TFLite export does not take {listed}. Export to ONNX instead (keel export MODEL --format "
+                          f"onnx), or train without the {kinds} columns (list the other features in input_features).")
 
 
 # Column kinds TFLite export refuses -> why.
 _UNEXPORTABLE = {
     "date": (": TFLite computes in float32, which holds seconds since 1970 only to the nearest 128 s and so would "
              "move the hour and day each date is taken apart into"),
-    "text": " (the TF-IDF counting is a scatter-add of a variable number of terms per row, and encoders hold more)",
+    "text": "",  # by encoder: _TEXT_WHY
     "image": " yet (its graph takes tables of numbers; the image encoders' convolutions are untested there)",
 }
+
+
+_TEXT_WHY = {"tfidf": " (the TF-IDF counting is a scatter-add of a variable number of terms per row)",
+             "encoder": " (a pretrained or bag encoder reads a variable number of tokens per row, which the TFLite "
+                        "graph does not take)"}
 
 
 def input_layout(model: "Model") -> list[dict[str, Any]]:
