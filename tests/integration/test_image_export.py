@@ -271,6 +271,19 @@ def test_relative_paths_are_read_from_the_csvs_folder(cases: Cases, name: str, t
     assert_close(case.model, runtime_says(predictor, records), expected)
 
 
+def test_export_data_with_a_missing_image_names_the_file(cases: Cases, tmp_path: Path) -> None:
+    # The error named neither the --data file nor where it looked from (a user's trial).
+    case = cases["gray-fast-binary"]
+    assert case.table is not None
+    rows = pd.read_csv(case.table)
+    rows.loc[1, case.column] = "nope.png"
+    bad = case.table.parent / "bad.csv"
+    rows.to_csv(bad, index=False)
+    with pytest.raises(DataError, match="does not exist") as caught:
+        case.model.export(data=bad, output=tmp_path / "m.onnx")
+    assert caught.value.file == str(bad) and caught.value.row == 2 and str(bad) in str(caught.value)
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_an_int8_export_still_predicts_sensibly(cases: Cases, name: str, tmp_path: Path) -> None:
     case = cases[name]

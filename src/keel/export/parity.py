@@ -21,7 +21,7 @@ import pandas as pd
 from keel.data.images import ImageTransform
 from keel.data.text import TextTransform
 from keel.data.transforms import SECONDS_PER_DAY, BinaryTransform, DateTransform, NumberTransform
-from keel.errors import KeelWarning
+from keel.errors import DataError, KeelWarning
 from keel.evaluate.metrics import predicted_classes
 
 if TYPE_CHECKING:
@@ -136,7 +136,13 @@ def onnx_feeds(model: "Model", frame: pd.DataFrame) -> dict[str, np.ndarray]:
                            vocabulary_index(t.vocabulary) if isinstance(t, TextTransform) and t.encoder != "pretrained"
                            else None, t.pixel_spec if isinstance(t, ImageTransform) else None, tokenizer(t))
                for t in model.preprocessor.transforms]
-    return to_feeds(frame, columns)[0]
+    try:
+        return to_feeds(frame, columns)[0]
+    except DataError as error:  # rows read from a file (--data): name the file, as keel predict does
+        source = frame.attrs.get("source")
+        if source is None or error.file is not None:
+            raise
+        raise DataError(str(error), file=source, column=error.column, row=error.row) from None
 
 
 def compare(model: "Model", frame: pd.DataFrame, predict: Callable[[pd.DataFrame], np.ndarray],

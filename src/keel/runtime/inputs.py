@@ -169,7 +169,7 @@ def _one_image(value: Any, column: str, row: int, spec: PixelSpec) -> np.ndarray
     if found is None:
         raise DataError(f"image column {column!r} row {row} holds a value of type {type(value).__name__} "
                         f"({_quote(value)}); an image is a file's bytes, a file path, an array of pixels, a Pillow "
-                        "image, or None when missing.", column=column, row=row)
+                        "image, or None (null in JSON) when missing.", column=column, row=row)
     shown = f"{len(found):,} bytes" if isinstance(found, bytes) else repr(str(value))
     try:
         with open_image(found) as image:
@@ -177,16 +177,16 @@ def _one_image(value: Any, column: str, row: int, spec: PixelSpec) -> np.ndarray
     except FileNotFoundError:
         where = found.absolute() if isinstance(found, Path) else shown
         raise DataError(f"image column {column!r} row {row}: the file {shown} does not exist (looked for {where}); "
-                        "fix the path, or pass None for a missing image.", column=column, row=row) from None
+                        "fix the path, or pass None (null in JSON) for a missing image.", column=column, row=row) from None
     except UnidentifiedImageError:
         raise DataError(f"image column {column!r} row {row}: {shown} is not an image Pillow can read; pass a PNG or "
-                        "JPEG file (or its bytes), or None for a missing image.", column=column, row=row) from None
+                        "JPEG file (or its bytes), or None (null in JSON) for a missing image.", column=column, row=row) from None
     except DecompressionBombError as error:
         raise DataError(f"image column {column!r} row {row}: {shown} is too large: {error}.", column=column,
                         row=row) from None
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"image column {column!r} row {row}: {shown} cannot be read or decoded "
-                        f"({str(error)[:80]}); pass an undamaged image, or None for a missing image.",
+                        f"({str(error)[:80]}); pass an undamaged image, or None (null in JSON) for a missing image.",
                         column=column, row=row) from None
 
 
@@ -457,7 +457,7 @@ def to_number(value: Any, column: str, row: int) -> float:
     elif isinstance(value, bytes):
         return to_number(value.decode("utf-8", errors="replace"), column, row)
     else:
-        raise _wrong_type(value, column, row, "a number, a numeric string or None")
+        raise _wrong_type(value, column, row, "a number, a numeric string or None (null in JSON)")
     if math.isinf(number):
         raise DataError(
             f"column {column!r} row {row} has the value {number}; keel needs finite numbers. Replace it, or pass None "
@@ -502,7 +502,7 @@ def to_seconds(value: Any, column: str, row: int) -> float:
     raise _wrong_type(value, column, row, _DATE_EXPECTED)
 
 
-_DATE_EXPECTED = "a date (ISO 8601 text, a datetime, or seconds since 1970-01-01 UTC), or None"
+_DATE_EXPECTED = "a date (ISO 8601 text, a datetime, or seconds since 1970-01-01 UTC), or None (null in JSON)"
 
 
 def _iso_seconds(text: str, value: str, column: str, row: int) -> float:
@@ -516,7 +516,7 @@ def _iso_seconds(text: str, value: str, column: str, row: int) -> float:
             raise DataError(
                 f"column {column!r} holds dates, but row {row} has the value {_quote(value)}, which is no ISO 8601 "
                 "date. Pass ISO 8601 text (2024-02-29, or 2024-02-29T13:45:00 with Z or +01:00 for a time zone), a "
-                "datetime, seconds since 1970-01-01 UTC, or None for a missing value.", column=column, row=row) from None
+                "datetime, seconds since 1970-01-01 UTC, or None (null in JSON) for a missing value.", column=column, row=row) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
     return (moment - _UNIX_EPOCH).total_seconds()
