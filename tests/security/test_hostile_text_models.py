@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.numpy import load_file, save_file
 
 import keel
-from keel.errors import ArtifactError, DataError
+from keel.errors import ArtifactError, ConfigError, DataError
 from keel.runtime import Predictor
 from tests.security.corpus import ONNX, WEIGHTS, edit_onnx, read_manifest_dict, relist, write_manifest_dict
 from tests.tiny_bert import write_tiny_bert
@@ -147,7 +147,7 @@ def test_an_encoder_path_that_is_no_model_names_the_saved_path_when_predicting(s
     write_manifest_dict(model, document)
     relist(model)
     loaded = keel.load(model)
-    with pytest.raises(DataError, match=rf"trained with, at {tmp_path}, which cannot be used here: .*not a regular file"):
+    with pytest.raises(ConfigError, match=rf"trained with, at {tmp_path}, which cannot be used here: .*not a regular file"):
         _within(30, lambda: loaded.predict(_frame(saved["root"], 4, image=True)))
 
 

@@ -412,10 +412,10 @@ class TextTransform:
                 if fitting:
                     raise
                 # A saved model's setting, not one the user gave now: say where it comes from.
-                raise DataError(f"text column {self.name!r} is read by the encoder the model was trained with, at "
+                raise ConfigError(f"text column {self.name!r} is read by the encoder the model was trained with, at "
                                 f"{self.location or self.model}, which cannot be used here: {error} Put that encoder "
                                 "back at its path, or retrain (keel train --embed-encoders keeps a copy in the model "
-                                "directory).", column=self.name) from None
+                                "directory).") from None
             if fitting:
                 self.model_sha256 = self._sentence.sha256
             elif self._sentence.sha256 != self.model_sha256:

@@ -215,7 +215,7 @@ class Predictor:
         # Images are decoded a chunk at a time: 100,000 rows of 64 x 64 RGB pixels would be 4.9 GB at once.
         images = {column: feeds.pop(column.name) for column in self._columns if column.image is not None}
         if n_rows <= CHUNK_ROWS and not texts and not images and not self._row_by_row:
-            result: np.ndarray = self._session.run(self._output, feeds)[0]
+            result: np.ndarray = self._call(feeds)
             return result
         parts = []
         chunks = ([(row, row + 1) for row in range(n_rows)] if self._row_by_row else
@@ -231,8 +231,22 @@ class Predictor:
                 if source is None or error.file is not None:
                     raise
                 raise DataError(str(error), file=source, column=error.column, row=error.row) from None
-            parts.append(self._session.run(self._output, chunk)[0])
+            parts.append(self._call(chunk))
         return np.concatenate(parts)
+
+    def _call(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One ONNX Runtime call. keel made the inputs from the file's own metadata, so a call the graph refuses
+        (a vocabulary longer than its table, a token id beyond its embeddings, an image of another side) is a
+        file whose metadata does not fit its graph: an ArtifactError, not ONNX Runtime's own exception."""
+        try:
+            result: np.ndarray = self._session.run(self._output, feeds)[0]
+        except Exception as error:  # noqa: BLE001 - onnxruntime's exceptions have no public base class
+            if type(error).__module__.split(".")[0] != "onnxruntime":
+                raise
+            raise ArtifactError(f"{self.path}: ONNX Runtime cannot run the file on the inputs its own metadata "
+                                f"describes ({str(error).splitlines()[0][:200]}); the file was changed after export. "
+                                "Export the model again with `keel export MODEL`.") from None
+        return result
 
     def _report(self, extra: list[str]) -> None:
         """Warn about columns the model never saw, each name once in this predictor's life."""
@@ -349,7 +363,7 @@ def _session(content: bytes, threads: int, path: Path) -> Any:
     options.inter_op_num_threads = 1  # the graph is one chain: parallel branches would only add threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: the rest is ONNX Runtime's business, not the caller's
+    options.log_severity_level = 4  # fatal only: an error reaches the caller as a KeelError (Predictor._call)
     try:
         return ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - ONNX Runtime's errors share no base class but Exception

@@ -85,6 +85,9 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
     spec = read_spec(predictor, settings.model_path)
     payload = Payload(spec, settings.max_batch)
     answerer = Answerer(predictor, spec, prediction_slots(settings.workers))
+    # Once now, before any server starts: a model that cannot predict (a file changed after export) is a KeelError
+    # its caller prints in one line, not a traceback in uvicorn's start-up log.
+    answerer.warm_up()
     state = ServerState()
 
     @asynccontextmanager

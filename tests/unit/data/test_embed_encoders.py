@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import keel
-from keel.errors import DataError
+from keel.errors import ConfigError
 from tests.unit.data.test_text import reviews
 
 CONFIG = {"preset": "fast", "training.epochs": 2, "model.hidden": [16], "text.encoder": "pretrained", "text.dim": 4,
@@ -37,7 +37,7 @@ def test_an_embedded_encoder_lets_the_model_predict_after_its_path_is_gone(tiny_
     bare.save(tmp_path / "bare")
     shutil.rmtree(encoder)
     # It names where the model was trained to find its encoder, and that the copy would have helped.
-    with pytest.raises(DataError, match=r"trained with, at .*encoder, which cannot be used here: .*not a directory.*"
+    with pytest.raises(ConfigError, match=r"trained with, at .*encoder, which cannot be used here: .*not a directory.*"
                                         r"--embed-encoders"):
         keel.load(tmp_path / "bare").predict_proba(reviews(5))
 

@@ -142,3 +142,16 @@ def test_main_metric_of_a_regressor_is_rmse_in_target_units() -> None:
     name, value = main_metric(model, frame)(lambda feeds: session.run(None, feeds))
 
     assert name == "rmse" and value == pytest.approx(model.evaluate(frame)["rmse"], rel=1e-5)
+
+
+def test_slow_calls_are_timed_fewer_times_within_the_budget(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A transformer's one-row call of 0.1 s made 1,000 latency repeats take 100 s a file (a user's trial).
+    import time
+
+    from keel.export import measure as measuring
+
+    calls = []
+    monkeypatch.setattr(measuring, "_TIMING_BUDGET", 0.05)
+    timings = measuring._timings(lambda feeds: calls.append(time.sleep(0.005)), {}, 2, 1000)
+    assert len(timings) == 20 and len(calls) == 22  # at least 20 timed, after the 2 untimed
+    assert len(measuring._timings(lambda feeds: None, {}, 0, 300)) == 300  # fast calls: every repeat
