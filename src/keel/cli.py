@@ -845,20 +845,21 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", help="Server processes, each with its own copy of the model.")] = 1,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most rows in one request.")] = DEFAULT_MAX_BATCH,
     max_body: Annotated[int, typer.Option("--max-body", help="Largest request body in bytes; larger ones get 413.")] = DEFAULT_MAX_BODY,
+    file: Annotated[str, typer.Option("--file", help="Which export to serve: model.onnx, or model.int8.onnx (keel export --quantize int8; a dynamic one answers a row per call).")] = "model.onnx",
     debug: Debug = False,
 ) -> None:
     """Serve MODEL over HTTP: POST /predict, /health, /ready, /metadata, /docs. Exports it to ONNX first when needed."""
     from keel.serve import ServeSettings
     from keel.serve.__main__ import check_address
 
-    settings = ServeSettings(str(model), host, port, workers, max_batch, max_body)  # bad options: before any export
+    settings = ServeSettings(str(model), host, port, workers, max_batch, max_body, file)  # bad options: before any export
     check_address(settings.host, settings.port)  # an address that cannot be served, too (the server checks again)
     _export_for_serving(model)
     # The server is a fresh process (python -m keel.serve) that never imports torch; exec keeps
     # this process's id, so a supervisor's SIGTERM reaches the server itself.
     command = [sys.executable, "-m", "keel.serve", settings.model, "--host", settings.host, "--port", str(settings.port),
                "--workers", str(settings.workers), "--max-batch", str(settings.max_batch),
-               "--max-body", str(settings.max_body)]
+               "--max-body", str(settings.max_body), "--file", settings.file]
     sys.stdout.flush()
     sys.stderr.flush()
     if os.name == "posix":

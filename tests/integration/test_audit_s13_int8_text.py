@@ -137,7 +137,7 @@ def test_a_sentence_transformers_directory_of_links_trains_predicts_and_embeds(t
 
 
 def test_the_server_answers_a_dynamic_int8_row_alike_alone_and_in_a_batch(models) -> None:
-    # keel serve itself has no option to serve model.int8.onnx (see the next test); create_app takes a predictor.
+    # create_app also takes a predictor made in Python.
     from keel.serve import ServeSettings, create_app
     from tests.integration.test_dates_export import call
 
@@ -161,18 +161,46 @@ def test_the_server_answers_a_dynamic_int8_row_alike_alone_and_in_a_batch(models
     assert v2.json()["outputs"][1]["data"] == pytest.approx(np.ravel(batch).tolist(), abs=1e-7)
 
 
-@pytest.mark.xfail(strict=True, reason="a known limit, in the README (int8): keel serve serves model.onnx, the float "
-                   "file; a server on the int8 file is made in Python, create_app(settings, "
-                   "predictor=Predictor.load(path, file='model.int8.onnx'))")
-def test_keel_serve_can_serve_the_int8_file_the_readme_says_it_runs_a_row_at_a_time() -> None:
-    # The audit found the README claiming keel serve runs a dynamic int8 file a row at a time: keel serve MODEL loads
-    # model.onnx only, and neither `keel serve` nor ServeSettings has a way to name model.int8.onnx.
+def test_keel_serve_serves_the_int8_file_with_file_and_answers_its_rows_as_the_predictor_does(models, tmp_path) -> None:
+    # The audit found keel serve could serve only model.onnx (the README said it ran the int8 file a row at a time):
+    # --file names the export, in keel serve, python -m keel.serve and the settings worker processes read.
+    from keel.errors import ArtifactError, ConfigError
+    from keel.serve import ServeSettings, create_app
+    from keel.serve.__main__ import check_export, parse_arguments
+    from tests.integration.test_dates_export import call
+
+    model, directory = models["tfidf"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.export(quantize="int8")
+    settings = parse_arguments([str(directory), "--file", "model.int8.onnx"])
+    assert settings.file == "model.int8.onnx"
+    assert ServeSettings(**{**settings.__dict__}).to_environment() == settings.to_environment()
+    check_export(directory, settings.file)
+    app = create_app(settings)  # loads the int8 file itself
+    rows = _odd_rows().astype(object).where(_odd_rows().notna(), None)
+    served = call(app, "POST", "/predict", json=rows.to_dict(orient="records")).json()["probabilities"]
+    int8 = Predictor.load(directory, file="model.int8.onnx").predict_proba(_odd_rows())
+    assert np.array_equal(np.array(served), int8)
+    assert not np.array_equal(int8, Predictor.load(directory).predict_proba(_odd_rows()))  # not the float file
+    with pytest.raises(ConfigError, match="--file must name an ONNX export"):
+        ServeSettings(str(directory), file="../model.onnx")
     from typer.testing import CliRunner
 
-    from keel.cli import app
+    from keel.cli import app as cli
 
-    help_text = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
-    assert "int8" in help_text or "--file" in help_text
+    refused = CliRunner().invoke(cli, ["serve", str(directory), "--file", "model.txt", "--port", "0"])
+    assert refused.exit_code == 2 and "--file must name an ONNX export" in refused.output, refused.output
+    bare = tmp_path / "bare"
+    shutil.copytree(directory, bare)
+    document = (bare / "keel.json").read_text()
+    import json
+
+    manifest = json.loads(document)
+    manifest["files"].pop("model.int8.onnx")
+    (bare / "keel.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"has no export named model.int8.onnx .*--quantize int8"):
+        check_export(bare, "model.int8.onnx")
 
 
 def test_the_reported_int8_metric_is_the_one_keel_runtime_gives(models) -> None:

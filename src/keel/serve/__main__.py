@@ -57,9 +57,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> ServeSettings:
                         help=f"Most rows in one request (default {DEFAULT_MAX_BATCH}).")
     parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY,
                         help=f"Largest request body in bytes (default {DEFAULT_MAX_BODY}); larger ones get 413.")
+    parser.add_argument("--file", default=ONNX_FILE,
+                        help=f"Which export to serve (default {ONNX_FILE}; model.int8.onnx after keel export --quantize "
+                             "int8, answered a row per call when dynamic).")
     arguments = parser.parse_args(argv)
     return ServeSettings(model=arguments.model, host=arguments.host, port=arguments.port, workers=arguments.workers,
-                         max_batch=arguments.max_batch, max_body=arguments.max_body)
+                         max_batch=arguments.max_batch, max_body=arguments.max_body, file=arguments.file)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,17 +101,21 @@ def check_address(host: str, port: int) -> None:
         raise ConfigError(f"port {port} on {host} {reason}; pick another --port.") from None
 
 
-def check_export(directory: Path) -> None:
-    """Refuse a model directory without an ONNX export, saying how to make one.
+def check_export(directory: Path, file: str = ONNX_FILE) -> None:
+    """Refuse a model directory without the ONNX export ``file``, saying how to make one.
 
     Raises:
-        ArtifactError: No model at ``directory``, or no ``model.onnx`` attached to it.
+        ArtifactError: No model at ``directory``, or no ``file`` attached to it.
     """
     from keel.artifact import read_manifest
 
     if directory.is_file():
         raise ArtifactError(f"{directory} is a file; pass the model directory (the one `keel train --output` wrote).")
     manifest = read_manifest(directory, verify=False)
+    if file != ONNX_FILE and file not in manifest.files:
+        exports = sorted(name for name in manifest.files if name.endswith(".onnx"))
+        raise ArtifactError(f"{directory} has no export named {file} (it has {exports or 'none'}); run `keel export "
+                            f"{directory} --quantize int8` for model.int8.onnx, or leave --file out to serve {ONNX_FILE}.")
     if ONNX_FILE not in manifest.files:
         raise ArtifactError(f"{directory} has no ONNX export ({ONNX_FILE}), which the server runs; run `keel export "
                             f"{directory}` where keel is installed with PyTorch (or serve it with `keel serve "
@@ -119,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Start the server; returns the exit status (0 after a graceful stop, 2 for a bad option or model)."""
     try:
         settings = parse_arguments(argv)
-        check_export(settings.model_path)
+        check_export(settings.model_path, settings.file)
         check_address(settings.host, settings.port)
         try:
             import uvicorn
@@ -130,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from keel.serve.logs import log_config
 
         # Loaded here, before any port is bound, so that a model that cannot be served is one line.
-        app = create_app(settings, load_predictor(settings.model))
+        app = create_app(settings, load_predictor(settings.model, settings.file))
     except KeelError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

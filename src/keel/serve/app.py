@@ -48,8 +48,8 @@ INLINE_BODY_BYTES: Final = 32 * 1024
 logger = logging.getLogger("keel.serve")
 
 
-def load_predictor(directory: str | os.PathLike[str]) -> Predictor:
-    """The predictor of a model directory with ``model.onnx`` attached.
+def load_predictor(directory: str | os.PathLike[str], file: str = "model.onnx") -> Predictor:
+    """The predictor of a model directory with ``file`` (``model.onnx`` unless told) attached.
 
     Raises:
         ArtifactError: No model there, a bare file, no ONNX export (the message says to run
@@ -59,7 +59,7 @@ def load_predictor(directory: str | os.PathLike[str]) -> Predictor:
     if path.is_file():
         raise ArtifactError(f"{path} is a file; keel serve takes the model directory (the one `keel train --output` "
                             "wrote, with model.onnx attached by `keel export`).")
-    return Predictor.load(path)
+    return Predictor.load(path, file=file)
 
 
 def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> FastAPI:
@@ -81,7 +81,7 @@ def create_app(settings: ServeSettings, predictor: Predictor | None = None) -> F
         >>> from keel.serve import ServeSettings, create_app
         >>> uvicorn.run(create_app(ServeSettings("runs/penguins")), port=8000)
     """
-    predictor = predictor if predictor is not None else load_predictor(settings.model)
+    predictor = predictor if predictor is not None else load_predictor(settings.model, settings.file)
     spec = read_spec(predictor, settings.model_path)
     payload = Payload(spec, settings.max_batch)
     answerer = Answerer(predictor, spec, prediction_slots(settings.workers))

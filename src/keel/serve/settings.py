@@ -35,6 +35,8 @@ class ServeSettings:
         workers: Server processes; each loads the model and answers requests on the shared port.
         max_batch: The most rows one request may hold.
         max_body: The largest request body, in bytes; a larger one is answered 413.
+        file: Which ONNX export of the directory to serve: ``model.onnx``, or ``model.int8.onnx``
+            (``keel export --quantize int8``).
     """
 
     model: str
@@ -43,12 +45,16 @@ class ServeSettings:
     workers: int = 1
     max_batch: int = DEFAULT_MAX_BATCH
     max_body: int = DEFAULT_MAX_BODY
+    file: str = "model.onnx"
 
     def __post_init__(self) -> None:
         _check_whole("--port", self.port, 0, 65535, "0 lets the system pick a free port")
         _check_whole("--workers", self.workers, 1, 1024, "one process per core is the usual choice")
         _check_whole("--max-batch", self.max_batch, 1, 10_000_000, "it caps the rows of one request")
         _check_whole("--max-body", self.max_body, 1024, 2**40, "it caps the bytes of one request body")
+        if not isinstance(self.file, str) or not self.file.endswith(".onnx") or "/" in self.file or "\\" in self.file:
+            raise ConfigError(f"--file must name an ONNX export in the model directory, such as model.onnx or "
+                              f"model.int8.onnx; got {self.file!r}.")
         if not self.host:
             raise ConfigError("--host must not be empty; pass 127.0.0.1 for this machine only, or 0.0.0.0 for "
                               "every interface.")
