@@ -58,6 +58,13 @@ class DataError(KeelError, ValueError):
         prefix = f"{self.file}: " if self.file and self.file not in message else ""
         super().__init__(prefix + message)
 
+    def in_file(self, file: str | Path | None) -> "DataError":
+        """This error naming ``file``, the file its rows were read from; itself where it names one already or
+        ``file`` is None (rows that came from no file)."""
+        if file is None or self.file is not None:
+            return self
+        return DataError(str(self), file=file, column=self.column, row=self.row)
+
 
 class ArtifactError(KeelError):
     """A model directory is missing, not a keel model, of another format version or corrupt."""

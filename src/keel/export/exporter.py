@@ -144,8 +144,10 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
         calibration = onnx_feeds(model, rows) if static and rows is not None else None
         files[INT8_FILE] = quantize_int8(files["model.onnx"], calibration=calibration)
         from keel.export.measure import run_as_keel
+        from keel.runtime.predictor import row_by_row
 
-        quantized, by_row = _session(files[INT8_FILE]), calibration is None  # dynamic
+        quantized = _session(files[INT8_FILE])
+        by_row = row_by_row(quantized.get_modelmeta().custom_metadata_map)
         # Measured as keel.runtime predicts the file: a dynamic one a row per call (its scale is each call's).
         quantized_parity = compare(model, check_rows, lambda frame: _probabilities(model, run_as_keel(
             lambda feeds: quantized.run(None, feeds), onnx_feeds(model, frame), by_row=by_row)), parity.source).to_dict()

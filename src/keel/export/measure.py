@@ -60,6 +60,7 @@ def measure(onnx_bytes: bytes, feeds_one_row: Feeds, feeds_1000_rows: Feeds, *, 
         ExportError: onnx or onnxruntime is missing.
     """
     from keel.export.onnx import require
+    from keel.runtime.predictor import row_by_row
 
     runtime = require("onnxruntime")
     onnx = require("onnx")
@@ -73,7 +74,7 @@ def measure(onnx_bytes: bytes, feeds_one_row: Feeds, feeds_1000_rows: Feeds, *, 
         return list(session.run(None, feeds))
 
     proto = onnx.load_from_string(onnx_bytes)
-    by_row = row_by_row(proto)
+    by_row = row_by_row({item.key: item.value for item in proto.metadata_props})
 
     def scored(feeds: Feeds) -> list[np.ndarray]:
         return run_as_keel(run, feeds, by_row=by_row)
@@ -92,12 +93,6 @@ def measure(onnx_bytes: bytes, feeds_one_row: Feeds, feeds_1000_rows: Feeds, *, 
     if metric_fn is not None:
         result["metric"], result["metric_value"] = metric_fn(scored)
     return result
-
-
-def row_by_row(proto: Any) -> bool:
-    """Whether keel.runtime calls this ONNX model one row at a time: a dynamic int8 file, whose activations are
-    scaled by each call's rows (see keel.runtime.Predictor)."""
-    return {item.key: item.value for item in proto.metadata_props}.get("keel.quantization") == "int8-dynamic"
 
 
 def run_as_keel(run: Runner, feeds: Feeds, *, by_row: bool) -> list[np.ndarray]:

@@ -139,10 +139,7 @@ def onnx_feeds(model: "Model", frame: pd.DataFrame) -> dict[str, np.ndarray]:
     try:
         return to_feeds(frame, columns)[0]
     except DataError as error:  # rows read from a file (--data): name the file, as keel predict does
-        source = frame.attrs.get("source")
-        if source is None or error.file is not None:
-            raise
-        raise DataError(str(error), file=source, column=error.column, row=error.row) from None
+        raise error.in_file(frame.attrs.get("source")) from None
 
 
 def compare(model: "Model", frame: pd.DataFrame, predict: Callable[[pd.DataFrame], np.ndarray],

@@ -99,7 +99,7 @@ class Predictor:
         # Dynamic int8 quantizes each call's activations with one scale for all its rows: a row's answer would
         # depend on the rows beside it (an outlier moved its neighbours' probabilities by 0.09), so each row is a
         # call of its own. Static int8 (--static) has fixed scales, and float files none.
-        self._row_by_row = metadata.get("keel.quantization") == "int8-dynamic"
+        self._row_by_row = row_by_row(metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, threads: int = 1, file: str = ONNX_FILE) -> "Predictor":
@@ -228,9 +228,7 @@ class Predictor:
                               for column, values in images.items()})
             except DataError as error:  # a DataFrame read from a file: name the file, as Model.predict does
                 source = getattr(data, "attrs", {}).get("source") if not isinstance(data, (dict, list)) else None
-                if source is None or error.file is not None:
-                    raise
-                raise DataError(str(error), file=source, column=error.column, row=error.row) from None
+                raise error.in_file(source) from None
             parts.append(self._call(chunk))
         return np.concatenate(parts)
 
@@ -269,6 +267,12 @@ def _tokenizer(item: dict[str, Any], column: str, path: Path) -> Any:
         raise ArtifactError(f"{path}: the tokenizer of text column {column!r} (metadata keel.tokens) cannot be read "
                             f"({str(error)[:200]}); the file was changed after export. Export the model again with "
                             "`keel export MODEL`.") from None
+
+
+def row_by_row(metadata: dict[str, str]) -> bool:
+    """Whether an ONNX file (its metadata) is run one row per call: a dynamic int8 file, whose activations are
+    scaled by all the rows of a call (see Predictor)."""
+    return metadata.get("keel.quantization") == "int8-dynamic"
 
 
 def _chunks(n_rows: int, lengths: list[list[int]]) -> list[tuple[int, int]]:
