@@ -721,23 +721,29 @@ class _SchemaState(TypedDict):
     notes: NotRequired[list[str]]
 
 
+# A fitted constant: keel writes finite numbers only (allow_nan=False), and a scale it divides by is positive
+# (fitting turns a zero spread into 1). A hand-edited 0 crashed predict; a NaN made every prediction empty.
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+_Scale = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class _NumberState(TypedDict):
     kind: Literal["number"]
     name: str
     missing: str
     normalize: str
     indicator: bool
-    fill: float | None
-    center: float | None
-    scale: float | None
-    knots: NotRequired[list[list[float]] | None]
+    fill: _Finite | None
+    center: _Finite | None
+    scale: _Scale | None
+    knots: NotRequired[list[list[_Finite]] | None]
 
 
 class _BinaryState(TypedDict):
     kind: Literal["binary"]
     name: str
     values: list[str]
-    fill: float | None
+    fill: Annotated[float, Field(ge=0, le=1)] | None
 
 
 class _CategoryState(TypedDict):
@@ -752,12 +758,12 @@ class _CategoryState(TypedDict):
 class _DateState(TypedDict):
     kind: Literal["date"]
     name: str
-    origin: float
-    fill: float
-    center: float
-    scale: float
-    year_center: float
-    year_scale: float
+    origin: _Finite
+    fill: _Finite
+    center: _Finite
+    scale: _Scale
+    year_center: _Finite
+    year_scale: _Scale
     hour: bool
 
 
@@ -791,9 +797,9 @@ class _ImageState(TypedDict):
     model_path: str | None
     native: list[int]
     native_bands: int
-    scale: float
-    mean: list[float]
-    std: list[float]
+    scale: _Scale
+    mean: list[_Finite]
+    std: list[_Scale]
     depth: int
     model_sha256: str
 
@@ -802,8 +808,8 @@ class _TargetState(TypedDict):
     name: str
     task: Literal["binary", "multiclass", "regression"]
     labels: list[Any]
-    mean: float | None
-    std: float | None
+    mean: _Finite | None
+    std: _Scale | None
 
 
 _SCHEMA_STATE = TypeAdapter(_SchemaState)

@@ -469,6 +469,25 @@ def test_an_error_in_a_later_chunk_names_the_absolute_row(gray: tuple[Case, Pred
             assert caught.value.row == row
 
 
+def test_every_bad_image_across_chunks_is_named_in_one_error_as_keel_names_them(
+        gray: tuple[Case, Predictor, Path], damaged: dict[str, tuple[Any, str]]) -> None:
+    """The runtime (keel serve's too) and an export's --data rows name every bad image of a column at once, as
+    Model.predict does: rows 3 (chunk 1), 300 (chunk 2) and 590 (chunk 3), of two kinds. It stopped at the first."""
+    case, predictor, file = gray
+    cells: list[Any] = [str(file)] * 600
+    for row in (3, 590):
+        cells[row - 1] = damaged["a missing file"][0]
+    cells[299] = damaged["an int"][0]
+    frame = pd.DataFrame({"pic": pd.Series(cells, dtype=object)})
+    for run in (lambda: predictor.predict({"pic": cells}), lambda: predictor.predict(frame),
+                lambda: case.model.predict(frame),
+                lambda: case.model.export(data=frame)):
+        with pytest.raises(DataError) as caught:
+            run()
+        assert (caught.value.column, caught.value.row) == ("pic", 3)
+        assert "2 more row(s) of image column 'pic' cannot be used either: row(s) 300, 590." in str(caught.value)
+
+
 def with_a_missing_file(case: Case, name: str) -> Path:
     """The case's table written beside it as ``name``, its row 4 naming a file that does not exist."""
     assert case.table is not None

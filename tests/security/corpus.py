@@ -252,6 +252,11 @@ def _set_network(**values: Any) -> Callable[[dict[str, Any]], None]:
     return lambda document: document["network"].update(values)
 
 
+def _set_transform(kind: str, **values: Any) -> Callable[[dict[str, Any]], None]:
+    """Set ``values`` in the first preprocessing transform of ``kind``."""
+    return lambda document: next(item for item in document["preprocessing"] if item["kind"] == kind).update(values)
+
+
 def _deep_config(model: Path, case_dir: Path) -> None:
     text = (model / MANIFEST).read_text(encoding="utf-8")
     nested = "[" * 100_000 + "]" * 100_000
@@ -421,6 +426,10 @@ CASES: tuple[Case, ...] = (
          edit_manifest(_wrong_top_level_types)),
     Case("manifest-wrong-inner-types", "preprocessing and schema entries lack keys or have the wrong types",
          edit_manifest(_wrong_inner_types), FULL | {"server"}),
+    Case("manifest-nan-constant", "a number column's center is NaN (every prediction was silently empty)",
+         edit_manifest(_set_transform("number", center=float("nan"))), FULL),
+    Case("manifest-zero-scale", "a number column's scale is 0 (a division by zero crashed predict)",
+         edit_manifest(_set_transform("number", scale=0.0)), FULL),
     Case("absurd-cardinality", "the network declares a category embedding of 10^9 rows",
          edit_manifest(_set_network(cardinalities=[10**9])), FULL),
     Case("absurd-hidden", "the network declares a hidden layer 10^9 wide",

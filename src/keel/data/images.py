@@ -33,13 +33,13 @@ from keel.data.pixels import (
     image_array,
     is_pillow_image,
     open_image,
+    raise_all,
 )
 from keel.errors import ConfigError, DataError
 
 # Images the column's size and channels are decided from (their headers only) and, for the CNN, its
 # per-channel mean and spread (decoded): enough for stable figures, cheap on a 100k-image column.
 _PROBE = 1000
-_LISTED = 10  # rows named in an error about several bad images
 _STATISTICS = 2000
 # The largest side picked for a column (image.size unset): a 64 x 64 RGB image is 12,288 numbers a row.
 AUTO_MAX_SIZE = 64
@@ -131,21 +131,6 @@ def _a(number: int) -> str:
     return "an" if str(number).startswith("8") or str(number) in ("11", "18") else "a"
 
 
-def _raise_all(problems: list[DataError], column: str, source: str | None) -> None:
-    """One error for every cell of a column that is no usable image: the first row's message in full, then the
-    rows of the others (a user fixes them all at once, not one run at a time)."""
-    if not problems:
-        return
-    problems = sorted(problems, key=lambda error: error.row or 0)
-    first = problems[0]
-    if len(problems) == 1:
-        raise first
-    rows = [str(error.row) for error in problems[1:]]
-    listed = ", ".join(rows[:_LISTED]) + (f" and {len(rows) - _LISTED:,} more" if len(rows) > _LISTED else "")
-    raise DataError(f"{first} {len(rows):,} more row(s) of image column {column!r} cannot be used either: row(s) "
-                    f"{listed}.", file=source, column=column, row=first.row)
-
-
 class ImageTransform:
     """An image column -> ``channels x size x size`` standardised pixels and a missing-image flag.
 
@@ -234,7 +219,7 @@ class ImageTransform:
         # first); the size, colours and scale are decided on a sample of them.
         problems: list[DataError] = []
         read = [image for _, image in self._images(present, source, problems) if image is not None]
-        _raise_all(problems, self.name, source)
+        raise_all(problems, self.name, source)
         images = ([read[position] for position in sorted(np.random.default_rng(0).choice(len(read), _PROBE,
                                                                                           replace=False))]
                   if len(read) > _PROBE else read)
@@ -302,7 +287,7 @@ class ImageTransform:
                 self._counts["resized"] += resized
                 self._counts["converted"] += converted
             out[position, :-1] = ((pixels - mean) / std).ravel()
-        _raise_all(problems, self.name, source)
+        raise_all(problems, self.name, source)
         return out, 0
 
     def finish_training(self) -> None:

@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from keel.errors import DataError
+
+_LISTED = 10  # rows named in an error about several bad images
 # Pillow modes without colour (the alpha band is not a colour).
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # Gray modes of more than 8 bits, read as numbers (divided by 65535; F as it is) rather than converted.
@@ -137,3 +140,19 @@ def as_path(value: Any) -> Path | None:
     if isinstance(value, os.PathLike) or (isinstance(value, str) and value.strip()):
         return Path(str(value).strip()).expanduser()
     return None
+
+
+def raise_all(problems: list[DataError], column: str, source: str | None) -> None:
+    """One error for every cell of a column that is no usable image: the first row's message in full, then the
+    rows of the others (a user fixes them all at once, not one run at a time). Training, keel.runtime and an
+    export's --data rows all say it so."""
+    if not problems:
+        return
+    problems = sorted(problems, key=lambda error: error.row or 0)
+    first = problems[0]
+    if len(problems) == 1:
+        raise first
+    rows = [str(error.row) for error in problems[1:]]
+    listed = ", ".join(rows[:_LISTED]) + (f" and {len(rows) - _LISTED:,} more" if len(rows) > _LISTED else "")
+    raise DataError(f"{first} {len(rows):,} more row(s) of image column {column!r} cannot be used either: row(s) "
+                    f"{listed}.", file=source, column=column, row=first.row)

@@ -529,6 +529,10 @@ class TextTransform:
         for key, shape in shapes.items():
             if getattr(self, key).shape != shape:
                 return f"column {self.name!r}: {key} has shape {getattr(self, key).shape}, expected {shape}"
+            if not np.isfinite(getattr(self, key)).all():
+                return f"column {self.name!r}: {key} holds a value that is not a finite number"
+        if (self.scale <= 0).any():  # fitting keeps only components of a positive spread
+            return f"column {self.name!r}: a component's scale is {float(self.scale.min()):g}, not positive"
         return None
 
     @classmethod

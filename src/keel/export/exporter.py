@@ -154,7 +154,11 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
         del quantized_parity["ok"]  # int8 moves predictions by design: reported, not held to the tolerance
     main = INT8_FILE if quantize else "model.onnx"
     if quantize is not None or pruning is not None:
-        baseline = files["model.onnx"] if pruning is None else to_onnx(unpruned).SerializeToString()
+        baseline = files["model.onnx"]
+        if pruning is not None:  # the unpruned file as it would ship: its size then compares weights, not metadata
+            unpruned_proto = to_onnx(unpruned)
+            _set_metadata(unpruned_proto, {"keel.parity": json.dumps(parity.to_dict())})
+            baseline = unpruned_proto.SerializeToString()
         compression = _measure(baseline, files[main], model, rows if rows is not None else check_rows, notes)
         notes = _compression_notes(compression, quantize, notes)
     if output is not None:  # only the file asked for: the int8 one when quantized

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from keel.data.pixels import PixelSpec, resolved
+from keel.data.pixels import PixelSpec, raise_all, resolved
 from keel.data.spelling import LONE_SURROGATE, canonical_category, lone_surrogate_at
 from keel.data.words import term_ids
 from keel.errors import ConfigError, DataError
@@ -128,15 +128,38 @@ def image_pixels(values: np.ndarray, column: InputColumn, first_row: int = 1) ->
         first_row: The 1-based row of ``values[0]``, for messages.
 
     Raises:
-        DataError: A value is no image, a file is missing or damaged; names the column and the row.
+        DataError: A value is no image, a file is missing or damaged; names the column and the first such row in
+            full, then every other (keel.data.pixels.raise_all, as training does).
     """
     spec = column.image
     assert spec is not None
     out = np.full((len(values), spec.channels, spec.size, spec.size), np.nan, dtype=np.float32)
-    for position, value in enumerate(values):
-        if not _missing_image(value):
-            out[position] = _one_image(value, column.name, first_row + position, spec)
+    raise_all(_decoded(values, column, first_row, out), column.name, None)
     return out
+
+
+def image_problems(values: np.ndarray, column: InputColumn, first_row: int = 1) -> list[DataError]:
+    """The error of every value of an image column that is no usable image, each decoded and kept nowhere: where
+    one chunk of a column failed, the rest of it is checked so that one error names every bad row."""
+    return _decoded(values, column, first_row, None)
+
+
+def _decoded(values: np.ndarray, column: InputColumn, first_row: int, out: np.ndarray | None) -> list[DataError]:
+    """Decode each present image into ``out`` (when given); returns the errors of those that cannot be."""
+    spec = column.image
+    assert spec is not None
+    problems: list[DataError] = []
+    for position, value in enumerate(values):
+        if _missing_image(value):
+            continue
+        try:
+            pixels = _one_image(value, column.name, first_row + position, spec)
+        except DataError as error:
+            problems.append(error)
+            continue
+        if out is not None:
+            out[position] = pixels
+    return problems
 
 
 def _missing_image(value: Any) -> bool:

@@ -19,12 +19,13 @@ from typing import Any, Final
 
 import numpy as np
 
-from keel.data.pixels import PixelSpec
+from keel.data.pixels import PixelSpec, raise_all
 from keel.errors import ArtifactError, ConfigError, DataError, KeelError, KeelWarning
 from keel.evaluate.metrics import predicted_classes
 from keel.runtime.inputs import (
     InputColumn,
     image_pixels,
+    image_problems,
     load_tokenizer,
     padded,
     term_rows,
@@ -228,7 +229,7 @@ class Predictor:
                               for column, values in images.items()})
             except DataError as error:  # a DataFrame read from a file: name the file, as Model.predict does
                 source = getattr(data, "attrs", {}).get("source") if not isinstance(data, (dict, list)) else None
-                raise error.in_file(source) from None
+                raise _every_bad_image(error, images, start).in_file(source) from None
             parts.append(self._call(chunk))
         return np.concatenate(parts)
 
@@ -540,3 +541,16 @@ def _varint(view: memoryview, position: int, end: int) -> tuple[int, int]:
             return value, position
         shift += 7
     raise ValueError("a number runs past the end of its message")
+
+
+def _every_bad_image(error: DataError, images: dict[InputColumn, np.ndarray], start: int) -> DataError:
+    """``error``, a chunk's bad images from row ``start`` (0-based) on, widened to every bad image of that column
+    in the rows from there to the end (the later chunks decoded only to be checked), as training names them all."""
+    column = next((column for column in images if column.name == error.column), None)
+    if column is None:
+        return error
+    try:
+        raise_all(image_problems(images[column][start:], column, start + 1), column.name, None)
+    except DataError as every:
+        return every
+    return error

@@ -212,3 +212,20 @@ def test_a_streamed_run_caches_every_text_it_embeds(tiny_model: Path, tmp_path: 
     before = len(list((tmp_path / "cache").glob("*/*.safetensors")))
     model.predict(reviews(30, seed=4))
     assert len(list((tmp_path / "cache").glob("*/*.safetensors"))) == before  # predicting writes nothing
+
+
+@pytest.mark.parametrize(("key", "value", "said"), [("center", np.nan, "center holds a value that is not a finite"),
+                                                     ("components", np.inf, "components holds a value that is not"),
+                                                     ("scale", 0.0, "a component's scale is 0, not positive"),
+                                                     ("scale", -2.0, "a component's scale is -2, not positive")])
+def test_a_loaded_text_columns_arrays_must_be_finite_and_its_scales_positive(key: str, value: float,
+                                                                               said: str) -> None:
+    """Arrays that no fit makes (a weights file edited by hand: its checksum relisted) are refused at load; a NaN
+    centre made every prediction NaN, a zero scale divided by zero."""
+    frame = reviews(120)
+    transform = TextTransform("review").fit(frame["review"])
+    assert transform.problem() is None
+    loaded = TextTransform.from_state(transform.state(), {name: array.copy() for name, array in transform.arrays().items()})
+    assert loaded.problem() is None
+    getattr(loaded, key).flat[0] = value
+    assert said in (loaded.problem() or "")
