@@ -204,8 +204,11 @@ class ImageTransform:
                 continue
             yield position, image
 
-    def fit(self, series: pd.Series, source: str | None = None) -> "ImageTransform":
+    def fit(self, series: pd.Series, source: str | None = None,
+            others: pd.Series | None = None) -> "ImageTransform":
         """Decide the size and channels (when unset), the scale of arrays and the per-channel statistics.
+        ``others``: the table's other rows (validation, test), read later; where a training image cannot be read,
+        their files are checked too, so that one error names every bad row of the column.
 
         Raises:
             DataError: Every training image is missing, or one cannot be read.
@@ -219,6 +222,9 @@ class ImageTransform:
         # first); the size, colours and scale are decided on a sample of them.
         problems: list[DataError] = []
         read = [image for _, image in self._images(present, source, problems) if image is not None]
+        if problems and others is not None:
+            for _ in self._images(others, source, problems):  # their errors only: the images are not kept
+                pass
         raise_all(problems, self.name, source)
         images = ([read[position] for position in sorted(np.random.default_rng(0).choice(len(read), _PROBE,
                                                                                           replace=False))]

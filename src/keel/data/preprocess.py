@@ -179,10 +179,13 @@ class Preprocessor:
         subset = rows is not None and not np.array_equal(rows, np.arange(len(frame)))
 
         def fit(item: tuple[FeatureTransform, pd.Series]) -> Any:
-            transform, series = item
-            series = series.iloc[rows] if subset else series
+            transform, whole = item
+            series = whole.iloc[rows] if subset else whole
             if isinstance(transform, TextTransform):
                 return transform.fit(series, source, target, task, groups, weights)
+            if isinstance(transform, ImageTransform) and subset:  # a bad image of any split named in one error
+                assert rows is not None
+                return transform.fit(series, source, others=whole.iloc[np.setdiff1d(np.arange(len(whole)), rows)])
             return transform.fit(series, source)
 
         columns = [(transform, frame[transform.name]) for transform in self.transforms]

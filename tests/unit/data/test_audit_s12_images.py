@@ -79,10 +79,9 @@ def test_a_column_of_more_images_than_the_probe_names_its_first_bad_row_first(tm
     assert f"row(s) {inside + 1}" in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason="known limit, in the README: the training rows are fitted (and their bad "
-                   "images named) before the validation and test rows are read")
 def test_a_training_names_the_bad_images_of_every_split_at_once(tmp_path: Path) -> None:
-    """Bug (medium-low, README claim): README says several unusable cells make one error listing every row, 'so they
+    """Fixed in the fourteenth session (the column's fit checks the other splits' files when a training row's is
+    bad). Bug (medium-low, README claim): README says several unusable cells make one error listing every row, 'so they
     are fixed in one go (in training and in keel predict / Model.predict)'. A training fits the image column on its
     training rows first, and that fit raises alone: bad images in the validation and test rows are named only by the
     next run. Here rows 4, 18, 30, 42 and 56 are bad; the first run names 4 of them (18, 30, 42, 56: row 4 is not a
