@@ -49,9 +49,12 @@ Encoding = Annotated[Optional[str], typer.Option("--encoding", help="CSV encodin
 RUNS_DIR = Path("runs")
 
 
-def _read(path: Path, delimiter: str | None, encoding: str | None) -> Any:
+def _read(path: Path, delimiter: str | None, encoding: str | None, model: Any = None) -> Any:
+    """A table from the command line; with ``model``, read as that model reads it (Model.read_rows)."""
     from keel.data.io import read_table
 
+    if model is not None:
+        return model.read_rows(str(path), delimiter=delimiter, encoding=encoding)
     return read_table(str(path), delimiter=delimiter, encoding=encoding)
 
 
@@ -494,7 +497,8 @@ def evaluate(
     """Evaluate MODEL on labelled DATA."""
     from keel.model import load
 
-    metrics = load(model).evaluate(_read(data, delimiter, encoding))
+    loaded = load(model)
+    metrics = loaded.evaluate(_read(data, delimiter, encoding, loaded))
     if as_json:
         out.print_json(json.dumps(metrics))
     else:
@@ -515,7 +519,7 @@ def report(
     from keel.model import load
 
     loaded = load(model)
-    result = loaded.report(_read(data, delimiter, encoding) if data is not None else None, output=output)
+    result = loaded.report(_read(data, delimiter, encoding, loaded) if data is not None else None, output=output)
     out.print(f"wrote the report to [bold]{result.html}[/bold] ({result.source}, {result.seconds:.1f} s)",
               highlight=False, soft_wrap=True)
 
@@ -539,8 +543,9 @@ def predict(
     from keel.model import load
 
     writable(output)  # before reading and predicting: a wrong extension is known now
-    frame = _read(data, delimiter, encoding)
-    predictions = load(model).predict_frame(frame, proba=proba)
+    loaded = load(model)
+    frame = _read(data, delimiter, encoding, loaded)
+    predictions = loaded.predict_frame(frame, proba=proba)
     if with_input:
         renamed = _beside_input(list(frame.columns), list(predictions.columns))
         for old, new in renamed.items():
@@ -767,8 +772,9 @@ def export_(
     from keel.export.summary import report_tables
     from keel.model import load
 
-    rows = _read(data, delimiter, encoding) if data is not None else None
-    report = export(load(model), format_, quantize=quantize, static=static, prune=prune, prune_method=prune_method,
+    loaded = load(model)
+    rows = _read(data, delimiter, encoding, loaded) if data is not None else None
+    report = export(loaded, format_, quantize=quantize, static=static, prune=prune, prune_method=prune_method,
                     max_drop=max_drop, finetune_epochs=finetune_epochs, data=rows, output=output,
                     pruned_output=pruned_output)
     if as_json:

@@ -40,7 +40,7 @@ from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import ARRAY_PREFIX, Features, Preprocessor, TargetEncoder, describe_unseen
 from keel.data.pretrained import IDENTITY_FILES, ModelFiles, model_hash, resolve_model
-from keel.data.schema import Schema, require_column
+from keel.data.schema import Schema, require_column, written_columns
 from keel.data.text import TextTransform
 from keel.data.values import row_weights
 from keel.errors import ArtifactError, ConfigError, KeelError, KeelWarning
@@ -136,13 +136,18 @@ class Model:
         return f"Model(task={self.task!r}, target={self.target!r}, features={len(self.feature_names)})"
 
     # ---- using it ----------------------------------------------------------------------
+    def read_rows(self, data: TableSource, *, delimiter: str | None = None, encoding: str | None = None) -> pd.DataFrame:
+        """``data`` as this model reads it (:func:`keel.data.io.read_table`): a CSV's category, binary, text and
+        image columns as written, as training read them (``02134`` is not the number 2134)."""
+        return read_table(data, delimiter=delimiter, encoding=encoding, text=written_columns(self.schema))
+
     def predict(self, data: TableSource) -> np.ndarray:
         """Predicted class labels (classification) or values (regression), one per row, in row order.
 
         A class is the most probable one, or for a binary model with a decision :attr:`threshold`,
         ``classes[1]`` where its probability is at least the threshold.
         """
-        outputs = self._outputs(read_table(data))
+        outputs = self._outputs(self.read_rows(data))
         if self.task == "regression":
             return self.target_encoder.decode(outputs[:, 0].numpy())
         probabilities = to_probabilities(outputs, self.task).numpy()
@@ -152,13 +157,13 @@ class Model:
         """Class probabilities, shape (n_rows, n_classes), columns in the order of :attr:`classes`."""
         if self.task == "regression":
             raise ConfigError("predict_proba needs a classification model; this one does regression. Use predict.")
-        return to_probabilities(self._outputs(read_table(data)), self.task).numpy()
+        return to_probabilities(self._outputs(self.read_rows(data)), self.task).numpy()
 
     def predict_frame(self, data: TableSource, proba: bool = False) -> pd.DataFrame:
         """Predictions as a DataFrame: a column named after the target, plus ``proba_<class>`` columns (one
         named like the target, or like another, takes another ``proba_`` in front: the labels are never
         overwritten)."""
-        outputs = self._outputs(read_table(data))
+        outputs = self._outputs(self.read_rows(data))
         if self.task == "regression":
             return pd.DataFrame({self.target: self.target_encoder.decode(outputs[:, 0].numpy())})
         probabilities = to_probabilities(outputs, self.task).numpy()
@@ -177,7 +182,7 @@ class Model:
 
         Rows with a missing target are left out and counted in ``n_missing_target``.
         """
-        frame = read_table(data)
+        frame = self.read_rows(data)
         require_column(frame, self.target, "target")
         labelled = frame[frame[self.target].notna()]
         metrics = self._metrics_of(self._scored(labelled))
@@ -719,6 +724,7 @@ class _SchemaState(TypedDict):
     features: list[_FeatureState]
     dropped: NotRequired[dict[str, str]]
     notes: NotRequired[list[str]]
+    as_written: NotRequired[bool]
 
 
 # A fitted constant: keel writes finite numbers only (allow_nan=False), and a scale it divides by is positive

@@ -61,6 +61,9 @@ class Schema:
     dropped: dict[str, str] = field(default_factory=dict)
     # How an ambiguous column was read and how to declare it otherwise, one sentence each.
     notes: list[str] = field(default_factory=list)
+    # Whether a CSV's category, binary, text and image columns are read as written (written_columns): true for
+    # every model trained since; a model saved before read them as pandas parsed them, and still does.
+    as_written: bool = True
 
     @property
     def feature_names(self) -> list[str]:
@@ -75,7 +78,24 @@ class Schema:
             target=state["target"], task=state["task"],
             features=[Feature(**item) for item in state["features"]], dropped=dict(state.get("dropped", {})),
             notes=list(state.get("notes", [])),  # absent from schemas saved before notes existed
+            as_written=bool(state.get("as_written", False)),
         )
+
+
+# The feature types whose values are words, not quantities: a CSV gives them as written (read_table's text).
+WRITTEN_TYPES: tuple[str, ...] = ("category", "binary", "text", "image")
+
+
+def written_columns(schema: Schema) -> list[str]:
+    """The columns a model reads from a CSV as written (``02134`` stays ``02134``): its category, binary, text
+    and image features, as training read them; none for a model saved before that rule."""
+    return [feature.name for feature in schema.features if feature.type in WRITTEN_TYPES] if schema.as_written else []
+
+
+def declared_written(config: Config) -> list[str]:
+    """The columns the config declares of a type read as written, for the training read (inferred ones of those
+    types come from columns pandas leaves as text anyway; a bool column's spellings match either way)."""
+    return [item.name for item in config.input_features or [] if item.type in WRITTEN_TYPES]
 
 
 def labelled_rows(frame: pd.DataFrame, target: str, purpose: str) -> pd.DataFrame:

@@ -40,6 +40,35 @@ _INTEGRAL_LIMIT = 2.0**53
 _MISSING_TYPES = frozenset({"NAType", "NaTType"})
 
 
+# The spellings pandas' CSV reader reads as booleans (keel then spells them "True" / "False"); Parquet, JSON and a
+# DataFrame keep them as text. A binary column matches every spelling of its true or false value
+# (binary_spellings), so a model trained on one form predicts the other alike.
+BOOLEAN_SPELLINGS: dict[str, tuple[str, ...]] = {"True": ("True", "TRUE", "true"), "False": ("False", "FALSE", "false")}
+_BOOLEAN_OF = {spelling: word for word, spellings in BOOLEAN_SPELLINGS.items() for spelling in spellings}
+
+
+def boolean_word(spelling: str | None) -> str | None:
+    """``"True"`` / ``"False"`` for a spelling pandas reads as that boolean, else None."""
+    return _BOOLEAN_OF.get(spelling) if spelling is not None else None
+
+
+def binary_spellings(values: list[str]) -> dict[str, int]:
+    """Each spelling a binary column of ``values`` (its two values, the second coded 1) reads, to its code: the
+    values themselves, and for a true or false value its other spellings (``TRUE`` and ``true`` beside ``True``).
+
+    Example:
+        >>> binary_spellings(["FALSE", "TRUE"])["True"], binary_spellings(["no", "yes"])
+        (1, {'no': 0, 'yes': 1})
+    """
+    codes: dict[str, int] = {}
+    for code, value in enumerate(values):
+        word = boolean_word(value)
+        for spelling in BOOLEAN_SPELLINGS[word] if word else ():
+            codes.setdefault(spelling, code)
+    codes.update({value: code for code, value in enumerate(values)})  # a value as spelled is its own
+    return codes
+
+
 # Lone UTF-16 surrogates: a Python string may hold them (JSON's "\\ud800" makes one); UTF-8 text, and so
 # ONNX Runtime and pyarrow, cannot.
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -22,6 +22,7 @@ import pandas as pd
 
 from keel.config import PreprocessingConfig
 from keel.data.images import ImageTransform
+from keel.data.spelling import binary_spellings, boolean_word
 from keel.data.text import TextTransform
 from keel.data.values import category_strings, to_numeric, to_numeric_range, to_seconds
 from keel.errors import DataError
@@ -273,21 +274,29 @@ class BinaryTransform:
         strings = category_strings(series)
         present = strings[strings != None]  # noqa: E711 (elementwise comparison)
         distinct = sorted(set(present.tolist()))
-        if len(distinct) > 2:
-            raise _too_many_values(self.name, distinct, source)
+        if len(distinct) > 2:  # TRUE, true and false are two values (binary_spellings), kept as True / False
+            words = sorted({boolean_word(value) or value for value in distinct})
+            if len(words) > 2:
+                raise _too_many_values(self.name, distinct, source)
+            distinct = words
         self.values = distinct
         if len(self.values) == 2:
-            self.fill = float(np.mean(present == self.values[1]))
+            self.fill = float(np.mean(self._codes(present) == 1))
         return self
+
+    def _codes(self, strings: np.ndarray) -> np.ndarray:
+        """Each string's code (0 / 1, or NaN for a missing or unseen value), by binary_spellings."""
+        out = np.full(len(strings), np.nan, dtype=np.float32)
+        for spelling, code in binary_spellings(self.values).items():
+            out[strings == spelling] = code
+        return out
 
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
         """Returns ``(values (n, 1) float32, count of values seen in neither training class)``."""
         strings = category_strings(series)
-        out = np.full(len(strings), self.fill, dtype=np.float32)
-        for code, value in enumerate(self.values):
-            out[strings == value] = code
-        known = np.isin(strings, self.values) | (strings == None)  # noqa: E711
-        return out[:, None], int((~known).sum())
+        codes = self._codes(strings)
+        unknown = np.isnan(codes) & (strings != None)  # noqa: E711
+        return np.where(np.isnan(codes), np.float32(self.fill), codes)[:, None], int(unknown.sum())
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "values": self.values, "fill": self.fill}

@@ -237,10 +237,9 @@ def _rows(model: "Model", data: "TableSource | None") -> pd.DataFrame | None:
     """The user's rows, read and checked for the columns the model uses."""
     if data is None:
         return None
-    from keel.data.io import read_table
     from keel.errors import DataError
 
-    frame = read_table(data)
+    frame = model.read_rows(data)
     missing = [name for name in model.feature_names if name not in frame.columns]
     if missing:
         raise DataError(f"--data lacks the column(s) {missing} that the model was trained on; export checks "

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from keel.data.io import TableSource, read_table
+from keel.data.io import TableSource
 from keel.data.schema import labelled_rows
 from keel.data.split import split_rows
 from keel.data.values import row_weights
@@ -96,7 +96,7 @@ def prune(model: Model, amount: float, *, method: str = "structured", finetune: 
         network, masks, description = pruner(model.network, amount)
     note = f"pruned ({method}, amount {amount:g}): {description}"
     if finetune is not None and finetune_epochs:
-        rows = _finetune(model, network, read_table(finetune), finetune_epochs, masks)
+        rows = _finetune(model, network, model.read_rows(finetune), finetune_epochs, masks)
         note += f"; fine-tuned {finetune_epochs} epoch(s) on {rows} rows"
     return Model(model.config, copy.deepcopy(model.schema), copy.deepcopy(model.preprocessor),
                  copy.deepcopy(model.target_encoder), network.eval(), history=copy.deepcopy(model.history),
@@ -153,7 +153,7 @@ def auto_prune(model: Model, data: TableSource, *, max_drop: float = 0.005, meth
         raise ConfigError(f"max_drop must be a relative share of 0 or more; got {max_drop!r}. "
                           "Pass e.g. --max-drop 0.005 to allow 0.5% below the unpruned model's metric.")
     pruner_for(method)
-    frame = labelled_rows(read_table(data), model.target, "to judge the pruning by (--prune auto compares metrics)")
+    frame = labelled_rows(model.read_rows(data), model.target, "to judge the pruning by (--prune auto compares metrics)")
     name, larger_is_better = selection_metric(model.task)
     baseline = _metric(model, frame, name)
 

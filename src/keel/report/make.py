@@ -85,10 +85,9 @@ def report_inputs(model: "Model", data: "TableSource | None" = None) -> Any:
     rows = None
     importance = model.importance
     if data is not None:
-        from keel.data.io import read_table
         from keel.data.schema import labelled_rows
 
-        frame = labelled_rows(read_table(data), model.target, "to draw the report on")
+        frame = labelled_rows(model.read_rows(data), model.target, "to draw the report on")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", KeelWarning)  # unseen values: the report is about the metrics
             predictions = model._scored(frame)

@@ -27,7 +27,7 @@ from keel.artifact import check_destination
 from keel.cluster import check_backend, ray_module
 from keel.config import Config, ConfigSource, load_config, with_target
 from keel.data.io import TableSource, read_table
-from keel.data.schema import infer_task, require_column
+from keel.data.schema import declared_written, infer_task, require_column
 from keel.errors import ConfigError, KeelError
 from keel.model import Model
 from keel.runs import flatten
@@ -116,7 +116,7 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
     if output is not None:
         check_destination(output)  # before the search: an unusable output must not cost one
     reporter = reporter or (Reporter() if quiet else _default_reporter())
-    frame = read_data(data, reporter)
+    frame = read_data(data, reporter, text=declared_written(settings))
     name = str(settings.target)
     require_column(frame, name, "target")
     task = infer_task(frame[name], name, settings.task, frame.attrs.get("source"))
@@ -424,7 +424,7 @@ def _worker(data: Any, settings: dict[str, Any], space: dict[str, Any], monitor:
     torch.set_num_threads(threads)
     optuna = _optuna()
     config = load_config(settings)
-    frame = data if isinstance(data, pd.DataFrame) else read_table(data)
+    frame = data if isinstance(data, pd.DataFrame) else read_table(data, text=declared_written(config))
     storage = _rdb_storage(optuna, url)
     study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
     # Each process samples with its own seed (and past the trials there): the same seed would propose

@@ -43,7 +43,7 @@ from keel.config import (
 from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
-from keel.data.schema import Schema, infer_schema, infer_task, require_column
+from keel.data.schema import Schema, declared_written, infer_schema, infer_task, require_column
 from keel.data.split import Split, fold_rows, split_rows
 from keel.data.text import TextTransform
 from keel.data.values import missing_values, row_weights, to_numeric
@@ -194,8 +194,9 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
                 model, checkpoints = _train_streamed(data, test, settings, plan, notes, reporter, device, importance,
                                                      output, resume, deadline)
             else:
-                frame = read_data(data, reporter, delimiter, encoding)
-                test_frame = read_data(test, reporter, delimiter, encoding) if test is not None else None
+                written = declared_written(settings)
+                frame = read_data(data, reporter, delimiter, encoding, written)
+                test_frame = read_data(test, reporter, delimiter, encoding, written) if test is not None else None
                 checkpoints = (RunCheckpoints.start(output, _checkpointed(settings, ranks), frame, test_frame, resume)
                                if output is not None else None)
                 with torch.random.fork_rng():  # the caller's global random state is left as it was
@@ -284,12 +285,13 @@ def _train_sharded(data: TableSource, test: TableSource | None, settings: Config
 
 
 def read_data(source: TableSource, reporter: Reporter, delimiter: str | None = None,
-          encoding: str | None = None) -> pd.DataFrame:
-    """Read a table, as a progress step when it is a file (a DataFrame needs no reading)."""
+              encoding: str | None = None, text: list[str] | None = None) -> pd.DataFrame:
+    """Read a table, as a progress step when it is a file (a DataFrame needs no reading); ``text``: CSV columns
+    read as written (:func:`keel.data.io.read_table`)."""
     if isinstance(source, pd.DataFrame):
         return read_table(source)
     with reporter.step(f"reading {source}"):
-        return read_table(source, delimiter=delimiter, encoding=encoding)
+        return read_table(source, delimiter=delimiter, encoding=encoding, text=text)
 
 
 @dataclass

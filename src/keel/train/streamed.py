@@ -36,7 +36,7 @@ import torch
 from keel.config import Config, TrainingConfig, from_preset
 from keel.data.io import TableSize, read_chunks, read_table, table_size
 from keel.data.preprocess import Preprocessor, TargetEncoder
-from keel.data.schema import infer_schema, infer_task, require_column
+from keel.data.schema import declared_written, infer_schema, infer_task, require_column
 from keel.data.values import category_strings, missing_values, row_weights
 from keel.errors import ConfigError, DataError
 from keel.evaluate.predictions import Predictions
@@ -183,6 +183,7 @@ class Streamer:
         # move. The split_by column from the first pass; columns typed both ways once the scan has
         # seen them (mixed()).
         self.text = [training.split_by] if training.split_by is not None else []
+        self.text += [name for name in declared_written(settings) if name not in self.text]  # as in read_table
 
     def chunks(self, columns: list[str] | None = None) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
         """Each chunk (of ``columns``, or all), with its rows' part codes and sample keys: the same
