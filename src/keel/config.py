@@ -543,7 +543,21 @@ def with_target(settings: Config, target: str | None) -> Config:
         settings = settings.model_copy(update={"target": target})
     if not settings.target:
         raise ConfigError("no target column; pass --target COLUMN (or target=... in Python, target: in YAML).")
+    for key, why in _NOT_THE_TARGET.items():
+        if getattr(settings.training, key) == settings.target:
+            raise ConfigError(f"training.{key} is the target {settings.target!r}: {why} Name another column, or unset "
+                              f"training.{key}.")
     return settings
+
+
+# The training settings that name a column, and why the target cannot be it (a split by the target trained on
+# one class and tested on the other, and saved the model).
+_NOT_THE_TARGET = {
+    "split_by": "grouping the split by the target puts each class (each value) in one part alone, so training would "
+                "not see the others.",
+    "order_by": "holding out the latest rows by the target holds out its largest values, which training never sees.",
+    "weight_column": "rows weighted by the answer itself teach the model to favour large answers.",
+}
 
 
 def physical_memory() -> int:

@@ -193,9 +193,14 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
             features.append(Feature(name, kind))
             if kind == "number" and declared.get(name, "auto") == "auto" and _is_numeric_text(series):
                 notes.append(_numeric_text_note(name))
+            if kind == "number" and (tiny := _too_small_note(series, name)) is not None:
+                notes.append(tiny)
             if kind == "image" and declared.get(name, "auto") == "auto":
                 notes.append(f"column {name!r} holds {'arrays' if isinstance(series.dropna().iloc[0], np.ndarray) else 'image file names'}; "
                              "read as images (image.encoder decides how: a CNN trained from scratch by default).")
+            if kind == "category" and declared.get(name, "auto") == "auto" and (
+                    disguised := _numbers_in_disguise(series, name)) is not None:
+                notes.append(disguised)
             if kind in ("category", "text") and declared.get(name, "auto") == "auto" and (
                     example := _other_date(series)) is not None:
                 notes.append(f"column {name!r} looks like dates not written as ISO 8601 (e.g. {example!r}), so it "
@@ -409,6 +414,8 @@ def infer_task(target: pd.Series, name: str, declared: str, source: str | None, 
             f"target column {name!r} has no values (all {len(target)} are missing); choose another target.",
             file=source, column=name,
         )
+    if declared == "auto" and not is_numeric(present):
+        _decimal_comma_target(present, name, source)
     regression = declared == "regression" or (declared == "auto" and _is_quantity(present))
     if regression:
         values = to_numeric(target, column=name, source=source, advice=TARGET_ADVICE)
@@ -431,6 +438,71 @@ def infer_task(target: pd.Series, name: str, declared: str, source: str | None, 
     if declared == "binary" and n_classes != 2:
         raise ConfigError(f"task is binary but target {name!r} has {n_classes} classes; set task: multiclass or auto.")
     return "binary" if n_classes == 2 else "multiclass"
+
+
+# Numbers written with a decimal comma (7,18; -0,5; 1.234,5), a % sign (12%, 12.5 %), which keel does not parse.
+_DECIMAL_COMMA = re.compile(r"^[+-]?(\d{1,3}(\.\d{3})+|\d+),\d+$")
+_PERCENT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)\s*%$")
+# A category column of which at least this share is numbers (plain or in those forms) gets a note.
+_MOSTLY_NUMBERS = 0.5
+
+
+def _numbers_in_disguise(series: pd.Series, name: str) -> str | None:
+    """A note for a text column read as a category whose values are mostly numbers: plain ones beside a few
+    markers (``?``, ``-``: a number column then reads them as values, not missing), or numbers written with a
+    decimal comma or a % sign, which keel does not parse. A silent category of them taught the model nothing."""
+    present = series.dropna().astype(str).str.strip()
+    present = present[present != ""]
+    if not len(present):
+        return None
+    plain = pd.to_numeric(present, errors="coerce").notna()
+    comma, percent = present.str.match(_DECIMAL_COMMA), present.str.match(_PERCENT)
+    if (plain | comma | percent).mean() < _MOSTLY_NUMBERS:
+        return None
+    if comma.mean() >= _MOSTLY_NUMBERS / 2 or percent.mean() >= _MOSTLY_NUMBERS / 2:
+        form, example, how = (
+            ("a decimal comma", present[comma].iloc[0], "pandas.read_csv(..., decimal=',') reads decimal commas")
+            if comma.mean() >= percent.mean() else
+            ("a % sign", present[percent].iloc[0], "strip the % signs"))
+        return (f"column {name!r} is read as a category, though {(plain | comma | percent).mean():.0%} of its values are "
+                f"numbers written with {form} (e.g. {example!r}), which keel does not parse: if they are quantities, "
+                f"write them as plain numbers in the file ({how}).")
+    others = present[~plain].value_counts()
+    shown = ", ".join(repr(value) for value in others.index[:3])
+    return (f"column {name!r} is read as a category, though {plain.mean():.0%} of its values are numbers; the others "
+            f"({shown}) are not. If those mark missing values, empty those cells (keel reads an empty cell, NA or "
+            "null as missing) and the column is read as a number.")
+
+
+# Values all below this in size are scaled as a constant (their spread is no larger): the network reads float32.
+_TINY = 1e-30
+
+
+def _too_small_note(series: pd.Series, name: str) -> str | None:
+    """A note for a number column whose values are all nonzero-and-tiny or zero (under 1e-30 in size, e.g. k *
+    1e-300): read as one constant, so the model cannot use it (a trial's such column scored r2 0)."""
+    if not is_numeric(series) or pd.api.types.is_bool_dtype(series.dtype):
+        return None
+    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = values[np.isfinite(values)]
+    if not len(values) or np.abs(values).max() >= _TINY or values.min() == values.max():
+        return None
+    example = values[np.abs(values).argmax()]
+    return (f"column {name!r} holds only numbers smaller than {_TINY:g} in size (e.g. {example:.3g}); keel scales "
+            "it as a constant, as float32, which the network reads, cannot tell them apart: multiply the column by a "
+            "power of ten (or take its logarithm) for the model to use it.")
+
+
+def _decimal_comma_target(present: pd.Series, name: str, source: str | None) -> None:
+    """Refuse a text target of many values that are numbers with a decimal comma: a regression read as hundreds
+    of classes (a trial's European CSV trained a 585-class model and scored 0)."""
+    strings = present.astype(str).str.strip()
+    if strings.nunique() > _MAX_INTEGER_CLASSES and strings.str.match(_DECIMAL_COMMA).mean() >= _NUMERIC_WITH_TYPOS:
+        example = strings[strings.str.match(_DECIMAL_COMMA)].iloc[0]
+        raise DataError(f"target column {name!r} holds numbers written with a decimal comma (e.g. {example!r}), which "
+                        "keel reads as text: a model of hundreds of classes. Convert the file to decimal points, e.g. "
+                        "pandas.read_csv(path, sep=';', decimal=',').to_csv(new_path, index=False), or set task: "
+                        "multiclass if the values are classes.", file=source, column=name)
 
 
 def _shown(value: object) -> str:

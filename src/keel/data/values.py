@@ -36,6 +36,8 @@ def numeric_share(series: pd.Series) -> float:
 
 # What a number column's bad value can be fixed by, besides fixing or blanking it: a feature can be a category.
 FEATURE_ADVICE = "or declare the column a category in input_features"
+# A weight column is no feature: it is fixed in the file, or another column is named.
+WEIGHT_ADVICE = "or name another column in training.weight_column (row weights are non-negative numbers)"
 # A regression target cannot: its rows are dropped, or the task is a classification.
 TARGET_ADVICE = "or drop those rows (a regression target is a number on every labelled row), or set task to binary " \
                 "or multiclass if its values are classes"
@@ -375,7 +377,7 @@ def row_weights(series: pd.Series, column: str, source: str | None = None) -> np
     Raises:
         DataError: A weight is missing, negative or not a number (naming the row), or all are 0.
     """
-    values = to_numeric(series, column=column, source=source)
+    values = to_numeric(series, column=column, source=source, advice=WEIGHT_ADVICE)
     bad = np.flatnonzero(np.isnan(values) | (values < 0))
     if len(bad):
         row = int(series.index[bad[0]]) + 1

@@ -321,9 +321,13 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     rows = _labelled(frame, settings)
     frame = rows.frame
     groups = _groups(frame, training)
+    if groups is not None and (unnamed := int(missing_values(frame[training.split_by]).sum())):
+        notes.append(f"training.split_by {training.split_by!r} is missing on {unnamed:,} row(s); they count as one "
+                     "group, which goes to one part whole.")
     split = split_rows(len(frame), validation=training.validation_split,
                        test=0.0 if test_frame is not None else training.test_split, seed=training.seed,
                        classes=rows.classes, groups=groups, order=_order(frame, training))
+    _check_training_classes(rows, split.train, training)
     schema = infer_schema(frame, settings.model_copy(update={"task": rows.target.task}),
                           rows=np.sort(np.concatenate([split.train, split.validation])), exclude=special)
     networks = _networks(settings, split, schema, groups)
@@ -719,6 +723,21 @@ def _special_columns(frame: pd.DataFrame, test_frame: pd.DataFrame | None, train
     return set(special.values())
 
 
+def _check_training_classes(rows: _Rows, train: np.ndarray, training: TrainingConfig) -> None:
+    """Refuse a split whose training rows hold one class: a grouped or time-ordered split can put all of the
+    others in the validation and test parts (a trial's run then trained on one class, scored 0 and saved)."""
+    if rows.classes is None or len(np.unique(rows.classes[train])) >= 2:
+        return
+    only = rows.target.labels[int(rows.classes[train][0])] if len(train) else None
+    how = (f"training.split_by {training.split_by!r} put the rows of every other class in the validation and test "
+           "parts (whole groups go to one part)" if training.split_by is not None else
+           f"training.order_by {training.order_by!r} held out the rows of every other class as the latest"
+           if training.order_by is not None else "the split left the other classes out")
+    raise DataError(f"the training rows hold only the class {only!r} of target {rows.target.name!r}: {how}, so there "
+                    "is nothing to tell apart. Choose a split_by column with many groups of mixed classes, or "
+                    "another split.", file=rows.frame.attrs.get("source"), column=rows.target.name)
+
+
 def _labelled(frame: pd.DataFrame, settings: Config) -> _Rows:
     """The rows with a target (and a usable weight), the task's labels and each row's class."""
     name = str(settings.target)
@@ -756,10 +775,12 @@ def _order(frame: pd.DataFrame, training: TrainingConfig) -> np.ndarray | None:
         try:
             # One format inferred for the whole column: per-cell parsing would read 05/01 and 13/01 of a
             # day-first file in different orders and put the future in training.
-            try:
-                dates = pd.to_datetime(series, errors="raise")
-            except ValueError:  # one consistent day-first format (13/01/2020) is the other common case
-                dates = pd.to_datetime(series, errors="raise", dayfirst=True)
+            with warnings.catch_warnings():  # pandas' "could not infer format" lines: the error below says it
+                warnings.simplefilter("ignore", UserWarning)
+                try:
+                    dates = pd.to_datetime(series, errors="raise")
+                except ValueError:  # one consistent day-first format (13/01/2020) is the other common case
+                    dates = pd.to_datetime(series, errors="raise", dayfirst=True)
         except (ValueError, TypeError) as error:
             raise DataError(
                 f"training.order_by column {name!r} holds neither numbers nor dates in one format ({error}); order "
