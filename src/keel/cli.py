@@ -58,6 +58,13 @@ def _read(path: Path, delimiter: str | None, encoding: str | None, model: Any = 
     return read_table(str(path), delimiter=delimiter, encoding=encoding)
 
 
+def _read_text(path: Path, delimiter: str | None, encoding: str | None, columns: list[str]) -> Any:
+    """A CSV's columns as written (``--with-input`` echoes ``00501`` and ``2e5``, not 501 and 200000.0)."""
+    from keel.data.io import read_table
+
+    return read_table(str(path), delimiter=delimiter, encoding=encoding, text=columns)
+
+
 def _import_pipeline() -> None:
     """Import keel's pipeline (torch, pandas, ...) with the cyclic garbage collector paused, then
     freeze what the imports built out of its reach.
@@ -547,6 +554,8 @@ def predict(
     frame = _read(data, delimiter, encoding, loaded)
     predictions = loaded.predict_frame(frame, proba=proba)
     if with_input:
+        if data.suffix.lower() not in (".parquet", ".pq", ".jsonl", ".ndjson", ".json"):  # a CSV: echo its text
+            frame = _read_text(data, delimiter, encoding, list(frame.columns))
         renamed = _beside_input(list(frame.columns), list(predictions.columns))
         for old, new in renamed.items():
             err.print(f"[yellow]note:[/yellow] {_escape(data.name)} has a column {_escape(repr(old))} too (kept as it "

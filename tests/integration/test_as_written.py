@@ -156,3 +156,21 @@ def test_a_model_saved_before_the_rule_reads_csvs_as_it_did(codes: tuple[keel.Mo
     assert set(loaded.read_rows(str(csv))["code"]) == {1}  # pandas' parse, as this model was trained on
     assert set(model.read_rows(str(csv))["code"]) == {"1", "01", "001"}
     assert read_table(str(csv), text=["code"])["code"].tolist() == pd.read_csv(csv, dtype=str)["code"].tolist()
+
+
+def test_predict_with_input_echoes_a_csvs_cells_as_written(codes: tuple[keel.Model, Path, Path],
+                                                          tmp_path: Path) -> None:
+    """--with-input wrote 00501 back as 501 and 2e5 as 200000.0: joining the predictions back on a code broke."""
+    from typer.testing import CliRunner
+
+    from keel.cli import app
+
+    model, _, _ = codes
+    (tmp_path / "rows.csv").write_text("code,x,ref\n001,2e0,00042\n01,-0.50,7\n")
+    result = CliRunner().invoke(app, ["predict", str(model.path), str(tmp_path / "rows.csv"), "-o",
+                                      str(tmp_path / "out.csv"), "--with-input"])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0] == "code,x,ref,y" and lines[1].startswith("001,2e0,00042,") and lines[2].startswith("01,-0.50,7,")
+    values = pd.read_csv(tmp_path / "out.csv")["y"].to_numpy()
+    np.testing.assert_allclose(values, model.predict(pd.DataFrame({"code": ["001", "01"], "x": [2.0, -0.5]})))
