@@ -182,5 +182,6 @@ class ProgressBar:
             status += f"  {speed:,.0f} rows/s"
         if record.get("stopped"):
             status += f"  ({stop_label(record)})"
-            self.progress.update(self.task, total=epoch)
+        # The epochs planned now (a time limit's plan, from the first timed epoch on), so the ETA counts them.
+        self.progress.update(self.task, total=epoch if record.get("stopped") else epochs)
         self.progress.update(self.task, completed=epoch, status=status)

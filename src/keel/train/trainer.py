@@ -207,6 +207,9 @@ class Trainer:
         self.checkpoint = checkpoint
         # The time (time.perf_counter()) by which fit must end (training.time_limit, set by the pipeline).
         self.deadline: float | None = None
+        # Moves ``deadline`` after each epoch from the epochs' seconds so far (the pipeline's share for the first
+        # of several bagged networks, which only the pace tells); None keeps it.
+        self.replan: Callable[[list[float]], float] | None = None
         self.monitor = resolve_monitor(settings.monitor, task)
         self.batch_size = 0  # resolved in fit, from the number of training rows
         # The fused step has no per-row weights: a row-weighted run trains on the autograd path.
@@ -270,6 +273,8 @@ class Trainer:
                 progress.epoch = epoch
                 if self.deadline is not None:
                     epoch_seconds.append(time.perf_counter() - epoch_started)
+                    if self.replan is not None and not cut:
+                        self.deadline = self.replan(epoch_seconds)
                     planned = epoch if cut else self._plan(epoch, planned, epoch_seconds, rate)
                     history.planned_epochs = planned if planned < settings.epochs else None
                 # Early stopping, or the time limit's last epoch (never the config's own last epoch).
