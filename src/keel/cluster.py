@@ -53,10 +53,37 @@ def _reachable(address: str) -> str | None:
     if not host or not port.isdigit():
         return f"{address!r} is not HOST:PORT, ray://HOST:PORT or auto"
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS):
-            return None
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS) as connection:
+            return _speaks_grpc(connection, f"{host}:{port}")
     except OSError as error:
         return f"nothing answers at {host}:{port} ({error.strerror or error})"
+
+
+# HTTP/2's client connection preface and an empty SETTINGS frame: a gRPC server (Ray's GCS and its client
+# server both are) answers with a SETTINGS frame of its own, whatever else it then says.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_SETTINGS = 0x04
+
+
+def _speaks_grpc(connection: socket.socket, where: str) -> str | None:
+    """None when the peer answers HTTP/2 (gRPC, as Ray does); else why not. A port that accepted connections
+    but was no Ray (a web server) left ray.init retrying for minutes with C++ warnings and no keel line."""
+    try:
+        connection.sendall(_HTTP2_PREFACE)
+        frame = b""
+        while len(frame) < 9:
+            chunk = connection.recv(9 - len(frame))
+            if not chunk:
+                break
+            frame += chunk
+    except TimeoutError:
+        return f"something listens at {where}, but said nothing within {CONNECT_SECONDS:g} s (Ray speaks gRPC)"
+    except OSError as error:
+        return f"the connection to {where} failed ({error.strerror or error})"
+    if len(frame) == 9 and frame[3] == _SETTINGS:
+        return None
+    shown = frame[:16].decode("latin-1").splitlines()[0] if frame else "nothing"
+    return f"something listens at {where}, but it is not Ray (no gRPC answer; it sent {shown!r})"
 
 
 @contextlib.contextmanager

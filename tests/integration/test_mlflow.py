@@ -188,6 +188,21 @@ def test_an_unwritable_store_folder_fails_before_training(tmp_path, layout) -> N
     assert not (tmp_path / "model").exists() and not store.exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("store", ["sqlite:////proc/x.db", "/proc/nope"])
+def test_a_folder_that_takes_no_file_fails_before_training_even_for_root(tmp_path, store) -> None:
+    """A user's trial (as root, whom os.access lets write anywhere): /proc passed the check, the run trained, then
+    MLflow retried for 100 s and ended in an internal error (exit 1)."""
+    started = time.perf_counter()
+    result = invoke("train", str(PENGUINS), "--target", "species", *TINY, "--output", str(tmp_path / "model"),
+                    "--mlflow", store)
+    assert result.exit_code == 2, result.output
+    assert time.perf_counter() - started < 10
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: --mlflow: cannot keep the tracking store") and "/proc takes no new file" in line
+    assert not (tmp_path / "model").exists()
+
+
 def test_a_server_that_accepts_but_never_answers_times_out() -> None:
     from keel.errors import ConfigError
     from keel.track.mlflow import check_store

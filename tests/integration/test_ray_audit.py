@@ -7,6 +7,7 @@ Each test states a contract the README gives and the code at c2a2d4f breaks; the
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,37 @@ def test_unreachable_ray_address_is_one_line_soon(tmp_path) -> None:
     assert done.returncode == 2
     assert "cannot connect to the Ray cluster at '127.0.0.1:6399'" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("peer", ["a web server", "a silent listener"])
+def test_a_ray_address_that_accepts_connections_but_is_not_ray_is_refused_soon(peer: str,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's trial: --ray-address at a port serving HTTP passed the connect check, and ray.init retried for
+    minutes with C++ warnings and no keel line. keel now asks for gRPC's answer to HTTP/2's preface first."""
+    import http.server
+    import socket
+    import threading
+    import time
+
+    import keel.cluster as cluster
+    from keel.errors import ConfigError
+
+    monkeypatch.setattr(cluster, "CONNECT_SECONDS", 1.0)
+    if peer == "a web server":
+        server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port, said = server.server_address[1], "but it is not Ray (no gRPC answer; it sent '"
+    else:
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port, said = silent.getsockname()[1], "but said nothing within 1 s"
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ConfigError, match=r"cannot connect to the Ray cluster at '127\.0\.0\.1:\d+': something "
+                                               r"listens at 127\.0\.0\.1:\d+, " + re.escape(said)):
+            with cluster.ray_session(f"127.0.0.1:{port}"):
+                pass
+    finally:
+        server.shutdown() if peer == "a web server" else silent.close()
+    assert time.perf_counter() - started < 5

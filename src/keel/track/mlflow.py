@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ def check_store(uri: str | os.PathLike[str] | None = None, *, what: str = "MLflo
     counts (even 401 or 404: what it means is MLflow's to say when the run is logged), and so does
     a TLS handshake that fails on the certificate (MLflow's own TLS settings may accept it). A
     local store (a folder, a ``.db`` path, ``sqlite:///...``, ``file:...``) must be in a folder that
-    exists or can be created, and that keel can write to; nothing is created here. Other schemes
+    exists or can be created, and that keel can write to (a file made there and removed at once). Other schemes
     (``databricks``, ``postgresql://`` ...) are left to MLflow.
 
     Args:
@@ -256,6 +257,15 @@ def _check_local(database: Path | None, folder: Path, uri: str, what: str) -> No
     if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only file system (EROFS)
         raise ConfigError(f"{what}: cannot keep the tracking store {uri} in {folder}: {existing} is not writable "
                           f"(permissions or a read-only file system); {fix}.")
+    # os.access says yes to root for a folder that refuses files anyway (/proc, a read-only bind mount): a
+    # file made and removed at once is the real test. MLflow otherwise retried for 100 s after training and
+    # ended in an internal error.
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".keel-probe-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{what}: cannot keep the tracking store {uri} in {folder}: {existing} takes no new file "
+                          f"({error.strerror or error}); {fix}.") from None
     if database is not None and database.exists() and (
             not database.is_file() or not os.access(database, os.R_OK | os.W_OK)):
         kind = "not a file" if not database.is_file() else "not readable and writable"
@@ -315,6 +325,11 @@ def log_run(model_dir: str | os.PathLike[str], uri: str | os.PathLike[str] | Non
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
+        refused: tuple[type[Exception], ...] = (MlflowException, OSError)
+        with contextlib.suppress(ImportError):  # a SQL store's database error (sqlite's "unable to open") is one too
+            from sqlalchemy.exc import SQLAlchemyError
+
+            refused += (SQLAlchemyError,)
         try:
             folder = None
             if uri is not None and os.fspath(uri) != "" and resolved != os.fspath(uri):
@@ -323,7 +338,7 @@ def log_run(model_dir: str | os.PathLike[str], uri: str | os.PathLike[str] | Non
             client = MlflowClient(resolved)
             experiment_id = _experiment_id(client, experiment, folder)
             return _log(client, resolved, experiment_id, directory, manifest)
-        except (MlflowException, OSError) as error:
+        except refused as error:
             raise ConfigError(
                 f"MLflow at {resolved} did not take the run: {_failure(error)}. The model itself is saved at "
                 f"{directory}; check the tracking URI (--mlflow URI or MLFLOW_TRACKING_URI) and the server, then "
