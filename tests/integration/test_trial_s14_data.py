@@ -62,7 +62,8 @@ def test_a_target_of_numbers_with_decimal_commas_is_refused_not_585_classes(tmp_
     rng = np.random.default_rng(3)
     frame = pd.DataFrame({"temp": rng.normal(50, 10, 300).round(1), "y": rng.normal(5, 2, 300).round(2)})
     frame.to_csv(tmp_path / "euro.csv", sep=";", decimal=",", index=False)
-    with pytest.raises(DataError, match=r"target column 'y' holds numbers written with a decimal comma \(e.g. '"):
+    with pytest.raises(DataError, match=r"target column 'y' holds numbers written with a comma \(e.g. '.*a decimal "
+                                        r"comma"):
         keel.fit(str(tmp_path / "euro.csv"), target="y", config=FAST, quiet=True)
     # Declared classes are still classes.
     model = keel.fit(str(tmp_path / "euro.csv"), target="y", config={**FAST, "task": "multiclass",
@@ -85,9 +86,20 @@ def test_a_category_of_numbers_in_disguise_gets_a_note_naming_the_form() -> None
     model = keel.fit(frame, target="y", config={**FAST, "training.epochs": 1}, quiet=True, importance=False)
     notes = " ".join(model.notes)
     assert re.search(r"'qmark' is read as a category, though 8\d% of its values are numbers; the others \('\?'\)", notes)
-    assert "'comma' is read as a category, though 100% of its values are numbers written with a decimal comma" in notes
+    assert "'comma' is read as a category, though 100% of its values are numbers written with a comma" in notes
+    assert "(a decimal comma: pandas.read_csv(..., decimal=',') reads them)" in notes
     assert "'pct' is read as a category, though 100% of its values are numbers written with a % sign" in notes
     assert "'label' is read as a category, though" not in notes
+
+
+def test_commas_before_three_digits_are_called_thousands_separators_or_either() -> None:
+    from keel.data.schema import _numbers_in_disguise
+
+    said = _numbers_in_disguise(pd.Series(["3,338", "12,500", "1,000,200"] * 5), "t")
+    assert said is not None and "(thousands separators: pandas.read_csv(..., thousands=',') reads them)" in said
+    said = _numbers_in_disguise(pd.Series(["1,500", "2,250"] * 5), "e")
+    assert said is not None and "a decimal comma or thousands separators" in said
+    assert _numbers_in_disguise(pd.Series(["A1", "B2", "C3", "4"] * 5), "c") is None
 
 
 def test_a_weight_column_of_text_gets_weight_advice_not_feature_advice() -> None:

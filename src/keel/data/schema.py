@@ -440,8 +440,10 @@ def infer_task(target: pd.Series, name: str, declared: str, source: str | None, 
     return "binary" if n_classes == 2 else "multiclass"
 
 
-# Numbers written with a decimal comma (7,18; -0,5; 1.234,5), a % sign (12%, 12.5 %), which keel does not parse.
+# Numbers written with a decimal comma (7,18; -0,5; 1.234,5), a % sign (12%, 12.5 %), which keel does not parse;
+# a comma before exactly three digits (3,338; 12,500) may as well be a thousands separator.
 _DECIMAL_COMMA = re.compile(r"^[+-]?(\d{1,3}(\.\d{3})+|\d+),\d+$")
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
 _PERCENT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)\s*%$")
 # A category column of which at least this share is numbers (plain or in those forms) gets a note.
 _MOSTLY_NUMBERS = 0.5
@@ -456,12 +458,13 @@ def _numbers_in_disguise(series: pd.Series, name: str) -> str | None:
     if not len(present):
         return None
     plain = pd.to_numeric(present, errors="coerce").notna()
-    comma, percent = present.str.match(_DECIMAL_COMMA), present.str.match(_PERCENT)
+    thousands = present.str.match(_THOUSANDS)
+    comma, percent = present.str.match(_DECIMAL_COMMA) | thousands, present.str.match(_PERCENT)
     if (plain | comma | percent).mean() < _MOSTLY_NUMBERS:
         return None
     if comma.mean() >= _MOSTLY_NUMBERS / 2 or percent.mean() >= _MOSTLY_NUMBERS / 2:
         form, example, how = (
-            ("a decimal comma", present[comma].iloc[0], "pandas.read_csv(..., decimal=',') reads decimal commas")
+            ("a comma", present[comma].iloc[0], _COMMA_ADVICE[_comma_kind(present[comma])])
             if comma.mean() >= percent.mean() else
             ("a % sign", present[percent].iloc[0], "strip the % signs"))
         return (f"column {name!r} is read as a category, though {(plain | comma | percent).mean():.0%} of its values are "
@@ -493,16 +496,36 @@ def _too_small_note(series: pd.Series, name: str) -> str | None:
             "power of ten (or take its logarithm) for the model to use it.")
 
 
+# What a comma in numbers is (_comma_kind) -> how to read them as numbers.
+_COMMA_ADVICE = {
+    "decimal": "a decimal comma: pandas.read_csv(..., decimal=',') reads them",
+    "thousands": "thousands separators: pandas.read_csv(..., thousands=',') reads them",
+    "either": "a decimal comma or thousands separators: pandas.read_csv(..., decimal=',') or (..., thousands=',') "
+              "reads them, whichever the file means",
+}
+
+
+def _comma_kind(values: pd.Series) -> str:
+    """Whether commas in these number-like strings are decimal commas, thousands separators, or could be either
+    (1,500 is fifteen hundred in one country and one and a half in another)."""
+    thousands = values.str.match(_THOUSANDS)
+    if thousands.all():
+        return "either" if values.str.match(_DECIMAL_COMMA).all() else "thousands"
+    return "decimal"
+
+
 def _decimal_comma_target(present: pd.Series, name: str, source: str | None) -> None:
-    """Refuse a text target of many values that are numbers with a decimal comma: a regression read as hundreds
+    """Refuse a text target of many values that are numbers written with commas: a regression read as hundreds
     of classes (a trial's European CSV trained a 585-class model and scored 0)."""
     strings = present.astype(str).str.strip()
-    if strings.nunique() > _MAX_INTEGER_CLASSES and strings.str.match(_DECIMAL_COMMA).mean() >= _NUMERIC_WITH_TYPOS:
-        example = strings[strings.str.match(_DECIMAL_COMMA)].iloc[0]
-        raise DataError(f"target column {name!r} holds numbers written with a decimal comma (e.g. {example!r}), which "
-                        "keel reads as text: a model of hundreds of classes. Convert the file to decimal points, e.g. "
-                        "pandas.read_csv(path, sep=';', decimal=',').to_csv(new_path, index=False), or set task: "
-                        "multiclass if the values are classes.", file=source, column=name)
+    commas = strings.str.match(_DECIMAL_COMMA) | strings.str.match(_THOUSANDS)
+    if strings.nunique() > _MAX_INTEGER_CLASSES and commas.mean() >= _NUMERIC_WITH_TYPOS:
+        example = strings[commas].iloc[0]
+        raise DataError(f"target column {name!r} holds numbers written with a comma (e.g. {example!r}), which keel "
+                        "reads as text: a model of hundreds of classes. Write them as plain numbers "
+                        f"({_COMMA_ADVICE[_comma_kind(strings[commas])]}; e.g. pandas.read_csv(path, sep=';', "
+                        "decimal=',').to_csv(new_path, index=False)), or set task: multiclass if the values are "
+                        "classes.", file=source, column=name)
 
 
 def _shown(value: object) -> str:
