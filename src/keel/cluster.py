@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 from typing import Any, Iterator
 
@@ -54,7 +55,9 @@ def _reachable(address: str) -> str | None:
         return f"{address!r} is not HOST:PORT, ray://HOST:PORT or auto"
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS) as connection:
-            return _speaks_grpc(connection, f"{host}:{port}")
+            # A cluster with TLS (RAY_USE_TLS) answers a plain-text preface with an alert: trust the connection.
+            tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+            return None if tls else _speaks_grpc(connection, f"{host}:{port}")
     except OSError as error:
         return f"nothing answers at {host}:{port} ({error.strerror or error})"
 

@@ -11,6 +11,7 @@ on one form met the other as unseen values.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,13 @@ def test_binary_spellings_and_a_column_of_mixed_boolean_spellings() -> None:
     assert values[:2, 0].tolist() == [1.0, 0.0] and unseen == 1
     with pytest.raises(keel.DataError, match="more than two|three|values"):
         BinaryTransform("flag").fit(pd.Series(["TRUE", "false", "maybe"]))
+    # Two spellings of one word are one value (the audit: TRUE and True were two codes, and true then 0).
+    one = BinaryTransform("flag").fit(pd.Series(["TRUE", "True", "TRUE"]))
+    assert one.values == ["True"]
+    # Numbers: a value learnt as written ("1.0") matches the number 1, and a written "1.0" a value learnt as 1.
+    assert binary_spellings(["0.0", "1.0"])["1"] == 1
+    learnt = BinaryTransform("flag").fit(pd.Series([0, 1, 1]))
+    assert learnt.transform(pd.Series(["1.0", "0", "2"]))[0][:, 0].tolist()[:2] == [1.0, 0.0]
 
 
 def test_a_model_saved_before_the_rule_reads_csvs_as_it_did(codes: tuple[keel.Model, Path, Path],
@@ -147,7 +155,7 @@ def test_a_model_saved_before_the_rule_reads_csvs_as_it_did(codes: tuple[keel.Mo
     """Its vocabulary came from pandas' parse: reading its columns as written now would make them unseen."""
     model, csv, _ = codes
     old = tmp_path / "old"
-    model.save(old)
+    shutil.copytree(model.path, old)  # not model.save, which would move the shared model's path here
     document = json.loads((old / "keel.json").read_text())
     assert document["schema"]["as_written"] is True
     del document["schema"]["as_written"]

@@ -100,6 +100,8 @@ def test_commas_before_three_digits_are_called_thousands_separators_or_either() 
     said = _numbers_in_disguise(pd.Series(["1,500", "2,250"] * 5), "e")
     assert said is not None and "a decimal comma or thousands separators" in said
     assert _numbers_in_disguise(pd.Series(["A1", "B2", "C3", "4"] * 5), "c") is None
+    said = _numbers_in_disguise(pd.Series(["0,500", "0,250"] * 5), "z")  # a leading 0 is no thousands group
+    assert said is not None and "(a decimal comma: " in said
 
 
 def test_a_weight_column_of_text_gets_weight_advice_not_feature_advice() -> None:

@@ -74,6 +74,7 @@ def read_table(source: TableSource, *, delimiter: str | None = None, encoding: s
     kind = _format_of(path)
     if kind == "csv":
         frame = _read_csv(path, delimiter, encoding, text)
+        frame.attrs["csv"] = [delimiter, encoding]  # how to read it again (read_as_written)
     elif kind == "parquet":
         frame = _read_with(path, _parquet_table)
     else:
@@ -82,6 +83,25 @@ def read_table(source: TableSource, *, delimiter: str | None = None, encoding: s
     if len(frame) == 0:
         raise _no_rows(path)
     frame.attrs["source"] = str(path)
+    return frame
+
+
+def read_as_written(frame: pd.DataFrame, columns: Collection[str]) -> pd.DataFrame:
+    """``frame``, from :func:`read_table`, with the ``columns`` of its CSV as written where pandas parsed them:
+    a file read before the schema that says which columns those are (a training run's ``--test`` file, whose
+    ``01`` became 1 where the training file's ``x`` had kept its category's text). Other frames as they are."""
+    options = frame.attrs.get("csv")
+    stale = [name for name in columns if name in frame.columns
+             and not (frame[name].dtype == object or pd.api.types.is_string_dtype(frame[name].dtype))]
+    if options is None or not stale:
+        return frame
+    path = Path(frame.attrs["source"])
+    layout = _csv_layout(path, *options)
+    with _csv_errors(path, layout):
+        written = pd.read_csv(path, usecols=stale, dtype={name: str for name in stale}, **layout.options())
+    frame = frame.copy()
+    for name in stale:
+        frame[name] = written[name].to_numpy(dtype=object)[frame.index.to_numpy()]
     return frame
 
 
@@ -819,8 +839,10 @@ def _last_line(path: Path, delimiter: str, encoding: str) -> list[tuple[int, lis
     with open(path, "rb") as handle:
         handle.seek(-4096, os.SEEK_END)
         text = handle.read().decode(encoding, errors="replace").rstrip("\r\n")
-    tail = re.split(r"\r\n|\r|\n", text)[-1]  # a bare carriage return ends a line too, as in pandas' parser
-    if '"' in tail or not tail.strip():
+    lines = re.split(r"\r\n|\r|\n", text)  # a bare carriage return ends a line too, as in pandas' parser
+    tail = lines[-1]
+    # One line filling the whole window may have begun before it (a row of over 4 KB): not checkable here.
+    if len(lines) == 1 or '"' in tail or not tail.strip():
         return []
     return [(0, tail.split(delimiter))]
 

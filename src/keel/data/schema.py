@@ -443,7 +443,7 @@ def infer_task(target: pd.Series, name: str, declared: str, source: str | None, 
 # Numbers written with a decimal comma (7,18; -0,5; 1.234,5), a % sign (12%, 12.5 %), which keel does not parse;
 # a comma before exactly three digits (3,338; 12,500) may as well be a thousands separator.
 _DECIMAL_COMMA = re.compile(r"^[+-]?(\d{1,3}(\.\d{3})+|\d+),\d+$")
-_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
+_THOUSANDS = re.compile(r"^[+-]?[1-9]\d{0,2}(,\d{3})+(\.\d+)?$")
 _PERCENT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)\s*%$")
 # A category column of which at least this share is numbers (plain or in those forms) gets a note.
 _MOSTLY_NUMBERS = 0.5
@@ -453,6 +453,8 @@ def _numbers_in_disguise(series: pd.Series, name: str) -> str | None:
     """A note for a text column read as a category whose values are mostly numbers: plain ones beside a few
     markers (``?``, ``-``: a number column then reads them as values, not missing), or numbers written with a
     decimal comma or a % sign, which keel does not parse. A silent category of them taught the model nothing."""
+    if isinstance(series.dtype, pd.CategoricalDtype):  # a pandas category is the user's own declaration
+        return None
     present = series.dropna().astype(str).str.strip()
     present = present[present != ""]
     if not len(present):
@@ -471,6 +473,8 @@ def _numbers_in_disguise(series: pd.Series, name: str) -> str | None:
                 f"numbers written with {form} (e.g. {example!r}), which keel does not parse: if they are quantities, "
                 f"write them as plain numbers in the file ({how}).")
     others = present[~plain].value_counts()
+    if not len(others):  # all plain numbers, read as a category for another reason (a declaration elsewhere)
+        return None
     shown = ", ".join(repr(value) for value in others.index[:3])
     return (f"column {name!r} is read as a category, though {plain.mean():.0%} of its values are numbers; the others "
             f"({shown}) are not. If those mark missing values, empty those cells (keel reads an empty cell, NA or "

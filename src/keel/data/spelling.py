@@ -54,7 +54,8 @@ def boolean_word(spelling: str | None) -> str | None:
 
 def binary_spellings(values: list[str]) -> dict[str, int]:
     """Each spelling a binary column of ``values`` (its two values, the second coded 1) reads, to its code: the
-    values themselves, and for a true or false value its other spellings (``TRUE`` and ``true`` beside ``True``).
+    values themselves, for a true or false value its other spellings (``TRUE`` and ``true`` beside ``True``), and
+    the number spellings of :func:`lookup_spellings` (``1`` for a value ``1.0``).
 
     Example:
         >>> binary_spellings(["FALSE", "TRUE"])["True"], binary_spellings(["no", "yes"])
@@ -65,8 +66,42 @@ def binary_spellings(values: list[str]) -> dict[str, int]:
         word = boolean_word(value)
         for spelling in BOOLEAN_SPELLINGS[word] if word else ():
             codes.setdefault(spelling, code)
+    for spelling, code in lookup_spellings(values).items():
+        codes.setdefault(spelling, code)
     codes.update({value: code for code, value in enumerate(values)})  # a value as spelled is its own
     return codes
+
+
+# A string that writes a plain number: digits, one point, an exponent (no spaces inside, no inf or nan).
+_NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def number_spelling(text: str) -> str | None:
+    """The canonical spelling of the number ``text`` writes (``3.0`` and ``3`` are ``"3"``, ``01`` is ``"1"``,
+    ``2e5`` is ``"200000"``), or None where it writes no plain number."""
+    if not _NUMBER_TEXT.match(text):
+        return None
+    value = float(text)
+    return canonical_category(value) if math.isfinite(value) else None
+
+
+def lookup_spellings(values: list[str]) -> dict[str, int]:
+    """Each of a column's learnt ``values`` (as spelled) to its position, and the number spelling of each value
+    that writes a number (``3`` for ``3.0``) to its position too, where no value is spelled so and no other value
+    writes the same number (``1``, ``01`` and ``001`` keep their own). A CSV's category column is learnt as
+    written; the same rows from JSON, Parquet or a DataFrame of numbers spell ``3.0`` as ``3``.
+
+    Example:
+        >>> lookup_spellings(["3.0", "4.0"]), lookup_spellings(["1", "01"])
+        ({'3': 0, '4': 1, '3.0': 0, '4.0': 1}, {'1': 0, '01': 1})
+    """
+    exact = {value: position for position, value in enumerate(values)}
+    by_number: dict[str, list[int]] = {}
+    for position, value in enumerate(values):
+        spelled = number_spelling(value) if value else None
+        if spelled is not None and spelled not in exact:
+            by_number.setdefault(spelled, []).append(position)
+    return {**{spelled: found[0] for spelled, found in by_number.items() if len(found) == 1}, **exact}
 
 
 # Lone UTF-16 surrogates: a Python string may hold them (JSON's "\\ud800" makes one); UTF-8 text, and so

@@ -22,7 +22,7 @@ import pandas as pd
 
 from keel.config import PreprocessingConfig
 from keel.data.images import ImageTransform
-from keel.data.spelling import binary_spellings, boolean_word
+from keel.data.spelling import binary_spellings, boolean_word, lookup_spellings, number_spelling
 from keel.data.text import TextTransform
 from keel.data.values import category_strings, to_numeric, to_numeric_range, to_seconds
 from keel.errors import DataError
@@ -274,11 +274,11 @@ class BinaryTransform:
         strings = category_strings(series)
         present = strings[strings != None]  # noqa: E711 (elementwise comparison)
         distinct = sorted(set(present.tolist()))
-        if len(distinct) > 2:  # TRUE, true and false are two values (binary_spellings), kept as True / False
-            words = sorted({boolean_word(value) or value for value in distinct})
-            if len(words) > 2:
-                raise _too_many_values(self.name, distinct, source)
+        words = sorted({boolean_word(value) or value for value in distinct})
+        if len(words) < len(distinct):  # TRUE, True and false are two values (binary_spellings): True and False
             distinct = words
+        if len(distinct) > 2:
+            raise _too_many_values(self.name, distinct, source)
         self.values = distinct
         if len(self.values) == 2:
             self.fill = float(np.mean(self._codes(present) == 1))
@@ -287,8 +287,10 @@ class BinaryTransform:
     def _codes(self, strings: np.ndarray) -> np.ndarray:
         """Each string's code (0 / 1, or NaN for a missing or unseen value), by binary_spellings."""
         out = np.full(len(strings), np.nan, dtype=np.float32)
-        for spelling, code in binary_spellings(self.values).items():
+        spellings = binary_spellings(self.values)
+        for spelling, code in spellings.items():
             out[strings == spelling] = code
+        _by_number(strings, out, spellings, np.isnan(out) & (strings != None))  # noqa: E711
         return out
 
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
@@ -310,6 +312,17 @@ class BinaryTransform:
 
 # How many of a binary column's extra values an error message lists.
 _SHOWN_VALUES = 5
+
+
+def _by_number(strings: np.ndarray, codes: np.ndarray, lookup: Mapping[str, float], unmatched: np.ndarray) -> None:
+    """Give the ``unmatched`` strings that write a number the code of that number's spelling, where ``lookup``
+    has it: a CSV's ``3.0`` (read as written) for a value learnt from numbers as ``3``. Only these rows are
+    spelled again, so a column of known values pays nothing."""
+    positions = np.flatnonzero(unmatched)
+    if not len(positions):
+        return
+    found = {text: lookup.get(number_spelling(text) or "", np.nan) for text in pd.unique(strings[positions])}
+    codes[positions] = [found[text] for text in strings[positions]]
 
 
 def _too_many_values(name: str, distinct: list[str], source: str | None) -> DataError:
@@ -360,9 +373,10 @@ class CategoryTransform:
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
         """Returns ``(indices (n,) int64, count of values not in the vocabulary)``."""
         strings = category_strings(series)
-        lookup = {value: index + 2 for index, value in enumerate(self.vocabulary)}
-        codes = pd.Series(strings, dtype=object).map(lookup).to_numpy(dtype=np.float64, na_value=np.nan)
+        lookup = {value: index + 2 for value, index in lookup_spellings(self.vocabulary).items()}
+        codes = np.array(pd.Series(strings, dtype=object).map(lookup).to_numpy(dtype=np.float64, na_value=np.nan))
         missing = strings == None  # noqa: E711
+        _by_number(strings, codes, lookup, np.isnan(codes) & ~missing)
         unknown = np.isnan(codes) & ~missing
         codes = np.where(missing, MISSING_INDEX, np.where(unknown, UNKNOWN_INDEX, codes))
         return codes.astype(np.int64), int(unknown.sum())

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from keel.data.images import ImageTransform
-from keel.data.spelling import binary_spellings
+from keel.data.spelling import binary_spellings, lookup_spellings
 from keel.data.text import TextTransform
 from keel.data.transforms import MISSING_INDEX, UNKNOWN_INDEX, BinaryTransform, CategoryTransform, DateTransform
 from keel.errors import ExportError
@@ -229,7 +229,7 @@ def _label_encoder(transform: Any, column: str, output: str) -> "onnx.NodeProto"
                                 default_float=float("nan"))
     if not isinstance(transform, CategoryTransform):
         raise TypeError(f"column {column!r} is not a string-valued transform")
-    indices = {"": MISSING_INDEX, **{value: 2 + i for i, value in enumerate(transform.vocabulary) if value}}
+    indices = {"": MISSING_INDEX, **{value: 2 + i for value, i in lookup_spellings(transform.vocabulary).items() if value}}
     return helper.make_node("LabelEncoder", [column], [output], domain="ai.onnx.ml",
                             keys_strings=list(indices), values_int64s=list(indices.values()),
                             default_int64=UNKNOWN_INDEX)

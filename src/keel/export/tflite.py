@@ -225,7 +225,7 @@ def tflite_inputs(description: dict[str, Any], frame: pd.DataFrame,
     Raises:
         DataError: ``frame`` lacks a column.
     """
-    from keel.data.spelling import binary_spellings
+    from keel.data.spelling import binary_spellings, lookup_spellings
     from keel.data.values import category_strings, to_numeric
 
     missing_columns = [c for group in description["inputs"] for c in group["columns"] if c not in frame.columns]
@@ -246,7 +246,7 @@ def tflite_inputs(description: dict[str, Any], frame: pd.DataFrame,
                 columns.append(np.array([codes.get(s, np.nan) if s is not None else np.nan for s in strings],
                                         np.float32))
             else:
-                vocabulary = {value: index + 2 for index, value in enumerate(description["codes"][column])}
+                vocabulary = {value: index + 2 for value, index in lookup_spellings(description["codes"][column]).items()}
                 missing, unknown = description["missing_index"], description["unknown_index"]
                 columns.append(np.array([missing if s is None else vocabulary.get(s, unknown) for s in strings],
                                         codes_dtype))

@@ -42,9 +42,9 @@ from keel.config import (
     with_target,
 )
 from keel.data.images import ImageTransform
-from keel.data.io import TableSource, read_table
+from keel.data.io import TableSource, read_as_written, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
-from keel.data.schema import Schema, declared_written, infer_schema, infer_task, require_column
+from keel.data.schema import Schema, declared_written, infer_schema, infer_task, require_column, written_columns
 from keel.data.split import Split, fold_rows, split_rows
 from keel.data.text import TextTransform
 from keel.data.values import missing_values, row_weights, to_numeric
@@ -349,8 +349,9 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
         notes.append(f"dropped column {name!r}: {reason}")
     for note in schema.notes:
         notes.append(note)
-    if test_frame is not None:
-        test_frame = _checked_test_frame(test_frame, schema, rows.target, training, notes)
+    if test_frame is not None:  # read before the schema: its columns the model reads as written, so
+        test_frame = _checked_test_frame(read_as_written(test_frame, written_columns(schema)), schema, rows.target,
+                                         training, notes)
     target = rows.target
     fitted_rows = np.sort(np.concatenate(bags[0])) if len(bags) > 1 else split.train
     if schema.task == "regression":

@@ -36,7 +36,7 @@ import torch
 from keel.config import Config, TrainingConfig, from_preset
 from keel.data.io import TableSize, read_chunks, read_table, table_size
 from keel.data.preprocess import Preprocessor, TargetEncoder
-from keel.data.schema import declared_written, infer_schema, infer_task, require_column
+from keel.data.schema import declared_written, infer_schema, infer_task, require_column, written_columns
 from keel.data.values import category_strings, missing_values, row_weights
 from keel.errors import ConfigError, DataError
 from keel.evaluate.predictions import Predictions
@@ -520,8 +520,8 @@ def prepare_streamed(path: str | os.PathLike[str], test: Any, settings: Config, 
         pool.finish()
         release_memory()
         if test is not None:
-            test_fingerprint = _write_test(test, plan, streamer.text, preprocessor, target, schema.feature_names,
-                                           training, tests, notes)
+            test_fingerprint = _write_test(test, plan, sorted({*streamer.text, *written_columns(schema)}), preprocessor,
+                                           target, schema.feature_names, training, tests, notes)
             n_test = tests.n_rows
         tests.finish()
         preprocessor.finish_training()
