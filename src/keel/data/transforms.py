@@ -373,13 +373,21 @@ class CategoryTransform:
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
         """Returns ``(indices (n,) int64, count of values not in the vocabulary)``."""
         strings = category_strings(series)
-        lookup = {value: index + 2 for value, index in lookup_spellings(self.vocabulary).items()}
+        lookup = self._lookup()
         codes = np.array(pd.Series(strings, dtype=object).map(lookup).to_numpy(dtype=np.float64, na_value=np.nan))
         missing = strings == None  # noqa: E711
         _by_number(strings, codes, lookup, np.isnan(codes) & ~missing)
         unknown = np.isnan(codes) & ~missing
         codes = np.where(missing, MISSING_INDEX, np.where(unknown, UNKNOWN_INDEX, codes))
         return codes.astype(np.int64), int(unknown.sum())
+
+    def _lookup(self) -> dict[str, int]:
+        """Spelling -> index (lookup_spellings), made once per vocabulary: a large one costs a regex a value."""
+        cached = getattr(self, "_cached", None)
+        if cached is None or cached[0] is not self.vocabulary:
+            cached = (self.vocabulary, {value: index + 2 for value, index in lookup_spellings(self.vocabulary).items()})
+            self._cached = cached
+        return cached[1]
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "vocabulary": self.vocabulary,
