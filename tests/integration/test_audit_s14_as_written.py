@@ -5,7 +5,7 @@ integer column with a blank cell so) is now learnt as the text ``"3.0"``; the sa
 Parquet, JSON Lines, a keel serve / keel.runtime request) are spelled ``"3"`` (canonical_category) and miss every
 value. Before the rule both read ``"3"``. The runtime says nothing: every row gets the unknown bucket's answer.
 Fixed: keel.data.spelling.lookup_spellings gives each learnt value that writes a number that number's spelling
-too, in keel, the ONNX lookup and TFLite's feeder, and keel matches a written number to one learnt from numbers.
+too, in keel, the ONNX lookup and TFLite's feeder (and a whole number learnt as 3 takes 3.0).
 Also fixed here: a training run's --test CSV is read as written (read_as_written) once the schema is known, and a
 CSV whose last row is over 4 KB is read.
 """

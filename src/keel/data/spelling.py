@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import re
 import struct
+from decimal import Decimal
 from typing import Iterable
 
 # Integral floats up to this magnitude are spelled as integers: every integer in this range is
@@ -53,55 +54,65 @@ def boolean_word(spelling: str | None) -> str | None:
 
 
 def binary_spellings(values: list[str]) -> dict[str, int]:
-    """Each spelling a binary column of ``values`` (its two values, the second coded 1) reads, to its code: the
-    values themselves, for a true or false value its other spellings (``TRUE`` and ``true`` beside ``True``), and
-    the number spellings of :func:`lookup_spellings` (``1`` for a value ``1.0``).
+    """Each spelling a binary column of ``values`` (its two values, the second coded 1) reads, to its code: those
+    of :func:`lookup_spellings` (``TRUE`` and ``true`` beside ``True``; ``1`` beside ``1.0``).
 
     Example:
         >>> binary_spellings(["FALSE", "TRUE"])["True"], binary_spellings(["no", "yes"])
         (1, {'no': 0, 'yes': 1})
     """
-    codes: dict[str, int] = {}
-    for code, value in enumerate(values):
-        word = boolean_word(value)
-        for spelling in BOOLEAN_SPELLINGS[word] if word else ():
-            codes.setdefault(spelling, code)
-    for spelling, code in lookup_spellings(values).items():
-        codes.setdefault(spelling, code)
-    codes.update({value: code for code, value in enumerate(values)})  # a value as spelled is its own
-    return codes
+    return lookup_spellings(values)
 
 
-# A string that writes a plain number: digits, one point, an exponent (no spaces inside, no inf or nan).
-_NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# A string that writes a plain number: ASCII digits, one point, an exponent (no inf or nan; spaces around it are
+# allowed, as keel's number columns allow them).
+_NUMBER_TEXT = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
 
 
 def number_spelling(text: str) -> str | None:
-    """The canonical spelling of the number ``text`` writes (``3.0`` and ``3`` are ``"3"``, ``01`` is ``"1"``,
-    ``2e5`` is ``"200000"``), or None where it writes no plain number."""
-    if not _NUMBER_TEXT.match(text):
+    """The canonical spelling of the number ``text`` writes (``3.0``, `` 3`` and ``3`` are ``"3"``, ``02`` is
+    ``"2"``), or None where it writes no plain number, or one that spelling would not name exactly: digits beyond
+    float64's precision (``1234567890123456789``, whose float is another id's) or below its range (``1e-400``)."""
+    stripped = text.strip()
+    if not _NUMBER_TEXT.match(stripped):
         return None
-    value = float(text)
-    return canonical_category(value) if math.isfinite(value) else None
+    value = float(stripped)
+    if not math.isfinite(value):
+        return None
+    spelled = canonical_category(value)
+    return spelled if spelled is not None and Decimal(spelled) == Decimal(stripped) else None
 
 
 def lookup_spellings(values: list[str]) -> dict[str, int]:
-    """Each of a column's learnt ``values`` (as spelled) to its position, and the number spelling of each value
-    that writes a number (``3`` for ``3.0``) to its position too, where no value is spelled so and no other value
-    writes the same number (``1``, ``01`` and ``001`` keep their own). A CSV's category column is learnt as
-    written; the same rows from JSON, Parquet or a DataFrame of numbers spell ``3.0`` as ``3``.
+    """Each of a column's learnt ``values`` (as spelled) to its position, and to the same position the other
+    spellings of the same value, where no learnt value is spelled so and no other one claims it:
+
+    - a true or false value: ``True``, ``TRUE`` and ``true`` (and the falses), as pandas reads a CSV's booleans;
+    - a value that writes a number: that number's spelling (``3`` for ``3.0`` or `` 3``, ``2`` for ``02``), and
+      for a whole number also ``3.0``, as pandas writes an integer column that has a blank cell.
+
+    A CSV's category and binary columns are learnt as written, and the same rows reach a model from JSON, Parquet
+    or a DataFrame as booleans and numbers (spelled ``True``, ``3``); the exported graph holds the same keys.
+    ``1``, ``01`` and ``001`` keep their own: a number 1 is the value ``1`` alone.
 
     Example:
-        >>> lookup_spellings(["3.0", "4.0"]), lookup_spellings(["1", "01"])
-        ({'3': 0, '4': 1, '3.0': 0, '4.0': 1}, {'1': 0, '01': 1})
+        >>> lookup_spellings(["3.0", "4.0"])["3"], lookup_spellings(["1", "01"]), lookup_spellings(["7"])["7.0"]
+        (0, {'1': 0, '01': 1}, 0)
     """
     exact = {value: position for position, value in enumerate(values)}
-    by_number: dict[str, list[int]] = {}
+    claims: dict[str, set[int]] = {}
     for position, value in enumerate(values):
-        spelled = number_spelling(value) if value else None
-        if spelled is not None and spelled not in exact:
-            by_number.setdefault(spelled, []).append(position)
-    return {**{spelled: found[0] for spelled, found in by_number.items() if len(found) == 1}, **exact}
+        if not value:
+            continue
+        word = boolean_word(value)
+        others = list(BOOLEAN_SPELLINGS[word]) if word else []
+        spelled = number_spelling(value)
+        if spelled is not None:
+            others += [spelled] + ([f"{spelled}.0"] if re.fullmatch(r"-?[0-9]+", spelled) else [])
+        for other in others:
+            if other not in exact:
+                claims.setdefault(other, set()).add(position)
+    return {**{other: next(iter(owners)) for other, owners in claims.items() if len(owners) == 1}, **exact}
 
 
 # Lone UTF-16 surrogates: a Python string may hold them (JSON's "\\ud800" makes one); UTF-8 text, and so

@@ -274,9 +274,12 @@ class BinaryTransform:
         strings = category_strings(series)
         present = strings[strings != None]  # noqa: E711 (elementwise comparison)
         distinct = sorted(set(present.tolist()))
-        words = sorted({boolean_word(value) or value for value in distinct})
-        if len(words) < len(distinct):  # TRUE, True and false are two values (binary_spellings): True and False
-            distinct = words
+        # TRUE, True and false are two values (True, False); so are 1, 1.0 and 0 (1 and 01 alone stay two: as
+        # written, they differ).
+        for fold in (boolean_word, lambda value: boolean_word(value) or number_spelling(value)):
+            words = sorted({fold(value) or value for value in distinct})
+            if len(words) < len(distinct) and (fold is boolean_word or len(distinct) > 2):
+                distinct = words
         if len(distinct) > 2:
             raise _too_many_values(self.name, distinct, source)
         self.values = distinct
@@ -287,10 +290,8 @@ class BinaryTransform:
     def _codes(self, strings: np.ndarray) -> np.ndarray:
         """Each string's code (0 / 1, or NaN for a missing or unseen value), by binary_spellings."""
         out = np.full(len(strings), np.nan, dtype=np.float32)
-        spellings = binary_spellings(self.values)
-        for spelling, code in spellings.items():
+        for spelling, code in binary_spellings(self.values).items():
             out[strings == spelling] = code
-        _by_number(strings, out, spellings, np.isnan(out) & (strings != None))  # noqa: E711
         return out
 
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
@@ -312,17 +313,6 @@ class BinaryTransform:
 
 # How many of a binary column's extra values an error message lists.
 _SHOWN_VALUES = 5
-
-
-def _by_number(strings: np.ndarray, codes: np.ndarray, lookup: Mapping[str, float], unmatched: np.ndarray) -> None:
-    """Give the ``unmatched`` strings that write a number the code of that number's spelling, where ``lookup``
-    has it: a CSV's ``3.0`` (read as written) for a value learnt from numbers as ``3``. Only these rows are
-    spelled again, so a column of known values pays nothing."""
-    positions = np.flatnonzero(unmatched)
-    if not len(positions):
-        return
-    found = {text: lookup.get(number_spelling(text) or "", np.nan) for text in pd.unique(strings[positions])}
-    codes[positions] = [found[text] for text in strings[positions]]
 
 
 def _too_many_values(name: str, distinct: list[str], source: str | None) -> DataError:
@@ -374,9 +364,8 @@ class CategoryTransform:
         """Returns ``(indices (n,) int64, count of values not in the vocabulary)``."""
         strings = category_strings(series)
         lookup = self._lookup()
-        codes = np.array(pd.Series(strings, dtype=object).map(lookup).to_numpy(dtype=np.float64, na_value=np.nan))
+        codes = pd.Series(strings, dtype=object).map(lookup).to_numpy(dtype=np.float64, na_value=np.nan)
         missing = strings == None  # noqa: E711
-        _by_number(strings, codes, lookup, np.isnan(codes) & ~missing)
         unknown = np.isnan(codes) & ~missing
         codes = np.where(missing, MISSING_INDEX, np.where(unknown, UNKNOWN_INDEX, codes))
         return codes.astype(np.int64), int(unknown.sum())

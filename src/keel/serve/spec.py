@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keel.data.spelling import lookup_spellings
 from keel.errors import ArtifactError
 from keel.runtime import Predictor
 
@@ -83,8 +84,10 @@ class ModelSpec:
 
     @property
     def known(self) -> dict[str, frozenset[str]]:
-        """Known values by binary or category column, for counting unseen ones (a text is no value to count)."""
-        return {feature.name: frozenset(feature.values) for feature in self.features
+        """Known spellings by binary or category column, for counting unseen ones (a text is no value to count):
+        the graph's lookup keys (keel.data.spelling.lookup_spellings: ``true`` for a learnt ``TRUE``, ``3`` for
+        ``3.0``), so a value the graph matches is not counted."""
+        return {feature.name: frozenset(lookup_spellings(list(feature.values))) for feature in self.features
                 if not (feature.is_number or feature.is_date or feature.type in ("text", "image"))}
 
 
