@@ -58,12 +58,6 @@ def _read(path: Path, delimiter: str | None, encoding: str | None, model: Any = 
     return read_table(str(path), delimiter=delimiter, encoding=encoding)
 
 
-def _is_csv(path: Path) -> bool:
-    """Whether ``path`` names a CSV (keel.data.io's suffixes, gzipped or not)."""
-    name = path.name.lower().removesuffix(".gz")
-    return name.endswith((".csv", ".tsv", ".txt"))
-
-
 def _read_text(path: Path, delimiter: str | None, encoding: str | None, columns: list[str]) -> Any:
     """A CSV's columns as written (``--with-input`` echoes ``00501`` and ``2e5``, not 501 and 200000.0)."""
     from keel.data.io import read_table
@@ -555,13 +549,13 @@ def predict(
     from keel.data.io import writable, write_table
     from keel.model import load
 
-    writable(output)  # before reading and predicting: a wrong extension is known now
+    written = writable(output)  # before reading and predicting: a wrong extension is known now
     loaded = load(model)
     frame = _read(data, delimiter, encoding, loaded)
     predictions = loaded.predict_frame(frame, proba=proba)
     if with_input:
         # CSV to CSV: the cells echoed as written (00501, 2e5); a typed output (Parquet, JSON Lines) keeps types.
-        if _is_csv(data) and _is_csv(output):
+        if "csv" in frame.attrs and written == "csv":  # read_table marks a CSV's frame
             frame = _read_text(data, delimiter, encoding, list(frame.columns))
         renamed = _beside_input(list(frame.columns), list(predictions.columns))
         for old, new in renamed.items():

@@ -20,7 +20,7 @@ import pytest
 
 import keel
 from keel.data.io import read_table
-from keel.data.spelling import binary_spellings
+from keel.data.spelling import lookup_spellings as binary_spellings  # a binary column's codes are its positions
 from keel.data.transforms import BinaryTransform
 from keel.runtime import Predictor
 from tests.conftest import FAST

@@ -17,6 +17,7 @@ from keel.config import Config
 from keel.data.images import IMAGE_SUFFIXES
 from keel.data.io import ISO_DATE
 from keel.data.values import (
+    MIN_SCALE,
     TARGET_ADVICE,
     category_strings,
     is_numeric,
@@ -481,21 +482,17 @@ def _numbers_in_disguise(series: pd.Series, name: str) -> str | None:
             "null as missing) and the column is read as a number.")
 
 
-# Values all below this in size are scaled as a constant (their spread is no larger): the network reads float32.
-_TINY = 1e-30
-
-
 def _too_small_note(series: pd.Series, name: str) -> str | None:
-    """A note for a number column whose values are all nonzero-and-tiny or zero (under 1e-30 in size, e.g. k *
-    1e-300): read as one constant, so the model cannot use it (a trial's such column scored r2 0)."""
+    """A note for a number column whose values are all nonzero-and-tiny or zero (under MIN_SCALE in size, e.g. k *
+    1e-300: their spread is no larger): read as one constant, so the model cannot use it (a trial's such column scored r2 0)."""
     if not is_numeric(series) or pd.api.types.is_bool_dtype(series.dtype):
         return None
     values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     values = values[np.isfinite(values)]
-    if not len(values) or np.abs(values).max() >= _TINY or values.min() == values.max():
+    if not len(values) or np.abs(values).max() >= MIN_SCALE or values.min() == values.max():
         return None
     example = values[np.abs(values).argmax()]
-    return (f"column {name!r} holds only numbers smaller than {_TINY:g} in size (e.g. {example:.3g}); keel scales "
+    return (f"column {name!r} holds only numbers smaller than {MIN_SCALE:g} in size (e.g. {example:.3g}); keel scales "
             "it as a constant, as float32, which the network reads, cannot tell them apart: multiply the column by a "
             "power of ten (or take its logarithm) for the model to use it.")
 

@@ -42,8 +42,8 @@ _MISSING_TYPES = frozenset({"NAType", "NaTType"})
 
 
 # The spellings pandas' CSV reader reads as booleans (keel then spells them "True" / "False"); Parquet, JSON and a
-# DataFrame keep them as text. A binary column matches every spelling of its true or false value
-# (binary_spellings), so a model trained on one form predicts the other alike.
+# DataFrame keep them as text. A category or binary column matches every spelling of its true or false value
+# (lookup_spellings), so a model trained on one form predicts the other alike.
 BOOLEAN_SPELLINGS: dict[str, tuple[str, ...]] = {"True": ("True", "TRUE", "true"), "False": ("False", "FALSE", "false")}
 _BOOLEAN_OF = {spelling: word for word, spellings in BOOLEAN_SPELLINGS.items() for spelling in spellings}
 
@@ -51,17 +51,6 @@ _BOOLEAN_OF = {spelling: word for word, spellings in BOOLEAN_SPELLINGS.items() f
 def boolean_word(spelling: str | None) -> str | None:
     """``"True"`` / ``"False"`` for a spelling pandas reads as that boolean, else None."""
     return _BOOLEAN_OF.get(spelling) if spelling is not None else None
-
-
-def binary_spellings(values: list[str]) -> dict[str, int]:
-    """Each spelling a binary column of ``values`` (its two values, the second coded 1) reads, to its code: those
-    of :func:`lookup_spellings` (``TRUE`` and ``true`` beside ``True``; ``1`` beside ``1.0``).
-
-    Example:
-        >>> binary_spellings(["FALSE", "TRUE"])["True"], binary_spellings(["no", "yes"])
-        (1, {'no': 0, 'yes': 1})
-    """
-    return lookup_spellings(values)
 
 
 # A string that writes a plain number: ASCII digits, one point, an exponent (no inf or nan; spaces around it are
@@ -84,7 +73,8 @@ def number_spelling(text: str) -> str | None:
 
 
 def lookup_spellings(values: list[str]) -> dict[str, int]:
-    """Each of a column's learnt ``values`` (as spelled) to its position, and to the same position the other
+    """Each of a column's learnt ``values`` (as spelled) to its position (a binary column's code: its second value
+    is 1), and to the same position the other
     spellings of the same value, where no learnt value is spelled so and no other one claims it:
 
     - a true or false value: ``True``, ``TRUE`` and ``true`` (and the falses), as pandas reads a CSV's booleans;

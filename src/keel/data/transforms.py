@@ -22,9 +22,9 @@ import pandas as pd
 
 from keel.config import PreprocessingConfig
 from keel.data.images import ImageTransform
-from keel.data.spelling import binary_spellings, boolean_word, lookup_spellings, number_spelling
+from keel.data.spelling import boolean_word, lookup_spellings, number_spelling
 from keel.data.text import TextTransform
-from keel.data.values import category_strings, to_numeric, to_numeric_range, to_seconds
+from keel.data.values import MIN_SCALE, category_strings, to_numeric, to_numeric_range, to_seconds
 from keel.errors import DataError
 
 UNKNOWN_INDEX = 0
@@ -189,7 +189,7 @@ class NumberTransform:
         # An all-missing column has no statistic to fill with: it takes the constant.
         self.fill = float(self.constant) if len(present) == 0 else FILLS[self.missing](present, self.constant)
         self.center, self.scale, self.knots = SCALERS[self.normalize](present, n_missing, self.fill)
-        if not np.isfinite(self.scale) or self.scale < 1e-30:
+        if not np.isfinite(self.scale) or self.scale < MIN_SCALE:
             self.scale = 1.0  # a constant column (or one float32 cannot scale): centre it, do not divide
         return self
 
@@ -288,9 +288,9 @@ class BinaryTransform:
         return self
 
     def _codes(self, strings: np.ndarray) -> np.ndarray:
-        """Each string's code (0 / 1, or NaN for a missing or unseen value), by binary_spellings."""
+        """Each string's code (0 / 1, or NaN for a missing or unseen value), by lookup_spellings."""
         out = np.full(len(strings), np.nan, dtype=np.float32)
-        for spelling, code in binary_spellings(self.values).items():
+        for spelling, code in lookup_spellings(self.values).items():
             out[strings == spelling] = code
         return out
 
@@ -339,6 +339,7 @@ class CategoryTransform:
         self.min_share = settings.rare_category_min_share
         self.vocabulary: list[str] = []
         self.n_rare = 0
+        self._cached: tuple[list[str], dict[str, int]] | None = None  # (vocabulary, its lookup): _lookup
 
     @property
     def cardinality(self) -> int:
@@ -372,7 +373,7 @@ class CategoryTransform:
 
     def _lookup(self) -> dict[str, int]:
         """Spelling -> index (lookup_spellings), made once per vocabulary: a large one costs a regex a value."""
-        cached = getattr(self, "_cached", None)
+        cached = self._cached
         if cached is None or cached[0] is not self.vocabulary:
             cached = (self.vocabulary, {value: index + 2 for value, index in lookup_spellings(self.vocabulary).items()})
             self._cached = cached
@@ -582,7 +583,7 @@ class DateTransform:
 
 def _usable(center: float, scale: float, fallback: float = 1.0) -> tuple[float, float]:
     """A z-score's center and scale, ``fallback`` where the scale is 0 (one date, one year)."""
-    return center, scale if math.isfinite(scale) and scale >= 1e-30 else fallback
+    return center, scale if math.isfinite(scale) and scale >= MIN_SCALE else fallback
 
 
 TRANSFORMS: dict[str, type[NumberTransform] | type[BinaryTransform] | type[CategoryTransform] | type[DateTransform]

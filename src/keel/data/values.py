@@ -34,6 +34,9 @@ def numeric_share(series: pd.Series) -> float:
     return float(parsed.notna().mean())
 
 
+# A spread (a column's scale) below this is none: the column is centred, not divided; float32, which the network
+# reads, cannot tell values that close apart anyway.
+MIN_SCALE = 1e-30
 # What a number column's bad value can be fixed by, besides fixing or blanking it: a feature can be a category.
 FEATURE_ADVICE = "or declare the column a category in input_features"
 # A weight column is no feature: it is fixed in the file, or another column is named.

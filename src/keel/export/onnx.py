@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from keel.data.images import ImageTransform
-from keel.data.spelling import binary_spellings, lookup_spellings
+from keel.data.spelling import lookup_spellings
 from keel.data.text import TextTransform
 from keel.data.transforms import MISSING_INDEX, UNKNOWN_INDEX, BinaryTransform, CategoryTransform, DateTransform
 from keel.errors import ExportError
@@ -223,7 +223,7 @@ def _label_encoder(transform: Any, column: str, output: str) -> "onnx.NodeProto"
     # "" is the missing value (canonical_category spells it None): a vocabulary of a model saved
     # before that rule may hold it, and keel now sends it to the missing bucket too.
     if isinstance(transform, BinaryTransform):
-        codes = {value: float(code) for value, code in binary_spellings(transform.values).items() if value}
+        codes = {value: float(code) for value, code in lookup_spellings(transform.values).items() if value}
         return helper.make_node("LabelEncoder", [column], [output], domain="ai.onnx.ml",
                                 keys_strings=list(codes), values_floats=list(codes.values()),
                                 default_float=float("nan"))

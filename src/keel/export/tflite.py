@@ -225,7 +225,7 @@ def tflite_inputs(description: dict[str, Any], frame: pd.DataFrame,
     Raises:
         DataError: ``frame`` lacks a column.
     """
-    from keel.data.spelling import binary_spellings, lookup_spellings
+    from keel.data.spelling import lookup_spellings
     from keel.data.values import category_strings, to_numeric
 
     missing_columns = [c for group in description["inputs"] for c in group["columns"] if c not in frame.columns]
@@ -242,7 +242,7 @@ def tflite_inputs(description: dict[str, Any], frame: pd.DataFrame,
                 continue
             strings = category_strings(frame[column])
             if group["name"] == "binaries":
-                codes = binary_spellings(description["binaries"][column])
+                codes = lookup_spellings(description["binaries"][column])
                 columns.append(np.array([codes.get(s, np.nan) if s is not None else np.nan for s in strings],
                                         np.float32))
             else:

@@ -15,7 +15,6 @@ import copy
 import dataclasses
 import functools
 import os
-import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -75,6 +74,7 @@ from keel.train.trainer import (
     History,
     Rows,
     Trainer,
+    epoch_pace,
     numeric_guard,
     resolve_batch_size,
     resolve_patience,
@@ -524,7 +524,6 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
             # bagging auto's first network takes the time one network would have: under a 30 s limit, fifths of it
             # trained five networks that scored below one (hpc_data accuracy 0.773 against 0.827)
             share = 1 if training.bagging == "auto" and index == 0 else planned_networks - index
-            trainer.deadline = time.perf_counter() + (deadline - time.perf_counter()) / share
             if index == 0 and share > 1 and ranks is None:
                 # An explicit bagging's first network: its share is of the networks that fit, which its pace
                 # tells. A fifth set up front cut a 210,000-row table's only network after 5 of 256 steps (the
@@ -532,6 +531,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
                 trainer.deadline = deadline
                 trainer.replan = functools.partial(_first_share, end=deadline, networks=planned_networks,
                                                    epochs=min(training.epochs, MIN_TIMED_EPOCHS))
+            else:
+                trainer.deadline = time.perf_counter() + (deadline - time.perf_counter()) / share
         resumed = checkpoints.trainer_state(index) if checkpoints is not None else None
         if checkpoints is not None:
             checkpoints.begin_network(index, trainer.network, resumed.epoch if resumed is not None else 0)
@@ -695,12 +696,9 @@ def _epochs_trained(epochs: list[dict[str, Any]]) -> float:
 def _first_share(epoch_seconds: list[float], *, end: float, networks: int, epochs: int) -> float:
     """The first bagged network's deadline under a time limit, after each of its epochs: an equal share of the
     time left to ``end`` among the networks (``networks`` at most, this one included) that fit ``epochs`` epochs
-    each at its pace (the median of its last three epochs, the first left out once another is timed: it carries
-    one-time costs); all of it when no second network fits."""
-    timed = epoch_seconds[1:] or epoch_seconds
-    pace = statistics.median(timed[-3:])
+    each at its pace (trainer.epoch_pace); all of it when no second network fits."""
     left = end - time.perf_counter()
-    fit = max(1, min(networks, int(left // max(pace * epochs, 1e-9))))
+    fit = max(1, min(networks, int(left // max(epoch_pace(epoch_seconds) * epochs, 1e-9))))
     return end if fit == 1 else time.perf_counter() + left / fit
 
 

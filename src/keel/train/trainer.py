@@ -310,8 +310,7 @@ class Trainer:
         if len(epoch_seconds) == 1 and left > 2 * epoch_seconds[0]:
             allowed = planned  # time for a second epoch: plan from its pace (every rank still agrees below)
         else:
-            timed = epoch_seconds[1:] or epoch_seconds
-            allowed = epoch + max(0, int(left // statistics.median(timed[-3:])))
+            allowed = epoch + max(0, int(left // epoch_pace(epoch_seconds)))
         if self.world > 1:  # every rank must stop at the same epoch: the most cautious plan wins
             from keel.train.distributed import agree_min
 
@@ -575,6 +574,13 @@ def resolve_patience(settings: TrainingConfig, steps_per_epoch: int) -> int:
     if patience and settings.early_stopping_steps is not None:
         patience = min(patience, max(MIN_PATIENCE, math.ceil(settings.early_stopping_steps / steps_per_epoch)))
     return patience
+
+
+def epoch_pace(epoch_seconds: list[float]) -> float:
+    """Seconds an epoch, from the epochs timed so far: the median of the last three, the first left out once
+    another is timed (it carries one-time costs: lazy imports, the first allocations)."""
+    timed = epoch_seconds[1:] or epoch_seconds
+    return statistics.median(timed[-3:])
 
 
 # The shortest wait early_stopping_steps leaves: single validations are noisy (on the 204k-row table of
