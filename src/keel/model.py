@@ -725,6 +725,7 @@ class _SchemaState(TypedDict):
     dropped: NotRequired[dict[str, str]]
     notes: NotRequired[list[str]]
     as_written: NotRequired[bool]
+    target_written: NotRequired[bool]
 
 
 # A fitted constant: keel writes finite numbers only (allow_nan=False), and a scale it divides by is positive

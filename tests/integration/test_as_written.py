@@ -182,3 +182,57 @@ def test_predict_with_input_echoes_a_csvs_cells_as_written(codes: tuple[keel.Mod
     assert lines[0] == "code,x,ref,y" and lines[1].startswith("001,2e0,00042,") and lines[2].startswith("01,-0.50,7,")
     values = pd.read_csv(tmp_path / "out.csv")["y"].to_numpy()
     np.testing.assert_allclose(values, model.predict(pd.DataFrame({"code": ["001", "01"], "x": [2.0, -0.5]})))
+
+
+def test_a_target_declared_category_keeps_its_classes_from_training_to_evaluate(tmp_path: Path) -> None:
+    """Classes 1, 01 and 2 in a CSV: pandas made 1 and 01 one class, silently; now that is an error, and the
+    target declared a category keeps three classes, in training, in a --test file and in keel evaluate."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=240)
+    frame = pd.DataFrame({"x": x, "y": np.array(["1", "01", "2"])[np.digitize(x, [-0.4, 0.4])]})
+    frame.iloc[:180].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[180:].to_csv(tmp_path / "test.csv", index=False)
+    config = {**FAST, "training.epochs": 30}
+    with pytest.raises(keel.DataError, match="writes the number 1 two ways"):
+        keel.fit(str(tmp_path / "train.csv"), target="y", config=config, quiet=True, importance=False)
+    declared = {**config, "input_features": [{"name": "y", "type": "category"}]}
+    model = keel.fit(str(tmp_path / "train.csv"), target="y", config=declared, test=str(tmp_path / "test.csv"),
+                     quiet=True, importance=False)
+    assert model.classes == ["01", "1", "2"] and model.feature_names == ["x"]
+    assert model.metrics["n_rows"] == 60 and model.metrics["accuracy"] > 0.8  # the --test rows, as written
+    model.save(tmp_path / "model")
+    loaded = keel.load(tmp_path / "model")
+    metrics = loaded.evaluate(str(tmp_path / "test.csv"))
+    assert metrics["accuracy"] == model.metrics["accuracy"]  # 01 rows scored as 01, not as 1
+    assert set(loaded.predict(str(tmp_path / "test.csv"))) <= {"01", "1", "2"}
+
+
+def test_a_model_saved_before_the_target_rule_reads_its_target_as_it_did(tmp_path: Path) -> None:
+    """A model whose keel.json has no target_written read its CSV target as pandas parsed it, and still does."""
+    (tmp_path / "rows.csv").write_text("x,y\n" + "".join(f"{i % 7},{i % 2}\n" for i in range(60)))
+    model = keel.fit(str(tmp_path / "rows.csv"), target="y", config=FAST, quiet=True, importance=False)
+    model.save(tmp_path / "model")
+    document = json.loads((tmp_path / "model" / "keel.json").read_text())
+    assert document["schema"]["target_written"] is False
+    del document["schema"]["target_written"]
+    (tmp_path / "model" / "keel.json").write_text(json.dumps(document))
+    loaded = keel.load(tmp_path / "model")
+    assert loaded.read_rows(str(tmp_path / "rows.csv"))["y"].dtype == np.int64 and loaded.classes == [0, 1]
+    assert loaded.evaluate(str(tmp_path / "rows.csv"))["accuracy"] == model.evaluate(str(tmp_path / "rows.csv"))["accuracy"]
+
+
+def test_a_declared_target_keeps_its_classes_in_a_streamed_run(tmp_path: Path) -> None:
+    """A file over data.memory_budget reads its chunks, and its --test file, with the declared target as written."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(30_000, 3))
+    frame = pd.DataFrame({f"x{i}": x[:, i].round(4) for i in range(3)})
+    frame["y"] = np.array(["1", "01", "2"])[np.digitize(x[:, 0], [-0.4, 0.4])]
+    frame.iloc[:25_000].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[25_000:].to_csv(tmp_path / "test.csv", index=False)
+    config = {**FAST, "training.epochs": 2, "training.batch_size": 256, "data.memory_budget": "1MiB",
+              "input_features": [{"name": "y", "type": "category"}]}
+    model = keel.fit(str(tmp_path / "train.csv"), target="y", config=config, test=str(tmp_path / "test.csv"),
+                     quiet=True, importance=False)
+    assert any(note.startswith("streaming") for note in model.notes)
+    assert model.classes == ["01", "1", "2"] and model.metrics["n_rows"] == 5_000
+    assert model.evaluate(str(tmp_path / "test.csv"))["accuracy"] == model.metrics["accuracy"]

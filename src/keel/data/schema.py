@@ -15,7 +15,7 @@ import pandas as pd
 
 from keel.config import Config
 from keel.data.images import IMAGE_SUFFIXES
-from keel.data.io import ISO_DATE
+from keel.data.io import ISO_DATE, read_as_written
 from keel.data.values import (
     MIN_SCALE,
     TARGET_ADVICE,
@@ -65,6 +65,9 @@ class Schema:
     # Whether a CSV's category, binary, text and image columns are read as written (written_columns): true for
     # every model trained since; a model saved before read them as pandas parsed them, and still does.
     as_written: bool = True
+    # Whether a CSV's target is read as written too: input_features declared it category or binary (declared_target),
+    # so its labels are the file's text (01 and 1 two classes) at training, for a --test file and at evaluation.
+    target_written: bool = False
 
     @property
     def feature_names(self) -> list[str]:
@@ -80,6 +83,7 @@ class Schema:
             features=[Feature(**item) for item in state["features"]], dropped=dict(state.get("dropped", {})),
             notes=list(state.get("notes", [])),  # absent from schemas saved before notes existed
             as_written=bool(state.get("as_written", False)),
+            target_written=bool(state.get("target_written", False)),  # absent: its target was read as parsed
         )
 
 
@@ -89,14 +93,53 @@ WRITTEN_TYPES: tuple[str, ...] = ("category", "binary", "text", "image")
 
 def written_columns(schema: Schema) -> list[str]:
     """The columns a model reads from a CSV as written (``02134`` stays ``02134``): its category, binary, text
-    and image features, as training read them; none for a model saved before that rule."""
-    return [feature.name for feature in schema.features if feature.type in WRITTEN_TYPES] if schema.as_written else []
+    and image features, and its target where input_features declared it, as training read them; none for a model
+    saved before that rule."""
+    features = [feature.name for feature in schema.features if feature.type in WRITTEN_TYPES] if schema.as_written else []
+    return [*features, schema.target] if schema.target_written else features
 
 
 def declared_written(config: Config) -> list[str]:
-    """The columns the config declares of a type read as written, for the training read (inferred ones of those
-    types come from columns pandas leaves as text anyway; a bool column's spellings match either way)."""
+    """The columns the config declares of a type read as written, the target included (:func:`declared_target`),
+    for the training read (inferred ones of those types come from columns pandas leaves as text anyway; a bool
+    column's spellings match either way)."""
     return [item.name for item in config.input_features or [] if item.type in WRITTEN_TYPES]
+
+
+# The types input_features may declare the target: classes, whose labels a CSV gives as written.
+TARGET_TYPES: tuple[str, ...] = ("category", "binary")
+
+
+def declared_target(config: Config) -> str | None:
+    """The type input_features declares the target (``category`` or ``binary``: its labels are read from a CSV
+    as written, so ``1``, ``01`` and ``1.0`` are three classes), or None where it does not list the target.
+
+    Raises:
+        ConfigError: It declares the target another type, or the task is one the type contradicts.
+    """
+    name = config.target
+    kind = next((item.type for item in config.input_features or [] if item.name == name), None)
+    if kind is None:
+        return None
+    if kind not in TARGET_TYPES:
+        raise ConfigError(
+            f"input_features lists the target {name!r} with type {kind}; a target can be declared category or binary "
+            "(classes, whose labels a CSV gives as written). Remove it from input_features to have it inferred"
+            + (", and set task: regression for a quantity." if kind == "number" else "."))
+    if config.task == "regression" or (kind == "binary" and config.task == "multiclass"):
+        raise ConfigError(f"input_features declares the target {name!r} {kind} (classes), but task is {config.task}; "
+                          "set task: auto, or " + ("declare the target category." if config.task == "multiclass" else
+                                                   "remove the target from input_features for a quantity."))
+    return kind
+
+
+def declared_task(config: Config) -> str:
+    """The task :func:`infer_task` starts from: ``config.task``, or for a target declared category (binary) in
+    input_features, a classification (binary) however its labels look."""
+    kind = declared_target(config)
+    if kind is None or config.task != "auto":
+        return config.task
+    return "binary" if kind == "binary" else "multiclass"  # multiclass: two classes are still binary
 
 
 def labelled_rows(frame: pd.DataFrame, target: str, purpose: str) -> pd.DataFrame:
@@ -157,15 +200,14 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
         raise ConfigError("no target column; pass --target COLUMN (or target=... in Python, target: in YAML).")
     source = frame.attrs.get("source")
     require_column(frame, config.target, "target")
-    task = infer_task(frame[config.target], config.target, config.task, source)
+    task = infer_task(frame[config.target], config.target, declared_task(config), source)
     features: list[Feature] = []
     dropped: dict[str, str] = {}
-    declared = {item.name: item.type for item in config.input_features or []}
-    names = list(declared) if config.input_features else [
-        c for c in frame.columns if c != config.target and c not in exclude]
+    # The target's entry declares how its labels are read, not a feature: the other entries are the features,
+    # or every column when there are none.
+    declared = {item.name: item.type for item in config.input_features or [] if item.name != config.target}
+    names = list(declared) if declared else [c for c in frame.columns if c != config.target and c not in exclude]
     for name in names:
-        if name == config.target:
-            raise ConfigError(f"input_features lists the target {name!r}; remove it from input_features.")
         require_column(frame, name, "input feature")
 
     def decide(column: tuple[str, pd.Series]) -> tuple[ColumnType | None, str]:
@@ -216,7 +258,8 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
             "Add feature columns or declare their types in input_features.",
             file=source,
         )
-    return Schema(target=config.target, task=task, features=features, dropped=dropped, notes=notes)
+    return Schema(target=config.target, task=task, features=features, dropped=dropped, notes=notes,
+                  target_written=declared_target(config) is not None)
 
 
 # Dates in the common non-ISO numeric forms (10/31/1996, 31.10.1996, 31-10-96, 1996/10/31), with a time or not.
@@ -401,6 +444,56 @@ def _looks_like_row_id(present: pd.Series, name: str) -> bool:
     return consecutive or bool(_ID_NAME.search(name))
 
 
+def infer_target_task(frame: pd.DataFrame, config: Config) -> ResolvedTask:
+    """The task ``frame``'s target poses (:func:`infer_task` from :func:`declared_task`), its labels checked by
+    :func:`check_label_spellings` when they are classes.
+
+    Raises:
+        ConfigError: The config declares the target a type it cannot be, or a task its labels contradict.
+        DataError: As :func:`infer_task` and :func:`check_label_spellings` raise.
+    """
+    name = str(config.target)
+    task = infer_task(frame[name], name, declared_task(config), frame.attrs.get("source"))
+    if task != "regression":
+        check_label_spellings(frame, name)
+    return task
+
+
+def check_label_spellings(frame: pd.DataFrame, name: str) -> None:
+    """Refuse class labels that pandas read from a CSV as numbers where the file writes one number two ways
+    (``1`` and ``01``, ``1`` and ``1.0``): they would become one class without a word. Labels read as written
+    (a declared target), or from another format, have nothing to check.
+
+    Raises:
+        DataError: Two spellings of one number, with their rows, and how to keep them apart.
+    """
+    series = frame[name]
+    if "csv" not in frame.attrs or not is_numeric(series):
+        return
+    # One more read of the target column alone (about 40% of the table's read time), for classes only.
+    written = read_as_written(frame[[name]], [name])[name]
+    spellings = pd.DataFrame({"value": series, "spelling": written}).dropna().drop_duplicates()  # first rows
+    collided = spellings[spellings.duplicated("value", keep=False)]
+    if not len(collided):
+        return
+    first = collided[collided["value"] == collided["value"].iloc[0]]
+    (row_a, a), (row_b, b) = first["spelling"].iloc[:2].items()
+    value = first["value"].iloc[0]
+    others = collided["value"].nunique() - 1
+    raise DataError(
+        f"target column {name!r} writes the number {_plain_number(value)} two ways, {a!r} (row {row_a + 1}) "
+        f"and {b!r} (row {row_b + 1}), and pandas reads both as that number: they would be one class"
+        + (f" ({others} more number(s) are written more than one way)" if others else "")
+        + ". If they are different classes, declare the target a category to keep its labels as written: "
+        f"input_features: [{{name: {name}, type: category}}] (listed alone there, every other column is still "
+        "inferred); if they are one class, write it one way in the file.",
+        file=frame.attrs.get("source"), column=name, row=int(row_b) + 1)
+
+
+def _plain_number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
+
+
 def infer_task(target: pd.Series, name: str, declared: str, source: str | None, *,
                distinct: bool = False) -> ResolvedTask:
     """Binary, multiclass or regression, from the declared task or the target's values (``distinct``: each
@@ -437,7 +530,8 @@ def infer_task(target: pd.Series, name: str, declared: str, source: str | None, 
         return "regression"
     n_classes = n_values
     if declared == "binary" and n_classes != 2:
-        raise ConfigError(f"task is binary but target {name!r} has {n_classes} classes; set task: multiclass or auto.")
+        raise ConfigError(f"task is binary but target {name!r} has {n_classes} classes; set task: multiclass or auto "
+                          "(a target that input_features declares binary: declare it category).")
     return "binary" if n_classes == 2 else "multiclass"
 
 

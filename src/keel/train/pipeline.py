@@ -43,7 +43,7 @@ from keel.config import (
 from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_as_written, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
-from keel.data.schema import Schema, declared_written, infer_schema, infer_task, require_column, written_columns
+from keel.data.schema import Schema, declared_written, infer_schema, infer_target_task, require_column, written_columns
 from keel.data.split import Split, fold_rows, split_rows
 from keel.data.text import TextTransform
 from keel.data.values import missing_values, row_weights, to_numeric
@@ -778,7 +778,7 @@ def _labelled(frame: pd.DataFrame, settings: Config) -> _Rows:
     if n_unlabelled:
         frame = frame[keep]  # the index keeps each row's number in the file, for messages
     source = frame.attrs.get("source")
-    task = infer_task(frame[name], name, settings.task, source)
+    task = infer_target_task(frame, settings)
     target = TargetEncoder(name, task)
     classes = None
     if task != "regression":  # class labels come from every labelled row; they stratify the split

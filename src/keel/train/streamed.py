@@ -36,7 +36,7 @@ import torch
 from keel.config import Config, TrainingConfig, from_preset
 from keel.data.io import TableSize, read_chunks, read_table, table_size
 from keel.data.preprocess import Preprocessor, TargetEncoder
-from keel.data.schema import declared_written, infer_schema, infer_task, require_column, written_columns
+from keel.data.schema import declared_task, declared_written, infer_schema, infer_task, require_column, written_columns
 from keel.data.values import category_strings, missing_values, row_weights
 from keel.errors import ConfigError, DataError
 from keel.evaluate.predictions import Predictions
@@ -601,14 +601,14 @@ def _target_encoder(scan: Scan, settings: Config) -> TargetEncoder:
     name = str(settings.target)
     if scan.labels is None:  # more distinct values than any classifier here: a quantity, or refused
         values = scan.sample[name] if scan.sample is not None else pd.Series(dtype=float)
-        task = infer_task(values, name, settings.task, scan.source)
+        task = infer_task(values, name, declared_task(settings), scan.source)
         if task != "regression":
             raise DataError(f"target column {name!r} has more than {MAX_LABELS:,} distinct labels, too many classes "
                             "for a streamed run; declare task: regression if it is a quantity, or group the labels.",
                             file=scan.source, column=name)
     else:
         values = pd.Series(list(scan.labels.values()))
-        task = infer_task(values, name, settings.task, scan.source, distinct=True)
+        task = infer_task(values, name, declared_task(settings), scan.source, distinct=True)
     encoder = TargetEncoder(name, task)
     if task != "regression":
         encoder.fit(values)

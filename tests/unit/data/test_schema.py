@@ -201,3 +201,50 @@ def test_dates_in_another_format_than_iso_are_noted_not_silently_a_category() ->
                             "read as a category: keel reads only ISO dates as dates (in other forms day and month may "
                             "be either way round); convert the column (pd.to_datetime(..., format=...), or write "
                             "1996-10-31) for its date features."]
+
+
+def test_a_target_declared_category_or_binary_is_classes_and_no_feature() -> None:
+    """input_features may list the target as category or binary: its labels then come from a CSV as written
+    (Schema.target_written), the task is a classification however the labels look, and the other entries (or,
+    with none, every column) are the features."""
+    from keel.data.schema import declared_target, declared_task, written_columns
+
+    frame = pd.DataFrame({"x": [0.1, 0.2, 0.3, 0.4] * 10, "c": ["a", "b"] * 20, "y": list(range(40))})
+    declared = _schema(frame, target="y", input_features=[{"name": "y", "type": "category"}])
+    assert declared.task == "multiclass" and declared.feature_names == ["x", "c"]  # 40 integers: classes here
+    assert declared.target_written and written_columns(declared) == ["c", "y"]
+    assert Schema.from_dict(declared.to_dict()).target_written
+    listed = _schema(frame, target="y", input_features=[{"name": "x", "type": "number"}, {"name": "y", "type": "category"}])
+    assert listed.feature_names == ["x"]
+    assert not _schema(frame, target="y").target_written  # undeclared: read as pandas parses it
+    assert declared_task(load_config({"target": "y", "input_features": [{"name": "y", "type": "binary"}]})) == "binary"
+    assert declared_target(load_config({"target": "y"})) is None
+    with pytest.raises(ConfigError, match="lists the target 'y' with type number.*task: regression"):
+        _schema(frame, target="y", input_features=[{"name": "y", "type": "number"}])
+    with pytest.raises(ConfigError, match=r"declares the target 'y' category \(classes\), but task is regression"):
+        _schema(frame, target="y", task="regression", input_features=[{"name": "y", "type": "category"}])
+    with pytest.raises(ConfigError, match="task is binary but target 'y' has 40 classes.*declare it category"):
+        _schema(frame, target="y", input_features=[{"name": "y", "type": "binary"}])
+
+
+def test_a_csv_target_whose_spellings_pandas_merges_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """1 and 01 (or 1 and 1.0) in a CSV's class column: pandas reads one number, and the classes merged silently."""
+    from keel.data.schema import check_label_spellings, infer_target_task
+
+    path = tmp_path / "codes.csv"
+    path.write_text("x,y\n" + "".join(f"{i},{code}\n" for i, code in enumerate(["1", "2", "01", "2", "1.0", "3"] * 5)))
+    frame = read_table(str(path))
+    assert frame["y"].dtype == np.float64  # pandas' parse: 1, 01 and 1.0 are 1.0
+    with pytest.raises(DataError, match=r"target column 'y' writes the number 1 two ways, '1' \(row 1\) and '01' "
+                                        r"\(row 3\).*one class.*input_features: \[\{name: y, type: category\}\]") as error:
+        infer_target_task(frame, load_config({"target": "y"}))
+    assert error.value.column == "y" and error.value.row == 3
+    # Read as written, a declared target keeps them apart; a regression target is a number however written.
+    declared = load_config({"target": "y", "input_features": [{"name": "y", "type": "category"}]})
+    assert infer_target_task(read_table(str(path), text=["y"]), declared) == "multiclass"
+    assert infer_target_task(frame, load_config({"target": "y", "task": "regression"})) == "regression"
+    # Parquet keeps its types (nothing to re-read), and one spelling a number is no collision.
+    pd.DataFrame({"y": [1, 2, 1, 3] * 5}).to_parquet(tmp_path / "codes.parquet")
+    check_label_spellings(read_table(str(tmp_path / "codes.parquet")), "y")
+    (tmp_path / "plain.csv").write_text("y\n" + "1\n2\n\n3\n" * 5)
+    check_label_spellings(read_table(str(tmp_path / "plain.csv")), "y")
