@@ -102,6 +102,20 @@ def _scored_rows(inputs: ReportInputs) -> str:
     return f"{inputs.source} ({_rows(len(inputs.predictions))} rows)"
 
 
+def _bagging(bagging: dict[str, Any]) -> str:
+    """The bagged networks trained and their rows; a time limit may have allowed fewer than planned (records
+    written before ``planned`` existed list only the networks trained, and only when there were several)."""
+    networks, planned = bagging["networks"], bagging.get("planned", bagging["networks"])
+    each = [train + validation for train, validation in zip(bagging["train_each"], bagging["validation_each"])]
+    trained = (f"{networks} networks" if networks == planned else
+               f"{networks} of the {planned} networks of training.bagging (training.time_limit allowed no more)")
+    if networks == 1:
+        return (f"{trained}, trained on {_rows(bagging['train_each'][0])} of the {_rows(each[0])} training and "
+                f"validation rows and validated on the other {_rows(bagging['validation_each'][0])} (its fold)")
+    return (f"{trained}, each trained on about {_rows(round(float(np.mean(bagging['train_each']))))} of the "
+            f"{_rows(max(each))} training and validation rows and validated on the rest (its own fold)")
+
+
 def overview(inputs: ReportInputs, context: Context) -> str:
     """Data shape, schema, rows per split, configuration, time, versions, notes."""
     run = inputs.run or {}
@@ -120,10 +134,7 @@ def overview(inputs: ReportInputs, context: Context) -> str:
         facts.append(("rows", ", ".join(f"{name} {_rows(count)}" for name, count in splits.items())))
     bagging = run.get("bagging")
     if bagging:
-        each = [train + validation for train, validation in zip(bagging["train_each"], bagging["validation_each"])]
-        facts.append(("bagging", f"{bagging['networks']} networks, each trained on about "
-                                 f"{_rows(round(float(np.mean(bagging['train_each']))))} of the {_rows(max(each))} "
-                                 "training and validation rows and validated on the rest (its own fold)"))
+        facts.append(("bagging", _bagging(bagging)))
     facts.append(("scored rows", _scored_rows(inputs)))
     seconds = run.get("seconds") or {}
     training = seconds.get("training", inputs.history.get("seconds"))

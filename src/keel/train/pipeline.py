@@ -575,9 +575,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
                     "its figures are rougher for it")
             notes.append(shrunk)  # the reporter's copy
             model.notes.append(shrunk)
-    record = dict(data.record)
-    record["bags"] = record["bags"][:len(networks)]
-    model.run = run_record(**record, seconds={"training": sum(history["seconds"] for history in histories)})
+    model.run = run_record(**data.record, trained=len(networks),
+                           seconds={"training": sum(history["seconds"] for history in histories)})
     return model
 
 

@@ -50,7 +50,7 @@ def _distinct(series: pd.Series) -> int:
 
 def run_record(frame: pd.DataFrame, schema: Schema, excluded: set[str], rows: dict[str, int],
                seconds: dict[str, float], *, test_frame: pd.DataFrame | None = None,
-               bags: list[tuple[int, int]] | None = None, data_rows: int | None = None,
+               bags: list[tuple[int, int]] | None = None, trained: int | None = None, data_rows: int | None = None,
                test_source: str | None = None) -> dict[str, Any]:
     """The run record a model keeps (``Model.run``).
 
@@ -61,7 +61,9 @@ def run_record(frame: pd.DataFrame, schema: Schema, excluded: set[str], rows: di
         rows: Rows per part (``train``, ``validation``, ``test``, ``unlabelled``).
         seconds: Durations.
         test_frame: The test data when it came from its own file (``--test``).
-        bags: (training rows, validation rows) of each bagged network, when there are several.
+        bags: (training rows, validation rows) of each bagged network planned, when there are several.
+        trained: How many of them were trained (the first ones; fewer where training.time_limit allowed
+            no more); all when None.
         data_rows: The data's rows when ``frame`` is a sample of them (a streamed run).
         test_source: The test data's source when it is not in ``test_frame`` (a streamed run).
     """
@@ -73,9 +75,11 @@ def run_record(frame: pd.DataFrame, schema: Schema, excluded: set[str], rows: di
         "columns": describe_columns(frame, schema, excluded, sampled=data_rows is not None),
         "seconds": {key: round(float(value), 3) for key, value in seconds.items()},
     }
-    if bags is not None and len(bags) > 1:
-        record["bagging"] = {"networks": len(bags), "train_each": [int(train) for train, _ in bags],
-                             "validation_each": [int(validation) for _, validation in bags]}
+    if bags is not None and len(bags) > 1:  # planned: a time limit may have trained one network of them
+        done = bags[:trained]
+        record["bagging"] = {"networks": len(done), "planned": len(bags),
+                             "train_each": [int(train) for train, _ in done],
+                             "validation_each": [int(validation) for _, validation in done]}
     return record
 
 

@@ -67,6 +67,32 @@ def test_bagging_trains_the_networks_the_time_allows_and_calibrates_on_their_fol
     assert 0.5 < model.metrics["accuracy"] <= 1.0
 
 
+def test_a_bagging_the_limit_cut_records_the_networks_trained_and_the_report_says_so(frame) -> None:
+    """training.bagging 3 and a 1 s limit at 750 steps an epoch: a second network's 10 epochs never fit (0.2 s
+    an epoch here). The report's overview gave the pool's rows beside training.bagging 3 and nothing else."""
+    import html
+
+    from keel.report.make import report_inputs
+    from keel.report.sections import make_context, overview
+
+    model = keel.fit(frame, target="label", quiet=True, importance=False,
+                     config={**LONG, "training.batch_size": 8, "training.time_limit": 1.0, "training.bagging": 3,
+                             "training.early_stopping": 0})
+    trained = len(model.network.networks) if isinstance(model.network, NetworkBag) else 1
+    assert trained < 3 and model.run is not None
+    bagging = model.run["bagging"]
+    assert bagging["networks"] == trained and bagging["planned"] == 3
+    assert len(bagging["train_each"]) == len(bagging["validation_each"]) == trained
+    pool = model.run["rows"]["train"] + model.run["rows"]["validation"]
+    assert all(train + validation == pool for train, validation in zip(bagging["train_each"], bagging["validation_each"]))
+    inputs = report_inputs(model)
+    text = html.unescape(overview(inputs, make_context(inputs)))
+    assert f"{trained} of the 3 networks of training.bagging (training.time_limit allowed no more)" in text
+    if trained == 1:
+        assert (f"trained on {bagging['train_each'][0]:,} of the {pool:,} training and validation rows and validated "
+                f"on the other {bagging['validation_each'][0]:,} (its fold)") in text
+
+
 @pytest.mark.parametrize("value", [0, -3])
 def test_a_time_limit_must_be_positive(value) -> None:
     with pytest.raises(ConfigError, match="training.time_limit"):
