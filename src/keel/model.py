@@ -542,7 +542,8 @@ class Model:
         features = self.preprocessor.transform(frame)
         for column, count in features.unseen.items():
             kind = features.unseen_kinds.get(column, "category")
-            warnings.warn(describe_unseen(kind, column, count), KeelWarning, stacklevel=3)
+            examples = features.unseen_examples.get(column, ())
+            warnings.warn(describe_unseen(kind, column, count, examples), KeelWarning, stacklevel=3)
         return features
 
     def _outputs(self, frame: pd.DataFrame) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ from keel.data.transforms import (
     CategoryTransform,
     DateTransform,
     NumberTransform,
+    Unseen,
     mean_and_std,
 )
 from keel.data.values import (
@@ -56,6 +57,8 @@ class Features:
     # column -> its transform's kind, for each column in ``unseen``: what happened to those values
     # depends on it (see describe_unseen).
     unseen_kinds: dict[str, str] = field(default_factory=dict)
+    # column -> the first few distinct unseen values (Unseen.examples), for each column in ``unseen``.
+    unseen_examples: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.numeric)
@@ -63,20 +66,24 @@ class Features:
 
 # The warning for values a column never saw in training, by transform kind: what happened to them.
 _UNSEEN_MESSAGES = {
-    "category": "column {column!r}: {count} value(s) not seen in training (or rare there) were mapped to the "
-                "unknown-category bucket.",
-    "binary": "column {column!r}: {count} value(s) that are neither of its two training values were filled "
-              "like missing values, with the training share of the second value.",
+    "category": "column {column!r}: {count} value(s) not seen in training (or rare there){examples} were mapped to "
+                "the unknown-category bucket.",
+    "binary": "column {column!r}: {count} value(s) that are neither of its two training values{examples} were "
+              "filled like missing values, with the training share of the second value.",
 }
+# An example value in a note is cut to this many characters (a pasted paragraph in a category column).
+_EXAMPLE_CHARS = 40
 
 
-def describe_unseen(transform_kind: str, column: str, count: int) -> str:
+def describe_unseen(transform_kind: str, column: str, count: int, examples: Sequence[str] = ()) -> str:
     """The warning for ``count`` values of ``column`` that its training rows did not have.
 
     Args:
         transform_kind: The column's transform kind (``Features.unseen_kinds[column]``).
         column: The column's name.
         count: How many values were unseen (``Features.unseen[column]``).
+        examples: Some of those values (``Features.unseen_examples[column]``), named in the sentence: each
+            quoted by ``repr`` (one line whatever it holds) and cut to 40 characters.
 
     Returns:
         One sentence saying what happened to those values.
@@ -85,13 +92,15 @@ def describe_unseen(transform_kind: str, column: str, count: int) -> str:
         ValueError: The kind has no unseen values (numbers) or is unknown.
 
     Example:
-        >>> describe_unseen("binary", "smoker", 3)[:50]
-        "column 'smoker': 3 value(s) that are neither of it"
+        >>> describe_unseen("category", "city", 12, ["Lyon", "Nice", "Brest"])[:84]
+        "column 'city': 12 value(s) not seen in training (or rare there), e.g. 'Lyon', 'Nice'"
     """
     if transform_kind not in _UNSEEN_MESSAGES:
         raise ValueError(
             f"transform kind {transform_kind!r} has no unseen values; expected one of {sorted(_UNSEEN_MESSAGES)}.")
-    return _UNSEEN_MESSAGES[transform_kind].format(column=column, count=count)
+    shown = [repr(value if len(value) <= _EXAMPLE_CHARS else value[:_EXAMPLE_CHARS - 1] + "…") for value in examples]
+    named = f", e.g. {', '.join(shown)}," if shown else ""
+    return _UNSEEN_MESSAGES[transform_kind].format(column=column, count=count, examples=named)
 
 
 class Preprocessor:
@@ -227,21 +236,26 @@ class Preprocessor:
         n_rows = len(frame)
         cells = n_rows * len(self.transforms)
 
-        def convert(item: tuple[FeatureTransform, pd.Series]) -> tuple[np.ndarray, int, float]:
+        def convert(item: tuple[FeatureTransform, pd.Series]) -> tuple[np.ndarray, Unseen, float]:
             """Numbers as raw floats and dates as seconds (both transformed chunk by chunk below), with
-            a number's extent; the others transformed whole."""
+            a number's extent; the others transformed whole, binary and category columns with their unseen values."""
             transform, series = item
             if isinstance(transform, NumberTransform):
                 values, low, high = to_numeric_range(series, column=transform.name, source=source)
-                return values, 0, transform.extent(low, high)
+                return values, Unseen(), transform.extent(low, high)
             if isinstance(transform, DateTransform):
-                return to_seconds(series, column=transform.name, source=source), 0, math.inf
-            return *transform.transform(series, source), math.inf
+                return to_seconds(series, column=transform.name, source=source), Unseen(), math.inf
+            if isinstance(transform, (BinaryTransform, CategoryTransform)):
+                return *transform.encode(series), math.inf
+            values, count = transform.transform(series, source)
+            return values, Unseen(count), math.inf
 
         # Every column is converted before any error is raised: one DataError then lists each bad column.
         converted = map_gathering(convert, [(t, frame[t.name]) for t in self.transforms], cells)
-        unseen = {t.name: count for t, (_, count, _) in zip(self.transforms, converted) if count}
+        found = {t.name: unseen for t, (_, unseen, _) in zip(self.transforms, converted) if unseen.count}
+        unseen = {name: found[name].count for name in found}
         unseen_kinds = {t.name: t.kind for t in self.transforms if t.name in unseen}
+        unseen_examples = {name: found[name].examples for name in found}
         by_name = {t.name: (values, extent) for t, (values, _, extent) in zip(self.transforms, converted)}
         columns = [by_name[transform.name] for transform in self.numeric]
         # Rows are written a chunk at a time into a small column-major buffer (each column write
@@ -274,7 +288,7 @@ class Preprocessor:
         categorical = np.empty((n_rows, len(codes)), dtype=np.int64)
         for index, values in enumerate(codes):
             categorical[:, index] = values if order is None else values[order]
-        return Features(numeric, categorical, unseen, unseen_kinds)
+        return Features(numeric, categorical, unseen, unseen_kinds, unseen_examples)
 
     def state(self) -> list[dict[str, Any]]:
         return [transform.state() for transform in self.transforms]

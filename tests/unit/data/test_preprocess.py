@@ -63,3 +63,29 @@ def test_unseen_values_are_reported_by_what_happened_to_them() -> None:
                                 "unknown-category bucket.")
     with pytest.raises(ValueError, match="transform kind 'number' has no unseen values"):
         describe_unseen("number", "age", 1)
+
+
+def test_unseen_values_are_named_by_up_to_three_examples_on_one_line() -> None:
+    """A note that 12 rows hold unseen values gave the user nothing to look for: it names up to three of them, as
+    written, quoted (a newline stays on the line) and cut when long."""
+    schema = Schema("y", "binary", [Feature("smoker", "binary"), Feature("city", "category")])
+    train = pd.DataFrame({"smoker": ["no", "yes", "yes", "no"], "city": ["oslo"] * 4})
+    preprocessor = Preprocessor(schema, PreprocessingConfig(rare_category_min_count=1)).fit(train)
+    long = "a pasted paragraph\nthat runs on well past forty characters"
+    new = pd.DataFrame({"smoker": ["maybe", "no", "maybe", None, "unsure"],
+                        "city": ["Lyon", "oslo", "Nice", "Lyon", long]})
+    features = preprocessor.transform(new)
+    assert features.unseen == {"smoker": 3, "city": 4}
+    assert features.unseen_examples == {"smoker": ("maybe", "unsure"), "city": ("Lyon", "Nice", long)}
+    message = describe_unseen("category", "city", 4, features.unseen_examples["city"])
+    assert message == ("column 'city': 4 value(s) not seen in training (or rare there), e.g. 'Lyon', 'Nice', "
+                       "'a pasted paragraph\\nthat runs on well pa…', were mapped to the unknown-category bucket.")
+    assert "\n" not in message
+    assert describe_unseen("binary", "smoker", 3, features.unseen_examples["smoker"]).startswith(
+        "column 'smoker': 3 value(s) that are neither of its two training values, e.g. 'maybe', 'unsure', were filled")
+    # Only the first unknown rows are looked at for the examples, however many there are.
+    from keel.data.transforms import Unseen
+
+    many = np.array(["same"] * 100_000 + ["late"], dtype=object)
+    assert Unseen.of(many, np.ones(len(many), dtype=bool)) == Unseen(100_001, ("same", "late"))
+    assert Unseen.of(many, np.zeros(len(many), dtype=bool)) == Unseen()
