@@ -329,6 +329,11 @@ class TrainingConfig(_Section):
     device: str = Field(
         "auto", description="Where the network trains: cpu, cuda or cuda:N; auto takes the GPU when PyTorch sees "
         "one. The training rows move there once; prediction and saved models stay on the CPU.")
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="CPU threads a training step runs on. auto: one for small networks (waking threads costs "
+        "more than it saves); for larger ones the threads PyTorch was given (torch.set_num_threads, OMP_NUM_THREADS), "
+        "or fewer while timed steps show fewer to be faster: another busy process on the machine slows multi-threaded "
+        "steps several times over. A number: that many, always. Results do not depend on it.")
     seed: int = Field(42, description="Seed for splits, initialization and shuffling.")
     time_limit: float | None = Field(
         None, gt=0, description="Seconds the run may take, counted from its start: each network's epochs are planned "

@@ -29,6 +29,17 @@ RUN = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import keel
 
+    flips = []
+    if os.environ.get("FLIP_THREADS"):  # every step on the other count: the thread tuner at its busiest
+        from keel.train.threads import ThreadTuner
+
+        def flip(self):
+            self.steps += 1
+            count = 1 if self.steps % 2 else 2
+            self.set_threads(count)
+            flips.append(torch.get_num_threads() == count)
+        ThreadTuner.step_ended = flip
+
     rng = np.random.default_rng(0)
     X = rng.normal(size=(1500, 8))
     frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(8)])
@@ -47,7 +58,7 @@ RUN = textwrap.dedent("""
         results.append({"run": [preset, threads, seed], "weights": weights.hexdigest(),
                         "metrics": json.dumps(model.metrics, sort_keys=True),
                         "history": json.dumps(model.history["epochs"]), "threads_used": torch.get_num_threads()})
-    print(json.dumps({"results": results, "MKL_CBWR": os.environ.get("MKL_CBWR")}))
+    print(json.dumps({"results": results, "MKL_CBWR": os.environ.get("MKL_CBWR"), "flips": flips}))
 """)
 
 
@@ -78,6 +89,18 @@ def test_runs_are_bitwise_identical_across_processes_and_thread_counts() -> None
         for key in ("weights", "metrics", "history"):
             assert item[key] == runs[run][key], (run, key)  # another process
     assert runs[("fast", 1, 7)]["weights"] != runs[("fast", 1, 42)]["weights"]  # another seed
+
+
+@pytest.mark.slow
+def test_threads_changed_between_steps_train_the_same_run() -> None:
+    # training.threads auto may move a run between thread counts at any step (keel.train.threads); the
+    # weights, metrics and history must be those of a run on a fixed count.
+    fixed = _by_run(_runs([("fast", 2, 42), ("balanced", 2, 42)]))
+    report = _runs([("fast", 2, 42), ("balanced", 2, 42)], FLIP_THREADS="1")
+    assert len(report["flips"]) > 20 and all(report["flips"])  # the count did change, every step
+    for run, item in _by_run(report).items():
+        for key in ("weights", "metrics", "history"):
+            assert item[key] == fixed[run][key], (run, key)
 
 
 @pytest.mark.slow

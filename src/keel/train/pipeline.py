@@ -541,6 +541,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         if skipped:
             notes.append(f"{skipped} batch(es) with a non-finite loss or gradient were skipped "
                          "(training.nonfinite: skip_batch); the epochs' skipped_batches in the history say where")
+        if trainer.threads is not None and trainer.threads.switches:
+            notes.append(trainer.threads.describe(f" for network {index + 1}" if len(data.bags) > 1 else ""))
         networks.append(trainer.network)
         histories.append(history.to_dict())
         if history.planned_epochs is not None or _cut(history.epochs):  # (a cut of the config's last epoch too)

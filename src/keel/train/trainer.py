@@ -6,7 +6,6 @@ host sync): on tables, the per-step overhead, not the arithmetic, bounds small n
 
 from __future__ import annotations
 
-import contextlib
 import math
 import statistics
 import time
@@ -27,6 +26,7 @@ from keel.train.callbacks import EpochCallback
 from keel.train.checkpoint import RandomState, TrainerState, kill_point
 from keel.train.fused import FusedStep, StepCheck, fused_step_supported
 from keel.train.guards import BatchView, NumericGuard, describe_problem, nonfinite_tensors
+from keel.train.threads import ThreadTuner, thread_budget
 
 # Below this many bytes of training data, each epoch shuffles the tensors once and batches are
 # views (fewer ops per step); above it, batches are gathered by index (no second copy in memory).
@@ -212,6 +212,7 @@ class Trainer:
         self.replan: Callable[[list[float]], float] | None = None
         self.monitor = resolve_monitor(settings.monitor, task)
         self.batch_size = 0  # resolved in fit, from the number of training rows
+        self.threads: ThreadTuner | None = None  # times the steps and picks their threads (keel.train.threads)
         # The fused step has no per-row weights: a row-weighted run trains on the autograd path.
         use_fused = (fused_step_supported(network, settings) and settings.weight_column is None
                      if fused is None else fused)
@@ -252,7 +253,9 @@ class Trainer:
         started = time.perf_counter() - history.seconds
         planned = settings.epochs if history.planned_epochs is None else history.planned_epochs
         epoch_seconds: list[float] = []
-        with thread_budget(self.network, self.batch_size * self.network.spec.ensemble):
+        tune = feed.rows.device.type == "cpu" and self.world == 1
+        with thread_budget(self.network, self.batch_size * self.network.spec.ensemble, settings.threads,
+                           tune=tune) as self.threads:
             for epoch in range(progress.epoch + 1, settings.epochs + 1):
                 epoch_started = time.perf_counter()
                 record: dict[str, Any] = {"epoch": epoch, "lr": rate.value}
@@ -424,6 +427,8 @@ class Trainer:
             if cut is not None and step > 1 and time.perf_counter() >= cut:
                 taken_steps = step - 1
                 break
+            if self.threads is not None:
+                self.threads.step_started()
             rows, indices = feed.next()
             if self.fused is not None:
                 loss, finite = self.fused.step(rows.numeric, rows.categorical, rows.target, rate.value, check=check)
@@ -449,6 +454,8 @@ class Trainer:
                 stepped.append(indices)
             previous = rows
             rate.after_step()
+            if self.threads is not None:
+                self.threads.step_ended()
         if losses is not None:
             assert isinstance(feed.rows, Batch)
             _check_recorded_losses(self, guard, losses[:taken_steps], feed.rows, stepped, epoch)
@@ -813,25 +820,6 @@ class LearningRate:
         if self.bad_epochs > self.patience:
             self.value *= 0.5
             self.bad_epochs = 0
-
-
-@contextlib.contextmanager
-def thread_budget(network: nn.Module, batch_size: int) -> Iterator[None]:
-    """Use one intra-op thread when a step's matrices are small.
-
-    Small matmuls finish faster than threads can be woken and synchronised, and under CPU
-    contention multi-threaded OpenMP on tiny ops collapses; large steps keep every thread.
-    """
-    widest = max((m.weight.shape[0] * m.weight.shape[1] for m in network.modules() if isinstance(m, nn.Linear)),
-                 default=0)
-    small = widest * batch_size < 1_000_000
-    previous = torch.get_num_threads()
-    if small:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def numeric_guard(trainer: Trainer) -> NumericGuard:
