@@ -39,6 +39,7 @@ bench: $(VENV)/.installed $(BENCH)/.installed
 	$(BENCH)/bin/python bench/accuracy.py
 	$(BENCH)/bin/python bench/export.py
 	$(BENCH)/bin/python bench/multimodal.py
+	$(BENCH)/bin/python bench/contention.py --results
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/report.py --write
