@@ -102,6 +102,7 @@ class _KeelEstimator(BaseEstimator):
         grad_clip: float | None = None,
         nonfinite: str | None = None,
         precision: str | None = None,
+        threads: int | str | None = None,
         text_encoder: str | None = None,
         text_dim: int | None = None,
         text_max_features: int | None = None,
@@ -170,6 +171,7 @@ class _KeelEstimator(BaseEstimator):
         self.grad_clip = grad_clip
         self.nonfinite = nonfinite
         self.precision = precision
+        self.threads = threads
         self.text_encoder = text_encoder
         self.text_dim = text_dim
         self.text_max_features = text_max_features
