@@ -153,6 +153,8 @@ def test_bagging_and_a_test_file_are_recorded_as_they_were_run() -> None:
     bagging = run["bagging"]
     pool = run["rows"]["train"] + run["rows"]["validation"]
     assert bagging["networks"] == 3 and len(bagging["train_each"]) == 3
+    assert set(bagging) == {"networks", "train_each", "validation_each"}  # "planned" only where a limit cut it
+    assert any("; 3 bagged networks, each trained on about" in note for note in model.notes)
     assert all(train + validation == pool for train, validation in zip(bagging["train_each"],
                                                                         bagging["validation_each"]))
     assert sum(bagging["validation_each"]) == pool  # every pooled row validates exactly one network

@@ -471,7 +471,8 @@ def check_label_spellings(frame: pd.DataFrame, name: str) -> None:
     if "csv" not in frame.attrs or not is_numeric(series):
         return
     # One more read of the target column alone (about 40% of the table's read time), for classes only.
-    written = read_as_written(frame[[name]], [name])[name]
+    # pandas reads " 1" as 1 too; a stray space is not a second spelling (the audit's exported CSV refused).
+    written = read_as_written(frame[[name]], [name])[name].str.strip()
     spellings = pd.DataFrame({"value": series, "spelling": written}).dropna().drop_duplicates()  # first rows
     collided = spellings[spellings.duplicated("value", keep=False)]
     if not len(collided):

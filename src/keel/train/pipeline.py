@@ -477,7 +477,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
             if index >= planned_networks:
                 notes.append(f"training.time_limit {training.time_limit:g} s allowed {len(networks)} of the "
                              f"{len(data.bags)} bagged networks (the time left did not fit another {each} "
-                             "epochs); the model averages those")
+                             "epochs); "
+                             + ("the model averages those" if len(networks) > 1 else "the model is that one network"))
                 break
         if validation_rows is None and training.early_stopping and index == 0:
             notes.append("no validation rows (validation_split is 0 or the data is tiny): early stopping is off")
@@ -843,8 +844,9 @@ def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], netw
             f"({how}{'; test rows from the test data' if test_frame is not None else ''})")
     if len(bags) > 1:
         pool = len(split.train) + len(split.validation)
-        text += (f"; {len(bags)} bagged networks" + (" (training.bagging auto: a small table)"
-                                                     if training.bagging == "auto" else "")
+        limited = training.time_limit is not None  # the limit may allow fewer: a note after training says
+        text += (f"; {'up to ' if limited else ''}{len(bags)} bagged networks"
+                 + (" (training.bagging auto: a small table)" if training.bagging == "auto" else "")
                  + f", each trained on about {len(bags[0][0])} of the {pool} training and validation rows and "
                  "validated on the rest")
     elif networks > 1:

@@ -77,9 +77,10 @@ def run_record(frame: pd.DataFrame, schema: Schema, excluded: set[str], rows: di
     }
     if bags is not None and len(bags) > 1:  # planned: a time limit may have trained one network of them
         done = bags[:trained]
-        record["bagging"] = {"networks": len(done), "planned": len(bags),
-                             "train_each": [int(train) for train, _ in done],
+        record["bagging"] = {"networks": len(done), "train_each": [int(train) for train, _ in done],
                              "validation_each": [int(validation) for _, validation in done]}
+        if len(done) < len(bags):  # only then: an untimed run's record stays as it was
+            record["bagging"]["planned"] = len(bags)
     return record
 
 

@@ -78,8 +78,8 @@ class ThreadTuner:
         """The run's note on the thread counts its steps ran on (when they changed)."""
         spans = " and ".join(f"on {count} from step {step + 1:,}" for step, count in self.switches)
         return (f"training{which}'s steps ran on {self.counts[0]} threads, {spans} (of {self.steps:,}), where timed "
-                "steps showed that count faster: other work on the machine slows multi-threaded steps "
-                "(training.threads fixes the count)")
+                "steps showed that count faster (another busy process slows multi-threaded steps several times over, "
+                "and some networks' steps are too small to share well); training.threads fixes the count")
 
     def step_started(self) -> None:
         self._started = self.clock()
@@ -146,6 +146,18 @@ def small_step(network: nn.Module, batch_rows: int) -> bool:
     return widest * batch_rows < 1_000_000
 
 
+# Normalisation layers whose CPU kernels split their sums across threads: the same run on 1 and 2 threads trains
+# other weights (batch norm's statistics; layer norm's backward, measured by the audit: model.norm layer gave two
+# weight hashes on 1 and 2 threads), so moving such a run between counts would make it depend on the machine's load.
+THREAD_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def thread_dependent(network: nn.Module) -> bool:
+    """Whether ``network`` holds a layer whose results depend on the thread count (:data:`THREAD_DEPENDENT`): the
+    model.norm options batch and layer, image encoders' batch norms, bag and fine-tuned text encoders' layer norms."""
+    return any(isinstance(module, THREAD_DEPENDENT) for module in network.modules())
+
+
 @contextlib.contextmanager
 def thread_budget(network: nn.Module, batch_rows: int, setting: int | str = "auto", tune: bool = True
                   ) -> Iterator[ThreadTuner | None]:
@@ -154,7 +166,7 @@ def thread_budget(network: nn.Module, batch_rows: int, setting: int | str = "aut
     ``setting`` is ``training.threads``: a number runs every step on that many threads; ``auto`` runs
     small steps on one thread and tunes larger ones between the threads PyTorch was given and one
     (never more than it was given), unless ``tune`` is false (a GPU's steps, a data-parallel rank's, which
-    wait for the others, a batch norm's, whose statistics are summed per thread).
+    wait for the others) or the network normalises (:func:`thread_dependent`).
     """
     previous = torch.get_num_threads()
     tuner = None
@@ -162,7 +174,7 @@ def thread_budget(network: nn.Module, batch_rows: int, setting: int | str = "aut
         torch.set_num_threads(setting)
     elif small_step(network, batch_rows):
         torch.set_num_threads(1)
-    elif previous > 1 and tune and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules()):
+    elif previous > 1 and tune and not thread_dependent(network):
         tuner = ThreadTuner(previous)
     try:
         yield tuner

@@ -248,3 +248,18 @@ def test_a_csv_target_whose_spellings_pandas_merges_is_refused(tmp_path) -> None
     check_label_spellings(read_table(str(tmp_path / "codes.parquet")), "y")
     (tmp_path / "plain.csv").write_text("y\n" + "1\n2\n\n3\n" * 5)
     check_label_spellings(read_table(str(tmp_path / "plain.csv")), "y")
+
+
+def test_a_space_around_a_class_code_is_not_a_second_spelling(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """pandas reads " 1" as 1, and so did keel before the spelling check: an exported CSV's stray space must not
+    turn a file that trained into an error (found by the audit)."""
+    from keel.data.schema import check_label_spellings
+
+    path = tmp_path / "space.csv"
+    path.write_text("x,y\n" + "".join(f"{i},{code}\n" for i, code in enumerate(["0", "1", " 1", "1 ", "0"] * 4)))
+    frame = read_table(str(path))
+    assert frame["y"].dtype.kind in "if" and set(frame["y"]) == {0, 1}
+    check_label_spellings(frame, "y")  # no error
+    (tmp_path / "both.csv").write_text("x,y\n" + "".join(f"{i},{code}\n" for i, code in enumerate([" 1", "0", "01"] * 4)))
+    with pytest.raises(DataError, match=r"writes the number 1 two ways, '1' \(row 1\) and '01' \(row 3\)"):
+        check_label_spellings(read_table(str(tmp_path / "both.csv")), "y")

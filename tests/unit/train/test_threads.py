@@ -100,10 +100,10 @@ def test_more_threads_are_tried_one_neighbour_at_a_time() -> None:
     assert max(machine.settings) <= 8
 
 
-def _network(width: int, norm: bool = False) -> nn.Module:
+def _network(width: int, norm: type[nn.Module] | None = None) -> nn.Module:
     layers: list[nn.Module] = [nn.Linear(width, width)]
-    if norm:
-        layers.append(nn.BatchNorm1d(width))
+    if norm is not None:
+        layers.append(norm(width))
     return nn.Sequential(*layers)
 
 
@@ -124,8 +124,9 @@ def test_thread_budget_tunes_only_large_cpu_steps_and_restores_the_count() -> No
     assert torch.get_num_threads() == 2
     with thread_budget(_network(256), 1024, tune=False) as tuner:  # a GPU's or a rank's steps
         assert tuner is None and torch.get_num_threads() == 2
-    with thread_budget(_network(256, norm=True), 1024) as tuner:  # batch norm sums per thread: not tuned
-        assert tuner is None
+    for norm in (nn.BatchNorm1d, nn.LayerNorm):  # their kernels sum per thread: other weights on other counts
+        with thread_budget(_network(256, norm=norm), 1024) as tuner:
+            assert tuner is None and torch.get_num_threads() == 2
     with thread_budget(_network(8), 32, setting=2) as tuner:  # a number is obeyed, small or not
         assert tuner is None and torch.get_num_threads() == 2
     with thread_budget(_network(256), 1024, setting=1) as tuner:
@@ -172,3 +173,17 @@ def test_a_fit_whose_steps_run_faster_on_one_thread_moves_there_and_says_so(monk
                      importance=False)
     assert len(made) == 1 and not any("steps ran on" in note for note in fixed.notes)
     assert model.metrics == fixed.metrics  # the same run, whatever the threads
+
+
+def test_networks_with_a_norm_layer_are_thread_dependent_and_plain_ones_are_not() -> None:
+    from keel.nn.network import NetworkSpec, TabularNetwork
+    from keel.train.threads import thread_dependent
+
+    def network(**spec) -> TabularNetwork:  # type: ignore[no-untyped-def]
+        return TabularNetwork(NetworkSpec(numeric_width=4, cardinalities=[3], n_outputs=2, hidden=[32, 32], **spec))
+
+    assert not thread_dependent(network())
+    assert not thread_dependent(network(ensemble=4, numeric_embedding="piecewise_linear"))  # the balanced preset's
+    assert thread_dependent(network(norm="layer"))
+    assert thread_dependent(network(norm="batch"))
+    assert thread_dependent(network(architecture="resnet", norm="layer"))

@@ -91,6 +91,10 @@ def test_a_bagging_the_limit_cut_records_the_networks_trained_and_the_report_say
     if trained == 1:
         assert (f"trained on {bagging['train_each'][0]:,} of the {pool:,} training and validation rows and validated "
                 f"on the other {bagging['validation_each'][0]:,} (its fold)") in text
+    # The notes agree: the rows note says the limit may allow fewer; the limit's note, what the model is.
+    assert any("up to 3 bagged networks" in note for note in model.notes)
+    cut = next(note for note in model.notes if f"allowed {trained} of the 3 bagged networks" in note)
+    assert cut.endswith("the model is that one network" if trained == 1 else "the model averages those")
 
 
 @pytest.mark.parametrize("value", [0, -3])
