@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -50,8 +51,12 @@ def busy(processes: int) -> Iterator[None]:
             spinner.wait()
 
 
-def keel_fit(train: Any, test: Any, target: str, task: str, threads: int | str) -> tuple[float, float, str]:
-    """Seconds of keel.fit, the test score and the run's note on its threads (if the tuner moved)."""
+Fit = tuple[float, float, str, float]  # seconds, test score, the note on threads (if any), importance's seconds
+
+
+def keel_fit(train: Any, test: Any, target: str, task: str, threads: int | str) -> Fit:
+    """Seconds of keel.fit, the test score, the run's note on its threads (if the tuner moved) and the seconds of
+    its permutation importance (part of the fit's; its predictions run after training, tuned too)."""
     import keel
 
     config = {"preset": "balanced", "task": task, "training.test_split": 0.0, "training.seed": 0,
@@ -60,7 +65,7 @@ def keel_fit(train: Any, test: Any, target: str, task: str, threads: int | str) 
     model = keel.fit(train, target=target, config=config, quiet=True)
     seconds = time.perf_counter() - started
     note = next((note for note in model.notes if "steps ran on" in note), "")
-    return seconds, _score(model, test, target, task), note
+    return seconds, _score(model, test, target, task), note, float(model.importance["seconds"]) if model.importance else math.nan
 
 
 MAIN = {"regression": "r2", "binary": "roc_auc", "multiclass": "accuracy"}  # bench/accuracy.py's main metrics
@@ -76,9 +81,9 @@ def _score(model: Any, test: Any, target: str, task: str) -> float:
     return accuracy.score(test, target, task, predictions)[MAIN[task]]
 
 
-def lightgbm_fit(train: Any, test: Any, target: str, task: str) -> tuple[float, float, str]:
+def lightgbm_fit(train: Any, test: Any, target: str, task: str) -> Fit:
     predictions, seconds = accuracy.TOOLS["lightgbm"](train, test, target, task, 0)
-    return seconds, accuracy.score(test, target, task, predictions)[MAIN[task]], ""
+    return seconds, accuracy.score(test, target, task, predictions)[MAIN[task]], "", math.nan
 
 
 def main() -> None:
@@ -98,19 +103,20 @@ def main() -> None:
         train, test = accuracy.split(frame, target, task, 0)
         keel_fit(train.head(2000), test, target, task, "auto")  # warm-up: imports, first allocations
         for load, spinners in (("idle", 0), (f"{args.busy} busy", args.busy)):
-            times: dict[str, list[tuple[float, float, str]]] = {way: [] for way in [*ways, "lightgbm"]}
+            times: dict[str, list[Fit]] = {way: [] for way in [*ways, "lightgbm"]}
             for _ in range(args.repeats):
                 for way, threads in ways.items():
                     with busy(spinners):
                         times[way].append(keel_fit(train, test, target, task, threads))
                 with busy(spinners):
                     times["lightgbm"].append(lightgbm_fit(train, test, target, task))
-            auto = statistics.median(seconds for seconds, _, _ in times["keel auto"])
+            auto = statistics.median(run[0] for run in times["keel auto"])
             for way, runs in times.items():
                 seconds = statistics.median(run[0] for run in runs)
                 rows.append({"table": name, "load": load, "way": way, "seconds": seconds,
                              "runs": [round(run[0], 2) for run in runs], "score": runs[0][1],
-                             "ratio": seconds / auto, "moved": sum(bool(run[2]) for run in runs)})
+                             "ratio": seconds / auto, "moved": sum(bool(run[2]) for run in runs),
+                             "importance": statistics.median(run[3] for run in runs)})
                 print(json.dumps(rows[-1]), flush=True)
     text = _table(rows, args, most)
     print(text)
@@ -126,13 +132,15 @@ def _table(rows: list[dict[str, Any]], args: argparse.Namespace, most: int) -> s
         f"{args.busy} process(es) spinning a core each at normal priority; medians of {args.repeats} fits that "
         "alternate between the ways. auto: `training.threads: auto` (timed steps pick the count); the fixed counts "
         "are keel before it (all threads) and one thread. LightGBM's default fit (OpenMP on every core) under the "
-        "same load. `moved`: fits whose steps the tuner moved to another count.", "",
-        "| table | load | way | seconds (median) | each fit | / auto | main metric | moved |",
-        "|---|---|---|---|---|---|---|---|",
+        "same load. `moved`: fits whose steps the tuner moved to another count. `importance s`: the part of the fit "
+        "spent on permutation importance (median), whose predictions start on the count training ended on.", "",
+        "| table | load | way | seconds (median) | each fit | / auto | importance s | main metric | moved |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(f"| {row['table']} | {row['load']} | {row['way']} | {row['seconds']:.2f} | "
                      f"{', '.join(f'{value:.2f}' for value in row['runs'])} | {row['ratio']:.2f}x | "
+                     f"{'' if math.isnan(row['importance']) else format(row['importance'], '.2f')} | "
                      f"{row['score']:.4f} | {row['moved']}/{len(row['runs'])} |")
     return "\n".join(lines)
 

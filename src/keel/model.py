@@ -55,6 +55,7 @@ ENCODERS_FOLDER = "encoders"
 if TYPE_CHECKING:
     from keel.export.exporter import ExportReport
     from keel.report.make import ReportResult
+    from keel.train.threads import ThreadTuner
 
 
 
@@ -592,14 +593,16 @@ class Model:
     def _importance(self, numeric: np.ndarray, categorical: np.ndarray, target: np.ndarray,
                     weight: np.ndarray | None, source: str, *, seed: int = 0,
                     progress: Callable[[int], None] | None = None, precision: str = "float32",
-                    deadline: float | None = None) -> dict[str, Any]:
+                    deadline: float | None = None, threads: ThreadTuner | None = None) -> dict[str, Any]:
         """Permutation importance of each feature on (at most 2,000 of) these transformed rows, in float32
         (matmuls in bfloat16 with ``precision="bfloat16"``, as the run trained: a ranking needs no more), with
-        fewer repeats or rows where the full count would end after ``deadline`` (a time limit's end).
+        fewer repeats or rows where the full count would end after ``deadline`` (a time limit's end), each
+        prediction timed as a step of ``threads`` (keel.train.threads.passes_budget) where there is one.
 
         ``target`` holds class indices or standardized values, as the training rows do.
         """
         from keel.evaluate.importance import Predict, permutation_importance
+        from keel.train.threads import timed_passes
 
         network, task, encoder = self.network, self.task, self.target_encoder
 
@@ -610,7 +613,7 @@ class Model:
                 if task == "regression":
                     return encoder.decode(outputs[:, 0].numpy())
                 return to_probabilities(outputs, task).numpy()
-            return predict
+            return timed_passes(predict, threads)
 
         predict = predicting(functools.partial(predict_outputs, network))
 
@@ -635,8 +638,12 @@ class Model:
         y = self.target_encoder.encode(frame[self.target], source)
         column = self.config.training.weight_column
         weight = row_weights(frame[column], column, source) if column and column in frame.columns else None
-        return self._importance(features.numeric, features.categorical, y, weight,
-                                Path(str(source)).name if source else "DataFrame", seed=self.config.training.seed)
+        from keel.train.threads import passes_budget
+
+        with passes_budget(self.network, self.config.training.threads) as threads:
+            return self._importance(features.numeric, features.categorical, y, weight,
+                                    Path(str(source)).name if source else "DataFrame", seed=self.config.training.seed,
+                                    threads=threads)
 
     def _metrics_of(self, predictions: Predictions) -> dict[str, Any]:
         """Metrics of scored rows, as ``evaluate`` reports them."""

@@ -52,12 +52,15 @@ RUN = textwrap.dedent("""
     results = []
     for preset, threads, seed in json.loads(sys.argv[2]):
         torch.set_num_threads(threads)
-        model = keel.fit(frame, target="y", config={**presets[preset], "training.seed": seed}, quiet=True,
-                         importance=False)
+        before = len(flips)
+        model = keel.fit(frame, target="y", config={**presets[preset], "training.seed": seed}, quiet=True)
         weights = hashlib.sha256(b"".join(value.numpy().tobytes() for value in model.network.state_dict().values()))
+        steps = sum(epoch.get("steps", model.history["steps_per_epoch"]) for epoch in model.history["epochs"])
         results.append({"run": [preset, threads, seed], "weights": weights.hexdigest(),
                         "metrics": json.dumps(model.metrics, sort_keys=True),
-                        "history": json.dumps(model.history["epochs"]), "threads_used": torch.get_num_threads()})
+                        "history": json.dumps(model.history["epochs"]), "threads_used": torch.get_num_threads(),
+                        "importance": json.dumps(model.importance["features"]),
+                        "flips_after_training": len(flips) - before - steps})
     print(json.dumps({"results": results, "MKL_CBWR": os.environ.get("MKL_CBWR"), "flips": flips}))
 """)
 
@@ -83,10 +86,10 @@ def test_runs_are_bitwise_identical_across_processes_and_thread_counts() -> None
     for preset in ("fast", "balanced"):
         one, two = runs[(preset, 1, 42)], runs[(preset, 2, 42)]
         assert one["threads_used"] == 1 and two["threads_used"] == 2
-        for key in ("weights", "metrics", "history"):
+        for key in ("weights", "metrics", "history", "importance"):
             assert one[key] == two[key], (preset, key)  # 1 and 2 threads
     for run, item in again.items():
-        for key in ("weights", "metrics", "history"):
+        for key in ("weights", "metrics", "history", "importance"):
             assert item[key] == runs[run][key], (run, key)  # another process
     assert runs[("fast", 1, 7)]["weights"] != runs[("fast", 1, 42)]["weights"]  # another seed
 
@@ -99,7 +102,9 @@ def test_threads_changed_between_steps_train_the_same_run() -> None:
     report = _runs([("fast", 2, 42), ("balanced", 2, 42)], FLIP_THREADS="1")
     assert len(report["flips"]) > 20 and all(report["flips"])  # the count did change, every step
     for run, item in _by_run(report).items():
-        for key in ("weights", "metrics", "history"):
+        # importance's predictions are tuned too (keel.train.threads.passes_budget): one a feature, and one unshuffled
+        assert item["flips_after_training"] >= 9, run
+        for key in ("weights", "metrics", "history", "importance"):
             assert item[key] == fixed[run][key], (run, key)
 
 

@@ -67,6 +67,7 @@ from keel.train.guards import numeric_input_names
 from keel.train.prepared import PreparedData
 from keel.train.record import run_record
 from keel.train.streamed import streaming_plan
+from keel.train.threads import ThreadTuner, passes_budget
 from keel.train.trainer import (
     AUTO_STEPS_PER_EPOCH,
     MIN_PATIENCE,
@@ -328,7 +329,7 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
 def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, training: TrainingConfig,
              notes: Notes, reporter: Reporter, device: torch.device) -> PreparedData:
     """Split, infer the schema, fit the preprocessing and transform every row into memory."""
-    special = _special_columns(frame, test_frame, training)
+    special = _special_columns(frame, test_frame, training, from_preset(settings, "training", "bagging"))
     data_frame = frame
     rows = _labelled(frame, settings)
     frame = rows.frame
@@ -469,6 +470,7 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     networks: list[TabularNetwork] = []
     histories: list[dict[str, Any]] = []
     planned_networks = len(data.bags)
+    settled: int | None = None  # the thread count the last tuned training ended on
     for index, (train_rows, validation_rows) in enumerate(data.bags):
         if deadline is not None and histories:
             each = _epochs_each(histories[0], training)
@@ -542,8 +544,10 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         if skipped:
             notes.append(f"{skipped} batch(es) with a non-finite loss or gradient were skipped "
                          "(training.nonfinite: skip_batch); the epochs' skipped_batches in the history say where")
-        if trainer.threads is not None and trainer.threads.switches:
-            notes.append(trainer.threads.describe(f" for network {index + 1}" if len(data.bags) > 1 else ""))
+        if trainer.threads is not None:
+            settled = trainer.threads.current  # where the passes after training start
+            if trainer.threads.switches:
+                notes.append(trainer.threads.describe(f" for network {index + 1}" if len(data.bags) > 1 else ""))
         networks.append(trainer.network)
         histories.append(history.to_dict())
         if history.planned_epochs is not None or _cut(history.epochs):  # (a cut of the config's last epoch too)
@@ -560,17 +564,20 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         text.backbone = None
     combined: TabularNetwork | NetworkBag = networks[0] if len(networks) == 1 else NetworkBag(networks)
     history_record = histories[0] if len(histories) == 1 else {**histories[0], "bags": histories}
-    calibration = _calibrate(combined, lambda: data.calibration_rows(len(networks)), schema.task, training, notes,
-                             target.labels)
-    model = Model(settings, schema, preprocessor, target, combined, history=history_record, notes=list(notes),
-                  calibration=calibration)
-    predictions = data.test_predictions(model)
-    if predictions is not None:
-        model.metrics = model._metrics_of(predictions)
-        model._test_predictions = predictions.as_stored()
-    held_out = data.held_out() if importance else None
-    if held_out is not None:
-        model.importance = _importance(model, held_out[0], held_out[1], training, reporter, limit_end)
+    with passes_budget(combined, training.threads, start=settled, tune=device.type == "cpu" and ranks is None
+                       ) as threads:
+        calibration = _calibrate(combined, lambda: data.calibration_rows(len(networks)), schema.task, training,
+                                 notes, target.labels)
+        model = Model(settings, schema, preprocessor, target, combined, history=history_record, notes=list(notes),
+                      calibration=calibration)
+        predictions = data.test_predictions(model)
+        if predictions is not None:
+            model.metrics = model._metrics_of(predictions)
+            model._test_predictions = predictions.as_stored()
+        held_out = data.held_out() if importance else None
+        if held_out is not None:
+            model.importance = _importance(model, held_out[0], held_out[1], training, reporter, limit_end, threads)
+    if held_out is not None and model.importance is not None:
         full = (min(IMPORTANCE_ROWS, len(held_out[0].target)), IMPORTANCE_REPEATS)
         if (model.importance["rows"], model.importance["repeats"]) != full:
             shrunk = (f"training.time_limit: permutation importance took {shuffles_said(model.importance)} shuffle(s) of "
@@ -728,17 +735,20 @@ def _calibrate(network: TabularNetwork | NetworkBag, validation: Callable[[], tu
 
 
 def _importance(model: Model, rows: Batch, source: str, training: TrainingConfig, reporter: Reporter,
-                deadline: float | None = None) -> dict[str, Any]:
+                deadline: float | None = None, threads: ThreadTuner | None = None) -> dict[str, Any]:
     """Permutation importance on (at most 2,000 of) ``rows``, with a progress step per feature, in the
-    arithmetic the network trained in, finished by ``deadline`` (the time limit's end) where there is one."""
+    arithmetic the network trained in, finished by ``deadline`` (the time limit's end) where there is one,
+    its predictions timed by ``threads`` where there is a tuner."""
     with reporter.step("permutation importance", total=len(model.feature_names)) as advance:
         return model._importance(rows.numeric.numpy(), rows.categorical.numpy(), rows.target.numpy(),
                                  None if rows.weight is None else rows.weight.numpy(), source, seed=training.seed,
-                                 progress=advance, precision=training.precision, deadline=deadline)
+                                 progress=advance, precision=training.precision, deadline=deadline, threads=threads)
 
 
-def _special_columns(frame: pd.DataFrame, test_frame: pd.DataFrame | None, training: TrainingConfig) -> set[str]:
-    """The split_by / order_by / weight_column columns: checked present, and not features by default."""
+def _special_columns(frame: pd.DataFrame, test_frame: pd.DataFrame | None, training: TrainingConfig,
+                     bagging_from: str = "") -> set[str]:
+    """The split_by / order_by / weight_column columns: checked present, and not features by default.
+    ``bagging_from``: where training.bagging came from, when a preset set it (:func:`from_preset`)."""
     special = {}
     for key in ("split_by", "order_by", "weight_column"):
         name = getattr(training, key)
@@ -751,8 +761,11 @@ def _special_columns(frame: pd.DataFrame, test_frame: pd.DataFrame | None, train
         raise ConfigError("training.split_by and training.order_by are both set; a split is either grouped or "
                           "time-ordered. Unset one of them.")
     if special.get("order_by") and training.bagging != "auto" and training.bagging > 1:
-        raise ConfigError("training.bagging > 1 validates each network on a different fold, which a time-ordered "
-                          "split (training.order_by) cannot do without training on the future. Set bagging: 1.")
+        raise ConfigError(f"training.bagging {training.bagging}{bagging_from} validates each network on a different "
+                          "fold, which a time-ordered split (training.order_by) cannot do without training on the "
+                          "future. Set training.bagging: 1" + (" (or use preset balanced, which bags only small "
+                                                                "tables, and not time-ordered ones)" if bagging_from
+                                                               else "") + ".")
     return set(special.values())
 
 

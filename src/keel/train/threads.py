@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
+
+T = TypeVar("T")
 
 # Steps timed at the current count before it is judged: a median of five is robust to one slow step.
 WINDOW = 5
@@ -57,11 +59,13 @@ class ThreadTuner:
     """
 
     def __init__(self, most: int, clock: Callable[[], float] = time.perf_counter,
-                 set_threads: Callable[[int], None] = torch.set_num_threads) -> None:
+                 set_threads: Callable[[int], None] = torch.set_num_threads, start: int | None = None) -> None:
         self.counts = candidate_counts(most)
-        self.current = most
+        self.current = start if start in self.counts else most
         self.clock = clock
         self.set_threads = set_threads
+        if self.current != most:  # (the caller's threads are ``most``)
+            set_threads(self.current)
         self.window: list[float] = []  # the current count's latest step times
         self.best: dict[int, float] = {}  # each count's best window median so far
         self.trial: int | None = None  # the count being tried, while a trial runs
@@ -180,3 +184,42 @@ def thread_budget(network: nn.Module, batch_rows: int, setting: int | str = "aut
         yield tuner
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def passes_budget(network: nn.Module, setting: int | str = "auto", start: int | None = None, tune: bool = True
+                  ) -> Iterator[ThreadTuner | None]:
+    """The threads of the prediction passes after training (calibration, the test rows' scores, permutation
+    importance), restored afterwards; yields a tuner for a loop of alike passes (importance's) to report to.
+
+    They collapse under another busy process as training's steps do (the loans table's importance took 183 s
+    beside one busy process, against 4.3 s idle), so with ``setting`` ``auto`` they start on ``start``, the
+    count training's tuner ended on (a machine busy at the end of training is likely busy still; None: the
+    caller's count), and the tuner goes on from there. A number runs them on that many threads, as it ran the
+    steps. Not tuned where ``tune`` is false (a GPU, a data-parallel rank) or the network normalises
+    (:func:`thread_dependent`).
+    """
+    previous = torch.get_num_threads()
+    tuner = None
+    if isinstance(setting, int):
+        torch.set_num_threads(setting)
+    elif previous > 1 and tune and not thread_dependent(network):
+        tuner = ThreadTuner(previous, start=start)
+    try:
+        yield tuner
+    finally:
+        torch.set_num_threads(previous)
+
+
+def timed_passes(predict: Callable[..., T], tuner: ThreadTuner | None) -> Callable[..., T]:
+    """``predict`` with each call timed as one of ``tuner``'s steps (``predict`` itself without a tuner)."""
+    if tuner is None:
+        return predict
+
+    def timed(*args: Any) -> T:
+        tuner.step_started()
+        try:
+            return predict(*args)
+        finally:
+            tuner.step_ended()
+    return timed

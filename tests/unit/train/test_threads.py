@@ -153,26 +153,32 @@ def test_a_fit_whose_steps_run_faster_on_one_thread_moves_there_and_says_so(monk
     frame = make_classification_frame(1200)  # 17 steps of 64 rows an epoch: the first trial comes in epoch 2
 
     class OneIsFaster(ThreadTuner):  # a machine where two threads take ten times one thread's step
-        def __init__(self, most: int) -> None:
+        def __init__(self, most: int, start: int | None = None) -> None:
             self.clock_now = 0.0
-            super().__init__(most, clock=self._clock)
+            self.threads_seen: list[int] = []  # the count each timed call ran on
+            super().__init__(most, clock=self._clock, start=start)
 
         def _clock(self) -> float:
+            self.threads_seen.append(torch.get_num_threads())
             self.clock_now += 0.5 if torch.get_num_threads() == 2 else 0.05
             return self.clock_now
 
-    made: list[ThreadTuner] = []
-    monkeypatch.setattr(threads, "ThreadTuner", lambda most: made.append(OneIsFaster(most)) or made[-1])
+    made: list[OneIsFaster] = []
+    monkeypatch.setattr(threads, "ThreadTuner", lambda most, **start: made.append(OneIsFaster(most, **start)) or made[-1])
     config = {"preset": "fast", "model.hidden": [256, 256], "training.batch_size": 64, "training.epochs": 3}
-    model = keel.fit(frame, target="label", config=config, quiet=True, importance=False)
-    assert made and made[0].current == 1 and made[0].switches
+    model = keel.fit(frame, target="label", config=config, quiet=True)
+    assert len(made) == 2 and made[0].current == 1 and made[0].switches
     note = next(note for note in model.notes if "steps ran on 2 threads" in note)
     assert f"on 1 from step {made[0].switches[0][0] + 1}" in note
+    # The passes after training (importance's predictions, timed as steps) start on the count training ended on.
+    after = made[1]
+    assert after.counts == [2, 1] and after.steps == 1 + len(model.feature_names)  # unshuffled, then one a feature
+    assert after.threads_seen[0] == 1 and after.current == 1
     assert torch.get_num_threads() == 2  # the caller's count, back
-    fixed = keel.fit(frame, target="label", config={**config, "training.threads": 2}, quiet=True,
-                     importance=False)
-    assert len(made) == 1 and not any("steps ran on" in note for note in fixed.notes)
+    fixed = keel.fit(frame, target="label", config={**config, "training.threads": 2}, quiet=True)
+    assert len(made) == 2 and not any("steps ran on" in note for note in fixed.notes)
     assert model.metrics == fixed.metrics  # the same run, whatever the threads
+    assert model.importance["features"] == fixed.importance["features"]
 
 
 def test_networks_with_a_norm_layer_are_thread_dependent_and_plain_ones_are_not() -> None:
@@ -187,3 +193,44 @@ def test_networks_with_a_norm_layer_are_thread_dependent_and_plain_ones_are_not(
     assert thread_dependent(network(norm="layer"))
     assert thread_dependent(network(norm="batch"))
     assert thread_dependent(network(architecture="resnet", norm="layer"))
+
+
+def test_a_tuner_can_start_below_the_most_threads_and_tries_more_first() -> None:
+    settings: list[int] = []
+    tuner = ThreadTuner(2, set_threads=settings.append, start=1)
+    assert tuner.current == 1 and settings == [1]  # set at once: the caller's count is the most
+    assert ThreadTuner(2, set_threads=settings.append, start=3).current == 2  # not a count it may use: the most
+    assert ThreadTuner(4, set_threads=settings.append, start=4).current == 4 and settings == [1]
+
+    now = [0.0]
+    tuner = ThreadTuner(2, clock=lambda: now[0], set_threads=settings.append, start=1)
+    for _ in range(1 + threads.FIRST_GAP):  # one untimed step, then the first gap
+        tuner.step_started()
+        now[0] += 0.01
+        tuner.step_ended()
+    assert tuner.trial == 2 and settings[-1] == 2  # from one thread, the only neighbour is above
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_passes_after_training_start_where_training_ended_and_restore_the_count() -> None:
+    from keel.train.threads import passes_budget, timed_passes
+
+    with passes_budget(_network(8), start=1) as tuner:  # small or not: a loop of whole-table passes is tuned
+        assert isinstance(tuner, ThreadTuner) and tuner.current == 1 and torch.get_num_threads() == 1
+        predict = timed_passes(lambda rows: rows * 2, tuner)
+        assert predict(3) == 6 and predict(4) == 8 and tuner.steps == 2
+    assert torch.get_num_threads() == 2
+    with passes_budget(_network(8)) as tuner:  # no start: the caller's count
+        assert tuner is not None and tuner.current == 2 and torch.get_num_threads() == 2
+    with passes_budget(_network(8), setting=1, start=2) as tuner:  # a number fixes them, as it fixed the steps
+        assert tuner is None and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with passes_budget(_network(256, norm=nn.LayerNorm), start=1) as tuner:
+        assert tuner is None and torch.get_num_threads() == 2
+    with passes_budget(_network(256), start=1, tune=False) as tuner:  # a GPU's passes, a rank's
+        assert tuner is None and torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError), passes_budget(_network(8), setting=1):
+        raise RuntimeError("an error inside")
+    assert torch.get_num_threads() == 2
+    double = lambda rows: rows * 2  # noqa: E731
+    assert timed_passes(double, None) is double
