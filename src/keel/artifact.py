@@ -258,8 +258,20 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[Manifest, dict[str, tor
     if not directory.exists() and not directory.is_symlink():
         _recover(directory)
     manifest = read_manifest(directory, verify=False)
+    gone = []
     for name, record in manifest.attached.items():
-        _verify(directory, name, record.sha256)
+        try:
+            _verify(directory, name, record.sha256)
+        except _MissingFile:  # deleted or left out of a copy: detached, so that `keel export` can make it again
+            if not remade(name):
+                raise
+            gone.append(name)
+    if gone:
+        for name in gone:
+            del manifest.files[name]
+        warnings.warn(f"{directory}: {', '.join(sorted(gone))} listed in {METADATA_FILE} but missing; loaded without "
+                      f"{'it' if len(gone) == 1 else 'them'} (an export is made again by `keel export {directory}`, "
+                      "a report by `keel report`).", KeelWarning, stacklevel=2)
     data = read_model_file(directory, WEIGHTS_FILE)
     if hashlib.sha256(data).hexdigest() != manifest.files[WEIGHTS_FILE].sha256:
         raise ArtifactError(f"{directory / WEIGHTS_FILE} fails its checksum: it changed or is corrupt since the "
@@ -364,6 +376,20 @@ def read_model_file(directory: str | os.PathLike[str], name: str, *, limit: int 
         return handle.read()
 
 
+# Attached files that keel makes again from the weights (exports, their reports, the report and its figures): one
+# that is missing is detached at load. Any other (an embedded encoder's files, the test predictions) is the model's.
+_REMADE = ("model.onnx", "model.int8.onnx", "model.tflite", "model.tflite.json", "report.html")
+
+
+def remade(name: str) -> bool:
+    """Whether ``name`` is an attached file keel makes again on request (:data:`_REMADE`, reports/, plots/)."""
+    return name in _REMADE or name.startswith(("reports/", "plots/"))
+
+
+class _MissingFile(ArtifactError):
+    """A file the manifest lists is not there (a missing attachment is detached, not fatal)."""
+
+
 def _open_model_file(directory: Path, name: str) -> BinaryIO:
     """Open ``directory/name`` for reading, refusing names, links and files that could lead elsewhere."""
     problem = _path_problem(name)
@@ -380,7 +406,7 @@ def _open_model_file(directory: Path, name: str) -> BinaryIO:
     try:
         descriptor = os.open(file, _OPEN_FLAGS)
     except FileNotFoundError:
-        raise ArtifactError(f"{directory} is incomplete: {name} is missing. Retrain or restore the model.") from None
+        raise _MissingFile(f"{directory} is incomplete: {name} is missing. Retrain or restore the model.") from None
     except OSError as error:
         why = ("is a symbolic link, which keel does not follow" if error.errno == errno.ELOOP
                else f"cannot be read ({error.strerror or error})")
@@ -632,7 +658,9 @@ def attach_file(model_dir: str | os.PathLike[str], name: str, source: bytes | st
                             "the file was made from (it was saved over since). Save the model there again first.")
     try:
         digest = _write_file(directory, name, source)
-        files = {**manifest.files, name: FileRecord(sha256=digest, made_from=saved)}
+        files = {**{listed: record for listed, record in manifest.files.items()  # (what a load detached stays so)
+                    if not (remade(listed) and not os.path.lexists(directory.joinpath(*listed.split("/"))))},
+                 name: FileRecord(sha256=digest, made_from=saved)}
         _write_file(directory, METADATA_FILE, _manifest_text(manifest.model_copy(update={"files": files})).encode())
     except OSError as error:
         raise ArtifactError(f"cannot attach {name!r} to {directory}: {error.strerror or error}.") from None

@@ -132,6 +132,8 @@ def _friendly(command: Callable[..., None]) -> Callable[..., None]:
                 " If the run had written a checkpoint, rerun the same command with --resume to continue it."
                 if resumable else ""), highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
+        except typer.Exit:  # a command's own exit status (a data-parallel rank's, once rank 0 printed why)
+            raise
         except BrokenPipeError:  # the reader of the output left (keel config | head -1): quietly, as head expects
             with contextlib.suppress(OSError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
@@ -598,6 +600,7 @@ def info(
     network = describe_network(loaded)
     # Added to the raw shape, not in place of it: scripts reading the spec's keys keep working.
     summary["network"] = {**summary["network"], **network}
+    summary["notes"] = list(loaded.notes)  # what the run said: the preset line, dropped columns, thread moves
     if as_json:
         out.print_json(json.dumps(summary))
         return
@@ -615,6 +618,8 @@ def info(
     table.add_row("features", ", ".join(f"{f['name']} ({f['type']})" for f in summary["features"]))
     for name, reason in summary["dropped"].items():
         table.add_row("dropped", f"{name}: {reason}")
+    for note in summary["notes"]:
+        table.add_row("note", _escape(note))
     out.print(table)
     _print_metrics(summary["metrics"], "test (at training time)")
 
@@ -893,7 +898,8 @@ def _export_for_serving(model: Path) -> None:
 
     manifest = read_manifest(model, verify=False)  # loading the model for an export verifies every checksum
     record = manifest.files.get("model.onnx")
-    if record is not None and record.made_from in (None, manifest.files[WEIGHTS_FILE].sha256):
+    if (record is not None and record.made_from in (None, manifest.files[WEIGHTS_FILE].sha256)
+            and os.path.lexists(model / "model.onnx")):  # (a deleted export is made again)
         return
     if importlib.util.find_spec("torch") is None:
         return

@@ -687,9 +687,15 @@ def with_preset(tree: Mapping[str, Any]) -> dict[str, Any]:
 def validate_config(tree: Mapping[str, Any]) -> Config:
     """Validate a nested dict, turning pydantic's errors into one readable ConfigError."""
     try:
-        return Config.model_validate(tree)
+        config = Config.model_validate(tree)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
+    weight = config.training.weight_column
+    if weight is not None and any(feature.name == weight for feature in config.input_features or []):
+        # Listed, it was trained on as a number feature without a word (the README says "never a feature").
+        raise ConfigError(f"training.weight_column {weight!r} is also listed in input_features: a row's weight says "
+                          "how much the row counts, never something to predict from. Remove it from input_features.")
+    return config
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

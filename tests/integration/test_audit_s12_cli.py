@@ -85,13 +85,12 @@ RAISING = textwrap.dedent("""
 @pytest.mark.parametrize("what, status", [("0", 0), ("1", 1), ("2", 2), ("130", 130), ("keyboard", 130)])
 @pytest.mark.parametrize("friendly", ["plain", "friendly"])
 def test_exit_statuses_of_a_command_are_kept(what: str, status: int, friendly: str) -> None:
-    if friendly == "friendly" and what != "keyboard":
-        pytest.skip("_friendly's catch-all takes typer.Exit raised inside a command for an internal error (no keel "
-                    "command does that on POSIX; serve does on Windows)")
+    # _friendly's catch-all once took a typer.Exit raised inside a command for an internal error: a torchrun rank
+    # exiting 2 after rank 0 printed a refused setting said "internal error: Exit: 2 ... please report it".
     result = subprocess.run([sys.executable, "-c", RAISING, what, friendly], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == status, result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
     if what == "keyboard" and friendly == "friendly":
         assert result.stderr.startswith("interrupted; no model was saved.")
         assert result.stderr.count("interrupted") == 1

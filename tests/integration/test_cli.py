@@ -50,6 +50,9 @@ def test_train_writes_a_model_that_info_describes(penguin_model) -> None:
         assert text in result.stdout
     summary = json.loads(keel("info", str(penguin_model), "--json").stdout)
     assert summary["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
+    # The run's notes (the README points at keel info for the preset's line): in both forms.
+    preset = next(note for note in summary["notes"] if note.startswith("preset "))
+    assert summary["notes"] == document["notes"] and preset[:40] in " ".join(result.stdout.replace("│", " ").split())
 
 
 def test_predict_keeps_row_order_and_names_columns(penguin_model, tmp_path) -> None:

@@ -32,19 +32,29 @@ from ai_edge_litert.interpreter import Interpreter
 spec = json.load(open("runs/penguins/model.tflite.json"))
 runner = Interpreter(model_path="runs/penguins/model.tflite").get_signature_runner()
 
+def spelled(value):
+    """A category value as keel spells it: True / False, whole numbers without .0, "" when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
 def encode(row):
-    """One row (column -> value, None or "" when missing; text as keel spells it) as the graph's inputs."""
+    """One row (column -> value, None or "" when missing) as the graph's inputs."""
     inputs = {}
     for group in spec["inputs"]:
         name, values = group["name"], [row.get(column) for column in group["columns"]]
         if name == "numbers":  # minus the column's offset, in float64, before the float32 cast
             encoded = [math.nan if v is None else v - offset for v, offset in zip(values, group["offsets"])]
         elif name == "binaries":  # 0 / 1 for the column's two values, NaN when missing or anything else
-            encoded = [spec["binaries"][c].index(v) if v in spec["binaries"][c] else math.nan
+            encoded = [spec["binaries"][c].index(spelled(v)) if spelled(v) in spec["binaries"][c] else math.nan
                        for c, v in zip(group["columns"], values)]
         else:  # codes: the vocabulary position + 2, 1 when missing (None or ""), 0 when unseen
-            encoded = [spec["codes"][c].index(v) + 2 if v in spec["codes"][c] else (1 if v in (None, "") else 0)
-                       for c, v in zip(group["columns"], values)]
+            encoded = [spec["codes"][c].index(spelled(v)) + 2 if spelled(v) in spec["codes"][c]
+                       else (1 if spelled(v) == "" else 0) for c, v in zip(group["columns"], values)]
         inputs[name] = np.array([encoded], dtype=group["dtype"])
     return inputs
 
@@ -93,6 +103,15 @@ def _large_offset_frame(n_rows: int = 200) -> pd.DataFrame:
     return frame.assign(y=1e9 + 3 * x + rng.normal(0, 0.1, n_rows))
 
 
+def _typed_frame(n_rows: int = 200) -> pd.DataFrame:
+    """A bool column and whole-number category codes, which a Python caller passes as True / 3, not as text:
+    README's encode() once took them as missing (a bool) and unseen (a code)."""
+    rng = np.random.default_rng(3)
+    flag, code, x = rng.random(n_rows) < 0.5, rng.choice([3, 7, 11], n_rows), rng.normal(size=n_rows)
+    return pd.DataFrame({"flag": flag, "code": code, "x": x,
+                         "y": np.where(x + 1.5 * flag + (code == 7) > 0.7, "yes", "no")})
+
+
 CASES = {
     # name: (frame, target, config): each task, both fast and balanced (quantile scaling, piecewise
     # linear number embeddings, an ensemble of 8) preprocessing and networks.
@@ -100,6 +119,8 @@ CASES = {
     "multiclass-fast": (make_classification_frame, "label", FAST),
     "regression-balanced": (_penguins, "body_mass_g", {**FAST, "preset": "balanced"}),
     "regression-large-offset": (_large_offset_frame, "y", FAST),
+    "typed-values-fast": (_typed_frame, "y", {**FAST, "input_features": [
+        {"name": "flag", "type": "binary"}, {"name": "code", "type": "category"}, {"name": "x", "type": "number"}]}),
 }
 
 
@@ -144,7 +165,9 @@ def _check_with_readme_lookup(python: Path, model: keel.Model, files: dict[str, 
     """
     rows = features.head(120).copy()
     for column in rows.columns:  # a few values no training row had, and some missing ones
-        if not pd.api.types.is_numeric_dtype(rows[column]):  # text: pandas 3 reads it as str, not object
+        if pd.api.types.is_bool_dtype(rows[column]):  # True / False stay Python bools, beside None
+            rows[column] = rows[column].astype(object)
+        elif not pd.api.types.is_numeric_dtype(rows[column]):  # text: pandas 3 reads it as str, not object
             rows.loc[rows.index[:3], column] = "never seen in training"
             rows.loc[rows.index[6:9], column] = ""
         rows.loc[rows.index[3:6], column] = None

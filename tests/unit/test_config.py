@@ -175,3 +175,11 @@ def test_an_unknown_key_like_nothing_gets_no_hint() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config({"training.zzz": 1})
     assert "did you mean" not in str(caught.value) and "valid keys here: bagging" in str(caught.value)
+
+
+def test_a_weight_column_listed_as_a_feature_is_refused() -> None:
+    # It trained as a number feature without a word, where the README says a weight is never a feature.
+    with pytest.raises(ConfigError, match="training.weight_column 'w' is also listed in input_features"):
+        load_config({"training.weight_column": "w", "input_features": [{"name": "x"}, {"name": "w"}]})
+    config = load_config({"training.weight_column": "w", "input_features": [{"name": "x"}]})
+    assert config.training.weight_column == "w"

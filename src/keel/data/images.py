@@ -212,8 +212,11 @@ class ImageTransform:
 
         Raises:
             DataError: Every training image is missing, or one cannot be read.
-            ConfigError: image.encoder resnet without a usable image.model_path.
+            ConfigError: image.encoder resnet without a usable image.model_path; image.finetune without resnet.
         """
+        if self.finetune and self.encoder != "resnet":  # the cnn trains with the rest anyway: it was ignored silently
+            raise ConfigError("image.finetune trains a pretrained backbone; set image.encoder: resnet (with "
+                              "image.model_path), or leave image.finetune out: the cnn always trains with the network.")
         present = series[[not _missing(value) for value in series.tolist()]]
         if not len(present):
             raise DataError(f"image column {self.name!r} is empty in every training row; fill it, or leave the "

@@ -599,17 +599,19 @@ def _csv_layout(path: Path, delimiter: str | None, encoding: str | None) -> _Csv
     numbered = numbered[1:] if whole else numbered[1:-1]
     if not compressed and not whole:
         numbered += _last_line(path, delimiter, encoding)
-    for number, row in numbered:
+    for position, (number, row) in enumerate(numbered, start=1):
         # Longer: pandas' own message names no content. One empty field more is a trailing delimiter, which
         # pandas drops (index_col=False): read as before.
         trailing = len(row) == len(header) + 1 and row[-1] == ""
         if row and len(row) != len(header) and not trailing:
             where = f"line {number}" if number else "the last line"
+            last = not number or (whole and position == len(numbered))  # only a last line is cut off by a write
+            short = "(the file may be truncated)" if last else "(a value missing, or a delimiter too few?)"
             raise DataError(
                 f"cannot parse {path} as CSV: {where} has {len(row)} field(s) where the header has {len(header)} "
                 f"({delimiter.join(row)[:80]!r}). Check that every row has as many fields as the header "
-                + ("(the file may be truncated)" if len(row) < len(header) else "(a value with an unquoted "
-                   f"{delimiter!r} in it?)") + _not_a_table(header, delimiter) + ", or pass the right delimiter.",
+                + (short if len(row) < len(header) else f"(a value with an unquoted {delimiter!r} in it?)")
+                + _not_a_table(header, delimiter) + ", or pass the right delimiter.",
                 file=path)
     return _CsvLayout(delimiter, encoding, header)
 

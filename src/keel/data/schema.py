@@ -212,6 +212,14 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
 
     def decide(column: tuple[str, pd.Series]) -> tuple[ColumnType | None, str]:
         name, series = column
+        try:
+            return decide_on(name, series)
+        except DataError:
+            if subset:  # the error names every bad row of the column, the test rows' too, where they are bad alike
+                decide_on(name, frame[name])
+            raise
+
+    def decide_on(name: str, series: pd.Series) -> tuple[ColumnType | None, str]:
         kind = declared.get(name, "auto")
         if kind == "auto":
             return infer_column_type(series, name, source)
@@ -331,6 +339,7 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
     if is_numeric(series):
         if _looks_like_row_id(present, name):
             return None, "id-like (a unique integer per row)"
+        to_numeric(present, column=name, source=source)  # an infinity: named now, with the other columns' problems
         return "number", ""
     share = numeric_share(series)
     if share == 1.0:
@@ -439,9 +448,12 @@ def _count_distinct(present: pd.Series, limit: int) -> int:
 def _looks_like_row_id(present: pd.Series, name: str) -> bool:
     if not pd.api.types.is_integer_dtype(present.dtype) or present.nunique() != len(present) or len(present) < 20:
         return False
-    values = np.sort(present.to_numpy())
-    consecutive = bool(np.all(np.diff(values) == 1))
-    return consecutive or bool(_ID_NAME.search(name))
+    # Row numbers (pandas' unnamed index column, a "row" column) are consecutive in the whole table, but types are
+    # inferred on the training and validation rows, which the split leaves with gaps: at least half of their range
+    # filled is how a random part of a numbering looks (an unnamed 0..n-1 column was kept as a feature so).
+    values = present.to_numpy()
+    numbering = int(values.max()) - int(values.min()) + 1 <= 2 * len(values)
+    return numbering or bool(_ID_NAME.search(name))
 
 
 def infer_target_task(frame: pd.DataFrame, config: Config) -> ResolvedTask:
@@ -453,7 +465,12 @@ def infer_target_task(frame: pd.DataFrame, config: Config) -> ResolvedTask:
         DataError: As :func:`infer_task` and :func:`check_label_spellings` raise.
     """
     name = str(config.target)
-    task = infer_task(frame[name], name, declared_task(config), frame.attrs.get("source"))
+    try:
+        task = infer_task(frame[name], name, declared_task(config), frame.attrs.get("source"))
+    except DataError:
+        # Two spellings of one code as the only labels (1 / 01) read as one class: say why, not "one class".
+        check_label_spellings(frame, name)
+        raise
     if task != "regression":
         check_label_spellings(frame, name)
     return task

@@ -152,6 +152,13 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
         quantized_parity = compare(model, check_rows, lambda frame: _probabilities(model, run_as_keel(
             lambda feeds: quantized.run(None, feeds), onnx_feeds(model, frame), by_row=by_row)), parity.source).to_dict()
         del quantized_parity["ok"]  # int8 moves predictions by design: reported, not held to the tolerance
+        # The int8 file states its own difference from keel (a copy of the float file's metadata had the float
+        # file's, and `keel serve --file model.int8.onnx` showed it as the served file's).
+        import onnx
+
+        int8_proto = onnx.load_from_string(files[INT8_FILE])
+        _set_metadata(int8_proto, {"keel.parity": json.dumps(quantized_parity)})
+        files[INT8_FILE] = int8_proto.SerializeToString()
     main = INT8_FILE if quantize else "model.onnx"
     if quantize is not None or pruning is not None:
         baseline = files["model.onnx"]
@@ -160,7 +167,7 @@ def export(model: "Model", format: str = "onnx", *, quantize: str | None = None,
             _set_metadata(unpruned_proto, {"keel.parity": json.dumps(parity.to_dict())})
             baseline = unpruned_proto.SerializeToString()
         compression = _measure(baseline, files[main], model, rows if rows is not None else check_rows, notes)
-        notes = _compression_notes(compression, quantize, notes)
+        notes = _compression_notes(compression, quantize, notes, pruning)
     if output is not None:  # only the file asked for: the int8 one when quantized
         files = {main: files[main]}
     targets = [_write(model, name, content, output, pruned_output, pruning is not None and index == 0)
@@ -202,10 +209,11 @@ def _check_options(format: str, quantize: str | None, static: bool, prune: float
     _check_output(output)
     if prune is None:
         unused = [flag for flag, given in (("--finetune-epochs", finetune_epochs), ("--max-drop", max_drop is not None),
-                                           ("--pruned-output", pruned_output is not None)) if given]
+                                           ("--pruned-output", pruned_output is not None),
+                                           (f"--prune-method {method}", method != "structured")) if given]
         if unused:
-            raise ConfigError(f"{' and '.join(unused)} only apply with --prune; add --prune AMOUNT (or auto), "
-                              "or leave them out.")
+            raise ConfigError(f"{' and '.join(unused)} only appl{'ies' if len(unused) == 1 else 'y'} with --prune; "
+                              f"add --prune AMOUNT (or auto), or leave {'it' if len(unused) == 1 else 'them'} out.")
         return None
     if finetune_epochs and data is None:
         raise ConfigError("--finetune-epochs trains on rows: pass them with --data FILE.")
@@ -328,12 +336,20 @@ def _measure(original: bytes, compressed: bytes, model: "Model", rows: pd.DataFr
                    measure(compressed, one_row, batch, metric_fn=metric))
 
 
-def _compression_notes(compression: dict[str, Any], quantize: str | None, notes: list[str]) -> list[str]:
-    """What the figures say that a user could miss: no metric measured, an int8 file that is not smaller."""
+def _compression_notes(compression: dict[str, Any], quantize: str | None, notes: list[str],
+                       pruning: dict[str, Any] | None = None) -> list[str]:
+    """What the figures say that a user could miss: no metric measured, an int8 file that is not smaller, an
+    unstructured pruning whose zeros shrink only the zipped file."""
     notes = list(notes)
+    sizes = {row["key"]: row for row in compression["rows"]}
+    if pruning is not None and pruning.get("method") == "unstructured" and not quantize:
+        zipped = sizes.get("compressed_bytes", {}).get("ratio")
+        notes.append("unstructured pruning zeroes weights inside matrices that keep their shape: the file is "
+                     f"{sizes['size_bytes']['ratio']:.2f}x the unpruned one's size"
+                     + (f" and {zipped:.2f}x zipped" if zipped is not None else "")
+                     + ", and it runs no faster; --prune-method structured removes whole neurons instead.")
     if "metric" not in compression and not any(note.startswith("the metric was not measured") for note in notes):
         notes.append("the metric was not measured: pass labelled rows (with the target column) as --data.")
-    sizes = {row["key"]: row for row in compression["rows"]}
     if quantize and sizes["size_bytes"]["ratio"] >= 1:
         notes.append("the int8 file is not smaller than the float one: this network's matrices are too small for "
                      "int8 weights to outweigh the quantization bookkeeping; export without --quantize.")

@@ -172,9 +172,15 @@ def _schema_table(inputs: ReportInputs) -> str:
     run = inputs.run or {}
     rows: list[tuple[object, ...]]
     if run.get("columns"):
-        rows = [(column.get("name"), column.get("role"), _share(column.get("missing")), column.get("unique"),
+        rows = [(column.get("name"), column.get("role"), _share(column.get("missing")), _distinct(column),
                  column.get("dropped") or "") for column in run["columns"]]
-        return table(["column", "role", "missing", "distinct values", "dropped because"], rows)
+        from keel.train.record import UNIQUE_SAMPLE_ROWS  # (here: keel runs reads this module without pandas)
+
+        sampled = any(column.get("unique_sampled") and isinstance(column.get("unique"), int) for column in run["columns"])
+        return table(["column", "role", "missing", "distinct values", "dropped because"], rows) + (
+            paragraph(f"Distinct values marked \u2265 were counted on a sample of the rows (at most "
+                      f"{UNIQUE_SAMPLE_ROWS:,}; a table larger than memory, on the rows it sampled): the whole table "
+                      "has at least that many.", css_class="note") if sampled else "")
     features = inputs.schema.get("features") or []
     rows = [(feature.get("name"), feature.get("type"), "") for feature in features]
     rows += [(inputs.target, "target", "")]
@@ -182,6 +188,12 @@ def _schema_table(inputs: ReportInputs) -> str:
     note = paragraph("Missing shares and cardinalities were not recorded for this model (saved before run "
                      "records); retrain to see them.", css_class="note")
     return table(["column", "role", "dropped because"], rows) + note
+
+
+def _distinct(column: dict[str, Any]) -> object:
+    """A column's distinct values: counted on a sample, a lower bound (\u2265 200,000 for 250,000 distinct ids)."""
+    unique = column.get("unique")
+    return f"\u2265 {unique:,}" if column.get("unique_sampled") and isinstance(unique, int) else unique
 
 
 def _share(value: object) -> object:
@@ -446,6 +458,8 @@ def _plain(value: object) -> object:
         value = value.item()
     if (isinstance(value, float) and np.isnan(value)) or type(value).__name__ in ("NAType", "NaTType"):
         return None  # pandas' missing markers print as "–" like NaN
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # as written: a year 2007 or a code is no quantity to read as "2,007"
     return value
 
 

@@ -141,3 +141,27 @@ def test_reading_then_training_reports_the_csv_rows(tmp_path) -> None:  # type: 
         Preprocessor(Schema("label", "binary", [Feature("a", "number"), Feature("b", "number")])).fit(frame)
     assert "column 'a' holds numbers, but row 5 has the value 'bad'" in str(error.value)
     assert "column 'b' holds numbers, but row 2 has the value 'oops'" in str(error.value)
+
+
+def test_inferred_columns_list_infinities_and_the_test_rows_problems_in_the_same_error() -> None:
+    # Undeclared columns with the default test split: an infinity came in a second error once the typos were
+    # fixed, and the typos of the test rows went uncounted ("row 12 'bad1' (9 such value(s) in all)").
+    frame = _frame(200)
+    frame.loc[[1, 4], "a"] = ["12kg", "n/a?"]
+    frame.loc[list(range(10, 22)), "c"] = [f"bad{i}" for i in range(12)]
+    frame.loc[30, "b"] = float("inf")
+    frame["b"] = frame["b"].astype(float)
+    with pytest.raises(DataError) as error:
+        keel.fit(frame, target="label", config=FAST, quiet=True)
+    message = str(error.value)
+    assert message.startswith("DataFrame: 3 columns have problems ('a', 'b', 'c')")
+    assert "column 'b' row 31 has the value inf" in message
+    assert "row 11 has the value 'bad0' (12 such value(s) in all" in message  # every row, the test rows' too
+    assert "row 2 has the value '12kg' (2 such value(s) in all; also row 5 'n/a?')" in message
+    # A problem only in the test rows is still found where it was: when those rows are transformed.
+    clean = _frame(200)
+    clean["ok"] = clean["ok"].astype(float)
+    split_inf = clean.copy()
+    split_inf.loc[:, "ok"] = np.where(np.arange(200) % 50 == 7, np.inf, split_inf["ok"])
+    with pytest.raises(DataError, match="'ok'.*inf"):
+        keel.fit(split_inf, target="label", config=FAST, quiet=True)

@@ -478,3 +478,11 @@ def test_every_unusable_image_of_a_column_is_named_in_one_error_first_row_first(
     with pytest.raises(DataError, match=r"row 4 is a 16x16 gray image.* 1 more row\(s\) .* row\(s\) 5\.") as caught:
         transformed(strict, odd)
     assert caught.value.row == 4
+
+
+def test_finetune_without_a_pretrained_backbone_is_refused() -> None:
+    # The cnn trains with the network whatever image.finetune says: true was accepted and did nothing.
+    arrays = [np.zeros((8, 8), dtype=np.uint8) + i for i in range(4)]
+    with pytest.raises(ConfigError, match="image.finetune trains a pretrained backbone; set image.encoder: resnet"):
+        fitted(arrays, ImageConfig(finetune=True))
+    assert fitted(arrays, ImageConfig(finetune=False)).encoder == "cnn"

@@ -248,6 +248,14 @@ def test_a_csv_target_whose_spellings_pandas_merges_is_refused(tmp_path) -> None
     check_label_spellings(read_table(str(tmp_path / "codes.parquet")), "y")
     (tmp_path / "plain.csv").write_text("y\n" + "1\n2\n\n3\n" * 5)
     check_label_spellings(read_table(str(tmp_path / "plain.csv")), "y")
+    # The two spellings as the only labels: pandas' one number was "one class on every labelled row" (the trial's).
+    for other in ("01", "1.0"):
+        (tmp_path / "two.csv").write_text("x,y\n" + "".join(f"{i},{code}\n" for i, code in enumerate(["1", other] * 10)))
+        with pytest.raises(DataError, match=f"writes the number 1 two ways, '1' \\(row 1\\) and '{other}'"):
+            infer_target_task(read_table(str(tmp_path / "two.csv")), load_config({"target": "y"}))
+    (tmp_path / "one.csv").write_text("x,y\n" + "".join(f"{i},1\n" for i in range(20)))
+    with pytest.raises(DataError, match="holds one class"):  # one class, one spelling: as before
+        infer_target_task(read_table(str(tmp_path / "one.csv")), load_config({"target": "y"}))
 
 
 def test_a_space_around_a_class_code_is_not_a_second_spelling(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -263,3 +271,24 @@ def test_a_space_around_a_class_code_is_not_a_second_spelling(tmp_path) -> None:
     (tmp_path / "both.csv").write_text("x,y\n" + "".join(f"{i},{code}\n" for i, code in enumerate([" 1", "0", "01"] * 4)))
     with pytest.raises(DataError, match=r"writes the number 1 two ways, '1' \(row 1\) and '01' \(row 3\)"):
         check_label_spellings(read_table(str(tmp_path / "both.csv")), "y")
+
+
+def test_row_numbers_are_dropped_when_the_split_leaves_gaps_in_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # pandas' to_csv writes its index as an unnamed 0..n-1 column; types are inferred on the training and
+    # validation rows, which were never consecutive once the test rows left, so it was kept as a number feature.
+    import keel
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=400), "row": rng.permutation(400),
+                          "reading": rng.choice(100_000, 400, replace=False)})  # unique integers, but no numbering
+    frame["y"] = frame["a"] * 2 + rng.normal(size=400)
+    frame.to_csv(tmp_path / "with_index.csv")  # index=True: the unnamed first column
+    model = keel.fit(tmp_path / "with_index.csv", target="y", config={"preset": "fast", "training.epochs": 1},
+                     quiet=True, importance=False)
+    dropped = set(model.schema.dropped)
+    assert {"", "row"} <= dropped and "reading" not in dropped  # keel reads the unnamed header as ""
+    assert [feature.name for feature in model.schema.features] == ["a", "reading"]
+    # On the training and validation rows alone (a test split of 20%), each is a numbering with gaps.
+    train = np.sort(rng.choice(400, 320, replace=False))
+    schema = infer_schema(frame, load_config({"target": "y"}), rows=train)
+    assert schema.dropped["row"] == "id-like (a unique integer per row)" and "reading" not in schema.dropped

@@ -53,8 +53,24 @@ def test_prune_and_int8_attach_both_files_and_compare_the_unpruned_float_with_th
     assert compression["original"]["parameters"] >= unpruned_parameters  # the unpruned float file
     assert compression["compressed"]["parameters"] < unpruned_parameters * 0.6
     assert "ok" not in report.quantized_parity  # int8 is reported, not held to the tolerance
+    stored = {name: json.loads({p.key: p.value for p in onnx.load(str(tmp_path / "m-pruned" / name)).metadata_props}
+                               ["keel.parity"]) for name in ("model.onnx", "model.int8.onnx")}
+    assert stored["model.onnx"] == report.parity and stored["model.onnx"]["ok"]
+    assert stored["model.int8.onnx"] == report.quantized_parity  # its own difference, not the float file's
+    assert report.quantized_parity["max_difference"] > report.parity["max_difference"]
     Predictor.load(tmp_path / "m-pruned")  # the float export is there for the predictor too
     Predictor.load(tmp_path / "m-pruned", file="model.int8.onnx")
+
+
+def test_unstructured_pruning_says_the_file_is_no_smaller_and_structured_does_not(saved, tmp_path) -> None:
+    rows = make_classification_frame(seed=1)
+    report = saved.export(prune=0.5, prune_method="unstructured", output=tmp_path / "u.onnx", data=rows)
+    sizes = {row["key"]: row["ratio"] for row in report.compression["rows"]}
+    note = next(note for note in report.notes if note.startswith("unstructured pruning zeroes weights"))
+    assert f"{sizes['size_bytes']:.2f}x the unpruned one's size and {sizes['compressed_bytes']:.2f}x zipped" in note
+    assert sizes["compressed_bytes"] < sizes["size_bytes"] - 0.05  # the zeros zip away; the matrices stay
+    structured = saved.export(prune=0.5, output=tmp_path / "s.onnx", data=rows)
+    assert not any("unstructured" in note for note in structured.notes)
 
 
 def test_prune_with_output_writes_only_the_file(saved, tmp_path) -> None:
@@ -106,9 +122,12 @@ def test_an_unknown_class_or_no_target_in_the_rows_only_skips_the_metric(saved) 
     ({"output": "m/model.onnx"}, "inside the model directory"),
     ({"output": "m"}, "is a directory"),
     ({"prune": 0.5, "pruned_output": "m"}, "the model's own directory"),
-    ({"finetune_epochs": 2, "data": "rows"}, "only apply with --prune"),
-    ({"max_drop": 0.01}, "only apply with --prune"),
-    ({"pruned_output": "elsewhere"}, "only apply with --prune"),
+    ({"finetune_epochs": 2, "data": "rows"}, "^--finetune-epochs only applies with --prune; .* leave it out"),
+    ({"max_drop": 0.01}, "only applies with --prune"),
+    ({"pruned_output": "elsewhere"}, "only applies with --prune"),
+    ({"prune_method": "unstructured"}, "--prune-method unstructured only applies with --prune"),
+    ({"max_drop": 0.01, "prune_method": "unstructured"}, "--max-drop and --prune-method unstructured only apply with "
+                                                          "--prune; .* leave them out"),
     ({"prune": 0.5, "max_drop": 0.01}, "budget of --prune auto"),
     ({"prune": 0.5, "pruned_output": "p", "output": "f.onnx"}, "exclude each other"),
     ({"prune": 0.5, "finetune_epochs": 1.5}, "whole number"),
@@ -130,3 +149,28 @@ def test_int8_and_prune_reports_give_the_same_file_the_same_original_size(saved)
     int8 = saved.export(quantize="int8", data=frame).compression["original"]["size_bytes"]
     pruned = saved.export(prune=0.5, data=frame).compression["original"]["size_bytes"]
     assert abs(int8 - pruned) <= 16, (int8, pruned)  # the parity figures' digits may differ by a few bytes
+
+
+def test_a_deleted_export_is_detached_at_load_and_made_again(saved, tmp_path) -> None:
+    # Deleting model.onnx (or leaving it out of a copy) made the model unloadable, and every message said to run
+    # `keel export`, which refused the directory as incomplete too.
+    from keel.artifact import read_manifest
+    from keel.errors import ArtifactError, KeelWarning
+
+    saved.export(quantize="int8", data=make_classification_frame(seed=1))
+    directory = tmp_path / "m"
+    for name in ("model.onnx", "model.int8.onnx", "reports/model.int8.onnx.json"):
+        (directory / name).unlink()
+    with pytest.warns(KeelWarning, match="model.int8.onnx, model.onnx, reports/model.int8.onnx.json listed in "
+                                         "keel.json but missing; loaded without them"):
+        loaded = keel.load(directory)
+    frame = make_classification_frame(seed=2)
+    assert (loaded.predict(frame) == saved.predict(frame)).all()
+    loaded.export()  # attaches model.onnx again, and no longer lists what is gone
+    listed = set(read_manifest(directory).files)  # verified: every listed file is there
+    assert {"model.onnx", "reports/model.onnx.json"} <= listed and "model.int8.onnx" not in listed
+    assert (Predictor.load(directory).predict(frame) == saved.predict(frame)).all()
+    # A file keel cannot make again stays the model's own: missing, the model is refused as before.
+    (directory / "predictions.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="is incomplete: predictions.safetensors is missing"):
+        keel.load(directory)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import html
 
+import numpy as np
 import pytest
 
 from keel.report.sections import make_context, overview
@@ -33,3 +34,26 @@ def _bagging_fact(bagging: dict) -> str:  # type: ignore[type-arg]
 ])
 def test_the_overview_says_how_many_bagged_networks_trained_and_on_which_rows(bagging: dict, said: str) -> None:  # type: ignore[type-arg]
     assert said in _bagging_fact(bagging)
+
+
+def test_distinct_values_counted_on_a_sample_are_shown_as_at_least_that_many() -> None:
+    # A 250,000-row table's ids were counted on 200,000 sampled rows: the page said 200,000 as if exact.
+    inputs = synthetic.regression()
+    run = inputs.run or {}
+    columns = [{**column, "unique_sampled": column["name"] == "id"} for column in run["columns"]]
+    page = html.unescape(overview(dataclasses.replace(inputs, run={**run, "columns": columns}),
+                                  make_context(inputs)))
+    ids = next(column["unique"] for column in columns if column["name"] == "id")
+    assert f"\u2265 {ids:,}" in page and "were counted on a sample of the rows (at most 200,000" in page
+    assert page.count("\u2265") == 2  # the id's cell and the note's
+    exact = html.unescape(overview(inputs, make_context(inputs)))
+    assert "\u2265" not in exact and "sample of the rows" not in exact
+
+
+def test_worst_rows_show_whole_numbers_as_written() -> None:
+    from keel.report.html import number
+    from keel.report.sections import _plain
+
+    # A year column's 2007 read "2,007" in the worst rows' feature values.
+    assert number(_plain(np.int64(2007)), 4) == "2007" and number(_plain(12345), 4) == "12345"
+    assert _plain(np.True_) is True and _plain(2.5) == 2.5 and _plain(float("nan")) is None

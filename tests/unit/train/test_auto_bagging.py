@@ -88,9 +88,13 @@ def test_a_time_ordered_split_trains_one_network_where_an_explicit_bagging_is_re
     model = keel.fit(frame, target="label", config={**AUTO, "training.order_by": "when"}, quiet=True,
                      importance=False)
     assert _networks(model) == 1 and "latest rows" in _rows_note(model)
-    with pytest.raises(ConfigError, match="time-ordered"):
+    with pytest.raises(ConfigError, match=r"^training.bagging 2 validates .* time-ordered .*bagging: 1\.$"):
         keel.fit(frame, target="label", config={**FAST, "training.bagging": 2, "training.order_by": "when"},
                  quiet=True)
+    # Preset best bags five: the user never wrote bagging, so the message says where it came from.
+    with pytest.raises(ConfigError, match=r"training.bagging 5 \(what preset best sets\) validates .*bagging: 1 "
+                                          r"\(or use preset balanced"):
+        keel.fit(frame, target="label", config={"preset": "best", "training.order_by": "when"}, quiet=True)
 
 
 def test_no_validation_rows_train_one_network_without_a_complaint() -> None:
