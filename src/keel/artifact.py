@@ -258,20 +258,7 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[Manifest, dict[str, tor
     if not directory.exists() and not directory.is_symlink():
         _recover(directory)
     manifest = read_manifest(directory, verify=False)
-    gone = []
-    for name, record in manifest.attached.items():
-        try:
-            _verify(directory, name, record.sha256)
-        except _MissingFile:  # deleted or left out of a copy: detached, so that `keel export` can make it again
-            if not remade(name):
-                raise
-            gone.append(name)
-    if gone:
-        for name in gone:
-            del manifest.files[name]
-        warnings.warn(f"{directory}: {', '.join(sorted(gone))} listed in {METADATA_FILE} but missing; loaded without "
-                      f"{'it' if len(gone) == 1 else 'them'} (an export is made again by `keel export {directory}`, "
-                      "a report by `keel report`).", KeelWarning, stacklevel=2)
+    verify_files(directory, manifest, list(manifest.attached))
     data = read_model_file(directory, WEIGHTS_FILE)
     if hashlib.sha256(data).hexdigest() != manifest.files[WEIGHTS_FILE].sha256:
         raise ArtifactError(f"{directory / WEIGHTS_FILE} fails its checksum: it changed or is corrupt since the "
@@ -384,6 +371,42 @@ _REMADE = ("model.onnx", "model.int8.onnx", "model.tflite", "model.tflite.json",
 def remade(name: str) -> bool:
     """Whether ``name`` is an attached file keel makes again on request (:data:`_REMADE`, reports/, plots/)."""
     return name in _REMADE or name.startswith(("reports/", "plots/"))
+
+
+def remake_command(directory: str | os.PathLike[str], name: str) -> str:
+    """The command that makes the attached file ``name`` again (:func:`remade`)."""
+    if name.startswith("model.int8") or name == "reports/model.int8.onnx.json":
+        return f"keel export {directory} --quantize int8"
+    if name.startswith(("model.tflite", "reports/model.tflite")):
+        return f"keel export {directory} --format tflite"
+    if name == "report.html" or name.startswith("plots/"):
+        return f"keel report {directory}"
+    return f"keel export {directory}"
+
+
+def verify_files(directory: Path, manifest: Manifest, names: list[str]) -> None:
+    """Check the checksums of ``names`` in ``directory``. One that is missing but made again from the weights
+    (:func:`remade`: deleted, or left out of a copy) is dropped from ``manifest`` with a warning that says how to
+    make it, so that the model still loads and `keel export` / `keel report` can attach it again.
+
+    Raises:
+        ArtifactError: A file is missing (and not remade), a link, not a regular file, or fails its checksum.
+    """
+    gone = []
+    for name in names:
+        try:
+            _verify(directory, name, manifest.files[name].sha256)
+        except _MissingFile:
+            if not remade(name):
+                raise
+            gone.append(name)
+    for name in gone:
+        del manifest.files[name]
+    if gone:
+        commands = sorted({remake_command(directory, name) for name in gone})
+        warnings.warn(f"{directory}: {', '.join(sorted(gone))} listed in {METADATA_FILE} but missing; read without "
+                      f"{'it' if len(gone) == 1 else 'them'} (to make {'it' if len(gone) == 1 else 'them'} again: "
+                      f"{'; '.join(f'`{command}`' for command in commands)}).", KeelWarning, stacklevel=3)
 
 
 class _MissingFile(ArtifactError):

@@ -11,6 +11,7 @@ import gc
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 import traceback
@@ -343,7 +344,7 @@ def _after_training(model: Any, output: Path, reporter: Any, *, mlflow: Optional
     Returns:
         Extra keys for ``keel train --json`` (``"report"``: its path; ``"mlflow"``: where the run was logged).
     """
-    extras: dict[str, Any] = {}
+    extras: dict[str, Any] = {"report": None}  # null: skipped (--no-report) or not drawn
     if report:
         line = _draw_report(model, reporter, debug)
         drawn = line.startswith("report: ")
@@ -724,8 +725,8 @@ def _comparison_tables(comparison: Any) -> list[Table]:
                          ("target", [run.target for run in comparison.runs]),
                          ("data", [run.data for run in comparison.runs]),
                          ("created", [run.created for run in comparison.runs]),
-                         ("epochs (best)", [f"{run.epochs} ({run.history.get('best_epoch') or '–'})"
-                                            for run in comparison.runs]),
+                         ("epochs (best)", [", ".join(f"{network['epochs']} ({network['best_epoch'] or '–'})"
+                                                      for network in run.networks) for run in comparison.runs]),
                          ("training time", [_duration(run.seconds) for run in comparison.runs])):
         overview.add_row(name, *[_escape(str(value)) if value is not None else "–" for value in values])
     for name, numbers in comparison.metrics.items():
@@ -849,10 +850,12 @@ def demo(
         predictions.insert(0, "true species", rows["species"].to_numpy())
         out.print(predictions.round(3).to_string(index=False))
     out.rule("next")
+    # The repository's copy where the demo runs in it; elsewhere (after pip install) the packaged one.
+    table = "examples/penguins.csv" if Path("examples/penguins.csv").is_file() else shlex.quote(str(data))
     out.print(f"  keel info {output}\n"
-              f"  keel report {output} --data examples/penguins.csv\n"
-              f"  keel evaluate {output} examples/penguins.csv\n"
-              f"  keel predict {output} examples/penguins.csv --output predictions.csv --proba\n"
+              f"  keel report {output} --data {table}\n"
+              f"  keel evaluate {output} {table}\n"
+              f"  keel predict {output} {table} --output predictions.csv --proba\n"
               "  keel train YOUR_DATA.csv --target YOUR_COLUMN --output my-model", highlight=False, soft_wrap=True)
     out.print(report_line, highlight=False, soft_wrap=True, markup=False)
 
@@ -871,10 +874,11 @@ def serve(
 ) -> None:
     """Serve MODEL over HTTP: POST /predict, /health, /ready, /metadata, /docs. Exports it to ONNX first when needed."""
     from keel.serve import ServeSettings
-    from keel.serve.__main__ import check_address
+    from keel.serve.__main__ import check_address, check_export
 
     settings = ServeSettings(str(model), host, port, workers, max_batch, max_body, file)  # bad options: before any export
     check_address(settings.host, settings.port)  # an address that cannot be served, too (the server checks again)
+    check_export(model, settings.file, needs_onnx=False)  # --file model.int8.onnx that is not there: before exporting
     _export_for_serving(model)
     # The server is a fresh process (python -m keel.serve) that never imports torch; exec keeps
     # this process's id, so a supervisor's SIGTERM reaches the server itself.

@@ -102,8 +102,21 @@ class Run:
 
     @property
     def epochs(self) -> int:
-        """Epochs trained (of the first network, with bagging)."""
+        """Epochs trained (of the first network, with bagging: :attr:`networks` has each one's)."""
         return len(self.history.get("epochs") or [])
+
+    @property
+    def networks(self) -> list[dict[str, Any]]:
+        """Each network's ``epochs`` trained and ``best_epoch`` (several with bagging, one without)."""
+        bags = self.history.get("bags")
+        histories = [bag for bag in bags if isinstance(bag, dict)] if isinstance(bags, list) and bags else [self.history]
+        return [{"epochs": len(history.get("epochs") or []), "best_epoch": history.get("best_epoch")}
+                for history in histories]
+
+    def per_network(self, key: str) -> object:
+        """``epochs`` or ``best_epoch``: the network's, or every bagged network's joined by commas."""
+        values = [network[key] for network in self.networks]
+        return values[0] if len(values) == 1 else ", ".join("–" if value is None else str(value) for value in values)
 
     def to_dict(self) -> dict[str, Any]:
         """The run as JSON-friendly values (``keel runs --json``)."""
@@ -113,7 +126,7 @@ class Run:
             "task": self.task, "target": self.target, "data": self.data, "preset": self.preset,
             "metric": None if main is None else {"name": main[0], "value": main[1]},
             "rows": self.rows, "seconds": self.seconds, "epochs": self.epochs,
-            "best_epoch": self.history.get("best_epoch"),
+            "best_epoch": self.history.get("best_epoch"), "networks": self.networks,
             "changes": None if self.changes is None else [change.to_dict() for change in self.changes],
         }
 

@@ -32,11 +32,10 @@ from keel.config import Config
 from keel.errors import DataError, KeelWarning, NotFittedError
 from keel.train.pipeline import fit
 
-# Config keys that are not estimator parameters: an estimator trains on all it is given (scoring is
-# the caller's job), and keys that name a column of X have no column to name in an array; row weights
-# come as fit's sample_weight, as in scikit-learn.
-# Not estimator parameters: the split is the caller's (cross-validation), the weights come through
-# fit's sample_weight, and an estimator has no output directory to checkpoint into.
+# Config keys that are not estimator parameters: an estimator trains on all it is given (the split and
+# scoring are the caller's: cross-validation), keys that name a column of X have no column to name in an
+# array, row weights come as fit's sample_weight (as in scikit-learn), an estimator has no output directory
+# to checkpoint into, and a time limit would make a fit's result depend on the machine's speed.
 NOT_PARAMETERS = frozenset({"test_split", "split_by", "order_by", "weight_column", "checkpoint", "checkpoint_every",
                             "checkpoint_minutes", "time_limit"})
 

@@ -169,10 +169,13 @@ def test_unseen_categories_are_reported_as_a_note(penguin_model, tmp_path) -> No
 
 
 def test_demo_runs_end_to_end(tmp_path) -> None:
-    result = keel("demo", "--output", str(tmp_path / "demo-model"), "--quiet")
+    # Run outside the repository (as after pip install): the next steps name a table that is there.
+    result = keel("demo", "--output", str(tmp_path / "demo-model"), "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for text in ("accuracy", "saved the model", "proba_Adelie", "keel predict"):
         assert text in result.stdout
+    evaluate = next(line.split() for line in result.stdout.splitlines() if line.strip().startswith("keel evaluate"))
+    assert evaluate[-1].endswith("penguins.csv") and Path(evaluate[-1]).is_file()  # not examples/, absent here
     assert (tmp_path / "demo-model" / "keel.json").is_file()
     # make demo ends by saying where the report is, and it is there
     assert result.stdout.strip().splitlines()[-1].startswith(f"report: {tmp_path / 'demo-model' / 'report.html'}")

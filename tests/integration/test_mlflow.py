@@ -254,3 +254,25 @@ def test_a_server_that_fails_mid_run_costs_seconds_and_the_model_is_kept(tmp_pat
     assert f"The model itself is saved at {model}" in line
     assert (model / "keel.json").is_file()
     assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") == retries  # keel's bound is gone after the call
+
+
+def test_a_deleted_plot_is_logged_without_it_and_a_damaged_one_is_refused(logged, tmp_path) -> None:
+    # keel.load detaches a deleted plot (made again by keel report); log_run called it a corrupt model.
+    import shutil
+
+    from keel.errors import ArtifactError, KeelWarning
+    from keel.track.mlflow import log_run
+
+    _, _, _, model, _ = logged
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    plot = sorted((copy / "plots").iterdir())[0]
+    plot.unlink()
+    with pytest.warns(KeelWarning, match=rf"plots/{plot.name} listed in keel.json but missing; .*`keel report {copy}`"):
+        tracked = log_run(copy, tmp_path / "tracking.db")
+    client = mlflow.tracking.MlflowClient(tracked.tracking_uri)
+    logged_plots = {item.path for item in client.list_artifacts(tracked.run_id, "model/plots")}
+    assert logged_plots and f"model/plots/{plot.name}" not in logged_plots
+    (copy / "weights.safetensors").write_bytes(b"damaged")
+    with pytest.raises(ArtifactError, match="fails its checksum"):
+        log_run(copy, tmp_path / "tracking.db")

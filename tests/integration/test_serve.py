@@ -615,6 +615,11 @@ def test_keel_serve_checks_its_options_before_exporting(models, tmp_path) -> Non
     foreign = subprocess.run([str(KEEL_CLI), "serve", str(directory), "--host", "10.99.99.99", "--port", "8123"],
                              capture_output=True, text=True, timeout=120)
     assert foreign.returncode == 2 and "--host '10.99.99.99' is no address" in foreign.stderr
+    # An int8 file that was never exported: refused before model.onnx is written (a trial saw the export first).
+    int8 = subprocess.run([str(KEEL_CLI), "serve", str(directory), "--file", "model.int8.onnx", "--port", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert int8.returncode == 2 and "has no export named model.int8.onnx" in int8.stderr
+    assert "exporting it first" not in int8.stderr
     assert not (directory / "model.onnx").exists() and not (directory / "reports").exists()
 
 

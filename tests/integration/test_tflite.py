@@ -33,13 +33,17 @@ spec = json.load(open("runs/penguins/model.tflite.json"))
 runner = Interpreter(model_path="runs/penguins/model.tflite").get_signature_runner()
 
 def spelled(value):
-    """A category value as keel spells it: True / False, whole numbers without .0, "" when missing."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """A category value as keel spells it (keel.data.spelling): "" when missing, True / False, whole numbers
+    without .0 (up to 2**53), other floats by their shortest digits (float32 0.1 is "0.1", 1e20 is "1e+20")."""
+    if value is None:
         return ""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return "True" if value else "False"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        number = float(str(value))  # a float32's shortest digits, as the float64 they denote
+        if math.isnan(number):
+            return ""
+        return str(int(number)) if number.is_integer() and abs(number) <= 2**53 else repr(number)
     return str(value)
 
 def encode(row):
@@ -268,3 +272,17 @@ def test_model_export_tflite_attaches_the_graph_and_its_lookups(tmp_path: Path) 
     report = model.export("tflite", output=tmp_path / "out" / "labels.tflite")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["labels.tflite", "labels.tflite.json"]
     assert json.loads((tmp_path / "out" / "labels.tflite.json").read_text())["classes"] == model.classes
+
+
+def test_readme_spelled_is_keels_own_spelling() -> None:
+    # The README's client spelled np.float32(2.0) as "2.0" and 1e20 as "100000000000000000000" (the audit's).
+    import math
+
+    from keel.data.spelling import canonical_category
+
+    namespace = {"math": math, "np": np}
+    exec("def spelled" + README_LOOKUP.split("def spelled", 1)[1].split("\ndef encode", 1)[0], namespace)
+    values = [None, "", True, False, np.bool_(True), 3, np.int64(-12), 3.0, np.float32(2.0), np.float32(0.1), 0.1,
+              1e20, float("nan"), float("inf"), 2.0**53, 2.0**53 + 2, "abc", "3.0", np.float64(1e-4)]
+    for value in values:
+        assert namespace["spelled"](value) == (canonical_category(value) or ""), value

@@ -184,3 +184,22 @@ def test_listing_and_tracking_modules_import_no_heavy_package() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"  # `keel runs` stays instant; mlflow and matplotlib load when used
+
+
+def test_a_bagged_run_shows_every_networks_epochs(tmp_path) -> None:
+    # keel runs --json and keel compare showed the first network's 72 (56) of five, nothing saying so.
+    plain = copy_run(tmp_path, "plain", "2026-01-01T00:00:00+00:00")
+    bagged = copy_run(tmp_path, "bagged", "2026-01-02T00:00:00+00:00")
+    document = json.loads((bagged / "keel.json").read_text())
+    first = document["history"]
+    document["history"] = {**first, "bags": [first, {**first, "epochs": first["epochs"][:2], "best_epoch": 1}]}
+    (bagged / "keel.json").write_text(json.dumps(document))
+    one, two = read_run(plain), read_run(bagged)
+    n = len(first["epochs"])
+    assert one.networks == [{"epochs": n, "best_epoch": first["best_epoch"]}] and one.per_network("epochs") == n
+    assert two.networks == [{"epochs": n, "best_epoch": first["best_epoch"]}, {"epochs": 2, "best_epoch": 1}]
+    assert two.per_network("epochs") == f"{n}, 2" and two.per_network("best_epoch") == f"{first['best_epoch']}, 1"
+    assert two.to_dict()["networks"] == two.networks and two.to_dict()["epochs"] == n  # the first's, as before
+    from keel.report.compare import compare_page
+
+    assert f">{n}, 2<" in compare_page(compare_runs([plain, bagged]))  # the epochs trained row, each network's

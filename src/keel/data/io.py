@@ -924,7 +924,8 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
         elif kind == "parquet":
             frame.to_parquet(staging, index=False)
         else:
-            frame.to_json(staging, orient="records", lines=True)
+            # pandas rounds to 10 decimals by default (a probability of 0.0042559257): 15 is the most it writes.
+            frame.to_json(staging, orient="records", lines=True, double_precision=15)
         os.replace(staging, target)
     except OSError as error:
         staging.unlink(missing_ok=True)

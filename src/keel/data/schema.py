@@ -42,6 +42,9 @@ _MAX_INTEGER_CLASSES = 20
 _TEXT_DISTINCT = 0.5
 _TEXT_WORDS = 3
 _ID_NAME = re.compile(r"(^|[_\s.-])(id|uuid|guid|key)$|^id[_\s.-]", re.IGNORECASE)
+# The names a row-number column comes with: pandas' unnamed index ("" as keel reads it, "Unnamed: 0" as pandas
+# does), R's ("rownames"), or a plain "index" / "row" / "row_number".
+_ROW_NAME = re.compile(r"|unnamed: \d+|index|level_0|rownames|row\.?names|row|row[_\s.-]?(number|num|no)", re.IGNORECASE)
 
 
 @dataclass
@@ -338,8 +341,10 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
         return "binary", ""
     if is_numeric(series):
         if _looks_like_row_id(present, name):
-            return None, "id-like (a unique integer per row)"
-        to_numeric(present, column=name, source=source)  # an infinity: named now, with the other columns' problems
+            return None, ("id-like (a unique integer per row); to keep it, declare it in input_features as "
+                          f"{{name: {name!r}, type: number}}")
+        if pd.api.types.is_float_dtype(series.dtype):  # an infinity: named now, with the other columns' problems
+            to_numeric(present, column=name, source=source)
         return "number", ""
     share = numeric_share(series)
     if share == 1.0:
@@ -448,12 +453,12 @@ def _count_distinct(present: pd.Series, limit: int) -> int:
 def _looks_like_row_id(present: pd.Series, name: str) -> bool:
     if not pd.api.types.is_integer_dtype(present.dtype) or present.nunique() != len(present) or len(present) < 20:
         return False
-    # Row numbers (pandas' unnamed index column, a "row" column) are consecutive in the whole table, but types are
-    # inferred on the training and validation rows, which the split leaves with gaps: at least half of their range
-    # filled is how a random part of a numbering looks (an unnamed 0..n-1 column was kept as a feature so).
-    values = present.to_numpy()
-    numbering = int(values.max()) - int(values.min()) + 1 <= 2 * len(values)
-    return numbering or bool(_ID_NAME.search(name))
+    values = np.sort(present.to_numpy())
+    consecutive = bool(np.all(np.diff(values) == 1))
+    # Row numbers are told by their name too: types are inferred on the training rows (or a streamed sample), where
+    # a split leaves gaps, and pandas' unnamed index column (read as "") was kept as a feature so. Not by density:
+    # a year or a time step fills its range as a numbering does (the audit's yearly table lost its only feature).
+    return consecutive or bool(_ID_NAME.search(name)) or bool(_ROW_NAME.fullmatch(name.strip()))
 
 
 def infer_target_task(frame: pd.DataFrame, config: Config) -> ResolvedTask:
@@ -469,7 +474,8 @@ def infer_target_task(frame: pd.DataFrame, config: Config) -> ResolvedTask:
         task = infer_task(frame[name], name, declared_task(config), frame.attrs.get("source"))
     except DataError:
         # Two spellings of one code as the only labels (1 / 01) read as one class: say why, not "one class".
-        check_label_spellings(frame, name)
+        if declared_task(config) != "regression":
+            check_label_spellings(frame, name)
         raise
     if task != "regression":
         check_label_spellings(frame, name)

@@ -72,8 +72,8 @@ def _runs_body(comparison: Comparison, columns: list[str]) -> str:
         ["data", *[run.data for run in runs]],
         ["created", *[run.created for run in runs]],
         ["preset", *[run.preset for run in runs]],
-        ["epochs trained", *[run.epochs for run in runs]],
-        ["selected epoch", *[run.history.get("best_epoch") for run in runs]],
+        ["epochs trained", *[run.per_network("epochs") for run in runs]],  # each bagged network's
+        ["selected epoch", *[run.per_network("best_epoch") for run in runs]],
         ["training seconds", *[run.seconds for run in runs]],
     ]
     for part in ("train", "validation", "test"):

@@ -460,6 +460,8 @@ def _plain(value: object) -> object:
         return None  # pandas' missing markers print as "–" like NaN
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)  # as written: a year 2007 or a code is no quantity to read as "2,007"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))  # 2007.0: an integer column with a blank cell, read as floats
     return value
 
 

@@ -351,8 +351,10 @@ def _read_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
+        from keel.artifact import remake_command
+
         raise ArtifactError(f"{path.parent} is incomplete: {path.name} is missing. Export the model again with "
-                            f"`keel export {path.parent}`.") from None
+                            f"`{remake_command(path.parent, path.name)}`.") from None
     except OSError as error:
         raise ArtifactError(f"{path} cannot be read: {error.strerror or error}.") from None
 

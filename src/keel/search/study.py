@@ -157,11 +157,14 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
                 _run_workers(data if not isinstance(data, pd.DataFrame) else frame, settings, space, monitor, url,
                              study_name, trials, deadline, jobs, pruner)
                 opened = _open_study(optuna, url, study_name, direction, pruner, identity, seed)
+        notes = []
         if deadline is not None and time.time() >= deadline and (finished := _finished(optuna, opened)) < trials:
-            reporter.message(f"--time-limit {time_limit:g} s reached: {finished} of the {trials} trials asked for "
-                             "finished (a running trial finishes; none starts after the limit)")
+            notes.append(f"--time-limit {time_limit:g} s reached: {finished} of the {trials} trials asked for "
+                         "finished (a running trial finishes; none starts after the limit)")
+            reporter.message(notes[-1])
         summary = summarize(optuna, opened, space, monitor, direction, storage, time.perf_counter() - started,
                             settings.training.seed)
+        summary["notes"] = notes  # (keel tune --json and tune.json say it too, not only the terminal)
         if summary["best"] is None:
             raise ConfigError(f"no trial of the study {study_name!r} finished (states: {summary['states']})"
                               f"{_first_failure(optuna, opened)}.")

@@ -101,8 +101,9 @@ def check_address(host: str, port: int) -> None:
         raise ConfigError(f"port {port} on {host} {reason}; pick another --port.") from None
 
 
-def check_export(directory: Path, file: str = ONNX_FILE) -> None:
-    """Refuse a model directory without the ONNX export ``file``, saying how to make one.
+def check_export(directory: Path, file: str = ONNX_FILE, needs_onnx: bool = True) -> None:
+    """Refuse a model directory without the ONNX export ``file``, saying how to make one; without ``needs_onnx``
+    (``keel serve``, which exports model.onnx first where it is missing), only a ``file`` other than model.onnx.
 
     Raises:
         ArtifactError: No model at ``directory``, or no ``file`` attached to it.
@@ -116,7 +117,7 @@ def check_export(directory: Path, file: str = ONNX_FILE) -> None:
         exports = sorted(name for name in manifest.files if name.endswith(".onnx"))
         raise ArtifactError(f"{directory} has no export named {file} (it has {exports or 'none'}); run `keel export "
                             f"{directory} --quantize int8` for model.int8.onnx, or leave --file out to serve {ONNX_FILE}.")
-    if ONNX_FILE not in manifest.files:
+    if ONNX_FILE not in manifest.files and needs_onnx:
         raise ArtifactError(f"{directory} has no ONNX export ({ONNX_FILE}), which the server runs; run `keel export "
                             f"{directory}` where keel is installed with PyTorch (or serve it with `keel serve "
                             f"{directory}`, which exports first), then start the server again.")

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from keel.artifact import Manifest, read_manifest
+from keel.artifact import Manifest, read_manifest, verify_files
 from keel.errors import ConfigError
 from keel.runs import data_name, flatten
 
@@ -319,7 +319,8 @@ def log_run(model_dir: str | os.PathLike[str], uri: str | os.PathLike[str] | Non
     """
     require_mlflow("keel.track.mlflow.log_run")
     directory = Path(model_dir)
-    manifest = read_manifest(directory)  # verified: a damaged model is not worth tracking
+    manifest = read_manifest(directory, verify=False)
+    verify_files(directory, manifest, list(manifest.files))  # a damaged model is not worth tracking; a deleted plot is
     resolved = tracking_uri(uri)
     with _quiet_mlflow(), _bounded_http():
         from mlflow.exceptions import MlflowException

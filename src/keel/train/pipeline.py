@@ -790,9 +790,12 @@ def _labelled(frame: pd.DataFrame, settings: Config) -> _Rows:
     require_column(frame, name, "target")
     keep = ~missing_values(frame[name])  # a blank label is missing, in every format (as TargetEncoder has it)
     n_unlabelled = int((~keep).sum())
+    source = frame.attrs.get("source")
+    if n_unlabelled == len(frame):  # said here: with the rows dropped, the count would be "all 0"
+        raise DataError(f"target column {name!r} has no values (all {len(frame):,} are missing); choose another "
+                        "target.", file=source, column=name)
     if n_unlabelled:
         frame = frame[keep]  # the index keeps each row's number in the file, for messages
-    source = frame.attrs.get("source")
     task = infer_target_task(frame, settings)
     target = TargetEncoder(name, task)
     classes = None

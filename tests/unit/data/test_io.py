@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -134,3 +135,11 @@ def test_iso_dates_in_a_csv_are_datetimes_and_other_text_stays_text(tmp_path) ->
 
     schema = infer_schema(frame, load_config({"target": "y"}))
     assert {f.name: f.type for f in schema.features if f.name in ("day", "stamp")} == {"day": "date", "stamp": "date"}
+
+
+def test_json_lines_keep_fifteen_decimals(tmp_path) -> None:
+    # pandas' default wrote 10 (keel predict --output p.jsonl gave 0.0042559257), where CSV and Parquet keep all.
+    frame = pd.DataFrame({"p": [0.004255925712345678, 1 / 3]})
+    written = read_table(write_table(frame, tmp_path / "p.jsonl"))
+    np.testing.assert_allclose(written["p"], frame["p"], rtol=0, atol=1e-15)
+    assert abs(written["p"][0] - 0.0042559257) > 1e-12

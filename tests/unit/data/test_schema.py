@@ -253,6 +253,11 @@ def test_a_csv_target_whose_spellings_pandas_merges_is_refused(tmp_path) -> None
         (tmp_path / "two.csv").write_text("x,y\n" + "".join(f"{i},{code}\n" for i, code in enumerate(["1", other] * 10)))
         with pytest.raises(DataError, match=f"writes the number 1 two ways, '1' \\(row 1\\) and '{other}'"):
             infer_target_task(read_table(str(tmp_path / "two.csv")), load_config({"target": "y"}))
+    # A regression target is a number however written: its own error, not the classes' (the audit's 2.5 / 2.50).
+    (tmp_path / "constant.csv").write_text("x,y\n" + "".join(f"{i},{v}\n" for i, v in enumerate(["2.5", "2.50"] * 10)))
+    with pytest.raises(DataError) as constant:
+        infer_target_task(read_table(str(tmp_path / "constant.csv")), load_config({"target": "y", "task": "regression"}))
+    assert "two ways" not in str(constant.value)
     (tmp_path / "one.csv").write_text("x,y\n" + "".join(f"{i},1\n" for i in range(20)))
     with pytest.raises(DataError, match="holds one class"):  # one class, one spelling: as before
         infer_target_task(read_table(str(tmp_path / "one.csv")), load_config({"target": "y"}))
@@ -273,22 +278,30 @@ def test_a_space_around_a_class_code_is_not_a_second_spelling(tmp_path) -> None:
         check_label_spellings(read_table(str(tmp_path / "both.csv")), "y")
 
 
-def test_row_numbers_are_dropped_when_the_split_leaves_gaps_in_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_row_numbers_are_dropped_by_their_name_and_a_year_is_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # pandas' to_csv writes its index as an unnamed 0..n-1 column; types are inferred on the training and
     # validation rows, which were never consecutive once the test rows left, so it was kept as a number feature.
+    # A year fills its range as a numbering does, and must stay a feature (the audit's yearly table lost it).
     import keel
 
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"a": rng.normal(size=400), "row": rng.permutation(400),
-                          "reading": rng.choice(100_000, 400, replace=False)})  # unique integers, but no numbering
+    frame = pd.DataFrame({"a": rng.normal(size=400), "row": rng.permutation(400), "year": np.arange(1700, 2100),
+                          "reading": rng.choice(100_000, 400, replace=False)})  # unique integers, no numbering
     frame["y"] = frame["a"] * 2 + rng.normal(size=400)
     frame.to_csv(tmp_path / "with_index.csv")  # index=True: the unnamed first column
     model = keel.fit(tmp_path / "with_index.csv", target="y", config={"preset": "fast", "training.epochs": 1},
                      quiet=True, importance=False)
-    dropped = set(model.schema.dropped)
-    assert {"", "row"} <= dropped and "reading" not in dropped  # keel reads the unnamed header as ""
-    assert [feature.name for feature in model.schema.features] == ["a", "reading"]
-    # On the training and validation rows alone (a test split of 20%), each is a numbering with gaps.
-    train = np.sort(rng.choice(400, 320, replace=False))
-    schema = infer_schema(frame, load_config({"target": "y"}), rows=train)
-    assert schema.dropped["row"] == "id-like (a unique integer per row)" and "reading" not in schema.dropped
+    assert set(model.schema.dropped) == {"", "row"}  # keel reads the unnamed header as ""
+    assert [feature.name for feature in model.schema.features] == ["a", "year", "reading"]
+    assert model.schema.dropped["row"] == ("id-like (a unique integer per row); to keep it, declare it in "
+                                           "input_features as {name: 'row', type: number}")
+    # Streamed, the types come from a sample of the rows (4,096 of 20,000): the name still tells.
+    big = pd.DataFrame({"a": rng.normal(size=20_000), "row": rng.permutation(20_000)}).assign(y=lambda f: f["a"])
+    big.to_csv(tmp_path / "big.csv")
+    streamed = keel.fit(tmp_path / "big.csv", target="y", quiet=True, importance=False,
+                        config={"preset": "fast", "training.epochs": 1, "data.memory_budget": "1MiB"})
+    assert streamed.notes[0].startswith("streaming") and set(streamed.schema.dropped) == {"", "row"}
+    for name in ("Unnamed: 0", "index", "rownames", "row_number", "Row No"):
+        assert infer_column_type(pd.Series(rng.permutation(50)), name, None)[0] is None, name
+    for name in ("rows", "arrow", "x", "year"):
+        assert infer_column_type(pd.Series(rng.permutation(80)[:50]), name, None)[0] == "number", name

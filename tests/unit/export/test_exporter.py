@@ -161,8 +161,9 @@ def test_a_deleted_export_is_detached_at_load_and_made_again(saved, tmp_path) ->
     directory = tmp_path / "m"
     for name in ("model.onnx", "model.int8.onnx", "reports/model.int8.onnx.json"):
         (directory / name).unlink()
-    with pytest.warns(KeelWarning, match="model.int8.onnx, model.onnx, reports/model.int8.onnx.json listed in "
-                                         "keel.json but missing; loaded without them"):
+    with pytest.warns(KeelWarning, match=r"model.int8.onnx, model.onnx, reports/model.int8.onnx.json listed in "
+                                         r"keel.json but missing; read without them \(to make them again: `keel export "
+                                         rf"{directory}`; `keel export {directory} --quantize int8`\)"):
         loaded = keel.load(directory)
     frame = make_classification_frame(seed=2)
     assert (loaded.predict(frame) == saved.predict(frame)).all()
@@ -170,6 +171,9 @@ def test_a_deleted_export_is_detached_at_load_and_made_again(saved, tmp_path) ->
     listed = set(read_manifest(directory).files)  # verified: every listed file is there
     assert {"model.onnx", "reports/model.onnx.json"} <= listed and "model.int8.onnx" not in listed
     assert (Predictor.load(directory).predict(frame) == saved.predict(frame)).all()
+    with pytest.raises(ArtifactError, match=rf"holds no ONNX export named 'model.int8.onnx'.*`keel export {directory}` "
+                                            r"--quantize int8"):
+        Predictor.load(directory, file="model.int8.onnx")
     # A file keel cannot make again stays the model's own: missing, the model is refused as before.
     (directory / "predictions.safetensors").unlink()
     with pytest.raises(ArtifactError, match="is incomplete: predictions.safetensors is missing"):

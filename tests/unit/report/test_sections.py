@@ -56,4 +56,5 @@ def test_worst_rows_show_whole_numbers_as_written() -> None:
 
     # A year column's 2007 read "2,007" in the worst rows' feature values.
     assert number(_plain(np.int64(2007)), 4) == "2007" and number(_plain(12345), 4) == "12345"
+    assert number(_plain(np.float64(2007.0)), 4) == "2007"  # an integer column with a blank cell
     assert _plain(np.True_) is True and _plain(2.5) == 2.5 and _plain(float("nan")) is None

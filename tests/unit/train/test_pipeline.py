@@ -261,3 +261,10 @@ def test_weighted_roc_auc_is_undefined_when_a_class_weighs_nothing() -> None:
     probabilities = np.array([[0.8, 0.2], [0.4, 0.6], [0.3, 0.7], [0.9, 0.1]])
     assert roc_auc(y, probabilities, sample_weight=np.array([1.0, 1.0, 0.0, 0.0])) is None
     assert roc_auc(y, probabilities, sample_weight=np.array([1.0, 1.0, 1.0, 1.0])) == roc_auc(y, probabilities)
+
+
+def test_a_target_missing_on_every_row_says_how_many_rows_there_are() -> None:
+    # The unlabelled rows were dropped before the check, so the message said "all 0 are missing".
+    frame = make_classification_frame(300).assign(label=np.nan)
+    with pytest.raises(DataError, match=r"^DataFrame: target column 'label' has no values \(all 300 are missing\)"):
+        keel.fit(frame, target="label", config=FAST, quiet=True)
