@@ -640,7 +640,7 @@ class Model:
         weight = row_weights(frame[column], column, source) if column and column in frame.columns else None
         from keel.train.threads import passes_budget
 
-        with passes_budget(self.network, self.config.training.threads) as threads:
+        with passes_budget(self.network) as threads:  # auto: this machine's threads, not the training machine's
             return self._importance(features.numeric, features.categorical, y, weight,
                                     Path(str(source)).name if source else "DataFrame", seed=self.config.training.seed,
                                     threads=threads)

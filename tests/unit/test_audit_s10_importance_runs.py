@@ -23,8 +23,8 @@ def importance_past_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     so it takes one shuffle of its fewest rows and the run's note must say of how many."""
     original = pipeline._importance
 
-    def late(model, rows, source, training, reporter, deadline=None):  # type: ignore[no-untyped-def]
-        return original(model, rows, source, training, reporter, time.perf_counter() - 1.0)
+    def late(model, rows, source, training, reporter, deadline=None, threads=None):  # type: ignore[no-untyped-def]
+        return original(model, rows, source, training, reporter, time.perf_counter() - 1.0, threads)
 
     monkeypatch.setattr(pipeline, "_importance", late)
 

@@ -122,8 +122,10 @@ def search_temperature(outputs: torch.Tensor, target: torch.Tensor, weight: torc
     if not usable:  # nothing to fit, or a one-class set, on which the loss falls forever with T
         return {"temperature": 1.0, "kept": False, "log_loss_before": None, "log_loss_after": None, "rows": len(y)}
     outputs = outputs.to(torch.float64)
-    w = w / w.sum()
-    effective_rows = 1.0 / float((w * w).sum())  # Kish: n for equal weights
+    # NumPy's pairwise sums: torch splits a sum over 32,768 values across threads, and 1 and 2 threads then gave
+    # log losses that differed in their last bits (the audit's), where the count now follows the machine's load.
+    w = w / float(np.sum(w.numpy()))
+    effective_rows = 1.0 / float(np.sum((w * w).numpy()))  # Kish: n for equal weights
 
     log_loss = _log_loss_of(outputs, y, w, task)
 

@@ -564,8 +564,9 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         text.backbone = None
     combined: TabularNetwork | NetworkBag = networks[0] if len(networks) == 1 else NetworkBag(networks)
     history_record = histories[0] if len(histories) == 1 else {**histories[0], "bags": histories}
-    with passes_budget(combined, training.threads, start=settled, tune=device.type == "cpu" and ranks is None
-                       ) as threads:
+    # Under a time limit importance paces its cuts on its passes, and a trial's slow ones would cut it: not tuned.
+    with passes_budget(combined, training.threads, start=settled,
+                       tune=device.type == "cpu" and ranks is None and limit_end is None) as threads:
         calibration = _calibrate(combined, lambda: data.calibration_rows(len(networks)), schema.task, training,
                                  notes, target.labels)
         model = Model(settings, schema, preprocessor, target, combined, history=history_record, notes=list(notes),

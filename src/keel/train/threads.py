@@ -59,8 +59,10 @@ class ThreadTuner:
     """
 
     def __init__(self, most: int, clock: Callable[[], float] = time.perf_counter,
-                 set_threads: Callable[[int], None] = torch.set_num_threads, start: int | None = None) -> None:
+                 set_threads: Callable[[int], None] = torch.set_num_threads, start: int | None = None,
+                 first_gap: int = FIRST_GAP) -> None:
         self.counts = candidate_counts(most)
+        self.first_gap = first_gap
         self.current = start if start in self.counts else most
         self.clock = clock
         self.set_threads = set_threads
@@ -70,7 +72,7 @@ class ThreadTuner:
         self.best: dict[int, float] = {}  # each count's best window median so far
         self.trial: int | None = None  # the count being tried, while a trial runs
         self.trial_times: list[float] = []
-        self.gap = FIRST_GAP
+        self.gap = first_gap
         self.since_trial = 0
         self.upward = False  # which neighbour the next trial takes, where there are two
         self.untimed = 1  # steps not timed: the run's first carries its one-time costs, and the first after a return
@@ -133,7 +135,7 @@ class ThreadTuner:
             self.current, self.window = self.trial, self.trial_times[-WINDOW:]
             self.best[self.current] = statistics.median(self.window)
             self.switches.append((self.steps - len(self.trial_times), self.current))  # the trial's first step on
-            self.gap = FIRST_GAP
+            self.gap = self.first_gap
         else:
             self.set_threads(self.current)
             self.gap = min(2 * self.gap, LONGEST_GAP)
@@ -192,19 +194,23 @@ def passes_budget(network: nn.Module, setting: int | str = "auto", start: int | 
     """The threads of the prediction passes after training (calibration, the test rows' scores, permutation
     importance), restored afterwards; yields a tuner for a loop of alike passes (importance's) to report to.
 
-    They collapse under another busy process as training's steps do (the loans table's importance took 183 s
-    beside one busy process, against 4.3 s idle), so with ``setting`` ``auto`` they start on ``start``, the
-    count training's tuner ended on (a machine busy at the end of training is likely busy still; None: the
-    caller's count), and the tuner goes on from there. A number runs them on that many threads, as it ran the
-    steps. Not tuned where ``tune`` is false (a GPU, a data-parallel rank) or the network normalises
-    (:func:`thread_dependent`).
+    They collapse under another busy process as training's steps do, so with ``setting`` ``auto`` they start on
+    ``start``, the count training's tuner ended on (a machine busy at the end of training is likely busy still;
+    None: the caller's count), and the tuner tries the other count after one window of passes (importance's
+    predictions are thousands of rows, not a step's hundreds: what suited the steps may not suit them). A number
+    runs them on that many threads, as it ran the steps. Not tuned where ``tune`` is false (a GPU, a data-parallel
+    rank, importance under a time limit, whose cuts are paced on the passes and would count a trial's slow ones)
+    or the network normalises (:func:`thread_dependent`).
     """
     previous = torch.get_num_threads()
     tuner = None
     if isinstance(setting, int):
         torch.set_num_threads(setting)
-    elif previous > 1 and tune and not thread_dependent(network):
-        tuner = ThreadTuner(previous, start=start)
+    elif previous > 1 and not thread_dependent(network):
+        if tune:
+            tuner = ThreadTuner(previous, start=start, first_gap=WINDOW)
+        elif start is not None:
+            torch.set_num_threads(start)
     try:
         yield tuner
     finally:

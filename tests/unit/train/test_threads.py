@@ -153,10 +153,10 @@ def test_a_fit_whose_steps_run_faster_on_one_thread_moves_there_and_says_so(monk
     frame = make_classification_frame(1200)  # 17 steps of 64 rows an epoch: the first trial comes in epoch 2
 
     class OneIsFaster(ThreadTuner):  # a machine where two threads take ten times one thread's step
-        def __init__(self, most: int, start: int | None = None) -> None:
+        def __init__(self, most: int, **options) -> None:  # type: ignore[no-untyped-def]
             self.clock_now = 0.0
             self.threads_seen: list[int] = []  # the count each timed call ran on
-            super().__init__(most, clock=self._clock, start=start)
+            super().__init__(most, clock=self._clock, **options)
 
         def _clock(self) -> float:
             self.threads_seen.append(torch.get_num_threads())
@@ -165,9 +165,24 @@ def test_a_fit_whose_steps_run_faster_on_one_thread_moves_there_and_says_so(monk
 
     made: list[OneIsFaster] = []
     monkeypatch.setattr(threads, "ThreadTuner", lambda most, **start: made.append(OneIsFaster(most, **start)) or made[-1])
+    # Calibration and the test rows' scores are single passes, untuned: they run on the count training ended on.
+    from keel.model import Model
+    from keel.train import pipeline
+
+    seen: dict[str, int] = {}
+
+    def recorded(name, function):  # type: ignore[no-untyped-def]
+        def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+            seen[name] = torch.get_num_threads()
+            return function(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(pipeline, "_calibrate", recorded("calibration", pipeline._calibrate))
+    monkeypatch.setattr(Model, "_predict", recorded("test", Model._predict))  # the test rows' scores
     config = {"preset": "fast", "model.hidden": [256, 256], "training.batch_size": 64, "training.epochs": 3}
     model = keel.fit(frame, target="label", config=config, quiet=True)
     assert len(made) == 2 and made[0].current == 1 and made[0].switches
+    assert seen == {"calibration": 1, "test": 1}
     note = next(note for note in model.notes if "steps ran on 2 threads" in note)
     assert f"on 1 from step {made[0].switches[0][0] + 1}" in note
     # The passes after training (importance's predictions, timed as steps) start on the count training ended on.
@@ -179,6 +194,10 @@ def test_a_fit_whose_steps_run_faster_on_one_thread_moves_there_and_says_so(monk
     assert len(made) == 2 and not any("steps ran on" in note for note in fixed.notes)
     assert model.metrics == fixed.metrics  # the same run, whatever the threads
     assert model.importance["features"] == fixed.importance["features"]
+    # Under a time limit importance's cuts are paced on its passes: they start on training's count, untuned.
+    seen.clear()
+    keel.fit(frame, target="label", config={**config, "training.time_limit": 600}, quiet=True)
+    assert len(made) == 3 and made[2].current == 1 and seen == {"calibration": 1, "test": 1}
 
 
 def test_networks_with_a_norm_layer_are_thread_dependent_and_plain_ones_are_not() -> None:
@@ -219,6 +238,12 @@ def test_passes_after_training_start_where_training_ended_and_restore_the_count(
         assert isinstance(tuner, ThreadTuner) and tuner.current == 1 and torch.get_num_threads() == 1
         predict = timed_passes(lambda rows: rows * 2, tuner)
         assert predict(3) == 6 and predict(4) == 8 and tuner.steps == 2
+        for rows in range(threads.WINDOW):  # one untimed, then a window: the other count is tried at once
+            predict(rows)
+        assert tuner.trial == 2 and torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 2
+    with passes_budget(_network(256), start=1, tune=False) as tuner:  # a time limit's: on training's count, untuned
+        assert tuner is None and torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
     with passes_budget(_network(8)) as tuner:  # no start: the caller's count
         assert tuner is not None and tuner.current == 2 and torch.get_num_threads() == 2
@@ -227,10 +252,35 @@ def test_passes_after_training_start_where_training_ended_and_restore_the_count(
     assert torch.get_num_threads() == 2
     with passes_budget(_network(256, norm=nn.LayerNorm), start=1) as tuner:
         assert tuner is None and torch.get_num_threads() == 2
-    with passes_budget(_network(256), start=1, tune=False) as tuner:  # a GPU's passes, a rank's
+    with passes_budget(_network(256), tune=False) as tuner:  # a GPU's passes, a rank's (no start: nothing tuned)
         assert tuner is None and torch.get_num_threads() == 2
     with pytest.raises(RuntimeError), passes_budget(_network(8), setting=1):
         raise RuntimeError("an error inside")
     assert torch.get_num_threads() == 2
     double = lambda rows: rows * 2  # noqa: E731
     assert timed_passes(double, None) is double
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_a_reports_importance_runs_on_this_machines_threads_tuned(monkeypatch) -> None:
+    # keel report --data ran importance on the training config's number (4 threads on a 2-core machine).
+    import keel
+    from tests.conftest import make_classification_frame
+
+    frame = make_classification_frame(300)
+    model = keel.fit(frame, target="label", quiet=True, importance=False,
+                     config={"preset": "fast", "model.hidden": [256, 256], "training.epochs": 1, "training.threads": 4})
+    made: list[ThreadTuner] = []
+    counts: list[int] = []
+    original = threads.ThreadTuner
+
+    def tuner(most: int, **options) -> ThreadTuner:  # type: ignore[no-untyped-def]
+        made.append(original(most, **options))
+        return made[-1]
+
+    monkeypatch.setattr(threads, "ThreadTuner", tuner)
+    started = original.step_started
+    monkeypatch.setattr(original, "step_started", lambda self: (counts.append(torch.get_num_threads()), started(self)))
+    result = model._importance_on(frame)
+    assert len(made) == 1 and made[0].counts == [2, 1] and made[0].steps == 1 + len(model.feature_names)
+    assert counts[0] == 2 and max(counts) == 2 and result["features"] and torch.get_num_threads() == 2  # never 4
