@@ -51,6 +51,10 @@ def test_a_second_keel_train_on_the_same_output_is_refused_and_never_mixes_the_d
          "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lock_path(out), first)
+        # The file exists from the holder's open(); its record is written just after the flock.
+        deadline = time.monotonic() + 60
+        while not lock_path(out).read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         holder = json.loads(lock_path(out).read_text() or "{}")
         second = subprocess.run([str(KEEL), "train", str(PENGUINS), "-t", "species", "-p", "fast", "-s",
                                  "training.epochs=2", "-o", str(out), "--quiet"], capture_output=True, text=True,
