@@ -176,7 +176,7 @@ def _schema_table(inputs: ReportInputs) -> str:
                  column.get("dropped") or "") for column in run["columns"]]
         from keel.train.record import UNIQUE_SAMPLE_ROWS  # (here: keel runs reads this module without pandas)
 
-        sampled = any(column.get("unique_sampled") and isinstance(column.get("unique"), int) for column in run["columns"])
+        sampled = any(_counted_on_sample(column) for column in run["columns"])
         return table(["column", "role", "missing", "distinct values", "dropped because"], rows) + (
             paragraph(f"Distinct values marked \u2265 were counted on a sample of the rows (at most "
                       f"{UNIQUE_SAMPLE_ROWS:,}; a table larger than memory, on the rows it sampled): the whole table "
@@ -193,7 +193,11 @@ def _schema_table(inputs: ReportInputs) -> str:
 def _distinct(column: dict[str, Any]) -> object:
     """A column's distinct values: counted on a sample, a lower bound (\u2265 200,000 for 250,000 distinct ids)."""
     unique = column.get("unique")
-    return f"\u2265 {unique:,}" if column.get("unique_sampled") and isinstance(unique, int) else unique
+    return f"\u2265 {unique:,}" if _counted_on_sample(column) else unique
+
+
+def _counted_on_sample(column: dict[str, Any]) -> bool:
+    return bool(column.get("unique_sampled")) and isinstance(column.get("unique"), int)
 
 
 def _share(value: object) -> object:

@@ -547,7 +547,7 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         if trainer.threads is not None:
             settled = trainer.threads.current  # where the passes after training start
             if trainer.threads.switches:
-                notes.append(trainer.threads.describe(f" for network {index + 1}" if len(data.bags) > 1 else ""))
+                notes.append(trainer.threads.describe(index + 1 if len(data.bags) > 1 else None))
         networks.append(trainer.network)
         histories.append(history.to_dict())
         if history.planned_epochs is not None or _cut(history.epochs):  # (a cut of the config's last epoch too)

@@ -80,10 +80,12 @@ class ThreadTuner:
         self.steps = 0
         self._started = 0.0
 
-    def describe(self, which: str = "") -> str:
-        """The run's note on the thread counts its steps ran on (when they changed)."""
+    def describe(self, network: int | None = None) -> str:
+        """The run's note on the thread counts its steps ran on (when they changed); ``network``: which
+        bagged network's (1-based), when there are several."""
         spans = " and ".join(f"on {count} from step {step + 1:,}" for step, count in self.switches)
-        return (f"training{which}'s steps ran on {self.counts[0]} threads, {spans} (of {self.steps:,}), where timed "
+        whose = "training's steps" if network is None else f"network {network}'s training steps"
+        return (f"{whose} ran on {self.counts[0]} threads, {spans} (of {self.steps:,}), where timed "
                 "steps showed that count faster (another busy process slows multi-threaded steps several times over, "
                 "and some networks' steps are too small to share well); training.threads fixes the count")
 

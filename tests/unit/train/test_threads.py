@@ -69,6 +69,7 @@ def test_contention_moves_to_one_thread_within_a_window_and_back_when_it_ends() 
     note = machine.tuner.describe()
     assert note.startswith(f"training's steps ran on 2 threads, on 1 from step {switches[0][0] + 1} and on 2 from "
                            f"step {switches[1][0] + 1} (of 1,200), where timed steps showed that count faster")
+    assert machine.tuner.describe(3).startswith("network 3's training steps ran on 2 threads, on 1 from step ")
 
 
 def test_a_trial_on_a_collapsed_count_ends_after_one_step() -> None:
