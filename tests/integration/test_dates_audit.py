@@ -159,6 +159,31 @@ def test_years_declared_as_a_date_are_not_silently_seconds_after_1970() -> None:
     assert said and "seconds since 1970" in said[0]
 
 
+def test_dates_a_csv_writes_as_digits_are_refused_not_read_as_seconds_of_1970(tmp_path) -> None:
+    """A CSV of 20231106 (or 2023) reaches pandas as integers, which a date column takes as seconds: the
+    parity audit (s17) saw it predict as 1970-08-23, silently, where a DataFrame of the same text reads
+    2023-11-06. Such columns are refused, naming the column; real seconds and text pass."""
+    rng = np.random.default_rng(0)
+    days = pd.Timestamp("2023-01-01") + pd.to_timedelta(rng.integers(0, 365, 120), unit="D")
+    frame = pd.DataFrame({"signup": days.strftime("%Y-%m-%d"), "size": rng.normal(0, 1, 120)})
+    frame["label"] = np.where(frame["size"] > 0, "big", "small")
+    model = keel.fit(frame, target="label", config={**FAST, "training.epochs": 1}, quiet=True)
+    assert {f.name: f.type for f in model.schema.features}["signup"] == "date"
+    for cell, kind in (("20231106", "without dashes"), ("2023", "years")):
+        path = tmp_path / f"{cell}.csv"
+        frame.head(3).assign(signup=cell).to_csv(path, index=False)
+        with pytest.raises(DataError, match=f"column 'signup' holds dates.*{kind}.*would all fall in 1970"):
+            model.predict(path)
+    text = model.predict_proba(frame.head(3).assign(signup="20231106"))
+    assert np.allclose(text, model.predict_proba(frame.head(3).assign(signup="2023-11-06")))
+    seconds = frame.head(3).assign(signup=1699228800)  # 2023-11-06 as seconds: a number a date column takes
+    assert np.allclose(model.predict_proba(seconds), text)
+    with pytest.raises(DataError, match="declared a date but holds whole numbers from 20100101.*without dashes"):
+        keel.fit(frame.assign(signup=20100101 + rng.integers(0, 28, 120)), target="label",
+                 config={**FAST, "training.epochs": 1, "input_features": [{"name": "signup", "type": "date"}]},
+                 quiet=True)
+
+
 def test_blank_text_in_a_date_column_means_the_same_to_keel_and_the_runtime(exported) -> None:
     """' ' is a DataError to keel.predict and to the runtime given a DataFrame, but missing to the
     runtime given a dict or a list (and to the server). FAILS now: the runtime's scalar to_seconds

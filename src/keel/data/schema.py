@@ -26,6 +26,7 @@ from keel.data.values import (
     numeric_share,
     to_numeric,
     to_seconds,
+    written_dates,
 )
 from keel.errors import ConfigError, DataError
 
@@ -393,16 +394,18 @@ def _iso_share(present: pd.Series) -> float:
 
 
 def _check_not_years(series: pd.Series, name: str, source: str | None) -> None:
-    """A declared date column of whole numbers from 1000 to 9999 is years, which keel would read as seconds
-    since 1970 (all in its first three hours): refuse it rather than learn from 1970-01-01 00:33."""
+    """A declared date column of whole numbers from 1000 to 9999 is years (and of 20100101-like ones, dates
+    without dashes), which keel would read as seconds since 1970: refuse it rather than learn from 1970-01-01
+    00:33 (:func:`keel.data.values.written_dates`)."""
     if not is_numeric(series):
         return
     values = to_numeric(series, column=name, source=source)
-    present = values[~np.isnan(values)]
-    if len(present) and np.all(present == np.round(present)) and 1000 <= present.min() and present.max() <= 9999:
+    kind = written_dates(values)
+    if kind:
+        present = values[~np.isnan(values)]
         raise DataError(
             f"column {name!r} is declared a date but holds whole numbers from {present.min():.0f} to "
-            f"{present.max():.0f}, years by the look of them; numbers in a date column are seconds since "
+            f"{present.max():.0f}, {kind} by the look of them; numbers in a date column are seconds since "
             "1970-01-01 UTC. Declare the column a number, or write the dates out (2010-01-01).",
             file=source, column=name)
 

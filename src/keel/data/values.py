@@ -110,13 +110,42 @@ def to_seconds(series: pd.Series, *, column: str, source: str | None = None) -> 
         values = series.to_numpy()
         return (values - _EPOCH) / _ONE_SECOND  # NaT -> NaN
     if is_numeric(series):
-        return to_numeric(series, column=column, source=source).astype(np.float64, copy=False)
+        seconds = to_numeric(series, column=column, source=source).astype(np.float64, copy=False)
+        kind = written_dates(seconds)
+        if kind:
+            # A CSV's 2023 or 20231106 comes as a number (pandas reads digits so), and as seconds it would be
+            # a moment of 1970: the same text a DataFrame, Parquet or JSON gives as a string is its own date.
+            present = seconds[~np.isnan(seconds)]
+            raise DataError(
+                f"column {column!r} holds dates, but as whole numbers from {present.min():.0f} to {present.max():.0f}, "
+                f"{kind} by the look of them; numbers in a date column are seconds since 1970-01-01 UTC, and these "
+                "would all fall in 1970. Write the dates out (2023-11-06); from a DataFrame, strings like '20231106' "
+                "are read as dates too.",
+                file=source, column=column)
+        return seconds
     if pd.api.types.is_bool_dtype(dtype):
         present = np.flatnonzero(series.notna().to_numpy())
         if len(present):
             raise _not_dates(series, present, column, source)
         return np.full(len(series), np.nan)
     return _object_seconds(series, column, source)
+
+
+def written_dates(values: np.ndarray) -> str | None:
+    """What a date column of whole numbers holds when the numbers are dates written as digits rather than
+    seconds: ``"years"`` (all from 1000 to 9999), ``"dates written without dashes (20231106)"`` (all valid
+    YYYYMMDD from 1000 to 2999), or None (seconds, as numbers in a date column are)."""
+    present = values[~np.isnan(values)]
+    if not len(present) or not np.all(present == np.round(present)):
+        return None
+    low, high = present.min(), present.max()
+    if 1000 <= low and high <= 9999:
+        return "years"
+    if 10000101 <= low and high <= 29991231:
+        month, day = (present // 100) % 100, present % 100
+        if np.all((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)):
+            return "dates written without dashes (20231106)"
+    return None
 
 
 def _object_seconds(series: pd.Series, column: str, source: str | None) -> np.ndarray:
