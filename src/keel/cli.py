@@ -553,6 +553,9 @@ def predict(
     from keel.model import load
 
     written = writable(output)  # before reading and predicting: a wrong extension is known now
+    if output.exists() and data.exists() and os.path.samefile(output, data):
+        raise ConfigError(f"--output {output} is the input file {data}: the predictions would replace the rows they "
+                          "were made from. Write them to another file (--with-input keeps the input's columns).")
     loaded = load(model)
     frame = _read(data, delimiter, encoding, loaded)
     predictions = loaded.predict_frame(frame, proba=proba)

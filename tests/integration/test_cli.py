@@ -156,6 +156,12 @@ def test_predict_errors(penguin_model, tmp_path) -> None:
     # Checked before the data is read and predicted: a missing data file is not reached.
     early = invoke("predict", str(penguin_model), str(tmp_path / "missing.csv"), "-o", str(tmp_path / "p.xlsx"))
     assert early.exit_code == 2 and "unsupported extension '.xlsx'" in early.stderr
+    # --output naming the input file (by another spelling of its path too) would replace the rows: refused.
+    before = data.read_bytes()
+    for spelling in (data, tmp_path / "." / "rows.csv"):
+        same = invoke("predict", str(penguin_model), str(data), "-o", str(spelling), "--with-input")
+        assert same.exit_code == 2 and f"is the input file {data}" in " ".join(same.stderr.split())
+    assert data.read_bytes() == before
 
 
 def test_unseen_categories_are_reported_as_a_note(penguin_model, tmp_path) -> None:
