@@ -376,6 +376,9 @@ class CategoryTransform:
         self.min_share = settings.rare_category_min_share
         self.vocabulary: list[str] = []
         self.n_rare = 0
+        # The fitting rows of each index (unknown, missing, then the vocabulary's): which embedding rows
+        # training updates (keel.nn.encoders.CategoryEncoder.fill_untrained). Not saved: None once loaded.
+        self.index_counts: np.ndarray | None = None
         self._cached: tuple[list[str], dict[str, int]] | None = None  # (vocabulary, its lookup): _lookup
 
     @property
@@ -396,6 +399,9 @@ class CategoryTransform:
         threshold = max(self.min_count, math.ceil(self.min_share * n_rows))
         self.vocabulary = [value for value, count in ordered if count >= threshold]
         self.n_rare = len(ordered) - len(self.vocabulary)
+        kept = [count for _, count in ordered[:len(self.vocabulary)]]
+        rare = sum(count for _, count in ordered[len(self.vocabulary):])
+        self.index_counts = np.array([rare, n_rows - rare - sum(kept), *kept], dtype=np.int64)
         return self
 
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:

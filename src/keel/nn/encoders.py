@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import cast
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +39,28 @@ class CategoryEncoder(nn.Module):
                 table.weight.requires_grad_(False)
             self.tables.append(table)
             self.width += table.embedding_dim
+
+    @torch.no_grad()
+    def fill_untrained(self, counts: list[np.ndarray | None]) -> None:
+        """Give each learned table's rows that no training row used (``counts[column][index] == 0``: the
+        unknown bucket of a column with no rare values, the missing one of a column with no missing values)
+        the training rows' mean vector, each value weighted by its count.
+
+        Training never updates those rows: they keep their random start (N(0, 1) per component), so an unseen
+        or missing value at prediction would push the network somewhere arbitrary (the parity audit saw a
+        missing colour predict 243 where every real colour gave 89-182). The mean vector is the category
+        counterpart of a number's median fill and a binary column's training share.
+        """
+        for table, column in zip(self.tables, counts):
+            weight = cast(nn.Embedding, table).weight
+            if column is None or not weight.requires_grad or len(column) != len(weight):
+                continue
+            used = torch.from_numpy(column > 0).to(weight.device)
+            if bool(used.all()) or not bool(used.any()):
+                continue
+            weights = torch.from_numpy(column[column > 0].astype(np.float64)).to(weight.device)
+            mean = (weight[used].double() * weights[:, None]).sum(0) / weights.sum()
+            weight[~used] = mean.to(weight.dtype)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         # codes: (batch, n_columns) int64 -> (batch, width)

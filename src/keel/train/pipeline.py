@@ -540,6 +540,7 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         if checkpoints is not None:
             checkpoints.begin_network(index, trainer.network, resumed.epoch if resumed is not None else 0)
         history = _fit_network(trainer, train_rows, validation_rows, reporter, resumed, bin_rows=all_rows)
+        trainer.network.categories.fill_untrained([transform.index_counts for transform in preprocessor.categorical])
         skipped = numeric_guard(trainer).total_skipped
         if skipped:
             notes.append(f"{skipped} batch(es) with a non-finite loss or gradient were skipped "
