@@ -163,13 +163,15 @@ class Model:
     def predict_frame(self, data: TableSource, proba: bool = False) -> pd.DataFrame:
         """Predictions as a DataFrame: a column named after the target, plus ``proba_<class>`` columns (one
         named like the target, or like another, takes another ``proba_`` in front: the labels are never
-        overwritten)."""
+        overwritten). A DataFrame's rows keep their index, so that ``df.join(model.predict_frame(df))`` lines
+        each prediction up with its row; a file's are numbered from 0."""
         outputs = self._outputs(self.read_rows(data))
+        labelled = data.index if isinstance(data, pd.DataFrame) else None
         if self.task == "regression":
-            return pd.DataFrame({self.target: self.target_encoder.decode(outputs[:, 0].numpy())})
+            return pd.DataFrame({self.target: self.target_encoder.decode(outputs[:, 0].numpy())}, index=labelled)
         probabilities = to_probabilities(outputs, self.task).numpy()
         labels = self.target_encoder.decode(predicted_classes(probabilities, self.threshold))
-        frame = pd.DataFrame({self.target: labels})
+        frame = pd.DataFrame({self.target: labels}, index=labelled)
         if proba:
             for index, label in enumerate(self.classes):
                 name = f"proba_{label}"
