@@ -346,7 +346,44 @@ def _arrow_errors(path: Path, where: str = "") -> Iterator[None]:
     try:
         yield
     except (pa.ArrowException, OSError, ValueError) as error:
+        changed = _TYPE_CHANGE.search(str(error))
+        if changed:
+            raise _type_change(path, changed.group(1)) from None
         raise DataError(f"cannot read {path}{where}: {error}".replace("\n", " "), file=path) from None
+
+
+# pyarrow.json's "Column(/grade) changed from number to string in row 1" (a row of its block, not of the file).
+_TYPE_CHANGE = re.compile(r"Column\(/(.+?)\) changed from \w+ to \w+")
+
+
+def _type_change(path: Path, column: str) -> DataError:
+    """The first line of a JSON Lines file where ``column``'s JSON type differs from its first line's."""
+    import json
+
+    def kind(value: Any) -> str:
+        return {bool: "true/false", str: "a string", int: "a number", float: "a number", list: "an array",
+                dict: "an object"}.get(type(value), type(value).__name__)
+
+    first: tuple[int, str] | None = None
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                value = json.loads(line).get(column) if line.strip() else None
+            except (ValueError, AttributeError):
+                continue
+            if value is None:
+                continue
+            if first is None:
+                first = (number, kind(value))
+            elif kind(value) != first[1]:
+                return DataError(
+                    f"{path}: key {column!r} is {kind(value)} on line {number} ({json.dumps(value)[:40]}) but "
+                    f"{first[1]} on line {first[0]}; keel reads JSON Lines with each key's own JSON type, one type "
+                    f"a key. Write every {column!r} value the same way (all strings, or all numbers), or convert "
+                    "the file to CSV.", file=path, column=column, row=number)
+    return DataError(f"{path}: key {column!r} changes its JSON type from one line to another; write every value of "
+                     "it the same way (all strings, or all numbers), or convert the file to CSV.", file=path,
+                     column=column)
 
 
 def _parquet_table(path: Path) -> pa.Table:
