@@ -115,9 +115,9 @@ def to_seconds(series: pd.Series, *, column: str, source: str | None = None) -> 
         if kind:
             # A CSV's 2023 or 20231106 comes as a number (pandas reads digits so), and as seconds it would be
             # a moment of 1970: the same text a DataFrame, Parquet or JSON gives as a string is its own date.
-            present = seconds[~np.isnan(seconds)]
+            given = seconds[~np.isnan(seconds)]
             raise DataError(
-                f"column {column!r} holds dates, but as whole numbers from {present.min():.0f} to {present.max():.0f}, "
+                f"column {column!r} holds dates, but as whole numbers from {given.min():.0f} to {given.max():.0f}, "
                 f"{kind} by the look of them; numbers in a date column are seconds since 1970-01-01 UTC, and these "
                 "would all fall in 1970. Write the dates out (2023-11-06); from a DataFrame, strings like '20231106' "
                 "are read as dates too.",
@@ -334,7 +334,14 @@ def missing_values(series: pd.Series) -> np.ndarray:
 
 
 def _strip(value: object) -> object:
-    return value.strip() if isinstance(value, str) else value
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:  # 10**400: beyond float64, an infinity (refused as one) rather than pandas' crash
+            return math.inf if value > 0 else -math.inf
+    return value
 
 
 def category_strings(series: pd.Series) -> np.ndarray:
@@ -362,10 +369,24 @@ def category_strings(series: pd.Series) -> np.ndarray:
         if pd.api.types.is_object_dtype(dtype):  # pandas' own string dtypes refuse lone surrogates already
             _check_text(out, missing, series)
     else:  # mixed objects, dates: one by one
-        out = np.array([canonical_category(value) for value in series.to_numpy(dtype=object)], dtype=object)
+        values = series.to_numpy(dtype=object)
+        _check_scalars(values, series)
+        out = np.array([canonical_category(value) for value in values], dtype=object)
         _check_text(out, missing | (out == None), series)  # noqa: E711 (elementwise comparison)
     out[missing] = None
     return out
+
+
+def _check_scalars(values: np.ndarray, series: pd.Series) -> None:
+    """A list, tuple, dict, set or array in a cell is no category: a DataError naming the column and row, as the
+    runtime gives for one in a record, not its text ("['red']") sent to the unknown bucket."""
+    for position, value in enumerate(values):
+        if isinstance(value, (list, tuple, dict, set, frozenset)) or bool(getattr(value, "ndim", 0)):
+            row, _ = _row_value(series, position)
+            raise DataError(
+                f"column {series.name!r} row {row} holds a value of type {type(value).__name__} "
+                f"({repr(value)[:40]}) where one value is expected: a string, a number, a bool or None.",
+                column=str(series.name), row=row)
 
 
 def _check_text(spelled: np.ndarray, missing: np.ndarray, series: pd.Series) -> None:
