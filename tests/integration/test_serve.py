@@ -342,9 +342,16 @@ def test_access_log_lines_are_json_on_stderr(servers) -> None:
     server = servers["binary"]
     httpx.get(server.url + "/health")
     post(server, {"nope": 1})
-    time.sleep(0.1)
-    lines = [json.loads(line) for line in server.lines()]  # every line is JSON, uvicorn's included
-    access = [line for line in lines if line["logger"] == "keel.serve.access"]
+    # The server writes a request's line after sending its response: wait for it (a fixed 0.1 s could miss it on
+    # a loaded machine, the flaky-test audit found, s17).
+    deadline = time.monotonic() + 10
+    while True:
+        text = server.log.read_text()
+        lines = [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]  # every one JSON, uvicorn's too
+        access = [line for line in lines if line["logger"] == "keel.serve.access"]
+        if (access and access[-1]["path"] == "/predict") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert {"method", "path", "status", "latency_ms"} <= set(access[-1])
     assert (access[-2]["method"], access[-2]["path"], access[-2]["status"]) == ("GET", "/health", 200)
     assert (access[-1]["method"], access[-1]["path"], access[-1]["status"]) == ("POST", "/predict", 422)

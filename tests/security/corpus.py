@@ -688,7 +688,7 @@ def audit(models: dict[str, Path], scratch: Path) -> list[dict[str, Any]]:
             baseline = _reset_peak()
             auditor.findings, auditor.annotations = [], 0
             auditor.allowed = [os.path.realpath(model), os.path.realpath(scratch)]
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             record: dict[str, Any] = {"case": case, "loader": loader}
             try:
                 with warnings.catch_warnings(record=True):  # a recorded warning reads no source line
@@ -702,6 +702,7 @@ def audit(models: dict[str, Path], scratch: Path) -> list[dict[str, Any]]:
                 record.update(outcome="crashed", error=type(error).__name__, message=str(error)[:500])
             finally:
                 record["seconds"] = round(time.perf_counter() - start, 3)
+                record["cpu_seconds"] = round(time.process_time() - cpu, 3)  # what a busy neighbour does not inflate
                 auditor.allowed = None
             record.update(rss_growth_mb=round(_memory_mb("VmHWM") - baseline, 1), findings=auditor.findings,
                           annotation_evals=auditor.annotations, pwned=(model.parent / "PWNED").exists())

@@ -25,8 +25,10 @@ from keel.errors import ArtifactError
 from tests.conftest import ROOT
 from tests.security.corpus import CASES, LOADERS, build_corpus, make_pristine
 
-# The issue's bounds, per case and reader.
+# The issue's bounds, per case and reader: 1 s of this process's CPU time. Wall time gets a looser bound: on a
+# loaded 2-core CI machine a 0.3-0.6 s load took up to 2.2 s (flaky-test audit, s17).
 SECONDS = 1.0
+WALL_SECONDS = 10.0
 RSS_GROWTH_MB = 200
 CASE_NAMES = [case.name for case in CASES]
 EXPECTED = {case.name: case.refused_by for case in CASES}
@@ -73,7 +75,8 @@ def test_each_reader_refuses_or_never_reads_the_damage(records: dict[tuple[str, 
         record = records[case, loader]
         where = f"{case} through {loader}: {record}"
         assert not record["pwned"] and record["findings"] == [], where
-        assert record["seconds"] < SECONDS and record["rss_growth_mb"] < RSS_GROWTH_MB, where
+        assert record["cpu_seconds"] < SECONDS and record["seconds"] < WALL_SECONDS, where
+        assert record["rss_growth_mb"] < RSS_GROWTH_MB, where
         if loader == "runs":  # lists a run it cannot read with the problem: either way, no crash
             assert record["outcome"] in ("loaded", "refused"), where
         elif loader == "cli":
@@ -149,7 +152,9 @@ def test_the_real_cli_and_server_refuse_in_one_line(corpus: Path) -> None:
         lines = stderr.strip().splitlines()
         assert process.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (name, stderr)
         assert "Traceback" not in stderr and stdout == "", name
-    assert time.monotonic() - started < 30  # all eight, in parallel, torch imports included
+    # All eight, in parallel, torch imports included: 10-20 s idle, 36 s beside other tests' processes (s17); a hang
+    # is caught by communicate's timeout above.
+    assert time.monotonic() - started < 120
 
 
 @pytest.mark.slow

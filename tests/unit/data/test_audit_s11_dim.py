@@ -166,7 +166,8 @@ def test_folds_keep_a_text_or_a_group_together_and_take_little_time_on_100k_rows
     by_group = transform._linear_folds(texts, labels, "binary", groups)
     by_text = transform._linear_folds(texts, labels, "binary", None)
     elapsed = time.perf_counter() - start
-    assert by_group is not None and by_text is not None and elapsed < 2.0, f"{elapsed:.2f} s"
+    # 0.5 s idle, 1.65 s beside busy processes (the flaky-test audit, s17); a per-row Python loop would take minutes.
+    assert by_group is not None and by_text is not None and elapsed < 10.0, f"{elapsed:.2f} s"
     order = np.argsort(groups, kind="stable")
     change = np.flatnonzero(np.diff(groups[order]))  # within a run of one group, one fold
     assert not np.any(np.diff(by_group[order])[np.setdiff1d(np.arange(len(order) - 1), change)])

@@ -34,7 +34,11 @@ def test_a_time_limit_plans_fewer_epochs_and_the_cosine_schedule_still_ends(fram
     assert epoch_line(len(epochs), planned, epochs[-1], "accuracy").endswith(
         "(time limit)" if "steps" not in epochs[-1] else
         f"(time limit, after {epochs[-1]['steps']} of {epochs[-1]['epoch_steps']} steps)")
-    assert epochs[-1]["lr"] < 0.1 * epochs[0]["lr"]  # annealed within the planned epochs, not cut at its start
+    # Annealed within the planned epochs, not cut at its start (where a cosine over 500 epochs would still be at
+    # 99.99% of its first rate). A loaded machine may fit only two or three epochs in 2 s: the last epoch starts
+    # at 0.5x the first's rate when 2 were planned, 0.25x for 3, under 0.04x from 8 (the flaky-test audit, s17).
+    if planned >= 2:
+        assert epochs[-1]["lr"] <= (0.1 if planned >= 8 else 0.5 + 1e-9) * epochs[0]["lr"]
     assert any(note.startswith(f"training.time_limit 2 s allowed {planned} of 500 epochs") for note in model.notes)
 
 
@@ -111,7 +115,9 @@ def test_the_warm_up_shrinks_with_the_planned_epochs(frame) -> None:
                              "training.early_stopping": 0, "training.schedule": "cosine", "training.warmup": 0.5})
     rates = [record["lr"] for record in model.history["epochs"]]
     planned = model.history["planned_epochs"]
-    assert planned is not None and planned >= 5
+    assert planned is not None
+    if planned < 5:  # a loaded machine (other tests' processes) fit 1-3 epochs in 2 s: no warm-up to see
+        pytest.skip(f"only {planned} epoch(s) fit in 2 s on this machine now; the warm-up needs 5 to be seen")
     assert max(rates) > 0.4 * 0.001  # lr 0.001: the warm-up ended near half the planned epochs
     assert rates[-1] < 0.5 * max(rates)  # and the rate came down after it
 
