@@ -48,6 +48,18 @@ def test_save_load_gives_identical_predictions(trained_classifier, classificatio
     assert loaded.summary()["parameters"] == model.summary()["parameters"]
 
 
+def test_predict_frame_keeps_a_dataframe_s_index(trained_classifier, classification_frame) -> None:
+    # The parity audit (s17): a filtered frame's predictions came back numbered 0..n-1, and df.assign / df.join
+    # lined 375 of 538 rows up with another row's label or NaN, silently.
+    model, directory = trained_classifier
+    rows = classification_frame[classification_frame.index % 3 != 0].drop(columns="label")
+    framed = model.predict_frame(rows, proba=True)
+    assert framed.index.equals(rows.index)
+    assert (rows.join(framed)["label"].to_numpy() == model.predict(rows)).all()
+    assert np.allclose(rows.join(framed)[f"proba_{model.classes[0]}"], model.predict_proba(rows)[:, 0])
+    assert framed.reset_index(drop=True).equals(model.predict_frame(rows.reset_index(drop=True), proba=True))
+
+
 def test_predict_time_columns_missing_extra_and_unseen(trained_classifier, classification_frame) -> None:
     model, _ = trained_classifier
     with pytest.raises(DataError, match=r"lacks the input column\(s\) \['color'\]"):
@@ -214,3 +226,40 @@ def test_preprocessing_in_a_given_row_order_equals_reordering_afterwards(classif
     np.testing.assert_array_equal(laid_out.numeric, plain.numeric[order])
     np.testing.assert_array_equal(laid_out.categorical, plain.categorical[order])
     assert laid_out.numeric.flags.c_contiguous and laid_out.categorical.flags.c_contiguous
+
+
+def test_an_integer_beyond_float64_is_an_infinity_refused_not_a_crash(trained_classifier, classification_frame) -> None:
+    # The parity audit (s17): 10**400 in an object column raised pandas' bare OverflowError from Model.predict.
+    model, _ = trained_classifier
+    rows = classification_frame.drop(columns="label").head(3).astype(object)
+    number = next(feature.name for feature in model.schema.features if feature.type == "number")
+    rows.at[rows.index[1], number] = -(10**400)
+    with pytest.raises(DataError, match=f"column '{number}' row 2 has the value -inf; keel needs finite numbers"):
+        model.predict(rows)
+
+
+@pytest.fixture(scope="module")
+def one_epoch_model(tmp_path_factory):  # type: ignore[no-untyped-def]
+    frame = make_classification_frame(120)
+    model = keel.fit(frame, target="label", config={**FAST, "training.epochs": 1}, quiet=True, importance=False)
+    directory = tmp_path_factory.mktemp("one-epoch") / "model"
+    model.save(directory)
+    model.export()
+    return model, directory, frame
+
+
+@pytest.mark.parametrize("cell", [["red"], ("red",), {"colour": "red"}, np.array(["red", "blue"])])
+def test_a_container_in_a_category_cell_is_refused_like_the_runtime_refuses_it(one_epoch_model, cell) -> None:
+    # The parity audit (s17): Model.predict read ['red'] as the text "['red']" (unseen, warned) and keel.runtime's
+    # Predictor given a DataFrame as well (silently), where a record with the list was a DataError.
+    from keel.runtime import Predictor
+
+    model, directory, frame = one_epoch_model
+    category = next(feature.name for feature in model.schema.features if feature.type == "category")
+    rows = frame.drop(columns="label").head(3).astype(object)
+    rows[category] = pd.Series(["red", "blue", cell], index=rows.index, dtype=object)
+    expected = f"column '{category}' row 3 holds a value of type {type(cell).__name__}"
+    with pytest.raises(DataError, match=expected):
+        model.predict(rows)
+    with pytest.raises(DataError, match=expected):
+        Predictor.load(directory).predict(rows)
