@@ -423,6 +423,17 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
                 "bags": [(len(train_part), len(validation_part)) for train_part, validation_part in bags]})
 
 
+def _category_counts(rows: Any, preprocessor: Preprocessor, exact: bool) -> list[np.ndarray | None]:
+    """Each category column's rows per index: counted on the rows a network trained on where they are in memory
+    (its bag's, exactly), else the preprocessor's fitting counts (streamed rows; data-parallel ranks, whose
+    shards differ, so that every rank fills its copy alike)."""
+    if exact and isinstance(rows, Batch) and rows.categorical.shape[1] == len(preprocessor.categorical):
+        codes = rows.categorical.cpu()
+        return [torch.bincount(codes[:, column], minlength=transform.cardinality).numpy()
+                for column, transform in enumerate(preprocessor.categorical)]
+    return [transform.index_counts for transform in preprocessor.categorical]
+
+
 def train_networks(data: PreparedData, settings: Config, training: TrainingConfig, notes: Notes,
                    reporter: Reporter, device: torch.device, importance: bool,
                    checkpoints: RunCheckpoints | None = None, deadline: float | None = None) -> Model:
@@ -540,7 +551,7 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
         if checkpoints is not None:
             checkpoints.begin_network(index, trainer.network, resumed.epoch if resumed is not None else 0)
         history = _fit_network(trainer, train_rows, validation_rows, reporter, resumed, bin_rows=all_rows)
-        trainer.network.categories.fill_untrained([transform.index_counts for transform in preprocessor.categorical])
+        trainer.network.categories.fill_untrained(_category_counts(train_rows, preprocessor, exact=ranks is None))
         skipped = numeric_guard(trainer).total_skipped
         if skipped:
             notes.append(f"{skipped} batch(es) with a non-finite loss or gradient were skipped "

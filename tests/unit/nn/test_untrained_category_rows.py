@@ -42,3 +42,15 @@ def test_a_missing_or_unseen_colour_predicts_among_the_colours_seen() -> None:
     for value in (None, "purple"):
         predicted = float(model.predict(rows.assign(colour=value)).mean())
         assert min(seen) <= predicted <= max(seen), (value, predicted, seen)
+
+
+def test_a_category_transform_counts_the_fitting_rows_of_each_index() -> None:
+    # What a streamed run fills from (its rows are on disk): unknown (rare values), missing, then the vocabulary's.
+    from keel.config import PreprocessingConfig
+    from keel.data.transforms import CategoryTransform
+
+    transform = CategoryTransform("c", PreprocessingConfig(rare_category_min_count=3))
+    transform.fit(pd.Series(["a"] * 5 + ["b"] * 3 + ["c"] * 2 + [None] * 4))
+    assert transform.vocabulary == ["a", "b"] and transform.index_counts.tolist() == [2, 4, 5, 3]
+    transform.fit(pd.Series(["a"] * 5 + ["b"] * 3))
+    assert transform.index_counts.tolist() == [0, 0, 5, 3]
