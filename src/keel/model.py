@@ -163,8 +163,9 @@ class Model:
     def predict_frame(self, data: TableSource, proba: bool = False) -> pd.DataFrame:
         """Predictions as a DataFrame: a column named after the target, plus ``proba_<class>`` columns (one
         named like the target, or like another, takes another ``proba_`` in front: the labels are never
-        overwritten). A DataFrame's rows keep their index, so that ``df.join(model.predict_frame(df))`` lines
-        each prediction up with its row; a file's are numbered from 0."""
+        overwritten). A DataFrame's rows keep their index, so that ``pd.concat([df, model.predict_frame(df)],
+        axis=1)`` lines each prediction up with its row (``join`` would not, for repeated labels); a file's rows are
+        numbered from 0."""
         outputs = self._outputs(self.read_rows(data))
         labelled = data.index if isinstance(data, pd.DataFrame) else None
         if self.task == "regression":

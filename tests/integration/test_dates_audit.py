@@ -178,6 +178,11 @@ def test_dates_a_csv_writes_as_digits_are_refused_not_read_as_seconds_of_1970(tm
     assert np.allclose(text, model.predict_proba(frame.head(3).assign(signup="2023-11-06")))
     seconds = frame.head(3).assign(signup=1699228800)  # 2023-11-06 as seconds: a number a date column takes
     assert np.allclose(model.predict_proba(seconds), text)
+    # A model trained on seconds of 1970 itself takes any such number (the audit: 27171011 is a valid YYYYMMDD).
+    early = frame.assign(signup=np.linspace(0, 31_000_000, 120).round())
+    declared = {**FAST, "training.epochs": 1, "input_features": [{"name": "signup", "type": "date"}]}
+    in_1970 = keel.fit(early, target="label", config=declared, quiet=True)
+    assert in_1970.predict(early.head(1).assign(signup=27171011)).shape == (1,)
     with pytest.raises(DataError, match="declared a date but holds whole numbers from 20100101.*without dashes"):
         keel.fit(frame.assign(signup=20100101 + rng.integers(0, 28, 120)), target="label",
                  config={**FAST, "training.epochs": 1, "input_features": [{"name": "signup", "type": "date"}]},

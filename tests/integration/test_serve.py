@@ -340,18 +340,23 @@ def test_the_v2_inference_protocol(models, servers) -> None:
 
 def test_access_log_lines_are_json_on_stderr(servers) -> None:
     server = servers["binary"]
-    httpx.get(server.url + "/health")
-    post(server, {"nope": 1})
-    # The server writes a request's line after sending its response: wait for it (a fixed 0.1 s could miss it on
-    # a loaded machine, the flaky-test audit found, s17).
-    deadline = time.monotonic() + 10
-    while True:
+
+    def access_lines() -> tuple[list[dict], list[dict]]:  # whole lines only: one may be half written
         text = server.log.read_text()
         lines = [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]  # every one JSON, uvicorn's too
-        access = [line for line in lines if line["logger"] == "keel.serve.access"]
-        if (access and access[-1]["path"] == "/predict") or time.monotonic() > deadline:
-            break
+        return lines, [line for line in lines if line["logger"] == "keel.serve.access"]
+
+    before = len(access_lines()[1])  # the module's server: earlier tests' requests are logged too
+    httpx.get(server.url + "/health")
+    post(server, {"nope": 1})
+    # The server writes a request's line after sending its response: wait for both (a fixed 0.1 s could miss it on
+    # a loaded machine, the flaky-test audit found, s17).
+    deadline = time.monotonic() + 10
+    lines, access = access_lines()
+    while (len(access) < before + 2 or [line["path"] for line in access[-2:]] != ["/health", "/predict"]) \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
+        lines, access = access_lines()
     assert {"method", "path", "status", "latency_ms"} <= set(access[-1])
     assert (access[-2]["method"], access[-2]["path"], access[-2]["status"]) == ("GET", "/health", 200)
     assert (access[-1]["method"], access[-1]["path"], access[-1]["status"]) == ("POST", "/predict", 422)

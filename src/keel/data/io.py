@@ -364,12 +364,26 @@ def _type_change(path: Path, column: str) -> DataError:
         return {bool: "true/false", str: "a string", int: "a number", float: "a number", list: "an array",
                 dict: "an object"}.get(type(value), type(value).__name__)
 
+    keys = column.split("/")  # pyarrow's path to a key inside objects: "a/b" is b inside a (or a key "a/b")
+    name = repr(keys[-1]) + "".join(f" inside {key!r}" for key in reversed(keys[:-1]))
+    literal = False  # a key with a "/" in its name, not a path
+
+    def at(document: Any) -> Any:
+        nonlocal literal, keys, name
+        if isinstance(document, dict) and column in document and len(keys) > 1:
+            literal, keys, name = True, [column], repr(column)
+        if literal:
+            return document.get(column) if isinstance(document, dict) else None
+        for key in keys:
+            document = document.get(key) if isinstance(document, dict) else None
+        return document
+
     first: tuple[int, str] | None = None
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
             try:
-                value = json.loads(line).get(column) if line.strip() else None
-            except (ValueError, AttributeError):
+                value = at(json.loads(line)) if line.strip() else None
+            except ValueError:
                 continue
             if value is None:
                 continue
@@ -377,13 +391,13 @@ def _type_change(path: Path, column: str) -> DataError:
                 first = (number, kind(value))
             elif kind(value) != first[1]:
                 return DataError(
-                    f"{path}: key {column!r} is {kind(value)} on line {number} ({json.dumps(value)[:40]}) but "
+                    f"{path}: key {name} is {kind(value)} on line {number} ({json.dumps(value)[:40]}) but "
                     f"{first[1]} on line {first[0]}; keel reads JSON Lines with each key's own JSON type, one type "
-                    f"a key. Write every {column!r} value the same way (all strings, or all numbers), or convert "
-                    "the file to CSV.", file=path, column=column, row=number)
-    return DataError(f"{path}: key {column!r} changes its JSON type from one line to another; write every value of "
+                    f"a key. Write every {keys[-1]!r} value the same way (all strings, or all numbers), or convert "
+                    "the file to CSV.", file=path, column=keys[0], row=number)
+    return DataError(f"{path}: key {name} changes its JSON type from one line to another; write every value of "
                      "it the same way (all strings, or all numbers), or convert the file to CSV.", file=path,
-                     column=column)
+                     column=keys[0])
 
 
 def _parquet_table(path: Path) -> pa.Table:

@@ -244,7 +244,8 @@ class Preprocessor:
                 values, low, high = to_numeric_range(series, column=transform.name, source=source)
                 return values, Unseen(), transform.extent(low, high)
             if isinstance(transform, DateTransform):
-                return to_seconds(series, column=transform.name, source=source), Unseen(), math.inf
+                return (to_seconds(series, column=transform.name, source=source, digits=transform.refuses_digits),
+                        Unseen(), math.inf)
             if isinstance(transform, (BinaryTransform, CategoryTransform)):
                 return *transform.encode(series), math.inf
             values, count = transform.transform(series, source)

@@ -551,6 +551,12 @@ class DateTransform:
         return len(self.parts)
 
     @property
+    def refuses_digits(self) -> bool:
+        """Whether a column of years or YYYYMMDD numbers is refused at prediction (they would be seconds of 1970):
+        unless the training dates themselves began in 1970 (a column trained on small numbers of seconds)."""
+        return self.origin >= 365.0
+
+    @property
     def fill_seconds(self) -> float:
         """The seconds a missing date is filled with (what the export fills with too)."""
         return (self.origin + self.fill) * SECONDS_PER_DAY
@@ -561,7 +567,7 @@ class DateTransform:
         Raises:
             DataError: A value is no date (see :func:`keel.data.values.to_seconds`).
         """
-        seconds = np.clip(to_seconds(series, column=self.name, source=source), -DATE_LIMIT, DATE_LIMIT)
+        seconds = np.clip(to_seconds(series, column=self.name, source=source, digits=False), -DATE_LIMIT, DATE_LIMIT)
         present = seconds[~np.isnan(seconds)]
         n_missing = len(seconds) - len(present)
         if not len(present):  # nothing to learn: every date will be 1970-01-01, flagged missing
@@ -587,7 +593,7 @@ class DateTransform:
 
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
         """Returns ``(values (n, width) float32, 0)``; dates have no unseen values to count."""
-        seconds = to_seconds(series, column=self.name, source=source)
+        seconds = to_seconds(series, column=self.name, source=source, digits=self.refuses_digits)
         out = np.empty((self.width, len(seconds)), dtype=np.float32)
         self.apply(seconds, out)
         return out.T, 0

@@ -86,7 +86,7 @@ _EPOCH = np.datetime64(0, "s")
 _ONE_SECOND = np.timedelta64(1, "s")
 
 
-def to_seconds(series: pd.Series, *, column: str, source: str | None = None) -> np.ndarray:
+def to_seconds(series: pd.Series, *, column: str, source: str | None = None, digits: bool = True) -> np.ndarray:
     """Convert a date column to float64 seconds since 1970-01-01 UTC, NaN for missing values.
 
     Naive datetimes and ISO 8601 text without an offset are taken as UTC; tz-aware ones (and text
@@ -94,6 +94,9 @@ def to_seconds(series: pd.Series, *, column: str, source: str | None = None) -> 
     (years beyond pandas' range by :meth:`datetime.datetime.fromisoformat`); numbers are seconds since
     1970-01-01 UTC already, as the exported graph takes them; Python ``datetime`` and ``date`` objects
     and NumPy datetimes are read as their own dates.
+
+    ``digits``: refuse a column of whole numbers that are all years or all YYYYMMDD (:func:`written_dates`), which
+    as seconds would all fall in 1970; a model whose training dates reach into 1970 passes False.
 
     Raises:
         DataError: Values that are no date (text that is not ISO 8601, a bool, an infinity); the
@@ -111,7 +114,7 @@ def to_seconds(series: pd.Series, *, column: str, source: str | None = None) -> 
         return (values - _EPOCH) / _ONE_SECOND  # NaT -> NaN
     if is_numeric(series):
         seconds = to_numeric(series, column=column, source=source).astype(np.float64, copy=False)
-        kind = written_dates(seconds)
+        kind = written_dates(seconds) if digits else None
         if kind:
             # A CSV's 2023 or 20231106 comes as a number (pandas reads digits so), and as seconds it would be
             # a moment of 1970: the same text a DataFrame, Parquet or JSON gives as a string is its own date.
@@ -377,11 +380,18 @@ def category_strings(series: pd.Series) -> np.ndarray:
     return out
 
 
+# The cell types _check_scalars passes at once (most cells of a mixed column).
+_SCALARS = frozenset({str, int, float, bool, type(None), np.str_, np.int64, np.float64, np.bool_})
+
+
 def _check_scalars(values: np.ndarray, series: pd.Series) -> None:
-    """A list, tuple, dict, set or array in a cell is no category: a DataError naming the column and row, as the
-    runtime gives for one in a record, not its text ("['red']") sent to the unknown bucket."""
+    """A list, dict, set or array in a cell is no category: a DataError naming the column and row, as the runtime
+    gives for one in a record, not its text ("['red']") sent to the unknown bucket. Tuples pass: hashable, they
+    were categories of models saved before this check (a column of zip(a, b) pairs)."""
     for position, value in enumerate(values):
-        if isinstance(value, (list, tuple, dict, set, frozenset)) or bool(getattr(value, "ndim", 0)):
+        if type(value) in _SCALARS:
+            continue
+        if isinstance(value, (list, dict, set, frozenset)) or bool(getattr(value, "ndim", 0)):
             row, _ = _row_value(series, position)
             raise DataError(
                 f"column {series.name!r} row {row} holds a value of type {type(value).__name__} "

@@ -160,3 +160,14 @@ def test_a_json_lines_key_whose_type_changes_names_the_key_and_the_line(tmp_path
     message = str(caught.value)
     assert "key 'grade' is a string on line 4 (\"2\") but a number on line 2" in message
     assert "all strings, or all numbers" in message and caught.value.row == 4 and caught.value.column == "grade"
+
+
+def test_a_type_change_inside_an_object_names_the_inner_key_and_its_line(tmp_path) -> None:
+    path = tmp_path / "nested.jsonl"
+    path.write_text('{"x": 1, "a": {"b": 1}}\n{"x": 2, "a": {"b": "x"}}\n')
+    with pytest.raises(DataError, match="key 'b' inside 'a' is a string on line 2 \\(\"x\"\\) but a number on line 1"):
+        read_table(path)
+    slashed = tmp_path / "slashed.jsonl"
+    slashed.write_text('{"x": 1, "a/b": 1}\n{"x": 2, "a/b": "x"}\n')
+    with pytest.raises(DataError, match="key 'a/b' is a string on line 2"):
+        read_table(slashed)
