@@ -270,3 +270,36 @@ def test_a_container_in_a_category_cell_is_refused_like_the_runtime_refuses_it(o
     rows[category] = pd.Series(["red", "blue", ("red", 2)], index=rows.index, dtype=object)
     with pytest.warns(KeelWarning, match="not seen in training"):
         assert len(model.predict(rows)) == 3
+
+
+def test_columns_missing_because_of_spaces_in_a_csv_header_are_named(trained_classifier, classification_frame,
+                                                                     tmp_path) -> None:
+    # The parity audit (s17): a header written "size, weight, color" said only "lacks ['weight', 'color', ...]".
+    model, _ = trained_classifier
+    path = tmp_path / "spaced.csv"
+    frame = classification_frame.head(5)
+    path.write_text(", ".join(frame.columns) + "\n" + "\n".join(", ".join(map(str, row)) for row in frame.values))
+    with pytest.raises(DataError, match=r"The data has ' weight', ' color'.*remove the spaces from the header"):
+        model.predict(path)
+    spaced = classification_frame.rename(columns={"weight": " weight"})
+    with pytest.raises(DataError, match=r"test data lacks the input column\(s\) \['weight'\].*The data has ' weight'"):
+        keel.fit(classification_frame, target="label", config=FAST, test=spaced, quiet=True)
+
+
+def test_blank_text_in_a_number_column_is_told_how_a_missing_number_is_written(trained_classifier,
+                                                                              classification_frame) -> None:
+    # The parity audit (s17): '' got "Fix or blank out the value", though it is blank already.
+    model, _ = trained_classifier
+    rows = classification_frame.drop(columns="label").head(3).astype({"weight": object})
+    rows.at[rows.index[0], "weight"] = ""
+    with pytest.raises(DataError, match="row 1 has the value ''.*None or NaN in a DataFrame, not blank text"):
+        model.predict(rows)
+
+
+def test_an_infinite_weight_is_not_told_to_be_left_empty() -> None:
+    # The parity audit (s17): the advice "leave the cells empty to have them filled" led to a second error, as
+    # empty weights are refused.
+    from keel.data.values import row_weights
+
+    with pytest.raises(DataError, match=r"row 2 has the value inf; .*Replace them with finite numbers\.$"):
+        row_weights(pd.Series([1.0, np.inf]), column="w")

@@ -13,7 +13,7 @@ import pandas as pd
 from keel.config import ImageConfig, PreprocessingConfig, TextConfig
 from keel.data.images import ImageTransform
 from keel.data.parallel import map_columns, workers_for
-from keel.data.schema import Schema
+from keel.data.schema import Schema, spaced_names
 from keel.data.text import TextTransform
 from keel.data.transforms import (
     TRANSFORMS,
@@ -227,7 +227,7 @@ class Preprocessor:
         if missing:
             raise DataError(
                 f"the data lacks the input column(s) {missing} that the model was trained on; "
-                "add them (empty values are allowed and filled as missing).",
+                f"add them (empty values are allowed and filled as missing).{spaced_names(missing, frame.columns)}",
                 file=source, column=missing[0],
             )
         if frame.attrs:  # pandas deep-copies attrs into every column it hands out: ~4 µs a column

@@ -179,6 +179,16 @@ def require_column(frame: pd.DataFrame, name: str, role: str) -> None:
     )
 
 
+def spaced_names(missing: list[str], columns: Collection[object]) -> str:
+    """For a missing-columns error: the table's columns that are missing ones with spaces around them (a CSV
+    header written ``a, b``), in a sentence, or ""."""
+    spaced = [str(column) for column in columns if str(column) != str(column).strip() and str(column).strip() in missing]
+    if not spaced:
+        return ""
+    return (f" The data has {', '.join(map(repr, spaced[:5]))}: the same name(s) with spaces around them (a CSV "
+            "header written 'a, b' keeps the space after each comma); remove the spaces from the header.")
+
+
 def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None = None,
                  exclude: Collection[str] = ()) -> Schema:
     """Decide each feature's type and the task, honouring whatever the config declares.

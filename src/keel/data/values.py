@@ -58,7 +58,7 @@ def to_numeric(series: pd.Series, *, column: str, source: str | None = None,
     values = _parsed(series, column, source, advice)
     is_infinite = np.isinf(values)
     if is_infinite.any():  # any() first: flatnonzero over a clean column costs ~10x more
-        raise _infinite(series, values, np.flatnonzero(is_infinite), column, source)
+        raise _infinite(series, values, np.flatnonzero(is_infinite), column, source, filled=advice == FEATURE_ADVICE)
     return values
 
 
@@ -229,22 +229,26 @@ def _parsed(series: pd.Series, column: str, source: str | None, advice: str = FE
     if unparsed.any():
         bad = np.flatnonzero(unparsed)
         row, value = _row_value(series, bad[0])
+        # A blank string is already blank: in a DataFrame a missing number is None or NaN, not "".
+        fix = ("A missing number is an empty cell in a file (no spaces) and None or NaN in a DataFrame, not blank "
+               "text: write it so" if isinstance(value, str)
+               and not value.strip() else f"Fix or blank out the value{'s' if len(bad) > 1 else ''}")
         raise DataError(
             f"column {column!r} holds numbers, but row {row} has the value {value!r} "
-            f"({len(bad)} such value(s) in all{_more_samples(series, bad)}). Fix or blank out the "
-            f"value{'s' if len(bad) > 1 else ''}, {advice}.",
+            f"({len(bad)} such value(s) in all{_more_samples(series, bad)}). {fix}, {advice}.",
             file=source, column=column, row=row,
         )
     return values
 
 
 def _infinite(series: pd.Series, values: np.ndarray, positions: np.ndarray, column: str,
-              source: str | None) -> DataError:
+              source: str | None, filled: bool = True) -> DataError:
+    """``filled``: a feature's empty cells are filled as missing; a weight's or a target's are not."""
     row = int(series.index[positions[0]]) + 1
     return DataError(
         f"column {column!r} row {row} has the value {values[positions[0]]}; keel needs finite numbers "
-        f"({len(positions)} infinite value(s) in all{_more_samples(series, positions, values)}). Replace them, "
-        "or leave the cells empty to have them filled as missing values.",
+        f"({len(positions)} infinite value(s) in all{_more_samples(series, positions, values)}). Replace them"
+        + (", or leave the cells empty to have them filled as missing values." if filled else " with finite numbers."),
         file=source, column=column, row=row,
     )
 

@@ -43,7 +43,15 @@ from keel.config import (
 from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_as_written, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder
-from keel.data.schema import Schema, declared_written, infer_schema, infer_target_task, require_column, written_columns
+from keel.data.schema import (
+    Schema,
+    declared_written,
+    infer_schema,
+    infer_target_task,
+    require_column,
+    spaced_names,
+    written_columns,
+)
 from keel.data.split import Split, fold_rows, split_rows
 from keel.data.text import TextTransform
 from keel.data.values import missing_values, row_weights, to_numeric
@@ -895,7 +903,8 @@ def _checked_test_frame(test_frame: pd.DataFrame, schema: Schema, target: Target
     if missing:
         raise DataError(
             f"the test data lacks the input column(s) {missing} that the model will be trained on; add them "
-            "(empty values are allowed) or drop them from the training data.", file=source, column=missing[0])
+            f"(empty values are allowed) or drop them from the training data.{spaced_names(missing, test_frame.columns)}",
+            file=source, column=missing[0])
     keep = ~missing_values(test_frame[schema.target])  # blank as the training data's targets are (_labelled)
     if not keep.all():
         notes.append(f"dropped {int((~keep).sum())} row(s) of the test data with a missing {schema.target!r}")

@@ -36,7 +36,15 @@ import torch
 from keel.config import Config, TrainingConfig, from_preset
 from keel.data.io import TableSize, read_chunks, read_table, table_size
 from keel.data.preprocess import Preprocessor, TargetEncoder
-from keel.data.schema import declared_task, declared_written, infer_schema, infer_task, require_column, written_columns
+from keel.data.schema import (
+    declared_task,
+    declared_written,
+    infer_schema,
+    infer_task,
+    require_column,
+    spaced_names,
+    written_columns,
+)
 from keel.data.values import category_strings, missing_values, row_weights
 from keel.errors import ConfigError, DataError
 from keel.evaluate.predictions import Predictions
@@ -666,7 +674,8 @@ def _write_test(test: Any, plan: Plan, text: list[str], preprocessor: Preprocess
             if missing:
                 raise DataError(
                     f"the test data lacks the input column(s) {missing} that the model is trained on; add them "
-                    "(empty values are allowed) or drop them from the training data.", file=source, column=missing[0])
+                    f"(empty values are allowed) or drop them from the training data."
+                    f"{spaced_names(missing, chunk.columns)}", file=source, column=missing[0])
             if training.weight_column is not None:
                 require_column(chunk, training.weight_column, "training.weight_column")
         _hash_rows(digest, chunk)
