@@ -303,3 +303,25 @@ def test_an_infinite_weight_is_not_told_to_be_left_empty() -> None:
 
     with pytest.raises(DataError, match=r"row 2 has the value inf; .*Replace them with finite numbers\.$"):
         row_weights(pd.Series([1.0, np.inf]), column="w")
+
+
+def test_the_rows_note_counts_the_test_rows_scored_not_the_unlabelled_ones(classification_frame) -> None:
+    # A new user's trial (s17): with --test, storms' note said "3908 for test" where 963 were scored.
+    test = make_classification_frame(60, seed=4)
+    test.loc[:24, "label"] = None
+    model = keel.fit(classification_frame, target="label", config={**FAST, "training.epochs": 1}, test=test,
+                     quiet=True, importance=False)
+    assert ", 35 for test (" in model.notes[0] and model.metrics["n_rows"] == 35
+    assert "dropped 25 row(s) of the test data with a missing 'label'" in model.notes
+
+
+def test_an_unseen_numeric_class_is_spelled_as_a_class_not_as_numpy_shows_it() -> None:
+    # A new user's trial (s17): "has the class np.float64(5.0), which the model never saw; it knows [1, 2, 3, 4]".
+    frame = make_classification_frame(150)
+    frame["label"] = frame["label"].map({"alpha": 1, "beta": 2, "gamma": 3})
+    model = keel.fit(frame, target="label", config={**FAST, "training.epochs": 1}, quiet=True, importance=False)
+    rows = frame.head(10).astype({"label": float})
+    rows.loc[3, "label"], rows.loc[4, "label"] = 5.0, np.nan  # blanks make pandas read the labels as floats
+    with pytest.raises(DataError, match=r"row 4 has the class 5, which the model never saw; it knows 1, 2, 3\. "
+                                        r"Evaluating, keep to rows of those classes"):
+        model.evaluate(rows)

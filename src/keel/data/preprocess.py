@@ -14,6 +14,7 @@ from keel.config import ImageConfig, PreprocessingConfig, TextConfig
 from keel.data.images import ImageTransform
 from keel.data.parallel import map_columns, workers_for
 from keel.data.schema import Schema, spaced_names
+from keel.data.spelling import canonical_category
 from keel.data.text import TextTransform
 from keel.data.transforms import (
     TRANSFORMS,
@@ -383,10 +384,14 @@ class TargetEncoder:
                     f"target column {self.name!r} row {target.index[position] + 1} has no class (it is blank); "
                     "give it one of the classes, or drop the row.",
                     file=source, column=self.name, row=int(target.index[position]) + 1)
+            value = target.iloc[position]
+            # 5, not np.float64(5.0): a label column with blanks is read as floats, its classes as integers.
+            shown = (canonical_category(value) if isinstance(value, (int, float, np.number))
+                     and not isinstance(value, (bool, np.bool_)) else repr(value))
             raise DataError(
                 f"target column {self.name!r} row {target.index[position] + 1} has the class "
-                f"{target.iloc[position]!r}, which the model never saw; it knows {self.labels}. "
-                "Evaluate on data with the trained classes only.",
+                f"{shown}, which the model never saw; it knows {', '.join(map(str, self.labels))}. Evaluating, keep to "
+                "rows of those classes; training with a test file, every test class must occur in the training data.",
                 file=source, column=self.name, row=int(target.index[position]) + 1,
             )
         return codes

@@ -357,6 +357,11 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
         if pd.api.types.is_float_dtype(series.dtype):  # an infinity: named now, with the other columns' problems
             to_numeric(present, column=name, source=source)
         return "number", ""
+    if n_unique == len(present) >= 20 and _ROW_NAME.fullmatch(name.strip()):
+        # R's rownames (a car's or a passenger's name) and a saved pandas index of labels: one per row, so they
+        # name rows rather than describe them, and would train as an id or as free text.
+        return None, ("row names (a unique label per row, in a column named as R and pandas name row labels); to "
+                      f"keep it, declare it in input_features as {{name: {name!r}, type: category}}")
     share = numeric_share(series)
     if share == 1.0:
         return "number", ""

@@ -870,7 +870,12 @@ def _order(frame: pd.DataFrame, training: TrainingConfig) -> np.ndarray | None:
 def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], networks: int, training: TrainingConfig,
                    n_unlabelled: int, test_frame: pd.DataFrame | None, training_target: str) -> str:
     """The run's first note: how many rows went where, and how they were split."""
-    n_test = len(split.test) if test_frame is None else len(test_frame)
+    if test_frame is None:
+        n_test = len(split.test)
+    elif training_target in test_frame.columns:  # the labelled ones: those scored (a note says the rest are dropped)
+        n_test = int((~missing_values(test_frame[training_target])).sum())
+    else:  # refused by _checked_test_frame next
+        n_test = len(test_frame)
     if training.order_by:
         how = f"the latest rows by {training.order_by!r} held out"
     elif training.split_by:

@@ -305,3 +305,17 @@ def test_row_numbers_are_dropped_by_their_name_and_a_year_is_kept(tmp_path) -> N
         assert infer_column_type(pd.Series(rng.permutation(50)), name, None)[0] is None, name
     for name in ("rows", "arrow", "x", "year"):
         assert infer_column_type(pd.Series(rng.permutation(80)[:50]), name, None)[0] == "number", name
+
+
+def test_row_names_of_text_are_dropped_by_their_name() -> None:
+    # A new user's trial on R tables (s17): TitanicSurvival's rownames (a passenger's name each) trained as free
+    # text, and mtcars' (a car's name each) as a category, without a note; ROC-AUC 0.781 against 0.787 without.
+    names = pd.Series([f"Allen, Miss. Elisabeth {index}" for index in range(60)])
+    kind, reason = infer_column_type(names, "rownames", None)
+    assert kind is None and reason.startswith("row names (a unique label per row")
+    assert "{name: 'rownames', type: category}" in reason
+    cars = pd.Series([f"Mazda RX{index}" for index in range(32)])
+    assert infer_column_type(cars, "rownames", None)[0] is None
+    assert infer_column_type(cars, "", None)[0] is None  # a saved pandas index of labels
+    assert infer_column_type(cars, "model", None)[0] == "category"  # another name: a feature as before
+    assert infer_column_type(pd.concat([cars, cars.head(1)]), "rownames", None)[0] == "category"  # repeats: no row names
