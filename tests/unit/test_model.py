@@ -279,7 +279,7 @@ def test_columns_missing_because_of_spaces_in_a_csv_header_are_named(trained_cla
     path = tmp_path / "spaced.csv"
     frame = classification_frame.head(5)
     path.write_text(", ".join(frame.columns) + "\n" + "\n".join(", ".join(map(str, row)) for row in frame.values))
-    with pytest.raises(DataError, match=r"The data has ' weight', ' color'.*remove the spaces from the header"):
+    with pytest.raises(DataError, match=r"The data has ' weight', ' color'.*remove the spaces \(in a DataFrame: df.columns = df.columns.str.strip\(\)\)"):
         model.predict(path)
     spaced = classification_frame.rename(columns={"weight": " weight"})
     with pytest.raises(DataError, match=r"test data lacks the input column\(s\) \['weight'\].*The data has ' weight'"):
@@ -325,3 +325,17 @@ def test_an_unseen_numeric_class_is_spelled_as_a_class_not_as_numpy_shows_it() -
     with pytest.raises(DataError, match=r"row 4 has the class 5, which the model never saw; it knows 1, 2, 3\. "
                                         r"Evaluating, keep to rows of those classes"):
         model.evaluate(rows)
+
+
+def test_messages_for_blank_weights_and_text_labels_fit_the_case() -> None:
+    # The audit of the repairs (s17): blank text in a weight column was told to be written as None (then refused
+    # as a missing weight); labels ' 1' and 'Austin, TX' lost the quotes that show their spaces and commas.
+    from keel.data.preprocess import TargetEncoder
+    from keel.data.values import row_weights
+
+    with pytest.raises(DataError, match=r"has the value ''.*Give it a number \(0 to leave a row out\), or name"):
+        row_weights(pd.Series([1.0, ""], dtype=object), column="w")
+    encoder = TargetEncoder("city", "multiclass")
+    encoder.fit(pd.Series([" 1", "Austin, TX", " 1"]))
+    with pytest.raises(DataError, match=r"has the class '1', which the model never saw; it knows ' 1', 'Austin, TX'\."):
+        encoder.encode(pd.Series(["1"]))

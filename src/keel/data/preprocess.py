@@ -386,11 +386,10 @@ class TargetEncoder:
                     file=source, column=self.name, row=int(target.index[position]) + 1)
             value = target.iloc[position]
             # 5, not np.float64(5.0): a label column with blanks is read as floats, its classes as integers.
-            shown = (canonical_category(value) if isinstance(value, (int, float, np.number))
-                     and not isinstance(value, (bool, np.bool_)) else repr(value))
+            shown = _label_shown(value)
             raise DataError(
                 f"target column {self.name!r} row {target.index[position] + 1} has the class "
-                f"{shown}, which the model never saw; it knows {', '.join(map(str, self.labels))}. Evaluating, keep to "
+                f"{shown}, which the model never saw; it knows {', '.join(map(_label_shown, self.labels))}. Evaluating, keep to "
                 "rows of those classes; training with a test file, every test class must occur in the training data.",
                 file=source, column=self.name, row=int(target.index[position]) + 1,
             )
@@ -459,3 +458,11 @@ def _natural_key(by_string: dict[str, Any]) -> Callable[[str], tuple[int, float,
             return (0, float(value), "")
         return (1, 0.0, string)
     return key
+
+
+def _label_shown(value: object) -> str:
+    """A class as a message shows it: numbers as the class they name (5, not np.float64(5.0)), text quoted (its
+    spaces and commas visible: ' 1' and 'Austin, TX')."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
+        return str(canonical_category(value))
+    return repr(value.item() if isinstance(value, np.generic) else value)

@@ -186,7 +186,8 @@ def spaced_names(missing: list[str], columns: Collection[object]) -> str:
     if not spaced:
         return ""
     return (f" The data has {', '.join(map(repr, spaced[:5]))}: the same name(s) with spaces around them (a CSV "
-            "header written 'a, b' keeps the space after each comma); remove the spaces from the header.")
+            "header written 'a, b' keeps the space after each comma); remove the spaces (in a DataFrame: "
+            "df.columns = df.columns.str.strip()).")
 
 
 def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None = None,
@@ -357,11 +358,6 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
         if pd.api.types.is_float_dtype(series.dtype):  # an infinity: named now, with the other columns' problems
             to_numeric(present, column=name, source=source)
         return "number", ""
-    if n_unique == len(present) >= 20 and _ROW_NAME.fullmatch(name.strip()):
-        # R's rownames (a car's or a passenger's name) and a saved pandas index of labels: one per row, so they
-        # name rows rather than describe them, and would train as an id or as free text.
-        return None, ("row names (a unique label per row, in a column named as R and pandas name row labels); to "
-                      f"keep it, declare it in input_features as {{name: {name!r}, type: category}}")
     share = numeric_share(series)
     if share == 1.0:
         return "number", ""
@@ -370,6 +366,12 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
     if _iso_share(present) >= _NUMERIC_WITH_TYPOS:  # dates with a typo (2022-13-01): say so, not a category
         to_seconds(series, column=name, source=source)  # raises, naming the bad rows, unless every one parses
         return "date", ""
+    if n_unique == len(present) >= 20 and _ROW_NAME.fullmatch(name.strip()):
+        # R's rownames (a car's or a passenger's name) and a saved pandas index of labels: one per row, so they
+        # name rows rather than describe them, and would train as an id or as free text. (Number and date text
+        # above stays a feature: a daily table saved with its index keeps its dates.)
+        return None, ("row names (a unique label per row, in a column named as R and pandas name row labels); to "
+                      f"keep it, declare it in input_features as {{name: {name!r}, type: category}}")
     return _text_type(present, present.nunique())
 
 

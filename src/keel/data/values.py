@@ -230,9 +230,13 @@ def _parsed(series: pd.Series, column: str, source: str | None, advice: str = FE
         bad = np.flatnonzero(unparsed)
         row, value = _row_value(series, bad[0])
         # A blank string is already blank: in a DataFrame a missing number is None or NaN, not "".
-        fix = ("A missing number is an empty cell in a file (no spaces) and None or NaN in a DataFrame, not blank "
-               "text: write it so" if isinstance(value, str)
-               and not value.strip() else f"Fix or blank out the value{'s' if len(bad) > 1 else ''}")
+        if advice == WEIGHT_ADVICE:  # a weight's blank cell is refused too: it needs a number (0 leaves the row out)
+            fix = f"Give {'them numbers' if len(bad) > 1 else 'it a number'} (0 to leave a row out)"
+        elif isinstance(value, str) and not value.strip():
+            fix = ("A missing number is an empty cell in a file (no spaces) and None or NaN in a DataFrame, not blank "
+                   "text: write it so")
+        else:
+            fix = f"Fix or blank out the value{'s' if len(bad) > 1 else ''}"
         raise DataError(
             f"column {column!r} holds numbers, but row {row} has the value {value!r} "
             f"({len(bad)} such value(s) in all{_more_samples(series, bad)}). {fix}, {advice}.",

@@ -319,3 +319,7 @@ def test_row_names_of_text_are_dropped_by_their_name() -> None:
     assert infer_column_type(cars, "", None)[0] is None  # a saved pandas index of labels
     assert infer_column_type(cars, "model", None)[0] == "category"  # another name: a feature as before
     assert infer_column_type(pd.concat([cars, cars.head(1)]), "rownames", None)[0] == "category"  # repeats: no row names
+    # A daily table saved with df.to_csv() and read back by pandas: its dates are the unnamed column, and stay one.
+    days = pd.Series(pd.date_range("2024-01-01", periods=40).strftime("%Y-%m-%d"))
+    assert infer_column_type(days, "Unnamed: 0", None)[0] == "date"
+    assert infer_column_type(pd.Series([f"{value / 7:.3f}" for value in range(40)]), "index", None)[0] == "number"
