@@ -115,7 +115,11 @@ def binary_roc_auc(positive: np.ndarray, score: np.ndarray, sample_weight: np.nd
     each pair counting with the product of its rows' weights when ``sample_weight`` is given."""
     if sample_weight is not None:
         return _weighted_roc_auc(positive, score, np.asarray(sample_weight, dtype=np.float64))
-    ranks = _average_ranks(score)
+    return ranked_roc_auc(positive, _average_ranks(score))
+
+
+def ranked_roc_auc(positive: np.ndarray, ranks: np.ndarray) -> float:
+    """ROC-AUC from the scores' 1-based average ranks (ties sharing theirs): one ranking then serves every class."""
     n_positive = int(positive.sum())
     n_negative = len(positive) - n_positive
     return float((ranks[positive].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))

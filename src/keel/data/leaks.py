@@ -1,0 +1,166 @@
+"""Columns that give the target away on their own (a leak): a note before training, not an error.
+
+A column computed from the target (birthwt's ``bwt`` beside ``low = bwt < 2500``, Wage's ``logwage`` beside
+``wage``) or known only after it trains a model that scores nearly perfectly and then fails on new rows, where the
+column is not there yet. Only permutation importance showed such a column before, after the whole training run.
+
+Each number, binary and category column is scored alone on a sample of the training rows: a number by how well
+its order alone ranks the target (ROC-AUC, or Spearman's correlation for a regression), and every column by a
+lookup of the target per value (numbers in quantile bins) learned on one half of the sample and scored on the
+other, so that an identifier, unique per row, scores nothing. A column at or above ``THRESHOLD`` gets a note.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from keel.data.values import category_strings, to_numeric
+from keel.evaluate.metrics import ranked_roc_auc
+
+# The score at or above which a column alone "predicts the target almost exactly". Chosen on data
+# (bench/leaks.py): on 30 real tables the highest honest column scored 0.979; the four leaks, 0.996 to 1.000.
+THRESHOLD = 0.99
+# Rows scored: enough for a stable score, few enough that a wide table pays well under a second.
+SAMPLE = 10_000
+# Fewer labelled rows (or rows where the column is present) than this score too noisily to say anything.
+MIN_ROWS = 50
+# Quantile bins of a number column in the lookup.
+BINS = 32
+
+
+def leak_notes(frame: pd.DataFrame, columns: Sequence[tuple[str, str]], target_name: str, target: np.ndarray,
+               task: str, *, seed: int) -> list[str]:
+    """A note for each column whose values alone predict the target almost exactly.
+
+    Args:
+        frame: The training rows (and only those), with the target's rows in the order of ``target``.
+        columns: (name, type) of the features: number, binary and category columns are checked.
+        target_name: The target column's name, for the notes.
+        target: Class indices (classification) or numbers (regression), one per row of ``frame``.
+        task: binary, multiclass or regression.
+        seed: Seed of the sample and of its halves.
+
+    Returns:
+        One note per such column, the strongest first.
+    """
+    target = np.asarray(target)
+    if len(target) < MIN_ROWS:
+        return []
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.permutation(len(target))[:SAMPLE])
+    y = target[sample]
+    regression = task == "regression"
+    halves = rng.permutation(len(sample)) % 2 == 0
+    found: list[tuple[float, str]] = []
+    for name, kind in columns:
+        if kind not in ("number", "binary", "category"):
+            continue
+        series = frame[name].iloc[sample]
+        if kind == "number":
+            score, how = _number_score(to_numeric(series, column=name).astype(np.float64), y, halves, regression)
+        else:
+            score, how = _lookup_score(_codes(series), y, halves, regression), _LOOKUP[regression]
+        if score is not None and score >= THRESHOLD:
+            found.append((score, _note(name, target_name, score, how, len(sample), len(sample) < len(target))))
+    return [note for _, note in sorted(found, key=lambda item: -item[0])]
+
+
+# How a score was reached -> the words for it in a note.
+_LOOKUP = {True: "R² of its per-value mean on held-out rows", False: "ROC-AUC of its per-value class shares on "
+           "held-out rows"}
+_RANK = {True: "Spearman's rank correlation", False: "ROC-AUC of its values"}
+
+
+def _note(name: str, target_name: str, score: float, how: str, n_rows: int, sampled: bool) -> str:
+    return (f"column {name!r} alone predicts the target {target_name!r} almost exactly ({how} {score:.3f}, on "
+            f"{n_rows:,} {'sampled ' if sampled else ''}training and validation rows): if it is computed from the target or known only after it (a leak), the "
+            "model will score well here and fail on new rows; remove the column from the data (or list the columns "
+            "to use in input_features). If it is a genuine input, ignore this note.")
+
+
+def _number_score(values: np.ndarray, y: np.ndarray, halves: np.ndarray,
+                  regression: bool) -> tuple[float | None, str]:
+    """The better of the rank score (present rows) and the binned lookup's, with the words for it."""
+    present = ~np.isnan(values)
+    rank = _rank_score(values[present], y[present], regression) if present.sum() >= MIN_ROWS else None
+    lookup = _lookup_score(_bins(values, halves), y, halves, regression)
+    if rank is not None and (lookup is None or rank >= lookup):
+        return rank, _RANK[regression]
+    return lookup, _LOOKUP[regression]
+
+
+def _rank_score(values: np.ndarray, y: np.ndarray, regression: bool) -> float | None:
+    """|Spearman| for a regression; for classes, the one-vs-rest ROC-AUC of the values (either direction)."""
+    ranks = _ranks(values)
+    if regression:
+        if np.ptp(values) == 0 or np.ptp(y) == 0:
+            return None
+        return abs(float(np.corrcoef(ranks, _ranks(y))[0, 1]))
+    areas = [_auc(y == k, ranks) for k in np.unique(y)]
+    valid = [max(area, 1.0 - area) for area in areas if area is not None]
+    # A number that orders one class from the rest is no leak of a multiclass target: every class must be told apart.
+    return min(valid) if len(valid) == len(areas) and len(areas) >= 2 else None
+
+
+def _lookup_score(codes: np.ndarray, y: np.ndarray, halves: np.ndarray, regression: bool) -> float | None:
+    """The target per code, learned on one half and scored on the other (codes unseen there get the overall mean)."""
+    learn, score = halves, ~halves
+    if score.sum() < MIN_ROWS // 2 or learn.sum() < MIN_ROWS // 2:
+        return None
+    n_codes = int(codes.max()) + 1
+    seen = np.bincount(codes[learn], minlength=n_codes)
+    if regression:
+        y = y.astype(np.float64)
+        mean = float(y[learn].mean())
+        sums = np.bincount(codes[learn], weights=y[learn], minlength=n_codes)
+        predicted = np.where(seen > 0, sums / np.maximum(seen, 1), mean)[codes[score]]
+        spread = float(((y[score] - y[score].mean()) ** 2).sum())
+        return None if spread == 0 else 1.0 - float(((y[score] - predicted) ** 2).sum()) / spread
+    classes = np.unique(y)
+    areas: list[float | None] = []
+    for k in (classes[1:] if len(classes) == 2 else classes):  # binary: the second class's area is the first's
+        positive = (y == k).astype(np.float64)
+        prior = float(positive[learn].mean())
+        hits = np.bincount(codes[learn], weights=positive[learn], minlength=n_codes)
+        share = (hits + prior) / (seen + 1.0)  # one pseudo-row at the prior: a value seen once is no certainty
+        areas.append(_auc(y[score] == k, _code_ranks(codes[score], share)))
+    known = [area for area in areas if area is not None]
+    # A class absent from the scored half: too little to say.
+    return float(np.mean(known)) if len(known) == len(areas) else None
+
+
+def _codes(series: pd.Series) -> np.ndarray:
+    """One integer per distinct canonical value, missing values one more."""
+    codes, _ = pd.factorize(pd.Series(category_strings(series), dtype=object), use_na_sentinel=False)
+    return codes.astype(np.int64)
+
+
+def _bins(values: np.ndarray, halves: np.ndarray) -> np.ndarray:
+    """Quantile bins of the learning half's values (missing values one more bin)."""
+    present = values[halves & ~np.isnan(values)]
+    if not len(present):
+        return np.zeros(len(values), dtype=np.int64)
+    edges = np.unique(np.quantile(present, np.linspace(0, 1, BINS + 1)[1:-1]))
+    codes = np.searchsorted(edges, values, side="right")
+    codes[np.isnan(values)] = len(edges) + 1
+    return codes.astype(np.int64)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    return pd.Series(values).rank(method="average").to_numpy()
+
+
+def _code_ranks(codes: np.ndarray, per_code: np.ndarray) -> np.ndarray:
+    """The average ranks of ``per_code[codes]``, from the few distinct codes rather than a sort of every row."""
+    distinct, group = np.unique(per_code, return_inverse=True)
+    sizes = np.bincount(group, weights=np.bincount(codes, minlength=len(per_code)), minlength=len(distinct))
+    average = np.cumsum(sizes) - (sizes - 1) / 2  # a group of c ties ending at rank e shares e - (c - 1) / 2
+    return average[group][codes]
+
+
+def _auc(positive: np.ndarray, ranks: np.ndarray) -> float | None:
+    """ROC-AUC from average ranks, None without both positives and negatives."""
+    return ranked_roc_auc(positive, ranks) if 0 < positive.sum() < len(positive) else None
