@@ -39,6 +39,7 @@ err = Console(stderr=True)
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 TrainingData = Annotated[Path, typer.Argument(help="Training data: CSV, Parquet or JSON Lines.")]
 Target = Annotated[Optional[str], typer.Option("--target", "-t", help="Column to predict.")]
+Drop = Annotated[Optional[list[str]], typer.Option("--drop", help="A column never to use as a feature, e.g. one that gives the target away (repeatable; adds to the config's drop_columns).")]
 SetKeys = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No notes and no progress bar.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
@@ -179,6 +180,7 @@ def train(
     target: Target = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")] = None,
     set_: SetKeys = None,
+    drop: Drop = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="fast, balanced (the default) or best: defaults for every key the config leaves unset.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory to write (default: a new runs/<data>-<time>/).")] = None,
     test: Annotated[Optional[Path], typer.Option("--test", help="Evaluate on this file instead of a held-out split.")] = None,
@@ -207,7 +209,7 @@ def train(
     from keel.train.checkpoint import output_lock
     from keel.train.pipeline import fit
 
-    settings = _settings(config, set_, seed, preset, time_limit)
+    settings = _settings(config, set_, seed, preset, time_limit, drop)
     nproc = _processes(backend, nproc, workers)
     if mlflow is not None:  # before any training: a missing extra or an unusable store must not cost one
         from keel.track.mlflow import check_store
@@ -275,14 +277,18 @@ def _processes(backend: str, nproc: int, workers: Optional[int]) -> int:
 
 
 def _settings(config: Optional[Path], set_: Optional[list[str]], seed: Optional[int], preset: Optional[str],
-              time_limit: Optional[float] = None) -> Any:
-    """The config file with --set, --seed, --preset and --time-limit laid over it."""
+              time_limit: Optional[float] = None, drop: Optional[list[str]] = None) -> Any:
+    """The config file with --set, --seed, --preset and --time-limit laid over it, and --drop added to its
+    drop_columns."""
     from keel.config import load_config
 
     overrides = list(set_ or []) + ([f"training.seed={seed}"] if seed is not None else [])
     overrides += [f"preset={preset}"] if preset is not None else []
     overrides += [f"training.time_limit={time_limit}"] if time_limit is not None else []
-    return load_config(config, overrides)
+    settings = load_config(config, overrides)
+    if drop:
+        settings = load_config(settings, {"drop_columns": [*(settings.drop_columns or []), *drop]})
+    return settings
 
 
 def _resumed_output(resume: str, output: Optional[Path], data: Path) -> Path:
@@ -454,6 +460,7 @@ def tune(
     target: Target = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (fixed settings, and tune.space for the search space).")] = None,
     set_: SetKeys = None,
+    drop: Drop = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="fast, balanced (the default) or best: what each trial starts from.")] = None,
     trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials the study should hold (a resumed study runs only the missing ones).")] = 20,
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Start no trial after this many seconds.")] = None,
@@ -474,7 +481,7 @@ def tune(
     from keel.search import tune as run_tune
     from keel.train.checkpoint import output_lock
 
-    settings = _settings(config, set_, seed, preset)
+    settings = _settings(config, set_, seed, preset, drop=drop)
     reporter = RichReporter(err, quiet=quiet or as_json)
     with _destination(output, data) as destination, output_lock(destination):
         model, result = run_tune(str(data), target=target, config=settings, trials=trials, time_limit=time_limit,

@@ -589,6 +589,8 @@ class Config(_Section):
     input_features: list[InputFeature] | None = Field(
         None, description="The columns to use and their types; empty to use and infer all."
     )
+    drop_columns: list[str] | None = Field(
+        None, description="Columns never to use as features (--drop), e.g. one that gives the target away.")
     preprocessing: PreprocessingConfig = Field(
         default_factory=PreprocessingConfig, description="Missing values, scaling, category encoding.")
     text: TextConfig = Field(default_factory=TextConfig, description="Text columns: encoder and projection.")
@@ -695,7 +697,18 @@ def validate_config(tree: Mapping[str, Any]) -> Config:
         # Listed, it was trained on as a number feature without a word (the README says "never a feature").
         raise ConfigError(f"training.weight_column {weight!r} is also listed in input_features: a row's weight says "
                           "how much the row counts, never something to predict from. Remove it from input_features.")
+    _check_drop_columns(config)
     return config
+
+
+def _check_drop_columns(config: Config) -> None:
+    """drop_columns names no column that input_features lists (the target is checked with the data, as --target
+    may name it later)."""
+    dropped = config.drop_columns or []
+    listed = sorted({feature.name for feature in config.input_features or []} & set(dropped))
+    if listed:
+        raise ConfigError(f"drop_columns lists {listed} that input_features also lists: a column is used or dropped, "
+                          "not both. Remove it from one of them.")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

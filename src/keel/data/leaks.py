@@ -12,6 +12,8 @@ other, so that an identifier, unique per row, scores nothing. A column at or abo
 
 from __future__ import annotations
 
+import json
+import shlex
 from typing import Sequence
 
 import numpy as np
@@ -76,9 +78,9 @@ _RANK = {True: "Spearman's rank correlation", False: "ROC-AUC of its values"}
 
 def _note(name: str, target_name: str, score: float, how: str, n_rows: int, sampled: bool) -> str:
     return (f"column {name!r} alone predicts the target {target_name!r} almost exactly ({how} {score:.3f}, on "
-            f"{n_rows:,} {'sampled ' if sampled else ''}training and validation rows): if it is computed from the target or known only after it (a leak), the "
-            "model will score well here and fail on new rows; remove the column from the data (or list the columns "
-            "to use in input_features). If it is a genuine input, ignore this note.")
+            f"{n_rows:,} {'sampled ' if sampled else ''}training and validation rows): if it is computed from the "
+            "target or known only after it (a leak), the model will score well here and fail on new rows; drop it "
+            f"(--drop {shlex.quote(name)}, or drop_columns: [{json.dumps(name)}] in the config). If it is a genuine input, ignore this note.")
 
 
 def _number_score(values: np.ndarray, y: np.ndarray, halves: np.ndarray,

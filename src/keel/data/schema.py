@@ -217,11 +217,19 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
     require_column(frame, config.target, "target")
     task = infer_task(frame[config.target], config.target, declared_task(config), source)
     features: list[Feature] = []
-    dropped: dict[str, str] = {}
+    dropped: dict[str, str] = {name: "drop_columns lists it" for name in config.drop_columns or []
+                               if name in frame.columns and name not in exclude}
     # The target's entry declares how its labels are read, not a feature: the other entries are the features,
     # or every column when there are none.
     declared = {item.name: item.type for item in config.input_features or [] if item.name != config.target}
-    names = list(declared) if declared else [c for c in frame.columns if c != config.target and c not in exclude]
+    dropping = list(dict.fromkeys(config.drop_columns or []))
+    if config.target in dropping:
+        raise ConfigError(f"drop_columns lists the target {config.target!r}; the target is never a feature. Remove "
+                          "it from drop_columns (--drop), or choose another target.")
+    for name in dropping:  # a misspelt name would keep the column it meant to drop
+        require_column(frame, name, "drop_columns")
+    names = list(declared) if declared else [c for c in frame.columns
+                                             if c != config.target and c not in exclude and c not in dropping]
     for name in names:
         require_column(frame, name, "input feature")
 
