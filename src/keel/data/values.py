@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from keel.data.parallel import map_columns
-from keel.data.spelling import canonical_category, lone_surrogate_at
+from keel.data.spelling import ONE_VALUE, canonical_category, lone_surrogate_at, wrong_type
 from keel.errors import DataError
 
 
@@ -401,10 +401,7 @@ def _check_scalars(values: np.ndarray, series: pd.Series) -> None:
             continue
         if isinstance(value, (list, dict, set, frozenset)) or bool(getattr(value, "ndim", 0)):
             row, _ = _row_value(series, position)
-            raise DataError(
-                f"column {series.name!r} row {row} holds a value of type {type(value).__name__} "
-                f"({repr(value)[:40]}) where one value is expected: a string, a number, a bool or None.",
-                column=str(series.name), row=row)
+            raise wrong_type(value, str(series.name), row, ONE_VALUE)
 
 
 def _check_text(spelled: np.ndarray, missing: np.ndarray, series: pd.Series) -> None:
