@@ -26,7 +26,6 @@ from keel.data.values import (
     numeric_share,
     to_numeric,
     to_seconds,
-    written_dates,
 )
 from keel.errors import ConfigError, DataError
 
@@ -248,9 +247,8 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
             return infer_column_type(series, name, source)
         if kind == "number":
             to_numeric(series, column=name, source=source)  # fail now, naming the bad row
-        elif kind == "date":
-            _check_not_years(series, name, source)
-            to_seconds(series, column=name, source=source)
+        elif kind == "date":  # fail now, naming the bad rows, or the years (2010) that would be seconds of 1970
+            to_seconds(series, column=name, source=source, declared=True)
         return kind, ""
 
     subset = rows is not None and len(rows) != len(frame)
@@ -416,23 +414,6 @@ def _iso_share(present: pd.Series) -> float:
     """The share of values that are ISO 8601 dates (as text), on at most 10,000 of them."""
     sample = present if len(present) <= 10_000 else present.sample(10_000, random_state=0)
     return float(sample.astype(str).str.fullmatch(ISO_DATE.pattern).mean())
-
-
-def _check_not_years(series: pd.Series, name: str, source: str | None) -> None:
-    """A declared date column of whole numbers from 1000 to 9999 is years (and of 20100101-like ones, dates
-    without dashes), which keel would read as seconds since 1970: refuse it rather than learn from 1970-01-01
-    00:33 (:func:`keel.data.values.written_dates`)."""
-    if not is_numeric(series):
-        return
-    values = to_numeric(series, column=name, source=source)
-    kind = written_dates(values)
-    if kind:
-        present = values[~np.isnan(values)]
-        raise DataError(
-            f"column {name!r} is declared a date but holds whole numbers from {present.min():.0f} to "
-            f"{present.max():.0f}, {kind} by the look of them; numbers in a date column are seconds since "
-            "1970-01-01 UTC. Declare the column a number, or write the dates out (2010-01-01).",
-            file=source, column=name)
 
 
 def _declared_category_type(present: pd.Series) -> tuple[ColumnType | None, str]:

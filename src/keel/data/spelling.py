@@ -24,6 +24,9 @@ The rule, for one value:
 This module imports neither NumPy, pandas nor torch: the server and ONNX clients apply the same
 rule to request values. A NumPy scalar is recognised by its ``dtype`` attribute; NumPy is then
 already loaded, and its ``str`` gives the shortest round-trip digits in the scalar's own precision.
+
+The messages both sides give about a value (:func:`quoted`, :func:`wrong_type`) live here too, for the same reason:
+keel.data and the torch- and pandas-free keel.runtime both import this module, and word them alike.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import re
 import struct
 from decimal import Decimal
 from typing import Iterable
+
+from keel.errors import DataError
 
 # Integral floats up to this magnitude are spelled as integers: every integer in this range is
 # exactly a float64, so "3" and 3.0 name one value. Beyond it the float's repr is used ("1e+20").
@@ -124,6 +129,42 @@ def lone_surrogate_at(strings: Iterable[str]) -> int | None:
     if joined.isascii() or not LONE_SURROGATE.search(joined):
         return None
     return next(index for index, value in enumerate(strings) if LONE_SURROGATE.search(value))
+
+
+# A value whose repr is longer than this is cut in a message (a list of a thousand values is not quoted whole).
+_SHOWN = 60
+
+
+def quoted(value: object) -> str:
+    """A value as a message quotes it: its repr, cut to 60 characters and ``...`` where longer.
+
+    Example:
+        >>> quoted("red")
+        "'red'"
+        >>> quoted(list(range(30)))
+        '[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 1...'
+    """
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+
+
+# What a category, binary or text cell takes, as wrong_type says it.
+ONE_VALUE = "a string, a number, a bool or None"
+
+
+def wrong_type(value: object, column: str, row: int, expected: str) -> DataError:
+    """The error for a cell of a type the column cannot hold (a list where one value is expected), worded alike by
+    keel.data (a DataFrame's cell) and keel.runtime (a record's value).
+
+    Args:
+        value: The cell.
+        column: The column's name.
+        row: The 1-based row.
+        expected: What the column takes, as a phrase (:data:`ONE_VALUE`, for a category).
+    """
+    return DataError(
+        f"column {column!r} row {row} holds a value of type {type(value).__name__} ({quoted(value)}) where one value "
+        f"is expected: {expected}.", column=column, row=row)
 
 
 def canonical_category(value: object) -> str | None:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from keel.data.parallel import map_columns
-from keel.data.spelling import canonical_category, lone_surrogate_at
+from keel.data.spelling import ONE_VALUE, canonical_category, lone_surrogate_at, wrong_type
 from keel.errors import DataError
 
 
@@ -86,7 +86,8 @@ _EPOCH = np.datetime64(0, "s")
 _ONE_SECOND = np.timedelta64(1, "s")
 
 
-def to_seconds(series: pd.Series, *, column: str, source: str | None = None, digits: bool = True) -> np.ndarray:
+def to_seconds(series: pd.Series, *, column: str, source: str | None = None, digits: bool = True,
+               declared: bool = False) -> np.ndarray:
     """Convert a date column to float64 seconds since 1970-01-01 UTC, NaN for missing values.
 
     Naive datetimes and ISO 8601 text without an offset are taken as UTC; tz-aware ones (and text
@@ -96,7 +97,9 @@ def to_seconds(series: pd.Series, *, column: str, source: str | None = None, dig
     and NumPy datetimes are read as their own dates.
 
     ``digits``: refuse a column of whole numbers that are all years or all YYYYMMDD (:func:`written_dates`), which
-    as seconds would all fall in 1970; a model whose training dates reach into 1970 passes False.
+    as seconds would all fall in 1970; a model whose training dates reach into 1970 passes False. ``declared``: the
+    column is one the training config declares a date (:func:`keel.data.schema.infer_schema`), which the refusal
+    says, offering to declare it a number instead.
 
     Raises:
         DataError: Values that are no date (text that is not ISO 8601, a bool, an infinity); the
@@ -116,15 +119,7 @@ def to_seconds(series: pd.Series, *, column: str, source: str | None = None, dig
         seconds = to_numeric(series, column=column, source=source).astype(np.float64, copy=False)
         kind = written_dates(seconds) if digits else None
         if kind:
-            # A CSV's 2023 or 20231106 comes as a number (pandas reads digits so), and as seconds it would be
-            # a moment of 1970: the same text a DataFrame, Parquet or JSON gives as a string is its own date.
-            given = seconds[~np.isnan(seconds)]
-            raise DataError(
-                f"column {column!r} holds dates, but as whole numbers from {given.min():.0f} to {given.max():.0f}, "
-                f"{kind} by the look of them; numbers in a date column are seconds since 1970-01-01 UTC, and these "
-                "would all fall in 1970. Write the dates out (2023-11-06); from a DataFrame, strings like '20231106' "
-                "are read as dates too.",
-                file=source, column=column)
+            raise _written_dates_error(seconds, kind, column, source, declared)
         return seconds
     if pd.api.types.is_bool_dtype(dtype):
         present = np.flatnonzero(series.notna().to_numpy())
@@ -149,6 +144,23 @@ def written_dates(values: np.ndarray) -> str | None:
         if np.all((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)):
             return "dates written without dashes (20231106)"
     return None
+
+
+def _written_dates_error(seconds: np.ndarray, kind: str, column: str, source: str | None,
+                         declared: bool) -> DataError:
+    """The refusal of a date column of numbers that are dates written as digits (``kind``, from written_dates), at
+    training (``declared``: the config declares the column a date, and could declare it a number) and at prediction.
+    """
+    # A CSV's 2023 or 20231106 comes as a number (pandas reads digits so), and as seconds it would be a moment of
+    # 1970: the same text a DataFrame, Parquet or JSON gives as a string is its own date.
+    given = seconds[~np.isnan(seconds)]
+    holds = "is declared a date but holds" if declared else "holds dates, but as"
+    fix = "Declare the column a number, or write the dates out" if declared else "Write the dates out"
+    return DataError(
+        f"column {column!r} {holds} whole numbers from {given.min():.0f} to {given.max():.0f}, {kind} by the look of "
+        "them; numbers in a date column are seconds since 1970-01-01 UTC, and these would all fall in 1970. "
+        f"{fix} (2023-11-06); from a DataFrame, strings like '20231106' are read as dates too.",
+        file=source, column=column)
 
 
 def _object_seconds(series: pd.Series, column: str, source: str | None) -> np.ndarray:
@@ -401,10 +413,7 @@ def _check_scalars(values: np.ndarray, series: pd.Series) -> None:
             continue
         if isinstance(value, (list, dict, set, frozenset)) or bool(getattr(value, "ndim", 0)):
             row, _ = _row_value(series, position)
-            raise DataError(
-                f"column {series.name!r} row {row} holds a value of type {type(value).__name__} "
-                f"({repr(value)[:40]}) where one value is expected: a string, a number, a bool or None.",
-                column=str(series.name), row=row)
+            raise wrong_type(value, str(series.name), row, ONE_VALUE)
 
 
 def _check_text(spelled: np.ndarray, missing: np.ndarray, series: pd.Series) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from keel.data.pixels import PixelSpec, raise_all, resolved
-from keel.data.spelling import LONE_SURROGATE, canonical_category, lone_surrogate_at
+from keel.data.spelling import LONE_SURROGATE, ONE_VALUE, canonical_category, lone_surrogate_at, quoted, wrong_type
 from keel.data.words import term_ids
 from keel.errors import ConfigError, DataError
 
@@ -53,8 +53,6 @@ _MISSING_TYPES = frozenset({"NAType", "NaTType"})
 _PLAIN_NUMBERS = frozenset({float, int, bool, type(None)})
 # Values that hold several values: never one cell.
 _CONTAINERS = (Mapping, list, tuple, set, frozenset)
-# A list longer than this is not quoted whole in a message.
-_SHOWN = 60
 # The date forms pandas' ISO 8601 parser takes and datetime.fromisoformat does not: a year, a year
 # and month, and months and days of one digit (2024-2-9).
 _SHORT_DATE = re.compile(r"(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?")
@@ -191,7 +189,7 @@ def _one_image(value: Any, column: str, row: int, spec: PixelSpec) -> np.ndarray
     found = file_source(value)
     if found is None:
         raise DataError(f"image column {column!r} row {row} holds a value of type {type(value).__name__} "
-                        f"({_quote(value)}); an image is a file's bytes, a file path, an array of pixels, a Pillow "
+                        f"({quoted(value)}); an image is a file's bytes, a file path, an array of pixels, a Pillow "
                         "image, or None (null in JSON) when missing.", column=column, row=row)
     shown = f"{len(found):,} bytes" if isinstance(found, bytes) else repr(str(value))
     try:
@@ -309,7 +307,7 @@ def _column_feeds(data: Mapping[Any, Any], columns: Sequence[InputColumn]) -> di
         values = data[column.name]
         if not _is_sequence(values):
             raise DataError(
-                f"column {column.name!r} holds the single value {_quote(values)} where column {first!r} holds a "
+                f"column {column.name!r} holds the single value {quoted(values)} where column {first!r} holds a "
                 f"list; pass every column as a list (one value per row), or every column as one value (one row).",
                 column=column.name)
         if length < 0:
@@ -330,7 +328,7 @@ def _rows_feeds(rows: Sequence[Any], columns: Sequence[InputColumn]) -> tuple[di
     for position, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise DataError(
-                f"row {position + 1} is of type {type(row).__name__} ({_quote(row)}); a list of rows needs one dict of "
+                f"row {position + 1} is of type {type(row).__name__} ({quoted(row)}); a list of rows needs one dict of "
                 "column -> value per row.", row=position + 1)
     feeds = {}
     for column in columns:
@@ -480,7 +478,7 @@ def to_number(value: Any, column: str, row: int) -> float:
     elif isinstance(value, bytes):
         return to_number(value.decode("utf-8", errors="replace"), column, row)
     else:
-        raise _wrong_type(value, column, row, "a number, a numeric string or None (null in JSON)")
+        raise wrong_type(value, column, row, "a number, a numeric string or None (null in JSON)")
     if math.isinf(number):
         raise DataError(
             f"column {column!r} row {row} has the value {number}; keel needs finite numbers. Replace it, or pass None "
@@ -516,13 +514,13 @@ def to_seconds(value: Any, column: str, row: int) -> float:
     if isinstance(value, np.datetime64):
         return math.nan if np.isnat(value) else float((value - _EPOCH64) / _ONE_SECOND)
     if isinstance(value, (bool, np.bool_)):
-        raise _wrong_type(value, column, row, _DATE_EXPECTED)
+        raise wrong_type(value, column, row, _DATE_EXPECTED)
     if isinstance(value, bytes):
         return to_seconds(value.decode("utf-8", errors="replace"), column, row)
     if isinstance(value, (int, float, Decimal)) or (
             getattr(value, "ndim", None) == 0 and getattr(getattr(value, "dtype", None), "kind", "") in "iuf"):
         return to_number(value, column, row)
-    raise _wrong_type(value, column, row, _DATE_EXPECTED)
+    raise wrong_type(value, column, row, _DATE_EXPECTED)
 
 
 _DATE_EXPECTED = "a date (ISO 8601 text, a datetime, or seconds since 1970-01-01 UTC), or None (null in JSON)"
@@ -537,7 +535,7 @@ def _iso_seconds(text: str, value: str, column: str, row: int) -> float:
         moment = _short_date(text)
         if moment is None:
             raise DataError(
-                f"column {column!r} holds dates, but row {row} has the value {_quote(value)}, which is no ISO 8601 "
+                f"column {column!r} holds dates, but row {row} has the value {quoted(value)}, which is no ISO 8601 "
                 "date. Pass ISO 8601 text (2024-02-29, or 2024-02-29T13:45:00 with Z or +01:00 for a time zone), a "
                 "datetime, seconds since 1970-01-01 UTC, or None (null in JSON) for a missing value.", column=column, row=row) from None
     if moment.tzinfo is None:
@@ -576,7 +574,7 @@ def to_string(value: Any, column: str, row: int) -> str:
     if type(value) is str:
         spelled = value
     elif isinstance(value, _CONTAINERS) or getattr(value, "ndim", 0) != 0:
-        raise _wrong_type(value, column, row, "a string, a number, a bool or None")
+        raise wrong_type(value, column, row, ONE_VALUE)
     else:
         spelled = canonical_category(value) or ""
     if not spelled.isascii() and LONE_SURROGATE.search(spelled):  # isascii() is O(1): the common case costs nothing
@@ -647,7 +645,7 @@ def _empty() -> DataError:
 
 def _not_a_number(value: Any, column: str, row: int) -> DataError:
     return DataError(
-        f"column {column!r} holds numbers, but row {row} has the value {_quote(value)}. Pass a number or a numeric "
+        f"column {column!r} holds numbers, but row {row} has the value {quoted(value)}. Pass a number or a numeric "
         "string, or None for a missing value.", column=column, row=row)
 
 
@@ -655,18 +653,6 @@ def _not_unicode(value: str, column: str, row: int) -> DataError:
     match = LONE_SURROGATE.search(value)
     where = f" ({match.group()!r} at position {match.start()})" if match else ""
     return DataError(
-        f"column {column!r} row {row} holds {_quote(value)}, which is not valid Unicode text: it has a lone UTF-16 "
+        f"column {column!r} row {row} holds {quoted(value)}, which is not valid Unicode text: it has a lone UTF-16 "
         f"surrogate{where}, which no UTF-8 text can hold; send UTF-8 (in JSON, an escape such as \\ud83d must be "
         "followed by its low half, such as \\ude00).", column=column, row=row)
-
-
-def _wrong_type(value: Any, column: str, row: int, expected: str) -> DataError:
-    return DataError(
-        f"column {column!r} row {row} holds a value of type {type(value).__name__} ({_quote(value)}) where one value "
-        f"is expected: "
-        f"{expected}.", column=column, row=row)
-
-
-def _quote(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."

@@ -354,16 +354,19 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
                           rows=np.sort(np.concatenate([split.train, split.validation])), exclude=special)
     networks = _networks(settings, split, schema, groups)
     bags = _bags(split, networks, training, rows.classes, groups, from_preset(settings, "training", "bagging"))
-    notes.append(_describe_rows(split, bags, networks, training, rows.n_unlabelled, test_frame, rows.target.name))
+    # The test data's rows with a target, found once: the rows note counts them, _checked_test_frame drops the rest.
+    test_labelled = None if test_frame is None else _labelled_test_rows(test_frame, rows.target.name)
+    notes.append(_describe_rows(split, bags, networks, training, rows.n_unlabelled, test_labelled, rows.target.name))
     for name, reason in schema.dropped.items():
         notes.append(f"dropped column {name!r}: {reason}")
     for note in schema.notes:
         notes.append(note)
     for note in _leaks(frame, schema, rows, np.concatenate([split.train, split.validation]), training.seed):
         notes.append(note)
-    if test_frame is not None:  # read before the schema: its columns the model reads as written, so
-        test_frame = _checked_test_frame(read_as_written(test_frame, written_columns(schema)), schema, rows.target,
-                                         training, notes)
+    # The test data was read before the schema: the columns the model reads as written are read so now.
+    if test_frame is not None and test_labelled is not None:
+        test_frame = _checked_test_frame(read_as_written(test_frame, written_columns(schema)), test_labelled,
+                                         schema, rows.target, training, notes)
     target = rows.target
     fitted_rows = np.sort(np.concatenate(bags[0])) if len(bags) > 1 else split.train
     if schema.task == "regression":
@@ -880,14 +883,11 @@ def _order(frame: pd.DataFrame, training: TrainingConfig) -> np.ndarray | None:
 
 
 def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], networks: int, training: TrainingConfig,
-                   n_unlabelled: int, test_frame: pd.DataFrame | None, training_target: str) -> str:
-    """The run's first note: how many rows went where, and how they were split."""
-    if test_frame is None:
-        n_test = len(split.test)
-    elif training_target in test_frame.columns:  # the labelled ones: those scored (a note says the rest are dropped)
-        n_test = int((~missing_values(test_frame[training_target])).sum())
-    else:  # refused by _checked_test_frame next
-        n_test = len(test_frame)
+                   n_unlabelled: int, test_labelled: np.ndarray | None, training_target: str) -> str:
+    """The run's first note: how many rows went where, and how they were split; ``test_labelled`` marks the test
+    data's rows with a target (:func:`_labelled_test_rows`), None without test data."""
+    # The test data's labelled rows are those scored (a note says the rest are dropped).
+    n_test = len(split.test) if test_labelled is None else int(test_labelled.sum())
     if training.order_by:
         how = f"the latest rows by {training.order_by!r} held out"
     elif training.split_by:
@@ -895,7 +895,7 @@ def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], netw
     else:
         how = "a random split" + (", stratified by class" if split.stratified else "")  # bagged folds too (fold_rows)
     text = (f"rows: {len(split.train)} for training, {len(split.validation)} for validation, {n_test} for test "
-            f"({how}{'; test rows from the test data' if test_frame is not None else ''})")
+            f"({how}{'; test rows from the test data' if test_labelled is not None else ''})")
     if len(bags) > 1:
         pool = len(split.train) + len(split.validation)
         limited = training.time_limit is not None  # the limit may allow fewer: a note after training says
@@ -911,9 +911,18 @@ def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], netw
     return text
 
 
-def _checked_test_frame(test_frame: pd.DataFrame, schema: Schema, target: TargetEncoder,
+def _labelled_test_rows(test_frame: pd.DataFrame, target: str) -> np.ndarray:
+    """True on the test data's rows with a target, blank as the training data's targets are (_labelled); every row
+    where it lacks the target column, which _checked_test_frame refuses."""
+    if target not in test_frame.columns:
+        return np.ones(len(test_frame), dtype=bool)
+    return ~missing_values(test_frame[target])
+
+
+def _checked_test_frame(test_frame: pd.DataFrame, labelled: np.ndarray, schema: Schema, target: TargetEncoder,
                         training: TrainingConfig, notes: Notes) -> pd.DataFrame:
-    """The test rows, checked before any training: columns present, classes known, target present."""
+    """The test rows, checked before any training: columns present, classes known, target present (``labelled``,
+    from :func:`_labelled_test_rows`: the others are dropped)."""
     source = test_frame.attrs.get("source")
     require_column(test_frame, schema.target, "target")
     missing = [name for name in schema.feature_names if name not in test_frame.columns]
@@ -922,10 +931,9 @@ def _checked_test_frame(test_frame: pd.DataFrame, schema: Schema, target: Target
             f"the test data lacks the input column(s) {missing} that the model will be trained on; add them "
             f"(empty values are allowed) or drop them from the training data.{spaced_names(missing, test_frame.columns)}",
             file=source, column=missing[0])
-    keep = ~missing_values(test_frame[schema.target])  # blank as the training data's targets are (_labelled)
-    if not keep.all():
-        notes.append(f"dropped {int((~keep).sum())} row(s) of the test data with a missing {schema.target!r}")
-        test_frame = test_frame[keep]
+    if not labelled.all():
+        notes.append(f"dropped {int((~labelled).sum())} row(s) of the test data with a missing {schema.target!r}")
+        test_frame = test_frame[labelled]
     if not len(test_frame):
         raise DataError(f"the test data has no row with a {schema.target!r}: every value of the target is missing, "
                         "so there is nothing to score. Pass labelled rows as the test data, or leave it out and "

@@ -226,3 +226,46 @@ def test_a_model_with_a_date_trains_saves_loads_and_predicts(tmp_path) -> None:
     np.testing.assert_array_equal(loaded.predict_proba(text), model.predict_proba(frame))
     future = frame.head(3).assign(when=pd.to_datetime(["2100-01-01", "2262-01-01", None]))
     assert np.isfinite(loaded.predict_proba(future)).all()
+
+
+@pytest.mark.parametrize("numbers, kind", [([2010, 2015, 2023], "years"),
+                                           ([20100101, 20150615, 20231106], "without dashes")])
+def test_digit_dates_are_refused_in_one_sentence_at_training_and_at_prediction(numbers, kind) -> None:
+    # The s18 re-read: training's refusal (a declared date column) was a near-copy of prediction's, without "these
+    # would all fall in 1970" or the DataFrame advice; one function words both now, training's offering a number.
+    frame = pd.DataFrame({"when": numbers * 20, "y": [0.0, 1.0, 2.0] * 20})
+    config = load_config({"target": "y", "input_features": [{"name": "when", "type": "date"}]})
+    with pytest.raises(DataError) as training:
+        infer_schema(frame, config)
+    with pytest.raises(DataError) as prediction:
+        to_seconds(frame["when"], column="when")
+    low, high = min(numbers), max(numbers)
+    said = str(training.value)
+    assert said.startswith(f"column 'when' is declared a date but holds whole numbers from {low} to {high}, ")
+    assert str(prediction.value).startswith(f"column 'when' holds dates, but as whole numbers from {low} to {high}, ")
+    for message in (said, str(prediction.value)):
+        assert kind in message and "seconds since 1970-01-01 UTC, and these would all fall in 1970." in message
+        assert message.endswith("(2023-11-06); from a DataFrame, strings like '20231106' are read as dates too.")
+    assert "Declare the column a number, or write the dates out" in said
+    assert "Declare" not in str(prediction.value) and training.value.column == prediction.value.column == "when"
+
+
+def test_a_declared_date_column_of_numbers_is_checked_once_at_training(monkeypatch) -> None:
+    # The s18 re-read: infer_schema converted such a column and looked for years twice (its own check, then
+    # to_seconds'); one pass now.
+    import keel.data.schema
+    import keel.data.values
+
+    calls: list[int] = []
+    original = keel.data.values.written_dates
+
+    def counted(values: np.ndarray) -> str | None:
+        calls.append(len(values))
+        return original(values)
+
+    monkeypatch.setattr(keel.data.values, "written_dates", counted)
+    monkeypatch.setattr(keel.data.schema, "written_dates", counted, raising=False)  # where the old code had it
+    seconds = LEAP_DAY + 86_400.0 * np.arange(60)
+    frame = pd.DataFrame({"when": seconds, "y": np.arange(60) % 3 * 1.0})
+    schema = infer_schema(frame, load_config({"target": "y", "input_features": [{"name": "when", "type": "date"}]}))
+    assert [f.type for f in schema.features] == ["date"] and calls == [60]

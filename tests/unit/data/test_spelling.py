@@ -135,3 +135,18 @@ def test_a_lone_surrogate_is_a_data_error_naming_column_and_row(values) -> None:
         category_strings(series)
     assert (caught.value.column, caught.value.row) == ("city", 3)
     assert category_strings(pd.Series(["ok", "\U0001f600"], dtype=object)).tolist() == ["ok", "\U0001f600"]
+
+
+@pytest.mark.parametrize("cell", [list(range(30)), {"colour": "red" * 30}, np.arange(40), ["red"]])
+def test_a_container_cell_is_refused_in_the_same_words_from_a_frame_and_from_a_record(cell) -> None:
+    # The s18 re-read: keel.data wrote its own copy of the runtime's sentence, quoting the value cut at 40
+    # characters without a mark where the runtime cut at 60 with "...": one function words both now.
+    from keel.errors import DataError
+    from keel.runtime.inputs import to_string
+
+    with pytest.raises(DataError) as from_frame:
+        category_strings(pd.Series(["red", cell], dtype=object, name="colour"))
+    with pytest.raises(DataError) as from_record:
+        to_string(cell, "colour", 2)
+    assert str(from_frame.value) == str(from_record.value)
+    assert str(from_frame.value).startswith(f"column 'colour' row 2 holds a value of type {type(cell).__name__} (")
