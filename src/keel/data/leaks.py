@@ -29,21 +29,30 @@ THRESHOLD = 0.99
 SAMPLE = 10_000
 # Fewer labelled rows (or rows where the column is present) than this score too noisily to say anything.
 MIN_ROWS = 50
-# Quantile bins of a number column in the lookup.
+# Quantile bins of a number column in the lookup; a column with at most DISTINCT values has one bin per value.
 BINS = 32
+DISTINCT = 256
+# The classes scored in the lookup at most (the most frequent): each costs a pass over the sampled rows.
+CLASSES = 20
 
 
-def leak_notes(frame: pd.DataFrame, columns: Sequence[tuple[str, str]], target_name: str, target: np.ndarray,
-               task: str, *, seed: int) -> list[str]:
+def leak_notes(frame: pd.DataFrame, rows: np.ndarray, columns: Sequence[tuple[str, str]], target_name: str,
+               target: np.ndarray, task: str, *, seed: int, groups: np.ndarray | None = None,
+               order: np.ndarray | None = None) -> list[str]:
     """A note for each column whose values alone predict the target almost exactly.
 
     Args:
-        frame: The training rows (and only those), with the target's rows in the order of ``target``.
+        frame: The table.
+        rows: The positions in ``frame`` of the rows to score (training and validation ones, never test rows).
         columns: (name, type) of the features: number, binary and category columns are checked.
         target_name: The target column's name, for the notes.
-        target: Class indices (classification) or numbers (regression), one per row of ``frame``.
+        target: Class indices (classification) or numbers (regression), one per position in ``rows``.
         task: binary, multiclass or regression.
         seed: Seed of the sample and of its halves.
+        groups: A group code per position in ``rows`` (``training.split_by``): the lookup's halves keep each
+            group whole, as the split does, so a column naming the group is no leak.
+        order: A sortable key per position in ``rows`` (``training.order_by``): the lookup learns on the
+            earlier half and is scored on the later one, as the split holds out the latest rows.
 
     Returns:
         One note per such column, the strongest first.
@@ -55,19 +64,31 @@ def leak_notes(frame: pd.DataFrame, columns: Sequence[tuple[str, str]], target_n
     sample = np.sort(rng.permutation(len(target))[:SAMPLE])
     y = target[sample]
     regression = task == "regression"
-    halves = rng.permutation(len(sample)) % 2 == 0
+    halves = _halves(len(sample), rng, None if groups is None else groups[sample],
+                     None if order is None else order[sample])
     found: list[tuple[float, str]] = []
     for name, kind in columns:
         if kind not in ("number", "binary", "category"):
             continue
-        series = frame[name].iloc[sample]
+        series = frame[name].iloc[rows[sample]]  # only the sampled rows are copied
         if kind == "number":
-            score, how = _number_score(to_numeric(series, column=name).astype(np.float64), y, halves, regression)
+            score, how = _number_score(to_numeric(series, column=name).astype(np.float64), y, halves, task)
         else:
             score, how = _lookup_score(_codes(series), y, halves, regression), _LOOKUP[regression]
         if score is not None and score >= THRESHOLD:
             found.append((score, _note(name, target_name, score, how, len(sample), len(sample) < len(target))))
     return [note for _, note in sorted(found, key=lambda item: -item[0])]
+
+
+def _halves(n_rows: int, rng: np.random.Generator, groups: np.ndarray | None,
+            order: np.ndarray | None) -> np.ndarray:
+    """True where a row is in the half the lookup learns on: at random, whole groups, or the earlier rows."""
+    if groups is not None:
+        _, inverse = np.unique(groups, return_inverse=True)
+        return (rng.permutation(int(inverse.max()) + 1) % 2 == 0)[inverse]
+    if order is not None:
+        return pd.Series(order).rank(method="first").to_numpy() <= n_rows / 2
+    return rng.permutation(n_rows) % 2 == 0
 
 
 # How a score was reached -> the words for it in a note.
@@ -83,11 +104,13 @@ def _note(name: str, target_name: str, score: float, how: str, n_rows: int, samp
             f"(--drop {shlex.quote(name)}, or drop_columns: [{json.dumps(name)}] in the config). If it is a genuine input, ignore this note.")
 
 
-def _number_score(values: np.ndarray, y: np.ndarray, halves: np.ndarray,
-                  regression: bool) -> tuple[float | None, str]:
+def _number_score(values: np.ndarray, y: np.ndarray, halves: np.ndarray, task: str) -> tuple[float | None, str]:
     """The better of the rank score (present rows) and the binned lookup's, with the words for it."""
+    regression = task == "regression"
     present = ~np.isnan(values)
-    rank = _rank_score(values[present], y[present], regression) if present.sum() >= MIN_ROWS else None
+    # A multiclass target's middle classes sit mid-order whatever the column: only its lookup can name it.
+    rank = (_rank_score(values[present], y[present], regression)
+            if task != "multiclass" and present.sum() >= MIN_ROWS else None)
     lookup = _lookup_score(_bins(values, halves), y, halves, regression)
     if rank is not None and (lookup is None or rank >= lookup):
         return rank, _RANK[regression]
@@ -95,16 +118,15 @@ def _number_score(values: np.ndarray, y: np.ndarray, halves: np.ndarray,
 
 
 def _rank_score(values: np.ndarray, y: np.ndarray, regression: bool) -> float | None:
-    """|Spearman| for a regression; for classes, the one-vs-rest ROC-AUC of the values (either direction)."""
+    """|Spearman| for a regression; for two classes, the ROC-AUC of the values (either direction)."""
     ranks = _ranks(values)
     if regression:
         if np.ptp(values) == 0 or np.ptp(y) == 0:
             return None
-        return abs(float(np.corrcoef(ranks, _ranks(y))[0, 1]))
-    areas = [_auc(y == k, ranks) for k in np.unique(y)]
-    valid = [max(area, 1.0 - area) for area in areas if area is not None]
-    # A number that orders one class from the rest is no leak of a multiclass target: every class must be told apart.
-    return min(valid) if len(valid) == len(areas) and len(areas) >= 2 else None
+        correlation = float(np.corrcoef(ranks, _ranks(y))[0, 1])
+        return abs(correlation) if np.isfinite(correlation) else None
+    area = _auc(y == y.max(), ranks)
+    return None if area is None else max(area, 1.0 - area)
 
 
 def _lookup_score(codes: np.ndarray, y: np.ndarray, halves: np.ndarray, regression: bool) -> float | None:
@@ -119,19 +141,25 @@ def _lookup_score(codes: np.ndarray, y: np.ndarray, halves: np.ndarray, regressi
         mean = float(y[learn].mean())
         sums = np.bincount(codes[learn], weights=y[learn], minlength=n_codes)
         predicted = np.where(seen > 0, sums / np.maximum(seen, 1), mean)[codes[score]]
-        spread = float(((y[score] - y[score].mean()) ** 2).sum())
-        return None if spread == 0 else 1.0 - float(((y[score] - predicted) ** 2).sum()) / spread
-    classes = np.unique(y)
-    areas: list[float | None] = []
-    for k in (classes[1:] if len(classes) == 2 else classes):  # binary: the second class's area is the first's
+        with np.errstate(over="ignore", invalid="ignore"):
+            spread = float(((y[score] - y[score].mean()) ** 2).sum())
+            r2 = 1.0 - float(((y[score] - predicted) ** 2).sum()) / spread if spread else None
+        return r2 if r2 is not None and np.isfinite(r2) else None  # huge targets overflow: the ranks still speak
+    # The classes in both halves (a rare class may miss one), the most frequent CLASSES of them: a leak tells
+    # each class apart, so a few of them say so, and each costs a pass over the rows.
+    in_both = np.intersect1d(np.unique(y[learn]), np.unique(y[score]))
+    if len(in_both) < 2:
+        return None
+    counts = np.bincount(y[score].astype(np.int64))[in_both]
+    scored = in_both[np.argsort(-counts, kind="stable")[:CLASSES]]
+    areas: list[float] = []
+    for k in (scored[:1] if len(np.unique(y)) == 2 else scored):  # binary: one class's area is the other's
         positive = (y == k).astype(np.float64)
         prior = float(positive[learn].mean())
         hits = np.bincount(codes[learn], weights=positive[learn], minlength=n_codes)
         share = (hits + prior) / (seen + 1.0)  # one pseudo-row at the prior: a value seen once is no certainty
-        areas.append(_auc(y[score] == k, _code_ranks(codes[score], share)))
-    known = [area for area in areas if area is not None]
-    # A class absent from the scored half: too little to say.
-    return float(np.mean(known)) if len(known) == len(areas) else None
+        areas.append(ranked_roc_auc(y[score] == k, _code_ranks(codes[score], share)))
+    return float(np.mean(areas))
 
 
 def _codes(series: pd.Series) -> np.ndarray:
@@ -141,11 +169,14 @@ def _codes(series: pd.Series) -> np.ndarray:
 
 
 def _bins(values: np.ndarray, halves: np.ndarray) -> np.ndarray:
-    """Quantile bins of the learning half's values (missing values one more bin)."""
+    """Quantile bins of the learning half's values (missing values one more bin); each value its own bin where
+    they are few (a number that codes a class)."""
     present = values[halves & ~np.isnan(values)]
     if not len(present):
         return np.zeros(len(values), dtype=np.int64)
-    edges = np.unique(np.quantile(present, np.linspace(0, 1, BINS + 1)[1:-1]))
+    distinct = np.unique(present)
+    edges = (distinct[1:] if len(distinct) <= DISTINCT else
+             np.unique(np.quantile(present, np.linspace(0, 1, BINS + 1)[1:-1])))
     codes = np.searchsorted(edges, values, side="right")
     codes[np.isnan(values)] = len(edges) + 1
     return codes.astype(np.int64)

@@ -346,9 +346,10 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     if groups is not None and (unnamed := int(missing_values(frame[training.split_by]).sum())):
         notes.append(f"training.split_by {training.split_by!r} is missing on {unnamed:,} row(s); they count as one "
                      "group, which goes to one part whole.")
+    order = _order(frame, training)
     split = split_rows(len(frame), validation=training.validation_split,
                        test=0.0 if test_frame is not None else training.test_split, seed=training.seed,
-                       classes=rows.classes, groups=groups, order=_order(frame, training))
+                       classes=rows.classes, groups=groups, order=order)
     _check_training_classes(rows, split.train, training)
     schema = infer_schema(frame, settings.model_copy(update={"task": rows.target.task}),
                           rows=np.sort(np.concatenate([split.train, split.validation])), exclude=special)
@@ -361,7 +362,8 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
         notes.append(f"dropped column {name!r}: {reason}")
     for note in schema.notes:
         notes.append(note)
-    for note in _leaks(frame, schema, rows, np.concatenate([split.train, split.validation]), training.seed):
+    for note in _leaks(frame, schema, rows, np.sort(np.concatenate([split.train, split.validation])), training.seed,
+                       groups, order):
         notes.append(note)
     # The test data was read before the schema: the columns the model reads as written are read so now.
     if test_frame is not None and test_labelled is not None:
@@ -796,13 +798,15 @@ def _special_columns(frame: pd.DataFrame, test_frame: pd.DataFrame | None, train
     return set(special.values())
 
 
-def _leaks(frame: pd.DataFrame, schema: Schema, rows: _Rows, fitted: np.ndarray, seed: int) -> list[str]:
-    """Notes on columns that alone predict the target almost exactly, scored on the training and validation rows."""
-    fitted = np.sort(fitted)
+def _leaks(frame: pd.DataFrame, schema: Schema, rows: _Rows, fitted: np.ndarray, seed: int,
+           groups: np.ndarray | None, order: np.ndarray | None) -> list[str]:
+    """Notes on columns that alone predict the target almost exactly, scored on the training and validation rows
+    (halved as the split was made: by group, by time or at random)."""
     target = (rows.classes[fitted] if rows.classes is not None else
               to_numeric(frame[schema.target].iloc[fitted], column=schema.target, advice=TARGET_ADVICE))
-    return leak_notes(frame.iloc[fitted], [(feature.name, feature.type) for feature in schema.features],
-                      schema.target, target, schema.task, seed=seed)
+    return leak_notes(frame, fitted, [(feature.name, feature.type) for feature in schema.features], schema.target,
+                      target, schema.task, seed=seed, groups=None if groups is None else groups[fitted],
+                      order=None if order is None else order[fitted])
 
 
 def _check_training_classes(rows: _Rows, train: np.ndarray, training: TrainingConfig) -> None:

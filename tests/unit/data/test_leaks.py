@@ -23,8 +23,9 @@ def _frame(n_rows: int = 600, seed: int = 0) -> pd.DataFrame:
     })
 
 
-def _notes(frame: pd.DataFrame, target: np.ndarray, task: str, columns: dict[str, str]) -> list[str]:
-    return leak_notes(frame, list(columns.items()), "y", target, task, seed=0)
+def _notes(frame: pd.DataFrame, target: np.ndarray, task: str, columns: dict[str, str], **halving: object) -> list[str]:
+    return leak_notes(frame, np.arange(len(frame)), list(columns.items()), "y", target, task, seed=0,
+                      **halving)  # type: ignore[arg-type]
 
 
 def test_a_threshold_of_the_target_is_named_with_its_score() -> None:
@@ -90,10 +91,10 @@ def test_text_and_date_columns_and_tiny_tables_are_not_scored() -> None:
     classes = (frame.y > 0).astype(int).to_numpy()
     frame["copy"] = frame.y
     assert _notes(frame, classes, "binary", {"copy": "text"}) == []
-    small = frame.iloc[:leaks.MIN_ROWS - 1]
-    assert leak_notes(small, [("copy", "number")], "y", classes[:len(small)], "binary", seed=0) == []
-    assert len(leak_notes(frame.iloc[:leaks.MIN_ROWS], [("copy", "number")], "y", classes[:leaks.MIN_ROWS],
-                          "binary", seed=0)) == 1
+    few = np.arange(leaks.MIN_ROWS - 1)
+    assert leak_notes(frame, few, [("copy", "number")], "y", classes[few], "binary", seed=0) == []
+    enough = np.arange(leaks.MIN_ROWS)
+    assert len(leak_notes(frame, enough, [("copy", "number")], "y", classes[enough], "binary", seed=0)) == 1
 
 
 def test_a_large_table_is_scored_on_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,3 +116,73 @@ def test_training_says_so_and_penguins_gets_no_such_note() -> None:
     assert len(leaked) == 1 and leaked[0].startswith("column 'score' alone predicts the target 'grade'")
     model = keel.fit(pd.read_csv(PENGUINS), target="species", config={**FAST, "training.epochs": 1}, quiet=True)
     assert not [note for note in model.notes if "almost exactly" in note]
+
+
+def test_only_the_rows_given_are_scored() -> None:
+    # The copy matches the target on the rows scored and is noise elsewhere (as test rows would be): named on
+    # those rows, on the others not.
+    frame = _frame(1000)
+    classes = (frame.y > 0).astype(int).to_numpy()
+    frame["copy"] = np.where(np.arange(1000) < 500, classes, np.random.default_rng(3).integers(0, 2, 1000))
+    first, last = np.arange(500), np.arange(500, 1000)
+    assert len(leak_notes(frame, first, [("copy", "category")], "y", classes[first], "binary", seed=0)) == 1
+    assert leak_notes(frame, last, [("copy", "category")], "y", classes[last], "binary", seed=0) == []
+
+
+def test_a_copy_of_the_label_is_named_beside_a_class_of_one_row() -> None:
+    # The class of one row is in one half only: the lookup scores the classes found in both.
+    rng = np.random.default_rng(4)
+    classes = np.r_[rng.integers(0, 9, 999), 9]
+    frame = pd.DataFrame({"species_copy": np.array([f"s{k}" for k in range(10)])[classes]})
+    notes = _notes(frame, classes, "multiclass", {"species_copy": "category"})
+    assert len(notes) == 1 and notes[0].startswith("column 'species_copy' alone")
+    binary = np.r_[np.zeros(999, dtype=int), 1]
+    frame = pd.DataFrame({"flag": binary.astype(float) + rng.normal(scale=1e-6, size=1000)})
+    assert len(_notes(frame, binary, "binary", {"flag": "number"})) == 1  # the ranks see the one row
+
+
+def test_a_number_that_codes_one_of_a_hundred_classes_is_named() -> None:
+    rng = np.random.default_rng(5)
+    classes = rng.integers(0, 100, 5000)
+    frame = pd.DataFrame({"code": classes * 10.0, "noise": rng.normal(size=5000)})
+    notes = _notes(frame, classes, "multiclass", {"code": "number", "noise": "number"})
+    assert [note.split("'")[1] for note in notes] == ["code"]
+
+
+def test_a_column_naming_the_group_is_no_leak_when_whole_groups_are_held_out() -> None:
+    # 150 patients of 4 visits each, the outcome the patient's: a name per patient predicts the visits of a
+    # patient seen, not those of a new one, which is what a split_by split holds out.
+    rng = np.random.default_rng(6)
+    patient = np.repeat(np.arange(150), 4)
+    outcome = rng.integers(0, 2, 150)[patient]
+    frame = pd.DataFrame({"patient_name": [f"p{p}" for p in patient]})
+    assert len(_notes(frame, outcome, "binary", {"patient_name": "category"})) == 1
+    assert _notes(frame, outcome, "binary", {"patient_name": "category"}, groups=patient) == []
+
+
+def test_a_time_ordered_split_learns_on_the_earlier_rows() -> None:
+    # The target is the month's level: the month names it for rows of a month seen, not for the later months a
+    # time-ordered split holds out.
+    n_rows = 800
+    month = np.repeat(np.arange(40), 20)
+    target = np.random.default_rng(7).normal(size=40)[month] + np.random.default_rng(8).normal(scale=1e-3, size=n_rows)
+    frame = pd.DataFrame({"month_name": [f"m{m}" for m in month]})
+    assert len(_notes(frame, target, "regression", {"month_name": "category"})) == 1
+    assert _notes(frame, target, "regression", {"month_name": "category"}, order=np.arange(n_rows)) == []
+
+
+def test_a_huge_regression_target_and_its_copy() -> None:
+    frame = _frame()
+    frame["copy"] = frame.y * 1e300
+    notes = _notes(frame, (frame.y * 1e300).to_numpy(), "regression", {"copy": "number"})
+    assert len(notes) == 1 and "Spearman's rank correlation 1.000" in notes[0]
+
+
+def test_many_classes_cost_no_more_than_twenty(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = leaks.ranked_roc_auc
+    monkeypatch.setattr(leaks, "ranked_roc_auc", lambda *args: calls.append(1) or real(*args))
+    classes = np.random.default_rng(9).integers(0, 200, 5000)
+    frame = pd.DataFrame({"label_copy": [f"c{k}" for k in classes]})
+    assert len(_notes(frame, classes, "multiclass", {"label_copy": "category"})) == 1
+    assert len(calls) == leaks.CLASSES
