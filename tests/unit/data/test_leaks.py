@@ -186,3 +186,17 @@ def test_many_classes_cost_no_more_than_twenty(monkeypatch: pytest.MonkeyPatch) 
     frame = pd.DataFrame({"label_copy": [f"c{k}" for k in classes]})
     assert len(_notes(frame, classes, "multiclass", {"label_copy": "category"})) == 1
     assert len(calls) == leaks.CLASSES
+
+
+def test_training_halves_the_rows_by_split_by_groups() -> None:
+    # 100 patients of 10 visits: with a random split, each patient's visits are in both halves of the lookup.
+    rng = np.random.default_rng(10)
+    patient = np.repeat(np.arange(100), 10)
+    frame = pd.DataFrame({"patient_id": patient, "patient_name": [f"p{p}" for p in patient],
+                          "dose": rng.normal(size=1000),
+                          "outcome": np.array(["ill", "well"])[rng.integers(0, 2, 100)[patient]]})
+    config = {**FAST, "training.epochs": 1}
+    named = keel.fit(frame.drop(columns="patient_id"), target="outcome", config=config, quiet=True)
+    assert [note for note in named.notes if note.startswith("column 'patient_name' alone")]
+    grouped = keel.fit(frame, target="outcome", config={**config, "training.split_by": "patient_id"}, quiet=True)
+    assert not [note for note in grouped.notes if "almost exactly" in note]
