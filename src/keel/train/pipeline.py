@@ -42,7 +42,7 @@ from keel.config import (
 )
 from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_as_written, read_table
-from keel.data.preprocess import Preprocessor, TargetEncoder
+from keel.data.preprocess import Preprocessor, TargetEncoder, label_shown
 from keel.data.schema import (
     Schema,
     declared_written,
@@ -347,7 +347,8 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
                      "group, which goes to one part whole.")
     split = split_rows(len(frame), validation=training.validation_split,
                        test=0.0 if test_frame is not None else training.test_split, seed=training.seed,
-                       classes=rows.classes, groups=groups, order=_order(frame, training))
+                       classes=rows.classes, groups=groups, order=_order(frame, training),
+                       labels=[label_shown(label) for label in rows.target.labels])
     _check_training_classes(rows, split.train, training)
     schema = infer_schema(frame, settings.model_copy(update={"task": rows.target.task}),
                           rows=np.sort(np.concatenate([split.train, split.validation])), exclude=special)
@@ -881,7 +882,8 @@ def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], netw
     elif training.split_by:
         how = f"whole groups of {training.split_by!r} in each part"
     else:
-        how = "a random split" + (", stratified by class" if split.stratified else "")  # bagged folds too (fold_rows)
+        how = "a random split" + (", stratified by class" if split.stratified else  # bagged folds too (fold_rows)
+                                  f", {split.unstratified}" if split.unstratified else "")
     text = (f"rows: {len(split.train)} for training, {len(split.validation)} for validation, {n_test} for test "
             f"({how}{'; test rows from the test data' if test_frame is not None else ''})")
     if len(bags) > 1:

@@ -268,3 +268,24 @@ def test_a_target_missing_on_every_row_says_how_many_rows_there_are() -> None:
     frame = make_classification_frame(300).assign(label=np.nan)
     with pytest.raises(DataError, match=r"^DataFrame: target column 'label' has no values \(all 300 are missing\)"):
         keel.fit(frame, target="label", config=FAST, quiet=True)
+
+
+ONE_EPOCH = {"preset": "fast", "model.hidden": [8], "training.epochs": 1}
+
+
+def test_the_first_note_says_why_a_random_split_was_not_stratified() -> None:
+    """One class of a single labelled row turned stratification off for every class and said only "(a random
+    split)": the note names the class as the messages spell it."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=120), "y": rng.choice(["up", "down"], 120)})
+    frame.loc[7, "y"] = "sideways"
+    model = keel.fit(frame, target="y", config=ONE_EPOCH, quiet=True, importance=False)
+    assert model.notes[0] == ("rows: 86 for training, 10 for validation, 24 for test (a random split, not stratified: "
+                              "class 'sideways' has a single labelled row)")
+    frame["y"] = rng.choice([1.0, 2.0], 120)
+    frame.loc[7, "y"] = 5.0  # a number class as the messages spell it: 5, not 5.0
+    model = keel.fit(frame, target="y", config=ONE_EPOCH, quiet=True, importance=False)
+    assert model.notes[0].endswith("(a random split, not stratified: class 5 has a single labelled row)")
+    frame.loc[7, "y"] = 1.0
+    stratified = keel.fit(frame, target="y", config=ONE_EPOCH, quiet=True, importance=False)
+    assert stratified.notes[0].endswith("(a random split, stratified by class)")
