@@ -45,9 +45,11 @@ from keel.data.io import TableSource, read_as_written, read_table
 from keel.data.preprocess import Preprocessor, TargetEncoder, label_shown
 from keel.data.schema import (
     Schema,
+    declared_task,
     declared_written,
     infer_schema,
     infer_target_task,
+    integer_classes_note,
     require_column,
     spaced_names,
     written_columns,
@@ -355,6 +357,9 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     networks = _networks(settings, split, schema, groups)
     bags = _bags(split, networks, training, rows.classes, groups, from_preset(settings, "training", "bagging"))
     notes.append(_describe_rows(split, bags, networks, training, rows.n_unlabelled, test_frame, rows.target.name))
+    if (classes_note := integer_classes_note(rows.target.labels, rows.target.name, declared_task(settings),
+                                             rows.target.task)):
+        notes.append(classes_note)
     for name, reason in schema.dropped.items():
         notes.append(f"dropped column {name!r}: {reason}")
     for note in schema.notes:
