@@ -161,7 +161,7 @@ def roc_auc_undefined(y_true: np.ndarray, labels: Sequence[Any], sample_weight: 
         labels: Class labels, in index order.
         sample_weight: Row weights (n,), or None; a class whose rows all weigh 0 counts as absent.
     """
-    missing = _missing_classes(np.asarray(y_true, dtype=np.int64), len(labels), sample_weight)
+    missing = _missing_classes(y_true, len(labels), sample_weight)
     if missing is None:
         return None
     weighted = "" if sample_weight is None else " of weight above 0"
@@ -187,7 +187,7 @@ def undefined(metrics: dict[str, Any], name: str) -> str:
 def _missing_classes(y_true: np.ndarray, n_classes: int, sample_weight: np.ndarray | None) -> list[int] | None:
     """The classes without rows (or without weight) that leave ROC-AUC undefined, or None where it is defined:
     binary AUC needs both classes, one-vs-rest AUC every class (each class's positives and negatives)."""
-    mass = np.bincount(y_true, weights=sample_weight, minlength=n_classes)[:n_classes]
+    mass = np.bincount(np.asarray(y_true, dtype=np.int64), weights=sample_weight, minlength=n_classes)[:n_classes]
     missing = [int(k) for k in np.flatnonzero(~(mass > 0))]
     if n_classes - len(missing) < 2 or (n_classes > 2 and missing):
         return missing
