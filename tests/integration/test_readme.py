@@ -92,3 +92,23 @@ def test_config_tables_show_each_presets_values() -> None:
         if name not in ("preprocessing", "model", "training", "data", "text", "image", "tune"):
             row = f"| `{name}` | {_cell(field.default)} | "
             assert row in README, row
+
+
+def test_the_target_notes_quoted_in_the_readme_are_the_codes() -> None:
+    """The whole-number task note, the unstratified split's reason and the undefined ROC-AUC's are quoted as
+    the code writes them (the README wraps lines, so spaces are compared loosely)."""
+    import numpy as np
+
+    from keel.data.schema import integer_classes_note
+    from keel.data.split import split_rows
+    from keel.evaluate.metrics import classification_metrics, undefined
+
+    text = " ".join(README.split())
+    assert f"`{integer_classes_note(list(range(9)), 'hospital', 'auto', 'multiclass')}`" in text
+    lonely = np.r_[np.repeat([0, 1], 50), 2]
+    split = split_rows(101, validation=0.1, test=0.2, seed=0, classes=lonely, labels=["'a'", "'b'", "'x'"])
+    assert f"`(a random split, {split.unstratified})`" in text
+    many = split_rows(40, validation=0.1, test=0.2, seed=0, classes=np.repeat(np.arange(20), 2))
+    assert f"`{str(many.unstratified).removeprefix('not stratified: ')}`" in text
+    metrics = classification_metrics(np.array([0, 1]), np.full((2, 3), 1 / 3), ["Adelie", "Gentoo", "Chinstrap"])
+    assert f"`{undefined(metrics, 'roc_auc')}`" in text

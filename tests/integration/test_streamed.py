@@ -552,3 +552,16 @@ def test_a_blank_label_in_parquet_is_a_missing_label_in_memory_and_streamed(tmp_
     for config in (IN_MEMORY, STREAMED):
         model = keel.fit(tmp_path / "data.parquet", target="y", config=config, quiet=True, importance=False)
         assert _run(model)["rows"]["unlabelled"] == 10 and model.classes == ["no", "yes"]
+
+
+def test_a_streamed_count_target_read_as_classes_says_so(tmp_path: Path) -> None:
+    """The streamed path infers the task from the scan's labels: the same whole-number note as in memory."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({f"x{i}": rng.normal(size=20_000).round(4) for i in range(4)})
+    frame["visits"] = rng.integers(0, 6, len(frame))
+    frame.to_csv(tmp_path / "visits.csv", index=False)
+    config = {"preset": "fast", "model.hidden": [8], "training.epochs": 1, "data.memory_budget": "1MiB"}
+    model = keel.fit(tmp_path / "visits.csv", target="visits", config=config, quiet=True, importance=False)
+    assert _streamed(model)
+    assert ("target 'visits' holds 6 whole numbers (0 to 5), read as 6 classes (multiclass); if they are counts or "
+            "amounts, train a regression with --set task=regression") in " ".join(model.notes)

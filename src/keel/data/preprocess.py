@@ -386,10 +386,10 @@ class TargetEncoder:
                     file=source, column=self.name, row=int(target.index[position]) + 1)
             value = target.iloc[position]
             # 5, not np.float64(5.0): a label column with blanks is read as floats, its classes as integers.
-            shown = _label_shown(value)
+            shown = label_shown(value)
             raise DataError(
                 f"target column {self.name!r} row {target.index[position] + 1} has the class "
-                f"{shown}, which the model never saw; it knows {', '.join(map(_label_shown, self.labels))}. Evaluating, keep to "
+                f"{shown}, which the model never saw; it knows {', '.join(map(label_shown, self.labels))}. Evaluating, keep to "
                 "rows of those classes; training with a test file, every test class must occur in the training data.",
                 file=source, column=self.name, row=int(target.index[position]) + 1,
             )
@@ -460,7 +460,7 @@ def _natural_key(by_string: dict[str, Any]) -> Callable[[str], tuple[int, float,
     return key
 
 
-def _label_shown(value: object) -> str:
+def label_shown(value: object) -> str:
     """A class as a message shows it: numbers as the class they name (5, not np.float64(5.0)), text quoted (its
     spaces and commas visible: ' 1' and 'Austin, TX')."""
     if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):

@@ -8,7 +8,7 @@ import os
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Collection, Literal
+from typing import Any, Collection, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -659,6 +659,26 @@ def _decimal_comma_target(present: pd.Series, name: str, source: str | None) -> 
 def _shown(value: object) -> str:
     """A value as a message shows it: Python's repr of the plain value (100.0, not np.float64(100.0))."""
     return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def integer_classes_note(labels: Sequence[Any], name: str, declared: str, task: str) -> str | None:
+    """A note for a target of whole numbers that the task inference read as three or more classes (counts such
+    as hospital stays, 0 to 8, became a 9-class problem without a word); None where the task was declared
+    (``declared``: :func:`declared_task`), the labels are text, or there are two classes (0/1 is plainly classes).
+
+    Args:
+        labels: The target's classes, each once (``TargetEncoder.labels``, in memory and streamed alike).
+        name: The target column.
+        declared: The task the inference started from.
+        task: The task it resolved.
+    """
+    values = pd.Series(list(labels))
+    if declared != "auto" or task != "multiclass" or not is_numeric(values):
+        return None
+    return (f"target {name!r} holds {len(values)} whole numbers ({_plain_number(values.min())} to "
+            f"{_plain_number(values.max())}), read as {len(values)} classes (multiclass); if they are counts or "
+            "amounts, train a regression with --set task=regression (task: regression in YAML, "
+            "config={'task': 'regression'} in Python).")
 
 
 def _is_quantity(present: pd.Series) -> bool:

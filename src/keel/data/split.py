@@ -8,6 +8,7 @@ latest rows, as a model deployed today predicts tomorrow.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -22,6 +23,9 @@ class Split:
     # Every held-out part was drawn class by class (a random split of a classification target whose classes
     # each have rows enough): what the run's first note may call "stratified by class".
     stratified: bool = False
+    # Why a random split of a classification target was not drawn class by class (a phrase for the first note,
+    # e.g. "not stratified: class 'x' has a single labelled row"); None where it was, or nothing was held out.
+    unstratified: str | None = None
 
 
 def split_rows(
@@ -33,6 +37,7 @@ def split_rows(
     classes: np.ndarray | None = None,
     groups: np.ndarray | None = None,
     order: np.ndarray | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Split:
     """Split row positions into train, validation and test parts.
 
@@ -48,6 +53,7 @@ def split_rows(
         classes: Class index per row, to stratify on; None for regression.
         groups: Group code per row (``split_by``): each group lands whole in one part.
         order: A sortable key per row (``order_by``): the latest rows are held out, test first.
+        labels: Each class as a message shows it, in index order, for ``Split.unstratified``; None: the indices.
 
     Returns:
         The split.
@@ -65,8 +71,15 @@ def split_rows(
         train_rows, validation_rows, validation_stratified = _take(rest, validation, seed + 1, rest_classes)
         held = [drawn for drawn, part in ((test_stratified, test_rows), (validation_stratified, validation_rows))
                 if len(part)]
+        why = None  # a held-out part of rows drawn at random though there are classes: the first such part's reason
+        if classes is not None and len(test_rows) and not test_stratified:
+            why = f"not stratified: {_refusal(classes, len(test_rows), n_rows, 'test', labels)}"
+        elif rest_classes is not None and len(validation_rows) and not validation_stratified:
+            reason = _refusal(rest_classes, len(validation_rows), len(rest), "validation", labels,
+                              after_test=bool(len(test_rows)))
+            why = f"{'the validation rows ' if len(test_rows) else ''}not stratified: {reason}"
         return Split(np.sort(train_rows), np.sort(validation_rows), np.sort(test_rows),
-                     stratified=bool(held) and all(held))
+                     stratified=bool(held) and all(held), unstratified=why)
     return Split(np.sort(train_rows), np.sort(validation_rows), np.sort(test_rows))
 
 
@@ -130,12 +143,30 @@ def _stratified(classes: np.ndarray, n_held: int, rng: np.random.Generator) -> n
 
 
 def _can_stratify(classes: np.ndarray | None, n_held: int, n_rows: int) -> bool:
-    if classes is None:
-        return False
+    return classes is not None and _refusal(classes, n_held, n_rows, "test", None) is None
+
+
+def _refusal(classes: np.ndarray, n_held: int, n_rows: int, part: str, labels: Sequence[str] | None, *,
+             after_test: bool = False) -> str | None:
+    """Why ``n_held`` of these ``n_rows`` rows cannot be drawn class by class for ``part`` (a phrase naming the
+    classes by ``labels``), or None where they can. ``after_test``: the rows are those the test draw left."""
     counts = np.bincount(classes)
-    counts = counts[counts > 0]
+    present = np.flatnonzero(counts)
     # Two rows per class and room for every class on both sides, or proportions mean little.
-    return bool(counts.min() >= 2 and n_held >= len(counts) and n_rows - n_held >= len(counts))
+    lone = present[counts[present] < 2]
+    if len(lone):
+        shown = [labels[k] if labels is not None else str(k) for k in lone[:3]]
+        more = f" and {len(lone) - 3} more" if len(lone) > 3 else ""
+        names = (f"class {shown[0]}" if len(lone) == 1 else
+                 f"classes {', '.join(shown)}{more}" if more else f"classes {', '.join(shown[:-1])} and {shown[-1]}")
+        where = "row outside the test rows" if after_test else "labelled row"
+        return f"{names} {'has' if len(lone) == 1 else 'have'} a single {where}{'' if len(lone) == 1 else ' each'}"
+    if n_held < len(present):
+        return f"{len(present)} classes, more than the {n_held} {part} rows"
+    if n_rows - n_held < len(present):
+        kept = "training and validation" if part == "test" else "training"
+        return f"{len(present)} classes, more than the {n_rows - n_held} {kept} rows"
+    return None
 
 
 def fold_rows(rows: np.ndarray, n_folds: int, *, seed: int, classes: np.ndarray | None = None,

@@ -52,7 +52,8 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
             use it, ROC-AUC and log loss do not depend on it. None: the most probable class.
 
     Returns:
-        A JSON-friendly dict; ``roc_auc`` is None when the true classes make it undefined.
+        A JSON-friendly dict; ``roc_auc`` is None when the true classes make it undefined, and then
+        ``roc_auc_note`` says why (:func:`roc_auc_undefined`).
     """
     n_classes = len(labels)
     y_true = np.asarray(y_true, dtype=np.int64)
@@ -77,6 +78,8 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
         out[f"{name}_macro"] = float(values[seen].mean()) if seen.any() else 0.0
         out[f"{name}_weighted"] = float((values * weights).sum())  # an absent class has weight 0 anyway
     out["roc_auc"] = roc_auc(y_true, probabilities, sample_weight=weights_or_none)
+    if out["roc_auc"] is None:  # say why where the score is shown ("n/a" alone left the user guessing)
+        out["roc_auc_note"] = roc_auc_undefined(y_true, labels, sample_weight=weights_or_none)
     clipped = np.clip(probabilities, 1e-15, 1.0)
     clipped = clipped / clipped.sum(axis=1, keepdims=True)
     out["log_loss"] = float(np.average(-np.log(clipped[np.arange(len(y_true)), y_true]), weights=weights_or_none))
@@ -140,18 +143,66 @@ def _weighted_roc_auc(positive: np.ndarray, score: np.ndarray, weight: np.ndarra
 
 
 def roc_auc(y_true: np.ndarray, probabilities: np.ndarray, sample_weight: np.ndarray | None = None) -> float | None:
-    """ROC-AUC: binary, or one-vs-rest macro for more classes; None where undefined."""
-    present = np.unique(y_true)
-    if len(present) < 2:
+    """ROC-AUC: binary, or one-vs-rest macro for more classes; None where undefined (:func:`roc_auc_undefined`
+    says why)."""
+    if _missing_classes(y_true, probabilities.shape[1], sample_weight) is not None:
         return None
     if probabilities.shape[1] == 2:
         areas = [binary_roc_auc(y_true == 1, probabilities[:, 1], sample_weight)]
-    elif len(present) < probabilities.shape[1]:
-        return None  # one-vs-rest AUC is undefined for a class absent from the data
     else:
         areas = [binary_roc_auc(y_true == k, probabilities[:, k], sample_weight) for k in range(probabilities.shape[1])]
     # A class whose positives (or negatives) all weigh 0 leaves the area undefined, as in scikit-learn.
     return None if any(np.isnan(area) for area in areas) else float(np.mean(areas))
+
+
+def roc_auc_undefined(y_true: np.ndarray, labels: Sequence[Any], sample_weight: np.ndarray | None = None) -> str | None:
+    """Why ROC-AUC is undefined on these rows, naming the classes (``"class 'x' has no row here"``), or None where
+    it is defined. One-vs-rest AUC over the classes present would not compare with other runs' scores, so a
+    multiclass score needs every class.
+
+    Args:
+        y_true: True class indices (n,) into ``labels``.
+        labels: Class labels, in index order.
+        sample_weight: Row weights (n,), or None; a class whose rows all weigh 0 counts as absent.
+    """
+    missing = _missing_classes(y_true, len(labels), sample_weight)
+    if missing is None:
+        return None
+    weighted = "" if sample_weight is None else " of weight above 0"
+    present = sorted(set(range(len(labels))) - set(missing))
+    if not present:
+        return f"there is no row{weighted} here"
+    if len(present) == 1:  # binary, or multiclass with a single class left: two classes are the least AUC needs
+        return f"every row{weighted} here is of class {_class_shown(labels[present[0]])}"
+    shown = [_class_shown(labels[k]) for k in missing[:3]]
+    names = (f"class {shown[0]} has" if len(missing) == 1 else
+             f"classes {', '.join(shown)} and {len(missing) - 3} more have" if len(missing) > 3 else
+             f"classes {', '.join(shown[:-1])} and {shown[-1]} have")
+    return f"{names} no row{weighted} here"
+
+
+def undefined(metrics: dict[str, Any], name: str) -> str:
+    """How an undefined metric is shown: n/a, with the reason where the metrics give one (``roc_auc_note``:
+    "n/a (class 'x' has no row here)")."""
+    reason = metrics.get(f"{name}_note")
+    return f"n/a ({reason})" if reason else "n/a"
+
+
+def _missing_classes(y_true: np.ndarray, n_classes: int, sample_weight: np.ndarray | None) -> list[int] | None:
+    """The classes without rows (or without weight) that leave ROC-AUC undefined, or None where it is defined:
+    binary AUC needs both classes, one-vs-rest AUC every class (each class's positives and negatives)."""
+    mass = np.bincount(np.asarray(y_true, dtype=np.int64), weights=sample_weight, minlength=n_classes)[:n_classes]
+    missing = [int(k) for k in np.flatnonzero(~(mass > 0))]
+    if n_classes - len(missing) < 2 or (n_classes > 2 and missing):
+        return missing
+    return None
+
+
+def _class_shown(label: Any) -> str:
+    """A class as a message shows it (as the data stage's ``label_shown`` does; evaluate imports no other stage):
+    text quoted, numbers plain."""
+    label = label.item() if isinstance(label, np.generic) else label
+    return repr(label) if isinstance(label, str) else str(label)
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
+
+from keel.evaluate.metrics import undefined
 
 _HEADLINE = {
     "classification": ["accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "roc_auc", "log_loss"],
@@ -21,7 +24,7 @@ def metrics_tables(metrics: dict[str, Any], title: str = "evaluation") -> Group:
     headline.add_column("value", justify="right")
     for name in _HEADLINE[kind]:
         value = metrics.get(name)
-        headline.add_row(name, "n/a" if value is None else f"{value:.4f}")
+        headline.add_row(name, escape(undefined(metrics, name)) if value is None else f"{value:.4f}")
     if kind == "regression":
         return Group(headline)
     report = Table(title="per class", show_header=True)

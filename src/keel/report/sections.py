@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from keel.evaluate.importance import shuffles_said
-from keel.evaluate.metrics import classification_metrics, regression_metrics
+from keel.evaluate.metrics import classification_metrics, regression_metrics, undefined
 from keel.report import curves, figures
 from keel.report.html import (
     bullet_list,
@@ -224,8 +224,11 @@ _METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy
 
 def metrics(inputs: ReportInputs, context: Context) -> str:
     """The headline metrics for the scored rows."""
-    scalars = [(name, value) for name, value in context.metrics.items()
-               if value is None or isinstance(value, (int, float, str))]
+    shown = context.metrics
+    # An undefined score with a reason (roc_auc_note) reads "n/a (class 'x' has no row here)"; the reason is no row.
+    scalars = [(name, undefined(shown, name) if value is None and f"{name}_note" in shown else value)
+               for name, value in shown.items()
+               if (value is None or isinstance(value, (int, float, str))) and not name.endswith("_note")]
     scalars.sort(key=lambda item: (list(_METRIC_NAMES).index(item[0]) if item[0] in _METRIC_NAMES else 99))
     rows: list[tuple[str, object]] = [(_METRIC_NAMES.get(name, name.replace("_", " ")), value) for name, value in scalars]
     if inputs.task == "binary":

@@ -43,12 +43,14 @@ from keel.config import (
 from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_as_written, read_table
 from keel.data.leaks import leak_notes
-from keel.data.preprocess import Preprocessor, TargetEncoder
+from keel.data.preprocess import Preprocessor, TargetEncoder, label_shown
 from keel.data.schema import (
     Schema,
+    declared_task,
     declared_written,
     infer_schema,
     infer_target_task,
+    integer_classes_note,
     require_column,
     spaced_names,
     written_columns,
@@ -349,7 +351,8 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     order = _order(frame, training)
     split = split_rows(len(frame), validation=training.validation_split,
                        test=0.0 if test_frame is not None else training.test_split, seed=training.seed,
-                       classes=rows.classes, groups=groups, order=order)
+                       classes=rows.classes, groups=groups, order=order,
+                       labels=[label_shown(label) for label in rows.target.labels])
     _check_training_classes(rows, split.train, training)
     schema = infer_schema(frame, settings.model_copy(update={"task": rows.target.task}),
                           rows=np.sort(np.concatenate([split.train, split.validation])), exclude=special)
@@ -358,6 +361,9 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     # The test data's rows with a target, found once: the rows note counts them, _checked_test_frame drops the rest.
     test_labelled = None if test_frame is None else _labelled_test_rows(test_frame, rows.target.name)
     notes.append(_describe_rows(split, bags, networks, training, rows.n_unlabelled, test_labelled, rows.target.name))
+    if (classes_note := integer_classes_note(rows.target.labels, rows.target.name, declared_task(settings),
+                                             rows.target.task)):
+        notes.append(classes_note)
     for name, reason in schema.dropped.items():
         notes.append(f"dropped column {name!r}: {reason}")
     for note in schema.notes:
@@ -897,7 +903,8 @@ def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], netw
     elif training.split_by:
         how = f"whole groups of {training.split_by!r} in each part"
     else:
-        how = "a random split" + (", stratified by class" if split.stratified else "")  # bagged folds too (fold_rows)
+        how = "a random split" + (", stratified by class" if split.stratified else  # bagged folds too (fold_rows)
+                                  f", {split.unstratified}" if split.unstratified else "")
     text = (f"rows: {len(split.train)} for training, {len(split.validation)} for validation, {n_test} for test "
             f"({how}{'; test rows from the test data' if test_labelled is not None else ''})")
     if len(bags) > 1:

@@ -41,6 +41,7 @@ from keel.data.schema import (
     declared_written,
     infer_schema,
     infer_task,
+    integer_classes_note,
     require_column,
     spaced_names,
     written_columns,
@@ -477,6 +478,8 @@ def fit_on_scan(streamer: Streamer, settings: Config, notes: Notes, reporter: Re
     n_validation = 0 if streamer.bagged else parts.get(_VALIDATION, 0)
     n_test = parts.get(_TEST, 0)
     schema = infer_schema(sample, settings.model_copy(update={"task": target.task}), exclude=special)
+    if (classes_note := integer_classes_note(target.labels, target.name, declared_task(settings), target.task)):
+        notes.append(classes_note)
     for name, reason in schema.dropped.items():
         notes.append(f"dropped column {name!r}: {reason} (judged on a sample of {len(sample):,} rows)")
     for note in schema.notes:

@@ -323,3 +323,30 @@ def test_row_names_of_text_are_dropped_by_their_name() -> None:
     days = pd.Series(pd.date_range("2024-01-01", periods=40).strftime("%Y-%m-%d"))
     assert infer_column_type(days, "Unnamed: 0", None)[0] == "date"
     assert infer_column_type(pd.Series([f"{value / 7:.3f}" for value in range(40)]), "index", None)[0] == "number"
+
+
+def test_whole_numbers_read_as_three_or_more_classes_get_a_note() -> None:
+    """NMES1988's hospital (0-8 stays, a count) trained as 9 classes without a word: the note says what was decided,
+    from what, and how to train a regression instead."""
+    from keel.data.schema import integer_classes_note
+
+    note = integer_classes_note(list(range(9)), "hospital", "auto", "multiclass")
+    assert note == ("target 'hospital' holds 9 whole numbers (0 to 8), read as 9 classes (multiclass); if they are "
+                    "counts or amounts, train a regression with --set task=regression (task: regression in YAML, "
+                    "config={'task': 'regression'} in Python).")
+    assert "holds 3 whole numbers (1 to 12), read as 3 classes" in str(integer_classes_note([1, 4, 12], "y", "auto",
+                                                                                             "multiclass"))
+
+
+@pytest.mark.parametrize(("labels", "declared", "task"), [
+    ([0, 1], "auto", "binary"),  # 0/1 is plainly classes
+    ([3, 7], "auto", "binary"),
+    (["a", "b", "c"], "auto", "multiclass"),  # text labels are classes whatever their number
+    (list(range(9)), "multiclass", "multiclass"),  # declared: task multiclass, or the target declared a category
+    (list(range(9)), "binary", "multiclass"),
+    ([], "auto", "regression"),
+])
+def test_no_whole_number_note_where_the_classes_are_plain_or_declared(labels: list, declared: str, task: str) -> None:  # type: ignore[type-arg]
+    from keel.data.schema import integer_classes_note
+
+    assert integer_classes_note(labels, "y", declared, task) is None

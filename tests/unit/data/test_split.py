@@ -74,3 +74,47 @@ def test_first_note_says_stratified_only_for_a_stratified_split() -> None:
     # Bagged: the test rows drawn class by class, and the folds dealt out class by class (fold_rows).
     bagged = keel.fit(frame, target="y", config={**config, "training.bagging": 3}, quiet=True, importance=False)
     assert "(a random split, stratified by class); 3 bagged networks" in bagged.notes[0]
+
+
+def test_an_unstratified_split_says_why_naming_the_class() -> None:
+    """One class of a single row turned stratification off for every class, and the note said only "(a random
+    split)": the split now says which class, or that there are more classes than held-out rows."""
+    classes = np.repeat([0, 1], 50)
+    lonely = classes.copy()
+    lonely[0] = 2
+    split = split_rows(100, validation=0.1, test=0.2, seed=0, classes=lonely, labels=["'a'", "'b'", "'x'"])
+    assert not split.stratified
+    assert split.unstratified == "not stratified: class 'x' has a single labelled row"
+    assert split_rows(100, validation=0.1, test=0.2, seed=0, classes=lonely).unstratified == (
+        "not stratified: class 2 has a single labelled row")  # no labels: the class index
+    two = np.r_[lonely[:-1], 3]
+    assert split_rows(100, validation=0.1, test=0.2, seed=0, classes=two, labels=["0", "1", "7", "9"]).unstratified == (
+        "not stratified: classes 7 and 9 have a single labelled row each")
+    many = np.repeat(np.arange(20), 2)  # 20 classes of 2 rows, 8 held out for test
+    assert split_rows(40, validation=0.1, test=0.2, seed=0, classes=many).unstratified == (
+        "not stratified: 20 classes, more than the 8 test rows")
+    wide = np.repeat(np.arange(5), 4)  # 5 classes, 20 rows, 16 held out: 4 left for training and validation
+    assert split_rows(20, validation=0.0, test=0.8, seed=0, classes=wide).unstratified == (
+        "not stratified: 5 classes, more than the 4 training and validation rows")
+
+
+def test_a_validation_part_drawn_at_random_after_a_stratified_test_part_says_so() -> None:
+    """The test rows drawn class by class, then a class left with one row: only the validation rows were random."""
+    found = 0
+    for seed in range(200):
+        classes = np.concatenate([np.repeat([0, 1], 40), np.full(2 + seed % 2, 2)])
+        split = split_rows(len(classes), validation=0.2, test=0.3, seed=seed, classes=classes, labels=["0", "1", "'c'"])
+        if not split.stratified and len(split.validation):
+            found += 1
+            assert split.unstratified == ("the validation rows not stratified: class 'c' has a single row outside "
+                                          "the test rows")
+    assert found
+
+
+def test_a_stratified_or_regression_split_gives_no_reason() -> None:
+    classes = np.repeat([0, 1], 50)
+    assert split_rows(100, validation=0.1, test=0.2, seed=0, classes=classes).unstratified is None
+    assert split_rows(100, validation=0.1, test=0.2, seed=0).unstratified is None  # regression: never stratified
+    assert split_rows(100, validation=0.0, test=0.0, seed=0, classes=classes).unstratified is None  # nothing held out
+    lonely = np.r_[classes[:-1], 2]
+    assert split_rows(100, validation=0.1, test=0.2, seed=0, classes=lonely, groups=np.arange(100) % 10).unstratified is None

@@ -93,3 +93,38 @@ def test_averages_skip_classes_absent_from_the_rows_as_scikit_learn_does(weighte
         assert out[f"f1_{average}"] == pytest.approx(skm.f1_score(y, predicted, **kwargs))
     assert [row["class"] for row in out["per_class"]] == ["a", "b", "c", "d"]
     assert out["per_class"][3]["support"] == 0 and out["per_class"][3]["f1"] == 0.0
+
+
+def _shown_auc(metrics: dict) -> str:
+    """The terminal table's roc_auc row, as the user reads it."""
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    console.print(metrics_tables(metrics))
+    return next(line for line in console.export_text().splitlines() if "roc_auc" in line)
+
+
+def test_an_undefined_auc_says_why_naming_the_class() -> None:
+    """ROC-AUC is None where the scored rows make it undefined; roc_auc_note and the table say which class
+    (a trial's "n/a" came with no reason). A multiclass score stays None, not an AUC over the classes present."""
+    absent = classification_metrics(np.array([0, 1, 1, 0]), np.full((4, 3), 1 / 3), ["a", "b", "c"])
+    assert absent["roc_auc"] is None
+    assert absent["roc_auc_note"] == "class 'c' has no row here"
+    assert "n/a (class 'c' has no row here)" in _shown_auc(absent)
+    several = classification_metrics(np.array([0, 1, 0, 1]), np.full((4, 6), 1 / 6), [0, 1, 2, 3, 4, 5])
+    assert several["roc_auc_note"] == "classes 2, 3, 4 and 1 more have no row here"
+    one = classification_metrics(np.array([1, 1]), np.array([[.2, .8], [.4, .6]]), ["no", "yes"])
+    assert one["roc_auc_note"] == "every row here is of class 'yes'"
+    assert "n/a (every row here is of class 'yes')" in _shown_auc(one)
+    weightless = classification_metrics(np.array([0, 1, 1]), np.full((3, 2), .5), [0, 1],
+                                        sample_weight=np.array([0.0, 1.0, 2.0]))
+    assert weightless["roc_auc"] is None
+    assert weightless["roc_auc_note"] == "every row of weight above 0 here is of class 1"
+
+
+def test_a_defined_auc_has_no_note() -> None:
+    """Guard: the note exists only where the score does not (a script reading roc_auc_note finds a reason)."""
+    defined = classification_metrics(np.array([0, 1, 2]), np.eye(3), ["a", "b", "c"])
+    assert defined["roc_auc"] == 1.0 and "roc_auc_note" not in defined
+    assert "n/a" not in _shown_auc(defined)
+    assert "roc_auc_note" not in regression_metrics(np.array([1.0, 2.0]), np.array([1.0, 3.0]))

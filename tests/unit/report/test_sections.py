@@ -58,3 +58,19 @@ def test_worst_rows_show_whole_numbers_as_written() -> None:
     assert number(_plain(np.int64(2007)), 4) == "2007" and number(_plain(12345), 4) == "12345"
     assert number(_plain(np.float64(2007.0)), 4) == "2007"  # an integer column with a blank cell
     assert _plain(np.True_) is True and _plain(2.5) == 2.5 and _plain(float("nan")) is None
+
+
+def test_the_metrics_section_says_why_roc_auc_is_undefined() -> None:
+    """A multiclass test part without a row of one class: the page's ROC AUC reads n/a with the class, and the
+    reason is not a row of its own."""
+    from keel.report.sections import metrics
+
+    inputs = synthetic.classification(n_classes=3)
+    predictions = inputs.predictions
+    kept = predictions.target != 2
+    assert predictions.probabilities is not None
+    inputs = dataclasses.replace(inputs, predictions=dataclasses.replace(
+        predictions, target=predictions.target[kept], probabilities=predictions.probabilities[kept],
+        row=predictions.row[kept]))
+    page = html.unescape(metrics(inputs, make_context(inputs)))
+    assert "n/a (class 'class 2' has no row here)" in page and "roc auc note" not in page.lower()

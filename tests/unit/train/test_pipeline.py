@@ -268,3 +268,63 @@ def test_a_target_missing_on_every_row_says_how_many_rows_there_are() -> None:
     frame = make_classification_frame(300).assign(label=np.nan)
     with pytest.raises(DataError, match=r"^DataFrame: target column 'label' has no values \(all 300 are missing\)"):
         keel.fit(frame, target="label", config=FAST, quiet=True)
+
+
+ONE_EPOCH = {"preset": "fast", "model.hidden": [8], "training.epochs": 1}
+
+
+def _count_frame(n_rows: int = 200, values: int = 9) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"x": rng.normal(size=n_rows), "hospital": rng.integers(0, values, n_rows)})
+
+
+def _whole_number_notes(model: keel.model.Model) -> list[str]:
+    return [note for note in model.notes if "whole numbers" in note]
+
+
+def test_a_count_target_read_as_classes_says_so_after_the_rows_note() -> None:
+    """NMES1988's hospital stays (0 to 8) trained as 9 classes without a word: the run now says so and how to
+    train a regression; the rows note stays first."""
+    model = keel.fit(_count_frame(), target="hospital", config=ONE_EPOCH, quiet=True, importance=False)
+    assert model.task == "multiclass" and model.notes[0].startswith("rows: ")
+    assert _whole_number_notes(model) == [
+        "target 'hospital' holds 9 whole numbers (0 to 8), read as 9 classes (multiclass); if they are counts or "
+        "amounts, train a regression with --set task=regression (task: regression in YAML, config={'task': "
+        "'regression'} in Python)."]
+
+
+@pytest.mark.parametrize("config", [
+    {"task": "multiclass"},
+    {"input_features": [{"name": "hospital", "type": "category"}]},  # the target declared a category
+    {"task": "regression"},
+])
+def test_no_whole_number_note_where_the_task_was_declared(config: dict[str, Any]) -> None:
+    model = keel.fit(_count_frame(), target="hospital", config={**ONE_EPOCH, **config}, quiet=True, importance=False)
+    assert not _whole_number_notes(model)
+
+
+def test_no_whole_number_note_for_two_classes_or_a_quantity() -> None:
+    binary = keel.fit(_count_frame(values=2), target="hospital", config=ONE_EPOCH, quiet=True, importance=False)
+    assert binary.task == "binary" and not _whole_number_notes(binary)
+    frame = _count_frame()
+    frame["hospital"] = frame["hospital"] * 3 + np.arange(len(frame)) % 7  # 41 values: a quantity
+    quantity = keel.fit(frame, target="hospital", config=ONE_EPOCH, quiet=True, importance=False)
+    assert quantity.task == "regression" and not _whole_number_notes(quantity)
+
+
+def test_the_first_note_says_why_a_random_split_was_not_stratified() -> None:
+    """One class of a single labelled row turned stratification off for every class and said only "(a random
+    split)": the note names the class as the messages spell it."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=120), "y": rng.choice(["up", "down"], 120)})
+    frame.loc[7, "y"] = "sideways"
+    model = keel.fit(frame, target="y", config=ONE_EPOCH, quiet=True, importance=False)
+    assert model.notes[0] == ("rows: 86 for training, 10 for validation, 24 for test (a random split, not stratified: "
+                              "class 'sideways' has a single labelled row)")
+    frame["y"] = rng.choice([1.0, 2.0], 120)
+    frame.loc[7, "y"] = 5.0  # a number class as the messages spell it: 5, not 5.0
+    model = keel.fit(frame, target="y", config=ONE_EPOCH, quiet=True, importance=False)
+    assert model.notes[0].endswith("(a random split, not stratified: class 5 has a single labelled row)")
+    frame.loc[7, "y"] = 1.0
+    stratified = keel.fit(frame, target="y", config=ONE_EPOCH, quiet=True, importance=False)
+    assert stratified.notes[0].endswith("(a random split, stratified by class)")
