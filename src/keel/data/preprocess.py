@@ -14,7 +14,7 @@ from keel.config import ImageConfig, PreprocessingConfig, TextConfig
 from keel.data.images import ImageTransform
 from keel.data.parallel import map_columns, workers_for
 from keel.data.schema import Schema, spaced_names
-from keel.data.spelling import canonical_category
+from keel.data.spelling import label_shown
 from keel.data.text import TextTransform
 from keel.data.transforms import (
     TRANSFORMS,
@@ -458,11 +458,3 @@ def _natural_key(by_string: dict[str, Any]) -> Callable[[str], tuple[int, float,
             return (0, float(value), "")
         return (1, 0.0, string)
     return key
-
-
-def label_shown(value: object) -> str:
-    """A class as a message shows it: numbers as the class they name (5, not np.float64(5.0)), text quoted (its
-    spaces and commas visible: ' 1' and 'Austin, TX')."""
-    if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
-        return str(canonical_category(value))
-    return repr(value.item() if isinstance(value, np.generic) else value)

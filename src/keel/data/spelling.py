@@ -167,6 +167,21 @@ def wrong_type(value: object, column: str, row: int, expected: str) -> DataError
         f"is expected: {expected}.", column=column, row=row)
 
 
+def label_shown(value: object) -> str:
+    """A class as a message shows it: numbers as the class they name (5, not np.float64(5.0)), text quoted (its
+    spaces and commas visible: ' 1' and 'Austin, TX').
+
+    Example:
+        >>> label_shown(5.0), label_shown(" 1"), label_shown(True)
+        ('5', "' 1'", 'True')
+    """
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        value = value.item()  # type: ignore[attr-defined]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(canonical_category(value))
+    return repr(value)
+
+
 def canonical_category(value: object) -> str | None:
     """The canonical string of one category value, or None when the value is missing.
 

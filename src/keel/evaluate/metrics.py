@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from keel.data.spelling import label_shown
+
 
 def predicted_classes(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """The predicted class of each row: the decision rule that keel, its exports and its server share.
@@ -173,8 +175,8 @@ def roc_auc_undefined(y_true: np.ndarray, labels: Sequence[Any], sample_weight: 
     if not present:
         return f"there is no row{weighted} here"
     if len(present) == 1:  # binary, or multiclass with a single class left: two classes are the least AUC needs
-        return f"every row{weighted} here is of class {_class_shown(labels[present[0]])}"
-    shown = [_class_shown(labels[k]) for k in missing[:3]]
+        return f"every row{weighted} here is of class {label_shown(labels[present[0]])}"
+    shown = [label_shown(labels[k]) for k in missing[:3]]
     names = (f"class {shown[0]} has" if len(missing) == 1 else
              f"classes {', '.join(shown)} and {len(missing) - 3} more have" if len(missing) > 3 else
              f"classes {', '.join(shown[:-1])} and {shown[-1]} have")
@@ -196,13 +198,6 @@ def _missing_classes(y_true: np.ndarray, n_classes: int, sample_weight: np.ndarr
     if n_classes - len(missing) < 2 or (n_classes > 2 and missing):
         return missing
     return None
-
-
-def _class_shown(label: Any) -> str:
-    """A class as a message shows it (as the data stage's ``label_shown`` does; evaluate imports no other stage):
-    text quoted, numbers plain."""
-    label = label.item() if isinstance(label, np.generic) else label
-    return repr(label) if isinstance(label, str) else str(label)
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ from keel.config import (
 from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_as_written, read_table
 from keel.data.leaks import leak_notes
-from keel.data.preprocess import Preprocessor, TargetEncoder, label_shown
+from keel.data.preprocess import Preprocessor, TargetEncoder
 from keel.data.schema import (
     Schema,
     declared_task,
@@ -55,6 +55,7 @@ from keel.data.schema import (
     spaced_names,
     written_columns,
 )
+from keel.data.spelling import label_shown
 from keel.data.split import Split, fold_rows, split_rows
 from keel.data.text import TextTransform
 from keel.data.values import TARGET_ADVICE, missing_values, row_weights, to_numeric
