@@ -702,9 +702,16 @@ def validate_config(tree: Mapping[str, Any]) -> Config:
 
 
 def _check_drop_columns(config: Config) -> None:
-    """drop_columns names no column that input_features lists (the target is checked with the data, as --target
-    may name it later)."""
+    """drop_columns names no column that input_features lists or a training key uses (the target is checked with
+    the data, as --target may name it later)."""
     dropped = config.drop_columns or []
+    training = config.training
+    for key, column in (("weight_column", training.weight_column), ("split_by", training.split_by),
+                        ("order_by", training.order_by)):
+        if column is not None and column in dropped:
+            raise ConfigError(f"drop_columns lists {column!r}, the training.{key} column: it is no feature already, "
+                              f"and dropping it would not stop it doing its job. Remove it from drop_columns (or "
+                              f"unset training.{key}).")
     listed = sorted({feature.name for feature in config.input_features or []} & set(dropped))
     if listed:
         raise ConfigError(f"drop_columns lists {listed} that input_features also lists: a column is used or dropped, "

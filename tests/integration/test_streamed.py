@@ -565,3 +565,13 @@ def test_a_streamed_count_target_read_as_classes_says_so(tmp_path: Path) -> None
     assert _streamed(model)
     assert ("target 'visits' holds 6 whole numbers (0 to 5), read as 6 classes (multiclass); if they are counts or "
             "amounts, train a regression with --set task=regression") in " ".join(model.notes)
+
+
+def test_a_streamed_run_drops_the_columns_asked_without_saying_it_judged_them(tmp_path) -> None:
+    frame = _table(N_ROWS, seed=4)
+    path = tmp_path / "dropping.csv"
+    frame.to_csv(path, index=False)
+    model = keel.fit(path, target="y", config={**STREAMED, "drop_columns": ["x0", "count"]}, quiet=True,
+                     importance=False)
+    assert _streamed(model) and not {"x0", "count"} & set(model.feature_names)
+    assert "dropped column 'x0': drop_columns lists it" in model.notes  # no "(judged on a sample ...)": asked

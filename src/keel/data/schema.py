@@ -20,6 +20,7 @@ from keel.data.values import (
     MIN_SCALE,
     TARGET_ADVICE,
     category_strings,
+    check_scalars,
     is_numeric,
     map_gathering,
     missing_values,
@@ -162,6 +163,22 @@ def labelled_rows(frame: pd.DataFrame, target: str, purpose: str) -> pd.DataFram
     return labelled
 
 
+def check_drop_columns(frame: pd.DataFrame, config: Config) -> list[str]:
+    """The columns ``drop_columns`` names, each once, checked against the data and the target.
+
+    Raises:
+        ConfigError: It names the target.
+        DataError: It names a column the data lacks (a misspelt name would keep the column it meant to drop).
+    """
+    dropping = list(dict.fromkeys(config.drop_columns or []))
+    if config.target in dropping:
+        raise ConfigError(f"drop_columns lists the target {config.target!r}; the target is never a feature. Remove "
+                          "it from drop_columns (--drop), or choose another target.")
+    for name in dropping:
+        require_column(frame, name, "drop_columns")
+    return dropping
+
+
 def require_column(frame: pd.DataFrame, name: str, role: str) -> None:
     """Raise a DataError naming the available columns and the closest match when ``name`` is absent."""
     if name in frame.columns:
@@ -221,12 +238,7 @@ def infer_schema(frame: pd.DataFrame, config: Config, *, rows: np.ndarray | None
     # The target's entry declares how its labels are read, not a feature: the other entries are the features,
     # or every column when there are none.
     declared = {item.name: item.type for item in config.input_features or [] if item.name != config.target}
-    dropping = list(dict.fromkeys(config.drop_columns or []))
-    if config.target in dropping:
-        raise ConfigError(f"drop_columns lists the target {config.target!r}; the target is never a feature. Remove "
-                          "it from drop_columns (--drop), or choose another target.")
-    for name in dropping:  # a misspelt name would keep the column it meant to drop
-        require_column(frame, name, "drop_columns")
+    dropping = check_drop_columns(frame, config)
     names = list(declared) if declared else [c for c in frame.columns
                                              if c != config.target and c not in exclude and c not in dropping]
     for name in names:
@@ -350,7 +362,11 @@ def infer_column_type(series: pd.Series, name: str, source: str | None) -> tuple
         return _declared_category_type(present)
     if series.dtype == object and _all_dates(present):  # Python dates (a Parquet DATE, .dt.date) and Timestamps
         return ("date", "") if present.nunique() > 1 else (None, f"constant (every value is {str(present.iloc[0])!r})")
-    n_unique = _count_distinct(present, limit=1) if is_numeric(series) else present.nunique()
+    try:
+        n_unique = _count_distinct(present, limit=1) if is_numeric(series) else present.nunique()
+    except TypeError:  # a list or dict in a cell (unhashable): the message records and predictions give
+        check_scalars(present.to_numpy(dtype=object), present)
+        raise
     if n_unique == 1:
         return None, f"constant (every value is {_shown(present.iloc[0])})"
     # Two-valued numbers stay numbers: a third value at prediction is then a number like any
@@ -661,7 +677,8 @@ def _shown(value: object) -> str:
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
-def integer_classes_note(labels: Sequence[Any], name: str, declared: str, task: str) -> str | None:
+def integer_classes_note(labels: Sequence[Any], name: str, declared: str, task: str, *,
+                         categorical: bool = False) -> str | None:
     """A note for a target of whole numbers that the task inference read as three or more classes (counts such
     as hospital stays, 0 to 8, became a 9-class problem without a word); None where the task was declared
     (``declared``: :func:`declared_task`), the labels are text, or there are two classes (0/1 is plainly classes).
@@ -671,9 +688,12 @@ def integer_classes_note(labels: Sequence[Any], name: str, declared: str, task: 
         name: The target column.
         declared: The task the inference started from.
         task: The task it resolved.
+        categorical: The target is a pandas category column: the user's own declaration of classes.
     """
     values = pd.Series(list(labels))
-    if declared != "auto" or task != "multiclass" or not is_numeric(values):
+    if declared != "auto" or task != "multiclass" or categorical or not is_numeric(values):
+        return None
+    if not np.all(np.mod(values.to_numpy(dtype=np.float64), 1) == 0):  # 0.5, 1.5 read as classes are no counts
         return None
     return (f"target {name!r} holds {len(values)} whole numbers ({_plain_number(values.min())} to "
             f"{_plain_number(values.max())}), read as {len(values)} classes (multiclass); if they are counts or "

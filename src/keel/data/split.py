@@ -26,6 +26,8 @@ class Split:
     # Why a random split of a classification target was not drawn class by class (a phrase for the first note,
     # e.g. "not stratified: class 'x' has a single labelled row"); None where it was, or nothing was held out.
     unstratified: str | None = None
+    # The part that phrase is about: "test", or "validation" (which bagging's folds, dealt class by class, replace).
+    unstratified_part: str | None = None
 
 
 def split_rows(
@@ -71,15 +73,15 @@ def split_rows(
         train_rows, validation_rows, validation_stratified = _take(rest, validation, seed + 1, rest_classes)
         held = [drawn for drawn, part in ((test_stratified, test_rows), (validation_stratified, validation_rows))
                 if len(part)]
-        why = None  # a held-out part of rows drawn at random though there are classes: the first such part's reason
+        why = part = None  # a held-out part of rows drawn at random though there are classes: the first one's reason
         if classes is not None and len(test_rows) and not test_stratified:
-            why = f"not stratified: {_refusal(classes, len(test_rows), n_rows, 'test', labels)}"
+            why, part = f"not stratified: {_refusal(classes, len(test_rows), n_rows, 'test', labels)}", "test"
         elif rest_classes is not None and len(validation_rows) and not validation_stratified:
             reason = _refusal(rest_classes, len(validation_rows), len(rest), "validation", labels,
                               after_test=bool(len(test_rows)))
-            why = f"{'the validation rows ' if len(test_rows) else ''}not stratified: {reason}"
+            why, part = f"{'the validation rows ' if len(test_rows) else ''}not stratified: {reason}", "validation"
         return Split(np.sort(train_rows), np.sort(validation_rows), np.sort(test_rows),
-                     stratified=bool(held) and all(held), unstratified=why)
+                     stratified=bool(held) and all(held), unstratified=why, unstratified_part=part)
     return Split(np.sort(train_rows), np.sort(validation_rows), np.sort(test_rows))
 
 
@@ -162,11 +164,14 @@ def _refusal(classes: np.ndarray, n_held: int, n_rows: int, part: str, labels: S
         where = "row outside the test rows" if after_test else "labelled row"
         return f"{names} {'has' if len(lone) == 1 else 'have'} a single {where}{'' if len(lone) == 1 else ' each'}"
     if n_held < len(present):
-        return f"{len(present)} classes, more than the {n_held} {part} rows"
+        return f"{len(present)} classes, more than the {_rows(n_held, part)}"
     if n_rows - n_held < len(present):
-        kept = "training and validation" if part == "test" else "training"
-        return f"{len(present)} classes, more than the {n_rows - n_held} {kept} rows"
+        return f"{len(present)} classes, more than the {_rows(n_rows - n_held, 'training and validation' if part == 'test' else 'training')}"
     return None
+
+
+def _rows(count: int, part: str) -> str:
+    return f"{count} {part} row{'' if count == 1 else 's'}"
 
 
 def fold_rows(rows: np.ndarray, n_folds: int, *, seed: int, classes: np.ndarray | None = None,

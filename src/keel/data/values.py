@@ -155,11 +155,13 @@ def _written_dates_error(seconds: np.ndarray, kind: str, column: str, source: st
     # 1970: the same text a DataFrame, Parquet or JSON gives as a string is its own date.
     given = seconds[~np.isnan(seconds)]
     holds = "is declared a date but holds" if declared else "holds dates, but as"
-    fix = "Declare the column a number, or write the dates out" if declared else "Write the dates out"
+    # Declared: the numbers may be no dates at all. At prediction they are the model's date column, which a
+    # DataFrame can give as strings.
+    fix = ("Declare the column a number, or write the dates out (2023-11-06)." if declared else
+           "Write the dates out (2023-11-06); from a DataFrame, strings like '20231106' are read as dates too.")
     return DataError(
         f"column {column!r} {holds} whole numbers from {given.min():.0f} to {given.max():.0f}, {kind} by the look of "
-        "them; numbers in a date column are seconds since 1970-01-01 UTC, and these would all fall in 1970. "
-        f"{fix} (2023-11-06); from a DataFrame, strings like '20231106' are read as dates too.",
+        f"them; numbers in a date column are seconds since 1970-01-01 UTC, and these would all fall in 1970. {fix}",
         file=source, column=column)
 
 
@@ -393,18 +395,18 @@ def category_strings(series: pd.Series) -> np.ndarray:
             _check_text(out, missing, series)
     else:  # mixed objects, dates: one by one
         values = series.to_numpy(dtype=object)
-        _check_scalars(values, series)
+        check_scalars(values, series)
         out = np.array([canonical_category(value) for value in values], dtype=object)
         _check_text(out, missing | (out == None), series)  # noqa: E711 (elementwise comparison)
     out[missing] = None
     return out
 
 
-# The cell types _check_scalars passes at once (most cells of a mixed column).
+# The cell types check_scalars passes at once (most cells of a mixed column).
 _SCALARS = frozenset({str, int, float, bool, type(None), np.str_, np.int64, np.float64, np.bool_})
 
 
-def _check_scalars(values: np.ndarray, series: pd.Series) -> None:
+def check_scalars(values: np.ndarray, series: pd.Series) -> None:
     """A list, dict, set or array in a cell is no category: a DataError naming the column and row, as the runtime
     gives for one in a record, not its text ("['red']") sent to the unknown bucket. Tuples pass: hashable, they
     were categories of models saved before this check (a column of zip(a, b) pairs)."""

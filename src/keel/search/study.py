@@ -27,7 +27,7 @@ from keel.artifact import check_destination
 from keel.cluster import check_backend, ray_module
 from keel.config import Config, ConfigSource, load_config, with_target
 from keel.data.io import TableSource, read_table
-from keel.data.schema import declared_written, infer_target_task, require_column
+from keel.data.schema import check_drop_columns, declared_written, infer_target_task, require_column
 from keel.errors import ConfigError, KeelError
 from keel.model import Model
 from keel.runs import flatten
@@ -119,6 +119,7 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
     frame = read_data(data, reporter, text=declared_written(settings))
     name = str(settings.target)
     require_column(frame, name, "target")
+    check_drop_columns(frame, settings)  # before any trial: each would fail on it alike
     task = infer_target_task(frame, settings)
     monitor = resolve_monitor(settings.training.monitor, task)
     space = search_space(settings, task)

@@ -110,7 +110,8 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         quiet: Report nothing (notes are still kept in ``model.notes``).
         reporter: Where notes, messages and progress go; by default plain lines on stderr.
         importance: Measure permutation feature importance on (up to 2,000) validation rows for
-            the report (``model.importance``); about a second on 50 features.
+            the report (``model.importance``); about a second on 50 features. False also skips the note on
+            columns that give the target away (keel tune's trials and the scikit-learn estimators pass False).
         output: Save the model to this directory (atomically, when training ends). While the run
             trains, a lock keeps other runs out of it and checkpoints go beside it, in
             ``<output>.checkpoint/`` (``training.checkpoint``); they are removed once the model is saved.
@@ -334,13 +335,15 @@ def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Confi
            reporter: Reporter, device: torch.device, importance: bool,
            checkpoints: RunCheckpoints | None = None, deadline: float | None = None) -> Model:
     training = settings.training
-    data = _prepare(frame, test_frame, settings, training, notes, reporter, device)
+    data = _prepare(frame, test_frame, settings, training, notes, reporter, device, leak_check=importance)
     return train_networks(data, settings, training, notes, reporter, device, importance, checkpoints, deadline)
 
 
 def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, training: TrainingConfig,
-             notes: Notes, reporter: Reporter, device: torch.device) -> PreparedData:
-    """Split, infer the schema, fit the preprocessing and transform every row into memory."""
+             notes: Notes, reporter: Reporter, device: torch.device, *, leak_check: bool = True) -> PreparedData:
+    """Split, infer the schema, fit the preprocessing and transform every row into memory. ``leak_check``: score
+    the columns for a leak (keel.data.leaks); off where fit's importance is (a tuning trial, an estimator: the
+    same data each time, or columns the caller never named)."""
     special = _special_columns(frame, test_frame, training, from_preset(settings, "training", "bagging"))
     data_frame = frame
     rows = _labelled(frame, settings)
@@ -363,14 +366,15 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     test_labelled = None if test_frame is None else _labelled_test_rows(test_frame, rows.target.name)
     notes.append(_describe_rows(split, bags, networks, training, rows.n_unlabelled, test_labelled, rows.target.name))
     if (classes_note := integer_classes_note(rows.target.labels, rows.target.name, declared_task(settings),
-                                             rows.target.task)):
+                                             rows.target.task, categorical=isinstance(
+                                                 frame[rows.target.name].dtype, pd.CategoricalDtype))):
         notes.append(classes_note)
     for name, reason in schema.dropped.items():
         notes.append(f"dropped column {name!r}: {reason}")
     for note in schema.notes:
         notes.append(note)
     for note in _leaks(frame, schema, rows, np.sort(np.concatenate([split.train, split.validation])), training.seed,
-                       groups, order):
+                       groups, order) if leak_check else ():
         notes.append(note)
     # The test data was read before the schema: the columns the model reads as written are read so now.
     if test_frame is not None and test_labelled is not None:
@@ -905,7 +909,8 @@ def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], netw
         how = f"whole groups of {training.split_by!r} in each part"
     else:
         how = "a random split" + (", stratified by class" if split.stratified else  # bagged folds too (fold_rows)
-                                  f", {split.unstratified}" if split.unstratified else "")
+                                  f", {split.unstratified}" if split.unstratified and (
+                                      len(bags) == 1 or split.unstratified_part == "test") else "")
     text = (f"rows: {len(split.train)} for training, {len(split.validation)} for validation, {n_test} for test "
             f"({how}{'; test rows from the test data' if test_labelled is not None else ''})")
     if len(bags) > 1:

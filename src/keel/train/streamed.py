@@ -478,10 +478,12 @@ def fit_on_scan(streamer: Streamer, settings: Config, notes: Notes, reporter: Re
     n_validation = 0 if streamer.bagged else parts.get(_VALIDATION, 0)
     n_test = parts.get(_TEST, 0)
     schema = infer_schema(sample, settings.model_copy(update={"task": target.task}), exclude=special)
-    if (classes_note := integer_classes_note(target.labels, target.name, declared_task(settings), target.task)):
+    if (classes_note := integer_classes_note(target.labels, target.name, declared_task(settings), target.task,
+                                             categorical=isinstance(sample[target.name].dtype, pd.CategoricalDtype))):
         notes.append(classes_note)
     for name, reason in schema.dropped.items():
-        notes.append(f"dropped column {name!r}: {reason} (judged on a sample of {len(sample):,} rows)")
+        judged = "" if name in (settings.drop_columns or []) else f" (judged on a sample of {len(sample):,} rows)"
+        notes.append(f"dropped column {name!r}: {reason}{judged}")
     for note in schema.notes:
         notes.append(note)
     assert scan.sample_parts is not None

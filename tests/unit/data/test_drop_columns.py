@@ -58,3 +58,20 @@ def test_the_cli_adds_each_drop_to_the_configs_and_refuses_the_target(tmp_path) 
                           str(tmp_path / "n")], capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "drop_columns lists the target 'y'" in run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "n").exists()
+
+
+@pytest.mark.parametrize("key", ["weight_column", "split_by", "order_by"])
+def test_a_column_a_training_key_uses_cannot_be_dropped(key: str) -> None:
+    # It is no feature already: dropping it would not stop it weighting, grouping or ordering the rows.
+    with pytest.raises(ConfigError, match=f"drop_columns lists 'w', the training.{key} column"):
+        load_config({f"training.{key}": "w", "drop_columns": ["w"]})
+
+
+def test_tune_refuses_a_misspelt_drop_before_any_trial(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from keel.search import tune
+
+    frame = make_classification_frame()
+    with pytest.raises(DataError, match=r"drop_columns column 'colour' is not in the data.*Did you mean 'color'\?") as caught:
+        tune(frame, target="label", config={**FAST, "drop_columns": ["colour"]}, trials=2, output=tmp_path / "m")
+    assert "trial" not in str(caught.value)  # once every trial had failed on it, the error said "no trial finished"
+    assert not (tmp_path / "m").exists()

@@ -345,8 +345,23 @@ def test_whole_numbers_read_as_three_or_more_classes_get_a_note() -> None:
     (list(range(9)), "multiclass", "multiclass"),  # declared: task multiclass, or the target declared a category
     (list(range(9)), "binary", "multiclass"),
     ([], "auto", "regression"),
+    ([0.5, 1.5, 2.5], "auto", "multiclass"),  # fractional classes (a category or text column) are no counts
 ])
 def test_no_whole_number_note_where_the_classes_are_plain_or_declared(labels: list, declared: str, task: str) -> None:  # type: ignore[type-arg]
     from keel.data.schema import integer_classes_note
 
     assert integer_classes_note(labels, "y", declared, task) is None
+
+
+def test_a_pandas_category_target_of_whole_numbers_gets_no_regression_advice() -> None:
+    # A pandas category is the user's own declaration of classes, as for a feature (_numbers_in_disguise).
+    import keel
+    from tests.conftest import FAST
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=300), "y": rng.integers(0, 5, 300)})
+    plain = keel.fit(frame, target="y", config={**FAST, "training.epochs": 1}, quiet=True)
+    assert [note for note in plain.notes if note.startswith("target 'y' holds 5 whole numbers")]
+    frame["y"] = pd.Categorical(frame["y"])
+    declared = keel.fit(frame, target="y", config={**FAST, "training.epochs": 1}, quiet=True)
+    assert not [note for note in declared.notes if "whole numbers" in note]

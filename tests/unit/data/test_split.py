@@ -118,3 +118,8 @@ def test_a_stratified_or_regression_split_gives_no_reason() -> None:
     assert split_rows(100, validation=0.0, test=0.0, seed=0, classes=classes).unstratified is None  # nothing held out
     lonely = np.r_[classes[:-1], 2]
     assert split_rows(100, validation=0.1, test=0.2, seed=0, classes=lonely, groups=np.arange(100) % 10).unstratified is None
+
+
+def test_one_held_out_row_is_said_in_the_singular() -> None:
+    assert split_rows(5, validation=0.0, test=0.2, seed=0, classes=np.array([0, 0, 1, 1, 1])).unstratified == (
+        "not stratified: 2 classes, more than the 1 test row")

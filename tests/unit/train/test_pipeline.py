@@ -328,3 +328,23 @@ def test_the_first_note_says_why_a_random_split_was_not_stratified() -> None:
     frame.loc[7, "y"] = 1.0
     stratified = keel.fit(frame, target="y", config=ONE_EPOCH, quiet=True, importance=False)
     assert stratified.notes[0].endswith("(a random split, stratified by class)")
+
+
+def test_bagged_folds_keep_no_reason_about_a_validation_draw_they_replace() -> None:
+    # Bagging's folds are dealt class by class (fold_rows); the validation draw the reason was about is not used.
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=120), "y": rng.choice(["up", "down"], 120)})
+    frame.loc[7, "y"] = "solo"
+    bagged = keel.fit(frame, target="y", config={**ONE_EPOCH, "training.bagging": 3, "training.test_split": 0.0},
+                      quiet=True, importance=False)
+    assert bagged.notes[0].startswith("rows: ") and "not stratified" not in bagged.notes[0]
+    assert "(a random split); 3 bagged networks" in bagged.notes[0]
+    tested = keel.fit(frame, target="y", config={**ONE_EPOCH, "training.bagging": 3}, quiet=True, importance=False)
+    assert "(a random split, not stratified: class 'solo' has a single labelled row); 3 bagged" in tested.notes[0]
+
+
+def test_a_list_in_a_category_cell_is_refused_at_training_as_at_prediction() -> None:
+    frame = pd.DataFrame({"x": np.arange(60.0), "colour": [["red"]] + ["blue", "green"] * 29 + ["red"],
+                          "y": ["a", "b"] * 30})
+    with pytest.raises(DataError, match=r"column 'colour' row 1 holds a value of type list"):
+        keel.fit(frame, target="y", config=ONE_EPOCH, quiet=True, importance=False)
