@@ -26,8 +26,8 @@ from keel.data.schema import infer_schema  # noqa: E402
 
 # (package, item, target): R tables beyond bench/accuracy.py's; birthwt's bwt and Smarket's Today are leaks. The
 # last three hold honest columns that a law or a shared trend makes near-exact (a tree's height by its age, an
-# assay's standard curve, two series that grow with time): named, which the note's "if it is a genuine input,
-# ignore this note" is for.
+# assay's standard curve, two series that grow with time): at a flat 0.99 all three were named; the bar that
+# rises on small tables leaves economics' pop, which the note's "if it is a genuine input, ignore this note" is for.
 MORE = [("carData", "TitanicSurvival", "survived"), ("AER", "NMES1988", "visits"), ("AER", "Affairs", "affairs"),
         ("Ecdat", "Caschool", "testscr"), ("MASS", "birthwt", "low"), ("ISLR", "Hitters", "Salary"),
         ("ISLR", "Carseats", "Sales"), ("MASS", "Boston", "medv"), ("AER", "CPS1985", "wage"),
