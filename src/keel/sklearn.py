@@ -225,7 +225,8 @@ class _KeelEstimator(BaseEstimator):
         target = _free_name("target", frame.columns)
         frame[target] = y
         # No permutation importance: it feeds the report, which an estimator in a grid search never draws.
-        self.model_ = fit(frame, target=target, config=config, quiet=self.quiet, importance=False)
+        self.model_ = fit(frame, target=target, config=config, quiet=self.quiet, importance=False,
+                          leak_check=False)
         self.history_ = self.model_.history
         self._warn_unused_columns()
         return self

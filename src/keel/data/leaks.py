@@ -76,11 +76,12 @@ def leak_notes(frame: pd.DataFrame, rows: np.ndarray, columns: Sequence[tuple[st
             continue
         series = frame[name].iloc[rows[sample]]  # only the sampled rows are copied
         if kind == "number":
-            score, how = _number_score(to_numeric(series, column=name).astype(np.float64), y, halves, task)
+            score, how, n_scored = _number_score(to_numeric(series, column=name).astype(np.float64), y, halves, task)
         else:
-            score, how = _lookup_score(_codes(series), y, halves, regression), _LOOKUP[regression]
-        if score is not None and score >= threshold(len(sample)):
-            found.append((score, _note(name, target_name, score, how, len(sample), len(sample) < len(target))))
+            score, how, n_scored = _lookup_score(_codes(series), y, halves, regression), _LOOKUP[regression], len(y)
+        # The bar and the count are those of the rows the score was taken on (a sparse number's present ones).
+        if score is not None and score >= threshold(n_scored):
+            found.append((score, _note(name, target_name, score, how, n_scored, len(sample) < len(target))))
     return [note for _, note in sorted(found, key=lambda item: -item[0])]
 
 
@@ -114,8 +115,10 @@ def _note(name: str, target_name: str, score: float, how: str, n_rows: int, samp
             f"(--drop {shlex.quote(name)}, or drop_columns: [{json.dumps(name)}] in the config). If it is a genuine input, ignore this note.")
 
 
-def _number_score(values: np.ndarray, y: np.ndarray, halves: np.ndarray, task: str) -> tuple[float | None, str]:
-    """The better of the rank score (present rows) and the binned lookup's, with the words for it."""
+def _number_score(values: np.ndarray, y: np.ndarray, halves: np.ndarray,
+                  task: str) -> tuple[float | None, str, int]:
+    """The better of the rank score (present rows) and the binned lookup's, with the words for it and the number
+    of rows it was taken on."""
     regression = task == "regression"
     present = ~np.isnan(values)
     # A multiclass target's middle classes sit mid-order whatever the column: only its lookup can name it.
@@ -123,8 +126,8 @@ def _number_score(values: np.ndarray, y: np.ndarray, halves: np.ndarray, task: s
             if task != "multiclass" and present.sum() >= MIN_ROWS else None)
     lookup = _lookup_score(_bins(values, halves), y, halves, regression)
     if rank is not None and (lookup is None or rank >= lookup):
-        return rank, _RANK[regression]
-    return lookup, _LOOKUP[regression]
+        return rank, _RANK[regression], int(present.sum())
+    return lookup, _LOOKUP[regression], len(values)
 
 
 def _rank_score(values: np.ndarray, y: np.ndarray, regression: bool) -> float | None:

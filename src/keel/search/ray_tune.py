@@ -199,7 +199,7 @@ def _trial(values: dict[str, Any], frame: pd.DataFrame, settings: dict[str, Any]
         ray_tune.report({_VALUE: value, _STEP: step})
 
     try:
-        model = fit(frame, config=trial_settings, importance=False,
+        model = fit(frame, config=trial_settings, importance=False, leak_check=False,
                     reporter=EpochReporter(monitor, trial_settings.training.epochs, emit))
     except KeelError as error:  # the trial fails; its reason is kept for the "no trial finished" error
         ray_tune.report({_VALUE: math.nan, _STEP: last[0] + 1, _ERROR: str(error).splitlines()[0][:500]})

@@ -360,7 +360,7 @@ def _objective(frame: pd.DataFrame, settings: Config, space: dict[str, Any], mon
         trial_settings = load_config(settings, overrides=overrides(values, settings))
         started = time.perf_counter()
         try:
-            model = fit(frame, config=trial_settings, importance=False,
+            model = fit(frame, config=trial_settings, importance=False, leak_check=False,
                         reporter=EpochReporter(monitor, trial_settings.training.epochs, _pruned_by(trial, monitor)))
         except KeelError as error:  # the trial fails; its reason is kept for the "no trial finished" error
             trial.set_user_attr("error", str(error).splitlines()[0][:500])

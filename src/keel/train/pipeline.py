@@ -99,7 +99,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         test: TableSource | None = None, quiet: bool = False, reporter: Reporter | None = None,
         importance: bool = True, output: str | os.PathLike[str] | None = None, resume: bool = False,
         delimiter: str | None = None, encoding: str | None = None, nproc: int = 1, backend: str = "torch",
-        ray_address: str | None = None, ray_storage: str | None = None) -> Model:
+        ray_address: str | None = None, ray_storage: str | None = None, leak_check: bool = True) -> Model:
     """Train a model on a table: split, infer the schema, preprocess, train, evaluate on held-out rows.
 
     Args:
@@ -110,8 +110,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
         quiet: Report nothing (notes are still kept in ``model.notes``).
         reporter: Where notes, messages and progress go; by default plain lines on stderr.
         importance: Measure permutation feature importance on (up to 2,000) validation rows for
-            the report (``model.importance``); about a second on 50 features. False also skips the note on
-            columns that give the target away (keel tune's trials and the scikit-learn estimators pass False).
+            the report (``model.importance``); about a second on 50 features.
         output: Save the model to this directory (atomically, when training ends). While the run
             trains, a lock keeps other runs out of it and checkpoints go beside it, in
             ``<output>.checkpoint/`` (``training.checkpoint``); they are removed once the model is saved.
@@ -125,6 +124,9 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
             workers (keel.train.ray_train; extra ``keel[ray]``), on the cluster at ``ray_address`` or
             a local Ray instance, with ``ray_storage`` (a path or URI every node can write) carrying rank
             0's model back when the workers run on other machines.
+        leak_check: Score each column alone for a leak of the target (keel.data.leaks) and note those that
+            predict it almost exactly; keel tune's trials (the same data each time) and the scikit-learn
+            estimators (columns the caller never named) pass False.
 
     Returns:
         The trained model; ``model.metrics`` holds the test metrics and ``model.notes`` what keel
@@ -228,7 +230,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
                 with torch.random.fork_rng():  # the caller's global random state is left as it was
                     torch.manual_seed(settings.training.seed)
                     model = _train(frame, test_frame, settings, notes, reporter, device, importance, checkpoints,
-                                   deadline)
+                                   deadline, leak_check)
         except KeelError as error:
             error.notes = list(notes)
             raise
@@ -333,17 +335,17 @@ class _Rows:
 
 def _train(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, notes: Notes,
            reporter: Reporter, device: torch.device, importance: bool,
-           checkpoints: RunCheckpoints | None = None, deadline: float | None = None) -> Model:
+           checkpoints: RunCheckpoints | None = None, deadline: float | None = None,
+           leak_check: bool = True) -> Model:
     training = settings.training
-    data = _prepare(frame, test_frame, settings, training, notes, reporter, device, leak_check=importance)
+    data = _prepare(frame, test_frame, settings, training, notes, reporter, device, leak_check=leak_check)
     return train_networks(data, settings, training, notes, reporter, device, importance, checkpoints, deadline)
 
 
 def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Config, training: TrainingConfig,
              notes: Notes, reporter: Reporter, device: torch.device, *, leak_check: bool = True) -> PreparedData:
     """Split, infer the schema, fit the preprocessing and transform every row into memory. ``leak_check``: score
-    the columns for a leak (keel.data.leaks); off where fit's importance is (a tuning trial, an estimator: the
-    same data each time, or columns the caller never named)."""
+    the columns for a leak (keel.data.leaks), as fit's ``leak_check`` says."""
     special = _special_columns(frame, test_frame, training, from_preset(settings, "training", "bagging"))
     data_frame = frame
     rows = _labelled(frame, settings)
@@ -908,9 +910,11 @@ def _describe_rows(split: Split, bags: list[tuple[np.ndarray, np.ndarray]], netw
     elif training.split_by:
         how = f"whole groups of {training.split_by!r} in each part"
     else:
-        how = "a random split" + (", stratified by class" if split.stratified else  # bagged folds too (fold_rows)
-                                  f", {split.unstratified}" if split.unstratified and (
-                                      len(bags) == 1 or split.unstratified_part == "test") else "")
+        # Bagged networks' folds are dealt class by class (fold_rows) and replace the validation draw: its
+        # reason is no reason then.
+        replaced = len(bags) > 1 and split.unstratified_part == "validation"
+        how = "a random split" + (", stratified by class" if split.stratified or replaced else
+                                  f", {split.unstratified}" if split.unstratified else "")
     text = (f"rows: {len(split.train)} for training, {len(split.validation)} for validation, {n_test} for test "
             f"({how}{'; test rows from the test data' if test_labelled is not None else ''})")
     if len(bags) > 1:

@@ -338,7 +338,7 @@ def test_bagged_folds_keep_no_reason_about_a_validation_draw_they_replace() -> N
     bagged = keel.fit(frame, target="y", config={**ONE_EPOCH, "training.bagging": 3, "training.test_split": 0.0},
                       quiet=True, importance=False)
     assert bagged.notes[0].startswith("rows: ") and "not stratified" not in bagged.notes[0]
-    assert "(a random split); 3 bagged networks" in bagged.notes[0]
+    assert "(a random split, stratified by class); 3 bagged networks" in bagged.notes[0]
     tested = keel.fit(frame, target="y", config={**ONE_EPOCH, "training.bagging": 3}, quiet=True, importance=False)
     assert "(a random split, not stratified: class 'solo' has a single labelled row); 3 bagged" in tested.notes[0]
 
