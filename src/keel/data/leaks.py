@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from keel.data.values import category_strings, to_numeric
-from keel.evaluate.metrics import ranked_roc_auc
+from keel.evaluate.metrics import average_ranks, ranked_roc_auc
 
 # The score at or above which a column alone "predicts the target almost exactly", from FULL_BAR_ROWS scored rows
 # on. Chosen on data (bench/leaks.py): on 30 real tables the highest honest column scored 0.979; the four leaks,
@@ -132,11 +132,11 @@ def _number_score(values: np.ndarray, y: np.ndarray, halves: np.ndarray,
 
 def _rank_score(values: np.ndarray, y: np.ndarray, regression: bool) -> float | None:
     """|Spearman| for a regression; for two classes, the ROC-AUC of the values (either direction)."""
-    ranks = _ranks(values)
+    ranks = average_ranks(values)
     if regression:
         if np.ptp(values) == 0 or np.ptp(y) == 0:
             return None
-        correlation = float(np.corrcoef(ranks, _ranks(y))[0, 1])
+        correlation = float(np.corrcoef(ranks, average_ranks(y))[0, 1])
         return abs(correlation) if np.isfinite(correlation) else None
     area = _auc(y == y.max(), ranks)
     return None if area is None else max(area, 1.0 - area)
@@ -193,10 +193,6 @@ def _bins(values: np.ndarray, halves: np.ndarray) -> np.ndarray:
     codes = np.searchsorted(edges, values, side="right")
     codes[np.isnan(values)] = len(edges) + 1
     return codes.astype(np.int64)
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    return pd.Series(values).rank(method="average").to_numpy()
 
 
 def _code_ranks(codes: np.ndarray, per_code: np.ndarray) -> np.ndarray:

@@ -120,7 +120,7 @@ def binary_roc_auc(positive: np.ndarray, score: np.ndarray, sample_weight: np.nd
     each pair counting with the product of its rows' weights when ``sample_weight`` is given."""
     if sample_weight is not None:
         return _weighted_roc_auc(positive, score, np.asarray(sample_weight, dtype=np.float64))
-    return ranked_roc_auc(positive, _average_ranks(score))
+    return ranked_roc_auc(positive, average_ranks(score))
 
 
 def ranked_roc_auc(positive: np.ndarray, ranks: np.ndarray) -> float:
@@ -200,7 +200,7 @@ def _missing_classes(y_true: np.ndarray, n_classes: int, sample_weight: np.ndarr
     return None
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
+def average_ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks, tied values sharing their average rank."""
     order = np.argsort(values, kind="mergesort")
     sorted_values = values[order]

@@ -360,8 +360,9 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
                        classes=rows.classes, groups=groups, order=order,
                        labels=[label_shown(label) for label in rows.target.labels])
     _check_training_classes(rows, split.train, training)
-    schema = infer_schema(frame, settings.model_copy(update={"task": rows.target.task}),
-                          rows=np.sort(np.concatenate([split.train, split.validation])), exclude=special)
+    trained = np.sort(np.concatenate([split.train, split.validation]))  # what the schema and the leak check read
+    schema = infer_schema(frame, settings.model_copy(update={"task": rows.target.task}), rows=trained,
+                          exclude=special)
     networks = _networks(settings, split, schema, groups)
     bags = _bags(split, networks, training, rows.classes, groups, from_preset(settings, "training", "bagging"))
     # The test data's rows with a target, found once: the rows note counts them, _checked_test_frame drops the rest.
@@ -375,8 +376,7 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
         notes.append(f"dropped column {name!r}: {reason}")
     for note in schema.notes:
         notes.append(note)
-    for note in _leaks(frame, schema, rows, np.sort(np.concatenate([split.train, split.validation])), training.seed,
-                       groups, order) if leak_check else ():
+    for note in _leaks(frame, schema, rows, trained, training.seed, groups, order) if leak_check else ():
         notes.append(note)
     # The test data was read before the schema: the columns the model reads as written are read so now.
     if test_frame is not None and test_labelled is not None:
