@@ -264,6 +264,23 @@ def test_row_weights_are_read_from_the_streamed_rows(tmp_path) -> None:
     assert (model.predict(frame.head(2000)) == "yes").mean() > 0.9
 
 
+def test_a_streamed_regression_target_is_scaled_by_the_row_weights(tmp_path) -> None:
+    frame = _table(N_ROWS, seed=5)
+    rng = np.random.default_rng(5)
+    frame["y"] = rng.normal(10.0, 1.0, N_ROWS)
+    frame["w"] = 1.0
+    outliers = rng.random(N_ROWS) < 0.2
+    frame.loc[outliers, "y"], frame.loc[outliers, "w"] = 1000.0, 0.0  # labels that weigh nothing
+    path = tmp_path / "weighted_regression.csv"
+    frame.to_csv(path, index=False)
+    model = keel.fit(path, target="y", config={**STREAMED, "training.weight_column": "w"}, quiet=True,
+                     importance=False)
+    assert _streamed(model)
+    # Unweighted, the outliers would put the mean near 208 and the spread near 396.
+    assert model.target_encoder.mean == pytest.approx(10.0, abs=0.2)
+    assert model.target_encoder.std == pytest.approx(1.0, abs=0.1)
+
+
 def test_a_split_by_group_never_straddles_training_and_test(tmp_path) -> None:
     frame = _table(N_ROWS, seed=4, unlabelled=UNLABELLED)
     frame["g"] = [f"g{number}" for number in np.random.default_rng(4).integers(0, 400, N_ROWS)]

@@ -354,11 +354,17 @@ class TargetEncoder:
     def n_classes(self) -> int:
         return len(self.labels)
 
-    def fit(self, target: pd.Series) -> "TargetEncoder":
-        present = target[~missing_values(target)]  # a blank label is missing, as in any category column
+    def fit(self, target: pd.Series, weights: np.ndarray | None = None) -> "TargetEncoder":
+        """Learn the classes, or a regression target's mean and standard deviation (weighted by ``weights``, one
+        per row of ``target``, where given: a row of weight 0 does not move the scale the loss is measured in)."""
+        known = ~missing_values(target)
+        present = target[known]  # a blank label is missing, as in any category column
         if self.task == "regression":
             values = to_numeric(present, column=self.name, source=target.attrs.get("source"), advice=TARGET_ADVICE)
-            self.mean, self.std = mean_and_std(values)  # finite even for targets near 1e308
+            counted = None if weights is None else weights[np.asarray(known)]
+            if counted is not None and not counted.sum(dtype=np.float64) > 0:
+                counted = None  # no labelled row weighs anything here: every row counts alike
+            self.mean, self.std = mean_and_std(values, weights=counted)  # finite even for targets near 1e308
             if not np.isfinite(self.std) or self.std == 0.0:
                 self.std = 1.0
             return self

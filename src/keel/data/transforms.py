@@ -93,9 +93,11 @@ Knots = tuple[list[float], list[float]]
 Scaler = Callable[[np.ndarray, int, float], tuple[float, float, Knots]]
 
 
-def mean_and_std(present: np.ndarray, n_missing: int = 0, fill: float = 0.0) -> tuple[float, float]:
+def mean_and_std(present: np.ndarray, n_missing: int = 0, fill: float = 0.0,
+                 weights: np.ndarray | None = None) -> tuple[float, float]:
     """The mean and (population) standard deviation of ``present`` and ``n_missing`` copies of ``fill``,
-    in float64, finite for any finite values.
+    in float64, finite for any finite values; ``weights`` (one per value of ``present``, with no ``n_missing``,
+    summing above 0) weight the values.
 
     Sums of squares overflow float64 beyond about 1e154 (and sums beyond 1e308): a column that
     overflows is divided by its largest magnitude first, which scales both statistics back exactly.
@@ -104,15 +106,20 @@ def mean_and_std(present: np.ndarray, n_missing: int = 0, fill: float = 0.0) -> 
     if not len(present) and not n_missing:
         return 0.0, 0.0
     with np.errstate(over="ignore", invalid="ignore"):
-        center, std = _moments(present, n_missing, fill)
+        center, std = _moments(present, n_missing, fill, weights)
     if math.isfinite(center) and math.isfinite(std):
         return center, std
     unit = max(float(np.max(np.abs(present))) if len(present) else 0.0, abs(fill))
-    center, std = _moments(present / unit, n_missing, fill / unit)
+    center, std = _moments(present / unit, n_missing, fill / unit, weights)
     return center * unit, std * unit
 
 
-def _moments(present: np.ndarray, n_missing: int, fill: float) -> tuple[float, float]:
+def _moments(present: np.ndarray, n_missing: int, fill: float,
+             weights: np.ndarray | None = None) -> tuple[float, float]:
+    if weights is not None:
+        shares = weights.astype(np.float64) / weights.sum(dtype=np.float64)  # shares, so no product overflows
+        center = float((shares * present).sum(dtype=np.float64))
+        return center, float(np.sqrt((shares * np.square(present - center, dtype=np.float64)).sum()))
     n_values = len(present) + n_missing
     center = (present.sum(dtype=np.float64) + n_missing * fill) / n_values
     squares = np.square(present - center, dtype=np.float64).sum() + n_missing * (fill - center) ** 2

@@ -385,7 +385,8 @@ def _prepare(frame: pd.DataFrame, test_frame: pd.DataFrame | None, settings: Con
     target = rows.target
     fitted_rows = np.sort(np.concatenate(bags[0])) if len(bags) > 1 else split.train
     if schema.task == "regression":
-        target.fit(frame[schema.target].iloc[fitted_rows])  # scale the target on training rows only
+        # Scaled on the training rows only, as they weigh in the loss.
+        target.fit(frame[schema.target].iloc[fitted_rows], None if rows.weights is None else rows.weights[fitted_rows])
     with reporter.step(f"preprocessing {len(frame):,} rows x {len(schema.features)} features"):
         # The target of the fitted rows: a tfidf text column's linear scores (text.linear) are fitted on it.
         fitted_target = (rows.classes[fitted_rows] if rows.classes is not None

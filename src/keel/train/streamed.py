@@ -489,7 +489,7 @@ def fit_on_scan(streamer: Streamer, settings: Config, notes: Notes, reporter: Re
     assert scan.sample_parts is not None
     fitted_rows = np.flatnonzero(streamer.fitted(scan.sample_parts))
     if schema.task == "regression":
-        target.fit(sample[schema.target].iloc[fitted_rows])
+        target.fit(sample[schema.target].iloc[fitted_rows], _sample_weights(sample, training.weight_column, fitted_rows))
     with reporter.step(f"preprocessing: fitting on {len(fitted_rows):,} sampled rows x {len(schema.features)} features"):
         preprocessor = Preprocessor(schema, settings.preprocessing, settings.text, settings.image).fit(sample, rows=fitted_rows)
     for note in preprocessor.notes:
@@ -607,6 +607,15 @@ def _check_room(directory: Path, needed: int) -> None:
 
 def _source_name(test: Any) -> str:
     return test.attrs.get("source", "DataFrame") if isinstance(test, pd.DataFrame) else str(test)
+
+
+def _sample_weights(sample: pd.DataFrame, column: str | None, rows: np.ndarray) -> np.ndarray | None:
+    """The sampled rows' weights, for the target's scale: a weight that is no non-negative number counts 0 here
+    (the chunk that holds it is refused with its file row when training reads it)."""
+    if column is None:
+        return None
+    values = pd.to_numeric(sample[column].iloc[rows], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isfinite(values) & (values > 0), values, 0.0)
 
 
 def _target_encoder(scan: Scan, settings: Config) -> TargetEncoder:
