@@ -535,14 +535,17 @@ def searchable_kinds() -> dict[str, str]:
     return kinds
 
 
-def with_target(settings: Config, target: str | None) -> Config:
+def with_target(settings: Config, target: str | int | None) -> Config:
     """``settings`` with the target given as an argument (``--target``, ``target=``), which must agree
-    with the config's own when both are set.
+    with the config's own when both are set. A number names the column of that name: ``3`` is ``"3"``, the name a
+    DataFrame's column labelled 3 is read as (keel.data.spelling.column_names reads every label it accepts as its
+    ``str()``).
 
     Raises:
         ConfigError: The two differ, or neither names a target.
     """
     if target is not None:
+        target = str(target)
         if settings.target not in (None, target):
             raise ConfigError(f"target is {target!r} but the config says {settings.target!r}; pass one of them.")
         settings = settings.model_copy(update={"target": target})

@@ -29,6 +29,7 @@ from sklearn.utils.validation import (
 )
 
 from keel.config import Config
+from keel.data.spelling import column_names
 from keel.errors import DataError, KeelWarning, NotFittedError
 from keel.train.pipeline import fit
 
@@ -216,7 +217,8 @@ class _KeelEstimator(BaseEstimator):
     def _fit(self, X: Any, y: Any, task: str, sample_weight: Any) -> "_KeelEstimator":
         frame, y = self._frame(X, y, reset=True)
         config = {**self.config(), "training.test_split": 0.0, "task": task}
-        if not hasattr(self, "feature_names_in_"):  # a plain array holds numbers only
+        # A plain array holds numbers only. (Not "no feature_names_in_": a frame with int names sets none either.)
+        if not isinstance(X, pd.DataFrame):
             config["input_features"] = [{"name": name, "type": "number"} for name in frame.columns]
         if sample_weight is not None:
             weights = _check_sample_weight(sample_weight, frame, dtype=np.float64, ensure_non_negative=True)
@@ -252,7 +254,7 @@ class _KeelEstimator(BaseEstimator):
                     y = check_array(y, ensure_2d=False, dtype="numeric", input_name="y", estimator=self)
                 check_consistent_length(X, y)
             frame = X.copy()
-            frame.columns = [str(name) for name in frame.columns]
+            frame.columns = column_names(X.columns, "X")  # as fit reads them: 3 is the column "3"
             return frame, y
         if reset:
             X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan", y_numeric=numeric_y)

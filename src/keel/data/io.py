@@ -26,6 +26,7 @@ from typing import Any, Callable, Union
 import pandas as pd
 import pyarrow as pa
 
+from keel.data.spelling import column_names
 from keel.errors import ConfigError, DataError
 
 TableSource = Union[str, os.PathLike, pd.DataFrame]
@@ -288,8 +289,7 @@ def _chosen_columns(columns: Iterable[str] | None, names: list[str], path: Path)
 
 
 def _from_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    names = [str(name) for name in frame.columns]
-    _check_columns(names, None)
+    names = column_names(frame.columns)  # 3 is the column "3": keel names columns by text
     if len(frame) == 0:
         raise DataError("the DataFrame has no rows; pass a DataFrame with data in it.")
     # A shallow copy with a clean index: row numbers in messages then count from 1 like a file's.

@@ -183,15 +183,16 @@ def require_column(frame: pd.DataFrame, name: str, role: str) -> None:
     """Raise a DataError naming the available columns and the closest match when ``name`` is absent."""
     if name in frame.columns:
         return
-    columns = [str(column) for column in frame.columns]
-    close = difflib.get_close_matches(name, columns, n=1, cutoff=0.6)
+    # The hint compares text, whatever reached here: a number (a config's target: 3) or a frame's unread labels.
+    wanted, columns = str(name), [str(column) for column in frame.columns]
+    close = difflib.get_close_matches(wanted, columns, n=1, cutoff=0.6)
     if not close:
-        close = [column for column in columns if column.lower() == name.lower()]
+        close = [column for column in columns if column.lower() == wanted.lower()]
     hint = f" Did you mean {close[0]!r}?" if close else ""
     shown = ", ".join(columns[:30]) + (" ..." if len(columns) > 30 else "")
     raise DataError(
-        f"{role} column {name!r} is not in the data; its columns are: {shown}.{hint}",
-        file=frame.attrs.get("source"), column=name,
+        f"{role} column {wanted!r} is not in the data; its columns are: {shown}.{hint}",
+        file=frame.attrs.get("source"), column=wanted,
     )
 
 

@@ -26,12 +26,15 @@ rule to request values. A NumPy scalar is recognised by its ``dtype`` attribute;
 already loaded, and its ``str`` gives the shortest round-trip digits in the scalar's own precision.
 
 The messages both sides give about a value (:func:`quoted`, :func:`wrong_type`) live here too, for the same reason:
-keel.data and the torch- and pandas-free keel.runtime both import this module, and word them alike.
+keel.data and the torch- and pandas-free keel.runtime both import this module, and word them alike. So do the
+names a DataFrame's column labels are read as (:func:`column_names`: ``3`` is the column ``"3"``).
 """
 
 from __future__ import annotations
 
+import datetime
 import math
+import numbers
 import re
 import struct
 from decimal import Decimal
@@ -272,3 +275,82 @@ def _respelled(value: str) -> str:
     import numpy as np  # only migrations need it, and they run where NumPy is installed
 
     return canonical_category(np.float32(number)) or value
+
+
+# ---- column names ----------------------------------------------------------------------------
+def column_name(label: object) -> str | None:
+    """The name keel reads a DataFrame column label as, or None where no name would be both readable and
+    unambiguous.
+
+    keel names columns by text (a config's ``target``, a saved schema, a JSON request), so a label is read as its
+    ``str()`` where that is the name a reader would type: a string as it is; an integer (``pd.DataFrame(array)``
+    numbers its columns 0, 1, ...), a bool, a finite float or a date as ``str()`` writes it (``3`` -> ``"3"``,
+    ``1.5`` -> ``"1.5"``). A missing label (None, NaN, NaT), a tuple (a MultiIndex's columns) or any other object
+    (whose ``str()`` may be a repr or an address) has no such name.
+
+    Example:
+        >>> column_name(3), column_name("a"), column_name(1.5), column_name(("a", "b")), column_name(None)
+        ('3', 'a', '1.5', None, None)
+    """
+    if isinstance(label, str):  # NumPy's str_ included
+        return str(label)
+    if isinstance(label, numbers.Integral) or type(label).__name__ in ("bool", "bool_"):  # NumPy's too
+        return str(label)
+    if isinstance(label, numbers.Real):  # NumPy floats included; str() is their shortest round-trip digits
+        return str(label) if math.isfinite(label) else None
+    if isinstance(label, datetime.date) and canonical_category(label) is not None:  # pandas' NaT is a datetime
+        return str(label)
+    return None
+
+
+def column_names(labels: Iterable[object], where: str = "the DataFrame") -> list[str]:
+    """A DataFrame's column labels as the names keel reads them as (:func:`column_name`): the one place a
+    frame's columns are named, for every entry that takes a frame (read_table, the estimators, keel.runtime).
+
+    Args:
+        labels: The labels, ``frame.columns``.
+        where: What holds them, as a message names it (``"the DataFrame"``, ``"X"``).
+
+    Returns:
+        The names, in the labels' order.
+
+    Raises:
+        DataError: A label has no readable name, a label repeats, or two labels read as the same name (the int
+            ``1`` and the string ``"1"``).
+    """
+    seen: dict[str, object] = {}
+    names = []
+    for label in labels:
+        name = column_name(label)
+        if name is None:
+            raise _unnamed_column(label, where)
+        if name in seen:
+            raise _same_name(seen[name], label, name, where)
+        seen[name] = label
+        names.append(name)
+    return names
+
+
+def _unnamed_column(label: object, where: str) -> DataError:
+    if isinstance(label, tuple):
+        return DataError(
+            f"{where} has a column labelled by the tuple {quoted(label)} (a MultiIndex's columns are tuples); keel "
+            "names columns by text. Join the levels into one name each, e.g. "
+            "df.columns = ['_'.join(map(str, c)) for c in df.columns].")
+    if canonical_category(label) is None:
+        return DataError(f"{where} has a column without a name ({quoted(label)}); keel names columns by text. "
+                         "Give it one, e.g. df.columns = ['x' if pd.isna(c) else c for c in df.columns].")
+    return DataError(
+        f"{where} has a column labelled by a {type(label).__name__} ({quoted(label)}); keel names columns by text "
+        "and reads only strings, numbers and dates as names. Rename it to a string, e.g. df.columns = "
+        "[str(c) for c in df.columns] if those strings are the names you want.")
+
+
+def _same_name(first: object, second: object, name: str, where: str) -> DataError:
+    if type(first) is type(second) and first == second:
+        return DataError(f"{where} has duplicate column names [{name!r}]; every column needs a unique name. "
+                         "Rename them.", column=name)
+    return DataError(
+        f"{where} has columns {quoted(first)} ({type(first).__name__}) and {quoted(second)} "
+        f"({type(second).__name__}), which keel would both name {name!r} (it names columns by text); rename one "
+        f"of them, e.g. df = df.rename(columns={{{quoted(second)}: '{name}_2'}}).", column=name)

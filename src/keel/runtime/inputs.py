@@ -39,7 +39,15 @@ from typing import Any
 import numpy as np
 
 from keel.data.pixels import PixelSpec, raise_all, resolved
-from keel.data.spelling import LONE_SURROGATE, ONE_VALUE, canonical_category, lone_surrogate_at, quoted, wrong_type
+from keel.data.spelling import (
+    LONE_SURROGATE,
+    ONE_VALUE,
+    canonical_category,
+    column_names,
+    lone_surrogate_at,
+    quoted,
+    wrong_type,
+)
 from keel.data.words import term_ids
 from keel.errors import ConfigError, DataError
 
@@ -354,11 +362,7 @@ def _frame_feeds(frame: Any, columns: Sequence[InputColumn]) -> tuple[dict[str, 
 
     if len(frame) == 0:
         raise _empty()
-    names = [str(name) for name in frame.columns]
-    if len(set(names)) != len(names):
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        raise DataError(f"the DataFrame has duplicate column names {duplicates}; every column needs a unique name. "
-                        "Rename them.", column=duplicates[0])
+    names = column_names(frame.columns)  # as read_table names them: 3 is the column "3"
     source = frame.attrs.get("source")  # relative image paths are read from the data file's folder
     # A shallow copy with a 0..n-1 index, as read_table makes: rows in messages count from 1.
     frame = frame.copy(deep=False)

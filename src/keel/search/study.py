@@ -62,7 +62,7 @@ def _optuna() -> Any:
     return optuna
 
 
-def tune(data: TableSource, target: str | None = None, config: ConfigSource = None, *, trials: int = 20,
+def tune(data: TableSource, target: str | int | None = None, config: ConfigSource = None, *, trials: int = 20,
          time_limit: float | None = None, storage: str | None = None, study: str | None = None, jobs: int = 1,
          output: str | os.PathLike[str] | None = None, quiet: bool = False, reporter: Reporter | None = None,
          pruner: Any = None, backend: str = "torch", ray_address: str | None = None) -> tuple[Model, TuneResult]:
@@ -70,7 +70,7 @@ def tune(data: TableSource, target: str | None = None, config: ConfigSource = No
 
     Args:
         data: A CSV / Parquet / JSON Lines path or a DataFrame.
-        target: The column to predict (or ``target`` in the config).
+        target: The column to predict (or ``target`` in the config); an int names a DataFrame's int-labelled column.
         config: The base configuration (preset, fixed settings, ``tune.space``); each trial overrides
             the searched keys.
         trials: How many finished (complete or pruned) trials the study should hold; a study resumed

@@ -95,7 +95,7 @@ from keel.train.trainer import (
 )
 
 
-def fit(data: TableSource, target: str | None = None, config: ConfigSource = None, *,
+def fit(data: TableSource, target: str | int | None = None, config: ConfigSource = None, *,
         test: TableSource | None = None, quiet: bool = False, reporter: Reporter | None = None,
         importance: bool = True, output: str | os.PathLike[str] | None = None, resume: bool = False,
         delimiter: str | None = None, encoding: str | None = None, nproc: int = 1, backend: str = "torch",
@@ -104,7 +104,7 @@ def fit(data: TableSource, target: str | None = None, config: ConfigSource = Non
 
     Args:
         data: A CSV / Parquet / JSON Lines path or a DataFrame.
-        target: The column to predict (or ``target`` in the config).
+        target: The column to predict (or ``target`` in the config); an int names a DataFrame's int-labelled column.
         config: A YAML path, a nested dict, a dict of dotted keys (``{"training.lr": 0.01}``) or a Config.
         test: Rows to evaluate on instead of holding out ``training.test_split`` of ``data``.
         quiet: Report nothing (notes are still kept in ``model.notes``).
