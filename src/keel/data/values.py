@@ -13,6 +13,7 @@ from typing import Callable, Iterable, TypeVar, cast
 import numpy as np
 import pandas as pd
 
+from keel.data.digits import written_dates, written_dates_error
 from keel.data.parallel import map_columns
 from keel.data.spelling import ONE_VALUE, canonical_category, lone_surrogate_at, wrong_type
 from keel.errors import DataError
@@ -119,7 +120,7 @@ def to_seconds(series: pd.Series, *, column: str, source: str | None = None, dig
         seconds = to_numeric(series, column=column, source=source).astype(np.float64, copy=False)
         kind = written_dates(seconds) if digits else None
         if kind:
-            raise _written_dates_error(seconds, kind, column, source, declared)
+            raise written_dates_error(seconds, kind, column, source, declared)
         return seconds
     if pd.api.types.is_bool_dtype(dtype):
         present = np.flatnonzero(series.notna().to_numpy())
@@ -127,42 +128,6 @@ def to_seconds(series: pd.Series, *, column: str, source: str | None = None, dig
             raise _not_dates(series, present, column, source)
         return np.full(len(series), np.nan)
     return _object_seconds(series, column, source)
-
-
-def written_dates(values: np.ndarray) -> str | None:
-    """What a date column of whole numbers holds when the numbers are dates written as digits rather than
-    seconds: ``"years"`` (all from 1000 to 9999), ``"dates written without dashes (20231106)"`` (all valid
-    YYYYMMDD from 1000 to 2999), or None (seconds, as numbers in a date column are)."""
-    present = values[~np.isnan(values)]
-    if not len(present) or not np.all(present == np.round(present)):
-        return None
-    low, high = present.min(), present.max()
-    if 1000 <= low and high <= 9999:
-        return "years"
-    if 10000101 <= low and high <= 29991231:
-        month, day = (present // 100) % 100, present % 100
-        if np.all((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)):
-            return "dates written without dashes (20231106)"
-    return None
-
-
-def _written_dates_error(seconds: np.ndarray, kind: str, column: str, source: str | None,
-                         declared: bool) -> DataError:
-    """The refusal of a date column of numbers that are dates written as digits (``kind``, from written_dates), at
-    training (``declared``: the config declares the column a date, and could declare it a number) and at prediction.
-    """
-    # A CSV's 2023 or 20231106 comes as a number (pandas reads digits so), and as seconds it would be a moment of
-    # 1970: the same text a DataFrame, Parquet or JSON gives as a string is its own date.
-    given = seconds[~np.isnan(seconds)]
-    holds = "is declared a date but holds" if declared else "holds dates, but as"
-    # Declared: the numbers may be no dates at all. At prediction they are the model's date column, which a
-    # DataFrame can give as strings.
-    fix = ("Declare the column a number, or write the dates out (2023-11-06)." if declared else
-           "Write the dates out (2023-11-06); from a DataFrame, strings like '20231106' are read as dates too.")
-    return DataError(
-        f"column {column!r} {holds} whole numbers from {given.min():.0f} to {given.max():.0f}, {kind} by the look of "
-        f"them; numbers in a date column are seconds since 1970-01-01 UTC, and these would all fall in 1970. {fix}",
-        file=source, column=column)
 
 
 def _object_seconds(series: pd.Series, column: str, source: str | None) -> np.ndarray:

@@ -58,7 +58,13 @@ IR_VERSION = 8
 # 5: image columns, float inputs of pixels [batch, channels, size, size] (keel.images says how to make them);
 # text columns on a pretrained encoder, int64 inputs of [empty flag, token ids...] (keel.tokens holds each
 # column's tokenizer).
+# keel.dates (whether a date column refuses years and YYYYMMDD numbers) is no new format: the graph is unchanged, and
+# a keel that does not read it goes on as before.
 EXPORT_FORMAT = 5
+# What a client does with numbers for a date column, keel's own rule (keel.data.digits.written_dates).
+DIGITS_RULE = ("where refuses_digits is true, refuse one request's numbers for the column (missing values aside) "
+               "when they are all whole numbers from 1000 to 9999 (years) or all valid YYYYMMDD dates from 10000101 "
+               "to 29991231: as seconds since 1970-01-01 UTC they would all be moments of 1970")
 # How a text becomes a pretrained column's input, for a client that tokenises itself.
 TOKENS_RULE = ("tokenize the text with the tokenizers library's Tokenizer.from_str(tokenizer), truncation at "
                "max_tokens, no padding (a missing text is the empty string); the input row is [1 if the text is empty "
@@ -145,7 +151,7 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
 
     columns = {t.name: t for t in model.preprocessor.transforms}
     threshold = model.threshold
-    dates = any(isinstance(t, DateTransform) for t in columns.values())
+    dates = {name: t for name, t in columns.items() if isinstance(t, DateTransform)}
     # tfidf and bag columns take term positions (keel.text); pretrained ones tokens (keel.tokens).
     texts = {name: t for name, t in columns.items() if isinstance(t, TextTransform) and t.encoder != "pretrained"}
     tokens = {name: t for name, t in columns.items() if isinstance(t, TextTransform) and t.encoder == "pretrained"}
@@ -175,6 +181,10 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
         **({"keel.tokens": json.dumps({name: {"tokenizer": t.tokenizer_json(), "max_tokens": t.width_tokens(),
                                               "tokens": TOKENS_RULE} for name, t in tokens.items()})}
            if tokens else {}),
+        # Date columns: whether numbers that are all years or all YYYYMMDD dates (2023, 20231106) are refused rather
+        # than taken as seconds of 1970 (keel.data.digits): they are, unless the training dates began in 1970.
+        **({"keel.dates": json.dumps({name: {"refuses_digits": t.refuses_digits, "digits": DIGITS_RULE}
+                                      for name, t in dates.items()})} if dates else {}),
         # Image columns: each image as [channels, size, size] pixels in [0, 1] (keel.data.pixels).
         **({"keel.images": json.dumps({name: {**dataclasses.asdict(t.pixel_spec), "channels": t.bands,
                                               "pixels": PIXELS_RULE} for name, t in images.items()})}

@@ -134,7 +134,8 @@ def onnx_feeds(model: "Model", frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
     columns = [InputColumn(t.name, isinstance(t, (NumberTransform, DateTransform)), isinstance(t, DateTransform),
                            vocabulary_index(t.vocabulary) if isinstance(t, TextTransform) and t.encoder != "pretrained"
-                           else None, t.pixel_spec if isinstance(t, ImageTransform) else None, tokenizer(t))
+                           else None, t.pixel_spec if isinstance(t, ImageTransform) else None, tokenizer(t),
+                           not isinstance(t, DateTransform) or t.refuses_digits)
                for t in model.preprocessor.transforms]
     try:
         return to_feeds(frame, columns)[0]

@@ -21,7 +21,11 @@ Dates follow :func:`keel.data.values.to_seconds`: ISO 8601 text (``"2024-02-29"`
 ``"2024-02-29T13:45:00+01:00"``; :meth:`datetime.datetime.fromisoformat`, plus pandas' ``"2024-02"``,
 ``"2024"`` and ``"2024-2-9"``), ``datetime``, ``date`` and NumPy datetime values, and numbers, which are seconds since
 1970-01-01 UTC already. A time without an offset is taken as UTC; one with an offset is converted to
-UTC. None, NaN, NaT and ``""`` are missing; anything else is a DataError naming column and row.
+UTC. None, NaN, NaT and ``""`` are missing; anything else is a DataError naming column and row. One
+call's numbers for a date column that are all years or all YYYYMMDD dates (``2023``, ``20231106``;
+:func:`keel.data.digits.written_dates`) are a DataError too, as ``Model.predict`` has it, unless the
+model's training dates began in 1970 (:attr:`InputColumn.refuses_digits`): as seconds they would all
+be moments of 1970.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from keel.data.digits import written_dates, written_dates_error
 from keel.data.pixels import PixelSpec, raise_all, resolved
 from keel.data.spelling import (
     LONE_SURROGATE,
@@ -65,6 +70,8 @@ _CONTAINERS = (Mapping, list, tuple, set, frozenset)
 # and month, and months and days of one digit (2024-2-9).
 _SHORT_DATE = re.compile(r"(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?")
 _UNIX_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+# Date values that are their own dates, never digits mistaken for seconds (datetime.datetime is a date).
+_NOT_DIGITS = (str, bytes, datetime.date, np.datetime64)
 _EPOCH64 = np.datetime64(0, "s")
 _ONE_SECOND = np.timedelta64(1, "s")
 
@@ -80,6 +87,9 @@ class InputColumn:
         date: True for a date column: its values are converted to seconds since 1970-01-01 UTC.
         vocabulary: For a text column, term -> position: its texts (strings, as a category's values)
             become an int64 ``(rows, terms)`` array of term positions (:func:`text_positions`).
+        refuses_digits: For a date column: whether numbers that are all years or all YYYYMMDD dates are refused
+            (``DateTransform.refuses_digits``: unless the training dates began in 1970; keel.dates in the ONNX
+            metadata, and True for an export without it).
     """
 
     name: str
@@ -88,6 +98,7 @@ class InputColumn:
     vocabulary: Mapping[str, int] | None = None  # a text column: its terms' positions (see text_positions)
     image: PixelSpec | None = None  # an image column: how its images become pixels (see image_pixels)
     tokenizer: Any = None  # a text column on a pretrained encoder: its tokenizers.Tokenizer (see token_rows)
+    refuses_digits: bool = True  # a date column: numbers that are all years or YYYYMMDD are refused
 
 
 def to_feeds(data: object, columns: Sequence[InputColumn], *,
@@ -298,7 +309,7 @@ def _row_feeds(row: Mapping[Any, Any], columns: Sequence[InputColumn]) -> dict[s
         if column.image is not None:
             feeds[column.name] = _object_array([value])
         elif column.date:
-            feeds[column.name] = np.array([to_seconds(value, column.name, 1)], dtype=np.float64)
+            feeds[column.name] = _date_seconds([value], column)
         elif column.number:
             feeds[column.name] = np.array([to_number(value, column.name, 1)], dtype=np.float64)
         else:
@@ -375,7 +386,7 @@ def _frame_feeds(frame: Any, columns: Sequence[InputColumn]) -> tuple[dict[str, 
         if column.image is not None:
             feeds[column.name] = _object_array(resolved(series.tolist(), source) if source else series.tolist())
         elif column.date:
-            feeds[column.name] = column_seconds(series, column=column.name)
+            feeds[column.name] = column_seconds(series, column=column.name, digits=column.refuses_digits)
         elif column.number:
             feeds[column.name] = to_numeric(series, column=column.name).astype(np.float64, copy=False)
         else:
@@ -397,7 +408,7 @@ def _convert_column(values: Any, column: InputColumn) -> np.ndarray:
     if isinstance(values, np.ndarray):
         return _convert_array(values, column)
     if column.date:
-        return np.array([to_seconds(value, column.name, row) for row, value in enumerate(values, 1)], dtype=np.float64)
+        return _date_seconds(values, column)
     if column.number:
         if set(map(type, values)) <= _PLAIN_NUMBERS:
             try:
@@ -421,9 +432,10 @@ def _convert_array(values: np.ndarray, column: InputColumn) -> np.ndarray:
     kind = values.dtype.kind
     if column.date and kind == "M":  # NumPy datetimes are naive: UTC
         return (values - _EPOCH64) / _ONE_SECOND  # NaT -> NaN
-    if column.date and kind in "iuf":  # seconds already
+    if column.date and kind in "iuf":  # seconds, unless they are years or YYYYMMDD dates
         numbers = values.astype(np.float64, copy=False)
         _check_finite(numbers, column.name)
+        _refuse_digits(numbers, column)
         return numbers
     if column.date:
         return _convert_column(list(values), column)
@@ -439,6 +451,25 @@ def _convert_array(values: np.ndarray, column: InputColumn) -> np.ndarray:
         converted = [convert(value, column.name, row) for row, value in enumerate(values, 1)]
         return np.array(converted, dtype=np.float64 if column.number else object)
     return _convert_column(values.tolist(), column)
+
+
+def _date_seconds(values: Sequence[Any], column: InputColumn) -> np.ndarray:
+    """A date column's values (a list, or one row's value as a list of one) as seconds since 1970-01-01 UTC."""
+    seconds = np.array([to_seconds(value, column.name, row) for row, value in enumerate(values, 1)], dtype=np.float64)
+    # Only numbers can be digits: "1970-01-01T00:33:00" is 1980 seconds, and meant as such. Model.predict judges a
+    # column of numbers (and missing values), not one that mixes them with text or datetimes; so does this.
+    if not any(isinstance(value, _NOT_DIGITS) for value in values):
+        _refuse_digits(seconds, column)
+    return seconds
+
+
+def _refuse_digits(seconds: np.ndarray, column: InputColumn) -> None:
+    """Raise where a date column's numbers (this call's, all of them) are years or YYYYMMDD dates, as
+    ``Model.predict`` does (:func:`keel.data.values.to_seconds`): as seconds they would all be moments of 1970."""
+    kind = written_dates(seconds) if column.refuses_digits else None
+    if kind:
+        first = int(np.flatnonzero(~np.isnan(seconds))[0]) + 1
+        raise written_dates_error(seconds, kind, column.name, None, False, row=first)
 
 
 def _numbers_one_by_one(values: Sequence[Any], name: str) -> np.ndarray:

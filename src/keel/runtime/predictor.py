@@ -81,13 +81,17 @@ class Predictor:
         self._labels = _label_array(self.classes)
         self.threshold = _threshold(metadata, path)
         dates = {item["name"] for item in json.loads(metadata.get("keel.features", "[]")) if item["type"] == "date"}
+        # An export without keel.dates (keel before s19) refuses years and YYYYMMDD in every date column: the safe
+        # reading, as its DataFrame path always did; only a model trained on dates of 1970 takes them as seconds.
+        digits = json.loads(metadata.get("keel.dates", "{}"))
         texts = json.loads(metadata.get("keel.text", "{}"))
         images = {name: PixelSpec(item["mode"], int(item["size"]), float(item["scale"]))
                   for name, item in json.loads(metadata.get("keel.images", "{}")).items()}
         tokens = {name: _tokenizer(item, name, path) for name, item in json.loads(metadata.get("keel.tokens", "{}")).items()}
         self._columns = [InputColumn(item.name, item.type == "tensor(double)", item.name in dates,
                                      vocabulary_index(texts[item.name]["vocabulary"]) if item.name in texts else None,
-                                     images.get(item.name), tokens.get(item.name))
+                                     images.get(item.name), tokens.get(item.name),
+                                     digits.get(item.name, {}).get("refuses_digits", True))
                          for item in session.get_inputs()]
         self.feature_names = [column.name for column in self._columns]
         outputs = json.loads(metadata["keel.outputs"])
@@ -152,7 +156,8 @@ class Predictor:
             data: One row (a dict of column -> value), columns (a dict of column -> list or
                 array), rows (a list of dicts) or a pandas DataFrame. Columns the model does not
                 read are ignored (listed once in a :class:`~keel.errors.KeelWarning`). A date column
-                takes ISO 8601 text, datetimes or seconds since 1970-01-01 UTC (see
+                takes ISO 8601 text, datetimes or seconds since 1970-01-01 UTC (numbers that are all
+                years or all YYYYMMDD dates are refused, as Model.predict refuses them; see
                 :mod:`keel.runtime.inputs`).
 
         Returns:
@@ -438,6 +443,8 @@ _METADATA_SHAPES: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
         isinstance(term, str) for term in item["vocabulary"])), "an object of {vocabulary: [terms]} objects"),
     "keel.tokens": (lambda value: _columns_of(value, lambda item: isinstance(item.get("tokenizer"), str) and _whole(
         item.get("max_tokens"), MAX_TOKENS)), f"an object of {{tokenizer, max_tokens 1 to {MAX_TOKENS:,}}} objects"),
+    "keel.dates": (lambda value: _columns_of(value, lambda item: isinstance(item.get("refuses_digits"), bool)),
+                   "an object of {refuses_digits: true or false} objects"),
     "keel.images": (lambda value: _columns_of(value, lambda item: item.get("mode") in ("L", "RGB") and _whole(
         item.get("size"), MAX_IMAGE_SIZE) and isinstance(item.get("scale"), (int, float))
         and not isinstance(item.get("scale"), bool) and 0 < item["scale"] < math.inf),

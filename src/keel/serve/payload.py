@@ -11,7 +11,9 @@ The pydantic types are built at start-up from the model's features, so validatio
 OpenAPI document come from one source: a number feature takes a JSON number or null, a binary or
 category feature takes a string, number, boolean or null (unseen values are allowed: they go to
 the unknown bucket and are counted), a date feature ISO 8601 text, a number of seconds since
-1970-01-01 UTC or null (the predictor parses the text, naming the row of a bad one). NaN and Infinity (which Python's JSON reader accepts) are
+1970-01-01 UTC or null (the predictor parses the text, naming the row of a bad one, and refuses a
+request's numbers that are all years or all YYYYMMDD dates unless the model's training dates began
+in 1970). NaN and Infinity (which Python's JSON reader accepts) are
 rejected. Keys that are no feature (an id, the target) are allowed, ignored and listed.
 """
 

@@ -4,7 +4,8 @@
   ``data`` flat: number features take a numeric datatype (``FP64``, ``FP32``, ``INT64``, ...),
   binary and category features ``BYTES`` (strings; numbers and booleans are spelled as keel spells
   them), date features ``BYTES`` (ISO 8601 text) or a numeric datatype (seconds since 1970-01-01
-  UTC). ``null`` in ``data`` is a missing value. The outputs are the ONNX file's: ``label`` and
+  UTC; a tensor of years or YYYYMMDD dates is refused, as the predictor refuses it, unless the model's
+  training dates began in 1970). ``null`` in ``data`` is a missing value. The outputs are the ONNX file's: ``label`` and
   ``probabilities`` (``FP32``, ``[n, n_classes]``) for classification, ``value`` (``FP64``) for
   regression; ``parameters.unseen`` counts the category values the model does not know.
 - ``GET /v2/models/{name}``: the model's inputs and outputs; ``GET /v2/models/{name}/ready``,

@@ -245,9 +245,9 @@ def test_digit_dates_are_refused_in_one_sentence_at_training_and_at_prediction(n
     assert str(prediction.value).startswith(f"column 'when' holds dates, but as whole numbers from {low} to {high}, ")
     for message in (said, str(prediction.value)):
         assert kind in message and "seconds since 1970-01-01 UTC, and these would all fall in 1970." in message
-    # Prediction's column is a date column, which a DataFrame can give as strings; a declared one may be no dates.
-    assert str(prediction.value).endswith("(2023-11-06); from a DataFrame, strings like '20231106' are read as "
-                                          "dates too.")
+    # Prediction's column is a date column, which a DataFrame or a record can give as strings; a declared one may
+    # be no dates.
+    assert str(prediction.value).endswith("(2023-11-06); strings like '20231106' are read as dates too.")
     assert said.endswith("Declare the column a number, or write the dates out (2023-11-06).")
     assert "Declare" not in str(prediction.value) and training.value.column == prediction.value.column == "when"
 
