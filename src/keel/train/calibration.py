@@ -31,6 +31,7 @@ from torch import nn
 from keel.config import TrainingConfig
 from keel.nn.network import NetworkBag, TabularNetwork, combine_members
 from keel.registry import lookup
+from keel.train.threads import one_thread_if_small
 
 Network = TabularNetwork | NetworkBag
 ThresholdMetric = Literal["f1", "balanced_accuracy"]
@@ -135,8 +136,9 @@ def search_temperature(outputs: torch.Tensor, target: torch.Tensor, weight: torc
     def objective(log_t: float) -> float:
         return loss(log_t) + log_t**2 / (2 * PRIOR_SD**2 * effective_rows)
 
-    log_t = _minimise(objective)
-    before, after = loss(0.0), loss(log_t)
+    with one_thread_if_small(outputs.numel()):  # some 40 losses, each a few element-wise passes
+        log_t = _minimise(objective)
+        before, after = loss(0.0), loss(log_t)
     kept = before - after > RELATIVE_GAIN * before and 2 * effective_rows * (before - after) > SIGNIFICANCE
     return {"temperature": math.exp(log_t), "kept": kept, "log_loss_before": before, "log_loss_after": after,
             "rows": len(y)}

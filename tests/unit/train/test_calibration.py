@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -342,3 +343,30 @@ def test_f1_is_the_rarer_class_s_even_where_it_sorts_first() -> None:
                          TrainingConfig(threshold="auto", threshold_metric="balanced_accuracy", calibrate=False))
     assert balanced is not None and balanced["threshold_class"] == 1
     assert "(balanced accuracy" in calibration_notes(balanced, ["F", "ok"])[0]
+
+
+def test_a_small_temperature_search_runs_on_one_thread_and_restores_the_count(monkeypatch) -> None:
+    """Waking a second thread for each of the search's ~40 small losses cost 1.8 s beside a busy process (34 ms on
+    one thread): a time limit's reserve for calibration was overrun (combination sweep, helper-92)."""
+    seen: list[int] = []
+    real = calibration._log_loss_of
+
+    def recording(*args: Any, **kwargs: Any) -> Callable[[float], float]:
+        loss = real(*args, **kwargs)
+        return lambda temperature: seen.append(torch.get_num_threads()) or loss(temperature)
+
+    monkeypatch.setattr(calibration, "_log_loss_of", recording)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        outputs, target = torch.randn(640, 8, 1, generator=generator) * 3, torch.randint(0, 2, (640,), generator=generator)
+        small = search_temperature(outputs, target, None, "binary")
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        large = torch.randn(40_000, 8, 1, generator=generator)
+        search_temperature(large, torch.randint(0, 2, (40_000,), generator=generator), None, "binary")
+        assert set(seen) == {2}  # above SMALL_ELEMENTWISE the caller's count
+    finally:
+        torch.set_num_threads(previous)
+    assert small["temperature"] > 1  # logits three times too sure: the search ran and cooled them
