@@ -252,6 +252,21 @@ def test_digit_dates_are_refused_in_one_sentence_at_training_and_at_prediction(n
     assert "Declare" not in str(prediction.value) and training.value.column == prediction.value.column == "when"
 
 
+@pytest.mark.parametrize("first, refuses", [("1940-03-01", True), ("1969-12-31", True), ("1970-01-01", False),
+                                             ("1970-12-31", False), ("1971-01-01", True)])
+def test_only_training_dates_that_began_in_1970_take_years_and_yyyymmdd_as_seconds(first, refuses) -> None:
+    # The s19 audit: the rule was "began after 1970", so a model of birth dates from 1940 took 2023 (and
+    # 20231106) as moments of 1970, silently, in Model.predict, the runtime and the server.
+    transform = DateTransform("born").fit(pd.Series(pd.date_range(first, periods=50, freq="400D")))
+    assert transform.refuses_digits is refuses
+    digits = pd.Series([2023, 2010, None])
+    if refuses:
+        with pytest.raises(DataError, match="column 'born' holds dates, but as whole numbers from 2010 to 2023"):
+            transform.transform(digits)
+    else:
+        assert np.isfinite(transform.transform(digits)[0]).all()
+
+
 def test_a_declared_date_column_of_numbers_is_checked_once_at_training(monkeypatch) -> None:
     # The s18 re-read: infer_schema converted such a column and looked for years twice (its own check, then
     # to_seconds'); one pass now.
