@@ -267,6 +267,21 @@ def test_only_training_dates_that_began_in_1970_take_years_and_yyyymmdd_as_secon
         assert np.isfinite(transform.transform(digits)[0]).all()
 
 
+@pytest.mark.parametrize("values", [[2023, 2010], [2023, None], [np.int64(20231106), np.nan]])
+def test_an_object_column_of_digit_dates_is_refused_as_a_numeric_one_is(values) -> None:
+    # The s19 audit: astype(object), or ints beside None in an object column, skipped the judgement, so Model.predict
+    # and the runtime's DataFrame path took 2023 as a moment of 1970 where a list of the same numbers was refused.
+    series = pd.Series(values, dtype=object)
+    with pytest.raises(DataError, match="column 'when' holds dates, but as whole numbers from"):
+        to_seconds(series, column="when")
+    with pytest.raises(DataError, match="column 'when' is declared a date but holds whole numbers"):
+        to_seconds(series, column="when", declared=True)
+    assert np.isfinite(to_seconds(series, column="when", digits=False)[:1]).all()
+    # Text or a date among them is a column of dates, as in the runtime: 2023 there is seconds.
+    assert to_seconds(pd.Series([2023, "2010-01-01"], dtype=object), column="when")[0] == 2023.0
+    assert to_seconds(pd.Series([2023, dt.date(2010, 1, 1)], dtype=object), column="when")[0] == 2023.0
+
+
 def test_a_declared_date_column_of_numbers_is_checked_once_at_training(monkeypatch) -> None:
     # The s18 re-read: infer_schema converted such a column and looked for years twice (its own check, then
     # to_seconds'); one pass now.
