@@ -18,6 +18,7 @@ from keel.data.schema import Feature, Schema, infer_schema
 from keel.data.transforms import CYCLES, DateTransform, calendar
 from keel.data.values import to_seconds
 from keel.errors import DataError
+from keel.runtime.inputs import InputColumn, to_feeds
 from tests.conftest import FAST, make_classification_frame
 
 # 2024-02-29 13:45 UTC: a leap day, a Thursday, the 60th day of the year.
@@ -280,6 +281,19 @@ def test_an_object_column_of_digit_dates_is_refused_as_a_numeric_one_is(values) 
     # Text or a date among them is a column of dates, as in the runtime: 2023 there is seconds.
     assert to_seconds(pd.Series([2023, "2010-01-01"], dtype=object), column="when")[0] == 2023.0
     assert to_seconds(pd.Series([2023, dt.date(2010, 1, 1)], dtype=object), column="when")[0] == 2023.0
+
+
+def test_yyyymmdd_dates_held_as_float32_are_refused_though_their_odd_days_round() -> None:
+    # The s19 audit: float32 holds no odd whole number above 2**24, so 20230131 arrives as 20230132; a day of 32 made
+    # the column no YYYYMMDD, and a float32 column or array of dates was taken as seconds of 1970, silently.
+    dates = np.array([20230131, 20231106, 20240101, 19991231], dtype=np.float32)
+    assert {int(value) % 100 for value in dates} >= {32}  # what the float32 holds
+    with pytest.raises(DataError, match="dates written without dashes"):
+        to_seconds(pd.Series(dates), column="when")
+    with pytest.raises(DataError, match="dates written without dashes"):
+        to_feeds({"when": dates}, [InputColumn("when", number=True, date=True)])
+    # Exact numbers stay as strict as before: a day of 32 below 2**24 (a year before 1677) is no date.
+    assert to_seconds(pd.Series([16001232.0, 16001106.0]), column="when")[0] == 16001232.0
 
 
 def test_a_declared_date_column_of_numbers_is_checked_once_at_training(monkeypatch) -> None:
