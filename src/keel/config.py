@@ -50,6 +50,17 @@ def _is_bool(value: Any) -> bool:
     return isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
 
 
+def _column_named(value: Any) -> Any:
+    """A column named by a whole number is the column of that text, as a DataFrame's label 3 is the column "3": YAML
+    and ``--set`` read ``target: 2023`` as the int 2023, and a CSV's header "2023" is text. (true / false stay
+    errors: YAML reads yes and no so, and no column is named True by it.)"""
+    if isinstance(value, int) and not _is_bool(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_column_named(item) for item in value]
+    return value
+
+
 def _admitted(annotation: Any, items: bool = False) -> set[Any]:
     """The plain types a field's annotation admits (through Optional, unions, Annotated and Literal values), or
     with ``items`` those its lists' (or tuples') items admit."""
@@ -71,6 +82,8 @@ class InputFeature(_Section):
 
     name: str = Field(description="Column name in the data.")
     type: FeatureType = Field("auto", description="number, category, binary, date, text, image, or auto to infer it.")
+
+    _named = field_validator("name", mode="before")(_column_named)
 
 
 class PreprocessingConfig(_Section):
@@ -360,6 +373,7 @@ class TrainingConfig(_Section):
     weight_column: str | None = Field(
         None, description="A column of non-negative row weights: the loss, the validation score and the test "
         "metrics weight each row by it (as scikit-learn's sample_weight). Never a feature.")
+    _named = field_validator("split_by", "order_by", "weight_column", mode="before")(_column_named)
     calibrate: bool = Field(
         True, description="Classification: fit a temperature on the validation rows (every logit divided by it) "
         "and keep it when it lowers their log loss; the fitted value is reported either way.")
@@ -594,6 +608,7 @@ class Config(_Section):
     )
     drop_columns: list[str] | None = Field(
         None, description="Columns never to use as features (--drop), e.g. one that gives the target away.")
+    _named = field_validator("target", "drop_columns", mode="before")(_column_named)
     preprocessing: PreprocessingConfig = Field(
         default_factory=PreprocessingConfig, description="Missing values, scaling, category encoding.")
     text: TextConfig = Field(default_factory=TextConfig, description="Text columns: encoder and projection.")

@@ -183,3 +183,18 @@ def test_a_weight_column_listed_as_a_feature_is_refused() -> None:
         load_config({"training.weight_column": "w", "input_features": [{"name": "x"}, {"name": "w"}]})
     config = load_config({"training.weight_column": "w", "input_features": [{"name": "x"}]})
     assert config.training.weight_column == "w"
+
+
+def test_a_column_named_by_a_whole_number_is_the_column_of_that_text(tmp_path) -> None:
+    # The s19 audit: a CSV's header "2023" is text, but YAML and --set read target: 2023 as an int, and the
+    # ConfigError's advice (pass --set target=VALUE) failed the same way; fit(df, 2023) already took it.
+    path = tmp_path / "config.yaml"
+    path.write_text("target: 2023\ndrop_columns: [7, id]\ntraining:\n  weight_column: 5\n  split_by: 1\n"
+                    "  order_by: 2\ninput_features:\n  - {name: 3, type: date}\n", encoding="utf-8")
+    config = load_config(path)
+    assert (config.target, config.drop_columns) == ("2023", ["7", "id"])
+    assert (config.training.weight_column, config.training.split_by, config.training.order_by) == ("5", "1", "2")
+    assert config.input_features is not None and config.input_features[0].name == "3"
+    assert load_config(None, ["target=2023"]).target == "2023"
+    with pytest.raises(ConfigError, match="target: Input should be a valid string; got True"):
+        load_config({"target": True})  # YAML's yes: no column is named so

@@ -11,20 +11,26 @@ import numpy as np
 
 from keel.errors import DataError
 
+# Above 2**24 (up to 2**25, past every YYYYMMDD) a float32 holds only even whole numbers.
+_FLOAT32_EXACT = 2**24
+
 
 def written_dates(values: np.ndarray) -> str | None:
     """What a date column of whole numbers holds when the numbers are dates written as digits rather than
     seconds: ``"years"`` (all from 1000 to 9999), ``"dates written without dashes (20231106)"`` (all valid
-    YYYYMMDD from 1000 to 2999), or None (seconds, as numbers in a date column are)."""
+    YYYYMMDD from 1000 to 2999, or a float32's rounding of one), or None (seconds, as numbers in a date column are)."""
     present = values[~np.isnan(values)]
     if not len(present) or not np.all(present == np.round(present)):
         return None
     low, high = present.min(), present.max()
     if 1000 <= low and high <= 9999:
         return "years"
-    if 10000101 <= low and high <= 29991231:
+    if 10000100 <= low and high <= 29991232:
         month, day = (present // 100) % 100, present % 100
-        if np.all((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)):
+        # A float32 (a float32 array or DataFrame column) holds no odd whole number above 2**24: 20230131 arrives as
+        # 20230132 and 20230101 may as 20230100, and one such day let the whole column through as seconds of 1970.
+        rounded = (present > _FLOAT32_EXACT) & ((day == 0) | (day == 32))
+        if np.all((month >= 1) & (month <= 12) & (((day >= 1) & (day <= 31)) | rounded)):
             return "dates written without dashes (20231106)"
     return None
 

@@ -561,7 +561,8 @@ class DateTransform:
     def refuses_digits(self) -> bool:
         """Whether a column of years or YYYYMMDD numbers is refused at prediction (they would be seconds of 1970):
         unless the training dates themselves began in 1970 (a column trained on small numbers of seconds)."""
-        return self.origin >= 365.0
+        # Not "began after 1970": birth dates from 1940 would take 2023 as 33 minutes past 1970, silently.
+        return not 0.0 <= self.origin < 365.0
 
     @property
     def fill_seconds(self) -> float:

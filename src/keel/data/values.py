@@ -127,7 +127,18 @@ def to_seconds(series: pd.Series, *, column: str, source: str | None = None, dig
         if len(present):
             raise _not_dates(series, present, column, source)
         return np.full(len(series), np.nan)
-    return _object_seconds(series, column, source)
+    seconds = _object_seconds(series, column, source)
+    # An object column of numbers alone (astype(object), or ints beside None) is judged as a numeric one is: its
+    # 2023s as seconds would be moments of 1970 just the same. Text or datetimes among them are their own dates.
+    if digits and _numbers_only(series):
+        kind = written_dates(seconds)
+        if kind:
+            raise written_dates_error(seconds, kind, column, source, declared)
+    return seconds
+
+
+def _numbers_only(series: pd.Series) -> bool:
+    return not any(isinstance(value, (str, bytes, datetime.date, np.datetime64)) for value in series.to_numpy(object))
 
 
 def _object_seconds(series: pd.Series, column: str, source: str | None) -> np.ndarray:

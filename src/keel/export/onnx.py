@@ -64,7 +64,8 @@ EXPORT_FORMAT = 5
 # What a client does with numbers for a date column, keel's own rule (keel.data.digits.written_dates).
 DIGITS_RULE = ("where refuses_digits is true, refuse one request's numbers for the column (missing values aside) "
                "when they are all whole numbers from 1000 to 9999 (years) or all valid YYYYMMDD dates from 10000101 "
-               "to 29991231: as seconds since 1970-01-01 UTC they would all be moments of 1970")
+               "to 29991231 (above 2**24 a day of 00 or 32 too: a float32's rounding of 01 or 31): as seconds since "
+               "1970-01-01 UTC they would all be moments of 1970")
 # How a text becomes a pretrained column's input, for a client that tokenises itself.
 TOKENS_RULE = ("tokenize the text with the tokenizers library's Tokenizer.from_str(tokenizer), truncation at "
                "max_tokens, no padding (a missing text is the empty string); the input row is [1 if the text is empty "

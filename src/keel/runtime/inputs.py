@@ -305,7 +305,7 @@ def _row_feeds(row: Mapping[Any, Any], columns: Sequence[InputColumn]) -> dict[s
         try:
             value = row[column.name]
         except KeyError:
-            raise _missing_column(column.name, row=1) from None
+            raise _missing_column(column.name, row=1, keys=row) from None
         if column.image is not None:
             feeds[column.name] = _object_array([value])
         elif column.date:
@@ -322,7 +322,7 @@ def _column_feeds(data: Mapping[Any, Any], columns: Sequence[InputColumn]) -> di
     length, first = -1, ""
     for column in columns:
         if column.name not in data:
-            raise _missing_column(column.name, row=None)
+            raise _missing_column(column.name, row=None, keys=data)
         values = data[column.name]
         if not _is_sequence(values):
             raise DataError(
@@ -356,7 +356,7 @@ def _rows_feeds(rows: Sequence[Any], columns: Sequence[InputColumn]) -> tuple[di
             values = [row[name] for row in rows]
         except KeyError:
             position = next(index for index, row in enumerate(rows) if name not in row)
-            raise _missing_column(name, row=position + 1) from None
+            raise _missing_column(name, row=position + 1, keys=rows[position]) from None
         feeds[name] = _convert_column(values, column)
     keys: dict[Any, None] = {}
     for row in rows:  # every row's names, in first-seen order
@@ -667,11 +667,14 @@ def _extra(names: Mapping[Any, Any], columns: Sequence[InputColumn]) -> list[str
     return [str(name) for name in names if name not in inputs]
 
 
-def _missing_column(name: str, row: int | None) -> DataError:
+def _missing_column(name: str, row: int | None, keys: Mapping[Any, Any] | None = None) -> DataError:
     where = f"row {row} lacks" if row is not None else "the data lacks"
-    return DataError(
-        f"{where} the input column {name!r} that the model was trained on; add it (None is allowed for a missing "
-        "value and is filled).", column=name, row=row)
+    # A dict from an int-labelled DataFrame (df.to_dict("records")) has the key 0 where the model reads "0".
+    unread = next((key for key in keys or () if not isinstance(key, str) and str(key) == name), None)
+    fix = (f"its key {quoted(unread)} is of type {type(unread).__name__}, and keel names columns by text: use the key "
+           f"{name!r} (str() of each key, as a DataFrame's labels are read)" if unread is not None else
+           "add it (None is allowed for a missing value and is filled)")
+    return DataError(f"{where} the input column {name!r} that the model was trained on; {fix}.", column=name, row=row)
 
 
 def _empty() -> DataError:

@@ -18,6 +18,7 @@ from keel.data.schema import Feature, Schema, infer_schema
 from keel.data.transforms import CYCLES, DateTransform, calendar
 from keel.data.values import to_seconds
 from keel.errors import DataError
+from keel.runtime.inputs import InputColumn, to_feeds
 from tests.conftest import FAST, make_classification_frame
 
 # 2024-02-29 13:45 UTC: a leap day, a Thursday, the 60th day of the year.
@@ -250,6 +251,49 @@ def test_digit_dates_are_refused_in_one_sentence_at_training_and_at_prediction(n
     assert str(prediction.value).endswith("(2023-11-06); strings like '20231106' are read as dates too.")
     assert said.endswith("Declare the column a number, or write the dates out (2023-11-06).")
     assert "Declare" not in str(prediction.value) and training.value.column == prediction.value.column == "when"
+
+
+@pytest.mark.parametrize("first, refuses", [("1940-03-01", True), ("1969-12-31", True), ("1970-01-01", False),
+                                             ("1970-12-31", False), ("1971-01-01", True)])
+def test_only_training_dates_that_began_in_1970_take_years_and_yyyymmdd_as_seconds(first, refuses) -> None:
+    # The s19 audit: the rule was "began after 1970", so a model of birth dates from 1940 took 2023 (and
+    # 20231106) as moments of 1970, silently, in Model.predict, the runtime and the server.
+    transform = DateTransform("born").fit(pd.Series(pd.date_range(first, periods=50, freq="400D")))
+    assert transform.refuses_digits is refuses
+    digits = pd.Series([2023, 2010, None])
+    if refuses:
+        with pytest.raises(DataError, match="column 'born' holds dates, but as whole numbers from 2010 to 2023"):
+            transform.transform(digits)
+    else:
+        assert np.isfinite(transform.transform(digits)[0]).all()
+
+
+@pytest.mark.parametrize("values", [[2023, 2010], [2023, None], [np.int64(20231106), np.nan]])
+def test_an_object_column_of_digit_dates_is_refused_as_a_numeric_one_is(values) -> None:
+    # The s19 audit: astype(object), or ints beside None in an object column, skipped the judgement, so Model.predict
+    # and the runtime's DataFrame path took 2023 as a moment of 1970 where a list of the same numbers was refused.
+    series = pd.Series(values, dtype=object)
+    with pytest.raises(DataError, match="column 'when' holds dates, but as whole numbers from"):
+        to_seconds(series, column="when")
+    with pytest.raises(DataError, match="column 'when' is declared a date but holds whole numbers"):
+        to_seconds(series, column="when", declared=True)
+    assert np.isfinite(to_seconds(series, column="when", digits=False)[:1]).all()
+    # Text or a date among them is a column of dates, as in the runtime: 2023 there is seconds.
+    assert to_seconds(pd.Series([2023, "2010-01-01"], dtype=object), column="when")[0] == 2023.0
+    assert to_seconds(pd.Series([2023, dt.date(2010, 1, 1)], dtype=object), column="when")[0] == 2023.0
+
+
+def test_yyyymmdd_dates_held_as_float32_are_refused_though_their_odd_days_round() -> None:
+    # The s19 audit: float32 holds no odd whole number above 2**24, so 20230131 arrives as 20230132; a day of 32 made
+    # the column no YYYYMMDD, and a float32 column or array of dates was taken as seconds of 1970, silently.
+    dates = np.array([20230131, 20231106, 20240101, 19991231], dtype=np.float32)
+    assert {int(value) % 100 for value in dates} >= {32}  # what the float32 holds
+    with pytest.raises(DataError, match="dates written without dashes"):
+        to_seconds(pd.Series(dates), column="when")
+    with pytest.raises(DataError, match="dates written without dashes"):
+        to_feeds({"when": dates}, [InputColumn("when", number=True, date=True)])
+    # Exact numbers stay as strict as before: a day of 32 below 2**24 (a year before 1677) is no date.
+    assert to_seconds(pd.Series([16001232.0, 16001106.0]), column="when")[0] == 16001232.0
 
 
 def test_a_declared_date_column_of_numbers_is_checked_once_at_training(monkeypatch) -> None:

@@ -286,6 +286,17 @@ def test_bad_input_is_a_data_error_naming_column_and_row(models, data: Any, colu
         assert f"row {row}" in str(caught.value)
 
 
+@pytest.mark.parametrize("data, row", [({"a": 1, 0: 1.5}, 1), ([{"a": 1, "0": 1.0}, {"a": 1, 0: 1.5}], 2),
+                                       ({"a": [1, 2], 0: [1.5, 2.5]}, None)])
+def test_an_int_key_where_the_model_reads_its_text_says_so(data: Any, row: int | None) -> None:
+    # The s19 audit: a model trained on pd.DataFrame(array) reads the column "0"; its df.to_dict("records") has the
+    # key 0, and the runtime said the row lacked '0', which it seemed to hold.
+    with pytest.raises(DataError, match="lacks the input column '0' that the model was trained on; its key 0 is of "
+                                        "type int, and keel names columns by text: use the key '0'") as caught:
+        to_feeds(data, [InputColumn("a", number=True), InputColumn("0", number=True)])
+    assert (caught.value.column, caught.value.row) == ("0", row)
+
+
 SURROGATE_FORMS = {  # the lone surrogate "\ud800" (json.loads makes one of the escape) in row 2 of color
     "one row": ({**ROW, "color": "\ud800"}, 1),
     "rows": ([ROW, {**ROW, "color": "a\ud800"}], 2),
