@@ -216,6 +216,7 @@ class _KeelEstimator(BaseEstimator):
 
     def _fit(self, X: Any, y: Any, task: str, sample_weight: Any) -> "_KeelEstimator":
         frame, y = self._frame(X, y, reset=True)
+        self.columns_ = list(frame.columns)  # what X's columns are called in the model, in X's order
         config = {**self.config(), "training.test_split": 0.0, "task": task}
         # A plain array holds numbers only. (Not "no feature_names_in_": a frame with int names sets none either.)
         if not isinstance(X, pd.DataFrame):
@@ -254,13 +255,21 @@ class _KeelEstimator(BaseEstimator):
                     y = check_array(y, ensure_2d=False, dtype="numeric", input_name="y", estimator=self)
                 check_consistent_length(X, y)
             frame = X.copy()
-            frame.columns = column_names(X.columns, "X")  # as fit reads them: 3 is the column "3"
+            if reset or hasattr(self, "feature_names_in_"):
+                frame.columns = column_names(X.columns, "X")  # as fit reads them: 3 is the column "3"
+            else:  # fitted without names (an array, int labels): read by position, as scikit-learn does
+                frame.columns = self.columns_
             return frame, y
         if reset:
             X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan", y_numeric=numeric_y)
-        else:
-            X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
-        return pd.DataFrame(np.asarray(X, dtype=np.float64), columns=[f"x{i}" for i in range(X.shape[1])]), y
+            return pd.DataFrame(np.asarray(X, dtype=np.float64), columns=[f"x{i}" for i in range(X.shape[1])]), y
+        if self.model_.config.input_features is None:
+            # Fitted on a frame, whose columns may hold text: an array of the same columns, read by position
+            # (scikit-learn warns above that it has no names), keeps its values as they are.
+            X = validate_data(self, X, reset=False, dtype=None, ensure_all_finite=False)
+            return pd.DataFrame(np.asarray(X), columns=self.columns_), y
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
+        return pd.DataFrame(np.asarray(X, dtype=np.float64), columns=self.columns_), y
 
     def _check_y(self, X: Any, y: Any) -> None:
         """scikit-learn's "requires y" error for a missing y, keel's DataError for a missing value in it."""

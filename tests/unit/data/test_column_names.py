@@ -16,7 +16,7 @@ from keel.data.spelling import column_name, column_names
 from keel.errors import DataError
 from keel.export.onnx import to_onnx
 from keel.runtime import Predictor
-from keel.sklearn import KeelClassifier
+from keel.sklearn import KeelClassifier, KeelRegressor
 from tests.conftest import FAST, make_classification_frame
 
 
@@ -112,3 +112,21 @@ def test_the_estimators_take_an_int_named_frame_with_categories() -> None:
     assert classifier.predict_proba(X).shape == (len(X), 3)
     named = KeelClassifier(preset="fast", hidden=(8,), epochs=2).fit(frame.drop(columns=["label"]), y)
     assert list(named.feature_names_in_) == ["size", "weight", "color", "member"]
+
+
+def test_the_estimators_read_an_array_or_a_frame_by_position_as_scikit_learn_does() -> None:
+    """Fitted on a frame, predicting from its array (or the reverse) failed: 'the data lacks the input column(s)
+    ['0', '1', '2']' (audit s19a); scikit-learn reads such X by position, with a warning where names go missing."""
+    frame = make_classification_frame()
+    X, y = frame.drop(columns=["label"]), frame["label"]
+    named = KeelClassifier(preset="fast", hidden=(8,), epochs=2).fit(X, y)
+    expected = named.predict(X)
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        np.testing.assert_array_equal(named.predict(X.to_numpy()), expected)  # an object array: 'color' stays text
+    numbered = KeelClassifier(preset="fast", hidden=(8,), epochs=2).fit(_numbered(X), y)
+    np.testing.assert_array_equal(numbered.predict(X.to_numpy()), numbered.predict(_numbered(X)))
+    numbers = X[["size", "weight"]].to_numpy()
+    regressor = KeelRegressor(preset="fast", hidden=(8,), epochs=2).fit(numbers, frame["size"] * 2)
+    with pytest.warns(UserWarning, match="has feature names"):
+        by_frame = regressor.predict(pd.DataFrame(numbers, columns=["a", "b"]))
+    np.testing.assert_allclose(by_frame, regressor.predict(numbers), rtol=1e-6)
