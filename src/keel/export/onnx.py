@@ -83,6 +83,13 @@ TERMS_RULE = ("lower-case the text with Python's str.lower(); words are the matc
               "adjacent pair of words joined by one space; the input row is the positions of the terms found in the "
               "vocabulary, in order, padded with -1 to the batch's longest row; an empty, blank or missing text is "
               "[len(vocabulary)]")
+# ... and where keel.text gives a column char_ngrams [low, high] (text.char_ngrams), the terms go on (after the pairs).
+CHAR_NGRAMS_RULE = ("; with char_ngrams [low, high], the terms go on with character n-grams: for each token of the "
+                    "lower-cased text in order (its runs of characters other than whitespace, punctuation kept: "
+                    "Python's str.split() with no argument, whitespace being the characters for which str.isspace() "
+                    "is true), the token between two spaces (' ' + token + ' '), and for each length n from low to "
+                    "high, each run of n consecutive characters (Unicode code points) of it from left to right, each "
+                    "with '#' put in front (the token 'cat' with [3, 4]: '# ca', '#cat', '#at ', '# cat', '#cat ')")
 _PREFIX = "keel/"  # every name keel makes inside the graph, so none clashes with a column's
 
 
@@ -174,10 +181,9 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
                                          if isinstance(t, CategoryTransform)}),
         "keel.schema": json.dumps(model.schema.to_dict()),
         "keel.metrics": json.dumps(model.metrics),
-        # Text columns: each row's words and word pairs (keel.data.words.terms) as positions in this vocabulary,
-        # padded with -1; an empty text is [len(vocabulary)].
-        **({"keel.text": json.dumps({name: {"vocabulary": t.vocabulary, "terms": TERMS_RULE} for name, t in texts.items()})}
-           if texts else {}),
+        # Text columns: each row's words and word pairs (keel.data.words.terms; and character n-grams with
+        # char_ngrams) as positions in this vocabulary, padded with -1; an empty text is [len(vocabulary)].
+        **({"keel.text": json.dumps({name: _text_rule(t) for name, t in texts.items()})} if texts else {}),
         # Text columns on a pretrained encoder: each row [empty flag, token ids...] by the column's tokenizer, -1 padding.
         **({"keel.tokens": json.dumps({name: {"tokenizer": t.tokenizer_json(), "max_tokens": t.width_tokens(),
                                               "tokens": TOKENS_RULE} for name, t in tokens.items()})}
@@ -220,6 +226,14 @@ def _trace(module: Any, example: tuple[Any, ...], task: str) -> "onnx.ModelProto
                                         for name in [*names, output]},
                           do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _text_rule(transform: TextTransform) -> dict[str, Any]:
+    """A tfidf or bag column's keel.text entry: its vocabulary and how a text becomes its terms' positions."""
+    if transform.char_ngrams is None:  # as every export before text.char_ngrams
+        return {"vocabulary": transform.vocabulary, "terms": TERMS_RULE}
+    return {"vocabulary": transform.vocabulary, "char_ngrams": list(transform.char_ngrams),
+            "terms": TERMS_RULE + CHAR_NGRAMS_RULE}
 
 
 def _text_axis(module: Any, group: str) -> str:

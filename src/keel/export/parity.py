@@ -21,6 +21,7 @@ import pandas as pd
 from keel.data.images import ImageTransform
 from keel.data.text import TextTransform
 from keel.data.transforms import SECONDS_PER_DAY, BinaryTransform, DateTransform, NumberTransform
+from keel.data.words import CHAR_MARK
 from keel.errors import DataError, KeelWarning
 from keel.evaluate.metrics import predicted_classes
 
@@ -84,7 +85,7 @@ def synthetic_rows(model: "Model", n_rows: int = 256, seed: int = 0) -> pd.DataF
             days[(kind >= 0.1) & (kind < 0.2)] = np.nan
             columns[transform.name] = days * SECONDS_PER_DAY
         elif isinstance(transform, TextTransform):  # a few known terms, a word never seen, empty and missing
-            words = [term for term in transform.vocabulary if " " not in term] or list(_WORDS)
+            words = [term for term in transform.vocabulary if " " not in term and not term.startswith(CHAR_MARK)] or list(_WORDS)
             lengths = np.where(kind > 0.95, 400, rng.integers(1, 12, n_rows))  # some beyond a token limit
             texts = np.array([" ".join(words[i] for i in rng.integers(0, len(words), length)) for length in lengths],
                              dtype=object)
@@ -135,7 +136,8 @@ def onnx_feeds(model: "Model", frame: pd.DataFrame) -> dict[str, np.ndarray]:
     columns = [InputColumn(t.name, isinstance(t, (NumberTransform, DateTransform)), isinstance(t, DateTransform),
                            vocabulary_index(t.vocabulary) if isinstance(t, TextTransform) and t.encoder != "pretrained"
                            else None, t.pixel_spec if isinstance(t, ImageTransform) else None, tokenizer(t),
-                           not isinstance(t, DateTransform) or t.refuses_digits)
+                           refuses_digits=not isinstance(t, DateTransform) or t.refuses_digits,
+                           char_ngrams=t.char_ngrams if isinstance(t, TextTransform) else None)
                for t in model.preprocessor.transforms]
     try:
         return to_feeds(frame, columns)[0]

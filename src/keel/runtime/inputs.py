@@ -90,6 +90,8 @@ class InputColumn:
         refuses_digits: For a date column: whether numbers that are all years or all YYYYMMDD dates are refused
             (``DateTransform.refuses_digits``: unless the training dates began in 1970; keel.dates in the ONNX
             metadata, and True for an export without it).
+        char_ngrams: For a text column with character n-grams (keel.text's char_ngrams), their
+            shortest and longest length; None for words and word pairs only.
     """
 
     name: str
@@ -99,6 +101,7 @@ class InputColumn:
     image: PixelSpec | None = None  # an image column: how its images become pixels (see image_pixels)
     tokenizer: Any = None  # a text column on a pretrained encoder: its tokenizers.Tokenizer (see token_rows)
     refuses_digits: bool = True  # a date column: numbers that are all years or YYYYMMDD are refused
+    char_ngrams: tuple[int, int] | None = None  # a text column's character n-grams (see term_rows)
 
 
 def to_feeds(data: object, columns: Sequence[InputColumn], *,
@@ -123,7 +126,7 @@ def to_feeds(data: object, columns: Sequence[InputColumn], *,
     feeds, extra = _feeds(data, columns)
     for column in columns:
         if positions and column.vocabulary is not None:
-            feeds[column.name] = text_positions(feeds[column.name], column.vocabulary)
+            feeds[column.name] = text_positions(feeds[column.name], column.vocabulary, column.char_ngrams)
         if positions and column.tokenizer is not None:
             feeds[column.name] = padded(token_rows(feeds[column.name], column.tokenizer))
         if positions and column.image is not None:
@@ -235,9 +238,11 @@ def vocabulary_index(vocabulary: Sequence[str]) -> dict[str, int]:
     return {term: position for position, term in enumerate(vocabulary)}
 
 
-def term_rows(texts: np.ndarray, vocabulary: Mapping[str, int]) -> list[np.ndarray]:
-    """Each text ("" for missing) as an int64 array of its terms' positions (:func:`keel.data.words.term_ids`)."""
-    return [np.array(row, dtype=np.int64) for row in term_ids([str(text) for text in texts], vocabulary)]
+def term_rows(texts: np.ndarray, vocabulary: Mapping[str, int],
+              char_ngrams: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """Each text ("" for missing) as an int64 array of its terms' positions (:func:`keel.data.words.term_ids`;
+    ``char_ngrams``: the column's character n-grams' lengths, if it counts them)."""
+    return [np.array(row, dtype=np.int64) for row in term_ids([str(text) for text in texts], vocabulary, char_ngrams)]
 
 
 def load_tokenizer(tokenizer_json: str, max_tokens: int) -> Any:
@@ -274,11 +279,12 @@ def padded(rows: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-def text_positions(texts: np.ndarray, vocabulary: Mapping[str, int]) -> np.ndarray:
+def text_positions(texts: np.ndarray, vocabulary: Mapping[str, int],
+                   char_ngrams: tuple[int, int] | None = None) -> np.ndarray:
     """Texts ("" for missing) as the exported graph's input for a text column: int64 ``(rows, terms)``,
     each row its terms' positions padded with -1 to the longest row (all rows in one array: for a
     batch of any size, the predictor pads a chunk at a time instead)."""
-    return padded(term_rows(texts, vocabulary))
+    return padded(term_rows(texts, vocabulary, char_ngrams))
 
 
 def _feeds(data: object, columns: Sequence[InputColumn]) -> tuple[dict[str, np.ndarray], list[str]]:

@@ -91,7 +91,8 @@ class Predictor:
         self._columns = [InputColumn(item.name, item.type == "tensor(double)", item.name in dates,
                                      vocabulary_index(texts[item.name]["vocabulary"]) if item.name in texts else None,
                                      images.get(item.name), tokens.get(item.name),
-                                     digits.get(item.name, {}).get("refuses_digits", True))
+                                     refuses_digits=digits.get(item.name, {}).get("refuses_digits", True),
+                                     char_ngrams=_char_ngrams(texts.get(item.name)))
                          for item in session.get_inputs()]
         self.feature_names = [column.name for column in self._columns]
         outputs = json.loads(metadata["keel.outputs"])
@@ -215,7 +216,8 @@ class Predictor:
         if extra:
             self._report(extra)
         n_rows = len(next(iter(feeds.values())))
-        texts = {column.name: term_rows(feeds.pop(column.name), column.vocabulary) if column.vocabulary is not None
+        texts = {column.name: term_rows(feeds.pop(column.name), column.vocabulary, column.char_ngrams)
+                 if column.vocabulary is not None
                  else token_rows(feeds.pop(column.name), column.tokenizer)
                  for column in self._columns if column.vocabulary is not None or column.tokenizer is not None}
         # Images are decoded a chunk at a time: 100,000 rows of 64 x 64 RGB pixels would be 4.9 GB at once.
@@ -440,7 +442,8 @@ _METADATA_SHAPES: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
     "keel.schema": (lambda value: isinstance(value, dict) and isinstance(value.get("dropped", {}), dict),
                     "an object with a 'dropped' object"),
     "keel.text": (lambda value: _columns_of(value, lambda item: isinstance(item.get("vocabulary"), list) and all(
-        isinstance(term, str) for term in item["vocabulary"])), "an object of {vocabulary: [terms]} objects"),
+        isinstance(term, str) for term in item["vocabulary"]) and _lengths(item.get("char_ngrams", [1, 1]))),
+        "an object of {vocabulary: [terms], char_ngrams: [low, high] (optional; 1 <= low <= high)} objects"),
     "keel.tokens": (lambda value: _columns_of(value, lambda item: isinstance(item.get("tokenizer"), str) and _whole(
         item.get("max_tokens"), MAX_TOKENS)), f"an object of {{tokenizer, max_tokens 1 to {MAX_TOKENS:,}}} objects"),
     "keel.dates": (lambda value: _columns_of(value, lambda item: isinstance(item.get("refuses_digits"), bool)),
@@ -456,6 +459,18 @@ _JSON_METADATA: Final = (*_METADATA_SHAPES, "keel.metrics", "keel.parity")
 def _columns_of(value: Any, fits: Callable[[dict[str, Any]], bool]) -> bool:
     """Whether ``value`` is an object of column name -> an object that ``fits``."""
     return isinstance(value, dict) and all(isinstance(item, dict) and fits(item) for item in value.values())
+
+
+def _lengths(value: Any) -> bool:
+    """Whether ``value`` is keel.text's char_ngrams: [low, high], whole numbers, 1 <= low <= high."""
+    return isinstance(value, list) and len(value) == 2 and all(_whole(item, 1 << 31) for item in value) \
+        and value[0] <= value[1]
+
+
+def _char_ngrams(item: dict[str, Any] | None) -> tuple[int, int] | None:
+    """A text column's character n-gram lengths from its keel.text entry (checked by _METADATA_SHAPES), or None."""
+    lengths = (item or {}).get("char_ngrams")
+    return None if lengths is None else (int(lengths[0]), int(lengths[1]))
 
 
 def _whole(value: Any, most: int) -> bool:
