@@ -58,9 +58,11 @@ IR_VERSION = 8
 # 5: image columns, float inputs of pixels [batch, channels, size, size] (keel.images says how to make them);
 # text columns on a pretrained encoder, int64 inputs of [empty flag, token ids...] (keel.tokens holds each
 # column's tokenizer).
+# 6: tfidf text columns with character n-grams (keel.text's char_ngrams, text.char_ngrams): their terms go on with the
+# n-grams, which a keel that knows only format 4 or 5 would leave out of the input (so its predictions would be wrong).
 # keel.dates (whether a date column refuses years and YYYYMMDD numbers) is no new format: the graph is unchanged, and
 # a keel that does not read it goes on as before.
-EXPORT_FORMAT = 5
+EXPORT_FORMAT = 6
 # What a client does with numbers for a date column, keel's own rule (keel.data.digits.written_dates).
 DIGITS_RULE = ("where refuses_digits is true, refuse one request's numbers for the column (missing values aside) "
                "when they are all whole numbers from 1000 to 9999 (years) or all valid YYYYMMDD dates from 10000101 "
@@ -166,8 +168,8 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
     images = {name: t for name, t in columns.items() if isinstance(t, ImageTransform)}
     return {
         "keel.version": _version(), "keel.model_format": str(FORMAT_VERSION),
-        "keel.export_format": str(5 if images or tokens else 4 if texts else 3 if dates else
-                                  1 if threshold is None else 2),
+        "keel.export_format": str(6 if any(t.char_ngrams for t in texts.values()) else 5 if images or tokens else
+                                  4 if texts else 3 if dates else 1 if threshold is None else 2),
         "keel.task": model.task, "keel.target": model.target,
         "keel.classes": json.dumps(model.classes),
         "keel.features": json.dumps([{"name": f.name, "type": f.type,

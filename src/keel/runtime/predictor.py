@@ -37,7 +37,7 @@ from keel.runtime.inputs import (
 ONNX_FILE: Final = "model.onnx"
 # The newest graph layout this predictor reads: keel.export.onnx.EXPORT_FORMAT, written out here
 # because importing the exporter imports pandas (a test keeps the two equal).
-EXPORT_FORMAT: Final = 5
+EXPORT_FORMAT: Final = 6
 # Rows per ONNX Runtime call on a large batch: a 256-wide ensemble of 8 keeps its activations of
 # 256 rows (2 MB) in cache. On the balanced penguins model (one thread) 128-512 rows gave 64-70k
 # rows/s, 1,024 rows 58k, 4,096 rows 40k; one 1M-row call would hold gigabytes.

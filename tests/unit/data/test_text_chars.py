@@ -181,3 +181,19 @@ def test_the_runtime_refuses_char_ngrams_that_are_no_lengths(char_model: tuple[k
     onnx.save(graph, str(tmp_path / "bad.onnx"))
     with pytest.raises(ArtifactError, match="char_ngrams"):
         Predictor.load(tmp_path / "bad.onnx")
+
+
+def test_a_runtime_that_predates_char_ngrams_refuses_their_export(char_model: tuple[keel.Model, Path],
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A format 4 or 5 reader knows no char_ngrams: it would feed the words alone (predictions off by 0.3 in a
+    check) instead of refusing, so a char-gram file is format 6."""
+    from keel.runtime import predictor
+
+    model, _ = char_model
+    model.export(output=tmp_path / "m.onnx")
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert props["keel.export_format"] == "6"
+    monkeypatch.setattr(predictor, "EXPORT_FORMAT", 5)
+    with pytest.raises(ArtifactError, match=r"export format 6 .*reads formats up to 5\. Upgrade keel"):
+        Predictor.load(tmp_path / "m.onnx")
