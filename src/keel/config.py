@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Mapping, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from keel.data.words import MAX_CHAR_NGRAM
 from keel.errors import ConfigError
 
 FeatureType = Literal["auto", "number", "category", "binary", "date", "text", "image"]
@@ -116,8 +117,6 @@ class PreprocessingConfig(_Section):
     )
 
 
-# text.char_ngrams: the longest character n-gram (longer ones are mostly whole tokens, which the words count already).
-MAX_CHAR_NGRAM = 10
 
 
 class TextConfig(_Section):

@@ -14,6 +14,9 @@ WORD = re.compile(r"\w\w+")
 # Starts every character n-gram term (text.char_ngrams). Words are word characters only and pairs two words
 # around one space, so a term that starts with "#" is never one of them: "#ord" (of "word") is not the word "ord".
 CHAR_MARK = "#"
+# text.char_ngrams: the longest character n-gram (longer ones are mostly whole tokens, which the words count already).
+# Here, not in keel.config, so the torch-free runtime bounds an export's char_ngrams by it too.
+MAX_CHAR_NGRAM = 10
 
 
 def terms(text: str, char_ngrams: tuple[int, int] | None = None) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any, Final
 import numpy as np
 
 from keel.data.pixels import PixelSpec, raise_all
+from keel.data.words import MAX_CHAR_NGRAM
 from keel.errors import ArtifactError, ConfigError, DataError, KeelError, KeelWarning
 from keel.evaluate.metrics import predicted_classes
 from keel.runtime.inputs import (
@@ -443,7 +444,7 @@ _METADATA_SHAPES: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
                     "an object with a 'dropped' object"),
     "keel.text": (lambda value: _columns_of(value, lambda item: isinstance(item.get("vocabulary"), list) and all(
         isinstance(term, str) for term in item["vocabulary"]) and _lengths(item.get("char_ngrams", [1, 1]))),
-        "an object of {vocabulary: [terms], char_ngrams: [low, high] (optional; 1 <= low <= high)} objects"),
+        f"an object of {{vocabulary: [terms], char_ngrams: [low, high] (optional; 1 <= low <= high <= {MAX_CHAR_NGRAM})}} objects"),
     "keel.tokens": (lambda value: _columns_of(value, lambda item: isinstance(item.get("tokenizer"), str) and _whole(
         item.get("max_tokens"), MAX_TOKENS)), f"an object of {{tokenizer, max_tokens 1 to {MAX_TOKENS:,}}} objects"),
     "keel.dates": (lambda value: _columns_of(value, lambda item: isinstance(item.get("refuses_digits"), bool)),
@@ -462,8 +463,9 @@ def _columns_of(value: Any, fits: Callable[[dict[str, Any]], bool]) -> bool:
 
 
 def _lengths(value: Any) -> bool:
-    """Whether ``value`` is keel.text's char_ngrams: [low, high], whole numbers, 1 <= low <= high."""
-    return isinstance(value, list) and len(value) == 2 and all(_whole(item, 1 << 31) for item in value) \
+    """Whether ``value`` is keel.text's char_ngrams: [low, high], whole numbers, 1 <= low <= high <= MAX_CHAR_NGRAM
+    (as text.char_ngrams: a file claiming [1, 1000000] would take minutes a request, making grams of every length)."""
+    return isinstance(value, list) and len(value) == 2 and all(_whole(item, MAX_CHAR_NGRAM) for item in value) \
         and value[0] <= value[1]
 
 

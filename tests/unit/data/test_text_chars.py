@@ -173,14 +173,16 @@ def test_the_runtime_refuses_char_ngrams_that_are_no_lengths(char_model: tuple[k
     model, directory = char_model
     model.export(output=tmp_path / "m.onnx")
     graph = onnx.load(str(tmp_path / "m.onnx"))
-    for prop in graph.metadata_props:
-        if prop.key == "keel.text":
-            entry = json.loads(prop.value)
-            entry["note"]["char_ngrams"] = [5, 3]
-            prop.value = json.dumps(entry)
-    onnx.save(graph, str(tmp_path / "bad.onnx"))
-    with pytest.raises(ArtifactError, match="char_ngrams"):
-        Predictor.load(tmp_path / "bad.onnx")
+    entry = next(json.loads(prop.value) for prop in graph.metadata_props if prop.key == "keel.text")
+    # [1, 1000000] (1 << 31 passed) made a request of 2,000 one-letter words take 520 s, grams of every length tried.
+    for lengths in ([5, 3], [1, 11], [1, 1_000_000]):
+        for prop in graph.metadata_props:
+            if prop.key == "keel.text":
+                entry["note"]["char_ngrams"] = lengths
+                prop.value = json.dumps(entry)
+        onnx.save(graph, str(tmp_path / "bad.onnx"))
+        with pytest.raises(ArtifactError, match=r"char_ngrams: \[low, high\] \(optional; 1 <= low <= high <= 10\)"):
+            Predictor.load(tmp_path / "bad.onnx")
 
 
 def test_a_runtime_that_predates_char_ngrams_refuses_their_export(char_model: tuple[keel.Model, Path],
