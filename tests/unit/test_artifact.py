@@ -32,7 +32,7 @@ def test_round_trip_with_checksums_and_versions(tmp_path) -> None:
     path = tmp_path / "model"
     assert sorted(p.name for p in path.iterdir()) == ["keel.json", "weights.safetensors"]
     document = json.loads((path / "keel.json").read_text())
-    assert document["format_version"] == artifact.FORMAT_VERSION == 3 and document["schema"] == {}
+    assert document["format_version"] == artifact.PLAIN_FORMAT_VERSION == 3 and document["schema"] == {}
     assert document["metrics"] == {"loss": None, "n": 3}  # strict JSON: NaN is written as null
     assert document["files"] == {"weights.safetensors": {"sha256": written.files["weights.safetensors"].sha256,
                                                          "made_from": None}}
@@ -126,7 +126,7 @@ def test_not_a_model_newer_version_and_bad_checksum(tmp_path) -> None:
     document = json.loads((path / "keel.json").read_text())
     (path / "keel.json").write_text(json.dumps({**document, "format_version": 99}))
     with pytest.raises(ArtifactError, match=r"model format version 99 \(written by keel 9.0\); this keel reads "
-                                            r"versions up to 3. Upgrade keel"):
+                                            r"versions up to 4. Upgrade keel"):
         load_artifact(path)
     (path / "keel.json").write_text(json.dumps({**document, "format_version": "2"}))
     with pytest.raises(ArtifactError, match="has the format version '2'; expected a whole number"):
@@ -159,7 +159,7 @@ def test_format_1_manifests_are_upgraded_step_by_step() -> None:
                {"kind": "binary", "name": "flag", "values": ["0.10000000149011612", "0.699999988079071"]},
                {"kind": "number", "name": "x", "fill": 0.10000000149011612}]}
     new = upgrade(old)
-    assert new["format_version"] == 3 and new["files"] == {"weights.safetensors": {"sha256": "a" * 64}}
+    assert new["format_version"] == 4 and new["files"] == {"weights.safetensors": {"sha256": "a" * 64}}
     assert new["preprocessing"][0]["vocabulary"] == ["0.1", "red", "0.50", "3"]
     assert new["preprocessing"][1]["values"] == ["0.1", "0.7"]
     assert new["preprocessing"][2]["fill"] == 0.10000000149011612  # numbers are not categories

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import keel
-from keel.artifact import FORMAT_VERSION, read_manifest
+from keel.artifact import PLAIN_FORMAT_VERSION, read_manifest
 from keel.data.preprocess import Preprocessor
 from keel.errors import ArtifactError, KeelWarning
 from tests.conftest import FAST, ROOT, make_classification_frame
@@ -47,7 +47,7 @@ def test_a_resaved_format_1_model_is_written_in_the_current_format(tmp_path) -> 
     model = keel.load(copy)
     model.save(copy)
     document = json.loads((copy / "keel.json").read_text())
-    assert document["format_version"] == FORMAT_VERSION and "sha256" in document["files"]["weights.safetensors"]
+    assert document["format_version"] == PLAIN_FORMAT_VERSION and "sha256" in document["files"]["weights.safetensors"]
     rows = format_1_rows(float32=True)
     np.testing.assert_array_equal(keel.load(copy).predict(rows), model.predict(rows))
 

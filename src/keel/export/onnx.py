@@ -157,7 +157,7 @@ def to_onnx(model: "Model") -> "onnx.ModelProto":
 
 def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
     """The ``metadata_props`` of the exported file: what a client needs to use it without keel."""
-    from keel.artifact import FORMAT_VERSION
+    from keel.artifact import written_format_version
 
     columns = {t.name: t for t in model.preprocessor.transforms}
     threshold = model.threshold
@@ -167,7 +167,7 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
     tokens = {name: t for name, t in columns.items() if isinstance(t, TextTransform) and t.encoder == "pretrained"}
     images = {name: t for name, t in columns.items() if isinstance(t, ImageTransform)}
     return {
-        "keel.version": _version(), "keel.model_format": str(FORMAT_VERSION),
+        "keel.version": _version(), "keel.model_format": str(written_format_version(model.config.model_dump(mode="json"))),
         "keel.export_format": str(6 if any(t.char_ngrams for t in texts.values()) else 5 if images or tokens else
                                   4 if texts else 3 if dates else 1 if threshold is None else 2),
         "keel.task": model.task, "keel.target": model.target,

@@ -146,6 +146,7 @@ def test_a_model_without_char_ngrams_saves_and_exports_as_before(tmp_path: Path)
     state = next(item for item in json.loads((tmp_path / "m" / "keel.json").read_text())["preprocessing"]
                  if item["name"] == "note")
     assert "char_ngrams" not in state  # the state every model before text.char_ngrams has
+    assert json.loads((tmp_path / "m" / "keel.json").read_text())["format_version"] == 3  # what older keel reads
     assert not any(term.startswith("#") for term in state["vocabulary"])
     loaded = keel.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.predict_proba(frame), model.predict_proba(frame))
@@ -199,3 +200,18 @@ def test_a_runtime_that_predates_char_ngrams_refuses_their_export(char_model: tu
     monkeypatch.setattr(predictor, "EXPORT_FORMAT", 5)
     with pytest.raises(ArtifactError, match=r"export format 6 .*reads formats up to 5\. Upgrade keel"):
         Predictor.load(tmp_path / "m.onnx")
+
+
+def test_a_keel_that_predates_char_ngrams_refuses_their_model_folder(char_model: tuple[keel.Model, Path],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A keel reading format 3 dropped text.char_ngrams as a setting predictions do not depend on and predicted from
+    the words alone (audit s19b): a char-gram model is written as format 4, every other model as 3 (above)."""
+    from keel import artifact
+
+    _, directory = char_model
+    document = json.loads((directory / "keel.json").read_text())
+    assert document["format_version"] == artifact.FORMAT_VERSION == 4
+    assert keel.load(directory).preprocessor.transforms[0].char_ngrams == (3, 5)
+    monkeypatch.setattr(artifact, "FORMAT_VERSION", 3)  # the reader of every keel before it
+    with pytest.raises(ArtifactError, match=r"model format version 4 .*reads versions up to 3\. Upgrade keel"):
+        artifact.upgrade(document)
