@@ -178,11 +178,10 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _respell_categories, 2: _add_run_record, 3: lambda document: document}  # 4 is 3's shape (FORMAT_VERSION)
 
 
-def written_format_version(config: Mapping[str, Any]) -> int:
-    """The format version a model of this (dumped) configuration is written as: the oldest that keel reads it right
-    in (see :data:`FORMAT_VERSION`)."""
-    text = config.get("text")
-    return FORMAT_VERSION if isinstance(text, Mapping) and text.get("char_ngrams") else PLAIN_FORMAT_VERSION
+def written_format_version(char_ngrams: object) -> int:
+    """The format version a model is written as, from its ``text.char_ngrams``: the oldest that keel reads it
+    right in (see :data:`FORMAT_VERSION`)."""
+    return FORMAT_VERSION if char_ngrams else PLAIN_FORMAT_VERSION
 
 
 def upgrade(document: dict[str, Any], source: Path | str = METADATA_FILE) -> dict[str, Any]:
@@ -874,7 +873,8 @@ def _write_weights(path: Path, tensors: Mapping[str, torch.Tensor]) -> str:
 
 def _manifest_text(manifest: Manifest) -> str:
     document = manifest.model_dump(by_alias=True)
-    document["format_version"] = written_format_version(manifest.config)
+    text = manifest.config.get("text")
+    document["format_version"] = written_format_version(text.get("char_ngrams") if isinstance(text, Mapping) else None)
     return json.dumps(_plain(document), indent=2, allow_nan=False)
 
 

@@ -732,6 +732,10 @@ def validate_config(tree: Mapping[str, Any]) -> Config:
         # Listed, it was trained on as a number feature without a word (the README says "never a feature").
         raise ConfigError(f"training.weight_column {weight!r} is also listed in input_features: a row's weight says "
                           "how much the row counts, never something to predict from. Remove it from input_features.")
+    text = config.text
+    if text.char_ngrams is not None and text.encoder != "tfidf":  # refused before the data is read, not after
+        raise ConfigError(f"text.char_ngrams adds character n-grams to tfidf's terms; text.encoder {text.encoder} does "
+                          "not read them. Set text.encoder: tfidf, or text.char_ngrams: null.")
     _check_drop_columns(config)
     return config
 

@@ -200,7 +200,8 @@ class TextTransform:
         if folds is not None and target is not None and len(self.components):
             self._fit_linear(vectors, np.asarray(target), task, folds, weights)
         if not len(self.components):
-            self.notes.append(f"text column {self.name!r}: no word appears in two training rows (or every text is "
+            terms = "word or character n-gram" if self.char_ngrams is not None else "word"
+            self.notes.append(f"text column {self.name!r}: no {terms} appears in two training rows (or every text is "
                               "the same), so only its empty-text flag is used.")
         return self
 

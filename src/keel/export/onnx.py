@@ -167,7 +167,7 @@ def metadata(model: "Model", output_names: list[str]) -> dict[str, str]:
     tokens = {name: t for name, t in columns.items() if isinstance(t, TextTransform) and t.encoder == "pretrained"}
     images = {name: t for name, t in columns.items() if isinstance(t, ImageTransform)}
     return {
-        "keel.version": _version(), "keel.model_format": str(written_format_version(model.config.model_dump(mode="json"))),
+        "keel.version": _version(), "keel.model_format": str(written_format_version(model.config.text.char_ngrams)),
         "keel.export_format": str(6 if any(t.char_ngrams for t in texts.values()) else 5 if images or tokens else
                                   4 if texts else 3 if dates else 1 if threshold is None else 2),
         "keel.task": model.task, "keel.target": model.target,

@@ -84,6 +84,11 @@ def test_char_ngrams_are_validated_like_the_other_text_settings() -> None:
 
 @pytest.mark.parametrize("encoder", ["bag", "pretrained"])
 def test_an_encoder_that_reads_no_tfidf_refuses_char_ngrams(encoder: str) -> None:
+    # At validation, before any data is read...
+    with pytest.raises(ConfigError, match=f"text.char_ngrams adds character n-grams to tfidf's terms; text.encoder "
+                                          f"{encoder} does not read them"):
+        load_config({"target": "y", "text.encoder": encoder, "text.char_ngrams": [3, 5]})
+    # ...and by the transform, for a config built without validate_config.
     transform = TextTransform("note", TextConfig(encoder=encoder, char_ngrams=(3, 5)))
     with pytest.raises(ConfigError, match=f"text.char_ngrams adds character n-grams to tfidf's terms; text.encoder "
                                           f"{encoder} does not read them"):
@@ -216,3 +221,11 @@ def test_a_keel_that_predates_char_ngrams_refuses_their_model_folder(char_model:
     monkeypatch.setattr(artifact, "FORMAT_VERSION", 3)  # the reader of every keel before it
     with pytest.raises(ArtifactError, match=r"model format version 4 .*reads versions up to 3\. Upgrade keel"):
         artifact.upgrade(document)
+
+
+@pytest.mark.parametrize(("grams", "said"), [((3, 5), "no word or character n-gram appears"), (None, "no word appears")])
+def test_the_note_for_a_column_without_components_names_the_terms_it_counts(grams: tuple[int, int] | None,
+                                                                          said: str) -> None:
+    transform = TextTransform("note", TextConfig(char_ngrams=grams)).fit(pd.Series(["same text"] * 12))
+    assert not len(transform.components)
+    assert any(said in note for note in transform.notes), transform.notes
