@@ -87,10 +87,12 @@ def test_a_dataframe_column_of_arrays_is_inferred_image(shape: tuple[int, ...]) 
     assert any("'pic' holds arrays" in note for note in schema.notes)
 
 
-def test_one_file_name_that_is_not_an_image_keeps_a_column_from_being_images() -> None:
-    names = [f"scan{index}.png" for index in range(9)] + ["notes.txt"]
-    assert types(pd.DataFrame({"pic": names, "y": [0, 1] * 5}))["pic"] != "image"
-    assert types(pd.DataFrame({"pic": names[:9] + ["scan9.png"], "y": [0, 1] * 5}))["pic"] == "image"
+def test_a_column_of_image_names_with_a_typo_is_images_and_one_of_mixed_files_is_not() -> None:
+    names = [f"scan{index}.png" for index in range(19)] + ["scan19.pn"]  # 95%: a mistyped name
+    assert types(pd.DataFrame({"pic": names, "y": [0, 1] * 10}))["pic"] == "image"
+    mixed = [f"scan{index}.png" for index in range(9)] + ["notes.txt"]  # 90%: other files beside the images
+    assert types(pd.DataFrame({"pic": mixed, "y": [0, 1] * 5}))["pic"] != "image"
+    assert types(pd.DataFrame({"pic": mixed[:9] + ["scan9.png"], "y": [0, 1] * 5}))["pic"] == "image"
 
 
 def test_a_declared_image_column_reads_files_whatever_their_names(tmp_path: Path) -> None:
