@@ -31,11 +31,19 @@ PACKAGE_PREFIX = "package:"
 DEFAULT_MODEL = PACKAGE_PREFIX + DEFAULT_PACKAGE
 _MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
             "sentence_transformers.models.Normalize")
+# The modules.json keel runs (none: a plain Hugging Face directory, which sentence-transformers mean-pools too).
+_PIPELINES: tuple[list[str], ...] = ([], list(_MODULES[:2]), list(_MODULES))
+# Where keel reads the Pooling module's settings (and hashes them: IDENTITY_FILES).
+POOLING_CONFIG = "1_Pooling/config.json"
+# sentence-transformers' pooling flags (before its "pooling_mode" key) and the mode each sets, in its order.
+_POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
+                  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                  "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 ACTIVATIONS = ("gelu", "gelu_new", "relu")
 # The most bytes read of an encoder's JSON files: a tokenizer.json of a 250,000-token vocabulary is about 20 MB.
 MAX_JSON_BYTES = 64 * 2**20
 # Files whose bytes make a model's identity (its content hash): all that changes an embedding.
-IDENTITY_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json", "tokenizer.json",
+IDENTITY_FILES = ("config.json", "modules.json", "sentence_bert_config.json", POOLING_CONFIG, "tokenizer.json",
                    "model.safetensors")
 # Upper bounds on a config's sizes: BERT-large is 30,522 x 1,024 x 24 layers; anything far beyond is no
 # sentence encoder to run on a CPU, and is refused before memory is allocated for it.
@@ -210,17 +218,18 @@ def _read_settings(directory: Path) -> dict[str, Any]:
         pickled = [name for name in ("pytorch_model.bin", "model.bin") if (directory / name).exists()]
         raise ConfigError(f"{directory} has no model.safetensors{f' (only {pickled[0]}, a pickle)' if pickled else ''}; "
                           "keel loads safetensors weights only. Convert the weights to safetensors first.")
-    modules = [item.get("type") for item in (_json(directory, "modules.json")
-                                             if (directory / "modules.json").exists() else [])]
-    unknown = [module for module in modules if module not in _MODULES]
-    if unknown or modules[:1] not in ([], [_MODULES[0]]):
-        raise ConfigError(f"{directory}/modules.json names {unknown or modules}; keel runs a Transformer, then "
-                          "Pooling, then optionally Normalize, and nothing else.")
-    pooling = _json(directory, "1_Pooling/config.json") if (directory / "1_Pooling/config.json").exists() else {}
-    mode = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
-    if pooling.get("pooling_mode_max_tokens") or pooling.get("pooling_mode_mean_sqrt_len_tokens"):
-        raise ConfigError(f"{directory}/1_Pooling/config.json asks for max or sqrt-length pooling; keel pools by "
-                          "mean or CLS token.")
+    entries = _json(directory, "modules.json") if (directory / "modules.json").exists() else []
+    entries = entries if isinstance(entries, list) and all(isinstance(item, dict) for item in entries) else [{}]
+    modules = [item.get("type") for item in entries]
+    # The order matters as much as the names: Normalize before Pooling, or no Pooling, is another embedding.
+    if modules not in _PIPELINES:
+        raise ConfigError(f"{directory}/modules.json names {modules}; keel runs a Transformer, then Pooling, then "
+                          "optionally Normalize, and nothing else.")
+    where = [item.get("path") for item in entries if item.get("type") == _MODULES[1]]
+    if where and where[0] not in (None, POOLING_CONFIG.split("/")[0]):
+        raise ConfigError(f"{directory}/modules.json keeps the Pooling module's settings in {where[0]!r}; keel reads "
+                          f"them from {POOLING_CONFIG.split('/')[0]!r}, as sentence-transformers saves them.")
+    mode = _pooling(directory)
     sbert = _json(directory, "sentence_bert_config.json") if (directory / "sentence_bert_config.json").exists() else {}
     try:
         shape = BertShape(**{field: config[field] for field in BertShape.__dataclass_fields__})
@@ -238,6 +247,26 @@ def _read_settings(directory: Path) -> dict[str, Any]:
                           f"{sorted(ACTIVATIONS)}.")
     return {"shape": shape, "pooling": mode, "normalize": _MODULES[2] in modules,
             "max_tokens": int(sbert.get("max_seq_length") or shape.max_position_embeddings)}
+
+
+def _pooling(directory: Path) -> str:
+    """The pooling 1_Pooling/config.json declares, read as sentence-transformers reads it (its ``pooling_mode`` when
+    there is one, else every flag that is set, none being mean): "mean" or "cls".
+
+    Raises:
+        ConfigError: Any other mode, or several (sentence-transformers would concatenate them): keel would pool
+            another way than the model was made to, and every embedding would differ without a word.
+    """
+    config = _json(directory, POOLING_CONFIG) if (directory / POOLING_CONFIG).exists() else {}
+    declared = config.get("pooling_mode") if isinstance(config, dict) else None
+    if declared is not None:
+        modes = list(declared) if isinstance(declared, list) else [declared]
+    else:
+        modes = [mode for flag, mode in _POOLING_FLAGS.items() if isinstance(config, dict) and config.get(flag)]
+    if (modes or ["mean"]) not in (["mean"], ["cls"]):
+        raise ConfigError(f"{directory}/{POOLING_CONFIG} asks for {' and '.join(map(str, modes))} pooling; keel pools "
+                          "by the mean of the tokens or by the CLS token, one of them.")
+    return (modes or ["mean"])[0]
 
 
 def model_hash(directory: Path) -> str:

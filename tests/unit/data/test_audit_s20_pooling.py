@@ -1,0 +1,75 @@
+"""Audit s20 (issue 14): a sentence-transformers directory keel accepted but ran another way than it declares.
+
+keel read only the legacy cls flag of 1_Pooling/config.json and the names in modules.json, not their order or where
+the Pooling module keeps its settings: lasttoken, weighted-mean or concatenated (mean and cls) pooling, sentence-
+transformers' own ``"pooling_mode": "cls"``, Normalize before Pooling and a Pooling folder elsewhere were all run as
+mean pooling, every embedding other than the model's without a word.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+import keel.model  # noqa: F401 - plugs the torch sentence encoder in
+from keel.data.pretrained import ModelFiles
+from keel.errors import ConfigError
+from keel.nn.sentence import SentenceEncoder
+
+TRANSFORMER, POOLING, NORMALIZE = (f"sentence_transformers.models.{name}" for name in ("Transformer", "Pooling",
+                                                                                    "Normalize"))
+
+
+def _copy(tiny_model: Path, tmp_path: Path, pooling: dict[str, Any] | None = None,
+          modules: list[dict[str, str]] | None = None) -> Path:
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_model, directory)
+    if pooling is not None:
+        (directory / "1_Pooling").mkdir()
+        (directory / "1_Pooling/config.json").write_text(json.dumps(pooling))
+    if modules is not None:
+        (directory / "modules.json").write_text(json.dumps(modules))
+    return directory
+
+
+@pytest.mark.parametrize(("pooling", "modules", "message"), [
+    ({"pooling_mode_lasttoken": True, "pooling_mode_mean_tokens": False}, None, "lasttoken pooling"),
+    ({"pooling_mode_weightedmean_tokens": True, "pooling_mode_mean_tokens": False}, None, "weightedmean pooling"),
+    ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True}, None, "cls and mean pooling"),
+    ({"pooling_mode": ["mean", "cls"]}, None, "mean and cls pooling"),
+    ({"pooling_mode": "lasttoken"}, None, "lasttoken pooling"),
+    (None, [{"type": TRANSFORMER}, {"type": NORMALIZE}, {"type": POOLING}], "then Pooling, then optionally Normalize"),
+    (None, [{"type": TRANSFORMER}], "then Pooling, then optionally Normalize"),
+    (None, [{"type": TRANSFORMER}, {"type": POOLING}, {"type": POOLING}], "then Pooling, then optionally Normalize"),
+    (None, [{"type": TRANSFORMER}, {"type": POOLING, "path": "2_Pooling"}], "reads them from '1_Pooling'"),
+])
+def test_a_pooling_keel_does_not_run_as_declared_is_refused(tiny_model: Path, tmp_path: Path, pooling: Any,
+                                                           modules: Any, message: str) -> None:
+    directory = _copy(tiny_model, tmp_path, pooling, modules)
+    with pytest.raises(ConfigError, match=message):
+        ModelFiles(str(directory))  # audited: accepted, and run as mean pooling
+
+
+@pytest.mark.parametrize("declare", [
+    lambda: {"pooling_mode": "cls"},  # sentence-transformers 6 writes this
+    lambda: {"pooling_mode": ["cls"]},
+    lambda: {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False},  # and before 6, this
+])
+def test_cls_pooling_is_read_in_either_of_sentence_transformers_spellings(
+        tiny_model: Path, tmp_path: Path, declare: Callable[[], dict[str, Any]]) -> None:
+    directory = _copy(tiny_model, tmp_path, declare())
+    files = ModelFiles(str(directory))
+    assert files.pooling == "cls"  # audited: "pooling_mode": "cls" was read as mean
+    mean = SentenceEncoder(ModelFiles(str(tiny_model))).encode(["a short text about cats"])[0]
+    assert not np.allclose(SentenceEncoder(files).encode(["a short text about cats"])[0], mean)
+
+
+@pytest.mark.parametrize("pooling", [None, {}, {"pooling_mode": "mean"}, {"pooling_mode_mean_tokens": True},
+                                     {"pooling_mode_mean_tokens": False}])
+def test_mean_pooling_in_every_spelling_is_still_accepted(tiny_model: Path, tmp_path: Path, pooling: Any) -> None:
+    assert ModelFiles(str(_copy(tiny_model, tmp_path, pooling))).pooling == "mean"
