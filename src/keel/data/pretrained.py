@@ -231,6 +231,11 @@ def _read_settings(directory: Path) -> dict[str, Any]:
                           f"them from {POOLING_CONFIG.split('/')[0]!r}, as sentence-transformers saves them.")
     mode = _pooling(directory)
     sbert = _json(directory, "sentence_bert_config.json") if (directory / "sentence_bert_config.json").exists() else {}
+    if sbert.get("do_lower_case") and (directory / "tokenizer.json").exists() and not _lowercases(directory):
+        raise ConfigError(f"{directory}/sentence_bert_config.json sets do_lower_case, so sentence-transformers "
+                          "lower-cases each text before a tokenizer that keeps case; keel tokenises texts with "
+                          "tokenizer.json alone, and its embeddings would differ. keel runs models whose tokenizer "
+                          "lower-cases itself (tokenizer.json's normalizer) or that do not ask for it.")
     try:
         shape = BertShape(**{field: config[field] for field in BertShape.__dataclass_fields__})
     except KeyError as error:
@@ -247,6 +252,17 @@ def _read_settings(directory: Path) -> dict[str, Any]:
                           f"{sorted(ACTIVATIONS)}.")
     return {"shape": shape, "pooling": mode, "normalize": _MODULES[2] in modules,
             "max_tokens": int(sbert.get("max_seq_length") or shape.max_position_embeddings)}
+
+
+def _lowercases(directory: Path) -> bool:
+    """True when tokenizer.json's normalizer lower-cases (a BertNormalizer with lowercase, or Lowercase, alone or in a
+    Sequence): what sentence-transformers' do_lower_case would add then changes nothing."""
+    tokenizer = _json(directory, "tokenizer.json")
+    normalizer = tokenizer.get("normalizer") if isinstance(tokenizer, dict) else None
+    normalizer = normalizer if isinstance(normalizer, dict) else {}
+    steps = normalizer.get("normalizers") or [] if normalizer.get("type") == "Sequence" else [normalizer]
+    return any(isinstance(step, dict) and (step.get("type") == "Lowercase" or (
+        step.get("type") == "BertNormalizer" and step.get("lowercase") is True)) for step in steps)
 
 
 def _pooling(directory: Path) -> str:

@@ -73,3 +73,39 @@ def test_cls_pooling_is_read_in_either_of_sentence_transformers_spellings(
                                      {"pooling_mode_mean_tokens": False}])
 def test_mean_pooling_in_every_spelling_is_still_accepted(tiny_model: Path, tmp_path: Path, pooling: Any) -> None:
     assert ModelFiles(str(_copy(tiny_model, tmp_path, pooling))).pooling == "mean"
+
+
+def _normalizer(directory: Path, normalizer: dict[str, Any]) -> None:
+    tokenizer = json.loads((directory / "tokenizer.json").read_text())
+    (directory / "tokenizer.json").write_text(json.dumps({**tokenizer, "normalizer": normalizer}))
+
+
+CASED = {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True, "strip_accents": None,
+         "lowercase": False}
+
+
+@pytest.mark.parametrize(("normalizer", "refused"), [
+    (None, False),  # MiniLM's tokenizer lower-cases already: do_lower_case changes nothing
+    ({"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "Lowercase"}]}, False),
+    (CASED, True),
+])
+def test_do_lower_case_over_a_tokenizer_that_keeps_case_is_refused(tiny_model: Path, tmp_path: Path,
+                                                                   normalizer: Any, refused: bool) -> None:
+    """sentence-transformers lower-cases the texts before such a tokenizer; keel tokenised them as they are."""
+    directory = _copy(tiny_model, tmp_path)
+    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32, "do_lower_case": True}))
+    if normalizer is not None:
+        _normalizer(directory, normalizer)
+    if refused:
+        with pytest.raises(ConfigError, match="do_lower_case"):
+            ModelFiles(str(directory))  # audited: accepted, "Cats" and "cats" embedded apart
+    else:
+        ModelFiles(str(directory))
+
+
+def test_a_tokenizer_that_keeps_case_is_accepted_without_do_lower_case(tiny_model: Path, tmp_path: Path) -> None:
+    directory = _copy(tiny_model, tmp_path)
+    _normalizer(directory, CASED)
+    encoder = SentenceEncoder(ModelFiles(str(directory)))
+    vectors = encoder.encode(["Cats", "cats"])[0]
+    assert not np.allclose(vectors[0], vectors[1])  # the tokenizer keeps case, as the model was trained
