@@ -230,6 +230,7 @@ def _read_settings(directory: Path) -> dict[str, Any]:
         raise ConfigError(f"{directory}/modules.json keeps the Pooling module's settings in {where[0]!r}; keel reads "
                           f"them from {POOLING_CONFIG.split('/')[0]!r}, as sentence-transformers saves them.")
     mode = _pooling(directory)
+    _check_prompt(directory)
     sbert = _json(directory, "sentence_bert_config.json") if (directory / "sentence_bert_config.json").exists() else {}
     if sbert.get("do_lower_case") and (directory / "tokenizer.json").exists() and not _lowercases(directory):
         raise ConfigError(f"{directory}/sentence_bert_config.json sets do_lower_case, so sentence-transformers "
@@ -263,6 +264,24 @@ def _lowercases(directory: Path) -> bool:
     steps = normalizer.get("normalizers") or [] if normalizer.get("type") == "Sequence" else [normalizer]
     return any(isinstance(step, dict) and (step.get("type") == "Lowercase" or (
         step.get("type") == "BertNormalizer" and step.get("lowercase") is True)) for step in steps)
+
+
+def _check_prompt(directory: Path) -> None:
+    """Refuse a model whose config_sentence_transformers.json names a default prompt: sentence-transformers puts it
+    before every text it encodes, keel embeds the texts as they are.
+
+    Raises:
+        ConfigError: A non-empty default prompt.
+    """
+    if not (directory / "config_sentence_transformers.json").exists():
+        return
+    settings = _json(directory, "config_sentence_transformers.json")
+    name = settings.get("default_prompt_name") if isinstance(settings, dict) else None
+    prompts = settings.get("prompts") if isinstance(settings, dict) else None
+    if name is not None and (not isinstance(prompts, dict) or prompts.get(name) != ""):
+        raise ConfigError(f"{directory}/config_sentence_transformers.json names the default prompt {name!r}, which "
+                          "sentence-transformers puts before every text; keel embeds texts as they are, so its "
+                          "embeddings would differ. Set default_prompt_name to null there, or use another model.")
 
 
 def _pooling(directory: Path) -> str:

@@ -109,3 +109,20 @@ def test_a_tokenizer_that_keeps_case_is_accepted_without_do_lower_case(tiny_mode
     encoder = SentenceEncoder(ModelFiles(str(directory)))
     vectors = encoder.encode(["Cats", "cats"])[0]
     assert not np.allclose(vectors[0], vectors[1])  # the tokenizer keeps case, as the model was trained
+
+
+@pytest.mark.parametrize(("settings", "refused"), [
+    ({"default_prompt_name": "query", "prompts": {"query": "query: ", "document": ""}}, True),
+    ({"default_prompt_name": "document", "prompts": {"query": "query: ", "document": ""}}, False),  # empty prompt
+    ({"default_prompt_name": None, "prompts": {"query": "query: "}}, False),  # sentence-transformers 6 writes this
+    ({"__version__": {"sentence_transformers": "2.0.0"}}, False),  # all-MiniLM-L6-v2's
+])
+def test_a_default_prompt_keel_would_not_put_before_each_text_is_refused(tiny_model: Path, tmp_path: Path,
+                                                                        settings: dict[str, Any], refused: bool) -> None:
+    directory = _copy(tiny_model, tmp_path)
+    (directory / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    if refused:
+        with pytest.raises(ConfigError, match="default prompt 'query'"):
+            ModelFiles(str(directory))  # audited: accepted, every text embedded without the model's prompt
+    else:
+        ModelFiles(str(directory))
