@@ -45,6 +45,10 @@ MAX_JSON_BYTES = 64 * 2**20
 # Files whose bytes make a model's identity (its content hash): all that changes an embedding.
 IDENTITY_FILES = ("config.json", "modules.json", "sentence_bert_config.json", POOLING_CONFIG, "tokenizer.json",
                    "model.safetensors")
+# Read to refuse a model whose default prompt keel would not add (not hashed: it changes no embedding keel makes).
+PROMPTS_FILE = "config_sentence_transformers.json"
+# Every file keel reads of a model directory (an embedded encoder's must all be ones keel.json lists).
+READ_FILES = (*IDENTITY_FILES, PROMPTS_FILE)
 # Upper bounds on a config's sizes: BERT-large is 30,522 x 1,024 x 24 layers; anything far beyond is no
 # sentence encoder to run on a CPU, and is refused before memory is allocated for it.
 _LIMITS = {"vocab_size": 1_000_000, "hidden_size": 8192, "num_hidden_layers": 96, "num_attention_heads": 128,
@@ -273,13 +277,13 @@ def _check_prompt(directory: Path) -> None:
     Raises:
         ConfigError: A non-empty default prompt.
     """
-    if not (directory / "config_sentence_transformers.json").exists():
+    if not (directory / PROMPTS_FILE).exists():
         return
-    settings = _json(directory, "config_sentence_transformers.json")
+    settings = _json(directory, PROMPTS_FILE)
     name = settings.get("default_prompt_name") if isinstance(settings, dict) else None
     prompts = settings.get("prompts") if isinstance(settings, dict) else None
     if name is not None and (not isinstance(prompts, dict) or prompts.get(name) != ""):
-        raise ConfigError(f"{directory}/config_sentence_transformers.json names the default prompt {name!r}, which "
+        raise ConfigError(f"{directory}/{PROMPTS_FILE} names the default prompt {name!r}, which "
                           "sentence-transformers puts before every text; keel embeds texts as they are, so its "
                           "embeddings would differ. Set default_prompt_name to null there, or use another model.")
 

@@ -126,3 +126,21 @@ def test_a_default_prompt_keel_would_not_put_before_each_text_is_refused(tiny_mo
             ModelFiles(str(directory))  # audited: accepted, every text embedded without the model's prompt
     else:
         ModelFiles(str(directory))
+
+
+def test_a_prompt_file_put_into_an_embedded_encoder_is_refused_at_load(tiny_model: Path, tmp_path: Path) -> None:
+    """keel now reads config_sentence_transformers.json; an embedded encoder's files keel reads must all be ones
+    keel.json lists (embedding copies no such file, so one there was put there after saving)."""
+    import keel
+    from keel.errors import ArtifactError
+    from tests.unit.data.test_text import reviews
+
+    config = {"preset": "fast", "training.epochs": 1, "model.hidden": [8], "text.encoder": "pretrained", "text.dim": 4,
+              "text.cache_dir": "off", "text.model_path": str(tiny_model)}
+    model = keel.fit(reviews(80), target="label", quiet=True, importance=False, config=config)
+    model.save(tmp_path / "m")
+    assert model.embed_encoders() == ["review"]
+    keel.load(tmp_path / "m")
+    (tmp_path / "m/encoders/0/config_sentence_transformers.json").write_text('{"default_prompt_name": null}')
+    with pytest.raises(ArtifactError, match="config_sentence_transformers.json, which keel.json does not list"):
+        keel.load(tmp_path / "m")
