@@ -93,6 +93,8 @@ class ModelFiles:
         self.normalize: bool = settings["normalize"]
         limit = min(settings["max_tokens"], self.shape.max_position_embeddings)
         self.max_tokens: int = min(max_tokens, limit) if max_tokens else limit
+        self._tokenizer = _tokenizer(self.directory, self.max_tokens)
+        _check_vocabulary(self._tokenizer, self.shape.vocab_size, self.directory)
         self.sha256 = model_hash(self.directory)
 
     @property
@@ -101,7 +103,7 @@ class ModelFiles:
 
     def tokenizer(self) -> Any:
         """The ``tokenizers`` tokenizer, truncating at ``max_tokens`` and padding each batch."""
-        return _tokenizer(self.directory, self.max_tokens)
+        return self._tokenizer
 
     def tokenizer_json(self) -> str:
         """The model's tokenizer.json as text (a tokenizers.Tokenizer.from_str makes the same tokenizer)."""
@@ -321,6 +323,20 @@ def model_hash(directory: Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def _check_vocabulary(tokenizer: Any, vocab_size: int, directory: Path) -> None:
+    """Refuse a tokenizer that makes token ids beyond the encoder's embedding table (config.json's vocab_size): the
+    first text with such a token would stop training or prediction with torch's IndexError.
+
+    Raises:
+        ConfigError: It does; names both sizes.
+    """
+    top = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= vocab_size:
+        raise ConfigError(f"{directory}/tokenizer.json makes token ids up to {top:,}, but config.json's vocab_size is "
+                          f"{vocab_size:,}; the tokenizer is not the model's. Put the model's own tokenizer.json beside "
+                          "its weights.")
 
 
 def _tokenizer(directory: Path, max_tokens: int) -> Any:

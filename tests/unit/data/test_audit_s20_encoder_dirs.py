@@ -1,9 +1,11 @@
-"""Audit s20 (issue 14): a sentence-transformers directory keel accepted but ran another way than it declares.
+"""Audit s20 (issue 14): sentence-transformers directories keel accepted but ran another way than they declare, or
+crashed on.
 
 keel read only the legacy cls flag of 1_Pooling/config.json and the names in modules.json, not their order or where
 the Pooling module keeps its settings: lasttoken, weighted-mean or concatenated (mean and cls) pooling, sentence-
 transformers' own ``"pooling_mode": "cls"``, Normalize before Pooling and a Pooling folder elsewhere were all run as
-mean pooling, every embedding other than the model's without a word.
+mean pooling, every embedding other than the model's without a word. do_lower_case over a cased tokenizer and a
+default prompt were ignored the same way; a tokenizer beyond the encoder's vocabulary crashed with an IndexError.
 """
 
 from __future__ import annotations
@@ -144,3 +146,25 @@ def test_a_prompt_file_put_into_an_embedded_encoder_is_refused_at_load(tiny_mode
     (tmp_path / "m/encoders/0/config_sentence_transformers.json").write_text('{"default_prompt_name": null}')
     with pytest.raises(ArtifactError, match="config_sentence_transformers.json, which keel.json does not list"):
         keel.load(tmp_path / "m")
+
+
+def test_a_tokenizer_beyond_the_encoders_vocabulary_is_refused_not_an_index_error(tmp_path: Path) -> None:
+    """MiniLM's tokenizer (30,522 tokens) beside a BERT of 1,000: every text with a later token crashed with torch's
+    'IndexError: index out of range in self', in training and in prediction."""
+    import torch
+    from safetensors.torch import save_file
+
+    from keel.data.pretrained import DEFAULT_MODEL, BertShape, resolve_model
+    from keel.nn.sentence import BertEncoder
+
+    directory = tmp_path / "small"
+    directory.mkdir()
+    shape = BertShape(vocab_size=1000, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=64, type_vocab_size=2, layer_norm_eps=1e-12,
+                      hidden_act="gelu")
+    (directory / "config.json").write_text(json.dumps({"model_type": "bert", **shape.__dict__}))
+    shutil.copy(resolve_model(DEFAULT_MODEL) / "tokenizer.json", directory / "tokenizer.json")
+    with torch.random.fork_rng(devices=[]):
+        save_file(BertEncoder(shape).state_dict(), str(directory / "model.safetensors"))
+    with pytest.raises(ConfigError, match="token ids up to 30,521, but config.json's vocab_size is 1,000"):
+        SentenceEncoder(ModelFiles(str(directory))).encode(["hello world"])
