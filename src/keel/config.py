@@ -167,6 +167,12 @@ class TextConfig(_Section):
         None, gt=0, description="finetune: the encoder's learning rate (the rest of the network trains at "
         "training.lr); unset, 5e-5 for full and 5e-4 for lora.")
 
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _off_as_yaml_reads_it(cls, value: Any) -> Any:
+        """YAML reads the documented ``off`` (and no, false) as false: that too keeps no cache."""
+        return "off" if value is False else value
+
     @field_validator("char_ngrams")
     @classmethod
     def _low_then_high(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:

@@ -39,7 +39,7 @@ from keel.config import Config
 from keel.data.images import ImageTransform
 from keel.data.io import TableSource, read_table
 from keel.data.preprocess import ARRAY_PREFIX, Features, Preprocessor, TargetEncoder, describe_unseen
-from keel.data.pretrained import IDENTITY_FILES, ModelFiles, model_hash, resolve_model
+from keel.data.pretrained import IDENTITY_FILES, READ_FILES, ModelFiles, model_hash, resolve_model
 from keel.data.schema import Schema, require_column, written_columns
 from keel.data.text import TextTransform
 from keel.data.values import row_weights
@@ -407,7 +407,7 @@ class Model:
             if isinstance(transform, TextTransform) and f"{folder}/model.safetensors" in model._attached:
                 # The encoder is read from this folder by name: every file it would read must be one keel.json lists
                 # (and so was checked: inside the directory, no link, a regular file, its sha256), none left out.
-                unlisted = [name for name in IDENTITY_FILES if f"{folder}/{name}" not in model._attached
+                unlisted = [name for name in READ_FILES if f"{folder}/{name}" not in model._attached
                             and os.path.lexists(Path(path, folder, name))]
                 if unlisted:
                     raise ArtifactError(f"{Path(path) / folder} holds {', '.join(unlisted)}, which {METADATA_FILE} does "

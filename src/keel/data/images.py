@@ -261,7 +261,10 @@ class ImageTransform:
         if not self.model_path:
             raise ConfigError("image.encoder resnet needs image.model_path: a .safetensors file of a ResNet-18 or -34 "
                               "(torchvision / timm weight names); keel downloads nothing. Or use image.encoder cnn.")
-        self.backbone, self.depth, self.model_sha256 = read_backbone(self.model_path)
+        try:
+            self.backbone, self.depth, self.model_sha256 = read_backbone(self.model_path)
+        except ConfigError as error:  # say which column the file failed for
+            raise ConfigError(f"image column {self.name!r}: {error}") from None
 
     def transform(self, series: pd.Series, source: str | None = None) -> tuple[np.ndarray, int]:
         """Returns ``(values (n, width) float32, 0)``: each image's standardised pixels and its missing flag.

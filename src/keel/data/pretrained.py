@@ -31,12 +31,24 @@ PACKAGE_PREFIX = "package:"
 DEFAULT_MODEL = PACKAGE_PREFIX + DEFAULT_PACKAGE
 _MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
             "sentence_transformers.models.Normalize")
+# The modules.json keel runs (none: a plain Hugging Face directory, which sentence-transformers mean-pools too).
+_PIPELINES: tuple[list[str], ...] = ([], list(_MODULES[:2]), list(_MODULES))
+# Where keel reads the Pooling module's settings (and hashes them: IDENTITY_FILES).
+POOLING_CONFIG = "1_Pooling/config.json"
+# sentence-transformers' pooling flags (before its "pooling_mode" key) and the mode each sets, in its order.
+_POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
+                  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                  "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 ACTIVATIONS = ("gelu", "gelu_new", "relu")
 # The most bytes read of an encoder's JSON files: a tokenizer.json of a 250,000-token vocabulary is about 20 MB.
 MAX_JSON_BYTES = 64 * 2**20
 # Files whose bytes make a model's identity (its content hash): all that changes an embedding.
-IDENTITY_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json", "tokenizer.json",
+IDENTITY_FILES = ("config.json", "modules.json", "sentence_bert_config.json", POOLING_CONFIG, "tokenizer.json",
                    "model.safetensors")
+# Read to refuse a model whose default prompt keel would not add (not hashed: it changes no embedding keel makes).
+PROMPTS_FILE = "config_sentence_transformers.json"
+# Every file keel reads of a model directory (an embedded encoder's must all be ones keel.json lists).
+READ_FILES = (*IDENTITY_FILES, PROMPTS_FILE)
 # Upper bounds on a config's sizes: BERT-large is 30,522 x 1,024 x 24 layers; anything far beyond is no
 # sentence encoder to run on a CPU, and is refused before memory is allocated for it.
 _LIMITS = {"vocab_size": 1_000_000, "hidden_size": 8192, "num_hidden_layers": 96, "num_attention_heads": 128,
@@ -81,6 +93,8 @@ class ModelFiles:
         self.normalize: bool = settings["normalize"]
         limit = min(settings["max_tokens"], self.shape.max_position_embeddings)
         self.max_tokens: int = min(max_tokens, limit) if max_tokens else limit
+        self._tokenizer = _tokenizer(self.directory, self.max_tokens)
+        _check_vocabulary(self._tokenizer, self.shape.vocab_size, self.directory)
         self.sha256 = model_hash(self.directory)
 
     @property
@@ -89,7 +103,7 @@ class ModelFiles:
 
     def tokenizer(self) -> Any:
         """The ``tokenizers`` tokenizer, truncating at ``max_tokens`` and padding each batch."""
-        return _tokenizer(self.directory, self.max_tokens)
+        return self._tokenizer
 
     def tokenizer_json(self) -> str:
         """The model's tokenizer.json as text (a tokenizers.Tokenizer.from_str makes the same tokenizer)."""
@@ -210,18 +224,25 @@ def _read_settings(directory: Path) -> dict[str, Any]:
         pickled = [name for name in ("pytorch_model.bin", "model.bin") if (directory / name).exists()]
         raise ConfigError(f"{directory} has no model.safetensors{f' (only {pickled[0]}, a pickle)' if pickled else ''}; "
                           "keel loads safetensors weights only. Convert the weights to safetensors first.")
-    modules = [item.get("type") for item in (_json(directory, "modules.json")
-                                             if (directory / "modules.json").exists() else [])]
-    unknown = [module for module in modules if module not in _MODULES]
-    if unknown or modules[:1] not in ([], [_MODULES[0]]):
-        raise ConfigError(f"{directory}/modules.json names {unknown or modules}; keel runs a Transformer, then "
-                          "Pooling, then optionally Normalize, and nothing else.")
-    pooling = _json(directory, "1_Pooling/config.json") if (directory / "1_Pooling/config.json").exists() else {}
-    mode = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
-    if pooling.get("pooling_mode_max_tokens") or pooling.get("pooling_mode_mean_sqrt_len_tokens"):
-        raise ConfigError(f"{directory}/1_Pooling/config.json asks for max or sqrt-length pooling; keel pools by "
-                          "mean or CLS token.")
+    entries = _json(directory, "modules.json") if (directory / "modules.json").exists() else []
+    entries = entries if isinstance(entries, list) and all(isinstance(item, dict) for item in entries) else [{}]
+    modules = [item.get("type") for item in entries]
+    # The order matters as much as the names: Normalize before Pooling, or no Pooling, is another embedding.
+    if modules not in _PIPELINES:
+        raise ConfigError(f"{directory}/modules.json names {modules}; keel runs a Transformer, then Pooling, then "
+                          "optionally Normalize, and nothing else.")
+    where = [item.get("path") for item in entries if item.get("type") == _MODULES[1]]
+    if where and where[0] not in (None, POOLING_CONFIG.split("/")[0]):
+        raise ConfigError(f"{directory}/modules.json keeps the Pooling module's settings in {where[0]!r}; keel reads "
+                          f"them from {POOLING_CONFIG.split('/')[0]!r}, as sentence-transformers saves them.")
+    mode = _pooling(directory)
+    _check_prompt(directory)
     sbert = _json(directory, "sentence_bert_config.json") if (directory / "sentence_bert_config.json").exists() else {}
+    if sbert.get("do_lower_case") and (directory / "tokenizer.json").exists() and not _lowercases(directory):
+        raise ConfigError(f"{directory}/sentence_bert_config.json sets do_lower_case, so sentence-transformers "
+                          "lower-cases each text before a tokenizer that keeps case; keel tokenises texts with "
+                          "tokenizer.json alone, and its embeddings would differ. keel runs models whose tokenizer "
+                          "lower-cases itself (tokenizer.json's normalizer) or that do not ask for it.")
     try:
         shape = BertShape(**{field: config[field] for field in BertShape.__dataclass_fields__})
     except KeyError as error:
@@ -240,6 +261,55 @@ def _read_settings(directory: Path) -> dict[str, Any]:
             "max_tokens": int(sbert.get("max_seq_length") or shape.max_position_embeddings)}
 
 
+def _lowercases(directory: Path) -> bool:
+    """True when tokenizer.json's normalizer lower-cases (a BertNormalizer with lowercase, or Lowercase, alone or in a
+    Sequence): what sentence-transformers' do_lower_case would add then changes nothing."""
+    tokenizer = _json(directory, "tokenizer.json")
+    normalizer = tokenizer.get("normalizer") if isinstance(tokenizer, dict) else None
+    normalizer = normalizer if isinstance(normalizer, dict) else {}
+    steps = normalizer.get("normalizers") or [] if normalizer.get("type") == "Sequence" else [normalizer]
+    return any(isinstance(step, dict) and (step.get("type") == "Lowercase" or (
+        step.get("type") == "BertNormalizer" and step.get("lowercase") is True)) for step in steps)
+
+
+def _check_prompt(directory: Path) -> None:
+    """Refuse a model whose config_sentence_transformers.json names a default prompt: sentence-transformers puts it
+    before every text it encodes, keel embeds the texts as they are.
+
+    Raises:
+        ConfigError: A non-empty default prompt.
+    """
+    if not (directory / PROMPTS_FILE).exists():
+        return
+    settings = _json(directory, PROMPTS_FILE)
+    name = settings.get("default_prompt_name") if isinstance(settings, dict) else None
+    prompts = settings.get("prompts") if isinstance(settings, dict) else None
+    if name is not None and (not isinstance(prompts, dict) or prompts.get(name) != ""):
+        raise ConfigError(f"{directory}/{PROMPTS_FILE} names the default prompt {name!r}, which "
+                          "sentence-transformers puts before every text; keel embeds texts as they are, so its "
+                          "embeddings would differ. Set default_prompt_name to null there, or use another model.")
+
+
+def _pooling(directory: Path) -> str:
+    """The pooling 1_Pooling/config.json declares, read as sentence-transformers reads it (its ``pooling_mode`` when
+    there is one, else every flag that is set, none being mean): "mean" or "cls".
+
+    Raises:
+        ConfigError: Any other mode, or several (sentence-transformers would concatenate them): keel would pool
+            another way than the model was made to, and every embedding would differ without a word.
+    """
+    config = _json(directory, POOLING_CONFIG) if (directory / POOLING_CONFIG).exists() else {}
+    declared = config.get("pooling_mode") if isinstance(config, dict) else None
+    if declared is not None:
+        modes = list(declared) if isinstance(declared, list) else [declared]
+    else:
+        modes = [mode for flag, mode in _POOLING_FLAGS.items() if isinstance(config, dict) and config.get(flag)]
+    if (modes or ["mean"]) not in (["mean"], ["cls"]):
+        raise ConfigError(f"{directory}/{POOLING_CONFIG} asks for {' and '.join(map(str, modes))} pooling; keel pools "
+                          "by the mean of the tokens or by the CLS token, one of them.")
+    return (modes or ["mean"])[0]
+
+
 def model_hash(directory: Path) -> str:
     """sha256 over the files that make the model (their names and bytes): what a saved keel model
     checks its encoder against."""
@@ -253,6 +323,20 @@ def model_hash(directory: Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def _check_vocabulary(tokenizer: Any, vocab_size: int, directory: Path) -> None:
+    """Refuse a tokenizer that makes token ids beyond the encoder's embedding table (config.json's vocab_size): the
+    first text with such a token would stop training or prediction with torch's IndexError.
+
+    Raises:
+        ConfigError: It does; names both sizes.
+    """
+    top = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= vocab_size:
+        raise ConfigError(f"{directory}/tokenizer.json makes token ids up to {top:,}, but config.json's vocab_size is "
+                          f"{vocab_size:,}; the tokenizer is not the model's. Put the model's own tokenizer.json beside "
+                          "its weights.")
 
 
 def _tokenizer(directory: Path, max_tokens: int) -> Any:

@@ -414,8 +414,8 @@ class TextTransform:
             try:
                 self._sentence = TextTransform.loader(self.location or self.model, self.max_tokens)
             except ConfigError as error:
-                if fitting:
-                    raise
+                if fitting:  # a setting the user gave now: say which column it failed for
+                    raise ConfigError(f"text column {self.name!r}: {error}") from None
                 # A saved model's setting, not one the user gave now: say where it comes from.
                 raise ConfigError(f"text column {self.name!r} is read by the encoder the model was trained with, at "
                                 f"{self.location or self.model}, which cannot be used here: {error} Put that encoder "

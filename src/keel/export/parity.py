@@ -95,11 +95,13 @@ def synthetic_rows(model: "Model", n_rows: int = 256, seed: int = 0) -> pd.DataF
             columns[transform.name] = texts
         elif isinstance(transform, ImageTransform):  # random pixels at the column's own size and another; missing
             width, height = transform.native
+            # image.strict refuses another size or channel count than the column's (Model.predict too): none then.
+            other = (height, width) if transform.strict else (height + 3, width + 5)
+            bands = transform.native_bands if transform.strict else 3 if transform.channels == "rgb" else 1
             images = np.empty(n_rows, dtype=object)
             for row in range(n_rows):
-                shape = (height, width) if kind[row] >= 0.3 else (height + 3, width + 5)
-                images[row] = (None if kind[row] < 0.1 else
-                               rng.uniform(0, transform.scale, (*shape, 3 if transform.channels == "rgb" else 1)))
+                shape = (height, width) if kind[row] >= 0.3 else other
+                images[row] = None if kind[row] < 0.1 else rng.uniform(0, transform.scale, (*shape, bands))
             columns[transform.name] = images
         else:
             known = list(transform.values if isinstance(transform, BinaryTransform) else transform.vocabulary)
