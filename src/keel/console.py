@@ -30,6 +30,11 @@ from keel.train.callbacks import Advance, EpochCallback, EpochClock, Reporter, e
 #: Off a terminal, a step gets its line only when it has run this long: quick ones leave no trace.
 STEP_LINE_AFTER = 1.0
 
+#: The progress bar's ETA is the pace of the last this many epochs (as the time limit's planner paces them,
+#: keel.train.trainer.epoch_pace), and of at least rich's own window of 30 s where epochs are short.
+ETA_EPOCHS = 3
+ETA_WINDOW = 30.0
+
 
 def _ignore(done: int) -> None:
     """The advance of a step shown without a live display."""
@@ -174,7 +179,12 @@ class ProgressBar:
         self.progress.stop()
 
     def __call__(self, epoch: int, epochs: int, record: dict[str, Any]) -> None:
+        previous = self.clock.last
         speed = self.clock.tick(epoch_share(record))
+        # rich's ETA is the speed over the updates of its last speed_estimate_period seconds, and needs two of
+        # them: with its fixed 30 s, epochs longer than that (a large pass, a fine-tuned text column) left one
+        # update in the window and the bar never showed an ETA. The window follows the epochs instead.
+        self.progress.speed_estimate_period = max(ETA_WINDOW, (ETA_EPOCHS + 0.5) * (self.clock.last - previous))
         status = f"loss {record['loss']:.4f}"
         if record.get("val_" + self.monitor) is not None:
             status += f"  val_{self.monitor} {record['val_' + self.monitor]:.4f}"

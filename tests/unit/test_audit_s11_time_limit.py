@@ -7,6 +7,7 @@ test puts them, on any machine, however busy."""
 from __future__ import annotations
 
 import copy
+import re
 import time as real_time
 import types
 
@@ -167,3 +168,34 @@ def test_a_cut_epoch_that_is_also_an_early_stop_says_it_was_cut(clock: Clock) ->
     last = history.epochs[-1]
     assert last["epoch"] == 2 and last["steps"] == 5 and last["stopped"]
     assert "after 5 of 16 steps" in epoch_line(2, 2, last, "loss"), epoch_line(2, 2, last, "loss")
+
+
+# ------------------------------------------------------------------ audit of issue 15: the pace of a cut first epoch
+
+
+def test_a_first_epoch_cut_after_one_step_says_the_seconds_it_took_not_a_pass_extrapolated(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A limit spent before training got far (a slow read, a busy machine) cuts the first epoch after its first step.
+    The note divided the seconds by the share of the pass taken: 0.72 s for 1 of 15 steps (one-time costs and the
+    validation included) read 'about 10.78 s each', seconds that never passed. A figure the note gives for what
+    happened must not exceed the training's own seconds."""
+    extra = [0.0]
+    monkeypatch.setattr(trainer_module, "time",
+                        types.SimpleNamespace(perf_counter=lambda: real_time.perf_counter() + extra[0]))
+    original = Trainer._autograd_step
+
+    def first_step_slow(self, rows, optimizer, check="all"):  # type: ignore[no-untyped-def]
+        extra[0] += 10_000.0  # each step seems to take hours: the limit's end comes after the first
+        return original(self, rows, optimizer, check)
+
+    monkeypatch.setattr(Trainer, "_autograd_step", first_step_slow)
+    monkeypatch.setattr(trainer_module, "fused_step_supported", lambda *args, **kwargs: False)
+    model = keel.fit(make_classification_frame(600), target="label", quiet=True, importance=False,
+                     config={"preset": "fast", "model.hidden": [16], "training.batch_size": 32,
+                             "training.time_limit": 600.0})
+    first = model.history["epochs"][0]
+    assert len(model.history["epochs"]) == 1 and first["steps"] == 1, model.history["epochs"]
+    note = next(note for note in model.notes if "allowed 1 of" in note and "epochs" in note)
+    said = float(re.search(r"\((?:about )?([\d.]+) s", note).group(1))  # type: ignore[union-attr]
+    assert said <= model.history["seconds"] + 0.01, (note, model.history["seconds"])
+    assert "cut after 1 of" in note

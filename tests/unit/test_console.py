@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import time
+import types
 
 import pytest
 from rich.console import Console
@@ -68,6 +69,27 @@ def test_on_a_terminal_the_bar_shows_loss_metric_speed_and_eta() -> None:
     assert "epoch   3/3" in text and "loss 0.4123" in text and "val_accuracy 0.8750" in text
     assert re.search(r"[\d,]+ rows/s", text) and "ETA" in text and "(early stop)" in text
     assert "epoch 1/3  loss" not in text  # no plain per-epoch lines on a terminal
+
+
+@pytest.mark.parametrize("epoch_seconds", [5.0, 40.0, 300.0])
+def test_the_bars_eta_is_the_pace_of_the_last_epochs_however_long_they_are(epoch_seconds: float,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # rich's ETA needs two updates within its 30 s window: epochs of 40 s (a large pass, a fine-tuned text column)
+    # once showed no ETA for the whole run. One clock for rich and keel's epoch timing, moved by the test.
+    import keel.train.callbacks as callbacks
+    from keel.console import ProgressBar
+
+    now = [1000.0]
+    monkeypatch.setattr(callbacks, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    bar = ProgressBar(100, "accuracy", console(terminal=True)[0], rows=10)
+    bar.progress.get_time = lambda: now[0]  # type: ignore[method-assign]
+    with bar:
+        for epoch in range(1, 7):
+            now[0] += epoch_seconds * (3 if epoch == 1 else 1)  # the first epoch carries one-time costs
+            bar(epoch, 100, {"epoch": epoch, "loss": 0.5})
+            remaining = bar.progress.tasks[0].time_remaining
+            if epoch > 1:
+                assert remaining == pytest.approx((100 - epoch) * epoch_seconds), (epoch, remaining)
 
 
 def test_on_a_terminal_a_step_is_a_live_bar_and_a_nested_one_is_a_line() -> None:

@@ -307,11 +307,14 @@ class Trainer:
 
         The first epoch counts only until a second is timed: it carries one-time costs (lazy imports, the
         first allocations; 2.9 s against 0.1-0.2 s for the next ones on a 824-row table), and one slow epoch
-        (another process taking the CPU) must not cap the plan for good: the median, not the slowest."""
+        (another process taking the CPU) must not cap the plan for good: the median, not the slowest. So the plan
+        waits for PACED_EPOCHS epochs after the first, while the time left holds two more at the pace so far: a
+        median of one epoch is that epoch, and a slow second one (the thread tuner's trial beside another
+        process: 1.5 s against 0.4 s) once capped a 20 s run at 8 epochs, which ended at 13 s."""
         assert self.deadline is not None
         left = self.deadline - time.perf_counter()
-        if len(epoch_seconds) == 1 and left > 2 * epoch_seconds[0]:
-            allowed = planned  # time for a second epoch: plan from its pace (every rank still agrees below)
+        if len(epoch_seconds) <= PACED_EPOCHS and left > 2 * epoch_pace(epoch_seconds):
+            allowed = planned  # time for more epochs: plan from a steadier pace (every rank still agrees below)
         else:
             allowed = epoch + max(0, int(left // epoch_pace(epoch_seconds)))
         if self.world > 1:  # every rank must stop at the same epoch: the most cautious plan wins
@@ -588,6 +591,10 @@ def epoch_pace(epoch_seconds: list[float]) -> float:
     another is timed (it carries one-time costs: lazy imports, the first allocations)."""
     timed = epoch_seconds[1:] or epoch_seconds
     return statistics.median(timed[-3:])
+
+
+# Under a time limit, the epochs after the first whose median pace the plan waits for (Trainer._plan).
+PACED_EPOCHS = 3
 
 
 # The shortest wait early_stopping_steps leaves: single validations are noisy (on the 204k-row table of

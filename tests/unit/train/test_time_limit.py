@@ -149,6 +149,32 @@ def test_a_slow_first_epoch_or_one_slow_epoch_does_not_cap_the_plan() -> None:
     assert len(history.epochs) == 40 and history.planned_epochs is None  # all fit: about 1.3 s in all
 
 
+def test_a_slow_second_epoch_does_not_cap_the_plan() -> None:
+    # The median of the epochs after the first is, after the second, that one epoch: a slow second epoch (the
+    # thread tuner's trial beside another process) capped a 20 s run at 8 epochs of 0.4 s, ending it at 13 s.
+    import time as clock
+
+    import torch
+
+    from keel.config import TrainingConfig
+    from keel.nn.network import NetworkSpec, TabularNetwork
+    from keel.train.trainer import Batch, Trainer
+
+    class Slowed(Trainer):
+        def _train_epoch(self, feed, epoch, optimizer, rate):  # type: ignore[no-untyped-def]
+            clock.sleep(0.6 if epoch in (1, 2) else 0.0)
+            return super()._train_epoch(feed, epoch, optimizer, rate)
+
+    torch.manual_seed(0)
+    network = TabularNetwork(NetworkSpec(numeric_width=4, cardinalities=[], n_outputs=2, hidden=[8]))
+    trainer = Slowed(network, TrainingConfig(epochs=40, batch_size=64, early_stopping=0), "multiclass",
+                     "cross_entropy")
+    data = Batch(torch.randn(128, 4), torch.zeros(128, 0, dtype=torch.long), torch.randint(0, 2, (128,)))
+    trainer.deadline = clock.perf_counter() + 3.0
+    history = trainer.fit(data)
+    assert len(history.epochs) == 40 and history.planned_epochs is None  # all fit: about 1.5 s in all
+
+
 def test_an_epoch_slowed_past_the_end_is_cut_within_its_pass(monkeypatch) -> None:
     # The plan between epochs assumes the pace of the last ones; another process taking the CPU made one epoch
     # of loans 13 s against 4.6 s and the run end 5.8 s past a 15 s limit. The end is checked before each step
