@@ -142,6 +142,20 @@ def test_an_interrupted_run_resumes_to_the_same_model(tmp_path, config, stop) ->
     assert not checkpoint_directory(tmp_path / "cut").exists()  # removed once the model is saved
 
 
+def test_a_time_limit_keeps_the_networks_a_resumed_checkpoint_holds_finished(tmp_path, monkeypatch) -> None:
+    # Stopped in the third of three bagged networks; resumed with no time for another network: the two finished
+    # ones are restored (before, the time check ran first and dropped the second, finished as it was).
+    config = {**CHECKPOINTED, "training.bagging": 3, "training.epochs": 3, "training.time_limit": 600}
+    frame = make_classification_frame(120)
+    with pytest.raises(_Interrupted):
+        keel.fit(frame, target="label", config=config, output=tmp_path / "cut", reporter=_StopAt(7),
+                 importance=False)
+    monkeypatch.setattr("keel.train.pipeline._networks_that_fit", lambda *args: 0)
+    model = keel.fit(frame, target="label", config=config, output=tmp_path / "cut", resume=True, quiet=True,
+                     importance=False)
+    assert any("allowed 2 of the 3 bagged networks" in note for note in model.notes), model.notes
+
+
 def test_a_checkpoint_of_another_config_or_data_is_refused_listing_what_differs(tmp_path) -> None:
     frame = make_classification_frame(120)
     with pytest.raises(_Interrupted):

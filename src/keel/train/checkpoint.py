@@ -640,6 +640,10 @@ class RunCheckpoints:
         return self.precision
 
     # -- resuming ------------------------------------------------------------------------------
+    def finished(self, index: int) -> bool:
+        """Whether the checkpoint holds network ``index`` finished (restore_network will load it)."""
+        return self.resumed is not None and index < self.resumed.done
+
     def restore_network(self, index: int, network: nn.Module) -> dict[str, Any] | None:
         """Load network ``index`` from the checkpoint when it had finished; returns its history, else None.
 

@@ -513,7 +513,8 @@ def train_networks(data: PreparedData, settings: Config, training: TrainingConfi
     planned_networks = len(data.bags)
     settled: int | None = None  # the thread count the last tuned training ended on
     for index, (train_rows, validation_rows) in enumerate(data.bags):
-        if deadline is not None and histories:
+        # A network the checkpoint holds finished is kept whatever the time left: it costs nothing to restore.
+        if deadline is not None and histories and not (checkpoints is not None and checkpoints.finished(index)):
             each = _epochs_each(histories[0], training)
             planned_networks = distributed.agree_min(
                 min(planned_networks, index + _networks_that_fit(histories[-1], deadline, each)))
