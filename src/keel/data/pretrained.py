@@ -229,6 +229,13 @@ def _read_settings(directory: Path) -> dict[str, Any]:
     modules = [item.get("type") for item in entries]
     # The order matters as much as the names: Normalize before Pooling, or no Pooling, is another embedding.
     if modules not in _PIPELINES:
+        newer = [module for module in modules if isinstance(module, str) and module.startswith("sentence_transformers.")
+                 and module not in _MODULES and module.rsplit(".", 1)[-1] in ("Transformer", "Pooling", "Normalize")]
+        if newer:  # sentence-transformers 6 names its modules by new paths, and keeps the token limit elsewhere
+            raise ConfigError(f"{directory}/modules.json names {newer}, a layout newer than keel reads: keel reads "
+                              f"model directories whose modules are {list(_MODULES)} (as all-MiniLM-L6-v2 and "
+                              "most published sentence encoders are saved). Point text.model_path at the model's "
+                              "directory as published, not as a newer sentence-transformers saved it again.")
         raise ConfigError(f"{directory}/modules.json names {modules}; keel runs a Transformer, then Pooling, then "
                           "optionally Normalize, and nothing else.")
     where = [item.get("path") for item in entries if item.get("type") == _MODULES[1]]

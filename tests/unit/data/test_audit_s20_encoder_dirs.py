@@ -57,6 +57,18 @@ def test_a_pooling_keel_does_not_run_as_declared_is_refused(tiny_model: Path, tm
         ModelFiles(str(directory))  # audited: accepted, and run as mean pooling
 
 
+def test_a_directory_saved_by_a_newer_sentence_transformers_is_refused_saying_so(tiny_model: Path,
+                                                                                 tmp_path: Path) -> None:
+    # sentence-transformers 6.2 (installed here) saves modules.json with these paths and its token limit in
+    # tokenizer_config.json; the message said "keel runs a Transformer, then Pooling", which it names.
+    newer = [{"type": "sentence_transformers.base.modules.transformer.Transformer", "path": ""},
+             {"type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling", "path": "1_Pooling"},
+             {"type": "sentence_transformers.base.modules.normalize.Normalize", "path": "2_Normalize"}]
+    directory = _copy(tiny_model, tmp_path, {"pooling_mode": "mean"}, newer)
+    with pytest.raises(ConfigError, match="a layout newer than keel reads.*as published"):
+        ModelFiles(str(directory))
+
+
 @pytest.mark.parametrize("declare", [
     lambda: {"pooling_mode": "cls"},  # sentence-transformers 6 writes this
     lambda: {"pooling_mode": ["cls"]},
