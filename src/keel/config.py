@@ -117,8 +117,6 @@ class PreprocessingConfig(_Section):
     )
 
 
-
-
 class TextConfig(_Section):
     """How text columns become numbers: TF-IDF or a frozen pretrained sentence encoder, then a projection; or an
     encoder in the network (a fine-tuned pretrained one, or a bag of term vectors trained from scratch)."""
@@ -738,12 +736,21 @@ def validate_config(tree: Mapping[str, Any]) -> Config:
         # Listed, it was trained on as a number feature without a word (the README says "never a feature").
         raise ConfigError(f"training.weight_column {weight!r} is also listed in input_features: a row's weight says "
                           "how much the row counts, never something to predict from. Remove it from input_features.")
-    text = config.text
-    if text.char_ngrams is not None and text.encoder != "tfidf":  # refused before the data is read, not after
-        raise ConfigError(f"text.char_ngrams adds character n-grams to tfidf's terms; text.encoder {text.encoder} does "
-                          "not read them. Set text.encoder: tfidf, or text.char_ngrams: null.")
+    check_char_ngrams(config.text.encoder, config.text.char_ngrams)  # refused before the data is read, not after
     _check_drop_columns(config)
     return config
+
+
+def check_char_ngrams(encoder: str, char_ngrams: tuple[int, int] | None) -> None:
+    """Refuse text.char_ngrams for an encoder that counts no TF-IDF terms (validate_config, and TextTransform.fit
+    for a TextConfig built without it).
+
+    Raises:
+        ConfigError: char_ngrams is set and the encoder is not tfidf.
+    """
+    if char_ngrams is not None and encoder != "tfidf":
+        raise ConfigError(f"text.char_ngrams adds character n-grams to tfidf's terms; text.encoder {encoder} does not "
+                          "read them. Set text.encoder: tfidf, or text.char_ngrams: null.")
 
 
 def _check_drop_columns(config: Config) -> None:

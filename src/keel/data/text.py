@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from keel.config import TextConfig, text_dim
+from keel.config import TextConfig, check_char_ngrams, text_dim
 from keel.data.pretrained import DEFAULT_MODEL, PACKAGE_PREFIX, token_ids, tokenizer_from_json
 from keel.data.values import category_strings
 from keel.data.words import CHAR_MARK, term_ids, terms
@@ -175,9 +175,7 @@ class TextTransform:
             raise DataError(f"text column {self.name!r} is empty in every training row; fill it, or leave the "
                             "column out of input_features.", file=source, column=self.name)
         self.notes = []
-        if self.char_ngrams is not None and self.encoder != "tfidf":
-            raise ConfigError(f"text.char_ngrams adds character n-grams to tfidf's terms; text.encoder {self.encoder} "
-                              "does not read them. Set text.encoder: tfidf, or text.char_ngrams: null.")
+        check_char_ngrams(self.encoder, self.char_ngrams)
         if self.tokens:
             return self._fit_tokens(texts)
         if self.encoder == "tfidf":

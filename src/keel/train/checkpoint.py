@@ -651,7 +651,7 @@ class RunCheckpoints:
         generators are put back too: as they were right after it was trained.
         """
         saved = self.resumed
-        if saved is None or index >= saved.done:
+        if saved is None or not self.finished(index):
             return None
         network.load_state_dict(_prefixed(saved.tensors, f"done.{index}."))
         network.eval().to("cpu")
